@@ -1,0 +1,49 @@
+# Two commands matter: `make run` and `make test` (see README). Everything runs from .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export FLASK_APP := api
+
+.PHONY: run test test-sqlite test-postgres lint openapi serve bench fuzz clean venv
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $@
+
+venv: $(VENV)/.installed
+
+## make run: install, migrate, load the curated catalog, serve on http://127.0.0.1:8000 (docs at /docs)
+run: venv
+	$(BIN)/flask protocols migrate
+	$(BIN)/flask protocols load
+	PROTOCOLS_ANONYMOUS_READS=true $(BIN)/flask run --host 127.0.0.1 --port 8000
+
+## make test: the whole suite on SQLite, then on PostgreSQL when configured (always in CI)
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+	@if [ -n "$$PROTOCOLS_TEST_POSTGRES_URL" ] || [ "$$CI" = "true" ]; then \
+		echo "== PostgreSQL leg =="; \
+		PROTOCOLS_TEST_DB=postgres $(BIN)/pytest $(PYTEST_ARGS); \
+	else \
+		echo "PostgreSQL leg not run: set PROTOCOLS_TEST_POSTGRES_URL (CI=true makes it required)"; \
+	fi
+
+test-sqlite: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-postgres: venv
+	PROTOCOLS_TEST_DB=postgres $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check api schemas protocols tests bench migrations
+	$(BIN)/mypy
+
+## make openapi: regenerate openapi.yaml from the app (a test fails when it drifts)
+openapi: venv
+	$(BIN)/flask openapi write --format=yaml openapi.yaml
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

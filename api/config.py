@@ -1,0 +1,38 @@
+"""Configuration from environment variables (documented in the README)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from protocols.db import default_database_url
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+MAX_BODY_BYTES = 256 * 1024
+
+
+def from_env(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the Flask config: environment first, then explicit overrides (tests, benchmarks)."""
+    env = os.environ
+    config: dict[str, Any] = {
+        "PROTOCOLS_DATABASE_URL": env.get("PROTOCOLS_DATABASE_URL") or default_database_url(),
+        "PROTOCOLS_ANONYMOUS_READS": env.get("PROTOCOLS_ANONYMOUS_READS", "false").lower() in ("1", "true", "yes"),
+        "PROTOCOLS_REDIS_URL": env.get("PROTOCOLS_REDIS_URL") or None,
+        "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "600/minute"),
+        "PROTOCOLS_CORS_ORIGINS": [o for o in env.get("PROTOCOLS_CORS_ORIGINS", "").split(",") if o],
+        "PROTOCOLS_LOG_JSON": env.get("PROTOCOLS_LOG_JSON", "true").lower() in ("1", "true", "yes"),
+        "MAX_CONTENT_LENGTH": int(env.get("PROTOCOLS_MAX_BODY_BYTES", MAX_BODY_BYTES)),
+        # flask-smorest / OpenAPI
+        "API_TITLE": "Treatment Protocols API",
+        "API_VERSION": "1.0.0",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": "/docs-static/",
+        "JSON_SORT_KEYS": False,
+    }
+    if overrides:
+        config.update(overrides)
+    return config

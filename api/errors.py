@@ -1,0 +1,151 @@
+"""One JSON error shape everywhere: ``{code, status, message, errors?, request_id}``.
+
+``errors`` maps dotted field paths (``dosing_ranges.0.dose_max``) to lists of messages. Domain
+errors map to status codes here; database outages become 503 with ``Retry-After``; anything
+unexpected is logged and answered with a bare 500 body that carries no trace and no SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, g, json
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from protocols import errors as domain
+
+log = logging.getLogger("api.errors")
+
+RETRY_AFTER_SECONDS = "2"
+
+
+class ApiError(Exception):
+    """An error the API answers on purpose, with status, message, field errors and extras."""
+
+    def __init__(self, status: int, message: str, *, errors: Mapping[str, list[str]] | None = None,
+                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = dict(errors or {})
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Turn marshmallow's nested error dict into ``{"a.0.b": [messages]}``."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key == "_schema":
+                path = prefix or "_schema"
+            for sub_path, sub_messages in flatten_errors(value, path).items():
+                flat.setdefault(sub_path, []).extend(sub_messages)
+    elif isinstance(messages, list | tuple):
+        if all(isinstance(m, str) for m in messages):
+            flat[prefix or "_schema"] = [str(m) for m in messages]
+        else:
+            for item in messages:
+                for sub_path, sub_messages in flatten_errors(item, prefix).items():
+                    flat.setdefault(sub_path, []).extend(sub_messages)
+    else:
+        flat[prefix or "_schema"] = [str(messages)]
+    return flat
+
+
+def error_body(status: int, message: str, errors: Mapping[str, list[str]] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
+    if errors:
+        body["errors"] = dict(errors)
+    body.update({k: v for k, v in extra.items() if v is not None})
+    body["request_id"] = getattr(g, "request_id", None)
+    return body
+
+
+def error_response(status: int, message: str, errors: Mapping[str, list[str]] | None = None,
+                   headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
+    response = Response(json.dumps(error_body(status, message, errors, **extra)), status=status,
+                        mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _domain_response(exc: domain.DomainError) -> Response:
+    if isinstance(exc, domain.ProtocolExists):
+        return error_response(409, exc.message)
+    if isinstance(exc, domain.PreconditionRequired):
+        return error_response(428, exc.message, current_version=exc.details.get("current_version"),
+                              current_etag=exc.details.get("current_etag"))
+    if isinstance(exc, domain.PreconditionFailed):
+        return error_response(412, exc.message, current_version=exc.details.get("current_version"),
+                              current_etag=exc.details.get("current_etag"))
+    if isinstance(exc, domain.ProtocolNotFound | domain.VersionNotFound | domain.NotInEffect):
+        return error_response(404, exc.message)
+    if isinstance(exc, domain.InvalidRecord):
+        return error_response(422, exc.message, errors=exc.details.get("errors"))
+    if isinstance(exc, domain.StorageUnavailable):
+        return error_response(503, exc.message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+    return error_response(400, exc.message)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.errors, exc.headers, **exc.extra)
+
+    @app.errorhandler(domain.DomainError)
+    def _domain_error(exc: domain.DomainError) -> Response:
+        return _domain_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        data = getattr(exc, "data", None) or {}
+        errors = None
+        if "messages" in data:  # webargs/flask-smorest validation errors
+            errors = flatten_errors(_strip_locations(data["messages"]))
+        message = data.get("message") or exc.description or HTTPStatus(status).phrase
+        if status == 422 and errors and not data.get("message"):
+            message = "The request is not valid; see errors for each offending field."
+        headers = dict(exc.get_headers()) if status in (405, 401) else {}
+        headers.pop("Content-Type", None)
+        return error_response(status, message, errors, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        if _is_unavailable(exc):
+            log.warning("database unavailable: %s", type(exc).__name__)
+            return error_response(503, "The database is unavailable or busy; retry shortly.",
+                                  headers={"Retry-After": RETRY_AFTER_SECONDS})
+        log.exception("unhandled error")
+        return error_response(500, "Internal server error; the request id identifies it in the logs.")
+
+
+def _strip_locations(messages: Any) -> Any:
+    """webargs nests errors under their location (``json``, ``query``): drop that level."""
+    if isinstance(messages, Mapping) and messages and set(messages) <= {"json", "query", "headers",
+                                                                         "path", "view_args", "form"}:
+        merged: dict[str, Any] = {}
+        for value in messages.values():
+            if isinstance(value, Mapping):
+                merged.update(value)
+            else:
+                merged.setdefault("_schema", []).extend(value if isinstance(value, list) else [value])
+        return merged
+    return messages

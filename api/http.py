@@ -1,0 +1,149 @@
+"""HTTP helpers: serving stored JSON bytes, ETag preconditions, cursors and RFC 8288 links."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, request
+
+from api.errors import ApiError
+from protocols.versioning import StoredVersion
+
+_ETAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e]*")\s*(?:,|$)')
+
+CACHE_REVALIDATE = "private, no-cache"
+CACHE_IMMUTABLE = "private, max-age=31536000, immutable"
+
+
+def parse_etag_list(header: str | None) -> list[str] | None:
+    """Parse ``If-Match``/``If-None-Match``. Weak tags are kept with their ``W/`` prefix so a strong
+    comparison never matches them. A malformed header is a 400."""
+    if header is None:
+        return None
+    header = header.strip()
+    if header == "*":
+        return ["*"]
+    tags: list[str] = []
+    position = 0
+    while position < len(header):
+        match = _ETAG.match(header, position)
+        if not match or match.end() == position:
+            raise ApiError(400, "Malformed entity-tag list in a conditional header",
+                           errors={"If-Match": ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
+        tags.append((match.group(1) or "") + match.group(2))
+        position = match.end()
+    if not tags:
+        raise ApiError(400, "Empty entity-tag list in a conditional header")
+    return tags
+
+
+def if_match() -> list[str] | None:
+    return parse_etag_list(request.headers.get("If-Match"))
+
+
+def not_modified(etag: str) -> bool:
+    """Weak comparison, as RFC 9110 prescribes for If-None-Match."""
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return False
+    try:
+        tags = parse_etag_list(header) or []
+    except ApiError:
+        return False
+    bare = etag.removeprefix("W/")
+    return "*" in tags or any(tag.removeprefix("W/") == bare for tag in tags)
+
+
+def json_response(body: str | bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    response = Response(body, status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def version_response(version: StoredVersion, status: int = 200, *, cache: str = CACHE_REVALIDATE,
+                     headers: Mapping[str, str] | None = None) -> Response:
+    """Serve a stored version's bytes with its ETag, or 304 when the client already has them."""
+    all_headers = {"ETag": version.etag, "Cache-Control": cache, **(headers or {})}
+    if status == 200 and request.method in ("GET", "HEAD") and not_modified(version.etag):
+        response = Response(status=304)
+        for name, value in all_headers.items():
+            response.headers[name] = value
+        return response
+    return json_response(version.document, status, all_headers)
+
+
+# ------------------------------------------------------------------------------------ cursors
+
+
+def encode_cursor(kind: str, key: Any, direction: str) -> str:
+    raw = json.dumps({"t": kind, "k": key, "d": direction}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, token: str, param: str = "cursor") -> tuple[Any, str]:
+    """Return ``(key, direction)``; a bogus or foreign cursor is a 422 naming the parameter."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(data, dict) or data.get("t") != kind or data.get("d") not in ("n", "p"):
+            raise ValueError("wrong cursor")
+        key = data["k"]
+        if isinstance(key, bool) or not isinstance(key, int | str | list):
+            raise ValueError("wrong cursor key")
+        return key, str(data["d"])
+    except (ValueError, KeyError, binascii.Error, UnicodeError, TypeError) as exc:
+        raise ApiError(422, "The cursor is not valid for this listing",
+                       errors={param: ["not a cursor issued by this endpoint"]}) from exc
+
+
+def page_url(params: Mapping[str, Any], **changes: Any) -> str:
+    merged = {k: v for k, v in {**params, **changes}.items() if v is not None}
+    query = urlencode(merged, doseq=True)
+    return f"{request.base_url}?{query}" if query else request.base_url
+
+
+def link_header(links: Iterable[tuple[str, str | None]]) -> str | None:
+    parts = [f'<{url}>; rel="{rel}"' for rel, url in links if url]
+    return ", ".join(parts) or None
+
+
+def list_response(items_json: Iterable[str], *, next_url: str | None, prev_url: str | None,
+                  page_size: int, extra: Mapping[str, Any] | None = None) -> Response:
+    """Assemble a page from stored JSON documents without re-serializing them."""
+    meta = {"page_size": page_size, "next": next_url, "prev": prev_url, **(extra or {})}
+    body = '{"items":[' + ",".join(items_json) + "]," + json.dumps(meta, separators=(",", ":"))[1:]
+    response = json_response(body, headers={"Cache-Control": CACHE_REVALIDATE})
+    link = link_header([("next", next_url), ("prev", prev_url)])
+    if link:
+        response.headers["Link"] = link
+    return response
+
+
+def read_cursor(kind: str, query: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``(after, before)`` keys from the ``cursor`` query parameter, if any."""
+    if "cursor" not in query:
+        return None, None
+    key, direction = decode_cursor(kind, query["cursor"])
+    if not isinstance(key, int):
+        raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
+    return (key, None) if direction == "n" else (None, key)
+
+
+def page_links(kind: str, keys: list[int], *, has_more: bool, after: int | None,
+               before: int | None) -> tuple[str | None, str | None]:
+    """Next/prev URLs for a keyset page whose items carry ``keys`` in display order."""
+    if not keys:
+        return None, None
+    params = {k: v for k, v in request.args.items(multi=True) if k != "cursor"}
+    more_after = has_more if before is None else True
+    more_before = (after is not None) if before is None else has_more
+    next_url = page_url(params, cursor=encode_cursor(kind, keys[-1], "n")) if more_after else None
+    prev_url = page_url(params, cursor=encode_cursor(kind, keys[0], "p")) if more_before else None
+    return next_url, prev_url

@@ -1,0 +1,110 @@
+"""The curated catalog: YAML files under ``protocols/catalog/``, one protocol per file.
+
+A file holds ``id`` and either a single record or ``versions:``, a list of records in the order
+they took effect (e.g. Spravato's label history). Loading is idempotent: the newest stored version
+is located among the file's entries and only the entries after it are appended; a file whose last
+entry matches nothing stored appends that entry as a new version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+
+from protocols import record, versioning
+from protocols.db import Database
+from protocols.errors import ProtocolNotFound
+from protocols.models import ProtocolVersion
+
+CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+
+
+class _StringTimestampLoader(yaml.SafeLoader):
+    """SafeLoader that keeps dates and times as the strings written in the file."""
+
+
+_StringTimestampLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@dataclass
+class CatalogFile:
+    path: Path
+    protocol_id: str
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_catalog(directory: Path = CATALOG_DIR) -> list[CatalogFile]:
+    files = []
+    for path in sorted(directory.glob("*.yaml")):
+        with path.open(encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=_StringTimestampLoader)
+        if not isinstance(data, dict) or "id" not in data:
+            raise ValueError(f"{path.name}: a catalog file is a mapping with an 'id'")
+        protocol_id = str(data["id"])
+        if "versions" in data:
+            shared = {k: v for k, v in data.items() if k not in ("versions", "id")}
+            if shared:
+                raise ValueError(f"{path.name}: with 'versions', every field belongs to a version")
+            entries = [dict(entry, id=protocol_id) for entry in data["versions"]]
+        else:
+            entries = [dict(data)]
+        files.append(CatalogFile(path, protocol_id, entries))
+    return files
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A validated catalog entry, split as the versioning service wants it."""
+
+    status: str
+    effective_from: Any
+    change_note: str | None
+    content: Mapping[str, Any]
+
+
+@dataclass
+class SyncResult:
+    protocol_id: str
+    appended: list[int] = field(default_factory=list)
+
+
+def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
+                  ctx: versioning.WriteContext) -> SyncResult:
+    """Bring one protocol in line with its catalog entries (see module docstring)."""
+    result = SyncResult(protocol_id)
+    try:
+        newest = versioning.latest(db, protocol_id)
+    except ProtocolNotFound:
+        first, *rest = entries
+        stored = versioning.create(db, protocol_id, first.content, status=first.status,
+                                   effective_from=first.effective_from, change_note=first.change_note,
+                                   ctx=ctx)
+        result.appended.append(stored.version)
+        return _append_entries(db, protocol_id, rest, stored, ctx, result)
+    with db.read() as session:
+        newest_hash = session.execute(
+            select(ProtocolVersion.content_hash).where(ProtocolVersion.seq == newest.seq)).scalar_one()
+    matched = [index for index, entry in enumerate(entries)
+               if record.content_hash(entry.content) == newest_hash and entry.status == newest.status
+               and (entry.effective_from is None or entry.effective_from == newest.effective_from)]
+    pending = entries[matched[-1] + 1:] if matched else entries[-1:]
+    return _append_entries(db, protocol_id, pending, newest, ctx, result)
+
+
+def _append_entries(db: Database, protocol_id: str, entries: list[Entry], newest: versioning.StoredVersion,
+                    ctx: versioning.WriteContext, result: SyncResult) -> SyncResult:
+    for entry in entries:
+        newest, created = versioning.revise(db, protocol_id, entry.content, if_match=[newest.etag],
+                                            status=entry.status, effective_from=entry.effective_from,
+                                            change_note=entry.change_note, ctx=ctx)
+        if created:
+            result.appended.append(newest.version)
+    return result

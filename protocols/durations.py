@@ -1,0 +1,32 @@
+"""ISO 8601 durations as used in dosing (``P1D``, ``P1W``, ``PT40M``).
+
+Years and months are refused: their length varies, so "per month" maxima would be ambiguous in dose
+arithmetic. Everything else converts exactly to a ``timedelta``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PATTERN = re.compile(
+    r"^P(?!$)(?:(?P<weeks>\d{1,4})W)?(?:(?P<days>\d{1,4})D)?"
+    r"(?:T(?=\d)(?:(?P<hours>\d{1,4})H)?(?:(?P<minutes>\d{1,5})M)?(?:(?P<seconds>\d{1,6})S)?)?$"
+)
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``PnWnDTnHnMnS`` (any subset, at least one part, > 0). Raises ``ValueError``."""
+    if not isinstance(text, str):
+        raise ValueError("duration must be a string such as P1D, P1W or PT40M")
+    if re.match(r"^P.*\d+[YM].*$", text) and "T" not in text.split("M")[0]:
+        raise ValueError("years and months are not allowed (their length varies); use weeks or days")
+    match = _PATTERN.match(text)
+    if not match:
+        raise ValueError("not an ISO 8601 duration such as P1D, P1W, PT1H or PT40M")
+    parts = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+    value = timedelta(weeks=parts.get("weeks", 0), days=parts.get("days", 0), hours=parts.get("hours", 0),
+                      minutes=parts.get("minutes", 0), seconds=parts.get("seconds", 0))
+    if value <= timedelta(0):
+        raise ValueError("duration must be longer than zero")
+    return value

@@ -1,0 +1,50 @@
+"""Domain errors. The HTTP layer maps each to a status code; the domain knows nothing of HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base class: ``message`` is safe to show to API clients."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ProtocolNotFound(DomainError):
+    """No protocol with this id was ever created."""
+
+
+class VersionNotFound(DomainError):
+    """The protocol exists but has no such version."""
+
+
+class NotInEffect(DomainError):
+    """The protocol exists but no active/retired version is in effect at the instant asked."""
+
+
+class ProtocolRetired(DomainError):
+    """The version in effect is a retirement; ``details['document']`` carries it."""
+
+
+class ProtocolExists(DomainError):
+    """An id is never reused: creating an existing id is a conflict."""
+
+
+class PreconditionRequired(DomainError):
+    """A write needs ``If-Match`` naming the newest version."""
+
+
+class PreconditionFailed(DomainError):
+    """``If-Match`` does not name the newest version; details carry the newest version and ETag."""
+
+
+class InvalidRecord(DomainError):
+    """Content that passed the wire schema but breaks a domain rule; ``details['errors']`` by path."""
+
+
+class StorageUnavailable(DomainError):
+    """The database is unreachable or busy; the caller should retry later."""

@@ -1,0 +1,30 @@
+"""Derived search rows for a version, written in the same transaction as the version itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+
+def search_terms(content: Mapping[str, Any], status: str) -> Iterator[tuple[str, str]]:
+    """Yield ``(kind, value)`` pairs a version can be found by. Values are normalized for equality."""
+    yield "status", status
+    drug = content.get("drug") or {}
+    if drug.get("name"):
+        yield "drug", str(drug["name"]).casefold()
+    for brand in drug.get("brand_names") or []:
+        yield "drug", str(brand).casefold()
+    if drug.get("rxnorm_cui"):
+        yield "rxnorm_cui", str(drug["rxnorm_cui"])
+    if drug.get("dea_schedule"):
+        yield "dea_schedule", str(drug["dea_schedule"])
+    for route in content.get("routes") or []:
+        yield "route", str(route["code"])
+    for indication in content.get("indications") or []:
+        yield "indication", str(indication["code"]).upper()
+        yield "indication_system", str(indication["system"])
+    approval = content.get("fda_approval") or {}
+    if approval.get("status"):
+        yield "fda_status", str(approval["status"])
+    if approval.get("rems_required") is not None:
+        yield "rems_required", "true" if approval["rems_required"] else "false"

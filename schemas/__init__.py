@@ -1,0 +1,1 @@
+"""marshmallow schemas: the wire contract and its validation, one place per concept."""

@@ -1,0 +1,147 @@
+"""Clinical building blocks of a protocol record, each defined once and reused by every payload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from protocols import terminology, units
+from schemas.fields import Duration, PositiveDecimal, StrictInteger, Text
+
+PHASES = ("induction", "maintenance", "continuation", "single", "loading", "infusion", "titration")
+DEA_SCHEDULES = ("CI", "CII", "CIII", "CIV", "CV")
+FDA_STATUSES = ("approved", "off_label", "investigational", "not_approved")
+
+
+class CodingSchema(Schema):
+    """A code from a code system, FHIR style: ``{system, code, display}``."""
+
+    system = Text(required=True, validate=validate.Length(1, 200),
+                  metadata={"description": "Code system URI"})
+    code = Text(required=True, validate=validate.Length(1, 40))
+    display = Text(required=True, validate=validate.Length(1, 200))
+
+
+class IndicationSchema(CodingSchema):
+    system = Text(required=True, validate=validate.OneOf(terminology.INDICATION_SYSTEMS),
+                  metadata={"description": "ICD-10-CM or SNOMED CT system URI",
+                            "example": terminology.ICD10CM})
+
+    @validates_schema
+    def _check_code(self, data: dict[str, Any], **_: Any) -> None:
+        message = terminology.check_indication(data["system"], data["code"], data.get("display"))
+        if message:
+            raise ValidationError({"code": [message]})
+
+
+class RouteSchema(CodingSchema):
+    system = Text(required=True, validate=validate.OneOf(terminology.ROUTE_SYSTEMS),
+                  metadata={"description": "SNOMED CT", "example": terminology.SNOMED})
+
+    @validates_schema
+    def _check_code(self, data: dict[str, Any], **_: Any) -> None:
+        concept = terminology.ROUTES.get(data["code"])
+        if concept is None:
+            raise ValidationError({"code": [
+                f"'{data['code']}' is not a supported SNOMED CT route; see /v1/terminology/routes"]})
+        if not terminology.route_display_matches(data["code"], data["display"]):
+            raise ValidationError({"display": [
+                f"display does not match SNOMED CT {concept.code}: expected '{concept.display}'"]})
+
+
+def _check_unit(value: str) -> None:
+    message = units.check_dose_unit(value)
+    if message:
+        raise ValidationError(message)
+
+
+class QuantitySchema(Schema):
+    """An amount in a UCUM unit (``{value, unit}``)."""
+
+    value = PositiveDecimal(required=True)
+    unit = Text(required=True, validate=[validate.Length(1, 40), _check_unit],
+                metadata={"description": "UCUM unit code", "example": "mg"})
+
+
+class MaxPerPeriodSchema(QuantitySchema):
+    """At most ``value`` ``unit`` per ``period`` (ISO 8601 duration, e.g. ``P1D``)."""
+
+    period = Duration(required=True, metadata={"example": "P1D"})
+
+
+class FrequencySchema(Schema):
+    """``count`` administrations per ``period`` (e.g. 2 per ``P1W`` = twice weekly)."""
+
+    count = StrictInteger(required=True, validate=validate.Range(1, 1000))
+    period = Duration(required=True, metadata={"example": "P1W"})
+    text = Text(load_default=None, allow_none=True, validate=validate.Length(max=200))
+
+
+class DoseRangeSchema(Schema):
+    """One dosing range; used by every payload that carries a dose range."""
+
+    route = Text(required=True, validate=validate.Length(1, 40),
+                 metadata={"description": "SNOMED CT code of one of the record's routes"})
+    phase = Text(required=True, validate=validate.OneOf(PHASES))
+    dose_min = PositiveDecimal(required=True)
+    dose_max = PositiveDecimal(required=True)
+    unit = Text(required=True, validate=[validate.Length(1, 40), _check_unit],
+                metadata={"description": "UCUM unit; a /kg unit is weight-based", "example": "mg/kg"})
+    frequency = fields.Nested(FrequencySchema, load_default=None, allow_none=True)
+    duration = Duration(load_default=None, allow_none=True,
+                        metadata={"description": "Length of one administration, e.g. PT40M"})
+    max_per_period = fields.Nested(MaxPerPeriodSchema, load_default=None, allow_none=True)
+    instructions = Text(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+
+    @validates_schema
+    def _check_range(self, data: dict[str, Any], **_: Any) -> None:
+        low, high = data.get("dose_min"), data.get("dose_max")
+        if low is not None and high is not None and low > high:
+            raise ValidationError({"dose_max": ["dose_max must be greater than or equal to dose_min."]})
+
+
+class DrugSchema(Schema):
+    name = Text(required=True, validate=validate.Length(1, 100),
+                metadata={"description": "Generic name", "example": "esketamine"})
+    rxnorm_cui = Text(load_default=None, allow_none=True,
+                      validate=validate.Regexp(terminology.RXNORM_PATTERN, error="Not a well-formed RxCUI."))
+    brand_names = fields.List(Text(validate=validate.Length(1, 100)), load_default=list,
+                              validate=validate.Length(max=20))
+    dea_schedule = Text(load_default=None, allow_none=True, validate=validate.OneOf(DEA_SCHEDULES))
+
+
+class FdaApprovalSchema(Schema):
+    status = Text(required=True, validate=validate.OneOf(FDA_STATUSES))
+    application_number = Text(load_default=None, allow_none=True,
+                              validate=validate.Regexp(r"^(NDA|ANDA|BLA)[0-9]{6}$",
+                                                       error="Must be NDA, ANDA or BLA followed by 6 digits."))
+    approval_date = fields.Date(load_default=None, allow_none=True)
+    approved_indication = Text(load_default=None, allow_none=True, validate=validate.Length(max=1000))
+    rems_required = fields.Boolean(load_default=False)
+    boxed_warning = Text(load_default=None, allow_none=True, validate=validate.Length(max=1000),
+                         metadata={"description": "Boxed warning title; null when the label has none"})
+
+    @validates_schema
+    def _check_status_rules(self, data: dict[str, Any], **_: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        status = data.get("status")
+        if status == "approved":
+            for name in ("application_number", "approval_date"):
+                if data.get(name) is None:
+                    errors[name] = [f"{name} is required when status is 'approved'."]
+        elif status == "investigational":
+            for name in ("application_number", "approval_date"):
+                if data.get(name) is not None:
+                    errors[name] = [f"{name} must be null when status is 'investigational'."]
+        if errors:
+            raise ValidationError(errors)
+
+
+class SourceSchema(Schema):
+    title = Text(required=True, validate=validate.Length(1, 500))
+    url = fields.Url(required=True, schemes={"http", "https"}, validate=validate.Length(max=2000))
+    supports = fields.List(Text(validate=validate.Length(1, 100)), load_default=list,
+                           validate=validate.Length(max=50),
+                           metadata={"description": "Field paths this source backs, e.g. "
+                                                    "fda_approval.approval_date or dosing_ranges.0"})

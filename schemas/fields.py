@@ -1,0 +1,116 @@
+"""Field types shared by every schema: bounded text, exact decimals, ISO durations, slugs."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from marshmallow import ValidationError, fields
+
+from protocols.durations import parse_duration
+from protocols.timeutil import parse_rfc3339
+
+SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+MAX_SIGNIFICANT_DIGITS = 12
+MAX_DOSE_VALUE = Decimal(1_000_000)
+
+
+class Text(fields.String):
+    """A string that is valid UTF-8 text: no lone surrogates, no NUL or other control characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            result.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError("Not valid Unicode text (lone surrogate).") from exc
+        if _CONTROL.search(result):
+            raise ValidationError("Control characters are not allowed.")
+        return result
+
+
+class Slug(Text):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        if not SLUG_PATTERN.match(result):
+            raise ValidationError("Must match ^[a-z0-9][a-z0-9-]{2,63}$ (lowercase letters, digits, hyphens).")
+        return result
+
+
+class PositiveDecimal(fields.Decimal):
+    """A finite, positive number with at most 12 significant digits, kept exact as ``Decimal``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_nan", False)
+        kwargs.setdefault("as_string", False)
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if isinstance(value, str | bool):
+            raise ValidationError("Must be a JSON number.")
+        try:
+            result = super()._deserialize(value, attr, data, **kwargs)
+        except (InvalidOperation, OverflowError) as exc:
+            raise ValidationError("Not a valid number.") from exc
+        if result is None:
+            raise ValidationError("Not a valid number.")
+        if not result.is_finite():
+            raise ValidationError("Must be a finite number.")
+        if result <= 0:
+            raise ValidationError("Must be greater than 0.")
+        if result > MAX_DOSE_VALUE:
+            raise ValidationError(f"Must be at most {MAX_DOSE_VALUE}.")
+        digits = len(result.normalize().as_tuple().digits)
+        if digits > MAX_SIGNIFICANT_DIGITS:
+            raise ValidationError(f"At most {MAX_SIGNIFICANT_DIGITS} significant digits.")
+        return result
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        if value is None:
+            return None
+        number = Decimal(str(value))
+        return int(number) if number == number.to_integral_value() else float(number)
+
+
+class Duration(Text):
+    """An ISO 8601 duration without years or months (see ``protocols.durations``)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            parse_duration(result)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
+        return result
+
+
+class StrictInteger(fields.Integer):
+    """An integer that must arrive as a JSON integer (not 1.0, not "1", not true)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("strict", True)
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool):
+            raise ValidationError("Not a valid integer.")
+        return int(super()._deserialize(value, attr, data, **kwargs))
+
+
+class Instant(fields.AwareDateTime):
+    """An RFC 3339 date-time with an offset, loaded as naive UTC (the stored form)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("format", "iso")
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or len(value) > 40:
+            raise ValidationError("Not a valid RFC 3339 date-time.")
+        try:
+            return parse_rfc3339(value)
+        except (ValueError, OverflowError) as exc:
+            raise ValidationError(f"Not a valid RFC 3339 date-time: {exc}") from exc

@@ -1,0 +1,124 @@
+"""The protocol record on the wire: one schema for requests and responses.
+
+Server-managed fields (``version``, ``recorded_at``, ``recorded_by``, ``request_id``) are dump-only
+and silently dropped from input so a body obtained by GET can be PUT back unchanged. Every other
+unknown field is rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
+
+from protocols.record import CONTENT_FIELDS, SERVER_FIELDS
+from schemas.clinical import (
+    DoseRangeSchema,
+    DrugSchema,
+    FdaApprovalSchema,
+    IndicationSchema,
+    RouteSchema,
+    SourceSchema,
+)
+from schemas.fields import Instant, Slug, Text
+
+STATUSES = ("draft", "active", "retired")
+
+
+class ProtocolSchema(Schema):
+    """A treatment-protocol version."""
+
+    id = Slug(metadata={"description": "Client-chosen stable slug; must equal the URL id on PUT",
+                        "example": "esketamine-nasal-trd"})
+    version = fields.Integer(dump_only=True, metadata={"description": "1, 2, 3 … gapless per protocol"})
+    status = Text(load_default="active", validate=validate.OneOf(STATUSES))
+    effective_from = Instant(
+        load_default=None, allow_none=True,
+        metadata={"description": "When this version takes effect clinically (RFC 3339); defaults to "
+                                 "the time of the write"})
+    recorded_at = fields.DateTime(dump_only=True)
+    recorded_by = fields.String(dump_only=True, allow_none=True,
+                                metadata={"description": "Name of the API key that wrote the version"})
+    request_id = fields.String(dump_only=True, allow_none=True)
+    change_note = Text(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    title = Text(required=True, validate=validate.Length(1, 200))
+    summary = Text(required=True, validate=validate.Length(1, 4000))
+    drug = fields.Nested(DrugSchema, required=True)
+    indications = fields.List(fields.Nested(IndicationSchema), required=True,
+                              validate=validate.Length(1, 50))
+    routes = fields.List(fields.Nested(RouteSchema), required=True, validate=validate.Length(1, 20))
+    dosing_ranges = fields.List(fields.Nested(DoseRangeSchema), required=True,
+                                validate=validate.Length(1, 50))
+    fda_approval = fields.Nested(FdaApprovalSchema, required=True)
+    sources = fields.List(fields.Nested(SourceSchema), required=True, validate=validate.Length(1, 50))
+    verification_notes = fields.List(Text(validate=validate.Length(1, 2000)), load_default=list,
+                                     validate=validate.Length(max=50),
+                                     metadata={"description": "Facts in this record that could not be "
+                                                              "verified in a primary source"})
+
+    @pre_load
+    def _drop_server_fields(self, data: Any, **_: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in SERVER_FIELDS}
+        return data
+
+    @validates_schema(skip_on_field_errors=False)
+    def _check_cross_fields(self, data: dict[str, Any], **_: Any) -> None:
+        errors: dict[str, Any] = {}
+        routes = data.get("routes") or []
+        route_codes = [r["code"] for r in routes]
+        duplicates = {c for c in route_codes if route_codes.count(c) > 1}
+        if duplicates:
+            errors["routes"] = [f"duplicate route codes: {', '.join(sorted(duplicates))}"]
+        indications = data.get("indications") or []
+        keys = [(i["system"], i["code"]) for i in indications]
+        if len(set(keys)) != len(keys):
+            errors["indications"] = ["duplicate indication codes"]
+        if "routes" in data:
+            bad = {}
+            for index, dose in enumerate(data.get("dosing_ranges") or []):
+                if dose.get("route") not in route_codes:
+                    bad[index] = {"route": [
+                        f"route '{dose['route']}' is not one of the record's routes "
+                        f"({', '.join(route_codes)})"]}
+            if bad:
+                errors["dosing_ranges"] = bad
+        source_errors = {}
+        for index, source in enumerate(data.get("sources") or []):
+            wrong = [p for p in source.get("supports") or [] if not _path_exists(data, p)]
+            if wrong:
+                source_errors[index] = {"supports": [f"no such field in this record: {', '.join(wrong)}"]}
+        if source_errors:
+            errors["sources"] = source_errors
+        if errors:
+            raise ValidationError(errors)
+
+
+class ProtocolCreateSchema(ProtocolSchema):
+    id = Slug(required=True, metadata={"description": "Client-chosen stable slug, never reused",
+                                       "example": "esketamine-nasal-trd"})
+
+
+def _path_exists(data: dict[str, Any], path: str) -> bool:
+    """Whether a dotted path such as ``dosing_ranges.0.dose_max`` names a field of the record."""
+    parts = path.split(".")
+    if parts[0] not in CONTENT_FIELDS and parts[0] not in ("effective_from", "status"):
+        return False
+    if parts[0] not in data:
+        return True  # that field failed validation itself; do not pile a second error on it
+    node: Any = data
+    for part in parts:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def split_payload(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a loaded payload into (meta: id/status/effective_from/change_note, clinical content)."""
+    meta = {k: payload.get(k) for k in ("id", "status", "effective_from", "change_note")}
+    content = {k: payload[k] for k in CONTENT_FIELDS if k in payload}
+    return meta, content

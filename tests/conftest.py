@@ -1,0 +1,144 @@
+"""Fixtures: an app per database, a fresh database per test, and real servers when needed.
+
+``PROTOCOLS_TEST_DB`` picks the database for the whole run: ``sqlite`` (default) or ``postgres``.
+``make test`` runs the suite once per database. For PostgreSQL a throwaway database is created from
+``PROTOCOLS_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``) for the run,
+migrated once, emptied between tests and dropped at the end; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from protocols import migrate
+from protocols.db import Database, normalize_url
+
+BACKEND = os.environ.get("PROTOCOLS_TEST_DB", "sqlite")
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"protocols test database: {BACKEND}"
+
+
+class TestDatabases:
+    """Hands out an empty, migrated database URL per test."""
+
+    def __init__(self, tmp_root: Path) -> None:
+        self.tmp_root = tmp_root
+        self.template: Path | None = None
+        self.pg_url: str | None = None
+        self.pg_name: str | None = None
+        self.admin_url = os.environ.get("PROTOCOLS_TEST_POSTGRES_URL", DEFAULT_ADMIN_URL)
+
+    # -- SQLite: copy a migrated template file per test
+    def sqlite_url(self) -> str:
+        if self.template is None:
+            self.template = self.tmp_root / "template.sqlite3"
+            migrate.upgrade(f"sqlite:///{self.template}")
+        path = self.tmp_root / f"db-{uuid.uuid4().hex[:12]}.sqlite3"
+        shutil.copyfile(self.template, path)
+        return f"sqlite:///{path}"
+
+    # -- PostgreSQL: one throwaway database per run, emptied per test
+    def postgres_url(self) -> str:
+        if self.pg_url is None:
+            self.pg_name = f"tp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(normalize_url(self.admin_url), isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{self.pg_name}"'))
+            admin.dispose()
+            base = normalize_url(self.admin_url).rsplit("/", 1)[0]
+            self.pg_url = f"{base}/{self.pg_name}"
+            migrate.upgrade(self.pg_url)
+        else:
+            self.empty_postgres()
+        return self.pg_url
+
+    def empty_postgres(self) -> None:
+        """Empty every table between tests. The immutability triggers are bypassed only here, with
+        ``session_replication_role = replica``, on a database this run created."""
+        assert self.pg_url is not None
+        engine = create_engine(self.pg_url)
+        with engine.begin() as conn:
+            tables = [r[0] for r in conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename NOT IN ('alembic_version', 'change_counter')"))]
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+            if tables:
+                conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+            conn.execute(text("UPDATE change_counter SET value = 0"))
+        engine.dispose()
+
+    def drop(self) -> None:
+        if self.pg_name is None:
+            return
+        admin = create_engine(normalize_url(self.admin_url), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": self.pg_name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.pg_name}"'))
+        admin.dispose()
+
+    def new_url(self) -> str:
+        return self.postgres_url() if BACKEND == "postgres" else self.sqlite_url()
+
+
+@pytest.fixture(scope="session")
+def test_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestDatabases]:
+    databases = TestDatabases(tmp_path_factory.mktemp("databases"))
+    yield databases
+    databases.drop()
+
+
+@pytest.fixture
+def database_url(test_databases: TestDatabases) -> str:
+    return test_databases.new_url()
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[Any]:
+    """Factory for apps on this test's database (several apps = several "workers")."""
+    apps: list[Flask] = []
+
+    def _make(**config: Any) -> Flask:
+        from api import create_app
+
+        app = create_app({"PROTOCOLS_DATABASE_URL": database_url, "TESTING": True, **config})
+        apps.append(app)
+        return app
+
+    yield _make
+    for app in apps:
+        app.extensions["protocols_db"].dispose()
+
+
+@pytest.fixture
+def app(make_app: Any) -> Flask:
+    return make_app()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app: Flask) -> Database:
+    return app.extensions["protocols_db"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def backend() -> str:
+    return BACKEND
