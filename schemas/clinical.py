@@ -30,6 +30,8 @@ class IndicationSchema(CodingSchema):
 
     @validates_schema
     def _check_code(self, data: dict[str, Any], **_: Any) -> None:
+        if "system" not in data or "code" not in data:
+            return  # the field errors already say what is wrong
         message = terminology.check_indication(data["system"], data["code"], data.get("display"))
         if message:
             raise ValidationError({"code": [message]})
@@ -41,6 +43,8 @@ class RouteSchema(CodingSchema):
 
     @validates_schema
     def _check_code(self, data: dict[str, Any], **_: Any) -> None:
+        if "code" not in data or "display" not in data:
+            return  # the field errors already say what is wrong
         concept = terminology.ROUTES.get(data["code"])
         if concept is None:
             raise ValidationError({"code": [

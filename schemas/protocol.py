@@ -66,18 +66,18 @@ class ProtocolSchema(Schema):
     def _check_cross_fields(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, Any] = {}
         routes = data.get("routes") or []
-        route_codes = [r["code"] for r in routes]
-        duplicates = {c for c in route_codes if route_codes.count(c) > 1}
+        route_codes = [r.get("code") for r in routes if isinstance(r, dict)]
+        duplicates = {str(c) for c in route_codes if c is not None and route_codes.count(c) > 1}
         if duplicates:
             errors["routes"] = [f"duplicate route codes: {', '.join(sorted(duplicates))}"]
         indications = data.get("indications") or []
-        keys = [(i["system"], i["code"]) for i in indications]
+        keys = [(i.get("system"), i.get("code")) for i in indications if isinstance(i, dict)]
         if len(set(keys)) != len(keys):
             errors["indications"] = ["duplicate indication codes"]
         if "routes" in data:
             bad = {}
             for index, dose in enumerate(data.get("dosing_ranges") or []):
-                if dose.get("route") not in route_codes:
+                if isinstance(dose, dict) and "route" in dose and dose["route"] not in route_codes:
                     bad[index] = {"route": [
                         f"route '{dose['route']}' is not one of the record's routes "
                         f"({', '.join(route_codes)})"]}
@@ -85,6 +85,8 @@ class ProtocolSchema(Schema):
                 errors["dosing_ranges"] = bad
         source_errors = {}
         for index, source in enumerate(data.get("sources") or []):
+            if not isinstance(source, dict):
+                continue
             wrong = [p for p in source.get("supports") or [] if not _path_exists(data, p)]
             if wrong:
                 source_errors[index] = {"supports": [f"no such field in this record: {', '.join(wrong)}"]}

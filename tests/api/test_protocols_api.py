@@ -1,0 +1,392 @@
+"""The versioning rules of issue 2, exercised through the HTTP API on the configured database."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from tests.factories import protocol_payload
+
+
+def create(client: Any, **overrides: Any) -> tuple[str, Any]:
+    payload = protocol_payload(**overrides)
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 201, response.get_json()
+    return payload["id"], response
+
+
+def revise(client: Any, protocol_id: str, body: dict[str, Any], etag: str | None) -> Any:
+    headers = {"If-Match": etag} if etag else {}
+    return client.put(f"/v1/protocols/{protocol_id}", json=body, headers=headers)
+
+
+def versions_of(client: Any, protocol_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    url: str | None = f"/v1/protocols/{protocol_id}/versions?page_size=100"
+    while url:
+        page = client.get(url).get_json()
+        items.extend(page["items"])
+        url = page["next"]
+    return items
+
+
+# ----------------------------------------------------------------------------- create
+
+
+def test_create_returns_201_location_and_strong_etag(client):
+    protocol_id, response = create(client)
+    assert response.headers["Location"].endswith(f"/v1/protocols/{protocol_id}")
+    etag = response.headers["ETag"]
+    assert etag.startswith('"1-') and not etag.startswith("W/")
+    body = response.get_json()
+    assert body["id"] == protocol_id and body["version"] == 1 and body["status"] == "active"
+    assert body["recorded_at"].endswith("Z") and body["effective_from"] == body["recorded_at"]
+
+
+def test_create_existing_id_is_409_and_changes_nothing(client):
+    protocol_id, _ = create(client)
+    again = client.post("/v1/protocols", json=protocol_payload(protocol_id, title="Other"))
+    assert again.status_code == 409
+    assert again.get_json()["code"] == 409
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [1]
+
+
+def test_retired_id_is_never_reused(client):
+    protocol_id, response = create(client)
+    client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})
+    assert client.post("/v1/protocols", json=protocol_payload(protocol_id)).status_code == 409
+
+
+# ----------------------------------------------------------------------------- revise
+
+
+def test_put_requires_if_match(client):
+    protocol_id, response = create(client)
+    body = response.get_json() | {"title": "Changed"}
+    missing = revise(client, protocol_id, body, None)
+    assert missing.status_code == 428
+    assert missing.get_json()["current_version"] == 1
+    assert len(versions_of(client, protocol_id)) == 1
+
+
+def test_put_with_stale_etag_is_412_naming_newest(client):
+    protocol_id, response = create(client)
+    first_etag = response.headers["ETag"]
+    second = revise(client, protocol_id, response.get_json() | {"title": "Second"}, first_etag)
+    assert second.status_code == 201
+    stale = revise(client, protocol_id, response.get_json() | {"title": "Third"}, first_etag)
+    assert stale.status_code == 412
+    body = stale.get_json()
+    assert body["current_version"] == 2 and body["current_etag"] == second.headers["ETag"]
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
+
+
+@pytest.mark.parametrize("header", ["*", 'W/"1-abc"', '"nonsense"'])
+def test_put_with_wildcard_weak_or_wrong_etag_appends_nothing(client, header):
+    protocol_id, response = create(client)
+    result = revise(client, protocol_id, response.get_json() | {"title": "x"}, header)
+    assert result.status_code in (412, 428)
+    assert len(versions_of(client, protocol_id)) == 1
+
+
+def test_malformed_if_match_is_400(client):
+    protocol_id, response = create(client)
+    result = revise(client, protocol_id, response.get_json(), "not-an-etag")
+    assert result.status_code == 400
+    assert "If-Match" in result.get_json()["errors"]
+
+
+def test_put_appends_gapless_versions_with_new_etags(client):
+    protocol_id, response = create(client)
+    etag = response.headers["ETag"]
+    body = response.get_json()
+    seen = {etag}
+    for n in range(2, 6):
+        body = body | {"summary": f"revision {n}"}
+        result = revise(client, protocol_id, body, etag)
+        assert result.status_code == 201
+        assert result.headers["Location"].endswith(f"/versions/{n}")
+        etag = result.headers["ETag"]
+        assert etag.startswith(f'"{n}-') and etag not in seen
+        seen.add(etag)
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [5, 4, 3, 2, 1]
+
+
+def test_round_trip_get_then_put_unchanged_creates_no_version(client):
+    protocol_id, _ = create(client)
+    got = client.get(f"/v1/protocols/{protocol_id}")
+    result = revise(client, protocol_id, got.get_json(), got.headers["ETag"])
+    assert result.status_code == 200
+    assert result.headers["ETag"] == got.headers["ETag"]
+    assert result.data == got.data
+    assert len(versions_of(client, protocol_id)) == 1
+
+
+def test_safe_retry_same_content_without_effective_from_creates_no_version(client):
+    protocol_id, response = create(client)
+    body = protocol_payload(protocol_id)
+    body.pop("effective_from", None)
+    result = revise(client, protocol_id, body | {"change_note": "retry"}, response.headers["ETag"])
+    assert result.status_code == 200
+    assert len(versions_of(client, protocol_id)) == 1
+
+
+def test_body_id_differing_from_url_is_422(client):
+    protocol_id, response = create(client)
+    result = revise(client, protocol_id, response.get_json() | {"id": "another-id"}, response.headers["ETag"])
+    assert result.status_code == 422
+    assert "id" in result.get_json()["errors"]
+
+
+def test_server_managed_fields_are_ignored_on_input(client):
+    protocol_id, response = create(client)
+    body = response.get_json() | {"version": 99, "recorded_at": "2000-01-01T00:00:00Z",
+                                  "recorded_by": "mallory", "request_id": "x", "title": "New"}
+    result = revise(client, protocol_id, body, response.headers["ETag"])
+    assert result.status_code == 201
+    stored = result.get_json()
+    assert stored["version"] == 2 and stored["recorded_by"] != "mallory"
+    assert stored["recorded_at"] != "2000-01-01T00:00:00Z"
+
+
+def test_put_unknown_protocol_is_404(client):
+    result = revise(client, "no-such-protocol", protocol_payload("no-such-protocol"), '"1-abc"')
+    assert result.status_code == 404
+
+
+# ----------------------------------------------------------------------------- retire
+
+
+def test_delete_retires_by_appending_and_get_answers_410(client):
+    protocol_id, response = create(client)
+    missing = client.delete(f"/v1/protocols/{protocol_id}")
+    assert missing.status_code == 428
+    retired = client.delete(f"/v1/protocols/{protocol_id}?change_note=withdrawn",
+                            headers={"If-Match": response.headers["ETag"]})
+    assert retired.status_code == 200
+    assert retired.get_json()["status"] == "retired" and retired.get_json()["version"] == 2
+    gone = client.get(f"/v1/protocols/{protocol_id}")
+    assert gone.status_code == 410
+    assert gone.get_json()["version"] == 2 and gone.get_json()["change_note"] == "withdrawn"
+    history = versions_of(client, protocol_id)
+    assert [v["status"] for v in history] == ["retired", "active"]
+    assert client.get(f"/v1/protocols/{protocol_id}/versions/1").get_json()["status"] == "active"
+
+
+def test_retire_keeps_the_clinical_content(client):
+    protocol_id, response = create(client)
+    retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})
+    before, after = response.get_json(), retired.get_json()
+    for field in ("title", "drug", "dosing_ranges", "fda_approval", "sources"):
+        assert before[field] == after[field]
+
+
+def test_delete_with_stale_etag_is_412(client):
+    protocol_id, response = create(client)
+    revise(client, protocol_id, response.get_json() | {"title": "v2"}, response.headers["ETag"])
+    stale = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})
+    assert stale.status_code == 412
+    assert client.get(f"/v1/protocols/{protocol_id}").status_code == 200
+
+
+def test_put_after_retirement_reactivates_with_a_new_version(client):
+    protocol_id, response = create(client)
+    retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})
+    body = response.get_json() | {"status": "active"}
+    stale_effective = revise(client, protocol_id, body, retired.headers["ETag"])
+    # Re-sending the old effective_from puts the reactivation *before* the retirement in time:
+    # the retirement stays in effect (the rule is "latest effective_from wins").
+    assert stale_effective.status_code == 201
+    assert client.get(f"/v1/protocols/{protocol_id}").status_code == 410
+    body.pop("effective_from")
+    back = revise(client, protocol_id, body | {"title": "Reinstated"}, stale_effective.headers["ETag"])
+    assert back.status_code == 201 and back.get_json()["version"] == 4
+    assert client.get(f"/v1/protocols/{protocol_id}").get_json()["title"] == "Reinstated"
+
+
+# ----------------------------------------------------------------------------- effective / as-of
+
+
+def test_as_of_before_between_and_after_versions(client):
+    protocol_id, first = create(client, effective_from="2019-03-05T00:00:00Z", title="First label")
+    second = revise(client, protocol_id, first.get_json() | {"title": "Second label",
+                                                               "effective_from": "2020-07-31T00:00:00Z"},
+                    first.headers["ETag"])
+    third = revise(client, protocol_id, second.get_json() | {"title": "Third label",
+                                                               "effective_from": "2025-01-21T00:00:00Z"},
+                   second.headers["ETag"])
+    assert third.status_code == 201
+
+    def title_at(at: str) -> Any:
+        result = client.get(f"/v1/protocols/{protocol_id}?as_of={at}")
+        return result.status_code, (result.get_json() or {}).get("title")
+
+    assert title_at("2019-01-01T00:00:00Z")[0] == 404
+    assert title_at("2019-03-05T00:00:00Z") == (200, "First label")
+    assert title_at("2019-06-01T00:00:00Z") == (200, "First label")
+    assert title_at("2021-01-01T00:00:00%2B02:00") == (200, "Second label")
+    assert title_at("2025-01-21T00:00:00Z") == (200, "Third label")
+    assert client.get(f"/v1/protocols/{protocol_id}").get_json()["title"] == "Third label"
+
+
+def test_no_version_in_effect_is_404_saying_so(client):
+    protocol_id, _ = create(client, effective_from="2999-01-01T00:00:00Z")
+    result = client.get(f"/v1/protocols/{protocol_id}")
+    assert result.status_code == 404
+    assert "no version in effect" in result.get_json()["message"]
+    assert client.get("/v1/protocols/never-created").get_json()["message"].endswith("does not exist")
+
+
+def test_drafts_and_future_versions_do_not_change_what_is_in_effect(client):
+    protocol_id, first = create(client, title="In effect")
+    draft = revise(client, protocol_id, first.get_json() | {"title": "Draft", "status": "draft"},
+                   first.headers["ETag"])
+    assert draft.status_code == 201
+    future = revise(client, protocol_id, first.get_json() | {"title": "Future",
+                                                               "effective_from": "2999-01-01T00:00:00Z"},
+                    draft.headers["ETag"])
+    assert future.status_code == 201
+    current = client.get(f"/v1/protocols/{protocol_id}")
+    assert current.get_json()["title"] == "In effect"
+    assert current.headers["ETag"] == first.headers["ETag"]
+    latest = client.get(f"/v1/protocols/{protocol_id}/versions/latest").get_json()
+    assert latest["title"] == "Future" and latest["version"] == 3
+    assert client.get(f"/v1/protocols/{protocol_id}?as_of=2999-06-01T00:00:00Z").get_json()["title"] == "Future"
+
+
+def test_draft_only_protocol_is_not_in_effect(client):
+    protocol_id, _ = create(client, status="draft")
+    assert client.get(f"/v1/protocols/{protocol_id}").status_code == 404
+    assert client.get(f"/v1/protocols/{protocol_id}/versions/latest").get_json()["status"] == "draft"
+
+
+def test_equal_effective_from_tie_goes_to_the_higher_version(client):
+    protocol_id, first = create(client, effective_from="2020-01-01T00:00:00Z", title="Lower")
+    second = revise(client, protocol_id, first.get_json() | {"title": "Higher"}, first.headers["ETag"])
+    assert second.get_json()["effective_from"] == "2020-01-01T00:00:00Z"
+    assert client.get(f"/v1/protocols/{protocol_id}").get_json()["title"] == "Higher"
+
+
+def test_backdated_version_takes_its_place_in_time(client):
+    protocol_id, first = create(client, effective_from="2022-01-01T00:00:00Z", title="2022")
+    backdated = revise(client, protocol_id, first.get_json() | {"title": "2021",
+                                                                  "effective_from": "2021-01-01T00:00:00Z"},
+                       first.headers["ETag"])
+    assert backdated.status_code == 201
+    assert client.get(f"/v1/protocols/{protocol_id}").get_json()["title"] == "2022"
+    assert client.get(f"/v1/protocols/{protocol_id}?as_of=2021-06-01T00:00:00Z").get_json()["title"] == "2021"
+
+
+# ----------------------------------------------------------------------------- reads, caching
+
+
+def test_if_none_match_answers_304_on_every_get(client):
+    protocol_id, response = create(client)
+    etag = response.headers["ETag"]
+    for path in (f"/v1/protocols/{protocol_id}", f"/v1/protocols/{protocol_id}/versions/1",
+                 f"/v1/protocols/{protocol_id}/versions/latest"):
+        result = client.get(path, headers={"If-None-Match": etag})
+        assert result.status_code == 304, path
+        assert result.headers["ETag"] == etag and result.data == b""
+        assert client.get(path, headers={"If-None-Match": '"9-other"'}).status_code == 200
+
+
+def test_version_by_number_is_exact_and_cacheable_forever(client):
+    protocol_id, response = create(client)
+    one = client.get(f"/v1/protocols/{protocol_id}/versions/1")
+    assert one.data == response.data
+    assert "immutable" in one.headers["Cache-Control"] and "private" in one.headers["Cache-Control"]
+    revise(client, protocol_id, response.get_json() | {"title": "v2"}, response.headers["ETag"])
+    assert client.get(f"/v1/protocols/{protocol_id}/versions/1").data == response.data
+    assert client.get(f"/v1/protocols/{protocol_id}/versions/3").status_code == 404
+
+
+def test_versions_list_pages_newest_first_with_links(client):
+    protocol_id, response = create(client)
+    etag, body = response.headers["ETag"], response.get_json()
+    for n in range(2, 8):
+        result = revise(client, protocol_id, body | {"summary": f"s{n}"}, etag)
+        etag = result.headers["ETag"]
+    first = client.get(f"/v1/protocols/{protocol_id}/versions?page_size=3")
+    page = first.get_json()
+    assert [v["version"] for v in page["items"]] == [7, 6, 5]
+    assert page["prev"] is None and 'rel="next"' in first.headers["Link"]
+    second = client.get(page["next"]).get_json()
+    assert [v["version"] for v in second["items"]] == [4, 3, 2]
+    back = client.get(second["prev"]).get_json()
+    assert [v["version"] for v in back["items"]] == [7, 6, 5]
+    third = client.get(second["next"]).get_json()
+    assert [v["version"] for v in third["items"]] == [1] and third["next"] is None
+
+
+def test_list_shows_protocols_in_effect_newest_first_and_paginates(client):
+    ids = [create(client)[0] for _ in range(5)]
+    draft_id, _ = create(client, status="draft")
+    future_id, _ = create(client, effective_from="2999-01-01T00:00:00Z")
+    retired_id, retired = create(client)
+    client.delete(f"/v1/protocols/{retired_id}", headers={"If-Match": retired.headers["ETag"]})
+    seen: list[str] = []
+    url: str | None = "/v1/protocols?page_size=2"
+    while url:
+        page = client.get(url).get_json()
+        assert len(page["items"]) <= 2 and page["page_size"] == 2
+        seen.extend(item["id"] for item in page["items"])
+        url = page["next"]
+    assert seen == list(reversed(ids))
+    assert draft_id not in seen and future_id not in seen and retired_id not in seen
+
+
+def test_list_as_of_shows_what_was_in_effect_then(client):
+    old_id, _ = create(client, effective_from="2019-01-01T00:00:00Z")
+    new_id, _ = create(client, effective_from="2024-01-01T00:00:00Z")
+    ids = [i["id"] for i in client.get("/v1/protocols?as_of=2020-01-01T00:00:00Z").get_json()["items"]]
+    assert old_id in ids and new_id not in ids
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_puts_with_the_same_if_match_yield_exactly_one_version(make_app):
+    apps = [make_app() for _ in range(4)]  # separate engines/pools, like separate workers
+    protocol_id, response = create(apps[0].test_client())
+    etag, body = response.headers["ETag"], response.get_json()
+    writers = 8
+    barrier = threading.Barrier(writers)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        client = apps[n % len(apps)].test_client()
+        barrier.wait()
+        status = revise(client, protocol_id, body | {"summary": f"writer {n}"}, etag).status_code
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [201] + [412] * (writers - 1)
+    assert [v["version"] for v in versions_of(apps[0].test_client(), protocol_id)] == [2, 1]
+
+
+def test_concurrent_creates_of_one_id_yield_one_201(make_app):
+    apps = [make_app() for _ in range(4)]
+    payload = protocol_payload()
+    barrier = threading.Barrier(6)
+    results: list[int] = []
+
+    def creator(n: int) -> None:
+        client = apps[n % len(apps)].test_client()
+        barrier.wait()
+        results.append(client.post("/v1/protocols", json=payload).status_code)
+
+    threads = [threading.Thread(target=creator, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [201] + [409] * 5

@@ -1,0 +1,187 @@
+"""Every validation rule's error path: a 4xx naming the field by its dotted path, and nothing stored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.factories import ICD10CM, SNOMED, protocol_payload
+
+
+def mutate(payload: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Set (or with ``...`` delete) the value at a dotted path."""
+    node: Any = payload
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    last = parts[-1]
+    if value is ...:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return payload
+
+
+CASES = [
+    # (mutation path, value, error path expected in body.errors)
+    ("unexpected", 1, "unexpected"),
+    ("drug.unexpected", "x", "drug.unexpected"),
+    ("dosing_ranges.0.dose_min", 100, "dosing_ranges.0.dose_max"),
+    ("dosing_ranges.0.dose_min", -1, "dosing_ranges.0.dose_min"),
+    ("dosing_ranges.0.dose_min", 0, "dosing_ranges.0.dose_min"),
+    ("dosing_ranges.0.dose_max", "84", "dosing_ranges.0.dose_max"),
+    ("dosing_ranges.0.dose_max", True, "dosing_ranges.0.dose_max"),
+    ("dosing_ranges.0.dose_max", 1e300, "dosing_ranges.0.dose_max"),
+    ("dosing_ranges.0.dose_max", 84.00000000000001, "dosing_ranges.0.dose_max"),
+    ("dosing_ranges.0.unit", "furlong", "dosing_ranges.0.unit"),
+    ("dosing_ranges.0.route", "47625008", "dosing_ranges.0.route"),
+    ("dosing_ranges.0.phase", "whenever", "dosing_ranges.0.phase"),
+    ("dosing_ranges.0.max_per_period.period", "P1M", "dosing_ranges.0.max_per_period.period"),
+    ("dosing_ranges.0.frequency.count", 0, "dosing_ranges.0.frequency.count"),
+    ("dosing_ranges", [], "dosing_ranges"),
+    ("routes.0.code", "999999999", "routes.0.code"),
+    ("routes.0.display", "Intravenous route", "routes.0.display"),
+    ("routes.0.system", "http://example.org/routes", "routes.0.system"),
+    ("indications.0.code", "F3", "indications.0.code"),
+    ("indications.0.system", "ICD-10", "indications.0.system"),
+    ("indications", [], "indications"),
+    ("fda_approval.status", "sort-of", "fda_approval.status"),
+    ("fda_approval.application_number", "NDA21124", "fda_approval.application_number"),
+    ("fda_approval.application_number", None, "fda_approval.application_number"),
+    ("fda_approval.approval_date", None, "fda_approval.approval_date"),
+    ("fda_approval.approval_date", "05/03/2019", "fda_approval.approval_date"),
+    ("drug.dea_schedule", "C3", "drug.dea_schedule"),
+    ("drug.rxnorm_cui", "abc", "drug.rxnorm_cui"),
+    ("drug.name", "", "drug.name"),
+    ("drug", ..., "drug"),
+    ("title", "x" * 201, "title"),
+    ("title", None, "title"),
+    ("title", "nul\x00byte", "title"),
+    ("summary", "\ud800", "summary"),
+    ("sources", [], "sources"),
+    ("sources.0.url", "javascript:alert(1)", "sources.0.url"),
+    ("sources.0.supports", ["dosing_ranges.7"], "sources.0.supports"),
+    ("effective_from", "2020-01-01T00:00:00", "effective_from"),
+    ("effective_from", "2020-01-01", "effective_from"),
+    ("effective_from", "9999-12-31T23:59:59-01:00", "effective_from"),
+    ("status", "published", "status"),
+    ("id", "Bad Id!", "id"),
+    ("id", "../../etc", "id"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "error_path"), CASES, ids=[f"{c[0]}={c[1]!r}"[:60] for c in CASES])
+def test_invalid_create_is_422_naming_the_field_and_stores_nothing(client, path, value, error_path):
+    payload = mutate(protocol_payload(), path, value)
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422, response.get_json()
+    body = response.get_json()
+    assert body["code"] == 422 and body["status"] == "Unprocessable Entity" and body["message"]
+    assert error_path in body["errors"], body["errors"]
+    assert all(isinstance(m, str) for messages in body["errors"].values() for m in messages)
+    if isinstance(payload.get("id"), str):
+        assert client.get(f"/v1/protocols/{payload['id']}/versions/latest").status_code == 404
+
+
+def test_investigational_forbids_application_number_and_date(client):
+    payload = protocol_payload()
+    payload["fda_approval"] = {"status": "investigational", "application_number": "NDA211243",
+                               "approval_date": "2019-03-05", "rems_required": False}
+    errors = client.post("/v1/protocols", json=payload).get_json()["errors"]
+    assert {"fda_approval.application_number", "fda_approval.approval_date"} <= set(errors)
+
+
+def test_off_label_may_omit_application_number(client):
+    payload = protocol_payload()
+    payload["fda_approval"] = {"status": "off_label", "rems_required": False}
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+
+
+def test_duplicate_routes_are_rejected(client):
+    payload = protocol_payload()
+    payload["routes"] = payload["routes"] * 2
+    assert "routes" in client.post("/v1/protocols", json=payload).get_json()["errors"]
+
+
+def test_several_errors_are_reported_together(client):
+    payload = protocol_payload()
+    payload["dosing_ranges"][0]["unit"] = "parsec"
+    payload["title"] = ""
+    payload["fda_approval"]["application_number"] = "X"
+    errors = client.post("/v1/protocols", json=payload).get_json()["errors"]
+    assert {"dosing_ranges.0.unit", "title", "fda_approval.application_number"} <= set(errors)
+
+
+def test_valid_indication_and_route_systems(client):
+    payload = protocol_payload()
+    payload["indications"].append({"system": SNOMED, "code": "370143000",
+                                   "display": "Major depressive disorder"})
+    payload["indications"].append({"system": ICD10CM, "code": "F32.A", "display": "Depression, unspecified"})
+    assert client.post("/v1/protocols", json=payload).status_code == 201, \
+        client.post("/v1/protocols", json=payload).get_json()
+
+
+def test_decimal_doses_are_kept_exactly(client):
+    payload = protocol_payload()
+    payload["dosing_ranges"][0].update(dose_min=0.35, dose_max=84.0000001)
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 201
+    assert b'"dose_min":0.35' in response.data and b'"dose_max":84.0000001' in response.data
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [
+    (b"{not json", "application/json", 400),
+    (b'{"title": NaN}', "application/json", 400),
+    (b'{"title": Infinity}', "application/json", 400),
+    (b'{"title": "a", "title": "b"}', "application/json", 400),
+    (b'{"title": "\xff\xfe"}', "application/json", 400),
+    (b"[" * 100000 + b"]" * 100000, "application/json", 400),
+    (b"", "application/json", 400),
+    (b'{"id": "x"}', "text/plain", 415),
+    (b'{"id": "x"}', "application/x-www-form-urlencoded", 415),
+    (b'"just a string"', "application/json", 422),
+    (b"null", "application/json", 422),
+])
+def test_malformed_bodies(client, body, content_type, status):
+    response = client.post("/v1/protocols", data=body, content_type=content_type)
+    assert response.status_code == status
+    assert response.get_json()["code"] == status
+
+
+def test_oversize_body_is_413_in_the_error_shape(client):
+    payload = protocol_payload(summary="x" * (300 * 1024))
+    response = client.post("/v1/protocols", data=json.dumps(payload), content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["code"] == 413
+
+
+def test_unknown_route_is_404_json(client):
+    response = client.get("/v1/nothing-here")
+    assert response.status_code == 404 and response.get_json()["code"] == 404
+
+
+def test_wrong_method_is_405_json(client):
+    response = client.patch("/v1/protocols")
+    assert response.status_code == 405 and response.get_json()["code"] == 405
+
+
+@pytest.mark.parametrize("query", ["page_size=0", "page_size=101", "page_size=abc", "as_of=yesterday",
+                                   "as_of=2020-01-01", "cursor=bogus", "unknown=1"])
+def test_bad_list_parameters_are_422_naming_the_parameter(client, query):
+    response = client.get(f"/v1/protocols?{query}")
+    assert response.status_code == 422
+    assert query.split("=")[0] in response.get_json()["errors"]
+
+
+def test_cursor_from_another_listing_is_rejected(client):
+    payload = protocol_payload()
+    created = client.post("/v1/protocols", json=payload)
+    etag = created.headers["ETag"]
+    client.put(f"/v1/protocols/{payload['id']}", json=created.get_json() | {"title": "2"}, headers={"If-Match": etag})
+    versions_cursor = client.get(f"/v1/protocols/{payload['id']}/versions?page_size=1").get_json()["next"]
+    token = versions_cursor.split("cursor=")[1]
+    assert client.get(f"/v1/protocols?cursor={token}").status_code == 422
