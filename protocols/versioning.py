@@ -407,6 +407,16 @@ def latest(db: Database, protocol_id: str) -> StoredVersion:
         return _newest(session, protocol_id)
 
 
+def keyset_descending(query: Any, column: Any, after: int | None, before: int | None) -> Any:
+    """Order by ``column`` descending, continuing after ``after`` (next page) or, reading backwards,
+    before ``before`` (previous page; the caller reverses those rows)."""
+    if before is not None:
+        return query.where(column > before).order_by(column.asc())
+    if after is not None:
+        query = query.where(column < after)
+    return query.order_by(column.desc())
+
+
 def list_versions(
     db: Database,
     protocol_id: str,
@@ -426,13 +436,7 @@ def list_versions(
             query = query.where(ProtocolVersion.recorded_at >= since)
         if until is not None:
             query = query.where(ProtocolVersion.recorded_at < until)
-        if before_version is not None:
-            query = query.where(ProtocolVersion.version > before_version).order_by(
-                ProtocolVersion.version.asc())
-        else:
-            if after_version is not None:
-                query = query.where(ProtocolVersion.version < after_version)
-            query = query.order_by(ProtocolVersion.version.desc())
+        query = keyset_descending(query, ProtocolVersion.version, after_version, before_version)
         rows = session.execute(query.limit(limit + 1)).all()
     items = [_stored(r) for r in rows[:limit]]
     if before_version is not None:
@@ -476,13 +480,7 @@ def list_effective(
                or_(EffectivePeriod.valid_until.is_(None), EffectivePeriod.valid_until > at),
                EffectivePeriod.status.in_(list(statuses)), *extra_filters)
     )
-    if before_seq is not None:
-        query = query.where(EffectivePeriod.protocol_seq > before_seq).order_by(
-            EffectivePeriod.protocol_seq.asc())
-    else:
-        if after_seq is not None:
-            query = query.where(EffectivePeriod.protocol_seq < after_seq)
-        query = query.order_by(EffectivePeriod.protocol_seq.desc())
+    query = keyset_descending(query, EffectivePeriod.protocol_seq, after_seq, before_seq)
     with db.read() as session:
         rows = session.execute(query.limit(limit + 1)).all()
     items = [EffectiveRow(r.protocol_seq, _stored(r)) for r in rows[:limit]]
