@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export FLASK_APP := api
 
-.PHONY: run test test-sqlite test-postgres lint openapi serve bench fuzz clean venv
+.PHONY: run test test-sqlite test-postgres lint openapi serve bench fuzz reliability clean venv
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -19,7 +19,14 @@ venv: $(VENV)/.installed
 run: venv
 	$(BIN)/flask protocols migrate
 	$(BIN)/flask protocols load
+	@echo "== a write key for local use (reads are open to anonymous callers in make run) =="
+	$(BIN)/flask keys create --name local-dev --scope protocols:read --scope protocols:write --expires P1D
 	PROTOCOLS_ANONYMOUS_READS=true $(BIN)/flask run --host 127.0.0.1 --port 8000
+
+## make serve: production server (gunicorn, gunicorn.conf.py) against PROTOCOLS_DATABASE_URL.
+## Run `flask protocols migrate` once per release first; see docs/operations.md.
+serve: venv
+	$(BIN)/gunicorn -c gunicorn.conf.py "api:create_app()"
 
 ## make test: the whole suite on SQLite, then on PostgreSQL when configured (always in CI)
 test: venv
@@ -40,6 +47,22 @@ test-postgres: venv
 lint: venv
 	$(BIN)/ruff check api schemas protocols tests bench migrations
 	$(BIN)/mypy
+
+## make fuzz: the long contract-fuzzing and property run (10x the CI budget), on both databases when
+## PostgreSQL is configured; figures land in var/reliability-figures.json (see docs/reliability.md)
+FUZZ_ENV := FUZZ_EXAMPLES=300 FUZZ_STATEFUL=250 PROPERTY_EXAMPLES=400
+fuzz: venv
+	$(FUZZ_ENV) $(BIN)/pytest -q tests/reliability/test_fuzz_contract.py tests/reliability/test_properties.py
+	@if [ -n "$$PROTOCOLS_TEST_POSTGRES_URL" ] || [ "$$CI" = "true" ]; then \
+		PROTOCOLS_TEST_DB=postgres $(FUZZ_ENV) $(BIN)/pytest -q tests/reliability/test_fuzz_contract.py \
+			tests/reliability/test_properties.py; \
+	fi
+	$(BIN)/python -m tests.reliability.figures
+
+## make reliability: the reliability suite alone (real servers, faults, hostile input), then its figures
+reliability: venv
+	$(BIN)/pytest -q tests/reliability
+	$(BIN)/python -m tests.reliability.figures
 
 ## make openapi: regenerate openapi.yaml from the app (a test fails when it drifts)
 openapi: venv

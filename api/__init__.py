@@ -10,7 +10,7 @@ import swagger_ui_bundle
 from flask import Flask, Response, g, request, send_from_directory
 from flask_smorest import Api
 
-from api import cli, errors
+from api import cli, cors, errors
 from api.config import from_env
 from api.extensions import API_KEY, DB_KEY
 from protocols.db import make_database
@@ -18,24 +18,51 @@ from protocols.db import make_database
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 
+class _Api(Api):
+    ERROR_SCHEMA = errors.ErrorSchema  # documents the real error body (request_id, current_etag …)
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(from_env(config))
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False  # '//' must be a JSON 404, not an HTML redirect
 
     app.extensions[DB_KEY] = make_database(app.config["PROTOCOLS_DATABASE_URL"])
 
-    api = Api(app)
+    api = _Api(app)
     app.extensions[API_KEY] = api
     from api.protocols_api import blp as protocols_blp
 
     api.register_blueprint(protocols_blp)
+    from api.terminology_api import blp as terminology_blp
+    api.register_blueprint(terminology_blp)
+    from api.dosing_api import blp as dosing_blp; api.register_blueprint(dosing_blp)  # noqa: E702
+    from api.cds_api import blp as cds_blp; api.register_blueprint(cds_blp)  # noqa: E702
+    from api.changes_api import blp as changes_blp; api.register_blueprint(changes_blp)  # noqa: E702, I001
+    from api.fhir_api import init_app as init_fhir; init_fhir(app)  # noqa: E702
     errors.init_app(app)
     cli.init_app(app)
     _init_request_hooks(app)
+    cors.init_app(app)  # after the request id, before auth: preflights carry no key
     _init_docs_assets(app)
+    _init_operations(app, api)  # keep last: it protects and documents every blueprint registered above
     return app
+
+
+def _init_operations(app: Flask, api: Api) -> None:
+    """Health, admin API, JSON logs, authentication, rate limits and the audit trail for every endpoint."""
+    from api import admin_api, audit_log, auth, health_api, keys_cli, logging_setup, ratelimit
+
+    api.register_blueprint(health_api.blp)
+    api.register_blueprint(admin_api.blp)
+    logging_setup.init_app(app)
+    auth.init_app(app)
+    ratelimit.init_app(app)
+    audit_log.init_app(app, app.extensions[DB_KEY].engine)
+    keys_cli.init_app(app)
+    auth.document_security(app, api)
 
 
 def _init_request_hooks(app: Flask) -> None:

@@ -1,7 +1,8 @@
-"""``flask protocols ...`` commands: migrate, load the curated catalog."""
+"""``flask protocols ...`` commands: migrate, load the curated catalog, export and import."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from marshmallow import ValidationError
 
 from api.errors import flatten_errors
 from api.extensions import get_db
-from protocols import catalog, migrate
+from protocols import audit, catalog, migrate, transfer
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
 
@@ -42,19 +43,67 @@ def load_command(directory: Path | None) -> None:
     validated = []
     failed = False
     for catalog_file in files:
-        try:
-            validated.append((catalog_file, [validate_entry(raw) for raw in catalog_file.entries]))
-        except ValidationError as exc:
-            failed = True
-            for path, messages in flatten_errors(exc.messages).items():
-                click.echo(f"{catalog_file.path.name}: {path}: {'; '.join(messages)}", err=True)
+        entries = []
+        for index, raw in enumerate(catalog_file.entries):
+            try:
+                entries.append(validate_entry(raw))
+            except ValidationError as exc:
+                failed = True
+                prefix = f"versions.{index}." if len(catalog_file.entries) > 1 else ""
+                for path, messages in flatten_errors(exc.messages).items():
+                    click.echo(f"{catalog_file.path.name}: {prefix}{path}: {'; '.join(messages)}", err=True)
+        validated.append((catalog_file, entries))
     if failed:
         raise click.ClickException("catalog has invalid files; nothing was loaded")
     ctx = WriteContext(actor="catalog-loader")
     for catalog_file, entries in validated:
         result = catalog.sync_protocol(get_db(), catalog_file.protocol_id, entries, ctx)
+        if result.appended:  # a change made outside any HTTP request still belongs in the audit log
+            audit.record(get_db(), action="protocol.load", outcome=audit.ALLOWED, actor=ctx.actor,
+                         target=catalog_file.protocol_id, detail=f'{{"appended_versions":{list(result.appended)}}}')
         state = f"appended versions {result.appended}" if result.appended else "unchanged"
         click.echo(f"{catalog_file.protocol_id}: {state}")
+
+
+def validate_document(document: dict[str, Any]) -> dict[str, list[str]]:
+    """Wire-schema errors of one exported version document, by dotted field path."""
+    return flatten_errors(ProtocolCreateSchema().validate(document))
+
+
+@protocols_cli.command("export")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path))
+def export_command(path: Path) -> None:
+    """Write every protocol with its full history as NDJSON (changes-feed order; `-` = stdout)."""
+    if str(path) == "-":
+        count = transfer.export_ndjson(get_db(), sys.stdout)
+        click.echo(f"exported {count} versions", err=True)
+        return
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8", newline="\n") as out:
+        count = transfer.export_ndjson(get_db(), out)
+    partial.replace(path)  # a crash mid-export never leaves a truncated file under the real name
+    click.echo(f"exported {count} versions to {path}")
+
+
+IMPORT_ACTION = "protocols.import"
+
+
+@protocols_cli.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
+def import_command(path: Path) -> None:
+    """Import an NDJSON export: the whole file is validated first, then imported in one transaction."""
+    data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    try:
+        result = transfer.import_ndjson(get_db(), data, validate_document)
+    except transfer.ImportRejected as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor="cli", target=str(path),
+                     detail=f"{len(exc.errors)} problem(s); first: {exc.errors[0]}")
+        raise click.ClickException(f"{len(exc.errors)} problem(s) in {path}; nothing was imported") from exc
+    audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.ALLOWED, actor="cli", target=str(path),
+                 detail=f"imported {result.versions} versions of {len(result.protocols)} protocols")
+    click.echo(f"imported {result.versions} versions of {len(result.protocols)} protocols")
 
 
 def init_app(app: Flask) -> None:

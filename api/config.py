@@ -19,7 +19,7 @@ def from_env(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "PROTOCOLS_DATABASE_URL": env.get("PROTOCOLS_DATABASE_URL") or default_database_url(),
         "PROTOCOLS_ANONYMOUS_READS": env.get("PROTOCOLS_ANONYMOUS_READS", "false").lower() in ("1", "true", "yes"),
         "PROTOCOLS_REDIS_URL": env.get("PROTOCOLS_REDIS_URL") or None,
-        "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "600/minute"),
+        "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "3000/minute"),  # per key; "off" disables
         "PROTOCOLS_CORS_ORIGINS": [o for o in env.get("PROTOCOLS_CORS_ORIGINS", "").split(",") if o],
         "PROTOCOLS_LOG_JSON": env.get("PROTOCOLS_LOG_JSON", "true").lower() in ("1", "true", "yes"),
         "MAX_CONTENT_LENGTH": int(env.get("PROTOCOLS_MAX_BODY_BYTES", MAX_BODY_BYTES)),

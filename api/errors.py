@@ -13,6 +13,7 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, g, json
+from marshmallow import INCLUDE, Schema, fields
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -22,6 +23,24 @@ from protocols import errors as domain
 log = logging.getLogger("api.errors")
 
 RETRY_AFTER_SECONDS = "2"
+
+
+class ErrorSchema(Schema):
+    """The one error body, as documented in OpenAPI (flask-smorest's default lacks ``request_id`` and
+    the precondition fields, so a contract fuzzer rightly flagged every error as off-schema). Extra keys
+    are allowed: an error may carry context such as ``current_etag`` or ``retry_after``."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    code = fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = fields.String(required=True, metadata={"description": "HTTP reason phrase"})
+    message = fields.String(required=True, metadata={"description": "What went wrong, for a human"})
+    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
+                         metadata={"description": "Messages by dotted field path (dosing_ranges.0.unit)"})
+    request_id = fields.String(allow_none=True, metadata={"description": "Echo of X-Request-ID"})
+    current_version = fields.Integer(allow_none=True, metadata={"description": "On 412/428: newest version"})
+    current_etag = fields.String(allow_none=True, metadata={"description": "On 412/428: its ETag"})
 
 
 class ApiError(Exception):

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,6 +19,7 @@ _ETAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e]*")\s*(?:,|$)')
 
 CACHE_REVALIDATE = "private, no-cache"
 CACHE_IMMUTABLE = "private, max-age=31536000, immutable"
+MAX_CURSOR_KEY = 2**63 - 1
 
 
 def parse_etag_list(header: str | None) -> list[str] | None:
@@ -131,13 +132,27 @@ def read_cursor(kind: str, query: Mapping[str, Any]) -> tuple[int | None, int | 
     if "cursor" not in query:
         return None, None
     key, direction = decode_cursor(kind, query["cursor"])
-    if not isinstance(key, int):
+    # Keys are 64-bit database integers: a forged larger one would overflow the driver (a 500).
+    if not isinstance(key, int) or not 0 <= key <= MAX_CURSOR_KEY:
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (key, None) if direction == "n" else (None, key)
 
 
-def page_links(kind: str, keys: list[int], *, has_more: bool, after: int | None,
-               before: int | None) -> tuple[str | None, str | None]:
+def read_composite_cursor(kind: str, query: Mapping[str, Any],
+                          size: int) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Like :func:`read_cursor` for keys of ``size`` integers (e.g. ``(rank, seq)``)."""
+    if "cursor" not in query:
+        return None, None
+    key, direction = decode_cursor(kind, query["cursor"])
+    if (not isinstance(key, list) or len(key) != size
+            or not all(isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= MAX_CURSOR_KEY
+                       for part in key)):
+        raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
+    return (tuple(key), None) if direction == "n" else (None, tuple(key))
+
+
+def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool, after: Any | None,
+               before: Any | None) -> tuple[str | None, str | None]:
     """Next/prev URLs for a keyset page whose items carry ``keys`` in display order."""
     if not keys:
         return None, None

@@ -9,20 +9,23 @@ from typing import Any
 
 from flask import Response, url_for
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db, write_context
 from api.http import (
     CACHE_IMMUTABLE,
     if_match,
     list_response,
+    not_modified,
     page_links,
+    read_composite_cursor,
     read_cursor,
     version_response,
 )
 from api.parsing import Blueprint
-from protocols import versioning
+from protocols import diff, search, versioning
 from protocols.errors import ProtocolRetired
-from schemas.protocol import ProtocolCreateSchema, ProtocolSchema, split_payload
+from schemas.diff import VersionDiffSchema, diff_body
+from schemas.protocol import ProtocolCreateSchema, ProtocolPageSchema, ProtocolSchema, split_payload
 from schemas.query import (
     AsOfQuerySchema,
     ProtocolListQuerySchema,
@@ -38,6 +41,29 @@ ETAG_HEADER = {"ETag": {"description": "Strong entity-tag of the version served"
                         "schema": {"type": "string"}}}
 LINK_HEADER = {"Link": {"description": "RFC 8288 next/prev links", "schema": {"type": "string"}}}
 
+IF_MATCH_PARAMETER = {"in": "header", "name": "If-Match", "required": True, "schema": {"type": "string"},
+                      "description": "ETag of the newest version (from GET or the previous write)"}
+
+# OpenAPI links: how a client (and the stateful contract fuzzer) goes create -> read -> revise -> read
+# version. Operations are named by JSON pointer, so no operationId has to be invented.
+_ONE = "#/paths/~1v1~1protocols~1{protocol_id}"
+_GET_ONE, _PUT_ONE, _DELETE_ONE = f"{_ONE}/get", f"{_ONE}/put", f"{_ONE}/delete"
+_GET_VERSION = "#/paths/~1v1~1protocols~1{protocol_id}~1versions~1{version}/get"
+_LIST_VERSIONS = "#/paths/~1v1~1protocols~1{protocol_id}~1versions/get"
+_BY_ID = {"protocol_id": "$response.body#/id"}
+_READ_LINKS = {
+    "GetProtocol": {"operationRef": _GET_ONE, "parameters": _BY_ID},
+    "GetVersion": {"operationRef": _GET_VERSION,
+                   "parameters": {**_BY_ID, "version": "$response.body#/version"}},
+    "ListVersions": {"operationRef": _LIST_VERSIONS, "parameters": _BY_ID},
+}
+_WRITE_LINKS = {
+    "ReviseProtocol": {"operationRef": _PUT_ONE, "requestBody": "$response.body",
+                       "parameters": {**_BY_ID, "header.If-Match": "$response.header.ETag"}},
+    "RetireProtocol": {"operationRef": _DELETE_ONE,
+                       "parameters": {**_BY_ID, "header.If-Match": "$response.header.ETag"}},
+}
+
 
 def _check_body_id(payload: dict[str, Any], protocol_id: str) -> None:
     if payload.get("id") is not None and payload["id"] != protocol_id:
@@ -49,7 +75,8 @@ def _check_body_id(payload: dict[str, Any], protocol_id: str) -> None:
 @blp.arguments(ProtocolCreateSchema)
 @blp.response(201, ProtocolSchema, headers={**ETAG_HEADER,
                                             "Location": {"schema": {"type": "string"}}})
-@blp.alt_response(409, description="A protocol with this id exists (ids are never reused)")
+@blp.alt_response(409, schema=ErrorSchema, description="A protocol with this id exists (ids are never reused)")
+@blp.doc(responses={"201": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
 def create_protocol(payload: dict[str, Any]) -> Response:
     """Create a protocol (version 1)."""
     meta, content = split_payload(payload)
@@ -62,24 +89,32 @@ def create_protocol(payload: dict[str, Any]) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.arguments(ProtocolListQuerySchema, location="query")
-@blp.response(200, ProtocolSchema(many=True), headers=LINK_HEADER)
+@blp.response(200, ProtocolPageSchema, headers=LINK_HEADER)
 def list_protocols(query: dict[str, Any]) -> Response:
-    """List the protocols in effect (newest protocol first, cursor pagination)."""
-    after, before = read_cursor("protocols", query)
-    page = versioning.list_effective(get_db(), at=query.get("as_of"), limit=query["page_size"],
-                                     after_seq=after, before_seq=before)
-    next_url, prev_url = page_links("protocols", [row.protocol_seq for row in page.items],
-                                    has_more=page.has_more, after=after, before=before)
-    return list_response((row.version.document for row in page.items), next_url=next_url,
-                         prev_url=prev_url, page_size=query["page_size"])
+    """Find protocols: filters (AND), free text `q` (ranked), `as_of` time travel, cursor pages.
+
+    Without `q`: newest protocol first. With `q`: best rank first, then newest protocol. Pages are
+    keyset pages: a write between two fetches neither repeats nor skips a protocol.
+    """
+    filters = search.ProtocolQuery.from_mapping(query)
+    kind = "protocols:ranked" if filters.ranked else "protocols"
+    after, before = read_composite_cursor(kind, query, 2) if filters.ranked else read_cursor(kind, query)
+    page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
+                         count=query["count"])
+    next_url, prev_url = page_links(kind, [hit.key for hit in page.items], has_more=page.has_more,
+                                    after=after, before=before)
+    return list_response((hit.version.document for hit in page.items), next_url=next_url,
+                         prev_url=prev_url, page_size=query["page_size"],
+                         extra={"count": page.total} if page.total is not None else None)
 
 
 @blp.route("/<string:protocol_id>", methods=["GET"])
 @blp.arguments(AsOfQuerySchema, location="query")
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER)
 @blp.alt_response(304, description="Not modified (If-None-Match matched)")
-@blp.alt_response(404, description="No such protocol, or no version in effect at that time")
+@blp.alt_response(404, schema=ErrorSchema, description="No such protocol, or no version in effect at that time")
 @blp.alt_response(410, schema=ProtocolSchema, description="Retired: the retirement version")
+@blp.doc(responses={"200": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
 def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """The version in effect now, or at `as_of`."""
     try:
@@ -94,8 +129,10 @@ def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER,
               description="Content equals the newest version: nothing appended, newest returned")
 @blp.alt_response(201, schema=ProtocolSchema, description="A new version was appended")
-@blp.alt_response(412, description="If-Match is stale; the body names the newest version")
-@blp.alt_response(428, description="If-Match is missing")
+@blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale; the body names the newest version")
+@blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
+@blp.doc(parameters=[IF_MATCH_PARAMETER],
+         responses={"200": {"links": _READ_LINKS}, "201": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
 def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
     """Append the next version. Requires `If-Match` with the newest version's ETag."""
     _check_body_id(payload, protocol_id)
@@ -113,8 +150,9 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
 @blp.arguments(RetireQuerySchema, location="query")
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER,
               description="The retirement version (nothing is erased)")
-@blp.alt_response(412, description="If-Match is stale")
-@blp.alt_response(428, description="If-Match is missing")
+@blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale")
+@blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
+@blp.doc(parameters=[IF_MATCH_PARAMETER], responses={"200": {"links": _READ_LINKS}})
 def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """Retire a protocol: append a `retired` version. Requires `If-Match`."""
     stored, _ = versioning.retire(get_db(), protocol_id, if_match=if_match(),
@@ -125,7 +163,7 @@ def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 
 @blp.route("/<string:protocol_id>/versions", methods=["GET"])
 @blp.arguments(VersionListQuerySchema, location="query")
-@blp.response(200, ProtocolSchema(many=True), headers=LINK_HEADER)
+@blp.response(200, ProtocolPageSchema, headers=LINK_HEADER)
 def list_versions(query: dict[str, Any], protocol_id: str) -> Response:
     """Every version, newest first."""
     kind = f"versions:{protocol_id}"
@@ -151,3 +189,22 @@ def get_latest_version(protocol_id: str) -> Response:
 def get_version(protocol_id: str, version: int) -> Response:
     """One version exactly as stored. It never changes: cache it forever."""
     return version_response(versioning.get_version(get_db(), protocol_id, version), cache=CACHE_IMMUTABLE)
+
+
+@blp.route("/<string:protocol_id>/versions/<int:a>/diff/<int:b>", methods=["GET"])
+@blp.response(200, VersionDiffSchema, headers=ETAG_HEADER)
+@blp.alt_response(304, description="Not modified (If-None-Match matched)")
+@blp.alt_response(404, schema=ErrorSchema, description="No such protocol or version")
+def diff_versions(protocol_id: str, a: int, b: int) -> Any:
+    """What changed from version `a` to version `b`: an RFC 6902 JSON Patch and typed clinical changes
+    with a severity (`major` = can change a dose a patient gets). Both versions are immutable, so the
+    answer is too."""
+    db = get_db()
+    old, new = versioning.get_version(db, protocol_id, a), versioning.get_version(db, protocol_id, b)
+    headers = {"ETag": diff.diff_etag(old.etag, new.etag), "Cache-Control": CACHE_IMMUTABLE}
+    if not_modified(headers["ETag"]):
+        response = Response(status=304)
+        response.headers.update(headers)
+        return response
+    body = diff_body(protocol_id, a, b, diff.diff_documents(old.as_dict(), new.as_dict()))
+    return body, 200, headers

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from protocols.terminology import ICD10CM
+
 
 def search_terms(content: Mapping[str, Any], status: str) -> Iterator[tuple[str, str]]:
     """Yield ``(kind, value)`` pairs a version can be found by. Values are normalized for equality."""
@@ -23,8 +25,26 @@ def search_terms(content: Mapping[str, Any], status: str) -> Iterator[tuple[str,
     for indication in content.get("indications") or []:
         yield "indication", str(indication["code"]).upper()
         yield "indication_system", str(indication["system"])
+        for key in indication_keys(str(indication["system"]), str(indication["code"])):
+            yield "indication_key", key
     approval = content.get("fda_approval") or {}
     if approval.get("status"):
         yield "fda_status", str(approval["status"])
     if approval.get("rems_required") is not None:
         yield "rems_required", "true" if approval["rems_required"] else "false"
+
+
+def indication_keys(system: str, code: str) -> list[str]:
+    """``system|code`` tokens (FHIR token-search style) an indication is found by, exact-match only.
+
+    An ICD-10-CM code is also found by each of its ancestors: ``F33.21`` yields ``F33``, ``F33.2`` and
+    ``F33.21``, so ``indication=F33`` is an indexed equality lookup (no LIKE, no collation games)
+    that still matches every subcode.
+    """
+    code = code.upper()
+    if system != ICD10CM:
+        return [f"{system}|{code}"]
+    category, _, rest = code.partition(".")
+    keys = [f"{system}|{category}"]
+    keys += [f"{system}|{category}.{rest[:length]}" for length in range(1, len(rest) + 1)]
+    return keys

@@ -21,10 +21,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from protocols import record
+from protocols import fulltext, record
 from protocols.db import Database
 from protocols.errors import (
     NotInEffect,
@@ -334,6 +334,7 @@ def _append(
             {"protocol_id": protocol_id, "version": version, "kind": kind, "value": value[:200]}
             for kind, value in terms
         ])
+    fulltext.index_version(session, seq, record.canonical_content(content))
     _rebuild_periods(session, protocol_id)
     return StoredVersion(protocol_id, version, status, effective_from, now, etag, document, seq)
 
@@ -366,35 +367,109 @@ def _rebuild_periods(session: Session, protocol_id: str) -> None:
 # ---------------------------------------------------------------------------------------- reads
 
 
+#: ``effective()`` is the hot path of every medication order. It runs one fixed SELECT on a pooled
+#: DBAPI connection instead of an ORM Session: no Session/Connection set-up, no statement building or
+#: cache-key lookup, no explicit BEGIN/ROLLBACK (a single SELECT is atomic on its own; on PostgreSQL
+#: it runs in autocommit, saving two round trips). Column types still go through SQLAlchemy's own
+#: bind/result processors, and driver errors are wrapped exactly as SQLAlchemy wraps them, so callers
+#: see the same values and exceptions as before. Measured in docs/performance.md (bench/).
+_EFFECTIVE_SQL = (
+    "SELECT protocol_id, version, status, effective_from, recorded_at, etag, document, seq"
+    " FROM protocol_versions WHERE protocol_id = {mark} AND status IN ({statuses})"
+    " AND effective_from <= {mark} ORDER BY effective_from DESC, version DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    sql: str
+    bind_time: Any
+    read_time: Any
+    autocommit: bool
+
+
+_PLANS: dict[Any, _ReadPlan] = {}
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _plan(dialect: Any) -> _ReadPlan:
+    plan = _PLANS.get(dialect)
+    if plan is None:
+        time_type = ProtocolVersion.__table__.c.effective_from.type.dialect_impl(dialect)
+        statuses = ", ".join(f"'{s}'" for s in IN_EFFECT_STATUSES)  # constants, not input
+        plan = _ReadPlan(
+            sql=_EFFECTIVE_SQL.format(mark="?" if dialect.paramstyle == "qmark" else "%s", statuses=statuses),
+            bind_time=time_type.bind_processor(dialect) or _identity,
+            read_time=time_type.result_processor(dialect, None) or _identity,
+            autocommit=dialect.name == "postgresql")
+        _PLANS[dialect] = plan
+    return plan
+
+
+def _effective_row(db: Database, protocol_id: str, at: datetime) -> StoredVersion | None:
+    dialect = db.engine.dialect
+    plan = _plan(dialect)
+    params = (protocol_id, plan.bind_time(at))
+    conn = db.engine.raw_connection()
+    try:
+        raw = conn.dbapi_connection
+        try:
+            if plan.autocommit:
+                raw.autocommit = True  # type: ignore[union-attr]
+            cursor = conn.cursor()
+            try:
+                cursor.execute(plan.sql, params)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+                if plan.autocommit:
+                    raw.autocommit = False  # type: ignore[union-attr]
+        except dialect.loaded_dbapi.Error as exc:
+            disconnected = dialect.is_disconnect(exc, raw, None)
+            if disconnected:
+                conn.invalidate(exc)
+            raise DBAPIError.instance(plan.sql, params, exc, dialect.loaded_dbapi.Error,
+                                      connection_invalidated=disconnected, dialect=dialect) from exc
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return StoredVersion(row[0], row[1], row[2], plan.read_time(row[3]), plan.read_time(row[4]), row[5],
+                         row[6], row[7])
+
+
 def effective(db: Database, protocol_id: str, at: datetime | None = None) -> StoredVersion:
     """The version in effect at ``at`` (default now); raises when none is or it is a retirement."""
     at = at or utcnow()
-    with db.read() as session:
-        row = session.execute(
-            select(*_VERSION_COLUMNS)
-            .where(ProtocolVersion.protocol_id == protocol_id,
-                   ProtocolVersion.status.in_(IN_EFFECT_STATUSES),
-                   ProtocolVersion.effective_from <= at)
-            .order_by(ProtocolVersion.effective_from.desc(), ProtocolVersion.version.desc())
-            .limit(1)
-        ).first()
-        if row is None:
+    found = _effective_row(db, protocol_id, at)
+    if found is None:
+        with db.read() as session:
             _require_protocol(session, protocol_id)
-            raise NotInEffect(f"protocol '{protocol_id}' has no version in effect at the requested time",
-                              protocol_id=protocol_id)
-    stored = _stored(row)
+        raise NotInEffect(f"protocol '{protocol_id}' has no version in effect at the requested time",
+                          protocol_id=protocol_id)
+    stored = found
     if stored.status == "retired":
         raise ProtocolRetired(f"protocol '{protocol_id}' was retired in version {stored.version}",
                               version=stored)
     return stored
 
 
+#: Versions are stored as 32-bit integers; a larger number in a URL cannot name one (and would make the
+#: database driver overflow: a 500 found by contract fuzzing).
+MAX_VERSION = 2**31 - 1
+
+
 def get_version(db: Database, protocol_id: str, version: int) -> StoredVersion:
     with db.read() as session:
-        row = session.execute(
-            select(*_VERSION_COLUMNS)
-            .where(ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.version == version)
-        ).first()
+        row = None
+        if 1 <= version <= MAX_VERSION:
+            row = session.execute(
+                select(*_VERSION_COLUMNS)
+                .where(ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.version == version)
+            ).first()
         if row is None:
             _require_protocol(session, protocol_id)
             raise VersionNotFound(f"protocol '{protocol_id}' has no version {version}",

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from protocols import terminology, units
+from protocols import dose_units, terminology, units
 from schemas.fields import Duration, PositiveDecimal, StrictInteger, Text
 
 PHASES = ("induction", "maintenance", "continuation", "single", "loading", "infusion", "titration")
@@ -32,9 +32,9 @@ class IndicationSchema(CodingSchema):
     def _check_code(self, data: dict[str, Any], **_: Any) -> None:
         if "system" not in data or "code" not in data:
             return  # the field errors already say what is wrong
-        message = terminology.check_indication(data["system"], data["code"], data.get("display"))
-        if message:
-            raise ValidationError({"code": [message]})
+        errors = terminology.check_indication_coding(data["system"], data["code"], data.get("display"))
+        if errors:
+            raise ValidationError(errors)
 
 
 class RouteSchema(CodingSchema):
@@ -45,13 +45,9 @@ class RouteSchema(CodingSchema):
     def _check_code(self, data: dict[str, Any], **_: Any) -> None:
         if "code" not in data or "display" not in data:
             return  # the field errors already say what is wrong
-        concept = terminology.ROUTES.get(data["code"])
-        if concept is None:
-            raise ValidationError({"code": [
-                f"'{data['code']}' is not a supported SNOMED CT route; see /v1/terminology/routes"]})
-        if not terminology.route_display_matches(data["code"], data["display"]):
-            raise ValidationError({"display": [
-                f"display does not match SNOMED CT {concept.code}: expected '{concept.display}'"]})
+        errors = terminology.check_route(data["code"], data["display"])
+        if errors:
+            raise ValidationError(errors)
 
 
 def _check_unit(value: str) -> None:
@@ -103,6 +99,18 @@ class DoseRangeSchema(Schema):
         low, high = data.get("dose_min"), data.get("dose_max")
         if low is not None and high is not None and low > high:
             raise ValidationError({"dose_max": ["dose_max must be greater than or equal to dose_min."]})
+        cap = data.get("max_per_period")
+        if data.get("unit") and isinstance(cap, dict) and cap.get("unit"):
+            # Mixed units: a dose in mg capped in mL (or the reverse) cannot be compared by anyone.
+            try:
+                dose_kind = dose_units.parse_dose_unit(data["unit"]).kind
+                cap_kind = dose_units.parse_dose_unit(cap["unit"]).kind
+            except dose_units.UnitError:
+                return  # the unit fields report their own errors
+            if dose_kind != cap_kind:
+                raise ValidationError({"max_per_period": {"unit": [
+                    f"'{cap['unit']}' is a {cap_kind} but the dose unit '{data['unit']}' is a {dose_kind}: "
+                    "a maximum must be the same kind of amount as the dose"]}})
 
 
 class DrugSchema(Schema):

@@ -66,7 +66,9 @@ class ProtocolSchema(Schema):
     def _check_cross_fields(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, Any] = {}
         routes = data.get("routes") or []
-        route_codes = [r.get("code") for r in routes if isinstance(r, dict)]
+        # A route whose code failed its own validation has no code here: skip it (its field error
+        # already says what is wrong) rather than crash joining None (found by contract fuzzing).
+        route_codes = [str(r["code"]) for r in routes if isinstance(r, dict) and r.get("code") is not None]
         duplicates = {str(c) for c in route_codes if c is not None and route_codes.count(c) > 1}
         if duplicates:
             errors["routes"] = [f"duplicate route codes: {', '.join(sorted(duplicates))}"]
@@ -124,3 +126,13 @@ def split_payload(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     meta = {k: payload.get(k) for k in ("id", "status", "effective_from", "change_note")}
     content = {k: payload[k] for k in CONTENT_FIELDS if k in payload}
     return meta, content
+
+
+class ProtocolPageSchema(Schema):
+    """One page of a listing: the records plus cursor links (also sent as an RFC 8288 ``Link``)."""
+
+    items = fields.List(fields.Nested(ProtocolSchema), required=True)
+    page_size = fields.Integer(required=True)
+    next = fields.String(required=True, allow_none=True, metadata={"description": "URL of the next page"})
+    prev = fields.String(required=True, allow_none=True, metadata={"description": "URL of the previous page"})
+    count = fields.Integer(metadata={"description": "Total number of matches; only with `count=true`"})

@@ -107,15 +107,39 @@ def database_url(test_databases: TestDatabases) -> str:
     return test_databases.new_url()
 
 
+ALL_SCOPES = ("protocols:read", "protocols:write", "admin")
+TEST_KEY_NAME = "test-all-scopes"
+
+
+class AuthenticatedClient(FlaskClient):
+    """A test client that sends the test database's all-scopes key (``app.config["TEST_API_KEY"]``),
+    so every test can call protected endpoints without knowing about authentication."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        key = self.application.config.get("TEST_API_KEY")
+        if key:
+            self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+
+
 @pytest.fixture
 def make_app(database_url: str) -> Iterator[Any]:
-    """Factory for apps on this test's database (several apps = several "workers")."""
+    """Factory for apps on this test's database (several apps = several "workers").
+
+    The first app mints an all-scopes key (named ``test-all-scopes``) in the test database; every app's
+    ``test_client()`` sends it. ``anon_client`` and ``make_key`` exist for authentication tests."""
     apps: list[Flask] = []
+    minted: list[str] = []
 
     def _make(**config: Any) -> Flask:
         from api import create_app
+        from protocols import keys
 
         app = create_app({"PROTOCOLS_DATABASE_URL": database_url, "TESTING": True, **config})
+        if not minted:
+            minted.append(keys.create_key(app.extensions["protocols_db"], TEST_KEY_NAME, ALL_SCOPES)[1])
+        app.config["TEST_API_KEY"] = minted[0]
+        app.test_client_class = AuthenticatedClient
         apps.append(app)
         return app
 
@@ -132,6 +156,30 @@ def app(make_app: Any) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def anon_client(app: Flask) -> FlaskClient:
+    """A client that sends no Authorization header."""
+    return FlaskClient(app, app.response_class, use_cookies=True)
+
+
+@pytest.fixture
+def api_key(app: Flask) -> str:
+    """The all-scopes key ``client`` sends (for real-server tests: ``Authorization: Bearer <key>``)."""
+    return str(app.config["TEST_API_KEY"])
+
+
+@pytest.fixture
+def make_key(app: Flask) -> Any:
+    """``make_key(["protocols:read"], name=..., expires_at=...)`` mints a key in the test database and
+    returns the plain key."""
+    from protocols import keys
+
+    def _make(scopes: Any, name: str = "test-key", **kwargs: Any) -> str:
+        return keys.create_key(app.extensions["protocols_db"], name, list(scopes), **kwargs)[1]
+
+    return _make
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""Record write attempts in the audit log, for every blueprint, without any view's help.
+
+What is recorded (one row per request, written after the response is built):
+
+* a request that *changed something*: its transaction committed at least one INSERT/UPDATE/DELETE.
+  This is observed at the database driver level (engine events below), so a PUT whose content equals
+  the newest version (200, nothing appended) is not recorded as a change, whatever blueprint it is;
+* a *denied* write: 401/403 on an endpoint that needs ``protocols:write`` or ``admin``, and every
+  412/428 (stale or missing ``If-Match``).
+
+Views may refine the row with ``g.audit_action`` / ``g.audit_target``; otherwise the action is the
+endpoint's name and the target the ``protocol_id`` in the URL or the id of the created record.
+The detail never carries request bodies or headers, so no key material can reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, request
+from sqlalchemy import Engine, event
+
+from api.extensions import get_db
+from protocols import audit
+from protocols.keys import ADMIN, WRITE
+
+log = logging.getLogger("api.audit")
+
+DENIED_STATUSES = frozenset({401, 403, 412, 428})
+_WROTE = "protocols_audit_wrote"
+_WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
+
+#: Friendlier action names for the protocol endpoints (others default to their endpoint name).
+ACTIONS: dict[str, str] = {
+    "protocols.create_protocol": "protocol.create",
+    "protocols.revise_protocol": "protocol.revise",
+    "protocols.retire_protocol": "protocol.retire",
+}
+
+
+def track_changes(engine: Engine) -> None:
+    """Flag the current request as *changed* when one of its transactions commits a write."""
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after_execute(conn: Any, cursor: Any, statement: str, _params: Any, context: Any,
+                       _many: bool) -> None:
+        is_write = context is not None and (context.isinsert or context.isupdate or context.isdelete)
+        if (is_write or statement.lstrip()[:6].upper() in _WRITE_VERBS) and cursor.rowcount != 0:
+            conn.info[_WROTE] = True
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn: Any) -> None:
+        if conn.info.pop(_WROTE, False) and has_request_context():
+            g.db_changed = True
+
+    @event.listens_for(engine, "rollback")
+    def _on_rollback(conn: Any) -> None:
+        conn.info.pop(_WROTE, None)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info.pop(_WROTE, None)
+
+
+def _target(response: Response) -> str | None:
+    explicit = g.get("audit_target")
+    if explicit:
+        return str(explicit)
+    view_args = request.view_args or {}
+    for name in ("protocol_id", "key_id", "id"):
+        if view_args.get(name) is not None:
+            return str(view_args[name])
+    if response.status_code == 201 and response.is_json:
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and isinstance(body.get("id"), str):
+            return body["id"]
+    return request.path
+
+
+def audit_response(response: Response) -> Response:
+    """``after_request``: append the audit row for this request, if it is one to record."""
+    status = response.status_code
+    changed = bool(g.get("db_changed"))
+    scope = g.get("required_scope")
+    if changed:
+        outcome = audit.ALLOWED if status < 400 else "failed"
+    elif status in (412, 428) or (status in (401, 403) and scope in (WRITE, ADMIN)):
+        outcome = audit.DENIED
+    else:
+        return response
+    detail: dict[str, Any] = {"method": request.method, "path": request.path}
+    if g.get("api_key_id"):
+        detail["key_id"] = g.api_key_id
+    if outcome == audit.DENIED and scope:
+        detail["required_scope"] = scope
+    endpoint = request.endpoint or ""
+    try:
+        audit.record(get_db(), action=g.get("audit_action") or ACTIONS.get(endpoint) or endpoint or "unknown",
+                     outcome=outcome, actor=g.get("actor_name"), target=_target(response), status_code=status,
+                     request_id=g.get("request_id"), detail=json.dumps(detail, separators=(",", ":")))
+    except Exception:  # the response stands; the failure is loud in the logs
+        log.exception("could not write the audit event", extra={"request_id": g.get("request_id")})
+    return response
+
+
+def init_app(app: Flask, engine: Engine) -> None:
+    track_changes(engine)
+    app.after_request(audit_response)

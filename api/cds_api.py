@@ -1,0 +1,405 @@
+"""CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/): a ``protocol-dose-check`` service.
+
+Discovery lists one service per hook, because a CDS Hooks service has exactly one ``hook`` and a
+unique ``id``: ``protocol-dose-check`` for ``order-sign`` and ``protocol-dose-check-select`` for
+``order-select``. Both endpoints run the same check and accept either hook (an order-select
+request is limited to its ``selections``).
+
+For every draft FHIR R4 MedicationRequest the service reads the RxNorm codings of the medication,
+the SNOMED CT route and the ``doseAndRate`` of each dosage instruction, finds the protocols in
+effect for that medication *and* route (``search_terms`` joined to ``effective_periods``; when the
+order carries ``reasonCode`` and some of those protocols list it as an indication, only those), and
+judges the dose against each range of each protocol with :mod:`protocols.dosing`. An order has no
+phase, so every range for the route is evaluated and the card reports the most favourable verdict
+with the others listed in its detail. One card per order and protocol; ``source`` names the
+protocol id and version. No protocol, no card. A malformed request is a 400 with the reason; data
+the check needs but lacks (no weight prefetched, a dose in mL without a strength) is a warning card,
+not an error, because the order itself is fine.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from flask import url_for
+from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import select
+
+from api.errors import ApiError
+from api.extensions import get_db
+from api.parsing import Blueprint
+from protocols import terminology, versioning
+from protocols.dose_units import UnitError, to_kilograms
+from protocols.dosing import (
+    FAVOURABLE_ORDER,
+    DoseOrder,
+    DosingError,
+    Evaluation,
+    Frequency,
+    Quantity,
+    Verdict,
+    evaluate,
+    fmt,
+    ranges_for,
+)
+from protocols.models import EffectivePeriod, SearchTerm
+from protocols.versioning import StoredVersion
+from schemas.dosing import CdsDiscoverySchema, CdsRequestSchema, CdsResponseSchema
+
+blp = Blueprint("cds", __name__, url_prefix="/cds-services",
+                description="CDS Hooks 2.0 services: protocol dose checking at order time.")
+
+LOINC = "http://loinc.org"
+BODY_WEIGHT_LOINC = "29463-7"
+WEIGHT_PREFETCH = "weight"
+WEIGHT_QUERY = (f"Observation?patient={{{{context.patientId}}}}&code={LOINC}|{BODY_WEIGHT_LOINC}"
+                f"&_sort=-date&_count=1")
+SERVICE_HOOKS = {"protocol-dose-check": "order-sign", "protocol-dose-check-select": "order-select"}
+USABLE_OBSERVATION_STATUSES = {"final", "amended", "corrected", "preliminary"}
+SUMMARY_LIMIT = 140
+TOPIC_SYSTEM = "urn:treatment-protocols:protocol"
+
+INDICATOR = {Verdict.WITHIN_RANGE: "info", Verdict.BELOW_MIN: "warning",
+             Verdict.EXCEEDS_MAX_PER_PERIOD: "critical", Verdict.ABOVE_MAX: "critical"}
+VERDICT_TEXT = {Verdict.WITHIN_RANGE: "within protocol range", Verdict.BELOW_MIN: "below protocol minimum",
+                Verdict.EXCEEDS_MAX_PER_PERIOD: "exceeds protocol maximum per period",
+                Verdict.ABOVE_MAX: "above protocol maximum"}
+PERIOD_UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
+
+
+def _service(service_id: str) -> dict[str, Any]:
+    hook = SERVICE_HOOKS[service_id]
+    return {
+        "hook": hook,
+        "id": service_id,
+        "title": "Treatment-protocol dose check",
+        "description": (f"On {hook}, checks each draft MedicationRequest's dose against the dosing ranges "
+                        "of the treatment-protocol version in effect for its RxNorm medication and SNOMED "
+                        "CT route; weight-based ranges use the prefetched body weight (LOINC 29463-7)."),
+        "prefetch": {WEIGHT_PREFETCH: WEIGHT_QUERY},
+        "usageRequirements": "Draft orders need RxNorm medication codings, a SNOMED CT route and a "
+                             "UCUM doseQuantity (or doseRange / rateQuantity).",
+    }
+
+
+@blp.route("", methods=["GET"])
+@blp.response(200, CdsDiscoverySchema)
+def discovery() -> dict[str, Any]:
+    """CDS Hooks discovery: the services this server offers."""
+    return {"services": [_service(service_id) for service_id in SERVICE_HOOKS]}
+
+
+@blp.route("/<string:service_id>", methods=["POST"])
+@blp.arguments(CdsRequestSchema, error_status_code=400)
+@blp.response(200, CdsResponseSchema)
+@blp.alt_response(404, description="No such CDS service")
+def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any]:
+    """Run the dose check for the draft orders of an order-select or order-sign hook."""
+    if service_id not in SERVICE_HOOKS:
+        raise ApiError(404, f"no CDS service '{service_id}'; see GET /cds-services")
+    context = request_body["context"]
+    orders = draft_medication_requests(context.get("draftOrders"), request_body["hook"],
+                                       context.get("selections") or [])
+    weight = prefetched_weight(request_body.get("prefetch") or {})
+    cards: list[dict[str, Any]] = []
+    for order in orders:
+        cards.extend(cards_for_order(order, weight))
+    return {"cards": cards}
+
+
+# ------------------------------------------------------------------------------ FHIR input
+
+
+@dataclass
+class DosageLine:
+    """One dose of one dosage instruction, in the shape the dose check wants."""
+
+    route: str
+    doses: list[Quantity]
+    frequency: Frequency | None
+    label: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DraftOrder:
+    resource_id: str | None
+    medication: str
+    rxnorm: list[str]
+    reasons: list[str]
+    lines: list[DosageLine]
+
+
+def _bad_request(path: str, message: str) -> ApiError:
+    return ApiError(400, f"Malformed CDS Hooks request: {path}: {message}", errors={path: [message]})
+
+
+def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> list[DraftOrder]:
+    """The MedicationRequests of ``context.draftOrders`` (validated as FHIR R4), as DraftOrders."""
+    from fhir.resources.R4B.medicationrequest import MedicationRequest
+
+    path = "context.draftOrders"
+    if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
+        raise _bad_request(path, "must be a FHIR Bundle")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise _bad_request(f"{path}.entry", "must be an array")
+    wanted = set(selections)
+    orders = []
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(resource, Mapping):
+            raise _bad_request(f"{path}.entry.{index}.resource", "each entry needs a resource")
+        if resource.get("resourceType") != "MedicationRequest":
+            continue  # other draft orders (labs, imaging) are not this service's business
+        if hook == "order-select" and f"MedicationRequest/{resource.get('id')}" not in wanted:
+            continue
+        try:
+            request = MedicationRequest.model_validate(resource)
+        except PydanticValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()) if p != "MedicationRequest")
+            raise _bad_request(f"{path}.entry.{index}.resource" + (f".{where}" if where else ""),
+                               f"not a valid FHIR R4 MedicationRequest: {first.get('msg')}") from exc
+        orders.append(_draft_order(request, resource))
+    return orders
+
+
+
+
+def _codings(concept: Any) -> Iterable[Any]:
+    return (concept.coding or []) if concept is not None else []
+
+
+def _draft_order(request: Any, raw: Mapping[str, Any]) -> DraftOrder:
+    concept = request.medicationCodeableConcept
+    if concept is None and request.medicationReference is not None:
+        reference = request.medicationReference.reference or ""
+        for contained in request.contained or []:
+            if reference == f"#{contained.id}" and contained.get_resource_type() == "Medication":
+                concept = contained.code
+    rxnorm = [c.code for c in _codings(concept) if c.system == terminology.RXNORM and c.code]
+    name = (concept.text if concept is not None and concept.text else None) or next(
+        (c.display for c in _codings(concept) if c.display), None) or "medication"
+    reasons = [str(c.code).upper() for r in request.reasonCode or [] for c in _codings(r) if c.code]
+    lines = [line for index, dosage in enumerate(request.dosageInstruction or [])
+             for line in _dosage_lines(dosage, index)]
+    return DraftOrder(request.id, name, rxnorm, reasons, lines)
+
+
+def _quantity(value: Any) -> Quantity | None:
+    if value is None or value.value is None:
+        return None
+    unit = value.code if value.code and value.system in (terminology.UCUM, None) else value.unit
+    return Quantity(Decimal(str(value.value)), str(unit or ""))
+
+
+def _frequency(dosage: Any) -> tuple[Frequency | None, list[str]]:
+    repeat = dosage.timing.repeat if dosage.timing is not None else None
+    if repeat is None or repeat.period is None or repeat.periodUnit is None:
+        return None, []
+    unit_seconds = PERIOD_UNIT_SECONDS.get(repeat.periodUnit)
+    total = Fraction(Decimal(str(repeat.period))) * (unit_seconds or 0)
+    if unit_seconds is None or total.denominator != 1 or total <= 0:
+        return None, [f"The timing ({repeat.period} {repeat.periodUnit}) has no fixed length in seconds; "
+                      f"the per-period maximum was checked for one dose."]
+    seconds = int(total)
+    for suffix, size in (("W", 604800), ("D", 86400)):
+        if seconds % size == 0:
+            return Frequency(int(repeat.frequency or 1), f"P{seconds // size}{suffix}"), []
+    for suffix, size in (("H", 3600), ("M", 60), ("S", 1)):
+        if seconds % size == 0:
+            return Frequency(int(repeat.frequency or 1), f"PT{seconds // size}{suffix}"), []
+    return None, []  # unreachable: every integral number of seconds matches "S"
+
+
+def _dosage_lines(dosage: Any, index: int) -> list[DosageLine]:
+    routes = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code]
+    if not routes:
+        return []  # without a SNOMED route no protocol can be matched
+    frequency, notes = _frequency(dosage)
+    lines = []
+    for dose_and_rate in dosage.doseAndRate or []:
+        doses: list[Quantity] = []
+        dose = _quantity(dose_and_rate.doseQuantity)
+        if dose is not None:
+            doses = [dose]
+        elif dose_and_rate.doseRange is not None:
+            doses = [q for q in (_quantity(dose_and_rate.doseRange.low),
+                                 _quantity(dose_and_rate.doseRange.high)) if q is not None]
+        elif _quantity(dose_and_rate.rateQuantity) is not None:
+            doses = [q for q in [_quantity(dose_and_rate.rateQuantity)] if q is not None]
+        if doses:
+            label = " to ".join(f"{fmt(Fraction(q.value))} {q.unit}" for q in doses)
+            lines.append(DosageLine(routes[0], doses, frequency, label, list(notes)))
+    return lines
+
+
+def prefetched_weight(prefetch: Mapping[str, Any]) -> Fraction | str:
+    """The latest usable body weight in kg, or the reason there is none (shown on cards)."""
+    data = prefetch.get(WEIGHT_PREFETCH)
+    if data is None:
+        return "no body weight was prefetched"
+    if not isinstance(data, Mapping):
+        raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle or Observation")
+    if data.get("resourceType") == "Bundle":
+        entries = data.get("entry") or []
+        if not isinstance(entries, list):
+            raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}.entry", "must be an array")
+        resources = [e.get("resource") for e in entries if isinstance(e, Mapping)]
+    elif data.get("resourceType") == "Observation":
+        resources = [data]
+    else:
+        raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle or Observation")
+    found: list[tuple[str, Fraction]] = []
+    for resource in resources:
+        weight = _observation_weight(resource)
+        if weight is not None:
+            found.append(weight)
+    if not found:
+        return "the prefetched observations hold no usable body weight"
+    return max(found, key=lambda item: item[0])[1]
+
+
+def _observation_weight(resource: Any) -> tuple[str, Fraction] | None:
+    if not isinstance(resource, Mapping) or resource.get("resourceType") != "Observation":
+        return None
+    if resource.get("status") not in USABLE_OBSERVATION_STATUSES:
+        return None
+    codes = [(c.get("system"), c.get("code")) for c in (resource.get("code") or {}).get("coding") or []
+             if isinstance(c, Mapping)]
+    if (LOINC, BODY_WEIGHT_LOINC) not in codes:
+        return None
+    quantity = resource.get("valueQuantity")
+    if not isinstance(quantity, Mapping) or not isinstance(quantity.get("value"), int | Decimal):
+        return None
+    unit = quantity.get("code") or quantity.get("unit")
+    try:
+        kilograms = to_kilograms(Decimal(quantity["value"]), str(unit))
+    except UnitError:
+        return None
+    when = str(resource.get("effectiveDateTime") or resource.get("issued") or "")
+    return when, kilograms
+
+
+# ------------------------------------------------------------------------- protocol lookup
+
+
+def _has_term(kind: str, values: list[str]) -> Any:
+    return (select(SearchTerm.id)
+            .where(SearchTerm.protocol_id == EffectivePeriod.protocol_id,
+                   SearchTerm.version == EffectivePeriod.version,
+                   SearchTerm.kind == kind, SearchTerm.value.in_(values))
+            .exists())
+
+
+def protocols_for(rxnorm: list[str], route: str, reasons: list[str],
+                  at: datetime | None = None) -> list[StoredVersion]:
+    """Protocols in effect for the medication and route; narrowed to the order's reasons when
+    some of them list one of those reasons as an indication."""
+    filters = [_has_term("rxnorm_cui", rxnorm), _has_term("route", [route])]
+    found = _effective(filters, at)
+    if reasons and found:
+        narrowed = _effective([*filters, _has_term("indication", reasons)], at)
+        if narrowed:
+            return narrowed
+    return found
+
+
+def _effective(filters: list[Any], at: datetime | None) -> list[StoredVersion]:
+    versions: list[StoredVersion] = []
+    after: int | None = None
+    while True:
+        page = versioning.list_effective(get_db(), at=at, limit=100, after_seq=after, extra_filters=filters)
+        versions.extend(row.version for row in page.items)
+        if not page.has_more or not page.items:
+            return versions
+        after = page.items[-1].protocol_seq
+
+
+# ----------------------------------------------------------------------------------- cards
+
+
+def cards_for_order(order: DraftOrder, weight: Fraction | str) -> list[dict[str, Any]]:
+    if not order.rxnorm:
+        return []
+    cards = []
+    for line in order.lines:
+        for stored in protocols_for(order.rxnorm, line.route, order.reasons):
+            content = json.loads(stored.document, parse_float=Decimal)
+            cards.append(_card(order, line, stored, content, weight))
+    return cards
+
+
+@dataclass
+class RangeResult:
+    phase: str
+    verdict: Verdict | None
+    evaluations: list[Evaluation]
+    problem: str | None
+
+
+def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Fraction | str) -> RangeResult:
+    dose_range = content["dosing_ranges"][index]
+    phase = str(dose_range.get("phase"))
+    evaluations = []
+    for dose in line.doses:
+        order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency,
+                          weight_kg=weight if isinstance(weight, Fraction) else None)
+        try:
+            evaluations.append(evaluate(content, index, order))
+        except DosingError as exc:
+            problem = exc.message
+            if isinstance(weight, str) and exc.field.endswith("weight_kg"):
+                problem = f"{exc.message} ({weight})"
+            return RangeResult(phase, None, [], problem)
+    # A dose range (low to high) is inside only when both ends are: take its worst end.
+    verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
+    return RangeResult(phase, verdict, evaluations, None)
+
+
+def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
+          weight: Fraction | str) -> dict[str, Any]:
+    results = [_judge(content, index, line, weight) for index, _ in ranges_for(content, line.route)]
+    judged = [r for r in results if r.verdict is not None]
+    route = terminology.ROUTES.get(line.route)
+    route_text = route.display.lower() if route else f"route {line.route}"
+    label = f"protocol {stored.protocol_id} v{stored.version}"
+    if judged:
+        best = min(judged, key=lambda r: FAVOURABLE_ORDER.index(r.verdict))
+        assert best.verdict is not None
+        indicator = INDICATOR[best.verdict]
+        summary = f"{order.medication} {line.label} {route_text}: {VERDICT_TEXT[best.verdict]} ({label})"
+    else:
+        indicator = "warning"
+        summary = f"{order.medication} {line.label} {route_text}: dose not checked against {label}"
+    detail = [f"Checked against **{content.get('title', stored.protocol_id)}** "
+              f"({label}, ETag {stored.etag}, effective from {json.loads(stored.document)['effective_from']})."]
+    for result in results:
+        if result.verdict is None:
+            detail.append(f"- **{result.phase}**: could not be checked: {result.problem}")
+            continue
+        detail.append(f"- **{result.phase}**: {result.verdict.value}")
+        for evaluation in result.evaluations:
+            detail.extend(f"  - {message}" for message in evaluation.messages)
+    detail.extend(f"- {note}" for note in line.notes)
+    url = url_for("protocols.get_version", protocol_id=stored.protocol_id, version=stored.version,
+                  _external=True)
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary if len(summary) <= SUMMARY_LIMIT else summary[:SUMMARY_LIMIT - 1] + "…",
+        "detail": "\n".join(detail),
+        "indicator": indicator,
+        "source": {"label": f"Treatment protocol {stored.protocol_id} version {stored.version}", "url": url,
+                   "topic": {"system": TOPIC_SYSTEM, "code": f"{stored.protocol_id}/{stored.version}",
+                             "display": str(content.get("title", stored.protocol_id))}},
+        "links": [{"label": f"Protocol {stored.protocol_id} version {stored.version}", "url": url,
+                   "type": "absolute"}],
+    }

@@ -1,0 +1,71 @@
+"""``/v1/changes``: every version recorded across all protocols, in commit order, for incremental sync.
+
+An integration stores the ``next`` URL of the last page it processed and polls it; it receives each
+version exactly once, retirements included, even when writes commit in a different order than they
+started (see ``protocols.changes`` for why the feed position cannot skip).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request, url_for
+
+from api.errors import ApiError
+from api.extensions import get_db
+from api.http import MAX_CURSOR_KEY, decode_cursor, encode_cursor, list_response, page_url
+from api.parsing import Blueprint
+from protocols import changes
+from protocols.record import dumps
+from protocols.timeutil import format_rfc3339
+from schemas.changes import ChangePageSchema, ChangesQuerySchema
+
+blp = Blueprint("changes", __name__, url_prefix="/v1/changes",
+                description="Changes feed: every version recorded, in commit order (incremental sync).")
+
+CURSOR_KIND = "changes"
+LINK_HEADER = {"Link": {"description": "RFC 8288 link to the next page (always present: poll it)",
+                        "schema": {"type": "string"}}}
+
+
+def _after_seq(query: dict[str, Any]) -> int:
+    if "after" not in query:
+        return 0
+    key, direction = decode_cursor(CURSOR_KIND, query["after"], param="after")
+    if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key <= MAX_CURSOR_KEY or direction != "n":
+        raise ApiError(422, "The cursor is not valid for this listing",
+                       errors={"after": ["not a position issued by this feed"]})
+    return int(key)
+
+
+def _entry(change: changes.Change) -> str:
+    return dumps({
+        "seq": change.seq,
+        "action": change.action,
+        "protocol_id": change.protocol_id,
+        "version": change.version,
+        "status": change.status,
+        "effective_from": format_rfc3339(change.effective_from),
+        "recorded_at": format_rfc3339(change.recorded_at),
+        "recorded_by": change.recorded_by,
+        "change_note": change.change_note,
+        "etag": change.etag,
+        "href": url_for("protocols.get_version", protocol_id=change.protocol_id,
+                        version=change.version, _external=True),
+    })
+
+
+@blp.route("", methods=["GET"])
+@blp.arguments(ChangesQuerySchema, location="query")
+@blp.response(200, ChangePageSchema, headers=LINK_HEADER)
+def list_changes(query: dict[str, Any]) -> Response:
+    """Versions recorded after the `after` position, oldest first (commit order)."""
+    after = _after_seq(query)
+    page = changes.list_changes(get_db(), after_seq=after, limit=query["page_size"],
+                                protocol_id=query.get("protocol_id"))
+    position = page.last_seq if page.last_seq is not None else after
+    params = {k: v for k, v in request.args.items(multi=True) if k != "after"}
+    next_url = page_url(params, after=encode_cursor(CURSOR_KIND, position, "n"))
+    return list_response((_entry(change) for change in page.items), next_url=next_url, prev_url=None,
+                         page_size=query["page_size"], extra={"has_more": page.has_more})
+

@@ -1,0 +1,71 @@
+"""CORS with an explicit allow-list (``PROTOCOLS_CORS_ORIGINS``, comma-separated exact origins).
+
+Why hand-written and strict: a browser page from an origin not on the list must not be able to read
+clinical records with a user's key, so there is no ``*`` and no reflection of arbitrary origins.
+For a listed origin the response names that origin (with ``Vary: Origin`` so shared caches keep
+origins apart) and exposes the headers a client needs for safe writes and paging: ``ETag`` (for
+``If-Match``), ``Link``, ``Location``, ``Retry-After`` and ``X-Request-ID``. Preflights are answered
+here, before authentication (browsers send them without credentials); a preflight from an unlisted
+origin, or asking for a method or header we do not allow, is a 403 in the usual error shape.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+
+from api.errors import error_response
+
+ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")
+ALLOWED_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID", "Accept")
+EXPOSED_HEADERS = ("ETag", "Link", "Location", "Retry-After", "X-Request-ID")
+PREFLIGHT_MAX_AGE_S = "600"
+
+
+def allowed_origins(app: Flask) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/") for o in app.config.get("PROTOCOLS_CORS_ORIGINS", []) if o.strip())
+
+
+def _add_vary(response: Response) -> None:
+    vary = {v.strip() for v in response.headers.get("Vary", "").split(",") if v.strip()}
+    if "Origin" not in vary:
+        response.headers["Vary"] = ", ".join(sorted(vary | {"Origin"}))
+
+
+def init_app(app: Flask) -> None:
+    origins = allowed_origins(app)
+
+    @app.before_request
+    def _preflight() -> Response | None:
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return None
+        origin = request.headers.get("Origin", "")
+        method = request.headers.get("Access-Control-Request-Method", "").upper()
+        asked = [h.strip().lower() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")
+                 if h.strip()]
+        allowed = {h.lower() for h in ALLOWED_HEADERS}
+        if origin not in origins:
+            response = error_response(403, "CORS: this origin is not allowed",
+                                      errors={"Origin": ["not in PROTOCOLS_CORS_ORIGINS"]})
+        elif method not in ALLOWED_METHODS or not set(asked) <= allowed:
+            response = error_response(403, "CORS: method or header not allowed",
+                                      errors={"Access-Control-Request-Headers": sorted(set(asked) - allowed)}
+                                      if set(asked) - allowed else {"Access-Control-Request-Method": [method]})
+        else:
+            response = Response(status=204)
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Methods"] = ", ".join(ALLOWED_METHODS)
+            response.headers["Access-Control-Allow-Headers"] = ", ".join(ALLOWED_HEADERS)
+            response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE_S
+        _add_vary(response)
+        return response
+
+    @app.after_request
+    def _cors_headers(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return response
+        _add_vary(response)
+        if origin in origins and "Access-Control-Allow-Origin" not in response.headers:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
+        return response

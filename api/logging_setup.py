@@ -1,0 +1,81 @@
+"""Structured logs: one JSON object per line, one ``request`` line per request.
+
+Each request line carries the request id (also sent back as ``X-Request-ID``), method, path, status,
+duration and the acting key's *name*. Headers, query strings and bodies are never logged, so
+neither ``Authorization`` nor key material (which only ever appears in a header or in the one
+response that creates a key) can reach the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+ACCESS_LOGGER = "api.access"
+_HANDLER_MARK = "_protocols_json_handler"
+#: ``LogRecord`` attributes copied into the JSON object when a log call passes them in ``extra``.
+EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "actor", "remote_addr")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for name in EXTRA_FIELDS:
+            if name in record.__dict__:
+                entry[name] = record.__dict__[name]
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is *now* (test runners and servers swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(json_lines: bool = True) -> None:
+    """Give the ``api`` logger one stderr handler (idempotent: tests create many apps)."""
+    logger = logging.getLogger("api")
+    if any(getattr(h, _HANDLER_MARK, False) for h in logger.handlers):
+        return
+    handler = StderrHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    setattr(handler, _HANDLER_MARK, True)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+def init_app(app: Flask) -> None:
+    configure_logging(bool(app.config.get("PROTOCOLS_LOG_JSON", True)))
+    access = logging.getLogger(ACCESS_LOGGER)
+
+    @app.before_request
+    def _start_clock() -> None:
+        g.started_at = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response: Response) -> Response:
+        started = g.get("started_at")
+        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        access.info("request", extra={
+            "request_id": g.get("request_id"), "method": request.method, "path": request.path,
+            "status": response.status_code, "duration_ms": duration_ms, "actor": g.get("actor_name"),
+            "remote_addr": request.remote_addr})
+        return response

@@ -1,0 +1,95 @@
+"""Profile one endpoint of the app under load with py-spy (``make bench-profile`` or by hand).
+
+Starts the app on a throwaway SQLite (or ``--postgres``) database exactly as bench/run.py does, with
+one gunicorn worker, drives it with wrk, samples the worker with ``py-spy record --format raw`` and
+prints where the time goes: inclusive share per function (our code and the libraries we call) and
+the hottest leaf frames. docs/performance.md quotes this output when a target is missed.
+
+Usage: ``python bench/profile.py [--path-kind get|get_304|put] [--seconds 10] [--postgres]``
+(py-spy comes from ``pip install py-spy``; ``make bench`` installs it into .venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # sibling module: bench/ is not a package
+
+
+def summarize(raw: Path, top: int) -> str:
+    """Collapsed stacks -> inclusive % per function and self % per leaf."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaf: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        for name in set(frames):
+            inclusive[name] += count
+        leaf[frames[-1]] += count
+    if not total:
+        return "no samples"
+    lines = [f"{total} samples", "", "inclusive % | function (file)"]
+    lines += [f"{100 * n / total:10.1f}% | {name}" for name, n in inclusive.most_common(top)]
+    lines += ["", "self % | leaf function (file)"]
+    lines += [f"{100 * n / total:6.1f}% | {name}" for name, n in leaf.most_common(top // 2)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path-kind", choices=("get", "get_304", "list"), default="get")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--top", type=int, default=60)
+    parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    py_spy = shutil.which("py-spy") or str(run.VENV_BIN / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy is not installed: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
+    settings = run.Settings(**{**asdict(run.Settings()), "workers": 1, "threads": 2, "small_catalog": 1000})
+    backend_cm = (run.postgres_backend(run.DEFAULT_PG_ADMIN) if args.postgres else run.sqlite_backend())
+    with backend_cm as backend:
+        run.prepare_database(backend.url, settings.small_catalog)
+        rows = run.catalog_rows(backend.url)
+        lines = {"get": [f"GET\t/v1/protocols/{p}\t" for p, _ in rows],
+                 "get_304": [f"GET\t/v1/protocols/{p}\tIf-None-Match: {e}" for p, e in rows],
+                 "list": [f"GET\t/v1/protocols?page_size={settings.page_size}\t"]}[args.path_kind]
+        requests = run.write_requests(lines)
+        with run.app_server(backend.url, settings) as server, tempfile.TemporaryDirectory() as tmp:
+            run.wrk(server.base, requests, settings, 2)  # warm-up
+            load = threading.Thread(target=run.wrk, args=(server.base, requests, settings, args.seconds + 2))
+            load.start()
+            raw = Path(tmp) / "profile.txt"
+            worker = server.worker_pids()[0]
+            subprocess.run([py_spy, "record", "--pid", str(worker), "--duration", str(args.seconds), "--rate", "250",
+                            "--format", "raw", "--output", str(raw), "--nonblocking"],
+                           check=True, capture_output=True)
+            load.join()
+            report = summarize(raw, args.top)
+        with contextlib.suppress(OSError):
+            requests.unlink()
+    print(report)
+    if args.output:
+        args.output.write_text(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Gunicorn settings for production (``make serve``): ``gunicorn -c gunicorn.conf.py "api:create_app()"``.
+
+Every setting can be overridden from the environment (names below) or the command line. Workers are
+separate processes that share nothing but PostgreSQL (and Redis for rate limits), so any number of
+workers and instances can run side by side: API keys are checked in the database on every request,
+and writes are serialized by the database (see protocols/versioning.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+bind = os.environ.get("PROTOCOLS_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("PROTOCOLS_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8)))
+worker_class = "sync"
+# A request that takes longer than this is killed and its worker replaced (no request here should:
+# the database's own connect/statement limits answer 503 well before).
+timeout = int(os.environ.get("PROTOCOLS_WORKER_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("PROTOCOLS_GRACEFUL_TIMEOUT", "30"))
+keepalive = 5
+# Recycle workers now and then so slow leaks cannot accumulate; jitter avoids all restarting at once.
+max_requests = int(os.environ.get("PROTOCOLS_MAX_REQUESTS", "10000"))
+max_requests_jitter = 500
+# Bound request lines and headers (the JSON body limit is MAX_CONTENT_LENGTH in the app).
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+forwarded_allow_ips = os.environ.get("PROTOCOLS_FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn's runtime control socket lives at one fixed path per user: several instances on one host
+# would fight over it, and nothing here needs it.
+control_socket_disable = True
+
+# Logs: the app writes one JSON object per request to stderr (api/logging_setup.py, with request id,
+# status, duration and key name). Gunicorn's access log is JSON too and carries no headers: never
+# add %({authorization}i)s here.
+accesslog = os.environ.get("PROTOCOLS_ACCESS_LOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("PROTOCOLS_LOG_LEVEL", "info")
+access_log_format = (
+    '{"time":"%(t)s","logger":"gunicorn.access","remote_addr":"%(h)s","method":"%(m)s","path":"%(U)s",'
+    '"status":%(s)s,"bytes":"%(B)s","duration_ms":%(M)s,"request_id":"%({x-request-id}o)s"}'
+)

@@ -1,0 +1,92 @@
+"""The append-only audit log: who did (or tried to do) what, to which target, with what outcome.
+
+Rows are never updated or deleted: the first migration installs triggers that refuse UPDATE/DELETE
+(and TRUNCATE on PostgreSQL) of ``audit_events``, so not even a bug here can rewrite history.
+Events are written in their own short transaction, so a denied or failed request is recorded even
+though its own work was rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select
+
+from protocols.db import Database
+from protocols.models import AuditEvent
+from protocols.timeutil import utcnow
+
+ALLOWED = "allowed"
+DENIED = "denied"
+
+#: Actions written outside the HTTP request cycle.
+KEY_CREATE = "keys.create"
+KEY_REVOKE = "keys.revoke"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    occurred_at: datetime
+    actor: str | None
+    action: str
+    target: str | None
+    outcome: str
+    status_code: int | None
+    request_id: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    items: list[AuditEntry]
+    has_more: bool
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value is not None else None
+
+
+def record(db: Database, *, action: str, outcome: str, actor: str | None = None, target: str | None = None,
+           status_code: int | None = None, request_id: str | None = None, detail: str | None = None,
+           now: datetime | None = None) -> None:
+    """Append one event (its own transaction). Over-long values are clipped to the column sizes."""
+    with db.write.begin() as session:
+        session.execute(insert(AuditEvent).values(
+            occurred_at=now or utcnow(), actor=_clip(actor, 200), action=action[:64], target=_clip(target, 200),
+            outcome=outcome[:32], status_code=status_code, request_id=_clip(request_id, 100),
+            detail=_clip(detail, 4000)))
+
+
+def query(db: Database, *, limit: int, actor: str | None = None, target: str | None = None,
+          action: str | None = None, since: datetime | None = None, until: datetime | None = None,
+          outcome: str | None = None, after_seq: int | None = None, before_seq: int | None = None) -> AuditPage:
+    """Events newest first. ``after_seq`` pages towards older events, ``before_seq`` towards newer;
+    ``since``/``until`` bound ``occurred_at`` (inclusive, exclusive)."""
+    stmt = select(AuditEvent)
+    if actor is not None:
+        stmt = stmt.where(AuditEvent.actor == actor)
+    if target is not None:
+        stmt = stmt.where(AuditEvent.target == target)
+    if action is not None:
+        stmt = stmt.where(AuditEvent.action == action)
+    if outcome is not None:
+        stmt = stmt.where(AuditEvent.outcome == outcome)
+    if since is not None:
+        stmt = stmt.where(AuditEvent.occurred_at >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEvent.occurred_at < until)
+    if before_seq is not None:
+        stmt = stmt.where(AuditEvent.seq > before_seq).order_by(AuditEvent.seq.asc())
+    else:
+        if after_seq is not None:
+            stmt = stmt.where(AuditEvent.seq < after_seq)
+        stmt = stmt.order_by(AuditEvent.seq.desc())
+    with db.read() as session:
+        rows = session.execute(stmt.limit(limit + 1)).scalars().all()
+    items = [AuditEntry(r.seq, r.occurred_at, r.actor, r.action, r.target, r.outcome, r.status_code,
+                        r.request_id, r.detail) for r in rows[:limit]]
+    if before_seq is not None:
+        items.reverse()
+    return AuditPage(items, len(rows) > limit)

@@ -1,0 +1,349 @@
+"""What changed between two versions of a protocol: a JSON Patch and a list of typed clinical changes.
+
+The patch (RFC 6902) is exact and mechanical: applied to version a it yields version b byte for
+byte as JSON values. The clinical changes say what the patch *means* for a patient, each with a
+severity a reviewer or an EHR can act on:
+
+* ``major``: anything that can change a dose a patient gets (dose bounds, units, frequency, per-period
+  maxima, administration duration, routes, indications, dosing ranges, the drug, whether the protocol
+  is in effect at all);
+* ``moderate``: regulatory and safety framing (FDA status, REMS, boxed warning, DEA schedule,
+  administration instructions);
+* ``minor``: wording, sources, when a version takes effect.
+
+Dosing ranges are matched between versions by ``(route, phase)`` (in document order when a version
+holds several ranges for the same pair). Numbers are compared only when units match: mg against
+mg/kg, or a per-day maximum against a per-week one, is a ``unit_changed``, never an "increase".
+Everything here is a pure function of two documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import jsonpatch
+
+from protocols.durations import parse_duration
+from protocols.terminology import ROUTES
+
+MAJOR = "major"
+MODERATE = "moderate"
+MINOR = "minor"
+SEVERITIES = (MAJOR, MODERATE, MINOR)
+
+#: Every change type and its severity.
+CHANGE_TYPES: dict[str, str] = {
+    "status_changed": MAJOR,
+    "drug_changed": MAJOR,
+    "indication_added": MAJOR,
+    "indication_removed": MAJOR,
+    "route_added": MAJOR,
+    "route_removed": MAJOR,
+    "dosing_range_added": MAJOR,
+    "dosing_range_removed": MAJOR,
+    "dose_min_increased": MAJOR,
+    "dose_min_decreased": MAJOR,
+    "dose_max_increased": MAJOR,
+    "dose_max_decreased": MAJOR,
+    "unit_changed": MAJOR,
+    "frequency_changed": MAJOR,
+    "max_per_period_changed": MAJOR,
+    "duration_changed": MAJOR,
+    "fda_status_changed": MODERATE,
+    "rems_changed": MODERATE,
+    "boxed_warning_changed": MODERATE,
+    "dea_schedule_changed": MODERATE,
+    "instructions_changed": MODERATE,
+    "approval_details_changed": MINOR,
+    "effective_from_changed": MINOR,
+    "sources_changed": MINOR,
+    "text_changed": MINOR,
+}
+
+
+@dataclass(frozen=True)
+class ClinicalChange:
+    """One change in clinical terms. ``path`` is a JSON Pointer into version b (into version a for
+    something removed); ``route``/``phase`` name the dosing range a dosing change belongs to."""
+
+    type: str
+    path: str
+    before: Any
+    after: Any
+    description: str
+    route: str | None = None
+    phase: str | None = None
+
+    @property
+    def severity(self) -> str:
+        return CHANGE_TYPES[self.type]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "severity": self.severity, "path": self.path, "before": self.before,
+                "after": self.after, "description": self.description, "route": self.route,
+                "phase": self.phase}
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    patch: list[dict[str, Any]]
+    changes: list[ClinicalChange]
+
+    @property
+    def highest_severity(self) -> str | None:
+        return self.changes[0].severity if self.changes else None
+
+    def counts(self) -> dict[str, int]:
+        return {severity: sum(1 for c in self.changes if c.severity == severity) for severity in SEVERITIES}
+
+
+def diff_documents(a: Mapping[str, Any], b: Mapping[str, Any]) -> VersionDiff:
+    """Patch and clinical changes that turn document ``a`` into document ``b``."""
+    return VersionDiff(json_patch(a, b), clinical_changes(a, b))
+
+
+def json_patch(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """RFC 6902 operations turning ``a`` into ``b``."""
+    operations: list[dict[str, Any]] = jsonpatch.make_patch(dict(a), dict(b)).patch
+    return operations
+
+
+def clinical_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[ClinicalChange]:
+    """Typed changes, most severe first; within a severity, in document order."""
+    changes = [
+        *_meta(a, b),
+        *_drug(a.get("drug") or {}, b.get("drug") or {}),
+        *_codings(a, b, "indications", lambda i: (i.get("system"), str(i.get("code", "")).upper()),
+                  "indication_added", "indication_removed", "indication"),
+        *_codings(a, b, "routes", lambda r: r.get("code"), "route_added", "route_removed", "route"),
+        *_dosing(a.get("dosing_ranges") or [], b.get("dosing_ranges") or []),
+        *_approval(a.get("fda_approval") or {}, b.get("fda_approval") or {}),
+        *_texts(a, b),
+    ]
+    order = {severity: index for index, severity in enumerate(SEVERITIES)}
+    return sorted(changes, key=lambda change: order[change.severity])
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _number(value: Any) -> Decimal:
+    return Decimal(str(value))
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _route_name(code: str | None) -> str:
+    concept = ROUTES.get(code or "")
+    return f"{concept.display.lower()} ({code})" if concept else f"route {code}"
+
+
+def _duration(value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+def _duration_equal(x: str | None, y: str | None) -> bool:
+    """P1W equals P7D: compare lengths, falling back to text for anything unparsable."""
+    dx, dy = _duration(x), _duration(y)
+    return (dx == dy) if dx is not None and dy is not None else x == y
+
+
+# ---------------------------------------------------------------------------------- sections
+
+
+def _meta(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[ClinicalChange]:
+    if a.get("status") != b.get("status"):
+        yield ClinicalChange("status_changed", "/status", a.get("status"), b.get("status"),
+                             f"Status changed from {a.get('status')} to {b.get('status')}")
+    if a.get("effective_from") != b.get("effective_from"):
+        yield ClinicalChange("effective_from_changed", "/effective_from", a.get("effective_from"),
+                             b.get("effective_from"),
+                             f"Takes effect at {b.get('effective_from')} instead of {a.get('effective_from')}")
+
+
+def _drug(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[ClinicalChange]:
+    for name in ("name", "rxnorm_cui"):
+        if a.get(name) != b.get(name):
+            yield ClinicalChange("drug_changed", f"/drug/{name}", a.get(name), b.get(name),
+                                 f"Drug {name} changed from {_show(a.get(name))} to {_show(b.get(name))}")
+    if a.get("dea_schedule") != b.get("dea_schedule"):
+        yield ClinicalChange("dea_schedule_changed", "/drug/dea_schedule", a.get("dea_schedule"),
+                             b.get("dea_schedule"),
+                             f"DEA schedule changed from {_show(a.get('dea_schedule'))} to "
+                             f"{_show(b.get('dea_schedule'))}")
+    if (a.get("brand_names") or []) != (b.get("brand_names") or []):
+        yield ClinicalChange("text_changed", "/drug/brand_names", a.get("brand_names"), b.get("brand_names"),
+                             "Brand names changed")
+
+
+def _codings(a: Mapping[str, Any], b: Mapping[str, Any], field: str, key: Callable[[Any], Any],
+             added: str, removed: str, noun: str) -> Iterator[ClinicalChange]:
+    before = {key(item): (index, item) for index, item in enumerate(a.get(field) or [])}
+    after = {key(item): (index, item) for index, item in enumerate(b.get(field) or [])}
+    for item_key, (index, item) in before.items():
+        if item_key not in after:
+            yield ClinicalChange(removed, f"/{field}/{index}", item, None,
+                                 f"{noun.capitalize()} removed: {item.get('code')} {item.get('display')}")
+    for item_key, (index, item) in after.items():
+        if item_key not in before:
+            yield ClinicalChange(added, f"/{field}/{index}", None, item,
+                                 f"{noun.capitalize()} added: {item.get('code')} {item.get('display')}")
+        elif before[item_key][1].get("display") != item.get("display"):
+            old = before[item_key][1].get("display")
+            yield ClinicalChange("text_changed", f"/{field}/{index}/display", old, item.get("display"),
+                                 f"Display text of {noun} {item.get('code')} changed")
+
+
+def _dosing_groups(ranges: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, Any], list[tuple[int, Mapping[str, Any]]]]:
+    groups: dict[tuple[Any, Any], list[tuple[int, Mapping[str, Any]]]] = {}
+    for index, item in enumerate(ranges):
+        groups.setdefault((item.get("route"), item.get("phase")), []).append((index, item))
+    return groups
+
+
+def _dosing(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> Iterator[ClinicalChange]:
+    before, after = _dosing_groups(a), _dosing_groups(b)
+    for (route, phase), items in before.items():
+        for index, item in items[len(after.get((route, phase), [])):]:
+            yield ClinicalChange("dosing_range_removed", f"/dosing_ranges/{index}", item, None,
+                                 f"Dosing range removed: {_route_name(route)}, {phase} phase",
+                                 route, phase)
+    for (route, phase), items in after.items():
+        old_items = before.get((route, phase), [])
+        for position, (index, item) in enumerate(items):
+            if position < len(old_items):
+                yield from _dose_range(old_items[position][1], item, f"/dosing_ranges/{index}", route, phase)
+            else:
+                yield ClinicalChange("dosing_range_added", f"/dosing_ranges/{index}", None, item,
+                                     f"Dosing range added: {_route_name(route)}, {phase} phase: "
+                                     f"{item.get('dose_min')}-{item.get('dose_max')} {item.get('unit')}",
+                                     route, phase)
+
+
+def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: Any,
+                phase: Any) -> Iterator[ClinicalChange]:
+    where = f"{_route_name(route)}, {phase} phase"
+
+    def change(kind: str, sub: str, old: Any, new: Any, description: str) -> ClinicalChange:
+        return ClinicalChange(kind, f"{path}{sub}", old, new, f"{description} ({where})", route, phase)
+
+    if a.get("unit") != b.get("unit"):
+        old = {k: a.get(k) for k in ("dose_min", "dose_max", "unit")}
+        new = {k: b.get(k) for k in ("dose_min", "dose_max", "unit")}
+        yield change("unit_changed", "/unit", old, new,
+                     f"Dose unit changed from {a.get('unit')} to {b.get('unit')}: "
+                     f"{a.get('dose_min')}-{a.get('dose_max')} {a.get('unit')} became "
+                     f"{b.get('dose_min')}-{b.get('dose_max')} {b.get('unit')}; the numbers are not comparable")
+    else:
+        for bound, label in (("dose_min", "Minimum dose"), ("dose_max", "Maximum dose")):
+            old_value, new_value = a.get(bound), b.get(bound)
+            if old_value is None or new_value is None or _number(old_value) == _number(new_value):
+                continue
+            direction = "increased" if _number(new_value) > _number(old_value) else "decreased"
+            verb = "raised" if direction == "increased" else "lowered"
+            yield change(f"{bound}_{direction}", f"/{bound}", old_value, new_value,
+                         f"{label} {verb} from {old_value} to {new_value} {b.get('unit')}")
+    yield from _frequency(a.get("frequency"), b.get("frequency"), change)
+    if not _duration_equal(a.get("duration"), b.get("duration")):
+        yield change("duration_changed", "/duration", a.get("duration"), b.get("duration"),
+                     f"Administration duration changed from {_show(a.get('duration'))} to "
+                     f"{_show(b.get('duration'))}")
+    yield from _max_per_period(a.get("max_per_period"), b.get("max_per_period"), change)
+    if a.get("instructions") != b.get("instructions"):
+        yield change("instructions_changed", "/instructions", a.get("instructions"), b.get("instructions"),
+                     "Administration instructions changed")
+
+
+_Change = Callable[[str, str, Any, Any, str], ClinicalChange]
+
+
+def _frequency(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, change: _Change) -> Iterator[ClinicalChange]:
+    def shown(f: Mapping[str, Any] | None) -> str:
+        return "none" if f is None else f"{f.get('count')} per {f.get('period')}"
+
+    if a is None or b is None:
+        if a != b:
+            yield change("frequency_changed", "/frequency", a, b,
+                         f"Frequency changed from {shown(a)} to {shown(b)}")
+        return
+    if a.get("count") != b.get("count") or not _duration_equal(a.get("period"), b.get("period")):
+        yield change("frequency_changed", "/frequency", a, b, f"Frequency changed from {shown(a)} to {shown(b)}")
+    elif a.get("text") != b.get("text"):
+        yield change("text_changed", "/frequency/text", a.get("text"), b.get("text"), "Frequency wording changed")
+
+
+def _max_per_period(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
+                    change: _Change) -> Iterator[ClinicalChange]:
+    def shown(m: Mapping[str, Any] | None) -> str:
+        return "none" if m is None else f"{m.get('value')} {m.get('unit')} per {m.get('period')}"
+
+    if a is None or b is None:
+        if a != b:
+            yield change("max_per_period_changed", "/max_per_period", a, b,
+                         f"Maximum per period changed from {shown(a)} to {shown(b)}")
+        return
+    if a.get("unit") != b.get("unit") or not _duration_equal(a.get("period"), b.get("period")):
+        yield change("unit_changed", "/max_per_period", a, b,
+                     f"Maximum per period changed from {shown(a)} to {shown(b)}; the amounts are not comparable")
+    elif _number(a.get("value")) != _number(b.get("value")):
+        verb = "raised" if _number(b.get("value")) > _number(a.get("value")) else "lowered"
+        yield change("max_per_period_changed", "/max_per_period/value", a.get("value"), b.get("value"),
+                     f"Maximum per period {verb} from {shown(a)} to {shown(b)}")
+    elif a.get("period") != b.get("period"):
+        yield change("text_changed", "/max_per_period/period", a.get("period"), b.get("period"),
+                     "Per-period maximum period rewritten with the same length")
+
+
+def _approval(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[ClinicalChange]:
+    if a.get("status") != b.get("status"):
+        yield ClinicalChange("fda_status_changed", "/fda_approval/status", a.get("status"), b.get("status"),
+                             f"FDA status changed from {_show(a.get('status'))} to {_show(b.get('status'))}")
+    if bool(a.get("rems_required")) != bool(b.get("rems_required")):
+        state = "now required" if b.get("rems_required") else "no longer required"
+        yield ClinicalChange("rems_changed", "/fda_approval/rems_required", a.get("rems_required"),
+                             b.get("rems_required"), f"REMS {state}")
+    if a.get("boxed_warning") != b.get("boxed_warning"):
+        if a.get("boxed_warning") is None:
+            what = "Boxed warning added"
+        elif b.get("boxed_warning") is None:
+            what = "Boxed warning removed"
+        else:
+            what = "Boxed warning changed"
+        yield ClinicalChange("boxed_warning_changed", "/fda_approval/boxed_warning", a.get("boxed_warning"),
+                             b.get("boxed_warning"), what)
+    for name in ("application_number", "approval_date"):
+        if a.get(name) != b.get(name):
+            yield ClinicalChange("approval_details_changed", f"/fda_approval/{name}", a.get(name), b.get(name),
+                                 f"FDA {name.replace('_', ' ')} changed from {_show(a.get(name))} to "
+                                 f"{_show(b.get(name))}")
+    if a.get("approved_indication") != b.get("approved_indication"):
+        yield ClinicalChange("text_changed", "/fda_approval/approved_indication", a.get("approved_indication"),
+                             b.get("approved_indication"), "FDA approved-indication wording changed")
+
+
+def _texts(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[ClinicalChange]:
+    for name in ("title", "summary", "verification_notes"):
+        if a.get(name) != b.get(name):
+            yield ClinicalChange("text_changed", f"/{name}", a.get(name), b.get(name),
+                                 f"{name.replace('_', ' ').capitalize()} changed")
+    if a.get("sources") != b.get("sources"):
+        yield ClinicalChange("sources_changed", "/sources", a.get("sources"), b.get("sources"),
+                             "Sources changed")
+
+
+def diff_etag(etag_a: str, etag_b: str) -> str:
+    """Strong ETag of the diff between two versions: a function of their (immutable) ETags only."""
+    digest = hashlib.sha256(f"{etag_a}>{etag_b}".encode()).hexdigest()[:16]
+    return f'"diff-{digest}"'

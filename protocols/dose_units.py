@@ -1,0 +1,180 @@
+"""Dose units: parse UCUM dose units and derive *exact* conversion factors between them.
+
+Why a module of its own: a dose check compares an ordered dose with a protocol range, and at the
+range edges any rounding decides the verdict (56 mg is inside 56-84 mg, 84.0000001 mg is above).
+So parsing and dimension checks go through a real UCUM parser (``ucumvert``, pint underneath),
+but every factor is taken from pint with ``Decimal`` magnitudes — metric prefixes and time units
+are exact there (``ug`` → ``0.001`` mg, ``h`` → ``3600`` s) — and then held as
+:class:`fractions.Fraction`, so conversions through ``/h`` and ``/min`` (which divide by 60) stay
+exact too. Nothing here ever touches a float.
+
+A dose unit has the shape ``amount[/kg][/time]``:
+
+* ``amount`` is a mass (``g``, ``mg``, ``ug``; ``mcg`` is accepted as the clinical spelling of
+  ``ug``) or a volume (``mL``, ``L``). Mass and volume convert only through a known concentration.
+* ``/kg`` means *per kilogram of body weight* (``mg/kg``): the patient's weight turns it into an
+  absolute amount.
+* ``/time`` (``/h``, ``/min``, ``/d``) makes the unit a rate (an infusion). Years and months are
+  refused, as in :mod:`protocols.durations`, because their length varies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+#: Clinical spellings that are not UCUM codes, mapped to their UCUM code.
+ALIASES = {"mcg": "ug"}
+
+MASS_BASE = "mg"
+VOLUME_BASE = "mL"
+TIME_BASE = "s"
+WEIGHT_UNIT = "kg"
+
+#: Time units with a variable length (UCUM month and year): refused in rates.
+VARIABLE_TIME_UNITS = frozenset({"mo", "a", "mo_j", "mo_g", "mo_s", "a_j", "a_g", "a_t"})
+
+
+class UnitError(ValueError):
+    """A unit that cannot be used for a dose; the message says why, for a 422 body."""
+
+
+@dataclass(frozen=True)
+class DoseUnit:
+    """A parsed dose unit with exact factors to the base units (mg or mL, seconds)."""
+
+    code: str
+    amount: str
+    kind: str  # "mass" | "volume"
+    amount_factor: Fraction  # base amount (mg or mL) in one ``amount``
+    per_kg: bool
+    time: str | None
+    time_seconds: Fraction | None
+
+    @property
+    def is_rate(self) -> bool:
+        return self.time is not None
+
+    @property
+    def absolute_code(self) -> str:
+        """The unit without ``/kg``: what a weight-based amount becomes for one patient."""
+        return self.amount + (f"/{self.time}" if self.time else "")
+
+    @property
+    def per_administration_code(self) -> str:
+        """The unit without the time part: the amount given in one administration."""
+        return self.amount + ("/kg" if self.per_kg else "")
+
+
+@dataclass(frozen=True)
+class Concentration:
+    """Mass per volume of the product given (``10 mg/mL``), as an exact mg per mL factor."""
+
+    value: Decimal
+    unit: str
+    mg_per_ml: Fraction
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    """The UCUM-aware pint registry with Decimal magnitudes (built once: it takes ~0.4 s)."""
+    from ucumvert import PintUcumRegistry
+
+    return PintUcumRegistry(non_int_type=Decimal)
+
+
+@lru_cache(maxsize=256)
+def _quantity(code: str) -> Any:
+    try:
+        return _registry().from_ucum(code)
+    except Exception as exc:  # ucumvert raises its own error types (and lark's) for bad input
+        raise UnitError(f"'{code}' is not a valid UCUM unit") from exc
+
+
+def _dimension(code: str) -> str:
+    return str(_quantity(code).dimensionality)
+
+
+@lru_cache(maxsize=256)
+def _factor(code: str, base: str) -> Fraction:
+    """Exact number of ``base`` in one ``code`` (both of the same dimension)."""
+    registry = _registry()
+    source, target = _quantity(code), _quantity(base)
+    magnitude = registry.Quantity(Decimal(1), source.units).to(target.units).magnitude
+    factor = Fraction(Decimal(magnitude)) * Fraction(Decimal(source.magnitude))
+    if factor <= 0:
+        raise UnitError(f"'{code}' has no usable conversion to {base}")
+    return factor
+
+
+def normalize(code: str) -> str:
+    """Replace clinical aliases (``mcg``) with their UCUM codes, part by part."""
+    return "/".join(ALIASES.get(part, part) for part in code.strip().split("/"))
+
+
+def _amount(code: str) -> tuple[str, Fraction]:
+    dimension = _dimension(code)
+    if dimension == "[mass]":
+        return "mass", _factor(code, MASS_BASE)
+    if dimension == "[length] ** 3":
+        return "volume", _factor(code, VOLUME_BASE)
+    raise UnitError(f"'{code}' is not an amount of drug: use a mass (g, mg, ug) or a volume (mL)")
+
+
+def _time(code: str) -> Fraction:
+    if code in VARIABLE_TIME_UNITS:
+        raise UnitError(f"'{code}' has a variable length; use h, min, d or wk")
+    if _dimension(code) != "[time]":
+        raise UnitError(f"'{code}' is not a unit of time")
+    return _factor(code, TIME_BASE)
+
+
+@lru_cache(maxsize=256)
+def parse_dose_unit(code: str) -> DoseUnit:
+    """Parse ``amount[/kg][/time]``; raise :class:`UnitError` saying what is wrong."""
+    if not isinstance(code, str) or not code.strip() or len(code) > 40:
+        raise UnitError("a dose unit is a UCUM code such as mg, mg/kg or mg/kg/h")
+    normalized = normalize(code)
+    parts = normalized.split("/")
+    if any(not part for part in parts) or len(parts) > 3:
+        raise UnitError(f"'{code}' is not a dose unit of the form amount[/kg][/time], e.g. mg/kg/h")
+    _quantity(normalized)  # the whole code must be valid UCUM, not only its parts
+    kind, amount_factor = _amount(parts[0])
+    rest = parts[1:]
+    per_kg = bool(rest) and rest[0] == WEIGHT_UNIT
+    if per_kg:
+        rest = rest[1:]
+    if len(rest) > 1:
+        raise UnitError(f"'{code}' is not a dose unit of the form amount[/kg][/time], e.g. mg/kg/h")
+    time = rest[0] if rest else None
+    time_seconds = _time(time) if time else None
+    return DoseUnit(normalized, parts[0], kind, amount_factor, per_kg, time, time_seconds)
+
+
+def parse_concentration(value: Decimal, code: str) -> Concentration:
+    """A mass-per-volume concentration such as ``10 mg/mL`` → exact mg per mL."""
+    normalized = normalize(code)
+    parts = normalized.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise UnitError(f"'{code}' is not a concentration; use mass/volume such as mg/mL")
+    mass_kind, mass_factor = _amount(parts[0])
+    volume_kind, volume_factor = _amount(parts[1])
+    if (mass_kind, volume_kind) != ("mass", "volume"):
+        raise UnitError(f"'{code}' is not a concentration; use mass/volume such as mg/mL")
+    return Concentration(value, normalized, Fraction(value) * mass_factor / volume_factor)
+
+
+def to_kilograms(value: Decimal, code: str) -> Fraction:
+    """Body weight in kg from any UCUM mass unit (``kg``, ``g``, ``[lb_av]``)."""
+    normalized = normalize(code)
+    if _dimension(normalized) != "[mass]":
+        raise UnitError(f"'{code}' is not a unit of mass")
+    return Fraction(value) * _factor(normalized, WEIGHT_UNIT)
+
+
+def seconds(duration: Any) -> Fraction:
+    """Whole seconds of a ``timedelta`` (ISO durations here have no fractional seconds)."""
+    return Fraction(int(duration.total_seconds()))

@@ -1,0 +1,565 @@
+"""Dose checking: is an ordered dose inside a protocol version's dosing range?
+
+Pure domain code (no Flask, no database): it receives a version's clinical content and an order,
+and returns a verdict with the arithmetic shown, so a clinician can see *why* (``0.5-1 mg/kg x
+70 kg = 35-70 mg``). Every comparison is exact — values are Decimals on the wire, Fractions here
+(see :mod:`protocols.dose_units`) — so a dose exactly at an edge is inside and one a hair beyond it
+is outside. Numbers shown to people are rounded only for display (12 significant digits) and only
+when a quotient does not terminate (e.g. 1 mg/kg/h in ug/kg/min).
+
+Choosing the range. A protocol may hold several ranges for a route, one per phase (induction,
+maintenance…). With a ``phase`` the ranges of that phase are used. Without one, ranges that all
+share one phase are used as is; ranges of several phases are an error naming ``phase``
+(:class:`PhaseRequired`) rather than a guess, because the right answer differs by phase. Several
+ranges *within* one phase are alternatives a prescriber chooses between (Spravato maintenance:
+weekly in weeks 5-8, every two weeks from week 9; TRD and MDSI induction): the dose is judged
+against each and the most favourable verdict is the answer, with every evaluation returned.
+Callers that cannot know the phase (the CDS Hooks service: an order carries none) evaluate every
+range for the route with :func:`evaluate` and apply the same "most favourable" rule.
+
+Per-period maxima. With a frequency of ``count`` per ``P`` and a limit per window ``W``, evenly
+spaced doses put at most ``ceil(count x W / P)`` doses in any window: 2 per week never puts two
+doses in one day, 4 per day puts four. That many doses times the per-administration amount is the
+projected amount compared with the limit. Without a frequency one dose is checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
+from enum import StrEnum
+from fractions import Fraction
+from typing import Any
+
+from protocols import terminology
+from protocols.dose_units import Concentration, DoseUnit, UnitError, parse_dose_unit, seconds
+from protocols.durations import parse_duration
+
+MIN_WEIGHT_KG = Decimal("0.3")
+MAX_WEIGHT_KG = Decimal("500")
+DISPLAY_DIGITS = 12
+
+WEIGHT_FIELD = "patient.weight_kg"
+DASH = "\u2013"  # en dash, as in "35\u201370 mg"
+TIMES = "\u00d7"  # multiplication sign
+
+
+class Verdict(StrEnum):
+    WITHIN_RANGE = "within_range"
+    BELOW_MIN = "below_min"
+    ABOVE_MAX = "above_max"
+    EXCEEDS_MAX_PER_PERIOD = "exceeds_max_per_period"
+    ROUTE_NOT_IN_PROTOCOL = "route_not_in_protocol"
+    PHASE_NOT_IN_PROTOCOL = "phase_not_in_protocol"
+
+
+#: Most favourable first: among alternative ranges the order is judged by the one it fits best.
+FAVOURABLE_ORDER = (Verdict.WITHIN_RANGE, Verdict.BELOW_MIN, Verdict.EXCEEDS_MAX_PER_PERIOD, Verdict.ABOVE_MAX)
+
+
+# ----------------------------------------------------------------------------------- errors
+
+
+class DosingError(Exception):
+    """The check cannot be answered from what was sent; ``field`` names what to fix (a 422)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class WeightRequired(DosingError):
+    def __init__(self, message: str, field: str = WEIGHT_FIELD) -> None:
+        super().__init__(field, message)
+
+
+class InvalidWeight(DosingError):
+    def __init__(self, message: str, field: str = WEIGHT_FIELD) -> None:
+        super().__init__(field, message)
+
+
+class PhaseRequired(DosingError):
+    def __init__(self, message: str) -> None:
+        super().__init__("phase", message)
+
+
+class ConcentrationRequired(DosingError):
+    def __init__(self, message: str) -> None:
+        super().__init__("concentration", message)
+
+
+class UnitsIncompatible(DosingError):
+    def __init__(self, message: str, field: str = "dose.unit") -> None:
+        super().__init__(field, message)
+
+
+# ----------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Quantity:
+    value: Decimal
+    unit: str
+
+
+@dataclass(frozen=True)
+class Frequency:
+    """``count`` administrations per ``period`` (ISO 8601 duration)."""
+
+    count: int
+    period: str
+
+    @property
+    def period_seconds(self) -> Fraction:
+        return seconds(parse_duration(self.period))
+
+
+@dataclass(frozen=True)
+class DoseOrder:
+    route: str
+    dose: Quantity
+    phase: str | None = None
+    frequency: Frequency | None = None
+    weight_kg: Decimal | Fraction | None = None
+    concentration: Concentration | None = None
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class Amount:
+    value: Fraction
+    unit: str
+
+    def text(self) -> str:
+        return f"{fmt(self.value)} {self.unit}"
+
+
+@dataclass(frozen=True)
+class Span:
+    low: Fraction
+    high: Fraction
+    unit: str
+
+    def text(self) -> str:
+        if self.low == self.high:
+            return f"{fmt(self.low)} {self.unit}"
+        return f"{fmt(self.low)}{DASH}{fmt(self.high)} {self.unit}"
+
+
+@dataclass(frozen=True)
+class AbsoluteRange:
+    """The range as absolute amounts for one patient (the range itself when not weight-based)."""
+
+    span: Span
+    weight_kg: Fraction | None
+    calculation: str
+
+
+@dataclass(frozen=True)
+class PerPeriod:
+    """The projected amount in one period, and the protocol's maximum for it when it has one."""
+
+    period: str
+    doses_per_period: int
+    projected: Amount
+    maximum: Amount | None
+    exceeded: bool
+    calculation: str
+
+
+@dataclass
+class Evaluation:
+    """One order judged against one dosing range of one protocol version."""
+
+    verdict: Verdict
+    range_index: int
+    range: Mapping[str, Any]
+    dose: Quantity
+    dose_in_range_unit: Amount
+    range_in_ordered_unit: Span
+    absolute_range: AbsoluteRange
+    per_period: PerPeriod | None
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DoseCheck:
+    """A verdict; ``evaluation`` (the range the verdict comes from) is absent when the route or phase
+    is not in the protocol; ``evaluations`` holds every alternative judged."""
+
+    verdict: Verdict
+    evaluation: Evaluation | None
+    messages: list[str]
+    evaluations: list[Evaluation] = field(default_factory=list)
+
+
+@dataclass
+class PatientRange:
+    """The range for one patient without a dose to judge (``GET …/dose``)."""
+
+    range_index: int
+    range: Mapping[str, Any]
+    absolute_range: AbsoluteRange
+    max_per_period: Amount | None
+    max_per_period_period: str | None
+    messages: list[str]
+
+
+# ---------------------------------------------------------------------------------- numbers
+
+
+def exact(value: Any) -> Fraction:
+    """A stored JSON number (int, Decimal, or a float whose repr is its decimal) as a Fraction."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean is not a number")
+    if isinstance(value, float):
+        return Fraction(Decimal(repr(value)))
+    if isinstance(value, int | Decimal | Fraction):
+        return Fraction(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
+def is_terminating(value: Fraction) -> bool:
+    denominator = value.denominator
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    return denominator == 1
+
+
+def to_decimal(value: Fraction) -> Decimal:
+    """Exact when the decimal expansion terminates within 12 significant digits, else rounded."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        result = Decimal(value.numerator) / Decimal(value.denominator)
+        ctx.prec = DISPLAY_DIGITS
+        rounded = +result
+    return rounded.normalize() if rounded != rounded.to_integral_value() else rounded.to_integral_value()
+
+
+def fmt(value: Fraction) -> str:
+    """A number for people: plain notation, ``≈`` when it had to be rounded."""
+    text = format(to_decimal(value), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text if is_terminating(value) else f"≈{text}"
+
+
+# ------------------------------------------------------------------------------ conversions
+
+
+def check_weight(weight_kg: Decimal | Fraction | None, field: str = WEIGHT_FIELD) -> Fraction | None:
+    """Plausible body weights only: a weight outside 0.3-500 kg is a data-entry error."""
+    if weight_kg is None:
+        return None
+    weight = Fraction(weight_kg)
+    if not Fraction(MIN_WEIGHT_KG) <= weight <= Fraction(MAX_WEIGHT_KG):
+        raise InvalidWeight(f"body weight must be between {MIN_WEIGHT_KG} and {MAX_WEIGHT_KG} kg; "
+                            f"got {fmt(weight)} kg", field)
+    return weight
+
+
+def convert(value: Fraction, source: DoseUnit, target: DoseUnit, *, weight_kg: Fraction | None,
+            concentration: Concentration | None, duration_s: Fraction | None,
+            weight_field: str = WEIGHT_FIELD) -> Fraction:
+    """Convert exactly between dose units, using weight, concentration and the administration's
+    duration only where the dimensions require them (and naming what is missing otherwise)."""
+    base = value * source.amount_factor  # mg or mL
+    if source.is_rate:
+        assert source.time_seconds is not None
+        base /= source.time_seconds  # … per second
+    if source.kind != target.kind:
+        if concentration is None:
+            raise ConcentrationRequired(
+                f"{source.code} and {target.code} convert only through the product's concentration "
+                f"(e.g. 10 mg/mL); send concentration")
+        base = base * concentration.mg_per_ml if source.kind == "volume" else base / concentration.mg_per_ml
+    if source.per_kg != target.per_kg:
+        if weight_kg is None:
+            raise WeightRequired(f"converting between {source.code} and {target.code} needs the "
+                                 f"patient's body weight", weight_field)
+        base = base * weight_kg if source.per_kg else base / weight_kg
+    if source.is_rate != target.is_rate:
+        if duration_s is None:
+            raise UnitsIncompatible(
+                f"{source.code} is {'a rate' if source.is_rate else 'an amount'} and {target.code} is "
+                f"{'a rate' if target.is_rate else 'an amount'}; they compare only when the protocol "
+                f"range states the administration's duration, and this one does not")
+        base = base * duration_s if source.is_rate else base / duration_s
+    if target.is_rate:
+        assert target.time_seconds is not None
+        base *= target.time_seconds
+    return base / target.amount_factor
+
+
+# -------------------------------------------------------------------------------- selection
+
+
+def _route_label(code: str) -> str:
+    concept = terminology.ROUTES.get(code)
+    return f"{code} ({concept.display})" if concept else code
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Ranges that apply to a route (and phase), or the verdict saying none does."""
+
+    candidates: list[tuple[int, Mapping[str, Any]]]
+    verdict: Verdict | None
+    message: str | None
+
+
+def candidates(content: Mapping[str, Any], route: str, phase: str | None = None) -> Selection:
+    """Every dosing range for ``route`` (and ``phase`` when given), with their indexes."""
+    routes = [str(r["code"]) for r in content.get("routes") or []]
+    ranges = list(enumerate(content.get("dosing_ranges") or []))
+    for_route = [(i, r) for i, r in ranges if str(r["route"]) == route]
+    if route not in routes or not for_route:
+        known = sorted({str(r["route"]) for _, r in ranges})
+        return Selection([], Verdict.ROUTE_NOT_IN_PROTOCOL,
+                         f"Route {_route_label(route)} has no dosing range in this protocol; it doses by "
+                         f"{', '.join(_route_label(c) for c in known) or 'no route'}.")
+    if phase is None:
+        return Selection(for_route, None, None)
+    for_phase = [(i, r) for i, r in for_route if r.get("phase") == phase]
+    if not for_phase:
+        phases = sorted({str(r.get("phase")) for _, r in for_route})
+        return Selection([], Verdict.PHASE_NOT_IN_PROTOCOL,
+                         f"Phase '{phase}' has no dosing range for route {_route_label(route)} in this "
+                         f"protocol; its phases for that route: {', '.join(phases)}.")
+    return Selection(for_phase, None, None)
+
+
+def select_ranges(content: Mapping[str, Any], route: str,
+                  phase: str | None = None) -> list[tuple[int, Mapping[str, Any]]] | Selection:
+    """The ranges to judge against (all of one phase), or the :class:`Selection` carrying a negative
+    verdict. Raises :class:`PhaseRequired` when they span several phases and none was sent."""
+    selection = candidates(content, route, phase)
+    if selection.verdict is not None:
+        return selection
+    phases = sorted({str(r.get("phase")) for _, r in selection.candidates})
+    if len(phases) > 1:
+        raise PhaseRequired(f"this protocol has dosing ranges for several phases on route "
+                            f"{_route_label(route)}; send phase, one of: {', '.join(phases)}")
+    return selection.candidates
+
+
+def most_favourable(evaluations: Sequence[Evaluation]) -> Evaluation:
+    """The alternative that fits the order best (the first such range on a tie)."""
+    return min(evaluations, key=lambda e: FAVOURABLE_ORDER.index(e.verdict))
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+def _unit(code: str, field: str) -> DoseUnit:
+    try:
+        return parse_dose_unit(code)
+    except UnitError as exc:
+        raise UnitsIncompatible(str(exc), field) from exc
+
+
+def _duration_seconds(dose_range: Mapping[str, Any]) -> Fraction | None:
+    text = dose_range.get("duration")
+    return seconds(parse_duration(str(text))) if text else None
+
+
+def absolute_range(dose_range: Mapping[str, Any], weight_kg: Fraction | None,
+                   weight_field: str = WEIGHT_FIELD) -> AbsoluteRange:
+    """``0.5-1 mg/kg x 70 kg = 35-70 mg``; a range that is not weight-based is its own answer."""
+    unit = _unit(str(dose_range["unit"]), "unit")
+    span = Span(exact(dose_range["dose_min"]), exact(dose_range["dose_max"]), unit.code)
+    if not unit.per_kg:
+        return AbsoluteRange(span, weight_kg, f"{span.text()} (not weight-based)")
+    if weight_kg is None:
+        raise WeightRequired(f"the protocol range {span.text()} is weight-based; send the patient's "
+                             f"body weight in kg", weight_field)
+    absolute = Span(span.low * weight_kg, span.high * weight_kg, unit.absolute_code)
+    return AbsoluteRange(absolute, weight_kg, f"{span.text()} {TIMES} {fmt(weight_kg)} kg = {absolute.text()}")
+
+
+def _max_per_period(dose_range: Mapping[str, Any]) -> tuple[Amount, str, DoseUnit] | None:
+    limit = dose_range.get("max_per_period")
+    if not limit:
+        return None
+    unit = _unit(str(limit["unit"]), "max_per_period.unit")
+    return Amount(exact(limit["value"]), unit.code), str(limit["period"]), unit
+
+
+def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, Any],
+                weight: Fraction | None, duration_s: Fraction | None,
+                notes: list[str]) -> PerPeriod | None:
+    limit = _max_per_period(dose_range)
+    frequency = order.frequency
+    dose_value = Fraction(order.dose.value)
+    if limit is None and frequency is None:
+        return None
+    if limit is not None:
+        maximum, period, target = limit
+    else:
+        assert frequency is not None
+        period = frequency.period
+        target = _unit(dose_unit.amount if weight is not None or not dose_unit.per_kg
+                       else dose_unit.per_administration_code, "dose.unit")
+        maximum = None
+    try:
+        per_dose = convert(dose_value, dose_unit, target, weight_kg=weight,
+                           concentration=order.concentration, duration_s=duration_s)
+    except UnitsIncompatible as exc:
+        notes.append(f"The amount per period was not projected: {exc.message}.")
+        return None
+    window = seconds(parse_duration(period))
+    if frequency is None:
+        doses = 1
+        how = "one dose (no frequency was sent)"
+    else:
+        doses = max(1, math.ceil(Fraction(frequency.count) * window / frequency.period_seconds))
+        how = f"{doses} dose{'s' if doses != 1 else ''}"
+        if frequency.period != period:
+            how += f" in {period} at {frequency.count} per {frequency.period}"
+    projected = Amount(per_dose * doses, target.code)
+    exceeded = maximum is not None and projected.value > maximum.value
+    calculation = f"{fmt(per_dose)} {target.code} {TIMES} {how} = {projected.text()} per {period}"
+    if maximum is not None:
+        relation = ">" if exceeded else "≤"
+        calculation += f" {relation} maximum {maximum.text()} per {period}"
+    return PerPeriod(period, doses, projected, maximum, exceeded, calculation)
+
+
+def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> Evaluation:
+    """Judge ``order`` against ``content['dosing_ranges'][range_index]``; raises
+    :class:`DosingError` when the answer needs something the order did not send."""
+    dose_range = content["dosing_ranges"][range_index]
+    weight = check_weight(order.weight_kg)
+    dose_unit = _unit(order.dose.unit, "dose.unit")
+    range_unit = _unit(str(dose_range["unit"]), "unit")
+    duration_s = _duration_seconds(dose_range)
+    absolute = absolute_range(dose_range, weight)
+    low, high = exact(dose_range["dose_min"]), exact(dose_range["dose_max"])
+    dose_value = Fraction(order.dose.value)
+    in_range_unit = convert(dose_value, dose_unit, range_unit, weight_kg=weight,
+                            concentration=order.concentration, duration_s=duration_s)
+    low_ordered, high_ordered = (convert(v, range_unit, dose_unit, weight_kg=weight,
+                                         concentration=order.concentration, duration_s=duration_s)
+                                 for v in (low, high))
+    in_ordered_unit = Span(low_ordered, high_ordered, dose_unit.code)
+    notes: list[str] = []
+    per_period = _per_period(order, dose_unit, dose_range, weight, duration_s, notes)
+
+    ordered = f"{fmt(dose_value)} {dose_unit.code}"
+    shown = Span(low, high, range_unit.code).text()
+    if range_unit.per_kg:
+        shown = absolute.calculation
+    if dose_unit.code != range_unit.code:
+        over = f" over the protocol's {dose_range.get('duration')}" if dose_unit.is_rate != range_unit.is_rate else ""
+        ordered += f" (= {fmt(in_range_unit)} {range_unit.code}{over})"
+    phase = dose_range.get("phase")
+    messages: list[str] = []
+    if in_range_unit < low:
+        verdict = Verdict.BELOW_MIN
+        messages.append(f"{ordered} is below the protocol minimum for the {phase} phase: "
+                        f"range {shown}.")
+    elif in_range_unit > high:
+        verdict = Verdict.ABOVE_MAX
+        messages.append(f"{ordered} is above the protocol maximum for the {phase} phase: "
+                        f"range {shown}.")
+    else:
+        verdict = Verdict.WITHIN_RANGE
+        messages.append(f"{ordered} is within the protocol range for the {phase} phase: {shown}.")
+    if per_period is not None:
+        if per_period.exceeded:
+            messages.append(f"Per-period maximum exceeded: {per_period.calculation}.")
+            if verdict is Verdict.WITHIN_RANGE:
+                verdict = Verdict.EXCEEDS_MAX_PER_PERIOD
+        elif per_period.maximum is not None:
+            messages.append(f"Per-period maximum respected: {per_period.calculation}.")
+        else:
+            messages.append(f"Projected: {per_period.calculation}.")
+    messages.extend(notes)
+    messages.extend(_frequency_notes(order.frequency, dose_range, per_period))
+    if dose_range.get("instructions"):
+        messages.append(f"Protocol instructions: {dose_range['instructions']}")
+    return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
+                      Amount(in_range_unit, range_unit.code), in_ordered_unit, absolute, per_period,
+                      messages)
+
+
+def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],
+                     per_period: PerPeriod | None) -> list[str]:
+    protocol = dose_range.get("frequency")
+    if not protocol:
+        return []
+    wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
+    label = protocol.get("text") or f"{wanted.count} per {wanted.period}"
+    if frequency is None:
+        if per_period is None or per_period.maximum is None:
+            return [f"No frequency was sent; the protocol gives {label}."]
+        return []
+    ordered_rate = Fraction(frequency.count) / frequency.period_seconds
+    protocol_rate = Fraction(wanted.count) / wanted.period_seconds
+    if ordered_rate > protocol_rate:
+        return [f"The ordered frequency ({frequency.count} per {frequency.period}) is more frequent than "
+                f"the protocol's ({label})."]
+    return []
+
+
+def check(content: Mapping[str, Any], order: DoseOrder) -> DoseCheck:
+    """The API's dose check: choose the ranges (see module docstring), evaluate each, answer with
+    the most favourable."""
+    check_weight(order.weight_kg)
+    _unit(order.dose.unit, "dose.unit")
+    chosen = select_ranges(content, order.route, order.phase)
+    if isinstance(chosen, Selection):
+        assert chosen.verdict is not None and chosen.message is not None
+        return DoseCheck(chosen.verdict, None, [chosen.message])
+    evaluations = [evaluate(content, index, order) for index, _ in chosen]
+    best = most_favourable(evaluations)
+    messages = list(best.messages)
+    if len(evaluations) > 1:
+        others = ", ".join(f"range {e.range_index}: {e.verdict.value}" for e in evaluations if e is not best)
+        messages.append(f"The {best.range.get('phase')} phase has {len(evaluations)} alternative ranges for "
+                        f"this route; the verdict is the most favourable (range {best.range_index}); "
+                        f"others: {others}.")
+    return DoseCheck(best.verdict, best, messages, evaluations)
+
+
+def patient_ranges(content: Mapping[str, Any], route: str, phase: str | None,
+                   weight_kg: Decimal | None, weight_field: str = "weight_kg") -> list[PatientRange] | Selection:
+    """The absolute ranges for a patient (``GET …/dose``), or the Selection saying none applies."""
+    weight = check_weight(weight_kg, weight_field)
+    chosen = select_ranges(content, route, phase)
+    if isinstance(chosen, Selection):
+        return chosen
+    return [_patient_range(index, dose_range, weight, weight_field) for index, dose_range in chosen]
+
+
+def _patient_range(index: int, dose_range: Mapping[str, Any], weight: Fraction | None,
+                   weight_field: str) -> PatientRange:
+    absolute = absolute_range(dose_range, weight, weight_field)
+    messages = [f"Protocol range for the {dose_range.get('phase')} phase: {absolute.calculation}."]
+    if dose_range.get("frequency"):
+        frequency = dose_range["frequency"]
+        label = f"{frequency['count']} per {frequency['period']}"
+        text = frequency.get("text")
+        messages.append(f"Frequency: {text} ({label})." if text else f"Frequency: {label}.")
+    limit = _max_per_period(dose_range)
+    maximum: Amount | None = None
+    period: str | None = None
+    if limit is not None:
+        maximum, period, unit = limit
+        if unit.per_kg and weight is not None:
+            maximum = Amount(maximum.value * weight, unit.absolute_code)
+        messages.append(f"At most {maximum.text()} per {period}.")
+    if dose_range.get("instructions"):
+        messages.append(f"Protocol instructions: {dose_range['instructions']}")
+    return PatientRange(index, dose_range, absolute, maximum, period, messages)
+
+
+def ranges_for(content: Mapping[str, Any], route: str) -> Sequence[tuple[int, Mapping[str, Any]]]:
+    """Every range for a route (the CDS service judges an order against each)."""
+    return candidates(content, route).candidates

@@ -1,0 +1,417 @@
+"""FHIR search, history and export reads over the versioned registry (no Flask).
+
+What FHIR calls the *current* ``MedicationKnowledge/{id}`` is the protocol version in effect now.
+Two rules follow from the FHIR semantics the API promises:
+
+* a retirement is FHIR's *delete*: a retired protocol reads as 410, is absent from searches and
+  exports, and appears in history as a DELETE entry;
+* drafts are never published: they are absent from history, vread, search and export, so a draft's
+  doses can never reach an EHR through this face.
+
+Search parameters are parsed here from the raw ``(name, value)`` pairs of the query string, because
+FHIR's grammar (repeats mean AND, commas mean OR, ``name:modifier``, ``ge2024-01`` prefixes and
+precision ranges) is not a form schema. Parameters this server does not implement are *collected*,
+not raised, so the caller can apply ``Prefer: handling=strict|lenient``; malformed values of
+supported parameters raise ``InvalidSearch`` whatever the handling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, false, func, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from protocols import fhir, terminology, versioning
+from protocols.db import Database
+from protocols.errors import DomainError, VersionNotFound
+from protocols.models import EffectivePeriod, ProtocolVersion, SearchTerm
+from protocols.timeutil import parse_rfc3339
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 100
+PUBLISHED = ("active", "retired")
+
+#: MedicationKnowledge.status code -> protocol statuses whose *current* version maps to it. Retired
+#: protocols are deleted in FHIR terms, so no current resource is ever ``inactive``.
+_STATUS_FILTER: dict[str, frozenset[str]] = {
+    "active": frozenset({"active"}),
+    "inactive": frozenset(),
+    "entered-in-error": frozenset(),
+}
+
+#: Search parameters of ``GET MedicationKnowledge`` (with their FHIR definitions) and result controls.
+SEARCH_PARAMS: dict[str, tuple[str, str, str]] = {
+    "_id": ("token", "http://hl7.org/fhir/SearchParameter/Resource-id",
+            "Protocol id; a comma separates alternatives."),
+    "_lastUpdated": ("date", "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+                     "When the version in effect was recorded; prefixes eq, ne, gt, lt, ge, le; "
+                     "precision from year to seconds (dates without a zone are UTC). Repeat to AND."),
+    "code": ("token", "http://hl7.org/fhir/SearchParameter/MedicationKnowledge-code",
+             f"RxNorm CUI as {fhir.RXNORM}|<cui>, <cui> (any system) or {fhir.RXNORM}| (has a CUI); "
+             "a comma separates alternatives. Codes of other systems match nothing."),
+    "status": ("token", "http://hl7.org/fhir/SearchParameter/MedicationKnowledge-status",
+               "active | inactive | entered-in-error. Every current resource is active: a retired "
+               "protocol is deleted (410), drafts are not published."),
+}
+RESULT_PARAMS = ("_count", "_cursor", "_format")
+HISTORY_PARAMS = ("_count", "_since", "_cursor", "_format")
+
+
+class InvalidSearch(DomainError):
+    """A supported parameter with a malformed value; ``details['param']`` names it."""
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    param: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DateBound:
+    prefix: str
+    start: datetime
+    end: datetime  # exclusive end of the value's precision range
+
+
+@dataclass
+class SearchSpec:
+    ids: list[frozenset[str]] = field(default_factory=list)
+    codes: list[tuple[frozenset[str], bool]] = field(default_factory=list)  # (CUIs, "any RxNorm CUI")
+    statuses: list[frozenset[str]] = field(default_factory=list)
+    last_updated: list[DateBound] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    cursor: tuple[int, str] | None = None
+    applied: list[tuple[str, str]] = field(default_factory=list)  # echoed in self/next links
+    unsupported: list[Unsupported] = field(default_factory=list)
+
+    @property
+    def protocol_statuses(self) -> frozenset[str]:
+        allowed = frozenset({"active"})
+        for alternatives in self.statuses:
+            allowed &= alternatives
+        return allowed
+
+
+# ------------------------------------------------------------------------------- parsing
+
+
+def parse_search(pairs: Sequence[tuple[str, str]]) -> SearchSpec:
+    spec = SearchSpec()
+    seen_controls: set[str] = set()
+    for raw_name, value in pairs:
+        name, _, modifier = raw_name.partition(":")
+        if name in SEARCH_PARAMS and modifier:
+            spec.unsupported.append(Unsupported(raw_name, f"modifier ':{modifier}' is not supported"))
+            continue
+        if name in RESULT_PARAMS:
+            if modifier or name in seen_controls:
+                raise InvalidSearch(f"'{raw_name}' may appear once, without a modifier", param=raw_name)
+            seen_controls.add(name)
+        if name == "_id":  # an id that is not a well-formed FHIR id cannot exist: it matches nothing
+            spec.ids.append(frozenset(v for v in value.split(",") if is_resource_id(v)))
+        elif name == "code":
+            spec.codes.append(_parse_codes(value))
+        elif name == "status":
+            spec.statuses.append(_parse_statuses(value))
+        elif name == "_lastUpdated":
+            bound = _parse_date_param(name, value)
+            if isinstance(bound, Unsupported):
+                spec.unsupported.append(bound)
+                continue
+            spec.last_updated.append(bound)
+        elif name == "_count":
+            spec.count = parse_count(value)
+            value = str(spec.count)
+        elif name == "_cursor":
+            spec.cursor = decode_cursor(value)
+            continue  # links carry their own cursor
+        elif name != "_format":  # _format is checked by the HTTP layer and kept in the links
+            spec.unsupported.append(Unsupported(raw_name, f"parameter '{raw_name}' is not supported"))
+            continue
+        spec.applied.append((raw_name, value))
+    return spec
+
+
+_RESOURCE_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")
+
+
+def is_resource_id(value: str) -> bool:
+    """FHIR's id grammar; anything else names no resource (and never reaches the database)."""
+    return bool(_RESOURCE_ID.fullmatch(value))
+
+
+def parse_count(value: str) -> int:
+    """``_count``: 0 asks for the total only; above ``MAX_COUNT`` the server pages at ``MAX_COUNT``."""
+    if not re.fullmatch(r"[0-9]{1,6}", value):
+        raise InvalidSearch("_count must be a non-negative integer", param="_count")
+    return min(int(value), MAX_COUNT)
+
+
+def _parse_codes(value: str) -> tuple[frozenset[str], bool]:
+    cuis: set[str] = set()
+    any_cui = False
+    for token in value.split(","):
+        if not token:
+            raise InvalidSearch("empty token in 'code'", param="code")
+        system, bar, code = token.rpartition("|")
+        if not bar:  # bare code: any system
+            cuis.add(token)
+        elif system == fhir.RXNORM and code:
+            cuis.add(code)
+        elif system == fhir.RXNORM:
+            any_cui = True
+        elif not system and not code:
+            raise InvalidSearch("'|' alone is not a token", param="code")
+        # other systems, or "|code" (no system): valid, and matches nothing here
+    # A value that is not a well-formed RxCUI cannot match (and never reaches the database).
+    return frozenset(cui for cui in cuis if terminology.RXNORM_PATTERN.fullmatch(cui)), any_cui
+
+
+def _parse_statuses(value: str) -> frozenset[str]:
+    allowed: set[str] = set()
+    for token in value.split(","):
+        system, bar, code = token.rpartition("|")
+        if bar and system not in ("", fhir.MEDICATION_KNOWLEDGE_STATUS):
+            continue  # a foreign system matches nothing
+        if code not in _STATUS_FILTER:
+            raise InvalidSearch(f"status '{code}' is not one of {', '.join(_STATUS_FILTER)}", param="status")
+        allowed |= _STATUS_FILTER[code]
+    return frozenset(allowed)
+
+
+_DATE = re.compile(
+    r"^(?P<prefix>[a-z]{2})?(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
+    r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?P<fraction>\.[0-9]{1,6})?)?"
+    r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2}))?)?)?$")
+_DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
+
+
+def _parse_date_param(name: str, value: str) -> DateBound | Unsupported:
+    match = _DATE.fullmatch(value)
+    if not match:
+        raise InvalidSearch(f"{name} must be a FHIR date or dateTime with an optional prefix "
+                            "(e.g. ge2024-01-31 or lt2024-01-31T12:00:00Z)", param=name)
+    prefix = match["prefix"] or "eq"
+    if prefix not in _DATE_PREFIXES:
+        if prefix in ("sa", "eb", "ap"):
+            return Unsupported(name, f"prefix '{prefix}' is not supported on {name}")
+        raise InvalidSearch(f"'{prefix}' is not a search prefix", param=name)
+    try:
+        start, end = _date_range(match)
+    except ValueError as exc:
+        raise InvalidSearch(f"{name}: {exc}", param=name) from exc
+    return DateBound(prefix, start, end)
+
+
+def _date_range(match: re.Match[str]) -> tuple[datetime, datetime]:
+    """The half-open UTC range ``[start, end)`` a value of this precision stands for."""
+    year = int(match["year"])
+    if match["month"] is None:
+        return datetime(year, 1, 1), datetime(year + 1, 1, 1)
+    month = int(match["month"])
+    if match["day"] is None:
+        return datetime(year, month, 1), datetime(year + (month == 12), month % 12 + 1, 1)
+    day = datetime(year, month, int(match["day"]))
+    if match["hour"] is None:
+        return day, day + timedelta(days=1)
+    zone = match["zone"]
+    offset = timedelta(0) if zone == "Z" else (1 if zone[0] == "+" else -1) * timedelta(
+        hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    local = day.replace(hour=int(match["hour"]), minute=int(match["minute"]), second=int(match["second"] or 0),
+                        microsecond=int((match["fraction"] or ".0")[1:].ljust(6, "0")))
+    start = local - offset
+    if match["second"] is None:
+        return start, start + timedelta(minutes=1)
+    if match["fraction"]:
+        return start, start + timedelta(microseconds=10 ** (6 - len(match["fraction"]) + 1))
+    return start, start + timedelta(seconds=1)
+
+
+def parse_instant(name: str, value: str) -> datetime:
+    """An instant parameter such as ``_since``: full date-time with a zone."""
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise InvalidSearch(f"{name} must be an instant such as 2024-01-31T12:00:00Z", param=name) from exc
+
+
+# -------------------------------------------------------------------------------- cursors
+
+
+def encode_cursor(key: int, direction: str) -> str:
+    raw = json.dumps({"t": "fhir", "k": key, "d": direction}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[int, str]:
+    """``(key, direction)`` where direction is ``n`` (towards older) or ``p`` (towards newer)."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode("ascii")))
+        key, direction = data["k"], data["d"]
+        if data.get("t") != "fhir" or direction not in ("n", "p") or type(key) is not int:
+            raise ValueError("foreign cursor")
+        return key, direction
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError) as exc:
+        raise InvalidSearch("_cursor is not a cursor issued by this server; follow the Bundle links",
+                            param="_cursor") from exc
+
+
+# ---------------------------------------------------------------------------------- search
+
+
+def _filters(spec: SearchSpec) -> list[ColumnElement[bool]]:
+    filters: list[ColumnElement[bool]] = []
+    for ids in spec.ids:
+        filters.append(EffectivePeriod.protocol_id.in_(sorted(ids)))
+    for cuis, any_cui in spec.codes:
+        term = select(SearchTerm.id).where(SearchTerm.protocol_id == EffectivePeriod.protocol_id,
+                                           SearchTerm.version == EffectivePeriod.version,
+                                           SearchTerm.kind == "rxnorm_cui")
+        if any_cui:
+            filters.append(exists(term))
+        elif cuis:
+            filters.append(exists(term.where(SearchTerm.value.in_(sorted(cuis)))))
+        else:
+            filters.append(false())
+    for bound in spec.last_updated:
+        recorded = ProtocolVersion.recorded_at
+        filters.append({
+            "eq": and_(recorded >= bound.start, recorded < bound.end),
+            "ne": or_(recorded < bound.start, recorded >= bound.end),
+            "gt": recorded >= bound.end,
+            "lt": recorded < bound.start,
+            "ge": recorded >= bound.start,
+            "le": recorded < bound.end,
+        }[bound.prefix])
+    return filters
+
+
+def search(db: Database, spec: SearchSpec, *, at: datetime) -> versioning.EffectivePage:
+    """One page of current resources matching ``spec``, newest protocol first (keyset on creation)."""
+    statuses = spec.protocol_statuses
+    if not statuses or spec.count == 0:
+        return versioning.EffectivePage([], False)
+    after, before = (None, None)
+    if spec.cursor is not None:
+        key, direction = spec.cursor
+        after, before = (key, None) if direction == "n" else (None, key)
+    return versioning.list_effective(db, at=at, limit=spec.count, after_seq=after, before_seq=before,
+                                     statuses=sorted(statuses), extra_filters=_filters(spec))
+
+
+def count(db: Database, spec: SearchSpec, *, at: datetime) -> int:
+    """How many current resources match ``spec`` (the Bundle ``total``); mirrors ``list_effective``."""
+    statuses = spec.protocol_statuses
+    if not statuses:
+        return 0
+    query = (
+        select(func.count())
+        .select_from(EffectivePeriod)
+        .join(ProtocolVersion, and_(ProtocolVersion.protocol_id == EffectivePeriod.protocol_id,
+                                    ProtocolVersion.version == EffectivePeriod.version))
+        .where(EffectivePeriod.valid_from <= at,
+               or_(EffectivePeriod.valid_until.is_(None), EffectivePeriod.valid_until > at),
+               EffectivePeriod.status.in_(sorted(statuses)), *_filters(spec))
+    )
+    with db.read() as session:
+        return int(session.execute(query).scalar_one())
+
+
+def iter_current(db: Database, *, at: datetime, page_size: int = MAX_COUNT) -> Iterator[versioning.StoredVersion]:
+    """Every current (active, in effect at ``at``) version, read in keyset pages of ``page_size``:
+    memory stays bounded by one page however large the catalog is."""
+    after: int | None = None
+    while True:
+        page = versioning.list_effective(db, at=at, limit=page_size, after_seq=after)
+        for row in page.items:
+            yield row.version
+        if not page.has_more or not page.items:
+            return
+        after = page.items[-1].protocol_seq
+
+
+# --------------------------------------------------------------------------------- history
+
+_VERSION_COLUMNS = (ProtocolVersion.protocol_id, ProtocolVersion.version, ProtocolVersion.status,
+                    ProtocolVersion.effective_from, ProtocolVersion.recorded_at, ProtocolVersion.etag,
+                    ProtocolVersion.document, ProtocolVersion.seq)
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    items: list[versioning.StoredVersion]
+    has_more: bool
+    total: int
+
+
+def history(db: Database, protocol_id: str, *, limit: int, before_version: int | None = None,
+            since: datetime | None = None) -> HistoryPage:
+    """Published versions (active and retired), newest first; drafts are left out.
+
+    Raises ``ProtocolNotFound`` for an id that never existed."""
+    versioning.latest(db, protocol_id)  # existence check, raises ProtocolNotFound
+    where = [ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status.in_(PUBLISHED)]
+    if since is not None:
+        where.append(ProtocolVersion.recorded_at >= since)
+    with db.read() as session:
+        total = int(session.execute(select(func.count()).select_from(ProtocolVersion).where(*where))
+                    .scalar_one())
+        query = select(*_VERSION_COLUMNS).where(*where)
+        if before_version is not None:
+            query = query.where(ProtocolVersion.version < before_version)
+        rows = session.execute(query.order_by(ProtocolVersion.version.desc()).limit(limit + 1)).all()
+    items = [versioning.StoredVersion(r.protocol_id, r.version, r.status, r.effective_from, r.recorded_at,
+                                      r.etag, r.document, r.seq) for r in rows[:limit]]
+    return HistoryPage(items, len(rows) > limit, total)
+
+
+def published_version(db: Database, protocol_id: str, version: int) -> versioning.StoredVersion:
+    """One version for vread; a draft is reported as not found (drafts are not published)."""
+    stored = versioning.get_version(db, protocol_id, version)
+    if stored.status not in PUBLISHED:
+        raise VersionNotFound(f"MedicationKnowledge/{protocol_id} has no published version {version} "
+                              "(drafts are not published over FHIR)", protocol_id=protocol_id)
+    return stored
+
+
+@dataclass
+class HistorySpec:
+    count: int = DEFAULT_COUNT
+    since: datetime | None = None
+    before_version: int | None = None
+    applied: list[tuple[str, str]] = field(default_factory=list)
+    unsupported: list[Unsupported] = field(default_factory=list)
+
+
+def parse_history(pairs: Sequence[tuple[str, str]]) -> HistorySpec:
+    """Parameters of ``_history``: ``_count``, ``_since`` (instant), ``_cursor``, ``_format``."""
+    spec = HistorySpec()
+    seen: set[str] = set()
+    for name, value in pairs:
+        if name not in HISTORY_PARAMS:
+            spec.unsupported.append(Unsupported(name, f"parameter '{name}' is not supported on _history"))
+            continue
+        if name in seen:
+            raise InvalidSearch(f"'{name}' may appear once", param=name)
+        seen.add(name)
+        if name == "_count":
+            spec.count = parse_count(value)
+            value = str(spec.count)
+        elif name == "_since":
+            spec.since = parse_instant(name, value)
+        elif name == "_cursor":
+            key, direction = decode_cursor(value)
+            if direction != "n":
+                raise InvalidSearch("_cursor is not a history cursor", param="_cursor")
+            spec.before_version = key
+            continue
+        spec.applied.append((name, value))
+    return spec

@@ -1,0 +1,138 @@
+"""API keys: minted at random, shown once, stored only as a hash, checked against the database.
+
+Why this shape:
+
+* a key is ``tpk_`` + ``secrets.token_urlsafe(32)`` (256 bits of entropy). The prefix makes a leaked
+  key easy to recognise in a paste or a secret scanner; the entropy makes a plain SHA-256 a safe
+  storage hash (no salt or slow KDF is needed against guessing a 256-bit random value);
+* lookups go by the hash (indexed, unique) and the found hash is compared again with
+  ``hmac.compare_digest`` so the final accept/reject decision takes constant time;
+* revocation and expiry are read from the database on every call: there is no per-process cache,
+  so a revoked key stops working at once in every worker of every instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from protocols.db import Database
+from protocols.errors import DomainError
+from protocols.models import ApiKey
+from protocols.timeutil import utcnow
+
+KEY_PREFIX = "tpk_"
+READ = "protocols:read"
+WRITE = "protocols:write"
+ADMIN = "admin"
+SCOPES: tuple[str, ...] = (READ, WRITE, ADMIN)
+
+
+class KeyNotFound(DomainError):
+    """No API key has this id."""
+
+
+class InvalidScope(DomainError):
+    """A scope that the service does not know."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown about a key: everything except its secret (which is not stored)."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def is_active(self, now: datetime) -> bool:
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(plain: str) -> str:
+    """SHA-256 hex of the key: what the database holds instead of the key."""
+    return hashlib.sha256(plain.encode("utf-8")).hexdigest()
+
+
+def normalize_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Known scopes only, deduplicated, in the canonical order of ``SCOPES``."""
+    wanted = set(scopes)
+    unknown = sorted(wanted - set(SCOPES))
+    if unknown:
+        raise InvalidScope(f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(SCOPES)}",
+                           unknown=unknown)
+    if not wanted:
+        raise InvalidScope(f"at least one scope is required; known: {', '.join(SCOPES)}", unknown=[])
+    return tuple(s for s in SCOPES if s in wanted)
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(row.id, row.name, tuple(row.scopes.split()), row.created_at, row.expires_at, row.revoked_at)
+
+
+def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: datetime | None = None,
+               now: datetime | None = None) -> tuple[KeyInfo, str]:
+    """Mint a key. Returns its description and the plain key, which exists nowhere else afterwards."""
+    canonical = normalize_scopes(scopes)
+    plain = generate_key()
+    row = ApiKey(id=secrets.token_hex(8), name=name, key_hash=hash_key(plain), scopes=" ".join(canonical),
+                 created_at=now or utcnow(), expires_at=expires_at, revoked_at=None)
+    with db.write.begin() as session:
+        session.add(row)
+    return _info(row), plain
+
+
+def authenticate(db: Database, plain: str, *, now: datetime | None = None) -> KeyInfo | None:
+    """The active key matching ``plain``, or None (unknown, revoked or expired: callers need not tell
+    which apart, and must not tell the client)."""
+    if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
+        return None
+    digest = hash_key(plain)
+    with db.read() as session:
+        row = session.execute(select(ApiKey).where(ApiKey.key_hash == digest)).scalar_one_or_none()
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    info = _info(row)
+    return info if info.is_active(now or utcnow()) else None
+
+
+def list_keys(db: Database) -> list[KeyInfo]:
+    with db.read() as session:
+        rows = session.execute(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).scalars().all()
+    return [_info(row) for row in rows]
+
+
+def get_key(db: Database, key_id: str) -> KeyInfo:
+    with db.read() as session:
+        row = session.get(ApiKey, key_id)
+    if row is None:
+        raise KeyNotFound(f"no API key with id '{key_id}'", key_id=key_id)
+    return _info(row)
+
+
+def revoke_key(db: Database, key_id: str, *, now: datetime | None = None) -> KeyInfo:
+    """Revoke a key from now on. Revoking twice keeps the first revocation time."""
+    with db.write.begin() as session:
+        session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                        .values(revoked_at=now or utcnow()))
+        row = session.get(ApiKey, key_id)
+        if row is None:
+            raise KeyNotFound(f"no API key with id '{key_id}'", key_id=key_id)
+        return _info(row)

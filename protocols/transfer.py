@@ -1,0 +1,236 @@
+"""Export and import of the whole registry as NDJSON: one stored version document per line.
+
+Why NDJSON of the stored documents: a version's document is the exact byte string the API serves
+and its ETag fingerprints those bytes. Writing the documents as they are, in changes-feed order,
+makes the export a faithful backup; importing them through ``versioning.import_version`` in file
+order recreates every version with the same bytes, the same ETag and the same relative feed order.
+
+Import is all-or-nothing. The whole file is checked first, without touching the database: every
+line must be strict JSON, carry the version metadata, pass the wire schema (the caller injects it,
+since ``protocols`` does not depend on ``schemas``), be in canonical form (rebuilding it yields the
+same bytes, so the ETag will match) and continue its protocol's history without gaps. Only a file
+with no problem at all is written, in one transaction, which also refuses histories that clash with
+what is already stored. Every problem is reported with its line number and field path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import IO, Any
+
+from sqlalchemy import select
+
+from protocols import record, versioning
+from protocols.db import Database
+from protocols.models import Protocol, ProtocolVersion
+from protocols.timeutil import parse_rfc3339
+
+#: Validates one line's record (metadata + content) with the wire schema; returns errors by
+#: dotted field path, empty when valid.
+ContentValidator = Callable[[dict[str, Any]], Mapping[str, list[str]]]
+
+EXPORT_BATCH = 500
+MAX_LINE_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.path}: {self.message}"
+
+
+class ImportRejected(Exception):
+    """The file was not imported; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[LineError]) -> None:
+        super().__init__(f"{len(errors)} problem(s); nothing was imported")
+        self.errors = errors
+
+
+@dataclass
+class ImportResult:
+    versions: int = 0
+    protocols: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Line:
+    number: int
+    document: dict[str, Any]
+    protocol_id: str
+    version: int
+
+
+# ------------------------------------------------------------------------------------ export
+
+
+def iter_documents(db: Database) -> Iterator[str]:
+    """Every stored version document in changes-feed order (one consistent SELECT)."""
+    with db.read() as session:
+        rows = session.execute(
+            select(ProtocolVersion.document).order_by(ProtocolVersion.seq)
+            .execution_options(yield_per=EXPORT_BATCH))
+        for (document,) in rows:
+            yield document
+
+
+def export_ndjson(db: Database, out: IO[str]) -> int:
+    """Write every version, one document per line, exactly as stored; return the line count."""
+    count = 0
+    for document in iter_documents(db):
+        out.write(document)
+        out.write("\n")
+        count += 1
+    return count
+
+
+# ------------------------------------------------------------------------------------ import
+
+
+class _BadJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _BadJSON(f"{name} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _BadJSON(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _loads(text: str) -> Any:
+    """Strict JSON: no NaN, no duplicate keys; decimals stay exact as ``Decimal``."""
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys,
+                      parse_float=Decimal)
+
+
+def _split_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, text, error)`` for each line; a final newline does not make an extra line."""
+    chunks = data.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()
+    for number, chunk in enumerate(chunks, start=1):
+        if len(chunk) > MAX_LINE_BYTES:
+            yield number, None, f"line is longer than {MAX_LINE_BYTES} bytes"
+            continue
+        try:
+            yield number, chunk.decode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            yield number, None, f"not valid UTF-8 (byte {exc.start})"
+
+
+def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
+    errors = []
+
+    def bad(path: str, message: str) -> None:
+        errors.append(LineError(number, path, message))
+
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        bad("version", "must be an integer >= 1")
+    for name in ("effective_from", "recorded_at"):
+        try:
+            parse_rfc3339(doc.get(name))  # type: ignore[arg-type]
+        except (ValueError, TypeError, OverflowError) as exc:
+            bad(name, f"must be an RFC 3339 date-time ({exc})")
+    for name in ("recorded_by", "request_id", "change_note"):
+        if name not in doc:
+            bad(name, "missing (export every field of the stored document)")
+        elif doc[name] is not None and not isinstance(doc[name], str):
+            bad(name, "must be a string or null")
+    return errors  # id, status text, content and unknown fields are the wire schema's to check
+
+
+def parse_ndjson(data: bytes, validate: ContentValidator) -> list[_Line]:
+    """Check a whole export file; return its lines or raise :class:`ImportRejected` with every error."""
+    errors: list[LineError] = []
+    lines: list[_Line] = []
+    expected: dict[str, tuple[int, int]] = {}  # protocol id -> (next version, line of previous)
+    for number, text, problem in _split_lines(data):
+        if problem is not None or text is None:
+            errors.append(LineError(number, "_line", problem or "unreadable"))
+            continue
+        if not text.strip():
+            errors.append(LineError(number, "_line", "blank line (one version document per line)"))
+            continue
+        try:
+            doc = _loads(text)
+        except (ValueError, RecursionError) as exc:
+            errors.append(LineError(number, "_line", f"not valid JSON: {exc}"))
+            continue
+        if not isinstance(doc, dict):
+            errors.append(LineError(number, "_line", "must be a JSON object (a version document)"))
+            continue
+        line_errors = _check_meta(number, doc)
+        schema_errors = validate(dict(doc))
+        line_errors += [LineError(number, path, message)
+                        for path, messages in schema_errors.items() for message in messages]
+        if not line_errors:
+            meta, content = record.split_document(doc)
+            if record.build_document(meta, content) != text:
+                line_errors.append(LineError(
+                    number, "_line", "not the exact stored form of this version (key order, spacing or "
+                    "number format changed); its bytes and ETag could not be reproduced"))
+        if line_errors:
+            errors += line_errors
+            continue
+        protocol_id, version = str(doc["id"]), int(doc["version"])
+        if protocol_id in expected:
+            want, previous = expected[protocol_id]
+            if version != want:
+                errors.append(LineError(number, "version", f"expected version {want} of '{protocol_id}' "
+                                                          f"(previous version on line {previous})"))
+                continue
+        expected[protocol_id] = (version + 1, number)
+        lines.append(_Line(number, doc, protocol_id, version))
+    if errors:
+        raise ImportRejected(errors)
+    return lines
+
+
+def _check_against_database(session: Any, lines: Iterable[_Line]) -> list[LineError]:
+    """Each protocol's first line must continue what is stored: version 1 of a new id, or n+1."""
+    first: dict[str, _Line] = {}
+    for line in lines:
+        first.setdefault(line.protocol_id, line)
+    stored = dict(session.execute(
+        select(Protocol.id, Protocol.latest_version).where(Protocol.id.in_(list(first)))).all()) if first else {}
+    errors = []
+    for protocol_id, line in first.items():
+        latest = stored.get(protocol_id, 0)
+        if line.version != latest + 1:
+            if latest:
+                message = (f"protocol '{protocol_id}' already has versions up to {latest}; the file's "
+                           f"history of it starts at version {line.version}, not {latest + 1}")
+            else:
+                message = f"protocol '{protocol_id}' does not exist; its history must start at version 1"
+            errors.append(LineError(line.number, "version", message))
+    return errors
+
+
+def import_ndjson(db: Database, data: bytes, validate: ContentValidator) -> ImportResult:
+    """Validate the whole file, then import every line in one transaction (or nothing)."""
+    lines = parse_ndjson(data, validate)
+    result = ImportResult()
+    with db.write.begin() as session:
+        errors = _check_against_database(session, lines)
+        if errors:
+            raise ImportRejected(errors)
+        for line in lines:
+            versioning.import_version(session, line.document)
+            result.versions += 1
+            result.protocols.add(line.protocol_id)
+    return result

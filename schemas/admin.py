@@ -1,0 +1,83 @@
+"""Wire shapes of the admin API: API keys (the secret appears once, at creation) and audit events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from protocols.keys import SCOPES
+from protocols.timeutil import format_rfc3339, utcnow
+from schemas.fields import Instant, Text
+from schemas.query import PageQuerySchema
+
+
+class Timestamp(Instant):
+    """An RFC 3339 instant, rendered from the stored naive UTC as ``...Z``."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_rfc3339(value)
+
+
+class KeyCreateSchema(Schema):
+    name = Text(required=True, validate=validate.Length(1, 200),
+                metadata={"description": "Who uses the key (recorded as the author of every write)",
+                          "example": "ehr-integration-prod"})
+    scopes = fields.List(Text(validate=validate.OneOf(SCOPES)), required=True, validate=validate.Length(1, 3),
+                         metadata={"description": f"Any of {', '.join(SCOPES)}"})
+    expires_at = Timestamp(load_default=None, allow_none=True,
+                           metadata={"description": "When the key stops working (RFC 3339); never when null"})
+
+    @validates("expires_at")
+    def _in_future(self, value: datetime | None, **_: Any) -> None:
+        if value is not None and value <= utcnow():
+            raise ValidationError("Must be in the future.")
+
+
+class KeySchema(Schema):
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    scopes = fields.List(fields.String(), required=True)
+    created_at = Timestamp(required=True)
+    expires_at = Timestamp(allow_none=True)
+    revoked_at = Timestamp(allow_none=True)
+    active = fields.Boolean(required=True, metadata={"description": "Neither revoked nor expired"})
+
+
+class KeyCreatedSchema(KeySchema):
+    key = fields.String(required=True, metadata={"description": "The API key. Shown only in this response: "
+                                                                "store it now, it cannot be retrieved later."})
+
+
+class KeyListSchema(Schema):
+    items = fields.List(fields.Nested(KeySchema), required=True)
+
+
+class AuditQuerySchema(PageQuerySchema):
+    actor = Text(validate=validate.Length(1, 200), metadata={"description": "API key name"})
+    protocol = Text(validate=validate.Length(1, 200),
+                    metadata={"description": "Target: a protocol id (or key id for key administration)"})
+    action = Text(validate=validate.Length(1, 64), metadata={"description": "e.g. protocol.revise, keys.revoke"})
+    outcome = Text(validate=validate.OneOf(("allowed", "denied", "failed")))
+    since = Instant(metadata={"description": "Events at or after this instant"})
+    until = Instant(metadata={"description": "Events before this instant"})
+
+
+class AuditEventSchema(Schema):
+    seq = fields.Integer(required=True, metadata={"description": "Position in the append-only log"})
+    occurred_at = Timestamp(required=True)
+    actor = fields.String(allow_none=True, metadata={"description": "API key name; null when anonymous"})
+    action = fields.String(required=True)
+    target = fields.String(allow_none=True)
+    outcome = fields.String(required=True, metadata={"description": "allowed, denied or failed"})
+    status_code = fields.Integer(allow_none=True)
+    request_id = fields.String(allow_none=True)
+    detail = fields.Raw(allow_none=True, metadata={"description": "Method, path, key id, required scope"})
+
+
+class AuditPageSchema(Schema):
+    items = fields.List(fields.Nested(AuditEventSchema), required=True)
+    page_size = fields.Integer(required=True)
+    next = fields.String(allow_none=True)
+    prev = fields.String(allow_none=True)

@@ -1,0 +1,62 @@
+"""Pick-list payloads of ``/v1/terminology/*``: what the service accepts, with sources."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from protocols import terminology
+
+INDICATION_SYSTEM_FILTERS = {"icd-10-cm": terminology.ICD10CM, "snomed-ct": terminology.SNOMED}
+
+
+class AlternateCodingSchema(Schema):
+    system = fields.String(metadata={"description": "Code system URI of the alternate code"})
+    code = fields.String()
+    display = fields.String()
+
+
+class RouteTermSchema(Schema):
+    system = fields.String(metadata={"example": terminology.SNOMED})
+    code = fields.String(metadata={"example": "46713006"})
+    display = fields.String(metadata={"description": "The display a record must use for this code",
+                                      "example": "Nasal route"})
+    alternates = fields.List(fields.Nested(AlternateCodingSchema),
+                             metadata={"description": "FDA SPL (NCI Thesaurus) route code"})
+    sources = fields.List(fields.String(), metadata={"description": "Where code and display were checked"})
+
+
+class UnitTermSchema(Schema):
+    system = fields.String(metadata={"example": terminology.UCUM})
+    code = fields.String(metadata={"example": "mg/kg/h"})
+    display = fields.String(metadata={"example": "milligram per kilogram body weight per hour"})
+    kind = fields.String(metadata={"description": "mass or volume"})
+    weight_based = fields.Boolean(metadata={"description": "Per kilogram of body weight"})
+    rate = fields.Boolean(metadata={"description": "Amount per unit of time (an infusion rate)"})
+    per = fields.String(allow_none=True, metadata={"description": "UCUM time unit of a rate"})
+
+
+class IndicationTermSchema(Schema):
+    system = fields.String(metadata={"example": terminology.ICD10CM})
+    code = fields.String(metadata={"example": "F53.0"})
+    display = fields.String(metadata={"example": "Postpartum depression"})
+    category = fields.String(allow_none=True, metadata={"description": "ICD-10-CM category (3 characters)"})
+    billable = fields.Boolean(allow_none=True, metadata={"description": "ICD-10-CM: valid for billing"})
+    source = fields.String(metadata={"description": "Where code and display were checked"})
+
+
+class RouteListSchema(Schema):
+    items = fields.List(fields.Nested(RouteTermSchema))
+
+
+class UnitListSchema(Schema):
+    items = fields.List(fields.Nested(UnitTermSchema))
+    rules = fields.String(metadata={"description": "Which other UCUM units are accepted, and why"})
+
+
+class IndicationListSchema(Schema):
+    items = fields.List(fields.Nested(IndicationTermSchema))
+
+
+class IndicationQuerySchema(Schema):
+    system = fields.String(validate=validate.OneOf(list(INDICATION_SYSTEM_FILTERS)),
+                           metadata={"description": "Only codes of this system"})

@@ -1,0 +1,156 @@
+"""The audit trail: rows for changes and denied writes, the admin query API, immutability."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from protocols import audit
+from tests.factories import protocol_payload
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def audit_rows(db) -> list:
+    with db.engine.connect() as conn:
+        return conn.execute(text("SELECT actor, action, target, outcome, status_code, request_id, detail "
+                                 "FROM audit_events ORDER BY seq")).all()
+
+
+def test_changes_are_audited_with_actor_target_and_request_id(anon_client, make_key, db):
+    key = make_key(["protocols:read", "protocols:write"], name="curator-1")
+    payload = protocol_payload()
+    pid = payload["id"]
+    created = anon_client.post("/v1/protocols", json=payload, headers={**bearer(key), "X-Request-ID": "c-1"})
+    assert created.status_code == 201
+    revised = anon_client.put(f"/v1/protocols/{pid}", json={**payload, "title": "Changed title"},
+                              headers={**bearer(key), "If-Match": created.headers["ETag"], "X-Request-ID": "r-1"})
+    assert revised.status_code == 201
+    retired = anon_client.delete(f"/v1/protocols/{pid}", headers={**bearer(key), "If-Match": revised.headers["ETag"]})
+    assert retired.status_code == 200
+    rows = audit_rows(db)
+    assert [(r.actor, r.action, r.target, r.outcome, r.status_code) for r in rows] == [
+        ("curator-1", "protocol.create", pid, "allowed", 201),
+        ("curator-1", "protocol.revise", pid, "allowed", 201),
+        ("curator-1", "protocol.retire", pid, "allowed", 200),
+    ]
+    assert [r.request_id for r in rows] == ["c-1", "r-1", retired.headers["X-Request-ID"]]
+
+
+def test_reads_and_unchanged_writes_are_not_audited(client, db):
+    payload = protocol_payload()
+    created = client.post("/v1/protocols", json=payload)
+    client.get(f"/v1/protocols/{payload['id']}")
+    client.get("/v1/protocols")
+    same = client.put(f"/v1/protocols/{payload['id']}", json=payload, headers={"If-Match": created.headers["ETag"]})
+    assert same.status_code == 200  # content equals the newest version: nothing appended
+    assert [r.action for r in audit_rows(db)] == ["protocol.create"]
+
+
+def test_denied_writes_are_audited(anon_client, client, make_key, db):
+    payload = protocol_payload()
+    pid = payload["id"]
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+    reader = make_key(["protocols:read"], name="read-only-bot")
+    assert anon_client.post("/v1/protocols", json=protocol_payload(id="other-protocol")).status_code == 401
+    assert anon_client.put(f"/v1/protocols/{pid}", json=payload, headers=bearer(reader)).status_code == 403
+    changed = {**payload, "title": "New"}
+    assert client.put(f"/v1/protocols/{pid}", json=changed).status_code == 428
+    assert client.put(f"/v1/protocols/{pid}", json=changed, headers={"If-Match": '"1-stale"'}).status_code == 412
+    assert anon_client.get("/v1/admin/audit", headers=bearer(reader)).status_code == 403
+    assert anon_client.get("/v1/protocols", headers=bearer("tpk_" + "Z" * 43)).status_code == 401  # a read
+    rows = audit_rows(db)[1:]
+    assert [(r.actor, r.action, r.target, r.outcome, r.status_code) for r in rows] == [
+        (None, "protocol.create", "/v1/protocols", "denied", 401),
+        ("read-only-bot", "protocol.revise", pid, "denied", 403),
+        ("test-all-scopes", "protocol.revise", pid, "denied", 428),
+        ("test-all-scopes", "protocol.revise", pid, "denied", 412),
+        ("read-only-bot", "admin.list_audit", "/v1/admin/audit", "denied", 403),
+    ]
+    assert '"required_scope":"protocols:write"' in rows[1].detail
+
+
+def test_key_administration_is_audited_without_key_material(app, client, db):
+    created = client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["protocols:read"]}).get_json()
+    client.delete(f"/v1/admin/keys/{created['id']}")
+    runner = app.test_cli_runner()
+    output = runner.invoke(args=["keys", "create", "--name", "cli-key", "--scope", "admin"]).output
+    cli_plain = output.strip().rsplit(" ", 1)[-1]
+    cli_id = output.split()[2]
+    runner.invoke(args=["keys", "revoke", cli_id])
+    rows = audit_rows(db)
+    assert [(r.action, r.target, r.outcome) for r in rows] == [
+        ("keys.create", created["id"], "allowed"), ("keys.revoke", created["id"], "allowed"),
+        ("keys.create", cli_id, "allowed"), ("keys.revoke", cli_id, "allowed")]
+    assert rows[0].actor == "test-all-scopes" and rows[2].actor.startswith("cli")
+    dumped = repr(rows)
+    assert created["key"] not in dumped and cli_plain not in dumped
+
+
+def test_admin_audit_query_filters_and_paginates(client, anon_client, make_key):
+    curator = make_key(["protocols:read", "protocols:write"], name="curator-2")
+    ids = [f"audit-proto-{n}" for n in range(5)]
+    for pid in ids:
+        response = anon_client.post("/v1/protocols", json=protocol_payload(id=pid), headers=bearer(curator))
+        assert response.status_code == 201
+    client.post("/v1/protocols", json=protocol_payload(id="by-admin"))
+    anon_client.post("/v1/protocols", json=protocol_payload(id="nobody"))
+
+    everything = client.get("/v1/admin/audit").get_json()["items"]
+    assert len(everything) == 7 and everything[0]["seq"] > everything[-1]["seq"]  # newest first
+    event = everything[0]
+    assert event["outcome"] == "denied" and event["status_code"] == 401 and event["occurred_at"].endswith("Z")
+    assert event["detail"]["method"] == "POST"
+
+    by_actor = client.get("/v1/admin/audit?actor=curator-2").get_json()["items"]
+    assert [e["target"] for e in by_actor] == list(reversed(ids))
+    assert [e["target"] for e in client.get("/v1/admin/audit?protocol=audit-proto-3").get_json()["items"]] == [
+        "audit-proto-3"]
+    assert len(client.get("/v1/admin/audit?outcome=denied").get_json()["items"]) == 1
+    assert len(client.get("/v1/admin/audit?action=protocol.create&outcome=allowed").get_json()["items"]) == 6
+    assert client.get("/v1/admin/audit?since=2999-01-01T00:00:00Z").get_json()["items"] == []
+    assert len(client.get("/v1/admin/audit?until=2999-01-01T00:00:00Z").get_json()["items"]) == 7
+
+    first = client.get("/v1/admin/audit?actor=curator-2&page_size=2")
+    page1 = first.get_json()
+    assert [e["target"] for e in page1["items"]] == ids[4:2:-1] and page1["prev"] is None
+    assert 'rel="next"' in first.headers["Link"]
+    page2 = client.get(page1["next"]).get_json()
+    assert [e["target"] for e in page2["items"]] == ids[2:0:-1]
+    page3 = client.get(page2["next"]).get_json()
+    assert [e["target"] for e in page3["items"]] == ids[0:1] and page3["next"] is None
+    back = client.get(page3["prev"]).get_json()
+    assert [e["target"] for e in back["items"]] == ids[2:0:-1]
+
+
+@pytest.mark.parametrize(("query", "field"), [("cursor=garbage", "cursor"), ("page_size=1000", "page_size"),
+                                              ("since=yesterday", "since"), ("who=me", "who"),
+                                              ("outcome=maybe", "outcome")])
+def test_admin_audit_query_rejects_bad_parameters(client, query, field):
+    response = client.get(f"/v1/admin/audit?{query}")
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]
+
+
+def test_audit_rows_are_immutable_in_the_database(db, backend):
+    audit.record(db, action="test.event", outcome=audit.ALLOWED, actor="someone", target="x")
+    statements = ["UPDATE audit_events SET actor = 'mallory'", "DELETE FROM audit_events"]
+    if backend == "postgres":
+        statements.append("TRUNCATE audit_events")
+    for statement in statements:
+        with pytest.raises(DBAPIError, match="immutable"), db.engine.begin() as conn:
+            conn.execute(text(statement))
+    assert [(r.actor, r.action) for r in audit_rows(db)] == [("someone", "test.event")]
+
+
+def test_catalog_loads_are_audited_once_per_changed_protocol(app, db):
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["protocols", "load"]).exit_code == 0
+    loaded = [r for r in audit_rows(db) if r.action == "protocol.load"]
+    assert loaded and all(r.actor == "catalog-loader" and r.outcome == "allowed" for r in loaded)
+    assert '"appended_versions":[1' in loaded[0].detail
+    assert runner.invoke(args=["protocols", "load"]).exit_code == 0  # unchanged catalog: nothing new
+    assert len([r for r in audit_rows(db) if r.action == "protocol.load"]) == len(loaded)

@@ -1,0 +1,279 @@
+"""Authentication and scopes: 401/403 paths, key storage, revocation, expiry, CLI and admin API."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from api.auth import requires_scope
+from protocols import keys
+from protocols.timeutil import utcnow
+from tests.factories import protocol_payload
+
+READ = ["protocols:read"]
+WRITE = ["protocols:write"]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_error_shape(response, status: int) -> dict:
+    body = response.get_json()
+    assert response.status_code == status, body
+    assert body["code"] == status
+    assert body["message"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body
+
+
+# ------------------------------------------------------------------------------- 401 / 403
+
+
+@pytest.mark.parametrize(("method", "path"), [("get", "/v1/protocols"), ("post", "/v1/protocols"),
+                                              ("get", "/v1/admin/keys")])
+def test_no_key_is_401_with_bearer_challenge(anon_client, method, path):
+    response = getattr(anon_client, method)(path, json=protocol_payload() if method == "post" else None)
+    assert_error_shape(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer a b", "tpk_abc"])
+def test_malformed_authorization_is_401(anon_client, header):
+    response = anon_client.get("/v1/protocols", headers={"Authorization": header})
+    assert_error_shape(response, 401)
+    assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("key", ["tpk_" + "A" * 43, "not-even-prefixed", "tpk_" + "x" * 300])
+def test_unknown_key_is_401_invalid_token(anon_client, key):
+    response = anon_client.get("/v1/protocols", headers=bearer(key))
+    assert_error_shape(response, 401)
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def test_read_key_reads_but_cannot_write(anon_client, make_key):
+    key = make_key(READ)
+    assert anon_client.get("/v1/protocols", headers=bearer(key)).status_code == 200
+    response = anon_client.post("/v1/protocols", json=protocol_payload(), headers=bearer(key))
+    body = assert_error_shape(response, 403)
+    assert body["required_scope"] == "protocols:write"
+    challenge = response.headers["WWW-Authenticate"]
+    assert 'error="insufficient_scope"' in challenge and 'scope="protocols:write"' in challenge
+
+
+def test_write_key_without_read_scope_cannot_read(anon_client, make_key):
+    key = make_key(WRITE)
+    assert anon_client.post("/v1/protocols", json=protocol_payload(), headers=bearer(key)).status_code == 201
+    assert_error_shape(anon_client.get("/v1/protocols", headers=bearer(key)), 403)
+
+
+def test_admin_endpoints_need_admin_scope(anon_client, make_key):
+    for scopes in (READ, WRITE, [*READ, *WRITE]):
+        response = anon_client.get("/v1/admin/audit", headers=bearer(make_key(scopes)))
+        assert assert_error_shape(response, 403)["required_scope"] == "admin"
+    assert anon_client.get("/v1/admin/audit", headers=bearer(make_key(["admin"]))).status_code == 200
+
+
+def test_public_endpoints_need_no_key(anon_client):
+    for path in ("/v1/health", "/openapi.json", "/docs", "/docs-static/swagger-ui.css"):
+        assert anon_client.get(path).status_code == 200, path
+    assert anon_client.options("/v1/protocols").status_code == 200  # CORS preflights carry no credentials
+
+
+def test_anonymous_reads_only_when_enabled(make_app):
+    app = make_app(PROTOCOLS_ANONYMOUS_READS=True)
+    anon = app.test_client()
+    anon.environ_base.pop("HTTP_AUTHORIZATION")
+    assert anon.get("/v1/protocols").status_code == 200
+    assert anon.get("/v1/terminology/routes").status_code == 200
+    assert_error_shape(anon.post("/v1/protocols", json=protocol_payload()), 401)
+    assert_error_shape(anon.get("/v1/admin/keys"), 401)
+    # a key that is sent is always checked, even where anonymous callers may read
+    assert_error_shape(anon.get("/v1/protocols", headers=bearer("tpk_" + "B" * 43)), 401)
+
+
+def test_unknown_route_is_404_not_401(anon_client):
+    assert anon_client.get("/v1/nothing-here").status_code == 404
+
+
+# ------------------------------------------------------------------ central scope resolution
+
+
+def test_views_of_other_blueprints_are_protected_by_default(make_app, make_key):
+    """A view that knows nothing of auth: GET needs read, POST needs write; /cds-services POSTs are
+    reads; @requires_scope overrides."""
+    app = make_app()
+
+    def probe() -> str:
+        return "ok"
+
+    @requires_scope("admin")
+    def guarded() -> str:
+        return "ok"
+
+    app.add_url_rule("/v1/probe", "probe", probe, methods=["GET", "POST"])
+    app.add_url_rule("/cds-services/probe", "cds_probe", probe, methods=["POST"])
+    app.add_url_rule("/v1/probe/guarded", "guarded", guarded, methods=["GET"])
+    client = app.test_client()
+    client.environ_base.pop("HTTP_AUTHORIZATION")
+    read, write = bearer(make_key(READ)), bearer(make_key(WRITE))
+    assert client.get("/v1/probe").status_code == 401
+    assert client.get("/v1/probe", headers=read).status_code == 200
+    assert client.post("/v1/probe", headers=read).status_code == 403
+    assert client.post("/v1/probe", headers=write).status_code == 200
+    assert client.post("/cds-services/probe", headers=read).status_code == 200
+    assert client.post("/cds-services/probe", headers=write).status_code == 403
+    assert client.get("/v1/probe/guarded", headers=read).status_code == 403
+
+
+def test_openapi_documents_bearer_scheme_and_every_operation_scope(anon_client):
+    spec = anon_client.get("/openapi.json").get_json()
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    paths = spec["paths"]
+    assert paths["/v1/protocols"]["get"]["x-required-scope"] == "protocols:read"
+    assert paths["/v1/protocols"]["post"]["x-required-scope"] == "protocols:write"
+    assert paths["/v1/protocols/{protocol_id}"]["delete"]["x-required-scope"] == "protocols:write"
+    assert paths["/v1/admin/audit"]["get"]["x-required-scope"] == "admin"
+    assert paths["/v1/health"]["get"]["security"] == []
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            assert "security" in operation, (method, path)
+            if operation["security"]:
+                assert operation["security"] == [{"bearerAuth": []}]
+                assert operation["x-required-scope"] in keys.SCOPES
+                assert {"401", "403", "429"} <= set(operation["responses"])
+
+
+# ---------------------------------------------------------------------------- key storage
+
+
+def test_keys_are_random_prefixed_and_stored_only_as_sha256(db):
+    info, plain = keys.create_key(db, "storage-check", READ)
+    other = keys.create_key(db, "storage-check-2", READ)[1]
+    assert plain.startswith("tpk_") and len(plain) >= 4 + 43 and plain != other
+    with db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, name, key_hash, scopes FROM api_keys")).all()
+    assert hashlib.sha256(plain.encode()).hexdigest() in {r.key_hash for r in rows}
+    for row in rows:
+        assert all(plain not in str(value) and plain[4:] not in str(value) for value in row)
+    assert keys.authenticate(db, plain) == info
+    assert keys.authenticate(db, plain + "x") is None
+
+
+def test_unknown_scope_is_refused(db):
+    with pytest.raises(keys.InvalidScope):
+        keys.create_key(db, "bad", ["protocols:delete"])
+    with pytest.raises(keys.InvalidScope):
+        keys.create_key(db, "none", [])
+
+
+# --------------------------------------------------------------------- revocation and expiry
+
+
+def test_revoked_key_stops_working_at_once_in_every_app(make_app, make_key, db):
+    """Two app instances (as two workers would be): both accept the key, one revokes, both refuse."""
+    worker_a, worker_b = make_app(), make_app()
+    key = make_key(READ, name="soon-revoked")
+    clients = [worker_a.test_client(), worker_b.test_client()]
+    for client in clients:
+        assert client.get("/v1/protocols", headers=bearer(key)).status_code == 200
+    key_id = next(k.id for k in keys.list_keys(db) if k.name == "soon-revoked")
+    assert worker_a.test_client().delete(f"/v1/admin/keys/{key_id}").status_code == 200
+    for client in clients:
+        assert_error_shape(client.get("/v1/protocols", headers=bearer(key)), 401)
+
+
+def test_expired_key_is_401(anon_client, make_key):
+    expired = make_key(READ, expires_at=utcnow() - timedelta(seconds=1))
+    live = make_key(READ, expires_at=utcnow() + timedelta(hours=1))
+    assert_error_shape(anon_client.get("/v1/protocols", headers=bearer(expired)), 401)
+    assert anon_client.get("/v1/protocols", headers=bearer(live)).status_code == 200
+
+
+# -------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_create_list_revoke(app, anon_client):
+    runner = app.test_cli_runner()
+    created = runner.invoke(args=["keys", "create", "--name", "cli-made", "--scope", "protocols:read",
+                                  "--scope", "protocols:write", "--expires", "P30D"])
+    assert created.exit_code == 0, created.output
+    plain = created.output.strip().rsplit(" ", 1)[-1]
+    assert plain.startswith("tpk_")
+    assert anon_client.post("/v1/protocols", json=protocol_payload(), headers=bearer(plain)).status_code == 201
+
+    listed = runner.invoke(args=["keys", "list"])
+    assert listed.exit_code == 0 and "cli-made" in listed.output and plain not in listed.output
+    key_id = next(line.split()[0] for line in listed.output.splitlines() if "cli-made" in line)
+
+    revoked = runner.invoke(args=["keys", "revoke", key_id])
+    assert revoked.exit_code == 0, revoked.output
+    assert_error_shape(anon_client.get("/v1/protocols", headers=bearer(plain)), 401)
+    assert "revoked" in runner.invoke(args=["keys", "list"]).output
+    assert runner.invoke(args=["keys", "revoke", "nope"]).exit_code != 0
+    bad_scope = runner.invoke(args=["keys", "create", "--name", "x", "--scope", "root"])
+    assert bad_scope.exit_code != 0
+    assert runner.invoke(args=["keys", "create", "--name", "x", "--scope", "admin", "--expires",
+                               "2001-01-01T00:00:00Z"]).exit_code != 0
+
+
+# ---------------------------------------------------------------------- the admin HTTP API
+
+
+def test_admin_api_creates_lists_and_revokes_keys(client, anon_client):
+    response = client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]})
+    assert response.status_code == 201, response.get_json()
+    created = response.get_json()
+    plain = created["key"]
+    assert plain.startswith("tpk_") and created["scopes"] == ["protocols:read"] and created["active"] is True
+    assert response.headers["Location"].endswith(f"/v1/admin/keys/{created['id']}")
+
+    shown = client.get(f"/v1/admin/keys/{created['id']}").get_json()
+    assert "key" not in shown and shown["name"] == "ehr-prod"
+    listing = client.get("/v1/admin/keys")
+    assert plain not in listing.get_data(as_text=True)
+    assert {"ehr-prod", "test-all-scopes"} <= {k["name"] for k in listing.get_json()["items"]}
+
+    assert anon_client.get("/v1/protocols", headers=bearer(plain)).status_code == 200
+    revoked = client.delete(f"/v1/admin/keys/{created['id']}").get_json()
+    assert revoked["active"] is False and revoked["revoked_at"].endswith("Z")
+    again = client.delete(f"/v1/admin/keys/{created['id']}").get_json()
+    assert again["revoked_at"] == revoked["revoked_at"]
+    assert anon_client.get("/v1/protocols", headers=bearer(plain)).status_code == 401
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    ({"name": "x", "scopes": ["protocols:delete"]}, "scopes.0"),
+    ({"name": "x", "scopes": []}, "scopes"),
+    ({"name": "", "scopes": ["admin"]}, "name"),
+    ({"scopes": ["admin"]}, "name"),
+    ({"name": "x", "scopes": ["admin"], "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+    ({"name": "x", "scopes": ["admin"], "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
+    ({"name": "x", "scopes": ["admin"], "owner": "me"}, "owner"),
+])
+def test_admin_key_creation_rejects_bad_input(client, body, path):
+    response = client.post("/v1/admin/keys", json=body)
+    assert assert_error_shape(response, 422)["errors"].keys() == {path}
+
+
+def test_admin_unknown_key_is_404(client):
+    assert_error_shape(client.get("/v1/admin/keys/0000"), 404)
+    assert_error_shape(client.delete("/v1/admin/keys/0000"), 404)
+
+
+def test_versions_record_the_key_name_and_request_id(anon_client, make_key):
+    key = make_key([*READ, *WRITE], name="pharmacy-curator")
+    payload = protocol_payload()
+    created = anon_client.post("/v1/protocols", json=payload, headers={**bearer(key), "X-Request-ID": "req-123"})
+    assert created.status_code == 201
+    assert created.get_json()["recorded_by"] == "pharmacy-curator"
+    assert created.get_json()["request_id"] == "req-123"
+    versions = anon_client.get(f"/v1/protocols/{payload['id']}/versions", headers=bearer(key)).get_json()
+    assert [(v["recorded_by"], v["request_id"]) for v in versions["items"]] == [("pharmacy-curator", "req-123")]

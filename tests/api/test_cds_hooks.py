@@ -1,0 +1,449 @@
+"""CDS Hooks 2.0: discovery and the protocol-dose-check service, with realistic hook requests.
+
+Request bodies follow the spec's order-select / order-sign examples, adapted to ketamine and
+esketamine orders. Every MedicationRequest sent is first validated as FHIR with fhir.resources,
+so the service is exercised with resources a real EHR could send.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.observation import Observation
+
+from protocols import terminology
+from tests.factories import protocol_payload
+
+RXNORM, SNOMED, UCUM, LOINC = terminology.RXNORM, terminology.SNOMED, terminology.UCUM, "http://loinc.org"
+NASAL, IV, ORAL = "46713006", "47625008", "26643006"
+ROUTE_DISPLAY = {NASAL: "Nasal route", IV: "Intravenous route", ORAL: "Oral route"}
+KETAMINE = [{"system": RXNORM, "code": "238082", "display": "ketamine 10 MG/ML Injectable Solution"},
+            {"system": RXNORM, "code": "6130", "display": "ketamine"}]
+ESKETAMINE = [{"system": RXNORM, "code": "2201625", "display": "esketamine Nasal Spray [Spravato]"}]
+MIDAZOLAM = [{"system": RXNORM, "code": "6960", "display": "midazolam"}]
+
+
+# ------------------------------------------------------------------------------ builders
+
+
+def medication_request(order_id: str, codings: list[dict[str, str]], route: str, *,
+                       dose: tuple[Any, str] | None = None, dose_range: tuple[Any, Any, str] | None = None,
+                       rate: tuple[Any, str] | None = None, frequency: tuple[int, Any, str] | None = None,
+                       reason: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A draft MedicationRequest as an EHR sends it in context.draftOrders (validated as FHIR)."""
+    dose_and_rate: dict[str, Any] = {"type": {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/dose-rate-type", "code": "ordered", "display": "Ordered"}]}}
+    if dose is not None:
+        dose_and_rate["doseQuantity"] = {"value": dose[0], "unit": dose[1], "system": UCUM, "code": dose[1]}
+    if dose_range is not None:
+        low, high, unit = dose_range
+        dose_and_rate["doseRange"] = {"low": {"value": low, "unit": unit, "system": UCUM, "code": unit},
+                                      "high": {"value": high, "unit": unit, "system": UCUM, "code": unit}}
+    if rate is not None:
+        dose_and_rate["rateQuantity"] = {"value": rate[0], "unit": rate[1], "system": UCUM, "code": rate[1]}
+    dosage: dict[str, Any] = {
+        "text": "as ordered",
+        "route": {"coding": [{"system": SNOMED, "code": route, "display": ROUTE_DISPLAY.get(route, "route")}]},
+        "doseAndRate": [dose_and_rate],
+    }
+    if frequency is not None:
+        dosage["timing"] = {"repeat": {"frequency": frequency[0], "period": frequency[1], "periodUnit": frequency[2]}}
+    resource: dict[str, Any] = {
+        "resourceType": "MedicationRequest", "id": order_id, "status": "draft", "intent": "order",
+        "medicationCodeableConcept": {"coding": codings, "text": codings[-1]["display"]},
+        "subject": {"reference": "Patient/example"},
+        "encounter": {"reference": "Encounter/89284"},
+        "authoredOn": "2026-11-30", "requester": {"reference": "Practitioner/example"},
+        "dosageInstruction": [dosage],
+    }
+    if reason is not None:
+        resource["reasonCode"] = [{"coding": [{"system": reason[0], "code": reason[1]}]}]
+    MedicationRequest.model_validate(resource)  # the test body itself must be valid FHIR
+    return resource
+
+
+def weight_bundle(value: Any, unit: str = "kg", when: str = "2026-11-29T08:00:00Z") -> dict[str, Any]:
+    observation = weight_observation(value, unit, when)
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": 1,
+              "entry": [{"fullUrl": "http://fhir.example.org/Observation/w1", "resource": observation}]}
+    Bundle.model_validate(bundle)
+    return bundle
+
+
+def weight_observation(value: Any, unit: str = "kg", when: str = "2026-11-29T08:00:00Z",
+                       status: str = "final") -> dict[str, Any]:
+    observation = {
+        "resourceType": "Observation", "id": f"w-{uuid.uuid4().hex[:6]}", "status": status,
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "29463-7", "display": "Body weight"}]},
+        "subject": {"reference": "Patient/example"}, "effectiveDateTime": when,
+        "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+    }
+    Observation.model_validate(observation)
+    return observation
+
+
+def hook_request(orders: list[dict[str, Any]], *, hook: str = "order-sign", weight: Any = None,
+                 selections: list[str] | None = None) -> dict[str, Any]:
+    context: dict[str, Any] = {
+        "userId": "PractitionerRole/123", "patientId": "example", "encounterId": "89284",
+        "draftOrders": {"resourceType": "Bundle", "type": "collection",
+                        "entry": [{"resource": order} for order in orders]},
+    }
+    if selections is not None:
+        context["selections"] = selections
+    body: dict[str, Any] = {
+        "hookInstance": str(uuid.uuid4()), "fhirServer": "http://fhir.example.org", "hook": hook,
+        "fhirAuthorization": {"access_token": "some-opaque-fhir-access-token", "token_type": "Bearer",
+                              "expires_in": 300, "scope": "user/Patient.read user/Observation.read",
+                              "subject": "cds-service4"},
+        "context": context,
+    }
+    Bundle.model_validate(context["draftOrders"])
+    if weight is not None:
+        body["prefetch"] = {"weight": weight}
+    return body
+
+
+def call(client: Any, body: Any, service: str = "protocol-dose-check") -> Any:
+    return client.post(f"/cds-services/{service}", data=json.dumps(body), content_type="application/json")
+
+
+def cards(client: Any, body: Any, service: str = "protocol-dose-check") -> list[dict[str, Any]]:
+    response = call(client, body, service)
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()
+    assert set(result) == {"cards"}
+    for card in result["cards"]:
+        assert card["indicator"] in ("info", "warning", "critical")
+        assert len(card["summary"]) <= 140
+        assert card["source"]["label"] and card["uuid"]
+    return list(result["cards"])
+
+
+def create(client: Any, **overrides: Any) -> dict[str, Any]:
+    payload = protocol_payload(**overrides)
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 201, response.get_json()
+    return payload
+
+
+def ketamine_protocol(client: Any, dose_min: Any = 1, dose_max: Any = 4.5, unit: str = "mg/kg",
+                      indication: tuple[str, str, str] = (SNOMED, "399097000",
+                                                          "Administration of anesthesia (procedure)"),
+                      **overrides: Any) -> dict[str, Any]:
+    return create(client, **{
+        "drug": {"name": "ketamine", "rxnorm_cui": "6130", "brand_names": ["Ketalar"], "dea_schedule": "CIII"},
+        "indications": [{"system": indication[0], "code": indication[1], "display": indication[2]}],
+        "routes": [{"system": SNOMED, "code": IV, "display": "Intravenous route"}],
+        "dosing_ranges": [{"route": IV, "phase": "induction", "dose_min": dose_min, "dose_max": dose_max,
+                           "unit": unit}],
+        **overrides})
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def test_discovery_lists_the_service_for_both_order_hooks(client):
+    response = client.get("/cds-services")
+    assert response.status_code == 200
+    services = response.get_json()["services"]
+    assert {s["hook"] for s in services} == {"order-select", "order-sign"}
+    assert len({s["id"] for s in services}) == len(services)
+    by_id = {s["id"]: s for s in services}
+    assert by_id["protocol-dose-check"]["hook"] == "order-sign"
+    for service in services:
+        assert service["title"] and service["description"]
+        (template,) = service["prefetch"].values()
+        assert template.startswith("Observation?patient={{context.patientId}}")
+        assert "http://loinc.org|29463-7" in template
+
+
+# ------------------------------------------------------------------------------- verdicts
+
+
+def test_ketamine_weight_based_cards(client):
+    protocol = ketamine_protocol(client)
+    for dose, indicator, verdict in ((140, "info", "within_range"), (70, "info", "within_range"),
+                                     (315, "info", "within_range"), (315.1, "critical", "above_max"),
+                                     (69.9, "warning", "below_min")):
+        order = medication_request("ket-1", KETAMINE, IV, dose=(dose, "mg"))
+        (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+        assert card["indicator"] == indicator, dose
+        assert f"**induction**: {verdict}" in card["detail"]
+        assert "1\u20134.5 mg/kg \u00d7 70 kg = 70\u2013315 mg" in card["detail"]
+        assert protocol["id"] in card["source"]["label"] and "version 1" in card["source"]["label"]
+        assert card["source"]["url"].endswith(f"/v1/protocols/{protocol['id']}/versions/1")
+        assert card["source"]["topic"]["code"] == f"{protocol['id']}/1"
+
+
+def test_esketamine_per_period_and_range_cards(client):
+    protocol = create(client)  # Spravato-like: 56-84 mg nasal, twice weekly, at most 84 mg per day
+    twice_weekly = (2, 1, "wk")
+    within = medication_request("esk-1", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=twice_weekly)
+    above = medication_request("esk-2", ESKETAMINE, NASAL, dose=(112, "mg"), frequency=twice_weekly)
+    twice_daily = medication_request("esk-3", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(2, 1, "d"))
+    result = cards(client, hook_request([within, above, twice_daily]))
+    assert [c["indicator"] for c in result] == ["info", "critical", "critical"]
+    assert "exceeds protocol maximum per period" in result[2]["summary"]
+    assert "112 mg per P1D > maximum 84 mg per P1D" in result[2]["detail"]
+    assert all(protocol["id"] in c["source"]["label"] for c in result)
+
+
+def test_dose_range_orders_are_judged_by_their_worse_end(client):
+    create(client)
+    inside = medication_request("esk-r1", ESKETAMINE, NASAL, dose_range=(56, 84, "mg"))
+    straddles = medication_request("esk-r2", ESKETAMINE, NASAL, dose_range=(56, 112, "mg"))
+    assert [c["indicator"] for c in cards(client, hook_request([inside, straddles]))] == ["info", "critical"]
+
+
+def test_infusion_rate_orders(client):
+    ketamine_protocol(client, dose_min=0.5, dose_max=1, unit="mg/kg/h",
+                      dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.5, "dose_max": 1,
+                                      "unit": "mg/kg/h"}])
+    ok = medication_request("inf-1", KETAMINE, IV, rate=(16.6666666666, "ug/kg/min"))
+    fast = medication_request("inf-2", KETAMINE, IV, rate=(16.6666666667, "ug/kg/min"))
+    result = cards(client, hook_request([ok, fast], weight=weight_bundle(80)))
+    assert [c["indicator"] for c in result] == ["info", "critical"]
+
+
+def test_weight_units_and_latest_observation(client):
+    ketamine_protocol(client)
+    order = medication_request("ket-lb", KETAMINE, IV, dose=(315, "mg"))
+    # 154.32 lb is 69.99... kg: 315 mg is then above 4.5 mg/kg.
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(154.32, "[lb_av]")))
+    assert card["indicator"] == "critical"
+    newest_first = {"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": weight_observation(60, when="2025-01-01T00:00:00Z")},
+        {"resource": weight_observation(70, when="2026-11-01T00:00:00Z")},
+        {"resource": weight_observation(90, when="2026-11-02T00:00:00Z", status="entered-in-error")}]}
+    (card,) = cards(client, hook_request([order], weight=newest_first))
+    assert card["indicator"] == "info" and "\u00d7 70 kg" in card["detail"]
+    (card,) = cards(client, hook_request([order], weight=weight_observation(70)))  # a bare Observation
+    assert card["indicator"] == "info"
+
+
+def test_missing_or_implausible_weight_is_a_warning_not_an_error(client):
+    ketamine_protocol(client)
+    order = medication_request("ket-2", KETAMINE, IV, dose=(140, "mg"))
+    (card,) = cards(client, hook_request([order]))
+    assert card["indicator"] == "warning"
+    assert "not checked" in card["summary"]
+    assert "no body weight was prefetched" in card["detail"]
+    (card,) = cards(client, hook_request([order], weight={"resourceType": "Bundle", "type": "searchset",
+                                                          "entry": []}))
+    assert card["indicator"] == "warning" and "no usable body weight" in card["detail"]
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(0.1)))
+    assert card["indicator"] == "warning" and "between 0.3 and 500 kg" in card["detail"]
+
+
+def test_volume_orders_without_a_strength_are_a_warning(client):
+    create(client)
+    order = medication_request("esk-ml", ESKETAMINE, NASAL, dose=(0.6, "mL"))
+    (card,) = cards(client, hook_request([order]))
+    assert card["indicator"] == "warning" and "concentration" in card["detail"]
+
+
+# ------------------------------------------------------------------------ which protocols
+
+
+def test_no_protocol_means_no_cards(client):
+    create(client)
+    ketamine_protocol(client)
+    for order in (medication_request("mid-1", MIDAZOLAM, IV, dose=(2, "mg")),
+                  medication_request("ket-po", KETAMINE, ORAL, dose=(50, "mg")),
+                  medication_request("esk-iv", ESKETAMINE, IV, dose=(56, "mg"))):
+        assert cards(client, hook_request([order], weight=weight_bundle(70))) == []
+    assert cards(client, hook_request([])) == []
+
+
+def test_other_draft_orders_are_ignored(client):
+    create(client)
+    lab = {"resourceType": "ServiceRequest", "id": "lab-1", "status": "draft", "intent": "order",
+           "code": {"coding": [{"system": LOINC, "code": "2160-0"}]}, "subject": {"reference": "Patient/example"}}
+    order = medication_request("esk-4", ESKETAMINE, NASAL, dose=(56, "mg"))
+    assert len(cards(client, hook_request([lab, order]))) == 1
+
+
+def test_several_protocols_and_reason_codes(client):
+    anaesthesia = ketamine_protocol(client)
+    depression = ketamine_protocol(client, dose_min=0.5, dose_max=0.5, indication=(
+        "http://hl7.org/fhir/sid/icd-10-cm", "F33.2",
+        "Major depressive disorder, recurrent severe without psychotic features"))
+    order = medication_request("ket-3", KETAMINE, IV, dose=(35, "mg"))
+    both = cards(client, hook_request([order], weight=weight_bundle(70)))
+    indicators = {c["source"]["topic"]["code"].split("/")[0]: c["indicator"] for c in both}
+    assert indicators == {anaesthesia["id"]: "warning", depression["id"]: "info"}
+    for_depression = medication_request("ket-4", KETAMINE, IV, dose=(35, "mg"),
+                                        reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2"))
+    (card,) = cards(client, hook_request([for_depression], weight=weight_bundle(70)))
+    assert depression["id"] in card["source"]["label"] and card["indicator"] == "info"
+    unknown_reason = medication_request("ket-5", KETAMINE, IV, dose=(35, "mg"), reason=(SNOMED, "22298006"))
+    assert len(cards(client, hook_request([unknown_reason], weight=weight_bundle(70)))) == 2
+
+
+def test_cards_name_the_version_in_effect_now(client):
+    payload = protocol_payload(effective_from="2020-01-01T00:00:00Z")
+    created = client.post("/v1/protocols", json=payload)
+    revised = dict(payload, effective_from="2024-01-01T00:00:00Z", dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": 28, "dose_max": 56, "unit": "mg"}])
+    response = client.put(f"/v1/protocols/{payload['id']}", json=revised, headers={"If-Match": created.headers["ETag"]})
+    assert response.status_code == 201
+    future = dict(revised, effective_from="2999-01-01T00:00:00Z", dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": 84, "dose_max": 112, "unit": "mg"}])
+    assert client.put(f"/v1/protocols/{payload['id']}", json=future,
+                      headers={"If-Match": response.headers["ETag"]}).status_code == 201
+    order = medication_request("esk-5", ESKETAMINE, NASAL, dose=(84, "mg"))
+    (card,) = cards(client, hook_request([order]))
+    assert "version 2" in card["source"]["label"] and card["indicator"] == "critical"
+
+
+def test_retired_protocols_give_no_cards(client):
+    payload = create(client)
+    etag = client.get(f"/v1/protocols/{payload['id']}").headers["ETag"]
+    assert client.delete(f"/v1/protocols/{payload['id']}", headers={"If-Match": etag}).status_code == 200
+    assert cards(client, hook_request([medication_request("esk-6", ESKETAMINE, NASAL, dose=(56, "mg"))])) == []
+
+
+def test_order_select_checks_only_the_selected_orders(client):
+    create(client)
+    first = medication_request("esk-a", ESKETAMINE, NASAL, dose=(112, "mg"))
+    second = medication_request("esk-b", ESKETAMINE, NASAL, dose=(56, "mg"))
+    body = hook_request([first, second], hook="order-select", selections=["MedicationRequest/esk-b"])
+    (card,) = cards(client, body, service="protocol-dose-check-select")
+    assert card["indicator"] == "info"
+    assert len(cards(client, hook_request([first, second]), service="protocol-dose-check-select")) == 2
+
+
+# ---------------------------------------------------------------------- catalog, realistic
+
+
+def test_catalog_ketamine_and_esketamine_orders(client, app):
+    result = app.test_cli_runner().invoke(args=["protocols", "load"])
+    assert result.exit_code == 0, result.output
+    listing = client.get("/v1/protocols?page_size=100").get_json()["items"]
+    documents = [json.loads(json.dumps(d), parse_float=Decimal) for d in listing]
+    iv_ketamine = {d["id"] for d in documents
+                   if d["drug"].get("rxnorm_cui") == "6130" and IV in {r["code"] for r in d["routes"]}}
+    order = medication_request("ket-cat", KETAMINE, IV, dose=(140, "mg"))
+    result_cards = cards(client, hook_request([order], weight=weight_bundle(70)))
+    assert {c["source"]["topic"]["code"].split("/")[0] for c in result_cards} == iv_ketamine
+    anaesthesia = next(d for d in documents if d["id"] == "ketamine-iv-anesthesia-induction")
+    (dose_range,) = [r for r in anaesthesia["dosing_ranges"] if r["route"] == IV]
+    indication = anaesthesia["indications"][0]
+    for dose, indicator in ((dose_range["dose_max"] * 70, "info"), (dose_range["dose_min"] * 70, "info"),
+                            (dose_range["dose_max"] * 70 + Decimal("0.1"), "critical"),
+                            (dose_range["dose_min"] * 70 - Decimal("0.1"), "warning")):
+        narrowed = medication_request("ket-an", KETAMINE, IV, dose=(float(dose), "mg"),
+                                      reason=(indication["system"], indication["code"]))
+        (card,) = cards(client, hook_request([narrowed], weight=weight_bundle(70)))
+        assert card["source"]["label"] == f"Treatment protocol ketamine-iv-anesthesia-induction version " \
+                                          f"{anaesthesia['version']}"
+        assert card["indicator"] == indicator, card["detail"]
+    spravato = next(d for d in documents if d["id"] == "esketamine-nasal-spravato")
+    high = max(r["dose_max"] for r in spravato["dosing_ranges"])
+    ok = medication_request("esk-cat", ESKETAMINE, NASAL, dose=(float(high), "mg"), frequency=(2, 1, "wk"))
+    too_much = medication_request("esk-cat2", ESKETAMINE, NASAL, dose=(float(high) + 28, "mg"), frequency=(2, 1, "wk"))
+    assert [c["indicator"] for c in cards(client, hook_request([ok, too_much]))] == ["info", "critical"]
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+def _valid_body() -> dict[str, Any]:
+    return hook_request([medication_request("esk-x", ESKETAMINE, NASAL, dose=(56, "mg"))])
+
+
+def _without(path: str) -> dict[str, Any]:
+    body = _valid_body()
+    *parents, last = path.split(".")
+    node = body
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return body
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    body = _valid_body()
+    *parents, last = path.split(".")
+    node: Any = body
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return body
+
+
+MALFORMED: list[tuple[Any, str]] = [
+    (_without("hook"), "hook"),
+    (_without("hookInstance"), "hookInstance"),
+    (_without("context"), "context"),
+    (_without("context.draftOrders"), "context.draftOrders"),
+    (_without("context.userId"), "context.userId"),
+    (_with("hook", "patient-view"), "hook"),
+    (_with("context.draftOrders", {"resourceType": "MedicationRequest"}), "context.draftOrders"),
+    (_with("context.draftOrders.entry", {"resource": {}}), "context.draftOrders.entry"),
+    (_with("context.draftOrders.entry.0", {"fullUrl": "x"}), "context.draftOrders.entry.0.resource"),
+    (_with("prefetch", {"weight": "70 kg"}), "prefetch.weight"),
+    (_with("prefetch", {"weight": {"resourceType": "Patient"}}), "prefetch.weight"),
+    ({**_valid_body(), "hook": "order-select"}, "context.selections"),
+    ([], "_schema"),
+]
+
+
+def test_malformed_hook_requests_are_400_with_a_reason(client):
+    for body, field in MALFORMED:  # one app for the whole table keeps the suite fast
+        response = call(client, body)
+        assert response.status_code == 400, (field, response.get_json())
+        errors = response.get_json()["errors"]
+        assert field in errors, (field, errors)
+
+
+def test_invalid_fhir_medication_request_is_400_naming_the_element(client):
+    body = _valid_body()
+    order = body["context"]["draftOrders"]["entry"][0]["resource"]
+    del order["subject"]
+    response = call(client, body)
+    assert response.status_code == 400
+    assert "context.draftOrders.entry.0.resource.subject" in response.get_json()["errors"]
+    body = _valid_body()
+    body["context"]["draftOrders"]["entry"][0]["resource"]["dosageInstruction"][0]["doseAndRate"][0][
+        "doseQuantity"]["value"] = "lots"
+    response = call(client, body)
+    assert response.status_code == 400
+    assert any(path.endswith("doseQuantity.value") for path in response.get_json()["errors"])
+
+
+def test_not_json_and_unknown_service(client):
+    response = client.post("/cds-services/protocol-dose-check", data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert call(client, _valid_body(), service="no-such-service").status_code == 404
+
+
+def test_extension_members_are_ignored(client):
+    create(client)
+    body = copy.deepcopy(_valid_body())
+    body["extension"] = {"com.example.cds": {"flag": True}}
+    body["context"]["extension"] = {"x": 1}
+    assert len(cards(client, body)) == 1
+
+
+def test_medication_reference_to_a_contained_medication(client):
+    create(client)
+    order = medication_request("esk-ref", ESKETAMINE, NASAL, dose=(112, "mg"))
+    del order["medicationCodeableConcept"]
+    order["contained"] = [{"resourceType": "Medication", "id": "med1", "code": {"coding": ESKETAMINE}}]
+    order["medicationReference"] = {"reference": "#med1"}
+    MedicationRequest.model_validate(order)
+    (card,) = cards(client, hook_request([order]))
+    assert card["indicator"] == "critical"

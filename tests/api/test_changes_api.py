@@ -1,0 +1,258 @@
+"""``GET /v1/changes``: every version in commit order, polled incrementally, never skipping a change.
+
+The concurrency tests use real threads with their own connections. On PostgreSQL, writer T1 starts
+first and is held open while writer T2 commits; the feed must show T2 first and T1 after it, and a
+reader that already consumed T2 must still receive T1. On SQLite writers are serialized by
+``BEGIN IMMEDIATE``, so T2 simply waits; the same reader invariants are checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select, text
+
+from api.http import encode_cursor
+from protocols import versioning
+from protocols.db import Database
+from protocols.models import ProtocolVersion
+from tests.protocols.test_search import content_of
+
+WAIT_SECONDS = 30  # upper bound for a thread to reach a sync point; never a timing assertion
+
+
+class FeedReader:
+    """An integration that stores the `next` URL and polls it, checking it never sees a gap."""
+
+    def __init__(self, client: FlaskClient, page_size: int = 2) -> None:
+        self.client = client
+        self.url = f"/v1/changes?page_size={page_size}"
+        self.consumed: list[dict[str, Any]] = []
+
+    def poll(self) -> list[dict[str, Any]]:
+        new: list[dict[str, Any]] = []
+        while True:
+            response = self.client.get(self.url)
+            assert response.status_code == 200, response.get_json()
+            body = response.get_json()
+            assert body["next"] and response.headers["Link"] == f'<{body["next"]}>; rel="next"'
+            new += body["items"]
+            self.url = body["next"]
+            if not body["has_more"]:
+                break
+        seqs = [item["seq"] for item in self.consumed + new]
+        assert seqs == list(range(1, len(seqs) + 1)), f"gap or repeat in the feed: {seqs}"
+        self.consumed += new
+        return new
+
+
+def versions_of(items: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(item["protocol_id"], item["version"]) for item in items]
+
+
+# ------------------------------------------------------------------------------------ basics
+
+
+def test_feed_lists_every_version_in_commit_order(client: FlaskClient, db: Database) -> None:
+    a = versioning.create(db, "feed-a", content_of("feed-a"))
+    b = versioning.create(db, "feed-b", content_of("feed-b"))
+    a2, _ = versioning.revise(db, "feed-a", content_of("feed-a", title="Revised"), if_match=[a.etag])
+    versioning.retire(db, "feed-b", if_match=[b.etag])
+    versioning.revise(db, "feed-a", content_of("feed-a", title="Draft"), if_match=[a2.etag], status="draft")
+
+    items = FeedReader(client, page_size=100).poll()
+    assert [(i["protocol_id"], i["version"], i["action"], i["status"]) for i in items] == [
+        ("feed-a", 1, "created", "active"),
+        ("feed-b", 1, "created", "active"),
+        ("feed-a", 2, "revised", "active"),
+        ("feed-b", 2, "retired", "retired"),
+        ("feed-a", 3, "revised", "draft"),
+    ]
+    first = items[0]
+    assert set(first) == {"seq", "action", "protocol_id", "version", "status", "effective_from", "recorded_at",
+                          "recorded_by", "change_note", "etag", "href"}
+    served = client.get(first["href"])
+    assert served.status_code == 200 and served.headers["ETag"] == first["etag"] == a.etag
+    assert first["recorded_at"].endswith("Z")
+
+
+def test_polling_next_returns_only_new_changes(client: FlaskClient, db: Database) -> None:
+    reader = FeedReader(client)
+    assert reader.poll() == []
+    end = reader.url
+    assert client.get(end).get_json()["items"] == []  # an empty page keeps its position
+    assert client.get(end).get_json()["next"] == end
+    versioning.create(db, "feed-c", content_of("feed-c"))
+    for index in range(3):
+        pid = f"feed-n{index}"
+        versioning.create(db, pid, content_of(pid))
+    assert versions_of(reader.poll()) == [("feed-c", 1), ("feed-n0", 1), ("feed-n1", 1), ("feed-n2", 1)]
+    assert reader.poll() == []
+
+
+def test_feed_can_follow_one_protocol(client: FlaskClient, db: Database) -> None:
+    a = versioning.create(db, "feed-a", content_of("feed-a"))
+    versioning.create(db, "feed-b", content_of("feed-b"))
+    versioning.retire(db, "feed-a", if_match=[a.etag])
+    body = client.get("/v1/changes", query_string={"protocol_id": "feed-a"}).get_json()
+    assert versions_of(body["items"]) == [("feed-a", 1), ("feed-a", 2)]
+    assert "protocol_id=feed-a" in body["next"]
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"after": "garbage"}, "after"),
+    ({"after": "eyJ0IjoicHJvdG9jb2xzIiwiayI6MSwiZCI6Im4ifQ"}, "after"),  # a /v1/protocols cursor
+    ({"after": encode_cursor("changes", 2**70, "n")}, "after"),  # would overflow a BIGINT
+    ({"after": encode_cursor("changes", -1, "n")}, "after"),
+    ({"after": encode_cursor("changes", 5, "p")}, "after"),  # the feed only moves forward
+    ({"page_size": "101"}, "page_size"),
+    ({"cursor": "x"}, "cursor"),
+    ({"protocol_id": "Not A Slug"}, "protocol_id"),
+])
+def test_bad_feed_parameters_are_422(client: FlaskClient, params: dict[str, str], field: str) -> None:
+    response = client.get("/v1/changes", query_string=params)
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]
+
+
+# ------------------------------------------------------------------------------- concurrency
+
+
+class Writer(threading.Thread):
+    """Runs one service call on its own thread (and so its own pooled connection)."""
+
+    def __init__(self, name: str, call: Callable[[], Any]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.call = call
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.call()
+        except BaseException as exc:  # re-raised in the test thread by finish()
+            self.error = exc
+
+    def finish(self) -> None:
+        self.join(WAIT_SECONDS)
+        assert not self.is_alive(), f"{self.name} did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+class Gate:
+    """Holds thread ``T1`` inside its write transaction, before or after it takes its feed seq."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, after_seq: bool) -> None:
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+        original = versioning._next_seq
+
+        def gated(session: Any) -> int:
+            if threading.current_thread().name != "T1":
+                return original(session)
+            if not after_seq:
+                self._hold()
+            value = original(session)
+            if after_seq:
+                self._hold()
+            return value
+
+        monkeypatch.setattr(versioning, "_next_seq", gated)
+
+    def _hold(self) -> None:
+        self.reached.set()
+        assert self.opened.wait(WAIT_SECONDS), "gate never opened"
+
+    def wait_reached(self) -> None:
+        assert self.reached.wait(WAIT_SECONDS), "T1 never reached the gate"
+
+
+@pytest.fixture
+def opened_gates() -> Iterator[list[Gate]]:
+    gates: list[Gate] = []
+    yield gates
+    for gate in gates:  # never leave a writer blocked, even when an assertion failed
+        gate.opened.set()
+
+
+def _wait_for_lock_waiter(db: Database) -> None:
+    """PostgreSQL: block until some backend of this database waits on a lock (T2 on the counter)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                 "AND wait_event_type = 'Lock'")
+    while time.monotonic() < deadline:
+        with db.engine.connect() as conn:
+            if conn.execute(query).scalar_one():
+                return
+        time.sleep(0.02)
+    raise AssertionError("T2 never waited on the change counter lock")
+
+
+def test_transaction_started_first_but_committed_last_is_not_missed(
+        client: FlaskClient, db: Database, backend: str, monkeypatch: pytest.MonkeyPatch,
+        opened_gates: list[Gate]) -> None:
+    a = versioning.create(db, "feed-a", content_of("feed-a"))
+    reader = FeedReader(client)
+    assert versions_of(reader.poll()) == [("feed-a", 1)]
+
+    gate = Gate(monkeypatch, after_seq=False)
+    opened_gates.append(gate)
+    t1 = Writer("T1", lambda: versioning.revise(db, "feed-a", content_of("feed-a", title="T1 edit"),
+                                                if_match=[a.etag]))
+    t1.start()
+    gate.wait_reached()  # T1 has begun: it advanced feed-a's head and holds that row
+    t2 = Writer("T2", lambda: versioning.create(db, "feed-b", content_of("feed-b")))
+    t2.start()
+    if backend == "postgres":
+        t2.finish()  # T2 started after T1 and commits before it
+        assert versions_of(reader.poll()) == [("feed-b", 1)]
+    gate.opened.set()
+    t1.finish()
+    t2.finish()
+
+    later = reader.poll()
+    if backend == "postgres":
+        assert versions_of(later) == [("feed-a", 2)]  # committed after the reader moved past feed-b
+        t1_item, t2_item = reader.consumed[2], reader.consumed[1]
+        assert t1_item["recorded_at"] < t2_item["recorded_at"]  # started first ...
+        assert t1_item["seq"] > t2_item["seq"]  # ... committed last: seq follows commit order
+    else:
+        assert versions_of(later) == [("feed-a", 2), ("feed-b", 1)]
+    _assert_reader_saw_everything(db, reader)
+
+
+def test_a_pending_seq_is_never_exposed_as_a_gap(
+        client: FlaskClient, db: Database, backend: str, monkeypatch: pytest.MonkeyPatch,
+        opened_gates: list[Gate]) -> None:
+    a = versioning.create(db, "feed-a", content_of("feed-a"))
+    reader = FeedReader(client)
+    reader.poll()
+
+    gate = Gate(monkeypatch, after_seq=True)
+    opened_gates.append(gate)
+    t1 = Writer("T1", lambda: versioning.revise(db, "feed-a", content_of("feed-a", title="T1 edit"),
+                                                if_match=[a.etag]))
+    t1.start()
+    gate.wait_reached()  # T1 holds seq 2 (and the counter lock), uncommitted
+    t2 = Writer("T2", lambda: versioning.create(db, "feed-b", content_of("feed-b")))
+    t2.start()
+    if backend == "postgres":
+        _wait_for_lock_waiter(db)  # T2 is queued behind T1 for the next seq
+    assert reader.poll() == []  # neither seq 2 (pending) nor anything after it is visible
+    gate.opened.set()
+    t1.finish()
+    t2.finish()
+    assert versions_of(reader.poll()) == [("feed-a", 2), ("feed-b", 1)]
+    _assert_reader_saw_everything(db, reader)
+
+
+def _assert_reader_saw_everything(db: Database, reader: FeedReader) -> None:
+    with db.read() as session:
+        stored = session.execute(select(ProtocolVersion.seq, ProtocolVersion.protocol_id, ProtocolVersion.version)
+                                 .order_by(ProtocolVersion.seq)).all()
+    assert [(i["seq"], i["protocol_id"], i["version"]) for i in reader.consumed] == [tuple(r) for r in stored]

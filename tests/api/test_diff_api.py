@@ -1,0 +1,147 @@
+"""History over HTTP: version listing (since/until/cursor) and the version diff endpoint."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import jsonpatch
+import pytest
+from flask.testing import FlaskClient
+
+from protocols import versioning
+from protocols.db import Database
+from tests.protocols.test_search import IV, content_of, route
+
+PID = "esketamine-history"
+T0 = datetime(2025, 3, 1, 12, 0, 0)
+
+
+def _dose(content: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    content["dosing_ranges"][0].update(changes)
+    return content
+
+
+@pytest.fixture
+def history(db: Database) -> list[versioning.StoredVersion]:
+    """Five versions recorded an hour apart: dose up, unit change, route added, retired."""
+    v1 = versioning.create(db, PID, content_of(PID), now=T0)
+    versions = [v1]
+    edits = [
+        _dose(content_of(PID), dose_max=112),
+        _dose(content_of(PID), dose_min=0.2, dose_max=1, unit="mg/kg", max_per_period=None),
+        {**content_of(PID, routes=[*content_of(PID)["routes"], route(IV)])},
+    ]
+    for hour, content in enumerate(edits, start=1):
+        stored, created = versioning.revise(db, PID, content, if_match=[versions[-1].etag],
+                                            now=T0 + timedelta(hours=hour))
+        assert created
+        versions.append(stored)
+    retired, _ = versioning.retire(db, PID, if_match=[versions[-1].etag], now=T0 + timedelta(hours=4))
+    versions.append(retired)
+    return versions
+
+
+def get_json(client: FlaskClient, url: str, status: int = 200, **params: Any) -> Any:
+    response = client.get(url, query_string=params or None)
+    assert response.status_code == status, response.get_json()
+    return response.get_json()
+
+
+# ------------------------------------------------------------------------------ version history
+
+
+def test_versions_newest_first_with_cursor_pages(client: FlaskClient, history: list[Any]) -> None:
+    url = f"/v1/protocols/{PID}/versions"
+    first = client.get(url, query_string={"page_size": 2})
+    body = first.get_json()
+    assert [v["version"] for v in body["items"]] == [5, 4]
+    assert body["prev"] is None and first.headers["Link"] == f'<{body["next"]}>; rel="next"'
+    second = get_json(client, body["next"])
+    assert [v["version"] for v in second["items"]] == [3, 2]
+    third = get_json(client, second["next"])
+    assert [v["version"] for v in third["items"]] == [1] and third["next"] is None
+    assert [v["version"] for v in get_json(client, third["prev"])["items"]] == [3, 2]
+
+
+def test_versions_since_and_until_bound_recorded_at(client: FlaskClient, history: list[Any]) -> None:
+    url = f"/v1/protocols/{PID}/versions"
+    since = get_json(client, url, since="2025-03-01T14:00:00Z")
+    assert [v["version"] for v in since["items"]] == [5, 4, 3]  # inclusive
+    until = get_json(client, url, until="2025-03-01T14:00:00Z")
+    assert [v["version"] for v in until["items"]] == [2, 1]  # exclusive
+    window = get_json(client, url, since="2025-03-01T13:00:00+01:00", until="2025-03-01T15:30:00+02:00")
+    assert [v["version"] for v in window["items"]] == [2, 1]  # offsets honoured: 12:00 to 13:30 UTC
+    paged = get_json(client, url, since="2025-03-01T13:00:00Z", page_size=2)
+    assert [v["version"] for v in paged["items"]] == [5, 4]
+    assert "since=2025-03-01T13" in paged["next"]
+    assert [v["version"] for v in get_json(client, paged["next"])["items"]] == [3, 2]
+
+
+@pytest.mark.parametrize("params", [{"since": "yesterday"}, {"until": "2025-03-01"}, {"page_size": "0"},
+                                    {"cursor": "junk"}, {"after": "1"}])
+def test_version_listing_rejects_bad_parameters(client: FlaskClient, history: list[Any],
+                                                params: dict[str, str]) -> None:
+    body = get_json(client, f"/v1/protocols/{PID}/versions", 422, **params)
+    assert set(params) <= set(body["errors"])
+
+
+def test_versions_of_an_unknown_protocol_is_404(client: FlaskClient, db: Database) -> None:
+    get_json(client, "/v1/protocols/no-such-protocol/versions", 404)
+
+
+# -------------------------------------------------------------------------------------- diffs
+
+
+def test_diff_patch_turns_version_a_into_b(client: FlaskClient, history: list[Any]) -> None:
+    for a, b in [(1, 2), (2, 3), (1, 5), (5, 1), (3, 3)]:
+        body = get_json(client, f"/v1/protocols/{PID}/versions/{a}/diff/{b}")
+        doc_a = get_json(client, f"/v1/protocols/{PID}/versions/{a}")
+        doc_b = get_json(client, f"/v1/protocols/{PID}/versions/{b}")
+        assert (body["protocol_id"], body["from_version"], body["to_version"]) == (PID, a, b)
+        assert jsonpatch.apply_patch(doc_a, body["patch"]) == doc_b
+
+
+def test_diff_reports_clinical_changes_with_severity(client: FlaskClient, history: list[Any]) -> None:
+    def kinds(a: int, b: int) -> list[tuple[str, str]]:
+        body = get_json(client, f"/v1/protocols/{PID}/versions/{a}/diff/{b}")
+        return [(c["type"], c["severity"]) for c in body["changes"]]
+
+    assert kinds(1, 2) == [("dose_max_increased", "major"), ("effective_from_changed", "minor")]
+    assert kinds(2, 1) == [("dose_max_decreased", "major"), ("effective_from_changed", "minor")]
+    assert kinds(2, 3) == [("unit_changed", "major"), ("max_per_period_changed", "major"),
+                           ("effective_from_changed", "minor")]
+    assert kinds(3, 4)[0] == ("route_added", "major")
+    assert kinds(4, 5)[0] == ("status_changed", "major")
+    body = get_json(client, f"/v1/protocols/{PID}/versions/1/diff/2")
+    change = body["changes"][0]
+    assert change == {"type": "dose_max_increased", "severity": "major", "path": "/dosing_ranges/0/dose_max",
+                      "before": 84, "after": 112, "route": "46713006", "phase": "induction",
+                      "description": change["description"]}
+    assert "84" in change["description"] and "112" in change["description"]
+    assert body["highest_severity"] == "major"
+    assert body["counts"] == {"major": 1, "moderate": 0, "minor": 1}
+    same = get_json(client, f"/v1/protocols/{PID}/versions/3/diff/3")
+    assert same["patch"] == [] and same["changes"] == [] and same["highest_severity"] is None
+
+
+def test_diff_is_immutable_and_revalidates(client: FlaskClient, history: list[Any]) -> None:
+    url = f"/v1/protocols/{PID}/versions/1/diff/2"
+    first = client.get(url)
+    assert "immutable" in first.headers["Cache-Control"]
+    etag = first.headers["ETag"]
+    assert client.get(f"/v1/protocols/{PID}/versions/2/diff/1").headers["ETag"] != etag
+    again = client.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.headers["ETag"] == etag and not again.data
+
+
+@pytest.mark.parametrize("url", ["/v1/protocols/{pid}/versions/1/diff/9", "/v1/protocols/{pid}/versions/0/diff/1",
+                                 "/v1/protocols/unknown-protocol/versions/1/diff/2"])
+def test_diff_of_missing_versions_is_404(client: FlaskClient, history: list[Any], url: str) -> None:
+    body = get_json(client, url.format(pid=PID), 404)
+    assert body["code"] == 404 and body["message"]
+
+
+def test_diff_path_must_be_integers(client: FlaskClient, history: list[Any]) -> None:
+    assert client.get(f"/v1/protocols/{PID}/versions/one/diff/2").status_code == 404
+    assert client.get(f"/v1/protocols/{PID}/versions/1/diff/-2").status_code == 404

@@ -1,0 +1,498 @@
+"""``POST /v1/protocols/{id}/dose-check`` and ``GET /v1/protocols/{id}/dose`` over HTTP.
+
+The first half is table-driven over the curated catalog: it loads every catalog file with the CLI,
+reads each protocol's served version and, for every dosing range found, derives the expected edges
+from the range itself (min, max, a hair inside and outside, per kg at several weights, in g/mg/ug)
+and checks the service's verdict. The second half covers the contract: versions and as_of, what is
+required (weight, phase, concentration), validation, 404/410.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from protocols import catalog, terminology
+from protocols.durations import parse_duration
+from schemas.clinical import PHASES
+from tests.factories import protocol_payload
+
+CATALOG_IDS = [f.protocol_id for f in catalog.read_catalog()]
+WEIGHTS = (Decimal("3.5"), Decimal("70"), Decimal("123.4"))
+EPSILON = Decimal("1e-7")
+MASS_IN_MG = {"g": Decimal(1000), "mg": Decimal(1), "ug": Decimal("0.001")}
+FAVOURABLE = ("within_range", "below_min", "exceeds_max_per_period", "above_max")
+NASAL, IV, IM, ORAL = "46713006", "47625008", "78421000", "26643006"
+IM_ROUTE = {"system": terminology.SNOMED, "code": IM, "display": "Intramuscular route"}
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def load_catalog(app: Any) -> None:
+    result = app.test_cli_runner().invoke(args=["protocols", "load"])
+    assert result.exit_code == 0, result.output
+
+
+def served(client: Any, protocol_id: str, as_of: str | None = None) -> dict[str, Any]:
+    url = f"/v1/protocols/{protocol_id}" + (f"?as_of={as_of}" if as_of else "")
+    response = client.get(url)
+    assert response.status_code == 200, response.get_json()
+    return dict(json.loads(response.data, parse_float=Decimal))
+
+
+def dose_check(client: Any, protocol_id: str, body: dict[str, Any]) -> Any:
+    return client.post(f"/v1/protocols/{protocol_id}/dose-check", data=exact_json(body),
+                       content_type="application/json")
+
+
+def exact_json(body: Any) -> str:
+    """JSON with Decimals written as their exact number text (``json`` would need floats)."""
+    text = json.dumps(body, default=lambda d: f"{_MARK}{format(d.normalize(), 'f')}{_MARK}")
+    return re.sub(f'"{_MARK}([0-9.]+){_MARK}"', r"\1", text)
+
+
+_MARK = "@@number@@"
+
+
+def as_json_number(value: Decimal) -> Decimal:
+    return value
+
+
+def number(value: Any) -> Decimal:
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def is_per_kg(unit: str) -> bool:
+    return unit.split("/")[1:2] == ["kg"]
+
+
+def amount_of(unit: str) -> str:
+    return unit.split("/")[0]
+
+
+def absolute_unit(unit: str) -> str:
+    parts = unit.split("/")
+    return "/".join(p for i, p in enumerate(parts) if not (i == 1 and p == "kg"))
+
+
+def with_amount(unit: str, amount: str) -> str:
+    return "/".join([amount, *unit.split("/")[1:]])
+
+
+def seconds(iso: str) -> Decimal:
+    return Decimal(int(parse_duration(iso).total_seconds()))
+
+
+def expected_verdict(ranges: list[dict[str, Any]], dose_mg: Decimal, weight: Decimal | None,
+                     frequency: dict[str, Any] | None = None) -> str:
+    """What the verdict must be, computed from the ranges themselves: a dose (absolute, in the
+    ranges' amount unit scaled to mg) against each alternative, the most favourable wins."""
+    verdicts = []
+    for dose_range in ranges:
+        unit = dose_range["unit"]
+        scale = MASS_IN_MG[amount_of(unit)] * (weight if is_per_kg(unit) else 1)
+        low, high = dose_range["dose_min"] * scale, dose_range["dose_max"] * scale
+        verdict = "below_min" if dose_mg < low else "above_max" if dose_mg > high else "within_range"
+        limit = dose_range.get("max_per_period")
+        if verdict == "within_range" and limit:
+            per_dose = dose_mg
+            if len(unit.split("/")) > (2 if is_per_kg(unit) else 1):  # a rate: amount over the duration
+                time_unit = unit.split("/")[-1]
+                per_dose = dose_mg * seconds(dose_range["duration"]) / seconds(f"PT1{time_unit.upper()}")
+            doses = 1
+            if frequency:
+                doses = max(1, math.ceil(Decimal(frequency["count"]) * seconds(limit["period"])
+                                         / seconds(frequency["period"])))
+            cap = limit["value"] * MASS_IN_MG[amount_of(limit["unit"])] * (
+                weight if is_per_kg(limit["unit"]) else 1)
+            if per_dose * doses > cap:
+                verdict = "exceeds_max_per_period"
+        verdicts.append(verdict)
+    return min(verdicts, key=FAVOURABLE.index)
+
+
+def edge_doses(low: Decimal, high: Decimal) -> list[Decimal]:
+    """Both edges, a hair inside each (when the range has width) and a hair outside each."""
+    doses = [low, high, high + EPSILON]
+    if low - EPSILON > 0:
+        doses.append(low - EPSILON)
+    if high - low > 2 * EPSILON:
+        doses += [low + EPSILON, high - EPSILON]
+    return doses
+
+
+def groups(document: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Dosing ranges by (route, phase): ranges sharing both are alternatives."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for dose_range in document["dosing_ranges"]:
+        grouped.setdefault((dose_range["route"], dose_range["phase"]), []).append(dose_range)
+    return grouped
+
+
+# ------------------------------------------------------------------ catalog, table-driven
+
+
+def check_range_edges_in_every_mass_unit(client: Any, protocol_id: str) -> None:
+    document = served(client, protocol_id)
+    for (route, phase), alternatives in groups(document).items():
+        unit = alternatives[0]["unit"]
+        assert all(r["unit"] == unit for r in alternatives), "alternatives in one unit keep this table simple"
+        weights: tuple[Decimal | None, ...] = WEIGHTS if is_per_kg(unit) else (None,)
+        for weight in weights:
+            scale = weight if weight is not None else Decimal(1)
+            for edge_range in alternatives:
+                low, high = edge_range["dose_min"] * scale, edge_range["dose_max"] * scale
+                for dose in edge_doses(low, high):
+                    dose_mg = dose * MASS_IN_MG[amount_of(unit)]
+                    expected = expected_verdict(alternatives, dose_mg, weight)
+                    for amount, factor in MASS_IN_MG.items():
+                        ordered_unit = with_amount(absolute_unit(unit), amount)
+                        value = dose_mg / factor
+                        body: dict[str, Any] = {"route": route, "phase": phase,
+                                                "dose": {"value": as_json_number(value), "unit": ordered_unit}}
+                        if weight is not None:
+                            body["patient"] = {"weight_kg": as_json_number(weight)}
+                        response = dose_check(client, protocol_id, body)
+                        assert response.status_code == 200, (body, response.get_json())
+                        result = response.get_json()
+                        assert result["verdict"] == expected, (protocol_id, phase, weight, value, ordered_unit,
+                                                               result["messages"])
+                        assert result["protocol"]["id"] == protocol_id
+                        assert result["protocol"]["version"] == document["version"]
+                        absolute = result["absolute_range"]
+                        if weight is not None:
+                            chosen = document["dosing_ranges"][result["range_index"]]
+                            assert number(absolute["min"]) == chosen["dose_min"] * weight
+                            assert number(absolute["max"]) == chosen["dose_max"] * weight
+                            assert absolute["unit"] == absolute_unit(unit)
+                            assert f"\u00d7 {weight.normalize():f} kg =" in absolute["calculation"]
+
+
+def check_doses_per_kg(client: Any, protocol_id: str) -> None:
+    document = served(client, protocol_id)
+    for (route, phase), alternatives in groups(document).items():
+        unit = alternatives[0]["unit"]
+        if not is_per_kg(unit):
+            continue  # this test is about per-kg doses; fixed ranges are covered above
+        for dose_range in alternatives:
+            for per_kg in edge_doses(dose_range["dose_min"], dose_range["dose_max"]):
+                weight = Decimal(70)
+                expected = expected_verdict(alternatives, per_kg * weight * MASS_IN_MG[amount_of(unit)], weight)
+                body = {"route": route, "phase": phase, "dose": {"value": as_json_number(per_kg), "unit": unit},
+                        "patient": {"weight_kg": 70}}
+                result = dose_check(client, protocol_id, body).get_json()
+                assert result["verdict"] == expected, (protocol_id, per_kg, result["messages"])
+                assert number(result["dose_in_range_unit"]["value"]) == per_kg
+
+
+def check_per_period_maximum(client: Any, protocol_id: str) -> None:
+    document = served(client, protocol_id)
+    checked = 0
+    for (route, phase), alternatives in groups(document).items():
+        for dose_range in alternatives:
+            limit = dose_range.get("max_per_period")
+            unit = dose_range["unit"]
+            if not limit or len(absolute_unit(unit).split("/")) > 1:
+                continue  # per-period projections of amounts; rates are covered in the domain tests
+            weight = Decimal(70) if is_per_kg(unit) else None
+            scale = weight or Decimal(1)
+            dose = dose_range["dose_max"] * scale
+            cap = limit["value"] * (weight if is_per_kg(limit["unit"]) and weight else 1)
+            too_many = int(cap // dose) + 1
+            for count in (too_many - 1, too_many):
+                if count < 1:
+                    continue
+                frequency = {"count": count, "period": limit["period"]}
+                dose_mg = dose * MASS_IN_MG[amount_of(unit)]
+                expected = expected_verdict(alternatives, dose_mg, weight, frequency)
+                body: dict[str, Any] = {"route": route, "phase": phase, "frequency": frequency,
+                                        "dose": {"value": as_json_number(dose), "unit": absolute_unit(unit)}}
+                if weight is not None:
+                    body["patient"] = {"weight_kg": 70}
+                result = dose_check(client, protocol_id, body).get_json()
+                assert result["verdict"] == expected, result["messages"]
+                assert result["per_period"]["doses_per_period"] == count
+                assert number(result["per_period"]["projected"]["value"]) == dose * count
+                checked += 1
+    limits = [r for r in document["dosing_ranges"] if r.get("max_per_period")
+              and len(absolute_unit(r["unit"]).split("/")) == 1]
+    assert checked >= len(limits)
+
+
+def check_refusals(client: Any, protocol_id: str) -> None:
+    document = served(client, protocol_id)
+    by_route: dict[str, set[str]] = {}
+    for route, phase in groups(document):
+        by_route.setdefault(route, set()).add(phase)
+    other_route = next(code for code in terminology.ROUTES if code not in by_route)
+    result = dose_check(client, protocol_id, {"route": other_route, "dose": {"value": 1, "unit": "mg"}}).get_json()
+    assert result["verdict"] == "route_not_in_protocol"
+    assert result["matched_range"] is None and result["protocol"]["id"] == protocol_id
+    for route, phases in by_route.items():
+        ranges = [r for r in document["dosing_ranges"] if r["route"] == route]
+        unit = ranges[0]["unit"]
+        other_phase = next(p for p in PHASES if p not in phases)
+        result = dose_check(client, protocol_id, {"route": route, "phase": other_phase,
+                                                  "dose": {"value": 1, "unit": "mg"}}).get_json()
+        assert result["verdict"] == "phase_not_in_protocol"
+        without_phase = dose_check(client, protocol_id, {"route": route, "dose": {"value": 1, "unit": "mg"},
+                                                         "patient": {"weight_kg": 70}})
+        if len(phases) > 1:
+            assert without_phase.status_code == 422
+            assert "phase" in without_phase.get_json()["errors"]
+        else:
+            assert without_phase.status_code == 200
+        if is_per_kg(unit):
+            missing = dose_check(client, protocol_id, {"route": route, "phase": sorted(phases)[0],
+                                                       "dose": {"value": 1, "unit": "mg"}})
+            assert missing.status_code == 422
+            assert list(missing.get_json()["errors"]) == ["patient.weight_kg"]
+
+
+def check_as_of_each_version(client: Any, protocol_id: str) -> None:
+    versions = client.get(f"/v1/protocols/{protocol_id}/versions?page_size=100").get_json()["items"]
+    for version in versions:
+        if version["status"] != "active":
+            continue
+        as_of = version["effective_from"]
+        document = served(client, protocol_id, as_of)
+        if document["version"] != version["version"]:
+            continue  # superseded at the same instant by a later version; that one is in effect
+        (route, phase), alternatives = next(iter(groups(document).items()))
+        unit = alternatives[0]["unit"]
+        weight = Decimal(70) if is_per_kg(unit) else None
+        dose = alternatives[0]["dose_min"] * (weight or 1)
+        body: dict[str, Any] = {"route": route, "phase": phase, "as_of": as_of,
+                                "dose": {"value": as_json_number(dose), "unit": absolute_unit(unit)}}
+        if weight is not None:
+            body["patient"] = {"weight_kg": 70}
+        result = dose_check(client, protocol_id, body).get_json()
+        assert result["protocol"]["version"] == version["version"]
+        etag = client.get(f"/v1/protocols/{protocol_id}/versions/{version['version']}").headers["ETag"]
+        assert result["protocol"]["etag"] == etag
+        assert result["verdict"] == expected_verdict(alternatives, dose * MASS_IN_MG[amount_of(unit)], weight)
+
+
+def test_the_catalog_has_the_ranges_this_suite_is_about(client, app):
+    load_catalog(app)
+    ids = set(CATALOG_IDS)
+    assert {"esketamine-nasal-spravato", "ketamine-iv-anesthesia-induction"} <= ids
+    spravato = served(client, "esketamine-nasal-spravato")
+    assert any(r["dose_min"] == 56 and r["dose_max"] == 84 and r["unit"] == "mg" for r in spravato["dosing_ranges"])
+
+
+@pytest.mark.parametrize("protocol_id", CATALOG_IDS)
+def test_every_curated_protocol_dosing_table(client, app, protocol_id):
+    """Edges in g/mg/ug, per-kg doses at several weights, per-period maxima, refusals and as_of,
+    for every dosing range of one curated protocol (one catalog load per protocol keeps it fast)."""
+    load_catalog(app)
+    check_range_edges_in_every_mass_unit(client, protocol_id)
+    check_doses_per_kg(client, protocol_id)
+    check_per_period_maximum(client, protocol_id)
+    check_refusals(client, protocol_id)
+    check_as_of_each_version(client, protocol_id)
+
+
+# ----------------------------------------------------------------------- own protocols
+
+
+def create(client: Any, **overrides: Any) -> tuple[str, Any]:
+    payload = protocol_payload(**overrides)
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 201, response.get_json()
+    return payload["id"], response
+
+
+def test_as_of_a_past_version_gives_a_different_verdict(client):
+    past = protocol_payload(effective_from="2020-01-01T00:00:00Z", dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg"}])
+    response = client.post("/v1/protocols", json=past)
+    assert response.status_code == 201
+    v1_etag = response.headers["ETag"]
+    current = dict(past, effective_from="2024-01-01T00:00:00Z", dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": 28, "dose_max": 56, "unit": "mg"}])
+    response = client.put(f"/v1/protocols/{past['id']}", json=current, headers={"If-Match": v1_etag})
+    assert response.status_code == 201
+    v2_etag = response.headers["ETag"]
+    body = {"route": NASAL, "dose": {"value": 84, "unit": "mg"}}
+    now = dose_check(client, past["id"], body).get_json()
+    assert (now["verdict"], now["protocol"]["version"], now["protocol"]["etag"]) == ("above_max", 2, v2_etag)
+    before = dose_check(client, past["id"], {**body, "as_of": "2021-06-01T00:00:00Z"}).get_json()
+    assert (before["verdict"], before["protocol"]["version"], before["protocol"]["etag"]) == (
+        "within_range", 1, v1_etag)
+    assert before["range_in_ordered_unit"] == {"min": 56, "max": 84, "unit": "mg"}
+    edge = dose_check(client, past["id"], {**body, "as_of": "2024-01-01T00:00:00Z"}).get_json()
+    assert edge["protocol"]["version"] == 2  # effective_from is inclusive
+    too_early = dose_check(client, past["id"], {**body, "as_of": "2019-12-31T23:59:59Z"})
+    assert too_early.status_code == 404
+
+
+def test_response_shows_the_arithmetic(client):
+    protocol_id, _ = create(client, routes=[{"system": terminology.SNOMED, "code": IV, "display": "Intravenous route"}],
+                            dosing_ranges=[{"route": IV, "phase": "single", "dose_min": 0.5, "dose_max": 1.0,
+                                            "unit": "mg/kg", "duration": "PT40M"}])
+    response = dose_check(client, protocol_id, {"route": IV, "dose": {"value": 56, "unit": "mg"},
+                                                "patient": {"weight_kg": 70}})
+    assert response.status_code == 200
+    result = response.get_json()
+    assert result["verdict"] == "within_range"
+    assert result["absolute_range"] == {"min": 35, "max": 70, "unit": "mg", "weight_kg": 70,
+                                        "calculation": "0.5\u20131 mg/kg \u00d7 70 kg = 35\u201370 mg"}
+    assert result["dose_in_range_unit"] == {"value": 0.8, "unit": "mg/kg"}
+    assert result["route"] == {"code": IV, "display": "Intravenous route"}
+    assert any("35\u201370 mg" in message for message in result["messages"])
+    # The same dose as a rate over the protocol's 40 minutes: 56 mg / 40 min = 84 mg/h.
+    rate = dose_check(client, protocol_id, {"route": IV, "dose": {"value": 84, "unit": "mg/h"},
+                                            "patient": {"weight_kg": 70}}).get_json()
+    assert rate["verdict"] == "within_range"
+    assert number(rate["dose_in_range_unit"]["value"]) == Decimal("0.8")
+
+
+def test_ug_mcg_and_g_are_the_same_dose(client):
+    protocol_id, _ = create(client)  # factory: 56-84 mg nasal, max 84 mg per P1D
+    for value, unit in ((84000, "ug"), (84000, "mcg"), (0.084, "g"), (84, "mg")):
+        result = dose_check(client, protocol_id, {"route": NASAL, "dose": {"value": value, "unit": unit}}).get_json()
+        assert result["verdict"] == "within_range", (unit, result["messages"])
+    above = dose_check(client, protocol_id, {"route": NASAL, "dose": {"value": 84000.0001, "unit": "mcg"}})
+    assert above.get_json()["verdict"] == "above_max"
+    assert above.get_json()["dose"] == {"value": 84000.0001, "unit": "ug"}
+
+
+def test_per_period_maximum_over_http(client):
+    protocol_id, _ = create(client)
+    result = dose_check(client, protocol_id, {"route": NASAL, "dose": {"value": 56, "unit": "mg"},
+                                              "frequency": {"count": 2, "period": "P1D"}}).get_json()
+    assert result["verdict"] == "exceeds_max_per_period"
+    assert result["per_period"]["projected"] == {"value": 112, "unit": "mg"}
+    assert result["per_period"]["maximum"] == {"value": 84, "unit": "mg"}
+    assert result["per_period"]["exceeded"] is True
+    ok = dose_check(client, protocol_id, {"route": NASAL, "dose": {"value": 84, "unit": "mg"},
+                                          "frequency": {"count": 2, "period": "P1W"}}).get_json()
+    assert ok["verdict"] == "within_range" and ok["per_period"]["doses_per_period"] == 1
+
+
+def test_volume_needs_a_concentration_over_http(client):
+    protocol_id, _ = create(client)
+    response = dose_check(client, protocol_id, {"route": NASAL, "dose": {"value": 0.2, "unit": "mL"}})
+    assert response.status_code == 422
+    assert list(response.get_json()["errors"]) == ["concentration"]
+    # Spravato: 28 mg per 0.2 mL device.
+    within = dose_check(client, protocol_id, {"route": NASAL, "dose": {"value": 0.6, "unit": "mL"},
+                                              "concentration": {"value": 140, "unit": "mg/mL"}}).get_json()
+    assert within["verdict"] == "within_range"
+    assert within["dose_in_range_unit"] == {"value": 84, "unit": "mg"}
+    assert within["range_in_ordered_unit"] == {"min": 0.4, "max": 0.6, "unit": "mL"}
+
+
+INVALID_BODIES: list[tuple[dict[str, Any], str]] = [
+    ({"route": NASAL, "dose": {"value": 0, "unit": "mg"}}, "dose.value"),
+    ({"route": NASAL, "dose": {"value": -5, "unit": "mg"}}, "dose.value"),
+    ({"route": NASAL, "dose": {"value": "56", "unit": "mg"}}, "dose.value"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mmol"}}, "dose.unit"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg/mo"}}, "dose.unit"),
+    ({"route": NASAL, "dose": {"value": 56}}, "dose.unit"),
+    ({"route": NASAL}, "dose"),
+    ({"dose": {"value": 56, "unit": "mg"}}, "route"),
+    ({"route": "nasal", "dose": {"value": 56, "unit": "mg"}}, "route"),
+    ({"route": NASAL, "phase": "week-3", "dose": {"value": 56, "unit": "mg"}}, "phase"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "patient": {"weight_kg": 0.29}}, "patient.weight_kg"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "patient": {"weight_kg": 500.5}}, "patient.weight_kg"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "patient": {}}, "patient.weight_kg"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "frequency": {"count": 0, "period": "P1D"}},
+     "frequency.count"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "frequency": {"count": 1, "period": "P1M"}},
+     "frequency.period"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "concentration": {"value": 10, "unit": "mg/kg"}},
+     "concentration.unit"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "as_of": "yesterday"}, "as_of"),
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "surprise": True}, "surprise"),
+]
+
+
+def test_invalid_requests_name_the_field(client):
+    protocol_id, _ = create(client)
+    for body, field in INVALID_BODIES:  # one app for the whole table keeps the suite fast
+        response = dose_check(client, protocol_id, body)
+        assert response.status_code == 422, (body, response.get_json())
+        assert field in response.get_json()["errors"], (body, response.get_json())
+
+
+def test_unknown_and_retired_protocols(client):
+    body = {"route": NASAL, "dose": {"value": 56, "unit": "mg"}}
+    assert dose_check(client, "no-such-protocol", body).status_code == 404
+    protocol_id, created = create(client)
+    retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": created.headers["ETag"]})
+    assert retired.status_code == 200
+    response = dose_check(client, protocol_id, body)
+    assert response.status_code == 410
+    assert "retired" in response.get_json()["message"]
+    assert client.get(f"/v1/protocols/{protocol_id}/dose?route={NASAL}").status_code == 410
+
+
+def test_non_json_body_is_refused(client):
+    protocol_id, _ = create(client)
+    response = client.post(f"/v1/protocols/{protocol_id}/dose-check", data="route=1", content_type="text/plain")
+    assert response.status_code == 415
+    response = client.post(f"/v1/protocols/{protocol_id}/dose-check", data="{bad", content_type="application/json")
+    assert response.status_code == 400
+
+
+# ---------------------------------------------------------------------------- GET /dose
+
+
+def test_patient_dose_range(client):
+    protocol_id, _ = create(client, routes=[IM_ROUTE],
+                            dosing_ranges=[{"route": IM, "phase": "induction", "dose_min": 6.5, "dose_max": 13,
+                                            "unit": "mg/kg",
+                                            "max_per_period": {"value": 26, "unit": "mg/kg", "period": "P1D"}}])
+    response = client.get(f"/v1/protocols/{protocol_id}/dose?route={IM}&weight_kg=70.5")
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()
+    (only,) = result["ranges"]
+    assert only["absolute_range"] == {"min": 458.25, "max": 916.5, "unit": "mg", "weight_kg": 70.5,
+                                      "calculation": "6.5\u201313 mg/kg \u00d7 70.5 kg = 458.25\u2013916.5 mg"}
+    assert only["max_per_period"] == {"value": 1833, "unit": "mg", "period": "P1D"}
+    assert result["protocol"]["id"] == protocol_id and result["protocol"]["version"] == 1
+    assert result["phase"] == "induction"
+
+
+INVALID_QUERIES = [
+    (f"route={IM}", "weight_kg"),
+    (f"route={IM}&weight_kg=0.2", "weight_kg"),
+    (f"route={IM}&weight_kg=abc", "weight_kg"),
+    (f"route={IM}&weight_kg=1e3", "weight_kg"),
+    (f"route={IV}&weight_kg=70", "route"),
+    (f"route={IM}&weight_kg=70&phase=maintenance", "phase"),
+    ("weight_kg=70", "route"),
+    (f"route={IM}&weight_kg=70&dose=5", "dose"),
+]
+
+
+def test_patient_dose_errors_name_the_parameter(client):
+    protocol_id, _ = create(client, routes=[IM_ROUTE],
+                            dosing_ranges=[{"route": IM, "phase": "induction", "dose_min": 6.5, "dose_max": 13,
+                                            "unit": "mg/kg"}])
+    for query, field in INVALID_QUERIES:
+        response = client.get(f"/v1/protocols/{protocol_id}/dose?{query}")
+        assert response.status_code == 422, (query, response.get_json())
+        assert field in response.get_json()["errors"], (query, response.get_json())
+
+
+def test_patient_dose_with_several_phases_requires_phase(client):
+    protocol_id, _ = create(client, dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg"},
+        {"route": NASAL, "phase": "maintenance", "dose_min": 56, "dose_max": 84, "unit": "mg"},
+        {"route": NASAL, "phase": "maintenance", "dose_min": 28, "dose_max": 56, "unit": "mg"}])
+    response = client.get(f"/v1/protocols/{protocol_id}/dose?route={NASAL}")
+    assert response.status_code == 422
+    assert "phase" in response.get_json()["errors"]
+    maintenance = client.get(f"/v1/protocols/{protocol_id}/dose?route={NASAL}&phase=maintenance").get_json()
+    assert [r["range_index"] for r in maintenance["ranges"]] == [1, 2]
+    assert [r["absolute_range"]["calculation"] for r in maintenance["ranges"]] == [
+        "56\u201384 mg (not weight-based)", "28\u201356 mg (not weight-based)"]

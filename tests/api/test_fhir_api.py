@@ -1,0 +1,503 @@
+"""/fhir/R4: read, vread, history, search, CapabilityStatement, errors and the NDJSON export.
+
+Responses are parsed with the ``fhir.resources`` R4B models (a real validator), and one test drives
+a real HTTP server with ``fhirpy``, a FHIR client library from PyPI.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.codesystem import CodeSystem
+from fhir.resources.R4B.medicationknowledge import MedicationKnowledge
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhir.resources.R4B.structuredefinition import StructureDefinition
+from werkzeug.serving import make_server
+
+from protocols import fhir, versioning
+from protocols.timeutil import utcnow
+from tests.factories import protocol_payload, unique_id
+
+FHIR_JSON = "application/fhir+json"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+MK = "/fhir/R4/MedicationKnowledge"
+
+
+def _create(client: Any, **overrides: Any) -> dict[str, Any]:
+    payload = protocol_payload(**overrides)
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 201, response.get_json()
+    return payload
+
+
+def _revise(client: Any, protocol_id: str, **changes: Any) -> dict[str, Any]:
+    current = client.get(f"/v1/protocols/{protocol_id}/versions/latest")
+    body = {**current.get_json(), **changes}
+    response = client.put(f"/v1/protocols/{protocol_id}", json=body, headers={"If-Match": current.headers["ETag"]})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def _retire(client: Any, protocol_id: str) -> None:
+    current = client.get(f"/v1/protocols/{protocol_id}/versions/latest")
+    response = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": current.headers["ETag"]})
+    assert response.status_code == 200, response.get_json()
+
+
+def _outcome(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == FHIR_JSON
+    body = response.get_json()
+    OperationOutcome.model_validate(body)
+    return body  # type: ignore[no-any-return]
+
+
+def _bundle(response: Any) -> dict[str, Any]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == FHIR_JSON
+    body = response.get_json()
+    Bundle.model_validate(body)
+    for entry in body.get("entry", []):
+        if entry.get("resource", {}).get("resourceType") == "MedicationKnowledge":
+            MedicationKnowledge.model_validate(entry["resource"])
+    return body  # type: ignore[no-any-return]
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _search_ids(client: Any, query: str, headers: dict[str, str] | None = None) -> list[str]:
+    body = _bundle(client.get(f"{MK}?{query}", headers=headers or {}))
+    ids = [e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"]
+    assert body["total"] == len(ids), "total must count exactly what the filters match"  # all fit one page
+    return ids
+
+
+def _all_pages(client: Any, url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Follow ``next`` links until there is none; returns (entries, bundles)."""
+    entries: list[dict[str, Any]] = []
+    bundles: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url:
+        body = _bundle(client.get(next_url))
+        bundles.append(body)
+        entries += body.get("entry", [])
+        links = {link["relation"]: link["url"] for link in body["link"]}
+        next_url = _path(links["next"]) if "next" in links else None
+        assert len(bundles) < 50, "paging does not end"
+    return entries, bundles
+
+
+# -------------------------------------------------------------------------------- read
+
+
+def test_read_serves_the_version_in_effect_with_fhir_headers(client):
+    payload = _create(client)
+    _revise(client, payload["id"], summary="Revised summary.")
+    response = client.get(f"{MK}/{payload['id']}")
+    assert response.status_code == 200
+    assert response.mimetype == FHIR_JSON
+    resource = response.get_json()
+    MedicationKnowledge.model_validate(resource)
+    stored = client.get(f"/v1/protocols/{payload['id']}").get_json()
+    assert resource["meta"] == {"versionId": "2", "lastUpdated": stored["recorded_at"]}
+    assert response.headers["ETag"] == 'W/"2"'
+    assert response.headers["Content-Location"].endswith(f"{MK}/{payload['id']}/_history/2")
+    assert resource["code"]["coding"] == [{"system": RXNORM, "code": "2201625"}]
+
+    again = client.get(f"{MK}/{payload['id']}", headers={"If-None-Match": 'W/"2"'})
+    assert again.status_code == 304
+    assert client.get(f"{MK}/{payload['id']}", headers={"If-None-Match": 'W/"1"'}).status_code == 200
+
+
+def test_a_future_version_is_not_served_before_it_takes_effect(client):
+    payload = _create(client)
+    future = (utcnow() + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _revise(client, payload["id"], summary="Next month's protocol.", effective_from=future)
+    resource = client.get(f"{MK}/{payload['id']}").get_json()
+    assert resource["meta"]["versionId"] == "1"
+
+
+def test_unknown_protocol_is_404_operation_outcome(client):
+    body = _outcome(client.get(f"{MK}/no-such-protocol"), 404)
+    assert body["issue"][0]["code"] == "not-found"
+    assert body["issue"][0]["expression"] == ["MedicationKnowledge.id"]
+
+
+def test_nothing_in_effect_yet_is_404(client):
+    future = (utcnow() + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    payload = _create(client, effective_from=future)
+    body = _outcome(client.get(f"{MK}/{payload['id']}"), 404)
+    assert "in effect" in body["issue"][0]["diagnostics"]
+
+
+def test_retired_protocol_is_410_and_its_earlier_versions_stay_readable(client):
+    payload = _create(client)
+    _retire(client, payload["id"])
+    body = _outcome(client.get(f"{MK}/{payload['id']}"), 410)
+    assert body["issue"][0]["code"] == "deleted"
+    assert body["issue"][0]["expression"] == ["MedicationKnowledge.status"]
+    _outcome(client.get(f"{MK}/{payload['id']}/_history/2"), 410)
+    old = client.get(f"{MK}/{payload['id']}/_history/1")
+    assert old.status_code == 200
+    assert old.get_json()["status"] == "active"
+    assert payload["id"] not in _search_ids(client, f"_id={payload['id']}")
+
+
+def test_vread_serves_each_published_version_forever_and_hides_drafts(client):
+    payload = _create(client)
+    _revise(client, payload["id"], summary="second")
+    _revise(client, payload["id"], summary="draft, not for EHRs", status="draft")
+    first = client.get(f"{MK}/{payload['id']}/_history/1")
+    assert first.status_code == 200
+    assert first.headers["ETag"] == 'W/"1"'
+    assert "immutable" in first.headers["Cache-Control"]
+    assert first.get_json()["meta"]["versionId"] == "1"
+    for missing in ("3", "99", "abc"):
+        body = _outcome(client.get(f"{MK}/{payload['id']}/_history/{missing}"), 404)
+        assert body["issue"][0]["expression"] == ["MedicationKnowledge.meta.versionId"]
+    _outcome(client.get(f"{MK}/nope/_history/1"), 404)
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def test_history_lists_published_versions_newest_first_with_retirement_as_delete(client):
+    payload = _create(client)
+    pid = payload["id"]
+    _revise(client, pid, summary="v2")
+    _revise(client, pid, summary="v3 draft", status="draft")
+    _revise(client, pid, summary="v4", status="active")
+    _retire(client, pid)
+
+    body = _bundle(client.get(f"{MK}/{pid}/_history"))
+    assert body["type"] == "history"
+    assert body["total"] == 4
+    entries = body["entry"]
+    assert [e["response"]["etag"] for e in entries] == ['W/"5"', 'W/"4"', 'W/"2"', 'W/"1"']
+    assert [e["request"]["method"] for e in entries] == ["DELETE", "PUT", "PUT", "POST"]
+    assert "resource" not in entries[0]
+    assert [e["resource"]["meta"]["versionId"] for e in entries[1:]] == ["4", "2", "1"]
+    modified = [e["response"]["lastModified"] for e in entries]
+    assert modified == sorted(modified, reverse=True)
+
+    paged, bundles = _all_pages(client, f"{MK}/{pid}/_history?_count=1")
+    assert [e["response"]["etag"] for e in paged] == ['W/"5"', 'W/"4"', 'W/"2"', 'W/"1"']
+    assert len(bundles) == 4
+
+    since = entries[1]["response"]["lastModified"]
+    recent = _bundle(client.get(f"{MK}/{pid}/_history?_since={since}"))
+    assert [e["response"]["etag"] for e in recent["entry"]] == ['W/"5"', 'W/"4"']
+    _outcome(client.get(f"{MK}/unknown-id/_history"), 404)
+
+
+# ------------------------------------------------------------------------------ search
+
+
+def test_search_pages_to_the_end_through_next_links(client):
+    ids = {_create(client, title=f"Protocol {n}")["id"] for n in range(5)}
+    entries, bundles = _all_pages(client, f"{MK}?_count=2")
+    found = [e["resource"]["id"] for e in entries]
+    assert sorted(found) == sorted(ids)  # every protocol once, none twice
+    assert [b["total"] for b in bundles] == [5, 5, 5]
+    assert [len(b.get("entry", [])) for b in bundles] == [2, 2, 1]
+    assert all(e["search"]["mode"] == "match" for e in entries)
+    assert all(e["fullUrl"].endswith(f"{MK}/{e['resource']['id']}") for e in entries)
+
+    last_links = {link["relation"]: link["url"] for link in bundles[-1]["link"]}
+    back = _bundle(client.get(_path(last_links["previous"])))
+    assert [e["resource"]["id"] for e in back["entry"]] == found[2:4]
+
+    only_total = _bundle(client.get(f"{MK}?_count=0"))
+    assert only_total["total"] == 5
+    assert "entry" not in only_total
+
+
+def test_search_by_rxnorm_code(client):
+    esketamine = _create(client)["id"]
+    drug = {"name": "ketamine", "rxnorm_cui": "6130", "brand_names": ["Ketalar"], "dea_schedule": "CIII"}
+    ketamine = _create(client, drug=drug)["id"]
+    no_code = _create(client, drug={**drug, "rxnorm_cui": None})["id"]
+    assert _search_ids(client, f"code={RXNORM}|6130") == [ketamine]
+    assert _search_ids(client, "code=6130") == [ketamine]
+    assert sorted(_search_ids(client, f"code={RXNORM}|6130,{RXNORM}|2201625")) == sorted([ketamine, esketamine])
+    assert sorted(_search_ids(client, f"code={RXNORM}|")) == sorted([ketamine, esketamine])
+    assert no_code in _search_ids(client, "")  # no CUI: found unfiltered, never by code
+    assert _search_ids(client, "code=http://snomed.info/sct|6130") == []
+    assert _search_ids(client, f"code={RXNORM}|6130&code={RXNORM}|2201625") == []  # repeats AND
+
+
+def test_search_by_last_updated_uses_fhir_precision_and_prefixes(app, client, db):
+    old = unique_id("old")
+    new = unique_id("new")
+    versioning.create(db, old, protocol_payload(), now=datetime(2023, 5, 10, 12, 0))
+    versioning.create(db, new, protocol_payload(), now=datetime(2024, 3, 1, 9, 15, 30))
+    assert _search_ids(client, "_lastUpdated=2023") == [old]
+    assert _search_ids(client, "_lastUpdated=2024-03-01") == [new]
+    assert _search_ids(client, "_lastUpdated=ge2024-01") == [new]
+    assert _search_ids(client, "_lastUpdated=lt2024") == [old]
+    assert _search_ids(client, "_lastUpdated=gt2023-05-10") == [new]
+    assert _search_ids(client, "_lastUpdated=le2023-05-10") == [old]
+    assert _search_ids(client, "_lastUpdated=ne2023") == [new]
+    assert _search_ids(client, "_lastUpdated=eq2024-03-01T09:15:30Z") == [new]
+    assert _search_ids(client, "_lastUpdated=2024-03-01T10:15:30%2B01:00") == [new]
+    assert _search_ids(client, "_lastUpdated=ge2023&_lastUpdated=lt2024") == [old]
+
+
+def test_search_by_id_and_status(client):
+    a = _create(client)["id"]
+    b = _create(client)["id"]
+    assert _search_ids(client, f"_id={a}") == [a]
+    assert sorted(_search_ids(client, f"_id={a},{b}")) == sorted([a, b])
+    assert sorted(_search_ids(client, "status=active")) == sorted([a, b])
+    assert _search_ids(client, "status=inactive") == []
+    assert sorted(_search_ids(client, f"status={fhir.MEDICATION_KNOWLEDGE_STATUS}|active")) == sorted([a, b])
+
+
+def test_capability_statement_lists_only_what_works(client):
+    response = client.get("/fhir/R4/metadata")
+    assert response.status_code == 200
+    assert response.mimetype == FHIR_JSON
+    statement = response.get_json()
+    CapabilityStatement.model_validate(statement)
+    assert statement["fhirVersion"] == "4.0.1"
+    [rest] = statement["rest"]
+    resources = {r["type"]: r for r in rest["resource"]}
+    mk = resources["MedicationKnowledge"]
+    assert {i["code"] for i in mk["interaction"]} == {"read", "vread", "history-instance", "search-type"}
+
+    # Every listed search parameter must narrow a search: a value that keeps `kept` and drops `dropped`.
+    kept = _create(client)["id"]
+    dropped = _create(client, drug={"name": "ketamine", "rxnorm_cui": "6130", "brand_names": [],
+                                    "dea_schedule": "CIII"})["id"]
+    stamp = client.get(f"{MK}/{kept}").get_json()["meta"]["lastUpdated"]
+    examples = {
+        "_id": f"_id={kept}",
+        "code": f"code={RXNORM}|2201625",
+        "status": "status=active",
+        "_lastUpdated": f"_lastUpdated=le{stamp}",
+    }
+    listed = [p["name"] for p in mk["searchParam"]]
+    assert sorted(listed) == sorted(examples), "a listed parameter has no proof that it filters"
+    for name in listed:
+        found = _search_ids(client, examples[name].replace("+", "%2B"))
+        assert kept in found, name
+        if name != "status":
+            assert dropped not in found, name
+    assert _search_ids(client, "status=inactive") == []  # status filters too: nothing current is inactive
+    # And what is not listed is refused, not ignored.
+    _outcome(client.get(f"{MK}?name=ketamine"), 400)
+
+    # Every advertised interaction answers.
+    assert client.get(f"{MK}/{kept}").status_code == 200
+    assert client.get(f"{MK}/{kept}/_history/1").status_code == 200
+    assert client.get(f"{MK}/{kept}/_history").status_code == 200
+    assert set(resources) == {"MedicationKnowledge", "StructureDefinition", "CodeSystem"}
+    assert [op["name"] for op in rest["operation"]] == ["export"]
+
+
+# ----------------------------------------------------------------- parameter handling
+
+
+def test_unsupported_parameters_strict_by_default_and_lenient_on_request(client):
+    pid = _create(client)["id"]
+    for headers in ({}, {"Prefer": "handling=strict"}):
+        body = _outcome(client.get(f"{MK}?_id={pid}&_sort=-_lastUpdated&code:text=ket", headers=headers), 400)
+        assert [i["expression"] for i in body["issue"]] == [["_sort"], ["code:text"]]
+        assert {i["code"] for i in body["issue"]} == {"not-supported"}
+
+    lenient = _bundle(client.get(f"{MK}?_id={pid}&_sort=-_lastUpdated", headers={"Prefer": "handling=lenient"}))
+    [outcome] = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert outcome["resource"]["resourceType"] == "OperationOutcome"
+    assert outcome["resource"]["issue"][0]["severity"] == "warning"
+    assert outcome["resource"]["issue"][0]["expression"] == ["_sort"]
+    assert [e["resource"]["id"] for e in lenient["entry"] if e["search"]["mode"] == "match"] == [pid]
+    self_link = next(link["url"] for link in lenient["link"] if link["relation"] == "self")
+    assert "_sort" not in self_link and f"_id={pid}" in self_link
+
+    _outcome(client.get(f"{MK}/{pid}?_elements=code"), 400)
+    read = client.get(f"{MK}/{pid}?_elements=code", headers={"Prefer": "handling=lenient"})
+    assert read.status_code == 200
+    assert "_elements" in read.headers["Warning"]
+    odd = client.get(f"{MK}/{pid}?%C3%A9t%C3%A9%0D%0AX-Injected:1=1", headers={"Prefer": "handling=lenient"})
+    assert odd.status_code == 200
+    assert "X-Injected" not in odd.headers and "\n" not in odd.headers["Warning"]
+
+    history = _bundle(client.get(f"{MK}/{pid}/_history?_at=2024", headers={"Prefer": "handling=lenient"}))
+    assert history["entry"][0]["resource"]["resourceType"] == "OperationOutcome"
+    _outcome(client.get(f"{MK}/{pid}/_history?_at=2024"), 400)
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("_count=-1", "_count"), ("_count=ten", "_count"), ("_lastUpdated=last-week", "_lastUpdated"),
+    ("status=retired", "status"), ("_cursor=not-a-cursor", "_cursor"), ("code=", "code"),
+])
+def test_malformed_values_are_400_even_when_lenient(client, query, param):
+    for headers in ({}, {"Prefer": "handling=lenient"}):
+        body = _outcome(client.get(f"{MK}?{query}", headers=headers), 400)
+        assert body["issue"][0]["code"] == "invalid"
+        assert body["issue"][0]["expression"] == [param]
+
+
+def test_formats_other_than_json_are_406(client):
+    assert _outcome(client.get("/fhir/R4/metadata?_format=xml"), 406)["issue"][0]["expression"] == ["_format"]
+    assert _outcome(client.get("/fhir/R4/metadata", headers={"Accept": "application/fhir+xml"}), 406)
+    assert client.get("/fhir/R4/metadata?_format=json").status_code == 200
+    assert client.get("/fhir/R4/metadata", headers={"Accept": "application/fhir+json"}).status_code == 200
+
+
+def test_unknown_paths_and_writes_answer_in_fhir(client):
+    body = _outcome(client.get("/fhir/R4/Patient/123"), 404)
+    assert "metadata" in body["issue"][0]["diagnostics"]
+    response = client.post(MK, json={"resourceType": "MedicationKnowledge"})
+    _outcome(response, 405)
+    assert "GET" in response.headers["Allow"]
+    _outcome(client.delete(f"{MK}/anything"), 405)
+    _outcome(client.post("/fhir/R4", json={"resourceType": "Bundle", "type": "batch"}), 405)
+    _outcome(client.get("/fhir/R4"), 404)
+
+
+def test_extension_and_code_system_urls_resolve_on_this_server(client):
+    pid = _create(client, verification_notes=["day of approval unverified"])["id"]
+    resource = client.get(f"{MK}/{pid}").get_json()
+    urls: set[str] = set()
+    systems: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            is_extension = "extension" in node or any(k.startswith("value") for k in node)
+            if is_extension and str(node.get("url", "")).startswith("http"):
+                urls.add(node["url"])
+            if "system" in node and "/fhir/R4/" in str(node["system"]):
+                systems.add(node["system"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(resource)
+    assert len(urls) == len(fhir.EXTENSIONS)
+    for url in urls:
+        definition = client.get(_path(url)).get_json()
+        StructureDefinition.model_validate(definition)
+        assert definition["url"] == url
+    assert systems
+    for system in systems:
+        code_system = client.get(_path(system)).get_json()
+        CodeSystem.model_validate(code_system)
+        assert code_system["url"] == system
+    _outcome(client.get("/fhir/R4/StructureDefinition/unknown-extension"), 404)
+
+
+def test_definitions_and_capabilities_are_public_but_resources_need_a_key(anon_client, client):
+    pid = _create(client)["id"]
+    assert anon_client.get("/fhir/R4/metadata").status_code == 200
+    assert anon_client.get("/fhir/R4/StructureDefinition/source").status_code == 200
+    body = _outcome(anon_client.get(f"{MK}/{pid}"), 401)
+    assert body["issue"][0]["code"] == "login"
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def test_export_streams_ndjson_in_keyset_pages(make_app, monkeypatch):
+    app = make_app(PROTOCOLS_FHIR_EXPORT_PAGE_SIZE=2)
+    client = app.test_client()
+    active = {_create(client)["id"] for _ in range(5)}
+    retired = _create(client)["id"]
+    _retire(client, retired)
+    draft_only = _create(client, status="draft")["id"]
+
+    calls: list[dict[str, Any]] = []
+    real = versioning.list_effective
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(versioning, "list_effective", counting)
+    response = client.get("/fhir/R4/$export")
+    assert response.status_code == 200
+    assert response.mimetype == "application/fhir+ndjson"
+    assert response.is_streamed
+    chunks = iter(response.response)
+    first = next(chunks)
+    assert len(calls) == 1, "the first line must be sent before later pages are read"
+    lines = [first, *chunks]
+    resources = [json.loads(line) for line in b"".join(
+        line if isinstance(line, bytes) else line.encode() for line in lines).splitlines()]
+    for resource in resources:
+        MedicationKnowledge.model_validate(resource)
+    assert {r["id"] for r in resources} == active
+    assert retired not in active and draft_only not in active
+    assert [c["limit"] for c in calls] == [2, 2, 2]
+    assert all(call["at"] == calls[0]["at"] for call in calls)  # one consistent snapshot instant
+
+    _outcome(client.get("/fhir/R4/$export?_type=Patient"), 400)
+    _outcome(client.get("/fhir/R4/$export?_since=2024-01-01T00:00:00Z"), 400)
+
+
+# ------------------------------------------------------------------ a real FHIR client
+
+
+@pytest.fixture
+def live_server(app: Any) -> Iterator[str]:
+    """The app on a real HTTP server (werkzeug, a thread) on a free loopback port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/fhir/R4"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_fhirpy_round_trips_search_read_and_vread(client, live_server, api_key):
+    from fhirpy import SyncFHIRClient
+
+    ketamine = {"name": "ketamine", "rxnorm_cui": "6130", "brand_names": ["Ketalar"], "dea_schedule": "CIII"}
+    ids = {_create(client, drug=ketamine)["id"] for _ in range(3)}
+    other = _create(client)["id"]
+    target = sorted(ids)[0]
+    _revise(client, target, summary="Revised dosing notes.")
+
+    fhir_client = SyncFHIRClient(live_server, authorization=f"Bearer {api_key}")
+    found = fhir_client.resources("MedicationKnowledge").search(code=f"{RXNORM}|6130").limit(2).fetch_all()
+    assert sorted(r.id for r in found) == sorted(ids)  # three results over two pages
+    assert other not in {r.id for r in found}
+
+    resource = fhir_client.reference("MedicationKnowledge", target).to_resource()
+    MedicationKnowledge.model_validate(resource.serialize())
+    assert resource["meta"]["versionId"] == "2"
+    assert resource["code"]["coding"][0]["code"] == "6130"
+
+    first = fhir_client.execute(f"MedicationKnowledge/{target}/_history/1", method="get")
+    MedicationKnowledge.model_validate(dict(first))
+    assert first["meta"]["versionId"] == "1"
+    assert first["id"] == target
+
+    history = fhir_client.execute(f"MedicationKnowledge/{target}/_history", method="get")
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2", "1"]
+
+
+def test_ids_and_codes_outside_their_grammar_match_nothing_on_every_database(client):
+    pid = _create(client)["id"]
+    body = _outcome(client.get(f"{MK}/bad%00id"), 404)
+    assert body["issue"][0]["expression"] == ["MedicationKnowledge.id"]
+    _outcome(client.get(f"{MK}/bad%00id/_history"), 404)
+    _outcome(client.get(f"{MK}/bad%00id/_history/1"), 404)
+    assert _search_ids(client, "_id=bad%00id") == []
+    assert _search_ids(client, f"_id=bad%00id,{pid}") == [pid]
+    assert _search_ids(client, "code=61%0030") == []

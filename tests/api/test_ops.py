@@ -1,0 +1,289 @@
+"""Operational basics: request ids, JSON logs without secrets, health/readiness, 503-then-recover,
+body-size and page-size limits, per-key rate limits (in-process and shared through Redis)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from api.ratelimit import Limit, RateLimiter, parse_limit
+from protocols import keys
+from tests.factories import protocol_payload
+
+REDIS_URL = os.environ.get("PROTOCOLS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# ----------------------------------------------------------------------------- request ids
+
+
+def test_every_response_carries_a_request_id(client, anon_client):
+    responses = [client.get("/v1/protocols"), anon_client.get("/v1/protocols"), client.get("/v1/nowhere"),
+                 anon_client.get("/v1/health"), client.post("/v1/protocols", data="x", content_type="text/plain")]
+    ids = [r.headers["X-Request-ID"] for r in responses]
+    assert all(ids) and len(set(ids)) == len(ids)
+    assert client.get("/v1/protocols", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+
+
+# --------------------------------------------------------------------------------- logging
+
+
+def test_request_logs_are_json_lines_with_id_and_never_key_material(client, anon_client, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    created = client.post("/v1/admin/keys", json={"name": "logged", "scopes": ["protocols:read"]}).get_json()
+    secret = created["key"]
+    anon_client.get("/v1/protocols", headers={**bearer(secret), "X-Request-ID": "log-check-1"})
+    bogus = "tpk_" + uuid.uuid4().hex * 2
+    anon_client.get("/v1/protocols", headers=bearer(bogus))
+    client.delete(f"/v1/admin/keys/{created['id']}")
+    anon_client.get("/v1/protocols", headers=bearer(secret))
+    test_key = client.application.config["TEST_API_KEY"]
+
+    stderr = capfd.readouterr().err
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    mine = [entry for entry in lines if entry.get("request_id") == "log-check-1"]
+    assert mine and mine[0]["method"] == "GET" and mine[0]["path"] == "/v1/protocols"
+    assert mine[0]["status"] == 200 and mine[0]["actor"] == "logged" and mine[0]["duration_ms"] >= 0
+    statuses = [entry["status"] for entry in lines if entry.get("logger") == "api.access"]
+    assert statuses == [201, 200, 401, 200, 401]
+    for haystack in (stderr, caplog.text):
+        for material in (secret, bogus, test_key, secret[4:], "Bearer", "Authorization"):
+            assert material not in haystack
+
+
+# ---------------------------------------------------------------------------------- health
+
+
+def test_liveness_and_readiness(anon_client):
+    assert anon_client.get("/v1/health").get_json() == {"status": "ok"}
+    ready = anon_client.get("/v1/health/ready")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"status": "ready", "database": "ok", "migrations": "current"}
+
+
+def test_readiness_is_503_when_migrations_are_not_current(anon_client, db):
+    with db.engine.begin() as conn:
+        head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        conn.execute(text("UPDATE alembic_version SET version_num = '0000_behind'"))
+    try:
+        response = anon_client.get("/v1/health/ready")
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        assert response.get_json()["migrations"] == "not current"
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
+    assert anon_client.get("/v1/health/ready").status_code == 200
+
+
+# ---------------------------------------------------------------- database outage and recovery
+
+
+class TcpProxy:
+    """A byte pump on 127.0.0.1 in front of PostgreSQL that the test can cut and restore."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut every open one."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+            listener, self._listener = self._listener, None
+        for sock in [*sockets, *([listener] if listener else [])]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def assert_unavailable(response) -> None:
+    assert response.status_code == 503, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["code"] == 503 and body["request_id"] == response.headers["X-Request-ID"]
+    assert int(response.headers["Retry-After"]) > 0
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_database_outage_is_503_then_recovers_without_restart(make_app, database_url, backend):
+    """PostgreSQL: a TCP proxy in front of the server is cut and restored. SQLite: the database file
+    cannot be opened, then can again. Either way: 503 + Retry-After during, normal service after."""
+    if backend == "postgres":
+        postgres_outage(make_app, database_url)
+    else:
+        sqlite_outage(make_app())
+
+
+def postgres_outage(make_app, database_url: str) -> None:
+    url = make_url(database_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.start()
+    try:
+        app = make_app(PROTOCOLS_DATABASE_URL=url.set(port=proxy.port).render_as_string(hide_password=False))
+        client = app.test_client()
+        payload = protocol_payload()
+        assert client.post("/v1/protocols", json=payload).status_code == 201
+        proxy.stop()  # the database "goes away": pooled connections die, new ones are refused
+        assert_unavailable(client.get(f"/v1/protocols/{payload['id']}"))
+        assert_unavailable(client.post("/v1/protocols", json=protocol_payload(id="during-outage")))
+        ready = client.get("/v1/health/ready")
+        assert ready.status_code == 503 and ready.get_json()["database"] == "unreachable"
+        assert client.get("/v1/health").status_code == 200  # liveness is not the database's business
+        proxy.start()  # same port: the database is back
+        assert client.get(f"/v1/protocols/{payload['id']}").status_code == 200
+        assert client.get("/v1/health/ready").status_code == 200
+        # the server kills the app's sessions (failover, admin action): pool_pre_ping replaces them
+        with make_app().extensions["protocols_db"].engine.connect() as conn:
+            killed = conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+        assert killed >= 1
+        assert client.get(f"/v1/protocols/{payload['id']}").status_code == 200
+    finally:
+        proxy.stop()
+
+
+def sqlite_outage(app) -> None:
+    client = app.test_client()
+    db = app.extensions["protocols_db"]
+    path = Path(db.engine.url.database or "")
+    assert client.get("/v1/protocols").status_code == 200
+    db.dispose()  # drop pooled handles: the next request must open the file again
+    moved = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+    for p in moved:
+        p.rename(p.with_name(p.name + ".away"))
+    path.mkdir()  # a directory where the database file was: it cannot be opened
+    try:
+        assert_unavailable(client.get("/v1/protocols"))
+        assert_unavailable(client.post("/v1/protocols", json=protocol_payload()))
+        assert client.get("/v1/health/ready").status_code == 503
+    finally:
+        path.rmdir()
+        for p in moved:
+            p.with_name(p.name + ".away").rename(p)
+    assert client.get("/v1/protocols").status_code == 200
+    assert client.post("/v1/protocols", json=protocol_payload()).status_code == 201
+
+
+# ------------------------------------------------------------------------------------ limits
+
+
+def test_oversized_body_is_413_in_the_json_error_shape(client, app):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    payload = protocol_payload(summary="x" * (limit + 10))
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 413
+    body = response.get_json()
+    assert body["code"] == 413 and body["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_page_size_is_capped(client):
+    response = client.get("/v1/protocols?page_size=101")
+    assert response.status_code == 422 and "page_size" in response.get_json()["errors"]
+
+
+def test_rate_limit_answers_429_with_headers_per_key(make_app, make_key):
+    app = make_app(PROTOCOLS_RATE_LIMIT="3/day")
+    client = app.test_client()
+    remaining = [client.get("/v1/protocols").headers["RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    limited = client.get("/v1/protocols")
+    assert limited.status_code == 429
+    assert limited.get_json()["code"] == 429
+    assert int(limited.headers["Retry-After"]) > 0
+    assert limited.headers["RateLimit-Limit"] == "3" and limited.headers["RateLimit-Remaining"] == "0"
+    assert limited.headers["RateLimit-Reset"] == limited.headers["Retry-After"]
+    other = client.get("/v1/protocols", headers=bearer(make_key(["protocols:read"])))
+    assert other.status_code == 200  # the budget is per key
+    assert client.get("/v1/health").status_code == 200  # probes are never limited
+
+
+def test_rate_limit_is_shared_across_workers_through_redis(make_app):
+    workers = [make_app(PROTOCOLS_RATE_LIMIT="3/day", PROTOCOLS_REDIS_URL=REDIS_URL) for _ in range(2)]
+    clients = [w.test_client() for w in workers]
+    statuses = [clients[n % 2].get("/v1/protocols").status_code for n in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    redis_client = workers[0].extensions["protocols_ratelimiter"].redis.client
+    key_id = keys.authenticate(workers[0].extensions["protocols_db"], workers[0].config["TEST_API_KEY"]).id
+    counters = list(redis_client.scan_iter(f"protocols:ratelimit:key:{key_id}:*"))
+    assert [int(redis_client.get(c)) for c in counters] == [5]  # one counter, fed by both workers
+    redis_client.delete(*counters)
+
+
+def test_rate_limit_falls_back_in_process_when_redis_is_down(caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    limiter = RateLimiter(Limit(2, 60), f"redis://127.0.0.1:{closed_port}/0")
+    verdicts = [limiter.hit("key:x", now=120.0).allowed for _ in range(3)]
+    assert verdicts == [True, True, False]
+    assert "unreachable" in caplog.text
+
+
+def test_parse_limit():
+    assert parse_limit("600/minute") == Limit(600, 60)
+    assert parse_limit("5 / Seconds") == Limit(5, 1)
+    assert parse_limit("off") is None
+    for bad in ("fast", "0/minute", "10/fortnight"):
+        with pytest.raises(ValueError):
+            parse_limit(bad)
+
+
+def test_anonymous_readers_are_limited_by_address(make_app):
+    app = make_app(PROTOCOLS_RATE_LIMIT="2/day", PROTOCOLS_ANONYMOUS_READS=True)
+    anon = app.test_client()
+    anon.environ_base.pop("HTTP_AUTHORIZATION")
+    assert [anon.get("/v1/protocols").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_make_run_mints_a_local_write_key():
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    run_target = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "keys create --name local-dev --scope protocols:read --scope protocols:write" in run_target

@@ -1,0 +1,186 @@
+"""``GET /v1/protocols`` over HTTP: filters, text search, 422s that name the parameter, cursor pages."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask.testing import FlaskClient
+
+from api.http import encode_cursor
+from protocols import versioning
+from protocols.db import Database
+from protocols.terminology import ICD10CM, SNOMED
+from schemas.query import MAX_PAGE_SIZE
+from tests.protocols.test_search import ANESTHESIA, CORPUS, IM, IV, P1, P2, P3, P4, P5, content_of, load_corpus
+
+
+@pytest.fixture
+def corpus(db: Database) -> Database:
+    load_corpus(db)
+    return db
+
+
+def get(client: FlaskClient, url: str, **params: Any) -> Any:
+    response = client.get(url, query_string=params or None)
+    assert response.status_code == 200, response.get_json()
+    return response
+
+
+def listed(client: FlaskClient, **params: Any) -> list[str]:
+    body = get(client, "/v1/protocols", page_size=MAX_PAGE_SIZE, **params).get_json()
+    assert body["next"] is None
+    return [item["id"] for item in body["items"]]
+
+
+def walk(client: FlaskClient, url: str, between: Any = None) -> list[str]:
+    """Follow ``next`` links to the end (optionally writing between fetches)."""
+    seen: list[str] = []
+    while url:
+        body = get(client, url).get_json()
+        seen += [item["id"] for item in body["items"]]
+        url = body["next"]
+        if url and between:
+            between()
+    return seen
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({}, [P5, P4, P3, P2, P1]),
+    ({"drug": "SPRAVATO"}, [P2, P1]),
+    ({"drug": "ketalar"}, [P3]),
+    ({"rxnorm_cui": "6130"}, [P5, P4, P3]),
+    ({"route": IM}, [P3]),
+    ({"indication": "F33"}, [P4, P1]),
+    ({"indication": "g90"}, [P5]),
+    ({"indication": ANESTHESIA, "indication_system": SNOMED}, [P3]),
+    ({"indication_system": ICD10CM}, [P5, P4, P2, P1]),
+    ({"fda_status": "off_label"}, [P5, P4]),
+    ({"dea_schedule": "CIII", "rems_required": "true"}, [P2, P1]),
+    ({"rems_required": "false", "route": IV}, [P5, P4, P3]),
+    ({"q": "depress"}, [P2, P1, P4]),
+    ({"q": "depress", "drug": "ketamine"}, [P4]),
+    ({"q": "Ésketamine"}, [P2, P1]),
+    ({"as_of": "2020-01-01T00:00:00Z"}, []),
+    ({"as_of": "2025-01-06T09:01:30+00:00"}, [P2, P1]),
+    ({"updated_since": "2025-01-06T09:02:30Z"}, [P5, P4]),
+    ({"status": "retired"}, []),
+    ({"status": "draft"}, []),
+])
+def test_filters_over_http(client: FlaskClient, corpus: Database, params: dict[str, Any],
+                           expected: list[str]) -> None:
+    assert listed(client, **params) == expected
+
+
+def test_retired_and_draft_listings(client: FlaskClient, corpus: Database) -> None:
+    versioning.retire(corpus, P5, if_match=[versioning.latest(corpus, P5).etag])
+    versioning.revise(corpus, P1, content_of(P1, title="Draft rewrite"), status="draft",
+                      if_match=[versioning.latest(corpus, P1).etag])
+    assert listed(client) == [P4, P3, P2, P1]
+    assert listed(client, status="retired") == [P5]
+    retired = get(client, "/v1/protocols", status="retired").get_json()["items"][0]
+    assert (retired["status"], retired["version"]) == ("retired", 2)
+    drafts = get(client, "/v1/protocols", status="draft").get_json()["items"]
+    assert [(d["id"], d["status"], d["title"]) for d in drafts] == [(P1, "draft", "Draft rewrite")]
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"colour": "red"}, "colour"),
+    ({"drug_name": "ketamine"}, "drug_name"),
+    ({"route": "nasal"}, "route"),
+    ({"rxnorm_cui": "0123"}, "rxnorm_cui"),
+    ({"indication": "F3"}, "indication"),
+    ({"indication": "depression"}, "indication"),
+    ({"indication": ANESTHESIA, "indication_system": ICD10CM}, "indication"),
+    ({"indication_system": "http://example.org/codes"}, "indication_system"),
+    ({"fda_status": "maybe"}, "fda_status"),
+    ({"dea_schedule": "C3"}, "dea_schedule"),
+    ({"rems_required": "yes"}, "rems_required"),
+    ({"status": "deleted"}, "status"),
+    ({"q": ""}, "q"),
+    ({"q": "?!  --"}, "q"),
+    ({"q": " ".join(f"w{i}" for i in range(17))}, "q"),
+    ({"as_of": "yesterday"}, "as_of"),
+    ({"as_of": "2025-01-01T00:00:00"}, "as_of"),  # no offset: ambiguous
+    ({"updated_since": "2025-01-01"}, "updated_since"),
+    ({"count": "1"}, "count"),
+    ({"page_size": str(MAX_PAGE_SIZE + 1)}, "page_size"),
+    ({"page_size": "0"}, "page_size"),
+    ({"cursor": "not-a-cursor"}, "cursor"),
+    ({"q": "ketamine", "cursor": encode_cursor("protocols:ranked", [2**70, 1], "n")}, "cursor"),
+    ({"q": "ketamine", "cursor": encode_cursor("protocols:ranked", [8], "n")}, "cursor"),
+    ({"q": "ketamine", "cursor": encode_cursor("protocols:ranked", [8, True], "n")}, "cursor"),
+])
+def test_bad_parameters_are_422_naming_the_parameter(client: FlaskClient, params: dict[str, str],
+                                                    field: str) -> None:
+    response = client.get("/v1/protocols", query_string=params)
+    assert response.status_code == 422
+    body = response.get_json()
+    assert field in body["errors"], body
+    assert body["code"] == 422 and body["request_id"]
+
+
+def test_a_cursor_from_another_listing_is_422(client: FlaskClient, corpus: Database) -> None:
+    plain_next = get(client, "/v1/protocols", page_size=2).get_json()["next"]
+    cursor = parse_qs(urlsplit(plain_next).query)["cursor"][0]
+    response = client.get("/v1/protocols", query_string={"q": "ketamine", "cursor": cursor})
+    assert response.status_code == 422 and "cursor" in response.get_json()["errors"]
+    ranked_next = get(client, "/v1/protocols", q="in", page_size=1).get_json()["next"]
+    ranked_cursor = parse_qs(urlsplit(ranked_next).query)["cursor"][0]
+    response = client.get("/v1/protocols", query_string={"cursor": ranked_cursor})
+    assert response.status_code == 422 and "cursor" in response.get_json()["errors"]
+
+
+def test_pages_carry_links_in_header_and_body(client: FlaskClient, corpus: Database) -> None:
+    first = get(client, "/v1/protocols", page_size=2, drug="ketamine")
+    body = first.get_json()
+    assert [i["id"] for i in body["items"]] == [P5, P4]
+    assert body["page_size"] == 2 and body["prev"] is None and "count" not in body
+    assert first.headers["Link"] == f'<{body["next"]}>; rel="next"'
+    assert parse_qs(urlsplit(body["next"]).query)["drug"] == ["ketamine"]  # filters survive paging
+
+    second = get(client, body["next"])
+    body2 = second.get_json()
+    assert [i["id"] for i in body2["items"]] == [P3]
+    assert body2["next"] is None
+    assert second.headers["Link"] == f'<{body2["prev"]}>; rel="prev"'
+    back = get(client, body2["prev"]).get_json()
+    assert [i["id"] for i in back["items"]] == [P5, P4]
+
+
+def test_count_is_opt_in(client: FlaskClient, corpus: Database) -> None:
+    body = get(client, "/v1/protocols", page_size=1, count="true", q="depress").get_json()
+    assert body["count"] == 3 and len(body["items"]) == 1
+    assert "count" not in get(client, "/v1/protocols", count="false").get_json()
+
+
+@pytest.mark.parametrize("params", [{}, {"q": "in"}, {"route": IV}], ids=["newest-first", "ranked", "filtered"])
+def test_cursor_pages_stable_under_concurrent_inserts(client: FlaskClient, corpus: Database,
+                                                      params: dict[str, str]) -> None:
+    """Insert protocols that match the listing between page fetches: no repeats, no skips."""
+    expected = listed(client, **params)
+    counter = iter(range(1000))
+
+    def insert() -> None:
+        for _ in range(2):
+            pid = f"p-inserted-{next(counter)}"
+            versioning.create(corpus, pid, content_of(pid, **CORPUS[P4]))
+
+    start = "/v1/protocols?" + "&".join(f"{k}={v}" for k, v in {**params, "page_size": 1}.items())
+    seen = walk(client, start, between=insert)
+    assert len(seen) == len(set(seen)), "a protocol was served twice"
+    assert [pid for pid in seen if pid in CORPUS] == expected, "a protocol was skipped or reordered"
+    assert next(counter) > 2  # writes really happened between the fetches
+
+
+def test_page_size_is_capped_and_documented(client: FlaskClient, app: Any) -> None:
+    spec = client.get("/openapi.json").get_json()
+    parameters = spec["paths"]["/v1/protocols"]["get"]["parameters"]
+    page_size = next(p for p in parameters if p["name"] == "page_size")
+    assert page_size["schema"]["maximum"] == MAX_PAGE_SIZE
+    names = {p["name"] for p in parameters}
+    assert {"drug", "rxnorm_cui", "route", "indication", "indication_system", "fda_status", "dea_schedule",
+            "rems_required", "status", "q", "as_of", "updated_since", "count", "cursor"} <= names
+    assert re.search(r"max \d+", page_size["description"])

@@ -1,0 +1,186 @@
+"""flask protocols export/import: byte-exact round trip, all-or-nothing, errors by line and field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.factories import protocol_payload
+
+
+def _seed(client) -> list[str]:
+    """Three protocols with revisions, a draft and a retirement; returns their ids."""
+    ids = []
+    for index in range(3):
+        payload = protocol_payload(summary=f"Protocol number {index} — ünïcode kept exactly.")
+        created = client.post("/v1/protocols", json=payload)
+        assert created.status_code == 201, created.get_json()
+        ids.append(payload["id"])
+    first = ids[0]
+    etag = client.get(f"/v1/protocols/{first}").headers["ETag"]
+    revised = protocol_payload(first, title="Revised title", effective_from="2030-01-01T00:00:00+02:00")
+    revised["dosing_ranges"][0]["dose_min"] = 56.5
+    response = client.put(f"/v1/protocols/{first}", json=revised, headers={"If-Match": etag})
+    assert response.status_code == 201, response.get_json()
+    draft = protocol_payload(first, status="draft", change_note=None)
+    response = client.put(f"/v1/protocols/{first}", json=draft, headers={"If-Match": response.headers["ETag"]})
+    assert response.status_code == 201
+    etag = client.get(f"/v1/protocols/{ids[1]}").headers["ETag"]
+    assert client.delete(f"/v1/protocols/{ids[1]}", headers={"If-Match": etag}).status_code == 200
+    return ids
+
+
+def _all_versions(client, ids) -> dict[tuple[str, int], tuple[bytes, str]]:
+    found = {}
+    for protocol_id in ids:
+        items = client.get(f"/v1/protocols/{protocol_id}/versions?page_size=100").get_json()["items"]
+        for item in items:
+            response = client.get(f"/v1/protocols/{protocol_id}/versions/{item['version']}")
+            found[(protocol_id, item["version"])] = (response.get_data(), response.headers["ETag"])
+    return found
+
+
+def _fresh_database(test_databases, backend, app) -> str:
+    """An empty migrated database: a new SQLite file, or the run's PostgreSQL database emptied."""
+    app.extensions["protocols_db"].dispose()
+    if backend == "postgres":
+        test_databases.empty_postgres()
+        return test_databases.pg_url
+    return test_databases.sqlite_url()
+
+
+def test_export_import_reproduces_every_version_exactly(app, client, make_app, test_databases, backend, tmp_path):
+    ids = _seed(client)
+    before = _all_versions(client, ids)
+    assert len(before) == 3 + 2 + 1
+    export = tmp_path / "registry.ndjson"
+    result = app.test_cli_runner().invoke(args=["protocols", "export", str(export)])
+    assert result.exit_code == 0, result.output
+    lines = export.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) - 1 == len(before)
+    assert {line for line in lines[:-1]} == {document for document, _ in before.values()}
+
+    url = _fresh_database(test_databases, backend, app)
+    restored = make_app(PROTOCOLS_DATABASE_URL=url)
+    imported = restored.test_cli_runner().invoke(args=["protocols", "import", str(export)])
+    assert imported.exit_code == 0, imported.output
+    assert "imported 6 versions of 3 protocols" in imported.output
+    after = _all_versions(_client(restored), ids)
+    assert after == before, "bytes and ETags of every version must survive the round trip"
+
+    again = tmp_path / "again.ndjson"
+    assert restored.test_cli_runner().invoke(args=["protocols", "export", str(again)]).exit_code == 0
+    assert again.read_bytes() == export.read_bytes(), "changes-feed order and bytes are preserved"
+
+
+def _client(app):
+    """A client for an app on a database that has no API key yet: mint one there (keys are not exported)."""
+    from protocols import keys
+    from tests.conftest import ALL_SCOPES
+
+    app.config["TEST_API_KEY"] = keys.create_key(app.extensions["protocols_db"], "restore-test", ALL_SCOPES)[1]
+    return app.test_client()
+
+
+def _export_lines(app, tmp_path) -> list[str]:
+    path = tmp_path / "export.ndjson"
+    assert app.test_cli_runner().invoke(args=["protocols", "export", str(path)]).exit_code == 0
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _import(app, tmp_path, lines: list[str]):
+    path = tmp_path / "import.ndjson"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return app.test_cli_runner().invoke(args=["protocols", "import", str(path)])
+
+
+def test_import_reports_every_bad_line_and_imports_nothing(app, client, make_app, test_databases, backend,
+                                                           tmp_path):
+    ids = _seed(client)
+    lines = _export_lines(app, tmp_path)
+    bad_unit = json.loads(lines[1])
+    bad_unit["dosing_ranges"][0]["unit"] = "mcg"
+    bad_code = json.loads(lines[2])
+    bad_code["indications"][0]["code"] = "F3.32"
+    broken = [lines[0], json.dumps(bad_unit, ensure_ascii=False, separators=(",", ":")),
+              json.dumps(bad_code, ensure_ascii=False, separators=(",", ":")), "{not json", *lines[3:]]
+    url = _fresh_database(test_databases, backend, app)
+    target = make_app(PROTOCOLS_DATABASE_URL=url)
+    result = _import(target, tmp_path, broken)
+    assert result.exit_code != 0
+    assert "line 2: dosing_ranges.0.unit:" in result.output
+    assert "line 3: indications.0.code:" in result.output
+    assert "line 4: _line: not valid JSON" in result.output
+    assert "nothing was imported" in result.output
+    target_client = _client(target)
+    for protocol_id in ids:
+        assert target_client.get(f"/v1/protocols/{protocol_id}/versions/latest").status_code == 404
+    assert _export_lines(target, tmp_path) == []
+
+
+def test_import_refuses_non_canonical_lines_and_gaps(app, client, tmp_path, make_app, test_databases, backend):
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    reformatted = json.dumps(json.loads(lines[0]), indent=1).replace("\n", " ")
+    url = _fresh_database(test_databases, backend, app)
+    target = make_app(PROTOCOLS_DATABASE_URL=url)
+    result = _import(target, tmp_path, [reformatted, *lines[1:]])
+    assert result.exit_code != 0 and "line 1: _line: not the exact stored form" in result.output
+    first_id = json.loads(lines[0])["id"]
+    later = [i for i, line in enumerate(lines) if json.loads(line)["id"] == first_id and i > 0]
+    gap = [line for i, line in enumerate(lines) if i != later[0]]
+    result = _import(target, tmp_path, gap)
+    assert result.exit_code != 0 and "version: expected version 2" in result.output
+    assert _export_lines(target, tmp_path) == []
+
+
+def test_import_into_a_database_that_has_the_protocol_is_all_or_nothing(app, client, tmp_path):
+    ids = _seed(client)
+    lines = _export_lines(app, tmp_path)
+    result = _import(app, tmp_path, lines)
+    assert result.exit_code != 0
+    assert "already has versions up to" in result.output
+    assert _export_lines(app, tmp_path) == lines, "nothing was added"
+    assert len(ids) == 3
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{}\n", b"[]\n", b"\n"])
+def test_import_rejects_unreadable_lines(app, tmp_path, content):
+    path = tmp_path / "bad.ndjson"
+    path.write_bytes(content)
+    result = app.test_cli_runner().invoke(args=["protocols", "import", str(path)])
+    assert result.exit_code != 0 and "line 1: _line:" in result.output
+
+
+def test_import_is_audited(app, client, tmp_path, make_app, test_databases, backend):
+    from protocols import audit
+
+    def outcomes(target_app):
+        page = audit.query(target_app.extensions["protocols_db"], limit=50, action="protocols.import")
+        return [event.outcome for event in page.items]
+
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    assert _import(app, tmp_path, lines).exit_code != 0  # every protocol exists already
+    assert outcomes(app) == [audit.DENIED]
+    url = _fresh_database(test_databases, backend, app)
+    target = make_app(PROTOCOLS_DATABASE_URL=url)
+    assert _import(target, tmp_path, lines).exit_code == 0
+    assert outcomes(target) == [audit.ALLOWED]
+
+
+def test_import_checks_version_metadata(app, client, tmp_path, make_app, test_databases, backend):
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    doc = json.loads(lines[0])
+    doc["version"] = "1"
+    del doc["recorded_at"]
+    doc["status"] = "published"
+    url = _fresh_database(test_databases, backend, app)
+    target = make_app(PROTOCOLS_DATABASE_URL=url)
+    result = _import(target, tmp_path, [json.dumps(doc, ensure_ascii=False, separators=(",", ":"))])
+    assert result.exit_code != 0
+    for expected in ("line 1: version: must be an integer", "line 1: recorded_at: must be an RFC 3339",
+                     "line 1: status: Must be one of"):
+        assert expected in result.output

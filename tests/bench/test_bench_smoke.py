@@ -1,0 +1,101 @@
+"""The benchmark harness must keep working: a few-second smoke run, and the bulk generator's rows.
+
+No timing is asserted anywhere: numbers on a shared machine prove nothing. What is asserted is that
+the harness runs end to end (servers, wrk, baselines, table, JSON) and that the 100,000-protocol
+catalog it generates holds exactly the rows the versioning service would have written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import create_engine, inspect, text
+
+from protocols import migrate
+from protocols.db import make_database
+from protocols.timeutil import utcnow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_generate() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "bench" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--results-dir", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| backend | endpoint | req/s (min-max) | p50 ms | p99 ms |" in result.stdout
+    for endpoint in ("(a) bare Flask", "(b) bare Flask + raw driver", "(c) smorest + ORM + marshmallow",
+                     "GET /v1/protocols/{id}", "GET /v1/protocols/{id} (304)", "PUT /v1/protocols/{id}",
+                     "(d) raw INSERT+COMMIT"):
+        assert f"| sqlite | {endpoint}" in result.stdout, endpoint
+    assert "| sqlite | GET >= 0.85 x (b) raw-driver read |" in result.stdout
+    files = list(tmp_path.glob("*-smoke.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    measurements = data["results"][0]["measurements"]
+    assert data["results"][0]["backend"] == "sqlite"
+    # Every GET measured did real requests and none failed (a broken endpoint shows up as errors).
+    for key in ("a_fixed", "b_raw", "c_textbook", "get", "get_304"):
+        assert measurements[key]["runs"][0]["requests"] > 0, key
+        assert measurements[key]["errors"] == 0, (key, measurements[key])
+
+
+FTS5_SHADOW_SUFFIXES = ("_data", "_idx", "_docsize", "_config", "_content")
+
+
+def _snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table (new tables included), in a stable order.
+
+    SQLite FTS5's shadow tables (``<name>_data`` …) hold index segments whose layout depends on how
+    many rows each transaction wrote; the virtual table itself (its rows) is compared instead."""
+    engine = create_engine(make_database(url).engine.url)
+    try:
+        names = set(inspect(engine).get_table_names())
+        tables = [t for t in names if t not in ("alembic_version", "bench_writes")
+                  and not any(t.endswith(s) and t.removesuffix(s) in names for s in FTS5_SHADOW_SUFFIXES)]
+        with engine.connect() as conn:
+            return {t: sorted((tuple(r) for r in conn.execute(text(f'SELECT * FROM "{t}"'))), key=repr)
+                    for t in tables}
+    finally:
+        engine.dispose()
+
+
+def test_bulk_generator_writes_the_rows_versioning_writes(test_databases: Any, backend: str) -> None:
+    """bench/generate.py's bulk path must equal versioning.create/revise, table by table, or the
+    catalog-scale numbers would measure a database the service could never have produced."""
+    generate = _load_generate()
+    shapes = generate.templates()[:40]
+    now = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    indexes = range(0, 24)  # indexes 3, 13, 23 get a second version
+
+    snapshots = []
+    for path in (generate.create_through_service, generate.write_batch):
+        url = test_databases.new_url()  # SQLite: a fresh file; PostgreSQL: the run's database, emptied
+        migrate.upgrade(url)
+        db = make_database(url)
+        try:
+            path(db, indexes, shapes, now)
+        finally:
+            db.dispose()
+        snapshots.append(_snapshot(url))
+    service, bulk = snapshots
+    assert service["protocol_versions"], "the service path wrote nothing"
+    assert len(service["protocol_versions"]) == 27
+    assert set(service) == set(bulk)
+    for table in service:
+        assert bulk[table] == service[table], f"table {table} differs"

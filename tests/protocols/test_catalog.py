@@ -1,0 +1,171 @@
+"""The curated catalog: every file validates, loading is idempotent, Spravato's label history."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from api.cli import validate_entry
+from protocols import catalog
+from schemas.protocol import ProtocolCreateSchema
+
+FILES = catalog.read_catalog()
+ENTRIES = [(f.path.name, index, entry) for f in FILES for index, entry in enumerate(f.entries)]
+SPRAVATO = "esketamine-nasal-spravato"
+REQUIRED = {
+    "ketamine-iv-anesthesia-induction", "ketamine-im-anesthesia-induction", SPRAVATO,
+    "ketamine-iv-trd-off-label", "ketamine-iv-crps-off-label", "zuranolone-oral-ppd",
+    "psilocybin-oral-trd-investigational",
+}
+
+
+def test_catalog_holds_the_required_protocols():
+    assert {f.protocol_id for f in FILES} >= REQUIRED
+    for catalog_file in FILES:
+        assert catalog_file.path.stem == catalog_file.protocol_id, "one file per protocol, named by its id"
+
+
+@pytest.mark.parametrize(("name", "index", "entry"), ENTRIES, ids=[f"{n}#{i}" for n, i, _ in ENTRIES])
+def test_every_catalog_entry_validates_with_the_wire_schema(name, index, entry):
+    assert ProtocolCreateSchema().validate(entry) == {}
+
+
+@pytest.mark.parametrize(("name", "index", "entry"), ENTRIES, ids=[f"{n}#{i}" for n, i, _ in ENTRIES])
+def test_every_entry_cites_sources_for_its_facts(name, index, entry):
+    supported = {path for source in entry["sources"] for path in source.get("supports", [])}
+    assert all(source["url"].startswith("https://") or source["url"].startswith("http://")
+               for source in entry["sources"])
+    assert any(path.startswith("dosing_ranges") for path in supported), "dosing must cite a source"
+    approval = entry["fda_approval"]
+    if approval["status"] == "approved":
+        assert approval["approval_date"] and approval["application_number"]
+        assert "fda_approval.approval_date" in supported
+        assert "fda_approval.application_number" in supported
+
+
+def test_catalog_never_presents_ketanest_as_a_us_product():
+    """The patient article's claim (Ketanest = a US nasal spray) must not be repeated in any record."""
+    for _name, _index, entry in ENTRIES:
+        text = json.dumps(entry).lower()
+        assert "ketanest" not in text
+
+
+def test_ketalar_label_facts():
+    by_id = {f.protocol_id: f.entries[-1] for f in FILES}
+    iv, im = by_id["ketamine-iv-anesthesia-induction"], by_id["ketamine-im-anesthesia-induction"]
+    for entry in (iv, im):
+        assert entry["fda_approval"]["application_number"] == "NDA016812"
+        assert entry["fda_approval"]["approval_date"].startswith("1970-")
+    assert (iv["dosing_ranges"][0]["dose_min"], iv["dosing_ranges"][0]["dose_max"]) == (1, 4.5)
+    assert (im["dosing_ranges"][0]["dose_min"], im["dosing_ranges"][0]["dose_max"]) == (6.5, 13)
+    assert iv["dosing_ranges"][0]["unit"] == im["dosing_ranges"][0]["unit"] == "mg/kg"
+
+
+def test_off_label_and_investigational_status():
+    by_id = {f.protocol_id: f.entries[-1] for f in FILES}
+    assert by_id["ketamine-iv-trd-off-label"]["fda_approval"]["status"] == "off_label"
+    assert by_id["ketamine-iv-crps-off-label"]["fda_approval"]["status"] == "off_label"
+    assert by_id["psilocybin-oral-trd-investigational"]["fda_approval"]["status"] == "investigational"
+    trd = by_id["ketamine-iv-trd-off-label"]["dosing_ranges"][0]
+    assert (trd["dose_min"], trd["unit"], trd["duration"]) == (0.5, "mg/kg", "PT40M")
+
+
+def _versions_count(client, protocol_id):
+    body = client.get(f"/v1/protocols/{protocol_id}/versions?page_size=100").get_json()
+    return len(body["items"])
+
+
+def test_load_is_idempotent(app, client):
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["protocols", "load"])
+    assert first.exit_code == 0, first.output
+    counts = {f.protocol_id: _versions_count(client, f.protocol_id) for f in FILES}
+    assert counts == {f.protocol_id: len(f.entries) for f in FILES}
+    second = runner.invoke(args=["protocols", "load"])
+    assert second.exit_code == 0, second.output
+    assert all(line.endswith(": unchanged") for line in second.output.strip().splitlines())
+    assert {f.protocol_id: _versions_count(client, f.protocol_id) for f in FILES} == counts
+
+
+def test_changed_file_appends_one_version(app, client, tmp_path):
+    directory = tmp_path / "catalog"
+    shutil.copytree(catalog.CATALOG_DIR, directory)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["protocols", "load", str(directory)]).exit_code == 0
+    path = directory / "zuranolone-oral-ppd.yaml"
+    data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
+    data["summary"] += " Reviewed."
+    data["effective_from"] = "2024-01-01T00:00:00Z"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = runner.invoke(args=["protocols", "load", str(directory)])
+    assert result.exit_code == 0, result.output
+    assert "zuranolone-oral-ppd: appended versions [2]" in result.output
+    assert _versions_count(client, "zuranolone-oral-ppd") == 2
+    again = runner.invoke(args=["protocols", "load", str(directory)])
+    assert "zuranolone-oral-ppd: unchanged" in again.output
+
+
+def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
+    directory = tmp_path / "catalog"
+    shutil.copytree(catalog.CATALOG_DIR, directory)
+    path = directory / "zuranolone-oral-ppd.yaml"
+    path.write_text(path.read_text().replace("unit: mg\n", "unit: mcg\n", 1))
+    result = app.test_cli_runner().invoke(args=["protocols", "load", str(directory)])
+    assert result.exit_code != 0
+    assert "zuranolone-oral-ppd.yaml: dosing_ranges.0.unit:" in result.output
+    assert client.get("/v1/protocols/ketamine-iv-anesthesia-induction").status_code == 404
+
+
+@pytest.mark.parametrize(("as_of", "version", "approval_date", "marker"), [
+    ("2019-06-01T00:00:00Z", 1, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
+    ("2021-01-01T00:00:00Z", 2, "2020-07-31", "acute suicidal ideation"),
+    (None, 3, "2025-01-21", "as monotherapy"),
+])
+def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, version, approval_date, marker):
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    url = f"/v1/protocols/{SPRAVATO}" + (f"?as_of={as_of}" if as_of else "")
+    response = client.get(url)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["version"] == version
+    assert body["fda_approval"]["approval_date"] == approval_date
+    assert marker in body["fda_approval"]["approved_indication"]
+    assert response.headers["ETag"].startswith(f'"{version}-')
+
+
+def test_spravato_before_first_approval_is_not_in_effect(app, client):
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    assert client.get(f"/v1/protocols/{SPRAVATO}?as_of=2019-03-04T23:59:59Z").status_code == 404
+
+
+def test_spravato_versions_differ_in_indications_and_dosing():
+    entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
+    assert [e["effective_from"][:10] for e in entries] == ["2019-03-05", "2020-07-31", "2025-01-21"]
+    codes = [{i["code"] for i in e["indications"]} for e in entries]
+    assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
+    for entry in entries:
+        validate_entry(entry)  # the loader's own path accepts every version
+        assert entry["fda_approval"]["rems_required"] is True
+        assert entry["drug"]["dea_schedule"] == "CIII"
+        assert entry["fda_approval"]["boxed_warning"].startswith("WARNING: SEDATION; DISSOCIATION")
+        assert {d["dose_min"] for d in entry["dosing_ranges"]} == {56}
+        assert {d["dose_max"] for d in entry["dosing_ranges"]} == {84}
+
+
+def test_catalog_files_are_package_data():
+    assert Path(catalog.CATALOG_DIR).is_dir()
+    assert sorted(p.name for p in catalog.CATALOG_DIR.glob("*.yaml")) == sorted(f.path.name for f in FILES)
+
+
+def test_invalid_version_in_a_versions_file_is_reported_by_its_index(app, tmp_path):
+    directory = tmp_path / "catalog"
+    shutil.copytree(catalog.CATALOG_DIR, directory)
+    path = directory / f"{SPRAVATO}.yaml"
+    path.write_text(path.read_text().replace("code: R45.851", "code: R45.85X", 1))
+    result = app.test_cli_runner().invoke(args=["protocols", "load", str(directory)])
+    assert result.exit_code != 0
+    assert f"{SPRAVATO}.yaml: versions.1.indications.3.code:" in result.output

@@ -1,0 +1,232 @@
+"""Clinical diff: one test per change type, unit safety, range matching and the JSON Patch."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from protocols import diff
+from tests.factories import protocol_payload
+
+NASAL, IV = "46713006", "47625008"
+IV_ROUTE = {"system": "http://snomed.info/sct", "code": IV, "display": "Intravenous route"}
+SI = {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R45.851", "display": "Suicidal ideations"}
+
+
+def document(**overrides: Any) -> dict[str, Any]:
+    """A stored-document-shaped dict (meta + content), version 1."""
+    doc = protocol_payload("esketamine-trd", **overrides)
+    doc.update({"version": 1, "status": "active", "effective_from": "2025-01-01T00:00:00Z",
+                "recorded_at": "2025-01-01T00:00:00Z", "recorded_by": "tests", "request_id": None})
+    return doc
+
+
+def changed(mutate: Callable[[dict[str, Any]], None]) -> tuple[dict[str, Any], dict[str, Any]]:
+    a = document()
+    b = copy.deepcopy(a)
+    b["version"] = 2
+    mutate(b)
+    return a, b
+
+
+def only(changes: list[diff.ClinicalChange]) -> diff.ClinicalChange:
+    assert len(changes) == 1, [c.as_dict() for c in changes]
+    return changes[0]
+
+
+def dosing(b: dict[str, Any]) -> dict[str, Any]:
+    first: dict[str, Any] = b["dosing_ranges"][0]
+    return first
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(b: dict[str, Any]) -> None:
+        node: Any = b
+        *parents, last = path.split("/")[1:]
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[int(last) if isinstance(node, list) else last] = value
+    return mutate
+
+
+def _append(field: str, item: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda b: b[field].append(copy.deepcopy(item))
+
+
+def _add_iv_route_with_range(b: dict[str, Any]) -> None:
+    b["routes"].append(IV_ROUTE)
+    b["dosing_ranges"].append({"route": IV, "phase": "infusion", "dose_min": 0.5, "dose_max": 0.5,
+                               "unit": "mg/kg", "frequency": None, "duration": "PT40M",
+                               "max_per_period": None, "instructions": None})
+
+
+# (case id, mutation, expected type, severity, path, before, after)
+CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str, Any, Any]] = [
+    ("max-up", _set("/dosing_ranges/0/dose_max", 112), "dose_max_increased", "major",
+     "/dosing_ranges/0/dose_max", 84, 112),
+    ("max-down", _set("/dosing_ranges/0/dose_max", 56), "dose_max_decreased", "major",
+     "/dosing_ranges/0/dose_max", 84, 56),
+    ("min-up", _set("/dosing_ranges/0/dose_min", 84), "dose_min_increased", "major",
+     "/dosing_ranges/0/dose_min", 56, 84),
+    ("min-down", _set("/dosing_ranges/0/dose_min", 28), "dose_min_decreased", "major",
+     "/dosing_ranges/0/dose_min", 56, 28),
+    ("max-tiny-decimal", _set("/dosing_ranges/0/dose_max", 84.000001), "dose_max_increased", "major",
+     "/dosing_ranges/0/dose_max", 84, 84.000001),
+    ("frequency", _set("/dosing_ranges/0/frequency", {"count": 1, "period": "P1W", "text": "twice weekly"}),
+     "frequency_changed", "major", "/dosing_ranges/0/frequency",
+     {"count": 2, "period": "P1W", "text": "twice weekly"}, {"count": 1, "period": "P1W", "text": "twice weekly"}),
+    ("frequency-removed", _set("/dosing_ranges/0/frequency", None), "frequency_changed", "major",
+     "/dosing_ranges/0/frequency", {"count": 2, "period": "P1W", "text": "twice weekly"}, None),
+    ("max-per-period", _set("/dosing_ranges/0/max_per_period/value", 112), "max_per_period_changed", "major",
+     "/dosing_ranges/0/max_per_period/value", 84, 112),
+    ("max-per-period-dropped", _set("/dosing_ranges/0/max_per_period", None), "max_per_period_changed", "major",
+     "/dosing_ranges/0/max_per_period", {"value": 84, "unit": "mg", "period": "P1D"}, None),
+    ("duration", _set("/dosing_ranges/0/duration", "PT2H"), "duration_changed", "major",
+     "/dosing_ranges/0/duration", None, "PT2H"),
+    ("instructions", _set("/dosing_ranges/0/instructions", "Observe for 2 hours"), "instructions_changed",
+     "moderate", "/dosing_ranges/0/instructions", None, "Observe for 2 hours"),
+    ("route-added", _append("routes", IV_ROUTE), "route_added", "major", "/routes/1", None, IV_ROUTE),
+    ("indication-added", _append("indications", SI), "indication_added", "major", "/indications/1", None, SI),
+    ("indication-removed", lambda b: b["indications"].clear(), "indication_removed", "major",
+     "/indications/0", document()["indications"][0], None),
+    ("range-added", _append("dosing_ranges", {**document()["dosing_ranges"][0], "phase": "maintenance"}),
+     "dosing_range_added", "major", "/dosing_ranges/1", None,
+     {**document()["dosing_ranges"][0], "phase": "maintenance"}),
+    ("range-removed", lambda b: b["dosing_ranges"].clear(), "dosing_range_removed", "major",
+     "/dosing_ranges/0", document()["dosing_ranges"][0], None),
+    ("drug", _set("/drug/rxnorm_cui", "6130"), "drug_changed", "major", "/drug/rxnorm_cui", "2201625", "6130"),
+    ("status", _set("/status", "retired"), "status_changed", "major", "/status", "active", "retired"),
+    ("fda-status", _set("/fda_approval/status", "off_label"), "fda_status_changed", "moderate",
+     "/fda_approval/status", "approved", "off_label"),
+    ("rems", _set("/fda_approval/rems_required", False), "rems_changed", "moderate",
+     "/fda_approval/rems_required", True, False),
+    ("boxed-warning", _set("/fda_approval/boxed_warning", None), "boxed_warning_changed", "moderate",
+     "/fda_approval/boxed_warning",
+     "Sedation; dissociation; abuse and misuse; suicidal thoughts and behaviors", None),
+    ("dea", _set("/drug/dea_schedule", "CII"), "dea_schedule_changed", "moderate", "/drug/dea_schedule",
+     "CIII", "CII"),
+    ("approval-date", _set("/fda_approval/approval_date", "2019-03-06"), "approval_details_changed", "minor",
+     "/fda_approval/approval_date", "2019-03-05", "2019-03-06"),
+    ("effective-from", _set("/effective_from", "2025-02-01T00:00:00Z"), "effective_from_changed", "minor",
+     "/effective_from", "2025-01-01T00:00:00Z", "2025-02-01T00:00:00Z"),
+    ("title", _set("/title", "Esketamine (Spravato) for TRD"), "text_changed", "minor", "/title",
+     "Esketamine nasal spray for treatment-resistant depression", "Esketamine (Spravato) for TRD"),
+    ("route-display", _set("/routes/0/display", "Nasal route (qualifier value)"), "text_changed", "minor",
+     "/routes/0/display", "Nasal route", "Nasal route (qualifier value)"),
+    ("sources", _set("/sources/0/title", "Spravato label"), "sources_changed", "minor", "/sources",
+     document()["sources"], [{**document()["sources"][0], "title": "Spravato label"}]),
+]
+
+
+@pytest.mark.parametrize(("mutate", "kind", "severity", "path", "before", "after"),
+                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_each_change_type(mutate: Callable[[dict[str, Any]], None], kind: str, severity: str, path: str,
+                          before: Any, after: Any) -> None:
+    a, b = changed(mutate)
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.severity, change.path, change.before, change.after) == (
+        kind, severity, path, before, after)
+    assert change.description
+    assert diff.CHANGE_TYPES[kind] == severity
+
+
+def test_route_removed_with_its_range() -> None:
+    a, b = changed(_add_iv_route_with_range)
+    b, a = a, b  # go from two routes to one
+    changes = diff.clinical_changes(a, b)
+    assert {(c.type, c.path) for c in changes} == {("route_removed", "/routes/1"),
+                                                  ("dosing_range_removed", "/dosing_ranges/1")}
+    removed = next(c for c in changes if c.type == "dosing_range_removed")
+    assert (removed.route, removed.phase) == (IV, "infusion")
+
+
+def test_unit_change_is_never_a_numeric_increase() -> None:
+    """56-84 mg -> 0.2-1 mg/kg: the numbers fell, but they are not comparable."""
+    a, b = changed(lambda b: dosing(b).update(dose_min=0.2, dose_max=1, unit="mg/kg"))
+    change = only(diff.clinical_changes(a, b))
+    assert change.type == "unit_changed" and change.severity == "major"
+    assert change.before == {"dose_min": 56, "dose_max": 84, "unit": "mg"}
+    assert change.after == {"dose_min": 0.2, "dose_max": 1, "unit": "mg/kg"}
+    assert (change.route, change.phase) == (NASAL, "induction")
+
+
+def test_per_period_maximum_over_a_different_period_is_a_unit_change() -> None:
+    """84 mg per day -> 168 mg per week is not "an increase of 84"."""
+    a, b = changed(lambda b: dosing(b).update(max_per_period={"value": 168, "unit": "mg", "period": "P1W"}))
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.path) == ("unit_changed", "/dosing_ranges/0/max_per_period")
+    a, b = changed(lambda b: dosing(b).update(max_per_period={"value": 84, "unit": "mg/kg", "period": "P1D"}))
+    assert only(diff.clinical_changes(a, b)).type == "unit_changed"
+
+
+def test_equal_lengths_in_other_words_are_not_clinical_changes() -> None:
+    a, b = changed(lambda b: dosing(b)["frequency"].update(period="P7D"))
+    assert diff.clinical_changes(a, b) == []
+    assert diff.json_patch(a, b) == [{"op": "replace", "path": "/dosing_ranges/0/frequency/period",
+                                      "value": "P7D"}, {"op": "replace", "path": "/version", "value": 2}]
+
+
+def test_ranges_are_matched_by_route_and_phase_not_position() -> None:
+    def two_ranges(doc: dict[str, Any]) -> None:
+        doc["dosing_ranges"].append({**doc["dosing_ranges"][0], "phase": "maintenance", "dose_min": 56,
+                                     "dose_max": 84, "frequency": {"count": 1, "period": "P1W", "text": None}})
+
+    a = document()
+    two_ranges(a)
+    b = copy.deepcopy(a)
+    b["dosing_ranges"].reverse()
+    assert diff.clinical_changes(a, b) == []  # reordering alone changes nothing clinically
+    b["dosing_ranges"][0]["dose_max"] = 56  # maintenance, now first in b
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.path, change.phase) == ("dose_max_decreased", "/dosing_ranges/0/dose_max",
+                                                        "maintenance")
+
+
+def test_changing_a_ranges_route_is_a_removal_and_an_addition() -> None:
+    def move_to_iv(b: dict[str, Any]) -> None:
+        b["routes"].append(IV_ROUTE)
+        dosing(b).update(route=IV)
+
+    a, b = changed(move_to_iv)
+    kinds = sorted(c.type for c in diff.clinical_changes(a, b))
+    assert kinds == ["dosing_range_added", "dosing_range_removed", "route_added"]
+
+
+def test_changes_are_sorted_by_severity_and_counted() -> None:
+    def many(b: dict[str, Any]) -> None:
+        b["title"] = "New title"
+        b["fda_approval"]["rems_required"] = False
+        dosing(b)["dose_max"] = 112
+
+    a, b = changed(many)
+    result = diff.diff_documents(a, b)
+    assert [c.severity for c in result.changes] == ["major", "moderate", "minor"]
+    assert result.highest_severity == "major"
+    assert result.counts() == {"major": 1, "moderate": 1, "minor": 1}
+    assert diff.diff_documents(a, a).highest_severity is None
+
+
+def test_patch_turns_a_into_b_and_back() -> None:
+    def rewrite(b: dict[str, Any]) -> None:
+        _add_iv_route_with_range(b)
+        b["indications"].insert(0, SI)
+        dosing(b).update(dose_min=28, unit="mg/kg")
+        b["fda_approval"]["boxed_warning"] = None
+        b["drug"]["brand_names"] = []
+        b["status"] = "retired"
+
+    a, b = changed(rewrite)
+    patch = diff.json_patch(a, b)
+    assert jsonpatch.apply_patch(a, patch) == b
+    assert jsonpatch.apply_patch(b, diff.json_patch(b, a)) == a
+    assert a["dosing_ranges"][0]["unit"] == "mg"  # applying never mutates the input
+    assert diff.json_patch(a, a) == []
+
+
+def test_diff_etag_depends_on_both_versions_and_their_order() -> None:
+    assert diff.diff_etag('"1-a"', '"2-b"') == diff.diff_etag('"1-a"', '"2-b"')
+    assert diff.diff_etag('"1-a"', '"2-b"') != diff.diff_etag('"2-b"', '"1-a"')

@@ -1,0 +1,313 @@
+"""Dose arithmetic and verdicts as pure domain code: exact at the edges, units converted exactly.
+
+No database and no Flask here: protocols.dosing judges a version's content against an order.
+The catalog-wide table-driven checks run through the API in tests/api/test_dosing_api.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from protocols import dose_units, dosing
+from protocols.dose_units import UnitError, parse_concentration, parse_dose_unit, to_kilograms
+from protocols.dosing import (
+    ConcentrationRequired,
+    DoseOrder,
+    Frequency,
+    InvalidWeight,
+    PhaseRequired,
+    Quantity,
+    UnitsIncompatible,
+    Verdict,
+    WeightRequired,
+)
+
+IV, NASAL, IM = "47625008", "46713006", "78421000"
+
+
+def content(*ranges: dict[str, Any], routes: tuple[str, ...] = (IV,)) -> dict[str, Any]:
+    """The clinical content of a version, reduced to what dose checking reads."""
+    return {"routes": [{"system": "http://snomed.info/sct", "code": code, "display": "x"} for code in routes],
+            "dosing_ranges": [dict({"phase": "induction", "route": IV}, **r) for r in ranges]}
+
+
+def order(value: str, unit: str, route: str = IV, **kwargs: Any) -> DoseOrder:
+    return DoseOrder(route=route, dose=Quantity(Decimal(value), unit), **kwargs)
+
+
+# ------------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize(("code", "amount", "kind", "factor", "per_kg", "seconds"), [
+    ("g", "g", "mass", Fraction(1000), False, None),
+    ("mg", "mg", "mass", Fraction(1), False, None),
+    ("ug", "ug", "mass", Fraction(1, 1000), False, None),
+    ("mcg", "ug", "mass", Fraction(1, 1000), False, None),
+    ("mg/kg", "mg", "mass", Fraction(1), True, None),
+    ("mg/kg/h", "mg", "mass", Fraction(1), True, Fraction(3600)),
+    ("mcg/kg/min", "ug", "mass", Fraction(1, 1000), True, Fraction(60)),
+    ("mg/h", "mg", "mass", Fraction(1), False, Fraction(3600)),
+    ("mL", "mL", "volume", Fraction(1), False, None),
+    ("L", "L", "volume", Fraction(1000), False, None),
+])
+def test_dose_units_parse_with_exact_factors(code, amount, kind, factor, per_kg, seconds):
+    unit = parse_dose_unit(code)
+    assert (unit.amount, unit.kind, unit.amount_factor, unit.per_kg, unit.time_seconds) == (
+        amount, kind, factor, per_kg, seconds)
+    assert isinstance(unit.amount_factor, Fraction)
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    ("mmol", "not an amount of drug"),
+    ("kg/m2", "not a unit of time"),
+    ("mg/mo", "variable length"),
+    ("mg/h/kg", "amount[/kg][/time]"),
+    ("foo", "not a valid UCUM unit"),
+    ("", "UCUM code"),
+    ("mg/kg/h/h", "amount[/kg][/time]"),
+])
+def test_units_that_cannot_be_doses_say_why(code, reason):
+    with pytest.raises(UnitError, match=re.escape(reason)):
+        parse_dose_unit(code)
+
+
+def test_concentration_and_body_weight_units_convert_exactly():
+    assert parse_concentration(Decimal("10"), "mg/mL").mg_per_ml == 10
+    assert parse_concentration(Decimal("500"), "ug/mL").mg_per_ml == Fraction(1, 2)
+    assert parse_concentration(Decimal("1"), "g/L").mg_per_ml == 1
+    with pytest.raises(UnitError):
+        parse_concentration(Decimal("1"), "mg/kg")
+    assert to_kilograms(Decimal("154"), "[lb_av]") == Fraction(154) * Fraction(45359237, 100_000_000)
+    assert to_kilograms(Decimal("3500"), "g") == Fraction(7, 2)
+    with pytest.raises(UnitError):
+        to_kilograms(Decimal("70"), "mL")
+
+
+def test_rate_conversion_through_sixty_stays_exact():
+    mg_kg_h, ug_kg_min = parse_dose_unit("mg/kg/h"), parse_dose_unit("ug/kg/min")
+    one = dosing.convert(Fraction(1), mg_kg_h, ug_kg_min, weight_kg=None, concentration=None, duration_s=None)
+    assert one == Fraction(50, 3)  # 16.666… exactly, not a rounded float
+    assert dosing.convert(one, ug_kg_min, mg_kg_h, weight_kg=None, concentration=None, duration_s=None) == 1
+
+
+# ---------------------------------------------------------------------------- verdicts
+
+
+WEIGHT_BASED = {"dose_min": Decimal("0.5"), "dose_max": Decimal("1.0"), "unit": "mg/kg"}
+
+
+@pytest.mark.parametrize(("value", "unit", "verdict"), [
+    ("35", "mg", Verdict.WITHIN_RANGE),
+    ("70", "mg", Verdict.WITHIN_RANGE),
+    ("34.9999999", "mg", Verdict.BELOW_MIN),
+    ("70.0000001", "mg", Verdict.ABOVE_MAX),
+    ("0.035", "g", Verdict.WITHIN_RANGE),
+    ("0.0700000001", "g", Verdict.ABOVE_MAX),
+    ("35000", "ug", Verdict.WITHIN_RANGE),
+    ("34999.9999", "mcg", Verdict.BELOW_MIN),
+    ("0.5", "mg/kg", Verdict.WITHIN_RANGE),
+    ("1.0000000001", "mg/kg", Verdict.ABOVE_MAX),
+])
+def test_weight_based_range_edges_for_70_kg(value, unit, verdict):
+    result = dosing.check(content(WEIGHT_BASED), order(value, unit, weight_kg=Decimal("70")))
+    assert result.verdict is verdict, result.messages
+    assert result.evaluation is not None
+    absolute = result.evaluation.absolute_range
+    assert (absolute.span.low, absolute.span.high, absolute.span.unit) == (35, 70, "mg")
+    assert absolute.calculation == "0.5\u20131 mg/kg \u00d7 70 kg = 35\u201370 mg"
+
+
+def test_edges_that_floats_get_wrong_are_exact():
+    # 0.1 mg/kg x 3 kg is 0.30000000000000004 in binary floating point: a float check would call
+    # 0.3 mg below the minimum. Exact arithmetic keeps it at the edge, inside.
+    ranges = content({"dose_min": Decimal("0.1"), "dose_max": Decimal("0.7"), "unit": "mg/kg"})
+    assert dosing.check(ranges, order("0.3", "mg", weight_kg=Decimal("3"))).verdict is Verdict.WITHIN_RANGE
+    assert dosing.check(ranges, order("2.1", "mg", weight_kg=Decimal("3"))).verdict is Verdict.WITHIN_RANGE
+    assert dosing.check(ranges, order("2.1000000001", "mg", weight_kg=Decimal("3"))).verdict is Verdict.ABOVE_MAX
+    # 1 mg/kg/h is 50/3 ug/kg/min: 16.6666666666 is inside, 16.6666666667 is above.
+    rate = content({"dose_min": Decimal("0.5"), "dose_max": Decimal("1"), "unit": "mg/kg/h", "phase": "infusion"})
+    assert dosing.check(rate, order("16.6666666666", "ug/kg/min", weight_kg=Decimal("70"))).verdict \
+        is Verdict.WITHIN_RANGE
+    assert dosing.check(rate, order("16.6666666667", "ug/kg/min", weight_kg=Decimal("70"))).verdict \
+        is Verdict.ABOVE_MAX
+
+
+def test_fixed_range_edges_and_range_in_ordered_unit():
+    spravato = content({"dose_min": 56, "dose_max": 84, "unit": "mg", "route": NASAL}, routes=(NASAL,))
+    for value, verdict in (("56", Verdict.WITHIN_RANGE), ("84", Verdict.WITHIN_RANGE),
+                           ("84.0000001", Verdict.ABOVE_MAX), ("55.9999999", Verdict.BELOW_MIN)):
+        assert dosing.check(spravato, order(value, "mg", route=NASAL)).verdict is verdict
+    result = dosing.check(spravato, order("0.084", "g", route=NASAL))
+    assert result.verdict is Verdict.WITHIN_RANGE
+    assert result.evaluation is not None
+    span = result.evaluation.range_in_ordered_unit
+    assert (span.low, span.high, span.unit) == (Fraction(56, 1000), Fraction(84, 1000), "g")
+    assert result.evaluation.absolute_range.weight_kg is None
+
+
+def test_stored_floats_are_read_as_their_decimal():
+    # Documents store 4.5 as a JSON number; read back as float it must still mean exactly 4.5.
+    ranges = content({"dose_min": 1, "dose_max": 4.5, "unit": "mg/kg"})
+    assert dosing.check(ranges, order("315", "mg", weight_kg=Decimal("70"))).verdict is Verdict.WITHIN_RANGE
+    assert dosing.check(ranges, order("315.000001", "mg", weight_kg=Decimal("70"))).verdict is Verdict.ABOVE_MAX
+
+
+# --------------------------------------------------------------------------- per period
+
+
+@pytest.mark.parametrize(("count", "period", "window", "doses"), [
+    (2, "P1W", "P1D", 1),
+    (4, "P1D", "P1D", 4),
+    (1, "PT8H", "P1D", 3),
+    (3, "P1D", "PT12H", 2),
+    (2, "P1D", "P1W", 14),
+])
+def test_doses_per_period_for_evenly_spaced_doses(count, period, window, doses):
+    ranges = content({"dose_min": 1, "dose_max": 100, "unit": "mg",
+                      "max_per_period": {"value": 1000, "unit": "mg", "period": window}})
+    result = dosing.check(ranges, order("10", "mg", frequency=Frequency(count, period)))
+    assert result.evaluation is not None and result.evaluation.per_period is not None
+    per_period = result.evaluation.per_period
+    assert per_period.doses_per_period == doses
+    assert per_period.projected.value == 10 * doses
+
+
+def test_per_period_maximum_edges():
+    ranges = content({"dose_min": 56, "dose_max": 84, "unit": "mg", "route": NASAL,
+                      "max_per_period": {"value": 84, "unit": "mg", "period": "P1D"}}, routes=(NASAL,))
+    twice_weekly = Frequency(2, "P1W")
+    assert dosing.check(ranges, order("84", "mg", route=NASAL, frequency=twice_weekly)).verdict \
+        is Verdict.WITHIN_RANGE
+    result = dosing.check(ranges, order("56", "mg", route=NASAL, frequency=Frequency(2, "P1D")))
+    assert result.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    assert result.evaluation is not None and result.evaluation.per_period is not None
+    assert result.evaluation.per_period.projected.value == 112
+    assert "112 mg per P1D > maximum 84 mg per P1D" in result.evaluation.per_period.calculation
+    # Above the range outranks the per-period verdict: the single dose is already wrong.
+    assert dosing.check(ranges, order("85", "mg", route=NASAL, frequency=Frequency(2, "P1D"))).verdict \
+        is Verdict.ABOVE_MAX
+
+
+def test_weight_based_per_period_maximum_uses_the_weight():
+    ranges = content({"dose_min": 1, "dose_max": 2, "unit": "mg/kg",
+                      "max_per_period": {"value": 4, "unit": "mg/kg", "period": "P1D"}})
+    w = Decimal("50")
+    assert dosing.check(ranges, order("100", "mg", weight_kg=w, frequency=Frequency(2, "P1D"))).verdict \
+        is Verdict.WITHIN_RANGE
+    assert dosing.check(ranges, order("100.000001", "mg", weight_kg=w, frequency=Frequency(2, "P1D"))).verdict \
+        is Verdict.ABOVE_MAX
+    assert dosing.check(ranges, order("70", "mg", weight_kg=w, frequency=Frequency(3, "P1D"))).verdict \
+        is Verdict.EXCEEDS_MAX_PER_PERIOD
+
+
+# --------------------------------------------------------------------- what is required
+
+
+def test_weight_based_range_without_weight_names_the_field():
+    with pytest.raises(WeightRequired) as error:
+        dosing.check(content(WEIGHT_BASED), order("35", "mg"))
+    assert error.value.field == "patient.weight_kg"
+    # Even a dose already per kg: the answer shows absolute amounts for the patient.
+    with pytest.raises(WeightRequired):
+        dosing.check(content(WEIGHT_BASED), order("0.5", "mg/kg"))
+
+
+@pytest.mark.parametrize("weight", ["0.29", "500.01", "0"])
+def test_implausible_weights_are_rejected(weight):
+    with pytest.raises(InvalidWeight) as error:
+        dosing.check(content(WEIGHT_BASED), order("35", "mg", weight_kg=Decimal(weight)))
+    assert error.value.field == "patient.weight_kg"
+
+
+@pytest.mark.parametrize("weight", ["0.3", "500"])
+def test_weight_bounds_are_inclusive(weight):
+    assert dosing.check(content(WEIGHT_BASED), order("1", "mg", weight_kg=Decimal(weight))).evaluation is not None
+
+
+def test_volume_needs_a_concentration():
+    ranges = content({"dose_min": 56, "dose_max": 84, "unit": "mg"})
+    with pytest.raises(ConcentrationRequired) as error:
+        dosing.check(ranges, order("8", "mL"))
+    assert error.value.field == "concentration"
+    strength = dose_units.parse_concentration(Decimal("10"), "mg/mL")
+    assert dosing.check(ranges, order("8.4", "mL", concentration=strength)).verdict is Verdict.WITHIN_RANGE
+    assert dosing.check(ranges, order("8.41", "mL", concentration=strength)).verdict is Verdict.ABOVE_MAX
+
+
+def test_rate_against_an_amount_needs_the_range_duration():
+    over_40_min = content({"dose_min": Decimal("0.5"), "dose_max": Decimal("0.5"), "unit": "mg/kg",
+                           "duration": "PT40M", "phase": "single"})
+    # 0.5 mg/kg over 40 minutes is 0.75 mg/kg/h.
+    w = Decimal("70")
+    assert dosing.check(over_40_min, order("0.75", "mg/kg/h", weight_kg=w)).verdict is Verdict.WITHIN_RANGE
+    assert dosing.check(over_40_min, order("0.7500001", "mg/kg/h", weight_kg=w)).verdict is Verdict.ABOVE_MAX
+    assert dosing.check(over_40_min, order("52.5", "mg/h", weight_kg=w)).verdict is Verdict.WITHIN_RANGE
+    no_duration = content({"dose_min": 1, "dose_max": 2, "unit": "mg/kg"})
+    with pytest.raises(UnitsIncompatible, match="duration"):
+        dosing.check(no_duration, order("1", "mg/kg/h", weight_kg=w))
+
+
+# ----------------------------------------------------------------------- range choice
+
+
+TWO_PHASES = content(
+    {"phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg", "route": NASAL},
+    {"phase": "maintenance", "dose_min": 28, "dose_max": 56, "unit": "mg", "route": NASAL},
+    routes=(NASAL, IM),
+)
+
+
+def test_route_and_phase_not_in_protocol_are_verdicts():
+    result = dosing.check(TWO_PHASES, order("56", "mg", route=IV, phase="induction"))
+    assert result.verdict is Verdict.ROUTE_NOT_IN_PROTOCOL and result.evaluation is None
+    # A route listed in routes but without any dosing range is still not dosable.
+    assert dosing.check(TWO_PHASES, order("56", "mg", route=IM)).verdict is Verdict.ROUTE_NOT_IN_PROTOCOL
+    result = dosing.check(TWO_PHASES, order("56", "mg", route=NASAL, phase="loading"))
+    assert result.verdict is Verdict.PHASE_NOT_IN_PROTOCOL
+    assert "induction, maintenance" in result.messages[0]
+
+
+def test_several_phases_without_a_phase_require_one():
+    with pytest.raises(PhaseRequired) as error:
+        dosing.check(TWO_PHASES, order("56", "mg", route=NASAL))
+    assert error.value.field == "phase"
+    assert dosing.check(TWO_PHASES, order("84", "mg", route=NASAL, phase="induction")).verdict \
+        is Verdict.WITHIN_RANGE
+    assert dosing.check(TWO_PHASES, order("84", "mg", route=NASAL, phase="maintenance")).verdict \
+        is Verdict.ABOVE_MAX
+
+
+def test_alternatives_within_a_phase_give_the_most_favourable_verdict():
+    alternatives = copy.deepcopy(TWO_PHASES)
+    alternatives["dosing_ranges"][1]["phase"] = "induction"
+    result = dosing.check(alternatives, order("30", "mg", route=NASAL))
+    assert result.verdict is Verdict.WITHIN_RANGE
+    assert result.evaluation is not None and result.evaluation.range_index == 1
+    assert [e.verdict for e in result.evaluations] == [Verdict.BELOW_MIN, Verdict.WITHIN_RANGE]
+    assert dosing.check(alternatives, order("90", "mg", route=NASAL)).verdict is Verdict.ABOVE_MAX
+
+
+def test_patient_ranges_show_absolute_amounts():
+    ranges = content({"dose_min": 1, "dose_max": Decimal("4.5"), "unit": "mg/kg",
+                      "max_per_period": {"value": 9, "unit": "mg/kg", "period": "P1D"}})
+    result = dosing.patient_ranges(ranges, IV, None, Decimal("80"))
+    assert not isinstance(result, dosing.Selection)
+    (only,) = result
+    assert (only.absolute_range.span.low, only.absolute_range.span.high) == (80, 360)
+    assert only.max_per_period is not None and only.max_per_period.value == 720
+    with pytest.raises(WeightRequired) as error:
+        dosing.patient_ranges(ranges, IV, None, None)
+    assert error.value.field == "weight_kg"
+
+
+def test_numbers_for_people_are_exact_or_marked_rounded():
+    assert dosing.fmt(Fraction(35)) == "35"
+    assert dosing.fmt(Fraction(1, 8)) == "0.125"
+    assert dosing.fmt(Fraction(50, 3)).startswith("\u224816.66666666")
+    assert dosing.to_decimal(Fraction(7, 2)) == Decimal("3.5")

@@ -1,0 +1,401 @@
+"""Search service: every filter, ICD-10-CM prefixes, time travel, free text and keyset pages.
+
+The corpus below is fixed; every expected id set is a constant, so the SQLite run and the
+PostgreSQL run (``PROTOCOLS_TEST_DB=postgres``) must return exactly the same sets (and, since the
+rank is computed identically, the same order).
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select
+
+from protocols import fulltext, search, versioning
+from protocols.db import Database
+from protocols.indexing import indication_keys
+from protocols.models import ProtocolVersion
+from protocols.search import ProtocolQuery
+from protocols.terminology import ICD10CM, INDICATIONS, ROUTES, SNOMED
+from schemas.protocol import ProtocolCreateSchema, split_payload
+from tests.factories import protocol_payload
+
+T0 = datetime(2025, 1, 6, 9, 0, 0)
+NASAL, IV, IM = "46713006", "47625008", "78421000"
+ANESTHESIA = "399097000"
+
+
+def icd(code: str) -> dict[str, str]:
+    return {"system": ICD10CM, "code": code, "display": INDICATIONS[(ICD10CM, code)].display}
+
+
+def snomed(code: str) -> dict[str, str]:
+    return {"system": SNOMED, "code": code, "display": INDICATIONS[(SNOMED, code)].display}
+
+
+def route(code: str) -> dict[str, str]:
+    return {"system": SNOMED, "code": code, "display": ROUTES[code].display}
+
+
+def dose(route_code: str, phase: str, low: float, high: float, unit: str, **extra: Any) -> dict[str, Any]:
+    return {"route": route_code, "phase": phase, "dose_min": low, "dose_max": high, "unit": unit, **extra}
+
+
+KETAMINE = {"name": "ketamine", "rxnorm_cui": "6130", "brand_names": ["Ketalar"], "dea_schedule": "CIII"}
+KETAMINE_GENERIC = {"name": "ketamine", "rxnorm_cui": "6130", "brand_names": [], "dea_schedule": "CIII"}
+OFF_LABEL = {"status": "off_label", "application_number": None, "approval_date": None,
+             "approved_indication": None, "rems_required": False, "boxed_warning": None}
+
+#: The fixed corpus, created in this order (so P2 is newer than P1, etc.).
+CORPUS: dict[str, dict[str, Any]] = {
+    "p1-esk-trd": {},  # the factory default: esketamine nasal spray, F33.2, approved, REMS
+    "p2-esk-si": {
+        "title": "Esketamine for depressive symptoms with acute suicidal ideation",
+        "summary": "Spravato with an oral antidepressant for adults with major depressive disorder and "
+                   "acute suicidal ideation or behavior.",
+        "indications": [icd("F32.2"), icd("R45.851")],
+    },
+    "p3-ket-anesthesia": {
+        "title": "Ketamine for induction of general anesthesia",
+        "summary": "Intravenous induction before other general anesthetic agents.",
+        "drug": KETAMINE,
+        "indications": [snomed(ANESTHESIA)],
+        "routes": [route(IV), route(IM)],
+        "dosing_ranges": [dose(IV, "induction", 1, 4.5, "mg/kg"), dose(IM, "induction", 6.5, 13, "mg/kg")],
+        "fda_approval": {"status": "approved", "application_number": "NDA016812", "approval_date": "1970-01-01",
+                         "approved_indication": "Sole anesthetic agent; induction of anesthesia",
+                         "rems_required": False, "boxed_warning": None},
+    },
+    "p4-ket-trd-infusion": {
+        "title": "Low-dose intravenous ketamine infusion",
+        "summary": "Off-label subanesthetic infusion for treatment-resistant depression.",
+        "drug": KETAMINE_GENERIC,
+        "indications": [icd("F33.1")],
+        "routes": [route(IV)],
+        "dosing_ranges": [dose(IV, "infusion", 0.5, 0.5, "mg/kg", duration="PT40M")],
+        "fda_approval": OFF_LABEL,
+    },
+    "p5-ket-pain": {
+        "title": "Subanesthetic ketamine for chronic pain",
+        "summary": "Off-label infusion for complex regional pain syndrome and chronic pain syndrome.",
+        "drug": KETAMINE_GENERIC,
+        "indications": [icd("G89.4"), icd("G90.50")],
+        "routes": [route(IV)],
+        "dosing_ranges": [dose(IV, "infusion", 0.1, 0.3, "mg/kg/h")],
+        "fda_approval": OFF_LABEL,
+    },
+}
+ALL = set(CORPUS)
+P1, P2, P3, P4, P5 = CORPUS
+
+
+def content_of(protocol_id: str, **overrides: Any) -> dict[str, Any]:
+    """Validated clinical content (through the wire schema, exactly as the API would store it)."""
+    payload = protocol_payload(protocol_id, **{**copy.deepcopy(CORPUS.get(protocol_id, {})), **overrides})
+    _, content = split_payload(ProtocolCreateSchema().load(payload))
+    return content
+
+
+def load_corpus(db: Database) -> dict[str, versioning.StoredVersion]:
+    return {protocol_id: versioning.create(db, protocol_id, content_of(protocol_id),
+                                           now=T0 + timedelta(minutes=index))
+            for index, protocol_id in enumerate(CORPUS)}
+
+
+def ids(db: Database, **filters: Any) -> set[str]:
+    page = search.search(db, ProtocolQuery(**filters), limit=100)
+    assert not page.has_more
+    return {hit.version.protocol_id for hit in page.items}
+
+
+def ranked(db: Database, q: str, **filters: Any) -> list[tuple[str, int | None]]:
+    page = search.search(db, ProtocolQuery(q=q, **filters), limit=100)
+    return [(hit.version.protocol_id, hit.rank) for hit in page.items]
+
+
+@pytest.fixture
+def corpus(db: Database) -> Database:
+    load_corpus(db)
+    return db
+
+
+# ------------------------------------------------------------------------------- pure helpers
+
+
+def test_tokens_fold_case_accents_and_punctuation() -> None:
+    assert fulltext.tokens("Ésketamine (SPRAVATO®) treatment-resistant F33.2, 84mg") == [
+        "esketamine", "spravato", "treatment", "resistant", "f33", "2", "84mg"]
+    assert fulltext.tokens("snake_case") == ["snake", "case"]
+    assert fulltext.tokens("x" * 100) == ["x" * fulltext.MAX_TOKEN_CHARS]
+
+
+def test_query_tokens_reject_empty_and_overlong_queries() -> None:
+    assert fulltext.query_tokens("Depress depress DEPRESS anxiety") == ["depress", "anxiety"]
+    with pytest.raises(fulltext.EmptyQuery):
+        fulltext.query_tokens(" -- !! ")
+    with pytest.raises(fulltext.QueryTooLong):
+        fulltext.query_tokens(" ".join(f"w{i}" for i in range(fulltext.MAX_QUERY_TOKENS + 1)))
+
+
+def test_icd10_indication_keys_cover_every_ancestor() -> None:
+    assert indication_keys(ICD10CM, "f33.21") == [f"{ICD10CM}|F33", f"{ICD10CM}|F33.2", f"{ICD10CM}|F33.21"]
+    assert indication_keys(ICD10CM, "F33") == [f"{ICD10CM}|F33"]
+    assert indication_keys(SNOMED, ANESTHESIA) == [f"{SNOMED}|{ANESTHESIA}"]
+
+
+# ---------------------------------------------------------------------------- structured filters
+
+
+def test_no_filter_lists_everything_in_effect_newest_first(corpus: Database) -> None:
+    page = search.search(corpus, ProtocolQuery(), limit=100)
+    assert [hit.version.protocol_id for hit in page.items] == [P5, P4, P3, P2, P1]
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ({"drug": "spravato"}, {P1, P2}),
+    ({"drug": "  SPRAVATO "}, {P1, P2}),
+    ({"drug": "Ketalar"}, {P3}),
+    ({"drug": "ketamine"}, {P3, P4, P5}),
+    ({"drug": "esketamine"}, {P1, P2}),
+    ({"drug": "keta"}, set()),  # a name filter is exact, not a prefix (q is for that)
+    ({"rxnorm_cui": "6130"}, {P3, P4, P5}),
+    ({"rxnorm_cui": "2201625"}, {P1, P2}),
+    ({"route": IV}, {P3, P4, P5}),
+    ({"route": IM}, {P3}),
+    ({"route": NASAL}, {P1, P2}),
+    ({"route": "26643006"}, set()),
+    ({"fda_status": "off_label"}, {P4, P5}),
+    ({"fda_status": "approved"}, {P1, P2, P3}),
+    ({"fda_status": "investigational"}, set()),
+    ({"dea_schedule": "CIII"}, ALL),
+    ({"dea_schedule": "CIV"}, set()),
+    ({"rems_required": True}, {P1, P2}),
+    ({"rems_required": False}, {P3, P4, P5}),
+    ({"indication_system": SNOMED}, {P3}),
+    ({"indication_system": ICD10CM}, {P1, P2, P4, P5}),
+])
+def test_each_filter(corpus: Database, filters: dict[str, Any], expected: set[str]) -> None:
+    assert ids(corpus, **filters) == expected
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    ({"indication": "F33"}, {P1, P4}),          # category matches its subcodes F33.1, F33.2
+    ({"indication": "f33"}, {P1, P4}),          # codes are case-insensitive
+    ({"indication": "F33.2"}, {P1}),
+    ({"indication": "F33.9"}, set()),
+    ({"indication": "F32"}, {P2}),
+    ({"indication": "F3"}, set()),              # not an ICD-10-CM category: never a bare prefix
+    ({"indication": "G90"}, {P5}),              # G90 -> G90.50 through G90.5
+    ({"indication": "G90.5"}, {P5}),
+    ({"indication": "R45.8"}, {P2}),            # R45.8 -> R45.851
+    ({"indication": "R45.85"}, {P2}),
+    ({"indication": "R45.851"}, {P2}),
+    ({"indication": ANESTHESIA}, {P3}),
+    ({"indication": ANESTHESIA, "indication_system": SNOMED}, {P3}),
+    ({"indication": ANESTHESIA, "indication_system": ICD10CM}, set()),
+    ({"indication": "F33", "indication_system": ICD10CM}, {P1, P4}),
+    ({"indication": "F33", "indication_system": SNOMED}, set()),
+])
+def test_indication_filter_matches_icd10_subcodes(corpus: Database, filters: dict[str, Any],
+                                                 expected: set[str]) -> None:
+    assert ids(corpus, **filters) == expected
+
+
+def test_filters_combine_with_and(corpus: Database) -> None:
+    assert ids(corpus, drug="ketamine", fda_status="off_label") == {P4, P5}
+    assert ids(corpus, drug="ketamine", fda_status="off_label", indication="F33") == {P4}
+    assert ids(corpus, drug="ketamine", route=NASAL) == set()
+    assert ids(corpus, q="depress", drug="ketamine") == {P4}
+    assert ids(corpus, q="depress", rems_required=True, indication="F32") == {P2}
+
+
+# ------------------------------------------------------------------------------------ free text
+
+#: q -> expected [(id, rank)], best first. Rank = title 8 + drug 4 + indication 2 + summary 1 for each
+#: field that holds every word on its own; ties go to the newest protocol.
+TEXT_CASES: list[tuple[str, list[tuple[str, int]]]] = [
+    ("depression", [(P1, 9), (P4, 1)]),
+    ("depress", [(P2, 11), (P1, 11), (P4, 3)]),
+    ("spravato", [(P2, 5), (P1, 4)]),
+    ("KETAMINE infusion", [(P4, 8), (P5, 0)]),
+    ("anesth", [(P3, 11)]),
+    ("suicid", [(P2, 11)]),
+    ("Ésketamine", [(P2, 12), (P1, 12)]),
+    ("treatment-resistant", [(P1, 9), (P4, 1)]),
+    ("ketalar", [(P3, 4)]),
+    ("chronic pain syndrome", [(P5, 3)]),
+    ("and or not near", []),  # FTS5 operators are words here, not syntax
+    ("zzzunknown", []),
+]
+
+
+@pytest.mark.parametrize(("q", "expected"), TEXT_CASES, ids=[case[0] for case in TEXT_CASES])
+def test_text_search_same_ids_and_rank_on_both_databases(corpus: Database, q: str,
+                                                         expected: list[tuple[str, int]]) -> None:
+    assert ranked(corpus, q) == expected
+
+
+def test_text_search_is_indexed_in_the_write_transaction(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    load_corpus(db)
+    with db.read() as session:
+        seqs = list(session.execute(select(ProtocolVersion.seq).order_by(ProtocolVersion.seq)).scalars())
+        assert list(fulltext.indexed_seqs(session.connection())) == seqs
+
+    def explode(*_: Any) -> None:
+        raise RuntimeError("fails after the version and its index rows were written")
+
+    monkeypatch.setattr(versioning, "_rebuild_periods", explode)
+    with pytest.raises(RuntimeError):
+        versioning.create(db, "p9-rolled-back", content_of("p9-rolled-back", title="Vanishing zyxwv protocol"))
+    monkeypatch.undo()
+    assert ranked(db, "zyxwv") == []
+    with db.read() as session:
+        assert list(fulltext.indexed_seqs(session.connection())) == seqs
+
+
+def test_rebuilding_the_index_gives_the_same_answers(corpus: Database) -> None:
+    before = {q: ranked(corpus, q) for q, _ in TEXT_CASES}
+    with corpus.engine.begin() as connection:
+        assert fulltext.rebuild(connection, batch=2) == len(CORPUS)
+    assert {q: ranked(corpus, q) for q, _ in TEXT_CASES} == before
+
+
+def test_migration_backfills_the_index_for_existing_versions(corpus: Database, database_url: str) -> None:
+    """Downgrading drops the derived rows; upgrading again rebuilds them from the stored documents."""
+    from alembic import command
+
+    from protocols import migrate
+
+    before = {q: ranked(corpus, q) for q, _ in TEXT_CASES}
+    by_indication = ids(corpus, indication="F33")
+    config = migrate.alembic_config(database_url)
+    try:
+        command.downgrade(config, "0001")
+        with corpus.engine.connect() as connection:
+            assert migrate.current_revision(corpus.engine) == "0001"
+            assert "protocol_fts" not in sa_inspect(connection).get_table_names()
+    finally:
+        command.upgrade(config, "head")
+    assert {q: ranked(corpus, q) for q, _ in TEXT_CASES} == before
+    assert ids(corpus, indication="F33") == by_indication == {P1, P4}
+
+
+# ---------------------------------------------------------------------------- time and status
+
+
+def test_as_of_applies_every_filter_to_the_version_then_in_effect(db: Database) -> None:
+    pid = "p7-time-travel"
+    v1 = versioning.create(db, pid, content_of(pid, title="Alpha nasal protocol"),
+                           effective_from=datetime(2020, 1, 1), now=datetime(2019, 12, 1))
+    versioning.revise(db, pid, content_of(pid, **{**CORPUS[P4], "title": "Beta infusion protocol"}),
+                      if_match=[v1.etag], effective_from=datetime(2022, 1, 1), now=datetime(2021, 12, 1))
+    in_2021, in_2023, in_2019 = datetime(2021, 6, 1), datetime(2023, 6, 1), datetime(2019, 12, 15)
+
+    assert ids(db, route=NASAL, as_of=in_2021) == {pid}
+    assert ids(db, route=NASAL, as_of=in_2023) == set()
+    assert ids(db, route=NASAL) == set()
+    assert ids(db, route=IV, as_of=in_2023) == {pid}
+    assert ids(db, indication="F33", fda_status="approved", as_of=in_2021) == {pid}
+    assert ids(db, indication="F33.1", as_of=in_2021) == set()
+    assert ids(db, indication="F33.1", as_of=in_2023) == {pid}
+    assert ids(db, q="alpha", as_of=in_2021) == {pid}
+    assert ids(db, q="alpha") == set()
+    assert ids(db, q="beta") == {pid}
+    assert ids(db, as_of=in_2019) == set()  # recorded, but not yet in effect
+    hits = search.search(db, ProtocolQuery(as_of=in_2021), limit=10).items
+    assert [hit.version.version for hit in hits] == [1]
+
+
+def test_status_retired_and_draft(corpus: Database) -> None:
+    newest = versioning.latest(corpus, P5)
+    versioning.retire(corpus, P5, if_match=[newest.etag])
+    p3 = versioning.latest(corpus, P3)
+    versioning.revise(corpus, P3, content_of(P3, title="Ketamine induction, draft rewrite"), if_match=[p3.etag],
+                      status="draft")
+    versioning.create(corpus, "p6-draft-only", content_of("p6-draft-only"), status="draft")
+
+    assert ids(corpus) == {P1, P2, P3, P4}
+    assert ids(corpus, status="retired") == {P5}
+    assert ids(corpus, status="retired", indication="G89") == {P5}
+    assert ids(corpus, status="draft") == {P3, "p6-draft-only"}
+    assert ids(corpus, status="draft", drug="ketamine") == {P3}
+    assert ids(corpus, status="draft", q="rewrite") == {P3}
+    assert ids(corpus, q="rewrite") == set()  # the draft is not what is in effect
+    assert ids(corpus, status="draft", as_of=T0 + timedelta(hours=1)) == set()
+    assert ids(corpus, as_of=T0 + timedelta(hours=1)) == ALL  # before the retirement
+
+
+def test_updated_since_finds_protocols_with_a_later_version(corpus: Database) -> None:
+    assert ids(corpus, updated_since=T0 + timedelta(minutes=2, seconds=30)) == {P4, P5}
+    assert ids(corpus, updated_since=T0 + timedelta(minutes=4)) == set()  # strictly after
+    p1 = versioning.latest(corpus, P1)
+    versioning.revise(corpus, P1, content_of(P1, title="Esketamine nasal spray, revised"), if_match=[p1.etag],
+                      now=datetime(2025, 6, 1))
+    assert ids(corpus, updated_since=T0 + timedelta(minutes=4)) == {P1}
+    assert ids(corpus, updated_since=T0 + timedelta(minutes=4), route=IV) == set()
+
+
+# ----------------------------------------------------------------------------------- keyset pages
+
+
+def _walk(db: Database, query: ProtocolQuery, size: int, between: Any = None) -> list[str]:
+    seen: list[str] = []
+    after = None
+    while True:
+        page = search.search(db, query, limit=size, after=after)
+        seen += [hit.version.protocol_id for hit in page.items]
+        if not page.has_more:
+            return seen
+        after = page.items[-1].key
+        if between:
+            between()
+
+
+@pytest.mark.parametrize("query", [ProtocolQuery(), ProtocolQuery(q="ketamine"), ProtocolQuery(q="in")],
+                         ids=["newest-first", "ranked", "ranked-prefix"])
+def test_keyset_pages_neither_repeat_nor_skip_under_inserts(corpus: Database, query: ProtocolQuery) -> None:
+    expected = _walk(corpus, query, size=100)
+    counter = iter(range(100))
+
+    def insert_two() -> None:
+        for _ in range(2):
+            pid = f"p-new-{next(counter)}"
+            versioning.create(corpus, pid, content_of(pid, **CORPUS[P4]))
+
+    seen = _walk(corpus, query, size=2, between=insert_two)
+    originals = [pid for pid in seen if pid in ALL]
+    assert originals == expected
+    assert len(seen) == len(set(seen))
+
+
+def test_backward_pages_mirror_forward_pages(corpus: Database) -> None:
+    for query in (ProtocolQuery(), ProtocolQuery(q="in")):
+        first = search.search(corpus, query, limit=2)
+        second = search.search(corpus, query, limit=2, after=first.items[-1].key)
+        back = search.search(corpus, query, limit=2, before=second.items[0].key)
+        assert [h.key for h in back.items] == [h.key for h in first.items]
+        assert back.has_more is False
+
+
+def test_count_is_optional_and_counts_all_matches(corpus: Database) -> None:
+    assert search.search(corpus, ProtocolQuery(), limit=1).total is None
+    assert search.search(corpus, ProtocolQuery(drug="ketamine"), limit=1, count=True).total == 3
+    assert search.search(corpus, ProtocolQuery(q="depress"), limit=1, count=True).total == 3
+
+
+def test_mismatched_keys_are_refused(corpus: Database) -> None:
+    with pytest.raises(ValueError):
+        search.search(corpus, ProtocolQuery(q="in"), limit=1, after=5)
+    with pytest.raises(ValueError):
+        search.search(corpus, ProtocolQuery(), limit=1, after=(1, 5))
+    with pytest.raises(ValueError):
+        search.search(corpus, ProtocolQuery(status="deleted"), limit=1)
+
+
+def test_fields_without_words_index_as_empty(db: Database) -> None:
+    versioning.create(db, "p8-punctuation", content_of("p8-punctuation", title="!!! ---", summary="…"))
+    assert ranked(db, "esketamine") == [("p8-punctuation", 4)]  # only the drug field has the word
