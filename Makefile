@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export FLASK_APP := api
 
-.PHONY: run test test-sqlite test-postgres lint openapi serve bench fuzz reliability clean venv
+.PHONY: run test test-sqlite test-postgres lint openapi serve bench wrk fuzz reliability clean venv
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -29,7 +29,7 @@ serve: venv
 	$(BIN)/gunicorn -c gunicorn.conf.py "api:create_app()"
 
 ## make test: the whole suite on SQLite, then on PostgreSQL when configured (always in CI)
-test: venv
+test: venv wrk
 	$(BIN)/pytest $(PYTEST_ARGS)
 	@if [ -n "$$PROTOCOLS_TEST_POSTGRES_URL" ] || [ "$$CI" = "true" ]; then \
 		echo "== PostgreSQL leg =="; \
@@ -63,6 +63,14 @@ fuzz: venv
 reliability: venv
 	$(BIN)/pytest -q tests/reliability
 	$(BIN)/python -m tests.reliability.figures
+
+## make bench: the performance harness against same-run baselines (~15 min, SQLite + PostgreSQL);
+## table in docs/performance.md, raw JSON in bench/results/
+bench: venv wrk
+	$(BIN)/python bench/run.py --update-docs $(BENCH_ARGS)
+
+wrk:
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 
 ## make openapi: regenerate openapi.yaml from the app (a test fails when it drifts)
 openapi: venv

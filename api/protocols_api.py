@@ -109,7 +109,7 @@ def list_protocols(query: dict[str, Any]) -> Response:
 
 
 @blp.route("/<string:protocol_id>", methods=["GET"])
-@blp.arguments(AsOfQuerySchema, location="query")
+@blp.arguments(AsOfQuerySchema(), location="query")  # an instance: webargs would build one per request
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER)
 @blp.alt_response(304, description="Not modified (If-None-Match matched)")
 @blp.alt_response(404, schema=ErrorSchema, description="No such protocol, or no version in effect at that time")

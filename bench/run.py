@@ -65,7 +65,7 @@ import generate  # noqa: E402, I001  (bench/ is not a package: run as a script, 
 class Settings:
     """How long and how hard to drive each endpoint, and how the server runs."""
 
-    duration: float = 4.0        # seconds per measured run
+    duration: float = 3.0        # seconds per measured run
     warmup: float = 2.0          # seconds of discarded warm-up per endpoint
     runs: int = 3                # measured runs per endpoint (median reported)
     connections: int = 16
@@ -349,26 +349,49 @@ def wrk(base: str, requests: Path, settings: Settings, seconds: float, *, mode: 
                p99_ms=data["latency_us"]["p99"] / 1000, requests=data["requests"], errors=errors)
 
 
-def measure(name: str, base: str, lines: list[str] | Callable[[], list[str]], settings: Settings,
-            **kwargs: Any) -> Measurement:
-    """A warm-up run (discarded), then ``settings.runs`` measured runs. ``lines`` may be a function,
-    called before every run (PUTs need the newest ETags, which the previous run advanced)."""
+@dataclass
+class Spec:
+    """One endpoint to drive: a name, a server, its request lines (or a function that makes them)."""
 
-    def once(seconds: float) -> Run:
-        if callable(lines):
-            time.sleep(1.0)  # let requests still queued from the previous run finish first
-        requests = write_requests(lines() if callable(lines) else lines)
-        try:
-            return wrk(base, requests, settings, seconds, **kwargs)
-        finally:
-            requests.unlink()
+    key: str
+    name: str
+    base: str
+    lines: list[str] | Callable[[], list[str]]
+    options: dict[str, Any] = field(default_factory=dict)
 
+
+def _once(spec: Spec, settings: Settings, seconds: float) -> Run:
+    if callable(spec.lines):
+        time.sleep(1.0)  # let requests still queued from the previous run finish first
+    requests = write_requests(spec.lines() if callable(spec.lines) else spec.lines)
+    try:
+        return wrk(spec.base, requests, settings, seconds, **spec.options)
+    finally:
+        requests.unlink()
+
+
+def measure_together(specs: list[Spec], settings: Settings) -> dict[str, Measurement]:
+    """Warm each endpoint up, then measure them in rounds: run 1 of every endpoint, run 2 of every
+    endpoint, ... (the order rotates each round). On a shared, noisy machine, load that comes and goes
+    then hits the app and its baselines alike, which is what keeps the ratios meaningful."""
     if settings.warmup:
-        once(settings.warmup)
-    result = Measurement(name, [once(settings.duration) for _ in range(settings.runs)])
-    log(f"{name:<34} {result.rps:>9.0f} req/s  p50 {result.p50:6.2f} ms  p99 {result.p99:6.2f} ms"
-        + (f"  ({result.errors} errors)" if result.errors else ""))
-    return result
+        for spec in specs:
+            _once(spec, settings, settings.warmup)
+    results = {spec.key: Measurement(spec.name) for spec in specs}
+    for round_ in range(settings.runs):
+        shift = round_ % len(specs)
+        for spec in specs[shift:] + specs[:shift]:
+            results[spec.key].runs.append(_once(spec, settings, settings.duration))
+    for result in results.values():
+        log(f"{result.name:<38} {result.rps:>8.0f} req/s  p50 {result.p50:7.2f} ms  p99 {result.p99:7.2f} ms"
+            + (f"  ({result.errors} errors)" if result.errors else ""))
+    return results
+
+
+def measure(name: str, base: str, lines: list[str] | Callable[[], list[str]], settings: Settings,
+            **options: Any) -> Measurement:
+    """One endpoint alone (warm-up, then ``settings.runs`` runs)."""
+    return measure_together([Spec("one", name, base, lines, options)], settings)["one"]
 
 
 # ------------------------------------------------------------------------------------ scenarios
@@ -482,20 +505,27 @@ def run_backend(backend: Backend, settings: Settings) -> dict[str, Any]:
     filters = list_filters()
     results["filters"] = filters
 
-    with baseline_server(backend.url, settings) as base:
-        m["a_fixed"] = measure("(a) bare Flask, fixed body", base.base, [f"GET\t/a/{p}\t" for p in ids], settings)
-        m["b_raw"] = measure("(b) bare Flask + raw driver", base.base, [f"GET\t/b/{p}\t" for p in ids], settings)
-        m["c_textbook"] = measure("(c) smorest + ORM + marshmallow", base.base,
-                                  [f"GET\t/c/{p}\t" for p in ids], settings)
-    with app_server(backend.url, settings) as app:
+    # Reads: the app and its baselines are served side by side (both pinned to the server CPU; an idle
+    # server costs nothing) and measured in interleaved rounds.
+    with baseline_server(backend.url, settings) as base, app_server(backend.url, settings) as app:
         _check(app.base + f"/v1/protocols/{ids[0]}", 200)
-        m["get"] = measure("GET /v1/protocols/{id}", app.base, get_lines, settings)
-        m["get_304"] = measure("GET /v1/protocols/{id} (304)", app.base, cond_lines, settings)
+        _check(app.base + f"/v1/protocols/{ids[0]}", 304, {"If-None-Match": rows[0][1]})
+        m.update(measure_together([
+            Spec("a_fixed", "(a) bare Flask, fixed body", base.base, [f"GET\t/a/{p}\t" for p in ids]),
+            Spec("b_raw", "(b) bare Flask + raw driver", base.base, [f"GET\t/b/{p}\t" for p in ids]),
+            Spec("c_textbook", "(c) smorest + ORM + marshmallow", base.base, [f"GET\t/c/{p}\t" for p in ids]),
+            Spec("get", "GET /v1/protocols/{id}", app.base, get_lines),
+            Spec("get_304", "GET /v1/protocols/{id} (304)", app.base, cond_lines),
+        ], settings))
+        pages = []
         for kind in ("filter", "search"):
             lines = page_requests(settings, filters[kind])
             if lines:
                 _check(app.base + lines[0].split("\t")[1], 200)
-                m[f"{kind}_small"] = measure(f"{kind} page @ {settings.small_catalog}", app.base, lines, settings)
+                pages.append(Spec(f"{kind}_small", f"{kind} page @ {settings.small_catalog}", app.base, lines))
+        pages.append(Spec("first_page_small", f"first page @ {settings.small_catalog}", app.base,
+                          [f"GET\t/v1/protocols?page_size={settings.page_size}\t"]))
+        m.update(measure_together(pages, settings))
         if not settings.smoke:
             results["paced"] = paced_latency(app.base, get_lines, settings, m["get"].rps)
 
@@ -507,13 +537,12 @@ def run_backend(backend: Backend, settings: Settings) -> dict[str, Any]:
         return [f"PUT\t/v1/protocols/{pid}\tIf-Match: {etag}|Content-Type: application/json"
                 + (f"|{auth}" if auth else "") for pid, etag in newest_etags(backend.url, put_targets)]
 
-    with app_server(backend.url, settings) as app:
-        m["put"] = measure("PUT /v1/protocols/{id} (new version)", app.base, put_lines, settings,
-                           mode="put", body=body, connections=WRITE_CONNECTIONS)
-    with baseline_server(backend.url, settings) as base:
-        m["d_insert"] = measure("(d) raw INSERT+COMMIT", base.base,
-                                ["POST\t/d\tContent-Type: application/json"], settings, mode="put", body=body,
-                                connections=WRITE_CONNECTIONS)
+    writes = {"mode": "put", "body": body, "connections": WRITE_CONNECTIONS}
+    with baseline_server(backend.url, settings) as base, app_server(backend.url, settings) as app:
+        m.update(measure_together([
+            Spec("put", "PUT /v1/protocols/{id} (new version)", app.base, put_lines, writes),
+            Spec("d_insert", "(d) raw INSERT+COMMIT", base.base, ["POST\t/d\tContent-Type: application/json"], writes),
+        ], settings))
     body.unlink()
 
     if settings.large_catalog:
@@ -553,32 +582,31 @@ def run_scale(backend: Backend, settings: Settings, results: dict[str, Any],
               filters: dict[str, tuple[str, str] | None]) -> None:
     scale = results["scale"]
     m: dict[str, Measurement] = {}
-    with app_server(backend.url, settings) as app:
-        first_url = f"/v1/protocols?page_size={settings.page_size}"
-        m["first_page_small"] = measure(f"first page @ {settings.small_catalog}", app.base,
-                                        [f"GET\t{first_url}\t"], settings)
+    first_url = f"/v1/protocols?page_size={settings.page_size}"
     extra = settings.large_catalog - settings.small_catalog
     log(f"== {backend.name}: growing the catalog by {extra} protocols")
     seconds = generate.generate(backend.url, extra, start=settings.small_catalog)
     scale["generate_seconds"] = round(seconds, 1)
     with app_server(backend.url, settings) as app:
+        specs = []
         for kind in ("filter", "search"):
             lines = page_requests(settings, filters[kind])
             if lines:
-                m[f"{kind}_large"] = measure(f"{kind} page @ {settings.large_catalog}", app.base, lines, settings)
-        m["first_page"] = measure(f"first page @ {settings.large_catalog}", app.base,
-                                  [f"GET\t{first_url}\t"], settings)
+                specs.append(Spec(f"{kind}_large", f"{kind} page @ {settings.large_catalog}", app.base, lines))
+        specs.append(Spec("first_page", f"first page @ {settings.large_catalog}", app.base,
+                          [f"GET\t{first_url}\t"]))
         deep = deep_cursor(app.base, settings, settings.deep_page)
         if deep:
             path = deep[deep.index("/v1/"):]
-            m["deep_page"] = measure(f"page {settings.deep_page} by cursor", app.base, [f"GET\t{path}\t"], settings)
+            specs.append(Spec("deep_page", f"page {settings.deep_page} by cursor", app.base, [f"GET\t{path}\t"]))
+        m.update(measure_together(specs, settings))
         scale["memory"] = export_memory(app, settings)
         log(f"export memory: {scale['memory']}")
     results["measurements"].update(m)
 
 
-def _check(url: str, expected: int) -> None:
-    status, _, body = http_get(url)
+def _check(url: str, expected: int, headers: dict[str, str] | None = None) -> None:
+    status, _, body = http_get(url, headers)
     if status != expected:
         raise RuntimeError(f"{url} answered {status}, expected {expected}: {body[:500]!r}")
 
@@ -685,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-docs", action="store_true", help="refresh the table in docs/performance.md")
     args = parser.parse_args(argv)
 
+    # SIGTERM unwinds like Ctrl-C: servers stopped, throwaway databases dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if shutil.which("wrk") is None:
         print("wrk is not installed: `make bench` installs it (apt-get install wrk)", file=sys.stderr)
         return 2
