@@ -57,6 +57,8 @@ def track_changes(engine: Engine) -> None:
 
     @event.listens_for(engine, "rollback")
     def _on_rollback(conn: Any) -> None:
+        if conn.invalidated:
+            return  # a dead connection: touching conn.info would mask the database error with a 500
         conn.info.pop(_WROTE, None)
 
     @event.listens_for(engine, "checkin")

@@ -115,7 +115,7 @@ def _domain_response(exc: domain.DomainError) -> Response:
     return error_response(400, exc.message)
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, PoolTimeout):
         return True
     if isinstance(exc, OperationalError):
@@ -148,7 +148,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        if _is_unavailable(exc):
+        if is_database_unavailable(exc):
             log.warning("database unavailable: %s", type(exc).__name__)
             return error_response(503, "The database is unavailable or busy; retry shortly.",
                                   headers={"Retry-After": RETRY_AFTER_SECONDS})

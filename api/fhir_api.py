@@ -29,7 +29,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from api.auth import requires_scope
-from api.errors import ApiError, _is_unavailable
+from api.errors import ApiError, is_database_unavailable
 from api.extensions import get_db
 from api.http import CACHE_IMMUTABLE, CACHE_REVALIDATE, not_modified
 from api.parsing import Blueprint
@@ -234,7 +234,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 @blp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
-    if _is_unavailable(exc):
+    if is_database_unavailable(exc):
         log.warning("database unavailable: %s", type(exc).__name__)
         return outcome_response(503, [Issue("error", "transient", "The database is unavailable or busy; "
                                                                    "retry shortly.")],

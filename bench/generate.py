@@ -298,9 +298,18 @@ def generate(url: str, count: int, *, start: int = 0, batch_size: int = 2000,
             done = min(first + batch_size, start + count) - start
             if progress and done % 20_000 == 0:
                 print(f"  generated {done}/{count} in {time.perf_counter() - began:.0f}s", file=sys.stderr)
+        analyze(db)
     finally:
         db.dispose()
     return time.perf_counter() - began
+
+
+def analyze(db: Database) -> None:
+    """Refresh the planner's statistics, as autovacuum (PostgreSQL) or a routine ``ANALYZE`` would
+    after a bulk load. Without it PostgreSQL plans 100,000 rows as if there were a few dozen (the
+    first list page sorted every row in effect: ~1.5 s instead of milliseconds)."""
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("ANALYZE"))
 
 
 def main(argv: list[str] | None = None) -> int:

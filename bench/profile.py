@@ -53,7 +53,7 @@ def summarize(raw: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path-kind", choices=("get", "get_304", "list"), default="get")
+    parser.add_argument("--path-kind", choices=("get", "get_304", "list", "put"), default="get")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--top", type=int, default=60)
     parser.add_argument("--postgres", action="store_true")
@@ -66,15 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     settings = run.Settings(**{**asdict(run.Settings()), "workers": 1, "threads": 2, "small_catalog": 1000})
     backend_cm = (run.postgres_backend(run.DEFAULT_PG_ADMIN) if args.postgres else run.sqlite_backend())
     with backend_cm as backend:
-        run.prepare_database(backend.url, settings.small_catalog)
+        prep = run.prepare_database(backend.url, settings.small_catalog)
         rows = run.catalog_rows(backend.url)
+        auth = f"|Authorization: Bearer {prep['api_key']}" if prep["api_key"] else ""
         lines = {"get": [f"GET\t/v1/protocols/{p}\t" for p, _ in rows],
                  "get_304": [f"GET\t/v1/protocols/{p}\tIf-None-Match: {e}" for p, e in rows],
-                 "list": [f"GET\t/v1/protocols?page_size={settings.page_size}\t"]}[args.path_kind]
+                 "list": [f"GET\t/v1/protocols?page_size={settings.page_size}\t"],
+                 "put": [f"PUT\t/v1/protocols/{p}\tIf-Match: {e}|Content-Type: application/json{auth}"
+                         for p, e in run.newest_etags(backend.url, [p for p, _ in rows])]}[args.path_kind]
         requests = run.write_requests(lines)
+        options: dict[str, object] = {}
+        if args.path_kind == "put":
+            options = {"mode": "put", "body": run.write_put_body(backend.url, rows[0][0]),
+                       "connections": run.WRITE_CONNECTIONS}
         with run.app_server(backend.url, settings) as server, tempfile.TemporaryDirectory() as tmp:
-            run.wrk(server.base, requests, settings, 2)  # warm-up
-            load = threading.Thread(target=run.wrk, args=(server.base, requests, settings, args.seconds + 2))
+            if args.path_kind != "put":  # a PUT warm-up would leave the request list's ETags stale
+                run.wrk(server.base, requests, settings, 2, **options)  # type: ignore[arg-type]
+            load = threading.Thread(target=run.wrk, args=(server.base, requests, settings, args.seconds + 2),
+                                    kwargs=options)
             load.start()
             raw = Path(tmp) / "profile.txt"
             worker = server.worker_pids()[0]

@@ -363,11 +363,23 @@ class Spec:
 def _once(spec: Spec, settings: Settings, seconds: float) -> Run:
     if callable(spec.lines):
         time.sleep(1.0)  # let requests still queued from the previous run finish first
-    requests = write_requests(spec.lines() if callable(spec.lines) else spec.lines)
+    lines = spec.lines() if callable(spec.lines) else spec.lines
+    requests = write_requests(lines)
     try:
         return wrk(spec.base, requests, settings, seconds, **spec.options)
     finally:
         requests.unlink()
+        _drain(spec.base, lines[0])
+
+
+def _drain(base: str, line: str) -> None:
+    """Wait until the server has worked off what wrk left queued when it stopped (it closes its
+    connections, but requests already read keep the workers busy and would be charged to the next
+    endpoint measured). A request queued behind them returns only once they are done."""
+    method, path = line.split("\t")[:2]
+    for _ in range(2):
+        with contextlib.suppress(OSError):
+            http_get(base + (path if method == "GET" or "/v1/" in path else "/a/ready"))
 
 
 def measure_together(specs: list[Spec], settings: Settings) -> dict[str, Measurement]:
@@ -397,6 +409,9 @@ def measure(name: str, base: str, lines: list[str] | Callable[[], list[str]], se
 # ------------------------------------------------------------------------------------ scenarios
 
 
+PAGE_KINDS = ("filter", "search", "search_broad")
+
+
 def list_filters() -> dict[str, tuple[str, str] | None]:
     """The list filter and text search that ``GET /v1/protocols`` offers in this build, if any."""
     from schemas.query import ProtocolListQuerySchema
@@ -404,8 +419,11 @@ def list_filters() -> dict[str, tuple[str, str] | None]:
     names = set(ProtocolListQuerySchema().fields)
     filtered = next(((k, v) for k, v in (("drug", "sertraline"), ("route", "26643006"),
                                          ("indication", "F33.1"), ("status", "active")) if k in names), None)
-    search = ("q", "depressive") if "q" in names else None
-    return {"filter": filtered, "search": search}
+    # A drug name (selective, as integrations search) and a word in almost every record of the
+    # generated catalog (its indications all come from the service's depression-centred list).
+    search = ("q", "sertraline") if "q" in names else None
+    broad = ("q", "depressive") if "q" in names else None
+    return {"filter": filtered, "search": search, "search_broad": broad}
 
 
 def page_requests(settings: Settings, param: tuple[str, str] | None) -> list[str] | None:
@@ -518,7 +536,7 @@ def run_backend(backend: Backend, settings: Settings) -> dict[str, Any]:
             Spec("get_304", "GET /v1/protocols/{id} (304)", app.base, cond_lines),
         ], settings))
         pages = []
-        for kind in ("filter", "search"):
+        for kind in PAGE_KINDS:
             lines = page_requests(settings, filters[kind])
             if lines:
                 _check(app.base + lines[0].split("\t")[1], 200)
@@ -589,7 +607,7 @@ def run_scale(backend: Backend, settings: Settings, results: dict[str, Any],
     scale["generate_seconds"] = round(seconds, 1)
     with app_server(backend.url, settings) as app:
         specs = []
-        for kind in ("filter", "search"):
+        for kind in PAGE_KINDS:
             lines = page_requests(settings, filters[kind])
             if lines:
                 specs.append(Spec(f"{kind}_large", f"{kind} page @ {settings.large_catalog}", app.base, lines))
@@ -636,6 +654,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ("PUT >= 0.3 x (d) raw INSERT+COMMIT", ratio(rps("put"), rps("d_insert")), 0.3, ">="),
         ("filter page cost @100k <= 1.5 x @1k", ratio(cost("filter_large"), cost("filter_small")), 1.5, "<="),
         ("search page cost @100k <= 1.5 x @1k", ratio(cost("search_large"), cost("search_small")), 1.5, "<="),
+        ("broad search (common word) cost @100k <= 1.5 x @1k",
+         ratio(cost("search_broad_large"), cost("search_broad_small")), 1.5, "<="),
         ("page 2000 cost <= 1.2 x page 1", ratio(cost("deep_page"), cost("first_page")), 1.2, "<="),
     ]
     paced = r.get("paced")

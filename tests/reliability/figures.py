@@ -30,7 +30,7 @@ def render(data: dict[str, dict[str, dict[str, object]]]) -> str:
         lines.append(f"| **{title}** |{' |' * len(backends)}")
         names = sorted({name for values in data[section].values() for name in values} - {"recorded_at"})
         for name in names:
-            cells = [str(data[section].get(backend, {}).get(name, "–")) for backend in backends]
+            cells = [str(data[section].get(backend, {}).get(name, "-")) for backend in backends]
             lines.append(f"| {name.replace('_', ' ')} | {' | '.join(cells)} |")
     stamps = sorted(str(v.get("recorded_at")) for s in data.values() for v in s.values() if v.get("recorded_at"))
     if stamps:

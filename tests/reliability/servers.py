@@ -150,7 +150,6 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
         self.cuts = 0
 
     def start(self) -> None:
@@ -201,6 +200,10 @@ class TcpProxy:
                 self._conns.discard(dst)
 
     def cut(self) -> None:
+        self._drop()
+        self.cuts += 1
+
+    def _drop(self) -> None:
         with self._lock:
             listener, self._listener = self._listener, None
             conns, self._conns = list(self._conns), set()
@@ -210,13 +213,12 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-        self.cuts += 1
 
     def restore(self) -> None:
         self.start()
 
     def close(self) -> None:
-        self.cut()
+        self._drop()
 
 
 # ------------------------------------------------------------------------------------ figures

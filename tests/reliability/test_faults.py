@@ -52,7 +52,7 @@ def integrity_problems(database_url: str) -> list[str]:
     problems: list[str] = []
     try:
         with engine.connect() as conn:
-            heads = dict(conn.execute(text("SELECT id, latest_version FROM protocols")).all())
+            heads: dict[str, int] = dict(conn.execute(text("SELECT id, latest_version FROM protocols")).all())
             rows = conn.execute(text(
                 "SELECT protocol_id, version, etag, document FROM protocol_versions ORDER BY protocol_id, version"
             )).all()
@@ -363,7 +363,7 @@ def _all_versions(url: str) -> list[tuple[Any, ...]]:
 def test_export_then_import_reproduces_every_version_and_etag(client: Any, make_app: Any, backend: str,
                                                               empty_database_url: str, tmp_path: Path) -> None:
     app = client.application
-    if "export" not in app.cli.commands["protocols"].commands:  # type: ignore[attr-defined]
+    if "export" not in app.cli.commands["protocols"].commands:
         pytest.fail("flask protocols export/import do not exist yet")
     for number in range(5):
         payload = protocol_payload(f"backup-{number}", title=f"Protokoll Nr. {number} — ünïcödé ✓")

@@ -74,17 +74,18 @@ NUMBER_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("literal", "status"), NUMBER_CASES, ids=[c[0][:20] for c in NUMBER_CASES])
 @pytest.mark.parametrize("field", ["dose_min", "dose_max"])
-def test_absurd_numbers_are_refused(client: FlaskClient, field: str, literal: str, status: int) -> None:
-    payload = protocol_payload()
-    marker = "__NUMBER__"
-    payload["dosing_ranges"][0][field] = marker
-    body = json.dumps(payload).replace(f'"{marker}"', literal)
-    error = assert_clean_error(post_raw(client, body), status)
-    if status == 422:
-        assert any(path.startswith("dosing_ranges.0.") for path in error["errors"]), error
-    assert_nothing_stored(client, payload["id"])
+def test_absurd_numbers_are_refused(client: FlaskClient, field: str) -> None:
+    for literal, status in NUMBER_CASES:
+        payload = protocol_payload()
+        marker = "__NUMBER__"
+        payload["dosing_ranges"][0][field] = marker
+        body = json.dumps(payload).replace(f'"{marker}"', literal)
+        error = assert_clean_error(post_raw(client, body), status)
+        if status == 422:
+            assert any(path.startswith("dosing_ranges.0.") for path in error["errors"]), (literal, error)
+        assert client.get(f"/v1/protocols/{payload['id']}/versions/latest").status_code == 404, literal
+    assert_nothing_stored(client)
 
 
 def test_non_finite_number_in_a_per_period_maximum(client: FlaskClient) -> None:
@@ -250,16 +251,15 @@ def test_injection_strings_are_stored_verbatim_and_never_executed(client: FlaskC
         assert conn.execute(sql("SELECT latest_version FROM protocols")).scalar_one() == 1
 
 
-@pytest.mark.parametrize("text", INJECTIONS[:6])
-def test_injection_strings_in_urls_and_queries_are_plain_4xx_json(client: FlaskClient, text: str) -> None:
+def test_injection_strings_in_urls_and_queries_are_plain_4xx_json(client: FlaskClient) -> None:
     from urllib.parse import quote
 
-    assert_clean_error(client.get(f"/v1/protocols/{quote(text, safe='')}"), 404)
-    assert_clean_error(client.get("/v1/protocols", query_string={"as_of": text}), 422)
-    assert_clean_error(client.get("/v1/protocols", query_string={"cursor": text}), 422)
-    response = client.get(f"/v1/protocols/{quote(text, safe='')}/versions/latest")
-    assert_clean_error(response, 404)
-    assert b"<script>" not in response.data or response.mimetype == "application/json"
+    for text in [*INJECTIONS, "x\x00y"]:
+        assert_clean_error(client.get(f"/v1/protocols/{quote(text, safe='')}"), 404)
+        assert_clean_error(client.get("/v1/protocols", query_string={"as_of": text}), 422)
+        assert_clean_error(client.get("/v1/protocols", query_string={"cursor": text}), 422)
+        response = client.get(f"/v1/protocols/{quote(text, safe='')}/versions/latest")
+        assert_clean_error(response, 404)
 
 
 # ------------------------------------------------------------------------------- path tricks
@@ -272,20 +272,20 @@ PATH_TRICKS = [
 ]
 
 
-@pytest.mark.parametrize("trick", PATH_TRICKS, ids=range(len(PATH_TRICKS)))
-def test_path_tricks_in_ids_never_reach_anything(client: FlaskClient, trick: str) -> None:
+def test_path_tricks_in_ids_never_reach_anything(client: FlaskClient) -> None:
     real = protocol_payload("esketamine-nasal")
     assert client.post("/v1/protocols", json=real).status_code == 201
-    for suffix in ("", "/versions", "/versions/latest", "/versions/1"):
-        response = client.get(f"/v1/protocols/{trick}{suffix}")
-        assert_clean_error(response, 404, 422)
-        assert b"root:" not in response.data
-    put = client.put(f"/v1/protocols/{trick}", json=protocol_payload(), headers={"If-Match": '"1-x"'})
-    assert_clean_error(put, 404, 412, 422)
-    # the look-alike id cannot be created either: ids are ASCII slugs
-    payload = protocol_payload()
-    payload["id"] = trick
-    assert_clean_error(client.post("/v1/protocols", json=payload), 422)
+    for trick in PATH_TRICKS:
+        for suffix in ("", "/versions", "/versions/latest", "/versions/1"):
+            response = client.get(f"/v1/protocols/{trick}{suffix}")
+            assert_clean_error(response, 404, 422)
+            assert b"root:" not in response.data
+        put = client.put(f"/v1/protocols/{trick}", json=protocol_payload(), headers={"If-Match": '"1-x"'})
+        assert_clean_error(put, 404, 412, 422)
+        # the look-alike id cannot be created either: ids are ASCII slugs
+        payload = protocol_payload()
+        payload["id"] = trick
+        assert_clean_error(client.post("/v1/protocols", json=payload), 422)
     assert len(client.get("/v1/protocols").get_json()["items"]) == 1
 
 
@@ -321,17 +321,17 @@ BOGUS_IF_MATCH = ["garbage", '"unterminated', 'W/"1-abc"', "*", '"1-abc", garbag
                   '"' + "a" * 5000 + '"', '"1-0000000000000000"']
 
 
-@pytest.mark.parametrize("value", BOGUS_IF_MATCH, ids=range(len(BOGUS_IF_MATCH)))
-def test_bogus_if_match_never_writes(client: FlaskClient, value: str) -> None:
+def test_bogus_if_match_never_writes(client: FlaskClient) -> None:
     payload = protocol_payload()
     created = client.post("/v1/protocols", json=payload)
     changed = created.get_json() | {"title": "changed"}
-    put = client.put(f"/v1/protocols/{payload['id']}", json=changed, headers={"If-Match": value})
-    body = assert_clean_error(put, 400, 412, 428)
-    if put.status_code in (412, 428):
-        assert body["current_etag"] == created.headers["ETag"]
-    delete = client.delete(f"/v1/protocols/{payload['id']}", headers={"If-Match": value})
-    assert_clean_error(delete, 400, 412, 428)
+    for value in BOGUS_IF_MATCH:
+        put = client.put(f"/v1/protocols/{payload['id']}", json=changed, headers={"If-Match": value})
+        body = assert_clean_error(put, 400, 412, 428)
+        if put.status_code in (412, 428):
+            assert body["current_etag"] == created.headers["ETag"], value
+        delete = client.delete(f"/v1/protocols/{payload['id']}", headers={"If-Match": value})
+        assert_clean_error(delete, 400, 412, 428)
     versions = client.get(f"/v1/protocols/{payload['id']}/versions").get_json()["items"]
     assert [v["version"] for v in versions] == [1]
 
@@ -356,14 +356,25 @@ BOGUS_CURSORS = [
 ]
 
 
-@pytest.mark.parametrize("cursor", BOGUS_CURSORS, ids=range(len(BOGUS_CURSORS)))
-def test_bogus_cursors_are_422_naming_the_cursor(client: FlaskClient, cursor: str) -> None:
+def test_bogus_cursors_are_422_naming_the_cursor(client: FlaskClient) -> None:
     payload = protocol_payload()
     client.post("/v1/protocols", json=payload)
-    for url in ("/v1/protocols", f"/v1/protocols/{payload['id']}/versions"):
-        versions_cursor = cursor.replace("protocols", f"versions:{payload['id']}") if url.endswith("s") else cursor
-        body = assert_clean_error(client.get(url, query_string={"cursor": versions_cursor}), 422)
-        assert "cursor" in body["errors"]
+    versions_url = f"/v1/protocols/{payload['id']}/versions"
+    for cursor in BOGUS_CURSORS:
+        for url, token in (("/v1/protocols", cursor), (versions_url, _for_versions(cursor, payload["id"]))):
+            body = assert_clean_error(client.get(url, query_string={"cursor": token}), 422)
+            assert "cursor" in body["errors"], (cursor, body)
+
+
+def _for_versions(cursor: str, protocol_id: str) -> str:
+    """The same forged cursor, but naming the versions listing (so only its key is wrong)."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:
+        return cursor
+    if isinstance(data, dict) and data.get("t") == "protocols":
+        return _cursor({**data, "t": f"versions:{protocol_id}"})
+    return cursor
 
 
 BOGUS_INSTANTS = ["yesterday", "0000-00-00T00:00:00Z", "2020-13-01T00:00:00Z", "2020-02-30T00:00:00Z",
@@ -372,16 +383,16 @@ BOGUS_INSTANTS = ["yesterday", "0000-00-00T00:00:00Z", "2020-13-01T00:00:00Z", "
                   "10000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00"]
 
 
-@pytest.mark.parametrize("instant", BOGUS_INSTANTS, ids=range(len(BOGUS_INSTANTS)))
-def test_bogus_as_of_values_are_422_naming_the_parameter(client: FlaskClient, instant: str) -> None:
+def test_bogus_as_of_values_are_422_naming_the_parameter(client: FlaskClient) -> None:
     payload = protocol_payload()
     client.post("/v1/protocols", json=payload)
-    for url in ("/v1/protocols", f"/v1/protocols/{payload['id']}"):
-        body = assert_clean_error(client.get(url, query_string={"as_of": instant}), 422)
-        assert "as_of" in body["errors"]
-    body = assert_clean_error(client.get(f"/v1/protocols/{payload['id']}/versions",
-                                         query_string={"since": instant}), 422)
-    assert "since" in body["errors"]
+    for instant in BOGUS_INSTANTS:
+        for url in ("/v1/protocols", f"/v1/protocols/{payload['id']}"):
+            body = assert_clean_error(client.get(url, query_string={"as_of": instant}), 422)
+            assert "as_of" in body["errors"], instant
+        body = assert_clean_error(client.get(f"/v1/protocols/{payload['id']}/versions",
+                                             query_string={"since": instant}), 422)
+        assert "since" in body["errors"], instant
 
 
 def test_extreme_but_valid_as_of_values_answer_cleanly(client: FlaskClient) -> None:
