@@ -14,7 +14,7 @@ from marshmallow import Schema
 from webargs.flaskparser import FlaskParser
 
 from api.errors import ApiError
-from api.jsonio import InvalidJSON, strict_loads
+from protocols.strict_json import InvalidJSON, strict_loads
 
 JSON_MIMETYPES = ("application/json",)
 

@@ -15,10 +15,8 @@ what is already stored. Every problem is reported with its line number and field
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import IO, Any
 
 from sqlalchemy import select
@@ -26,6 +24,7 @@ from sqlalchemy import select
 from protocols import record, versioning
 from protocols.db import Database
 from protocols.models import Protocol, ProtocolVersion
+from protocols.strict_json import InvalidJSON, strict_loads
 from protocols.timeutil import parse_rfc3339
 
 #: Validates one line's record (metadata + content) with the wire schema; returns errors by
@@ -94,29 +93,6 @@ def export_ndjson(db: Database, out: IO[str]) -> int:
 # ------------------------------------------------------------------------------------ import
 
 
-class _BadJSON(ValueError):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise _BadJSON(f"{name} is not valid JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _BadJSON(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _loads(text: str) -> Any:
-    """Strict JSON: no NaN, no duplicate keys; decimals stay exact as ``Decimal``."""
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys,
-                      parse_float=Decimal)
-
-
 def _split_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
     """``(line number, text, error)`` for each line; a final newline does not make an extra line."""
     chunks = data.split(b"\n")
@@ -167,8 +143,8 @@ def parse_ndjson(data: bytes, validate: ContentValidator) -> list[_Line]:
             errors.append(LineError(number, "_line", "blank line (one version document per line)"))
             continue
         try:
-            doc = _loads(text)
-        except (ValueError, RecursionError) as exc:
+            doc = strict_loads(text)
+        except InvalidJSON as exc:
             errors.append(LineError(number, "_line", f"not valid JSON: {exc}"))
             continue
         if not isinstance(doc, dict):

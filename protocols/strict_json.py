@@ -1,4 +1,4 @@
-"""Strict JSON request parsing.
+"""Strict JSON parsing, shared by the HTTP API and backup import.
 
 Python's ``json`` accepts ``NaN``/``Infinity`` and silently keeps the last of duplicate keys; a
 clinical API must refuse both. Floats are parsed as ``Decimal`` so a dose of 84.0000001 mg stays
