@@ -1,0 +1,95 @@
+"""The wire schema on its own: what it accepts, what it drops, what it refuses, and how it reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+from marshmallow import ValidationError
+
+from api.errors import flatten_errors
+from protocols.record import CONTENT_FIELDS
+from schemas.clinical import DoseRangeSchema, FdaApprovalSchema
+from schemas.protocol import ProtocolCreateSchema, ProtocolSchema, split_payload
+from tests.factories import protocol_payload
+
+
+def test_server_managed_fields_are_dropped_not_rejected():
+    payload = protocol_payload() | {"version": 7, "recorded_at": "2020-01-01T00:00:00Z",
+                                     "recorded_by": "someone", "request_id": "abc", "etag": '"7-x"'}
+    loaded = ProtocolCreateSchema().load(payload)
+    assert not {"version", "recorded_at", "recorded_by", "request_id", "etag"} & set(loaded)
+
+
+def test_unknown_fields_are_rejected_at_every_level():
+    payload = protocol_payload()
+    payload["extra"] = 1
+    payload["drug"]["extra"] = 1
+    payload["dosing_ranges"][0]["frequency"]["extra"] = 1
+    with pytest.raises(ValidationError) as info:
+        ProtocolCreateSchema().load(payload)
+    assert {"extra", "drug.extra", "dosing_ranges.0.frequency.extra"} <= set(flatten_errors(info.value.messages))
+
+
+def test_numbers_load_as_exact_decimals_and_times_as_naive_utc():
+    payload = protocol_payload(effective_from="2021-01-01T02:00:00+02:00")
+    payload["dosing_ranges"][0].update(dose_min=Decimal("0.35"), dose_max=Decimal("84.0000001"))
+    loaded = ProtocolCreateSchema().load(payload)
+    dose = loaded["dosing_ranges"][0]
+    assert dose["dose_min"] == Decimal("0.35") and dose["dose_max"] == Decimal("84.0000001")
+    assert loaded["effective_from"] == datetime(2021, 1, 1, 0, 0, 0)
+
+
+def test_defaults_make_every_content_field_present():
+    payload = protocol_payload()
+    del payload["verification_notes"], payload["status"], payload["change_note"]
+    meta, content = split_payload(ProtocolCreateSchema().load(payload))
+    assert meta["status"] == "active" and meta["effective_from"] is None and meta["change_note"] is None
+    assert set(content) == set(CONTENT_FIELDS)
+
+
+def test_put_schema_does_not_require_an_id():
+    payload = protocol_payload()
+    del payload["id"]
+    assert "id" not in ProtocolSchema().load(payload)
+    with pytest.raises(ValidationError) as info:
+        ProtocolCreateSchema().load(payload)
+    assert "id" in info.value.messages
+
+
+@pytest.mark.parametrize(("low", "high", "ok"), [(56, 84, True), (84, 84, True), (84.5, 84, False)])
+def test_dose_range_order(low, high, ok):
+    dose = {"route": "46713006", "phase": "induction", "dose_min": Decimal(str(low)),
+            "dose_max": Decimal(str(high)), "unit": "mg"}
+    if ok:
+        assert DoseRangeSchema().load(dose)["dose_max"] == Decimal(str(high))
+    else:
+        with pytest.raises(ValidationError) as info:
+            DoseRangeSchema().load(dose)
+        assert "dose_max" in info.value.messages
+
+
+@pytest.mark.parametrize(("approval", "bad_fields"), [
+    ({"status": "approved"}, {"application_number", "approval_date"}),
+    ({"status": "investigational", "application_number": "NDA123456"}, {"application_number"}),
+    ({"status": "off_label"}, set()),
+    ({"status": "not_approved"}, set()),
+])
+def test_fda_approval_rules(approval, bad_fields):
+    try:
+        FdaApprovalSchema().load(approval)
+        errors: set[str] = set()
+    except ValidationError as exc:
+        errors = set(exc.messages)
+    assert errors == bad_fields
+
+
+def test_sources_supports_must_name_fields_of_the_record():
+    payload = protocol_payload()
+    payload["sources"][0]["supports"] = ["dosing_ranges.0.dose_max", "fda_approval.approval_date"]
+    ProtocolCreateSchema().load(payload)
+    payload["sources"][0]["supports"] = ["password", "dosing_ranges.3"]
+    with pytest.raises(ValidationError) as info:
+        ProtocolCreateSchema().load(payload)
+    assert "sources.0.supports" in flatten_errors(info.value.messages)
