@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,13 @@ def worker_pids(log_path: Path, request_ids: set[str]) -> dict[str, int]:
     return found
 
 
+def fresh_gets(url: str, key: str, count: int = 4) -> list[tuple[str, int]]:
+    """``count`` simultaneous requests: while one sync worker is busy, the other must accept, so both
+    workers get traffic even when the kernel keeps waking the same one for sequential requests."""
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(lambda _: fresh_get(url, key), range(count)))
+
+
 def fresh_get(url: str, key: str) -> tuple[str, int]:
     """One request on a new TCP connection (no keep-alive) with its own request id."""
     request_id = uuid.uuid4().hex
@@ -88,8 +96,7 @@ def test_revocation_reaches_every_gunicorn_worker(gunicorn_server, app, make_key
     key = make_key(["protocols:read"], name="two-worker-key")
     before: dict[str, int] = {}
     for _ in range(100):  # until both workers have served the key (the kernel picks the worker)
-        request_id, status = fresh_get(f"{base}/v1/protocols", key)
-        before[request_id] = status
+        before.update(fresh_gets(f"{base}/v1/protocols", key))
         if len(set(worker_pids(log_path, set(before)).values())) == 2:
             break
     assert set(before.values()) == {200}
@@ -102,8 +109,7 @@ def test_revocation_reaches_every_gunicorn_worker(gunicorn_server, app, make_key
 
     after: dict[str, int] = {}
     for _ in range(100):
-        request_id, status = fresh_get(f"{base}/v1/protocols", key)
-        after[request_id] = status
+        after.update(fresh_gets(f"{base}/v1/protocols", key))
         if len(after) >= 10 and len(set(worker_pids(log_path, set(after)).values())) == 2:
             break
     assert set(after.values()) == {401}
