@@ -88,11 +88,23 @@ def _init_request_hooks(app: Flask) -> None:
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        _conditional_get(response)
         response.headers["X-Request-ID"] = g.get("request_id") or _new_request_id()
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
+
+
+def _conditional_get(response: Response) -> None:
+    """Every successful GET answers ``If-None-Match`` with 304: responses that carry no ETag of their
+    own (lists, pick lists, diffs, bundles) get a weak one computed from their bytes. Version reads
+    set their strong ETag (and 304) themselves; streamed responses are left alone."""
+    if (request.method not in ("GET", "HEAD") or response.status_code != 200 or response.is_streamed
+            or response.direct_passthrough or "ETag" in response.headers):
+        return
+    response.add_etag(weak=True)
+    response.make_conditional(request)
 
 
 def _init_docs_assets(app: Flask) -> None:

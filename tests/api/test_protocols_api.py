@@ -390,3 +390,15 @@ def test_concurrent_creates_of_one_id_yield_one_201(make_app):
     for thread in threads:
         thread.join()
     assert sorted(results) == [201] + [409] * 5
+
+
+def test_if_none_match_on_lists_answers_304(client):
+    create(client)
+    for path in ("/v1/protocols", "/v1/terminology/routes"):
+        first = client.get(path)
+        assert first.status_code == 200 and first.headers["ETag"].startswith('W/"')
+        again = client.get(path, headers={"If-None-Match": first.headers["ETag"]})
+        assert again.status_code == 304 and again.data == b""
+    listing = client.get("/v1/protocols")
+    create(client)
+    assert client.get("/v1/protocols", headers={"If-None-Match": listing.headers["ETag"]}).status_code == 200
