@@ -23,19 +23,17 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from flask import url_for
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy import select
 
 from api.errors import ApiError
 from api.extensions import get_db
 from api.parsing import Blueprint
-from protocols import terminology, versioning
+from protocols import search, terminology
 from protocols.dose_units import UnitError, to_kilograms
 from protocols.dosing import (
     FAVOURABLE_ORDER,
@@ -49,7 +47,6 @@ from protocols.dosing import (
     fmt,
     ranges_for,
 )
-from protocols.models import EffectivePeriod, SearchTerm
 from protocols.versioning import StoredVersion
 from schemas.dosing import CdsDiscoverySchema, CdsRequestSchema, CdsResponseSchema
 
@@ -289,41 +286,6 @@ def _observation_weight(resource: Any) -> tuple[str, Fraction] | None:
     return when, kilograms
 
 
-# ------------------------------------------------------------------------- protocol lookup
-
-
-def _has_term(kind: str, values: list[str]) -> Any:
-    return (select(SearchTerm.id)
-            .where(SearchTerm.protocol_id == EffectivePeriod.protocol_id,
-                   SearchTerm.version == EffectivePeriod.version,
-                   SearchTerm.kind == kind, SearchTerm.value.in_(values))
-            .exists())
-
-
-def protocols_for(rxnorm: list[str], route: str, reasons: list[str],
-                  at: datetime | None = None) -> list[StoredVersion]:
-    """Protocols in effect for the medication and route; narrowed to the order's reasons when
-    some of them list one of those reasons as an indication."""
-    filters = [_has_term("rxnorm_cui", rxnorm), _has_term("route", [route])]
-    found = _effective(filters, at)
-    if reasons and found:
-        narrowed = _effective([*filters, _has_term("indication", reasons)], at)
-        if narrowed:
-            return narrowed
-    return found
-
-
-def _effective(filters: list[Any], at: datetime | None) -> list[StoredVersion]:
-    versions: list[StoredVersion] = []
-    after: int | None = None
-    while True:
-        page = versioning.list_effective(get_db(), at=at, limit=100, after_seq=after, extra_filters=filters)
-        versions.extend(row.version for row in page.items)
-        if not page.has_more or not page.items:
-            return versions
-        after = page.items[-1].protocol_seq
-
-
 # ----------------------------------------------------------------------------------- cards
 
 
@@ -332,7 +294,8 @@ def cards_for_order(order: DraftOrder, weight: Fraction | str) -> list[dict[str,
         return []
     cards = []
     for line in order.lines:
-        for stored in protocols_for(order.rxnorm, line.route, order.reasons):
+        for stored in search.applicable_protocols(get_db(), rxnorm_cuis=order.rxnorm, route=line.route,
+                                                  indications=order.reasons):
             content = json.loads(stored.document, parse_float=Decimal)
             cards.append(_card(order, line, stored, content, weight))
     return cards

@@ -340,11 +340,6 @@ def iter_current(db: Database, *, at: datetime, page_size: int = MAX_COUNT) -> I
 
 # --------------------------------------------------------------------------------- history
 
-_VERSION_COLUMNS = (ProtocolVersion.protocol_id, ProtocolVersion.version, ProtocolVersion.status,
-                    ProtocolVersion.effective_from, ProtocolVersion.recorded_at, ProtocolVersion.etag,
-                    ProtocolVersion.document, ProtocolVersion.seq)
-
-
 @dataclass(frozen=True)
 class HistoryPage:
     items: list[versioning.StoredVersion]
@@ -364,12 +359,11 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
     with db.read() as session:
         total = int(session.execute(select(func.count()).select_from(ProtocolVersion).where(*where))
                     .scalar_one())
-        query = select(*_VERSION_COLUMNS).where(*where)
+        query = select(*versioning.VERSION_COLUMNS).where(*where)
         if before_version is not None:
             query = query.where(ProtocolVersion.version < before_version)
         rows = session.execute(query.order_by(ProtocolVersion.version.desc()).limit(limit + 1)).all()
-    items = [versioning.StoredVersion(r.protocol_id, r.version, r.status, r.effective_from, r.recorded_at,
-                                      r.etag, r.document, r.seq) for r in rows[:limit]]
+    items = [versioning.stored_version(r) for r in rows[:limit]]
     return HistoryPage(items, len(rows) > limit, total)
 
 

@@ -35,7 +35,7 @@ from protocols.indexing import indication_keys
 from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
 from protocols.terminology import INDICATION_SYSTEMS
 from protocols.timeutil import utcnow
-from protocols.versioning import StoredVersion
+from protocols.versioning import VERSION_COLUMNS, StoredVersion, keyset_descending, stored_version
 
 #: ``status`` values a listing accepts: what is in effect (``active``), protocols whose version in
 #: effect is a retirement (``retired``), protocols whose newest version is a draft (``draft``).
@@ -126,10 +126,6 @@ def search(
 # ------------------------------------------------------------------------------- query building
 
 _VERSION = ProtocolVersion
-_VERSION_COLUMNS = (
-    _VERSION.protocol_id, _VERSION.version, _VERSION.status, _VERSION.effective_from,
-    _VERSION.recorded_at, _VERSION.etag, _VERSION.document, _VERSION.seq,
-)
 
 
 def _matching(dialect: str, query: ProtocolQuery) -> tuple[Select[Any], Any, Any]:
@@ -143,14 +139,14 @@ def _matching(dialect: str, query: ProtocolQuery) -> tuple[Select[Any], Any, Any
                       .where(older.protocol_id == Protocol.id, older.recorded_at <= at)
                       .scalar_subquery())
         seq_column: Any = Protocol.seq.label("protocol_seq")
-        statement = (select(seq_column, *_VERSION_COLUMNS)
+        statement = (select(seq_column, *VERSION_COLUMNS)
                      .join(_VERSION, and_(_VERSION.protocol_id == Protocol.id, _VERSION.version == newest))
                      .where(_VERSION.status == "draft"))
         order_seq: Any = Protocol.seq
     else:
         period = EffectivePeriod
         seq_column = period.protocol_seq.label("protocol_seq")
-        statement = (select(seq_column, *_VERSION_COLUMNS)
+        statement = (select(seq_column, *VERSION_COLUMNS)
                      .join(_VERSION, and_(_VERSION.protocol_id == period.protocol_id,
                                           _VERSION.version == period.version))
                      .where(period.valid_from <= at,
@@ -211,11 +207,7 @@ def _keyset(statement: Select[Any], seq: Any, rank: Any, *, after: Key | None,
     if rank is None:
         if isinstance(after, tuple) or isinstance(before, tuple):
             raise ValueError("a ranked key was given for an unranked listing")
-        if before is not None:
-            return statement.where(seq > before).order_by(seq.asc())
-        if after is not None:
-            statement = statement.where(seq < after)
-        return statement.order_by(seq.desc())
+        return keyset_descending(statement, seq, after, before)
     if isinstance(after, int) or isinstance(before, int):
         raise ValueError("an unranked key was given for a ranked listing")
     if before is not None:
@@ -229,6 +221,27 @@ def _keyset(statement: Select[Any], seq: Any, rank: Any, *, after: Key | None,
 
 
 def _hit(row: Any, ranked: bool) -> Hit:
-    version = StoredVersion(row.protocol_id, row.version, row.status, row.effective_from, row.recorded_at,
-                            row.etag, row.document, row.seq)
-    return Hit(int(row.protocol_seq), int(row.rank) if ranked else None, version)
+    return Hit(int(row.protocol_seq), int(row.rank) if ranked else None, stored_version(row))
+
+
+def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str, indications: Sequence[str] = (),
+                         at: datetime | None = None) -> list[StoredVersion]:
+    """Versions in effect at ``at`` for a medication (any of ``rxnorm_cuis``) given by ``route``.
+
+    Used at order time (CDS Hooks). When the order states reasons and some of these protocols list
+    one of them as an indication, only those are returned; otherwise every match for the drug and
+    route is (a protocol is not dropped because the order did not say why it was written)."""
+    base = [_term("rxnorm_cui", rxnorm_cuis), _term("route", [route])]
+    found = _all_in_effect(db, base, at)
+    if indications and found:
+        narrowed = _all_in_effect(db, [*base, _term("indication", [code.upper() for code in indications])], at)
+        if narrowed:
+            return narrowed
+    return found
+
+
+def _all_in_effect(db: Database, conditions: list[ColumnElement[bool]], at: datetime | None) -> list[StoredVersion]:
+    statement, seq, _ = _matching(db.dialect, ProtocolQuery(as_of=at))
+    with db.read() as session:
+        rows = session.execute(statement.where(*conditions).order_by(seq.desc())).all()
+    return [stored_version(row) for row in rows]

@@ -72,7 +72,7 @@ class VersionPage:
     has_more: bool
 
 
-_VERSION_COLUMNS = (
+VERSION_COLUMNS = (
     ProtocolVersion.protocol_id,
     ProtocolVersion.version,
     ProtocolVersion.status,
@@ -84,7 +84,8 @@ _VERSION_COLUMNS = (
 )
 
 
-def _stored(row: Any) -> StoredVersion:
+def stored_version(row: Any) -> StoredVersion:
+    """A row selected with ``VERSION_COLUMNS`` as a ``StoredVersion``."""
     return StoredVersion(row.protocol_id, row.version, row.status, row.effective_from, row.recorded_at,
                          row.etag, row.document, row.seq)
 
@@ -185,11 +186,11 @@ def retire(
             if newest.status == "retired" and effective_from is None:
                 return newest, False
             basis = session.execute(
-                select(*_VERSION_COLUMNS)
+                select(*VERSION_COLUMNS)
                 .where(ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status != "draft")
                 .order_by(ProtocolVersion.version.desc()).limit(1)
             ).first()
-            source = _stored(basis) if basis is not None else newest
+            source = stored_version(basis) if basis is not None else newest
             _, content = record.split_document(source.document)
             _advance_head(session, protocol_id, newest)
             stored = _append(session, protocol_id, newest.version + 1, content, status="retired",
@@ -227,14 +228,14 @@ def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: i
 
 def _newest(session: Session, protocol_id: str) -> StoredVersion:
     row = session.execute(
-        select(*_VERSION_COLUMNS)
+        select(*VERSION_COLUMNS)
         .join(Protocol, and_(Protocol.id == ProtocolVersion.protocol_id,
                              Protocol.latest_version == ProtocolVersion.version))
         .where(Protocol.id == protocol_id)
     ).first()
     if row is None:
         raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
-    return _stored(row)
+    return stored_version(row)
 
 
 def _newest_for_write(session: Session, protocol_id: str, if_match: Sequence[str] | None) -> StoredVersion:
@@ -467,14 +468,14 @@ def get_version(db: Database, protocol_id: str, version: int) -> StoredVersion:
         row = None
         if 1 <= version <= MAX_VERSION:
             row = session.execute(
-                select(*_VERSION_COLUMNS)
+                select(*VERSION_COLUMNS)
                 .where(ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.version == version)
             ).first()
         if row is None:
             _require_protocol(session, protocol_id)
             raise VersionNotFound(f"protocol '{protocol_id}' has no version {version}",
                                   protocol_id=protocol_id)
-    return _stored(row)
+    return stored_version(row)
 
 
 def latest(db: Database, protocol_id: str) -> StoredVersion:
@@ -506,14 +507,14 @@ def list_versions(
     towards newer ones; ``since``/``until`` bound ``recorded_at`` (inclusive, exclusive)."""
     with db.read() as session:
         _require_protocol(session, protocol_id)
-        query = select(*_VERSION_COLUMNS).where(ProtocolVersion.protocol_id == protocol_id)
+        query = select(*VERSION_COLUMNS).where(ProtocolVersion.protocol_id == protocol_id)
         if since is not None:
             query = query.where(ProtocolVersion.recorded_at >= since)
         if until is not None:
             query = query.where(ProtocolVersion.recorded_at < until)
         query = keyset_descending(query, ProtocolVersion.version, after_version, before_version)
         rows = session.execute(query.limit(limit + 1)).all()
-    items = [_stored(r) for r in rows[:limit]]
+    items = [stored_version(r) for r in rows[:limit]]
     if before_version is not None:
         items.reverse()
     return VersionPage(items, len(rows) > limit)
@@ -548,7 +549,7 @@ def list_effective(
     """
     at = at or utcnow()
     query = (
-        select(EffectivePeriod.protocol_seq, *_VERSION_COLUMNS)
+        select(EffectivePeriod.protocol_seq, *VERSION_COLUMNS)
         .join(ProtocolVersion, and_(ProtocolVersion.protocol_id == EffectivePeriod.protocol_id,
                                     ProtocolVersion.version == EffectivePeriod.version))
         .where(EffectivePeriod.valid_from <= at,
@@ -558,7 +559,7 @@ def list_effective(
     query = keyset_descending(query, EffectivePeriod.protocol_seq, after_seq, before_seq)
     with db.read() as session:
         rows = session.execute(query.limit(limit + 1)).all()
-    items = [EffectiveRow(r.protocol_seq, _stored(r)) for r in rows[:limit]]
+    items = [EffectiveRow(r.protocol_seq, stored_version(r)) for r in rows[:limit]]
     if before_seq is not None:
         items.reverse()
     return EffectivePage(items, len(rows) > limit)
