@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-import re
 from typing import Any
 
 import swagger_ui_bundle
 from flask import Flask, Response, g, request, send_from_directory
 from flask_smorest import Api
 
-from api import cds_api, changes_api, cli, cors, dosing_api, errors, fhir_api, protocols_api, terminology_api
+from api import (
+    cds_api,
+    changes_api,
+    cli,
+    cors,
+    dosing_api,
+    errors,
+    fastpath,
+    fhir_api,
+    protocols_api,
+    terminology_api,
+)
 from api.config import from_env
 from api.extensions import API_KEY, DB_KEY
+from api.request_ids import new_request_id, request_id
 from protocols.db import make_database
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 
 
 class _Api(Api):
@@ -42,7 +49,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _init_request_hooks(app)
     cors.init_app(app)  # after the request id, before auth: preflights carry no key
     _init_docs_assets(app)
-    _init_operations(app, api)  # keep last: it protects and documents every blueprint registered above
+    _init_operations(app, api)  # protects and documents every blueprint registered above
+    fastpath.init_app(app)  # after the hooks it mirrors exist (rate limiter, logging)
     return app
 
 
@@ -60,36 +68,15 @@ def _init_operations(app: Flask, api: Api) -> None:
     auth.document_security(app, api)
 
 
-class _RequestIds:
-    """Request ids: 16 random hex digits per process, then a 16-digit counter (32 hex digits, the shape
-    ``uuid4().hex`` had). ``os.urandom`` on every request was ~4 % of a GET's time under py-spy; ids
-    only need to be unique, not secret. A forked worker draws its own prefix."""
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count()
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter):016x}"
-
-
-_new_request_id = _RequestIds()
-
-
 def _init_request_hooks(app: Flask) -> None:
     @app.before_request
     def _request_id() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else _new_request_id()
+        g.request_id = request_id(request.headers.get("X-Request-ID"))
 
     @app.after_request
     def _headers(response: Response) -> Response:
         _conditional_get(response)
-        response.headers["X-Request-ID"] = g.get("request_id") or _new_request_id()
+        response.headers["X-Request-ID"] = g.get("request_id") or new_request_id()
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -117,14 +117,22 @@ def _challenge(error: str | None = None, description: str | None = None, scope: 
     return "Bearer " + ", ".join(parts)
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value; None when it is malformed."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
+
+
 def _bearer_token() -> str | None:
     """The token of ``Authorization: Bearer <token>``; None when the header is absent."""
     header = request.headers.get("Authorization")
     if header is None:
         return None
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
+    token = bearer_token(header)
+    if token is None:
         raise ApiError(401, "The Authorization header must be 'Bearer <api key>'.",
                        headers={"WWW-Authenticate": _challenge("invalid_request", "expected a Bearer API key")},
                        reason="malformed_authorization")

@@ -22,6 +22,8 @@ def from_env(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "3000/minute"),  # per key; "off" disables
         "PROTOCOLS_CORS_ORIGINS": [o for o in env.get("PROTOCOLS_CORS_ORIGINS", "").split(",") if o],
         "PROTOCOLS_LOG_JSON": env.get("PROTOCOLS_LOG_JSON", "true").lower() in ("1", "true", "yes"),
+        # GET /v1/protocols/{id} served without Flask's request machinery (api/fastpath.py)
+        "PROTOCOLS_READ_FAST_PATH": env.get("PROTOCOLS_READ_FAST_PATH", "true").lower() in ("1", "true", "yes"),
         "PROTOCOLS_FHIR_BASE_URL": env.get("PROTOCOLS_FHIR_BASE_URL") or None,
         "MAX_CONTENT_LENGTH": int(env.get("PROTOCOLS_MAX_BODY_BYTES", MAX_BODY_BYTES)),
         # flask-smorest / OpenAPI

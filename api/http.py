@@ -50,7 +50,11 @@ def if_match() -> list[str] | None:
 
 def not_modified(etag: str) -> bool:
     """Weak comparison, as RFC 9110 prescribes for If-None-Match."""
-    header = request.headers.get("If-None-Match")
+    return none_match(request.headers.get("If-None-Match"), etag)
+
+
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header value names ``etag`` (weakly); a malformed header never does."""
     if header is None:
         return False
     try:

@@ -64,7 +64,6 @@ def configure_logging(json_lines: bool = True) -> None:
 
 def init_app(app: Flask) -> None:
     configure_logging(bool(app.config.get("PROTOCOLS_LOG_JSON", True)))
-    access = logging.getLogger(ACCESS_LOGGER)
 
     @app.before_request
     def _start_clock() -> None:
@@ -72,10 +71,20 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _log_request(response: Response) -> Response:
-        started = g.get("started_at")
-        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-        access.info("request", extra={
-            "request_id": g.get("request_id"), "method": request.method, "path": request.path,
-            "status": response.status_code, "duration_ms": duration_ms, "actor": g.get("actor_name"),
-            "remote_addr": request.remote_addr})
+        log_access(g.get("request_id"), request.method, request.path, response.status_code,
+                   g.get("started_at"), g.get("actor_name"), request.remote_addr)
         return response
+
+
+_access = logging.getLogger(ACCESS_LOGGER)
+
+
+def log_access(request_id: str | None, method: str, path: str, status: int, started: float | None,
+               actor: str | None, remote_addr: str | None) -> None:
+    """The one ``request`` line per request (Flask views and the read fast path alike)."""
+    if not _access.isEnabledFor(logging.INFO):
+        return
+    duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+    _access.info("request", extra={
+        "request_id": request_id, "method": method, "path": path, "status": status,
+        "duration_ms": duration_ms, "actor": actor, "remote_addr": remote_addr})

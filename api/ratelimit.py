@@ -121,7 +121,16 @@ class RateLimiter:
         return self.memory.hit(identity, window, period)
 
 
-def _headers(verdict: Verdict) -> dict[str, str]:
+#: WSGI environ key under which a request's already-counted :class:`Verdict` travels.
+COUNTED_VERDICT = "protocols.rate_limit_verdict"
+
+
+def identity(api_key_id: str | None, remote_addr: str | None) -> str:
+    """Who a request is counted against: its API key, or for anonymous reads its client address."""
+    return f"key:{api_key_id}" if api_key_id else f"addr:{remote_addr or 'unknown'}"
+
+
+def headers(verdict: Verdict) -> dict[str, str]:
     return {"RateLimit-Limit": str(verdict.limit), "RateLimit-Remaining": str(verdict.remaining),
             "RateLimit-Reset": str(verdict.reset)}
 
@@ -131,19 +140,21 @@ def check_rate_limit() -> None:
     limiter: RateLimiter | None = current_app.extensions.get(RATELIMITER_KEY)
     if limiter is None or g.get("required_scope") is None:
         return
-    identity = f"key:{g.api_key_id}" if g.get("api_key_id") else f"addr:{request.remote_addr or 'unknown'}"
-    verdict = limiter.hit(identity)
+    # A request the read fast path (api/fastpath.py) counted and then handed on is not counted twice.
+    verdict = request.environ.pop(COUNTED_VERDICT, None)
+    if verdict is None:
+        verdict = limiter.hit(identity(g.get("api_key_id"), request.remote_addr))
     g.rate_limit = verdict
     if not verdict.allowed:
         raise ApiError(429, f"Rate limit exceeded ({verdict.limit} requests per {limiter.limit.period}s); "
                             f"retry after {verdict.reset}s.",
-                       headers={"Retry-After": str(verdict.reset), **_headers(verdict)})
+                       headers={"Retry-After": str(verdict.reset), **headers(verdict)})
 
 
 def add_headers(response: Response) -> Response:
     verdict: Verdict | None = g.get("rate_limit")
     if verdict is not None:
-        for name, value in _headers(verdict).items():
+        for name, value in headers(verdict).items():
             response.headers.setdefault(name, value)
     return response
 

@@ -179,13 +179,15 @@ def postgres_outage(make_app, database_url: str) -> None:
         proxy.start()  # same port: the database is back
         assert client.get(f"/v1/protocols/{payload['id']}").status_code == 200
         assert client.get("/v1/health/ready").status_code == 200
-        # the server kills the app's sessions (failover, admin action): pool_pre_ping replaces them
+        # the server kills the app's sessions (failover, admin action; waiting until they are gone):
+        # the pool's checkout sees the closed sockets and opens new connections
         with make_app().extensions["protocols_db"].engine.connect() as conn:
             killed = conn.execute(text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
         assert killed >= 1
         assert client.get(f"/v1/protocols/{payload['id']}").status_code == 200
+        assert client.post("/v1/protocols", json=protocol_payload(id="after-failover")).status_code == 201
     finally:
         proxy.stop()
 

@@ -1,0 +1,176 @@
+"""The read fast path (api/fastpath.py) answers exactly what the Flask view answers.
+
+Two apps on the same database, one with the fast path and one without, receive the same requests;
+status, headers and body must be identical (the request id aside when the caller sent none, since
+each app mints its own). A counter on the Flask app behind the fast path proves which requests the
+fast path served itself and which it handed on.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.fastpath import ReadFastPath
+from protocols import keys
+from tests.factories import protocol_payload, unique_id
+
+NOW = datetime.now(UTC)
+
+
+class CountingWsgi:
+    """Stands between the fast path and Flask: counts the requests handed on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        self.calls += 1
+        return self.inner(environ, start_response)
+
+
+@pytest.fixture
+def pair(make_app: Any) -> tuple[Flask, Flask, CountingWsgi]:
+    config = {"PROTOCOLS_ANONYMOUS_READS": True, "PROTOCOLS_RATE_LIMIT": "1000/hour"}
+    fast, slow = make_app(**config), make_app(**config, PROTOCOLS_READ_FAST_PATH=False)
+    assert isinstance(fast.wsgi_app, ReadFastPath) and not isinstance(slow.wsgi_app, ReadFastPath)
+    counter = CountingWsgi(fast.wsgi_app.wsgi_app)
+    fast.wsgi_app.wsgi_app = counter
+    return fast, slow, counter
+
+
+@pytest.fixture
+def catalog(make_app: Any) -> dict[str, Any]:
+    setup = make_app()  # its own rate-limit counters: the apps under test start from zero
+    client = setup.test_client()
+    ids = {name: unique_id(name) for name in ("current", "revised", "retired", "future")}
+    for name in ("current", "revised", "retired"):
+        assert client.post("/v1/protocols", json=protocol_payload(ids[name])).status_code == 201
+    etag = client.get(f"/v1/protocols/{ids['revised']}").headers["ETag"]
+    revised = protocol_payload(ids["revised"], title="Revised title")
+    assert client.put(f"/v1/protocols/{ids['revised']}", json=revised,
+                      headers={"If-Match": etag}).status_code == 201
+    etag = client.get(f"/v1/protocols/{ids['retired']}").headers["ETag"]
+    assert client.delete(f"/v1/protocols/{ids['retired']}", headers={"If-Match": etag}).status_code == 200
+    future = protocol_payload(ids["future"], effective_from=(NOW + timedelta(days=30)).isoformat())
+    assert client.post("/v1/protocols", json=future).status_code == 201
+    db = setup.extensions["protocols_db"]
+    revoked_info, revoked = keys.create_key(db, "revoked", ["protocols:read"])
+    keys.revoke_key(db, revoked_info.id)
+    _, expired = keys.create_key(db, "expired", ["protocols:read"], expires_at=NOW + timedelta(milliseconds=1),
+                                 now=NOW)
+    return {
+        "ids": ids,
+        "etag": client.get(f"/v1/protocols/{ids['current']}").headers["ETag"],
+        "keys": {
+            "all": setup.config["TEST_API_KEY"],
+            "read": keys.create_key(db, "reader", ["protocols:read"])[1],
+            "write_only": keys.create_key(db, "writer", ["protocols:write"])[1],
+            "revoked": revoked,
+            "expired": expired,
+        },
+    }
+
+
+def _send(app: Flask, method: str, path: str, headers: dict[str, str]) -> Any:
+    return FlaskClient(app, app.response_class).open(path, method=method, headers=headers)
+
+
+def _same(fast: Any, slow: Any, sent_request_id: bool) -> None:
+    assert fast.status_code == slow.status_code
+    fast_body, slow_body = fast.get_data(), slow.get_data()
+    if not sent_request_id:  # error bodies name the request id each app minted
+        fast_body = fast_body.replace(fast.headers["X-Request-ID"].encode(), b"<id>")
+        slow_body = slow_body.replace(slow.headers["X-Request-ID"].encode(), b"<id>")
+    assert fast_body == slow_body
+    fast_headers, slow_headers = dict(fast.headers), dict(slow.headers)
+    assert sorted(fast_headers) == sorted(slow_headers)
+    assert len(fast.headers) == len(slow.headers)
+    for name in ("RateLimit-Reset",):  # seconds to the window's end: may tick between the two calls
+        if name in fast_headers:
+            assert abs(int(fast_headers.pop(name)) - int(slow_headers.pop(name))) <= 1
+    if not sent_request_id:
+        assert fast_headers.pop("X-Request-ID") and slow_headers.pop("X-Request-ID")
+    assert fast_headers == slow_headers
+
+
+def _cases(catalog: dict[str, Any]) -> list[tuple[str, str, dict[str, str], bool]]:
+    ids, etag, k = catalog["ids"], catalog["etag"], catalog["keys"]
+    current = f"/v1/protocols/{ids['current']}"
+    cases: list[tuple[str, str, dict[str, str], bool]] = []  # (method, path, headers, served fast)
+    for method in ("GET", "HEAD"):
+        for inm in (None, etag, f"W/{etag}", "*", '"nope"', f'"x", {etag}', "garbage,,", ""):
+            headers = {} if inm is None else {"If-None-Match": inm}
+            cases.append((method, current, headers, True))
+        cases.append((method, f"/v1/protocols/{ids['revised']}", {}, True))
+        cases.append((method, current, {"Authorization": f"Bearer {k['all']}"}, True))
+        cases.append((method, current, {"Authorization": f"bearer  {k['read']} "}, True))
+        cases.append((method, current, {"X-Request-ID": "caller-id-1"}, True))
+        cases.append((method, current, {"X-Request-ID": "bad id with spaces"}, True))
+        # handed on to Flask
+        cases.append((method, f"/v1/protocols/{ids['retired']}", {}, False))
+        cases.append((method, f"/v1/protocols/{ids['future']}", {}, False))
+        cases.append((method, "/v1/protocols/no-such-protocol", {}, False))
+        cases.append((method, f"{current}?as_of=2020-01-01T00:00:00Z", {}, False))
+        cases.append((method, f"{current}?unknown=1", {}, False))
+        cases.append((method, f"{current}/", {}, False))
+        cases.append((method, "/v1/protocols/x%00y", {}, False))
+        cases.append((method, "/v1/protocols/caf%C3%A9", {}, False))
+        cases.append((method, current, {"Origin": "https://ehr.example"}, False))
+        for bad in (f"Bearer {k['write_only']}", f"Bearer {k['revoked']}", f"Bearer {k['expired']}",
+                    "Bearer tpk_unknown", "Basic abc", "Bearer", f"Bearer {k['read']} extra"):
+            cases.append((method, current, {"Authorization": bad}, False))
+    return cases
+
+
+def test_fast_path_answers_exactly_like_the_flask_view(pair, catalog) -> None:
+    fast, slow, counter = pair
+    for method, path, headers, served_fast in _cases(catalog):
+        before = counter.calls
+        fast_response = _send(fast, method, path, headers)
+        slow_response = _send(slow, method, path, headers)
+        case = f"{method} {path} {headers}"
+        assert (counter.calls == before) is served_fast, f"fast path {'skipped' if served_fast else 'taken'}: {case}"
+        try:
+            _same(fast_response, slow_response, headers.get("X-Request-ID") == "caller-id-1")
+        except AssertionError as exc:
+            raise AssertionError(f"{case}: {exc}") from exc
+
+
+def test_anonymous_reads_off_are_401_through_flask(make_app, catalog) -> None:
+    app = make_app(PROTOCOLS_ANONYMOUS_READS=False)
+    response = _send(app, "GET", f"/v1/protocols/{catalog['ids']['current']}", {})
+    assert response.status_code == 401 and "WWW-Authenticate" in response.headers
+
+
+def test_rate_limited_callers_get_the_same_429_and_are_counted_once(make_app, catalog) -> None:
+    fast = make_app(PROTOCOLS_RATE_LIMIT="3/hour", PROTOCOLS_ANONYMOUS_READS=True)
+    slow = make_app(PROTOCOLS_RATE_LIMIT="3/hour", PROTOCOLS_ANONYMOUS_READS=True, PROTOCOLS_READ_FAST_PATH=False)
+    path = f"/v1/protocols/{catalog['ids']['current']}"
+    key = {"Authorization": f"Bearer {catalog['keys']['read']}"}
+    for expected in (200, 200, 200, 429, 429):
+        responses = [_send(app, "GET", path, key) for app in (fast, slow)]
+        assert [r.status_code for r in responses] == [expected, expected]
+        _same(*responses, sent_request_id=False)
+    assert responses[0].headers["RateLimit-Remaining"] == "0" and "Retry-After" in responses[0].headers
+
+
+def test_fast_path_logs_one_request_line(pair, catalog, caplog) -> None:
+    fast = pair[0]
+    path = f"/v1/protocols/{catalog['ids']['current']}"
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        response = _send(fast, "GET", path, {"Authorization": f"Bearer {catalog['keys']['read']}",
+                                             "X-Request-ID": "trace-42"})
+    assert response.status_code == 200
+    lines = [r for r in caplog.records if r.name == "api.access"]
+    assert len(lines) == 1
+    line = lines[0].__dict__
+    assert (line["request_id"], line["method"], line["path"], line["status"], line["actor"]) == (
+        "trace-42", "GET", path, 200, "reader")
+    assert isinstance(line["duration_ms"], float)
