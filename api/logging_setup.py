@@ -23,10 +23,27 @@ _HANDLER_MARK = "_protocols_json_handler"
 EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "actor", "remote_addr")
 
 
+_second: tuple[int, str] = (-1, "")  # (whole second, its formatted text); replaced, never mutated
+
+
+def _timestamp(created: float) -> str:
+    """``2026-12-01T10:20:30.123456Z``; the part up to the second is formatted once per second
+    (``strftime`` on every line was the single most expensive step of writing one)."""
+    global _second
+    second = int(created)
+    micros = round((created - second) * 1_000_000)
+    if micros >= 1_000_000:  # rounds up into the next second: let datetime carry it
+        return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cached = _second
+    if cached[0] != second:
+        cached = _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micros:06d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "ts": _timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -85,6 +102,8 @@ def log_access(request_id: str | None, method: str, path: str, status: int, star
     if not _access.isEnabledFor(logging.INFO):
         return
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
-    _access.info("request", extra={
+    # makeRecord + handle is what Logger.info does, minus walking the stack for the caller's file
+    # and line (the line names its source in "logger" already).
+    _access.handle(_access.makeRecord(_access.name, logging.INFO, __file__, 0, "request", (), None, extra={
         "request_id": request_id, "method": method, "path": path, "status": status,
-        "duration_ms": duration_ms, "actor": actor, "remote_addr": remote_addr})
+        "duration_ms": duration_ms, "actor": actor, "remote_addr": remote_addr}))
