@@ -11,15 +11,17 @@ SQLite needs care to behave like a real server database under concurrent writers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_SQLITE_PATH = Path("var") / "protocols.sqlite3"
@@ -107,22 +109,106 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+class ReadConnections:
+    """One autocommit connection per thread for single-statement reads by key (the GET fast path).
+
+    Why not the pool: checking a connection out and back in (with its reset, and switching
+    PostgreSQL's autocommit on and off around the statement) cost more CPU than the statement itself;
+    a read of one immutable row needs no transaction at all. Each thread keeps its own connection
+    (detached from the pool, so it went through the same ``connect`` set-up) and uses it for nothing
+    else. A connection that fails is closed and replaced on the next call; an idle one the server
+    closed is noticed before use (:func:`refuse_dead_connection`); ``Database.dispose`` closes them all.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+        self._generation = 0
+        self._autocommit = engine.dialect.name == "postgresql"
+
+    def fetch_one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The first row of ``sql`` (driver paramstyle), or None; DBAPI errors come as ``DBAPIError``."""
+        fairy = self._connection()
+        raw = fairy.dbapi_connection
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(sql, params)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except dbapi.Error as exc:
+            disconnected = self.engine.dialect.is_disconnect(exc, raw, None)
+            self._discard(fairy)
+            raise DBAPIError.instance(sql, params, exc, dbapi.Error, connection_invalidated=disconnected,
+                                      dialect=self.engine.dialect) from exc
+
+    def _connection(self) -> Any:
+        local = self._local
+        fairy = getattr(local, "fairy", None)
+        if fairy is not None:
+            if local.generation == self._generation and self._alive(fairy):
+                return fairy
+            self._discard(fairy)
+        fairy = self.engine.raw_connection()
+        fairy.detach()  # ours alone from now on; closing it closes the connection
+        if self._autocommit:
+            fairy.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+        with self._lock:
+            self._open.add(fairy)
+            local.fairy, local.generation = fairy, self._generation
+        return fairy
+
+    @staticmethod
+    def _alive(fairy: Any) -> bool:
+        try:
+            refuse_dead_connection(fairy.dbapi_connection, None, None)
+        except DisconnectionError:
+            return False
+        return True
+
+    def _discard(self, fairy: Any) -> None:
+        with self._lock:
+            self._open.discard(fairy)
+        if getattr(self._local, "fairy", None) is fairy:
+            self._local.fairy = None
+        with contextlib.suppress(Exception):  # it is thrown away because it is broken
+            fairy.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            self._generation += 1
+            fairies, self._open = list(self._open), set()
+        for fairy in fairies:
+            with contextlib.suppress(Exception):  # closing at shutdown: nothing to do with an error
+                fairy.close()
+
+
 @dataclass
 class Database:
     """The engine plus the two session factories the services use.
 
     ``write`` sessions start with ``BEGIN IMMEDIATE`` on SQLite; on PostgreSQL both are the same.
+    ``reads`` holds the per-thread connections of single-statement reads (:class:`ReadConnections`).
     """
 
     engine: Engine
     read: sessionmaker[Session]
     write: sessionmaker[Session]
+    reads: ReadConnections = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = ReadConnections(self.engine)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def dispose(self) -> None:
+        self.reads.close_all()
         self.engine.dispose()
 
 
