@@ -50,7 +50,7 @@ switch_interval_s = float(os.environ.get("PROTOCOLS_GIL_SWITCH_INTERVAL", "0.000
 
 
 def post_worker_init(worker: object) -> None:
-    """Keep garbage-collection pauses out of request latency.
+    """Warm up, then keep garbage-collection pauses out of request latency.
 
     Everything loaded by now (Flask, SQLAlchemy, marshmallow, the app, terminology tables) lives as
     long as the worker; ``gc.freeze()`` moves it out of the collector's reach, so a full collection
@@ -60,6 +60,10 @@ def post_worker_init(worker: object) -> None:
     import gc
     import sys
 
+    from protocols import units
+
+    # Build the UCUM registry now (~0.5 s): otherwise the first write a worker takes waits for it.
+    units.check_ucum_dose_unit("mg/kg/h")
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(switch_interval_s)

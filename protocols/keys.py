@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -105,12 +106,31 @@ def authenticate(db: Database, plain: str, *, now: datetime | None = None) -> Ke
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
         return None
     digest = hash_key(plain)
-    with db.read() as session:
-        row = session.execute(select(ApiKey).where(ApiKey.key_hash == digest)).scalar_one_or_none()
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
+    sql, convert = _lookup_plan(db.engine.dialect)
+    row = db.reads.fetch_one(sql, (digest,))
+    if row is None or not hmac.compare_digest(row[2], digest):
         return None
-    info = _info(row)
+    info = KeyInfo(row[0], row[1], tuple(row[3].split()), *(convert(value) for value in row[4:7]))
     return info if info.is_active(now or utcnow()) else None
+
+
+_LOOKUP_PLANS: dict[Any, tuple[str, Callable[[Any], Any]]] = {}
+
+
+def _lookup_plan(dialect: Any) -> tuple[str, Callable[[Any], Any]]:
+    """The key lookup runs on every authenticated request, so it is one fixed autocommit SELECT on the
+    thread's read connection (``db.reads``) instead of an ORM session (BEGIN, SELECT, ROLLBACK and
+    an entity per request); datetimes go through SQLAlchemy's own result processor for the column type."""
+    plan = _LOOKUP_PLANS.get(dialect)
+    if plan is None:
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        time_type = ApiKey.__table__.c.created_at.type.dialect_impl(dialect)
+        processor = time_type.result_processor(dialect, None)
+        plan = _LOOKUP_PLANS[dialect] = (
+            "SELECT id, name, key_hash, scopes, created_at, expires_at, revoked_at FROM api_keys"
+            f" WHERE key_hash = {mark}",
+            (lambda value: None if value is None else processor(value)) if processor else (lambda value: value))
+    return plan
 
 
 def list_keys(db: Database) -> list[KeyInfo]:
