@@ -60,10 +60,12 @@ def post_worker_init(worker: object) -> None:
     import gc
     import sys
 
-    from protocols import units
+    from protocols import dose_units, units
 
-    # Build the UCUM registry now (~0.5 s): otherwise the first write a worker takes waits for it.
+    # Build the two UCUM registries now (~0.5 s each: float for validation messages, Decimal for dose
+    # arithmetic); otherwise the first write or dose check a worker takes waits for them.
     units.check_ucum_dose_unit("mg/kg/h")
+    dose_units.parse_dose_unit("mg/kg/h")
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(switch_interval_s)
