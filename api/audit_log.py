@@ -1,10 +1,15 @@
 """Record write attempts in the audit log, for every blueprint, without any view's help.
 
-What is recorded (one row per request, written after the response is built):
+What is recorded (one row per request):
 
-* a request that *changed something*: its transaction committed at least one INSERT/UPDATE/DELETE.
-  This is observed at the database driver level (engine events below), so a PUT whose content equals
-  the newest version (200, nothing appended) is not recorded as a change, whatever blueprint it is;
+* a protocol write that appends a version (create, revise, retire): the view hands the versioning
+  service an :class:`protocols.audit.Pending` event (:func:`pending`), and the service writes it in the
+  version's own transaction, so the row commits and rolls back with the version. The view then sets
+  ``g.audit_recorded`` and nothing more is written for the request;
+* any other request that *changed something*: its transaction committed at least one
+  INSERT/UPDATE/DELETE (written after the response is built, in its own transaction). This is
+  observed at the database driver level (engine events below), so a PUT whose content equals the
+  newest version (200, nothing appended) is not recorded as a change, whatever blueprint it is;
 * a *denied* write: 401/403 on an endpoint that needs ``protocols:write`` or ``admin``, and every
   412/428 (stale or missing ``If-Match``).
 
@@ -81,8 +86,27 @@ def _target(response: Response) -> str | None:
     return request.path
 
 
+def _detail(required_scope: str | None = None) -> str:
+    detail: dict[str, Any] = {"method": request.method, "path": request.path}
+    if g.get("api_key_id"):
+        detail["key_id"] = g.api_key_id
+    if required_scope:
+        detail["required_scope"] = required_scope
+    return json.dumps(detail, separators=(",", ":"))
+
+
+def pending(status_code: int) -> audit.Pending:
+    """The *allowed* event of this request, for a service to write inside its own transaction
+    (plain values: the service needs no request context)."""
+    endpoint = request.endpoint or ""
+    return audit.Pending(action=g.get("audit_action") or ACTIONS.get(endpoint) or endpoint or "unknown",
+                         status_code=status_code, detail=_detail())
+
+
 def audit_response(response: Response) -> Response:
     """``after_request``: append the audit row for this request, if it is one to record."""
+    if g.get("audit_recorded"):  # written with the change itself, in its transaction
+        return response
     status = response.status_code
     changed = bool(g.get("db_changed"))
     scope = g.get("required_scope")
@@ -92,16 +116,12 @@ def audit_response(response: Response) -> Response:
         outcome = audit.DENIED
     else:
         return response
-    detail: dict[str, Any] = {"method": request.method, "path": request.path}
-    if g.get("api_key_id"):
-        detail["key_id"] = g.api_key_id
-    if outcome == audit.DENIED and scope:
-        detail["required_scope"] = scope
+    detail = _detail(scope if outcome == audit.DENIED else None)
     endpoint = request.endpoint or ""
     try:
         audit.record(get_db(), action=g.get("audit_action") or ACTIONS.get(endpoint) or endpoint or "unknown",
                      outcome=outcome, actor=g.get("actor_name"), target=_target(response), status_code=status,
-                     request_id=g.get("request_id"), detail=json.dumps(detail, separators=(",", ":")))
+                     request_id=g.get("request_id"), detail=detail)
     except Exception:  # the response stands; the failure is loud in the logs
         log.exception("could not write the audit event", extra={"request_id": g.get("request_id")})
     return response

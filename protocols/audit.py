@@ -2,7 +2,11 @@
 
 Rows are never updated or deleted: the first migration installs triggers that refuse UPDATE/DELETE
 (and TRUNCATE on PostgreSQL) of ``audit_events``, so not even a bug here can rewrite history.
-Events are written in their own short transaction, so a denied or failed request is recorded even
+A change made through a versioning service (create/revise/retire a protocol) is recorded *inside*
+that service's transaction (:class:`Pending`, passed in the ``WriteContext``): the event commits with
+the version and rolls back with it, so the trail can neither miss a committed version nor record one
+that never was. Everything else (denied and failed requests, key administration, catalog loads) is
+written by :func:`record` in its own short transaction, so a denied or failed request is recorded even
 though its own work was rolled back.
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, select
 
@@ -23,6 +28,18 @@ DENIED = "denied"
 #: Actions written outside the HTTP request cycle.
 KEY_CREATE = "keys.create"
 KEY_REVOKE = "keys.revoke"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The event a service writes in its own transaction when (and only when) it changes something.
+
+    Plain values from the caller (the HTTP layer knows the action, the status the change answers with
+    and the request detail); the service adds the actor, request id, target and time of the write."""
+
+    action: str
+    status_code: int | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,15 +65,22 @@ def _clip(value: str | None, length: int) -> str | None:
     return value[:length] if value is not None else None
 
 
+def row(*, action: str, outcome: str, actor: str | None, target: str | None, status_code: int | None,
+        request_id: str | None, detail: str | None, occurred_at: datetime) -> dict[str, Any]:
+    """The column values of one event, over-long values clipped to the column sizes."""
+    return {"occurred_at": occurred_at, "actor": _clip(actor, 200), "action": action[:64],
+            "target": _clip(target, 200), "outcome": outcome[:32], "status_code": status_code,
+            "request_id": _clip(request_id, 100), "detail": _clip(detail, 4000)}
+
+
 def record(db: Database, *, action: str, outcome: str, actor: str | None = None, target: str | None = None,
            status_code: int | None = None, request_id: str | None = None, detail: str | None = None,
            now: datetime | None = None) -> None:
     """Append one event (its own transaction). Over-long values are clipped to the column sizes."""
     with db.write.begin() as session:
-        session.execute(insert(AuditEvent).values(
-            occurred_at=now or utcnow(), actor=_clip(actor, 200), action=action[:64], target=_clip(target, 200),
-            outcome=outcome[:32], status_code=status_code, request_id=_clip(request_id, 100),
-            detail=_clip(detail, 4000)))
+        session.execute(insert(AuditEvent).values(**row(
+            action=action, outcome=outcome, actor=actor, target=target, status_code=status_code,
+            request_id=request_id, detail=detail, occurred_at=now or utcnow())))
 
 
 def query(db: Database, *, limit: int, actor: str | None = None, target: str | None = None,

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import select
 
 from protocols import record, versioning
 from protocols.db import Database
 from protocols.errors import ProtocolNotFound
-from protocols.models import ProtocolVersion
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 
@@ -81,7 +79,7 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
     """Bring one protocol in line with its catalog entries (see module docstring)."""
     result = SyncResult(protocol_id)
     try:
-        newest = versioning.latest(db, protocol_id)
+        newest, newest_hash = versioning.latest_with_hash(db, protocol_id)
     except ProtocolNotFound:
         first, *rest = entries
         stored = versioning.create(db, protocol_id, first.content, status=first.status,
@@ -89,9 +87,6 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
                                    ctx=ctx)
         result.appended.append(stored.version)
         return _append_entries(db, protocol_id, rest, stored, ctx, result)
-    with db.read() as session:
-        newest_hash = session.execute(
-            select(ProtocolVersion.content_hash).where(ProtocolVersion.seq == newest.seq)).scalar_one()
     matched = [index for index, entry in enumerate(entries)
                if record.content_hash(entry.content) == newest_hash and entry.status == newest.status
                and (entry.effective_from is None or entry.effective_from == newest.effective_from)]

@@ -130,8 +130,11 @@ class ReadConnections:
 
     def fetch_one(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first row of ``sql`` (driver paramstyle), or None; DBAPI errors come as ``DBAPIError``."""
-        fairy = self._connection()
         dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            fairy = self._connection()
+        except dbapi.Error as exc:  # cannot connect: wrapped as Engine.connect() would wrap it
+            raise DBAPIError.instance(None, None, exc, dbapi.Error, dialect=self.engine.dialect) from exc
         try:
             cursor = self._local.cursor  # one per connection, reused: a new cursor per read cost ~30 %
             cursor.execute(sql, params)

@@ -17,6 +17,16 @@ Why it is built this way:
 * **Derived data.** One row per version, keyed by ``protocol_versions.seq`` and written by
   :func:`index_version` inside the write transaction (called from ``versioning._append``). Rows may be
   deleted and rebuilt (:func:`rebuild`); versions never are.
+* **Two ways in, one rank.** :func:`matches` / :func:`candidates` start from the index (every match,
+  or the matches that can reach a given rank); :func:`probe` answers "does *this* version match, and
+  with which rank?" for one row at a time, so ``protocols.search`` can walk versions in protocol
+  order and stop after a page (see there). Both compute the rank with the same expression:
+  PostgreSQL evaluates the stored per-field ``tsvector`` columns; SQLite reads the stored lexemes
+  (space-separated, see :func:`index_version`) and asks whether each query word starts one of them,
+  which is exactly what the FTS5 prefix query ``"word"*`` matches on these lexemes (``unicode61``
+  leaves letter/digit tokens whole). SQLite's per-row read goes to FTS5's content table
+  (``protocol_fts_content``, columns ``c0..c3`` in :data:`FIELDS` order): a plain rowid lookup,
+  where a ``MATCH`` per row would rebuild a prefix query's whole doclist each time.
 """
 
 from __future__ import annotations
@@ -28,7 +38,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Integer, TextualSelect, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    FromClause,
+    Integer,
+    Text,
+    TextualSelect,
+    and_,
+    case,
+    cast,
+    column,
+    func,
+    literal,
+    table,
+    text,
+)
+from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
 from sqlalchemy.orm import Session
 
 from protocols.record import split_document
@@ -159,22 +185,133 @@ def _tsquery(words: Sequence[str]) -> str:
 
 def matches(dialect: str, query: MatchQuery) -> TextualSelect:
     """A statement yielding ``(seq, rank)`` for every version matching all query words."""
+    return candidates(dialect, query)
+
+
+def candidates(dialect: str, query: MatchQuery, fields: Sequence[str] = ()) -> TextualSelect:
+    """``(seq, rank)`` of the versions matching all query words, from the index.
+
+    With ``fields``, only versions where at least one of those fields holds every word on its own
+    (the versions that can reach a rank with one of those fields' bits): the index answers that
+    directly, so a search looking for ranks above a threshold never touches the other matches.
+    """
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
     if dialect == "sqlite":
         all_fields = _fts5_expression(query.words)
-        rank = " + ".join(
-            f"(CASE WHEN rowid IN (SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH :q_{name}) "
-            f"THEN {weight} ELSE 0 END)"
-            for name, weight in FIELD_WEIGHTS.items())
-        statement = text(f"SELECT rowid AS seq, {rank} AS rank FROM {TABLE} WHERE {TABLE} MATCH :q_all")
-        params = {"q_all": all_fields,
-                  **{f"q_{name}": f"{name} : ({all_fields})" for name in FIELDS}}
+        expression = (" OR ".join(f"({name} : ({all_fields}))" for name in fields) if fields
+                      else all_fields)
+        columns = {name: f"{TABLE}.{name}" for name in FIELDS}
+        rank = _sqlite_rank_sql(columns, len(query.words))
+        statement = text(f"SELECT {TABLE}.rowid AS seq, {rank} AS rank FROM {TABLE} WHERE {TABLE} MATCH :q")
+        params: dict[str, Any] = {"q": expression, **_sqlite_word_params(query.words)}
     else:
         rank = " + ".join(f"(CASE WHEN {name} @@ CAST(:tsq AS tsquery) THEN {weight} ELSE 0 END)"
                           for name, weight in FIELD_WEIGHTS.items())
-        statement = text(f"SELECT seq, {rank} AS rank FROM {TABLE} "
-                         "WHERE document @@ CAST(:tsq AS tsquery)")
+        # A field holding every word implies the whole document does: with fields, their own
+        # GIN indexes answer alone (the document's posting lists would list every match).
+        where = (" OR ".join(f"{name} @@ CAST(:tsq AS tsquery)" for name in fields) if fields
+                 else "document @@ CAST(:tsq AS tsquery)")
+        statement = text(f"SELECT seq, {rank} AS rank FROM {TABLE} WHERE {where}")
         params = {"tsq": _tsquery(query.words)}
     return statement.bindparams(**params).columns(seq=Integer, rank=Integer)
+
+
+def _sqlite_word_params(words: Sequence[str]) -> dict[str, str]:
+    return {f"w{index}": f" {word}" for index, word in enumerate(words)}
+
+
+def _sqlite_has_words(haystack: str, count: int) -> str:
+    """SQL: every query word starts a lexeme of ``haystack`` (space-separated lexemes)."""
+    return " AND ".join(f"instr(' ' || {haystack}, :w{index}) > 0" for index in range(count))
+
+
+def _sqlite_rank_sql(columns: Mapping[str, str], count: int) -> str:
+    return " + ".join(f"(CASE WHEN {_sqlite_has_words(columns[name], count)} THEN {weight} ELSE 0 END)"
+                      for name, weight in FIELD_WEIGHTS.items())
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Per-row full-text evaluation for a statement that already has a version seq column.
+
+    Join ``source`` on ``source_seq == <version seq>`` (an outer join keeps rows without an index
+    row, which then do not match); ``match`` holds when the version matches every query word;
+    ``rank`` is the version's rank (meaningful only where ``match`` holds).
+    """
+
+    source: FromClause
+    source_seq: ColumnElement[Any]
+    match: ColumnElement[bool]
+    rank: ColumnElement[int]
+
+
+#: FTS5's own content table: one row per indexed version, the stored lexemes in c0..c3.
+SQLITE_CONTENT = table(f"{TABLE}_content", column("id", Integer()),
+                       *(column(f"c{i}", Text()) for i in range(len(FIELDS))))
+POSTGRES_TABLE = table(TABLE, column("seq"), *(column(name, TSVECTOR()) for name in (*FIELDS, "document")))
+
+
+def probe(dialect: str, query: MatchQuery) -> Probe:
+    """The per-row form of :func:`matches`: same matches, same rank (see the module docstring)."""
+    if dialect == "sqlite":
+        source = SQLITE_CONTENT.alias("fts_row")
+        columns = {name: source.c[f"c{i}"] for i, name in enumerate(FIELDS)}
+        words = [literal(f" {word}") for word in query.words]
+
+        def has_words(haystack: ColumnElement[Any]) -> ColumnElement[bool]:
+            spaced = literal(" ") + haystack
+            return and_(*(func.instr(spaced, word) > 0 for word in words))
+
+        everything: ColumnElement[Any] = columns["title"]
+        for name in FIELDS[1:]:
+            everything = everything + literal(" ") + columns[name]
+        match = has_words(everything)
+        rank = _rank_sum({name: has_words(col) for name, col in columns.items()})
+        return Probe(source, source.c.id, match, rank)
+    pg = POSTGRES_TABLE.alias("fts_row")
+    tsq = cast(literal(_tsquery(query.words)), TSQUERY())
+    match = pg.c.document.bool_op("@@")(tsq)
+    rank = _rank_sum({name: pg.c[name].bool_op("@@")(tsq) for name in FIELDS})
+    return Probe(pg, pg.c.seq, match, rank)
+
+
+def _rank_sum(conditions: Mapping[str, ColumnElement[bool]]) -> ColumnElement[int]:
+    terms = [case((conditions[name], literal(weight)), else_=literal(0)) for name, weight in FIELD_WEIGHTS.items()]
+    total: ColumnElement[int] = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def fields_above(threshold: int, frequency: Mapping[str, int] | None = None) -> tuple[str, ...] | None:
+    """Fields such that every rank above ``threshold`` needs at least one of them to hold all words.
+
+    ``None`` when no rank can exceed the threshold (it is the maximum). Ranks are 4-bit masks, so
+    ``rank > t`` holds exactly when, for some bit ``i`` clear in ``t``, the rank has bit ``i`` and
+    every bit of ``t`` above ``i``; one field of each such group suffices as a filter (the rank
+    itself is then checked exactly). ``frequency`` (how often each field matched in a sample)
+    picks the rarest field of each group: the fewest candidates.
+    """
+    if threshold < 0:
+        return ()
+    if threshold >= sum(FIELD_WEIGHTS.values()):
+        return None
+    chosen: list[str] = []
+    for name, weight in FIELD_WEIGHTS.items():
+        if threshold & weight:
+            continue
+        group = [name] + [other for other, w in FIELD_WEIGHTS.items() if w > weight and threshold & w]
+        pick = min(group, key=lambda f: ((frequency or {}).get(f, 0), group.index(f)))
+        if pick not in chosen:
+            chosen.append(pick)
+    return tuple(chosen)
+
+
+def field_bits(rank: int) -> list[str]:
+    """The fields whose bits are set in ``rank``."""
+    return [name for name, weight in FIELD_WEIGHTS.items() if rank & weight]
 
 
 def indexed_seqs(connection: Connection) -> Iterable[int]:

@@ -62,13 +62,24 @@ def canonical_content(content: Mapping[str, Any]) -> dict[str, Any]:
 
 def content_hash(content: Mapping[str, Any]) -> str:
     """Hash of the clinical content, independent of key order: equal content, equal hash."""
-    return hashlib.sha256(json.dumps(canonical_content(content), sort_keys=True, ensure_ascii=False,
+    return canonical_hash(canonical_content(content))
+
+
+def canonical_hash(canonical: Mapping[str, Any]) -> str:
+    """``content_hash`` of content already passed through :func:`canonical_content`."""
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False,
                                      separators=(",", ":")).encode()).hexdigest()
 
 
 def build_document(meta: Mapping[str, Any], content: Mapping[str, Any]) -> str:
+    return build_canonical_document(meta, canonical_content(content))
+
+
+def build_canonical_document(meta: Mapping[str, Any], canonical: Mapping[str, Any]) -> str:
+    """``build_document`` for content already passed through :func:`canonical_content` (the write
+    path computes it once and derives hash, document, search terms and full-text rows from it)."""
     doc: dict[str, Any] = {name: jsonable(meta.get(name)) for name in META_FIELDS}
-    doc.update(canonical_content(content))
+    doc.update(canonical)
     return dumps(doc)
 
 

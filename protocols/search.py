@@ -15,8 +15,19 @@ Pages are keyset pages. Without ``q`` the key is the protocol's creation sequenc
 between two fetches neither repeats nor skips a protocol, and a deep page costs what the first one
 does). With ``q`` the key is ``(rank, protocol sequence)``; the rank is a pure function of the version
 and the query (see ``protocols.fulltext``), so it does not drift when other protocols are written.
-Ranked pages must score every match before sorting: their cost grows with the number of matches,
-not with the page number.
+
+**Bounded pages (issue #9).** A forward page is found by a *walk*: versions in effect are read in
+protocol-sequence order (an index range, :data:`WALK_FIRST` rows first, then 4x more per step, at
+most :data:`WALK_STEPS` steps), each checked per row against the filters (indexed probes) and the
+text (:func:`protocols.fulltext.probe`). Its cost is page size / selectivity, whatever the catalog
+size. The rank has only 16 values, so a walk that has seen a page's worth of rows of its best rank
+``R`` knows that every unseen row of rank ``<= R`` sorts after them (lower protocol sequence): only
+rows ranking *above* ``R`` can still be missing, and those need a field the walked page's winners
+lack (:func:`protocols.fulltext.fields_above`). One index-driven statement fetches exactly those
+(:func:`protocols.fulltext.candidates`: usually none, from a short posting list). When the walk
+runs out of budget first (a rare filter or word), the same statement fetches everything not walked,
+as the index-driven plan always did. Backward pages and ``count`` use the index-driven statement.
+The result is the same set, in the same order, as sorting every match (tests compare both).
 """
 
 from __future__ import annotations
@@ -24,10 +35,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, DateTime, Integer, Select, and_, bindparam, case, func, literal, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from protocols import fulltext
 from protocols.db import Database
@@ -110,36 +122,256 @@ def search(
         raise ValueError(f"unknown listing status {query.status!r}")
     if after is not None and before is not None:
         raise ValueError("give after or before, not both")
-    statement, seq_column, rank_column = _matching(db.dialect, query)
-    page = _keyset(statement, seq_column, rank_column, after=after, before=before).limit(limit + 1)
-    with db.read() as session:
-        rows = session.execute(page).all()
-        total = None
-        if count:
-            total = int(session.execute(select(func.count()).select_from(statement.subquery())).scalar_one())
-    items = [_hit(row, rank_column is not None) for row in rows[:limit]]
     if before is not None:
+        statement, seq_column, rank_column = _matching(db.dialect, query)
+        page = _keyset(statement, seq_column, rank_column, after=None, before=before).limit(limit + 1)
+        with db.read() as session:
+            rows = session.execute(page).all()
+            total = _count(session, statement) if count else None
+        items = [_hit(row, rank_column is not None) for row in rows[:limit]]
         items.reverse()
-    return SearchPage(items, len(rows) > limit, total)
+        return SearchPage(items, len(rows) > limit, total)
+    if (query.ranked and isinstance(after, int)) or (not query.ranked and isinstance(after, tuple)):
+        raise ValueError("a ranked key was given for an unranked listing" if isinstance(after, tuple)
+                         else "an unranked key was given for a ranked listing")
+    with db.read() as session:
+        keys = _walked_page(session, db.dialect, query, limit + 1, after)
+        items = _fetch(session, keys[:limit], query.ranked)
+        total = _count(session, _matching(db.dialect, query)[0]) if count else None
+    return SearchPage(items, len(keys) > limit, total)
+
+
+def _count(session: Session, statement: Select[Any]) -> int:
+    return int(session.execute(select(func.count()).select_from(statement.subquery())).scalar_one())
+
+
+# ------------------------------------------------------------------------------- bounded pages
+
+#: Rows read by the first step of a walk, per row wanted on the page; each later step reads 4x more.
+WALK_FIRST = 6
+#: Steps before a walk gives up and lets the index-driven statement find the rest.
+WALK_STEPS = 3
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A match located by its key, before its stored version is read."""
+
+    protocol_seq: int
+    version_seq: int
+    rank: int | None
+
+    def sort_key(self) -> tuple[int, int]:
+        return (self.rank or 0, self.protocol_seq)
+
+
+def _walked_page(session: Session, dialect: str, query: ProtocolQuery, need: int,
+                 after: Key | None) -> list[_Found]:
+    """The first ``need`` matches after ``after`` (key order), walking first (see module docstring)."""
+    rank_after, seq_after = (after if isinstance(after, tuple) else (None, after))
+    upper = seq_after  # the walk reads protocol sequences below this (all when None)
+    at = query.as_of or utcnow()
+    connection = session.connection()
+    if dialect == "postgresql":
+        # These statements read a bounded number of rows by index (walk steps, a few posting lists,
+        # one page of documents). On a small catalog the planner prefers scanning or hashing whole
+        # tables and, for per-field prefix matches (estimated at ~2 % of the table), parallel
+        # workers, which cost more to start than the query. None of that scales with the page.
+        connection.exec_driver_sql("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
+                                   "SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0")
+    found: list[_Found] = []
+    walked_to: int | None = None  # lowest protocol sequence walked so far
+    exhausted = False
+    frequency = dict.fromkeys(fulltext.FIELDS, 0)
+    size = WALK_FIRST * need
+    for _ in range(WALK_STEPS):
+        below = upper if walked_to is None else walked_to
+        rows = connection.execute(_walk_statement(dialect, query, below is not None),
+                                  {"at": at, "upper": below, "size": size}).all()
+        if rows:
+            walked_to = int(rows[-1].protocol_seq)
+        read = int(rows[-1].walk_rn) if rows else 0
+        for row in rows:
+            if not row.ok:
+                continue
+            rank = int(row.rank) if query.ranked else None
+            if rank is not None:
+                if rank_after is not None and rank > rank_after:
+                    continue  # ranks above the cursor's were on earlier pages
+                for name in fulltext.field_bits(rank):
+                    frequency[name] += 1
+            found.append(_Found(int(row.protocol_seq), int(row.seq), rank))
+        if read < size:
+            exhausted = True
+            break
+        if len(found) >= need and (not query.ranked or _settled(found, need)):
+            break
+        size *= 4
+    found.sort(key=_Found.sort_key, reverse=True)
+    found = found[:need]
+    rest = _rest(dialect, query, need, found, frequency, exhausted=exhausted, walked_to=walked_to,
+                 upper=upper, rank_after=rank_after)
+    if rest is not None:
+        statement, params = rest
+        found += [_Found(int(r.protocol_seq), int(r.seq), int(r.rank) if query.ranked else None)
+                  for r in connection.execute(statement, {"at": at, **params}).all()]
+        found.sort(key=_Found.sort_key, reverse=True)
+    return found[:need]
+
+
+def _settled(found: list[_Found], need: int) -> bool:
+    """The walk's best rank alone fills the page: walking on could only find rarer, higher ranks."""
+    ranks = sorted((f.rank or 0 for f in found), reverse=True)
+    return ranks[need - 1] == ranks[0]
+
+
+def _rest(dialect: str, query: ProtocolQuery, need: int, found: list[_Found], frequency: dict[str, int], *,
+          exhausted: bool, walked_to: int | None, upper: int | None,
+          rank_after: int | None) -> tuple[Select[Any], dict[str, Any]] | None:
+    """The index-driven statement (and its parameters) for matches the walk did not see that can
+    still make the page.
+
+    Walked: protocol sequences in ``[walked_to, upper)``. Unwalked rows below ``walked_to`` matter
+    only when they rank above the page's last row (``floor``); rows at or above ``upper`` (a
+    ranked cursor's own sequence) hold ranks below the cursor's and matter from ``floor`` up.
+    """
+    full = len(found) >= need
+    floor = (found[-1].rank or 0) if full else -1
+    params: dict[str, Any] = {"n": need - len(found) if not query.ranked else need, "walked_to": walked_to,
+                              "upper": upper, "floor": floor, "rank_after": rank_after}
+    if not query.ranked:
+        if exhausted or full:
+            return None
+        if walked_to is None:  # nothing walked at all: the walk is exhausted (kept for clarity)
+            return None
+        return _rest_statement(dialect, query, None, True, False), params
+    below = not exhausted  # unwalked rows below the walk: ranks above floor
+    above = upper is not None and rank_after is not None and floor < rank_after
+    if not (below or above):
+        return None
+    fields = fulltext.fields_above(floor - 1 if above else floor, frequency)
+    if fields is None:
+        return None
+    return _rest_statement(dialect, query, fields, below, above, rank_after is not None), params
+
+
+@lru_cache(maxsize=512)
+def _rest_statement(dialect: str, query: ProtocolQuery, fields: tuple[str, ...] | None, below: bool,
+                    above: bool, after: bool = False) -> Select[Any]:
+    """Parameters: ``at``, ``n``, ``walked_to``, ``upper``, ``floor``, ``rank_after`` (as used)."""
+    at = bindparam("at", type_=DateTime())
+    if fields is None:  # unranked
+        statement, seq, _ = _matching(dialect, query, at=at)
+        return (_narrow(statement.where(seq < bindparam("walked_to", type_=Integer())), seq, None)
+                .order_by(seq.desc()).limit(bindparam("n", type_=Integer())))
+    words = fulltext.MatchQuery.parse(query.q or "")
+    statement, seq, rank = _matching(dialect, query, fulltext.candidates(dialect, words, fields), at=at)
+    floor = bindparam("floor", type_=Integer())
+    parts: list[ColumnElement[bool]] = []
+    if below:
+        parts.append(and_(rank > floor, seq < bindparam("walked_to", type_=Integer())))
+    upper, rank_after = bindparam("upper", type_=Integer()), bindparam("rank_after", type_=Integer())
+    if above:
+        parts.append(and_(seq >= upper, rank >= floor, rank < rank_after))
+    if after:  # the cursor: nothing at or before its key
+        statement = statement.where(or_(rank < rank_after, and_(rank == rank_after, seq < upper)))
+    statement = statement.where(or_(*parts))
+    return _narrow(statement, seq, rank).order_by(rank.desc(), seq.desc()).limit(bindparam("n", type_=Integer()))
+
+
+def _narrow(statement: Select[Any], seq: Any, rank: Any) -> Select[Any]:
+    """Keys only: the stored documents are read for the final page alone."""
+    columns = [seq.label("protocol_seq"), _VERSION.seq.label("seq")]
+    if rank is not None:
+        columns.append(rank.label("rank"))
+    return statement.with_only_columns(*columns)
+
+
+_FETCH = select(*VERSION_COLUMNS).where(ProtocolVersion.seq.in_(bindparam("seqs", expanding=True)))
+
+
+def _fetch(session: Session, found: list[_Found], ranked: bool) -> list[Hit]:
+    if not found:
+        return []
+    rows = session.connection().execute(_FETCH, {"seqs": [f.version_seq for f in found]})
+    by_seq = {int(row.seq): stored_version(row) for row in rows}
+    return [Hit(f.protocol_seq, f.rank if ranked else None, by_seq[f.version_seq]) for f in found]
+
+
+@lru_cache(maxsize=512)
+def _walk_statement(dialect: str, query: ProtocolQuery, bounded: bool) -> Select[Any]:
+    """One walk step: ``size`` candidates (below protocol sequence ``upper`` when ``bounded``) in walk
+    order, each with a match flag (every filter and the text, checked per row) and its rank. Every
+    row read is returned, so the caller knows how far the walk got even when nothing matched.
+    Parameters: ``at``, ``size``, ``upper``."""
+    at = bindparam("at", type_=DateTime())
+    if query.status == "draft":
+        newest = _newest_version(query, at)
+        order: Any = Protocol.seq
+        walk = select(Protocol.seq.label("protocol_seq"), Protocol.id.label("protocol_id"),
+                      newest.label("version"))
+        conditions: list[ColumnElement[bool]] = [_VERSION.status == "draft"]
+    else:
+        period = EffectivePeriod
+        order = period.protocol_seq
+        walk = (select(period.protocol_seq, period.protocol_id, period.version)
+                .where(period.valid_from <= at,
+                       or_(period.valid_until.is_(None), period.valid_until > at),
+                       period.status == query.status))
+        conditions = []
+    if bounded:
+        walk = walk.where(order < bindparam("upper", type_=Integer()))
+    size = bindparam("size", type_=Integer())
+    rows = walk.order_by(order.desc()).limit(size).subquery("walk_rows")
+    walked = select(rows, func.row_number().over(order_by=rows.c.protocol_seq.desc()).label("walk_rn")
+                    ).subquery("walk")
+    statement = (select(walked.c.protocol_seq, walked.c.walk_rn, _VERSION.seq)
+                 .select_from(walked)
+                 .outerjoin(_VERSION, and_(_VERSION.protocol_id == walked.c.protocol_id,
+                                           _VERSION.version == walked.c.version)))
+    conditions += _filters(query, probe=True)
+    if query.q is not None:
+        text_probe = fulltext.probe(dialect, fulltext.MatchQuery.parse(query.q))
+        statement = statement.outerjoin(text_probe.source, text_probe.source_seq == _VERSION.seq)
+        conditions.append(text_probe.match)
+        statement = statement.add_columns(text_probe.rank.label("rank"))
+    matched = and_(_VERSION.seq.is_not(None), *conditions)
+    ok = case((matched, literal(1)), else_=literal(0))
+    # Matches, plus the last row read (matching or not): it tells how far the walk got.
+    return (statement.add_columns(ok.label("ok"))
+            .where(or_(walked.c.walk_rn == size, matched))
+            .order_by(walked.c.protocol_seq.desc()))
 
 
 # ------------------------------------------------------------------------------- query building
 
+
+def _newest_version(query: ProtocolQuery, at: Any) -> Any:
+    """For ``status=draft``: the protocol's newest version, or with ``as_of`` its newest one recorded
+    by then."""
+    if query.as_of is None:
+        return Protocol.latest_version
+    older = aliased(ProtocolVersion)
+    return (select(func.max(older.version))
+            .where(older.protocol_id == Protocol.id, older.recorded_at <= at)
+            .scalar_subquery())
+
 _VERSION = ProtocolVersion
 
 
-def _matching(dialect: str, query: ProtocolQuery) -> tuple[Select[Any], Any, Any]:
-    """The unordered statement of all matches, its protocol-sequence column and its rank column."""
-    at = query.as_of or utcnow()
+def _matching(dialect: str, query: ProtocolQuery, text_matches: Any = None,
+              at: Any = None) -> tuple[Select[Any], Any, Any]:
+    """The unordered statement of all matches, its protocol-sequence column and its rank column.
+
+    ``text_matches`` replaces :func:`protocols.fulltext.matches` (a ``(seq, rank)`` statement);
+    ``at`` replaces ``as_of`` (or now), e.g. with a bound parameter."""
+    if at is None:
+        at = query.as_of or utcnow()
     if query.status == "draft":
-        newest: Any = Protocol.latest_version
-        if query.as_of is not None:
-            older = aliased(ProtocolVersion)
-            newest = (select(func.max(older.version))
-                      .where(older.protocol_id == Protocol.id, older.recorded_at <= at)
-                      .scalar_subquery())
+        newest = _newest_version(query, at)
         seq_column: Any = Protocol.seq.label("protocol_seq")
         statement = (select(seq_column, *VERSION_COLUMNS)
+                     .select_from(Protocol)  # explicit: with as_of and q, the join's left side is ambiguous
                      .join(_VERSION, and_(_VERSION.protocol_id == Protocol.id, _VERSION.version == newest))
                      .where(_VERSION.status == "draft"))
         order_seq: Any = Protocol.seq
@@ -156,48 +388,56 @@ def _matching(dialect: str, query: ProtocolQuery) -> tuple[Select[Any], Any, Any
     statement = statement.where(*_filters(query))
     rank_column = None
     if query.q is not None:
-        matches = fulltext.matches(dialect, fulltext.MatchQuery.parse(query.q)).subquery("fts")
+        if text_matches is None:
+            text_matches = fulltext.matches(dialect, fulltext.MatchQuery.parse(query.q))
+        matches = text_matches.subquery("fts")
         statement = statement.join(matches, matches.c.seq == _VERSION.seq).add_columns(
             matches.c.rank.label("rank"))
         rank_column = matches.c.rank
     return statement, order_seq, rank_column
 
 
-def _term(kind: str, values: Sequence[str]) -> ColumnElement[bool]:
+def _exists(statement: Select[Any], probe: bool) -> ColumnElement[bool]:
+    """``EXISTS`` for set-oriented plans; as a probe (a one-row scalar subquery, which PostgreSQL
+    cannot turn into a hash over every matching row), an index lookup per row for walks."""
+    if probe:
+        return statement.limit(1).scalar_subquery().is_not(None)
+    return statement.exists()
+
+
+def _term(kind: str, values: Sequence[str], probe: bool = False) -> ColumnElement[bool]:
     """The version being looked at has a ``search_terms`` row ``(kind, one of values)``."""
     term = aliased(SearchTerm)
-    return (select(literal(1))
-            .where(term.protocol_id == _VERSION.protocol_id, term.version == _VERSION.version,
-                   term.kind == kind, term.value.in_(list(values)))
-            .exists())
+    return _exists(select(literal(1))
+                   .where(term.protocol_id == _VERSION.protocol_id, term.version == _VERSION.version,
+                          term.kind == kind, term.value.in_(list(values))), probe)
 
 
-def _filters(query: ProtocolQuery) -> list[ColumnElement[bool]]:
+def _filters(query: ProtocolQuery, probe: bool = False) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if query.drug is not None:
-        conditions.append(_term("drug", [query.drug.strip().casefold()]))
+        conditions.append(_term("drug", [query.drug.strip().casefold()], probe))
     if query.rxnorm_cui is not None:
-        conditions.append(_term("rxnorm_cui", [query.rxnorm_cui]))
+        conditions.append(_term("rxnorm_cui", [query.rxnorm_cui], probe))
     if query.route is not None:
-        conditions.append(_term("route", [query.route]))
+        conditions.append(_term("route", [query.route], probe))
     if query.indication is not None:
         systems = [query.indication_system] if query.indication_system else list(INDICATION_SYSTEMS)
         keys = [indication_keys(system, query.indication)[-1] for system in systems]
-        conditions.append(_term("indication_key", keys))
+        conditions.append(_term("indication_key", keys, probe))
     elif query.indication_system is not None:
-        conditions.append(_term("indication_system", [query.indication_system]))
+        conditions.append(_term("indication_system", [query.indication_system], probe))
     if query.fda_status is not None:
-        conditions.append(_term("fda_status", [query.fda_status]))
+        conditions.append(_term("fda_status", [query.fda_status], probe))
     if query.dea_schedule is not None:
-        conditions.append(_term("dea_schedule", [query.dea_schedule]))
+        conditions.append(_term("dea_schedule", [query.dea_schedule], probe))
     if query.rems_required is not None:
-        conditions.append(_term("rems_required", ["true" if query.rems_required else "false"]))
+        conditions.append(_term("rems_required", ["true" if query.rems_required else "false"], probe))
     if query.updated_since is not None:
         later = aliased(ProtocolVersion)
-        conditions.append(select(literal(1))
-                          .where(later.protocol_id == _VERSION.protocol_id,
-                                 later.recorded_at > query.updated_since)
-                          .exists())
+        conditions.append(_exists(select(literal(1))
+                                  .where(later.protocol_id == _VERSION.protocol_id,
+                                         later.recorded_at > query.updated_since), probe))
     return conditions
 
 

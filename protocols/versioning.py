@@ -3,27 +3,33 @@
 Every public function here owns its transaction. Writes follow one recipe so that the If-Match
 check holds inside the database, not only in Python:
 
-1. read the head row and the newest version, compare ``If-Match`` with the newest ETag;
-2. advance the head with ``UPDATE protocols SET latest_version = n+1 WHERE id = :id AND
-   latest_version = n`` — on PostgreSQL a concurrent writer blocks on the row lock and then sees
-   zero rows (412); on SQLite the transaction began with ``BEGIN IMMEDIATE`` so writers queue;
-3. take the next changes-feed sequence from ``change_counter`` (its row lock is held until commit,
-   so the sequence follows commit order), insert the version (``UNIQUE(protocol_id, version)``
-   is the last line of defence) and rebuild the derived rows, then commit.
+1. read the head row, the newest version and its content hash (one SELECT), compare ``If-Match``
+   with the newest ETag; build the document, ETag, search terms, full-text lexemes and audit event;
+2. take the next changes-feed sequence from ``change_counter``, as late as possible: its row lock is
+   held until commit (so the sequence follows commit order) and serializes all writers;
+3. advance the head with ``UPDATE protocols SET latest_version = n+1 WHERE id = :id AND
+   latest_version = n`` (zero rows: a concurrent writer committed first, 412), insert the version
+   (``UNIQUE(protocol_id, version)`` is the last line of defence, also a 412), its derived rows
+   (full text, search terms, effective periods) and, for HTTP writes, the audit event; commit.
+   On PostgreSQL step 3 is one statement; on SQLite the transaction began with ``BEGIN IMMEDIATE``,
+   so writers queue before step 1.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Connection, DateTime, TextClause, and_, bindparam, delete, insert, or_, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from protocols import audit as audit_events
 from protocols import fulltext, record
 from protocols.db import Database
 from protocols.errors import (
@@ -37,11 +43,9 @@ from protocols.errors import (
 )
 from protocols.indexing import search_terms
 from protocols.models import (
-    ChangeCounter,
     EffectivePeriod,
     Protocol,
     ProtocolVersion,
-    SearchTerm,
 )
 from protocols.timeutil import parse_rfc3339, utcnow
 
@@ -91,14 +95,140 @@ def stored_version(row: Any) -> StoredVersion:
 
 
 # --------------------------------------------------------------------------------------- writes
+#
+# The write path is the other hot path (every curator edit, every catalog load), so it is written for
+# round trips: one SELECT reads the head, the newest version and its content hash; Python then builds
+# everything the version needs (document, ETag, hash, search terms, full-text lexemes, audit event)
+# *before* the change-counter lock is taken; then the counter, then the rows. On PostgreSQL all rows
+# (guarded head UPDATE, version, full text, search terms, effective periods, audit event) go in one
+# statement of data-modifying CTEs, so the counter lock is held for that one statement and the COMMIT.
+# On SQLite (in-process, no round trips; BEGIN IMMEDIATE serializes writers anyway) they are plain
+# statements. Both run Core statements on a Connection: no ORM Session or flush on this path.
 
 
 @dataclass(frozen=True)
 class WriteContext:
-    """Who is writing and under which request: recorded on the version for the audit trail."""
+    """Who is writing and under which request: recorded on the version for the audit trail.
+
+    ``audit``: the audit event to write *inside* the write's transaction when it appends a version
+    (the HTTP layer passes one, so the trail commits and rolls back with the version it describes)."""
 
     actor: str | None = None
     request_id: str | None = None
+    audit: audit_events.Pending | None = None
+
+
+_TIME = DateTime()
+_TIME_PARAMS = ("effective_from", "recorded_at", "created_at", "audit_occurred_at")
+
+
+def _typed(sql: str) -> TextClause:
+    """A textual statement whose datetime parameters go through the column type's bind processor
+    (SQLite stores them as fixed-format strings: the same bytes the ORM writes and compares)."""
+    statement = text(sql)
+    names = [name for name in _TIME_PARAMS if f":{name}" in sql]
+    return statement.bindparams(*(bindparam(name, type_=_TIME) for name in names)) if names else statement
+
+
+_NEWEST_FOR_WRITE = (
+    "SELECT v.protocol_id, v.version, v.status, v.effective_from, v.recorded_at, v.etag, v.document, v.seq,"
+    " v.content_hash, p.seq AS protocol_seq{basis}"
+    " FROM protocols p JOIN protocol_versions v ON v.protocol_id = p.id AND v.version = p.latest_version"
+    " WHERE p.id = :protocol_id"
+)
+_BASIS = (", (SELECT b.document FROM protocol_versions b WHERE b.protocol_id = p.id AND b.status <> 'draft'"
+          " ORDER BY b.version DESC LIMIT 1) AS basis_document")
+_NEWEST_SQL = text(_NEWEST_FOR_WRITE.format(basis="")).columns(effective_from=_TIME, recorded_at=_TIME)
+_NEWEST_WITH_BASIS_SQL = text(_NEWEST_FOR_WRITE.format(basis=_BASIS)).columns(
+    effective_from=_TIME, recorded_at=_TIME)
+
+_INSERT_PROTOCOL = _typed("INSERT INTO protocols (id, created_at, latest_version) VALUES (:protocol_id, :created_at, 1)"
+                          " ON CONFLICT (id) DO NOTHING RETURNING seq")
+_NEXT_SEQ = text("UPDATE change_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+
+_ADVANCE_HEAD = ("UPDATE protocols SET latest_version = :version"
+                 " WHERE id = :protocol_id AND latest_version = :expected")
+_INSERT_VERSION = (
+    "INSERT INTO protocol_versions (seq, protocol_id, version, status, effective_from, recorded_at, recorded_by,"
+    " request_id, change_note, content_hash, etag, document) VALUES (:seq, :protocol_id, :version, :status,"
+    " :effective_from, :recorded_at, :recorded_by, :request_id, :change_note, :content_hash, :etag, :document)"
+)
+# Effective periods, incrementally (see _periods_reference for the definition they must equal): the new
+# version N (the highest version) starts at E. The period in effect just before E now ends at E; the
+# period that starts exactly at E loses the tie to N and disappears; N runs until the next period starts.
+# The three statements touch disjoint rows (valid_from < E, = E, new key), so on PostgreSQL they can
+# share one statement.
+_TRUNCATE_PERIOD = ("UPDATE effective_periods SET valid_until = :effective_from WHERE protocol_id = :protocol_id"
+                    " AND valid_from < :effective_from AND (valid_until IS NULL OR valid_until > :effective_from)")
+_DROP_PERIOD = "DELETE FROM effective_periods WHERE protocol_id = :protocol_id AND valid_from = :effective_from"
+_INSERT_PERIOD = (
+    "INSERT INTO effective_periods (protocol_id, version, protocol_seq, status, valid_from, valid_until)"
+    " VALUES (:protocol_id, :version, :protocol_seq, :status, :effective_from,"
+    " (SELECT min(valid_from) FROM effective_periods WHERE protocol_id = :protocol_id"
+    " AND valid_from > :effective_from))"
+)
+_INSERT_AUDIT = (
+    "INSERT INTO audit_events (occurred_at, actor, action, target, outcome, status_code, request_id, detail)"
+    " VALUES (:audit_occurred_at, :audit_actor, :audit_action, :audit_target, :audit_outcome, :audit_status_code,"
+    " :audit_request_id, :audit_detail)"
+)
+
+# SQLite: one statement each.
+_SQLITE_ADVANCE_HEAD = text(_ADVANCE_HEAD)
+_SQLITE_INSERT_VERSION = _typed(_INSERT_VERSION)
+_SQLITE_INSERT_TERM = text("INSERT INTO search_terms (protocol_id, version, kind, value)"
+                           " VALUES (:protocol_id, :version, :kind, :value)")
+_SQLITE_PERIODS = (_typed(_TRUNCATE_PERIOD), _typed(_DROP_PERIOD), _typed(_INSERT_PERIOD))
+_SQLITE_INSERT_AUDIT = _typed(_INSERT_AUDIT)
+
+# PostgreSQL: parameters appear in several sub-statements, so each occurrence outside a VALUES list
+# names its type (otherwise the server could deduce different types for one parameter). The full-text
+# row is the one fulltext.index_version writes (same lexemes, same array_to_tsvector), inlined here so
+# it travels in the same statement; tests/protocols/test_search.py checks rebuilt and written rows agree.
+_PG_FTS = (f"INSERT INTO {fulltext.TABLE} (seq, {', '.join(fulltext.FIELDS)}) VALUES (:seq, "
+           + ", ".join(f"array_to_tsvector(CAST(:fts_{name} AS text[]))" for name in fulltext.FIELDS) + ")")
+_PG_TERMS = ("INSERT INTO search_terms (protocol_id, version, kind, value)"
+             " SELECT CAST(:protocol_id AS varchar), CAST(:version AS integer), t.kind, t.value"
+             " FROM unnest(CAST(:term_kinds AS varchar[]), CAST(:term_values AS varchar[])) AS t(kind, value)")
+_PG_CASTS = {":protocol_id": "CAST(:protocol_id AS varchar)", ":version": "CAST(:version AS integer)",
+             ":effective_from": "CAST(:effective_from AS timestamp)", ":expected": "CAST(:expected AS integer)",
+             ":protocol_seq": "CAST(:protocol_seq AS bigint)", ":status": "CAST(:status AS varchar)"}
+_PG_PLANS: dict[tuple[bool, bool, bool], TextClause] = {}
+
+
+def _pg_cast(sql: str) -> str:
+    for name, cast in _PG_CASTS.items():
+        sql = re.sub(re.escape(name) + r"\b", cast, sql)
+    return sql
+
+
+def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool) -> TextClause:
+    """One statement writing every row of an append; returns whether the guarded head advanced."""
+    key = (guarded, in_effect, audited)
+    statement = _PG_PLANS.get(key)
+    if statement is None:
+        parts = []
+        if guarded:
+            parts.append(f"head AS ({_pg_cast(_ADVANCE_HEAD)} RETURNING 1)")
+        parts += [f"version AS ({_pg_cast(_INSERT_VERSION)})", f"fts AS ({_PG_FTS})", f"terms AS ({_PG_TERMS})"]
+        if in_effect:
+            parts += [f"truncated AS ({_pg_cast(_TRUNCATE_PERIOD)})", f"dropped AS ({_pg_cast(_DROP_PERIOD)})",
+                      f"period AS ({_pg_cast(_INSERT_PERIOD)})"]
+        if audited:
+            parts.append(f"audit AS ({_INSERT_AUDIT})")
+        tail = "SELECT count(*) FROM head" if guarded else "SELECT 1"
+        statement = _typed("WITH " + ", ".join(parts) + " " + tail)
+        _PG_PLANS[key] = statement
+    return statement
+
+
+@contextmanager
+def _write_transaction(db: Database) -> Iterator[Connection]:
+    """A write transaction on a pooled connection (``BEGIN IMMEDIATE`` on SQLite, see protocols.db)."""
+    with db.engine.connect() as conn:
+        conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            yield conn
 
 
 def create(
@@ -114,21 +244,19 @@ def create(
 ) -> StoredVersion:
     """Create version 1 of a new protocol. An id that exists (or ever existed) is a conflict."""
     now = now or utcnow()
+    exists = ProtocolExists(f"protocol '{protocol_id}' already exists; ids are never reused",
+                            protocol_id=protocol_id)
+    prepared = _prepare(protocol_id, 1, content, status=status, effective_from=effective_from or now,
+                        change_note=change_note, ctx=ctx, now=now)
     try:
-        with db.write.begin() as session:
-            exists = session.execute(select(Protocol.seq).where(Protocol.id == protocol_id)).first()
-            if exists is not None:
-                raise ProtocolExists(f"protocol '{protocol_id}' already exists; ids are never reused",
-                                     protocol_id=protocol_id)
-            session.add(Protocol(id=protocol_id, created_at=now, latest_version=1))
-            session.flush()
-            return _append(session, protocol_id, 1, content, status=status,
-                           effective_from=effective_from or now, change_note=change_note, ctx=ctx,
-                           now=now)
+        with _write_transaction(db) as conn:
+            protocol_seq = conn.execute(_INSERT_PROTOCOL, {"protocol_id": protocol_id, "created_at": now}).scalar()
+            if protocol_seq is None:  # the id exists (ON CONFLICT DO NOTHING inserted nothing)
+                raise exists
+            return _write(conn, prepared, protocol_seq=int(protocol_seq), expected=None)
     except IntegrityError as exc:
         # A concurrent creator won the race between our existence check and the insert.
-        raise ProtocolExists(f"protocol '{protocol_id}' already exists; ids are never reused",
-                             protocol_id=protocol_id) from exc
+        raise exists from exc
 
 
 def revise(
@@ -148,18 +276,19 @@ def revise(
     Returns ``(version, created)``.
     """
     now = now or utcnow()
+    canonical = record.canonical_content(content)
+    content_hash = record.canonical_hash(canonical)
     try:
-        with db.write.begin() as session:
-            newest = _newest_for_write(session, protocol_id, if_match)
-            same_content = record.content_hash(content) == _content_hash(session, newest)
-            if (same_content and status == newest.status
+        with _write_transaction(db) as conn:
+            head = _newest_for_write(conn, protocol_id, if_match)
+            newest = head.version
+            if (content_hash == head.content_hash and status == newest.status
                     and (effective_from is None or effective_from == newest.effective_from)):
                 return newest, False
-            _advance_head(session, protocol_id, newest)
-            stored = _append(session, protocol_id, newest.version + 1, content, status=status,
-                             effective_from=effective_from or now, change_note=change_note, ctx=ctx,
-                             now=now)
-            return stored, True
+            prepared = _prepare(protocol_id, newest.version + 1, content, status=status,
+                                effective_from=effective_from or now, change_note=change_note, ctx=ctx, now=now,
+                                canonical=canonical, content_hash=content_hash)
+            return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
 
@@ -181,22 +310,16 @@ def retire(
     """
     now = now or utcnow()
     try:
-        with db.write.begin() as session:
-            newest = _newest_for_write(session, protocol_id, if_match)
+        with _write_transaction(db) as conn:
+            head = _newest_for_write(conn, protocol_id, if_match, with_basis=True)
+            newest = head.version
             if newest.status == "retired" and effective_from is None:
                 return newest, False
-            basis = session.execute(
-                select(*VERSION_COLUMNS)
-                .where(ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status != "draft")
-                .order_by(ProtocolVersion.version.desc()).limit(1)
-            ).first()
-            source = stored_version(basis) if basis is not None else newest
-            _, content = record.split_document(source.document)
-            _advance_head(session, protocol_id, newest)
-            stored = _append(session, protocol_id, newest.version + 1, content, status="retired",
-                             effective_from=effective_from or now,
-                             change_note=change_note or "Protocol retired", ctx=ctx, now=now)
-            return stored, True
+            _, content = record.split_document(head.basis_document or newest.document)
+            prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
+                                effective_from=effective_from or now,
+                                change_note=change_note or "Protocol retired", ctx=ctx, now=now)
+            return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
 
@@ -211,37 +334,55 @@ def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: i
     version = int(meta["version"])
     recorded_at = parse_rfc3339(str(meta["recorded_at"]))
     effective_from = parse_rfc3339(str(meta["effective_from"]))
-    head = session.execute(select(Protocol).where(Protocol.id == protocol_id)).scalar_one_or_none()
+    head = session.execute(select(Protocol.seq, Protocol.latest_version)
+                           .where(Protocol.id == protocol_id)).first()
+    conn = session.connection()
+    prepared = _prepare(protocol_id, version, content, status=str(meta["status"]), effective_from=effective_from,
+                        change_note=meta.get("change_note"),
+                        ctx=WriteContext(meta.get("recorded_by"), meta.get("request_id")), now=recorded_at)
     if version == 1:
-        if head is not None:
+        protocol_seq = None if head is not None else conn.execute(
+            _INSERT_PROTOCOL, {"protocol_id": protocol_id, "created_at": recorded_at}).scalar()
+        if protocol_seq is None:
             raise ProtocolExists(f"protocol '{protocol_id}' already exists", protocol_id=protocol_id)
-        session.add(Protocol(id=protocol_id, created_at=recorded_at, latest_version=1))
-        session.flush()
-    else:
-        if head is None or head.latest_version != version - 1:
-            raise VersionNotFound(f"protocol '{protocol_id}' version {version} arrives out of order")
-        _advance_head(session, protocol_id, _newest(session, protocol_id))
-    _append(session, protocol_id, version, content, status=str(meta["status"]),
-            effective_from=effective_from, change_note=meta.get("change_note"),
-            ctx=WriteContext(meta.get("recorded_by"), meta.get("request_id")), now=recorded_at)
+        _write(conn, prepared, protocol_seq=int(protocol_seq), expected=None)
+        return
+    if head is None or head.latest_version != version - 1:
+        raise VersionNotFound(f"protocol '{protocol_id}' version {version} arrives out of order")
+    _write(conn, prepared, protocol_seq=int(head.seq), expected=version - 1)
 
 
-def _newest(session: Session, protocol_id: str) -> StoredVersion:
-    row = session.execute(
-        select(*VERSION_COLUMNS)
-        .join(Protocol, and_(Protocol.id == ProtocolVersion.protocol_id,
-                             Protocol.latest_version == ProtocolVersion.version))
-        .where(Protocol.id == protocol_id)
-    ).first()
+@dataclass(frozen=True)
+class _Head:
+    """What a guarded append needs to know, from one SELECT."""
+
+    version: StoredVersion
+    content_hash: str
+    protocol_seq: int
+    basis_document: str | None = None
+
+
+def _read_head(conn: Connection, protocol_id: str, *, with_basis: bool = False) -> _Head:
+    row = conn.execute(_NEWEST_WITH_BASIS_SQL if with_basis else _NEWEST_SQL, {"protocol_id": protocol_id}).first()
     if row is None:
         raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
-    return stored_version(row)
+    return _Head(stored_version(row), str(row.content_hash), int(row.protocol_seq),
+                 row.basis_document if with_basis else None)
 
 
-def _newest_for_write(session: Session, protocol_id: str, if_match: Sequence[str] | None) -> StoredVersion:
-    newest = _newest(session, protocol_id)
-    check_if_match(newest, if_match)
-    return newest
+def _newest_for_write(conn: Connection, protocol_id: str, if_match: Sequence[str] | None, *,
+                      with_basis: bool = False) -> _Head:
+    head = _read_head(conn, protocol_id, with_basis=with_basis)
+    check_if_match(head.version, if_match)
+    return head
+
+
+def latest_with_hash(db: Database, protocol_id: str) -> tuple[StoredVersion, str]:
+    """The newest version (as :func:`latest`) and its content hash, in one SELECT (for the catalog
+    loader, which compares content before it writes)."""
+    with db.engine.connect() as conn:
+        head = _read_head(conn, protocol_id)
+    return head.version, head.content_hash
 
 
 def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None) -> None:
@@ -259,24 +400,11 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None) -> Non
             current_version=newest.version, current_etag=newest.etag)
 
 
-def _content_hash(session: Session, version: StoredVersion) -> str:
-    return str(session.execute(
-        select(ProtocolVersion.content_hash).where(ProtocolVersion.seq == version.seq)
-    ).scalar_one())
-
-
-def _advance_head(session: Session, protocol_id: str, newest: StoredVersion) -> None:
-    result = session.execute(
-        update(Protocol)
-        .where(Protocol.id == protocol_id, Protocol.latest_version == newest.version)
-        .values(latest_version=newest.version + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        # Another writer appended after we read the newest version: our If-Match is stale.
-        raise PreconditionFailed(
-            f"protocol '{protocol_id}' was changed concurrently; fetch the newest version and retry",
-            current_version=None, current_etag=None)
+def _changed_concurrently(protocol_id: str) -> PreconditionFailed:
+    # Another writer appended after we read the newest version: our If-Match is stale.
+    return PreconditionFailed(
+        f"protocol '{protocol_id}' was changed concurrently; fetch the newest version and retry",
+        current_version=None, current_etag=None)
 
 
 def _lost_race(db: Database, protocol_id: str) -> PreconditionFailed:
@@ -289,16 +417,25 @@ def _lost_race(db: Database, protocol_id: str) -> PreconditionFailed:
         return PreconditionFailed(f"protocol '{protocol_id}' was changed concurrently")
 
 
-def _next_seq(session: Session) -> int:
-    value = session.execute(
-        update(ChangeCounter).where(ChangeCounter.id == 1).values(value=ChangeCounter.value + 1)
-        .returning(ChangeCounter.value)
-    ).scalar_one()
-    return int(value)
+def _next_seq(conn: Connection | Session) -> int:
+    """Take the next changes-feed sequence. The counter row stays locked until commit (the feed's
+    commit order, see protocols.changes), so callers take it last, once everything else is ready."""
+    return int(conn.execute(_NEXT_SEQ).scalar_one())
 
 
-def _append(
-    session: Session,
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything an append writes, computed before any lock is taken."""
+
+    stored: StoredVersion
+    canonical: dict[str, Any]
+    params: dict[str, Any]
+    terms: list[tuple[str, str]]
+    in_effect: bool
+    audited: bool
+
+
+def _prepare(
     protocol_id: str,
     version: int,
     content: Mapping[str, Any],
@@ -308,9 +445,12 @@ def _append(
     change_note: str | None,
     ctx: WriteContext,
     now: datetime,
-) -> StoredVersion:
+    canonical: dict[str, Any] | None = None,
+    content_hash: str | None = None,
+) -> _Prepared:
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
+    canonical = canonical if canonical is not None else record.canonical_content(content)
     meta = {
         "id": protocol_id,
         "version": version,
@@ -321,39 +461,63 @@ def _append(
         "request_id": ctx.request_id,
         "change_note": change_note,
     }
-    document = record.build_document(meta, content)
+    document = record.build_canonical_document(meta, canonical)
     etag = record.make_etag(version, document)
-    seq = _next_seq(session)
-    session.execute(insert(ProtocolVersion).values(
-        seq=seq, protocol_id=protocol_id, version=version, status=status, effective_from=effective_from,
-        recorded_at=now, recorded_by=ctx.actor, request_id=ctx.request_id, change_note=change_note,
-        content_hash=record.content_hash(content), etag=etag, document=document,
-    ))
-    terms = sorted(set(search_terms(record.canonical_content(content), status)))
-    if terms:
-        session.execute(insert(SearchTerm), [
-            {"protocol_id": protocol_id, "version": version, "kind": kind, "value": value[:200]}
-            for kind, value in terms
-        ])
-    fulltext.index_version(session, seq, record.canonical_content(content))
-    _rebuild_periods(session, protocol_id)
-    return StoredVersion(protocol_id, version, status, effective_from, now, etag, document, seq)
+    terms = [(kind, value[:200]) for kind, value in sorted(set(search_terms(canonical, status)))]
+    lexemes = fulltext.field_tokens(canonical)
+    params: dict[str, Any] = {
+        "protocol_id": protocol_id, "version": version, "status": status, "effective_from": effective_from,
+        "recorded_at": now, "recorded_by": ctx.actor, "request_id": ctx.request_id, "change_note": change_note,
+        "content_hash": content_hash or record.canonical_hash(canonical), "etag": etag, "document": document,
+        **{f"fts_{name}": words for name, words in lexemes.items()},
+    }
+    if ctx.audit is not None:
+        event = audit_events.row(action=ctx.audit.action, outcome=audit_events.ALLOWED, actor=ctx.actor,
+                                 target=protocol_id, status_code=ctx.audit.status_code,
+                                 request_id=ctx.request_id, detail=ctx.audit.detail, occurred_at=now)
+        params.update({f"audit_{name}": value for name, value in event.items()})
+    stored = StoredVersion(protocol_id, version, status, effective_from, now, etag, document, seq=0)
+    return _Prepared(stored, canonical, params, terms, status in IN_EFFECT_STATUSES, ctx.audit is not None)
 
 
-def _rebuild_periods(session: Session, protocol_id: str) -> None:
-    """Recompute when each active/retired version of a protocol is the one in effect.
+def _write(conn: Connection, prepared: _Prepared, *, protocol_seq: int, expected: int | None) -> StoredVersion:
+    """Write an append's rows: the guarded head advance (``expected`` = the version the head must still
+    be at; None for version 1), the change sequence, the version, its derived rows and audit event."""
+    params = {**prepared.params, "protocol_seq": protocol_seq, "expected": expected}
+    protocol_id = prepared.stored.protocol_id
+    if conn.dialect.name == "postgresql":
+        seq = _next_seq(conn)
+        statement = _pg_append_statement(expected is not None, prepared.in_effect, prepared.audited)
+        advanced = conn.execute(statement, {**params, "seq": seq,
+                                            "term_kinds": [kind for kind, _ in prepared.terms],
+                                            "term_values": [value for _, value in prepared.terms]}).scalar_one()
+        if not advanced:
+            raise _changed_concurrently(protocol_id)
+    else:
+        if expected is not None and conn.execute(_SQLITE_ADVANCE_HEAD, params).rowcount != 1:
+            raise _changed_concurrently(protocol_id)
+        seq = _next_seq(conn)
+        params["seq"] = seq
+        conn.execute(_SQLITE_INSERT_VERSION, params)
+        fulltext.index_version(conn, seq, prepared.canonical)
+        if prepared.terms:
+            conn.execute(_SQLITE_INSERT_TERM, [{"protocol_id": protocol_id, "version": params["version"],
+                                                "kind": kind, "value": value} for kind, value in prepared.terms])
+        if prepared.in_effect:
+            for statement in _SQLITE_PERIODS:
+                conn.execute(statement, params)
+        if prepared.audited:
+            conn.execute(_SQLITE_INSERT_AUDIT, params)
+    return replace(prepared.stored, seq=seq)
 
-    The latest ``effective_from`` wins; ties go to the higher version, so the lower one's interval
-    is empty and is not stored.
-    """
-    protocol_seq = session.execute(select(Protocol.seq).where(Protocol.id == protocol_id)).scalar_one()
-    rows = session.execute(
-        select(ProtocolVersion.version, ProtocolVersion.status, ProtocolVersion.effective_from)
-        .where(ProtocolVersion.protocol_id == protocol_id,
-               ProtocolVersion.status.in_(IN_EFFECT_STATUSES))
-        .order_by(ProtocolVersion.effective_from, ProtocolVersion.version)
-    ).all()
-    session.execute(delete(EffectivePeriod).where(EffectivePeriod.protocol_id == protocol_id))
+
+def _periods_reference(versions: Sequence[Any], protocol_id: str, protocol_seq: int) -> list[dict[str, Any]]:
+    """The definition the incremental period updates must equal: each active/retired version is in
+    effect from its ``effective_from`` until the next one's; the latest ``effective_from`` wins and
+    ties go to the higher version, so the lower one's interval is empty and is not stored.
+    ``versions``: rows with ``version``, ``status``, ``effective_from``."""
+    rows = sorted((v for v in versions if v.status in IN_EFFECT_STATUSES),
+                  key=lambda v: (v.effective_from, v.version))
     periods = []
     for index, row in enumerate(rows):
         until = rows[index + 1].effective_from if index + 1 < len(rows) else None
@@ -361,17 +525,30 @@ def _rebuild_periods(session: Session, protocol_id: str) -> None:
             continue
         periods.append({"protocol_id": protocol_id, "version": row.version, "protocol_seq": protocol_seq,
                         "status": row.status, "valid_from": row.effective_from, "valid_until": until})
+    return periods
+
+
+def _rebuild_periods(conn: Connection | Session, protocol_id: str) -> None:
+    """Recompute a protocol's effective periods from scratch (repairs; the append path updates them
+    incrementally and is tested against this)."""
+    protocol_seq = conn.execute(select(Protocol.seq).where(Protocol.id == protocol_id)).scalar_one()
+    rows = conn.execute(
+        select(ProtocolVersion.version, ProtocolVersion.status, ProtocolVersion.effective_from)
+        .where(ProtocolVersion.protocol_id == protocol_id)
+    ).all()
+    conn.execute(delete(EffectivePeriod).where(EffectivePeriod.protocol_id == protocol_id))
+    periods = _periods_reference(rows, protocol_id, protocol_seq)
     if periods:
-        session.execute(insert(EffectivePeriod), periods)
+        conn.execute(insert(EffectivePeriod), periods)
 
 
 # ---------------------------------------------------------------------------------------- reads
 
 
-#: ``effective()`` is the hot path of every medication order. It runs one fixed SELECT on a pooled
-#: DBAPI connection instead of an ORM Session: no Session/Connection set-up, no statement building or
-#: cache-key lookup, no explicit BEGIN/ROLLBACK (a single SELECT is atomic on its own; on PostgreSQL
-#: it runs in autocommit, saving two round trips). Column types still go through SQLAlchemy's own
+#: ``effective()`` is the hot path of every medication order. It runs one fixed SELECT on the thread's
+#: own autocommit DBAPI connection (``db.reads``) instead of an ORM Session: no Session/Connection
+#: set-up, no statement building or cache-key lookup, no pool checkout, no BEGIN/ROLLBACK (a single
+#: SELECT is atomic on its own). Column types still go through SQLAlchemy's own
 #: bind/result processors, and driver errors are wrapped exactly as SQLAlchemy wraps them, so callers
 #: see the same values and exceptions as before. Measured in docs/performance.md (bench/).
 _EFFECTIVE_SQL = (
@@ -386,7 +563,6 @@ class _ReadPlan:
     sql: str
     bind_time: Any
     read_time: Any
-    autocommit: bool
 
 
 _PLANS: dict[Any, _ReadPlan] = {}
@@ -404,38 +580,14 @@ def _plan(dialect: Any) -> _ReadPlan:
         plan = _ReadPlan(
             sql=_EFFECTIVE_SQL.format(mark="?" if dialect.paramstyle == "qmark" else "%s", statuses=statuses),
             bind_time=time_type.bind_processor(dialect) or _identity,
-            read_time=time_type.result_processor(dialect, None) or _identity,
-            autocommit=dialect.name == "postgresql")
+            read_time=time_type.result_processor(dialect, None) or _identity)
         _PLANS[dialect] = plan
     return plan
 
 
 def _effective_row(db: Database, protocol_id: str, at: datetime) -> StoredVersion | None:
-    dialect = db.engine.dialect
-    plan = _plan(dialect)
-    params = (protocol_id, plan.bind_time(at))
-    conn = db.engine.raw_connection()
-    try:
-        raw = conn.dbapi_connection
-        try:
-            if plan.autocommit:
-                raw.autocommit = True  # type: ignore[union-attr]
-            cursor = conn.cursor()
-            try:
-                cursor.execute(plan.sql, params)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-                if plan.autocommit:
-                    raw.autocommit = False  # type: ignore[union-attr]
-        except dialect.loaded_dbapi.Error as exc:
-            disconnected = dialect.is_disconnect(exc, raw, None)
-            if disconnected:
-                conn.invalidate(exc)
-            raise DBAPIError.instance(plan.sql, params, exc, dialect.loaded_dbapi.Error,
-                                      connection_invalidated=disconnected, dialect=dialect) from exc
-    finally:
-        conn.close()
+    plan = _plan(db.engine.dialect)
+    row = db.reads.fetch_one(plan.sql, (protocol_id, plan.bind_time(at)))
     if row is None:
         return None
     return StoredVersion(row[0], row[1], row[2], plan.read_time(row[3]), plan.read_time(row[4]), row[5],
@@ -475,6 +627,18 @@ def get_version(db: Database, protocol_id: str, version: int) -> StoredVersion:
             _require_protocol(session, protocol_id)
             raise VersionNotFound(f"protocol '{protocol_id}' has no version {version}",
                                   protocol_id=protocol_id)
+    return stored_version(row)
+
+
+def _newest(session: Session, protocol_id: str) -> StoredVersion:
+    row = session.execute(
+        select(*VERSION_COLUMNS)
+        .join(Protocol, and_(Protocol.id == ProtocolVersion.protocol_id,
+                             Protocol.latest_version == ProtocolVersion.version))
+        .where(Protocol.id == protocol_id)
+    ).first()
+    if row is None:
+        raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
     return stored_version(row)
 
 

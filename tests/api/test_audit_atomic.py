@@ -1,0 +1,121 @@
+"""The audit event of a protocol write is part of the write's transaction: it commits with the
+version and rolls back with it. Denied and failed requests are still recorded after the response."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from protocols import versioning
+from protocols.db import Database
+from tests.api.test_audit import audit_rows
+from tests.factories import protocol_payload
+
+
+@pytest.fixture
+def commits(db: Database) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def on_commit(_conn: Any) -> None:
+        seen.append("commit")
+
+    event.listen(db.engine, "commit", on_commit)
+    yield seen
+    event.remove(db.engine, "commit", on_commit)
+
+
+def version_count(db: Database, protocol_id: str) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM protocol_versions WHERE protocol_id = :p"),
+                                {"p": protocol_id}).scalar_one())
+
+
+def test_a_put_commits_the_version_and_its_audit_row_in_one_transaction(client, db, commits):
+    payload = protocol_payload()
+    created = client.post("/v1/protocols", json=payload)
+    commits.clear()
+    revised = client.put(f"/v1/protocols/{payload['id']}", json={**payload, "title": "Changed"},
+                         headers={"If-Match": created.headers["ETag"], "X-Request-ID": "put-1"})
+    assert revised.status_code == 201
+    assert commits == ["commit"]  # the version, its derived rows and the audit row: one COMMIT
+    rows = audit_rows(db)
+    assert [(r.action, r.outcome, r.status_code, r.request_id) for r in rows] == [
+        ("protocol.create", "allowed", 201, created.headers["X-Request-ID"]),
+        ("protocol.revise", "allowed", 201, "put-1")]
+    detail = json.loads(rows[1].detail)
+    assert detail["method"] == "PUT" and detail["path"] == f"/v1/protocols/{payload['id']}" and detail["key_id"]
+    with db.engine.connect() as conn:
+        occurred_at, recorded_at = conn.execute(text(
+            "SELECT a.occurred_at, v.recorded_at FROM audit_events a JOIN protocol_versions v"
+            " ON v.request_id = a.request_id WHERE a.request_id = 'put-1'")).one()
+    assert occurred_at == recorded_at
+
+
+def test_a_failing_append_leaves_neither_version_nor_allowed_audit_row(app, db, monkeypatch):
+    client = app.test_client()
+    payload = protocol_payload()
+    pid = payload["id"]
+    created = client.post("/v1/protocols", json=payload)
+    write = versioning._write
+
+    def explode(*args: Any, **kwargs: Any) -> None:
+        write(*args, **kwargs)  # every row of the append, the audit row included, then a failure
+        raise RuntimeError("fails after the rows were written, before COMMIT")
+
+    monkeypatch.setattr(versioning, "_write", explode)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    failed = client.put(f"/v1/protocols/{pid}", json={**payload, "title": "Never"},
+                        headers={"If-Match": created.headers["ETag"]})
+    assert failed.status_code == 500
+    monkeypatch.undo()
+    assert version_count(db, pid) == 1
+    assert [(r.action, r.outcome) for r in audit_rows(db)] == [("protocol.create", "allowed")]
+
+
+def test_a_failing_audit_insert_rolls_back_the_version(client, db, backend, monkeypatch):
+    """The other direction: if the audit row cannot be written, the version is not written either."""
+    payload = protocol_payload()
+    pid = payload["id"]
+    created = client.post("/v1/protocols", json=payload)
+    install, remove = _refuse_audit_inserts(backend)
+    with db.engine.begin() as conn:
+        for statement in install:
+            conn.execute(text(statement))
+    try:
+        # SQLite reports RAISE(ABORT) as an integrity error (a 412 to the client), PostgreSQL as an error
+        with pytest.raises(Exception):  # noqa: B017 - any failure; what matters is what was kept
+            versioning.revise(db, pid, {**payload, "title": "Never"}, if_match=[created.headers["ETag"]],
+                              ctx=versioning.WriteContext(
+                                  actor="x", audit=versioning.audit_events.Pending("protocol.revise", 201)))
+    finally:
+        with db.engine.begin() as conn:
+            for statement in remove:
+                conn.execute(text(statement))
+    assert version_count(db, pid) == 1
+    assert versioning.latest(db, pid).etag == created.headers["ETag"]
+
+
+def _refuse_audit_inserts(backend: str) -> tuple[list[str], list[str]]:
+    if backend == "postgres":
+        return ([
+            "CREATE FUNCTION test_refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN RAISE EXCEPTION 'audit refused'; END $$",
+            "CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_events"
+            " FOR EACH ROW EXECUTE FUNCTION test_refuse_audit()",
+        ], ["DROP TRIGGER test_refuse_audit ON audit_events", "DROP FUNCTION test_refuse_audit()"])
+    return (["CREATE TRIGGER test_refuse_audit BEFORE INSERT ON audit_events"
+             " BEGIN SELECT RAISE(ABORT, 'audit refused'); END"],
+            ["DROP TRIGGER test_refuse_audit"])
+
+
+def test_denied_writes_are_still_recorded_after_the_response(client, db):
+    payload = protocol_payload()
+    client.post("/v1/protocols", json=payload)
+    stale = client.put(f"/v1/protocols/{payload['id']}", json={**payload, "title": "x"},
+                       headers={"If-Match": '"1-0000000000000000"'})
+    assert stale.status_code == 412
+    assert [(r.action, r.outcome, r.status_code) for r in audit_rows(db)][-1] == ("protocol.revise", "denied", 412)

@@ -1,0 +1,143 @@
+"""The append path's cost and shape: statements per append, and effective periods kept incrementally.
+
+Counting statements is deterministic (timing is not, on a shared machine): the bounds below are the
+round-trip budget of docs/performance.md's PUT target. On PostgreSQL an append is one SELECT (head,
+newest version, content hash), the change-counter UPDATE and one statement of data-modifying CTEs
+(head, version, full text, search terms, periods, audit event), then COMMIT.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from protocols import audit, versioning
+from protocols.db import Database
+from protocols.models import AuditEvent, EffectivePeriod, ProtocolVersion
+from tests.protocols.test_search import content_of
+
+#: Cursor executions per append inside the write transaction (BEGIN IMMEDIATE counts on SQLite).
+MAX_STATEMENTS = {"postgres": 3, "sqlite": 11}
+
+
+@contextmanager
+def counting(db: Database) -> Iterator[dict[str, list[str]]]:
+    seen: dict[str, list[str]] = {"statements": [], "commits": [], "rollbacks": []}
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen["statements"].append(" ".join(statement.split()[:4]))
+
+    def on_commit(_conn: Any) -> None:
+        seen["commits"].append("commit")
+
+    def on_rollback(_conn: Any) -> None:
+        seen["rollbacks"].append("rollback")
+
+    event.listen(db.engine, "before_cursor_execute", on_execute)
+    event.listen(db.engine, "commit", on_commit)
+    event.listen(db.engine, "rollback", on_rollback)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", on_execute)
+        event.remove(db.engine, "commit", on_commit)
+        event.remove(db.engine, "rollback", on_rollback)
+
+
+AUDITED = versioning.WriteContext(actor="curator", request_id="req-1",
+                                  audit=audit.Pending(action="protocol.revise", status_code=201, detail="{}"))
+
+
+@pytest.mark.parametrize("status", ["active", "draft", "retired"])
+def test_one_append_stays_within_the_statement_budget(db: Database, backend: str, status: str) -> None:
+    first = versioning.create(db, "budget", content_of("budget"))
+    with counting(db) as seen:
+        stored, created = versioning.revise(db, "budget", content_of("budget", title="Revised"),
+                                            if_match=[first.etag], status=status, ctx=AUDITED)
+    assert created and stored.version == 2
+    assert len(seen["statements"]) <= MAX_STATEMENTS[backend], seen["statements"]
+    assert seen["commits"] == ["commit"] and seen["rollbacks"] == []  # one transaction, audit included
+    with db.read() as session:
+        events = session.execute(select(AuditEvent.action, AuditEvent.target, AuditEvent.occurred_at,
+                                        AuditEvent.request_id)).all()
+    assert events == [("protocol.revise", "budget", stored.recorded_at, "req-1")]
+
+
+def test_create_and_retire_stay_within_the_statement_budget(db: Database, backend: str) -> None:
+    with counting(db) as seen:
+        created = versioning.create(db, "budget", content_of("budget"), ctx=AUDITED)
+    assert len(seen["statements"]) <= MAX_STATEMENTS[backend] and len(seen["commits"]) == 1, seen
+    with counting(db) as seen:
+        retired, appended = versioning.retire(db, "budget", if_match=[created.etag], ctx=AUDITED)
+    assert appended and retired.status == "retired"
+    assert len(seen["statements"]) <= MAX_STATEMENTS[backend] and len(seen["commits"]) == 1, seen
+
+
+def test_unchanged_content_is_one_read_and_no_write(db: Database, backend: str) -> None:
+    first = versioning.create(db, "same", content_of("same"))
+    with counting(db) as seen:
+        stored, created = versioning.revise(db, "same", content_of("same"), if_match=[first.etag], ctx=AUDITED)
+    assert not created and stored == first
+    reads = [s for s in seen["statements"] if not s.startswith("BEGIN")]
+    assert len(reads) == 1 and reads[0].startswith("SELECT"), seen["statements"]
+    with db.read() as session:
+        assert session.execute(select(AuditEvent.seq)).all() == []  # nothing changed, nothing audited
+
+
+# ------------------------------------------------------------------------------ effective periods
+
+
+def _stored_periods(db: Database, protocol_id: str) -> list[tuple[Any, ...]]:
+    with db.read() as session:
+        return [tuple(r) for r in session.execute(
+            select(EffectivePeriod.version, EffectivePeriod.protocol_seq, EffectivePeriod.status,
+                   EffectivePeriod.valid_from, EffectivePeriod.valid_until)
+            .where(EffectivePeriod.protocol_id == protocol_id).order_by(EffectivePeriod.version)).all()]
+
+
+def _reference_periods(db: Database, protocol_id: str, protocol_seq: int) -> list[tuple[Any, ...]]:
+    with db.read() as session:
+        versions = session.execute(select(ProtocolVersion.version, ProtocolVersion.status,
+                                          ProtocolVersion.effective_from)
+                                   .where(ProtocolVersion.protocol_id == protocol_id)).all()
+    reference = versioning._periods_reference(versions, protocol_id, protocol_seq)
+    return sorted((p["version"], p["protocol_seq"], p["status"], p["valid_from"], p["valid_until"])
+                  for p in reference)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_incremental_periods_equal_a_full_rebuild(db: Database, seed: int) -> None:
+    """Random histories with ties, back-dated and future-dated versions, drafts and retirements:
+    after every append, the stored periods equal the definition (``_periods_reference``), and a full
+    ``_rebuild_periods`` changes nothing."""
+    rng = random.Random(seed)
+    base = datetime(2025, 1, 1, 12, 0, 0)
+    moments = [base + timedelta(days=d, microseconds=m) for d in (-30, -1, 0, 5, 40) for m in (0, 1)]
+    protocol_id = f"periods-{seed}"
+    newest = versioning.create(db, protocol_id, content_of(protocol_id), effective_from=rng.choice(moments),
+                               now=base)
+    protocol_seq = _reference_protocol_seq(db, protocol_id)
+    for step in range(14):
+        status = rng.choice(["active", "active", "draft", "retired"])
+        newest, created = versioning.revise(
+            db, protocol_id, content_of(protocol_id, title=f"Step {step}"), if_match=[newest.etag],
+            status=status, effective_from=rng.choice(moments), now=base + timedelta(minutes=step + 1))
+        assert created
+        assert _stored_periods(db, protocol_id) == _reference_periods(db, protocol_id, protocol_seq), step
+    before = _stored_periods(db, protocol_id)
+    with db.write.begin() as session:
+        versioning._rebuild_periods(session, protocol_id)
+    assert _stored_periods(db, protocol_id) == before
+
+
+def _reference_protocol_seq(db: Database, protocol_id: str) -> int:
+    from protocols.models import Protocol
+
+    with db.read() as session:
+        return int(session.execute(select(Protocol.seq).where(Protocol.id == protocol_id)).scalar_one())
