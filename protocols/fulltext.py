@@ -126,16 +126,25 @@ def _dialect(bind: Session | Connection) -> str:
 
 def index_version(session: Session | Connection, seq: int, content: Mapping[str, Any]) -> None:
     """Index one version (by its ``protocol_versions.seq``) inside the caller's transaction."""
-    lexemes = field_tokens(content)
+    index_lexemes(session, seq, field_tokens(content))
+
+
+def index_lexemes(session: Session | Connection, seq: int, lexemes: Mapping[str, list[str]]) -> None:
+    """:func:`index_version` for lexemes already computed by :func:`field_tokens`."""
     if _dialect(session) == "sqlite":
         statement = text(f"INSERT INTO {TABLE} (rowid, title, drug, indication, summary) "
                          "VALUES (:seq, :title, :drug, :indication, :summary)")
         session.execute(statement, {"seq": seq, **{name: " ".join(words) for name, words in lexemes.items()}})
     else:
-        columns = ", ".join(FIELDS)
-        values = ", ".join(f"array_to_tsvector(CAST(:{name} AS text[]))" for name in FIELDS)
-        session.execute(text(f"INSERT INTO {TABLE} (seq, {columns}) VALUES (:seq, {values})"),
-                        {"seq": seq, **lexemes})
+        session.execute(text(postgres_insert()), {"seq": seq, **lexemes})
+
+
+def postgres_insert(prefix: str = "") -> str:
+    """PostgreSQL's full-text row for ``:seq``: each field's lexemes arrive as a text array named
+    ``:<prefix><field>`` and become a tsvector without parsing (see module docstring). The append
+    path embeds it in its one write statement, with a prefix."""
+    values = ", ".join(f"array_to_tsvector(CAST(:{prefix}{name} AS text[]))" for name in FIELDS)
+    return f"INSERT INTO {TABLE} (seq, {', '.join(FIELDS)}) VALUES (:seq, {values})"
 
 
 def rebuild(connection: Connection, batch: int = 500) -> int:

@@ -183,10 +183,8 @@ _SQLITE_INSERT_AUDIT = _typed(_INSERT_AUDIT)
 
 # PostgreSQL: parameters appear in several sub-statements, so each occurrence outside a VALUES list
 # names its type (otherwise the server could deduce different types for one parameter). The full-text
-# row is the one fulltext.index_version writes (same lexemes, same array_to_tsvector), inlined here so
-# it travels in the same statement; tests/protocols/test_search.py checks rebuilt and written rows agree.
-_PG_FTS = (f"INSERT INTO {fulltext.TABLE} (seq, {', '.join(fulltext.FIELDS)}) VALUES (:seq, "
-           + ", ".join(f"array_to_tsvector(CAST(:fts_{name} AS text[]))" for name in fulltext.FIELDS) + ")")
+# row is fulltext's own, with its parameters prefixed, so it travels in the same statement.
+_PG_FTS = fulltext.postgres_insert(prefix="fts_")
 _PG_TERMS = ("INSERT INTO search_terms (protocol_id, version, kind, value)"
              " SELECT CAST(:protocol_id AS varchar), CAST(:version AS integer), t.kind, t.value"
              " FROM unnest(CAST(:term_kinds AS varchar[]), CAST(:term_values AS varchar[])) AS t(kind, value)")
@@ -428,9 +426,9 @@ class _Prepared:
     """Everything an append writes, computed before any lock is taken."""
 
     stored: StoredVersion
-    canonical: dict[str, Any]
     params: dict[str, Any]
     terms: list[tuple[str, str]]
+    lexemes: dict[str, list[str]]
     in_effect: bool
     audited: bool
 
@@ -477,7 +475,7 @@ def _prepare(
                                  request_id=ctx.request_id, detail=ctx.audit.detail, occurred_at=now)
         params.update({f"audit_{name}": value for name, value in event.items()})
     stored = StoredVersion(protocol_id, version, status, effective_from, now, etag, document, seq=0)
-    return _Prepared(stored, canonical, params, terms, status in IN_EFFECT_STATUSES, ctx.audit is not None)
+    return _Prepared(stored, params, terms, lexemes, status in IN_EFFECT_STATUSES, ctx.audit is not None)
 
 
 def _write(conn: Connection, prepared: _Prepared, *, protocol_seq: int, expected: int | None) -> StoredVersion:
@@ -499,7 +497,7 @@ def _write(conn: Connection, prepared: _Prepared, *, protocol_seq: int, expected
         seq = _next_seq(conn)
         params["seq"] = seq
         conn.execute(_SQLITE_INSERT_VERSION, params)
-        fulltext.index_version(conn, seq, prepared.canonical)
+        fulltext.index_lexemes(conn, seq, prepared.lexemes)
         if prepared.terms:
             conn.execute(_SQLITE_INSERT_TERM, [{"protocol_id": protocol_id, "version": params["version"],
                                                 "kind": kind, "value": value} for kind, value in prepared.terms])
@@ -529,8 +527,8 @@ def _periods_reference(versions: Sequence[Any], protocol_id: str, protocol_seq: 
 
 
 def _rebuild_periods(conn: Connection | Session, protocol_id: str) -> None:
-    """Recompute a protocol's effective periods from scratch (repairs; the append path updates them
-    incrementally and is tested against this)."""
+    """Recompute a protocol's effective periods from scratch: the reference the incremental updates
+    of the append path are tested against (tests/protocols/test_write_path.py)."""
     protocol_seq = conn.execute(select(Protocol.seq).where(Protocol.id == protocol_id)).scalar_one()
     rows = conn.execute(
         select(ProtocolVersion.version, ProtocolVersion.status, ProtocolVersion.effective_from)
