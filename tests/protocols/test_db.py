@@ -16,6 +16,16 @@ def pg_database(database_url: str):
     db.dispose()
 
 
+def _terminate(database_url: str, pid: int) -> None:
+    """Have the server end session ``pid``, and wait until it is gone (as after a failover)."""
+    killer = make_database(database_url)
+    try:
+        with killer.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar_one()
+    finally:
+        killer.dispose()
+
+
 def _no_server_to_lose(db) -> bool:
     """SQLite has no server that could close a connection: the check is PostgreSQL's alone."""
     if db.dialect == "postgresql":
@@ -49,12 +59,7 @@ def test_a_connection_the_server_terminated_is_replaced_at_checkout(pg_database,
         return
     first = _backend_pid(pg_database)
     assert _backend_pid(pg_database) == first  # pooled: the same session again
-    killer = make_database(database_url)
-    try:
-        with killer.engine.connect() as conn:
-            assert conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": first}).scalar_one()
-    finally:
-        killer.dispose()
+    _terminate(database_url, first)
     second = _backend_pid(pg_database)  # no error: the dead connection was discarded at checkout
     assert second != first
 
@@ -92,10 +97,5 @@ def test_reads_replace_a_connection_the_server_terminated(pg_database, database_
     if _no_server_to_lose(pg_database):
         return
     pid = pg_database.reads.fetch_one("SELECT pg_backend_pid()", ())[0]
-    killer = make_database(database_url)
-    try:
-        with killer.engine.connect() as conn:
-            assert conn.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar_one()
-    finally:
-        killer.dispose()
+    _terminate(database_url, pid)
     assert pg_database.reads.fetch_one("SELECT pg_backend_pid()", ())[0] != pid
