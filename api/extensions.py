@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, g
 
+from protocols.audit import Pending
 from protocols.db import Database
 from protocols.versioning import WriteContext
 
@@ -16,6 +17,7 @@ def get_db() -> Database:
     return db
 
 
-def write_context() -> WriteContext:
-    """Who is writing (the API key's name, once authenticated) and the request id."""
-    return WriteContext(actor=g.get("actor_name"), request_id=g.get("request_id"))
+def write_context(audit: Pending | None = None) -> WriteContext:
+    """Who is writing (the API key's name, once authenticated), the request id, and the audit event the
+    service records in the write's own transaction if it appends a version."""
+    return WriteContext(actor=g.get("actor_name"), request_id=g.get("request_id"), audit=audit)

@@ -11,7 +11,7 @@ from flask import Response, g, request, url_for
 
 from api.audit_log import pending
 from api.errors import ApiError, ErrorSchema
-from api.extensions import get_db
+from api.extensions import get_db, write_context
 from api.http import (
     CACHE_IMMUTABLE,
     if_match,
@@ -74,13 +74,6 @@ def _refuse_nul_in_ids() -> None:
         raise ApiError(404, "No such protocol: the id contains a NUL character")
 
 
-def _write_context(status_code: int) -> versioning.WriteContext:
-    """Who writes, under which request, and the audit event the service records in the write's own
-    transaction if it appends a version (answered with ``status_code``)."""
-    return versioning.WriteContext(actor=g.get("actor_name"), request_id=g.get("request_id"),
-                                   audit=pending(status_code))
-
-
 def _appended() -> None:
     """The service committed a version with its audit event: nothing more to record for this request."""
     g.audit_recorded = True
@@ -103,7 +96,7 @@ def create_protocol(payload: dict[str, Any]) -> Response:
     meta, content = split_payload(payload)
     stored = versioning.create(get_db(), meta["id"], content, status=meta["status"],
                                effective_from=meta["effective_from"], change_note=meta["change_note"],
-                               ctx=_write_context(201))
+                               ctx=write_context(pending(201)))
     _appended()
     location = url_for("protocols.get_protocol", protocol_id=stored.protocol_id)
     return version_response(stored, 201, headers={"Location": location})
@@ -161,7 +154,7 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
     meta, content = split_payload(payload)
     stored, created = versioning.revise(get_db(), protocol_id, content, if_match=if_match(),
                                         status=meta["status"], effective_from=meta["effective_from"],
-                                        change_note=meta["change_note"], ctx=_write_context(201))
+                                        change_note=meta["change_note"], ctx=write_context(pending(201)))
     if not created:
         return version_response(stored, 200)
     _appended()
@@ -180,7 +173,7 @@ def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """Retire a protocol: append a `retired` version. Requires `If-Match`."""
     stored, created = versioning.retire(get_db(), protocol_id, if_match=if_match(),
                                         effective_from=query.get("effective_from"),
-                                        change_note=query.get("change_note"), ctx=_write_context(200))
+                                        change_note=query.get("change_note"), ctx=write_context(pending(200)))
     if created:
         _appended()
     return version_response(stored, 200)
