@@ -488,25 +488,48 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
-def paced_latency(base: str, lines: list[str], settings: Settings, peak_rps: float) -> dict[str, Any]:
-    """p99 at ~70 % of peak throughput, with wrk's ``delay()`` pacing each connection.
+OPENLOOP = BENCH_DIR / "openloop.py"
+PACED_FRACTION = 0.7
+PACED_CONNECTIONS = 64
 
-    wrk has no constant-rate mode (wrk2 is not packaged), so each connection sleeps a random
-    0..2*d ms before each request; d is calibrated in two short runs to land near the target rate.
-    This is closed-loop pacing: latency is measured per request as served, without wrk2's
-    coordinated-omission correction, which is why the load stays well below saturation."""
-    target = 0.7 * peak_rps
-    connections = 64
-    delay = max(1, int(connections / target * 1000))
-    for _ in range(3):
-        probe = measure("paced calibration", base, lines, Settings(**{**asdict(settings), "warmup": 0, "runs": 1,
-                                                                        "duration": 3}),
-                        delay_ms=delay, connections=connections)
-        if abs(probe.rps - target) / target < 0.07:
-            break
-        delay = max(1, round(delay * probe.rps / target))
-    result = measure("GET by id at ~70% of peak", base, lines, settings, delay_ms=delay, connections=connections)
-    return {"target_rps": round(target), "delay_ms": delay, "connections": connections, **result.summary()}
+
+def openloop(base: str, requests: Path, rate: float, seconds: float, warmup: float) -> Run:
+    """One constant-rate run of bench/openloop.py, pinned to the load-generator CPU."""
+    command = ["taskset", "-c", LOADGEN_CPU, sys.executable, str(OPENLOOP), "--base", base,
+               "--requests", str(requests), "--rate", f"{rate:.1f}", "--duration", str(seconds),
+               "--warmup", str(warmup), "--connections", str(PACED_CONNECTIONS)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 60, check=False)
+    match = re.search(r"^BENCH_RESULT (\{.*\})$", result.stdout, re.MULTILINE)
+    if result.returncode != 0 or not match:
+        raise RuntimeError(f"openloop failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    data = json.loads(match.group(1))
+    return Run(rps=round(data["requests"] / (data["duration_us"] / 1e6), 1),
+               p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
+               requests=data["requests"], errors=sum(data["errors"].values()))
+
+
+def paced_latency(base: str, lines: list[str], settings: Settings, peak_rps: float) -> dict[str, Any]:
+    """p50 and p99 at a constant 70 % of the peak GET throughput measured just before.
+
+    Open loop (bench/openloop.py, wrk2's method): arrivals are scheduled at a constant rate whatever
+    the server does, and latency runs from each request's scheduled time, so queueing behind a stall
+    is charged to the server. (wrk's closed-loop ``delay()`` pacing, used before, put its own pauses
+    into the tail: bench/pacing_check.py.) Each run is ``10 x duration`` seconds long so that its p99
+    rests on thousands of requests; the median of ``runs`` runs is reported."""
+    target = PACED_FRACTION * peak_rps
+    seconds = 2.0 if settings.smoke else 10 * settings.duration
+    requests = write_requests(lines)
+    result = Measurement(f"GET by id at {PACED_FRACTION:.0%} of peak (open loop)")
+    try:
+        for _ in range(settings.runs):
+            result.runs.append(openloop(base, requests, target, seconds, max(settings.warmup, 1.0)))
+            _drain(base, lines[0])
+    finally:
+        requests.unlink()
+    log(f"{result.name:<38} {result.rps:>8.0f} req/s  p50 {result.p50:7.2f} ms  p99 {result.p99:7.2f} ms"
+        + (f"  ({result.errors} errors)" if result.errors else ""))
+    return {"target_rps": round(target), "connections": PACED_CONNECTIONS, "generator": "bench/openloop.py",
+            "seconds_per_run": seconds, **result.summary()}
 
 
 def run_backend(backend: Backend, settings: Settings) -> dict[str, Any]:
@@ -544,8 +567,7 @@ def run_backend(backend: Backend, settings: Settings) -> dict[str, Any]:
         pages.append(Spec("first_page_small", f"first page @ {settings.small_catalog}", app.base,
                           [f"GET\t/v1/protocols?page_size={settings.page_size}\t"]))
         m.update(measure_together(pages, settings))
-        if not settings.smoke:
-            results["paced"] = paced_latency(app.base, get_lines, settings, m["get"].rps)
+        results["paced"] = paced_latency(app.base, get_lines, settings, m["get"].rps)
 
     # Writes last: they append versions, so nothing measured after them reads the same data.
     put_targets = ids[: max(8, min(len(ids), 400))]
@@ -651,7 +673,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         ("GET >= 0.85 x (b) raw-driver read", ratio(rps("get"), rps("b_raw")), 0.85, ">="),
         ("GET >= 2 x (c) textbook stack", ratio(rps("get"), rps("c_textbook")), 2.0, ">="),
         ("304 >= 0.9 x (a) bare Flask", ratio(rps("get_304"), rps("a_fixed")), 0.9, ">="),
-        ("PUT >= 0.3 x (d) raw INSERT+COMMIT", ratio(rps("put"), rps("d_insert")), 0.3, ">="),
+        ("PUT >= 0.3 x (d) raw INSERT+COMMIT" + ("" if r["backend"] == "postgresql" else " (target is PostgreSQL)"),
+         ratio(rps("put"), rps("d_insert")), 0.3, ">=" if r["backend"] == "postgresql" else "info"),
         ("filter page cost @100k <= 1.5 x @1k", ratio(cost("filter_large"), cost("filter_small")), 1.5, "<="),
         ("search page cost @100k <= 1.5 x @1k", ratio(cost("search_large"), cost("search_small")), 1.5, "<="),
         ("broad search (common word) cost @100k <= 1.5 x @1k",
@@ -667,8 +690,12 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(("export peak RSS <= 1.2 x idle", memory.get("ratio"), 1.2, "<="))
     out = []
     for name, value, limit, op in rows:
-        verdict = "not measured" if value is None else (
-            "holds" if (value >= limit if op == ">=" else value <= limit) else "MISSED")
+        if value is None:
+            verdict = "not measured"
+        elif op == "info":
+            verdict = "for information"
+        else:
+            verdict = "holds" if (value >= limit if op == ">=" else value <= limit) else "MISSED"
         out.append({"target": name, "value": value, "limit": limit, "verdict": verdict})
     return out
 
@@ -683,9 +710,10 @@ def table(all_results: list[dict[str, Any]]) -> str:
                          + (f" {s['errors']} errors" if s["errors"] else ""))
         paced = r.get("paced")
         if paced:
-            lines.append(f"| {r['backend']} | GET by id at 70 % of peak ({paced['rps']['median']:.0f} req/s, "
-                         f"target {paced['target_rps']}) | {paced['rps']['median']:.0f} | "
-                         f"{paced['p50_ms']['median']:.2f} | {paced['p99_ms']['median']:.2f} |")
+            lines.append(f"| {r['backend']} | GET by id at 70 % of peak, open loop (target {paced['target_rps']} req/s)"
+                         f" | {paced['rps']['median']:.0f} | {paced['p50_ms']['median']:.2f} |"
+                         f" {paced['p99_ms']['median']:.2f} |"
+                         + (f" {paced['errors']} errors" if paced["errors"] else ""))
     lines += ["", "| backend | target | measured | verdict |", "|---|---|---|---|"]
     for r in all_results:
         for t in r["targets"]:

@@ -53,6 +53,12 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     for key in ("a_fixed", "b_raw", "c_textbook", "get", "get_304"):
         assert measurements[key]["runs"][0]["requests"] > 0, key
         assert measurements[key]["errors"] == 0, (key, measurements[key])
+    # The open-loop generator (bench/openloop.py) behind the p99 target ran and every request answered.
+    paced = data["results"][0]["paced"]
+    assert paced["generator"] == "bench/openloop.py"
+    assert paced["runs"][0]["requests"] > 0
+    assert paced["errors"] == 0, paced
+    assert "| sqlite | p99 <= 5 x p50 at 70 % of peak |" in result.stdout
 
 
 FTS5_SHADOW_SUFFIXES = ("_data", "_idx", "_docsize", "_config", "_content")
