@@ -56,7 +56,7 @@ def list_keys() -> dict[str, Any]:
 
 @blp.route("/keys", methods=["POST"])
 @requires_scope(ADMIN)
-@blp.arguments(KeyCreateSchema)
+@blp.arguments(KeyCreateSchema())
 @blp.response(201, KeyCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
 def create_key(payload: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Mint a key. The response is the only place the key ever appears."""
@@ -89,7 +89,7 @@ def revoke_key(key_id: str) -> dict[str, Any]:
 
 @blp.route("/audit", methods=["GET"])
 @requires_scope(ADMIN)
-@blp.arguments(AuditQuerySchema, location="query")
+@blp.arguments(AuditQuerySchema(), location="query")
 @blp.response(200, AuditPageSchema, headers=LINK_HEADER)
 def list_audit(query: dict[str, Any]) -> Response:
     """The audit log, newest first, filtered by actor, target protocol, action, outcome and time."""

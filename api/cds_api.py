@@ -94,7 +94,7 @@ def discovery() -> dict[str, Any]:
 
 
 @blp.route("/<string:service_id>", methods=["POST"])
-@blp.arguments(CdsRequestSchema, error_status_code=400)
+@blp.arguments(CdsRequestSchema(), error_status_code=400)
 @blp.response(200, CdsResponseSchema)
 @blp.alt_response(404, description="No such CDS service")
 def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def _entry(change: changes.Change) -> str:
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ChangesQuerySchema, location="query")
+@blp.arguments(ChangesQuerySchema(), location="query")
 @blp.response(200, ChangePageSchema, headers=LINK_HEADER)
 def list_changes(query: dict[str, Any]) -> Response:
     """Versions recorded after the `after` position, oldest first (commit order)."""

@@ -119,7 +119,7 @@ def dosing_error(exc: DosingError, rename: dict[str, str] | None = None) -> ApiE
 
 
 @blp.route("/<string:protocol_id>/dose-check", methods=["POST"])
-@blp.arguments(DoseCheckRequestSchema)
+@blp.arguments(DoseCheckRequestSchema())
 @blp.response(200, DoseCheckResponseSchema)
 @blp.alt_response(404, description="No such protocol, or no version in effect at that time")
 @blp.alt_response(410, description="The protocol is retired")
@@ -158,7 +158,7 @@ def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
 
 
 @blp.route("/<string:protocol_id>/dose", methods=["GET"])
-@blp.arguments(DoseQuerySchema, location="query")
+@blp.arguments(DoseQuerySchema(), location="query")
 @blp.response(200, PatientDoseResponseSchema)
 @blp.alt_response(404, description="No such protocol, or no version in effect at that time")
 @blp.alt_response(410, description="The protocol is retired")

@@ -86,7 +86,7 @@ def _check_body_id(payload: dict[str, Any], protocol_id: str) -> None:
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(ProtocolCreateSchema)
+@blp.arguments(ProtocolCreateSchema())
 @blp.response(201, ProtocolSchema, headers={**ETAG_HEADER,
                                             "Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, schema=ErrorSchema, description="A protocol with this id exists (ids are never reused)")
@@ -103,7 +103,7 @@ def create_protocol(payload: dict[str, Any]) -> Response:
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ProtocolListQuerySchema, location="query")
+@blp.arguments(ProtocolListQuerySchema(), location="query")
 @blp.response(200, ProtocolPageSchema, headers=LINK_HEADER)
 def list_protocols(query: dict[str, Any]) -> Response:
     """Find protocols: filters (AND), free text `q` (ranked), `as_of` time travel, cursor pages.
@@ -124,7 +124,7 @@ def list_protocols(query: dict[str, Any]) -> Response:
 
 
 @blp.route("/<string:protocol_id>", methods=["GET"])
-@blp.arguments(AsOfQuerySchema(), location="query")  # an instance: webargs would build one per request
+@blp.arguments(AsOfQuerySchema(), location="query")
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER)
 @blp.alt_response(304, description="Not modified (If-None-Match matched)")
 @blp.alt_response(404, schema=ErrorSchema, description="No such protocol, or no version in effect at that time")
@@ -140,7 +140,7 @@ def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 
 
 @blp.route("/<string:protocol_id>", methods=["PUT"])
-@blp.arguments(ProtocolSchema)
+@blp.arguments(ProtocolSchema())
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER,
               description="Content equals the newest version: nothing appended, newest returned")
 @blp.alt_response(201, schema=ProtocolSchema, description="A new version was appended")
@@ -163,7 +163,7 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
 
 
 @blp.route("/<string:protocol_id>", methods=["DELETE"])
-@blp.arguments(RetireQuerySchema, location="query")
+@blp.arguments(RetireQuerySchema(), location="query")
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER,
               description="The retirement version (nothing is erased)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale")
@@ -180,7 +180,7 @@ def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 
 
 @blp.route("/<string:protocol_id>/versions", methods=["GET"])
-@blp.arguments(VersionListQuerySchema, location="query")
+@blp.arguments(VersionListQuerySchema(), location="query")
 @blp.response(200, ProtocolPageSchema, headers=LINK_HEADER)
 def list_versions(query: dict[str, Any], protocol_id: str) -> Response:
     """Every version, newest first."""

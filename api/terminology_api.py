@@ -55,7 +55,7 @@ def list_units() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @blp.route("/indications", methods=["GET"])
-@blp.arguments(IndicationQuerySchema, location="query")
+@blp.arguments(IndicationQuerySchema(), location="query")
 @blp.response(200, IndicationListSchema, headers={"Cache-Control": {"schema": {"type": "string"}}})
 def list_indications(query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """ICD-10-CM codes (with their categories) and SNOMED CT alternates accepted as indications."""

@@ -15,6 +15,7 @@ import contextlib
 import os
 import select
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_SQLITE_PATH = Path("var") / "protocols.sqlite3"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+#: PostgreSQL polls a client's socket this often while running its statement, and abandons the
+#: statement (rolling it back) once the client is gone. A revision is one autocommit statement
+#: (protocols.versioning): without the check, a worker killed while its statement waits for a lock
+#: would still have its version committed once the lock is released, with no one told.
+CLIENT_CHECK_INTERVAL_MS = 1000
 
 
 def default_database_url() -> str:
@@ -61,6 +69,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_timeout", 10)
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", 5)
+    connect_args.setdefault("options", f"-c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}")
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         event.listen(engine, "checkout", refuse_dead_connection)
@@ -128,8 +137,11 @@ class ReadConnections:
         self._generation = 0
         self._autocommit = engine.dialect.name == "postgresql"
 
-    def fetch_one(self, sql: str, params: tuple[Any, ...]) -> Any:
-        """The first row of ``sql`` (driver paramstyle), or None; DBAPI errors come as ``DBAPIError``."""
+    def fetch_one(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
+        """The first row of ``sql`` (driver paramstyle), or None; DBAPI errors come as ``DBAPIError``.
+
+        On PostgreSQL the connection is in autocommit mode, so one statement is one transaction: the
+        revise path sends its single append statement here too (protocols.versioning)."""
         dbapi = self.engine.dialect.loaded_dbapi
         try:
             fairy = self._connection()

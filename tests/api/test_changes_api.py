@@ -145,11 +145,26 @@ class Writer(threading.Thread):
 
 
 class Gate:
-    """Holds thread ``T1`` inside its write transaction, before or after it takes its feed seq."""
+    """Holds writer ``T1`` (a revision of ``feed-a``) inside its write, before or after it takes its
+    feed seq, until :meth:`open`.
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, after_seq: bool) -> None:
+    SQLite: T1's transaction calls ``versioning._next_seq``, which is wrapped. PostgreSQL: T1's
+    revision is one statement (head, counter, rows), so the gate is a real database lock instead.
+    Before the seq: this test holds feed-a's ``protocols`` row (``FOR UPDATE``), which T1's guarded
+    head ``UPDATE`` waits for. After the seq: a trigger on ``protocol_versions`` makes T1's version
+    insert (which runs after the counter ``UPDATE``) wait for an advisory lock this test holds, so T1
+    sits on its uncommitted seq and the counter lock."""
+
+    ADVISORY_KEY = 4_242_001
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, db: Database, backend: str, *, after_seq: bool) -> None:
+        self.db, self.backend, self.after_seq = db, backend, after_seq
         self.reached = threading.Event()
         self.opened = threading.Event()
+        self.holder: Any = None
+        if backend == "postgres":
+            self._hold_in_postgres()
+            return
         original = versioning._next_seq
 
         def gated(session: Any) -> int:
@@ -168,29 +183,66 @@ class Gate:
         self.reached.set()
         assert self.opened.wait(WAIT_SECONDS), "gate never opened"
 
+    def _hold_in_postgres(self) -> None:
+        self.holder = self.db.engine.connect()
+        if self.after_seq:
+            with self.db.engine.begin() as conn:
+                conn.execute(text(
+                    "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                    f" IF NEW.protocol_id = 'feed-a' THEN PERFORM pg_advisory_xact_lock_shared({self.ADVISORY_KEY});"
+                    " END IF; RETURN NEW; END $$"))
+                conn.execute(text("CREATE TRIGGER test_gate BEFORE INSERT ON protocol_versions"
+                                  " FOR EACH ROW EXECUTE FUNCTION test_gate()"))
+            self.holder.execute(text(f"SELECT pg_advisory_lock({self.ADVISORY_KEY})"))
+            self.holder.commit()
+        else:
+            self.holder.execute(text("SELECT 1 FROM protocols WHERE id = 'feed-a' FOR UPDATE"))  # kept open
+
     def wait_reached(self) -> None:
+        if self.backend == "postgres":
+            _wait_for_lock_waiters(self.db, 1)
+            return
         assert self.reached.wait(WAIT_SECONDS), "T1 never reached the gate"
+
+    def open(self) -> None:
+        self.opened.set()
+        if self.holder is None:
+            return
+        holder, self.holder = self.holder, None
+        if self.after_seq:
+            holder.execute(text(f"SELECT pg_advisory_unlock({self.ADVISORY_KEY})"))
+            holder.commit()
+        else:
+            holder.rollback()
+        holder.close()
+
+    def remove(self) -> None:
+        self.open()
+        if self.backend == "postgres" and self.after_seq:
+            with self.db.engine.begin() as conn:
+                conn.execute(text("DROP TRIGGER IF EXISTS test_gate ON protocol_versions"))
+                conn.execute(text("DROP FUNCTION IF EXISTS test_gate()"))
 
 
 @pytest.fixture
 def opened_gates() -> Iterator[list[Gate]]:
     gates: list[Gate] = []
     yield gates
-    for gate in gates:  # never leave a writer blocked, even when an assertion failed
-        gate.opened.set()
+    for gate in gates:  # never leave a writer blocked (or a test trigger behind), even on failure
+        gate.remove()
 
 
-def _wait_for_lock_waiter(db: Database) -> None:
-    """PostgreSQL: block until some backend of this database waits on a lock (T2 on the counter)."""
+def _wait_for_lock_waiters(db: Database, count: int) -> None:
+    """PostgreSQL: block until ``count`` backends of this database wait on a lock."""
     deadline = time.monotonic() + WAIT_SECONDS
     query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                  "AND wait_event_type = 'Lock'")
     while time.monotonic() < deadline:
         with db.engine.connect() as conn:
-            if conn.execute(query).scalar_one():
+            if conn.execute(query).scalar_one() >= count:
                 return
         time.sleep(0.02)
-    raise AssertionError("T2 never waited on the change counter lock")
+    raise AssertionError(f"fewer than {count} writers ever waited on a lock")
 
 
 def test_transaction_started_first_but_committed_last_is_not_missed(
@@ -200,18 +252,18 @@ def test_transaction_started_first_but_committed_last_is_not_missed(
     reader = FeedReader(client)
     assert versions_of(reader.poll()) == [("feed-a", 1)]
 
-    gate = Gate(monkeypatch, after_seq=False)
+    gate = Gate(monkeypatch, db, backend, after_seq=False)
     opened_gates.append(gate)
     t1 = Writer("T1", lambda: versioning.revise(db, "feed-a", content_of("feed-a", title="T1 edit"),
                                                 if_match=[a.etag]))
     t1.start()
-    gate.wait_reached()  # T1 has begun: it advanced feed-a's head and holds that row
+    gate.wait_reached()  # T1 is inside its write and has not taken a feed seq yet
     t2 = Writer("T2", lambda: versioning.create(db, "feed-b", content_of("feed-b")))
     t2.start()
     if backend == "postgres":
         t2.finish()  # T2 started after T1 and commits before it
         assert versions_of(reader.poll()) == [("feed-b", 1)]
-    gate.opened.set()
+    gate.open()
     t1.finish()
     t2.finish()
 
@@ -233,7 +285,7 @@ def test_a_pending_seq_is_never_exposed_as_a_gap(
     reader = FeedReader(client)
     reader.poll()
 
-    gate = Gate(monkeypatch, after_seq=True)
+    gate = Gate(monkeypatch, db, backend, after_seq=True)
     opened_gates.append(gate)
     t1 = Writer("T1", lambda: versioning.revise(db, "feed-a", content_of("feed-a", title="T1 edit"),
                                                 if_match=[a.etag]))
@@ -242,9 +294,9 @@ def test_a_pending_seq_is_never_exposed_as_a_gap(
     t2 = Writer("T2", lambda: versioning.create(db, "feed-b", content_of("feed-b")))
     t2.start()
     if backend == "postgres":
-        _wait_for_lock_waiter(db)  # T2 is queued behind T1 for the next seq
+        _wait_for_lock_waiters(db, 2)  # T1 on the gate, T2 queued behind T1 for the next seq
     assert reader.poll() == []  # neither seq 2 (pending) nor anything after it is visible
-    gate.opened.set()
+    gate.open()
     t1.finish()
     t2.finish()
     assert versions_of(reader.poll()) == [("feed-a", 2), ("feed-b", 1)]

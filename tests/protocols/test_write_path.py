@@ -1,9 +1,11 @@
 """The append path's cost and shape: statements per append, and effective periods kept incrementally.
 
 Counting statements is deterministic (timing is not, on a shared machine): the bounds below are the
-round-trip budget of docs/performance.md's PUT target. On PostgreSQL an append is one SELECT (head,
-newest version, content hash), the change-counter UPDATE and one statement of data-modifying CTEs
-(head, version, full text, search terms, periods, audit event), then COMMIT.
+round-trip budget of docs/performance.md's PUT target. On PostgreSQL a revision is one SELECT (head,
+newest version, content hash) and one statement of data-modifying CTEs (head, change counter,
+version, full text, search terms, periods, audit event) on the thread's autocommit connection: that
+statement is its own transaction. Creates and retirements run in an explicit transaction on both
+databases.
 """
 
 from __future__ import annotations
@@ -15,20 +17,28 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from protocols import audit, versioning
 from protocols.db import Database
+from protocols.errors import PreconditionFailed
 from protocols.models import AuditEvent, EffectivePeriod, ProtocolVersion
 from tests.protocols.test_search import content_of
 
-#: Cursor executions per append inside the write transaction (BEGIN IMMEDIATE counts on SQLite).
+#: Cursor executions per create/retire inside the write transaction (BEGIN IMMEDIATE counts on SQLite).
 MAX_STATEMENTS = {"postgres": 3, "sqlite": 11}
 
 
 @contextmanager
 def counting(db: Database) -> Iterator[dict[str, list[str]]]:
-    seen: dict[str, list[str]] = {"statements": [], "commits": [], "rollbacks": []}
+    """Statements through the engine (with its commits and rollbacks) and through ``db.reads``, the
+    per-thread autocommit connections (``"autocommit"``: each statement there is a transaction)."""
+    seen: dict[str, list[str]] = {"statements": [], "commits": [], "rollbacks": [], "autocommit": []}
+    fetch_one = db.reads.fetch_one
+
+    def on_fetch_one(sql: str, params: Any) -> Any:
+        seen["autocommit"].append(" ".join(sql.split()[:4]))
+        return fetch_one(sql, params)
 
     def on_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         seen["statements"].append(" ".join(statement.split()[:4]))
@@ -42,9 +52,11 @@ def counting(db: Database) -> Iterator[dict[str, list[str]]]:
     event.listen(db.engine, "before_cursor_execute", on_execute)
     event.listen(db.engine, "commit", on_commit)
     event.listen(db.engine, "rollback", on_rollback)
+    db.reads.fetch_one = on_fetch_one  # type: ignore[method-assign]
     try:
         yield seen
     finally:
+        del db.reads.fetch_one
         event.remove(db.engine, "before_cursor_execute", on_execute)
         event.remove(db.engine, "commit", on_commit)
         event.remove(db.engine, "rollback", on_rollback)
@@ -61,8 +73,13 @@ def test_one_append_stays_within_the_statement_budget(db: Database, backend: str
         stored, created = versioning.revise(db, "budget", content_of("budget", title="Revised"),
                                             if_match=[first.etag], status=status, ctx=AUDITED)
     assert created and stored.version == 2
-    assert len(seen["statements"]) <= MAX_STATEMENTS[backend], seen["statements"]
-    assert seen["commits"] == ["commit"] and seen["rollbacks"] == []  # one transaction, audit included
+    if backend == "postgres":
+        # The head read, then one statement that writes every row (audit included) and commits alone.
+        assert seen["autocommit"] == ["SELECT v.protocol_id, v.version, v.status,", "WITH head AS (UPDATE"], seen
+        assert seen["statements"] == [] and seen["commits"] == [] and seen["rollbacks"] == [], seen
+    else:
+        assert len(seen["statements"]) <= MAX_STATEMENTS[backend], seen["statements"]
+        assert seen["commits"] == ["commit"] and seen["rollbacks"] == []  # one transaction, audit included
     with db.read() as session:
         events = session.execute(select(AuditEvent.action, AuditEvent.target, AuditEvent.occurred_at,
                                         AuditEvent.request_id)).all()
@@ -84,10 +101,39 @@ def test_unchanged_content_is_one_read_and_no_write(db: Database, backend: str) 
     with counting(db) as seen:
         stored, created = versioning.revise(db, "same", content_of("same"), if_match=[first.etag], ctx=AUDITED)
     assert not created and stored == first
-    reads = [s for s in seen["statements"] if not s.startswith("BEGIN")]
-    assert len(reads) == 1 and reads[0].startswith("SELECT"), seen["statements"]
+    reads = [s for s in seen["statements"] + seen["autocommit"] if not s.startswith("BEGIN")]
+    assert len(reads) == 1 and reads[0].startswith("SELECT"), seen
     with db.read() as session:
         assert session.execute(select(AuditEvent.seq)).all() == []  # nothing changed, nothing audited
+
+
+def _row_counts(db: Database) -> dict[str, int]:
+    tables = ("protocol_versions", "protocol_fts", "search_terms", "effective_periods", "audit_events")
+    with db.engine.connect() as conn:
+        counts = {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in tables}
+        counts["counter"] = int(conn.execute(text("SELECT value FROM change_counter")).scalar_one())
+        return counts
+
+
+def test_an_append_whose_head_moved_writes_nothing(db: Database, backend: str) -> None:
+    """The head guard is what makes If-Match hold inside the database: an append prepared against
+    version 1 after version 2 was committed must write no row at all (not even the audit row or a
+    feed seq) and report the conflict. On PostgreSQL the append statement commits by itself, so this
+    rests on every row of it depending on the guarded head; on SQLite on the transaction's rollback."""
+    first = versioning.create(db, "moved", content_of("moved"))
+    versioning.revise(db, "moved", content_of("moved", title="Second"), if_match=[first.etag])
+    before = _row_counts(db)
+    prepared = versioning._prepare("moved", 2, content_of("moved", title="Stale"), status="active",
+                                   effective_from=first.effective_from, change_note=None, ctx=AUDITED,
+                                   now=first.recorded_at)
+    protocol_seq = _reference_protocol_seq(db, "moved")
+    if backend == "postgres":
+        sql = versioning._pg_raw(db.engine.dialect, (True, prepared.in_effect, prepared.audited))
+        params = {**prepared.params, "protocol_seq": protocol_seq, "expected": 1}
+        assert db.reads.fetch_one(sql, versioning._pg_append_params(prepared, params)) is None
+    with pytest.raises(PreconditionFailed), versioning._write_transaction(db) as conn:
+        versioning._write(conn, prepared, protocol_seq=protocol_seq, expected=1)
+    assert _row_counts(db) == before
 
 
 # ------------------------------------------------------------------------------ effective periods

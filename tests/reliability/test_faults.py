@@ -253,8 +253,9 @@ def _worker_serving(server: Server, client_port: int) -> int | None:
 
 @contextlib.contextmanager
 def writes_blocked(database_url: str, backend: str) -> Iterator[None]:
-    """Make the next write stop inside its transaction: PostgreSQL — lock the change-counter row a
-    write updates after it has already advanced the protocol head; SQLite — hold the write lock."""
+    """Make the next write stop inside the database: PostgreSQL — lock the change-counter row, which
+    a write updates after it has already advanced the protocol head (inside its one append statement
+    for a revision); SQLite — hold the write lock."""
     if backend == "postgres":
         engine = create_engine(normalize_url(database_url))
         conn = engine.connect()
@@ -276,6 +277,22 @@ def writes_blocked(database_url: str, backend: str) -> Iterator[None]:
         finally:
             holder.execute("ROLLBACK")
             holder.close()
+
+
+def _wait_until_nothing_waits_on_a_lock(database_url: str) -> None:
+    engine = create_engine(normalize_url(database_url))
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                 " AND wait_event_type = 'Lock'")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(query).scalar_one() == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("the killed worker's statement still waits for the lock")
+    finally:
+        engine.dispose()
 
 
 def test_worker_killed_mid_write_leaves_no_partial_version(database_url: str, backend: str,
@@ -307,6 +324,11 @@ def test_worker_killed_mid_write_leaves_no_partial_version(database_url: str, ba
             # the other workers keep serving while the database is still locked
             read = session.get(f"{server.url}/v1/protocols/killed-mid-write", timeout=10)
             assert read.status_code == 200 and read.headers["ETag"] == etag
+            if backend == "postgres":
+                # The dead worker's statement still waits for the lock: the server must notice its
+                # client is gone and abandon it (protocols.db.CLIENT_CHECK_INTERVAL_MS) before the
+                # lock is released, or it would commit a version no one was told about.
+                _wait_until_nothing_waits_on_a_lock(database_url)
         assert victim not in server.worker_pids()
         versions = session.get(f"{server.url}/v1/protocols/killed-mid-write/versions", timeout=10).json()["items"]
         assert [v["version"] for v in versions] == [1]
