@@ -14,9 +14,9 @@ was retired, an id outside the plain slug alphabet, a database error (so Flask's
 attempt on a fresh connection), and anything it does not expect. Every decision it makes calls the
 same function the Flask hooks call (``auth.resolve_scope``/``bearer_token``, ``keys.authenticate``,
 ``ratelimit.identity``/``headers``, ``request_ids.request_id``, ``http.none_match``,
-``logging_setup.log_access``, ``versioning.effective``), and ``tests/api/test_fastpath.py`` sends the
-same requests through both paths and requires identical status, headers and body.
-``PROTOCOLS_READ_FAST_PATH=false`` turns it off.
+``logging_setup.log_access``, ``versioning.effective``/``effective_etag``), and
+``tests/api/test_fastpath.py`` sends the same requests through both paths and requires identical
+status, headers and body. ``PROTOCOLS_READ_FAST_PATH=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -101,19 +101,26 @@ class ReadFastPath:
             environ[COUNTED_VERDICT] = verdict  # counted once, even if Flask answers after all
             if not verdict.allowed:
                 return None
-        try:
-            stored = versioning.effective(self.db, protocol_id)
-        except DomainError:
-            return None  # 404 / 410: Flask answers with the error shape or the retirement version
-        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
-        body = stored.document.encode()
-        if none_match(environ.get("HTTP_IF_NONE_MATCH"), stored.etag):
-            status, headers = "304 NOT MODIFIED", [("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
+        if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+        current = versioning.effective_etag(self.db, protocol_id) if if_none_match else None
+        if current is not None and current[0] != "retired" and none_match(if_none_match, current[1]):
+            # The client's copy is the version in effect: answered without reading the document.
+            status, headers = "304 NOT MODIFIED", [("ETag", current[1]), ("Cache-Control", CACHE_REVALIDATE)]
             body = b""
         else:
-            status = "200 OK"
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                       ("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
+            try:
+                stored = versioning.effective(self.db, protocol_id)
+            except DomainError:
+                return None  # 404 / 410: Flask answers with the error shape or the retirement version
+            body = stored.document.encode()
+            if none_match(if_none_match, stored.etag):  # a version took effect between the two reads
+                status, headers = "304 NOT MODIFIED", [("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
+                body = b""
+            else:
+                status = "200 OK"
+                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                           ("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
         headers.append(("X-Request-ID", rid))
         headers.extend(_FIXED)
         if verdict is not None:

@@ -110,13 +110,14 @@ class Generator:
         self.requests = requests
         self.interval = 1.0 / rate
         self.duration, self.warmup = duration, warmup
-        self.idle: list[Connection] = []
+        self.idle: collections.deque[Connection] = collections.deque()
         self.queue: collections.deque[float] = collections.deque()
         self.next_request = 0
         self.latencies: list[float] = []
         self.send_lags: list[float] = []
         self.errors = {"status": 0, "connect": 0, "lost": 0}
         self.measure_from = self.measure_until = 0.0
+        self.open_connections = 0
 
     def _request(self) -> bytes:
         request = self.requests[self.next_request % len(self.requests)]
@@ -143,9 +144,12 @@ class Generator:
             self.idle.append(conn)
 
     def lost(self, conn: Connection) -> None:
+        """A connection closed. Idle: the server's keep-alive timeout, not a failed request (it just
+        leaves the pool). Busy inside the window: its request never got an answer, an error."""
+        self.open_connections -= 1
         if conn in self.idle:
             self.idle.remove(conn)
-        if self.loop.time() < self.measure_until:
+        elif self.measure_from <= conn.scheduled < self.measure_until:
             self.errors["lost"] += 1
 
     async def run(self, host: str, port: int, connections: int) -> dict[str, object]:
@@ -159,7 +163,8 @@ class Generator:
             conns.append(conn)
         if not conns:
             raise SystemExit(f"could not connect to {host}:{port}")
-        self.idle = list(conns)
+        self.idle = collections.deque(conns)
+        self.open_connections = len(conns)
         start = self.loop.time() + 0.05
         self.measure_from = start + self.warmup
         self.measure_until = self.measure_from + self.duration
@@ -174,12 +179,12 @@ class Generator:
                 continue
             tick += 1
             if self.idle:
-                self.dispatch(self.idle.pop(), scheduled)
+                self.dispatch(self.idle.popleft(), scheduled)  # oldest idle first, as wrk does
             else:
                 self.queue.append(scheduled)
         # Let the requests scheduled inside the window finish (bounded: a stuck server is an error).
         deadline = self.loop.time() + 10.0
-        while (self.queue or len(self.idle) < len(conns)) and self.loop.time() < deadline:
+        while (self.queue or len(self.idle) < self.open_connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.005)
         scheduled_in_window = round(self.duration / self.interval)
         unfinished = scheduled_in_window - len(self.latencies)

@@ -633,15 +633,19 @@ def _rebuild_periods(conn: Connection | Session, protocol_id: str) -> None:
 #: bind/result processors, and driver errors are wrapped exactly as SQLAlchemy wraps them, so callers
 #: see the same values and exceptions as before. Measured in docs/performance.md (bench/).
 _EFFECTIVE_SQL = (
-    "SELECT protocol_id, version, status, effective_from, recorded_at, etag, document, seq"
+    "SELECT {columns}"
     " FROM protocol_versions WHERE protocol_id = {mark} AND status IN ({statuses})"
     " AND effective_from <= {mark} ORDER BY effective_from DESC, version DESC LIMIT 1"
 )
 
 
+_VERSION_COLUMNS_SQL = "protocol_id, version, status, effective_from, recorded_at, etag, document, seq"
+
+
 @dataclass(frozen=True)
 class _ReadPlan:
     sql: str
+    etag_sql: str
     bind_time: Any
     read_time: Any
 
@@ -658,8 +662,10 @@ def _plan(dialect: Any) -> _ReadPlan:
     if plan is None:
         time_type = ProtocolVersion.__table__.c.effective_from.type.dialect_impl(dialect)
         statuses = ", ".join(f"'{s}'" for s in IN_EFFECT_STATUSES)  # constants, not input
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
         plan = _ReadPlan(
-            sql=_EFFECTIVE_SQL.format(mark="?" if dialect.paramstyle == "qmark" else "%s", statuses=statuses),
+            sql=_EFFECTIVE_SQL.format(columns=_VERSION_COLUMNS_SQL, mark=mark, statuses=statuses),
+            etag_sql=_EFFECTIVE_SQL.format(columns="status, etag", mark=mark, statuses=statuses),
             bind_time=time_type.bind_processor(dialect) or _identity,
             read_time=time_type.result_processor(dialect, None) or _identity)
         _PLANS[dialect] = plan
@@ -673,6 +679,16 @@ def _effective_row(db: Database, protocol_id: str, at: datetime) -> StoredVersio
         return None
     return StoredVersion(row[0], row[1], row[2], plan.read_time(row[3]), plan.read_time(row[4]), row[5],
                          row[6], row[7])
+
+
+def effective_etag(db: Database, protocol_id: str) -> tuple[str, str] | None:
+    """``(status, etag)`` of the version in effect now, or None when none is: the same SELECT as
+    :func:`effective` without the document. A conditional GET compares ETags before it needs the
+    body, and on PostgreSQL a stored document over ~2 KB sits compressed in TOAST: a 304 that
+    fetched it would pay for reading and decompressing bytes it never sends."""
+    plan = _plan(db.engine.dialect)
+    row = db.reads.fetch_one(plan.etag_sql, (protocol_id, plan.bind_time(utcnow())))
+    return None if row is None else (str(row[0]), str(row[1]))
 
 
 def effective(db: Database, protocol_id: str, at: datetime | None = None) -> StoredVersion:

@@ -109,13 +109,16 @@ def _cases(catalog: dict[str, Any]) -> list[tuple[str, str, dict[str, str], bool
             headers = {} if inm is None else {"If-None-Match": inm}
             cases.append((method, current, headers, True))
         cases.append((method, f"/v1/protocols/{ids['revised']}", {}, True))
+        cases.append((method, f"/v1/protocols/{ids['revised']}", {"If-None-Match": etag}, True))  # not its ETag
         cases.append((method, current, {"Authorization": f"Bearer {k['all']}"}, True))
         cases.append((method, current, {"Authorization": f"bearer  {k['read']} "}, True))
         cases.append((method, current, {"X-Request-ID": "caller-id-1"}, True))
         cases.append((method, current, {"X-Request-ID": "bad id with spaces"}, True))
         # handed on to Flask
         cases.append((method, f"/v1/protocols/{ids['retired']}", {}, False))
+        cases.append((method, f"/v1/protocols/{ids['retired']}", {"If-None-Match": "*"}, False))
         cases.append((method, f"/v1/protocols/{ids['future']}", {}, False))
+        cases.append((method, f"/v1/protocols/{ids['future']}", {"If-None-Match": "*"}, False))
         cases.append((method, "/v1/protocols/no-such-protocol", {}, False))
         cases.append((method, f"{current}?as_of=2020-01-01T00:00:00Z", {}, False))
         cases.append((method, f"{current}?unknown=1", {}, False))
@@ -174,3 +177,27 @@ def test_fast_path_logs_one_request_line(pair, catalog, caplog) -> None:
     assert (line["request_id"], line["method"], line["path"], line["status"], line["actor"]) == (
         "trace-42", "GET", path, 200, "reader")
     assert isinstance(line["duration_ms"], float)
+
+
+def test_a_matching_conditional_get_does_not_read_the_document(pair, catalog) -> None:
+    """A 304 needs the ETag of the version in effect, not its bytes (which PostgreSQL keeps
+    compressed in TOAST): one narrow SELECT. A mismatch reads the full version as a plain GET does."""
+    fast = pair[0]
+    db = fast.extensions["protocols_db"]
+    statements: list[str] = []
+    fetch_one = db.reads.fetch_one
+
+    def recording(sql: str, params: Any) -> Any:
+        statements.append(sql)
+        return fetch_one(sql, params)
+
+    db.reads.fetch_one = recording
+    try:
+        path = f"/v1/protocols/{catalog['ids']['current']}"
+        assert _send(fast, "GET", path, {"If-None-Match": catalog["etag"]}).status_code == 304
+        assert len(statements) == 1 and "etag" in statements[0] and "document" not in statements[0]
+        statements.clear()
+        assert _send(fast, "GET", path, {"If-None-Match": '"stale"'}).status_code == 200
+        assert len(statements) == 2 and "document" in statements[1]
+    finally:
+        del db.reads.fetch_one
