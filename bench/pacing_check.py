@@ -2,7 +2,8 @@
 
 Serves baseline (a) (bare Flask, no I/O) with the benchmark's gunicorn settings and measures it at
 ~20 % load twice with the same think-time pattern (64 keep-alive connections, each sleeping a random
-0..400 ms before each request): once driven by wrk with the Lua ``delay()`` pacing bench/run.py uses,
+0..400 ms before each request): once driven by wrk with the Lua ``delay()`` pacing bench/run.py used
+until it moved to the open-loop generator (bench/openloop.py),
 once by 64 Python client threads pinned to the load-generator CPU. Prints p50/p99 of both.
 
 Usage: ``.venv/bin/python bench/pacing_check.py`` (about a minute).
