@@ -5,7 +5,7 @@ one gunicorn worker, drives it with wrk, samples the worker with ``py-spy record
 prints where the time goes: inclusive share per function (our code and the libraries we call) and
 the hottest leaf frames. docs/performance.md quotes this output when a target is missed.
 
-Usage: ``python bench/profile.py [--path-kind get|get_304|put] [--seconds 10] [--postgres]``
+Usage: ``python bench/profile.py [--path-kind get|get_304|put] [--seconds 10] [--postgres] [--gil]``
 (py-spy comes from ``pip install py-spy``; ``make bench`` installs it into .venv).
 """
 
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=60)
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--gil", action="store_true",
+                        help="sample only the thread holding the GIL: where the worker's CPU goes, without waits")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(run.VENV_BIN / "py-spy")
     if not Path(py_spy).exists():
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             raw = Path(tmp) / "profile.txt"
             worker = server.worker_pids()[0]
             subprocess.run([py_spy, "record", "--pid", str(worker), "--duration", str(args.seconds), "--rate", "250",
-                            "--format", "raw", "--output", str(raw), "--nonblocking"],
+                            "--format", "raw", "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else [])],
                            check=True, capture_output=True)
             load.join()
             report = summarize(raw, args.top)

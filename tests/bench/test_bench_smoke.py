@@ -54,11 +54,14 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         assert measurements[key]["runs"][0]["requests"] > 0, key
         assert measurements[key]["errors"] == 0, (key, measurements[key])
     # The open-loop generator (bench/openloop.py) behind the p99 target ran and every request answered.
-    paced = data["results"][0]["paced"]
-    assert paced["generator"] == "bench/openloop.py"
-    assert paced["runs"][0]["requests"] > 0
-    assert paced["errors"] == 0, paced
+    # The same for baseline (a) at 70 % of its own peak, the reference for the service's tail.
+    for key in ("paced", "paced_a"):
+        paced = data["results"][0][key]
+        assert paced["generator"] == "bench/openloop.py"
+        assert paced["runs"][0]["requests"] > 0
+        assert paced["errors"] == 0, paced
     assert "| sqlite | p99 <= 5 x p50 at 70 % of peak |" in result.stdout
+    assert "| sqlite | (a) bare Flask at 70 % of peak, open loop" in result.stdout
 
 
 FTS5_SHADOW_SUFFIXES = ("_data", "_idx", "_docsize", "_config", "_content")
