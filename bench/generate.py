@@ -210,17 +210,7 @@ def _index_fulltext(session: Session, items: list[tuple[int, dict[str, Any]]]) -
     """``fulltext.index_version`` for many versions in one executemany (same statement, same lexemes)."""
     if not items:
         return
-    lexemes = [(seq, fulltext.field_tokens(content)) for seq, content in items]
-    if session.get_bind().dialect.name == "sqlite":
-        statement = text(f"INSERT INTO {fulltext.TABLE} (rowid, title, drug, indication, summary) "
-                         "VALUES (:seq, :title, :drug, :indication, :summary)")
-        session.execute(statement, [{"seq": seq, **{name: " ".join(words) for name, words in fields.items()}}
-                                    for seq, fields in lexemes])
-    else:
-        columns = ", ".join(fulltext.FIELDS)
-        values = ", ".join(f"array_to_tsvector(CAST(:{name} AS text[]))" for name in fulltext.FIELDS)
-        session.execute(text(f"INSERT INTO {fulltext.TABLE} (seq, {columns}) VALUES (:seq, {values})"),
-                        [{"seq": seq, **fields} for seq, fields in lexemes])
+    fulltext.index_many(session, [(seq, fulltext.field_tokens(content)) for seq, content in items])
 
 
 def build_rows(indexes: range, shapes: list[dict[str, Any]], first_seq: int, now: datetime) -> Rows:

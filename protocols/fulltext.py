@@ -27,6 +27,13 @@ Why it is built this way:
   leaves letter/digit tokens whole). SQLite's per-row read goes to FTS5's content table
   (``protocol_fts_content``, columns ``c0..c3`` in :data:`FIELDS` order): a plain rowid lookup,
   where a ``MATCH`` per row would rebuild a prefix query's whole doclist each time.
+* **One posting list per field on both databases.** "Versions whose *drug* holds every word" must
+  cost what the answer costs, not what the word's frequency elsewhere costs. PostgreSQL has a GIN
+  index per field vector. FTS5 keeps one posting list per *term* for all columns, so a column filter
+  (``drug : "depressive"*``) still reads every version holding the word in any field (71,650 of
+  100,000 in the benchmark catalog, to return none). SQLite therefore also writes each lexeme tagged
+  with its field (``d_depressive``) into ``protocol_fts_fields`` (contentless, ``detail=none``:
+  version ids only), and :func:`candidates` with fields queries those tagged terms.
 """
 
 from __future__ import annotations
@@ -60,10 +67,14 @@ from sqlalchemy.orm import Session
 from protocols.record import split_document
 
 TABLE = "protocol_fts"
+#: SQLite only: each version's lexemes tagged with their field, one posting list per (field, word).
+FIELDS_TABLE = "protocol_fts_fields"
 
 #: Searchable fields and their rank weights (powers of two: a title match outranks all the others).
 FIELD_WEIGHTS: dict[str, int] = {"title": 8, "drug": 4, "indication": 2, "summary": 1}
 FIELDS = tuple(FIELD_WEIGHTS)
+#: The tag of each field's lexemes in :data:`FIELDS_TABLE` (``_`` cannot occur in a lexeme).
+FIELD_TAGS: dict[str, str] = {"title": "t", "drug": "d", "indication": "i", "summary": "s"}
 
 #: Longer words are cut to this many characters, in documents and queries alike.
 MAX_TOKEN_CHARS = 64
@@ -124,19 +135,49 @@ def _dialect(bind: Session | Connection) -> str:
     return connection.dialect.name
 
 
-def index_version(session: Session | Connection, seq: int, content: Mapping[str, Any]) -> None:
-    """Index one version (by its ``protocol_versions.seq``) inside the caller's transaction."""
-    index_lexemes(session, seq, field_tokens(content))
+def index_version(session: Session | Connection, seq: int, content: Mapping[str, Any], *,
+                  tagged: bool = True) -> None:
+    """Index one version (by its ``protocol_versions.seq``) inside the caller's transaction.
+
+    ``tagged=False`` skips SQLite's :data:`FIELDS_TABLE`: only for migration 0002's backfill, which
+    runs before migration 0005 creates (and fills) that table."""
+    index_lexemes(session, seq, field_tokens(content), tagged=tagged)
 
 
-def index_lexemes(session: Session | Connection, seq: int, lexemes: Mapping[str, list[str]]) -> None:
+def index_lexemes(session: Session | Connection, seq: int, lexemes: Mapping[str, list[str]], *,
+                  tagged: bool = True) -> None:
     """:func:`index_version` for lexemes already computed by :func:`field_tokens`."""
+    index_many(session, [(seq, lexemes)], tagged=tagged)
+
+
+def index_many(session: Session | Connection, rows: Sequence[tuple[int, Mapping[str, list[str]]]], *,
+               tagged: bool = True) -> None:
+    """Index many versions, ``(seq, lexemes)`` each, with one statement per table (bench/generate.py
+    loads 100,000 this way; a write passes one)."""
+    if not rows:
+        return
+
+    def params(items: list[dict[str, Any]]) -> list[dict[str, Any]] | dict[str, Any]:
+        return items[0] if len(items) == 1 else items
+
     if _dialect(session) == "sqlite":
         statement = text(f"INSERT INTO {TABLE} (rowid, title, drug, indication, summary) "
                          "VALUES (:seq, :title, :drug, :indication, :summary)")
-        session.execute(statement, {"seq": seq, **{name: " ".join(words) for name, words in lexemes.items()}})
+        session.execute(statement, params([{"seq": seq, **{name: " ".join(words) for name, words in lexemes.items()}}
+                                           for seq, lexemes in rows]))
+        if tagged:
+            session.execute(text(SQLITE_FIELDS_INSERT),
+                            params([{"seq": seq, "terms": tagged_terms(lexemes)} for seq, lexemes in rows]))
     else:
-        session.execute(text(postgres_insert()), {"seq": seq, **lexemes})
+        session.execute(text(postgres_insert()), params([{"seq": seq, **lexemes} for seq, lexemes in rows]))
+
+
+SQLITE_FIELDS_INSERT = f"INSERT INTO {FIELDS_TABLE} (rowid, terms) VALUES (:seq, :terms)"
+
+
+def tagged_terms(lexemes: Mapping[str, Iterable[str]]) -> str:
+    """A version's lexemes as :data:`FIELDS_TABLE` stores them: ``<tag>_<lexeme>``, space-separated."""
+    return " ".join(f"{FIELD_TAGS[name]}_{word}" for name in FIELDS for word in lexemes.get(name, ()))
 
 
 def postgres_insert(prefix: str = "") -> str:
@@ -147,12 +188,15 @@ def postgres_insert(prefix: str = "") -> str:
     return f"INSERT INTO {TABLE} (seq, {', '.join(FIELDS)}) VALUES (:seq, {values})"
 
 
-def rebuild(connection: Connection, batch: int = 500) -> int:
+def rebuild(connection: Connection, batch: int = 500, *, tagged: bool = True) -> int:
     """Drop every full-text row and index all versions again from their stored documents.
 
     For migrations and repairs: the index is derived data. Returns the number of versions indexed.
+    ``tagged``: see :func:`index_version`.
     """
     connection.execute(text(f"DELETE FROM {TABLE}"))
+    if tagged and _dialect(connection) == "sqlite":  # contentless: emptied by FTS5's own command
+        connection.execute(text(f"INSERT INTO {FIELDS_TABLE} ({FIELDS_TABLE}) VALUES ('delete-all')"))
     count = 0
     last = 0
     while True:
@@ -163,7 +207,7 @@ def rebuild(connection: Connection, batch: int = 500) -> int:
             return count
         for seq, document in rows:
             _, content = split_document(json.loads(document))
-            index_version(connection, int(seq), content)
+            index_version(connection, int(seq), content, tagged=tagged)
         count += len(rows)
         last = int(rows[-1][0])
 
@@ -208,13 +252,20 @@ def candidates(dialect: str, query: MatchQuery, fields: Sequence[str] = ()) -> T
     if unknown:
         raise ValueError(f"unknown fields {sorted(unknown)}")
     if dialect == "sqlite":
-        all_fields = _fts5_expression(query.words)
-        expression = (" OR ".join(f"({name} : ({all_fields}))" for name in fields) if fields
-                      else all_fields)
-        columns = {name: f"{TABLE}.{name}" for name in FIELDS}
-        rank = _sqlite_rank_sql(columns, len(query.words))
-        statement = text(f"SELECT {TABLE}.rowid AS seq, {rank} AS rank FROM {TABLE} WHERE {TABLE} MATCH :q")
-        params: dict[str, Any] = {"q": expression, **_sqlite_word_params(query.words)}
+        params: dict[str, Any] = _sqlite_word_params(query.words)
+        if fields:  # the tagged terms' posting lists, then each candidate's fields by rowid
+            columns = {name: f"fts_row.c{index}" for index, name in enumerate(FIELDS)}
+            params["q"] = " OR ".join(
+                "(" + _fts5_expression([f"{FIELD_TAGS[name]}_{word}" for word in query.words]) + ")"
+                for name in fields)
+            statement = text(f"SELECT {FIELDS_TABLE}.rowid AS seq, {_sqlite_rank_sql(columns, len(query.words))}"
+                             f" AS rank FROM {FIELDS_TABLE} JOIN {TABLE}_content AS fts_row"
+                             f" ON fts_row.id = {FIELDS_TABLE}.rowid WHERE {FIELDS_TABLE} MATCH :q")
+        else:
+            columns = {name: f"{TABLE}.{name}" for name in FIELDS}
+            rank = _sqlite_rank_sql(columns, len(query.words))
+            statement = text(f"SELECT {TABLE}.rowid AS seq, {rank} AS rank FROM {TABLE} WHERE {TABLE} MATCH :q")
+            params["q"] = _fts5_expression(query.words)
     else:
         rank = " + ".join(f"(CASE WHEN {name} @@ CAST(:tsq AS tsquery) THEN {weight} ELSE 0 END)"
                           for name, weight in FIELD_WEIGHTS.items())

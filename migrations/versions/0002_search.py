@@ -49,7 +49,7 @@ def _backfill() -> None:
     from protocols.record import split_document
 
     connection = op.get_bind()
-    fulltext.rebuild(connection)
+    fulltext.rebuild(connection, tagged=False)  # SQLite's tagged field terms: migration 0005
     rows = connection.execute(text("SELECT protocol_id, version, status, document FROM protocol_versions"))
     for protocol_id, version, status, document in rows.all():
         _, content = split_document(json.loads(document))

@@ -8,6 +8,7 @@ rank is computed identically, the same order).
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -260,11 +261,43 @@ def test_text_search_is_indexed_in_the_write_transaction(db: Database, monkeypat
         assert list(fulltext.indexed_seqs(session.connection())) == seqs
 
 
+def assert_field_postings_agree_with_documents(db: Database) -> None:
+    """``fulltext.candidates`` restricted to fields returns, for every lexeme (and its 3-letter
+    prefix) of every field, exactly the versions whose stored document has a matching word in one
+    of those fields: SQLite's tagged posting lists (migration 0005) and PostgreSQL's per-field
+    vectors both hold each field's words and nothing else."""
+    with db.read() as session:
+        connection = session.connection()
+        rows = connection.execute(select(ProtocolVersion.seq, ProtocolVersion.document)).all()
+        by_seq = {int(seq): fulltext.field_tokens(split_payload_document(document)) for seq, document in rows}
+        words = sorted({w for fields in by_seq.values() for ws in fields.values() for w in ws})
+        probes = sorted(set(words) | {w[:3] for w in words if len(w) > 3})
+        assert len(probes) > 50  # the corpus has a vocabulary worth checking
+        dialect = connection.dialect.name
+        for field_set in [(name,) for name in fulltext.FIELDS] + [("title", "drug"), ("drug", "summary")]:
+            for word in probes:
+                expected = {seq for seq, fields in by_seq.items()
+                            if any(w.startswith(word) for name in field_set for w in fields[name])}
+                statement = fulltext.candidates(dialect, fulltext.MatchQuery((word,)), field_set)
+                assert {int(r.seq) for r in connection.execute(statement)} == expected, (field_set, word)
+
+
+def split_payload_document(document: str) -> dict[str, Any]:
+    from protocols.record import split_document
+
+    return split_document(json.loads(document))[1]
+
+
+def test_field_postings_agree_with_documents_after_writes(corpus: Database) -> None:
+    assert_field_postings_agree_with_documents(corpus)
+
+
 def test_rebuilding_the_index_gives_the_same_answers(corpus: Database) -> None:
     before = {q: ranked(corpus, q) for q, _ in TEXT_CASES}
     with corpus.engine.begin() as connection:
         assert fulltext.rebuild(connection, batch=2) == len(CORPUS)
     assert {q: ranked(corpus, q) for q, _ in TEXT_CASES} == before
+    assert_field_postings_agree_with_documents(corpus)
 
 
 def test_migration_backfills_the_index_for_existing_versions(corpus: Database, database_url: str) -> None:
@@ -285,6 +318,7 @@ def test_migration_backfills_the_index_for_existing_versions(corpus: Database, d
         command.upgrade(config, "head")
     assert {q: ranked(corpus, q) for q, _ in TEXT_CASES} == before
     assert ids(corpus, indication="F33") == by_indication == {P1, P4}
+    assert_field_postings_agree_with_documents(corpus)  # SQLite: 0005's backfill
 
 
 # ---------------------------------------------------------------------------- time and status
