@@ -71,7 +71,10 @@ class Settings:
     connections: int = 16
     wrk_threads: int = 1
     workers: int = 2             # gunicorn settings, identical for the app and the baselines
-    threads: int = 2
+    # Threads per worker: enough to keep the core busy while requests wait on the database (with 2,
+    # py-spy --gil showed the GIL held ~35 % of the time on a saturated PostgreSQL read); a
+    # side-by-side sweep is in docs/performance.md (Method).
+    threads: int = 4
     small_catalog: int = 1_000
     large_catalog: int = 100_000
     deep_page: int = 2_000
