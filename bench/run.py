@@ -71,10 +71,10 @@ class Settings:
     connections: int = 16
     wrk_threads: int = 1
     workers: int = 2             # gunicorn settings, identical for the app and the baselines
-    # Threads per worker: enough to keep the core busy while requests wait on the database (with 2,
-    # py-spy --gil showed the GIL held ~35 % of the time on a saturated PostgreSQL read); a
-    # side-by-side sweep is in docs/performance.md (Method).
-    threads: int = 4
+    # Threads per worker: 4 was tried and not kept (docs/performance.md, Method: the 304 gain of a
+    # side-by-side sweep did not reproduce in full runs, and the PostgreSQL filtered page at 100k
+    # missed its target in both runs with 4).
+    threads: int = 2
     small_catalog: int = 1_000
     large_catalog: int = 100_000
     deep_page: int = 2_000
