@@ -75,6 +75,10 @@ FIELD_WEIGHTS: dict[str, int] = {"title": 8, "drug": 4, "indication": 2, "summar
 FIELDS = tuple(FIELD_WEIGHTS)
 #: The tag of each field's lexemes in :data:`FIELDS_TABLE` (``_`` cannot occur in a lexeme).
 FIELD_TAGS: dict[str, str] = {"title": "t", "drug": "d", "indication": "i", "summary": "s"}
+#: FTS5's own content table: one row per indexed version, each field's stored lexemes in ``c0..c3``.
+SQLITE_CONTENT_COLUMNS: dict[str, str] = {name: f"c{index}" for index, name in enumerate(FIELDS)}
+SQLITE_CONTENT = table(f"{TABLE}_content", column("id", Integer()),
+                       *(column(c, Text()) for c in SQLITE_CONTENT_COLUMNS.values()))
 
 #: Longer words are cut to this many characters, in documents and queries alike.
 MAX_TOKEN_CHARS = 64
@@ -135,25 +139,23 @@ def _dialect(bind: Session | Connection) -> str:
     return connection.dialect.name
 
 
-def index_version(session: Session | Connection, seq: int, content: Mapping[str, Any], *,
-                  tagged: bool = True) -> None:
-    """Index one version (by its ``protocol_versions.seq``) inside the caller's transaction.
-
-    ``tagged=False`` skips SQLite's :data:`FIELDS_TABLE`: only for migration 0002's backfill, which
-    runs before migration 0005 creates (and fills) that table."""
-    index_lexemes(session, seq, field_tokens(content), tagged=tagged)
+def index_version(session: Session | Connection, seq: int, content: Mapping[str, Any]) -> None:
+    """Index one version (by its ``protocol_versions.seq``) inside the caller's transaction."""
+    index_lexemes(session, seq, field_tokens(content))
 
 
-def index_lexemes(session: Session | Connection, seq: int, lexemes: Mapping[str, list[str]], *,
-                  tagged: bool = True) -> None:
+def index_lexemes(session: Session | Connection, seq: int, lexemes: Mapping[str, list[str]]) -> None:
     """:func:`index_version` for lexemes already computed by :func:`field_tokens`."""
-    index_many(session, [(seq, lexemes)], tagged=tagged)
+    index_many(session, [(seq, lexemes)])
 
 
 def index_many(session: Session | Connection, rows: Sequence[tuple[int, Mapping[str, list[str]]]], *,
                tagged: bool = True) -> None:
-    """Index many versions, ``(seq, lexemes)`` each, with one statement per table (bench/generate.py
-    loads 100,000 this way; a write passes one)."""
+    """Index many versions, ``(seq, lexemes)`` each, with one statement per table (a write passes
+    one; :func:`rebuild` and bench/generate.py pass a batch).
+
+    ``tagged=False`` skips SQLite's :data:`FIELDS_TABLE`: only for migration 0002's backfill, which
+    runs before migration 0005 creates (and fills) that table."""
     if not rows:
         return
 
@@ -161,18 +163,19 @@ def index_many(session: Session | Connection, rows: Sequence[tuple[int, Mapping[
         return items[0] if len(items) == 1 else items
 
     if _dialect(session) == "sqlite":
-        statement = text(f"INSERT INTO {TABLE} (rowid, title, drug, indication, summary) "
-                         "VALUES (:seq, :title, :drug, :indication, :summary)")
-        session.execute(statement, params([{"seq": seq, **{name: " ".join(words) for name, words in lexemes.items()}}
-                                           for seq, lexemes in rows]))
+        session.execute(_SQLITE_INSERT, params([{"seq": seq, **{name: " ".join(words) for name, words in lex.items()}}
+                                                for seq, lex in rows]))
         if tagged:
-            session.execute(text(SQLITE_FIELDS_INSERT),
+            session.execute(_SQLITE_FIELDS_INSERT,
                             params([{"seq": seq, "terms": tagged_terms(lexemes)} for seq, lexemes in rows]))
     else:
-        session.execute(text(postgres_insert()), params([{"seq": seq, **lexemes} for seq, lexemes in rows]))
+        session.execute(_POSTGRES_INSERT, params([{"seq": seq, **lexemes} for seq, lexemes in rows]))
 
 
 SQLITE_FIELDS_INSERT = f"INSERT INTO {FIELDS_TABLE} (rowid, terms) VALUES (:seq, :terms)"
+_SQLITE_INSERT = text(f"INSERT INTO {TABLE} (rowid, {', '.join(FIELDS)}) "
+                      f"VALUES (:seq, {', '.join(':' + name for name in FIELDS)})")
+_SQLITE_FIELDS_INSERT = text(SQLITE_FIELDS_INSERT)
 
 
 def tagged_terms(lexemes: Mapping[str, Iterable[str]]) -> str:
@@ -188,11 +191,14 @@ def postgres_insert(prefix: str = "") -> str:
     return f"INSERT INTO {TABLE} (seq, {', '.join(FIELDS)}) VALUES (:seq, {values})"
 
 
+_POSTGRES_INSERT = text(postgres_insert())
+
+
 def rebuild(connection: Connection, batch: int = 500, *, tagged: bool = True) -> int:
     """Drop every full-text row and index all versions again from their stored documents.
 
     For migrations and repairs: the index is derived data. Returns the number of versions indexed.
-    ``tagged``: see :func:`index_version`.
+    ``tagged``: see :func:`index_many`.
     """
     connection.execute(text(f"DELETE FROM {TABLE}"))
     if tagged and _dialect(connection) == "sqlite":  # contentless: emptied by FTS5's own command
@@ -205,9 +211,8 @@ def rebuild(connection: Connection, batch: int = 500, *, tagged: bool = True) ->
             {"last": last, "n": batch}).all()
         if not rows:
             return count
-        for seq, document in rows:
-            _, content = split_document(json.loads(document))
-            index_version(connection, int(seq), content, tagged=tagged)
+        index_many(connection, [(int(seq), field_tokens(split_document(json.loads(document))[1]))
+                                for seq, document in rows], tagged=tagged)
         count += len(rows)
         last = int(rows[-1][0])
 
@@ -254,12 +259,12 @@ def candidates(dialect: str, query: MatchQuery, fields: Sequence[str] = ()) -> T
     if dialect == "sqlite":
         params: dict[str, Any] = _sqlite_word_params(query.words)
         if fields:  # the tagged terms' posting lists, then each candidate's fields by rowid
-            columns = {name: f"fts_row.c{index}" for index, name in enumerate(FIELDS)}
+            columns = {name: f"fts_row.{c}" for name, c in SQLITE_CONTENT_COLUMNS.items()}
             params["q"] = " OR ".join(
                 "(" + _fts5_expression([f"{FIELD_TAGS[name]}_{word}" for word in query.words]) + ")"
                 for name in fields)
             statement = text(f"SELECT {FIELDS_TABLE}.rowid AS seq, {_sqlite_rank_sql(columns, len(query.words))}"
-                             f" AS rank FROM {FIELDS_TABLE} JOIN {TABLE}_content AS fts_row"
+                             f" AS rank FROM {FIELDS_TABLE} JOIN {SQLITE_CONTENT.name} AS fts_row"
                              f" ON fts_row.id = {FIELDS_TABLE}.rowid WHERE {FIELDS_TABLE} MATCH :q")
         else:
             columns = {name: f"{TABLE}.{name}" for name in FIELDS}
@@ -307,9 +312,7 @@ class Probe:
     rank: ColumnElement[int]
 
 
-#: FTS5's own content table: one row per indexed version, the stored lexemes in c0..c3.
-SQLITE_CONTENT = table(f"{TABLE}_content", column("id", Integer()),
-                       *(column(f"c{i}", Text()) for i in range(len(FIELDS))))
+
 POSTGRES_TABLE = table(TABLE, column("seq"), *(column(name, TSVECTOR()) for name in (*FIELDS, "document")))
 
 
@@ -317,7 +320,7 @@ def probe(dialect: str, query: MatchQuery) -> Probe:
     """The per-row form of :func:`matches`: same matches, same rank (see the module docstring)."""
     if dialect == "sqlite":
         source = SQLITE_CONTENT.alias("fts_row")
-        columns = {name: source.c[f"c{i}"] for i, name in enumerate(FIELDS)}
+        columns = {name: source.c[c] for name, c in SQLITE_CONTENT_COLUMNS.items()}
         words = [literal(f" {word}") for word in query.words]
 
         def has_words(haystack: ColumnElement[Any]) -> ColumnElement[bool]:

@@ -20,6 +20,7 @@ from protocols import fulltext, search, versioning
 from protocols.db import Database
 from protocols.indexing import indication_keys
 from protocols.models import ProtocolVersion
+from protocols.record import split_document
 from protocols.search import ProtocolQuery
 from protocols.terminology import ICD10CM, INDICATIONS, ROUTES, SNOMED
 from schemas.protocol import ProtocolCreateSchema, split_payload
@@ -269,7 +270,7 @@ def assert_field_postings_agree_with_documents(db: Database) -> None:
     with db.read() as session:
         connection = session.connection()
         rows = connection.execute(select(ProtocolVersion.seq, ProtocolVersion.document)).all()
-        by_seq = {int(seq): fulltext.field_tokens(split_payload_document(document)) for seq, document in rows}
+        by_seq = {int(seq): fulltext.field_tokens(split_document(json.loads(document))[1]) for seq, document in rows}
         words = sorted({w for fields in by_seq.values() for ws in fields.values() for w in ws})
         probes = sorted(set(words) | {w[:3] for w in words if len(w) > 3})
         assert len(probes) > 50  # the corpus has a vocabulary worth checking
@@ -280,12 +281,6 @@ def assert_field_postings_agree_with_documents(db: Database) -> None:
                             if any(w.startswith(word) for name in field_set for w in fields[name])}
                 statement = fulltext.candidates(dialect, fulltext.MatchQuery((word,)), field_set)
                 assert {int(r.seq) for r in connection.execute(statement)} == expected, (field_set, word)
-
-
-def split_payload_document(document: str) -> dict[str, Any]:
-    from protocols.record import split_document
-
-    return split_document(json.loads(document))[1]
 
 
 def test_field_postings_agree_with_documents_after_writes(corpus: Database) -> None:
