@@ -56,7 +56,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 def _init_operations(app: Flask, api: Api) -> None:
     """Health, admin API, JSON logs, authentication, rate limits and the audit trail for every endpoint."""
-    from api import admin_api, audit_log, auth, health_api, keys_cli, logging_setup, ratelimit
+    from api import admin_api, audit_log, auth, health_api, keys_cli, logging_setup, parsing, ratelimit
 
     api.register_blueprint(health_api.blp)
     api.register_blueprint(admin_api.blp)
@@ -66,6 +66,7 @@ def _init_operations(app: Flask, api: Api) -> None:
     audit_log.init_app(app, app.extensions[DB_KEY].engine)
     keys_cli.init_app(app)
     auth.document_security(app, api)
+    parsing.document_body_errors(api)
 
 
 def _init_request_hooks(app: Flask) -> None:

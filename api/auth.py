@@ -24,7 +24,7 @@ from flask import Flask, current_app, g, request
 from flask_smorest import Api
 from flask_smorest.spec.plugins import FlaskPlugin
 
-from api.errors import ApiError
+from api.errors import ApiError, documented_error
 from api.extensions import get_db
 from protocols import keys
 from protocols.keys import ADMIN, READ, WRITE
@@ -206,11 +206,6 @@ def document_security(app: Flask, api: Api) -> None:
             if note not in description:
                 operation["description"] = f"{description}\n\n{note}".strip()
             responses = operation.setdefault("responses", {})
-            responses.setdefault("401", _error_ref("Missing, unknown, revoked or expired API key"))
-            responses.setdefault("403", _error_ref(f"The API key lacks the `{scope}` scope"))
-            responses.setdefault("429", _error_ref("Rate limit exceeded; see Retry-After"))
-
-
-def _error_ref(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            responses.setdefault("401", documented_error("Missing, unknown, revoked or expired API key"))
+            responses.setdefault("403", documented_error(f"The API key lacks the `{scope}` scope"))
+            responses.setdefault("429", documented_error("Rate limit exceeded; see Retry-After"))

@@ -43,6 +43,13 @@ class ErrorSchema(Schema):
     current_etag = fields.String(allow_none=True, metadata={"description": "On 412/428: its ETag"})
 
 
+def documented_error(description: str) -> dict[str, Any]:
+    """An OpenAPI response object for an error answered in the one error shape (:class:`ErrorSchema`),
+    for responses added to operations after the fact (authentication, body parsing)."""
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
 class ApiError(Exception):
     """An error the API answers on purpose, with status, message, field errors and extras."""
 

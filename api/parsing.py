@@ -1,7 +1,11 @@
 """Request parsing for flask-smorest: strict JSON bodies, unknown parameters rejected.
 
 * a body that is not JSON by content type → 415; malformed, NaN, duplicate keys, bad UTF-8 → 400;
-* unknown fields and unknown query parameters → 422 (schemas keep marshmallow's ``RAISE``).
+* unknown fields and unknown query parameters → 422 (schemas keep marshmallow's ``RAISE``);
+* a body over ``MAX_CONTENT_LENGTH`` → 413, before it is read (api.errors maps werkzeug's error).
+
+:func:`document_body_errors` adds the 400, 413 and 415 to every operation that takes a JSON body in
+OpenAPI, so the contract names every status a client can get for the body it sends.
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Request
+from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema
 from webargs.flaskparser import FlaskParser
 
-from api.errors import ApiError
+from api.config import MAX_BODY_BYTES
+from api.errors import ApiError, documented_error
 from protocols.strict_json import InvalidJSON, strict_loads
 
 JSON_MIMETYPES = ("application/json",)
@@ -49,3 +55,29 @@ class StrictParser(FlaskParser):
 
 class Blueprint(SmorestBlueprint):
     ARGUMENTS_PARSER = StrictParser()
+
+
+#: What every operation that takes a JSON body can answer before its schema sees the body.
+BODY_ERRORS = {
+    "400": "The body is not valid JSON (malformed, NaN or Infinity, a duplicate key, invalid UTF-8) or is empty",
+    "413": f"The body is larger than the server accepts (PROTOCOLS_MAX_BODY_BYTES, default {MAX_BODY_BYTES} bytes)",
+    "415": "Content-Type is not application/json",
+}
+
+
+def document_body_errors(api: Api) -> None:
+    """Add 400/413/415 (:data:`BODY_ERRORS`) to every documented operation with a JSON request body.
+
+    Runs once every blueprint is registered (end of ``create_app``); flask-smorest documents only the
+    422 of schema validation, and a client (or a contract fuzzer) sending a huge, non-JSON or malformed
+    body gets one of these instead."""
+    for path_item in api.spec._paths.values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict):
+                continue
+            content = operation.get("requestBody", {}).get("content", {})
+            if not any(is_json_mimetype(mimetype) for mimetype in content):
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, description in BODY_ERRORS.items():
+                responses.setdefault(status, documented_error(description))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
+from api.config import MAX_BODY_BYTES
 from tests.factories import ICD10CM, SNOMED, protocol_payload
 
 
@@ -185,3 +187,34 @@ def test_cursor_from_another_listing_is_rejected(client):
     versions_cursor = client.get(f"/v1/protocols/{payload['id']}/versions?page_size=1").get_json()["next"]
     token = versions_cursor.split("cursor=")[1]
     assert client.get(f"/v1/protocols?cursor={token}").status_code == 422
+
+
+def _json_body_operations(client) -> list[tuple[str, str, dict]]:
+    spec = client.get("/openapi.json").get_json()
+    found = []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            body = operation.get("requestBody", {}) if isinstance(operation, dict) else {}
+            if "application/json" in body.get("content", {}):
+                url = re.sub(r"\{[^}]+\}", "body-errors-probe", path)
+                found.append((method.upper(), url, operation))
+    return found
+
+
+@pytest.mark.parametrize(("status", "body", "content_type"), [
+    (415, b"{}", "text/plain"),
+    (400, b'{"title": "unterminated",', "application/json"),
+    (400, b'{"a": 1, "a": 2}', "application/json"),
+    (413, b'{"summary": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}', "application/json"),
+])
+def test_every_operation_with_a_json_body_answers_and_documents_body_errors(client, status, body, content_type):
+    """Each operation that takes a JSON body answers a non-JSON, malformed or oversized body with its
+    status in the error shape, and its OpenAPI responses list that status (api.parsing.BODY_ERRORS)."""
+    operations = _json_body_operations(client)
+    assert len(operations) >= 5  # create, revise, dose check, admin keys, CDS service
+    for method, url, operation in operations:
+        response = client.open(url, method=method, data=body, content_type=content_type,
+                               headers={"If-Match": '"probe"'})
+        assert response.status_code == status, (method, url, response.get_data(as_text=True)[:300])
+        assert response.get_json()["code"] == status, (method, url)
+        assert str(status) in operation["responses"], f"{method} {url} does not document {status}"
