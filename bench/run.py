@@ -51,7 +51,7 @@ DRIVER = BENCH_DIR / "wrk" / "driver.lua"
 VENV_BIN = Path(sys.executable).parent
 SERVER_CPU, LOADGEN_CPU = "0", "1"
 DEFAULT_PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-WRITE_CONNECTIONS = 4  # writers serialize in the database: more connections only queue
+WRITE_CONNECTIONS = 4  # one per server thread (docs/performance.md, Verdicts, PUT)
 TABLE_START, TABLE_END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
 
 sys.path.insert(0, str(BENCH_DIR))
