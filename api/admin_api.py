@@ -1,7 +1,8 @@
 """``/v1/admin``: API-key administration and the audit log (``admin`` scope).
 
-Creating and revoking keys are writes: the audit hook records them (target = key id), and the
-plain key appears only in the creation response — never in the audit row or the logs.
+Creating and revoking keys are writes: each is audited in the same transaction as the change
+(target = key id), and the plain key appears only in the creation response — never in the audit row
+or the logs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 
 from flask import Response, g, url_for
 
+from api.audit_log import pending
 from api.auth import requires_scope
 from api.errors import ApiError
-from api.extensions import get_db
+from api.extensions import get_db, write_context
 from api.http import link_header, page_links, read_cursor
 from api.parsing import Blueprint
 from protocols import audit, keys
@@ -60,8 +62,10 @@ def list_keys() -> dict[str, Any]:
 @blp.response(201, KeyCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
 def create_key(payload: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Mint a key. The response is the only place the key ever appears."""
-    info, plain = keys.create_key(get_db(), payload["name"], payload["scopes"], expires_at=payload["expires_at"])
-    g.audit_action, g.audit_target = audit.KEY_CREATE, info.id
+    g.audit_action = audit.KEY_CREATE
+    info, plain = keys.create_key(get_db(), payload["name"], payload["scopes"], expires_at=payload["expires_at"],
+                                  ctx=write_context(pending(201)))
+    g.audit_recorded = True  # written with the key, in its transaction
     return {**_key_dict(info), "key": plain}, 201, {"Location": url_for("admin.get_key", key_id=info.id)}
 
 
@@ -82,9 +86,11 @@ def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: it stops working at once, in every worker. Revoking again changes nothing."""
     g.audit_action, g.audit_target = audit.KEY_REVOKE, key_id
     try:
-        return _key_dict(keys.revoke_key(get_db(), key_id))
+        info = keys.revoke_key(get_db(), key_id, ctx=write_context(pending(200)))
     except keys.KeyNotFound as exc:
         raise ApiError(404, exc.message) from exc
+    g.audit_recorded = True  # written with the revocation (or nothing changed: nothing to record)
+    return _key_dict(info)
 
 
 @blp.route("/audit", methods=["GET"])

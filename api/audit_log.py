@@ -2,10 +2,10 @@
 
 What is recorded (one row per request):
 
-* a protocol write that appends a version (create, revise, retire): the view hands the versioning
-  service an :class:`protocols.audit.Pending` event (:func:`pending`), and the service writes it in the
-  version's own transaction, so the row commits and rolls back with the version. The view then sets
-  ``g.audit_recorded`` and nothing more is written for the request;
+* a protocol write that appends a version (create, revise, retire) or an API key minted or revoked:
+  the view hands the service an :class:`protocols.audit.Pending` event (:func:`pending`), and the
+  service writes it in its own transaction, so the row commits and rolls back with the change. The
+  view then sets ``g.audit_recorded`` and nothing more is written for the request;
 * any other request that *changed something*: its transaction committed at least one
   INSERT/UPDATE/DELETE (written after the response is built, in its own transaction). This is
   observed at the database driver level (engine events below), so a PUT whose content equals the

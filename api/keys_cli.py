@@ -1,7 +1,8 @@
 """``flask keys create|list|revoke``: API-key administration from the shell.
 
 This is how the first admin key is made (the HTTP admin API itself needs one). Key creation and
-revocation are written to the audit log with actor ``cli:<os user>``.
+revocation are written to the audit log with actor ``cli:<os user>``, in the same transaction as the
+change (a second revocation changes nothing and records nothing).
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ def _when(value: datetime | None) -> str:
 @click.option("--expires", default=None, help="RFC 3339 time or ISO duration from now (P90D).")
 def create_command(name: str, scopes: tuple[str, ...], expires: str | None) -> None:
     """Mint a key and print it once (only its hash is stored)."""
-    info, plain = keys.create_key(get_db(), name, scopes, expires_at=_parse_expiry(expires))
-    audit.record(get_db(), action=audit.KEY_CREATE, outcome=audit.ALLOWED, actor=_actor(), target=info.id,
-                 detail=json.dumps({"via": "cli", "name": name, "scopes": list(info.scopes)}))
+    event = audit.Pending(audit.KEY_CREATE, detail=json.dumps(
+        {"via": "cli", "name": name, "scopes": list(keys.normalize_scopes(scopes))}))
+    info, plain = keys.create_key(get_db(), name, scopes, expires_at=_parse_expiry(expires),
+                                  ctx=audit.WriteContext(actor=_actor(), audit=event))
     click.echo(f"created key {info.id} '{info.name}' scopes={','.join(info.scopes)} "
                f"expires={_when(info.expires_at)}")
     click.echo(f"API key (shown once, store it now): {plain}")
@@ -78,11 +80,10 @@ def list_command() -> None:
 def revoke_command(key_id: str) -> None:
     """Revoke a key: every worker rejects it from the next request on."""
     try:
-        info = keys.revoke_key(get_db(), key_id)
+        info = keys.revoke_key(get_db(), key_id, ctx=audit.WriteContext(
+            actor=_actor(), audit=audit.Pending(audit.KEY_REVOKE, detail='{"via":"cli"}')))
     except keys.KeyNotFound as exc:
         raise click.ClickException(exc.message) from exc
-    audit.record(get_db(), action=audit.KEY_REVOKE, outcome=audit.ALLOWED, actor=_actor(), target=info.id,
-                 detail='{"via":"cli"}')
     click.echo(f"revoked key {info.id} '{info.name}' at {_when(info.revoked_at)}")
 
 

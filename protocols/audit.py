@@ -2,12 +2,12 @@
 
 Rows are never updated or deleted: the first migration installs triggers that refuse UPDATE/DELETE
 (and TRUNCATE on PostgreSQL) of ``audit_events``, so not even a bug here can rewrite history.
-A change made through a versioning service (create/revise/retire a protocol) is recorded *inside*
-that service's transaction (:class:`Pending`, passed in the ``WriteContext``): the event commits with
-the version and rolls back with it, so the trail can neither miss a committed version nor record one
-that never was. Everything else (denied and failed requests, key administration, catalog loads) is
-written by :func:`record` in its own short transaction, so a denied or failed request is recorded even
-though its own work was rolled back.
+A change made through a service that takes a :class:`WriteContext` (creating, revising and retiring
+protocols; minting and revoking API keys) is recorded *inside* that service's transaction
+(:class:`Pending`, written by :func:`insert_allowed`): the event commits with the change and rolls
+back with it, so the trail can neither miss a committed change nor record one that never was.
+Everything else (denied and failed requests, catalog loads) is written by :func:`record` in its own
+short transaction, so a denied or failed request is recorded even though its own work was rolled back.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
 
 from protocols.db import Database
 from protocols.models import AuditEvent
@@ -40,6 +41,19 @@ class Pending:
     action: str
     status_code: int | None = None
     detail: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Who is writing and under which request: recorded on the version (and the audit row) for the
+    audit trail.
+
+    ``audit``: the event to write *inside* the write's transaction when it changes something (the HTTP
+    layer passes one, so the trail commits and rolls back with the change it describes)."""
+
+    actor: str | None = None
+    request_id: str | None = None
+    audit: Pending | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,16 @@ def row(*, action: str, outcome: str, actor: str | None, target: str | None, sta
     return {"occurred_at": occurred_at, "actor": _clip(actor, 200), "action": action[:64],
             "target": _clip(target, 200), "outcome": outcome[:32], "status_code": status_code,
             "request_id": _clip(request_id, 100), "detail": _clip(detail, 4000)}
+
+
+def insert_allowed(session: Session, ctx: WriteContext, *, target: str, now: datetime) -> None:
+    """Write ``ctx.audit`` (if any) as an *allowed* event in ``session``'s transaction: for services
+    whose change and audit row must commit together."""
+    if ctx.audit is not None:
+        session.execute(insert(AuditEvent).values(**row(
+            action=ctx.audit.action, outcome=ALLOWED, actor=ctx.actor, target=target,
+            status_code=ctx.audit.status_code, request_id=ctx.request_id, detail=ctx.audit.detail,
+            occurred_at=now)))
 
 
 def record(db: Database, *, action: str, outcome: str, actor: str | None = None, target: str | None = None,

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from protocols.audit import WriteContext, insert_allowed
 from protocols.db import Database
 from protocols.errors import DomainError
 from protocols.models import ApiKey
@@ -89,14 +90,18 @@ def _info(row: ApiKey) -> KeyInfo:
 
 
 def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: datetime | None = None,
-               now: datetime | None = None) -> tuple[KeyInfo, str]:
-    """Mint a key. Returns its description and the plain key, which exists nowhere else afterwards."""
+               now: datetime | None = None, ctx: WriteContext = WriteContext()) -> tuple[KeyInfo, str]:
+    """Mint a key. Returns its description and the plain key, which exists nowhere else afterwards.
+    ``ctx.audit``, if given, is written in the same transaction as the key."""
     canonical = normalize_scopes(scopes)
     plain = generate_key()
+    now = now or utcnow()
     row = ApiKey(id=secrets.token_hex(8), name=name, key_hash=hash_key(plain), scopes=" ".join(canonical),
-                 created_at=now or utcnow(), expires_at=expires_at, revoked_at=None)
+                 created_at=now, expires_at=expires_at, revoked_at=None)
     with db.write.begin() as session:
         session.add(row)
+        session.flush()  # the key row first: the audit row names it
+        insert_allowed(session, ctx, target=row.id, now=now)
     return _info(row), plain
 
 
@@ -147,12 +152,17 @@ def get_key(db: Database, key_id: str) -> KeyInfo:
     return _info(row)
 
 
-def revoke_key(db: Database, key_id: str, *, now: datetime | None = None) -> KeyInfo:
-    """Revoke a key from now on. Revoking twice keeps the first revocation time."""
+def revoke_key(db: Database, key_id: str, *, now: datetime | None = None,
+               ctx: WriteContext = WriteContext()) -> KeyInfo:
+    """Revoke a key from now on. Revoking twice keeps the first revocation time. ``ctx.audit``, if
+    given, is written in the same transaction, and only when this call revoked the key."""
+    now = now or utcnow()
     with db.write.begin() as session:
-        session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                        .values(revoked_at=now or utcnow()))
+        revoked = session.connection().execute(
+            update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=now)).rowcount
         row = session.get(ApiKey, key_id)
         if row is None:
             raise KeyNotFound(f"no API key with id '{key_id}'", key_id=key_id)
+        if revoked:
+            insert_allowed(session, ctx, target=key_id, now=now)
         return _info(row)

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from protocols import audit as audit_events
 from protocols import fulltext, record
+from protocols.audit import WriteContext
 from protocols.db import Database
 from protocols.errors import (
     NotInEffect,
@@ -109,18 +110,6 @@ def stored_version(row: Any) -> StoredVersion:
 # and its commit.
 # On SQLite (in-process, no round trips; BEGIN IMMEDIATE serializes writers anyway) they are plain
 # statements. Both run Core statements on a Connection: no ORM Session or flush on this path.
-
-
-@dataclass(frozen=True)
-class WriteContext:
-    """Who is writing and under which request: recorded on the version for the audit trail.
-
-    ``audit``: the audit event to write *inside* the write's transaction when it appends a version
-    (the HTTP layer passes one, so the trail commits and rolls back with the version it describes)."""
-
-    actor: str | None = None
-    request_id: str | None = None
-    audit: audit_events.Pending | None = None
 
 
 _TIME = DateTime()

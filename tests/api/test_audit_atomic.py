@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from protocols import versioning
+from protocols import audit, keys, versioning
 from protocols.db import Database
 from tests.api.test_audit import audit_rows
 from tests.factories import protocol_payload
@@ -129,3 +129,58 @@ def test_denied_writes_are_still_recorded_after_the_response(client, db):
                        headers={"If-Match": '"1-0000000000000000"'})
     assert stale.status_code == 412
     assert [(r.action, r.outcome, r.status_code) for r in audit_rows(db)][-1] == ("protocol.revise", "denied", 412)
+
+
+def _key_and_audit_xids(db: Database, request_id: str) -> tuple[str, str]:
+    with db.engine.connect() as conn:
+        return tuple(conn.execute(text(  # type: ignore[return-value]
+            "SELECT k.xmin::text, a.xmin::text FROM audit_events a JOIN api_keys k ON k.id = a.target"
+            " WHERE a.request_id = :r"), {"r": request_id}).one())
+
+
+def test_minting_and_revoking_a_key_commit_with_their_audit_rows(client, db, backend, commits):
+    commits.clear()
+    created = client.post("/v1/admin/keys", json={"name": "integration-x", "scopes": ["protocols:read"]},
+                          headers={"X-Request-ID": "key-create-1"})
+    assert created.status_code == 201
+    key_id = created.get_json()["id"]
+    if backend == "postgres":
+        key_xid, audit_xid = _key_and_audit_xids(db, "key-create-1")
+        assert key_xid == audit_xid
+    else:
+        assert commits == ["commit"]  # the key and its audit row: one COMMIT, nothing after the response
+    commits.clear()
+    revoked = client.delete(f"/v1/admin/keys/{key_id}", headers={"X-Request-ID": "key-revoke-1"})
+    assert revoked.status_code == 200
+    if backend == "postgres":
+        key_xid, audit_xid = _key_and_audit_xids(db, "key-revoke-1")  # the revocation's UPDATE is the row's xmin
+        assert key_xid == audit_xid
+    else:
+        assert commits == ["commit"]
+    again = client.delete(f"/v1/admin/keys/{key_id}", headers={"X-Request-ID": "key-revoke-2"})
+    assert again.status_code == 200 and again.get_json()["revoked_at"] == revoked.get_json()["revoked_at"]
+    rows = [(r.action, r.target, r.outcome, r.status_code, r.request_id) for r in audit_rows(db)
+            if r.target == key_id]
+    assert rows == [("keys.create", key_id, "allowed", 201, "key-create-1"),
+                    ("keys.revoke", key_id, "allowed", 200, "key-revoke-1")]  # revoking again changed nothing
+
+
+@pytest.mark.parametrize("operation", ["create", "revoke"])
+def test_a_key_change_whose_audit_row_fails_is_not_made(db, monkeypatch, operation):
+    """The audit row is written inside the key's transaction: if it cannot be written, no key is minted
+    and no key is revoked."""
+    existing, _ = keys.create_key(db, "keep-me", [keys.READ])
+
+    def failing(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("audit write failed")
+
+    monkeypatch.setattr(keys, "insert_allowed", failing)
+    ctx = audit.WriteContext(actor="tester", audit=audit.Pending(audit.KEY_CREATE))
+    with pytest.raises(RuntimeError):
+        if operation == "create":
+            keys.create_key(db, "never-minted", [keys.READ], ctx=ctx)
+        else:
+            keys.revoke_key(db, existing.id, ctx=ctx)
+    names = {k.name: k for k in keys.list_keys(db)}
+    assert "never-minted" not in names
+    assert names["keep-me"].revoked_at is None
