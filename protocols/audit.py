@@ -87,14 +87,19 @@ def row(*, action: str, outcome: str, actor: str | None, target: str | None, sta
             "request_id": _clip(request_id, 100), "detail": _clip(detail, 4000)}
 
 
+def allowed_row(ctx: WriteContext, *, target: str, now: datetime) -> dict[str, Any]:
+    """The column values of ``ctx.audit`` (which must be set) as an *allowed* event on ``target``."""
+    assert ctx.audit is not None
+    return row(action=ctx.audit.action, outcome=ALLOWED, actor=ctx.actor, target=target,
+               status_code=ctx.audit.status_code, request_id=ctx.request_id, detail=ctx.audit.detail,
+               occurred_at=now)
+
+
 def insert_allowed(session: Session, ctx: WriteContext, *, target: str, now: datetime) -> None:
     """Write ``ctx.audit`` (if any) as an *allowed* event in ``session``'s transaction: for services
     whose change and audit row must commit together."""
     if ctx.audit is not None:
-        session.execute(insert(AuditEvent).values(**row(
-            action=ctx.audit.action, outcome=ALLOWED, actor=ctx.actor, target=target,
-            status_code=ctx.audit.status_code, request_id=ctx.request_id, detail=ctx.audit.detail,
-            occurred_at=now)))
+        session.execute(insert(AuditEvent).values(**allowed_row(ctx, target=target, now=now)))
 
 
 def record(db: Database, *, action: str, outcome: str, actor: str | None = None, target: str | None = None,

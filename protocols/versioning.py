@@ -540,9 +540,7 @@ def _prepare(
         **{f"fts_{name}": words for name, words in lexemes.items()},
     }
     if ctx.audit is not None:
-        event = audit_events.row(action=ctx.audit.action, outcome=audit_events.ALLOWED, actor=ctx.actor,
-                                 target=protocol_id, status_code=ctx.audit.status_code,
-                                 request_id=ctx.request_id, detail=ctx.audit.detail, occurred_at=now)
+        event = audit_events.allowed_row(ctx, target=protocol_id, now=now)
         params.update({f"audit_{name}": value for name, value in event.items()})
     stored = StoredVersion(protocol_id, version, status, effective_from, now, etag, document, seq=0)
     return _Prepared(stored, params, terms, lexemes, status in IN_EFFECT_STATUSES, ctx.audit is not None)
