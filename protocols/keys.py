@@ -100,7 +100,6 @@ def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: da
                  created_at=now, expires_at=expires_at, revoked_at=None)
     with db.write.begin() as session:
         session.add(row)
-        session.flush()  # the key row first: the audit row names it
         insert_allowed(session, ctx, target=row.id, now=now)
     return _info(row), plain
 

@@ -175,7 +175,8 @@ def test_a_key_change_whose_audit_row_fails_is_not_made(db, monkeypatch, operati
         raise RuntimeError("audit write failed")
 
     monkeypatch.setattr(keys, "insert_allowed", failing)
-    ctx = audit.WriteContext(actor="tester", audit=audit.Pending(audit.KEY_CREATE))
+    action = audit.KEY_CREATE if operation == "create" else audit.KEY_REVOKE
+    ctx = audit.WriteContext(actor="tester", audit=audit.Pending(action))
     with pytest.raises(RuntimeError):
         if operation == "create":
             keys.create_key(db, "never-minted", [keys.READ], ctx=ctx)

@@ -205,6 +205,7 @@ def _json_body_operations(client) -> list[tuple[str, str, dict]]:
     (415, b"{}", "text/plain"),
     (400, b'{"title": "unterminated",', "application/json"),
     (400, b'{"a": 1, "a": 2}', "application/json"),
+    (400, b"", "application/json"),
     (413, b'{"summary": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}', "application/json"),
 ])
 def test_every_operation_with_a_json_body_answers_and_documents_body_errors(client, status, body, content_type):
