@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, NoReturn
@@ -416,25 +416,25 @@ def vread_medication_knowledge(resource_id: str, version_id: str) -> Response:
 @blp.route("/StructureDefinition/<string:name>", methods=["GET"])
 @requires_scope(None)  # definitions and capabilities are public, as FHIR clients expect
 def read_structure_definition(name: str) -> Response:
-    negotiate()
-    warnings = simple_params()
-    if name not in fhir.EXTENSIONS:
-        return outcome_response(404, [Issue("error", "not-found", f"no StructureDefinition '{name}'; this "
-                                            f"server defines {', '.join(fhir.EXTENSIONS)}",
-                                            ("StructureDefinition.id",))])
-    return fhir_response(fhir.structure_definition(name, base_url()),
-                         headers={"Cache-Control": CACHE_REVALIDATE, **warning_headers(warnings)})
+    return _definition("StructureDefinition", name, fhir.EXTENSIONS, fhir.structure_definition)
 
 
 @blp.route("/CodeSystem/<string:name>", methods=["GET"])
 @requires_scope(None)  # definitions and capabilities are public, as FHIR clients expect
 def read_code_system(name: str) -> Response:
+    return _definition("CodeSystem", name, fhir.CODE_SYSTEMS, fhir.code_system)
+
+
+def _definition(resource_type: str, name: str, defined: Mapping[str, Any],
+                build: Callable[[str, str], dict[str, Any]]) -> Response:
+    """One of this server's own conformance resources (an extension's StructureDefinition, a
+    CodeSystem of its local codes), or an OperationOutcome 404 naming the ones it defines."""
     negotiate()
     warnings = simple_params()
-    if name not in fhir.CODE_SYSTEMS:
-        return outcome_response(404, [Issue("error", "not-found", f"no CodeSystem '{name}'; this server "
-                                            f"defines {', '.join(fhir.CODE_SYSTEMS)}", ("CodeSystem.id",))])
-    return fhir_response(fhir.code_system(name, base_url()),
+    if name not in defined:
+        return outcome_response(404, [Issue("error", "not-found", f"no {resource_type} '{name}'; this server "
+                                            f"defines {', '.join(defined)}", (f"{resource_type}.id",))])
+    return fhir_response(build(name, base_url()),
                          headers={"Cache-Control": CACHE_REVALIDATE, **warning_headers(warnings)})
 
 

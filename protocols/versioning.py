@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -294,20 +294,24 @@ def revise(
     now = now or utcnow()
     canonical = record.canonical_content(content)
     content_hash = record.canonical_hash(canonical)
+
+    def next_version(head: _Head) -> _Prepared | None:
+        """The version to append on top of ``head``; None when it would repeat the newest one."""
+        if _unchanged(head, content_hash, status, effective_from):
+            return None
+        return _prepare(protocol_id, head.version.version + 1, content, status=status,
+                        effective_from=effective_from or now, change_note=change_note, ctx=ctx, now=now,
+                        canonical=canonical, content_hash=content_hash)
+
     try:
         if db.engine.dialect.name == "postgresql":
-            return _revise_in_one_statement(db, protocol_id, content, if_match, status=status,
-                                            effective_from=effective_from, change_note=change_note, ctx=ctx,
-                                            now=now, canonical=canonical, content_hash=content_hash)
+            return _revise_in_one_statement(db, protocol_id, if_match, next_version)
         with _write_transaction(db) as conn:
             head = _newest_for_write(conn, protocol_id, if_match)
-            newest = head.version
-            if _unchanged(head, content_hash, status, effective_from):
-                return newest, False
-            prepared = _prepare(protocol_id, newest.version + 1, content, status=status,
-                                effective_from=effective_from or now, change_note=change_note, ctx=ctx, now=now,
-                                canonical=canonical, content_hash=content_hash)
-            return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
+            prepared = next_version(head)
+            if prepared is None:
+                return head.version, False
+            return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=head.version.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
 
@@ -336,23 +340,18 @@ def _pg_raw(dialect: Any, key: tuple[bool, bool, bool] | str) -> str:
     return sql
 
 
-def _revise_in_one_statement(db: Database, protocol_id: str, content: Mapping[str, Any],
-                             if_match: Sequence[str] | None, *, status: str, effective_from: datetime | None,
-                             change_note: str | None, ctx: WriteContext, now: datetime, canonical: dict[str, Any],
-                             content_hash: str) -> tuple[StoredVersion, bool]:
+def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[str] | None,
+                             next_version: Callable[[_Head], _Prepared | None]) -> tuple[StoredVersion, bool]:
     dialect = db.engine.dialect
     row = db.reads.fetch_one(_pg_raw(dialect, "head"), {"protocol_id": protocol_id})
     if row is None:
         raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
     head = _Head(StoredVersion(*row[:8]), str(row[8]), int(row[9]))
     check_if_match(head.version, if_match)
-    newest = head.version
-    if _unchanged(head, content_hash, status, effective_from):
-        return newest, False
-    prepared = _prepare(protocol_id, newest.version + 1, content, status=status,
-                        effective_from=effective_from or now, change_note=change_note, ctx=ctx, now=now,
-                        canonical=canonical, content_hash=content_hash)
-    params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": newest.version}
+    prepared = next_version(head)
+    if prepared is None:
+        return head.version, False
+    params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
     if written is None:
