@@ -193,19 +193,6 @@ def _version_row(rows: Rows, seq: int, protocol_id: str, version: int, canonical
     return row
 
 
-def _periods(protocol_id: str, versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mirror of ``versioning._rebuild_periods`` (protocol_seq is filled in after insert)."""
-    ordered = sorted(versions, key=lambda v: (v["effective_from"], v["version"]))
-    periods = []
-    for index, row in enumerate(ordered):
-        until = ordered[index + 1]["effective_from"] if index + 1 < len(ordered) else None
-        if until is not None and until <= row["effective_from"]:
-            continue
-        periods.append({"protocol_id": protocol_id, "version": row["version"], "status": row["status"],
-                        "valid_from": row["effective_from"], "valid_until": until})
-    return periods
-
-
 def _index_fulltext(session: Session, items: list[tuple[int, dict[str, Any]]]) -> None:
     """``fulltext.index_version`` for many versions in one executemany (same statement, same lexemes)."""
     if not items:
@@ -234,7 +221,8 @@ def build_rows(indexes: range, shapes: list[dict[str, Any]], first_seq: int, now
                                          now=now))
             seq += 1
         rows.protocols.append({"id": protocol_id, "created_at": now, "latest_version": len(versions)})
-        rows.periods.append((protocol_id, _periods(protocol_id, versions)))
+        rows.periods.append((protocol_id, versioning.reference_periods(
+            [(v["version"], v["status"], v["effective_from"]) for v in versions], protocol_id)))
     return rows
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -147,7 +147,7 @@ _INSERT_VERSION = (
     " request_id, change_note, content_hash, etag, document) VALUES (:seq, :protocol_id, :version, :status,"
     " :effective_from, :recorded_at, :recorded_by, :request_id, :change_note, :content_hash, :etag, :document)"
 )
-# Effective periods, incrementally (see _periods_reference for the definition they must equal): the new
+# Effective periods, incrementally (see reference_periods for the definition they must equal): the new
 # version N (the highest version) starts at E. The period in effect just before E now ends at E; the
 # period that starts exactly at E loses the tie to N and disappears; N runs until the next period starts.
 # The three statements touch disjoint rows (valid_from < E, = E, new key), so on PostgreSQL they can
@@ -578,20 +578,22 @@ def _write(conn: Connection, prepared: _Prepared, *, protocol_seq: int, expected
     return replace(prepared.stored, seq=seq)
 
 
-def _periods_reference(versions: Sequence[Any], protocol_id: str, protocol_seq: int) -> list[dict[str, Any]]:
-    """The definition the incremental period updates must equal: each active/retired version is in
-    effect from its ``effective_from`` until the next one's; the latest ``effective_from`` wins and
-    ties go to the higher version, so the lower one's interval is empty and is not stored.
-    ``versions``: rows with ``version``, ``status``, ``effective_from``."""
-    rows = sorted((v for v in versions if v.status in IN_EFFECT_STATUSES),
-                  key=lambda v: (v.effective_from, v.version))
+def reference_periods(versions: Iterable[tuple[int, str, datetime]], protocol_id: str) -> list[dict[str, Any]]:
+    """The definition the incremental period updates must equal, from ``(version, status,
+    effective_from)`` of every version: each active/retired version is in effect from its
+    ``effective_from`` until the next one's; the latest ``effective_from`` wins and ties go to the
+    higher version, so the lower one's interval is empty and is not stored. Rows of
+    ``effective_periods`` without ``protocol_seq``. Used by tests as the oracle and by the
+    benchmark's catalog generator (bench/generate.py), which must write what appends write."""
+    rows = sorted(((effective_from, version, status) for version, status, effective_from in versions
+                   if status in IN_EFFECT_STATUSES))
     periods = []
-    for index, row in enumerate(rows):
-        until = rows[index + 1].effective_from if index + 1 < len(rows) else None
-        if until is not None and until <= row.effective_from:
+    for index, (valid_from, version, status) in enumerate(rows):
+        until = rows[index + 1][0] if index + 1 < len(rows) else None
+        if until is not None and until <= valid_from:
             continue
-        periods.append({"protocol_id": protocol_id, "version": row.version, "protocol_seq": protocol_seq,
-                        "status": row.status, "valid_from": row.effective_from, "valid_until": until})
+        periods.append({"protocol_id": protocol_id, "version": version, "status": status,
+                        "valid_from": valid_from, "valid_until": until})
     return periods
 
 
@@ -604,7 +606,7 @@ def _rebuild_periods(conn: Connection | Session, protocol_id: str) -> None:
         .where(ProtocolVersion.protocol_id == protocol_id)
     ).all()
     conn.execute(delete(EffectivePeriod).where(EffectivePeriod.protocol_id == protocol_id))
-    periods = _periods_reference(rows, protocol_id, protocol_seq)
+    periods = [{**period, "protocol_seq": protocol_seq} for period in reference_periods(rows, protocol_id)]
     if periods:
         conn.execute(insert(EffectivePeriod), periods)
 

@@ -153,15 +153,15 @@ def _reference_periods(db: Database, protocol_id: str, protocol_seq: int) -> lis
         versions = session.execute(select(ProtocolVersion.version, ProtocolVersion.status,
                                           ProtocolVersion.effective_from)
                                    .where(ProtocolVersion.protocol_id == protocol_id)).all()
-    reference = versioning._periods_reference(versions, protocol_id, protocol_seq)
-    return sorted((p["version"], p["protocol_seq"], p["status"], p["valid_from"], p["valid_until"])
+    reference = versioning.reference_periods(versions, protocol_id)
+    return sorted((p["version"], protocol_seq, p["status"], p["valid_from"], p["valid_until"])
                   for p in reference)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_incremental_periods_equal_a_full_rebuild(db: Database, seed: int) -> None:
     """Random histories with ties, back-dated and future-dated versions, drafts and retirements:
-    after every append, the stored periods equal the definition (``_periods_reference``), and a full
+    after every append, the stored periods equal the definition (``reference_periods``), and a full
     ``_rebuild_periods`` changes nothing."""
     rng = random.Random(seed)
     base = datetime(2025, 1, 1, 12, 0, 0)
