@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -17,6 +19,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 
+from api import cds_api
 from protocols import terminology
 from tests.factories import protocol_payload
 
@@ -447,3 +450,44 @@ def test_medication_reference_to_a_contained_medication(client):
     MedicationRequest.model_validate(order)
     (card,) = cards(client, hook_request([order]))
     assert card["indicator"] == "critical"
+
+
+# ------------------------------------------------------------------------------- worker start-up
+
+
+def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
+    """gunicorn.conf.py runs cds_api.warm_up() in every worker before its first request: the order it
+    parses must be valid (or workers would not start) and go through every element the service reads."""
+    (bundle_entry,) = cds_api._WARM_UP_ORDERS["entry"]
+    MedicationRequest.model_validate(bundle_entry["resource"])
+    cds_api.warm_up()
+    (order,) = cds_api.draft_medication_requests(cds_api._WARM_UP_ORDERS, "order-sign", [])
+    assert order.rxnorm == ["6130"] and order.reasons == ["35489007"]  # via the contained Medication
+    assert [(line.route, line.label, line.frequency is not None) for line in order.lines] == [
+        ("47625008", "70 mg", True), ("47625008", "1 mg/kg to 2 mg/kg", True)]
+
+
+_FIRST_ORDER = """
+import json, sys
+from api import cds_api
+if sys.argv[1] == "warm":
+    cds_api.warm_up()
+before = set(sys.modules)
+cds_api.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [])
+print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith(("fhir", "pydantic")))))
+"""
+
+
+def first_order_imports(mode: str) -> list[str]:
+    """The FHIR and pydantic modules a fresh worker imports while parsing its first draft order."""
+    orders = hook_request([medication_request("o1", KETAMINE, IV, dose=(70, "mg"), frequency=(1, 8, "h"),
+                                              reason=(SNOMED, "35489007"))])["context"]["draftOrders"]
+    done = subprocess.run([sys.executable, "-c", _FIRST_ORDER, mode, json.dumps(orders)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_after_the_warm_up_the_first_draft_order_imports_nothing():
+    assert first_order_imports("warm") == []
+    assert "fhir.resources.R4B.medicationrequest" in first_order_imports("cold")  # the control

@@ -1,6 +1,6 @@
 """gunicorn.conf.py's worker start-up hook does what docs/performance.md (design choice 6) relies on:
-the UCUM registries built before the first request, the long-lived heap frozen out of the garbage
-collector's reach, and a fine GIL switch interval."""
+the UCUM registries, marshmallow's URL patterns and the CDS Hooks FHIR models built before the first
+request, the long-lived heap frozen out of the garbage collector's reach, and a fine GIL switch interval."""
 
 from __future__ import annotations
 
@@ -26,15 +26,20 @@ def restored() -> Iterator[None]:
 def test_post_worker_init_warms_up_freezes_the_heap_and_sets_the_switch_interval(restored, monkeypatch):
     monkeypatch.setenv("PROTOCOLS_GIL_SWITCH_INTERVAL", "0.0007")
     config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    from api import cds_api
     from protocols import dose_units, units
+    from schemas import fields
 
     built: list[str] = []
     monkeypatch.setattr(units, "check_ucum_dose_unit", lambda unit: built.append(f"units:{unit}"))
     monkeypatch.setattr(dose_units, "parse_dose_unit", lambda unit: built.append(f"dose_units:{unit}"))
+    monkeypatch.setattr(fields, "compile_url_patterns", lambda: built.append("url_patterns"))
+    monkeypatch.setattr(cds_api, "warm_up", lambda: built.append("cds_models"))
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
     config["post_worker_init"](object())
-    assert built == ["units:mg/kg/h", "dose_units:mg/kg/h"]  # both registries built before any request
+    # both UCUM registries, marshmallow's URL patterns and the CDS Hooks FHIR models, before any request
+    assert built == ["units:mg/kg/h", "dose_units:mg/kg/h", "url_patterns", "cds_models"]
     assert gc.get_freeze_count() > 0
     assert sys.getswitchinterval() == pytest.approx(0.0007)
 
