@@ -37,7 +37,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False  # '//' must be a JSON 404, not an HTML redirect
 
-    app.extensions[DB_KEY] = make_database(app.config["PROTOCOLS_DATABASE_URL"])
+    app.extensions[DB_KEY] = make_database(app.config["PROTOCOLS_DATABASE_URL"],
+                                           lock_timeout_ms=app.config["PROTOCOLS_DB_LOCK_TIMEOUT_MS"])
 
     api = _Api(app)
     app.extensions[API_KEY] = api

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from protocols.db import default_database_url
+from protocols.db import LOCK_TIMEOUT_MS, default_database_url
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -17,6 +17,8 @@ def from_env(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     env = os.environ
     config: dict[str, Any] = {
         "PROTOCOLS_DATABASE_URL": env.get("PROTOCOLS_DATABASE_URL") or default_database_url(),
+        # how long a statement waits for a lock held elsewhere before the request answers 503
+        "PROTOCOLS_DB_LOCK_TIMEOUT_MS": int(env.get("PROTOCOLS_DB_LOCK_TIMEOUT_MS", LOCK_TIMEOUT_MS)),
         "PROTOCOLS_ANONYMOUS_READS": env.get("PROTOCOLS_ANONYMOUS_READS", "false").lower() in ("1", "true", "yes"),
         "PROTOCOLS_REDIS_URL": env.get("PROTOCOLS_REDIS_URL") or None,
         "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "3000/minute"),  # per key; "off" disables

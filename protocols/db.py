@@ -3,7 +3,7 @@
 SQLite needs care to behave like a real server database under concurrent writers:
 
 * WAL journal so readers never block the writer, and a busy timeout so a writer waits for the lock
-  instead of failing at once;
+  instead of failing at once (for at most ``LOCK_TIMEOUT_MS``, as on PostgreSQL);
 * pysqlite's own implicit transaction handling is turned off and we emit ``BEGIN`` ourselves, so a
   write transaction can start with ``BEGIN IMMEDIATE`` (take the write lock up front). Without it,
   two writers could both read the same "latest version" and only find out at commit time.
@@ -26,7 +26,13 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_SQLITE_PATH = Path("var") / "protocols.sqlite3"
-SQLITE_BUSY_TIMEOUT_MS = 5000
+#: How long a statement waits for a lock held elsewhere before it fails: SQLite's busy timeout and
+#: PostgreSQL's ``lock_timeout``. The request then answers 503 with ``Retry-After`` (api/errors.py).
+#: Without a bound on PostgreSQL, a lock someone forgot (an open transaction in psql, a migration's
+#: ``ACCESS EXCLUSIVE`` lock) held every request that needed it, and so every worker thread, for as
+#: long as it lasted. Appends hold their locks for about a millisecond, so 5 s is never reached by
+#: the service's own traffic.
+LOCK_TIMEOUT_MS = 5000
 
 
 #: PostgreSQL polls a client's socket this often while running its statement, and abandons the
@@ -53,23 +59,24 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_db_engine(url: str, **kwargs: Any) -> Engine:
+def create_db_engine(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, **kwargs: Any) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+        engine = create_engine(url, connect_args={"timeout": lock_timeout_ms / 1000,
                                                    "check_same_thread": False}, **kwargs)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, lock_timeout_ms)
         return engine
     kwargs.setdefault("pool_size", int(os.environ.get("PROTOCOLS_DB_POOL_SIZE", "5")))
     kwargs.setdefault("max_overflow", 5)
     kwargs.setdefault("pool_timeout", 10)
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", 5)
-    connect_args.setdefault("options", f"-c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}")
+    connect_args.setdefault("options", f"-c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}"
+                                       f" -c lock_timeout={lock_timeout_ms}")
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         event.listen(engine, "checkout", refuse_dead_connection)
@@ -101,13 +108,13 @@ def refuse_dead_connection(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         raise DisconnectionError("the server closed this connection while it was idle in the pool")
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -224,8 +231,8 @@ class Database:
         self.engine.dispose()
 
 
-def make_database(url: str, **engine_kwargs: Any) -> Database:
-    engine = create_db_engine(url, **engine_kwargs)
+def make_database(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, **engine_kwargs: Any) -> Database:
+    engine = create_db_engine(url, lock_timeout_ms=lock_timeout_ms, **engine_kwargs)
     write_engine = engine.execution_options(sqlite_begin="IMMEDIATE")
     return Database(
         engine=engine,

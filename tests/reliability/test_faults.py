@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from protocols import migrate
 from protocols.db import normalize_url
 from tests.factories import protocol_payload
+from tests.reliability.locks import lock_held
 from tests.reliability.servers import Server, TcpProxy, gunicorn, mint_key, record_figures
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -251,34 +252,6 @@ def _worker_serving(server: Server, client_port: int) -> int | None:
     return None
 
 
-@contextlib.contextmanager
-def writes_blocked(database_url: str, backend: str) -> Iterator[None]:
-    """Make the next write stop inside the database: PostgreSQL — lock the change-counter row, which
-    a write updates after it has already advanced the protocol head (inside its one append statement
-    for a revision); SQLite — hold the write lock."""
-    if backend == "postgres":
-        engine = create_engine(normalize_url(database_url))
-        conn = engine.connect()
-        transaction = conn.begin()
-        conn.execute(text("SELECT value FROM change_counter WHERE id = 1 FOR UPDATE"))
-        try:
-            yield
-        finally:
-            transaction.rollback()
-            conn.close()
-            engine.dispose()
-    else:
-        path = make_url(database_url).database
-        assert path
-        holder = sqlite3.connect(path, timeout=10, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-
-
 def _wait_until_nothing_waits_on_a_lock(database_url: str) -> None:
     engine = create_engine(normalize_url(database_url))
     query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
@@ -303,7 +276,7 @@ def test_worker_killed_mid_write_leaves_no_partial_version(database_url: str, ba
         assert created.status_code == 201
         etag = created.headers["ETag"]
         host, port = server.url.removeprefix("http://").split(":")
-        with writes_blocked(database_url, backend):
+        with lock_held(database_url, backend):  # the write stops inside the database
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             connection.connect()
             client_port = connection.sock.getsockname()[1]
