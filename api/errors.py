@@ -23,6 +23,7 @@ from protocols import errors as domain
 log = logging.getLogger("api.errors")
 
 RETRY_AFTER_SECONDS = "2"
+DATABASE_UNAVAILABLE = "The database is unavailable or busy; retry shortly."
 
 
 class ErrorSchema(Schema):
@@ -85,13 +86,15 @@ def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     return flat
 
 
-def error_body(status: int, message: str, errors: Mapping[str, list[str]] | None = None,
-               **extra: Any) -> dict[str, Any]:
+def error_body(status: int, message: str, errors: Mapping[str, list[str]] | None = None, *,
+               request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The error shape; ``request_id`` defaults to the current request's (the read fast path, which
+    runs outside Flask's request context, passes its own)."""
     body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
     if errors:
         body["errors"] = dict(errors)
     body.update({k: v for k, v in extra.items() if v is not None})
-    body["request_id"] = getattr(g, "request_id", None)
+    body["request_id"] = request_id if request_id is not None else getattr(g, "request_id", None)
     return body
 
 
@@ -127,6 +130,11 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OperationalError):
         return True
+    return is_lost_connection(exc)
+
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """The error came from a connection that turned out to be dead: a fresh one may well succeed."""
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
@@ -157,8 +165,7 @@ def init_app(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         if is_database_unavailable(exc):
             log.warning("database unavailable: %s", type(exc).__name__)
-            return error_response(503, "The database is unavailable or busy; retry shortly.",
-                                  headers={"Retry-After": RETRY_AFTER_SECONDS})
+            return error_response(503, DATABASE_UNAVAILABLE, headers={"Retry-After": RETRY_AFTER_SECONDS})
         log.exception("unhandled error")
         return error_response(500, "Internal server error; the request id identifies it in the logs.")
 

@@ -10,11 +10,13 @@ Why it is safe: it serves **only the happy path** and hands every other request,
 Flask app: query parameters (``as_of``), CORS (an ``Origin`` header), an ``Authorization`` header it
 cannot accept (malformed, unknown/revoked/expired key, missing scope), anonymous reads when the
 server does not allow them, a rate-limited caller, a protocol that does not exist, is not in effect or
-was retired, an id outside the plain slug alphabet, a database error (so Flask's 503, with one more
-attempt on a fresh connection), and anything it does not expect. Every decision it makes calls the
+was retired, an id outside the plain slug alphabet, an error from a connection that turned out to be
+dead (so Flask makes one more attempt, on a fresh connection), and anything it does not expect. Any
+other database error (a lock or connect timeout, an exhausted pool) it answers itself with the 503
+Flask would give: another attempt would only wait as long again. Every decision it makes calls the
 same function the Flask hooks call (``auth.resolve_scope``/``bearer_token``, ``keys.authenticate``,
 ``ratelimit.identity``/``headers``, ``request_ids.request_id``, ``http.none_match``,
-``logging_setup.log_access``, ``versioning.effective``/``effective_etag``), and
+``logging_setup.log_access``, ``versioning.effective``/``effective_etag``, ``errors.error_body``), and
 ``tests/api/test_fastpath.py`` sends the same requests through both paths and requires identical
 status, headers and body. ``PROTOCOLS_READ_FAST_PATH=false`` turns it off.
 """
@@ -26,9 +28,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask
+from flask import Flask, json
 
 from api import auth
+from api.errors import (
+    DATABASE_UNAVAILABLE,
+    RETRY_AFTER_SECONDS,
+    error_body,
+    is_database_unavailable,
+    is_lost_connection,
+)
+from api.errors import log as error_log
 from api.extensions import DB_KEY
 from api.http import CACHE_REVALIDATE, none_match
 from api.logging_setup import log_access
@@ -71,7 +81,7 @@ class ReadFastPath:
             try:
                 served = self._serve(environ, path[len(PREFIX):], method == "HEAD")
             except Exception:
-                served = None  # anything unexpected (a database error …) is for Flask to answer
+                served = None  # anything unexpected (a lost connection …) is for Flask to answer
             if served is not None:
                 status, headers, body = served
                 start_response(status, headers)
@@ -83,44 +93,56 @@ class ReadFastPath:
         started = time.perf_counter()
         actor: str | None = None
         key_id: str | None = None
-        if self.scope is not None:
-            header = environ.get("HTTP_AUTHORIZATION")
-            if header is None:
-                if not (self.scope == keys.READ and self.anonymous_reads):
-                    return None
-            else:
-                token = auth.bearer_token(header)
-                key = keys.authenticate(self.db, token) if token else None
-                if key is None or not key.has_scope(self.scope):
-                    return None
-                actor, key_id = key.name, key.id
         remote_addr = environ.get("REMOTE_ADDR")
         verdict = None
-        if self.limiter is not None and self.scope is not None:
-            verdict = self.limiter.hit(rate_limit_identity(key_id, remote_addr))
-            environ[COUNTED_VERDICT] = verdict  # counted once, even if Flask answers after all
-            if not verdict.allowed:
-                return None
-        if_none_match = environ.get("HTTP_IF_NONE_MATCH")
-        current = versioning.effective_etag(self.db, protocol_id) if if_none_match else None
-        if current is not None and current[0] != "retired" and none_match(if_none_match, current[1]):
-            # The client's copy is the version in effect: answered without reading the document.
-            status, headers = "304 NOT MODIFIED", [("ETag", current[1]), ("Cache-Control", CACHE_REVALIDATE)]
-            body = b""
-        else:
-            try:
-                stored = versioning.effective(self.db, protocol_id)
-            except DomainError:
-                return None  # 404 / 410: Flask answers with the error shape or the retirement version
-            body = stored.document.encode()
-            if none_match(if_none_match, stored.etag):  # a version took effect between the two reads
-                status, headers = "304 NOT MODIFIED", [("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
-                body = b""
+        try:
+            if self.scope is not None:
+                header = environ.get("HTTP_AUTHORIZATION")
+                if header is None:
+                    if not (self.scope == keys.READ and self.anonymous_reads):
+                        return None
+                else:
+                    token = auth.bearer_token(header)
+                    key = keys.authenticate(self.db, token) if token else None
+                    if key is None or not key.has_scope(self.scope):
+                        return None
+                    actor, key_id = key.name, key.id
+            if self.limiter is not None and self.scope is not None:
+                verdict = self.limiter.hit(rate_limit_identity(key_id, remote_addr))
+                environ[COUNTED_VERDICT] = verdict  # counted once, even if Flask answers after all
+                if not verdict.allowed:
+                    return None
+            if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+            current = versioning.effective_etag(self.db, protocol_id) if if_none_match else None
+            if current is not None and current[0] != "retired" and none_match(if_none_match, current[1]):
+                # The client's copy is the version in effect: answered without reading the document.
+                status, headers = "304 NOT MODIFIED", [("ETag", current[1]), ("Cache-Control", CACHE_REVALIDATE)]
+                body: bytes | None = b""
             else:
-                status = "200 OK"
-                headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                           ("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
+                try:
+                    stored = versioning.effective(self.db, protocol_id)
+                except DomainError:
+                    return None  # 404 / 410: Flask answers with the error shape or the retirement version
+                body = stored.document.encode()
+                if none_match(if_none_match, stored.etag):  # a version took effect between the two reads
+                    status = "304 NOT MODIFIED"
+                    headers = [("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
+                    body = b""
+                else:
+                    status = "200 OK"
+                    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                               ("ETag", stored.etag), ("Cache-Control", CACHE_REVALIDATE)]
+        except Exception as exc:
+            if not is_database_unavailable(exc) or is_lost_connection(exc):
+                raise  # for Flask: a fresh connection may succeed, or it is not the database's doing
+            # A lock or connect timeout, an exhausted pool: another attempt would wait as long again.
+            error_log.warning("database unavailable: %s", type(exc).__name__)
+            status, headers, body = "503 SERVICE UNAVAILABLE", [], None
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        if body is None:  # Flask's 503 for the same failure (api/errors.py), byte for byte
+            body = json.dumps(error_body(503, DATABASE_UNAVAILABLE, request_id=rid)).encode()
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                       ("Retry-After", RETRY_AFTER_SECONDS), ("Cache-Control", "no-store")]
         headers.append(("X-Request-ID", rid))
         headers.extend(_FIXED)
         if verdict is not None:

@@ -16,8 +16,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from sqlalchemy.exc import OperationalError
+
 from api.fastpath import ReadFastPath
-from protocols import keys
+from protocols import keys, versioning
 from tests.factories import protocol_payload, unique_id
 
 NOW = datetime.now(UTC)
@@ -201,3 +203,59 @@ def test_a_matching_conditional_get_does_not_read_the_document(pair, catalog) ->
         assert len(statements) == 2 and "document" in statements[1]
     finally:
         del db.reads.fetch_one
+
+
+class Failing:
+    """Stands in for a module function: raises ``error`` on the first ``times`` calls (every call when
+    None), then calls the real function; counts the calls."""
+
+    def __init__(self, real: Any, error: Exception, times: int | None = None) -> None:
+        self.real, self.error, self.times, self.calls = real, error, times, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.times is None or self.calls <= self.times:
+            raise self.error
+        return self.real(*args, **kwargs)
+
+
+def _timeout() -> OperationalError:
+    return OperationalError("SELECT ...", {}, Exception("canceling statement due to lock timeout"))
+
+
+def test_a_database_timeout_gets_flasks_503_from_the_fast_path_without_a_second_attempt(
+        pair, catalog, monkeypatch) -> None:
+    """A lock or connect timeout would only repeat on a second attempt (and double the caller's wait):
+    the fast path answers it with exactly the 503 the Flask view gives, and asks the database once."""
+    fast, slow, counter = pair
+    current = f"/v1/protocols/{catalog['ids']['current']}"
+    key = {"Authorization": f"Bearer {catalog['keys']['read']}"}
+    # (what fails, request): the fast path calls the first function named, the Flask view the last.
+    cases = [((versioning, ["effective"]), "GET", {}), ((versioning, ["effective"]), "HEAD", {}),
+             ((versioning, ["effective"]), "GET", key),  # after the key and the rate limit: their headers too
+             ((versioning, ["effective_etag", "effective"]), "GET", {"If-None-Match": catalog["etag"]}),
+             ((keys, ["authenticate"]), "GET", key)]  # before the rate limit: no RateLimit headers
+    for (module, names), method, headers in cases:
+        with monkeypatch.context() as patch:
+            failing = [Failing(getattr(module, name), _timeout()) for name in names]
+            for name, stand_in in zip(names, failing, strict=True):
+                patch.setattr(module, name, stand_in)
+            before = counter.calls
+            fast_response = _send(fast, method, current, headers)
+            assert (sum(f.calls for f in failing), counter.calls - before) == (1, 0), f"{names} {method} {headers}"
+            slow_response = _send(slow, method, current, headers)
+        assert fast_response.status_code == 503 and fast_response.headers["Retry-After"]
+        assert ("RateLimit-Limit" in fast_response.headers) is (names != ["authenticate"])
+        _same(fast_response, slow_response, sent_request_id=False)
+
+
+def test_an_error_from_a_dead_connection_is_tried_again_through_flask(pair, catalog, monkeypatch) -> None:
+    fast, _, counter = pair
+    lost = OperationalError("SELECT ...", {}, Exception("server closed the connection unexpectedly"),
+                            connection_invalidated=True)
+    failing = Failing(versioning.effective, lost, times=1)
+    monkeypatch.setattr(versioning, "effective", failing)
+    before = counter.calls
+    response = _send(fast, "GET", f"/v1/protocols/{catalog['ids']['current']}", {})
+    assert response.status_code == 200 and response.headers["ETag"] == catalog["etag"]
+    assert (failing.calls, counter.calls - before) == (2, 1)  # the fast path's attempt, then Flask's
