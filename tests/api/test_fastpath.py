@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-
 from sqlalchemy.exc import OperationalError
 
 from api.fastpath import ReadFastPath
