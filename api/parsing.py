@@ -2,7 +2,8 @@
 
 * a body that is not JSON by content type → 415; malformed, NaN, duplicate keys, bad UTF-8 → 400;
 * unknown fields and unknown query parameters → 422 (schemas keep marshmallow's ``RAISE``);
-* a body over ``MAX_CONTENT_LENGTH`` → 413, before it is read (api.errors maps werkzeug's error).
+* a body over ``MAX_CONTENT_LENGTH`` → 413, before it is read when it has a ``Content-Length``,
+  and as soon as the limit is passed when it is chunked (api.errors maps werkzeug's error).
 
 :func:`document_body_errors` adds the 400, 413 and 415 to every operation that takes a JSON body in
 OpenAPI, so the contract names every status a client can get for the body it sends.
@@ -17,6 +18,7 @@ from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.config import MAX_BODY_BYTES
 from api.errors import ApiError, documented_error
@@ -31,6 +33,8 @@ def is_json_mimetype(mimetype: str) -> bool:
 
 def load_json_body(req: Request) -> Any:
     data = req.get_data(cache=True)
+    if _longer_than_read(req, data):
+        raise RequestEntityTooLarge()
     if not is_json_mimetype(req.mimetype):
         raise ApiError(415, "Content-Type must be application/json",
                        errors={"Content-Type": [f"got '{req.mimetype or 'none'}'"]})
@@ -40,6 +44,17 @@ def load_json_body(req: Request) -> Any:
         return strict_loads(data)
     except InvalidJSON as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}") from exc
+
+
+def _longer_than_read(req: Request, data: bytes) -> bool:
+    """A body without ``Content-Length`` (``Transfer-Encoding: chunked``) is read up to
+    ``MAX_CONTENT_LENGTH`` and no further: werkzeug stops at the limit without looking past it, so a
+    longer body would arrive cut at the limit, and a valid JSON document followed by more bytes would
+    be stored. One more byte from the server's input tells whether the body really ended there."""
+    limit = req.max_content_length
+    if req.content_length is not None or limit is None or len(data) < limit:
+        return False
+    return bool(req.environ["wsgi.input"].read(1))
 
 
 class StrictParser(FlaskParser):

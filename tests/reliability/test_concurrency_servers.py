@@ -13,6 +13,8 @@ database). What must hold however the requests interleave:
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import threading
 import time
@@ -24,6 +26,7 @@ from typing import Any
 import pytest
 import requests
 
+from api.config import MAX_BODY_BYTES
 from tests.factories import protocol_payload
 from tests.reliability.servers import Server, gunicorn, record_figures
 
@@ -215,3 +218,24 @@ def test_server_banner_headers_and_header_injection_under_gunicorn(server: Serve
     status = int(head.split(" ", 2)[1])
     assert status in (400, 404), head
     assert "stolen" not in head and "Set-Cookie" not in head
+
+
+def test_a_chunked_upload_over_the_body_limit_is_refused_by_the_real_server(server: Server) -> None:
+    """gunicorn hands a chunked body on without a length; the app must still refuse it whole when it is
+    longer than the limit, not read up to the limit and store the valid document found there."""
+    payload = protocol_payload("chunked-over-limit")
+    document = json.dumps(payload).encode()
+    at_limit = document + b" " * (MAX_BODY_BYTES - len(document))
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("POST", "/v1/protocols", body=iter([at_limit, b" GARBAGE {{{{" * 500]),
+                           headers={"Content-Type": "application/json", "Authorization": f"Bearer {server.key}"},
+                           encode_chunked=True)
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 413 and body["code"] == 413, body
+    session = server.session()
+    assert session.get(f"{server.url}/v1/protocols/chunked-over-limit", timeout=10).status_code == 404

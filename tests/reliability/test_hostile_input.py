@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from api.config import MAX_BODY_BYTES
 from tests.factories import protocol_payload, unique_id
 from tests.reliability.servers import record_figures
 
@@ -133,6 +135,24 @@ def test_multi_megabyte_strings_and_bodies_are_refused(client: FlaskClient, mega
     padded = json.dumps(protocol_payload()).encode() + b" " * (megabytes * 1024 * 1024)
     assert_clean_error(post_raw(client, padded), 413)
     assert_nothing_stored(client, payload["id"])
+
+
+def post_chunked(client: FlaskClient, body: bytes) -> Any:
+    """A body without Content-Length, as gunicorn and werkzeug's server hand on a chunked upload."""
+    return client.post("/v1/protocols", input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+
+
+@pytest.mark.parametrize("excess", [b"x", b" GARBAGE {{{{" * 500])
+def test_a_chunked_body_over_the_limit_is_413_not_cut_at_the_limit(client: FlaskClient, excess: bytes) -> None:
+    """A valid document padded to exactly the limit, then more bytes: the server must not stop reading
+    at the limit and store the document it found there (werkzeug alone does)."""
+    payload = protocol_payload()
+    document = json.dumps(payload).encode()
+    at_limit = document + b" " * (MAX_BODY_BYTES - len(document))
+    assert_clean_error(post_chunked(client, at_limit + excess), 413)
+    assert_nothing_stored(client, payload["id"])
+    assert post_chunked(client, at_limit).status_code == 201  # exactly at the limit is allowed
 
 
 def test_a_long_string_under_the_body_limit_is_a_422_naming_the_field(client: FlaskClient) -> None:
