@@ -19,10 +19,13 @@ not an error, because the order itself is fine.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -45,8 +48,10 @@ from protocols.dosing import (
     Verdict,
     evaluate,
     fmt,
+    number_problem,
     ranges_for,
 )
+from protocols.timeutil import parse_rfc3339
 from protocols.versioning import StoredVersion
 from schemas.dosing import CdsDiscoverySchema, CdsRequestSchema, CdsResponseSchema
 
@@ -165,7 +170,7 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> 
             where = ".".join(str(p) for p in first.get("loc", ()) if p != "MedicationRequest")
             raise _bad_request(f"{path}.entry.{index}.resource" + (f".{where}" if where else ""),
                                f"not a valid FHIR R4 MedicationRequest: {first.get('msg')}") from exc
-        orders.append(_draft_order(request, resource))
+        orders.append(_draft_order(request, resource, f"{path}.entry.{index}.resource"))
     return orders
 
 
@@ -210,7 +215,7 @@ def _codings(concept: Any) -> Iterable[Any]:
     return (concept.coding or []) if concept is not None else []
 
 
-def _draft_order(request: Any, raw: Mapping[str, Any]) -> DraftOrder:
+def _draft_order(request: Any, raw: Mapping[str, Any], path: str) -> DraftOrder:
     concept = request.medicationCodeableConcept
     if concept is None and request.medicationReference is not None:
         reference = request.medicationReference.reference or ""
@@ -222,15 +227,21 @@ def _draft_order(request: Any, raw: Mapping[str, Any]) -> DraftOrder:
         (c.display for c in _codings(concept) if c.display), None) or "medication"
     reasons = [str(c.code).upper() for r in request.reasonCode or [] for c in _codings(r) if c.code]
     lines = [line for index, dosage in enumerate(request.dosageInstruction or [])
-             for line in _dosage_lines(dosage, index)]
+             for line in _dosage_lines(dosage, f"{path}.dosageInstruction.{index}")]
     return DraftOrder(request.id, name, rxnorm, reasons, lines)
 
 
-def _quantity(value: Any) -> Quantity | None:
+def _quantity(value: Any, path: str) -> Quantity | None:
+    """An ordered amount; a number no dose can be (zero, negative, 1e999999…) is a malformed order,
+    refused like the same number sent to ``dose-check``."""
     if value is None or value.value is None:
         return None
+    number = Decimal(str(value.value))
+    problem = number_problem(number)
+    if problem is not None:
+        raise _bad_request(f"{path}.value", problem)
     unit = value.code if value.code and value.system in (terminology.UCUM, None) else value.unit
-    return Quantity(Decimal(str(value.value)), str(unit or ""))
+    return Quantity(number, str(unit or ""))
 
 
 def _frequency(dosage: Any) -> tuple[Frequency | None, list[str]]:
@@ -252,22 +263,25 @@ def _frequency(dosage: Any) -> tuple[Frequency | None, list[str]]:
     return None, []  # unreachable: every integral number of seconds matches "S"
 
 
-def _dosage_lines(dosage: Any, index: int) -> list[DosageLine]:
+def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     routes = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code]
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes = _frequency(dosage)
     lines = []
-    for dose_and_rate in dosage.doseAndRate or []:
+    for index, dose_and_rate in enumerate(dosage.doseAndRate or []):
+        where = f"{path}.doseAndRate.{index}"
         doses: list[Quantity] = []
-        dose = _quantity(dose_and_rate.doseQuantity)
+        dose = _quantity(dose_and_rate.doseQuantity, f"{where}.doseQuantity")
+        rate = _quantity(dose_and_rate.rateQuantity, f"{where}.rateQuantity")
         if dose is not None:
             doses = [dose]
         elif dose_and_rate.doseRange is not None:
-            doses = [q for q in (_quantity(dose_and_rate.doseRange.low),
-                                 _quantity(dose_and_rate.doseRange.high)) if q is not None]
-        elif _quantity(dose_and_rate.rateQuantity) is not None:
-            doses = [q for q in [_quantity(dose_and_rate.rateQuantity)] if q is not None]
+            dose_range = dose_and_rate.doseRange
+            doses = [q for q in (_quantity(dose_range.low, f"{where}.doseRange.low"),
+                                 _quantity(dose_range.high, f"{where}.doseRange.high")) if q is not None]
+        elif rate is not None:
+            doses = [rate]
         if doses:
             label = " to ".join(f"{fmt(Fraction(q.value))} {q.unit}" for q in doses)
             lines.append(DosageLine(routes[0], doses, frequency, label, list(notes)))
@@ -290,7 +304,7 @@ def prefetched_weight(prefetch: Mapping[str, Any]) -> Fraction | str:
         resources = [data]
     else:
         raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle or Observation")
-    found: list[tuple[str, Fraction]] = []
+    found: list[tuple[datetime, Fraction]] = []
     for resource in resources:
         weight = _observation_weight(resource)
         if weight is not None:
@@ -300,7 +314,7 @@ def prefetched_weight(prefetch: Mapping[str, Any]) -> Fraction | str:
     return max(found, key=lambda item: item[0])[1]
 
 
-def _observation_weight(resource: Any) -> tuple[str, Fraction] | None:
+def _observation_weight(resource: Any) -> tuple[datetime, Fraction] | None:
     if not isinstance(resource, Mapping) or resource.get("resourceType") != "Observation":
         return None
     if resource.get("status") not in USABLE_OBSERVATION_STATUSES:
@@ -313,12 +327,32 @@ def _observation_weight(resource: Any) -> tuple[str, Fraction] | None:
     if not isinstance(quantity, Mapping) or not isinstance(quantity.get("value"), int | Decimal):
         return None
     unit = quantity.get("code") or quantity.get("unit")
+    if number_problem(Decimal(quantity["value"])) is not None:
+        return None  # 0, negative, 1e999999 …: no weight (and no million-digit arithmetic)
     try:
         kilograms = to_kilograms(Decimal(quantity["value"]), str(unit))
     except UnitError:
         return None
-    when = str(resource.get("effectiveDateTime") or resource.get("issued") or "")
-    return when, kilograms
+    return _observed_at(resource), kilograms
+
+
+_FHIR_PARTIAL_DATE = re.compile(r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?")
+
+
+def _observed_at(resource: Mapping[str, Any]) -> datetime:
+    """When the observation was made, as naive UTC, so that the newest weight wins whatever offset each
+    time carries (as text, ``10:00+09:00`` sorts after ``05:00Z`` though it is four hours earlier). A
+    partial FHIR date (``2024``, ``2024-06``, ``2024-06-01``) counts from its start; a missing or
+    unreadable time sorts oldest."""
+    when = resource.get("effectiveDateTime") or resource.get("effectiveInstant") or resource.get("issued")
+    if isinstance(when, str):
+        with contextlib.suppress(ValueError):
+            return parse_rfc3339(when)
+        partial = _FHIR_PARTIAL_DATE.fullmatch(when)
+        if partial is not None:
+            with contextlib.suppress(ValueError):
+                return datetime(int(partial[1]), int(partial[2] or 1), int(partial[3] or 1))
+    return datetime.min
 
 
 # ----------------------------------------------------------------------------------- cards

@@ -40,6 +40,11 @@ from protocols.durations import parse_duration
 MIN_WEIGHT_KG = Decimal("0.3")
 MAX_WEIGHT_KG = Decimal("500")
 DISPLAY_DIGITS = 12
+#: Ordered numbers (doses, rates, weights as sent by a client or an EHR): |value| within 1e-12 … 1e12
+#: and at most 12 significant digits. Any real dose fits, and exact arithmetic on them stays bounded:
+#: a Fraction of 1e999999 is a million-digit integer.
+MAX_SIGNIFICANT_DIGITS = 12
+MAX_EXPONENT = 12
 
 WEIGHT_FIELD = "patient.weight_kg"
 DASH = "\u2013"  # en dash, as in "35\u201370 mg"
@@ -248,6 +253,19 @@ def fmt(value: Fraction) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text if is_terminating(value) else f"≈{text}"
+
+
+def number_problem(value: Decimal) -> str | None:
+    """Why ``value`` cannot be an ordered dose, rate or weight, or None when it can."""
+    if not value.is_finite():
+        return "Must be a finite number."
+    if value <= 0:
+        return "Must be greater than 0."
+    if not -MAX_EXPONENT <= value.adjusted() < MAX_EXPONENT:
+        return f"Must be between 1e-{MAX_EXPONENT} and 1e{MAX_EXPONENT}."
+    if len(value.normalize().as_tuple().digits) > MAX_SIGNIFICANT_DIGITS:
+        return f"At most {MAX_SIGNIFICANT_DIGITS} significant digits."
+    return None
 
 
 # ------------------------------------------------------------------------------ conversions

@@ -15,18 +15,16 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from protocols import dose_units, terminology
-from protocols.dosing import MAX_WEIGHT_KG, MIN_WEIGHT_KG, Verdict
+from protocols.dosing import MAX_WEIGHT_KG, MIN_WEIGHT_KG, Verdict, number_problem
 from schemas.clinical import PHASES, DoseRangeSchema, FrequencySchema
 from schemas.fields import Instant, Text
 from schemas.query import AsOfQuerySchema
 
-MAX_SIGNIFICANT_DIGITS = 12
 _NUMBER_TEXT = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,20})?$")
-MAX_EXPONENT = 12  # |value| within 1e-12 … 1e12: any real dose, and bounded exact arithmetic
 
 
 class DoseNumber(fields.Decimal):
-    """Any positive, finite number (≤ 12 significant digits), kept exact as ``Decimal``."""
+    """Any positive, finite number (``protocols.dosing.number_problem``), kept exact as ``Decimal``."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("allow_nan", False)
@@ -45,14 +43,11 @@ class DoseNumber(fields.Decimal):
             result = super()._deserialize(value, attr, data, **kwargs)
         except (InvalidOperation, OverflowError) as exc:
             raise ValidationError("Not a valid number.") from exc
-        if result is None or not result.is_finite():
+        if result is None:
             raise ValidationError("Must be a finite number.")
-        if result <= 0:
-            raise ValidationError("Must be greater than 0.")
-        if not -MAX_EXPONENT <= result.adjusted() < MAX_EXPONENT:
-            raise ValidationError(f"Must be between 1e-{MAX_EXPONENT} and 1e{MAX_EXPONENT}.")
-        if len(result.normalize().as_tuple().digits) > MAX_SIGNIFICANT_DIGITS:
-            raise ValidationError(f"At most {MAX_SIGNIFICANT_DIGITS} significant digits.")
+        problem = number_problem(result)
+        if problem is not None:
+            raise ValidationError(problem)
         return result
 
 

@@ -233,6 +233,21 @@ def test_weight_units_and_latest_observation(client):
     assert card["indicator"] == "info"
 
 
+def test_the_newest_weight_wins_whatever_offset_its_time_carries(client):
+    """10:00+09:00 is 01:00Z: earlier than 05:00Z, though it sorts after it as text."""
+    ketamine_protocol(client)  # 1-4.5 mg/kg
+    order = medication_request("ket-tz", KETAMINE, IV, dose=(100, "mg"))
+    weights = [weight_observation(70, when="2024-06-01T10:00:00+09:00"),
+               weight_observation(20, when="2024-06-01T05:00:00Z")]
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": w} for w in weights]}
+    (card,) = cards(client, hook_request([order], weight=bundle))
+    assert "\u00d7 20 kg" in card["detail"] and card["indicator"] == "critical"  # 100 mg > 4.5 mg/kg x 20 kg
+    # A date without a time counts from its start: 2024-06-02 is newer than both.
+    bundle["entry"].append({"resource": weight_observation(50, when="2024-06-02")})
+    (card,) = cards(client, hook_request([order], weight=bundle))
+    assert "\u00d7 50 kg" in card["detail"] and card["indicator"] == "info"
+
+
 def test_missing_or_implausible_weight_is_a_warning_not_an_error(client):
     ketamine_protocol(client)
     order = medication_request("ket-2", KETAMINE, IV, dose=(140, "mg"))
@@ -425,6 +440,26 @@ def test_invalid_fhir_medication_request_is_400_naming_the_element(client):
     response = call(client, body)
     assert response.status_code == 400
     assert any(path.endswith("doseQuantity.value") for path in response.get_json()["errors"])
+
+
+def test_a_dose_no_order_can_have_is_400_naming_the_value(client):
+    """The numbers dose-check refuses (zero, negative, outside 1e-12…1e12, over 12 significant digits)
+    are refused here too, at once: exact arithmetic on 1e999999 took minutes of a worker."""
+    ketamine_protocol(client)
+    where = "context.draftOrders.entry.0.resource.dosageInstruction.0.doseAndRate.0"
+    placeholder = 987654321
+    cases = [({"dose": (placeholder, "mg")}, "doseQuantity", "1e99999"),
+             ({"dose": (placeholder, "mg")}, "doseQuantity", "0"),
+             ({"dose": (placeholder, "mg")}, "doseQuantity", "-5"),
+             ({"dose": (placeholder, "mg")}, "doseQuantity", "1.0000000000001"),
+             ({"dose_range": (1, placeholder, "mg")}, "doseRange.high", "1e400"),
+             ({"rate": (placeholder, "mg/h")}, "rateQuantity", "1e-30")]
+    for order_args, element, number in cases:
+        order = medication_request("ket-n", KETAMINE, IV, **order_args)
+        text = json.dumps(hook_request([order], weight=weight_bundle(70))).replace(str(placeholder), number)
+        response = client.post("/cds-services/protocol-dose-check", data=text, content_type="application/json")
+        assert response.status_code == 400, (number, response.get_json())
+        assert f"{where}.{element}.value" in response.get_json()["errors"], (number, response.get_json())
 
 
 def test_not_json_and_unknown_service(client):
