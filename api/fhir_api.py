@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -49,6 +50,9 @@ RETRY_AFTER_SECONDS = "2"
 EXPORT_PAGE_SIZE = 100
 #: When the CapabilityStatement last changed: bump it with any change to what this face supports.
 CAPABILITY_DATE = "2026-11-30"
+
+#: A version id as this server assigns them: 1, 2, … (ASCII digits, no leading zero).
+_VERSION_ID = re.compile(r"[1-9][0-9]{0,8}")
 
 blp = Blueprint("fhir", __name__, url_prefix="/fhir/R4",
                 description="FHIR R4 (read-only): MedicationKnowledge read, vread, history, search; "
@@ -404,7 +408,7 @@ def vread_medication_knowledge(resource_id: str, version_id: str) -> Response:
     negotiate()
     warnings = simple_params()
     _check_id(resource_id)
-    if not version_id.isdigit() or len(version_id) > 9:
+    if not _VERSION_ID.fullmatch(version_id):  # not str.isdigit(): "01" and U+0661 (an Arabic-Indic 1) are not ids
         raise domain.VersionNotFound(f"MedicationKnowledge/{resource_id} has no version '{version_id}'")
     stored = fhir_query.published_version(get_db(), resource_id, int(version_id))
     if stored.status == "retired":

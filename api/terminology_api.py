@@ -21,7 +21,9 @@ from schemas.terminology import (
 blp = Blueprint("terminology", __name__, url_prefix="/v1/terminology",
                 description="Code systems and codes accepted in protocol records (pick lists).")
 
-CACHE_HEADERS = {"Cache-Control": "public, max-age=3600"}
+#: ``private``: these answers need a key (unless anonymous reads are on), and ``public`` would let a
+#: shared cache hand them to callers without one (RFC 9111, 3.5).
+CACHE_HEADERS = {"Cache-Control": "private, max-age=3600"}
 
 UNIT_RULES = (
     "Any valid UCUM unit of the form amount[/kg][/time] is accepted: amount is a mass (e.g. mg, ug, g), "

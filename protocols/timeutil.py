@@ -5,6 +5,7 @@ Both databases then compare the same values the same way (SQLite has no time zon
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 
@@ -28,13 +29,18 @@ def format_rfc3339(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: RFC 3339's date-time (section 5.6) in ASCII digits. ``datetime.fromisoformat`` alone also takes
+#: ISO 8601's basic and week forms (20190305T000000Z, 2019-W10-2), hour-only times, decimal commas,
+#: seconds in offsets and surrounding blanks: forms a client may not rely on, refused here.
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+                      r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?")
+
+
 def parse_rfc3339(text: str) -> datetime:
     """Parse an RFC 3339 timestamp that carries an offset; return naive UTC."""
-    if not isinstance(text, str) or "T" not in text.upper():
+    if not isinstance(text, str) or not _RFC3339.fullmatch(text):
         raise ValueError("expected an RFC 3339 date-time such as 2024-01-31T12:00:00Z")
-    candidate = text.strip()
-    if candidate.endswith(("z", "Z")):
-        candidate = candidate[:-1] + "+00:00"
+    candidate = text[:-1] + "+00:00" if text.endswith(("z", "Z")) else text
     parsed = datetime.fromisoformat(candidate)
     if parsed.tzinfo is None:
         raise ValueError("date-time must include a time zone offset (e.g. Z or +01:00)")

@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from protocols import dose_units, terminology, units
-from schemas.fields import Duration, PositiveDecimal, StrictInteger, Text
+from schemas.fields import CalendarDate, Duration, PositiveDecimal, StrictBoolean, StrictInteger, Text
 
 PHASES = ("induction", "maintenance", "continuation", "single", "loading", "infusion", "titration")
 DEA_SCHEDULES = ("CI", "CII", "CIII", "CIV", "CV")
@@ -128,9 +128,9 @@ class FdaApprovalSchema(Schema):
     application_number = Text(load_default=None, allow_none=True,
                               validate=validate.Regexp(r"^(NDA|ANDA|BLA)[0-9]{6}$",
                                                        error="Must be NDA, ANDA or BLA followed by 6 digits."))
-    approval_date = fields.Date(load_default=None, allow_none=True)
+    approval_date = CalendarDate(load_default=None, allow_none=True)
     approved_indication = Text(load_default=None, allow_none=True, validate=validate.Length(max=1000))
-    rems_required = fields.Boolean(load_default=False)
+    rems_required = StrictBoolean(load_default=False)
     boxed_warning = Text(load_default=None, allow_none=True, validate=validate.Length(max=1000),
                          metadata={"description": "Boxed warning title; null when the label has none"})
 

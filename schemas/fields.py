@@ -95,6 +95,15 @@ class Duration(Text):
         return result
 
 
+class StrictBoolean(fields.Boolean):
+    """``true`` or ``false`` as JSON booleans: marshmallow's Boolean also takes "yes", "on", "t", 1, "0"."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Must be true or false.")
+        return value
+
+
 class StrictInteger(fields.Integer):
     """An integer that must arrive as a JSON integer (not 1.0, not "1", not true)."""
 
@@ -106,6 +115,18 @@ class StrictInteger(fields.Integer):
         if isinstance(value, bool):
             raise ValidationError("Not a valid integer.")
         return int(super()._deserialize(value, attr, data, **kwargs))
+
+
+class CalendarDate(fields.Date):
+    """A date as RFC 3339's full-date (``2019-03-05``); ``date.fromisoformat`` alone also takes the
+    basic form (``20190305``) and ISO week dates."""
+
+    _FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or not self._FULL_DATE.fullmatch(value):
+            raise ValidationError("Not a valid date: use YYYY-MM-DD.")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class Instant(fields.AwareDateTime):

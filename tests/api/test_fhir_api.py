@@ -163,7 +163,7 @@ def test_vread_serves_each_published_version_forever_and_hides_drafts(client):
     assert first.headers["ETag"] == 'W/"1"'
     assert "immutable" in first.headers["Cache-Control"]
     assert first.get_json()["meta"]["versionId"] == "1"
-    for missing in ("3", "99", "abc"):
+    for missing in ("3", "99", "abc", "01", "%D9%A1", "1.0"):  # %D9%A1: an Arabic-Indic digit one
         body = _outcome(client.get(f"{MK}/{payload['id']}/_history/{missing}"), 404)
         assert body["issue"][0]["expression"] == ["MedicationKnowledge.meta.versionId"]
     _outcome(client.get(f"{MK}/nope/_history/1"), 404)

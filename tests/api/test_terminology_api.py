@@ -63,3 +63,13 @@ def test_every_listed_term_is_accepted_by_the_protocols_api(client):
     )
     response = client.post("/v1/protocols", json=payload)
     assert response.status_code == 201, response.get_json()
+
+
+@pytest.mark.parametrize("path", ["/v1/terminology/routes", "/v1/terminology/units", "/v1/terminology/indications"])
+def test_pick_lists_may_be_cached_by_the_caller_only(client, anon_client, path):
+    """They need a key: a shared cache must not hand them to callers without one (RFC 9111, 3.5)."""
+    response = client.get(path)
+    assert response.status_code == 200
+    directives = {d.strip() for d in response.headers["Cache-Control"].split(",")}
+    assert "private" in directives and "public" not in directives and "max-age=3600" in directives
+    assert anon_client.get(path).status_code == 401

@@ -56,6 +56,10 @@ CASES = [
     ("fda_approval.application_number", None, "fda_approval.application_number"),
     ("fda_approval.approval_date", None, "fda_approval.approval_date"),
     ("fda_approval.approval_date", "05/03/2019", "fda_approval.approval_date"),
+    ("fda_approval.approval_date", "20190305", "fda_approval.approval_date"),
+    ("fda_approval.approval_date", "2019-W10-2", "fda_approval.approval_date"),
+    ("fda_approval.rems_required", "yes", "fda_approval.rems_required"),
+    ("fda_approval.rems_required", 1, "fda_approval.rems_required"),
     ("drug.dea_schedule", "C3", "drug.dea_schedule"),
     ("drug.rxnorm_cui", "abc", "drug.rxnorm_cui"),
     ("drug.name", "", "drug.name"),
@@ -70,6 +74,15 @@ CASES = [
     ("effective_from", "2020-01-01T00:00:00", "effective_from"),
     ("effective_from", "2020-01-01", "effective_from"),
     ("effective_from", "9999-12-31T23:59:59-01:00", "effective_from"),
+    # ISO 8601 forms that are not RFC 3339 (datetime.fromisoformat takes them all)
+    ("effective_from", "20200101T000000Z", "effective_from"),
+    ("effective_from", "2020-W01-3T00:00:00Z", "effective_from"),
+    ("effective_from", "2020-01-01T00Z", "effective_from"),
+    ("effective_from", "2020-01-01T00:00:00,5Z", "effective_from"),
+    ("effective_from", "2020-01-01T00:00:00+01:00:30", "effective_from"),
+    ("effective_from", "2020-01-01T00:00:00 Z", "effective_from"),
+    ("effective_from", "2020-01-01T00:00:00.Z", "effective_from"),
+    ("effective_from", "2020-01-01T00:00:0\u0661Z", "effective_from"),
     ("status", "published", "status"),
     ("id", "Bad Id!", "id"),
     ("id", "../../etc", "id"),
@@ -172,7 +185,8 @@ def test_wrong_method_is_405_json(client):
 
 
 @pytest.mark.parametrize("query", ["page_size=0", "page_size=101", "page_size=abc", "as_of=yesterday",
-                                   "as_of=2020-01-01", "cursor=bogus", "unknown=1"])
+                                   "as_of=2020-01-01", "as_of=20200101T000000Z", "as_of=2020-01-01T00Z",
+                                   "as_of=2020-01-01T00:00:00%20Z", "cursor=bogus", "unknown=1"])
 def test_bad_list_parameters_are_422_naming_the_parameter(client, query):
     response = client.get(f"/v1/protocols?{query}")
     assert response.status_code == 422

@@ -85,6 +85,15 @@ def test_fda_approval_rules(approval, bad_fields):
     assert errors == bad_fields
 
 
+@pytest.mark.parametrize("value", ["yes", "on", "t", "TRUE", "true", 1, 0, "0", "off", 0.0, None])
+def test_rems_required_is_a_json_boolean_only(value):
+    with pytest.raises(ValidationError) as info:
+        FdaApprovalSchema().load({"status": "off_label", "rems_required": value})
+    assert "rems_required" in info.value.messages
+    for boolean in (True, False):
+        assert FdaApprovalSchema().load({"status": "off_label", "rems_required": boolean})["rems_required"] is boolean
+
+
 def test_sources_supports_must_name_fields_of_the_record():
     payload = protocol_payload()
     payload["sources"][0]["supports"] = ["dosing_ranges.0.dose_max", "fda_approval.approval_date"]
