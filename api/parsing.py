@@ -1,7 +1,8 @@
 """Request parsing for flask-smorest: strict JSON bodies, unknown parameters rejected.
 
 * a body that is not JSON by content type → 415; malformed, NaN, duplicate keys, bad UTF-8 → 400;
-* unknown fields and unknown query parameters → 422 (schemas keep marshmallow's ``RAISE``);
+* unknown fields and unknown query parameters → 422 (schemas keep marshmallow's ``RAISE``), and so is
+  a single-valued query parameter given twice;
 * a body over ``MAX_CONTENT_LENGTH`` → 413, before it is read when it has a ``Content-Length``,
   and as soon as the limit is passed when it is chunked (api.errors maps werkzeug's error).
 
@@ -63,6 +64,18 @@ class StrictParser(FlaskParser):
 
     def _raw_load_json(self, req: Request) -> Any:
         return load_json_body(req)
+
+    def load_querystring(self, req: Request, schema: Schema) -> Any:
+        """Query parameters; one that takes a single value must be given once. webargs reads the first
+        of repeated values while links built from the request carry the last (``?drug=a&drug=b`` filtered
+        page 1 by ``a`` and the ``next`` page by ``b``), so a repeat is refused, naming the parameter."""
+        proxy = self._makeproxy(req.args, schema)
+        repeated = sorted(name for name in req.args if name not in proxy.multiple_keys
+                          and len(req.args.getlist(name)) > 1)
+        if repeated:
+            raise ApiError(422, "A query parameter that takes one value was given more than once.",
+                           errors={name: ["Give this parameter once."] for name in repeated})
+        return proxy
 
     def load_json(self, req: Request, schema: Schema) -> Any:
         return self._raw_load_json(req)

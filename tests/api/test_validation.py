@@ -193,6 +193,26 @@ def test_bad_list_parameters_are_422_naming_the_parameter(client, query):
     assert query.split("=")[0] in response.get_json()["errors"]
 
 
+@pytest.mark.parametrize("path", ["/v1/protocols?page_size=1&drug=ketamine&drug=esketamine",
+                                  "/v1/protocols?page_size=1&page_size=100",
+                                  "/v1/protocols?q=ketamine&q=pain",
+                                  "/v1/changes?page_size=1&page_size=2"])
+def test_a_single_valued_query_parameter_given_twice_is_422_naming_it(client, path):
+    """Which of the values would count? webargs read the first; the next-page link kept the last."""
+    response = client.get(path)
+    assert response.status_code == 422, response.get_json()
+    name = path.rsplit("&", 1)[1].split("=")[0]
+    assert list(response.get_json()["errors"]) == [name]
+
+
+def test_a_repeated_single_valued_parameter_is_422_on_the_dose_endpoint_too(client):
+    payload = protocol_payload()
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+    route = payload["dosing_ranges"][0]["route"]
+    response = client.get(f"/v1/protocols/{payload['id']}/dose?route={route}&weight_kg=70&weight_kg=5")
+    assert response.status_code == 422 and "weight_kg" in response.get_json()["errors"]
+
+
 def test_cursor_from_another_listing_is_rejected(client):
     payload = protocol_payload()
     created = client.post("/v1/protocols", json=payload)
