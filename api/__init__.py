@@ -68,6 +68,7 @@ def _init_operations(app: Flask, api: Api) -> None:
     keys_cli.init_app(app)
     auth.document_security(app, api)
     parsing.document_body_errors(api)
+    _document_common_responses(api)
 
 
 def _init_request_hooks(app: Flask) -> None:
@@ -94,6 +95,31 @@ def _conditional_get(response: Response) -> None:
         return
     response.add_etag(weak=True)
     response.make_conditional(request)
+
+
+#: Operations that never read the database (liveness).
+_NO_DATABASE = {("get", "/v1/health")}
+
+
+def _document_common_responses(api: Api) -> None:
+    """Name in OpenAPI the statuses every operation of a kind can answer, which no view declares:
+    304 for every GET (``_conditional_get``), 404 wherever a path names a protocol, and 503 wherever
+    the database is read (an outage, or a lock held elsewhere past PROTOCOLS_DB_LOCK_TIMEOUT_MS).
+    Until they were listed, a client generated from the contract had only ``default`` for them."""
+    retry_after = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                   "schema": {"type": "integer"}}}
+    for path, path_item in api.spec._paths.items():
+        for method, operation in path_item.items():
+            if not isinstance(operation, dict):
+                continue
+            responses = operation.setdefault("responses", {})
+            if method == "get":
+                responses.setdefault("304", {"description": "Not modified: If-None-Match matched the ETag"})
+            if "{protocol_id}" in path:
+                responses.setdefault("404", errors.documented_error("No such protocol (or no such version)"))
+            if (method, path) not in _NO_DATABASE:
+                unavailable = errors.documented_error("The database is unavailable or busy; see Retry-After")
+                responses.setdefault("503", {**unavailable, "headers": retry_after})
 
 
 def _init_docs_assets(app: Flask) -> None:

@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+from api.extensions import API_KEY
+from tests.factories import protocol_payload
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -11,3 +14,39 @@ def test_openapi_yaml_matches_the_app(app, tmp_path):
     assert result.exit_code == 0, result.output
     committed = (ROOT / "openapi.yaml").read_text()
     assert out.read_text() == committed, "openapi.yaml is stale: run `make openapi` and commit it"
+
+
+def _documented(app, method: str, path: str) -> set[str]:
+    """The statuses the app's OpenAPI document (what openapi.yaml is written from) lists."""
+    spec = app.extensions[API_KEY].spec.to_dict()
+    return set(spec["paths"][path][method.lower()]["responses"])
+
+
+def test_the_contract_lists_the_statuses_these_requests_get(app, client):
+    """304 on conditional GETs, 404 for a protocol that does not exist: answered by every such
+    operation, and listed by each (not left to ``default``)."""
+    payload = protocol_payload()
+    created = client.post("/v1/protocols", json=payload)
+    assert created.status_code == 201
+    pid = payload["id"]
+    conditional = [("/v1/protocols", "/v1/protocols"),
+                   (f"/v1/protocols/{pid}/versions", "/v1/protocols/{protocol_id}/versions"),
+                   (f"/v1/protocols/{pid}/versions/1", "/v1/protocols/{protocol_id}/versions/{version}"),
+                   (f"/v1/protocols/{pid}/versions/latest", "/v1/protocols/{protocol_id}/versions/latest"),
+                   ("/v1/changes", "/v1/changes"), ("/v1/terminology/routes", "/v1/terminology/routes")]
+    for url, template in conditional:
+        etag = client.get(url).headers["ETag"]
+        response = client.get(url, headers={"If-None-Match": etag})
+        assert response.status_code == 304, url
+        assert "304" in _documented(app, "GET", template), template
+    missing = [("PUT", "/v1/protocols/no-such-protocol", "/v1/protocols/{protocol_id}"),
+               ("DELETE", "/v1/protocols/no-such-protocol", "/v1/protocols/{protocol_id}"),
+               ("GET", "/v1/protocols/no-such-protocol/versions", "/v1/protocols/{protocol_id}/versions"),
+               ("GET", "/v1/protocols/no-such-protocol/versions/1", "/v1/protocols/{protocol_id}/versions/{version}"),
+               ("GET", "/v1/protocols/no-such-protocol/versions/latest",
+                "/v1/protocols/{protocol_id}/versions/latest")]
+    for method, url, template in missing:
+        body = {k: v for k, v in payload.items() if k != "id"} if method == "PUT" else None
+        response = client.open(url, method=method, json=body, headers={"If-Match": created.headers["ETag"]})
+        assert response.status_code == 404, (method, url, response.get_json())
+        assert "404" in _documented(app, method, template), (method, template)
