@@ -156,11 +156,12 @@ def read_composite_cursor(kind: str, query: Mapping[str, Any],
 
 
 def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool, after: Any | None,
-               before: Any | None) -> tuple[str | None, str | None]:
-    """Next/prev URLs for a keyset page whose items carry ``keys`` in display order."""
+               before: Any | None, pinned: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """Next/prev URLs for a keyset page whose items carry ``keys`` in display order; ``pinned``
+    parameters are added to the request's own (a moment the walk must keep reading)."""
     if not keys:
         return None, None
-    params = {k: v for k, v in request.args.items(multi=True) if k != "cursor"}
+    params = {**{k: v for k, v in request.args.items(multi=True) if k != "cursor"}, **(pinned or {})}
     more_after = has_more if before is None else True
     more_before = (after is not None) if before is None else has_more
     next_url = page_url(params, cursor=encode_cursor(kind, keys[-1], "n")) if more_after else None

@@ -5,6 +5,7 @@ Views are thin: parse with a schema, call a versioning service, serve the stored
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flask import Response, g, request, url_for
@@ -25,6 +26,7 @@ from api.http import (
 from api.parsing import Blueprint
 from protocols import diff, search, versioning
 from protocols.errors import ProtocolRetired
+from protocols.timeutil import format_rfc3339, utcnow
 from schemas.diff import VersionDiffSchema, diff_body
 from schemas.protocol import ProtocolCreateSchema, ProtocolPageSchema, ProtocolSchema, split_payload
 from schemas.query import (
@@ -109,15 +111,22 @@ def list_protocols(query: dict[str, Any]) -> Response:
     """Find protocols: filters (AND), free text `q` (ranked), `as_of` time travel, cursor pages.
 
     Without `q`: newest protocol first. With `q`: best rank first, then newest protocol. Pages are
-    keyset pages: a write between two fetches neither repeats nor skips a protocol.
+    keyset pages: a write between two fetches neither repeats nor skips a protocol. With `q` and no
+    `as_of`, the `next`/`prev` links carry the first page's moment as `as_of`: a revision changes a
+    protocol's rank, and on a live view it could jump over the cursor between two fetches.
     """
     filters = search.ProtocolQuery.from_mapping(query)
+    pinned = None
+    if filters.ranked and filters.as_of is None:
+        now = utcnow()
+        filters = replace(filters, as_of=now)
+        pinned = {"as_of": format_rfc3339(now)}
     kind = "protocols:ranked" if filters.ranked else "protocols"
     after, before = read_composite_cursor(kind, query, 2) if filters.ranked else read_cursor(kind, query)
     page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
                          count=query["count"])
     next_url, prev_url = page_links(kind, [hit.key for hit in page.items], has_more=page.has_more,
-                                    after=after, before=before)
+                                    after=after, before=before, pinned=pinned)
     return list_response((hit.version.document for hit in page.items), next_url=next_url,
                          prev_url=prev_url, page_size=query["page_size"],
                          extra={"count": page.total} if page.total is not None else None)

@@ -184,3 +184,28 @@ def test_page_size_is_capped_and_documented(client: FlaskClient, app: Any) -> No
     assert {"drug", "rxnorm_cui", "route", "indication", "indication_system", "fda_status", "dea_schedule",
             "rems_required", "status", "q", "as_of", "updated_since", "count", "cursor"} <= names
     assert re.search(r"max \d+", page_size["description"])
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_a_revision_that_changes_a_rank_between_fetches_neither_skips_nor_repeats(
+        client: FlaskClient, db: Database, direction: str) -> None:
+    """Ranked pages follow (rank, sequence); a revision changes the rank. Here the word moves into or
+    out of a protocol's title between two fetches, so on a live view that protocol would jump over
+    the cursor (skipped when it rises behind the cursor, repeated when it falls from the page seen)."""
+    word = "zygomorphic"
+    ids = [f"rank-move-{n}" for n in range(3)]
+    for pid in ids:
+        title = f"{word} protocol {pid}" if direction == "down" else f"protocol {pid}"
+        versioning.create(db, pid, content_of(pid, title=title, summary=f"Mentions {word} in passing."))
+    first = get(client, "/v1/protocols", q=word, page_size=1).get_json()
+    next_url = first["next"]
+    assert "as_of=" in next_url and "as_of=" in get(client, next_url).get_json()["next"]
+    # Move the protocol that comes last on a live view (oldest) or the one just seen (newest).
+    moved = ids[0] if direction == "up" else first["items"][0]["id"]
+    newest = versioning.latest(db, moved)
+    title = f"{word} protocol {moved}" if direction == "up" else f"protocol {moved}"
+    versioning.revise(db, moved, content_of(moved, title=title, summary=f"Mentions {word} in passing."),
+                      if_match=[newest.etag])
+    seen = [first["items"][0]["id"], *walk(client, next_url)]
+    assert sorted(seen) == sorted(ids), seen  # each exactly once
+    assert moved in listed(client, q=word)  # a fresh search sees the revision
