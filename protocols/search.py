@@ -171,6 +171,7 @@ def _walked_page(session: Session, dialect: str, query: ProtocolQuery, need: int
     rank_after, seq_after = (after if isinstance(after, tuple) else (None, after))
     upper = seq_after  # the walk reads protocol sequences below this (all when None)
     at = query.as_of or utcnow()
+    instants = {"at": at} if query.updated_since is None else {"at": at, "updated_since": query.updated_since}
     connection = session.connection()
     if dialect == "postgresql":
         # These statements read a bounded number of rows by index (walk steps, a few posting lists,
@@ -187,7 +188,7 @@ def _walked_page(session: Session, dialect: str, query: ProtocolQuery, need: int
     for _ in range(WALK_STEPS):
         below = upper if walked_to is None else walked_to
         rows = connection.execute(_walk_statement(dialect, _shape(query), below is not None),
-                                  {"at": at, "upper": below, "size": size}).all()
+                                  {**instants, "upper": below, "size": size}).all()
         if rows:
             walked_to = int(rows[-1].protocol_seq)
         read = int(rows[-1].walk_rn) if rows else 0
@@ -214,7 +215,7 @@ def _walked_page(session: Session, dialect: str, query: ProtocolQuery, need: int
     if rest is not None:
         statement, params = rest
         found += [_Found(int(r.protocol_seq), int(r.seq), int(r.rank) if query.ranked else None)
-                  for r in connection.execute(statement, {"at": at, **params}).all()]
+                  for r in connection.execute(statement, {**instants, **params}).all()]
         found.sort(key=_Found.sort_key, reverse=True)
     return found[:need]
 
@@ -255,16 +256,19 @@ def _rest(dialect: str, query: ProtocolQuery, need: int, found: list[_Found], fr
     return _rest_statement(dialect, _shape(query), fields, below, above, rank_after is not None), params
 
 
-#: Stands for every ``as_of`` instant in the statement caches below.
+#: Stands for every ``as_of`` / ``updated_since`` instant in the statement caches below.
 _ANY_INSTANT = datetime(2000, 1, 1)
 
 
 def _shape(query: ProtocolQuery) -> ProtocolQuery:
-    """``query`` as the cached statements see it: their instant is a bound parameter (``at``) and only
-    whether ``as_of`` was given changes the SQL, so every instant shares one entry. Keyed by the
-    instant itself, each ranked walk (its links carry its own ``as_of``) built and kept statements of
-    its own: 3-4x the cost of a page, and the caches grew the worker by ~90 MB."""
-    return query if query.as_of is None else replace(query, as_of=_ANY_INSTANT)
+    """``query`` as the cached statements see it: their instants are bound parameters (``at``,
+    ``updated_since``, passed at execution) and only whether one was given changes the SQL, so every
+    instant shares one entry. Keyed by the instants themselves, each ranked walk (its links carry its
+    own ``as_of``) and each poll (``updated_since`` = the last poll) built and kept statements of its
+    own: 3-4x the cost of a page, and the caches grew the worker by ~90 MB."""
+    if query.as_of is None and query.updated_since is None:
+        return query
+    return replace(query, as_of=query.as_of and _ANY_INSTANT, updated_since=query.updated_since and _ANY_INSTANT)
 
 
 @lru_cache(maxsize=512)
@@ -445,11 +449,12 @@ def _filters(query: ProtocolQuery, probe: bool = False) -> list[ColumnElement[bo
         conditions.append(_term("dea_schedule", [query.dea_schedule], probe))
     if query.rems_required is not None:
         conditions.append(_term("rems_required", ["true" if query.rems_required else "false"], probe))
-    if query.updated_since is not None:
+    if query.updated_since is not None:  # a parameter, as ``at`` is: see _shape
         later = aliased(ProtocolVersion)
+        since = bindparam("updated_since", value=query.updated_since, type_=later.recorded_at.type)
         conditions.append(_exists(select(literal(1))
-                                  .where(later.protocol_id == _VERSION.protocol_id,
-                                         later.recorded_at > query.updated_since), probe))
+                                  .where(later.protocol_id == _VERSION.protocol_id, later.recorded_at > since),
+                                  probe))
     return conditions
 
 

@@ -451,3 +451,23 @@ def test_statements_are_built_once_per_query_shape_not_per_as_of_instant(db: Dat
     built = [cache.cache_info().misses for cache in caches]
     assert all(page(minute) == first for minute in range(1, 6))  # same answer at every later instant
     assert [cache.cache_info().misses for cache in caches] == built
+
+
+def test_each_updated_since_gets_its_own_answer_from_shared_statements(db: Database) -> None:
+    """``updated_since`` (a poll's last time) is a parameter of the cached statements, like as_of: a
+    new value builds nothing new, and each value still gets its own answer."""
+    load_corpus(db)  # P1 … P5 recorded a minute apart from T0
+    caches = (search._walk_statement, search._rest_statement)
+    for cache in caches:
+        cache.cache_clear()
+
+    def listed(since: datetime) -> list[str]:
+        page = search.search(db, ProtocolQuery(updated_since=since), limit=10)
+        return [hit.version.protocol_id for hit in page.items]
+
+    assert listed(T0 + timedelta(minutes=2, seconds=30)) == [P5, P4]
+    built = [cache.cache_info().misses for cache in caches]
+    assert listed(T0 + timedelta(seconds=30)) == [P5, P4, P3, P2]
+    assert listed(T0 + timedelta(minutes=3, seconds=30)) == [P5]
+    assert listed(T0 + timedelta(minutes=5)) == []
+    assert [cache.cache_info().misses for cache in caches] == built
