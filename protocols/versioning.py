@@ -307,8 +307,9 @@ def revise(
         if db.engine.dialect.name == "postgresql":
             return _revise_in_one_statement(db, protocol_id, if_match, next_version)
         with _write_transaction(db) as conn:
-            head = _newest_for_write(conn, protocol_id, if_match)
+            head = _read_head(conn, protocol_id)
             prepared = next_version(head)
+            check_if_match(head.version, if_match, already_applied=prepared is None)
             if prepared is None:
                 return head.version, False
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=head.version.version), True
@@ -343,18 +344,27 @@ def _pg_raw(dialect: Any, key: tuple[bool, bool, bool] | str) -> str:
 def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[str] | None,
                              next_version: Callable[[_Head], _Prepared | None]) -> tuple[StoredVersion, bool]:
     dialect = db.engine.dialect
-    row = db.reads.fetch_one(_pg_raw(dialect, "head"), {"protocol_id": protocol_id})
-    if row is None:
-        raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
-    head = _Head(StoredVersion(*row[:8]), str(row[8]), int(row[9]))
-    check_if_match(head.version, if_match)
+
+    def read_head() -> _Head:
+        row = db.reads.fetch_one(_pg_raw(dialect, "head"), {"protocol_id": protocol_id})
+        if row is None:
+            raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
+        return _Head(StoredVersion(*row[:8]), str(row[8]), int(row[9]))
+
+    head = read_head()
     prepared = next_version(head)
+    check_if_match(head.version, if_match, already_applied=prepared is None)
     if prepared is None:
         return head.version, False
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
     if written is None:
+        # The head moved after it was read. If it moved to this very change (an identical request
+        # racing this one: a client's retries), the change is made; otherwise this write is stale.
+        moved = read_head()
+        if next_version(moved) is None:
+            return moved.version, False
         raise _changed_concurrently(protocol_id)
     return replace(prepared.stored, seq=int(written[0])), True
 
@@ -377,9 +387,11 @@ def retire(
     now = now or utcnow()
     try:
         with _write_transaction(db) as conn:
-            head = _newest_for_write(conn, protocol_id, if_match, with_basis=True)
+            head = _read_head(conn, protocol_id, with_basis=True)
             newest = head.version
-            if newest.status == "retired" and effective_from is None:
+            already_retired = newest.status == "retired" and effective_from is None
+            check_if_match(newest, if_match, already_applied=already_retired)
+            if already_retired:
                 return newest, False
             _, content = record.split_document(head.basis_document or newest.document)
             prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
@@ -436,13 +448,6 @@ def _read_head(conn: Connection, protocol_id: str, *, with_basis: bool = False) 
                  row.basis_document if with_basis else None)
 
 
-def _newest_for_write(conn: Connection, protocol_id: str, if_match: Sequence[str] | None, *,
-                      with_basis: bool = False) -> _Head:
-    head = _read_head(conn, protocol_id, with_basis=with_basis)
-    check_if_match(head.version, if_match)
-    return head
-
-
 def latest_with_hash(db: Database, protocol_id: str) -> tuple[StoredVersion, str]:
     """The newest version (as :func:`latest`) and its content hash, in one SELECT (for the catalog
     loader, which compares content before it writes)."""
@@ -451,7 +456,12 @@ def latest_with_hash(db: Database, protocol_id: str) -> tuple[StoredVersion, str
     return head.version, head.content_hash
 
 
-def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None) -> None:
+def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, already_applied: bool = False) -> None:
+    """``If-Match`` must be given (428) and name the newest version (412), unless the write would change
+    nothing: then the request's state change has already happened (the retry of a write whose answer
+    was lost carries the ETag it started from) and the caller gets the newest version with a 200, as
+    RFC 9110 (13.1.1) allows. Without an If-Match, even that is refused: the caller never said what it
+    had seen."""
     if not if_match:
         raise PreconditionRequired(
             "this write requires an If-Match header with the ETag of the newest version",
@@ -460,7 +470,7 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None) -> Non
         raise PreconditionRequired(
             "If-Match: * is not accepted; send the ETag of the newest version",
             current_version=newest.version, current_etag=newest.etag)
-    if newest.etag not in if_match:
+    if newest.etag not in if_match and not already_applied:
         raise PreconditionFailed(
             f"If-Match does not name the newest version; the newest is version {newest.version}",
             current_version=newest.version, current_etag=newest.etag)

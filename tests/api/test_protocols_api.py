@@ -133,6 +133,59 @@ def test_safe_retry_same_content_without_effective_from_creates_no_version(clien
     assert len(versions_of(client, protocol_id)) == 1
 
 
+def test_a_retry_whose_first_answer_was_lost_gets_200_not_412(client):
+    """The retry carries the ETag the write started from, which its own first attempt made stale. Its
+    change is already there, so it gets the newest version with 200 (RFC 9110, 13.1.1) and appends
+    nothing; a different body with that stale ETag is still a 412, and no If-Match still a 428."""
+    protocol_id, response = create(client)
+    started_from = response.headers["ETag"]
+    body = response.get_json() | {"title": "Revised once"}
+    first = revise(client, protocol_id, body, started_from)
+    assert first.status_code == 201
+    retried = revise(client, protocol_id, body, started_from)
+    assert retried.status_code == 200, retried.get_json()
+    assert retried.headers["ETag"] == first.headers["ETag"] and retried.data == first.data
+    assert revise(client, protocol_id, body | {"title": "Something else"}, started_from).status_code == 412
+    assert revise(client, protocol_id, body, None).status_code == 428
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
+
+
+def test_concurrent_identical_writes_make_one_version_and_all_succeed(make_app):
+    """Twenty copies of one request (a client's retries racing each other): one appends, the others
+    find their change already made."""
+    apps = [make_app() for _ in range(2)]
+    client = apps[0].test_client()
+    protocol_id, response = create(client)
+    body = response.get_json() | {"summary": "the same change, sent many times"}
+    barrier = threading.Barrier(20)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        own = apps[n % len(apps)].test_client()
+        barrier.wait()
+        status = revise(own, protocol_id, body, response.headers["ETag"]).status_code
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [200] * 19 + [201], results
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
+
+
+def test_retiring_again_with_the_etag_it_started_from_gets_200(client):
+    protocol_id, response = create(client)
+    retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})
+    assert retired.status_code == 200
+    again = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})
+    assert again.status_code == 200 and again.headers["ETag"] == retired.headers["ETag"]
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
+
+
 def test_body_id_differing_from_url_is_422(client):
     protocol_id, response = create(client)
     result = revise(client, protocol_id, response.get_json() | {"id": "another-id"}, response.headers["ETag"])
