@@ -134,9 +134,24 @@ def negotiate(formats: Sequence[str] = JSON_FORMATS, media_types: Sequence[str] 
     if requested is not None and requested.split(";")[0].strip() not in formats:
         raise _NotAcceptable(f"_format '{requested}' is not supported; use one of {', '.join(formats)}",
                              "_format")
-    if request.accept_mimetypes and request.accept_mimetypes.best_match(list(media_types)) is None:
+    if request.accept_mimetypes and not any(_accepts(value, media_types)
+                                            for value, quality in request.accept_mimetypes if quality > 0):
         raise _NotAcceptable(f"cannot answer with any of the Accept types; this server sends {media_types[0]}",
                              "Accept")
+
+
+def _accepts(value: str, media_types: Sequence[str]) -> bool:
+    """One Accept entry, parameters included: werkzeug matches ``application/fhir+json; fhirVersion=4.0``
+    only against offers with the same parameters. ``fhirVersion`` (FHIR R4, http.html#version-parameter)
+    must name R4 (4.0, or 4.0.x); other parameters (``charset``) do not matter here."""
+    media, *parameters = (part.strip().lower() for part in value.split(";"))
+    named = dict(part.partition("=")[::2] for part in parameters)
+    version = named.get("fhirversion", "4.0").strip('"')
+    if version != "4.0" and not version.startswith("4.0."):
+        return False
+    kind = media.split("/", 1)[0]
+    return media in ("*/*", *media_types) or (media == f"{kind}/*"
+                                              and any(m.startswith(f"{kind}/") for m in media_types))
 
 
 class _NotAcceptable(Exception):

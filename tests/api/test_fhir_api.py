@@ -356,6 +356,24 @@ def test_formats_other_than_json_are_406(client):
     assert client.get("/fhir/R4/metadata", headers={"Accept": "application/fhir+json"}).status_code == 200
 
 
+@pytest.mark.parametrize(("accept", "status"), [
+    ("application/fhir+json; fhirVersion=4.0", 200),  # FHIR R4 http.html#version-parameter
+    ("application/fhir+json; fhirVersion=4.0.1", 200),
+    ("application/fhir+json; charset=utf-8", 200),
+    ("application/json; charset=UTF-8", 200),
+    ("application/fhir+xml;q=0.9, application/*;q=0.5", 200),
+    ("text/html, */*;q=0.1", 200),
+    ("application/fhir+json; fhirVersion=3.0", 406),  # STU3 is not served
+    ("application/fhir+json;q=0", 406),
+    ("application/fhir+xml; fhirVersion=4.0", 406),
+])
+def test_accept_with_media_type_parameters(client, accept, status):
+    response = client.get("/fhir/R4/metadata", headers={"Accept": accept})
+    assert response.status_code == status, (accept, response.get_json())
+    if status == 406:
+        assert _outcome(response, 406)["issue"][0]["expression"] == ["Accept"]
+
+
 def test_unknown_paths_and_writes_answer_in_fhir(client):
     body = _outcome(client.get("/fhir/R4/Patient/123"), 404)
     assert "metadata" in body["issue"][0]["diagnostics"]
