@@ -17,6 +17,7 @@ by ``GET /fhir/R4/metadata``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -88,6 +89,23 @@ def fhir_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[s
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def bundle_response(body: Mapping[str, Any]) -> Response:
+    """A search or history Bundle with a validator that changes only when its content does.
+
+    ``meta.lastUpdated`` of a Bundle is the moment it was assembled, so an ETag of the bytes (what
+    other GETs get) differed on every request and ``If-None-Match`` never matched. The ETag is of the
+    Bundle without that timestamp; a match is a 304, as for every other GET."""
+    stable = {**body, "meta": {k: v for k, v in body.get("meta", {}).items() if k != "lastUpdated"}}
+    digest = hashlib.sha256(json.dumps(stable, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    etag = f'W/"{digest}"'
+    headers = {"Cache-Control": CACHE_REVALIDATE, "ETag": etag}
+    if not_modified(etag):
+        response = Response(status=304)
+        response.headers.update(headers)
+        return response
+    return fhir_response(body, headers=headers)
 
 
 def outcome_response(status: int, issues: Sequence[Issue], headers: Mapping[str, str] | None = None) -> Response:
@@ -377,7 +395,7 @@ def search_medication_knowledge() -> Response:
             links.append(("previous", link_url("MedicationKnowledge", [
                 *applied, ("_cursor", fhir_query.encode_cursor(keys[0], "p"))])))
     body = fhir.bundle("searchset", entries=entries, links=links, total=total, timestamp=format_rfc3339(at))
-    return fhir_response(body, headers={"Cache-Control": CACHE_REVALIDATE})
+    return bundle_response(body)
 
 
 @blp.route("/MedicationKnowledge/<string:resource_id>", methods=["GET"])
@@ -414,7 +432,7 @@ def history_medication_knowledge(resource_id: str) -> Response:
             *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[-1].version, "n"))])))
     body = fhir.bundle("history", entries=entries, links=links, total=page.total,
                        timestamp=format_rfc3339(utcnow()))
-    return fhir_response(body, headers={"Cache-Control": CACHE_REVALIDATE})
+    return bundle_response(body)
 
 
 @blp.route("/MedicationKnowledge/<string:resource_id>/_history/<string:version_id>", methods=["GET"])

@@ -519,3 +519,21 @@ def test_ids_and_codes_outside_their_grammar_match_nothing_on_every_database(cli
     assert _search_ids(client, "_id=bad%00id") == []
     assert _search_ids(client, f"_id=bad%00id,{pid}") == [pid]
     assert _search_ids(client, "code=61%0030") == []
+
+
+@pytest.mark.parametrize("kind", ["search", "history"])
+def test_bundles_answer_if_none_match_until_their_content_changes(client, kind):
+    """A Bundle's meta.lastUpdated is the moment it was assembled; its ETag must not be, or a client's
+    cached copy never validates (every GET here honours If-None-Match)."""
+    payload = _create(client)
+    url = f"{MK}?_count=5" if kind == "search" else f"{MK}/{payload['id']}/_history"
+    first, second = client.get(url), client.get(url)
+    assert first.status_code == second.status_code == 200
+    etag = first.headers["ETag"]
+    assert etag.startswith('W/"') and second.headers["ETag"] == etag
+    assert client.head(url).headers["ETag"] == etag
+    cached = client.get(url, headers={"If-None-Match": etag})
+    assert cached.status_code == 304 and cached.data == b"" and cached.headers["ETag"] == etag
+    _revise(client, payload["id"], title="Changed title")
+    changed = client.get(url, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
