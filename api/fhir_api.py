@@ -65,6 +65,22 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(blp)
 
 
+#: What every path of this read-only FHIR server allows (the 405 of a write names the same).
+ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+
+
+@blp.before_request
+def _options() -> Response | None:
+    """OPTIONS names what the server does, not what the catch-all route accepts in order to answer
+    writes with a FHIR 405 (Flask's automatic answer listed PUT, POST, PATCH and DELETE too). CORS
+    preflights never get here: the app's CORS hook answers them first."""
+    if request.method != "OPTIONS":
+        return None
+    response = Response(status=200)
+    response.headers["Allow"] = ALLOWED_METHODS
+    return response
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -265,7 +281,7 @@ def _api_error(exc: ApiError) -> Response:
 @blp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
-    headers = {"Allow": "GET, HEAD"} if status == 405 else {}
+    headers = {"Allow": ALLOWED_METHODS} if status == 405 else {}
     return outcome_response(status, [Issue("error", _code_for(status), exc.description or exc.name)], headers)
 
 
