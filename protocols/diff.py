@@ -215,21 +215,46 @@ def _dosing_groups(ranges: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, Any],
 
 def _dosing(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> Iterator[ClinicalChange]:
     before, after = _dosing_groups(a), _dosing_groups(b)
-    for (route, phase), items in before.items():
-        for index, item in items[len(after.get((route, phase), [])):]:
+    paired = {key: _pair(before.get(key, []), after.get(key, []), *key) for key in {*before, *after}}
+    for route, phase in before:
+        for index, item in paired[(route, phase)][1]:
             yield ClinicalChange("dosing_range_removed", f"/dosing_ranges/{index}", item, None,
                                  f"Dosing range removed: {_route_name(route)}, {phase} phase",
                                  route, phase)
-    for (route, phase), items in after.items():
-        old_items = before.get((route, phase), [])
-        for position, (index, item) in enumerate(items):
-            if position < len(old_items):
-                yield from _dose_range(old_items[position][1], item, f"/dosing_ranges/{index}", route, phase)
-            else:
-                yield ClinicalChange("dosing_range_added", f"/dosing_ranges/{index}", None, item,
-                                     f"Dosing range added: {_route_name(route)}, {phase} phase: "
-                                     f"{item.get('dose_min')}-{item.get('dose_max')} {item.get('unit')}",
-                                     route, phase)
+    for route, phase in after:
+        pairs, _, added = paired[(route, phase)]
+        for old, (index, item) in sorted(pairs, key=lambda pair: pair[1][0]):
+            yield from _dose_range(old, item, f"/dosing_ranges/{index}", route, phase)
+        for index, item in added:
+            yield ClinicalChange("dosing_range_added", f"/dosing_ranges/{index}", None, item,
+                                 f"Dosing range added: {_route_name(route)}, {phase} phase: "
+                                 f"{item.get('dose_min')}-{item.get('dose_max')} {item.get('unit')}",
+                                 route, phase)
+
+
+_Indexed = tuple[int, Mapping[str, Any]]
+
+
+def _pair(old: list[_Indexed], new: list[_Indexed], route: Any, phase: Any) -> tuple[
+        list[tuple[Mapping[str, Any], _Indexed]], list[_Indexed], list[_Indexed]]:
+    """The ranges of one route and phase, matched old to new: ``(pairs, removed, added)``.
+
+    A phase's ranges are alternatives, so their order carries no meaning: a range that is still there,
+    unchanged, is matched wherever it now stands (matched by position, two swapped ranges read as four
+    "major" dose changes). The ranges left over are matched in order, as before."""
+    unmatched = list(old)
+    twins: list[tuple[Mapping[str, Any], _Indexed]] = []
+    rest: list[_Indexed] = []
+    for index, item in new:
+        twin = next((candidate for candidate in unmatched
+                     if not any(_dose_range(candidate[1], item, "", route, phase))), None)
+        if twin is None:
+            rest.append((index, item))
+        else:
+            unmatched.remove(twin)
+            twins.append((twin[1], (index, item)))
+    pairs = twins + [(o[1], n) for o, n in zip(unmatched, rest, strict=False)]
+    return pairs, unmatched[len(rest):], rest[len(unmatched):]
 
 
 def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: Any,

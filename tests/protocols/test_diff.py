@@ -186,6 +186,29 @@ def test_ranges_are_matched_by_route_and_phase_not_position() -> None:
                                                         "maintenance")
 
 
+def test_alternative_ranges_of_one_phase_are_matched_by_content_not_position() -> None:
+    """A phase's ranges are alternatives; swapping them is no dose change (matched by position, two
+    swapped ranges read as four "major" changes). A range that really changed is still reported,
+    against the range it came from."""
+    a = document()
+    first = a["dosing_ranges"][0]
+    a["dosing_ranges"] = [{**first, "dose_min": 0.1, "dose_max": 0.5, "unit": "mg/kg/h"},
+                          {**first, "dose_min": 0.3, "dose_max": 1, "unit": "mg/kg/h"},
+                          {**first, "dose_min": 2, "dose_max": 3, "unit": "mg/kg/h"}]
+    b = copy.deepcopy(a)
+    b["dosing_ranges"].reverse()
+    assert diff.clinical_changes(a, b) == []
+    b["dosing_ranges"][0]["dose_max"] = 4  # the 2-3 range, now first, widened
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.path, change.before, change.after) == (
+        "dose_max_increased", "/dosing_ranges/0/dose_max", 3, 4)
+    c = copy.deepcopy(a)
+    del c["dosing_ranges"][0]
+    c["dosing_ranges"].reverse()
+    change = only(diff.clinical_changes(a, c))
+    assert (change.type, change.path, change.before["dose_min"]) == ("dosing_range_removed", "/dosing_ranges/0", 0.1)
+
+
 def test_changing_a_ranges_route_is_a_removal_and_an_addition() -> None:
     def move_to_iv(b: dict[str, Any]) -> None:
         b["routes"].append(IV_ROUTE)
