@@ -13,7 +13,7 @@ from marshmallow import ValidationError
 
 from api.errors import flatten_errors
 from api.extensions import get_db
-from protocols import audit, catalog, migrate, transfer
+from protocols import audit, catalog, keys, migrate, transfer
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
 
@@ -55,7 +55,7 @@ def load_command(directory: Path | None) -> None:
         validated.append((catalog_file, entries))
     if failed:
         raise click.ClickException("catalog has invalid files; nothing was loaded")
-    ctx = WriteContext(actor="catalog-loader")
+    ctx = WriteContext(actor=keys.CATALOG_ACTOR)
     for catalog_file, entries in validated:
         result = catalog.sync_protocol(get_db(), catalog_file.protocol_id, entries, ctx)
         if result.appended:  # a change made outside any HTTP request still belongs in the audit log
@@ -98,10 +98,10 @@ def import_command(path: Path) -> None:
     except transfer.ImportRejected as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
-        audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor="cli", target=str(path),
+        audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=keys.CLI_ACTOR, target=str(path),
                      detail=f"{len(exc.errors)} problem(s); first: {exc.errors[0]}")
         raise click.ClickException(f"{len(exc.errors)} problem(s) in {path}; nothing was imported") from exc
-    audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.ALLOWED, actor="cli", target=str(path),
+    audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.ALLOWED, actor=keys.CLI_ACTOR, target=str(path),
                  detail=f"imported {result.versions} versions of {len(result.protocols)} protocols")
     click.echo(f"imported {result.versions} versions of {len(result.protocols)} protocols")
 

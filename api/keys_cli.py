@@ -25,9 +25,16 @@ keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
 
 def _actor() -> str:
     try:
-        return f"cli:{getpass.getuser()}"
+        return f"{keys.CLI_ACTOR}:{getpass.getuser()}"
     except (KeyError, OSError):
-        return "cli"
+        return keys.CLI_ACTOR
+
+
+def _checked_name(name: str) -> str:
+    problem = keys.key_name_problem(name)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="--name")
+    return name
 
 
 def _parse_expiry(text: str | None) -> datetime | None:
@@ -49,7 +56,8 @@ def _when(value: datetime | None) -> str:
 
 
 @keys_cli.command("create")
-@click.option("--name", required=True, help="Who uses the key; recorded as the author of its writes.")
+@click.option("--name", required=True, callback=lambda _ctx, _param, name: _checked_name(name),
+              help="Who uses the key; recorded as the author of its writes.")
 @click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(keys.SCOPES),
               help="Repeat for several scopes.")
 @click.option("--expires", default=None, help="RFC 3339 time or ISO duration from now (P90D).")

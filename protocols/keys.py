@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ from protocols.models import ApiKey
 from protocols.timeutil import utcnow
 
 KEY_PREFIX = "tpk_"
+#: Authors the service records for its own writes and audit events; no key may be named like them,
+#: or a key's writes would read as the curated catalog's (``recorded_by`` carries the key's name).
+CATALOG_ACTOR = "catalog-loader"
+CLI_ACTOR = "cli"
+_KEY_NAME = re.compile(r"[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]{0,62}[^\s\x00-\x1f\x7f])?")
 READ = "protocols:read"
 WRITE = "protocols:write"
 ADMIN = "admin"
@@ -64,6 +70,15 @@ class KeyInfo:
         return scope in self.scopes
 
 
+def key_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a key (it becomes the author of the key's writes), or None."""
+    if not _KEY_NAME.fullmatch(name):
+        return "1 to 64 characters, no control characters (tab, newline …), no blank at either end"
+    if name.casefold() in (CATALOG_ACTOR, CLI_ACTOR) or name.casefold().startswith(f"{CLI_ACTOR}:"):
+        return f"'{name}' is an author name of the service itself"
+    return None
+
+
 def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
@@ -93,6 +108,9 @@ def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: da
                now: datetime | None = None, ctx: WriteContext = WriteContext()) -> tuple[KeyInfo, str]:
     """Mint a key. Returns its description and the plain key, which exists nowhere else afterwards.
     ``ctx.audit``, if given, is written in the same transaction as the key."""
+    problem = key_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"key name: {problem}")
     canonical = normalize_scopes(scopes)
     plain = generate_key()
     now = now or utcnow()

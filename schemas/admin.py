@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from protocols.keys import SCOPES
+from protocols.keys import SCOPES, key_name_problem
 from protocols.timeutil import format_rfc3339, utcnow
 from schemas.fields import Instant, Text
 from schemas.query import PageQuerySchema
@@ -20,8 +20,14 @@ class Timestamp(Instant):
         return None if value is None else format_rfc3339(value)
 
 
+def _check_key_name(name: str) -> None:
+    problem = key_name_problem(name)
+    if problem is not None:
+        raise ValidationError(problem)
+
+
 class KeyCreateSchema(Schema):
-    name = Text(required=True, validate=validate.Length(1, 200),
+    name = Text(required=True, validate=[validate.Length(1, 64), _check_key_name],
                 metadata={"description": "Who uses the key (recorded as the author of every write)",
                           "example": "ehr-integration-prod"})
     scopes = fields.List(Text(validate=validate.OneOf(SCOPES)), required=True, validate=validate.Length(1, 3),

@@ -220,6 +220,10 @@ def test_cli_create_list_revoke(app, anon_client):
     assert runner.invoke(args=["keys", "revoke", "nope"]).exit_code != 0
     bad_scope = runner.invoke(args=["keys", "create", "--name", "x", "--scope", "root"])
     assert bad_scope.exit_code != 0
+    for name in ("catalog-loader", "a\nb", " x"):  # the service's own author name; control or edge blanks
+        refused = runner.invoke(args=["keys", "create", "--name", name, "--scope", "protocols:write"])
+        assert refused.exit_code != 0 and "--name" in refused.output, refused.output
+    assert "catalog-loader" not in runner.invoke(args=["keys", "list"]).output
     assert runner.invoke(args=["keys", "create", "--name", "x", "--scope", "admin", "--expires",
                                "2001-01-01T00:00:00Z"]).exit_code != 0
 
@@ -257,6 +261,16 @@ def test_admin_api_creates_lists_and_revokes_keys(client, anon_client):
     ({"name": "x", "scopes": ["admin"], "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
     ({"name": "x", "scopes": ["admin"], "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
     ({"name": "x", "scopes": ["admin"], "owner": "me"}, "owner"),
+    # the name becomes the author of the key's writes (recorded_by)
+    ({"name": "  ", "scopes": ["admin"]}, "name"),
+    ({"name": " padded", "scopes": ["admin"]}, "name"),
+    ({"name": "a\nb", "scopes": ["admin"]}, "name"),
+    ({"name": "tab\there", "scopes": ["admin"]}, "name"),
+    ({"name": "x" * 65, "scopes": ["admin"]}, "name"),
+    ({"name": "catalog-loader", "scopes": ["protocols:write"]}, "name"),
+    ({"name": "Catalog-Loader", "scopes": ["protocols:write"]}, "name"),
+    ({"name": "cli", "scopes": ["protocols:write"]}, "name"),
+    ({"name": "cli:root", "scopes": ["protocols:write"]}, "name"),
 ])
 def test_admin_key_creation_rejects_bad_input(client, body, path):
     response = client.post("/v1/admin/keys", json=body)
@@ -277,3 +291,11 @@ def test_versions_record_the_key_name_and_request_id(anon_client, make_key):
     assert created.get_json()["request_id"] == "req-123"
     versions = anon_client.get(f"/v1/protocols/{payload['id']}/versions", headers=bearer(key)).get_json()
     assert [(v["recorded_by"], v["request_id"]) for v in versions["items"]] == [("pharmacy-curator", "req-123")]
+
+
+def test_the_domain_refuses_a_key_named_like_the_service_itself(db):
+    """Whatever the caller (API, CLI, a script), a key cannot sign its writes as the curated catalog."""
+    for name in ("catalog-loader", "cli:ops", "line\nbreak", ""):
+        with pytest.raises(ValueError, match="key name"):
+            keys.create_key(db, name, [keys.WRITE])
+    assert all(info.name != "catalog-loader" for info in keys.list_keys(db))
