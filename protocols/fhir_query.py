@@ -30,7 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from protocols import fhir, terminology, versioning
 from protocols.db import Database
-from protocols.errors import DomainError, VersionNotFound
+from protocols.errors import DomainError, ProtocolNotFound, VersionNotFound
 from protocols.models import EffectivePeriod, ProtocolVersion, SearchTerm
 from protocols.timeutil import parse_rfc3339
 
@@ -351,9 +351,14 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
             since: datetime | None = None) -> HistoryPage:
     """Published versions (active and retired), newest first; drafts are left out.
 
-    Raises ``ProtocolNotFound`` for an id that never existed."""
+    Raises ``ProtocolNotFound`` for an id that never existed, and for one with drafts only: over FHIR
+    that protocol does not exist yet (its read is a 404 too)."""
     versioning.latest(db, protocol_id)  # existence check, raises ProtocolNotFound
     where = [ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status.in_(PUBLISHED)]
+    with db.read() as session:
+        if session.execute(select(ProtocolVersion.seq).where(*where).limit(1)).first() is None:
+            raise ProtocolNotFound(f"MedicationKnowledge/{protocol_id} has no published version "
+                                   "(drafts are not published over FHIR)", protocol_id=protocol_id)
     if since is not None:
         where.append(ProtocolVersion.recorded_at >= since)
     with db.read() as session:

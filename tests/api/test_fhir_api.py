@@ -546,3 +546,14 @@ def test_options_and_405_name_the_same_methods(client, path):
     assert options.headers["Allow"] == "GET, HEAD, OPTIONS"
     refused = client.put(path, json={"resourceType": "MedicationKnowledge"})
     assert refused.status_code == 405 and refused.headers["Allow"] == options.headers["Allow"]
+
+
+def test_a_protocol_with_drafts_only_does_not_exist_over_fhir(client):
+    """Its read is a 404; so is its history (an empty 200 Bundle told that an unpublished draft exists)."""
+    draft_only = _create(client, status="draft")["id"]
+    _outcome(client.get(f"{MK}/{draft_only}"), 404)
+    body = _outcome(client.get(f"{MK}/{draft_only}/_history"), 404)
+    assert "no published version" in body["issue"][0]["diagnostics"]
+    _outcome(client.get(f"{MK}/{draft_only}/_history/1"), 404)
+    published = _create(client)["id"]
+    assert client.get(f"{MK}/{published}/_history").status_code == 200
