@@ -19,9 +19,7 @@ not an error, because the order itself is fine.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from pydantic import ValidationError as PydanticValidationError
 from api.errors import ApiError
 from api.extensions import get_db
 from api.parsing import Blueprint
-from protocols import search, terminology
+from protocols import fhir_query, search, terminology
 from protocols.dose_units import UnitError, to_kilograms
 from protocols.dosing import (
     FAVOURABLE_ORDER,
@@ -51,7 +49,6 @@ from protocols.dosing import (
     number_problem,
     ranges_for,
 )
-from protocols.timeutil import parse_rfc3339
 from protocols.versioning import StoredVersion
 from schemas.dosing import CdsDiscoverySchema, CdsRequestSchema, CdsResponseSchema
 
@@ -327,16 +324,14 @@ def _observation_weight(resource: Any) -> tuple[datetime, Fraction] | None:
     if not isinstance(quantity, Mapping) or not isinstance(quantity.get("value"), int | Decimal):
         return None
     unit = quantity.get("code") or quantity.get("unit")
-    if number_problem(Decimal(quantity["value"])) is not None:
+    value = Decimal(quantity["value"])
+    if number_problem(value) is not None:
         return None  # 0, negative, 1e999999 …: no weight (and no million-digit arithmetic)
     try:
-        kilograms = to_kilograms(Decimal(quantity["value"]), str(unit))
+        kilograms = to_kilograms(value, str(unit))
     except UnitError:
         return None
     return _observed_at(resource), kilograms
-
-
-_FHIR_PARTIAL_DATE = re.compile(r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?")
 
 
 def _observed_at(resource: Mapping[str, Any]) -> datetime:
@@ -345,14 +340,8 @@ def _observed_at(resource: Mapping[str, Any]) -> datetime:
     partial FHIR date (``2024``, ``2024-06``, ``2024-06-01``) counts from its start; a missing or
     unreadable time sorts oldest."""
     when = resource.get("effectiveDateTime") or resource.get("effectiveInstant") or resource.get("issued")
-    if isinstance(when, str):
-        with contextlib.suppress(ValueError):
-            return parse_rfc3339(when)
-        partial = _FHIR_PARTIAL_DATE.fullmatch(when)
-        if partial is not None:
-            with contextlib.suppress(ValueError):
-                return datetime(int(partial[1]), int(partial[2] or 1), int(partial[3] or 1))
-    return datetime.min
+    start = fhir_query.date_start(when) if isinstance(when, str) else None
+    return start if start is not None else datetime.min
 
 
 # ----------------------------------------------------------------------------------- cards

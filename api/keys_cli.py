@@ -30,7 +30,8 @@ def _actor() -> str:
         return keys.CLI_ACTOR
 
 
-def _checked_name(name: str) -> str:
+def _checked_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
+    """``--name`` callback: the domain's rule for key names (protocols.keys.key_name_problem)."""
     problem = keys.key_name_problem(name)
     if problem is not None:
         raise click.BadParameter(problem, param_hint="--name")
@@ -56,7 +57,7 @@ def _when(value: datetime | None) -> str:
 
 
 @keys_cli.command("create")
-@click.option("--name", required=True, callback=lambda _ctx, _param, name: _checked_name(name),
+@click.option("--name", required=True, callback=_checked_name,
               help="Who uses the key; recorded as the author of its writes.")
 @click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(keys.SCOPES),
               help="Repeat for several scopes.")

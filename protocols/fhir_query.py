@@ -235,6 +235,18 @@ def _date_range(match: re.Match[str]) -> tuple[datetime, datetime]:
     return start, start + timedelta(seconds=1)
 
 
+def date_start(value: str) -> datetime | None:
+    """Where a FHIR date or dateTime of any precision (``2024``, ``2024-06-01``,
+    ``2024-06-01T10:00:00+09:00``) starts, as naive UTC; None when ``value`` is not one."""
+    match = _DATE.fullmatch(value)
+    if match is None or match["prefix"] is not None:
+        return None
+    try:
+        return _date_range(match)[0]
+    except ValueError:  # 2024-02-30 and the like
+        return None
+
+
 def parse_instant(name: str, value: str) -> datetime:
     """An instant parameter such as ``_since``: full date-time with a zone."""
     try:

@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, validate
 
+from protocols.dosing import MAX_SIGNIFICANT_DIGITS
 from protocols.durations import parse_duration
 from protocols.timeutil import parse_rfc3339
 
@@ -18,7 +19,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 #: a top-level domain (sources) and without one (a CDS Hooks ``fhirServer`` may be an intranet host).
 URL_VARIANTS = ((False, True, True), (False, True, False))
 
-MAX_SIGNIFICANT_DIGITS = 12
 MAX_DOSE_VALUE = Decimal(1_000_000)
 
 
