@@ -60,7 +60,7 @@ def post_worker_init(worker: object) -> None:
     import gc
     import sys
 
-    from api import cds_api
+    from api import cds_api, server_errors
     from protocols import dose_units, units
     from schemas import fields
 
@@ -72,6 +72,9 @@ def post_worker_init(worker: object) -> None:
     dose_units.parse_dose_unit("mg/kg/h")
     fields.compile_url_patterns()
     cds_api.warm_up()
+    # Requests gunicorn refuses itself (request line or headers too long, malformed) get the app's
+    # JSON error body instead of gunicorn's HTML page (api/server_errors.py).
+    server_errors.install()
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(switch_interval_s)

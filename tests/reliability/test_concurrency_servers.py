@@ -239,3 +239,44 @@ def test_a_chunked_upload_over_the_body_limit_is_refused_by_the_real_server(serv
     assert response.status == 413 and body["code"] == 413, body
     session = server.session()
     assert session.get(f"{server.url}/v1/protocols/chunked-over-limit", timeout=10).status_code == 404
+
+
+def _raw_exchange(server: Server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (clients refuse to send these requests) and read the whole answer."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    pytest.param(b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+                 id="request-line-too-long"),
+    pytest.param(b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-N%d: 1\r\n" % n for n in range(120))
+                 + b"\r\n", 431, id="too-many-headers"),
+    pytest.param(b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431,
+                 id="header-too-large"),
+    pytest.param(b"GARBAGE\r\n\r\n", 400, id="malformed-request-line"),
+    pytest.param(b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400, id="malformed-header-name"),
+])
+def test_requests_gunicorn_refuses_itself_get_the_json_error_body(server: Server, request_bytes: bytes,
+                                                                 status: int) -> None:
+    """gunicorn answers these before the app runs; its HTML page is replaced by the app's error shape
+    (api/server_errors.py), which integrations parse for every error."""
+    got, headers, body = _raw_exchange(server, request_bytes)
+    assert got == status, (headers, body)
+    assert headers["content-type"] == "application/json"
+    assert int(headers["content-length"]) == len(body)
+    assert headers["x-content-type-options"] == "nosniff"
+    document = json.loads(body)
+    assert document["code"] == status and document["status"] and document["message"]
+    assert document["request_id"] == headers["x-request-id"]
+    assert len(document["message"]) <= 200  # a bounded description, not an echo of the 9 KB line
+    assert b"<html" not in body.lower()
