@@ -28,7 +28,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from flask import url_for
+from flask import request, url_for
 from pydantic import ValidationError as PydanticValidationError
 
 from api.errors import ApiError
@@ -95,14 +95,21 @@ def discovery() -> dict[str, Any]:
     return {"services": [_service(service_id) for service_id in SERVICE_HOOKS]}
 
 
+@blp.before_request
+def _known_service() -> None:
+    """An unknown service is a 404 whatever its body: ``@blp.arguments`` would otherwise validate the
+    body first and answer 400 for a request no service can take."""
+    service_id = (request.view_args or {}).get("service_id")
+    if request.endpoint == "cds.call_service" and service_id not in SERVICE_HOOKS:
+        raise ApiError(404, f"no CDS service '{service_id}'; see GET /cds-services")
+
+
 @blp.route("/<string:service_id>", methods=["POST"])
 @blp.arguments(CdsRequestSchema(), error_status_code=400)
 @blp.response(200, CdsResponseSchema)
 @blp.alt_response(404, description="No such CDS service")
 def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any]:
     """Run the dose check for the draft orders of an order-select or order-sign hook."""
-    if service_id not in SERVICE_HOOKS:
-        raise ApiError(404, f"no CDS service '{service_id}'; see GET /cds-services")
     context = request_body["context"]
     orders = draft_medication_requests(context.get("draftOrders"), request_body["hook"],
                                        context.get("selections") or [])
@@ -241,47 +248,89 @@ def _quantity(value: Any, path: str) -> Quantity | None:
     return Quantity(number, str(unit or ""))
 
 
-def _frequency(dosage: Any) -> tuple[Frequency | None, list[str]]:
+#: FHIR R4 timing abbreviations (``Timing.code``, v3 GTSAbbreviation) with a fixed frequency, used
+#: when an order carries no ``timing.repeat`` frequency: an order "BID" is two doses a day, not one.
+TIMING_ABBREVIATIONS = {
+    "QD": (1, "P1D"), "AM": (1, "P1D"), "PM": (1, "P1D"), "BED": (1, "P1D"), "BID": (2, "P1D"),
+    "TID": (3, "P1D"), "QID": (4, "P1D"), "QOD": (1, "P2D"), "WK": (1, "P1W"),
+    "Q1H": (1, "PT1H"), "Q2H": (1, "PT2H"), "Q3H": (1, "PT3H"), "Q4H": (1, "PT4H"), "Q6H": (1, "PT6H"),
+    "Q8H": (1, "PT8H"),
+}
+TIMING_ABBREVIATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
+
+
+def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str]]:
+    """The most frequent schedule the timing allows: ``frequencyMax`` when given (1-3 times a day is
+    checked as 3), the shorter ``period`` (every 4-6 h is every 4 h), or a timing abbreviation."""
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None or repeat.period is None or repeat.periodUnit is None:
-        return None, []
+        return _abbreviated_frequency(dosage)
     unit_seconds = PERIOD_UNIT_SECONDS.get(repeat.periodUnit)
     total = Fraction(Decimal(str(repeat.period))) * (unit_seconds or 0)
     if unit_seconds is None or total.denominator != 1 or total <= 0:
         return None, [f"The timing ({repeat.period} {repeat.periodUnit}) has no fixed length in seconds; "
                       f"the per-period maximum was checked for one dose."]
-    seconds = int(total)
+    count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0))
+    notes = ([f"Checked at the most frequent the timing allows: {count} per {repeat.period} {repeat.periodUnit}."]
+             if repeat.frequencyMax is not None and count != int(repeat.frequency or 1) else [])
+    frequency = Frequency(count, _iso_duration(int(total)))
+    try:
+        frequency.period_seconds  # noqa: B018 - the dose check parses it: it must be a duration it can read
+    except ValueError:
+        raise _bad_request(f"{path}.timing.repeat.period", f"{repeat.period} {repeat.periodUnit} is longer "
+                           "than a dosing period this service can check") from None
+    return frequency, notes
+
+
+def _abbreviated_frequency(dosage: Any) -> tuple[Frequency | None, list[str]]:
+    codes = [c.code for c in _codings(dosage.timing.code if dosage.timing is not None else None)
+             if c.system in (TIMING_ABBREVIATION_SYSTEM, None) and c.code]
+    for code in codes:
+        if str(code).upper() in TIMING_ABBREVIATIONS:
+            count, period = TIMING_ABBREVIATIONS[str(code).upper()]
+            return Frequency(count, period), [f"Frequency from the timing code {code}: {count} per {period}."]
+    if codes:
+        return None, [f"The timing code {codes[0]} has no fixed frequency; the per-period maximum was checked "
+                      f"for one dose."]
+    return None, []
+
+
+def _iso_duration(seconds: int) -> str:
     for suffix, size in (("W", 604800), ("D", 86400)):
         if seconds % size == 0:
-            return Frequency(int(repeat.frequency or 1), f"P{seconds // size}{suffix}"), []
-    for suffix, size in (("H", 3600), ("M", 60), ("S", 1)):
+            return f"P{seconds // size}{suffix}"
+    for suffix, size in (("H", 3600), ("M", 60)):
         if seconds % size == 0:
-            return Frequency(int(repeat.frequency or 1), f"PT{seconds // size}{suffix}"), []
-    return None, []  # unreachable: every integral number of seconds matches "S"
+            return f"PT{seconds // size}{suffix}"
+    return f"PT{seconds}S"
 
 
 def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
+    """One line per ``doseAndRate``. Everything the entry orders is judged and the worst verdict wins:
+    a dose (or both ends of a dose range) *and* its rate, so a 98 mg dose given at 70 mg/h is
+    checked at 70 mg/h too."""
     routes = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code]
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
-    frequency, notes = _frequency(dosage)
+    frequency, notes = _frequency(dosage, path)
     lines = []
     for index, dose_and_rate in enumerate(dosage.doseAndRate or []):
         where = f"{path}.doseAndRate.{index}"
-        doses: list[Quantity] = []
+        amounts: list[Quantity] = []
         dose = _quantity(dose_and_rate.doseQuantity, f"{where}.doseQuantity")
         rate = _quantity(dose_and_rate.rateQuantity, f"{where}.rateQuantity")
         if dose is not None:
-            doses = [dose]
+            amounts = [dose]
         elif dose_and_rate.doseRange is not None:
             dose_range = dose_and_rate.doseRange
-            doses = [q for q in (_quantity(dose_range.low, f"{where}.doseRange.low"),
-                                 _quantity(dose_range.high, f"{where}.doseRange.high")) if q is not None]
-        elif rate is not None:
-            doses = [rate]
+            amounts = [q for q in (_quantity(dose_range.low, f"{where}.doseRange.low"),
+                                   _quantity(dose_range.high, f"{where}.doseRange.high")) if q is not None]
+        labels = [" to ".join(f"{fmt(Fraction(q.value))} {q.unit}" for q in amounts)] if amounts else []
+        if rate is not None:
+            labels.append(f"{'at ' if amounts else ''}{fmt(Fraction(rate.value))} {rate.unit}")
+        doses = [*amounts, *([rate] if rate is not None else [])]
         if doses:
-            label = " to ".join(f"{fmt(Fraction(q.value))} {q.unit}" for q in doses)
-            lines.append(DosageLine(routes[0], doses, frequency, label, list(notes)))
+            lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels), list(notes)))
     return lines
 
 
@@ -314,15 +363,20 @@ def prefetched_weight(prefetch: Mapping[str, Any]) -> Fraction | str:
 def _observation_weight(resource: Any) -> tuple[datetime, Fraction] | None:
     if not isinstance(resource, Mapping) or resource.get("resourceType") != "Observation":
         return None
-    if resource.get("status") not in USABLE_OBSERVATION_STATUSES:
+    # Prefetched resources are the EHR's data, not validated here: anything not shaped like a usable
+    # body-weight Observation is no weight (the card then says so), never an error of the service.
+    status, concept = resource.get("status"), resource.get("code")
+    if not isinstance(status, str) or status not in USABLE_OBSERVATION_STATUSES or not isinstance(concept, Mapping):
         return None
-    codes = [(c.get("system"), c.get("code")) for c in (resource.get("code") or {}).get("coding") or []
+    codings = concept.get("coding")
+    codes = [(c.get("system"), c.get("code")) for c in (codings if isinstance(codings, list) else [])
              if isinstance(c, Mapping)]
     if (LOINC, BODY_WEIGHT_LOINC) not in codes:
         return None
     quantity = resource.get("valueQuantity")
-    if not isinstance(quantity, Mapping) or not isinstance(quantity.get("value"), int | Decimal):
-        return None
+    if (not isinstance(quantity, Mapping) or isinstance(quantity.get("value"), bool)
+            or not isinstance(quantity.get("value"), int | Decimal)):
+        return None  # true is an int to Python, not a weight of 1 kg
     unit = quantity.get("code") or quantity.get("unit")
     value = Decimal(quantity["value"])
     if number_problem(value) is not None:

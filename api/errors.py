@@ -155,7 +155,7 @@ def init_app(app: Flask) -> None:
         if "messages" in data:  # webargs/flask-smorest validation errors
             errors = flatten_errors(_strip_locations(data["messages"]))
         message = data.get("message") or exc.description or HTTPStatus(status).phrase
-        if status == 422 and errors and not data.get("message"):
+        if status in (400, 422) and errors and not data.get("message"):
             message = "The request is not valid; see errors for each offending field."
         headers = dict(exc.get_headers()) if status in (405, 401) else {}
         headers.pop("Content-Type", None)

@@ -89,9 +89,12 @@ def _registry() -> Any:
 @lru_cache(maxsize=256)
 def _quantity(code: str) -> Any:
     try:
-        return _registry().from_ucum(code)
+        quantity = _registry().from_ucum(code)
     except Exception as exc:  # ucumvert raises its own error types (and lark's) for bad input
         raise UnitError(f"'{code}' is not a valid UCUM unit") from exc
+    if not hasattr(quantity, "dimensionality"):  # an annotation alone ({spray}) parses to a bare token
+        raise UnitError(f"'{code}' names no unit (an annotation such as {{spray}} alone is not a unit)")
+    return quantity
 
 
 def _dimension(code: str) -> str:

@@ -4,8 +4,9 @@ Pure domain code (no Flask, no database): it receives a version's clinical conte
 and returns a verdict with the arithmetic shown, so a clinician can see *why* (``0.5-1 mg/kg x
 70 kg = 35-70 mg``). Every comparison is exact — values are Decimals on the wire, Fractions here
 (see :mod:`protocols.dose_units`) — so a dose exactly at an edge is inside and one a hair beyond it
-is outside. Numbers shown to people are rounded only for display (12 significant digits) and only
-when a quotient does not terminate (e.g. 1 mg/kg/h in ug/kg/min).
+is outside. Numbers shown to people are rounded only for display (12 significant digits), only when
+the exact value needs more digits (1 mg/kg/h in ug/kg/min; 1.00000000001 mL of 4.49999999996 mg/mL),
+and then always with ``≈``.
 
 Choosing the range. A protocol may hold several ranges for a route, one per phase (induction,
 maintenance…). With a ``phase`` the ranges of that phase are used. Without one, ranges that all
@@ -94,6 +95,10 @@ class PhaseRequired(DosingError):
 class ConcentrationRequired(DosingError):
     def __init__(self, message: str) -> None:
         super().__init__("concentration", message)
+
+
+class RateAsMaximum(Exception):
+    """A stored per-period maximum in a rate unit: not an answer for the caller to fix, a note."""
 
 
 class UnitsIncompatible(DosingError):
@@ -229,14 +234,6 @@ def exact(value: Any) -> Fraction:
     raise TypeError(f"not a number: {value!r}")
 
 
-def is_terminating(value: Fraction) -> bool:
-    denominator = value.denominator
-    for prime in (2, 5):
-        while denominator % prime == 0:
-            denominator //= prime
-    return denominator == 1
-
-
 def to_decimal(value: Fraction) -> Decimal:
     """Exact when the decimal expansion terminates within 12 significant digits, else rounded."""
     with localcontext() as ctx:
@@ -248,11 +245,14 @@ def to_decimal(value: Fraction) -> Decimal:
 
 
 def fmt(value: Fraction) -> str:
-    """A number for people: plain notation, ``≈`` when it had to be rounded."""
-    text = format(to_decimal(value), "f")
+    """A number for people: plain notation, ``≈`` when it had to be rounded (a quotient that does not
+    terminate, or a product with more than 12 significant digits: shown without ``≈``, 4.5 would read
+    as equal to a 4.5 limit it exceeds)."""
+    shown = to_decimal(value)
+    text = format(shown, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return text if is_terminating(value) else f"≈{text}"
+    return text if Fraction(shown) == value else f"≈{text}"
 
 
 def number_problem(value: Decimal) -> str | None:
@@ -406,13 +406,22 @@ def _max_per_period(dose_range: Mapping[str, Any]) -> tuple[Amount, str, DoseUni
     if not limit:
         return None
     unit = _unit(str(limit["unit"]), "max_per_period.unit")
+    if unit.is_rate:
+        # Refused at write time (schemas.clinical.MaxPerPeriodSchema); a version stored before that
+        # rule may hold one. Adding up rates per dose means nothing, so it is not applied (and said so).
+        raise RateAsMaximum(f"the protocol's maximum per period ({fmt(exact(limit['value']))} {unit.code} per "
+                            f"{limit['period']}) is a rate, not an amount, and was not applied")
     return Amount(exact(limit["value"]), unit.code), str(limit["period"]), unit
 
 
 def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, Any],
                 weight: Fraction | None, duration_s: Fraction | None,
                 notes: list[str]) -> PerPeriod | None:
-    limit = _max_per_period(dose_range)
+    try:
+        limit = _max_per_period(dose_range)
+    except RateAsMaximum as exc:
+        notes.append(f"Per-period maximum not checked: {exc}.")
+        limit = None
     frequency = order.frequency
     dose_value = Fraction(order.dose.value)
     if limit is None and frequency is None:
@@ -565,9 +574,13 @@ def _patient_range(index: int, dose_range: Mapping[str, Any], weight: Fraction |
         label = f"{frequency['count']} per {frequency['period']}"
         text = frequency.get("text")
         messages.append(f"Frequency: {text} ({label})." if text else f"Frequency: {label}.")
-    limit = _max_per_period(dose_range)
     maximum: Amount | None = None
     period: str | None = None
+    try:
+        limit = _max_per_period(dose_range)
+    except RateAsMaximum as exc:
+        messages.append(f"Per-period maximum: {exc}.")
+        limit = None
     if limit is not None:
         maximum, period, unit = limit
         if unit.per_kg and weight is not None:

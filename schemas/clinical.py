@@ -69,6 +69,21 @@ class MaxPerPeriodSchema(QuantitySchema):
 
     period = Duration(required=True, metadata={"example": "P1D"})
 
+    @validates_schema
+    def _check_amount(self, data: dict[str, Any], **_: Any) -> None:
+        """An amount (mg, mg/kg, mL) per period, never a rate: "30 mg/h per day" cannot be checked,
+        since the dose check adds up the doses given in the period."""
+        unit = data.get("unit")
+        if not unit:
+            return  # the unit field reports its own error
+        try:
+            is_rate = dose_units.parse_dose_unit(unit).is_rate
+        except dose_units.UnitError:
+            return
+        if is_rate:
+            raise ValidationError({"unit": [f"'{unit}' is a rate; a maximum per period is an amount "
+                                            "(mg, mg/kg or mL) given in period"]})
+
 
 class FrequencySchema(Schema):
     """``count`` administrations per ``period`` (e.g. 2 per ``P1W`` = twice weekly)."""

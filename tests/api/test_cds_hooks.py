@@ -499,7 +499,7 @@ def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
     (order,) = cds_api.draft_medication_requests(cds_api._WARM_UP_ORDERS, "order-sign", [])
     assert order.rxnorm == ["6130"] and order.reasons == ["35489007"]  # via the contained Medication
     assert [(line.route, line.label, line.frequency is not None) for line in order.lines] == [
-        ("47625008", "70 mg", True), ("47625008", "1 mg/kg to 2 mg/kg", True)]
+        ("47625008", "70 mg at 1 mg/kg/h", True), ("47625008", "1 mg/kg to 2 mg/kg", True)]
 
 
 _FIRST_ORDER = """
@@ -526,3 +526,84 @@ def first_order_imports(mode: str) -> list[str]:
 def test_after_the_warm_up_the_first_draft_order_imports_nothing():
     assert first_order_imports("warm") == []
     assert "fhir.resources.R4B.medicationrequest" in first_order_imports("cold")  # the control
+
+
+# ------------------------------------------------------------------- found by an adversarial probe
+
+
+def test_a_rate_is_judged_even_when_the_entry_also_has_a_dose(client):
+    """98 mg at 70 mg/h for 70 kg is 1 mg/kg/h against a 0.35 mg/kg/h protocol: the rate was dropped
+    whenever a dose came with it, and the card said "within protocol range"."""
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.35,
+                                              "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H"}])
+    both = medication_request("crps-1", KETAMINE, IV, dose=(98, "mg"), rate=(70, "mg/h"))
+    rate_only = medication_request("crps-2", KETAMINE, IV, rate=(70, "mg/h"))
+    fitting = medication_request("crps-3", KETAMINE, IV, dose=(98, "mg"), rate=(24.5, "mg/h"))
+    result = cards(client, hook_request([both, rate_only, fitting], weight=weight_bundle(70)))
+    assert [c["indicator"] for c in result] == ["critical", "critical", "info"]
+    assert "98 mg at 70 mg/h" in result[0]["summary"]
+    assert "70 mg/h" in result[0]["detail"] and "98 mg" in result[0]["detail"]
+
+
+def test_frequency_max_and_timing_codes_are_checked_at_their_most_frequent(client):
+    create(client)  # Spravato-like: at most 84 mg per P1D
+    up_to_three = medication_request("esk-fm", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=(1, 1, "d"))
+    up_to_three["dosageInstruction"][0]["timing"]["repeat"]["frequencyMax"] = 3
+    bid = medication_request("esk-bid", ESKETAMINE, NASAL, dose=(56, "mg"))
+    bid["dosageInstruction"][0]["timing"] = {"code": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "BID"}]}}
+    weekly = medication_request("esk-wk", ESKETAMINE, NASAL, dose=(84, "mg"))
+    weekly["dosageInstruction"][0]["timing"] = {"code": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "WK"}]}}
+    for order in (up_to_three, bid, weekly):
+        MedicationRequest.model_validate(order)
+    result = cards(client, hook_request([up_to_three, bid, weekly]))
+    assert [c["indicator"] for c in result] == ["critical", "critical", "info"]
+    assert "252 mg per P1D > maximum 84 mg per P1D" in result[0]["detail"]
+    assert "3 per 1 d" in result[0]["detail"]
+    assert "112 mg per P1D > maximum 84 mg per P1D" in result[1]["detail"]
+    assert "timing code BID" in result[1]["detail"]
+
+
+def test_a_period_too_long_to_check_is_400_naming_it(client):
+    create(client)
+    order = medication_request("esk-long", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(1, 10000, "wk"))
+    response = call(client, hook_request([order]))
+    assert response.status_code == 400, response.get_json()
+    assert ("context.draftOrders.entry.0.resource.dosageInstruction.0.timing.repeat.period"
+            in response.get_json()["errors"])
+    fits = medication_request("esk-2y", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(1, 104, "wk"))
+    (card,) = cards(client, hook_request([fits]))
+    assert card["indicator"] == "info"
+
+
+def test_prefetched_weights_that_are_not_numbers_or_not_shaped_like_fhir_are_no_weight(client):
+    """true is an int to Python (it read as 1 kg); a list where FHIR has an object was a 500."""
+    ketamine_protocol(client)
+    order = medication_request("ket-w", KETAMINE, IV, dose=(3, "mg"))
+    boolean = weight_observation(70)
+    boolean["valueQuantity"]["value"] = True
+    annotation = weight_observation(70)
+    annotation["valueQuantity"]["code"] = "{kg}"
+    shapes = [boolean, annotation,
+              {"resourceType": "Observation", "status": "final", "code": [1]},
+              {"resourceType": "Observation", "status": ["final"]},
+              {**weight_observation(70), "code": {"coding": {"system": LOINC, "code": "29463-7"}}}]
+    for weight in shapes:
+        (card,) = cards(client, hook_request([order], weight=weight))
+        assert card["indicator"] == "warning", weight
+        assert "no usable body weight" in card["detail"], weight
+
+
+def test_an_unknown_service_is_404_whatever_its_body(client):
+    response = call(client, {}, service="nope")
+    assert response.status_code == 404, response.get_json()
+    assert "no CDS service 'nope'" in response.get_json()["message"]
+
+
+def test_a_malformed_body_is_400_with_a_message_of_its_own(client):
+    response = call(client, {})
+    assert response.status_code == 400
+    body = response.get_json()
+    assert "browser" not in body["message"].lower()
+    assert "see errors" in body["message"] and "hook" in body["errors"]

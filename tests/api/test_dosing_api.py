@@ -410,6 +410,12 @@ INVALID_BODIES: list[tuple[dict[str, Any], str]] = [
      "frequency.period"),
     ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "concentration": {"value": 10, "unit": "mg/kg"}},
      "concentration.unit"),
+    # UCUM annotations alone name no unit (they were a 500: an AttributeError in the unit parser)
+    ({"route": NASAL, "dose": {"value": 2, "unit": "{spray}"}}, "dose.unit"),
+    ({"route": NASAL, "dose": {"value": 2, "unit": "mg/{tbl}"}}, "dose.unit"),
+    ({"route": NASAL, "dose": {"value": 2, "unit": "mg/kg/{h}"}}, "dose.unit"),
+    ({"route": NASAL, "dose": {"value": 2, "unit": "mL"}, "concentration": {"value": 10, "unit": "mg/{spray}"}},
+     "concentration.unit"),
     ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "as_of": "yesterday"}, "as_of"),
     ({"route": NASAL, "dose": {"value": 56, "unit": "mg"}, "surprise": True}, "surprise"),
 ]
@@ -496,3 +502,14 @@ def test_patient_dose_with_several_phases_requires_phase(client):
     assert [r["range_index"] for r in maintenance["ranges"]] == [1, 2]
     assert [r["absolute_range"]["calculation"] for r in maintenance["ranges"]] == [
         "56\u201384 mg (not weight-based)", "28\u201356 mg (not weight-based)"]
+
+
+def test_a_maximum_per_period_in_a_rate_unit_is_refused_at_write_time(client):
+    """"30 mg/h per day" cannot be checked: the dose check adds up the doses given in the period."""
+    payload = protocol_payload(dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": 10, "dose_max": 20, "unit": "mg/h", "duration": "PT2H",
+         "max_per_period": {"value": 30, "unit": "mg/h", "period": "P1D"}}])
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422, response.get_json()
+    assert "dosing_ranges.0.max_per_period.unit" in response.get_json()["errors"]
+    assert client.get(f"/v1/protocols/{payload['id']}").status_code == 404

@@ -230,7 +230,9 @@ def _json_body_operations(client) -> list[tuple[str, str, dict]]:
         for method, operation in item.items():
             body = operation.get("requestBody", {}) if isinstance(operation, dict) else {}
             if "application/json" in body.get("content", {}):
-                url = re.sub(r"\{[^}]+\}", "body-errors-probe", path)
+                # a CDS service id must name a service (an unknown one is 404 before its body is read)
+                url = re.sub(r"\{[^}]+\}", "body-errors-probe",
+                             path.replace("{service_id}", "protocol-dose-check"))
                 found.append((method.upper(), url, operation))
     return found
 

@@ -71,10 +71,26 @@ def test_dose_units_parse_with_exact_factors(code, amount, kind, factor, per_kg,
     ("foo", "not a valid UCUM unit"),
     ("", "UCUM code"),
     ("mg/kg/h/h", "amount[/kg][/time]"),
+    # An annotation alone parses to a bare token, not a quantity: it was an AttributeError (a 500).
+    ("{spray}", "names no unit"),
+    ("mg/{tbl}", "names no unit"),
+    ("{tbl}/kg", "names no unit"),
+    ("mg/kg/{h}", "names no unit"),
 ])
 def test_units_that_cannot_be_doses_say_why(code, reason):
     with pytest.raises(UnitError, match=re.escape(reason)):
         parse_dose_unit(code)
+
+
+@pytest.mark.parametrize("code", ["mg/{spray}", "{mg}/mL"])
+def test_annotation_only_concentration_units_are_unit_errors(code):
+    with pytest.raises(UnitError, match="names no unit"):
+        parse_concentration(Decimal(1), code)
+
+
+def test_an_annotation_only_weight_unit_is_a_unit_error():
+    with pytest.raises(UnitError, match="names no unit"):
+        to_kilograms(Decimal(70), "{kg}")
 
 
 def test_concentration_and_body_weight_units_convert_exactly():
@@ -311,3 +327,28 @@ def test_numbers_for_people_are_exact_or_marked_rounded():
     assert dosing.fmt(Fraction(1, 8)) == "0.125"
     assert dosing.fmt(Fraction(50, 3)).startswith("\u224816.66666666")
     assert dosing.to_decimal(Fraction(7, 2)) == Decimal("3.5")
+
+
+def test_a_rounded_product_is_marked_rounded_even_when_it_terminates():
+    """1.00000000001 x 4.49999999996 terminates after 23 digits: shown as 4.5 it read as equal to the
+    4.5 limit it exceeds."""
+    product = Fraction(Decimal("1.00000000001")) * Fraction(Decimal("4.49999999996"))
+    assert product > Fraction(9, 2)
+    assert dosing.fmt(product) == "\u22484.5"
+    assert dosing.fmt(Fraction(Decimal("123456789012"))) == "123456789012"  # 12 digits: exact
+    assert dosing.fmt(Fraction(Decimal("1234567890123"))).startswith("\u2248")
+
+
+def test_a_stored_rate_maximum_per_period_is_not_added_up_but_noted():
+    """A maximum per period in a rate unit is refused at write time; a version stored before that rule
+    keeps it, and the check says it was not applied instead of adding rates dose by dose."""
+    ranges = content({"dose_min": 10, "dose_max": 20, "unit": "mg/h", "duration": "PT2H",
+                      "max_per_period": {"value": 30, "unit": "mg/h", "period": "P1D"}})
+    result = dosing.check(ranges, order("20", "mg/h", frequency=Frequency(2, "P1D")))
+    assert result.verdict is Verdict.WITHIN_RANGE
+    assert result.evaluation is not None
+    assert result.evaluation.per_period is None or result.evaluation.per_period.maximum is None
+    assert any("is a rate, not an amount, and was not applied" in m for m in result.evaluation.messages)
+    (shown,) = dosing.patient_ranges(ranges, IV, None, None)  # type: ignore[misc]
+    assert shown.max_per_period is None
+    assert any("is a rate" in m for m in shown.messages)
