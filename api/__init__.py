@@ -17,6 +17,7 @@ from api import (
     errors,
     fastpath,
     fhir_api,
+    parsing,
     protocols_api,
     terminology_api,
 )
@@ -66,6 +67,7 @@ def _init_operations(app: Flask, api: Api) -> None:
     ratelimit.init_app(app)
     audit_log.init_app(app, app.extensions[DB_KEY].engine)
     keys_cli.init_app(app)
+    parsing.refuse_undeclared_query_parameters(app)
     auth.document_security(app, api)
     parsing.document_body_errors(api)
     _document_common_responses(api)
@@ -117,6 +119,10 @@ def _document_common_responses(api: Api) -> None:
                 responses.setdefault("304", {"description": "Not modified: If-None-Match matched the ETag"})
             if "{protocol_id}" in path:
                 responses.setdefault("404", errors.documented_error("No such protocol (or no such version)"))
+            if not path.startswith("/v1/health") and not any(
+                    p.get("in") == "query" for p in operation.get("parameters", []) if isinstance(p, dict)):
+                responses.setdefault("422", errors.documented_error(
+                    f"{parsing.UNDECLARED_QUERY} Each one sent is named in errors"))
             if (method, path) not in _NO_DATABASE:
                 unavailable = errors.documented_error("The database is unavailable or busy; see Retry-After")
                 responses.setdefault("503", {**unavailable, "headers": retry_after})

@@ -12,9 +12,10 @@ OpenAPI, so the contract names every status a client can get for the body it sen
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from flask import Request
+from flask import Flask, Request, request
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema
@@ -83,6 +84,38 @@ class StrictParser(FlaskParser):
 
 class Blueprint(SmorestBlueprint):
     ARGUMENTS_PARSER = StrictParser()
+
+
+#: Blueprints whose operations refuse query parameters they do not declare. Not FHIR (its search
+#: rules are FHIR's own), not the docs, and not health: a load balancer's probe URL is not a client's
+#: request, and liveness must not depend on it.
+STRICT_QUERY_BLUEPRINTS = frozenset({"protocols", "dosing", "cds", "changes", "terminology", "admin"})
+UNDECLARED_QUERY = "This operation takes no query parameters."
+
+
+def declares_query(view: Any) -> bool:
+    """Whether a flask-smorest view reads query parameters (``@blp.arguments(..., location="query")``);
+    its schema then refuses the unknown ones itself."""
+    parameters = getattr(view, "_apidoc", {}).get("arguments", {}).get("parameters", [])
+    return any(isinstance(p, Mapping) and p.get("in") == "query" for p in parameters)
+
+
+def refuse_undeclared_query_parameters(app: Flask) -> None:
+    """A query parameter sent to an operation that takes none is a 422 naming it, not ignored.
+
+    Why: ``PUT /v1/protocols/{id}?effective_from=2030-...`` answered 201 and put the version in effect
+    at once; ``POST .../dose-check?as_of=...`` judged against the current version. A schema rejects
+    unknown parameters only where a view declares some, so operations without any got none of that
+    check. Runs after the blueprints are registered (it reads their views) and after authentication.
+    """
+    takes_query = {endpoint for endpoint, view in app.view_functions.items() if declares_query(view)}
+
+    @app.before_request
+    def _undeclared_query_parameters() -> None:
+        if (not request.args or request.method == "OPTIONS" or request.blueprint not in STRICT_QUERY_BLUEPRINTS
+                or request.endpoint in takes_query):
+            return
+        raise ApiError(422, UNDECLARED_QUERY, errors={name: ["Unknown field."] for name in request.args})
 
 
 #: What every operation that takes a JSON body can answer before its schema sees the body.

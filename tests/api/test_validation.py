@@ -255,3 +255,46 @@ def test_every_operation_with_a_json_body_answers_and_documents_body_errors(clie
         assert response.status_code == status, (method, url, response.get_data(as_text=True)[:300])
         assert response.get_json()["code"] == status, (method, url)
         assert str(status) in operation["responses"], f"{method} {url} does not document {status}"
+
+
+def test_an_operation_that_takes_no_query_parameters_refuses_them_and_changes_nothing(client):
+    """Found by an adversarial probe: ``PUT ...?effective_from=2030-...`` answered 201 and put the
+    version in effect at once; ``dose-check?as_of=`` judged against the current version."""
+    payload = protocol_payload()
+    created = client.post("/v1/protocols", json=payload)
+    assert created.status_code == 201
+    pid, etag = payload["id"], created.headers["ETag"]
+    revised = created.get_json() | {"title": "never written"}
+    response = client.put(f"/v1/protocols/{pid}?effective_from=2030-01-01T00:00:00Z", json=revised,
+                          headers={"If-Match": etag})
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["errors"] == {"effective_from": ["Unknown field."]}
+    assert client.get(f"/v1/protocols/{pid}/versions/latest").get_json()["version"] == 1
+    other = protocol_payload()
+    response = client.post("/v1/protocols?status=draft&bogus=1", json=other)
+    assert response.status_code == 422 and set(response.get_json()["errors"]) == {"status", "bogus"}
+    assert client.get(f"/v1/protocols/{other['id']}/versions/latest").status_code == 404
+    route = payload["dosing_ranges"][0]["route"]
+    dose = payload["dosing_ranges"][0]["dose_min"]
+    unit = payload["dosing_ranges"][0]["unit"]
+    for method, url, body in [
+        ("POST", f"/v1/protocols/{pid}/dose-check?as_of=2020-01-01T00:00:00Z",
+         {"route": route, "dose": {"value": dose, "unit": unit}, "patient": {"weight_kg": 70}}),
+        ("GET", f"/v1/protocols/{pid}/versions/latest?as_of=2020-01-01T00:00:00Z", None),
+        ("GET", f"/v1/protocols/{pid}/versions/1?as_of=2020-01-01T00:00:00Z", None),
+        ("GET", f"/v1/protocols/{pid}/versions/1/diff/1?bogus", None),
+        ("GET", "/v1/terminology/routes?system=x", None),
+        ("GET", "/cds-services?x=1", None),
+    ]:
+        response = client.open(url, method=method, json=body)
+        assert response.status_code == 422, (url, response.get_json())
+        assert set(response.get_json()["errors"]) == {url.split("?")[1].split("=")[0]}, url
+
+
+def test_the_contract_names_the_422_of_every_operation_without_query_parameters(client):
+    spec = client.get("/openapi.json").get_json()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or path.startswith("/v1/health"):
+                continue
+            assert "422" in operation["responses"], f"{method.upper()} {path}"
