@@ -13,13 +13,14 @@ from urllib.parse import urlencode
 from flask import Response, request
 
 from api.errors import ApiError
+from protocols.models import MAX_SEQ
 from protocols.versioning import StoredVersion
 
 _ETAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e]*")\s*(?:,|$)')
 
 CACHE_REVALIDATE = "private, no-cache"
 CACHE_IMMUTABLE = "private, max-age=31536000, immutable"
-MAX_CURSOR_KEY = 2**63 - 1
+MAX_CURSOR_KEY = MAX_SEQ
 
 
 def parse_etag_list(header: str | None) -> list[str] | None:
@@ -131,26 +132,28 @@ def list_response(items_json: Iterable[str], *, next_url: str | None, prev_url: 
     return response
 
 
-def read_cursor(kind: str, query: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """``(after, before)`` keys from the ``cursor`` query parameter, if any."""
+def read_cursor(kind: str, query: Mapping[str, Any], max_key: int = MAX_CURSOR_KEY) -> tuple[int | None, int | None]:
+    """``(after, before)`` keys from the ``cursor`` query parameter, if any. ``max_key`` is the
+    largest value the key's column holds (``protocols.models.MAX_VERSION`` for version numbers)."""
     if "cursor" not in query:
         return None, None
     key, direction = decode_cursor(kind, query["cursor"])
-    # Keys are 64-bit database integers: a forged larger one would overflow the driver (a 500).
-    if not isinstance(key, int) or not 0 <= key <= MAX_CURSOR_KEY:
+    # A forged key larger than its column would overflow the driver or the database (a 500).
+    if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key <= max_key:
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (key, None) if direction == "n" else (None, key)
 
 
 def read_composite_cursor(kind: str, query: Mapping[str, Any],
-                          size: int) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
-    """Like :func:`read_cursor` for keys of ``size`` integers (e.g. ``(rank, seq)``)."""
+                          max_keys: Sequence[int]) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Like :func:`read_cursor` for keys of several integers (e.g. ``(rank, seq)``), each at most its
+    ``max_keys`` entry (a rank is a 32-bit integer on PostgreSQL, a sequence 64-bit)."""
     if "cursor" not in query:
         return None, None
     key, direction = decode_cursor(kind, query["cursor"])
-    if (not isinstance(key, list) or len(key) != size
-            or not all(isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= MAX_CURSOR_KEY
-                       for part in key)):
+    if (not isinstance(key, list) or len(key) != len(max_keys)
+            or not all(isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= limit
+                       for part, limit in zip(key, max_keys, strict=True))):
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (tuple(key), None) if direction == "n" else (None, tuple(key))
 

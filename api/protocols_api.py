@@ -26,6 +26,7 @@ from api.http import (
 from api.parsing import Blueprint
 from protocols import diff, search, versioning
 from protocols.errors import ProtocolRetired
+from protocols.models import MAX_SEQ, MAX_VERSION
 from protocols.timeutil import format_rfc3339, utcnow
 from schemas.diff import VersionDiffSchema, diff_body
 from schemas.protocol import ProtocolCreateSchema, ProtocolPageSchema, ProtocolSchema, split_payload
@@ -122,7 +123,8 @@ def list_protocols(query: dict[str, Any]) -> Response:
         filters = replace(filters, as_of=now)
         pinned = {"as_of": format_rfc3339(now)}
     kind = "protocols:ranked" if filters.ranked else "protocols"
-    after, before = read_composite_cursor(kind, query, 2) if filters.ranked else read_cursor(kind, query)
+    after, before = (read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ)) if filters.ranked
+                     else read_cursor(kind, query))
     page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
                          count=query["count"])
     next_url, prev_url = page_links(kind, [hit.key for hit in page.items], has_more=page.has_more,
@@ -194,7 +196,7 @@ def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 def list_versions(query: dict[str, Any], protocol_id: str) -> Response:
     """Every version, newest first."""
     kind = f"versions:{protocol_id}"
-    after, before = read_cursor(kind, query)
+    after, before = read_cursor(kind, query, max_key=MAX_VERSION)
     page = versioning.list_versions(get_db(), protocol_id, limit=query["page_size"], after_version=after,
                                     before_version=before, since=query.get("since"),
                                     until=query.get("until"))

@@ -31,7 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from protocols import fhir, terminology, versioning
 from protocols.db import Database
 from protocols.errors import DomainError, ProtocolNotFound, VersionNotFound
-from protocols.models import EffectivePeriod, ProtocolVersion, SearchTerm
+from protocols.models import MAX_SEQ, MAX_VERSION, EffectivePeriod, ProtocolVersion, SearchTerm
 from protocols.timeutil import parse_rfc3339
 
 DEFAULT_COUNT = 20
@@ -263,12 +263,14 @@ def encode_cursor(key: int, direction: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(token: str) -> tuple[int, str]:
-    """``(key, direction)`` where direction is ``n`` (towards older) or ``p`` (towards newer)."""
+def decode_cursor(token: str, max_key: int = MAX_SEQ) -> tuple[int, str]:
+    """``(key, direction)`` where direction is ``n`` (towards older) or ``p`` (towards newer); the key
+    must fit its column (``max_key``): a forged larger one overflowed the driver (a 500)."""
     try:
         data = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode("ascii")))
         key, direction = data["k"], data["d"]
-        if data.get("t") != "fhir" or direction not in ("n", "p") or type(key) is not int:
+        if (data.get("t") != "fhir" or direction not in ("n", "p") or type(key) is not int
+                or not 0 <= key <= max_key):
             raise ValueError("foreign cursor")
         return key, direction
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError) as exc:
@@ -419,7 +421,7 @@ def parse_history(pairs: Sequence[tuple[str, str]]) -> HistorySpec:
         elif name == "_since":
             spec.since = parse_instant(name, value)
         elif name == "_cursor":
-            key, direction = decode_cursor(value)
+            key, direction = decode_cursor(value, max_key=MAX_VERSION)
             if direction != "n":
                 raise InvalidSearch("_cursor is not a history cursor", param="_cursor")
             spec.before_version = key

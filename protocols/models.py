@@ -33,6 +33,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+#: The largest value a key column holds: version numbers are 32-bit integers, sequences (protocols,
+#: versions, changes, audit events) 64-bit. Keys that come from outside (cursors) are checked against
+#: them, since PostgreSQL answers a larger one with "integer out of range".
+MAX_VERSION = 2**31 - 1
+MAX_SEQ = 2**63 - 1
+
 
 class Base(DeclarativeBase):
     """Declarative base for every table of the service."""

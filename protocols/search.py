@@ -38,7 +38,20 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Integer, Select, and_, bindparam, case, func, literal, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session, aliased
 
 from protocols import fulltext
@@ -278,15 +291,15 @@ def _rest_statement(dialect: str, query: ProtocolQuery, fields: tuple[str, ...] 
     at = bindparam("at", type_=DateTime())
     if fields is None:  # unranked
         statement, seq, _ = _matching(dialect, query, at=at)
-        return (_narrow(statement.where(seq < bindparam("walked_to", type_=Integer())), seq, None)
+        return (_narrow(statement.where(seq < bindparam("walked_to", type_=BigInteger())), seq, None)
                 .order_by(seq.desc()).limit(bindparam("n", type_=Integer())))
     words = fulltext.MatchQuery.parse(query.q or "")
     statement, seq, rank = _matching(dialect, query, fulltext.candidates(dialect, words, fields), at=at)
     floor = bindparam("floor", type_=Integer())
     parts: list[ColumnElement[bool]] = []
     if below:
-        parts.append(and_(rank > floor, seq < bindparam("walked_to", type_=Integer())))
-    upper, rank_after = bindparam("upper", type_=Integer()), bindparam("rank_after", type_=Integer())
+        parts.append(and_(rank > floor, seq < bindparam("walked_to", type_=BigInteger())))
+    upper, rank_after = bindparam("upper", type_=BigInteger()), bindparam("rank_after", type_=Integer())
     if above:
         parts.append(and_(seq >= upper, rank >= floor, rank < rank_after))
     if after:  # the cursor: nothing at or before its key
@@ -336,7 +349,7 @@ def _walk_statement(dialect: str, query: ProtocolQuery, bounded: bool) -> Select
                        period.status == query.status))
         conditions = []
     if bounded:
-        walk = walk.where(order < bindparam("upper", type_=Integer()))
+        walk = walk.where(order < bindparam("upper", type_=BigInteger()))
     size = bindparam("size", type_=Integer())
     rows = walk.order_by(order.desc()).limit(size).subquery("walk_rows")
     walked = select(rows, func.row_number().over(order_by=rows.c.protocol_seq.desc()).label("walk_rn")

@@ -298,3 +298,37 @@ def test_the_contract_names_the_422_of_every_operation_without_query_parameters(
             if not isinstance(operation, dict) or path.startswith("/v1/health"):
                 continue
             assert "422" in operation["responses"], f"{method.upper()} {path}"
+
+
+def _forged(kind: str, key: Any, direction: str = "n") -> str:
+    import base64
+    raw = json.dumps({"t": kind, "k": key, "d": direction}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("key", [2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**70])
+def test_forged_cursor_keys_of_any_size_are_a_client_error_or_an_empty_page(client, key):
+    """Found by an adversarial probe: a key larger than its column (versions are 32-bit, sequences
+    64-bit) was a 500 on PostgreSQL ("integer out of range"), and on SQLite past 64 bits."""
+    payloads = [protocol_payload(), protocol_payload()]
+    for payload in payloads:
+        assert client.post("/v1/protocols", json=payload).status_code == 201
+    pid, word = payloads[0]["id"], payloads[0]["drug"]["name"]
+    listing = client.get("/v1/protocols?page_size=1").get_json()["next"]
+    list_kind = json.loads(base64_decode(listing.split("cursor=")[1].split("&")[0]))["t"]
+    ranked = client.get(f"/v1/protocols?q={word}&page_size=1").get_json()["next"]
+    ranked_kind = json.loads(base64_decode(ranked.split("cursor=")[1].split("&")[0]))["t"]
+    urls = [f"/v1/protocols/{pid}/versions?cursor={_forged(f'versions:{pid}', key)}",
+            f"/fhir/R4/MedicationKnowledge?_cursor={_forged('fhir', key)}",
+            f"/fhir/R4/MedicationKnowledge/{pid}/_history?_cursor={_forged('fhir', key)}"]
+    urls += [f"/v1/protocols?page_size=1&cursor={_forged(list_kind, key)}",
+             f"/v1/protocols?q={word}&page_size=1&cursor={_forged(ranked_kind, [1, key])}",
+             f"/v1/protocols?q={word}&page_size=1&cursor={_forged(ranked_kind, [key, 1])}"]
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code in (200, 400, 422), (url, response.status_code, response.get_data(as_text=True))
+
+
+def base64_decode(token: str) -> bytes:
+    import base64
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
