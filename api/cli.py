@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,15 @@ def validate_document(document: dict[str, Any]) -> dict[str, list[str]]:
 def export_command(path: Path) -> None:
     """Write every protocol with its full history as NDJSON (changes-feed order; `-` = stdout)."""
     if str(path) == "-":
-        count = transfer.export_ndjson(get_db(), sys.stdout)
+        # UTF-8 whatever the locale (import reads UTF-8): sys.stdout encodes in the locale's charset,
+        # which failed part-way on "≤" under a Latin-1 locale, or wrote a file import refuses.
+        sys.stdout.flush()
+        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n")
+        try:
+            count = transfer.export_ndjson(get_db(), out)
+        finally:
+            out.flush()
+            out.detach()  # leave sys.stdout's buffer open
         click.echo(f"exported {count} versions", err=True)
         return
     partial = path.with_name(path.name + ".partial")

@@ -163,11 +163,15 @@ def warning_headers(warnings: Sequence[Issue]) -> dict[str, str]:
 
 def negotiate(formats: Sequence[str] = JSON_FORMATS, media_types: Sequence[str] = (FHIR_JSON, "application/json"),
               ) -> None:
-    """``_format`` and ``Accept`` must allow JSON (this server has no XML); else 406."""
+    """JSON must be acceptable (this server has no XML); else 406. ``_format``, when given, decides
+    alone: FHIR R4 (http.html#mime-type) has it override ``Accept`` for clients that cannot set the
+    header (a browser link), so ``_format=json`` with ``Accept: text/html`` is answered in JSON."""
     requested = request.args.get("_format")
-    if requested is not None and requested.split(";")[0].strip() not in formats:
-        raise _NotAcceptable(f"_format '{requested}' is not supported; use one of {', '.join(formats)}",
-                             "_format")
+    if requested is not None:
+        if requested.split(";")[0].strip() not in formats:
+            raise _NotAcceptable(f"_format '{requested}' is not supported; use one of {', '.join(formats)}",
+                                 "_format")
+        return
     if request.accept_mimetypes and not any(_accepts(value, media_types)
                                             for value, quality in request.accept_mimetypes if quality > 0):
         raise _NotAcceptable(f"cannot answer with any of the Accept types; this server sends {media_types[0]}",

@@ -134,13 +134,16 @@ class ReadConnections:
     (detached from the pool, so it went through the same ``connect`` set-up) and uses it for nothing
     else. A connection that fails is closed and replaced on the next call; an idle one the server
     closed is noticed before use (:func:`refuse_dead_connection`); ``Database.dispose`` closes them all.
+    The connections of threads that have ended are closed whenever a thread opens one: gunicorn's
+    threads live as long as their worker, but ``flask run`` starts a thread per request, and each
+    left a PostgreSQL connection open until the server refused new clients.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[Any] = set()
+        self._open: dict[Any, threading.Thread] = {}  # connection -> the thread it belongs to
         self._generation = 0
         self._autocommit = engine.dialect.name == "postgresql"
 
@@ -171,12 +174,13 @@ class ReadConnections:
             if local.generation == self._generation and self._alive(fairy):
                 return fairy
             self._discard(fairy)
+        self._close_orphans()
         fairy = self.engine.raw_connection()
         fairy.detach()  # ours alone from now on; closing it closes the connection
         if self._autocommit:
             fairy.dbapi_connection.autocommit = True  # type: ignore[union-attr]
         with self._lock:
-            self._open.add(fairy)
+            self._open[fairy] = threading.current_thread()
             local.fairy, local.generation = fairy, self._generation
         local.cursor = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
         return fairy
@@ -189,9 +193,24 @@ class ReadConnections:
             return False
         return True
 
+    def _close_orphans(self) -> None:
+        """Close the connections whose thread has ended (nothing can use them any more)."""
+        with self._lock:
+            orphans = [fairy for fairy, thread in self._open.items() if not thread.is_alive()]
+            for fairy in orphans:
+                del self._open[fairy]
+        for fairy in orphans:
+            with contextlib.suppress(Exception):  # its thread is gone: nothing to do with an error
+                fairy.close()
+
+    def open_count(self) -> int:
+        """How many connections are open (for tests and diagnostics)."""
+        with self._lock:
+            return len(self._open)
+
     def _discard(self, fairy: Any) -> None:
         with self._lock:
-            self._open.discard(fairy)
+            self._open.pop(fairy, None)
         if getattr(self._local, "fairy", None) is fairy:
             self._local.fairy = None
         with contextlib.suppress(Exception):  # it is thrown away because it is broken
@@ -200,7 +219,7 @@ class ReadConnections:
     def close_all(self) -> None:
         with self._lock:
             self._generation += 1
-            fairies, self._open = list(self._open), set()
+            fairies, self._open = list(self._open), {}
         for fairy in fairies:
             with contextlib.suppress(Exception):  # closing at shutdown: nothing to do with an error
                 fairy.close()

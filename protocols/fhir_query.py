@@ -190,7 +190,7 @@ def _parse_statuses(value: str) -> frozenset[str]:
 _DATE = re.compile(
     r"^(?P<prefix>[a-z]{2})?(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
     r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?P<fraction>\.[0-9]{1,6})?)?"
-    r"(?P<zone>Z|[+-][0-9]{2}:[0-9]{2}))?)?)?$")
+    r"(?P<zone>Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$")  # FHIR: offsets up to ±14:00
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
 
 
@@ -212,7 +212,16 @@ def _parse_date_param(name: str, value: str) -> DateBound | Unsupported:
 
 
 def _date_range(match: re.Match[str]) -> tuple[datetime, datetime]:
-    """The half-open UTC range ``[start, end)`` a value of this precision stands for."""
+    """The half-open UTC range ``[start, end)`` a value of this precision stands for; ``ValueError``
+    for a date that does not exist (2024-02-30) or a range past what datetime holds (9999-12-31,
+    0001-01-01T00:00:00+14:00: an OverflowError, which was a 500)."""
+    try:
+        return _date_range_of(match)
+    except OverflowError as exc:
+        raise ValueError("outside the range of dates this server handles") from exc
+
+
+def _date_range_of(match: re.Match[str]) -> tuple[datetime, datetime]:
     year = int(match["year"])
     if match["month"] is None:
         return datetime(year, 1, 1), datetime(year + 1, 1, 1)

@@ -44,6 +44,12 @@ def parse_rfc3339(text: str) -> datetime:
     parsed = datetime.fromisoformat(candidate)
     if parsed.tzinfo is None:
         raise ValueError("date-time must include a time zone offset (e.g. Z or +01:00)")
-    if not (1900 <= parsed.year <= 9998):
-        raise ValueError("date-time year must be between 1900 and 9998")
-    return to_naive_utc(parsed)
+    # The bounds apply to the instant stored (UTC), not to the text: 1900-01-01T00:00:00+05:00 is
+    # 1899 in UTC, and a stored 1899 was refused when an export of it was imported or PUT back.
+    try:
+        utc = to_naive_utc(parsed)
+    except OverflowError:  # 9999-12-31T23:30:00-05:00 is past year 9999 in UTC
+        utc = datetime.max
+    if not (1900 <= utc.year <= 9998):
+        raise ValueError("date-time year must be between 1900 and 9998 (in UTC)")
+    return utc

@@ -25,7 +25,7 @@ from protocols import record, versioning
 from protocols.db import Database
 from protocols.models import Protocol, ProtocolVersion
 from protocols.strict_json import InvalidJSON, strict_loads
-from protocols.timeutil import parse_rfc3339
+from protocols.timeutil import format_rfc3339, parse_rfc3339
 
 #: Validates one line's record (metadata + content) with the wire schema; returns errors by
 #: dotted field path, empty when valid.
@@ -119,9 +119,14 @@ def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
         bad("version", "must be an integer >= 1")
     for name in ("effective_from", "recorded_at"):
         try:
-            parse_rfc3339(doc.get(name))  # type: ignore[arg-type]
+            stored = format_rfc3339(parse_rfc3339(doc.get(name)))  # type: ignore[arg-type]
         except (ValueError, TypeError, OverflowError) as exc:
             bad(name, f"must be an RFC 3339 date-time ({exc})")
+            continue
+        if doc[name] != stored:
+            # The same instant written another way (+02:00, .000000) would be stored as the service
+            # writes it, so the version's bytes and ETag would not be the file's.
+            bad(name, f"not the stored form of this instant: the service writes it as {stored}")
     for name in ("recorded_by", "request_id", "change_note"):
         if name not in doc:
             bad(name, "missing (export every field of the stored document)")

@@ -607,3 +607,16 @@ def test_a_malformed_body_is_400_with_a_message_of_its_own(client):
     body = response.get_json()
     assert "browser" not in body["message"].lower()
     assert "see errors" in body["message"] and "hook" in body["errors"]
+
+
+def test_a_weight_dated_past_the_dates_the_server_handles_sorts_oldest(client):
+    """9999-12-31 and 0001-01-01T00:00:00+14:00 are valid FHIR dateTimes; working out where they
+    start overflowed (a 500). An unreadable time sorts oldest, as documented."""
+    ketamine_protocol(client)
+    order = medication_request("ket-far", KETAMINE, IV, dose=(100, "mg"))
+    for when in ("9999-12-31", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00"):
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [
+            {"resource": weight_observation(20, when=when)},
+            {"resource": weight_observation(70, when="2024-06-01T00:00:00Z")}]}
+        (card,) = cards(client, hook_request([order], weight=bundle))
+        assert "\u00d7 70 kg" in card["detail"], when

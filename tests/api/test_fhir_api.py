@@ -557,3 +557,30 @@ def test_a_protocol_with_drafts_only_does_not_exist_over_fhir(client):
     _outcome(client.get(f"{MK}/{draft_only}/_history/1"), 404)
     published = _create(client)["id"]
     assert client.get(f"{MK}/{published}/_history").status_code == 200
+
+
+# ------------------------------------------------------------------- found by an adversarial probe
+
+
+@pytest.mark.parametrize("value", ["9999-12-31", "ge9999-12-31", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59-12:00",
+                                   "0001-01-01T00:00:00+14:00"])
+def test_last_updated_past_the_dates_the_server_handles_is_400(client, value):
+    response = client.get(MK, query_string={"_lastUpdated": value})
+    outcome = _outcome(response, 400)
+    assert "_lastUpdated" in json.dumps(outcome)
+
+
+@pytest.mark.parametrize("offset", ["+25:00", "+01:99", "-99:00", "+14:01", "-15:00"])
+def test_last_updated_offsets_beyond_fhirs_14_hours_are_400(client, offset):
+    response = client.get(MK, query_string={"_lastUpdated": f"2024-01-01T10:00:00{offset}"})
+    _outcome(response, 400)
+    assert client.get(MK, query_string={"_lastUpdated": "ge2024-01-01T10:00:00+14:00"}).status_code == 200
+    assert client.get(MK, query_string={"_lastUpdated": "ge2024-01-01T10:00:00-13:59"}).status_code == 200
+
+
+def test_format_overrides_accept(client):
+    for accept in ("application/fhir+xml", "text/html"):
+        response = client.get("/fhir/R4/metadata?_format=json", headers={"Accept": accept})
+        assert response.status_code == 200, (accept, response.get_data(as_text=True)[:200])
+        CapabilityStatement.model_validate(response.get_json())
+        assert client.get("/fhir/R4/metadata", headers={"Accept": accept}).status_code == 406

@@ -184,3 +184,40 @@ def test_import_checks_version_metadata(app, client, tmp_path, make_app, test_da
     for expected in ("line 1: version: must be an integer", "line 1: recorded_at: must be an RFC 3339",
                      "line 1: status: Must be one of"):
         assert expected in result.output
+
+
+def test_import_refuses_an_instant_not_written_in_its_stored_form(app, client, tmp_path, make_app, test_databases,
+                                                                  backend):
+    """Found by an adversarial probe: the same instant written with an offset or zero microseconds
+    was imported (and stored as the service writes it), so the version's bytes and ETag were not the
+    file's."""
+    from datetime import timedelta
+
+    from protocols.timeutil import parse_rfc3339
+
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    doc = json.loads(lines[0])
+    instant = parse_rfc3339(doc["effective_from"])
+    plus_two = (instant + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S") + "+02:00"
+    micro = instant.strftime("%Y-%m-%dT%H:%M:%S") + ".000000Z"
+    url = _fresh_database(test_databases, backend, app)
+    target = make_app(PROTOCOLS_DATABASE_URL=url)
+    for name, other in (("effective_from", plus_two), ("recorded_at", micro)):
+        line = lines[0].replace(f'"{name}":"{doc[name]}"', f'"{name}":"{other}"')
+        assert line != lines[0]
+        result = _import(target, tmp_path, [line, *lines[1:]])
+        assert result.exit_code != 0
+        assert f"line 1: {name}: not the stored form of this instant" in result.output, result.output
+        assert _export_lines(target, tmp_path) == []
+
+
+def test_export_to_stdout_is_utf8_whatever_the_locale(app, client):
+    """``flask protocols export -`` wrote in the locale's charset: under Latin-1 it failed part-way on
+    "≤" (found by an adversarial probe); import reads UTF-8."""
+    payload = protocol_payload(summary="Dose ≤ 84 mg — ünïcode")
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+    result = app.test_cli_runner(charset="latin-1").invoke(args=["protocols", "export", "-"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout_bytes.decode("utf-8").splitlines()
+    assert any("Dose ≤ 84 mg — ünïcode" in line for line in lines)

@@ -332,3 +332,17 @@ def test_forged_cursor_keys_of_any_size_are_a_client_error_or_an_empty_page(clie
 def base64_decode(token: str) -> bytes:
     import base64
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+def test_an_effective_from_whose_utc_year_is_out_of_bounds_is_refused_and_an_accepted_one_round_trips(client):
+    payload = protocol_payload(effective_from="1900-01-01T00:00:00+05:00")  # 1899 in UTC
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422 and "effective_from" in response.get_json()["errors"]
+    payload = protocol_payload(effective_from="1899-12-31T23:00:00-01:00")  # 1900 in UTC
+    created = client.post("/v1/protocols", json=payload)
+    assert created.status_code == 201, created.get_json()
+    body = created.get_json()
+    assert body["effective_from"] == "1900-01-01T00:00:00Z"
+    again = client.put(f"/v1/protocols/{payload['id']}", json=body | {"title": "round trip"},
+                       headers={"If-Match": created.headers["ETag"]})
+    assert again.status_code == 201, again.get_json()

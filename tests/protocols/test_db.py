@@ -99,3 +99,30 @@ def test_reads_replace_a_connection_the_server_terminated(pg_database, database_
     pid = pg_database.reads.fetch_one("SELECT pg_backend_pid()", ())[0]
     _terminate(database_url, pid)
     assert pg_database.reads.fetch_one("SELECT pg_backend_pid()", ())[0] != pid
+
+
+def test_the_read_connections_of_ended_threads_are_closed(db) -> None:
+    """``flask run`` serves each request on a new thread; each one's read connection stayed open until
+    PostgreSQL refused new clients (found by an adversarial probe)."""
+    import threading
+
+    opened: list[object] = []
+
+    def read() -> None:
+        db.reads.fetch_one("SELECT 1", ())
+        opened.append(db.reads._local.fairy)
+
+    for _ in range(12):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    # Each new thread first closed the connection of the one before it, which had ended.
+    assert db.reads.open_count() == 1
+    assert all(fairy.dbapi_connection is None for fairy in opened[:-1])  # closed, not just forgotten
+    db.reads.fetch_one("SELECT 1", ())  # this (live) thread's own connection is not closed by others
+    mine = db.reads._local.fairy
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert mine.dbapi_connection is not None and db.reads.open_count() == 2
+    assert db.reads.fetch_one("SELECT 1", ()) is not None and db.reads._local.fairy is mine

@@ -1,0 +1,31 @@
+"""RFC 3339 parsing: the year bounds hold for the instant stored (UTC), whatever offset the text has.
+
+Found by an adversarial probe: ``1900-01-01T00:00:00+05:00`` was accepted and stored as 1899 (UTC),
+which the same parser then refused when the export was imported or the version PUT back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from protocols.timeutil import format_rfc3339, parse_rfc3339
+
+
+@pytest.mark.parametrize("text", ["1900-01-01T00:00:00+05:00", "1899-12-31T23:59:59Z",
+                                  "9998-12-31T23:30:00-05:00", "9999-12-31T23:30:00-05:00", "9999-01-01T00:00:00Z"])
+def test_instants_outside_the_years_1900_to_9998_in_utc_are_refused(text):
+    with pytest.raises(ValueError, match="between 1900 and 9998"):
+        parse_rfc3339(text)
+
+
+@pytest.mark.parametrize(("text", "stored"), [
+    ("1900-01-01T05:00:00+05:00", datetime(1900, 1, 1)),
+    ("1899-12-31T23:00:00-01:00", datetime(1900, 1, 1)),
+    ("9998-12-31T23:59:59Z", datetime(9998, 12, 31, 23, 59, 59)),
+    ("9998-12-31T18:00:00-05:00", datetime(9998, 12, 31, 23)),
+])
+def test_what_is_accepted_is_stored_in_utc_and_parses_again(text, stored):
+    assert parse_rfc3339(text) == stored
+    assert parse_rfc3339(format_rfc3339(stored)) == stored
