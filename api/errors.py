@@ -42,6 +42,10 @@ class ErrorSchema(Schema):
     request_id = fields.String(allow_none=True, metadata={"description": "Echo of X-Request-ID"})
     current_version = fields.Integer(allow_none=True, metadata={"description": "On 412/428: newest version"})
     current_etag = fields.String(allow_none=True, metadata={"description": "On 412/428: its ETag"})
+    scheduled_version = fields.Integer(allow_none=True, metadata={
+        "description": "On 409 from a retirement: the active version that would undo it"})
+    scheduled_effective_from = fields.String(allow_none=True, metadata={
+        "description": "On 409 from a retirement: when that version takes effect"})
 
 
 def documented_error(description: str) -> dict[str, Any]:
@@ -110,6 +114,9 @@ def error_response(status: int, message: str, errors: Mapping[str, list[str]] | 
 def _domain_response(exc: domain.DomainError) -> Response:
     if isinstance(exc, domain.ProtocolExists):
         return error_response(409, exc.message)
+    if isinstance(exc, domain.RetirementUndone):
+        return error_response(409, exc.message, scheduled_version=exc.details.get("scheduled_version"),
+                              scheduled_effective_from=exc.details.get("scheduled_effective_from"))
     if isinstance(exc, domain.PreconditionRequired):
         return error_response(428, exc.message, current_version=exc.details.get("current_version"),
                               current_etag=exc.details.get("current_etag"))

@@ -177,6 +177,9 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
 @blp.arguments(RetireQuerySchema(), location="query")
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER,
               description="The retirement version (nothing is erased)")
+@blp.alt_response(409, schema=ErrorSchema,
+                  description="An active version taking effect after the retirement would undo it (named in "
+                              "scheduled_version / scheduled_effective_from)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale")
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
 @blp.doc(parameters=[IF_MATCH_PARAMETER], responses={"200": {"links": _READ_LINKS}})

@@ -42,6 +42,11 @@ class PreconditionFailed(DomainError):
     """``If-Match`` does not name the newest version; details carry the newest version and ETag."""
 
 
+class RetirementUndone(DomainError):
+    """A retirement a later-scheduled active version would undo (or that a version already taking
+    effect after it would hide); details name that version and when it takes effect."""
+
+
 class InvalidRecord(DomainError):
     """Content that passed the wire schema but breaks a domain rule; ``details['errors']`` by path."""
 

@@ -44,6 +44,7 @@ from protocols.errors import (
     ProtocolExists,
     ProtocolNotFound,
     ProtocolRetired,
+    RetirementUndone,
     VersionNotFound,
 )
 from protocols.indexing import search_terms
@@ -52,7 +53,7 @@ from protocols.models import (
     Protocol,
     ProtocolVersion,
 )
-from protocols.timeutil import parse_rfc3339, utcnow
+from protocols.timeutil import format_rfc3339, parse_rfc3339, utcnow
 
 STATUSES = ("draft", "active", "retired")
 IN_EFFECT_STATUSES = ("active", "retired")
@@ -130,11 +131,26 @@ _NEWEST_FOR_WRITE = (
     " FROM protocols p JOIN protocol_versions v ON v.protocol_id = p.id AND v.version = p.latest_version"
     " WHERE p.id = :protocol_id"
 )
-_BASIS = (", (SELECT b.document FROM protocol_versions b WHERE b.protocol_id = p.id AND b.status <> 'draft'"
-          " ORDER BY b.version DESC LIMIT 1) AS basis_document")
+#: What a retirement at ``:effective_from`` needs besides the head, in the same SELECT: the version in
+#: effect then (latest effective_from <= T, ties -> higher version; its content is repeated, its status
+#: tells whether the protocol is retired already), the newest non-draft version (the content when
+#: nothing is in effect yet), and the first active version taking effect later that wins its instant
+#: (no later version of the same instant), which would undo the retirement.
+_IN_EFFECT_AT = ("FROM protocol_versions b WHERE b.protocol_id = p.id AND b.status <> 'draft'"
+                 " AND b.effective_from <= :effective_from ORDER BY b.effective_from DESC, b.version DESC LIMIT 1")
+_UNDOING = ("FROM protocol_versions u WHERE u.protocol_id = p.id AND u.status = 'active'"
+            " AND u.effective_from > :effective_from AND NOT EXISTS (SELECT 1 FROM protocol_versions w"
+            " WHERE w.protocol_id = u.protocol_id AND w.status <> 'draft' AND w.effective_from = u.effective_from"
+            " AND w.version > u.version) ORDER BY u.effective_from LIMIT 1")
+_BASIS = (f", COALESCE((SELECT b.document {_IN_EFFECT_AT}),"
+          " (SELECT n.document FROM protocol_versions n WHERE n.protocol_id = p.id AND n.status <> 'draft'"
+          " ORDER BY n.version DESC LIMIT 1)) AS basis_document,"
+          f" (SELECT b.status {_IN_EFFECT_AT}) AS status_then,"
+          f" (SELECT u.version {_UNDOING}) AS undoing_version,"
+          f" (SELECT u.effective_from {_UNDOING}) AS undoing_effective_from")
 _NEWEST_SQL = text(_NEWEST_FOR_WRITE.format(basis="")).columns(effective_from=_TIME, recorded_at=_TIME)
-_NEWEST_WITH_BASIS_SQL = text(_NEWEST_FOR_WRITE.format(basis=_BASIS)).columns(
-    effective_from=_TIME, recorded_at=_TIME)
+_NEWEST_WITH_BASIS_SQL = _typed(_NEWEST_FOR_WRITE.format(basis=_BASIS)).columns(
+    effective_from=_TIME, recorded_at=_TIME, undoing_effective_from=_TIME)
 
 _INSERT_PROTOCOL = _typed("INSERT INTO protocols (id, created_at, latest_version) VALUES (:protocol_id, :created_at, 1)"
                           " ON CONFLICT (id) DO NOTHING RETURNING seq")
@@ -381,21 +397,38 @@ def retire(
 ) -> tuple[StoredVersion, bool]:
     """Retire a protocol by appending a ``retired`` version; nothing is erased.
 
-    The retired version repeats the content of the newest non-draft version (what clinicians last
-    saw in effect). Retiring an already retired protocol appends nothing.
+    The retired version repeats the content of the version in effect at its ``effective_from`` (what
+    clinicians last saw in effect), or of the newest non-draft version when none is in effect yet.
+    Retiring a protocol that is retired now and stays so appends nothing.
+
+    The version in effect at T is the non-draft one with the latest ``effective_from`` <= T (issue #2),
+    so a retirement is undone by any active version taking effect after it: one scheduled for later,
+    or, for a retirement dated in the past, the version in effect now. Such a retirement would answer
+    201 and change nothing from then on; it is refused (:class:`RetirementUndone`, naming the version)
+    instead. To cancel a scheduled version and retire, retire at its ``effective_from`` (the later
+    version wins the tie), then now.
     """
     now = now or utcnow()
+    at = effective_from or now
     try:
         with _write_transaction(db) as conn:
-            head = _read_head(conn, protocol_id, with_basis=True)
-            newest = head.version
-            already_retired = newest.status == "retired" and effective_from is None
+            head = _read_head(conn, protocol_id, retiring_at=at)
+            newest, then = head.version, head.retirement
+            assert then is not None
+            already_retired = effective_from is None and then.undoing_version is None and then.status == "retired"
             check_if_match(newest, if_match, already_applied=already_retired)
             if already_retired:
                 return newest, False
+            if then.undoing_version is not None and then.undoing_effective_from is not None:
+                scheduled = format_rfc3339(then.undoing_effective_from)
+                raise RetirementUndone(
+                    f"version {then.undoing_version} of '{protocol_id}' is active from {scheduled}, after this "
+                    f"retirement ({format_rfc3339(at)}): it would be in effect again from then. Retire at or "
+                    f"after {scheduled}, or first retire at {scheduled} to cancel it.",
+                    scheduled_version=then.undoing_version, scheduled_effective_from=scheduled)
             _, content = record.split_document(head.basis_document or newest.document)
             prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
-                                effective_from=effective_from or now,
+                                effective_from=at,
                                 change_note=change_note or "Protocol retired", ctx=ctx, now=now)
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
     except IntegrityError as exc:
@@ -438,14 +471,31 @@ class _Head:
     content_hash: str
     protocol_seq: int
     basis_document: str | None = None
+    retirement: _RetirementView | None = None
 
 
-def _read_head(conn: Connection, protocol_id: str, *, with_basis: bool = False) -> _Head:
-    row = conn.execute(_NEWEST_WITH_BASIS_SQL if with_basis else _NEWEST_SQL, {"protocol_id": protocol_id}).first()
+@dataclass(frozen=True)
+class _RetirementView:
+    """The protocol seen from a retirement's ``effective_from`` (see ``_BASIS``)."""
+
+    status: str | None
+    undoing_version: int | None
+    undoing_effective_from: datetime | None
+
+
+def _read_head(conn: Connection, protocol_id: str, *, retiring_at: datetime | None = None) -> _Head:
+    if retiring_at is None:
+        row = conn.execute(_NEWEST_SQL, {"protocol_id": protocol_id}).first()
+    else:
+        row = conn.execute(_NEWEST_WITH_BASIS_SQL, {"protocol_id": protocol_id, "effective_from": retiring_at}).first()
     if row is None:
         raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
-    return _Head(stored_version(row), str(row.content_hash), int(row.protocol_seq),
-                 row.basis_document if with_basis else None)
+    head = _Head(stored_version(row), str(row.content_hash), int(row.protocol_seq))
+    if retiring_at is None:
+        return head
+    undoing = None if row.undoing_version is None else int(row.undoing_version)
+    return replace(head, basis_document=row.basis_document,
+                   retirement=_RetirementView(row.status_then, undoing, row.undoing_effective_from))
 
 
 def latest_with_hash(db: Database, protocol_id: str) -> tuple[StoredVersion, str]:

@@ -455,3 +455,62 @@ def test_if_none_match_on_lists_answers_304(client):
     listing = client.get("/v1/protocols")
     create(client)
     assert client.get("/v1/protocols", headers={"If-None-Match": listing.headers["ETag"]}).status_code == 200
+
+
+# ------------------------------------------- retirements a later version would undo (adversarial probe)
+
+
+def _latest(client: Any, protocol_id: str) -> Any:
+    return client.get(f"/v1/protocols/{protocol_id}/versions/latest")
+
+
+def test_a_retirement_a_scheduled_version_would_undo_is_409_and_the_way_out_works(client):
+    """Retired now with version 2 scheduled for 2030, the protocol came back by itself in 2030: the
+    version in effect is the latest effective_from <= T (issue 2)."""
+    protocol_id, created = create(client, title="v1 now")
+    scheduled = revise(client, protocol_id, protocol_payload(protocol_id, title="v2 in 2030",
+                                                             effective_from="2030-01-01T00:00:00Z"),
+                       created.headers["ETag"])
+    assert scheduled.status_code == 201
+    refused = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": scheduled.headers["ETag"]})
+    assert refused.status_code == 409, refused.get_json()
+    body = refused.get_json()
+    assert body["scheduled_version"] == 2 and body["scheduled_effective_from"] == "2030-01-01T00:00:00Z"
+    assert "2030-01-01T00:00:00Z" in body["message"]
+    assert _latest(client, protocol_id).get_json()["version"] == 2  # nothing appended
+    # The way out the message names: retire at the scheduled instant (the later version wins the tie)...
+    cancel = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2030-01-01T00:00:00Z",
+                           headers={"If-Match": scheduled.headers["ETag"]})
+    assert cancel.status_code == 200 and cancel.get_json()["version"] == 3
+    # ...then now: the protocol is active now (version 1), so this is no "already retired" no-op.
+    now = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": cancel.headers["ETag"]})
+    assert now.status_code == 200 and now.get_json()["version"] == 4
+    # It repeats what was in effect when it took effect (version 1), not the never-effective version 2.
+    assert now.get_json()["title"] == "v1 now"
+    for as_of in (None, "2030-01-01T00:00:00Z", "2031-01-01T00:00:00Z"):
+        response = client.get(f"/v1/protocols/{protocol_id}", query_string={"as_of": as_of} if as_of else {})
+        assert response.status_code == 410, (as_of, response.get_json())
+    again = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": now.headers["ETag"]})
+    assert again.status_code == 200 and again.get_json()["version"] == 4  # retired now and for good
+
+
+def test_a_retirement_dated_before_the_version_in_effect_is_409(client):
+    """Retired as of 2020 while version 1 took effect later: 200, and the protocol stayed active."""
+    protocol_id, created = create(client)
+    refused = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2020-01-01T00:00:00Z",
+                            headers={"If-Match": created.headers["ETag"]})
+    assert refused.status_code == 409 and refused.get_json()["scheduled_version"] == 1
+    assert _latest(client, protocol_id).get_json()["version"] == 1
+    assert client.get(f"/v1/protocols/{protocol_id}").status_code == 200
+
+
+def test_a_retirement_after_every_scheduled_version_is_allowed_and_repeats_the_one_then_in_effect(client):
+    protocol_id, created = create(client, title="v1 now")
+    scheduled = revise(client, protocol_id, protocol_payload(protocol_id, title="v2 in 2030",
+                                                             effective_from="2030-01-01T00:00:00Z"),
+                       created.headers["ETag"])
+    later = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2031-01-01T00:00:00Z",
+                          headers={"If-Match": scheduled.headers["ETag"]})
+    assert later.status_code == 200 and later.get_json()["title"] == "v2 in 2030"
+    assert client.get(f"/v1/protocols/{protocol_id}").status_code == 200
+    assert client.get(f"/v1/protocols/{protocol_id}?as_of=2031-06-01T00:00:00Z").status_code == 410
