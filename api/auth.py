@@ -50,6 +50,9 @@ ENDPOINT_SCOPES: dict[str, str | None] = {
 PATH_SCOPES: tuple[tuple[str, str], ...] = (
     ("/v1/admin/", ADMIN),
     ("/cds-services", READ),
+    # The FHIR face is read-only: a write to it is a 405 for every caller who may read, not a scope
+    # error (and a denied-write audit row) for an operation that does not exist.
+    ("/fhir/", READ),
 )
 #: Path suffixes of computations that are POSTed but only read (dose checks).
 READ_ONLY_POST_SUFFIXES: tuple[str, ...] = ("/dose-check", "/dose-checks", "/$dose-check")

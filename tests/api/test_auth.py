@@ -299,3 +299,23 @@ def test_the_domain_refuses_a_key_named_like_the_service_itself(db):
         with pytest.raises(ValueError, match="key name"):
             keys.create_key(db, name, [keys.WRITE])
     assert all(info.name != "catalog-loader" for info in keys.list_keys(db))
+
+
+def test_a_nul_in_an_admin_key_id_is_404(client):
+    """Found by an adversarial probe: a 500 on PostgreSQL (NUL is refused in any text parameter)."""
+    assert_error_shape(client.get("/v1/admin/keys/x%00"), 404)
+    assert_error_shape(client.delete("/v1/admin/keys/x%00"), 404)
+
+
+def test_writes_to_the_read_only_fhir_face_are_405_for_readers_and_not_audited(anon_client, make_key, db):
+    """Found by an adversarial probe: a read key got 403 "lacks protocols:write" (and a denied-write
+    audit row) for an operation that does not exist; the FHIR server is read-only."""
+    from protocols import audit
+
+    read = bearer(make_key(READ))
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        response = anon_client.open("/fhir/R4/MedicationKnowledge", method=method, headers=read,
+                                    json={"resourceType": "MedicationKnowledge"})
+        assert response.status_code == 405, (method, response.get_data(as_text=True))
+    assert anon_client.post("/fhir/R4/MedicationKnowledge", json={}).status_code == 401
+    assert audit.query(db, limit=50, outcome=audit.DENIED).items == []
