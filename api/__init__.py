@@ -19,6 +19,7 @@ from api import (
     fhir_api,
     parsing,
     protocols_api,
+    proxy,
     terminology_api,
 )
 from api.config import from_env
@@ -53,6 +54,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _init_docs_assets(app)
     _init_operations(app, api)  # protects and documents every blueprint registered above
     fastpath.init_app(app)  # after the hooks it mirrors exist (rate limiter, logging)
+    # Outermost: the fast path and the app both see the client's address behind a trusted proxy.
+    app.wsgi_app = proxy.TrustedProxy(  # type: ignore[method-assign]
+        app.wsgi_app, proxy.trusted_proxies(str(app.config.get("PROTOCOLS_FORWARDED_ALLOW_IPS") or "")))
     return app
 
 

@@ -24,6 +24,7 @@ from flask import Flask, current_app, g, request
 from flask_smorest import Api
 from flask_smorest.spec.plugins import FlaskPlugin
 
+from api import ratelimit
 from api.errors import ApiError, documented_error
 from api.extensions import get_db
 from protocols import keys
@@ -154,16 +155,19 @@ def authenticate_request() -> None:
         if scope == READ and current_app.config.get("PROTOCOLS_ANONYMOUS_READS"):
             g.actor_name = None
             return
+        ratelimit.count(None)  # refusals count against the caller too (429 past the limit)
         raise ApiError(401, "Authentication required: send 'Authorization: Bearer <api key>'.",
                        headers={"WWW-Authenticate": _challenge()}, reason="missing_credentials")
     key = keys.authenticate(get_db(), token)
     if key is None:
+        ratelimit.count(None)
         raise ApiError(401, "The API key is not valid (unknown, revoked or expired).",
                        headers={"WWW-Authenticate": _challenge("invalid_token", "unknown, revoked or expired key")},
                        reason="invalid_key")
     g.api_key_id = key.id
     g.actor_name = key.name
     if not key.has_scope(scope):
+        ratelimit.count(key.id)
         raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.",
                        headers={"WWW-Authenticate": _challenge("insufficient_scope", scope=scope)},
                        required_scope=scope, reason="insufficient_scope")

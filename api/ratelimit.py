@@ -137,13 +137,24 @@ def headers(verdict: Verdict) -> dict[str, str]:
 
 def check_rate_limit() -> None:
     """``before_request`` (after authentication): count this request against its caller."""
+    if g.get("required_scope") is None:
+        return
+    count(g.get("api_key_id"))
+
+
+def count(api_key_id: str | None) -> None:
+    """Count this request against its caller (its key, else its client address); 429 past the limit.
+
+    Also called by authentication for a request it refuses (401/403) before raising: refused requests
+    went uncounted, so a caller without any key could send them without limit, each one adding a
+    permanent denied-write row to the audit trail (found by an adversarial probe)."""
     limiter: RateLimiter | None = current_app.extensions.get(RATELIMITER_KEY)
-    if limiter is None or g.get("required_scope") is None:
+    if limiter is None:
         return
     # A request the read fast path (api/fastpath.py) counted and then handed on is not counted twice.
     verdict = request.environ.pop(COUNTED_VERDICT, None)
     if verdict is None:
-        verdict = limiter.hit(identity(g.get("api_key_id"), request.remote_addr))
+        verdict = limiter.hit(identity(api_key_id, request.remote_addr))
     g.rate_limit = verdict
     if not verdict.allowed:
         raise ApiError(429, f"Rate limit exceeded ({verdict.limit} requests per {limiter.limit.period}s); "

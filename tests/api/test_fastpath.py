@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.exc import OperationalError
 
 from api.fastpath import ReadFastPath
+from api.proxy import TrustedProxy
 from protocols import keys, versioning
 from tests.factories import protocol_payload, unique_id
 
@@ -40,9 +41,12 @@ class CountingWsgi:
 def pair(make_app: Any) -> tuple[Flask, Flask, CountingWsgi]:
     config = {"PROTOCOLS_ANONYMOUS_READS": True, "PROTOCOLS_RATE_LIMIT": "1000/hour"}
     fast, slow = make_app(**config), make_app(**config, PROTOCOLS_READ_FAST_PATH=False)
-    assert isinstance(fast.wsgi_app, ReadFastPath) and not isinstance(slow.wsgi_app, ReadFastPath)
-    counter = CountingWsgi(fast.wsgi_app.wsgi_app)
-    fast.wsgi_app.wsgi_app = counter
+    # Both stacks start with the trusted-proxy layer (api/proxy.py); the fast path comes next.
+    assert isinstance(fast.wsgi_app, TrustedProxy) and isinstance(slow.wsgi_app, TrustedProxy)
+    fast_path = fast.wsgi_app.app
+    assert isinstance(fast_path, ReadFastPath) and not isinstance(slow.wsgi_app.app, ReadFastPath)
+    counter = CountingWsgi(fast_path.wsgi_app)
+    fast_path.wsgi_app = counter
     return fast, slow, counter
 
 

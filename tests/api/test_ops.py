@@ -289,3 +289,50 @@ def test_make_run_mints_a_local_write_key():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     run_target = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
     assert "keys create --name local-dev --scope protocols:read --scope protocols:write" in run_target
+
+
+def test_refused_requests_count_against_the_caller_and_stop_adding_audit_rows(make_app, make_key):
+    """Found by an adversarial probe: 401/403 answers were never rate-limited, so a caller without any
+    key could add denied-write audit rows (which nothing may delete) without limit."""
+    from protocols import audit
+
+    app = make_app(PROTOCOLS_RATE_LIMIT="3/day")
+    anonymous = app.test_client()
+    anonymous.environ_base.pop("HTTP_AUTHORIZATION", None)
+    app.config["TEST_API_KEY"] = None
+    reader = bearer(make_key(["protocols:read"]))
+    def attempts(headers: dict[str, str]) -> list[int]:
+        return [anonymous.post("/v1/protocols", json={}, headers=headers).status_code for _ in range(5)]
+
+    assert attempts({}) == [401, 401, 401, 429, 429]  # counted against the client address
+    assert attempts({"Authorization": "Bearer tpk_nope"}) == [429] * 5  # an unknown key: the same address
+    assert attempts(reader) == [403, 403, 403, 429, 429]  # a key without the scope: its own budget
+    limited = anonymous.post("/v1/protocols", json={})
+    assert limited.status_code == 429 and limited.headers["Retry-After"]
+    denied = audit.query(app.extensions["protocols_db"], limit=100, outcome=audit.DENIED).items
+    assert len(denied) == 6  # 3 from the address (no key or an unknown one), 3 from the read key
+
+
+def test_behind_a_trusted_proxy_anonymous_readers_are_counted_per_client(make_app):
+    """Found by an adversarial probe: REMOTE_ADDR stayed the proxy's, so all anonymous readers behind it
+    shared one budget. The read fast path and the Flask views count the same address."""
+    payload = protocol_payload()
+
+    def statuses(app, forwarded_for: str, path: str) -> list[int]:
+        client = app.test_client()
+        client.environ_base.pop("HTTP_AUTHORIZATION", None)
+        return [client.get(path, headers={"X-Forwarded-For": forwarded_for}).status_code for _ in range(3)]
+
+    trusted = make_app(PROTOCOLS_RATE_LIMIT="2/day", PROTOCOLS_ANONYMOUS_READS=True,
+                       PROTOCOLS_FORWARDED_ALLOW_IPS="127.0.0.1")
+    assert trusted.test_client().post("/v1/protocols", json=payload).status_code == 201
+    for path in ("/v1/protocols", f"/v1/protocols/{payload['id']}"):  # the Flask view, the fast path
+        app = make_app(PROTOCOLS_RATE_LIMIT="2/day", PROTOCOLS_ANONYMOUS_READS=True,
+                       PROTOCOLS_FORWARDED_ALLOW_IPS="127.0.0.1")
+        assert statuses(app, "198.51.100.7, 203.0.113.5", path) == [200, 200, 429]
+        assert statuses(app, "203.0.113.6", path) == [200, 200, 429], path  # another client, its own budget
+        # A peer that is not a trusted proxy cannot choose the address it is counted by.
+        untrusted = make_app(PROTOCOLS_RATE_LIMIT="2/day", PROTOCOLS_ANONYMOUS_READS=True,
+                             PROTOCOLS_FORWARDED_ALLOW_IPS="10.0.0.1")
+        assert statuses(untrusted, "203.0.113.5", path) == [200, 200, 429]
+        assert statuses(untrusted, "203.0.113.6", path) == [429, 429, 429], path
