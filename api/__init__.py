@@ -56,7 +56,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     fastpath.init_app(app)  # after the hooks it mirrors exist (rate limiter, logging)
     # Outermost: the fast path and the app both see the client's address behind a trusted proxy.
     app.wsgi_app = proxy.TrustedProxy(  # type: ignore[method-assign]
-        app.wsgi_app, proxy.trusted_proxies(str(app.config.get("PROTOCOLS_FORWARDED_ALLOW_IPS") or "")))
+        app.wsgi_app, proxy.TrustedProxies(str(app.config.get("PROTOCOLS_FORWARDED_ALLOW_IPS") or "")))
     return app
 
 

@@ -144,7 +144,20 @@ def _bearer_token() -> str | None:
 
 
 def authenticate_request() -> None:
-    """``before_request``: resolve the scope, check the key, set ``g.actor_name`` for the audit trail."""
+    """``before_request``: resolve the scope, check the key, set ``g.actor_name`` for the audit trail.
+
+    A refusal (401/403, whatever its reason) counts against the caller's address or key first, so
+    it is rate-limited like any request (429 past the limit): refusals went uncounted, and a caller
+    without a key could add denied-attempt audit rows, which nothing may delete, without limit."""
+    try:
+        _authenticate()
+    except ApiError as exc:
+        if exc.status in (401, 403):
+            ratelimit.count(g.get("api_key_id"))
+        raise
+
+
+def _authenticate() -> None:
     rule = request.url_rule.rule if request.url_rule is not None else request.path
     scope = resolve_scope(current_app, request.endpoint, request.method, rule)
     g.required_scope = scope
@@ -155,19 +168,16 @@ def authenticate_request() -> None:
         if scope == READ and current_app.config.get("PROTOCOLS_ANONYMOUS_READS"):
             g.actor_name = None
             return
-        ratelimit.count(None)  # refusals count against the caller too (429 past the limit)
         raise ApiError(401, "Authentication required: send 'Authorization: Bearer <api key>'.",
                        headers={"WWW-Authenticate": _challenge()}, reason="missing_credentials")
     key = keys.authenticate(get_db(), token)
     if key is None:
-        ratelimit.count(None)
         raise ApiError(401, "The API key is not valid (unknown, revoked or expired).",
                        headers={"WWW-Authenticate": _challenge("invalid_token", "unknown, revoked or expired key")},
                        reason="invalid_key")
     g.api_key_id = key.id
     g.actor_name = key.name
     if not key.has_scope(scope):
-        ratelimit.count(key.id)
         raise ApiError(403, f"This API key lacks the '{scope}' scope needed here.",
                        headers={"WWW-Authenticate": _challenge("insufficient_scope", scope=scope)},
                        required_scope=scope, reason="insufficient_scope")

@@ -419,12 +419,16 @@ class RangeResult:
     verdict: Verdict | None
     evaluations: list[Evaluation]
     problem: str | None
+    notes: list[str] = field(default_factory=list)
 
 
 def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Fraction | str) -> RangeResult:
+    """Judge every quantity of the line against one range; the worst verdict wins. A quantity that
+    cannot be compared (a rate against an amount range that gives no duration) is noted, and never
+    replaces a verdict reached for another: 400 mg at 50 mg/h against 1-4.5 mg/kg stays "above"."""
     dose_range = content["dosing_ranges"][index]
     phase = str(dose_range.get("phase"))
-    evaluations = []
+    evaluations, problems = [], []
     for dose in line.doses:
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency,
                           weight_kg=weight if isinstance(weight, Fraction) else None)
@@ -434,10 +438,13 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Fra
             problem = exc.message
             if isinstance(weight, str) and exc.field.endswith("weight_kg"):
                 problem = f"{exc.message} ({weight})"
-            return RangeResult(phase, None, [], problem)
-    # A dose range (low to high) is inside only when both ends are: take its worst end.
+            problems.append(f"{fmt(Fraction(dose.value))} {dose.unit}: {problem}")
+    if not evaluations:
+        return RangeResult(phase, None, [], "; ".join(problems))
+    # A dose range (low to high) is inside only when both ends are, a dose and its rate only when
+    # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
-    return RangeResult(phase, verdict, evaluations, None)
+    return RangeResult(phase, verdict, evaluations, None, [f"not checked: {p}" for p in problems])
 
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
@@ -464,6 +471,7 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         detail.append(f"- **{result.phase}**: {result.verdict.value}")
         for evaluation in result.evaluations:
             detail.extend(f"  - {message}" for message in evaluation.messages)
+        detail.extend(f"  - {note}" for note in result.notes)
     detail.extend(f"- {note}" for note in line.notes)
     url = url_for("protocols.get_version", protocol_id=stored.protocol_id, version=stored.version,
                   _external=True)

@@ -22,8 +22,9 @@ def from_env(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "PROTOCOLS_ANONYMOUS_READS": env.get("PROTOCOLS_ANONYMOUS_READS", "false").lower() in ("1", "true", "yes"),
         "PROTOCOLS_REDIS_URL": env.get("PROTOCOLS_REDIS_URL") or None,
         "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "3000/minute"),  # per key; "off" disables
-        # peers whose X-Forwarded-For names the client (api/proxy.py); gunicorn.conf.py reads it too
-        "PROTOCOLS_FORWARDED_ALLOW_IPS": env.get("PROTOCOLS_FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        # peers whose X-Forwarded-For names the client (api/proxy.py): none unless set, since a proxy
+        # that passes the client's header through would let clients choose their address
+        "PROTOCOLS_FORWARDED_ALLOW_IPS": env.get("PROTOCOLS_FORWARDED_ALLOW_IPS", ""),
         "PROTOCOLS_CORS_ORIGINS": [o for o in env.get("PROTOCOLS_CORS_ORIGINS", "").split(",") if o],
         "PROTOCOLS_LOG_JSON": env.get("PROTOCOLS_LOG_JSON", "true").lower() in ("1", "true", "yes"),
         # GET /v1/protocols/{id} served without Flask's request machinery (api/fastpath.py)

@@ -1,13 +1,16 @@
-"""The client's address behind a trusted reverse proxy.
+"""The client's address behind trusted reverse proxies.
 
 gunicorn's ``forwarded_allow_ips`` only decides which peers may set the URL scheme; ``REMOTE_ADDR``
 stays the proxy's address. Anonymous readers are rate-limited per client address
 (api/ratelimit.py), so behind a proxy they all shared one budget: one client could use up the
 anonymous quota of everyone (found by an adversarial probe). This middleware, outermost in the WSGI
 stack (the read fast path and the Flask app see the same address), replaces ``REMOTE_ADDR`` with the
-address the proxy saw — the last ``X-Forwarded-For`` entry — when, and only when, the request came
-from a trusted proxy (``PROTOCOLS_FORWARDED_ALLOW_IPS``, the variable gunicorn.conf.py reads too;
-``*`` trusts every peer). Anyone else's ``X-Forwarded-For`` is ignored: it could name any address.
+client's address from ``X-Forwarded-For`` when, and only when, the request came from a trusted
+proxy (``PROTOCOLS_FORWARDED_ALLOW_IPS``: addresses or CIDR ranges, ``*`` for every peer; unset, no
+peer is trusted). The header is read from the right, skipping trusted proxies (CDN -> load balancer
+-> app): the first address no trusted proxy owns is the one a trusted proxy saw connect, and nothing
+left of it can be believed. Each trusted proxy must append to the header (nginx:
+``proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for``), not pass the client's through.
 """
 
 from __future__ import annotations
@@ -19,35 +22,60 @@ from typing import Any
 #: Where the peer's own address is kept once ``REMOTE_ADDR`` names the client.
 PROXY_ADDR_KEY = "protocols.proxy_addr"
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-def trusted_proxies(setting: str) -> frozenset[str]:
-    """``"10.0.0.1, 10.0.0.2"`` → the addresses; ``"*"`` → every peer."""
-    return frozenset(part.strip() for part in setting.split(",") if part.strip())
+
+class TrustedProxies:
+    """``"10.0.0.1, 10.1.0.0/16, ::1"`` (or ``"*"``): which peers' ``X-Forwarded-For`` is believed."""
+
+    def __init__(self, setting: str) -> None:
+        parts = [part.strip() for part in setting.split(",") if part.strip()]
+        self.everyone = "*" in parts
+        self.networks: list[Network] = [ipaddress.ip_network(part, strict=False) for part in parts if part != "*"]
+
+    def __bool__(self) -> bool:
+        return self.everyone or bool(self.networks)
+
+    def trusts(self, address: str | None) -> bool:
+        if self.everyone:
+            return True
+        ip = _ip(address)
+        return ip is not None and any(ip in network for network in self.networks)
 
 
 class TrustedProxy:
-    """WSGI middleware: ``REMOTE_ADDR`` is the client's when a trusted proxy forwarded the request."""
+    """WSGI middleware: ``REMOTE_ADDR`` is the client's when trusted proxies forwarded the request."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], trusted: frozenset[str]) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], trusted: TrustedProxies) -> None:
         self.app = app
         self.trusted = trusted
-        self.trust_all = "*" in trusted
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         forwarded = environ.get("HTTP_X_FORWARDED_FOR")
         peer = environ.get("REMOTE_ADDR")
-        if forwarded and (self.trust_all or peer in self.trusted):
-            client = client_address(forwarded)
+        if forwarded and self.trusted and self.trusted.trusts(peer):
+            client = client_address(forwarded, self.trusted)
             if client is not None:
                 environ[PROXY_ADDR_KEY] = peer
                 environ["REMOTE_ADDR"] = client
         return self.app(environ, start_response)
 
 
-def client_address(forwarded_for: str) -> str | None:
-    """The last hop of ``X-Forwarded-For`` (the one the trusted proxy appended), if it is an IP address."""
-    last = forwarded_for.rsplit(",", 1)[-1].strip()
+def client_address(forwarded_for: str, trusted: TrustedProxies) -> str | None:
+    """The rightmost ``X-Forwarded-For`` address that is not a trusted proxy; None when an entry on the
+    way is not an IP address (the header cannot be read) or every entry is a trusted proxy."""
+    for entry in reversed(forwarded_for.split(",")):
+        ip = _ip(entry.strip())
+        if ip is None:
+            return None
+        if not trusted.everyone and trusted.trusts(str(ip)):
+            continue
+        return str(ip)
+    return None
+
+
+def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return str(ipaddress.ip_address(last))
+        return ipaddress.ip_address(text or "")
     except ValueError:
         return None

@@ -415,7 +415,10 @@ def retire(
             head = _read_head(conn, protocol_id, retiring_at=at)
             newest, then = head.version, head.retirement
             assert then is not None
-            already_retired = effective_from is None and then.undoing_version is None and then.status == "retired"
+            # A no-op answers with the newest version, so it must be that retirement: after a draft or a
+            # back-dated version written since, a retire appends (found in review).
+            already_retired = (effective_from is None and newest.status == "retired"
+                               and then.undoing_version is None and then.status == "retired")
             check_if_match(newest, if_match, already_applied=already_retired)
             if already_retired:
                 return newest, False

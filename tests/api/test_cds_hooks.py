@@ -620,3 +620,14 @@ def test_a_weight_dated_past_the_dates_the_server_handles_sorts_oldest(client):
             {"resource": weight_observation(70, when="2024-06-01T00:00:00Z")}]}
         (card,) = cards(client, hook_request([order], weight=bundle))
         assert "\u00d7 70 kg" in card["detail"], when
+
+
+def test_a_rate_that_cannot_be_compared_never_hides_the_doses_verdict(client):
+    """Found in review: against an amount range with no duration the rate cannot be converted, and
+    that discarded the dose's verdict: 400 mg (above 4.5 mg/kg x 70 kg) at 50 mg/h read "not checked"."""
+    ketamine_protocol(client)  # 1-4.5 mg/kg IV, no duration
+    over = medication_request("ket-or", KETAMINE, IV, dose=(400, "mg"), rate=(50, "mg/h"))
+    fits = medication_request("ket-fr", KETAMINE, IV, dose=(100, "mg"), rate=(50, "mg/h"))
+    result = cards(client, hook_request([over, fits], weight=weight_bundle(70)))
+    assert [c["indicator"] for c in result] == ["critical", "info"]
+    assert all("not checked: 50 mg/h" in c["detail"] for c in result)

@@ -307,10 +307,14 @@ def test_refused_requests_count_against_the_caller_and_stop_adding_audit_rows(ma
     assert attempts({}) == [401, 401, 401, 429, 429]  # counted against the client address
     assert attempts({"Authorization": "Bearer tpk_nope"}) == [429] * 5  # an unknown key: the same address
     assert attempts(reader) == [403, 403, 403, 429, 429]  # a key without the scope: its own budget
+    other = make_app(PROTOCOLS_RATE_LIMIT="3/day").test_client()  # a malformed header (found in review)
+    other.environ_base.pop("HTTP_AUTHORIZATION", None)
+    assert [other.post("/v1/protocols", json={}, headers={"Authorization": "Basic eA=="}).status_code
+            for _ in range(5)] == [401, 401, 401, 429, 429]
     limited = anonymous.post("/v1/protocols", json={})
     assert limited.status_code == 429 and limited.headers["Retry-After"]
     denied = audit.query(app.extensions["protocols_db"], limit=100, outcome=audit.DENIED).items
-    assert len(denied) == 6  # 3 from the address (no key or an unknown one), 3 from the read key
+    assert len(denied) == 9  # 3 from the address (no key or an unknown one), 3 from the read key, 3 malformed
 
 
 def test_behind_a_trusted_proxy_anonymous_readers_are_counted_per_client(make_app):

@@ -514,3 +514,16 @@ def test_a_retirement_after_every_scheduled_version_is_allowed_and_repeats_the_o
     assert later.status_code == 200 and later.get_json()["title"] == "v2 in 2030"
     assert client.get(f"/v1/protocols/{protocol_id}").status_code == 200
     assert client.get(f"/v1/protocols/{protocol_id}?as_of=2031-06-01T00:00:00Z").status_code == 410
+
+
+def test_retiring_after_a_draft_written_since_the_retirement_appends_and_checks_if_match(client):
+    """Found in review: retired (v2), then a draft (v3): DELETE with a bogus If-Match answered 200 with
+    the draft as if it were the retirement."""
+    protocol_id, created = create(client)
+    retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": created.headers["ETag"]})
+    draft = revise(client, protocol_id, protocol_payload(protocol_id, status="draft"), retired.headers["ETag"])
+    assert draft.status_code == 201 and draft.get_json()["version"] == 3
+    assert client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": '"bogus"'}).status_code == 412
+    again = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": draft.headers["ETag"]})
+    assert again.status_code == 200
+    assert again.get_json()["status"] == "retired" and again.get_json()["version"] == 4
