@@ -256,27 +256,27 @@ def _raw_exchange(server: Server, request: bytes) -> tuple[int, dict[str, str], 
     return int(status_line.split(" ", 2)[1]), headers, body
 
 
-@pytest.mark.parametrize(("request_bytes", "status"), [
-    pytest.param(b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
-                 id="request-line-too-long"),
-    pytest.param(b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-N%d: 1\r\n" % n for n in range(120))
-                 + b"\r\n", 431, id="too-many-headers"),
-    pytest.param(b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431,
-                 id="header-too-large"),
-    pytest.param(b"GARBAGE\r\n\r\n", 400, id="malformed-request-line"),
-    pytest.param(b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400, id="malformed-header-name"),
-])
-def test_requests_gunicorn_refuses_itself_get_the_json_error_body(server: Server, request_bytes: bytes,
-                                                                 status: int) -> None:
+REFUSED_BY_GUNICORN = [
+    ("request-line-too-long", b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    ("too-many-headers", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\n"
+     + b"".join(b"X-N%d: 1\r\n" % n for n in range(120)) + b"\r\n", 431),
+    ("header-too-large", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+    ("malformed-request-line", b"GARBAGE\r\n\r\n", 400),
+    ("malformed-header-name", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+]
+
+
+def test_requests_gunicorn_refuses_itself_get_the_json_error_body(server: Server) -> None:
     """gunicorn answers these before the app runs; its HTML page is replaced by the app's error shape
-    (api/server_errors.py), which integrations parse for every error."""
-    got, headers, body = _raw_exchange(server, request_bytes)
-    assert got == status, (headers, body)
-    assert headers["content-type"] == "application/json"
-    assert int(headers["content-length"]) == len(body)
-    assert headers["x-content-type-options"] == "nosniff"
-    document = json.loads(body)
-    assert document["code"] == status and document["status"] and document["message"]
-    assert document["request_id"] == headers["x-request-id"]
-    assert len(document["message"]) <= 200  # a bounded description, not an echo of the 9 KB line
-    assert b"<html" not in body.lower()
+    (api/server_errors.py), which integrations parse for every error. One server for every case."""
+    for name, request_bytes, status in REFUSED_BY_GUNICORN:
+        got, headers, body = _raw_exchange(server, request_bytes)
+        assert got == status, (name, headers, body)
+        assert headers["content-type"] == "application/json", name
+        assert int(headers["content-length"]) == len(body), name
+        assert headers["x-content-type-options"] == "nosniff", name
+        document = json.loads(body)
+        assert document["code"] == status and document["status"] and document["message"], name
+        assert document["request_id"] == headers["x-request-id"], name
+        assert len(document["message"]) <= 200, name  # a bounded description, not an echo of the 9 KB line
+        assert b"<html" not in body.lower(), name
