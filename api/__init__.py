@@ -71,6 +71,7 @@ def _init_operations(app: Flask, api: Api) -> None:
     ratelimit.init_app(app)
     audit_log.init_app(app, app.extensions[DB_KEY].engine)
     keys_cli.init_app(app)
+    parsing.refuse_nul_in_path_parameters(app)
     parsing.refuse_undeclared_query_parameters(app)
     auth.document_security(app, api)
     parsing.document_body_errors(api)

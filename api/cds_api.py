@@ -49,6 +49,7 @@ from protocols.dosing import (
     number_problem,
     ranges_for,
 )
+from protocols.durations import parse_duration
 from protocols.versioning import StoredVersion
 from schemas.dosing import CdsDiscoverySchema, CdsRequestSchema, CdsResponseSchema
 
@@ -273,13 +274,13 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str]]:
     count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0))
     notes = ([f"Checked at the most frequent the timing allows: {count} per {repeat.period} {repeat.periodUnit}."]
              if repeat.frequencyMax is not None and count != int(repeat.frequency or 1) else [])
-    frequency = Frequency(count, _iso_duration(int(total)))
+    period = _iso_duration(int(total))
     try:
-        frequency.period_seconds  # noqa: B018 - the dose check parses it: it must be a duration it can read
+        parse_duration(period)  # the dose check reads it back: it must be a duration the service handles
     except ValueError:
         raise _bad_request(f"{path}.timing.repeat.period", f"{repeat.period} {repeat.periodUnit} is longer "
                            "than a dosing period this service can check") from None
-    return frequency, notes
+    return Frequency(count, period), notes
 
 
 def _abbreviated_frequency(dosage: Any) -> tuple[Frequency | None, list[str]]:

@@ -101,8 +101,7 @@ def declares_query(view: Any) -> bool:
 
 
 def refuse_undeclared_query_parameters(app: Flask) -> None:
-    """A query parameter sent to an operation that takes none is a 422 naming it, not ignored (and a
-    NUL in a path parameter is a 404 before any query sees it).
+    """A query parameter sent to an operation that takes none is a 422 naming it, not ignored.
 
     Why: ``PUT /v1/protocols/{id}?effective_from=2030-...`` answered 201 and put the version in effect
     at once; ``POST .../dose-check?as_of=...`` judged against the current version. A schema rejects
@@ -112,20 +111,23 @@ def refuse_undeclared_query_parameters(app: Flask) -> None:
     takes_query = {endpoint for endpoint, view in app.view_functions.items() if declares_query(view)}
 
     @app.before_request
-    def _refuse_nul_in_path() -> None:
-        """No id contains NUL, and PostgreSQL refuses NUL in any string parameter: ``/v1/protocols/x%00``
-        (found by the hostile-input suite) and ``/v1/admin/keys/x%00`` (by an adversarial probe) were a
-        500 on PostgreSQL. FHIR answers its own 404s."""
-        if request.blueprint in STRICT_QUERY_BLUEPRINTS and any(
-                isinstance(value, str) and "\x00" in value for value in (request.view_args or {}).values()):
-            raise ApiError(404, "Not found: the path contains a NUL character")
-
-    @app.before_request
     def _undeclared_query_parameters() -> None:
         if (not request.args or request.method == "OPTIONS" or request.blueprint not in STRICT_QUERY_BLUEPRINTS
                 or request.endpoint in takes_query):
             return
         raise ApiError(422, UNDECLARED_QUERY, errors={name: ["Unknown field."] for name in request.args})
+
+
+def refuse_nul_in_path_parameters(app: Flask) -> None:
+    """A NUL in a path parameter is a 404 (FHIR answers its own). No id contains NUL, and PostgreSQL
+    refuses NUL in any string parameter: ``/v1/protocols/x%00`` (found by the hostile-input suite) and
+    ``/v1/admin/keys/x%00`` (by an adversarial probe) were a 500 on PostgreSQL."""
+
+    @app.before_request
+    def _refuse_nul_in_path() -> None:
+        if request.blueprint in STRICT_QUERY_BLUEPRINTS and any(
+                isinstance(value, str) and "\x00" in value for value in (request.view_args or {}).values()):
+            raise ApiError(404, "Not found: the path contains a NUL character")
 
 
 #: What every operation that takes a JSON body can answer before its schema sees the body.

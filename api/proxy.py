@@ -19,9 +19,6 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 
-#: Where the peer's own address is kept once ``REMOTE_ADDR`` names the client.
-PROXY_ADDR_KEY = "protocols.proxy_addr"
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -56,7 +53,6 @@ class TrustedProxy:
         if forwarded and self.trusted and self.trusted.trusts(peer):
             client = client_address(forwarded, self.trusted)
             if client is not None:
-                environ[PROXY_ADDR_KEY] = peer
                 environ["REMOTE_ADDR"] = client
         return self.app(environ, start_response)
 

@@ -97,10 +97,6 @@ class ConcentrationRequired(DosingError):
         super().__init__("concentration", message)
 
 
-class RateAsMaximum(Exception):
-    """A stored per-period maximum in a rate unit: not an answer for the caller to fix, a note."""
-
-
 class UnitsIncompatible(DosingError):
     def __init__(self, message: str, field: str = "dose.unit") -> None:
         super().__init__(field, message)
@@ -401,7 +397,7 @@ def absolute_range(dose_range: Mapping[str, Any], weight_kg: Fraction | None,
     return AbsoluteRange(absolute, weight_kg, f"{span.text()} {TIMES} {fmt(weight_kg)} kg = {absolute.text()}")
 
 
-def _max_per_period(dose_range: Mapping[str, Any]) -> tuple[Amount, str, DoseUnit] | None:
+def _max_per_period(dose_range: Mapping[str, Any], notes: list[str]) -> tuple[Amount, str, DoseUnit] | None:
     limit = dose_range.get("max_per_period")
     if not limit:
         return None
@@ -409,19 +405,17 @@ def _max_per_period(dose_range: Mapping[str, Any]) -> tuple[Amount, str, DoseUni
     if unit.is_rate:
         # Refused at write time (schemas.clinical.MaxPerPeriodSchema); a version stored before that
         # rule may hold one. Adding up rates per dose means nothing, so it is not applied (and said so).
-        raise RateAsMaximum(f"the protocol's maximum per period ({fmt(exact(limit['value']))} {unit.code} per "
-                            f"{limit['period']}) is a rate, not an amount, and was not applied")
+        notes.append(f"Per-period maximum not checked: the protocol's maximum per period "
+                     f"({fmt(exact(limit['value']))} {unit.code} per {limit['period']}) is a rate, not an "
+                     f"amount, and was not applied.")
+        return None
     return Amount(exact(limit["value"]), unit.code), str(limit["period"]), unit
 
 
 def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, Any],
                 weight: Fraction | None, duration_s: Fraction | None,
                 notes: list[str]) -> PerPeriod | None:
-    try:
-        limit = _max_per_period(dose_range)
-    except RateAsMaximum as exc:
-        notes.append(f"Per-period maximum not checked: {exc}.")
-        limit = None
+    limit = _max_per_period(dose_range, notes)
     frequency = order.frequency
     dose_value = Fraction(order.dose.value)
     if limit is None and frequency is None:
@@ -576,11 +570,7 @@ def _patient_range(index: int, dose_range: Mapping[str, Any], weight: Fraction |
         messages.append(f"Frequency: {text} ({label})." if text else f"Frequency: {label}.")
     maximum: Amount | None = None
     period: str | None = None
-    try:
-        limit = _max_per_period(dose_range)
-    except RateAsMaximum as exc:
-        messages.append(f"Per-period maximum: {exc}.")
-        limit = None
+    limit = _max_per_period(dose_range, messages)
     if limit is not None:
         maximum, period, unit = limit
         if unit.per_kg and weight is not None:
