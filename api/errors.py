@@ -127,6 +127,8 @@ def _domain_response(exc: domain.DomainError) -> Response:
         return error_response(404, exc.message)
     if isinstance(exc, domain.InvalidRecord):
         return error_response(422, exc.message, errors=exc.details.get("errors"))
+    if isinstance(exc, domain.MalformedOrder):
+        return error_response(400, exc.message, errors=exc.details.get("errors"))
     if isinstance(exc, domain.StorageUnavailable):
         return error_response(503, exc.message, headers={"Retry-After": RETRY_AFTER_SECONDS})
     return error_response(400, exc.message)

@@ -47,6 +47,11 @@ class RetirementUndone(DomainError):
     effect after it would hide); details name that version and when it takes effect."""
 
 
+class MalformedOrder(DomainError):
+    """A CDS Hooks request whose draft orders or prefetched data cannot be read as FHIR R4;
+    ``details['errors']`` names the offending path."""
+
+
 class InvalidRecord(DomainError):
     """Content that passed the wire schema but breaks a domain rule; ``details['errors']`` by path."""
 

@@ -19,8 +19,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 
-from api import cds_api
-from protocols import terminology
+from protocols import cds, terminology
 from tests.factories import protocol_payload
 
 RXNORM, SNOMED, UCUM, LOINC = terminology.RXNORM, terminology.SNOMED, terminology.UCUM, "http://loinc.org"
@@ -491,12 +490,12 @@ def test_medication_reference_to_a_contained_medication(client):
 
 
 def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
-    """gunicorn.conf.py runs cds_api.warm_up() in every worker before its first request: the order it
+    """gunicorn.conf.py runs cds.warm_up() in every worker before its first request: the order it
     parses must be valid (or workers would not start) and go through every element the service reads."""
-    (bundle_entry,) = cds_api._WARM_UP_ORDERS["entry"]
+    (bundle_entry,) = cds._WARM_UP_ORDERS["entry"]
     MedicationRequest.model_validate(bundle_entry["resource"])
-    cds_api.warm_up()
-    (order,) = cds_api.draft_medication_requests(cds_api._WARM_UP_ORDERS, "order-sign", [])
+    cds.warm_up()
+    (order,) = cds.draft_medication_requests(cds._WARM_UP_ORDERS, "order-sign", [])
     assert order.rxnorm == ["6130"] and order.reasons == ["35489007"]  # via the contained Medication
     assert [(line.route, line.label, line.frequency is not None) for line in order.lines] == [
         ("47625008", "70 mg at 1 mg/kg/h", True), ("47625008", "1 mg/kg to 2 mg/kg", True)]
@@ -504,11 +503,11 @@ def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
 
 _FIRST_ORDER = """
 import json, sys
-from api import cds_api
+from protocols import cds
 if sys.argv[1] == "warm":
-    cds_api.warm_up()
+    cds.warm_up()
 before = set(sys.modules)
-cds_api.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [])
+cds.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [])
 print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith(("fhir", "pydantic")))))
 """
 
