@@ -155,6 +155,7 @@ _NEWEST_WITH_BASIS_SQL = _typed(_NEWEST_FOR_WRITE.format(basis=_BASIS)).columns(
 _INSERT_PROTOCOL = _typed("INSERT INTO protocols (id, created_at, latest_version) VALUES (:protocol_id, :created_at, 1)"
                           " ON CONFLICT (id) DO NOTHING RETURNING seq")
 _NEXT_SEQ = text("UPDATE change_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+_LOCK_COUNTER = text("SELECT 1 FROM change_counter WHERE id = 1 FOR UPDATE")
 
 _ADVANCE_HEAD = ("UPDATE protocols SET latest_version = :version"
                  " WHERE id = :protocol_id AND latest_version = :expected")
@@ -282,10 +283,10 @@ def create(
                         change_note=change_note, ctx=ctx, now=now)
     try:
         with _write_transaction(db) as conn:
-            protocol_seq = conn.execute(_INSERT_PROTOCOL, {"protocol_id": protocol_id, "created_at": now}).scalar()
+            protocol_seq = _insert_protocol(conn, protocol_id, now)
             if protocol_seq is None:  # the id exists (ON CONFLICT DO NOTHING inserted nothing)
                 raise exists
-            return _write(conn, prepared, protocol_seq=int(protocol_seq), expected=None)
+            return _write(conn, prepared, protocol_seq=protocol_seq, expected=None)
     except IntegrityError as exc:
         # A concurrent creator won the race between our existence check and the insert.
         raise exists from exc
@@ -455,11 +456,10 @@ def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: i
                         change_note=meta.get("change_note"),
                         ctx=WriteContext(meta.get("recorded_by"), meta.get("request_id")), now=recorded_at)
     if version == 1:
-        protocol_seq = None if head is not None else conn.execute(
-            _INSERT_PROTOCOL, {"protocol_id": protocol_id, "created_at": recorded_at}).scalar()
+        protocol_seq = None if head is not None else _insert_protocol(conn, protocol_id, recorded_at)
         if protocol_seq is None:
             raise ProtocolExists(f"protocol '{protocol_id}' already exists", protocol_id=protocol_id)
-        _write(conn, prepared, protocol_seq=int(protocol_seq), expected=None)
+        _write(conn, prepared, protocol_seq=protocol_seq, expected=None)
         return
     if head is None or head.latest_version != version - 1:
         raise VersionNotFound(f"protocol '{protocol_id}' version {version} arrives out of order")
@@ -537,6 +537,21 @@ def _changed_concurrently(protocol_id: str) -> PreconditionFailed:
     return PreconditionFailed(
         f"protocol '{protocol_id}' was changed concurrently; fetch the newest version and retry",
         current_version=None, current_etag=None)
+
+
+def _insert_protocol(conn: Connection, protocol_id: str, created_at: datetime) -> int | None:
+    """The new protocol's head row; returns its listing sequence, or None when the id exists.
+
+    The listing sequence must follow the changes feed: export writes versions in feed order and import
+    replays them, numbering protocols as they arrive, so a listing restored from an export is the
+    listing exported only if creates take their protocol seq in commit order. On PostgreSQL the seq
+    comes from a sequence at INSERT time, and a create that inserted first could commit (and take its
+    feed position) after a later one; holding the change counter's row lock first (it is held until
+    commit anyway) orders both. SQLite's ``BEGIN IMMEDIATE`` already runs one writer at a time."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_COUNTER)
+    seq = conn.execute(_INSERT_PROTOCOL, {"protocol_id": protocol_id, "created_at": created_at}).scalar()
+    return None if seq is None else int(seq)
 
 
 def _lost_race(db: Database, protocol_id: str) -> PreconditionFailed:

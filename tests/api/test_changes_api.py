@@ -20,10 +20,10 @@ from sqlalchemy import select, text
 from api.http import encode_cursor
 from protocols import versioning
 from protocols.db import Database
-from protocols.models import ProtocolVersion
+from protocols.models import Protocol, ProtocolVersion
 from tests.protocols.test_search import content_of
 
-WAIT_SECONDS = 30  # upper bound for a thread to reach a sync point; never a timing assertion
+WAIT_SECONDS = 3  # upper bound for a thread to reach a sync point; never a timing assertion
 
 
 class FeedReader:
@@ -308,3 +308,65 @@ def _assert_reader_saw_everything(db: Database, reader: FeedReader) -> None:
         stored = session.execute(select(ProtocolVersion.seq, ProtocolVersion.protocol_id, ProtocolVersion.version)
                                  .order_by(ProtocolVersion.seq)).all()
     assert [(i["seq"], i["protocol_id"], i["version"]) for i in reader.consumed] == [tuple(r) for r in stored]
+
+
+def test_creates_take_their_listing_position_in_feed_order(
+        db: Database, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export writes versions in feed order and import numbers protocols as they arrive, so the
+    listing (by protocol seq) survives a restore only if creates take their protocol seq in feed
+    order. T1 is held inside its create before its protocols row is inserted (PostgreSQL: a trigger
+    waits for an advisory lock this test holds; SQLite: a wrapped insert); T2 creates meanwhile.
+    On PostgreSQL T1 took its protocol seq from the sequence first and T2 committed (and took its feed
+    position) first: the restored listing swapped them. Now T2 must wait for T1."""
+    key = 4_242_002
+    holder = db.engine.connect()
+    release = threading.Event()
+    if backend == "postgres":
+        with db.engine.begin() as conn:
+            conn.execute(text("CREATE FUNCTION test_create_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                              f" IF NEW.id = 'order-a' THEN PERFORM pg_advisory_xact_lock_shared({key});"
+                              " END IF; RETURN NEW; END $$"))
+            conn.execute(text("CREATE TRIGGER test_create_gate BEFORE INSERT ON protocols"
+                              " FOR EACH ROW EXECUTE FUNCTION test_create_gate()"))
+        holder.execute(text(f"SELECT pg_advisory_lock({key})"))
+        holder.commit()
+    else:
+        reached = threading.Event()
+        original = versioning._insert_protocol
+
+        def gated(conn: Any, protocol_id: str, created_at: Any) -> int | None:
+            if protocol_id == "order-a":
+                reached.set()
+                assert release.wait(WAIT_SECONDS), "never released"
+            return original(conn, protocol_id, created_at)
+
+        monkeypatch.setattr(versioning, "_insert_protocol", gated)
+    try:
+        t1 = Writer("T1", lambda: versioning.create(db, "order-a", content_of("order-a")))
+        t1.start()
+        if backend == "postgres":
+            _wait_for_lock_waiters(db, 1)
+        else:
+            assert reached.wait(WAIT_SECONDS)
+        t2 = Writer("T2", lambda: versioning.create(db, "order-b", content_of("order-b")))
+        t2.start()
+        if backend == "postgres":
+            _wait_for_lock_waiters(db, 2)  # T2 waits for T1's feed position before taking its own
+        release.set()
+        if backend == "postgres":
+            holder.execute(text(f"SELECT pg_advisory_unlock({key})"))
+            holder.commit()
+        t1.finish()
+        t2.finish()
+    finally:
+        release.set()
+        holder.close()
+        if backend == "postgres":
+            with db.engine.begin() as conn:
+                conn.execute(text("DROP TRIGGER IF EXISTS test_create_gate ON protocols"))
+                conn.execute(text("DROP FUNCTION IF EXISTS test_create_gate()"))
+    with db.read() as session:
+        listing = session.scalars(select(Protocol.id).order_by(Protocol.seq)).all()
+        feed = session.scalars(select(ProtocolVersion.protocol_id).where(ProtocolVersion.version == 1)
+                               .order_by(ProtocolVersion.seq)).all()
+    assert listing == feed == ["order-a", "order-b"]
