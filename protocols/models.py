@@ -3,7 +3,8 @@
 Why this shape:
 
 * ``protocols`` is the *head* of a protocol: its slug, a creation sequence used as a stable
-  keyset-pagination key (taken in commit order, so an export replayed by import lists alike), and ``latest_version`` which writers advance with a guarded
+  keyset-pagination key (taken in commit order, so an export replayed by import lists alike), and
+  ``latest_version`` which writers advance with a guarded
   ``UPDATE ... WHERE latest_version = :expected`` so the If-Match check holds inside the database.
 * ``protocol_versions`` is the immutable history. A trigger (see the first migration) refuses any
   UPDATE or DELETE of a row on SQLite and PostgreSQL alike. Each row stores the JSON document served
