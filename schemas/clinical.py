@@ -56,6 +56,15 @@ def _check_unit(value: str) -> None:
         raise ValidationError(message)
 
 
+def _parsed_unit(unit: str) -> dose_units.DoseUnit | None:
+    """The parsed dose unit, or None when it does not parse (the unit field reports its own error;
+    a cross-field rule on top of it has nothing to add)."""
+    try:
+        return dose_units.parse_dose_unit(unit)
+    except dose_units.UnitError:
+        return None
+
+
 class QuantitySchema(Schema):
     """An amount in a UCUM unit (``{value, unit}``)."""
 
@@ -74,13 +83,8 @@ class MaxPerPeriodSchema(QuantitySchema):
         """An amount (mg, mg/kg, mL) per period, never a rate: "30 mg/h per day" cannot be checked,
         since the dose check adds up the doses given in the period."""
         unit = data.get("unit")
-        if not unit:
-            return  # the unit field reports its own error
-        try:
-            is_rate = dose_units.parse_dose_unit(unit).is_rate
-        except dose_units.UnitError:
-            return
-        if is_rate:
+        parsed = _parsed_unit(unit) if unit else None
+        if parsed is not None and parsed.is_rate:
             raise ValidationError({"unit": [f"'{unit}' is a rate; a maximum per period is an amount "
                                             "(mg, mg/kg or mL) given in period"]})
 
@@ -117,11 +121,10 @@ class DoseRangeSchema(Schema):
         cap = data.get("max_per_period")
         if data.get("unit") and isinstance(cap, dict) and cap.get("unit"):
             # Mixed units: a dose in mg capped in mL (or the reverse) cannot be compared by anyone.
-            try:
-                dose_kind = dose_units.parse_dose_unit(data["unit"]).kind
-                cap_kind = dose_units.parse_dose_unit(cap["unit"]).kind
-            except dose_units.UnitError:
-                return  # the unit fields report their own errors
+            dose_unit, cap_unit = _parsed_unit(data["unit"]), _parsed_unit(cap["unit"])
+            if dose_unit is None or cap_unit is None:
+                return
+            dose_kind, cap_kind = dose_unit.kind, cap_unit.kind
             if dose_kind != cap_kind:
                 raise ValidationError({"max_per_period": {"unit": [
                     f"'{cap['unit']}' is a {cap_kind} but the dose unit '{data['unit']}' is a {dose_kind}: "
