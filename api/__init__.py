@@ -38,6 +38,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False  # '//' must be a JSON 404, not an HTML redirect
+    app.url_map.converters["int"] = parsing.AsciiIntegerConverter
 
     app.extensions[DB_KEY] = make_database(app.config["PROTOCOLS_DATABASE_URL"],
                                            lock_timeout_ms=app.config["PROTOCOLS_DB_LOCK_TIMEOUT_MS"])
@@ -73,8 +74,11 @@ def _init_operations(app: Flask, api: Api) -> None:
     keys_cli.init_app(app)
     parsing.refuse_nul_in_path_parameters(app)
     parsing.refuse_undeclared_query_parameters(app)
+    parsing.refuse_undecodable_query_parameters(app)
+    parsing.refuse_undeclared_bodies(app)
     auth.document_security(app, api)
     parsing.document_body_errors(api)
+    protocols_api.document_if_match(api)
     _document_common_responses(api)
 
 
@@ -128,6 +132,8 @@ def _document_common_responses(api: Api) -> None:
                     p.get("in") == "query" for p in operation.get("parameters", []) if isinstance(p, dict)):
                 responses.setdefault("422", errors.documented_error(
                     f"{parsing.UNDECLARED_QUERY} Each one sent is named in errors"))
+            if not path.startswith("/v1/health") and "requestBody" not in operation:
+                responses.setdefault("400", errors.documented_error(parsing.UNDECLARED_BODY))
             if (method, path) not in _NO_DATABASE:
                 unavailable = errors.documented_error("The database is unavailable or busy; see Retry-After")
                 responses.setdefault("503", {**unavailable, "headers": retry_after})

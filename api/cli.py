@@ -14,7 +14,7 @@ from marshmallow import ValidationError
 
 from api.errors import flatten_errors
 from api.extensions import get_db
-from protocols import audit, catalog, keys, migrate, transfer
+from protocols import audit, catalog, keys, migrate, record, transfer
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
 
@@ -67,8 +67,21 @@ def load_command(directory: Path | None) -> None:
 
 
 def validate_document(document: dict[str, Any]) -> dict[str, list[str]]:
-    """Wire-schema errors of one exported version document, by dotted field path."""
-    return flatten_errors(ProtocolCreateSchema().validate(document))
+    """Wire-schema errors of one exported version document, by dotted field path.
+
+    A stored document carries every field the schema fills in (``verification_notes: []``, a range's
+    ``frequency: null`` …). One without them would be stored as sent, and the same record PUT back
+    would then differ from it and append a version instead of answering "unchanged"."""
+    schema = ProtocolCreateSchema()
+    errors = flatten_errors(schema.validate(document))
+    if errors:
+        return errors
+    _, loaded = split_payload(schema.load(document))
+    _, sent = record.split_document(document)
+    completed, as_sent = record.canonical_content(loaded), record.canonical_content(sent)
+    return {name: ["not in the stored form: the service stores this field as "
+                   f"{record.dumps(completed.get(name))}"]
+            for name in record.CONTENT_FIELDS if completed.get(name) != as_sent.get(name)}
 
 
 @protocols_cli.command("export")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Request, request
 from flask_smorest import Api
@@ -21,6 +22,7 @@ from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import IntegerConverter
 
 from api.config import MAX_BODY_BYTES
 from api.errors import ApiError, documented_error
@@ -93,11 +95,44 @@ STRICT_QUERY_BLUEPRINTS = frozenset({"protocols", "dosing", "cds", "changes", "t
 UNDECLARED_QUERY = "This operation takes no query parameters."
 
 
+class AsciiIntegerConverter(IntegerConverter):
+    """``<int:...>`` in ASCII digits only. Werkzeug's matches ``\\d+``, Unicode digits included:
+    ``/versions/\\u0661`` (an Arabic-Indic 1) served version 1 under a second URL (with immutable caching)."""
+
+    regex = r"[0-9]+"
+
+
+def declares_body(view: Any) -> bool:
+    """Whether a flask-smorest view reads a request body (``@blp.arguments(...)`` in json/form)."""
+    parameters = getattr(view, "_apidoc", {}).get("arguments", {}).get("parameters", [])
+    return any(isinstance(p, Mapping) and p.get("in") in ("json", "form", "files") for p in parameters)
+
+
+def refuse_undeclared_bodies(app: Flask) -> None:
+    """A body sent to an operation that reads none is a 400, not ignored.
+
+    Why: ``DELETE /v1/protocols/{id}`` with ``{"effective_from": "2040-..."}`` retired the protocol
+    *now* (the date belongs in the query string, and the body was never read). Runs once the
+    blueprints are registered, like :func:`refuse_undeclared_query_parameters`."""
+    takes_body = {endpoint for endpoint, view in app.view_functions.items() if declares_body(view)}
+
+    @app.before_request
+    def _undeclared_body() -> None:
+        if request.blueprint not in STRICT_QUERY_BLUEPRINTS or request.endpoint in takes_body:
+            return
+        if request.content_length or request.headers.get("Transfer-Encoding"):
+            raise ApiError(400, UNDECLARED_BODY, errors={"body": ["This operation takes no request body."]})
+
+
 def declares_query(view: Any) -> bool:
     """Whether a flask-smorest view reads query parameters (``@blp.arguments(..., location="query")``);
     its schema then refuses the unknown ones itself."""
     parameters = getattr(view, "_apidoc", {}).get("arguments", {}).get("parameters", [])
     return any(isinstance(p, Mapping) and p.get("in") == "query" for p in parameters)
+
+
+UNDECLARED_BODY = ("This operation takes no request body; parameters it takes (a retirement's effective_from "
+                   "and change_note, say) go in the query string.")
 
 
 def refuse_undeclared_query_parameters(app: Flask) -> None:
@@ -116,6 +151,36 @@ def refuse_undeclared_query_parameters(app: Flask) -> None:
                 or request.endpoint in takes_query):
             return
         raise ApiError(422, UNDECLARED_QUERY, errors={name: ["Unknown field."] for name in request.args})
+
+
+def undecodable_query_parameters(query_string: bytes) -> list[str]:
+    """Names of query parameters whose name or value is not valid UTF-8 once percent-decoded.
+
+    Why: Werkzeug decodes them with replacement characters, so ``q=%FF%FE`` searched for "\ufffd\ufffd"
+    and answered 200 with no items, as if the catalog held nothing for what the client asked."""
+    bad = []
+    for piece in query_string.split(b"&"):
+        name, _, value = piece.partition(b"=")
+        raw_name, raw_value = unquote_to_bytes(name.replace(b"+", b" ")), unquote_to_bytes(value.replace(b"+", b" "))
+        try:
+            raw_name.decode("utf-8")
+            raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(raw_name.decode("utf-8", "replace"))
+    return bad
+
+
+def refuse_undecodable_query_parameters(app: Flask) -> None:
+    """A query parameter that is not UTF-8 is a 422 naming it (see :func:`undecodable_query_parameters`)."""
+
+    @app.before_request
+    def _undecodable_query() -> None:
+        if request.blueprint not in STRICT_QUERY_BLUEPRINTS or not request.query_string:
+            return
+        bad = undecodable_query_parameters(request.query_string)
+        if bad:
+            raise ApiError(422, "Query parameters must be UTF-8 text.",
+                           errors={name: ["Not valid UTF-8 (percent-encode UTF-8 bytes)."] for name in bad})
 
 
 def refuse_nul_in_path_parameters(app: Flask) -> None:

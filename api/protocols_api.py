@@ -45,6 +45,10 @@ ETAG_HEADER = {"ETag": {"description": "Strong entity-tag of the version served"
                         "schema": {"type": "string"}}}
 LINK_HEADER = {"Link": {"description": "RFC 8288 next/prev links", "schema": {"type": "string"}}}
 
+#: Operations that need If-Match (documented by :func:`document_if_match`, not ``@blp.doc``: a manual
+#: ``parameters`` list replaces the query parameters ``@blp.arguments`` documents, and DELETE's
+#: ``effective_from``/``change_note`` were missing from the contract).
+IF_MATCH_OPERATIONS = (("put", "/v1/protocols/{protocol_id}"), ("delete", "/v1/protocols/{protocol_id}"))
 IF_MATCH_PARAMETER = {"in": "header", "name": "If-Match", "required": True, "schema": {"type": "string"},
                       "description": "ETag of the newest version (from GET or the previous write)"}
 
@@ -147,10 +151,12 @@ def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER,
               description="Content equals the newest version: nothing appended, newest returned")
 @blp.alt_response(201, schema=ProtocolSchema, description="A new version was appended")
+@blp.alt_response(409, schema=ErrorSchema,
+                  description="status 'retired' where an active version taking effect after it would undo the "
+                              "retirement (as for DELETE; named in scheduled_version / scheduled_effective_from)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale; the body names the newest version")
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
-@blp.doc(parameters=[IF_MATCH_PARAMETER],
-         responses={"200": {"links": _READ_LINKS}, "201": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
+@blp.doc(responses={"200": {"links": _READ_LINKS}, "201": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
 def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
     """Append the next version. Requires `If-Match` with the newest version's ETag."""
     _check_body_id(payload, protocol_id)
@@ -174,7 +180,7 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
                               "scheduled_version / scheduled_effective_from)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale")
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
-@blp.doc(parameters=[IF_MATCH_PARAMETER], responses={"200": {"links": _READ_LINKS}})
+@blp.doc(responses={"200": {"links": _READ_LINKS}})
 def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """Retire a protocol: append a `retired` version. Requires `If-Match`."""
     stored, created = versioning.retire(get_db(), protocol_id, if_match=if_match(),
@@ -232,3 +238,9 @@ def diff_versions(protocol_id: str, a: int, b: int) -> Any:
         return response
     body = diff_body(protocol_id, a, b, diff.diff_documents(old.as_dict(), new.as_dict()))
     return body, 200, headers
+
+
+def document_if_match(api: Any) -> None:
+    """Add the If-Match header parameter to :data:`IF_MATCH_OPERATIONS` in the OpenAPI document."""
+    for method, path in IF_MATCH_OPERATIONS:
+        api.spec._paths[path][method].setdefault("parameters", []).append(IF_MATCH_PARAMETER)

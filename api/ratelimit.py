@@ -28,7 +28,7 @@ log = logging.getLogger("api.ratelimit")
 
 RATELIMITER_KEY = "protocols_ratelimiter"
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+_LIMIT = re.compile(r"^\s*([0-9]+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
 REDIS_RETRY_SECONDS = 30.0
 
 

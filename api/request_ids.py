@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+from protocols.record import REQUEST_ID_PATTERN
 
 
 class _RequestIds:
@@ -32,4 +31,4 @@ new_request_id = _RequestIds()
 
 def request_id(incoming: str | None) -> str:
     """The id this request is known by in logs, audit rows and the ``X-Request-ID`` response header."""
-    return incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
+    return incoming if incoming and REQUEST_ID_PATTERN.fullmatch(incoming) else new_request_id()

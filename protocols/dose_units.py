@@ -20,6 +20,7 @@ A dose unit has the shape ``amount[/kg][/time]``:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -40,6 +41,30 @@ VARIABLE_TIME_UNITS = frozenset({"mo", "a", "mo_j", "mo_g", "mo_s", "a_j", "a_g"
 
 class UnitError(ValueError):
     """A unit that cannot be used for a dose; the message says why, for a 422 body."""
+
+
+_ANNOTATION = re.compile(r"\{[^}]*\}")
+#: A term that starts with a digit: a numeric factor (``2.mg``, ``mg/12.h``) or a power of ten
+#: (``10*3.mg``, ``10^6.ug``).
+_NUMERIC_TERM = re.compile(r"(?:^|[./(])[0-9]")
+#: An exponent of more than one digit (``mg12``); dose units need none beyond ``cm3``.
+_LONG_EXPONENT = re.compile(r"[A-Za-z\]_][+-]?[0-9]{2,}")
+
+
+def numeric_factor_problem(code: str) -> str | None:
+    """Why ``code`` cannot be a unit of this service because of the numbers in it, or None.
+
+    Why: UCUM allows numeric factors and powers of ten of any size, and pint computes them exactly:
+    ``10*999999.mg`` took ~40 s of CPU per conversion and then overflowed (a 500), and ``10*400.g``
+    turned a dose of 1 into a 400-digit number past every bound on values. A dose's size belongs in
+    its value; its unit names a mass, a volume, body weight and time. Checked before any parsing."""
+    bare = _ANNOTATION.sub("", code)
+    if _NUMERIC_TERM.search(bare):
+        return (f"'{code}' carries a numeric factor or a power of ten; write the amount in the value "
+                "and use a plain unit such as mg, ug or mL")
+    if _LONG_EXPONENT.search(bare):
+        return f"'{code}' carries an exponent no dose unit has"
+    return None
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,9 @@ def _registry() -> Any:
 
 @lru_cache(maxsize=256)
 def _quantity(code: str) -> Any:
+    problem = numeric_factor_problem(code)
+    if problem is not None:
+        raise UnitError(problem)
     try:
         quantity = _registry().from_ucum(code)
     except Exception as exc:  # ucumvert raises its own error types (and lark's) for bad input

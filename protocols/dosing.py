@@ -251,6 +251,19 @@ def fmt(value: Fraction) -> str:
     return text if Fraction(shown) == value else f"≈{text}"
 
 
+def significant_digits(value: Decimal) -> int:
+    """Significant digits of a finite Decimal, counted exactly: ``normalize()`` would first round to
+    the context's 28 digits, so 70.0000000000000000000000000000001 would count as 2."""
+    digits = value.as_tuple().digits
+    kept = len(digits)
+    while kept > 1 and digits[kept - 1] == 0:
+        kept -= 1
+    start = 0
+    while start < kept - 1 and digits[start] == 0:
+        start += 1
+    return kept - start
+
+
 def number_problem(value: Decimal) -> str | None:
     """Why ``value`` cannot be an ordered dose, rate or weight, or None when it can."""
     if not value.is_finite():
@@ -259,7 +272,7 @@ def number_problem(value: Decimal) -> str | None:
         return "Must be greater than 0."
     if not -MAX_EXPONENT <= value.adjusted() < MAX_EXPONENT:
         return f"Must be between 1e-{MAX_EXPONENT} and 1e{MAX_EXPONENT}."
-    if len(value.normalize().as_tuple().digits) > MAX_SIGNIFICANT_DIGITS:
+    if significant_digits(value) > MAX_SIGNIFICANT_DIGITS:
         return f"At most {MAX_SIGNIFICANT_DIGITS} significant digits."
     return None
 

@@ -10,8 +10,8 @@ import re
 from datetime import timedelta
 
 _PATTERN = re.compile(
-    r"^P(?!$)(?:(?P<weeks>\d{1,4})W)?(?:(?P<days>\d{1,4})D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d{1,4})H)?(?:(?P<minutes>\d{1,5})M)?(?:(?P<seconds>\d{1,6})S)?)?$"
+    r"\AP(?!\Z)(?:(?P<weeks>[0-9]{1,4})W)?(?:(?P<days>[0-9]{1,4})D)?"
+    r"(?:T(?=[0-9])(?:(?P<hours>[0-9]{1,4})H)?(?:(?P<minutes>[0-9]{1,5})M)?(?:(?P<seconds>[0-9]{1,6})S)?)?\Z"
 )
 
 
@@ -19,7 +19,7 @@ def parse_duration(text: str) -> timedelta:
     """Parse ``PnWnDTnHnMnS`` (any subset, at least one part, > 0). Raises ``ValueError``."""
     if not isinstance(text, str):
         raise ValueError("duration must be a string such as P1D, P1W or PT40M")
-    if re.match(r"^P.*\d+[YM].*$", text) and "T" not in text.split("M")[0]:
+    if re.fullmatch(r"P.*[0-9]+[YM].*", text, re.DOTALL) and "T" not in text.split("M")[0]:
         raise ValueError("years and months are not allowed (their length varies); use weeks or days")
     match = _PATTERN.match(text)
     if not match:

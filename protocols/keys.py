@@ -70,10 +70,18 @@ class KeyInfo:
         return scope in self.scopes
 
 
-def key_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a key (it becomes the author of the key's writes), or None."""
+def author_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the author of a version (``recorded_by``): a key name or the service's."""
     if not _KEY_NAME.fullmatch(name):
         return "1 to 64 characters, no control characters (tab, newline …), no blank at either end"
+    return None
+
+
+def key_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a key (it becomes the author of the key's writes), or None."""
+    problem = author_name_problem(name)
+    if problem is not None:
+        return problem
     if name.casefold() in (CATALOG_ACTOR, CLI_ACTOR) or name.casefold().startswith(f"{CLI_ACTOR}:"):
         return f"'{name}' is an author name of the service itself"
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
@@ -19,6 +20,9 @@ from typing import Any
 from protocols.timeutil import format_rfc3339
 
 #: Fields owned by the server: present in documents, ignored when a client sends them back.
+#: A request id as the service accepts or mints it (``X-Request-ID``): stored in versions and audit rows.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+
 SERVER_FIELDS = ("version", "recorded_at", "recorded_by", "request_id", "etag")
 
 #: Per-version metadata (not clinical content).

@@ -28,10 +28,10 @@ INDICATION_SYSTEMS = (ICD10CM, SNOMED)
 ROUTE_SYSTEMS = (SNOMED,)
 
 #: ICD-10-CM: letter (not U), digit, digit-or-A/B; optional dot and 1-4 more characters.
-ICD10CM_PATTERN = re.compile(r"^[A-TV-Z][0-9][0-9AB](\.[0-9A-TV-Z]{1,4})?$")
+ICD10CM_PATTERN = re.compile(r"\A[A-TV-Z][0-9][0-9AB](\.[0-9A-TV-Z]{1,4})?\Z")
 #: SNOMED CT concept id: 6-18 digits, no leading zero (the check digit is verified separately).
-SNOMED_PATTERN = re.compile(r"^[1-9][0-9]{5,17}$")
-RXNORM_PATTERN = re.compile(r"^[1-9][0-9]{0,7}$")
+SNOMED_PATTERN = re.compile(r"\A[1-9][0-9]{5,17}\Z")
+RXNORM_PATTERN = re.compile(r"\A[1-9][0-9]{0,7}\Z")
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

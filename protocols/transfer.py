@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
-from protocols import record, versioning
+from protocols import keys, record, versioning
 from protocols.db import Database
 from protocols.models import Protocol, ProtocolVersion
 from protocols.strict_json import InvalidJSON, strict_loads
@@ -132,6 +134,14 @@ def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
             bad(name, "missing (export every field of the stored document)")
         elif doc[name] is not None and not isinstance(doc[name], str):
             bad(name, "must be a string or null")
+    # What the service itself writes there (a key's name, a request id): anything else was never
+    # exported by it, and PostgreSQL refused what its columns cannot hold with a bare traceback.
+    if isinstance(doc.get("recorded_by"), str):
+        problem = keys.author_name_problem(doc["recorded_by"])
+        if problem is not None:
+            bad("recorded_by", f"not an author name the service writes: {problem}")
+    if isinstance(doc.get("request_id"), str) and not record.REQUEST_ID_PATTERN.fullmatch(doc["request_id"]):
+        bad("request_id", "not a request id the service writes: 1 to 100 of A-Z a-z 0-9 . _ : -")
     return errors  # id, status text, content and unknown fields are the wire schema's to check
 
 
@@ -140,6 +150,7 @@ def parse_ndjson(data: bytes, validate: ContentValidator) -> list[_Line]:
     errors: list[LineError] = []
     lines: list[_Line] = []
     expected: dict[str, tuple[int, int]] = {}  # protocol id -> (next version, line of previous)
+    recorded: dict[str, datetime] = {}  # protocol id -> recorded_at of its previous version
     for number, text, problem in _split_lines(data):
         if problem is not None or text is None:
             errors.append(LineError(number, "_line", problem or "unreadable"))
@@ -169,13 +180,19 @@ def parse_ndjson(data: bytes, validate: ContentValidator) -> list[_Line]:
             errors += line_errors
             continue
         protocol_id, version = str(doc["id"]), int(doc["version"])
+        recorded_at = parse_rfc3339(doc["recorded_at"])
         if protocol_id in expected:
             want, previous = expected[protocol_id]
             if version != want:
                 errors.append(LineError(number, "version", f"expected version {want} of '{protocol_id}' "
                                                           f"(previous version on line {previous})"))
                 continue
+            if recorded_at < recorded[protocol_id]:
+                errors.append(LineError(number, "recorded_at", f"earlier than version {version - 1}'s (line "
+                                        f"{previous}): versions are recorded in order"))
+                continue
         expected[protocol_id] = (version + 1, number)
+        recorded[protocol_id] = recorded_at
         lines.append(_Line(number, doc, protocol_id, version))
     if errors:
         raise ImportRejected(errors)
@@ -187,11 +204,20 @@ def _check_against_database(session: Any, lines: Iterable[_Line]) -> list[LineEr
     first: dict[str, _Line] = {}
     for line in lines:
         first.setdefault(line.protocol_id, line)
-    stored = dict(session.execute(
-        select(Protocol.id, Protocol.latest_version).where(Protocol.id.in_(list(first)))).all()) if first else {}
+    rows = session.execute(
+        select(Protocol.id, Protocol.latest_version, ProtocolVersion.recorded_at)
+        .join(ProtocolVersion, (ProtocolVersion.protocol_id == Protocol.id)
+              & (ProtocolVersion.version == Protocol.latest_version))
+        .where(Protocol.id.in_(list(first)))).all() if first else []
+    stored = {row.id: row.latest_version for row in rows}
+    stored_at = {row.id: row.recorded_at for row in rows}
     errors = []
     for protocol_id, line in first.items():
         latest = stored.get(protocol_id, 0)
+        recorded_at = parse_rfc3339(line.document["recorded_at"])
+        if latest and line.version == latest + 1 and recorded_at < stored_at[protocol_id]:
+            errors.append(LineError(line.number, "recorded_at", f"earlier than the stored version {latest} of "
+                                    f"'{protocol_id}': versions are recorded in order"))
         if line.version != latest + 1:
             if latest:
                 message = (f"protocol '{protocol_id}' already has versions up to {latest}; the file's "
@@ -211,7 +237,14 @@ def import_ndjson(db: Database, data: bytes, validate: ContentValidator) -> Impo
         if errors:
             raise ImportRejected(errors)
         for line in lines:
-            versioning.import_version(session, line.document)
+            try:
+                versioning.import_version(session, line.document)
+            except DBAPIError as exc:
+                # Checks above should leave nothing for the database to refuse; if it still does (a
+                # limit of one database and not the other), the file is refused with its line, not
+                # with a traceback, and the transaction writes nothing.
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+                raise ImportRejected([LineError(line.number, "_line", f"the database refused it: {reason}")]) from exc
             result.versions += 1
             result.protocols.add(line.protocol_id)
     return result

@@ -18,6 +18,8 @@ from __future__ import annotations
 from functools import cache, lru_cache
 from typing import Any
 
+from protocols.dose_units import numeric_factor_problem
+
 #: unit code -> human description (pick list served at /v1/terminology/units)
 DOSE_UNITS: dict[str, str] = {
     "g": "gram",
@@ -97,6 +99,9 @@ def check_ucum_dose_unit(unit: str) -> str | None:
     parts = unit.split("/")
     if not unit.strip() or any(not part.strip() for part in parts):
         return f"'{unit}' is not a valid UCUM unit; a dose unit looks like mg, mg/kg or mg/kg/h"
+    problem = numeric_factor_problem(unit)
+    if problem is not None:
+        return problem
     for part in parts:
         message = _ucum_error(unit, part)
         if message:

@@ -329,6 +329,7 @@ def revise(
             check_if_match(head.version, if_match, already_applied=prepared is None)
             if prepared is None:
                 return head.version, False
+            _check_not_undone(conn, prepared)
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=head.version.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
@@ -353,7 +354,7 @@ def _pg_raw(dialect: Any, key: tuple[bool, bool, bool] | str) -> str:
     """A statement compiled once to the driver's own paramstyle (named ``%(name)s``)."""
     sql = _PG_RAW.get(key)
     if sql is None:
-        statement = _NEWEST_SQL if isinstance(key, str) else _pg_append_statement(*key)
+        statement = _NAMED_READS[key] if isinstance(key, str) else _pg_append_statement(*key)
         sql = _PG_RAW[key] = str(statement.compile(dialect=dialect))
     return sql
 
@@ -373,6 +374,12 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
     check_if_match(head.version, if_match, already_applied=prepared is None)
     if prepared is None:
         return head.version, False
+    if prepared.stored.status == "retired":
+        stored = prepared.stored
+        row = db.reads.fetch_one(_pg_raw(dialect, "undoing"), {"protocol_id": stored.protocol_id,
+                                                               "effective_from": stored.effective_from})
+        if row is not None:
+            raise _retirement_undone(stored.protocol_id, stored.effective_from, int(row[0]), row[1])
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
@@ -423,13 +430,7 @@ def retire(
             if already_retired:
                 return newest, False
             if then.undoing is not None:
-                version, when = then.undoing
-                scheduled = format_rfc3339(when)
-                raise RetirementUndone(
-                    f"version {version} of '{protocol_id}' is active from {scheduled}, after this "
-                    f"retirement ({format_rfc3339(at)}): it would be in effect again from then. Retire at or "
-                    f"after {scheduled}, or first retire at {scheduled} to cancel it.",
-                    scheduled_version=version, scheduled_effective_from=scheduled)
+                raise _retirement_undone(protocol_id, at, *then.undoing)
             _, content = record.split_document(then.basis_document or newest.document)
             prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
                                 effective_from=at,
@@ -437,6 +438,39 @@ def retire(
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
+
+
+def _retirement_undone(protocol_id: str, at: datetime, version: int, when: datetime) -> RetirementUndone:
+    scheduled = format_rfc3339(when)
+    return RetirementUndone(
+        f"version {version} of '{protocol_id}' is active from {scheduled}, after this "
+        f"retirement ({format_rfc3339(at)}): it would be in effect again from then. Retire at or "
+        f"after {scheduled}, or first retire at {scheduled} to cancel it.",
+        scheduled_version=version, scheduled_effective_from=scheduled)
+
+
+_UNDOING_SQL = _typed("SELECT u.version, u.effective_from " + _UNDOING.replace("u.protocol_id = p.id",
+                                                                              "u.protocol_id = :protocol_id")
+                      ).columns(effective_from=_TIME)
+
+
+def _check_not_undone(conn: Connection, prepared: _Prepared) -> None:
+    """A ``retired`` version written with PUT obeys the rule DELETE does (:func:`retire`): refused when
+    an active version taking effect after it would undo it (the probe found PUT status=retired
+    answered 201 where DELETE answered 409). Read after the head: a version appended in between makes
+    the guarded append fail, so the answer cannot rest on a state that no longer holds. (SQLite; on
+    PostgreSQL :func:`_revise_in_one_statement` sends the same SELECT on its autocommit connection.)"""
+    stored = prepared.stored
+    if stored.status != "retired":
+        return
+    params = {"protocol_id": stored.protocol_id, "effective_from": stored.effective_from}
+    row = conn.execute(_UNDOING_SQL, params).first()
+    if row is not None:
+        raise _retirement_undone(stored.protocol_id, stored.effective_from, int(row.version), row.effective_from)
+
+
+#: Reads ``_pg_raw`` compiles for the thread's autocommit connection, by name.
+_NAMED_READS = {"head": _NEWEST_SQL, "undoing": _UNDOING_SQL}
 
 
 def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: int | None = None) -> None:

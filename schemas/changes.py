@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from schemas.fields import Slug, Text
+from schemas.fields import QueryInteger, Slug, Text
 from schemas.query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
@@ -12,7 +12,7 @@ class ChangesQuerySchema(Schema):
     after = Text(validate=validate.Length(1, 500),
                  metadata={"description": "Opaque position from a previous page's `next` link; omit to "
                                           "start from the first change ever recorded"})
-    page_size = fields.Integer(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(1, MAX_PAGE_SIZE),
+    page_size = QueryInteger(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(1, MAX_PAGE_SIZE),
                                metadata={"description": f"Changes per page (max {MAX_PAGE_SIZE})"})
     protocol_id = Slug(metadata={"description": "Only changes of this protocol"})
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+from fractions import Fraction
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from protocols import dose_units, terminology, units
+from protocols.timeutil import utcnow
 from schemas.fields import CalendarDate, Duration, PositiveDecimal, StrictBoolean, StrictInteger, Text
 
 PHASES = ("induction", "maintenance", "continuation", "single", "loading", "infusion", "titration")
@@ -111,7 +114,7 @@ class DoseRangeSchema(Schema):
     duration = Duration(load_default=None, allow_none=True,
                         metadata={"description": "Length of one administration, e.g. PT40M"})
     max_per_period = fields.Nested(MaxPerPeriodSchema, load_default=None, allow_none=True)
-    instructions = Text(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    instructions = Text(load_default=None, allow_none=True, multiline=True, validate=validate.Length(max=2000))
 
     @validates_schema
     def _check_range(self, data: dict[str, Any], **_: Any) -> None:
@@ -129,6 +132,12 @@ class DoseRangeSchema(Schema):
                 raise ValidationError({"max_per_period": {"unit": [
                     f"'{cap['unit']}' is a {cap_kind} but the dose unit '{data['unit']}' is a {dose_kind}: "
                     "a maximum must be the same kind of amount as the dose"]}})
+            comparable = not dose_unit.is_rate and not cap_unit.is_rate and dose_unit.per_kg == cap_unit.per_kg
+            if (comparable and low is not None and cap.get("value") is not None
+                    and Fraction(cap["value"]) * cap_unit.amount_factor < Fraction(low) * dose_unit.amount_factor):
+                raise ValidationError({"max_per_period": {"value": [
+                    f"{cap['value']} {cap['unit']} per {cap.get('period')} is less than one dose at the minimum "
+                    f"({low} {data['unit']}): no dose in this range could be given"]}})
 
 
 class DrugSchema(Schema):
@@ -140,16 +149,27 @@ class DrugSchema(Schema):
                               validate=validate.Length(max=20))
     dea_schedule = Text(load_default=None, allow_none=True, validate=validate.OneOf(DEA_SCHEDULES))
 
+    @validates_schema
+    def _check_brand_names(self, data: dict[str, Any], **_: Any) -> None:
+        names = [name.casefold() for name in data.get("brand_names") or []]
+        if len(set(names)) != len(names):
+            raise ValidationError({"brand_names": ["duplicate brand names"]})
+
+
+#: No FDA application predates the 1900s (the NDA itself dates from 1938); 1066-01-01 is a typo.
+EARLIEST_APPROVAL = date(1900, 1, 1)
+
 
 class FdaApprovalSchema(Schema):
     status = Text(required=True, validate=validate.OneOf(FDA_STATUSES))
     application_number = Text(load_default=None, allow_none=True,
-                              validate=validate.Regexp(r"^(NDA|ANDA|BLA)[0-9]{6}$",
+                              validate=validate.Regexp(r"\A(NDA|ANDA|BLA)[0-9]{6}\Z",
                                                        error="Must be NDA, ANDA or BLA followed by 6 digits."))
     approval_date = CalendarDate(load_default=None, allow_none=True)
-    approved_indication = Text(load_default=None, allow_none=True, validate=validate.Length(max=1000))
+    approved_indication = Text(load_default=None, allow_none=True, multiline=True,
+                               validate=validate.Length(max=1000))
     rems_required = StrictBoolean(load_default=False)
-    boxed_warning = Text(load_default=None, allow_none=True, validate=validate.Length(max=1000),
+    boxed_warning = Text(load_default=None, allow_none=True, multiline=True, validate=validate.Length(max=1000),
                          metadata={"description": "Boxed warning title; null when the label has none"})
 
     @validates_schema
@@ -164,6 +184,11 @@ class FdaApprovalSchema(Schema):
             for name in ("application_number", "approval_date"):
                 if data.get(name) is not None:
                     errors[name] = [f"{name} must be null when status is 'investigational'."]
+        approved = data.get("approval_date")
+        # A day of slack: "today" is a different date across time zones.
+        if approved is not None and not EARLIEST_APPROVAL <= approved <= utcnow().date() + timedelta(days=1):
+            errors.setdefault("approval_date", []).append(
+                f"must be between {EARLIEST_APPROVAL.isoformat()} and today: an approval cannot be in the future")
         if errors:
             raise ValidationError(errors)
 

@@ -20,7 +20,7 @@ from schemas.clinical import PHASES, DoseRangeSchema, FrequencySchema
 from schemas.fields import Instant, Text
 from schemas.query import AsOfQuerySchema
 
-_NUMBER_TEXT = re.compile(r"^[0-9]{1,20}(\.[0-9]{1,20})?$")
+_NUMBER_TEXT = re.compile(r"\A[0-9]{1,20}(\.[0-9]{1,20})?\Z")
 
 
 class DoseNumber(fields.Decimal):

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate
 
-from protocols.dosing import MAX_SIGNIFICANT_DIGITS
+from protocols.dosing import MAX_SIGNIFICANT_DIGITS, significant_digits
 from protocols.durations import parse_duration
 from protocols.timeutil import parse_rfc3339
 
-SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+SLUG_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9-]{2,63}\Z")
+#: C0 (except TAB, LF, CR) and C1 controls, DEL, and Unicode noncharacters (U+FDD0-FDEF, U+xFFFE/F).
+_NONCHARACTERS = "".join(chr(plane * 0x10000 + 0xFFFE) + chr(plane * 0x10000 + 0xFFFF) for plane in range(17))
+_CONTROL = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef{_NONCHARACTERS}]")
+#: Line breaks (and TAB): refused in single-line text such as titles, names and codes.
+_LINE_BREAK = re.compile("[\t\n\r\u2028\u2029]")
 
 #: The ``fields.Url`` variants the schemas use, as (relative, absolute, require_tld): absolute URLs, with
 #: a top-level domain (sources) and without one (a CDS Hooks ``fhirServer`` may be an intranet host).
@@ -22,8 +27,19 @@ URL_VARIANTS = ((False, True, True), (False, True, False))
 MAX_DOSE_VALUE = Decimal(1_000_000)
 
 
+def is_blank(text: str) -> bool:
+    """Whether non-empty text holds nothing visible: only spaces, line breaks, format characters
+    (zero-width space, BOM) or controls. A title of three spaces passed ``Length(1, 200)``."""
+    return bool(text) and all(char.isspace() or unicodedata.category(char)[0] in "ZC" for char in text)
+
+
 class Text(fields.String):
-    """A string that is valid UTF-8 text: no lone surrogates, no NUL or other control characters."""
+    """A string that is valid UTF-8 text: no lone surrogates, no control characters or noncharacters,
+    not blank; single-line unless ``multiline=True`` (summaries, instructions, notes)."""
+
+    def __init__(self, *, multiline: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.multiline = multiline
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
@@ -33,6 +49,10 @@ class Text(fields.String):
             raise ValidationError("Not valid Unicode text (lone surrogate).") from exc
         if _CONTROL.search(result):
             raise ValidationError("Control characters are not allowed.")
+        if not self.multiline and _LINE_BREAK.search(result):
+            raise ValidationError("Must be a single line (no tab or line break).")
+        if is_blank(result):
+            raise ValidationError("Must not be blank.")
         return result
 
 
@@ -67,8 +87,7 @@ class PositiveDecimal(fields.Decimal):
             raise ValidationError("Must be greater than 0.")
         if result > MAX_DOSE_VALUE:
             raise ValidationError(f"Must be at most {MAX_DOSE_VALUE}.")
-        digits = len(result.normalize().as_tuple().digits)
-        if digits > MAX_SIGNIFICANT_DIGITS:
+        if significant_digits(result) > MAX_SIGNIFICANT_DIGITS:
             raise ValidationError(f"At most {MAX_SIGNIFICANT_DIGITS} significant digits.")
         if Decimal(repr(float(result))) != result:
             # Documents carry numbers as JSON doubles: 1e-400 would be stored as 0 (found by the
@@ -93,6 +112,18 @@ class Duration(Text):
         except ValueError as exc:
             raise ValidationError(str(exc)) from exc
         return result
+
+
+class QueryInteger(fields.Integer):
+    """A non-negative integer written in ASCII digits: ``int()`` also takes " 5", "\\uff12" (a fullwidth 2)
+    and "\\u0661" (an Arabic-Indic 1), which then came back in ``next`` links as the client wrote them."""
+
+    _DIGITS = re.compile(r"[0-9]{1,9}")
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if not isinstance(value, str) or not self._DIGITS.fullmatch(value):
+            raise ValidationError("Must be a whole number written in the digits 0-9.")
+        return int(value)
 
 
 class StrictBoolean(fields.Boolean):

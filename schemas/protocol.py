@@ -7,6 +7,7 @@ unknown field is rejected.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
@@ -23,6 +24,7 @@ from schemas.clinical import (
 from schemas.fields import Instant, Slug, Text
 
 STATUSES = ("draft", "active", "retired")
+_INDEX = re.compile(r"[0-9]{1,4}")  # not str.isdigit(): superscripts and Arabic-Indic digits pass it
 
 
 class ProtocolSchema(Schema):
@@ -40,9 +42,9 @@ class ProtocolSchema(Schema):
     recorded_by = fields.String(dump_only=True, allow_none=True,
                                 metadata={"description": "Name of the API key that wrote the version"})
     request_id = fields.String(dump_only=True, allow_none=True)
-    change_note = Text(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+    change_note = Text(load_default=None, allow_none=True, multiline=True, validate=validate.Length(max=2000))
     title = Text(required=True, validate=validate.Length(1, 200))
-    summary = Text(required=True, validate=validate.Length(1, 4000))
+    summary = Text(required=True, multiline=True, validate=validate.Length(1, 4000))
     drug = fields.Nested(DrugSchema, required=True)
     indications = fields.List(fields.Nested(IndicationSchema), required=True,
                               validate=validate.Length(1, 50))
@@ -51,7 +53,7 @@ class ProtocolSchema(Schema):
                                 validate=validate.Length(1, 50))
     fda_approval = fields.Nested(FdaApprovalSchema, required=True)
     sources = fields.List(fields.Nested(SourceSchema), required=True, validate=validate.Length(1, 50))
-    verification_notes = fields.List(Text(validate=validate.Length(1, 2000)), load_default=list,
+    verification_notes = fields.List(Text(multiline=True, validate=validate.Length(1, 2000)), load_default=list,
                                      validate=validate.Length(max=50),
                                      metadata={"description": "Facts in this record that could not be "
                                                               "verified in a primary source"})
@@ -62,8 +64,8 @@ class ProtocolSchema(Schema):
             return {k: v for k, v in data.items() if k not in SERVER_FIELDS}
         return data
 
-    @validates_schema(skip_on_field_errors=False)
-    def _check_cross_fields(self, data: dict[str, Any], **_: Any) -> None:
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _check_cross_fields(self, data: dict[str, Any], original: Any = None, **_: Any) -> None:
         errors: dict[str, Any] = {}
         routes = data.get("routes") or []
         # A route whose code failed its own validation has no code here: skip it (its field error
@@ -85,11 +87,21 @@ class ProtocolSchema(Schema):
                         f"({', '.join(route_codes)})"]}
             if bad:
                 errors["dosing_ranges"] = bad
+        ranges = [r for r in data.get("dosing_ranges") or [] if isinstance(r, dict)]
+        for later, dose_range in enumerate(ranges):
+            range_errors = errors.setdefault("dosing_ranges", {})
+            if dose_range in ranges[:later] and later not in range_errors:
+                range_errors[later] = [f"repeats dosing_ranges.{ranges.index(dose_range)} exactly"]
+        if not errors.get("dosing_ranges"):
+            errors.pop("dosing_ranges", None)
         source_errors = {}
+        sent = original if isinstance(original, dict) else data
         for index, source in enumerate(data.get("sources") or []):
             if not isinstance(source, dict):
                 continue
-            wrong = [p for p in source.get("supports") or [] if not _path_exists(data, p)]
+            # Paths are looked up in the request as sent: a field that failed its own validation is
+            # missing from ``data``, and "no such field" would pile a second, wrong error on it.
+            wrong = [p for p in source.get("supports") or [] if not _path_exists(sent, p)]
             if wrong:
                 source_errors[index] = {"supports": [f"no such field in this record: {', '.join(wrong)}"]}
         if source_errors:
@@ -114,7 +126,7 @@ def _path_exists(data: dict[str, Any], path: str) -> bool:
     for part in parts:
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
             node = node[int(part)]
         else:
             return False

@@ -9,7 +9,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from protocols import fulltext, terminology
 from protocols.search import LIST_STATUSES
 from schemas.clinical import DEA_SCHEDULES, FDA_STATUSES
-from schemas.fields import Instant, Text
+from schemas.fields import Instant, QueryInteger, Text
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -22,7 +22,7 @@ class AsOfQuerySchema(Schema):
 class PageQuerySchema(Schema):
     cursor = Text(validate=validate.Length(1, 500),
                   metadata={"description": "Opaque cursor from a previous page's next/prev link"})
-    page_size = fields.Integer(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(1, MAX_PAGE_SIZE),
+    page_size = QueryInteger(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(1, MAX_PAGE_SIZE),
                               metadata={"description": f"Items per page (max {MAX_PAGE_SIZE})"})
 
 
@@ -86,7 +86,14 @@ class VersionListQuerySchema(PageQuerySchema):
     since = Instant(metadata={"description": "Only versions recorded at or after this instant"})
     until = Instant(metadata={"description": "Only versions recorded before this instant"})
 
+    @validates_schema
+    def _check_window(self, data: dict[str, Any], **_: Any) -> None:
+        """An empty window is a mistake in the request (the bounds swapped), not an empty history."""
+        since, until = data.get("since"), data.get("until")
+        if since is not None and until is not None and since >= until:
+            raise ValidationError({"until": ["must be later than since"]})
+
 
 class RetireQuerySchema(Schema):
     effective_from = Instant(metadata={"description": "When the retirement takes effect (default now)"})
-    change_note = Text(validate=validate.Length(1, 2000))
+    change_note = Text(multiline=True, validate=validate.Length(1, 2000))

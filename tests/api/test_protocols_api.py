@@ -527,3 +527,44 @@ def test_retiring_after_a_draft_written_since_the_retirement_appends_and_checks_
     again = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": draft.headers["ETag"]})
     assert again.status_code == 200
     assert again.get_json()["status"] == "retired" and again.get_json()["version"] == 4
+
+
+def test_a_put_with_status_retired_obeys_the_rule_delete_does(client):
+    """Found by an adversarial probe: with version 2 scheduled for 2030, DELETE answered 409 but a PUT
+    of status=retired (new title) answered 201, and the 2030 version still undid the retirement."""
+    protocol_id, created = create(client, title="v1 now")
+    scheduled = revise(client, protocol_id, protocol_payload(protocol_id, title="v2 in 2030",
+                                                             effective_from="2030-01-01T00:00:00Z"),
+                       created.headers["ETag"])
+    etag = scheduled.headers["ETag"]
+    retired_now = protocol_payload(protocol_id, title="retired by PUT", status="retired")
+    assert revise(client, protocol_id, retired_now, '"stale"').status_code == 412  # If-Match first
+    refused = revise(client, protocol_id, retired_now, etag)
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["scheduled_version"] == 2
+    assert _latest(client, protocol_id).get_json()["version"] == 2  # nothing appended
+    # A retirement the scheduled version cannot undo (at or after it) is written, as with DELETE.
+    at_2031 = revise(client, protocol_id, {**retired_now, "effective_from": "2031-01-01T00:00:00Z"}, etag)
+    assert at_2031.status_code == 201 and at_2031.get_json()["status"] == "retired"
+    assert client.get(f"/v1/protocols/{protocol_id}?as_of=2031-06-01T00:00:00Z").status_code == 410
+
+
+def test_a_delete_with_a_body_is_refused_and_its_query_parameters_are_documented(client, app):
+    """Found by an adversarial probe: DELETE with {"effective_from": "2040-..."} as a body retired the
+    protocol now (the body was never read), and the contract listed only If-Match for DELETE, so a
+    client generated from it had no way to schedule a retirement."""
+    protocol_id, created = create(client)
+    etag = created.headers["ETag"]
+    for body, content_type in (('{"effective_from":"2040-01-01T00:00:00Z"}', "application/json"),
+                               ("garbage", "text/plain")):
+        refused = client.delete(f"/v1/protocols/{protocol_id}", data=body, content_type=content_type,
+                                headers={"If-Match": etag})
+        assert refused.status_code == 400 and refused.get_json()["errors"] == {
+            "body": ["This operation takes no request body."]}
+    assert _latest(client, protocol_id).get_json()["version"] == 1  # nothing retired
+    operation = app.extensions["protocols_api"].spec.to_dict()["paths"]["/v1/protocols/{protocol_id}"]["delete"]
+    assert {(p["name"], p["in"]) for p in operation["parameters"]} == {
+        ("effective_from", "query"), ("change_note", "query"), ("If-Match", "header")}
+    scheduled = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2040-01-01T00:00:00Z",
+                              headers={"If-Match": etag})
+    assert scheduled.status_code == 200 and scheduled.get_json()["effective_from"] == "2040-01-01T00:00:00Z"

@@ -221,3 +221,86 @@ def test_export_to_stdout_is_utf8_whatever_the_locale(app, client):
     assert result.exit_code == 0, result.output
     lines = result.stdout_bytes.decode("utf-8").splitlines()
     assert any("Dose ≤ 84 mg — ünïcode" in line for line in lines)
+
+
+def test_import_refuses_what_the_service_never_writes(app, client, tmp_path, make_app, test_databases, backend):
+    """Found by an adversarial probe: a 201-character author, a 101-character request id or a NUL in
+    the author was imported by SQLite and a traceback on PostgreSQL; an author with a newline, a
+    version recorded before the one it follows, and a document without the fields the schema fills
+    in (after which the same record PUT back appended a version) were imported by both."""
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    first = json.loads(lines[0])
+    protocol_id = first["id"]
+    second_index = next(i for i, line in enumerate(lines) if i > 0 and json.loads(line)["id"] == protocol_id)
+    url = _fresh_database(test_databases, backend, app)
+    target = make_app(PROTOCOLS_DATABASE_URL=url)
+
+    def changed(index: int, **fields) -> list[str]:
+        doc = json.loads(lines[index])
+        for name, value in fields.items():
+            if value is ...:
+                del doc[name]
+            else:
+                doc[name] = value
+        return [*lines[:index], json.dumps(doc, ensure_ascii=False, separators=(",", ":")), *lines[index + 1:]]
+
+    cases = [
+        (changed(0, recorded_by="x" * 201), "line 1: recorded_by: not an author name"),
+        (changed(0, recorded_by="nul\u0000author"), "line 1: recorded_by: not an author name"),
+        (changed(0, recorded_by="two\nlines"), "line 1: recorded_by: not an author name"),
+        (changed(0, request_id="r" * 101), "line 1: request_id: not a request id"),
+        (changed(second_index, recorded_at="2000-01-01T00:00:00Z"),
+         f"line {second_index + 1}: recorded_at: earlier than version 1's"),
+        (changed(0, verification_notes=...), "line 1: verification_notes: not in the stored form"),
+    ]
+    for file_lines, expected in cases:
+        result = _import(target, tmp_path, file_lines)
+        assert result.exit_code != 0, expected
+        assert expected in result.output, (expected, result.output)
+        assert "Traceback" not in result.output
+        assert _export_lines(target, tmp_path) == []
+    assert _import(target, tmp_path, lines).exit_code == 0  # the file as exported still imports
+
+
+def test_an_import_continuing_a_stored_protocol_cannot_go_back_in_time(app, client, tmp_path):
+    ids = _seed(client)
+    lines = _export_lines(app, tmp_path)
+    later = protocol_payload(ids[2], title="Continued")
+    etag = client.get(f"/v1/protocols/{ids[2]}").headers["ETag"]
+    assert client.put(f"/v1/protocols/{ids[2]}", json=later, headers={"If-Match": etag}).status_code == 201
+    continued = json.loads(next(line for line in _export_lines(app, tmp_path)
+                                if json.loads(line)["id"] == ids[2] and json.loads(line)["version"] == 2))
+    assert lines  # the database now holds version 2; a file holding a version 3 recorded in 2000:
+    continued.update(version=3, recorded_at="2000-01-01T00:00:00Z")
+    result = _import(app, tmp_path, [json.dumps(continued, ensure_ascii=False, separators=(",", ":"))])
+    assert result.exit_code != 0 and "line 1: recorded_at: earlier than the stored version 2" in result.output
+
+
+def test_a_database_refusal_during_import_names_the_line_and_writes_nothing(app, client, tmp_path, make_app,
+                                                                            test_databases, backend, monkeypatch):
+    """The checks above should leave the database nothing to refuse; if one still does, the answer is
+    the line and the reason (it was a traceback), and the transaction writes nothing."""
+    from sqlalchemy.exc import DataError
+
+    from protocols import versioning
+
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    url = _fresh_database(test_databases, backend, app)
+    target = make_app(PROTOCOLS_DATABASE_URL=url)
+    original = versioning.import_version
+    calls = []
+
+    def refuse_the_third(session, document, **kwargs):
+        calls.append(document["id"])
+        if len(calls) == 3:
+            raise DataError("INSERT ...", {}, Exception("value too long for type character varying(64)"))
+        return original(session, document, **kwargs)
+
+    monkeypatch.setattr(versioning, "import_version", refuse_the_third)
+    result = _import(target, tmp_path, lines)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "line 3: _line: the database refused it: value too long" in result.output, result.output
+    monkeypatch.setattr(versioning, "import_version", original)
+    assert _export_lines(target, tmp_path) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -86,6 +87,32 @@ CASES = [
     ("status", "published", "status"),
     ("id", "Bad Id!", "id"),
     ("id", "../../etc", "id"),
+    # Found by adversarial probes: "$" matched before a final newline, \d and isdigit() took any script's
+    # digits, UCUM powers of ten had no bound (a 40 s conversion, then a 500), blank and control text.
+    ("id", "nl-test\n", "id"),
+    ("drug.rxnorm_cui", "2201625\n", "drug.rxnorm_cui"),
+    ("fda_approval.application_number", "NDA211243\n", "fda_approval.application_number"),
+    ("dosing_ranges.0.frequency.period", "P1W\n", "dosing_ranges.0.frequency.period"),
+    ("dosing_ranges.0.frequency.period", "P\uff11W", "dosing_ranges.0.frequency.period"),
+    ("dosing_ranges.0.duration", "PT\u0664\u0660M", "dosing_ranges.0.duration"),
+    ("sources.0.supports", ["dosing_ranges.\u00b2"], "sources.0.supports"),
+    ("sources.0.supports", ["dosing_ranges.\u0661"], "sources.0.supports"),
+    ("dosing_ranges.0.unit", "10*999999.mg", "dosing_ranges.0.unit"),
+    ("dosing_ranges.0.unit", "10*-400.mg", "dosing_ranges.0.unit"),
+    ("dosing_ranges.0.unit", "2.mg", "dosing_ranges.0.unit"),
+    ("dosing_ranges.0.max_per_period.unit", "10*9999999.mg", "dosing_ranges.0.max_per_period.unit"),
+    ("dosing_ranges.0.max_per_period.value", 1, "dosing_ranges.0.max_per_period.value"),
+    ("drug.brand_names", ["Spravato", "SPRAVATO"], "drug.brand_names"),
+    ("title", "   ", "title"),
+    ("title", "\u200b\u200b", "title"),
+    ("title", "tab\there", "title"),
+    ("title", "carriage\rreturn", "title"),
+    ("title", "next\u0085line", "title"),
+    ("title", "non\uffffcharacter", "title"),
+    ("drug.name", " ", "drug.name"),
+    ("verification_notes", ["  \n "], "verification_notes.0"),
+    ("fda_approval.approval_date", "2099-01-01", "fda_approval.approval_date"),
+    ("fda_approval.approval_date", "1066-01-01", "fda_approval.approval_date"),
 ]
 
 
@@ -346,3 +373,63 @@ def test_an_effective_from_whose_utc_year_is_out_of_bounds_is_refused_and_an_acc
     again = client.put(f"/v1/protocols/{payload['id']}", json=body | {"title": "round trip"},
                        headers={"If-Match": created.headers["ETag"]})
     assert again.status_code == 201, again.get_json()
+
+
+def test_an_exact_duplicate_dosing_range_is_refused(client):
+    payload = protocol_payload()
+    payload["dosing_ranges"] = payload["dosing_ranges"] * 2
+    errors = client.post("/v1/protocols", json=payload).get_json()["errors"]
+    assert errors == {"dosing_ranges.1": ["repeats dosing_ranges.0 exactly"]}
+
+
+def test_prose_fields_may_span_lines_and_a_failed_field_gets_one_error(client):
+    payload = protocol_payload(summary="First line.\nSecond line.", verification_notes=["one\ntwo"])
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+    # A source backing a field that failed its own check used to get "no such field" on top.
+    payload = protocol_payload()
+    payload["drug"]["dea_schedule"] = "CVI"
+    payload["sources"][0]["supports"] = ["drug.dea_schedule"]
+    errors = client.post("/v1/protocols", json=payload).get_json()["errors"]
+    assert set(errors) == {"drug.dea_schedule"}, errors
+
+
+def test_numbers_in_paths_and_queries_are_ascii_digits_and_queries_are_utf8(client):
+    """Found by an adversarial probe: /versions/\u0661 served version 1 under a second (immutable) URL,
+    page_size=\uff12 and ' 5' were taken and echoed in next links, weight_kg=70%0A passed, q=%FF%FE
+    searched for replacement characters (200, no items), since > until answered an empty 200."""
+    created = client.post("/v1/protocols", json=protocol_payload("ascii-only"))
+    assert created.status_code == 201
+    assert client.get("/v1/protocols/ascii-only/versions/1").status_code == 200
+    assert client.get("/v1/protocols/ascii-only/versions/\u0661").status_code == 404
+    assert client.get("/v1/protocols/ascii-only/versions/1/diff/\u0661").status_code == 404
+    for query, field in (("page_size=%EF%BC%92", "page_size"), ("page_size=%205", "page_size"),
+                         ("q=%FF%FE", "q"), ("drug=%C3", "drug")):
+        response = client.get(f"/v1/protocols?{query}")
+        assert response.status_code == 422, (query, response.get_json())
+        assert field in response.get_json()["errors"], (query, response.get_json())
+    window = client.get("/v1/protocols/ascii-only/versions?since=2030-01-01T00:00:00Z&until=2000-01-01T00:00:00Z")
+    assert window.status_code == 422 and "until" in window.get_json()["errors"]
+    dose = client.get("/v1/protocols/ascii-only/dose?route=46713006&weight_kg=70%0A")
+    assert dose.status_code == 422 and "weight_kg" in dose.get_json()["errors"]
+    changes = client.get("/v1/changes?page_size=%D9%A1")
+    assert changes.status_code == 422 and "page_size" in changes.get_json()["errors"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"route": "46713006", "dose": {"value": 1, "unit": "10*400.g"}}, "dose.unit"),
+    ({"route": "46713006", "dose": {"value": 56, "unit": "10*9999999.g"}}, "dose.unit"),
+    ({"route": "46713006", "dose": {"value": 56, "unit": "mg"},
+      "patient": {"weight_kg": Decimal("70.0000000000000000000000000000001")}}, "patient.weight_kg"),
+    ({"route": "46713006", "dose": {"value": Decimal("84.0000000000000000000000000000001"), "unit": "mg"}},
+     "dose.value"),
+])
+def test_dose_checks_refuse_unbounded_units_and_numbers_past_twelve_digits(client, body, field):
+    """A power of ten in a unit, or a 34-digit number (counted after rounding to 28 digits, it had 2),
+    was a 500 or a verdict on a number other than the one sent."""
+    assert client.post("/v1/protocols", json=protocol_payload("bounded")).status_code in (201, 409)
+    response = client.post("/v1/protocols/bounded/dose-check", data=json.dumps(body, default=str).replace(
+        '"84.0000000000000000000000000000001"', "84.0000000000000000000000000000001").replace(
+        '"70.0000000000000000000000000000001"', "70.0000000000000000000000000000001"),
+        content_type="application/json")
+    assert response.status_code == 422, response.get_json()
+    assert field in response.get_json()["errors"], response.get_json()
