@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -22,8 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import terminology
+from protocols.dose_units import parse_dose_unit
 from protocols.record import CONTENT_FIELDS
 from protocols.units import DOSE_UNITS
+from schemas.fields import is_blank
 from tests.reliability.servers import record_figures
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "40"))
@@ -43,12 +46,13 @@ _counts = {"round_trips": 0, "write_sequences": 0, "writes": 0, "as_of_checks": 
 
 # ---------------------------------------------------------------------------------- strategies
 
-# Printable text in any script (no control characters, no lone surrogates: the API refuses those).
-TEXT_CHARS = st.characters(blacklist_categories=("Cs", "Cc"))
+# Printable single-line text in any script: no controls, lone surrogates, noncharacters (unassigned
+# code points included) or line/paragraph separators, and never blank: the API refuses those.
+TEXT_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Cn", "Zl", "Zp"))
 
 
 def text(min_size: int = 1, max_size: int = 60) -> st.SearchStrategy[str]:
-    return st.text(TEXT_CHARS, min_size=min_size, max_size=max_size)
+    return st.text(TEXT_CHARS, min_size=min_size, max_size=max_size).filter(lambda s: not is_blank(s))
 
 
 # Doses: up to 6 significant digits at scales from 0.0001 to 100000 (exact decimals, like input).
@@ -72,6 +76,13 @@ def dose_range(draw: Any, route_codes: list[str]) -> dict[str, Any]:
                                                   "period": st.sampled_from(PERIODS)}))
     frequency = draw(st.none() | st.fixed_dictionaries({
         "count": st.integers(1, 24), "period": st.sampled_from(PERIODS), "text": st.none() | text()}))
+    if cap is not None:
+        # A maximum one minimum dose would exceed is refused (no dose of the range could be given):
+        # cap such draws at the range's maximum, in the dose's own unit.
+        dose_unit, cap_unit = parse_dose_unit(unit), parse_dose_unit(cap["unit"])
+        if (not dose_unit.is_rate and dose_unit.per_kg == cap_unit.per_kg
+                and Fraction(cap["value"]) * cap_unit.amount_factor < Fraction(low) * dose_unit.amount_factor):
+            cap = {**cap, "value": high, "unit": unit}
     return {"route": draw(st.sampled_from(route_codes)),
             "phase": draw(st.sampled_from(["induction", "maintenance", "single", "titration"])),
             "dose_min": low, "dose_max": high, "unit": unit, "frequency": frequency,
@@ -107,11 +118,11 @@ def clinical_content(draw: Any) -> dict[str, Any]:
         "summary": draw(text(max_size=500)),
         "drug": {"name": draw(text(max_size=100)),
                  "rxnorm_cui": draw(st.none() | st.from_regex(r"\A[1-9][0-9]{0,7}\Z")),
-                 "brand_names": draw(st.lists(text(max_size=40), max_size=3)),
+                 "brand_names": draw(st.lists(text(max_size=40), max_size=3, unique_by=str.casefold)),
                  "dea_schedule": draw(st.none() | st.sampled_from(["CI", "CII", "CIII", "CIV", "CV"]))},
         "indications": [{"system": c.system, "code": c.code, "display": c.display} for c in indications],
         "routes": [{"system": terminology.SNOMED, "code": r.code, "display": r.display} for r in routes],
-        "dosing_ranges": draw(st.lists(dose_range(route_codes), min_size=1, max_size=3)),
+        "dosing_ranges": draw(st.lists(dose_range(route_codes), min_size=1, max_size=3, unique_by=repr)),
         "fda_approval": draw(fda_approval()),
         "sources": [{"title": draw(text(max_size=100)), "url": "https://example.org/label.pdf", "supports": []}],
         "verification_notes": draw(st.lists(text(max_size=100), max_size=2)),
