@@ -42,12 +42,17 @@ def load_json_body(req: Request) -> Any:
     if not is_json_mimetype(req.mimetype):
         raise ApiError(415, "Content-Type must be application/json",
                        errors={"Content-Type": [f"got '{req.mimetype or 'none'}'"]})
+    charset = req.mimetype_params.get("charset")
+    if charset is not None and charset.lower().replace("-", "") != "utf8":
+        # JSON is UTF-8 (RFC 8259); a body declared latin-1 was decoded as UTF-8 all the same.
+        raise ApiError(415, "JSON bodies are UTF-8",
+                       errors={"Content-Type": [f"charset '{charset}': send UTF-8 (or no charset)"]})
     if not data:
-        raise ApiError(400, "The request body must be a JSON object")
+        raise ApiError(400, "The request body must be a JSON object", errors={"body": ["empty"]})
     try:
         return strict_loads(data)
     except InvalidJSON as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {exc}") from exc
+        raise ApiError(400, f"The request body is not valid JSON: {exc}", errors={"body": [str(exc)]}) from exc
 
 
 def _longer_than_read(req: Request, data: bytes) -> bool:
@@ -199,7 +204,7 @@ def refuse_nul_in_path_parameters(app: Flask) -> None:
 BODY_ERRORS = {
     "400": "The body is not valid JSON (malformed, NaN or Infinity, a duplicate key, invalid UTF-8) or is empty",
     "413": f"The body is larger than the server accepts (PROTOCOLS_MAX_BODY_BYTES, default {MAX_BODY_BYTES} bytes)",
-    "415": "Content-Type is not application/json",
+    "415": "Content-Type is not application/json, or names a charset other than UTF-8",
 }
 
 

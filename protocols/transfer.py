@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import IO, Any
 
 from sqlalchemy import select
@@ -27,7 +27,7 @@ from protocols import keys, record, versioning
 from protocols.db import Database
 from protocols.models import Protocol, ProtocolVersion
 from protocols.strict_json import InvalidJSON, strict_loads
-from protocols.timeutil import format_rfc3339, parse_rfc3339
+from protocols.timeutil import format_rfc3339, parse_rfc3339, utcnow
 
 #: Validates one line's record (metadata + content) with the wire schema; returns errors by
 #: dotted field path, empty when valid.
@@ -129,6 +129,8 @@ def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
             # The same instant written another way (+02:00, .000000) would be stored as the service
             # writes it, so the version's bytes and ETag would not be the file's.
             bad(name, f"not the stored form of this instant: the service writes it as {stored}")
+        elif name == "recorded_at" and parse_rfc3339(stored) > utcnow() + timedelta(minutes=5):
+            bad(name, "in the future: a version is recorded when it is written")
     for name in ("recorded_by", "request_id", "change_note"):
         if name not in doc:
             bad(name, "missing (export every field of the stored document)")

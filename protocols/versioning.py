@@ -38,6 +38,7 @@ from protocols import fulltext, record
 from protocols.audit import WriteContext
 from protocols.db import Database
 from protocols.errors import (
+    InvalidRecord,
     NotInEffect,
     PreconditionFailed,
     PreconditionRequired,
@@ -277,6 +278,10 @@ def create(
 ) -> StoredVersion:
     """Create version 1 of a new protocol. An id that exists (or ever existed) is a conflict."""
     now = now or utcnow()
+    if status == "retired":
+        # Born retired, it would answer 410 with content never in effect, and escape retire()'s rules.
+        raise InvalidRecord("a protocol cannot start retired: create it, then retire it with DELETE",
+                            errors={"status": ["a new protocol cannot be 'retired'"]})
     exists = ProtocolExists(f"protocol '{protocol_id}' already exists; ids are never reused",
                             protocol_id=protocol_id)
     prepared = _prepare(protocol_id, 1, content, status=status, effective_from=effective_from or now,
@@ -314,7 +319,7 @@ def revise(
 
     def next_version(head: _Head) -> _Prepared | None:
         """The version to append on top of ``head``; None when it would repeat the newest one."""
-        if _unchanged(head, content_hash, status, effective_from):
+        if _unchanged(head, content_hash, status, effective_from, now):
             return None
         return _prepare(protocol_id, head.version.version + 1, content, status=status,
                         effective_from=effective_from or now, change_note=change_note, ctx=ctx, now=now,
@@ -335,11 +340,18 @@ def revise(
         raise _lost_race(db, protocol_id) from exc
 
 
-def _unchanged(head: _Head, content_hash: str, status: str, effective_from: datetime | None) -> bool:
-    """A write that would repeat the newest version (same content, status and start) appends nothing."""
+def _unchanged(head: _Head, content_hash: str, status: str, effective_from: datetime | None,
+               now: datetime) -> bool:
+    """A write that would repeat the newest version (same content, status and start) appends nothing.
+
+    Without ``effective_from`` a write means "from now": it repeats a newest version already in effect
+    by now (the retry of a write whose answer was lost), but not one scheduled for later. With the newest
+    scheduled for 2030, a PUT of its content without a date answered 200 and nothing took effect now
+    (found by an adversarial probe)."""
     newest = head.version
-    return (content_hash == head.content_hash and status == newest.status
-            and (effective_from is None or effective_from == newest.effective_from))
+    starts_alike = (newest.effective_from <= now if effective_from is None
+                    else effective_from == newest.effective_from)
+    return content_hash == head.content_hash and status == newest.status and starts_alike
 
 
 #: PostgreSQL's revise as two statements on the thread's autocommit connection (``db.reads``): the

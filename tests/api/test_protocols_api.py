@@ -568,3 +568,25 @@ def test_a_delete_with_a_body_is_refused_and_its_query_parameters_are_documented
     scheduled = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2040-01-01T00:00:00Z",
                               headers={"If-Match": etag})
     assert scheduled.status_code == 200 and scheduled.get_json()["effective_from"] == "2040-01-01T00:00:00Z"
+
+
+def test_a_put_without_a_date_repeating_a_scheduled_version_takes_effect_now(client):
+    """Found by an adversarial probe: with the newest version scheduled for 2030, a PUT of the same
+    content without effective_from ("from now") answered 200 and nothing changed now. Retries of a
+    dateless write already in effect stay no-ops."""
+    protocol_id, created = create(client, title="v1")
+    later = protocol_payload(protocol_id, title="v2", effective_from="2030-01-01T00:00:00Z")
+    scheduled = revise(client, protocol_id, later, created.headers["ETag"])
+    assert scheduled.status_code == 201
+    now = revise(client, protocol_id, {**later, "effective_from": None}, scheduled.headers["ETag"])
+    assert now.status_code == 201 and now.get_json()["version"] == 3
+    assert client.get(f"/v1/protocols/{protocol_id}").get_json()["title"] == "v2"
+    retry = revise(client, protocol_id, {**later, "effective_from": None}, scheduled.headers["ETag"])
+    assert retry.status_code == 200 and retry.get_json()["version"] == 3
+
+
+def test_a_protocol_cannot_be_created_retired(client):
+    payload = protocol_payload(status="retired")
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422 and "status" in response.get_json()["errors"]
+    assert client.get(f"/v1/protocols/{payload['id']}/versions/latest").status_code == 404

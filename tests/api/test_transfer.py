@@ -253,6 +253,7 @@ def test_import_refuses_what_the_service_never_writes(app, client, tmp_path, mak
         (changed(second_index, recorded_at="2000-01-01T00:00:00Z"),
          f"line {second_index + 1}: recorded_at: earlier than version 1's"),
         (changed(0, verification_notes=...), "line 1: verification_notes: not in the stored form"),
+        (changed(0, recorded_at="9998-01-01T00:00:00Z"), "line 1: recorded_at: in the future"),
     ]
     for file_lines, expected in cases:
         result = _import(target, tmp_path, file_lines)

@@ -433,3 +433,16 @@ def test_dose_checks_refuse_unbounded_units_and_numbers_past_twelve_digits(clien
         content_type="application/json")
     assert response.status_code == 422, response.get_json()
     assert field in response.get_json()["errors"], response.get_json()
+
+
+def test_a_body_in_another_charset_is_415_and_malformed_json_names_the_body(client):
+    """Found by an adversarial probe: a body declared charset=latin-1 was decoded as UTF-8 all the same,
+    and 400s for malformed JSON named no location."""
+    body = json.dumps(protocol_payload()).encode()
+    response = client.post("/v1/protocols", data=body, content_type="application/json; charset=latin-1")
+    assert response.status_code == 415 and "Content-Type" in response.get_json()["errors"]
+    ok = client.post("/v1/protocols", data=body, content_type="application/json; charset=UTF-8")
+    assert ok.status_code == 201
+    for broken in (b'{"title": "a", "title": "b"}', b'{"dose": NaN}', b""):
+        response = client.post("/v1/protocols", data=broken, content_type="application/json")
+        assert response.status_code == 400 and list(response.get_json()["errors"]) == ["body"], broken
