@@ -126,7 +126,8 @@ def dosing_error(exc: DosingError, rename: dict[str, str] | None = None) -> ApiE
 def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
     """Judge a dose against the protocol version in effect (or at `as_of`).
 
-    Verdicts: `within_range`, `below_min`, `above_max`, `exceeds_max_per_period`,
+    Verdicts: `within_range`, `below_min`, `more_frequent_than_protocol` (each dose in range, given
+    more often than the protocol's frequency), `above_max`, `exceeds_max_per_period`,
     `route_not_in_protocol`, `phase_not_in_protocol`. A weight-based range needs
     `patient.weight_kg`; mL needs `concentration`. When the protocol has ranges for several phases
     on the route, `phase` is required (422 naming `phase`): the answer differs by phase and the

@@ -56,9 +56,10 @@ USABLE_OBSERVATION_STATUSES = {"final", "amended", "corrected", "preliminary"}
 SUMMARY_LIMIT = 140
 TOPIC_SYSTEM = "urn:treatment-protocols:protocol"
 
-INDICATOR = {Verdict.WITHIN_RANGE: "info", Verdict.BELOW_MIN: "warning",
+INDICATOR = {Verdict.WITHIN_RANGE: "info", Verdict.BELOW_MIN: "warning", Verdict.MORE_FREQUENT_THAN_PROTOCOL: "warning",
              Verdict.EXCEEDS_MAX_PER_PERIOD: "critical", Verdict.ABOVE_MAX: "critical"}
 VERDICT_TEXT = {Verdict.WITHIN_RANGE: "within protocol range", Verdict.BELOW_MIN: "below protocol minimum",
+                Verdict.MORE_FREQUENT_THAN_PROTOCOL: "more frequent than the protocol",
                 Verdict.EXCEEDS_MAX_PER_PERIOD: "exceeds protocol maximum per period",
                 Verdict.ABOVE_MAX: "above protocol maximum"}
 PERIOD_UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}

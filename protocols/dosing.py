@@ -57,12 +57,17 @@ class Verdict(StrEnum):
     BELOW_MIN = "below_min"
     ABOVE_MAX = "above_max"
     EXCEEDS_MAX_PER_PERIOD = "exceeds_max_per_period"
+    #: Each dose is in range but ordered more often than the protocol's frequency (and no per-period
+    #: maximum was exceeded, or none is given): 0.5 mg/kg five times a day against "2-3 times weekly"
+    #: read "within_range", with the frequency only in a message (found by an adversarial probe).
+    MORE_FREQUENT_THAN_PROTOCOL = "more_frequent_than_protocol"
     ROUTE_NOT_IN_PROTOCOL = "route_not_in_protocol"
     PHASE_NOT_IN_PROTOCOL = "phase_not_in_protocol"
 
 
 #: Most favourable first: among alternative ranges the order is judged by the one it fits best.
-FAVOURABLE_ORDER = (Verdict.WITHIN_RANGE, Verdict.BELOW_MIN, Verdict.EXCEEDS_MAX_PER_PERIOD, Verdict.ABOVE_MAX)
+FAVOURABLE_ORDER = (Verdict.WITHIN_RANGE, Verdict.BELOW_MIN, Verdict.MORE_FREQUENT_THAN_PROTOCOL,
+                    Verdict.EXCEEDS_MAX_PER_PERIOD, Verdict.ABOVE_MAX)
 
 
 # ----------------------------------------------------------------------------------- errors
@@ -515,7 +520,10 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         else:
             messages.append(f"Projected: {per_period.calculation}.")
     messages.extend(notes)
-    messages.extend(_frequency_notes(order.frequency, dose_range, per_period))
+    frequency_notes = _frequency_notes(order.frequency, dose_range, per_period)
+    if verdict is Verdict.WITHIN_RANGE and _more_frequent(order.frequency, dose_range):
+        verdict = Verdict.MORE_FREQUENT_THAN_PROTOCOL
+    messages.extend(frequency_notes)
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
@@ -534,12 +542,19 @@ def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],
         if per_period is None or per_period.maximum is None:
             return [f"No frequency was sent; the protocol gives {label}."]
         return []
-    ordered_rate = Fraction(frequency.count) / frequency.period_seconds
-    protocol_rate = Fraction(wanted.count) / wanted.period_seconds
-    if ordered_rate > protocol_rate:
+    if _more_frequent(frequency, dose_range):
         return [f"The ordered frequency ({frequency.count} per {frequency.period}) is more frequent than "
                 f"the protocol's ({label})."]
     return []
+
+
+def _more_frequent(frequency: Frequency | None, dose_range: Mapping[str, Any]) -> bool:
+    """Whether the order gives doses more often than the range's frequency (when both say)."""
+    protocol = dose_range.get("frequency")
+    if frequency is None or not protocol:
+        return False
+    wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
+    return Fraction(frequency.count) / frequency.period_seconds > Fraction(wanted.count) / wanted.period_seconds
 
 
 def check(content: Mapping[str, Any], order: DoseOrder) -> DoseCheck:

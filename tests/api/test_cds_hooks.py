@@ -630,3 +630,18 @@ def test_a_rate_that_cannot_be_compared_never_hides_the_doses_verdict(client):
     result = cards(client, hook_request([over, fits], weight=weight_bundle(70)))
     assert [c["indicator"] for c in result] == ["critical", "info"]
     assert all("not checked: 50 mg/h" in c["detail"] for c in result)
+
+
+def test_an_order_more_frequent_than_the_protocol_is_a_warning_not_within_range(client):
+    """Found by an adversarial probe: each dose in range, five a day against "2-3 times weekly", read
+    "within protocol range" (the frequency was only a line of the detail) when no per-period maximum
+    caught it."""
+    ketamine_protocol(client, dose_min=0.5, dose_max=0.5, dosing_ranges=[{
+        "route": IV, "phase": "induction", "dose_min": 0.5, "dose_max": 0.5, "unit": "mg/kg", "duration": "PT40M",
+        "frequency": {"count": 3, "period": "P1W", "text": "2-3 times weekly"}}])
+    often = medication_request("trd-5d", KETAMINE, IV, dose=(35, "mg"), frequency=(5, 1, "d"))
+    weekly = medication_request("trd-2w", KETAMINE, IV, dose=(35, "mg"), frequency=(2, 1, "wk"))
+    result = cards(client, hook_request([often, weekly], weight=weight_bundle(70)))
+    assert [c["indicator"] for c in result] == ["warning", "info"]
+    assert "more frequent than the protocol" in result[0]["summary"]
+    assert "more frequent than the protocol's (2-3 times weekly)" in result[0]["detail"]

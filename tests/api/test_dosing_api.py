@@ -13,6 +13,7 @@ import json
 import math
 import re
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ CATALOG_IDS = [f.protocol_id for f in catalog.read_catalog()]
 WEIGHTS = (Decimal("3.5"), Decimal("70"), Decimal("123.4"))
 EPSILON = Decimal("1e-7")
 MASS_IN_MG = {"g": Decimal(1000), "mg": Decimal(1), "ug": Decimal("0.001")}
-FAVOURABLE = ("within_range", "below_min", "exceeds_max_per_period", "above_max")
+FAVOURABLE = ("within_range", "below_min", "more_frequent_than_protocol", "exceeds_max_per_period", "above_max")
 NASAL, IV, IM, ORAL = "46713006", "47625008", "78421000", "26643006"
 IM_ROUTE = {"system": terminology.SNOMED, "code": IM, "display": "Intramuscular route"}
 
@@ -113,6 +114,11 @@ def expected_verdict(ranges: list[dict[str, Any]], dose_mg: Decimal, weight: Dec
                 weight if is_per_kg(limit["unit"]) else 1)
             if per_dose * doses > cap:
                 verdict = "exceeds_max_per_period"
+        protocol_frequency = dose_range.get("frequency")
+        if verdict == "within_range" and frequency and protocol_frequency and (
+                Fraction(frequency["count"]) / Fraction(seconds(frequency["period"]))
+                > Fraction(protocol_frequency["count"]) / Fraction(seconds(protocol_frequency["period"]))):
+            verdict = "more_frequent_than_protocol"
         verdicts.append(verdict)
     return min(verdicts, key=FAVOURABLE.index)
 
@@ -513,3 +519,18 @@ def test_a_maximum_per_period_in_a_rate_unit_is_refused_at_write_time(client):
     assert response.status_code == 422, response.get_json()
     assert "dosing_ranges.0.max_per_period.unit" in response.get_json()["errors"]
     assert client.get(f"/v1/protocols/{payload['id']}").status_code == 404
+
+
+def test_a_dose_given_more_often_than_the_protocol_says_is_its_own_verdict(client):
+    protocol_id, _ = create(client, dosing_ranges=[{
+        "route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg",
+        "frequency": {"count": 2, "period": "P1W", "text": "twice weekly"}}])
+    body = {"route": NASAL, "dose": {"value": 84, "unit": "mg"}}
+    for frequency, verdict in (({"count": 5, "period": "P1D"}, "more_frequent_than_protocol"),
+                               ({"count": 2, "period": "P1W"}, "within_range"), (None, "within_range")):
+        sent = {**body, **({"frequency": frequency} if frequency else {})}
+        result = dose_check(client, protocol_id, sent).get_json()
+        assert result["verdict"] == verdict, (frequency, result["messages"])
+    too_much = dose_check(client, protocol_id, {**body, "dose": {"value": 90, "unit": "mg"},
+                                                "frequency": {"count": 5, "period": "P1D"}}).get_json()
+    assert too_much["verdict"] == "above_max"  # a worse verdict is not hidden by the frequency
