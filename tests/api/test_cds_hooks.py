@@ -628,7 +628,9 @@ def test_a_rate_that_cannot_be_compared_never_hides_the_doses_verdict(client):
     over = medication_request("ket-or", KETAMINE, IV, dose=(400, "mg"), rate=(50, "mg/h"))
     fits = medication_request("ket-fr", KETAMINE, IV, dose=(100, "mg"), rate=(50, "mg/h"))
     result = cards(client, hook_request([over, fits], weight=weight_bundle(70)))
-    assert [c["indicator"] for c in result] == ["critical", "info"]
+    # The fitting dose is not "info" either: its rate was never checked (adversarial probe, later).
+    assert [c["indicator"] for c in result] == ["critical", "warning"]
+    assert result[1]["summary"].startswith("within protocol range, partly checked: ")
     assert all("not checked: 50 mg/h" in c["detail"] for c in result)
 
 
@@ -645,3 +647,87 @@ def test_an_order_more_frequent_than_the_protocol_is_a_warning_not_within_range(
     assert [c["indicator"] for c in result] == ["warning", "info"]
     assert "more frequent than the protocol" in result[0]["summary"]
     assert "more frequent than the protocol's (2-3 times weekly)" in result[0]["detail"]
+
+
+# --------------------------------------------- orders read in part (second adversarial probe, 2026-12-03)
+
+
+def _esketamine_order(order_id: str, dose: int = 84, **dosage: Any) -> dict[str, Any]:
+    order = medication_request(order_id, ESKETAMINE, NASAL, dose=(dose, "mg"))
+    order["dosageInstruction"][0].update(dosage)
+    MedicationRequest.model_validate(order)
+    return order
+
+
+def test_named_times_of_day_and_hourly_codes_count_every_dose(client):
+    """MORN and EVE (or two timeOfDay) were counted as one dose: 168 mg a day read as 84 mg against an
+    84 mg-per-day maximum; Q12H (outside the base abbreviations, common in EHRs) and a code sent as
+    text only read as one dose a day too."""
+    create(client)  # Spravato-like: 56-84 mg, at most 84 mg per P1D
+    morning_evening = _esketamine_order("esk-when", timing={"repeat": {"when": ["MORN", "EVE"], "period": 1,
+                                                                       "periodUnit": "d"}})
+    two_times = _esketamine_order("esk-tod", timing={"repeat": {"timeOfDay": ["08:00:00", "20:00:00"]}})
+    q12h = _esketamine_order("esk-q12", timing={"code": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "Q12H"}]}})
+    bid_text = _esketamine_order("esk-bidt", timing={"code": {"text": "BID"}})
+    result = cards(client, hook_request([morning_evening, two_times, q12h, bid_text]))
+    assert [c["indicator"] for c in result] == ["critical"] * 4, [c["summary"] for c in result]
+    assert all(c["summary"].startswith("exceeds protocol maximum per period") for c in result)
+
+
+def test_an_order_read_in_part_is_never_an_info_card(client):
+    """A timing without a fixed frequency, a frequency without a period, an open-ended dose range, the
+    order's own maxDosePerPeriod and concurrent instructions (same sequence) were each ignored, and the
+    card read "info, within protocol range"."""
+    create(client)
+    orders = [
+        _esketamine_order("esk-mo", timing={"repeat": {"frequency": 60, "period": 1, "periodUnit": "mo"}}),
+        _esketamine_order("esk-noper", timing={"repeat": {"frequency": 3}}),
+        _esketamine_order("esk-max", asNeededBoolean=True, maxDosePerPeriod={
+            "numerator": {"value": 560, "unit": "mg", "system": UCUM, "code": "mg"},
+            "denominator": {"value": 1, "unit": "d", "system": UCUM, "code": "d"}}),
+    ]
+    open_ended = medication_request("esk-open", ESKETAMINE, NASAL, dose=(56, "mg"))
+    open_ended["dosageInstruction"][0]["doseAndRate"][0] = {"doseRange": {"low": {
+        "value": 56, "unit": "mg", "system": UCUM, "code": "mg"}}}
+    concurrent = medication_request("esk-seq", ESKETAMINE, NASAL, dose=(56, "mg"))
+    concurrent["dosageInstruction"] = [{**concurrent["dosageInstruction"][0], "sequence": 1} for _ in range(2)]
+    for order in (open_ended, concurrent):
+        MedicationRequest.model_validate(order)
+    result = cards(client, hook_request([*orders, open_ended, concurrent]))
+    assert [c["indicator"] for c in result] == ["warning"] * 6, [c["summary"] for c in result]
+    assert all("partly checked" in c["summary"] for c in result)
+    details = "\n".join(c["detail"] for c in result)
+    for reason in ("has no fixed length", "a frequency without a period", "maxDosePerPeriod",
+                   "no upper end", "same sequence"):
+        assert reason in details, reason
+
+
+def test_rate_ratios_rate_ranges_and_the_orders_maximum_per_administration_are_judged(client):
+    """rateRatio was ignored (5000 mg per 1 min read "within range"), an order with only a rateRange got
+    no card at all, and maxDosePerAdministration was never compared."""
+    ketamine_protocol(client, dose_min=0.35, dose_max=0.35, unit="mg/kg/h", dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h",
+        "duration": "PT4H"}])
+    ratio = medication_request("ket-ratio", KETAMINE, IV)
+    ratio["dosageInstruction"][0]["doseAndRate"][0] = {"rateRatio": {
+        "numerator": {"value": 5000, "unit": "mg", "system": UCUM, "code": "mg"},
+        "denominator": {"value": 1, "unit": "min", "system": UCUM, "code": "min"}}}
+    rate_range = medication_request("ket-rr", KETAMINE, IV)
+    rate_range["dosageInstruction"][0]["doseAndRate"][0] = {"rateRange": {
+        "low": {"value": 10, "unit": "mg/h", "system": UCUM, "code": "mg/h"},
+        "high": {"value": 1000, "unit": "mg/h", "system": UCUM, "code": "mg/h"}}}
+    fitting_ratio = medication_request("ket-fit", KETAMINE, IV)
+    fitting_ratio["dosageInstruction"][0]["doseAndRate"][0] = {"rateRatio": {
+        "numerator": {"value": 49, "unit": "mg", "system": UCUM, "code": "mg"},
+        "denominator": {"value": 2, "unit": "h", "system": UCUM, "code": "h"}}}
+    capped = medication_request("ket-cap", KETAMINE, IV, rate=(24.5, "mg/h"))
+    capped["dosageInstruction"][0]["maxDosePerAdministration"] = {"value": 70, "unit": "mg/h", "system": UCUM,
+                                                                  "code": "mg/h"}
+    for order in (ratio, rate_range, fitting_ratio, capped):
+        MedicationRequest.model_validate(order)
+    result = cards(client, hook_request([ratio, rate_range, fitting_ratio, capped], weight=weight_bundle(70)))
+    assert [c["indicator"] for c in result] == ["critical", "critical", "info", "critical"], [
+        c["summary"] for c in result]
+    assert "ketamine 24.5 mg/h intravenous route" in result[2]["summary"]  # 49 mg per 2 h
+    assert "Body weight used: 70 kg (observed 2026-11-29T08:00:00Z)" in result[0]["detail"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from fractions import Fraction
 
 import pytest
@@ -35,8 +36,34 @@ def test_the_newest_usable_weight_wins_in_kilograms():
         {"resource": weight(154, "[lb_av]", when="2026-01-01T05:00:00Z")},
         {"resource": weight(True)},                                    # not a weight of 1 kg
     ]}
-    assert cds.prefetched_weight({"weight": bundle}) == Fraction(154) * Fraction("0.45359237")
+    newest = cds.prefetched_weight({"weight": bundle})
+    assert isinstance(newest, cds.Weight) and newest.kg == Fraction(154) * Fraction("0.45359237")
+    assert newest.observed_at == datetime(2026, 1, 1, 5, 0)
     assert cds.prefetched_weight({}) == "no body weight was prefetched"
     assert cds.prefetched_weight({"weight": weight(0)}) == "the prefetched observations hold no usable body weight"
     with pytest.raises(MalformedOrder):
         cds.prefetched_weight({"weight": ["not", "a", "resource"]})
+
+
+def test_weights_by_period_in_the_future_or_with_a_comparator():
+    """Found by an adversarial probe: a weight with effectivePeriod sorted oldest (a 2020 weight won
+    over it), a weight dated 2099 was the newest, and "> 70 kg" was read as 70 kg."""
+    by_period = {**weight(100, when=""), "effectivePeriod": {"start": "2026-02-01T00:00:00Z",
+                                                             "end": "2026-02-01T00:10:00Z"}}
+    del by_period["effectiveDateTime"]
+    future = weight(50, when="2099-01-01T00:00:00Z")
+    bounded = weight(80, when="2026-03-01T00:00:00Z")
+    bounded["valueQuantity"]["comparator"] = ">"
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": r} for r in
+                                                  (weight(50, when="2020-01-01T00:00:00Z"), by_period, future,
+                                                   bounded)]}
+    chosen = cds.prefetched_weight({"weight": bundle}, now=datetime(2026, 12, 1))
+    assert isinstance(chosen, cds.Weight)
+    assert (chosen.kg, chosen.observed_at) == (Fraction(100), datetime(2026, 2, 1, 0, 10))
+
+
+def test_summaries_keep_the_verdict_and_the_protocol_version():
+    summary = cds._summary("above protocol maximum", "x" * 300, "protocol esketamine-nasal-spravato v3")
+    assert len(summary) == cds.SUMMARY_LIMIT
+    assert summary.startswith("above protocol maximum: xxx")
+    assert summary.endswith("… (protocol esketamine-nasal-spravato v3)")
