@@ -20,7 +20,7 @@ run: venv
 	$(BIN)/flask protocols migrate
 	$(BIN)/flask protocols load
 	@echo "== a write key for local use (reads are open to anonymous callers in make run) =="
-	$(BIN)/flask keys create --name local-dev --scope protocols:read --scope protocols:write --expires P1D
+	$(BIN)/flask keys create --name local-dev-$$(date +%Y%m%d-%H%M%S) --scope protocols:read --scope protocols:write --expires P1D
 	PROTOCOLS_ANONYMOUS_READS=true $(BIN)/flask run --host 127.0.0.1 --port 8000
 
 ## make serve: production server (gunicorn, gunicorn.conf.py) against PROTOCOLS_DATABASE_URL.

@@ -26,7 +26,9 @@ max_requests_jitter = 500
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
-forwarded_allow_ips = os.environ.get("PROTOCOLS_FORWARDED_ALLOW_IPS", "127.0.0.1")
+# The same default as the app's (api/proxy.py): unset, no peer is trusted with X-Forwarded-* headers
+# (gunicorn's own default, 127.0.0.1, let a local client set the scheme of generated links).
+forwarded_allow_ips = os.environ.get("PROTOCOLS_FORWARDED_ALLOW_IPS", "")
 # gunicorn's runtime control socket lives at one fixed path per user: several instances on one host
 # would fight over it, and nothing here needs it.
 control_socket_disable = True

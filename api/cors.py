@@ -4,7 +4,8 @@ Why hand-written and strict: a browser page from an origin not on the list must 
 clinical records with a user's key, so there is no ``*`` and no reflection of arbitrary origins.
 For a listed origin the response names that origin (with ``Vary: Origin`` so shared caches keep
 origins apart) and exposes the headers a client needs for safe writes and paging: ``ETag`` (for
-``If-Match``), ``Link``, ``Location``, ``Retry-After`` and ``X-Request-ID``. Preflights are answered
+``If-Match``), ``Link``, ``Location``, ``Retry-After``, ``X-Request-ID`` and the ``RateLimit-*`` headers
+(a browser client cannot pace itself without them). Preflights are answered
 here, before authentication (browsers send them without credentials); a preflight from an unlisted
 origin, or asking for a method or header we do not allow, is a 403 in the usual error shape.
 """
@@ -17,7 +18,8 @@ from api.errors import error_response
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")
 ALLOWED_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID", "Accept")
-EXPOSED_HEADERS = ("ETag", "Link", "Location", "Retry-After", "X-Request-ID")
+EXPOSED_HEADERS = ("ETag", "Link", "Location", "Retry-After", "X-Request-ID",
+                   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 PREFLIGHT_MAX_AGE_S = "600"
 
 

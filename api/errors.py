@@ -114,6 +114,8 @@ def error_response(status: int, message: str, errors: Mapping[str, list[str]] | 
 def _domain_response(exc: domain.DomainError) -> Response:
     if isinstance(exc, domain.ProtocolExists):
         return error_response(409, exc.message)
+    if isinstance(exc, domain.KeyNameTaken):
+        return error_response(409, exc.message, errors={"name": [exc.message.removeprefix("key name: ")]})
     if isinstance(exc, domain.RetirementUndone):
         return error_response(409, exc.message, scheduled_version=exc.details.get("scheduled_version"),
                               scheduled_effective_from=exc.details.get("scheduled_effective_from"))

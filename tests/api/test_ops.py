@@ -288,7 +288,9 @@ def test_anonymous_readers_are_limited_by_address(make_app):
 def test_make_run_mints_a_local_write_key():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     run_target = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
-    assert "keys create --name local-dev --scope protocols:read --scope protocols:write" in run_target
+    # a fresh name per run: live keys have distinct names, and make run may be run again
+    assert ("keys create --name local-dev-$$(date +%Y%m%d-%H%M%S) --scope protocols:read "
+            "--scope protocols:write") in run_target
 
 
 def test_refused_requests_count_against_the_caller_and_stop_adding_audit_rows(make_app, make_key):
@@ -340,3 +342,20 @@ def test_behind_a_trusted_proxy_anonymous_readers_are_counted_per_client(make_ap
                              PROTOCOLS_FORWARDED_ALLOW_IPS="10.0.0.1")
         assert statuses(untrusted, "203.0.113.5", path) == [200, 200, 429]
         assert statuses(untrusted, "203.0.113.6", path) == [429, 429, 429], path
+
+
+def test_the_in_process_counter_drops_past_windows_once_per_window():
+    """Found by an adversarial probe: past 10,000 callers in one window the in-process counter (no
+    Redis, or Redis down) rebuilt its whole table under the lock on every request."""
+    from api.ratelimit import MemoryCounter
+
+    counter = MemoryCounter()
+    for index in range(10_002):  # the hit after the 10,000th drops past windows (none yet) once
+        counter.hit(f"addr:{index}", 7, 60)
+    table = counter._counts
+    for index in range(100):
+        assert counter.hit(f"addr:more-{index}", 7, 60) == 1
+    assert counter._counts is table  # no rebuild again in this window
+    assert counter.hit("addr:0", 8, 60) == 1  # next window: past ones dropped, once
+    assert len(counter._counts) == 1 and counter.hit("addr:1", 8, 60) == 1
+    assert counter.hit("addr:0", 8, 60) == 2

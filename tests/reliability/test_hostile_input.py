@@ -501,7 +501,10 @@ def test_cors_simple_request_exposes_the_headers_clients_need(cors_client: Flask
     assert response.status_code == 201
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
-    assert {"ETag", "Link", "X-Request-ID", "Location"} <= exposed
+    # RateLimit-* too: a browser client could not read them (adversarial probe)
+    assert {"ETag", "Link", "X-Request-ID", "Location", "RateLimit-Limit", "RateLimit-Remaining",
+            "RateLimit-Reset"} <= exposed
+    assert all(name in response.headers for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"))
     assert "Access-Control-Allow-Credentials" not in response.headers
 
 
