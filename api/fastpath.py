@@ -77,7 +77,8 @@ class ReadFastPath:
         method = environ.get("REQUEST_METHOD")
         path: str = environ.get("PATH_INFO", "")
         if ((method == "GET" or method == "HEAD") and path.startswith(PREFIX) and not environ.get("QUERY_STRING")
-                and "HTTP_ORIGIN" not in environ and _PLAIN_ID.fullmatch(path, len(PREFIX))):
+                and "HTTP_ORIGIN" not in environ and _PLAIN_ID.fullmatch(path, len(PREFIX))
+                and environ.get("CONTENT_LENGTH") in (None, "", "0") and "HTTP_TRANSFER_ENCODING" not in environ):
             try:
                 served = self._serve(environ, path[len(PREFIX):], method == "HEAD")
             except Exception:

@@ -104,7 +104,7 @@ class AsciiIntegerConverter(IntegerConverter):
     """``<int:...>`` in ASCII digits only. Werkzeug's matches ``\\d+``, Unicode digits included:
     ``/versions/\\u0661`` (an Arabic-Indic 1) served version 1 under a second URL (with immutable caching)."""
 
-    regex = r"[0-9]+"
+    regex = r"0|[1-9][0-9]*"  # and no leading zeros: /versions/01 was a second URL for version 1
 
 
 def declares_body(view: Any) -> bool:

@@ -79,6 +79,8 @@ class DosageLine:
     frequency: Frequency | None
     label: str
     notes: list[str] = field(default_factory=list)
+    #: ``asNeeded``: without timing, the doses per period are not known (one-time orders are one dose).
+    as_needed: bool = False
     #: What the check could not read or compare (a timing without a fixed frequency, an open-ended
     #: dose, the order's own maximum per period …): a card for such a line is never "info".
     unchecked: list[str] = field(default_factory=list)
@@ -225,6 +227,8 @@ TIMING_ABBREVIATIONS = {
     "QD": (1, "P1D"), "AM": (1, "P1D"), "PM": (1, "P1D"), "BED": (1, "P1D"), "BID": (2, "P1D"),
     "TID": (3, "P1D"), "QID": (4, "P1D"), "QOD": (1, "P2D"), "WK": (1, "P1W"),
 }
+#: FHIR EventTiming codes for meals in general (not one named meal): counted as three a day.
+MEAL_EVENTS = {"C": 3, "AC": 3, "PC": 3}
 #: ``Q<n>H`` (Q4H, Q12H …): the base value set stops at Q8H, EHRs extend it.
 _EVERY_N_HOURS = re.compile(r"Q([1-9][0-9]?)H")
 TIMING_ABBREVIATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation"
@@ -245,7 +249,8 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None:
         return _abbreviated_frequency(dosage)
-    events = max(len(repeat.when or []), len(repeat.timeOfDay or []))
+    # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day.
+    events = max(sum(MEAL_EVENTS.get(str(code), 1) for code in repeat.when or []), len(repeat.timeOfDay or []))
     period, period_unit = repeat.period, repeat.periodUnit
     if (period is None or period_unit is None) and events:
         period, period_unit = 1, "d"  # named times of day repeat daily
@@ -259,6 +264,10 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         return None, [], [f"the timing ({period} {period_unit}) has no fixed length of at least a minute in "
                           "whole seconds, so its frequency was not checked"]
     count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), events)
+    if repeat.dayOfWeek:
+        if total != PERIOD_UNIT_SECONDS["wk"]:
+            return None, [], [f"dayOfWeek with a period of {period} {period_unit} (not one week)"]
+        count = max(count, len(repeat.dayOfWeek))  # mon, wed, fri each week: three a week
     notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}."]
              if count != int(repeat.frequency or 1) else [])
     iso = _iso_duration(int(total))
@@ -305,6 +314,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes, unchecked = _frequency(dosage, path)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
+    as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     if dosage.maxDosePerPeriod is not None:
         unchecked.append("the order's own maxDosePerPeriod was not compared with the protocol")
     lines = []
@@ -340,8 +350,11 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             labels.append(f"{'at ' if amounts else ''}"
                           + " to ".join(f"{fmt(Fraction(q.value))} {q.unit}" for q in rates))
         doses = [*amounts, *rates]
-        if doses:
-            lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels), list(notes), line_unchecked))
+        if doses or line_unchecked != unchecked:
+            # An entry with nothing that could be read (a rateRatio that is no exact rate) still gets
+            # its card, "dose not checked"; without a line it got none, as if no protocol applied.
+            lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
+                                    as_needed=as_needed, unchecked=line_unchecked))
     return lines
 
 
@@ -478,7 +491,8 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
                 problem = f"{exc.message} ({weight})"
             problems.append(f"{fmt(Fraction(dose.value))} {dose.unit}: {problem}")
     if not evaluations:
-        return RangeResult(phase, None, [], "; ".join(problems))
+        return RangeResult(phase, None, [], "; ".join(problems) or "nothing in the order could be read as a dose "
+                           "or rate (see below)")
     # A dose range (low to high) is inside only when both ends are, a dose and its rate only when
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
@@ -493,6 +507,11 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     route_text = route.display.lower() if route else f"route {line.route}"
     label = f"protocol {stored.protocol_id} v{stored.version}"
     unchecked = list(line.unchecked)
+    if line.as_needed and line.frequency is None and not line.unchecked and any(
+            r.get("frequency") or r.get("max_per_period") for _, r in ranges_for(content, line.route)):
+        # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
+        unchecked.append("the order is as needed with no timing or maximum, so its amount per period was "
+                         "checked for one dose")
     if judged:
         best = min(judged, key=lambda r: FAVOURABLE_ORDER.index(r.verdict))
         assert best.verdict is not None
@@ -518,7 +537,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
             detail.extend(f"  - {message}" for message in evaluation.messages)
         detail.extend(f"  - {note}" for note in result.notes)
     detail.extend(f"- {note}" for note in line.notes)
-    detail.extend(f"- Not checked: {reason}." for reason in line.unchecked)
+    detail.extend(f"- Not checked: {reason}." for reason in unchecked if reason not in
+                  (note.removeprefix("not checked: ") for r in judged for note in r.notes))
     summary = _summary(verdict, f"{order.medication} {line.label} {route_text}", label)
     url = version_url(stored.protocol_id, stored.version)
     return {

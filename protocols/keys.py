@@ -76,17 +76,18 @@ def author_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be the author of a version (``recorded_by``): a key name or the service's."""
     if not _KEY_NAME.fullmatch(name):
         return "1 to 64 characters, no control characters (tab, newline …), no blank at either end"
-    if any(unicodedata.category(char) in _INVISIBLE for char in name):
-        # U+202E turned "\u202enimda" into a name that displays as "admin" in audit rows and history.
-        return "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
     return None
 
 
 def key_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a key (it becomes the author of the key's writes), or None."""
+    """Why ``name`` cannot name a new key (it becomes the author of the key's writes), or None.
+    Stricter than :func:`author_name_problem`, which history written by older keys must pass."""
     problem = author_name_problem(name)
     if problem is not None:
         return problem
+    if any(unicodedata.category(char) in _INVISIBLE for char in name):
+        # U+202E turned "\u202enimda" into a name that displays as "admin" in audit rows and history.
+        return "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
     if name.casefold() in (CATALOG_ACTOR, CLI_ACTOR) or name.casefold().startswith(f"{CLI_ACTOR}:"):
         return f"'{name}' is an author name of the service itself"
     return None

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import IO, Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError
 
 from protocols import keys, record, versioning
 from protocols.db import Database
@@ -241,10 +241,11 @@ def import_ndjson(db: Database, data: bytes, validate: ContentValidator) -> Impo
         for line in lines:
             try:
                 versioning.import_version(session, line.document)
-            except DBAPIError as exc:
+            except DataError as exc:
                 # Checks above should leave nothing for the database to refuse; if it still does (a
                 # limit of one database and not the other), the file is refused with its line, not
-                # with a traceback, and the transaction writes nothing.
+                # with a traceback, and the transaction writes nothing. Not OperationalError (a lock
+                # timeout, a lost connection): that is the database's state, not the file's fault.
                 reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
                 raise ImportRejected([LineError(line.number, "_line", f"the database refused it: {reason}")]) from exc
             result.versions += 1

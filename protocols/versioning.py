@@ -318,11 +318,14 @@ def revise(
     content_hash = record.canonical_hash(canonical)
 
     def next_version(head: _Head) -> _Prepared | None:
-        """The version to append on top of ``head``; None when it would repeat the newest one."""
+        """The version to append on top of ``head``; None when it would repeat the newest one.
+        Recorded no earlier than the version it follows: instances' clocks differ by milliseconds,
+        and history (and import, which checks it) reads versions in recording order."""
         if _unchanged(head, content_hash, status, effective_from, now):
             return None
+        at = max(now, head.version.recorded_at)
         return _prepare(protocol_id, head.version.version + 1, content, status=status,
-                        effective_from=effective_from or now, change_note=change_note, ctx=ctx, now=now,
+                        effective_from=effective_from or at, change_note=change_note, ctx=ctx, now=at,
                         canonical=canonical, content_hash=content_hash)
 
     try:
@@ -349,7 +352,9 @@ def _unchanged(head: _Head, content_hash: str, status: str, effective_from: date
     scheduled for 2030, a PUT of its content without a date answered 200 and nothing took effect now
     (found by an adversarial probe)."""
     newest = head.version
-    starts_alike = (newest.effective_from <= now if effective_from is None
+    # A dateless write stores effective_from = recorded_at: a retry that started before the copy that
+    # won (its ``now`` earlier than the winner's) still repeats it (found in review: 412 otherwise).
+    starts_alike = (newest.effective_from <= max(now, newest.recorded_at) if effective_from is None
                     else effective_from == newest.effective_from)
     return content_hash == head.content_hash and status == newest.status and starts_alike
 
@@ -446,7 +451,8 @@ def retire(
             _, content = record.split_document(then.basis_document or newest.document)
             prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
                                 effective_from=at,
-                                change_note=change_note or "Protocol retired", ctx=ctx, now=now)
+                                change_note=change_note or "Protocol retired", ctx=ctx,
+                                now=max(now, newest.recorded_at))  # recorded in order, as revise()
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc

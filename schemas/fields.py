@@ -118,7 +118,7 @@ class QueryInteger(fields.Integer):
     """A non-negative integer written in ASCII digits: ``int()`` also takes " 5", "\\uff12" (a fullwidth 2)
     and "\\u0661" (an Arabic-Indic 1), which then came back in ``next`` links as the client wrote them."""
 
-    _DIGITS = re.compile(r"[0-9]{1,9}")
+    _DIGITS = re.compile(r"0|[1-9][0-9]{0,8}")  # no leading zeros: "05" came back in next links
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if not isinstance(value, str) or not self._DIGITS.fullmatch(value):

@@ -731,3 +731,25 @@ def test_rate_ratios_rate_ranges_and_the_orders_maximum_per_administration_are_j
         c["summary"] for c in result]
     assert "ketamine 24.5 mg/h intravenous route" in result[2]["summary"]  # 49 mg per 2 h
     assert "Body weight used: 70 kg (observed 2026-11-29T08:00:00Z)" in result[0]["detail"]
+
+
+def test_meal_codes_days_of_week_unreadable_rates_and_prn_orders(client):
+    """Found in review: "C" (with meals) and dayOfWeek [mon, wed, fri] counted as one dose; a rate-only
+    entry whose rateRatio is no exact rate got no card at all (as if no protocol applied); an
+    as-needed order with no timing or maximum read "info"."""
+    create(client)  # Spravato-like: 56-84 mg twice weekly, at most 84 mg per P1D
+    with_meals = _esketamine_order("esk-c", timing={"repeat": {"when": ["C"], "period": 1, "periodUnit": "d"}})
+    three_days = _esketamine_order("esk-dow", dose=56, timing={"repeat": {
+        "frequency": 1, "period": 1, "periodUnit": "wk", "dayOfWeek": ["mon", "wed", "fri"]}})
+    prn = _esketamine_order("esk-prn", dose=56, asNeededBoolean=True)
+    thirds = medication_request("esk-ratio", ESKETAMINE, NASAL)
+    thirds["dosageInstruction"][0]["doseAndRate"][0] = {"rateRatio": {
+        "numerator": {"value": 100, "unit": "mg", "system": UCUM, "code": "mg"},
+        "denominator": {"value": 3, "unit": "h", "system": UCUM, "code": "h"}}}
+    MedicationRequest.model_validate(thirds)
+    result = cards(client, hook_request([with_meals, three_days, prn, thirds]))
+    assert [c["indicator"] for c in result] == ["critical", "warning", "warning", "warning"], [
+        c["summary"] for c in result]
+    assert result[1]["summary"].startswith("more frequent than the protocol")
+    assert "partly checked" in result[2]["summary"] and "as needed" in result[2]["detail"]
+    assert result[3]["summary"].startswith("dose not checked") and "rateRatio" in result[3]["detail"]

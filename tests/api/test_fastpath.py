@@ -262,3 +262,17 @@ def test_an_error_from_a_dead_connection_is_tried_again_through_flask(pair, cata
     response = _send(fast, "GET", f"/v1/protocols/{catalog['ids']['current']}", {})
     assert response.status_code == 200 and response.headers["ETag"] == catalog["etag"]
     assert (failing.calls, counter.calls - before) == (2, 1)  # the fast path's attempt, then Flask's
+
+
+def test_a_get_with_a_body_is_left_to_flask_and_answered_alike(pair, catalog) -> None:
+    """Found in review: GET with a body answered 200 on the fast path and 400 through Flask, which
+    refuses a body on operations that take none."""
+    fast, slow, counter = pair
+    path = f"/v1/protocols/{catalog['ids']['current']}"
+    before = counter.calls
+    answers = [FlaskClient(app, app.response_class).get(path, data=b'{"x": 1}', content_type="application/json")
+               for app in (fast, slow)]
+    assert counter.calls == before + 1  # handed on to Flask
+    assert [a.status_code for a in answers] == [400, 400]
+    assert answers[0].get_json()["errors"] == answers[1].get_json()["errors"] == {
+        "body": ["This operation takes no request body."]}

@@ -590,3 +590,31 @@ def test_a_protocol_cannot_be_created_retired(client):
     response = client.post("/v1/protocols", json=payload)
     assert response.status_code == 422 and "status" in response.get_json()["errors"]
     assert client.get(f"/v1/protocols/{payload['id']}/versions/latest").status_code == 404
+
+
+def test_racing_dateless_retries_all_see_the_one_version(make_app):
+    """Found in review: a dateless retry that started before the copy that won compared the winner's
+    start with its own earlier 'now' and answered 412 (about one round in five); all copies must get
+    201 once and 200 after."""
+    apps = [make_app(), make_app()]
+    clients = [app.test_client() for app in apps]
+    for _ in range(5):
+        protocol_id, created = create(clients[0])
+        body = protocol_payload(protocol_id, title="the same revision, sent eight times")
+        body.pop("effective_from", None)
+        statuses: list[int] = []
+        barrier = threading.Barrier(8)
+
+        def send(index: int, protocol_id: str = protocol_id, body: dict = body,
+                 etag: str = created.headers["ETag"], statuses: list = statuses,
+                 barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            statuses.append(revise(clients[index % 2], protocol_id, body, etag).status_code)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(statuses) == [200] * 7 + [201], statuses
+        assert _latest(clients[0], protocol_id).get_json()["version"] == 2

@@ -402,7 +402,9 @@ def test_numbers_in_paths_and_queries_are_ascii_digits_and_queries_are_utf8(clie
     assert client.get("/v1/protocols/ascii-only/versions/1").status_code == 200
     assert client.get("/v1/protocols/ascii-only/versions/\u0661").status_code == 404
     assert client.get("/v1/protocols/ascii-only/versions/1/diff/\u0661").status_code == 404
+    assert client.get("/v1/protocols/ascii-only/versions/01").status_code == 404  # one URL per version
     for query, field in (("page_size=%EF%BC%92", "page_size"), ("page_size=%205", "page_size"),
+                         ("page_size=05", "page_size"),
                          ("q=%FF%FE", "q"), ("drug=%C3", "drug")):
         response = client.get(f"/v1/protocols?{query}")
         assert response.status_code == 422, (query, response.get_json())

@@ -108,8 +108,13 @@ def test_operation_conforms_to_contract(fuzz_app: Flask, label: str, mode: Gener
     record_figures("fuzz", backend, **_counts, examples_per_operation=EXAMPLES)
 
 
-#: The stateful run stays on the linked protocol operations, so its budget goes into chains.
-LINKED = SCHEMA.include(path_regex=r"^/v1/protocols(/\{protocol_id\}(/versions(/\{version\})?)?)?$")
+#: The stateful run stays on the linked protocol operations, so its budget goes into chains. Not
+#: DELETE: its generated query parameters (effective_from, change_note) are drawn where PUT's If-Match
+#: is, depending on which links the server's answers opened, and hypothesis refused the run as
+#: "inconsistent data generation" (FlakyStrategyDefinition) once DELETE's parameters were documented.
+#: DELETE is fuzzed by the stateless run and its rules by tests/api/test_protocols_api.py.
+LINKED = SCHEMA.include(path_regex=r"^/v1/protocols(/\{protocol_id\}(/versions(/\{version\})?)?)?$",
+                        method=["GET", "POST", "PUT"])
 
 
 class _LinkedScenarios(LINKED.as_state_machine()):  # type: ignore[misc]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -90,6 +91,11 @@ def dose_range(draw: Any, route_codes: list[str]) -> dict[str, Any]:
             "max_per_period": cap, "instructions": draw(st.none() | text(max_size=300))}
 
 
+def _range_key(dose_range: dict[str, Any]) -> str:
+    """Equal ranges by value, as the API compares them (Decimal("10") == Decimal("10.0"))."""
+    return json.dumps(dose_range, sort_keys=True, default=lambda number: format(number.normalize(), "f"))
+
+
 @st.composite
 def fda_approval(draw: Any) -> dict[str, Any]:
     status = draw(st.sampled_from(["approved", "off_label", "investigational", "not_approved"]))
@@ -122,7 +128,7 @@ def clinical_content(draw: Any) -> dict[str, Any]:
                  "dea_schedule": draw(st.none() | st.sampled_from(["CI", "CII", "CIII", "CIV", "CV"]))},
         "indications": [{"system": c.system, "code": c.code, "display": c.display} for c in indications],
         "routes": [{"system": terminology.SNOMED, "code": r.code, "display": r.display} for r in routes],
-        "dosing_ranges": draw(st.lists(dose_range(route_codes), min_size=1, max_size=3, unique_by=repr)),
+        "dosing_ranges": draw(st.lists(dose_range(route_codes), min_size=1, max_size=3, unique_by=_range_key)),
         "fda_approval": draw(fda_approval()),
         "sources": [{"title": draw(text(max_size=100)), "url": "https://example.org/label.pdf", "supports": []}],
         "verification_notes": draw(st.lists(text(max_size=100), max_size=2)),
