@@ -470,7 +470,8 @@ class RangeResult:
     verdict: Verdict | None
     evaluations: list[Evaluation]
     problem: str | None
-    notes: list[str] = field(default_factory=list)
+    #: Quantities of the line this range could not judge (shown as "not checked: ..." under it).
+    unchecked: list[str] = field(default_factory=list)
 
 
 def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Weight | str) -> RangeResult:
@@ -496,7 +497,7 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # A dose range (low to high) is inside only when both ends are, a dose and its rate only when
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
-    return RangeResult(phase, verdict, evaluations, None, [f"not checked: {p}" for p in problems])
+    return RangeResult(phase, verdict, evaluations, None, problems)
 
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
@@ -506,7 +507,7 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     route = terminology.ROUTES.get(line.route)
     route_text = route.display.lower() if route else f"route {line.route}"
     label = f"protocol {stored.protocol_id} v{stored.version}"
-    unchecked = list(line.unchecked)
+    unchecked = list(line.unchecked)  # the order's own; each range lists the quantities it could not judge
     if line.as_needed and line.frequency is None and not line.unchecked and any(
             r.get("frequency") or r.get("max_per_period") for _, r in ranges_for(content, line.route)):
         # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
@@ -516,9 +517,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         best = min(judged, key=lambda r: FAVOURABLE_ORDER.index(r.verdict))
         assert best.verdict is not None
         indicator = INDICATOR[best.verdict]
-        unchecked += [note.removeprefix("not checked: ") for note in best.notes]
         verdict = VERDICT_TEXT[best.verdict]
-        if unchecked and indicator == "info":
+        if (unchecked or best.unchecked) and indicator == "info":
             # Never the green card of a real pass for an order part of which was not checked.
             indicator, verdict = "warning", f"{verdict}, partly checked"
     else:
@@ -535,10 +535,9 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         detail.append(f"- **{result.phase}**: {result.verdict.value}")
         for evaluation in result.evaluations:
             detail.extend(f"  - {message}" for message in evaluation.messages)
-        detail.extend(f"  - {note}" for note in result.notes)
+        detail.extend(f"  - not checked: {problem}" for problem in result.unchecked)
     detail.extend(f"- {note}" for note in line.notes)
-    detail.extend(f"- Not checked: {reason}." for reason in unchecked if reason not in
-                  (note.removeprefix("not checked: ") for r in judged for note in r.notes))
+    detail.extend(f"- Not checked: {reason}." for reason in unchecked)
     summary = _summary(verdict, f"{order.medication} {line.label} {route_text}", label)
     url = version_url(stored.protocol_id, stored.version)
     return {

@@ -337,7 +337,7 @@ def revise(
             check_if_match(head.version, if_match, already_applied=prepared is None)
             if prepared is None:
                 return head.version, False
-            _check_not_undone(conn, prepared)
+            _check_not_undone(prepared, lambda params: conn.execute(_UNDOING_SQL, params).first())
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=head.version.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
@@ -391,12 +391,7 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
     check_if_match(head.version, if_match, already_applied=prepared is None)
     if prepared is None:
         return head.version, False
-    if prepared.stored.status == "retired":
-        stored = prepared.stored
-        row = db.reads.fetch_one(_pg_raw(dialect, "undoing"), {"protocol_id": stored.protocol_id,
-                                                               "effective_from": stored.effective_from})
-        if row is not None:
-            raise _retirement_undone(stored.protocol_id, stored.effective_from, int(row[0]), row[1])
+    _check_not_undone(prepared, lambda params: db.reads.fetch_one(_pg_raw(dialect, "undoing"), params))
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
@@ -472,19 +467,19 @@ _UNDOING_SQL = _typed("SELECT u.version, u.effective_from " + _UNDOING.replace("
                       ).columns(effective_from=_TIME)
 
 
-def _check_not_undone(conn: Connection, prepared: _Prepared) -> None:
+def _check_not_undone(prepared: _Prepared, fetch: Callable[[dict[str, Any]], Any]) -> None:
     """A ``retired`` version written with PUT obeys the rule DELETE does (:func:`retire`): refused when
     an active version taking effect after it would undo it (the probe found PUT status=retired
     answered 201 where DELETE answered 409). Read after the head: a version appended in between makes
-    the guarded append fail, so the answer cannot rest on a state that no longer holds. (SQLite; on
-    PostgreSQL :func:`_revise_in_one_statement` sends the same SELECT on its autocommit connection.)"""
+    the guarded append fail, so the answer cannot rest on a state that no longer holds. ``fetch`` runs
+    :data:`_UNDOING_SQL` with its parameters: in the write transaction on SQLite, on the thread's
+    autocommit connection on PostgreSQL (:func:`_revise_in_one_statement`)."""
     stored = prepared.stored
     if stored.status != "retired":
         return
-    params = {"protocol_id": stored.protocol_id, "effective_from": stored.effective_from}
-    row = conn.execute(_UNDOING_SQL, params).first()
+    row = fetch({"protocol_id": stored.protocol_id, "effective_from": stored.effective_from})
     if row is not None:
-        raise _retirement_undone(stored.protocol_id, stored.effective_from, int(row.version), row.effective_from)
+        raise _retirement_undone(stored.protocol_id, stored.effective_from, int(row[0]), row[1])
 
 
 #: Reads ``_pg_raw`` compiles for the thread's autocommit connection, by name.

@@ -150,6 +150,27 @@ def test_a_retry_whose_first_answer_was_lost_gets_200_not_412(client):
     assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
 
 
+def all_at_once(count: int, request: Any) -> list[int]:
+    """Run ``request(n)`` for n in range(count), each in its own thread, released together by a
+    barrier; the status codes they got."""
+    barrier = threading.Barrier(count)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        barrier.wait()
+        status = request(n)
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def test_concurrent_identical_writes_make_one_version_and_all_succeed(make_app):
     """Twenty copies of one request (a client's retries racing each other): one appends, the others
     find their change already made."""
@@ -157,22 +178,8 @@ def test_concurrent_identical_writes_make_one_version_and_all_succeed(make_app):
     client = apps[0].test_client()
     protocol_id, response = create(client)
     body = response.get_json() | {"summary": "the same change, sent many times"}
-    barrier = threading.Barrier(20)
-    results: list[int] = []
-    lock = threading.Lock()
-
-    def writer(n: int) -> None:
-        own = apps[n % len(apps)].test_client()
-        barrier.wait()
-        status = revise(own, protocol_id, body, response.headers["ETag"]).status_code
-        with lock:
-            results.append(status)
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = all_at_once(20, lambda n: revise(apps[n % 2].test_client(), protocol_id, body,
+                                               response.headers["ETag"]).status_code)
     assert sorted(results) == [200] * 19 + [201], results
     assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
 
@@ -406,22 +413,8 @@ def test_concurrent_puts_with_the_same_if_match_yield_exactly_one_version(make_a
     protocol_id, response = create(apps[0].test_client())
     etag, body = response.headers["ETag"], response.get_json()
     writers = 8
-    barrier = threading.Barrier(writers)
-    results: list[int] = []
-    lock = threading.Lock()
-
-    def writer(n: int) -> None:
-        client = apps[n % len(apps)].test_client()
-        barrier.wait()
-        status = revise(client, protocol_id, body | {"summary": f"writer {n}"}, etag).status_code
-        with lock:
-            results.append(status)
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = all_at_once(writers, lambda n: revise(apps[n % len(apps)].test_client(), protocol_id,
+                                                    body | {"summary": f"writer {n}"}, etag).status_code)
     assert sorted(results) == [201] + [412] * (writers - 1)
     assert [v["version"] for v in versions_of(apps[0].test_client(), protocol_id)] == [2, 1]
 
@@ -429,19 +422,8 @@ def test_concurrent_puts_with_the_same_if_match_yield_exactly_one_version(make_a
 def test_concurrent_creates_of_one_id_yield_one_201(make_app):
     apps = [make_app() for _ in range(4)]
     payload = protocol_payload()
-    barrier = threading.Barrier(6)
-    results: list[int] = []
-
-    def creator(n: int) -> None:
-        client = apps[n % len(apps)].test_client()
-        barrier.wait()
-        results.append(client.post("/v1/protocols", json=payload).status_code)
-
-    threads = [threading.Thread(target=creator, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = all_at_once(6, lambda n: apps[n % len(apps)].test_client().post("/v1/protocols",
+                                                                             json=payload).status_code)
     assert sorted(results) == [201] + [409] * 5
 
 
@@ -602,19 +584,8 @@ def test_racing_dateless_retries_all_see_the_one_version(make_app):
         protocol_id, created = create(clients[0])
         body = protocol_payload(protocol_id, title="the same revision, sent eight times")
         body.pop("effective_from", None)
-        statuses: list[int] = []
-        barrier = threading.Barrier(8)
-
-        def send(index: int, protocol_id: str = protocol_id, body: dict = body,
-                 etag: str = created.headers["ETag"], statuses: list = statuses,
-                 barrier: threading.Barrier = barrier) -> None:
-            barrier.wait()
-            statuses.append(revise(clients[index % 2], protocol_id, body, etag).status_code)
-
-        threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        etag = created.headers["ETag"]
+        statuses = all_at_once(8, lambda n, protocol_id=protocol_id, body=body, etag=etag: revise(
+            apps[n % 2].test_client(), protocol_id, body, etag).status_code)
         assert sorted(statuses) == [200] * 7 + [201], statuses
         assert _latest(clients[0], protocol_id).get_json()["version"] == 2
