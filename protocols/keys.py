@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from protocols.audit import WriteContext, insert_allowed
 from protocols.db import Database
@@ -118,6 +118,10 @@ def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(row.id, row.name, tuple(row.scopes.split()), row.created_at, row.expires_at, row.revoked_at)
 
 
+# An arbitrary constant: the advisory-lock id of "a key is being created" (pg_advisory_xact_lock).
+_LOCK_KEY_NAMES = text("SELECT pg_advisory_xact_lock(7180021946273345113)")
+
+
 def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: datetime | None = None,
                now: datetime | None = None, ctx: WriteContext = WriteContext()) -> tuple[KeyInfo, str]:
     """Mint a key. Returns its description and the plain key, which exists nowhere else afterwards.
@@ -133,6 +137,12 @@ def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: da
     with db.write.begin() as session:
         # Names tell authors apart in the version history (recorded_by carries the name, not the id):
         # two live keys of one name could not be told apart there (found by an adversarial probe).
+        # PostgreSQL runs concurrent creates side by side (SQLite's BEGIN IMMEDIATE already serializes
+        # them), so both could find the name free: creates take one transaction-scoped advisory lock.
+        # A partial unique index would need a migration that fails on databases already holding
+        # duplicates (``make run`` named every key "local-dev" before), and keys are created rarely.
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(_LOCK_KEY_NAMES)
         taken = session.execute(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))).first()
         if taken is not None:
             raise KeyNameTaken(f"key name: a key named '{name}' exists (id {taken.id}); revoke it or choose "

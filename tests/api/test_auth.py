@@ -333,3 +333,22 @@ def test_key_names_are_visible_and_distinct_among_live_keys(client, app, make_ke
     assert again.status_code == 409 and "name" in again.get_json()["errors"]
     assert client.delete(f"/v1/admin/keys/{first.get_json()['id']}").status_code in (200, 204)
     assert client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]}).status_code == 201
+
+
+def test_concurrent_creates_of_one_key_name_make_one_key(make_app):
+    """Twelve workers create a key of one name at the same moment: one gets it, the others 409.
+    On PostgreSQL each create's check ran beside the others and several found the name free."""
+    from tests.api.test_protocols_api import all_at_once
+
+    apps = [make_app() for _ in range(3)]
+    clients = [app.test_client() for app in apps]
+
+    def create(n: int) -> int:
+        return clients[n % len(clients)].post(
+            "/v1/admin/keys", json={"name": "raced-name", "scopes": ["protocols:read"]}).status_code
+
+    statuses = all_at_once(12, create)
+    assert sorted(statuses) == [201] + [409] * 11, statuses
+    listed = clients[0].get("/v1/admin/keys").get_json()
+    items = listed["items"] if isinstance(listed, dict) else listed
+    assert [key["name"] for key in items].count("raced-name") == 1
