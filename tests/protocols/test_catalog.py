@@ -96,17 +96,17 @@ def test_changed_file_appends_one_version(app, client, tmp_path):
     shutil.copytree(catalog.CATALOG_DIR, directory)
     runner = app.test_cli_runner()
     assert runner.invoke(args=["protocols", "load", str(directory)]).exit_code == 0
-    path = directory / "zuranolone-oral-ppd.yaml"
+    path = directory / "psilocybin-oral-trd-investigational.yaml"
     data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
     data["summary"] += " Reviewed."
     data["effective_from"] = "2024-01-01T00:00:00Z"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     result = runner.invoke(args=["protocols", "load", str(directory)])
     assert result.exit_code == 0, result.output
-    assert "zuranolone-oral-ppd: appended versions [2]" in result.output
-    assert _versions_count(client, "zuranolone-oral-ppd") == 2
+    assert "psilocybin-oral-trd-investigational: appended versions [2]" in result.output
+    assert _versions_count(client, "psilocybin-oral-trd-investigational") == 2
     again = runner.invoke(args=["protocols", "load", str(directory)])
-    assert "zuranolone-oral-ppd: unchanged" in again.output
+    assert "psilocybin-oral-trd-investigational: unchanged" in again.output
 
 
 def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
@@ -116,14 +116,15 @@ def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
     path.write_text(path.read_text().replace("unit: mg\n", "unit: mcg\n", 1))
     result = app.test_cli_runner().invoke(args=["protocols", "load", str(directory)])
     assert result.exit_code != 0
-    assert "zuranolone-oral-ppd.yaml: dosing_ranges.0.unit:" in result.output
+    assert "zuranolone-oral-ppd.yaml: versions.0.dosing_ranges.0.unit:" in result.output
     assert client.get("/v1/protocols/ketamine-iv-anesthesia-induction").status_code == 404
 
 
 @pytest.mark.parametrize(("as_of", "version", "approval_date", "marker"), [
     ("2019-06-01T00:00:00Z", 1, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
     ("2021-01-01T00:00:00Z", 2, "2020-07-31", "acute suicidal ideation"),
-    (None, 3, "2025-01-21", "as monotherapy"),
+    ("2025-06-01T00:00:00Z", 4, "2025-01-21", "as monotherapy"),
+    (None, 4, "2025-01-21", "as monotherapy"),
 ])
 def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, version, approval_date, marker):
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
@@ -144,7 +145,7 @@ def test_spravato_before_first_approval_is_not_in_effect(app, client):
 
 def test_spravato_versions_differ_in_indications_and_dosing():
     entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
-    assert [e["effective_from"][:10] for e in entries] == ["2019-03-05", "2020-07-31", "2025-01-21"]
+    assert [e["effective_from"][:10] for e in entries] == ["2019-03-05", "2020-07-31", "2025-01-21", "2025-01-21"]
     codes = [{i["code"] for i in e["indications"]} for e in entries]
     assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
     for entry in entries:
@@ -169,3 +170,47 @@ def test_invalid_version_in_a_versions_file_is_reported_by_its_index(app, tmp_pa
     result = app.test_cli_runner().invoke(args=["protocols", "load", str(directory)])
     assert result.exit_code != 0
     assert f"{SPRAVATO}.yaml: versions.1.indications.3.code:" in result.output
+
+
+def test_spravato_correction_adds_respiratory_depression_to_the_boxed_warning(app, client):
+    """The current label's boxed warning names respiratory depression; version 3 kept the 2019-2024
+    wording. The correction is a new version effective with the 2025 label, so the history still
+    shows what was recorded before it (found by a review of the catalog against its sources)."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    current = client.get(f"/v1/protocols/{SPRAVATO}").get_json()
+    assert "RESPIRATORY DEPRESSION" in current["fda_approval"]["boxed_warning"]
+    cited = {p for s in current["sources"] for p in s["supports"]}
+    assert "fda_approval.boxed_warning" in cited
+    before = client.get(f"/v1/protocols/{SPRAVATO}?as_of=2024-12-31T00:00:00Z").get_json()
+    assert "RESPIRATORY" not in before["fda_approval"]["boxed_warning"]
+    third = client.get(f"/v1/protocols/{SPRAVATO}/versions/3").get_json()
+    assert "RESPIRATORY" not in third["fda_approval"]["boxed_warning"]
+
+
+def _dose_check(client, protocol_id, **order):
+    response = client.post(f"/v1/protocols/{protocol_id}/dose-check", json=order)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["verdict"]
+
+
+def test_crps_infusion_is_capped_at_the_trial_rate_and_codes_crps_only(app, client):
+    """The trial behind the CRPS regimen capped the rate at 25 mg/h over the 4-hour infusion:
+    0.35 mg/kg/h for a 120 kg patient (42 mg/h) read as within range. And a generic chronic-pain
+    code (G89.4) matched this CRPS-only regimen."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    crps = "ketamine-iv-crps-off-label"
+    order = {"route": "47625008", "dose": {"value": 0.35, "unit": "mg/kg/h"},
+             "frequency": {"count": 1, "period": "P1D"}}
+    assert _dose_check(client, crps, patient={"weight_kg": 70}, **order) == "within_range"
+    assert _dose_check(client, crps, patient={"weight_kg": 120}, **order) == "exceeds_max_per_period"
+    codes = {i["code"] for i in client.get(f"/v1/protocols/{crps}").get_json()["indications"]}
+    assert codes == {"G90.50", "G90.59"}
+
+
+def test_zuranolone_course_is_not_coded_as_a_single_dose(app, client):
+    """'single' means one administration (FHIR dosage type "Single dose"); the label's regimen is
+    one daily dose for 14 days."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    record = client.get("/v1/protocols/zuranolone-oral-ppd").get_json()
+    assert [d["phase"] for d in record["dosing_ranges"]] == ["induction"]
+
