@@ -78,8 +78,9 @@ def _init_operations(app: Flask, api: Api) -> None:
     parsing.refuse_undeclared_bodies(app)
     auth.document_security(app, api)
     parsing.document_body_errors(api)
-    protocols_api.document_if_match(api)
+    protocols_api.document_protocol_operations(api)
     _document_common_responses(api)
+    parsing.document_patterns_as_ecma(api)
 
 
 def _init_request_hooks(app: Flask) -> None:

@@ -224,3 +224,35 @@ def document_body_errors(api: Api) -> None:
             responses = operation.setdefault("responses", {})
             for status, description in BODY_ERRORS.items():
                 responses.setdefault(status, documented_error(description))
+
+
+def document_patterns_as_ecma(api: Api) -> None:
+    """Write every ``pattern`` of the OpenAPI document in the regex dialect OpenAPI 3.0 names (ECMA-262).
+
+    Validation here uses Python's ``\\A...\\Z`` (``$`` also matches before a trailing newline, which
+    let ``"6130\\n"`` through); ECMA-262 has no ``\\A``/``\\Z``, and its ``^``/``$`` (without the
+    ``m`` flag) mean exactly what they do: start and end of input. Generated clients and validators
+    compiled the patterns as written and failed (an OpenAPI validator refused the document)."""
+    def convert(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "pattern" and isinstance(value, str):
+                    node[key] = _ecma_pattern(value)
+                else:
+                    convert(value)
+        elif isinstance(node, list):
+            for item in node:
+                convert(item)
+
+    convert(api.spec._paths)
+    convert(api.spec.components.schemas)
+
+
+def _ecma_pattern(pattern: str) -> str:
+    if pattern.startswith("\\A"):
+        pattern = "^" + pattern[2:]
+    if pattern.endswith("\\Z"):
+        pattern = pattern[:-2] + "$"
+    if "\\A" in pattern or "\\Z" in pattern:
+        raise ValueError(f"pattern {pattern!r}: \\A and \\Z only at its ends (OpenAPI uses ECMA-262)")
+    return pattern

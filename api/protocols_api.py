@@ -45,7 +45,7 @@ ETAG_HEADER = {"ETag": {"description": "Strong entity-tag of the version served"
                         "schema": {"type": "string"}}}
 LINK_HEADER = {"Link": {"description": "RFC 8288 next/prev links", "schema": {"type": "string"}}}
 
-#: Operations that need If-Match (documented by :func:`document_if_match`, not ``@blp.doc``: a manual
+#: Operations that need If-Match (documented by :func:`document_protocol_operations`, not ``@blp.doc``: a manual
 #: ``parameters`` list replaces the query parameters ``@blp.arguments`` documents, and DELETE's
 #: ``effective_from``/``change_note`` were missing from the contract).
 IF_MATCH_OPERATIONS = (("put", "/v1/protocols/{protocol_id}"), ("delete", "/v1/protocols/{protocol_id}"))
@@ -72,6 +72,17 @@ _WRITE_LINKS = {
                        "parameters": {**_BY_ID, "header.If-Match": "$response.header.ETag"}},
 }
 
+#: Links per documented response, merged in by :func:`document_protocol_operations`. Not ``@blp.doc``:
+#: its ``responses`` replace the response object ``@blp.response`` builds, and the 200/201 of read,
+#: create, revise and retire lost their description, body schema and ETag/Location headers (an
+#: OpenAPI validator refused the document; found by a documentation probe).
+RESPONSE_LINKS = {
+    ("post", "/v1/protocols"): {"201": {**_READ_LINKS, **_WRITE_LINKS}},
+    ("get", "/v1/protocols/{protocol_id}"): {"200": {**_READ_LINKS, **_WRITE_LINKS}},
+    ("put", "/v1/protocols/{protocol_id}"): {"200": _READ_LINKS, "201": {**_READ_LINKS, **_WRITE_LINKS}},
+    ("delete", "/v1/protocols/{protocol_id}"): {"200": _READ_LINKS},
+}
+
 
 def _appended() -> None:
     """The service committed a version with its audit event: nothing more to record for this request."""
@@ -89,7 +100,6 @@ def _check_body_id(payload: dict[str, Any], protocol_id: str) -> None:
 @blp.response(201, ProtocolSchema, headers={**ETAG_HEADER,
                                             "Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, schema=ErrorSchema, description="A protocol with this id exists (ids are never reused)")
-@blp.doc(responses={"201": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
 def create_protocol(payload: dict[str, Any]) -> Response:
     """Create a protocol (version 1)."""
     meta, content = split_payload(payload)
@@ -136,7 +146,6 @@ def list_protocols(query: dict[str, Any]) -> Response:
 @blp.alt_response(304, description="Not modified (If-None-Match matched)")
 @blp.alt_response(404, schema=ErrorSchema, description="No such protocol, or no version in effect at that time")
 @blp.alt_response(410, schema=ProtocolSchema, description="Retired: the retirement version")
-@blp.doc(responses={"200": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
 def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """The version in effect now, or at `as_of`."""
     try:
@@ -150,13 +159,13 @@ def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 @blp.arguments(ProtocolSchema())
 @blp.response(200, ProtocolSchema, headers=ETAG_HEADER,
               description="Content equals the newest version: nothing appended, newest returned")
-@blp.alt_response(201, schema=ProtocolSchema, description="A new version was appended")
+@blp.alt_response(201, schema=ProtocolSchema, description="A new version was appended",
+                  headers={**ETAG_HEADER, "Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, schema=ErrorSchema,
                   description="status 'retired' where an active version taking effect after it would undo the "
                               "retirement (as for DELETE; named in scheduled_version / scheduled_effective_from)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale; the body names the newest version")
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
-@blp.doc(responses={"200": {"links": _READ_LINKS}, "201": {"links": {**_READ_LINKS, **_WRITE_LINKS}}})
 def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
     """Append the next version. Requires `If-Match` with the newest version's ETag."""
     _check_body_id(payload, protocol_id)
@@ -180,7 +189,6 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
                               "scheduled_version / scheduled_effective_from)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale")
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
-@blp.doc(responses={"200": {"links": _READ_LINKS}})
 def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """Retire a protocol: append a `retired` version. Requires `If-Match`."""
     stored, created = versioning.retire(get_db(), protocol_id, if_match=if_match(),
@@ -240,7 +248,12 @@ def diff_versions(protocol_id: str, a: int, b: int) -> Any:
     return body, 200, headers
 
 
-def document_if_match(api: Any) -> None:
-    """Add the If-Match header parameter to :data:`IF_MATCH_OPERATIONS` in the OpenAPI document."""
+def document_protocol_operations(api: Any) -> None:
+    """Add to the OpenAPI document what decorators cannot add without replacing what others built: the
+    If-Match header parameter of :data:`IF_MATCH_OPERATIONS` and the :data:`RESPONSE_LINKS`."""
     for method, path in IF_MATCH_OPERATIONS:
         api.spec._paths[path][method].setdefault("parameters", []).append(IF_MATCH_PARAMETER)
+    for (method, path), by_status in RESPONSE_LINKS.items():
+        responses = api.spec._paths[path][method]["responses"]
+        for status, links in by_status.items():
+            responses[status].setdefault("links", {}).update(links)

@@ -50,3 +50,40 @@ def test_the_contract_lists_the_statuses_these_requests_get(app, client):
         response = client.open(url, method=method, json=body, headers={"If-Match": created.headers["ETag"]})
         assert response.status_code == 404, (method, url, response.get_json())
         assert "404" in _documented(app, method, template), (method, template)
+
+
+def test_the_contract_is_a_valid_openapi_document(app):
+    """Found by a documentation probe: ``@blp.doc(responses=...)`` replaced the responses
+    ``@blp.response`` built, so the 200/201 of read, create, revise and retire had neither
+    description, body schema nor ETag header, and an OpenAPI validator refused the document; its
+    ``\\A...\\Z`` patterns were Python's, not the ECMA-262 regexes OpenAPI names."""
+    import re
+
+    from openapi_spec_validator import OpenAPIV30SpecValidator
+
+    spec = app.extensions[API_KEY].spec.to_dict()
+    assert [error.message for error in OpenAPIV30SpecValidator(spec).iter_errors()] == []
+    one = spec["paths"]["/v1/protocols/{protocol_id}"]
+    for method, status, header in (("get", "200", "ETag"), ("put", "200", "ETag"), ("put", "201", "ETag"),
+                                   ("delete", "200", "ETag")):
+        response = one[method]["responses"][status]
+        assert response["description"] and "application/json" in response["content"], (method, status)
+        assert header in response["headers"], (method, status)
+        assert "GetVersion" in response["links"], (method, status)
+    created = spec["paths"]["/v1/protocols"]["post"]["responses"]["201"]
+    assert {"ETag", "Location"} <= set(created["headers"]) and "ReviseProtocol" in created["links"]
+
+    patterns: list[str] = []
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                patterns.append(value) if key == "pattern" and isinstance(value, str) else collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    collect(spec)
+    assert patterns and not [p for p in patterns if "\\A" in p or "\\Z" in p]
+    rxcui = next(p for p in patterns if "[1-9][0-9]{0,7}" in p)
+    assert re.fullmatch(rxcui, "2201625") and not re.search(rxcui, "A2201625Z")
