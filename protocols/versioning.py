@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, TextClause, and_, bindparam, delete, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import TextualSelect
 
 from protocols import audit as audit_events
 from protocols import fulltext, record
@@ -317,11 +318,11 @@ def revise(
     canonical = record.canonical_content(content)
     content_hash = record.canonical_hash(canonical)
 
-    def next_version(head: _Head) -> _Prepared | None:
+    def next_version(head: _Head, fetch: _Fetch) -> _Prepared | None:
         """The version to append on top of ``head``; None when it would repeat the newest one.
         Recorded no earlier than the version it follows: instances' clocks differ by milliseconds,
         and history (and import, which checks it) reads versions in recording order."""
-        if _unchanged(head, content_hash, status, effective_from, now):
+        if _unchanged(head, content_hash, status, effective_from, now, fetch):
             return None
         at = max(now, head.version.recorded_at)
         return _prepare(protocol_id, head.version.version + 1, content, status=status,
@@ -333,18 +334,27 @@ def revise(
             return _revise_in_one_statement(db, protocol_id, if_match, next_version)
         with _write_transaction(db) as conn:
             head = _read_head(conn, protocol_id)
-            prepared = next_version(head)
+
+            def fetch(name: str, params: dict[str, Any]) -> Any:
+                return conn.execute(_NAMED_READS[name], params).first()
+
+            prepared = next_version(head, fetch)
             check_if_match(head.version, if_match, already_applied=prepared is None)
             if prepared is None:
                 return head.version, False
-            _check_not_undone(prepared, lambda params: conn.execute(_UNDOING_SQL, params).first())
+            _check_not_undone(prepared, lambda params: fetch("undoing", params))
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=head.version.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
 
 
+#: Runs one of :data:`_NAMED_READS` by name: on the write transaction (SQLite) or on the thread's
+#: autocommit connection (PostgreSQL).
+_Fetch = Callable[[str, dict[str, Any]], Any]
+
+
 def _unchanged(head: _Head, content_hash: str, status: str, effective_from: datetime | None,
-               now: datetime) -> bool:
+               now: datetime, fetch: _Fetch) -> bool:
     """A write that would repeat the newest version (same content, status and start) appends nothing.
 
     Without ``effective_from`` a write means "from now": it repeats a newest version already in effect
@@ -354,9 +364,19 @@ def _unchanged(head: _Head, content_hash: str, status: str, effective_from: date
     newest = head.version
     # A dateless write stores effective_from = recorded_at: a retry that started before the copy that
     # won (its ``now`` earlier than the winner's) still repeats it (found in review: 412 otherwise).
-    starts_alike = (newest.effective_from <= max(now, newest.recorded_at) if effective_from is None
-                    else effective_from == newest.effective_from)
-    return content_hash == head.content_hash and status == newest.status and starts_alike
+    if content_hash != head.content_hash or status != newest.status:
+        return False
+    if effective_from is not None:
+        return effective_from == newest.effective_from
+    until = max(now, newest.recorded_at)
+    if newest.effective_from > until:
+        return False
+    # "From now" repeats the newest only if the newest is what is in effect now: a back-dated newest
+    # can be outranked by an older version starting between its start and now. Then the write answered
+    # 200 and the older version stayed in effect (found by an adversarial probe). Drafts are never in
+    # effect; a dateless draft repeating the newest draft is a retry.
+    return newest.status == "draft" or fetch("outranked", {
+        "protocol_id": newest.protocol_id, "effective_from": newest.effective_from, "recorded_at": until}) is None
 
 
 #: PostgreSQL's revise as two statements on the thread's autocommit connection (``db.reads``): the
@@ -377,7 +397,8 @@ def _pg_raw(dialect: Any, key: tuple[bool, bool, bool] | str) -> str:
 
 
 def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[str] | None,
-                             next_version: Callable[[_Head], _Prepared | None]) -> tuple[StoredVersion, bool]:
+                             next_version: Callable[[_Head, _Fetch], _Prepared | None]
+                             ) -> tuple[StoredVersion, bool]:
     dialect = db.engine.dialect
 
     def read_head() -> _Head:
@@ -386,12 +407,15 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
             raise ProtocolNotFound(f"protocol '{protocol_id}' does not exist", protocol_id=protocol_id)
         return _Head(StoredVersion(*row[:8]), str(row[8]), int(row[9]))
 
+    def fetch(name: str, params: dict[str, Any]) -> Any:
+        return db.reads.fetch_one(_pg_raw(dialect, name), params)
+
     head = read_head()
-    prepared = next_version(head)
+    prepared = next_version(head, fetch)
     check_if_match(head.version, if_match, already_applied=prepared is None)
     if prepared is None:
         return head.version, False
-    _check_not_undone(prepared, lambda params: db.reads.fetch_one(_pg_raw(dialect, "undoing"), params))
+    _check_not_undone(prepared, lambda params: fetch("undoing", params))
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
@@ -399,7 +423,7 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
         # The head moved after it was read. If it moved to this very change (an identical request
         # racing this one: a client's retries), the change is made; otherwise this write is stale.
         moved = read_head()
-        if next_version(moved) is None:
+        if next_version(moved, fetch) is None:
             return moved.version, False
         raise _changed_concurrently(protocol_id)
     return replace(prepared.stored, seq=int(written[0])), True
@@ -483,7 +507,12 @@ def _check_not_undone(prepared: _Prepared, fetch: Callable[[dict[str, Any]], Any
 
 
 #: Reads ``_pg_raw`` compiles for the thread's autocommit connection, by name.
-_NAMED_READS = {"head": _NEWEST_SQL, "undoing": _UNDOING_SQL}
+#: Whether a published version starts after ``:effective_from`` and no later than ``:recorded_at``
+#: (then a version starting at ``:effective_from`` is not the one in effect at ``:recorded_at``).
+_OUTRANKED_SQL = _typed("SELECT 1 FROM protocol_versions WHERE protocol_id = :protocol_id AND status <> 'draft'"
+                        " AND effective_from > :effective_from AND effective_from <= :recorded_at LIMIT 1")
+_NAMED_READS: dict[str, TextClause | TextualSelect] = {
+    "head": _NEWEST_SQL, "undoing": _UNDOING_SQL, "outranked": _OUTRANKED_SQL}
 
 
 def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: int | None = None) -> None:

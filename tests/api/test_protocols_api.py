@@ -567,6 +567,31 @@ def test_a_put_without_a_date_repeating_a_scheduled_version_takes_effect_now(cli
     assert retry.status_code == 200 and retry.get_json()["version"] == 3
 
 
+@pytest.mark.parametrize("outranking", ["retired", "active"])
+def test_a_put_without_a_date_repeating_a_back_dated_newest_takes_effect_now(client, outranking):
+    """Found by an adversarial probe: the newest version back-dated to 2021 is outranked by an older
+    one starting in 2022 (a retirement, or another revision); a PUT of the newest's content without
+    effective_from ("from now") answered 200 and the 2022 version stayed in effect."""
+    protocol_id, created = create(client, title="A", effective_from="2020-01-01T00:00:00Z")
+    if outranking == "retired":
+        later = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2022-01-01T00:00:00Z",
+                              headers={"If-Match": created.headers["ETag"]})
+    else:
+        later = revise(client, protocol_id, protocol_payload(protocol_id, title="B",
+                                                             effective_from="2022-01-01T00:00:00Z"),
+                       created.headers["ETag"])
+    assert later.status_code in (200, 201)
+    back_dated = protocol_payload(protocol_id, title="A2", effective_from="2021-01-01T00:00:00Z")
+    third = revise(client, protocol_id, back_dated, later.headers["ETag"])
+    assert third.status_code == 201
+    assert client.get(f"/v1/protocols/{protocol_id}").status_code == (410 if outranking == "retired" else 200)
+    now = revise(client, protocol_id, {**back_dated, "effective_from": None}, third.headers["ETag"])
+    assert now.status_code == 201 and now.get_json()["version"] == 4, now.get_json()
+    current = client.get(f"/v1/protocols/{protocol_id}")
+    assert current.status_code == 200 and current.get_json()["title"] == "A2"
+    retry = revise(client, protocol_id, {**back_dated, "effective_from": None}, third.headers["ETag"])
+    assert retry.status_code == 200 and retry.get_json()["version"] == 4
+
 def test_a_protocol_cannot_be_created_retired(client):
     payload = protocol_payload(status="retired")
     response = client.post("/v1/protocols", json=payload)
