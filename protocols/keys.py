@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import or_, select, text, update
 
 from protocols.audit import WriteContext, insert_allowed
 from protocols.db import Database
@@ -79,15 +79,30 @@ def author_name_problem(name: str) -> str | None:
     return None
 
 
+#: Default-ignorable code points (Unicode DerivedCoreProperties) outside the categories of ``_INVISIBLE``:
+#: combining grapheme joiner, variation selectors, Hangul and Mongolian fillers. They render as nothing.
+_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x3164, 0x3164),
+                     (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF))
+
+
+def _default_ignorable(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _IGNORABLE_RANGES)
+
+
 def key_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a new key (it becomes the author of the key's writes), or None.
     Stricter than :func:`author_name_problem`, which history written by older keys must pass."""
     problem = author_name_problem(name)
     if problem is not None:
         return problem
-    if any(unicodedata.category(char) in _INVISIBLE for char in name):
-        # U+202E turned "\u202enimda" into a name that displays as "admin" in audit rows and history.
+    if any(unicodedata.category(char) in _INVISIBLE or _default_ignorable(char) for char in name):
+        # U+202E turned "\u202enimda" into a name that displays as "admin" in audit rows and history;
+        # "catalog-loader\ufe0f" (a variation selector, category Mn) displayed as the catalog loader.
         return "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
+    if unicodedata.normalize("NFC", name) != name:
+        # "cafe\u0301" and "caf\u00e9" display alike: two live keys would look like one author.
+        return "must be in Unicode normalization form NFC (accents composed)"
     if name.casefold() in (CATALOG_ACTOR, CLI_ACTOR) or name.casefold().startswith(f"{CLI_ACTOR}:"):
         return f"'{name}' is an author name of the service itself"
     return None
@@ -143,7 +158,10 @@ def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: da
         # duplicates (``make run`` named every key "local-dev" before), and keys are created rarely.
         if session.get_bind().dialect.name == "postgresql":
             session.execute(_LOCK_KEY_NAMES)
-        taken = session.execute(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))).first()
+        # Live = neither revoked nor expired (an expired key authenticates nothing and writes nothing).
+        taken = session.execute(select(ApiKey.id).where(
+            ApiKey.name == name, ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))).first()
         if taken is not None:
             raise KeyNameTaken(f"key name: a key named '{name}' exists (id {taken.id}); revoke it or choose "
                                "another name", key_id=taken.id)

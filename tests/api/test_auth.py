@@ -324,7 +324,8 @@ def test_writes_to_the_read_only_fhir_face_are_405_for_readers_and_not_audited(a
 def test_key_names_are_visible_and_distinct_among_live_keys(client, app, make_key):
     """Found by an adversarial probe: "\\u202enimda" (displays as "admin") and a second live key of
     an existing name were accepted; the name is the author recorded in every version it writes."""
-    for name in ("\u202enimda", "zero\u200bwidth", "private\ue000use"):
+    for name in ("\u202enimda", "zero\u200bwidth", "private\ue000use", "catalog-loader\ufe0f", "probe\u034f",
+                 "cafe\u0301", "filler\u3164"):
         response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:read"]})
         assert response.status_code == 422 and "name" in response.get_json()["errors"], name
     first = client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]})
@@ -352,3 +353,20 @@ def test_concurrent_creates_of_one_key_name_make_one_key(make_app):
     listed = clients[0].get("/v1/admin/keys").get_json()
     items = listed["items"] if isinstance(listed, dict) else listed
     assert [key["name"] for key in items].count("raced-name") == 1
+
+
+def test_an_expired_key_does_not_hold_its_name(client, db):
+    """Found by an adversarial probe: names are distinct among *live* keys, but an expired key (which
+    authenticates nothing) still held its name (409 "revoke it")."""
+    from datetime import timedelta
+
+    from protocols import keys
+    from protocols.timeutil import utcnow
+
+    keys.create_key(db, "short-lived", [keys.READ], expires_at=utcnow() - timedelta(seconds=1),
+                    now=utcnow() - timedelta(seconds=5))
+    live = client.post("/v1/admin/keys", json={"name": "short-lived", "scopes": ["protocols:read"]})
+    assert live.status_code == 201, live.get_json()
+    again = client.post("/v1/admin/keys", json={"name": "short-lived", "scopes": ["protocols:read"]})
+    assert again.status_code == 409
+    assert client.post("/v1/admin/keys", json={"name": "caf\u00e9", "scopes": ["protocols:read"]}).status_code == 201
