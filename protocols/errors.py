@@ -47,6 +47,11 @@ class RetirementUndone(DomainError):
     effect after it would hide); details name that version and when it takes effect."""
 
 
+class NothingPublished(DomainError):
+    """A retirement of a protocol that has only drafts: nothing was ever in effect to retire, and the
+    retirement would publish a draft's content (a 410 body) that never applied."""
+
+
 class MalformedOrder(DomainError):
     """A CDS Hooks request whose draft orders or prefetched data cannot be read as FHIR R4;
     ``details['errors']`` names the offending path."""

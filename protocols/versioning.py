@@ -40,6 +40,7 @@ from protocols.audit import WriteContext
 from protocols.db import Database
 from protocols.errors import (
     InvalidRecord,
+    NothingPublished,
     NotInEffect,
     PreconditionFailed,
     PreconditionRequired,
@@ -342,7 +343,7 @@ def revise(
             check_if_match(head.version, if_match, already_applied=prepared is None)
             if prepared is None:
                 return head.version, False
-            _check_not_undone(prepared, lambda params: fetch("undoing", params))
+            _check_retirement(prepared, lambda params: fetch("retiring", params))
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=head.version.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
@@ -415,7 +416,7 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
     check_if_match(head.version, if_match, already_applied=prepared is None)
     if prepared is None:
         return head.version, False
-    _check_not_undone(prepared, lambda params: fetch("undoing", params))
+    _check_retirement(prepared, lambda params: fetch("retiring", params))
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
@@ -467,7 +468,9 @@ def retire(
                 return newest, False
             if then.undoing is not None:
                 raise _retirement_undone(protocol_id, at, *then.undoing)
-            _, content = record.split_document(then.basis_document or newest.document)
+            if then.basis_document is None:
+                raise _nothing_published(protocol_id)
+            _, content = record.split_document(then.basis_document)
             prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
                                 effective_from=at,
                                 change_note=change_note or "Protocol retired", ctx=ctx,
@@ -486,24 +489,47 @@ def _retirement_undone(protocol_id: str, at: datetime, version: int, when: datet
         scheduled_version=version, scheduled_effective_from=scheduled)
 
 
-_UNDOING_SQL = _typed("SELECT u.version, u.effective_from " + _UNDOING.replace("u.protocol_id = p.id",
-                                                                              "u.protocol_id = :protocol_id")
-                      ).columns(effective_from=_TIME)
+#: What a retirement written with PUT must agree with (see :func:`_check_retirement`): the active version
+#: that would undo it, and the content hash of the version it retires (as :func:`retire` picks it).
+_RETIRING_SQL = _typed(
+    f"SELECT (SELECT u.version {_UNDOING}) AS undoing_version,"
+    f" (SELECT u.effective_from {_UNDOING}) AS undoing_effective_from,"
+    f" COALESCE((SELECT b.content_hash {_IN_EFFECT_AT}), (SELECT n.content_hash FROM protocol_versions n"
+    " WHERE n.protocol_id = p.id AND n.status <> 'draft' ORDER BY n.version DESC LIMIT 1)) AS basis_hash"
+    .replace("= p.id", "= :protocol_id")).columns(undoing_effective_from=_TIME)
 
 
-def _check_not_undone(prepared: _Prepared, fetch: Callable[[dict[str, Any]], Any]) -> None:
-    """A ``retired`` version written with PUT obeys the rule DELETE does (:func:`retire`): refused when
+def _check_retirement(prepared: _Prepared, fetch: Callable[[dict[str, Any]], Any]) -> None:
+    """A ``retired`` version written with PUT obeys the rules DELETE does (:func:`retire`): refused when
     an active version taking effect after it would undo it (the probe found PUT status=retired
-    answered 201 where DELETE answered 409). Read after the head: a version appended in between makes
-    the guarded append fail, so the answer cannot rest on a state that no longer holds. ``fetch`` runs
-    :data:`_UNDOING_SQL` with its parameters: in the write transaction on SQLite, on the thread's
-    autocommit connection on PostgreSQL (:func:`_revise_in_one_statement`)."""
+    answered 201 where DELETE answered 409), and it repeats the content of the version it retires, so
+    that a 410 shows what was in effect (a PUT retired new content, a 500-900 mg range that never
+    applied, and a draft-only protocol retired into view; found by an adversarial probe). Read after
+    the head: a version appended in between makes the guarded append fail, so the answer cannot rest
+    on a state that no longer holds. ``fetch`` runs :data:`_RETIRING_SQL` with its parameters: in the
+    write transaction on SQLite, on the thread's autocommit connection on PostgreSQL."""
     stored = prepared.stored
     if stored.status != "retired":
         return
-    row = fetch({"protocol_id": stored.protocol_id, "effective_from": stored.effective_from})
-    if row is not None:
-        raise _retirement_undone(stored.protocol_id, stored.effective_from, int(row[0]), row[1])
+    undoing_version, undoing_effective_from, basis_hash = fetch(
+        {"protocol_id": stored.protocol_id, "effective_from": stored.effective_from})
+    if undoing_version is not None:
+        raise _retirement_undone(stored.protocol_id, stored.effective_from, int(undoing_version),
+                                 undoing_effective_from)
+    if basis_hash is None:
+        raise _nothing_published(stored.protocol_id)
+    if basis_hash != prepared.params["content_hash"]:
+        raise InvalidRecord(
+            "a retirement repeats the content of the version it retires (the one in effect at its "
+            "effective_from); send that content with status 'retired', or use DELETE",
+            errors={"status": ["'retired' with content that differs from the version in effect at "
+                               "effective_from"]})
+
+
+def _nothing_published(protocol_id: str) -> NothingPublished:
+    return NothingPublished(f"protocol '{protocol_id}' has no published version to retire (only drafts, "
+                            "which are never in effect); publish it first or leave the draft unpublished",
+                            protocol_id=protocol_id)
 
 
 #: Reads ``_pg_raw`` compiles for the thread's autocommit connection, by name.
@@ -512,7 +538,7 @@ def _check_not_undone(prepared: _Prepared, fetch: Callable[[dict[str, Any]], Any
 _OUTRANKED_SQL = _typed("SELECT 1 FROM protocol_versions WHERE protocol_id = :protocol_id AND status <> 'draft'"
                         " AND effective_from > :effective_from AND effective_from <= :recorded_at LIMIT 1")
 _NAMED_READS: dict[str, TextClause | TextualSelect] = {
-    "head": _NEWEST_SQL, "undoing": _UNDOING_SQL, "outranked": _OUTRANKED_SQL}
+    "head": _NEWEST_SQL, "retiring": _RETIRING_SQL, "outranked": _OUTRANKED_SQL}
 
 
 def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: int | None = None) -> None:

@@ -525,11 +525,38 @@ def test_a_put_with_status_retired_obeys_the_rule_delete_does(client):
     assert refused.status_code == 409, refused.get_json()
     assert refused.get_json()["scheduled_version"] == 2
     assert _latest(client, protocol_id).get_json()["version"] == 2  # nothing appended
-    # A retirement the scheduled version cannot undo (at or after it) is written, as with DELETE.
-    at_2031 = revise(client, protocol_id, {**retired_now, "effective_from": "2031-01-01T00:00:00Z"}, etag)
+    # A retirement the scheduled version cannot undo (at or after it) is written, as with DELETE; it
+    # repeats the content in effect then (version 2's).
+    in_2031 = protocol_payload(protocol_id, title="v2 in 2030", status="retired", effective_from="2031-01-01T00:00:00Z")
+    at_2031 = revise(client, protocol_id, in_2031, etag)
     assert at_2031.status_code == 201 and at_2031.get_json()["status"] == "retired"
     assert client.get(f"/v1/protocols/{protocol_id}?as_of=2031-06-01T00:00:00Z").status_code == 410
 
+
+def test_a_retirement_repeats_what_was_in_effect(client):
+    """Found by an adversarial probe: a PUT of status=retired with new content (a 500-900 mg range)
+    answered 201, and GET then answered 410 with content that was never in effect; DELETE of a protocol
+    that only ever had a draft published the draft's content as the retirement."""
+    protocol_id, created = create(client, title="in effect")
+    etag = created.headers["ETag"]
+    changed = revise(client, protocol_id, protocol_payload(protocol_id, title="NEVER IN EFFECT", status="retired"),
+                     etag)
+    assert changed.status_code == 422 and "status" in changed.get_json()["errors"], changed.get_json()
+    assert _latest(client, protocol_id).get_json()["version"] == 1
+    same = revise(client, protocol_id, protocol_payload(protocol_id, title="in effect", status="retired"), etag)
+    assert same.status_code == 201 and same.get_json()["title"] == "in effect"
+    gone = client.get(f"/v1/protocols/{protocol_id}")
+    assert gone.status_code == 410 and gone.get_json()["title"] == "in effect"
+
+    draft_id, draft = create(client, title="SECRET DRAFT", status="draft")
+    for attempt in (lambda: client.delete(f"/v1/protocols/{draft_id}", headers={"If-Match": draft.headers["ETag"]}),
+                    lambda: revise(client, draft_id, protocol_payload(draft_id, title="SECRET DRAFT",
+                                                                      status="retired"), draft.headers["ETag"])):
+        refused = attempt()
+        assert refused.status_code == 409, refused.get_json()
+        assert "no published version" in refused.get_json()["message"]
+    assert _latest(client, draft_id).get_json()["version"] == 1
+    assert client.get("/v1/protocols?status=retired&q=secret").get_json()["items"] == []
 
 def test_a_delete_with_a_body_is_refused_and_its_query_parameters_are_documented(client, app):
     """Found by an adversarial probe: DELETE with {"effective_from": "2040-..."} as a body retired the

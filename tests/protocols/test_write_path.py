@@ -70,14 +70,17 @@ AUDITED = versioning.WriteContext(actor="curator", request_id="req-1",
 @pytest.mark.parametrize("status", ["active", "draft", "retired"])
 def test_one_append_stays_within_the_statement_budget(db: Database, backend: str, status: str) -> None:
     first = versioning.create(db, "budget", content_of("budget"))
+    # A retirement repeats the content it retires; the others change the title.
+    content = content_of("budget") if status == "retired" else content_of("budget", title="Revised")
     with counting(db) as seen:
-        stored, created = versioning.revise(db, "budget", content_of("budget", title="Revised"),
-                                            if_match=[first.etag], status=status, ctx=AUDITED)
+        stored, created = versioning.revise(db, "budget", content, if_match=[first.etag], status=status,
+                                            ctx=AUDITED)
     assert created and stored.version == 2
     if backend == "postgres":
         # The head read, then one statement that writes every row (audit included) and commits alone;
-        # a retirement also asks whether a later active version would undo it (as DELETE does).
-        undoing = ["SELECT u.version, u.effective_from FROM"] if status == "retired" else []
+        # a retirement also asks whether a later active version would undo it (as DELETE does) and
+        # which content it retires, in one SELECT.
+        undoing = ["SELECT (SELECT u.version FROM"] if status == "retired" else []
         assert seen["autocommit"] == ["SELECT v.protocol_id, v.version, v.status,", *undoing,
                                       "WITH head AS (UPDATE"], seen
         assert seen["statements"] == [] and seen["commits"] == [] and seen["rollbacks"] == [], seen
@@ -184,10 +187,15 @@ def test_incremental_periods_equal_a_full_rebuild(db: Database, seed: int) -> No
     for step in range(14):
         status = rng.choice(["active", "active", "draft", "retired"])
         before = _stored_periods(db, protocol_id)
+        at, now = rng.choice(moments), base + timedelta(minutes=step + 1)
         try:
-            newest, created = versioning.revise(
-                db, protocol_id, content_of(protocol_id, title=f"Step {step}"), if_match=[newest.etag],
-                status=status, effective_from=rng.choice(moments), now=base + timedelta(minutes=step + 1))
+            if status == "retired":  # a retirement repeats the content it retires (as DELETE writes it)
+                newest, created = versioning.retire(db, protocol_id, if_match=[newest.etag], effective_from=at,
+                                                    now=now)
+            else:
+                newest, created = versioning.revise(
+                    db, protocol_id, content_of(protocol_id, title=f"Step {step}"), if_match=[newest.etag],
+                    status=status, effective_from=at, now=now)
         except RetirementUndone:  # a later active version would undo it: refused, nothing written
             assert status == "retired" and _stored_periods(db, protocol_id) == before
             continue

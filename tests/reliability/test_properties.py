@@ -200,6 +200,17 @@ class ModelVersion:
     version: int
     status: str
     effective_from: datetime
+    title: str  # stands for the content: a retirement repeats the content it retires
+
+
+def model_retired_title(versions: list[ModelVersion], at: datetime) -> str:
+    """The content a retirement at ``at`` repeats: the version in effect then, else the newest
+    published one (the API refuses a retirement when none is published; a create here is active)."""
+    published = [v for v in versions if v.status != "draft"]
+    in_effect = [v for v in published if v.effective_from <= at]
+    if in_effect:
+        return max(in_effect, key=lambda v: (v.effective_from, v.version)).title
+    return max(published, key=lambda v: v.version).title
 
 
 def model_effective(versions: list[ModelVersion], at: datetime) -> tuple[int, int | None]:
@@ -235,9 +246,10 @@ def test_any_write_sequence_matches_the_reference_model(client: FlaskClient, bac
 
     protocol_id = f"seq-{uuid.uuid4().hex[:12]}"
     first = BASE + timedelta(hours=first_offset)
-    created = client.post("/v1/protocols", json=protocol_payload(protocol_id, effective_from=iso(first)))
+    created = client.post("/v1/protocols", json=protocol_payload(protocol_id, title="created",
+                                                                 effective_from=iso(first)))
     assert created.status_code == 201, created.get_json()
-    model = [ModelVersion(1, "active", first)]
+    model = [ModelVersion(1, "active", first, "created")]
     etag = created.headers["ETag"]
     for index, write in enumerate(writes):
         at = BASE + timedelta(hours=write.offset_hours)
@@ -249,17 +261,23 @@ def test_any_write_sequence_matches_the_reference_model(client: FlaskClient, bac
                 _counts["refused_retirements"] += 1
                 continue
             assert response.status_code == 200, response.get_json()
-            model.append(ModelVersion(len(model) + 1, "retired", at))
+            model.append(ModelVersion(len(model) + 1, "retired", at, model_retired_title(model, at)))
         else:
             status = {"draft": "draft", "put-retired": "retired"}.get(write.kind, "active")
-            body = protocol_payload(protocol_id, title=f"revision {index}", status=status, effective_from=iso(at))
+            # A retirement written with PUT repeats the content it retires, as DELETE's does.
+            title = model_retired_title(model, at) if status == "retired" else f"revision {index}"
+            body = protocol_payload(protocol_id, title=title, status=status, effective_from=iso(at))
             response = client.put(f"/v1/protocols/{protocol_id}", json=body, headers={"If-Match": etag})
             if status == "retired" and model_undoes_retirement(model, at):  # the rule DELETE obeys
                 assert response.status_code == 409, (model, iso(at), response.get_json())
                 _counts["refused_retirements"] += 1
                 continue
+            newest = model[-1]
+            if (newest.status, newest.effective_from, newest.title) == (status, at, title):  # a repeat
+                assert response.status_code == 200, response.get_json()
+                continue
             assert response.status_code == 201, response.get_json()
-            model.append(ModelVersion(len(model) + 1, status, at))
+            model.append(ModelVersion(len(model) + 1, status, at, title))
         assert response.get_json()["version"] == len(model)
         etag = response.headers["ETag"]
         _counts["writes"] += 1
