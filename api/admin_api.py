@@ -14,7 +14,7 @@ from flask import Response, g, url_for
 
 from api.audit_log import pending
 from api.auth import requires_scope
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db, write_context
 from api.http import link_header, page_links, read_cursor
 from api.parsing import Blueprint
@@ -73,7 +73,7 @@ def create_key(payload: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, 
 @blp.route("/keys/<string:key_id>", methods=["GET"])
 @requires_scope(ADMIN)
 @blp.response(200, KeySchema)
-@blp.alt_response(404, description="No such key")
+@blp.alt_response(404, schema=ErrorSchema, description="No such key")
 def get_key(key_id: str) -> dict[str, Any]:
     """One key's description."""
     return _key_dict(_get_key(key_id))
@@ -82,7 +82,7 @@ def get_key(key_id: str) -> dict[str, Any]:
 @blp.route("/keys/<string:key_id>", methods=["DELETE"])
 @requires_scope(ADMIN)
 @blp.response(200, KeySchema, description="The key, now revoked (the row is kept for the audit trail)")
-@blp.alt_response(404, description="No such key")
+@blp.alt_response(404, schema=ErrorSchema, description="No such key")
 def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: it stops working at once, in every worker. Revoking again changes nothing."""
     g.audit_action, g.audit_target = audit.KEY_REVOKE, key_id

@@ -138,6 +138,7 @@ def _bearer_token() -> str | None:
     token = bearer_token(header)
     if token is None:
         raise ApiError(401, "The Authorization header must be 'Bearer <api key>'.",
+                       errors={"Authorization": ["must be 'Bearer <api key>'"]},
                        headers={"WWW-Authenticate": _challenge("invalid_request", "expected a Bearer API key")},
                        reason="malformed_authorization")
     return token

@@ -11,7 +11,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
 from api.parsing import Blueprint
 from protocols import terminology, versioning
@@ -121,8 +121,8 @@ def dosing_error(exc: DosingError, rename: dict[str, str] | None = None) -> ApiE
 @blp.route("/<string:protocol_id>/dose-check", methods=["POST"])
 @blp.arguments(DoseCheckRequestSchema())
 @blp.response(200, DoseCheckResponseSchema)
-@blp.alt_response(404, description="No such protocol, or no version in effect at that time")
-@blp.alt_response(410, description="The protocol is retired")
+@blp.alt_response(404, schema=ErrorSchema, description="No such protocol, or no version in effect at that time")
+@blp.alt_response(410, schema=ErrorSchema, description="Retired (protocol_version names the retirement)")
 def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
     """Judge a dose against the protocol version in effect (or at `as_of`).
 
@@ -161,8 +161,8 @@ def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
 @blp.route("/<string:protocol_id>/dose", methods=["GET"])
 @blp.arguments(DoseQuerySchema(), location="query")
 @blp.response(200, PatientDoseResponseSchema)
-@blp.alt_response(404, description="No such protocol, or no version in effect at that time")
-@blp.alt_response(410, description="The protocol is retired")
+@blp.alt_response(404, schema=ErrorSchema, description="No such protocol, or no version in effect at that time")
+@blp.alt_response(410, schema=ErrorSchema, description="Retired (protocol_version names the retirement)")
 def patient_dose(query: dict[str, Any], protocol_id: str) -> dict[str, Any]:
     """The protocol's range for a route (and phase) as absolute amounts for a patient's weight.
 

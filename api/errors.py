@@ -119,6 +119,8 @@ def _domain_response(exc: domain.DomainError) -> Response:
     if isinstance(exc, domain.RetirementUndone):
         return error_response(409, exc.message, scheduled_version=exc.details.get("scheduled_version"),
                               scheduled_effective_from=exc.details.get("scheduled_effective_from"))
+    if isinstance(exc, domain.NothingPublished):
+        return error_response(409, exc.message)
     if isinstance(exc, domain.PreconditionRequired):
         return error_response(428, exc.message, current_version=exc.details.get("current_version"),
                               current_etag=exc.details.get("current_etag"))
@@ -165,6 +167,8 @@ def init_app(app: Flask) -> None:
         errors = None
         if "messages" in data:  # webargs/flask-smorest validation errors
             errors = flatten_errors(_strip_locations(data["messages"]))
+        elif status == 413:  # the body as a whole is at fault (README: errors names what the client sent)
+            errors = {"body": [exc.description or "too large"]}
         message = data.get("message") or exc.description or HTTPStatus(status).phrase
         if status in (400, 422) and errors and not data.get("message"):
             message = "The request is not valid; see errors for each offending field."
@@ -186,9 +190,12 @@ def _strip_locations(messages: Any) -> Any:
     if isinstance(messages, Mapping) and messages and set(messages) <= {"json", "query", "headers",
                                                                          "path", "view_args", "form"}:
         merged: dict[str, Any] = {}
-        for value in messages.values():
+        for location, value in messages.items():
             if isinstance(value, Mapping):
-                merged.update(value)
+                # A schema-level error of the body ("Invalid input type." for a JSON array) names the
+                # body, as the JSON decoding errors do, not marshmallow's "_schema".
+                merged.update({("body" if key == "_schema" and location == "json" else key): item
+                               for key, item in value.items()})
             else:
                 merged.setdefault("_schema", []).extend(value if isinstance(value, list) else [value])
         return merged

@@ -163,7 +163,8 @@ def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
                   headers={**ETAG_HEADER, "Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, schema=ErrorSchema,
                   description="status 'retired' where an active version taking effect after it would undo the "
-                              "retirement (as for DELETE; named in scheduled_version / scheduled_effective_from)")
+                              "retirement (as for DELETE; named in scheduled_version / scheduled_effective_from), "
+                              "or where the protocol has only drafts")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale; the body names the newest version")
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
 def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
@@ -186,7 +187,8 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
               description="The retirement version (nothing is erased)")
 @blp.alt_response(409, schema=ErrorSchema,
                   description="An active version taking effect after the retirement would undo it (named in "
-                              "scheduled_version / scheduled_effective_from)")
+                              "scheduled_version / scheduled_effective_from), or the protocol has only drafts "
+                              "(nothing published to retire)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale")
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
 def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:

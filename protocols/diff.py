@@ -285,6 +285,9 @@ def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: An
         yield change("duration_changed", "/duration", a.get("duration"), b.get("duration"),
                      f"Administration duration changed from {_show(a.get('duration'))} to "
                      f"{_show(b.get('duration'))}")
+    elif a.get("duration") != b.get("duration"):
+        yield change("text_changed", "/duration", a.get("duration"), b.get("duration"),
+                     "Administration duration rewritten with the same length")
     yield from _max_per_period(a.get("max_per_period"), b.get("max_per_period"), change)
     if a.get("instructions") != b.get("instructions"):
         yield change("instructions_changed", "/instructions", a.get("instructions"), b.get("instructions"),
@@ -305,7 +308,13 @@ def _frequency(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, change:
         return
     if a.get("count") != b.get("count") or not _duration_equal(a.get("period"), b.get("period")):
         yield change("frequency_changed", "/frequency", a, b, f"Frequency changed from {shown(a)} to {shown(b)}")
-    elif a.get("text") != b.get("text"):
+        return
+    # Every field of the patch is named in the changes, as for max_per_period (found by a probe:
+    # P1W -> P7D was in the patch and nowhere in the changes).
+    if a.get("period") != b.get("period"):
+        yield change("text_changed", "/frequency/period", a.get("period"), b.get("period"),
+                     "Frequency period rewritten with the same length")
+    if a.get("text") != b.get("text"):
         yield change("text_changed", "/frequency/text", a.get("text"), b.get("text"), "Frequency wording changed")
 
 

@@ -414,7 +414,7 @@ MALFORMED: list[tuple[Any, str]] = [
     (_with("prefetch", {"weight": "70 kg"}), "prefetch.weight"),
     (_with("prefetch", {"weight": {"resourceType": "Patient"}}), "prefetch.weight"),
     ({**_valid_body(), "hook": "order-select"}, "context.selections"),
-    ([], "_schema"),
+    ([], "body"),  # a JSON array: the body as a whole
 ]
 
 

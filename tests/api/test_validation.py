@@ -444,3 +444,16 @@ def test_a_body_in_another_charset_is_415_and_malformed_json_names_the_body(clie
     for broken in (b'{"title": "a", "title": "b"}', b'{"dose": NaN}', b""):
         response = client.post("/v1/protocols", data=broken, content_type="application/json")
         assert response.status_code == 400 and list(response.get_json()["errors"]) == ["body"], broken
+
+
+def test_input_errors_name_what_the_client_sent(client, app):
+    """Found by an adversarial probe: a JSON array body was named "_schema" (other body errors say
+    "body"), a body over the limit and a malformed Authorization header had no ``errors`` at all."""
+    array = client.post("/v1/protocols", json=[1, 2])
+    assert array.status_code == 422 and "body" in array.get_json()["errors"], array.get_json()
+    huge = client.post("/v1/protocols", data=b"{" + b" " * (app.config["MAX_CONTENT_LENGTH"] + 1) + b"}",
+                       content_type="application/json")
+    assert huge.status_code == 413 and "body" in huge.get_json()["errors"], huge.get_json()
+    basic = app.test_client().get("/v1/protocols", headers={"Authorization": "Basic abc"})
+    assert basic.status_code == 401 and "Authorization" in basic.get_json()["errors"], basic.get_json()
+    assert basic.get_json()["reason"] == "malformed_authorization"

@@ -163,11 +163,19 @@ def test_per_period_maximum_over_a_different_period_is_a_unit_change() -> None:
     assert only(diff.clinical_changes(a, b)).type == "unit_changed"
 
 
-def test_equal_lengths_in_other_words_are_not_clinical_changes() -> None:
+def test_equal_lengths_in_other_words_are_minor_rewrites() -> None:
+    """P1W -> P7D changes no dose, so it is no major change; but it is named (the probe found it in the
+    patch and nowhere in the changes, while the same rewrite of a per-period maximum was listed)."""
     a, b = changed(lambda b: dosing(b)["frequency"].update(period="P7D"))
-    assert diff.clinical_changes(a, b) == []
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.severity, change.path) == ("text_changed", "minor",
+                                                           "/dosing_ranges/0/frequency/period")
     assert diff.json_patch(a, b) == [{"op": "replace", "path": "/dosing_ranges/0/frequency/period",
                                       "value": "P7D"}, {"op": "replace", "path": "/version", "value": 2}]
+    a, b = changed(lambda b: dosing(b).update(duration="PT2400S"))
+    dosing(a)["duration"] = "PT40M"
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.severity, change.path) == ("text_changed", "minor", "/dosing_ranges/0/duration")
 
 
 def test_ranges_are_matched_by_route_and_phase_not_position() -> None:
