@@ -5,6 +5,7 @@ Views are thin: parse with a schema, call a versioning service, serve the stored
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -258,4 +259,6 @@ def document_protocol_operations(api: Any) -> None:
     for (method, path), by_status in RESPONSE_LINKS.items():
         responses = api.spec._paths[path][method]["responses"]
         for status, links in by_status.items():
-            responses[status].setdefault("links", {}).update(links)
+            # A copy each: shared dicts became YAML anchors and aliases in openapi.yaml, and every app
+            # would share (and could change) the module's own.
+            responses[status].setdefault("links", {}).update(json.loads(json.dumps(links)))

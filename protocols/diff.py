@@ -274,7 +274,12 @@ def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: An
     else:
         for bound, label in (("dose_min", "Minimum dose"), ("dose_max", "Maximum dose")):
             old_value, new_value = a.get(bound), b.get(bound)
-            if old_value is None or new_value is None or _number(old_value) == _number(new_value):
+            if old_value is None or new_value is None:
+                continue
+            if _number(old_value) == _number(new_value):
+                if str(old_value) != str(new_value):  # 84 -> 84.0: in the patch, so named here
+                    yield change("text_changed", f"/{bound}", old_value, new_value,
+                                 f"{label} rewritten as {new_value} (same value)")
                 continue
             direction = "increased" if _number(new_value) > _number(old_value) else "decreased"
             verb = "raised" if direction == "increased" else "lowered"
@@ -331,11 +336,15 @@ def _max_per_period(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
     if a.get("unit") != b.get("unit") or not _duration_equal(a.get("period"), b.get("period")):
         yield change("unit_changed", "/max_per_period", a, b,
                      f"Maximum per period changed from {shown(a)} to {shown(b)}; the amounts are not comparable")
-    elif _number(a.get("value")) != _number(b.get("value")):
+        return
+    if _number(a.get("value")) != _number(b.get("value")):
         verb = "raised" if _number(b.get("value")) > _number(a.get("value")) else "lowered"
         yield change("max_per_period_changed", "/max_per_period/value", a.get("value"), b.get("value"),
                      f"Maximum per period {verb} from {shown(a)} to {shown(b)}")
-    elif a.get("period") != b.get("period"):
+    elif str(a.get("value")) != str(b.get("value")):
+        yield change("text_changed", "/max_per_period/value", a.get("value"), b.get("value"),
+                     f"Maximum per period rewritten as {b.get('value')} (same value)")
+    if a.get("period") != b.get("period"):  # every field of the patch is named (as for the frequency)
         yield change("text_changed", "/max_per_period/period", a.get("period"), b.get("period"),
                      "Per-period maximum period rewritten with the same length")
 

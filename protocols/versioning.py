@@ -134,23 +134,30 @@ _NEWEST_FOR_WRITE = (
     " FROM protocols p JOIN protocol_versions v ON v.protocol_id = p.id AND v.version = p.latest_version"
     " WHERE p.id = :protocol_id"
 )
-#: What a retirement at ``:effective_from`` needs besides the head, in the same SELECT: the version in
-#: effect then (latest effective_from <= T, ties -> higher version; its content is repeated, its status
-#: tells whether the protocol is retired already), the newest non-draft version (the content when
-#: nothing is in effect yet), and the first active version taking effect later that wins its instant
-#: (no later version of the same instant), which would undo the retirement.
+#: What a retirement at ``:effective_from`` needs besides the head, in the same SELECT: the content it
+#: repeats (``_RETIRED_CONTENT``), the status in effect then (latest effective_from <= T, ties -> higher
+#: version: whether the protocol is retired already), and the first active version taking effect later
+#: that wins its instant (no later version of the same instant), which would undo the retirement.
 _IN_EFFECT_AT = ("FROM protocol_versions b WHERE b.protocol_id = p.id AND b.status <> 'draft'"
                  " AND b.effective_from <= :effective_from ORDER BY b.effective_from DESC, b.version DESC LIMIT 1")
 _UNDOING = ("FROM protocol_versions u WHERE u.protocol_id = p.id AND u.status = 'active'"
             " AND u.effective_from > :effective_from AND NOT EXISTS (SELECT 1 FROM protocol_versions w"
             " WHERE w.protocol_id = u.protocol_id AND w.status <> 'draft' AND w.effective_from = u.effective_from"
             " AND w.version > u.version) ORDER BY u.effective_from LIMIT 1")
-_BASIS = (f", COALESCE((SELECT b.document {_IN_EFFECT_AT}),"
-          " (SELECT n.document FROM protocol_versions n WHERE n.protocol_id = p.id AND n.status <> 'draft'"
-          " ORDER BY n.version DESC LIMIT 1)) AS basis_document,"
-          f" (SELECT b.status {_IN_EFFECT_AT}) AS status_then,"
-          f" (SELECT u.version {_UNDOING}) AS undoing_version,"
-          f" (SELECT u.effective_from {_UNDOING}) AS undoing_effective_from")
+#: The content a retirement at T repeats (``{column}`` of it): the version in effect just *before* T, or
+#: the newest published one when none was. Not "at T": a version starting at T itself loses that
+#: instant to the retirement (the higher version) and is never in effect. Cancelling a scheduled
+#: version by retiring at its start recorded the cancelled content (found in review). One definition
+#: for DELETE (``_BASIS``) and for PUT status=retired (``_RETIRING_SQL``).
+_RETIRED_CONTENT = (
+    "COALESCE((SELECT b.{column} FROM protocol_versions b WHERE b.protocol_id = p.id AND b.status <> 'draft'"
+    " AND b.effective_from < :effective_from ORDER BY b.effective_from DESC, b.version DESC LIMIT 1),"
+    " (SELECT n.{column} FROM protocol_versions n WHERE n.protocol_id = p.id AND n.status <> 'draft'"
+    " ORDER BY n.version DESC LIMIT 1))")
+_UNDONE_BY = (f"(SELECT u.version {_UNDOING}) AS undoing_version,"
+              f" (SELECT u.effective_from {_UNDOING}) AS undoing_effective_from")
+_BASIS = (f", {_RETIRED_CONTENT.format(column='document')} AS basis_document,"
+          f" (SELECT b.status {_IN_EFFECT_AT}) AS status_then, {_UNDONE_BY}")
 _NEWEST_SQL = text(_NEWEST_FOR_WRITE.format(basis="")).columns(effective_from=_TIME, recorded_at=_TIME)
 _NEWEST_WITH_BASIS_SQL = _typed(_NEWEST_FOR_WRITE.format(basis=_BASIS)).columns(
     effective_from=_TIME, recorded_at=_TIME, undoing_effective_from=_TIME)
@@ -492,10 +499,7 @@ def _retirement_undone(protocol_id: str, at: datetime, version: int, when: datet
 #: What a retirement written with PUT must agree with (see :func:`_check_retirement`): the active version
 #: that would undo it, and the content hash of the version it retires (as :func:`retire` picks it).
 _RETIRING_SQL = _typed(
-    f"SELECT (SELECT u.version {_UNDOING}) AS undoing_version,"
-    f" (SELECT u.effective_from {_UNDOING}) AS undoing_effective_from,"
-    f" COALESCE((SELECT b.content_hash {_IN_EFFECT_AT}), (SELECT n.content_hash FROM protocol_versions n"
-    " WHERE n.protocol_id = p.id AND n.status <> 'draft' ORDER BY n.version DESC LIMIT 1)) AS basis_hash"
+    f"SELECT {_UNDONE_BY}, {_RETIRED_CONTENT.format(column='content_hash')} AS basis_hash"
     .replace("= p.id", "= :protocol_id")).columns(undoing_effective_from=_TIME)
 
 

@@ -558,6 +558,24 @@ def test_a_retirement_repeats_what_was_in_effect(client):
     assert _latest(client, draft_id).get_json()["version"] == 1
     assert client.get("/v1/protocols?status=retired&q=secret").get_json()["items"] == []
 
+def test_cancelling_a_scheduled_version_retires_the_content_in_effect_before_it(client):
+    """Found in review: retiring at a scheduled version's start (the README's way to cancel it) recorded
+    the cancelled content (never in effect: the retirement wins the instant), and PUT status=retired
+    with the content actually in effect was refused."""
+    protocol_id, created = create(client, title="A", effective_from="2020-01-01T00:00:00Z")
+    b_in_2040 = protocol_payload(protocol_id, title="B", effective_from="2040-01-01T00:00:00Z")
+    scheduled = revise(client, protocol_id, b_in_2040, created.headers["ETag"])
+    cancelled = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2040-01-01T00:00:00Z",
+                              headers={"If-Match": scheduled.headers["ETag"]})
+    assert cancelled.status_code == 200 and cancelled.get_json()["title"] == "A", cancelled.get_json()
+    assert client.get(f"/v1/protocols/{protocol_id}?as_of=2040-06-01T00:00:00Z").get_json()["title"] == "A"
+    other_id, first = create(client, title="A", effective_from="2020-01-01T00:00:00Z")
+    later = revise(client, other_id, protocol_payload(other_id, title="B", effective_from="2040-01-01T00:00:00Z"),
+                   first.headers["ETag"])
+    by_put = revise(client, other_id, protocol_payload(other_id, title="A", status="retired",
+                                                       effective_from="2040-01-01T00:00:00Z"), later.headers["ETag"])
+    assert by_put.status_code == 201, by_put.get_json()
+
 def test_a_delete_with_a_body_is_refused_and_its_query_parameters_are_documented(client, app):
     """Found by an adversarial probe: DELETE with {"effective_from": "2040-..."} as a body retired the
     protocol now (the body was never read), and the contract listed only If-Match for DELETE, so a

@@ -261,3 +261,18 @@ def test_patch_turns_a_into_b_and_back() -> None:
 def test_diff_etag_depends_on_both_versions_and_their_order() -> None:
     assert diff.diff_etag('"1-a"', '"2-b"') == diff.diff_etag('"1-a"', '"2-b"')
     assert diff.diff_etag('"1-a"', '"2-b"') != diff.diff_etag('"2-b"', '"1-a"')
+
+
+def test_every_dosing_field_in_the_patch_is_named_in_the_changes() -> None:
+    """Found in review: 84 mg/P1D -> 90 mg/PT24H named only the value, and 84 -> 84.0 nothing, while
+    the patch held /max_per_period/period and /dose_max."""
+    a, b = changed(lambda b: dosing(b).update(max_per_period={"value": 90, "unit": "mg", "period": "PT24H"}))
+    dosing(a)["max_per_period"] = {"value": 84, "unit": "mg", "period": "P1D"}
+    changes = diff.clinical_changes(a, b)
+    assert {(c.type, c.path) for c in changes} == {
+        ("max_per_period_changed", "/dosing_ranges/0/max_per_period/value"),
+        ("text_changed", "/dosing_ranges/0/max_per_period/period")}
+    a, b = changed(lambda b: dosing(b).update(dose_max=float(dosing(b)['dose_max'])))  # 84 -> 84.0
+    patched = {op["path"] for op in diff.json_patch(a, b)} - {"/version"}
+    named = {c.path for c in diff.clinical_changes(a, b)}
+    assert patched == named == {"/dosing_ranges/0/dose_max"}, (patched, named)

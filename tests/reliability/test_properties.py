@@ -204,10 +204,11 @@ class ModelVersion:
 
 
 def model_retired_title(versions: list[ModelVersion], at: datetime) -> str:
-    """The content a retirement at ``at`` repeats: the version in effect then, else the newest
-    published one (the API refuses a retirement when none is published; a create here is active)."""
+    """The content a retirement at ``at`` repeats: the version in effect just before it (one starting
+    at ``at`` loses that instant to the retirement), else the newest published one (the API refuses a
+    retirement when none is published; a create here is active)."""
     published = [v for v in versions if v.status != "draft"]
-    in_effect = [v for v in published if v.effective_from <= at]
+    in_effect = [v for v in published if v.effective_from < at]
     if in_effect:
         return max(in_effect, key=lambda v: (v.effective_from, v.version)).title
     return max(published, key=lambda v: v.version).title
