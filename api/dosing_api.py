@@ -15,7 +15,7 @@ from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
 from api.parsing import Blueprint
 from protocols import terminology, versioning
-from protocols.dose_units import normalize, parse_concentration
+from protocols.dose_units import normalize, parse_concentration, seconds
 from protocols.dosing import (
     AbsoluteRange,
     Amount,
@@ -33,6 +33,7 @@ from protocols.dosing import (
     patient_ranges,
     to_decimal,
 )
+from protocols.durations import parse_duration
 from protocols.errors import ProtocolRetired
 from protocols.versioning import StoredVersion
 from schemas.dosing import (
@@ -143,6 +144,8 @@ def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
         weight_kg=(payload.get("patient") or {}).get("weight_kg"),
         concentration=(parse_concentration(concentration["value"], concentration["unit"])
                        if concentration else None),
+        duration_s=seconds(parse_duration(payload["duration"])) if payload.get("duration") else None,
+        duration_text=payload.get("duration"),
     )
     try:
         result = check(content, order)

@@ -32,7 +32,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from protocols import fhir_query, search, terminology
 from protocols.db import Database
-from protocols.dose_units import UnitError, to_kilograms
+from protocols.dose_units import Concentration, UnitError, parse_concentration, parse_dose_unit, to_kilograms
 from protocols.dosing import (
     FAVOURABLE_ORDER,
     DoseOrder,
@@ -41,6 +41,7 @@ from protocols.dosing import (
     Frequency,
     Quantity,
     Verdict,
+    convert,
     evaluate,
     fmt,
     number_problem,
@@ -84,6 +85,12 @@ class DosageLine:
     #: What the check could not read or compare (a timing without a fixed frequency, an open-ended
     #: dose, the order's own maximum per period …): a card for such a line is never "info".
     unchecked: list[str] = field(default_factory=list)
+    #: How long one administration runs (``timing.repeat.duration``/``durationMax``), in seconds, and
+    #: as written: a rate is converted to an amount through it rather than the protocol's duration.
+    duration: tuple[Fraction, str] | None = None
+    #: The strength of the ordered product (its one ingredient's ``strength`` in a contained
+    #: Medication): a dose in mL is converted to mg through it.
+    concentration: Concentration | None = None
 
 
 @dataclass
@@ -171,11 +178,13 @@ def _codings(concept: Any) -> Iterable[Any]:
 
 def _draft_order(request: Any, raw: Mapping[str, Any], path: str) -> DraftOrder:
     concept = request.medicationCodeableConcept
+    concentration = None
     if concept is None and request.medicationReference is not None:
         reference = request.medicationReference.reference or ""
         for contained in request.contained or []:
             if reference == f"#{contained.id}" and contained.get_resource_type() == "Medication":
                 concept = contained.code
+                concentration = _strength(contained)
     rxnorm = [c.code for c in _codings(concept) if c.system == terminology.RXNORM and c.code]
     name = (concept.text if concept is not None and concept.text else None) or next(
         (c.display for c in _codings(concept) if c.display), None) or "medication"
@@ -192,7 +201,30 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str) -> DraftOrder:
                                       f"{', '.join(map(str, together))} (same sequence); their total was not "
                                       "added up")
         lines.extend(dosage_lines)
+    for line in lines:
+        line.concentration = concentration
     return DraftOrder(request.id, name, rxnorm, reasons, lines)
+
+
+def _strength(medication: Any) -> Concentration | None:
+    """The strength of a single-ingredient Medication as mass per volume (100 mg / 1 mL): a dose in mL
+    of it is then checked (3.5 mL of 100 mg/mL read "dose not checked"; found by a clinical QA probe).
+    None for several ingredients, a strength that is no mass per volume, or missing numbers."""
+    ingredients = [i for i in medication.ingredient or [] if i.strength is not None]
+    if len(ingredients) != 1:
+        return None
+    ratio = ingredients[0].strength
+    numerator, denominator = ratio.numerator, ratio.denominator
+    if numerator is None or denominator is None or numerator.value is None or not denominator.value:
+        return None
+    units = [q.code if q.code and q.system in (terminology.UCUM, None) else q.unit for q in (numerator, denominator)]
+    if not all(units):
+        return None
+    try:
+        value = Decimal(str(numerator.value)) / Decimal(str(denominator.value))
+        return parse_concentration(value, f"{units[0]}/{units[1]}")
+    except (UnitError, ArithmeticError):
+        return None
 
 
 def _quantity(value: Any, path: str) -> Quantity | None:
@@ -313,6 +345,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes, unchecked = _frequency(dosage, path)
+    duration = _administration_duration(dosage, unchecked)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     if dosage.maxDosePerPeriod is not None:
@@ -354,8 +387,24 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             # An entry with nothing that could be read (a rateRatio that is no exact rate) still gets
             # its card, "dose not checked"; without a line it got none, as if no protocol applied.
             lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
-                                    as_needed=as_needed, unchecked=line_unchecked))
+                                    as_needed=as_needed, unchecked=line_unchecked, duration=duration))
     return lines
+
+
+def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:
+    """``timing.repeat.duration`` (or the longer ``durationMax``) with its ``durationUnit``: the longest an
+    administration runs, which gives the most an infusion delivers."""
+    repeat = dosage.timing.repeat if dosage.timing is not None else None
+    if repeat is None:
+        return None
+    value = repeat.durationMax if repeat.durationMax is not None else repeat.duration
+    if value is None:
+        return None
+    unit_seconds = PERIOD_UNIT_SECONDS.get(str(repeat.durationUnit)) if repeat.durationUnit else None
+    if unit_seconds is None or unit_seconds > PERIOD_UNIT_SECONDS["wk"] or Decimal(str(value)) <= 0:
+        unchecked.append(f"the administration's duration ({value} {repeat.durationUnit}) could not be read")
+        return None
+    return Fraction(Decimal(str(value))) * unit_seconds, f"{value} {repeat.durationUnit}"
 
 
 def _range_ends(bounds: Any, path: str, what: str, unchecked: list[str]) -> list[Quantity]:
@@ -482,8 +531,11 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     phase = str(dose_range.get("phase"))
     evaluations, problems = [], []
     for dose in line.doses:
-        order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency,
-                          weight_kg=weight.kg if isinstance(weight, Weight) else None)
+        weight_kg = weight.kg if isinstance(weight, Weight) else None
+        duration = line.duration or _implied_duration(line, dose, weight_kg)
+        order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
+                          concentration=line.concentration, duration_s=duration[0] if duration else None,
+                          duration_text=duration[1] if duration else None)
         try:
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:
@@ -498,6 +550,30 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
     return RangeResult(phase, verdict, evaluations, None, problems)
+
+
+def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | None) -> tuple[Fraction, str] | None:
+    """For a rate ordered together with its dose (140 mg at 0.5 mg/kg/min), how long the dose runs at
+    that rate: the rate is then judged as that dose, not as a rate over the protocol's duration (the
+    Ketalar label's 1-2 mg/kg at 0.5 mg/kg/min read "below minimum" over its 60 s bolus; found by a
+    clinical QA probe). None when the line has no dose, or the units or weight do not allow it."""
+    try:
+        rate_unit = parse_dose_unit(rate.unit)
+        if not rate_unit.is_rate:
+            return None
+        per_second = convert(Fraction(rate.value), rate_unit, parse_dose_unit("mg/s"), weight_kg=weight_kg,
+                             concentration=line.concentration, duration_s=None)
+        for amount in line.doses:
+            amount_unit = parse_dose_unit(amount.unit)
+            if amount_unit.is_rate or per_second <= 0:
+                continue
+            mg = convert(Fraction(amount.value), amount_unit, parse_dose_unit("mg"), weight_kg=weight_kg,
+                         concentration=line.concentration, duration_s=None)
+            return mg / per_second, f"{fmt(mg / per_second / 60)} min ({fmt(Fraction(amount.value))} {amount.unit} " \
+                                    f"at {fmt(Fraction(rate.value))} {rate.unit})"
+    except (DosingError, UnitError):
+        return None
+    return None
 
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],

@@ -136,6 +136,12 @@ class DoseOrder:
     frequency: Frequency | None = None
     weight_kg: Decimal | Fraction | None = None
     concentration: Concentration | None = None
+    #: How long one administration of the order runs, in seconds, and how to name it in messages. A
+    #: rate and an amount are converted through it; without it, through the range's ``duration``. An
+    #: infusion ordered for 24 h was judged as if it ran the protocol's 4 h (found by a clinical QA
+    #: probe: 504 mg a day read as 84 mg).
+    duration_s: Fraction | None = None
+    duration_text: str | None = None
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -320,8 +326,8 @@ def convert(value: Fraction, source: DoseUnit, target: DoseUnit, *, weight_kg: F
         if duration_s is None:
             raise UnitsIncompatible(
                 f"{source.code} is {'a rate' if source.is_rate else 'an amount'} and {target.code} is "
-                f"{'a rate' if target.is_rate else 'an amount'}; they compare only when the protocol "
-                f"range states the administration's duration, and this one does not")
+                f"{'a rate' if target.is_rate else 'an amount'}; they compare only when the order or the protocol "
+                f"range states the administration's duration, and neither does")
         base = base * duration_s if source.is_rate else base / duration_s
     if target.is_rate:
         assert target.time_seconds is not None
@@ -478,6 +484,9 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     dose_unit = _unit(order.dose.unit, "dose.unit")
     range_unit = _unit(str(dose_range["unit"]), "unit")
     duration_s = _duration_seconds(dose_range)
+    duration_text = f"the protocol's {dose_range.get('duration')}"
+    if order.duration_s is not None:
+        duration_s, duration_text = order.duration_s, f"the order's {order.duration_text or 'duration'}"
     absolute = absolute_range(dose_range, weight)
     low, high = exact(dose_range["dose_min"]), exact(dose_range["dose_max"])
     dose_value = Fraction(order.dose.value)
@@ -495,7 +504,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     if range_unit.per_kg:
         shown = absolute.calculation
     if dose_unit.code != range_unit.code:
-        over = f" over the protocol's {dose_range.get('duration')}" if dose_unit.is_rate != range_unit.is_rate else ""
+        over = f" over {duration_text}" if dose_unit.is_rate != range_unit.is_rate else ""
         ordered += f" (= {fmt(in_range_unit)} {range_unit.code}{over})"
     phase = dose_range.get("phase")
     messages: list[str] = []
@@ -524,6 +533,11 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     if verdict is Verdict.WITHIN_RANGE and _more_frequent(order.frequency, dose_range):
         verdict = Verdict.MORE_FREQUENT_THAN_PROTOCOL
     messages.extend(frequency_notes)
+    regimen = _regimen_exceeded(order.frequency, dose_range, range_unit, in_range_unit, high)
+    if regimen is not None:
+        messages.append(regimen)
+        if FAVOURABLE_ORDER.index(verdict) < FAVOURABLE_ORDER.index(Verdict.EXCEEDS_MAX_PER_PERIOD):
+            verdict = Verdict.EXCEEDS_MAX_PER_PERIOD
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
@@ -535,6 +549,9 @@ def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],
                      per_period: PerPeriod | None) -> list[str]:
     protocol = dose_range.get("frequency")
     if not protocol:
+        if _more_frequent(frequency, dose_range) and frequency is not None:
+            return [f"The order repeats ({frequency.count} per {frequency.period}) a dose the protocol gives "
+                    "once (single administration)."]
         return []
     wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
     label = protocol.get("text") or f"{wanted.count} per {wanted.period}"
@@ -548,9 +565,34 @@ def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],
     return []
 
 
-def _more_frequent(frequency: Frequency | None, dose_range: Mapping[str, Any]) -> bool:
-    """Whether the order gives doses more often than the range's frequency (when both say)."""
+def _regimen_exceeded(frequency: Frequency | None, dose_range: Mapping[str, Any], range_unit: DoseUnit,
+                      per_dose: Fraction, high: Fraction) -> str | None:
+    """The most a range's own regimen gives in its frequency period (its maximum dose times its count:
+    Spravato 84 mg twice weekly is at most 168 mg a week), exceeded by the order; or None. Without
+    it, 84 mg every day (588 mg a week) was only "more frequent" (a warning) when the range's maximum
+    per period was per day (found by a clinical QA probe). Not for rates, whose amount depends on how
+    long each infusion runs (the per-period maximum covers those)."""
     protocol = dose_range.get("frequency")
+    if frequency is None or not protocol or range_unit.is_rate:
+        return None
+    wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
+    window = wanted.period_seconds
+    doses = max(1, math.ceil(Fraction(frequency.count) * window / frequency.period_seconds))
+    if per_dose * doses <= high * wanted.count:
+        return None
+    return (f"Regimen exceeded: {fmt(per_dose)} {range_unit.code} {TIMES} {doses} doses per {wanted.period} "
+            f"= {fmt(per_dose * doses)} {range_unit.code} > {fmt(high * wanted.count)} {range_unit.code}, the "
+            f"most the protocol's {protocol.get('text') or f'{wanted.count} per {wanted.period}'} gives "
+            f"({wanted.count} {TIMES} {fmt(high)} {range_unit.code}).")
+
+
+def _more_frequent(frequency: Frequency | None, dose_range: Mapping[str, Any]) -> bool:
+    """Whether the order gives doses more often than the range's frequency (when both say), or repeats
+    a dose the range gives once (phase ``single`` without a frequency: psilocybin 25 mg every day read
+    as within range; found by a clinical QA probe)."""
+    protocol = dose_range.get("frequency")
+    if frequency is not None and not protocol and dose_range.get("phase") == "single":
+        return True
     if frequency is None or not protocol:
         return False
     wanted = Frequency(int(protocol["count"]), str(protocol["period"]))

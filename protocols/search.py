@@ -32,6 +32,7 @@ The result is the same set, in the same order, as sorting every match (tests com
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -58,7 +59,7 @@ from protocols import fulltext
 from protocols.db import Database
 from protocols.indexing import indication_keys
 from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
-from protocols.terminology import INDICATION_SYSTEMS
+from protocols.terminology import ICD10CM, INDICATION_SYSTEMS, order_rxnorm_codes
 from protocols.timeutil import utcnow
 from protocols.versioning import VERSION_COLUMNS, StoredVersion, keyset_descending, stored_version
 
@@ -496,18 +497,38 @@ def _hit(row: Any, ranked: bool) -> Hit:
 
 def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str, indications: Sequence[str] = (),
                          at: datetime | None = None) -> list[StoredVersion]:
-    """Versions in effect at ``at`` for a medication (any of ``rxnorm_cuis``) given by ``route``.
+    """Versions in effect at ``at`` for a medication (any of ``rxnorm_cuis``, and the catalog codes they
+    stand for: :func:`terminology.order_rxnorm_codes`) given by ``route``.
 
-    Used at order time (CDS Hooks). When the order states reasons and some of these protocols list
-    one of them as an indication, only those are returned; otherwise every match for the drug and
+    Used at order time (CDS Hooks). When the order states reasons and some of these protocols treat
+    one of them (:func:`treats`), only those are returned; otherwise every match for the drug and
     route is (a protocol is not dropped because the order did not say why it was written)."""
-    base = [_term("rxnorm_cui", rxnorm_cuis), _term("route", [route])]
+    base = [_term("rxnorm_cui", order_rxnorm_codes(rxnorm_cuis)), _term("route", [route])]
     found = _all_in_effect(db, base, at)
     if indications and found:
-        narrowed = _all_in_effect(db, [*base, _term("indication", [code.upper() for code in indications])], at)
+        reasons = {code.upper() for code in indications}
+        narrowed = [stored for stored in found if treats(json.loads(stored.document), reasons)]
         if narrowed:
             return narrowed
     return found
+
+
+def treats(document: Mapping[str, Any], reasons: set[str]) -> bool:
+    """Whether a protocol lists one of an order's reason codes as an indication: the code itself, or,
+    for an ICD-10-CM code the protocol lists as "unspecified", any code of the same subcategory (an
+    order for F33.2 is one the protocol of F33.9 "recurrent, unspecified" treats; G90.511 one of G90.50
+    "CRPS I, unspecified"). Orders coded more specifically than the protocol fell back to every
+    protocol for the drug and route (found by a clinical QA probe). Other codes match exactly: R45.850
+    (homicidal ideation) is not R45.851 (suicidal)."""
+    for indication in document.get("indications") or []:
+        code = str(indication.get("code", "")).upper()
+        if code in reasons:
+            return True
+        if indication.get("system") == ICD10CM and "unspecified" in str(indication.get("display", "")).lower():
+            family = code[:-1].rstrip(".")
+            if len(family) >= 3 and any(reason.startswith(family) for reason in reasons):
+                return True
+    return False
 
 
 def _all_in_effect(db: Database, conditions: list[ColumnElement[bool]], at: datetime | None) -> list[StoredVersion]:

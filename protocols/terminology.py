@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -73,6 +74,9 @@ class RxNormConcept:
     name: str
     tty: str
     source: str
+    #: Catalog RxCUIs an order coded with this concept is checked against (a product-level code of a
+    #: single-ingredient product, for a protocol coded by its ingredient).
+    orders_match: tuple[str, ...] = ()
 
 
 def _routes() -> dict[str, RouteConcept]:
@@ -94,7 +98,8 @@ def _indications() -> dict[tuple[str, str], IndicationConcept]:
 
 
 def _rxnorm() -> dict[str, RxNormConcept]:
-    return {item["rxcui"]: RxNormConcept(item["rxcui"], item["name"], item["tty"], item["source"])
+    return {item["rxcui"]: RxNormConcept(item["rxcui"], item["name"], item["tty"], item["source"],
+                                         tuple(item.get("orders_match", ())))
             for item in _load("rxnorm.json")["concepts"]}
 
 
@@ -104,6 +109,20 @@ ROUTES: dict[str, RouteConcept] = _routes()
 INDICATIONS: dict[tuple[str, str], IndicationConcept] = _indications()
 #: RxCUI -> concept, for the RxNorm codes the curated catalog uses.
 RXNORM_CONCEPTS: dict[str, RxNormConcept] = _rxnorm()
+
+
+
+
+def order_rxnorm_codes(codes: Sequence[str]) -> list[str]:
+    """The RxCUIs an order's medication codes stand for in the catalog: the codes themselves and what
+    :data:`RXNORM_CONCEPTS` says they match. A Ketalar order coded 206967 (the product, as EHRs code
+    orders) matched no protocol coded 6130 (the ingredient) and got no card at all (clinical QA probe)."""
+    expanded = list(dict.fromkeys(codes))
+    for code in codes:
+        concept = RXNORM_CONCEPTS.get(code)
+        if concept is not None:
+            expanded += [match for match in concept.orders_match if match not in expanded]
+    return expanded
 
 
 # ---------------------------------------------------------------------------------- checks

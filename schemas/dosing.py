@@ -17,7 +17,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from protocols import dose_units, terminology
 from protocols.dosing import MAX_WEIGHT_KG, MIN_WEIGHT_KG, Verdict, number_problem
 from schemas.clinical import PHASES, DoseRangeSchema, FrequencySchema
-from schemas.fields import Instant, Text
+from schemas.fields import Duration, Instant, Text
 from schemas.query import AsOfQuerySchema
 
 _NUMBER_TEXT = re.compile(r"\A[0-9]{1,20}(\.[0-9]{1,20})?\Z")
@@ -131,6 +131,10 @@ class DoseCheckRequestSchema(Schema):
                                                        "per-period projection"})
     patient = fields.Nested(PatientSchema)
     concentration = fields.Nested(ConcentrationSchema)
+    duration = Duration(metadata={"description": "How long one administration runs (ISO 8601, e.g. PT24H): a "
+                                                 "rate and an amount are converted through it (otherwise "
+                                                 "through the protocol range's duration), and an infusion's "
+                                                 "amount per period is rate x this duration"})
     as_of = Instant(metadata={"description": "Judge against the version in effect at this instant"})
 
 

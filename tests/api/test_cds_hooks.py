@@ -628,10 +628,14 @@ def test_a_rate_that_cannot_be_compared_never_hides_the_doses_verdict(client):
     over = medication_request("ket-or", KETAMINE, IV, dose=(400, "mg"), rate=(50, "mg/h"))
     fits = medication_request("ket-fr", KETAMINE, IV, dose=(100, "mg"), rate=(50, "mg/h"))
     result = cards(client, hook_request([over, fits], weight=weight_bundle(70)))
-    # The fitting dose is not "info" either: its rate was never checked (adversarial probe, later).
-    assert [c["indicator"] for c in result] == ["critical", "warning"]
-    assert result[1]["summary"].startswith("within protocol range, partly checked: ")
-    assert all("not checked: 50 mg/h" in c["detail"] for c in result)
+    # A rate ordered with its dose runs for dose / rate (8 h and 2 h here): the rate is judged as that
+    # dose (clinical QA probe: the label's 1-2 mg/kg at 0.5 mg/kg/min read "below minimum" over 60 s).
+    assert [c["indicator"] for c in result] == ["critical", "info"]
+    assert "not checked" not in result[1]["detail"]
+    alone = medication_request("ket-ra", KETAMINE, IV, rate=(50, "mg/h"))
+    result = cards(client, hook_request([alone], weight=weight_bundle(70)))
+    assert result[0]["summary"].startswith("dose not checked"), result[0]  # a rate alone: no duration
+    assert "could not be checked: 50 mg/h: mg/h is a rate" in result[0]["detail"]
 
 
 def test_an_order_more_frequent_than_the_protocol_is_a_warning_not_within_range(client):
@@ -644,9 +648,12 @@ def test_an_order_more_frequent_than_the_protocol_is_a_warning_not_within_range(
     often = medication_request("trd-5d", KETAMINE, IV, dose=(35, "mg"), frequency=(5, 1, "d"))
     weekly = medication_request("trd-2w", KETAMINE, IV, dose=(35, "mg"), frequency=(2, 1, "wk"))
     result = cards(client, hook_request([often, weekly], weight=weight_bundle(70)))
-    assert [c["indicator"] for c in result] == ["warning", "info"]
-    assert "more frequent than the protocol" in result[0]["summary"]
+    # Five a day gives 35 doses a week against the regimen's 3: above the most it gives (critical, a
+    # clinical QA probe: a warning for 3.5 times the weekly exposure was too mild).
+    assert [c["indicator"] for c in result] == ["critical", "info"]
+    assert "exceeds protocol maximum per period" in result[0]["summary"]
     assert "more frequent than the protocol's (2-3 times weekly)" in result[0]["detail"]
+    assert "Regimen exceeded" in result[0]["detail"]
 
 
 # --------------------------------------------- orders read in part (second adversarial probe, 2026-12-03)
@@ -753,3 +760,77 @@ def test_meal_codes_days_of_week_unreadable_rates_and_prn_orders(client):
     assert result[1]["summary"].startswith("more frequent than the protocol")
     assert "partly checked" in result[2]["summary"] and "as needed" in result[2]["detail"]
     assert result[3]["summary"].startswith("dose not checked") and "rateRatio" in result[3]["detail"]
+
+
+# ------------------------------------------------- clinical QA probe (2026-12-03, third session)
+
+
+def test_an_infusion_is_judged_for_as_long_as_the_order_runs_it(client):
+    """0.35 mg/kg/h for 24 h a day (504 mg at 60 kg) read "Per-period maximum respected: 84 mg" against
+    100 mg a day: the check assumed the protocol's 4-hour infusion and never read the order's duration."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H",
+        "frequency": {"count": 1, "period": "P1D"}, "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    four = medication_request("crps-4h", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
+    day = medication_request("crps-24h", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
+    four["dosageInstruction"][0]["timing"]["repeat"].update(duration=4, durationUnit="h")
+    day["dosageInstruction"][0]["timing"]["repeat"].update(duration=24, durationUnit="h")
+    result = cards(client, hook_request([four, day], weight=weight_bundle(60)))
+    assert [c["indicator"] for c in result] == ["info", "critical"], [c["summary"] for c in result]
+    assert "504 mg per P1D > maximum 100 mg" in result[1]["detail"]
+
+
+def test_a_rate_ordered_with_its_dose_is_judged_as_that_dose(client):
+    """The Ketalar label's alternative induction, 1-2 mg/kg at 0.5 mg/kg/min: 140 mg at 0.5 mg/kg/min
+    for 70 kg (4 minutes) read "below protocol minimum", the rate taken over the label's 60 s bolus."""
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5,
+                                              "unit": "mg/kg", "duration": "PT60S"}])
+    order = medication_request("ket-slow", KETAMINE, IV, dose=(140, "mg"), rate=(0.5, "mg/kg/min"))
+    result = cards(client, hook_request([order], weight=weight_bundle(70)))
+    assert result[0]["indicator"] == "info", result[0]
+    assert "4 min (140 mg at 0.5 mg/kg/min)" in result[0]["detail"]
+
+
+def test_a_dose_in_ml_is_checked_through_the_ordered_products_strength(client):
+    """3.5 mL of a 100 mg/mL product (350 mg, 5 mg/kg at 70 kg) read "dose not checked ... send
+    concentration" though the order's contained Medication states its strength."""
+    ketamine_protocol(client)  # 1-4.5 mg/kg IV
+    order = medication_request("ket-ml", KETAMINE, IV, dose=(3.5, "mL"))
+    concept = order.pop("medicationCodeableConcept")
+    order["contained"] = [{"resourceType": "Medication", "id": "med", "code": concept, "ingredient": [{
+        "itemCodeableConcept": concept, "strength": {
+            "numerator": {"value": 100, "unit": "mg", "system": UCUM, "code": "mg"},
+            "denominator": {"value": 1, "unit": "mL", "system": UCUM, "code": "mL"}}}]}]
+    order["medicationReference"] = {"reference": "#med"}
+    MedicationRequest.model_validate(order)
+    result = cards(client, hook_request([order], weight=weight_bundle(70)))
+    assert result[0]["indicator"] == "critical" and "above protocol maximum" in result[0]["summary"], result[0]
+    order["contained"][0]["ingredient"][0]["strength"]["numerator"]["value"] = 50  # 175 mg: 2.5 mg/kg
+    assert cards(client, hook_request([order], weight=weight_bundle(70)))[0]["indicator"] == "info"
+
+
+def test_orders_coded_by_product_or_a_specific_subcode_reach_their_protocol(client):
+    """Ketamine ordered as the Ketalar product (RxCUI 206967, as EHRs code orders) matched no protocol
+    coded by the ingredient (6130) and got no card at all; an order for F33.2 fell back to every ketamine
+    protocol though one lists F33.9 (recurrent MDD, unspecified). A specific code matches an
+    unspecified one of its subcategory only: R45.850 (homicidal) is not R45.851 (suicidal)."""
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    anaesthesia = ketamine_protocol(client)
+    depression = ketamine_protocol(client, dose_min=0.5, dose_max=0.5, indication=(
+        icd, "F33.9", "Major depressive disorder, recurrent, unspecified"))
+    suicidal = ketamine_protocol(client, dose_min=0.5, dose_max=0.5, indication=(icd, "R45.851", "Suicidal ideations"))
+    ketalar = [{"system": RXNORM, "code": "206967", "display": "Ketalar 10 MG/ML Injectable Solution"}]
+    by_product = medication_request("ket-brand", ketalar, IV, dose=(140, "mg"))
+    assert len(cards(client, hook_request([by_product], weight=weight_bundle(70)))) == 3
+    specific = medication_request("ket-f332", ketalar, IV, dose=(35, "mg"), reason=(icd, "F33.2"))
+    (card,) = cards(client, hook_request([specific], weight=weight_bundle(70)))
+    assert depression["id"] in card["source"]["label"], card["source"]
+    other = medication_request("ket-r45850", ketalar, IV, dose=(35, "mg"), reason=(icd, "R45.850"))
+    labels = [c["source"]["label"] for c in cards(client, hook_request([other], weight=weight_bundle(70)))]
+    assert len(labels) == 3 and any(anaesthesia["id"] in label for label in labels)  # no narrowing
+    exact = medication_request("ket-r45851", ketalar, IV, dose=(35, "mg"), reason=(icd, "R45.851"))
+    (card,) = cards(client, hook_request([exact], weight=weight_bundle(70)))
+    assert suicidal["id"] in card["source"]["label"]
+    unknown = [{"system": RXNORM, "code": "999999", "display": "something else"}]
+    assert cards(client, hook_request([medication_request("x", unknown, IV, dose=(140, "mg"))],
+                                      weight=weight_bundle(70))) == []

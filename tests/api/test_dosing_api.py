@@ -119,6 +119,14 @@ def expected_verdict(ranges: list[dict[str, Any]], dose_mg: Decimal, weight: Dec
                 Fraction(frequency["count"]) / Fraction(seconds(frequency["period"]))
                 > Fraction(protocol_frequency["count"]) / Fraction(seconds(protocol_frequency["period"]))):
             verdict = "more_frequent_than_protocol"
+        is_rate = len(unit.split("/")) > (2 if is_per_kg(unit) else 1)
+        if frequency and protocol_frequency and not is_rate and FAVOURABLE.index(verdict) < FAVOURABLE.index(
+                "exceeds_max_per_period"):
+            # The most the range's own regimen gives in its period: its maximum times its count.
+            doses = max(1, math.ceil(Decimal(frequency["count"]) * seconds(protocol_frequency["period"])
+                                     / seconds(frequency["period"])))
+            if dose_mg * doses > high * protocol_frequency["count"]:
+                verdict = "exceeds_max_per_period"
         verdicts.append(verdict)
     return min(verdicts, key=FAVOURABLE.index)
 
@@ -526,11 +534,37 @@ def test_a_dose_given_more_often_than_the_protocol_says_is_its_own_verdict(clien
         "route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg",
         "frequency": {"count": 2, "period": "P1W", "text": "twice weekly"}}])
     body = {"route": NASAL, "dose": {"value": 84, "unit": "mg"}}
-    for frequency, verdict in (({"count": 5, "period": "P1D"}, "more_frequent_than_protocol"),
-                               ({"count": 2, "period": "P1W"}, "within_range"), (None, "within_range")):
-        sent = {**body, **({"frequency": frequency} if frequency else {})}
+    for dose, frequency, verdict in (
+            (56, {"count": 3, "period": "P1W"}, "more_frequent_than_protocol"),  # 168 mg a week: 2 x 84
+            (84, {"count": 3, "period": "P1W"}, "exceeds_max_per_period"),  # 252 mg > 168 mg the regimen gives
+            (84, {"count": 5, "period": "P1D"}, "exceeds_max_per_period"),
+            (84, {"count": 1, "period": "P1D"}, "exceeds_max_per_period"),  # 588 mg a week (clinical QA probe)
+            (84, {"count": 2, "period": "P1W"}, "within_range"), (84, None, "within_range")):
+        sent = {**body, "dose": {"value": dose, "unit": "mg"}, **({"frequency": frequency} if frequency else {})}
         result = dose_check(client, protocol_id, sent).get_json()
-        assert result["verdict"] == verdict, (frequency, result["messages"])
+        assert result["verdict"] == verdict, (dose, frequency, result["messages"])
     too_much = dose_check(client, protocol_id, {**body, "dose": {"value": 90, "unit": "mg"},
                                                 "frequency": {"count": 5, "period": "P1D"}}).get_json()
     assert too_much["verdict"] == "above_max"  # a worse verdict is not hidden by the frequency
+
+
+def test_the_order_can_say_how_long_an_administration_runs(client):
+    """A rate converts to an amount through the order's duration when it sends one (clinical QA probe:
+    an infusion run for 24 h was judged as the protocol's 4 h), and a single-dose range is not a
+    schedule (psilocybin 25 mg every day read as within range)."""
+    protocol_id, _ = create(client, dosing_ranges=[{
+        "route": NASAL, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h",
+        "duration": "PT4H", "frequency": {"count": 1, "period": "P1D"},
+        "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    body = {"route": NASAL, "dose": {"value": 0.35, "unit": "mg/kg/h"}, "patient": {"weight_kg": 60},
+            "frequency": {"count": 1, "period": "P1D"}}
+    assert dose_check(client, protocol_id, body).get_json()["verdict"] == "within_range"
+    day = dose_check(client, protocol_id, {**body, "duration": "PT24H"}).get_json()
+    assert day["verdict"] == "exceeds_max_per_period", day["messages"]
+    assert dose_check(client, protocol_id, {**body, "duration": "P1X"}).status_code == 422
+    single_id, _ = create(client, dosing_ranges=[{"route": NASAL, "phase": "single", "dose_min": 25, "dose_max": 25,
+                                                  "unit": "mg"}])
+    once = {"route": NASAL, "dose": {"value": 25, "unit": "mg"}}
+    assert dose_check(client, single_id, once).get_json()["verdict"] == "within_range"
+    daily = dose_check(client, single_id, {**once, "frequency": {"count": 1, "period": "P1D"}}).get_json()
+    assert daily["verdict"] == "more_frequent_than_protocol", daily["messages"]
