@@ -569,8 +569,9 @@ def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | No
                 continue
             mg = convert(Fraction(amount.value), amount_unit, parse_dose_unit("mg"), weight_kg=weight_kg,
                          concentration=line.concentration, duration_s=None)
-            return mg / per_second, f"{fmt(mg / per_second / 60)} min ({fmt(Fraction(amount.value))} {amount.unit} " \
-                                    f"at {fmt(Fraction(rate.value))} {rate.unit})"
+            minutes = fmt(mg / per_second / 60)
+            return mg / per_second, (f"{minutes} min ({fmt(Fraction(amount.value))} {amount.unit} at "
+                                     f"{fmt(Fraction(rate.value))} {rate.unit})")
     except (DosingError, UnitError):
         return None
     return None

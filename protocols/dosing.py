@@ -127,6 +127,10 @@ class Frequency:
     def period_seconds(self) -> Fraction:
         return seconds(parse_duration(self.period))
 
+    def doses_in(self, window_seconds: Fraction) -> int:
+        """Administrations that fall in a window of that length (at least one: a dose is a dose)."""
+        return max(1, math.ceil(Fraction(self.count) * window_seconds / self.period_seconds))
+
 
 @dataclass(frozen=True)
 class DoseOrder:
@@ -463,7 +467,7 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
         doses = 1
         how = "one dose (no frequency was sent)"
     else:
-        doses = max(1, math.ceil(Fraction(frequency.count) * window / frequency.period_seconds))
+        doses = frequency.doses_in(window)
         how = f"{doses} dose{'s' if doses != 1 else ''}"
         if frequency.period != period:
             how += f" in {period} at {frequency.count} per {frequency.period}"
@@ -576,8 +580,7 @@ def _regimen_exceeded(frequency: Frequency | None, dose_range: Mapping[str, Any]
     if frequency is None or not protocol or range_unit.is_rate:
         return None
     wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
-    window = wanted.period_seconds
-    doses = max(1, math.ceil(Fraction(frequency.count) * window / frequency.period_seconds))
+    doses = frequency.doses_in(wanted.period_seconds)
     if per_dose * doses <= high * wanted.count:
         return None
     return (f"Regimen exceeded: {fmt(per_dose)} {range_unit.code} {TIMES} {doses} doses per {wanted.period} "

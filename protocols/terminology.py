@@ -111,8 +111,6 @@ INDICATIONS: dict[tuple[str, str], IndicationConcept] = _indications()
 RXNORM_CONCEPTS: dict[str, RxNormConcept] = _rxnorm()
 
 
-
-
 def order_rxnorm_codes(codes: Sequence[str]) -> list[str]:
     """The RxCUIs an order's medication codes stand for in the catalog: the codes themselves and what
     :data:`RXNORM_CONCEPTS` says they match. A Ketalar order coded 206967 (the product, as EHRs code

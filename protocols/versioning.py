@@ -350,7 +350,7 @@ def revise(
             check_if_match(head.version, if_match, already_applied=prepared is None)
             if prepared is None:
                 return head.version, False
-            _check_retirement(prepared, lambda params: fetch("retiring", params))
+            _check_retirement(prepared, fetch)
             return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=head.version.version), True
     except IntegrityError as exc:
         raise _lost_race(db, protocol_id) from exc
@@ -423,7 +423,7 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
     check_if_match(head.version, if_match, already_applied=prepared is None)
     if prepared is None:
         return head.version, False
-    _check_retirement(prepared, lambda params: fetch("retiring", params))
+    _check_retirement(prepared, fetch)
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
@@ -503,7 +503,7 @@ _RETIRING_SQL = _typed(
     .replace("= p.id", "= :protocol_id")).columns(undoing_effective_from=_TIME)
 
 
-def _check_retirement(prepared: _Prepared, fetch: Callable[[dict[str, Any]], Any]) -> None:
+def _check_retirement(prepared: _Prepared, fetch: _Fetch) -> None:
     """A ``retired`` version written with PUT obeys the rules DELETE does (:func:`retire`): refused when
     an active version taking effect after it would undo it (the probe found PUT status=retired
     answered 201 where DELETE answered 409), and it repeats the content of the version it retires, so
@@ -516,7 +516,7 @@ def _check_retirement(prepared: _Prepared, fetch: Callable[[dict[str, Any]], Any
     if stored.status != "retired":
         return
     undoing_version, undoing_effective_from, basis_hash = fetch(
-        {"protocol_id": stored.protocol_id, "effective_from": stored.effective_from})
+        "retiring", {"protocol_id": stored.protocol_id, "effective_from": stored.effective_from})
     if undoing_version is not None:
         raise _retirement_undone(stored.protocol_id, stored.effective_from, int(undoing_version),
                                  undoing_effective_from)

@@ -775,9 +775,15 @@ def test_an_infusion_is_judged_for_as_long_as_the_order_runs_it(client):
     day = medication_request("crps-24h", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
     four["dosageInstruction"][0]["timing"]["repeat"].update(duration=4, durationUnit="h")
     day["dosageInstruction"][0]["timing"]["repeat"].update(duration=24, durationUnit="h")
-    result = cards(client, hook_request([four, day], weight=weight_bundle(60)))
-    assert [c["indicator"] for c in result] == ["info", "critical"], [c["summary"] for c in result]
+    up_to_day = medication_request("crps-max", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
+    up_to_day["dosageInstruction"][0]["timing"]["repeat"].update(duration=4, durationMax=24, durationUnit="h")
+    months = medication_request("crps-mo", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
+    months["dosageInstruction"][0]["timing"]["repeat"].update(duration=1, durationUnit="mo")
+    result = cards(client, hook_request([four, day, up_to_day, months], weight=weight_bundle(60)))
+    assert [c["indicator"] for c in result] == ["info", "critical", "critical", "warning"], result
     assert "504 mg per P1D > maximum 100 mg" in result[1]["detail"]
+    assert "504 mg per P1D > maximum 100 mg" in result[2]["detail"]  # the longest the order allows
+    assert "duration (1 mo) could not be read" in result[3]["detail"]
 
 
 def test_a_rate_ordered_with_its_dose_is_judged_as_that_dose(client):
