@@ -126,3 +126,154 @@ def test_the_read_connections_of_ended_threads_are_closed(db) -> None:
     thread.join()
     assert mine.dbapi_connection is not None and db.reads.open_count() == 2
     assert db.reads.fetch_one("SELECT 1", ()) is not None and db.reads._local.fairy is mine
+
+
+# ------------------------------------------------- PostgreSQL: libpq prepared statements
+
+
+def _psycopg_row(db, sql: str, params) -> object:
+    """The same statement through a plain psycopg cursor, on a connection of its own."""
+    fairy = db.engine.raw_connection()
+    try:
+        cursor = fairy.cursor()
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+    finally:
+        fairy.rollback()
+        fairy.close()
+
+
+def _psycopg_error(db, sql: str, params) -> Exception:
+    try:
+        _psycopg_row(db, sql, params)
+    except Exception as exc:  # what a plain cursor raises
+        return exc
+    raise AssertionError("the cursor accepted it")
+
+
+def _prepared(db) -> bool:
+    """Only PostgreSQL's read connections go through libpq (SQLite keeps its cursor)."""
+    db.reads.fetch_one("SELECT 1", ())
+    statements = db.reads._local.statements
+    assert (statements is not None) == (db.dialect == "postgresql")
+    return statements is not None
+
+
+def test_reads_send_values_and_load_rows_as_a_psycopg_cursor_does(db) -> None:
+    import datetime as dt
+    from decimal import Decimal
+
+    if not _prepared(db):
+        return
+    moment = dt.datetime(2026, 12, 3, 10, 20, 30, 123456, tzinfo=dt.timezone(dt.timedelta(hours=5)))
+    # A session time zone that is not UTC: an aware datetime must still arrive as that instant.
+    assert db.reads.fetch_one("SET TIME ZONE 'America/New_York'", ()) is None
+    named = ("SELECT %(when)s::timestamptz, %(n)s::bigint + 1, %(text)s || '%%', %(flag)s, %(amount)s::numeric,"
+             " %(nothing)s::text IS NULL, %(text)s = %(text)s, '{\"a\": [1, 2]}'::jsonb, ARRAY['x', 'y'],"
+             " %(when)s::timestamptz = TIMESTAMPTZ '2026-12-03 05:20:30.123456+00', 'é€'::text")
+    params = {"when": moment, "n": 41, "text": "ketamine", "flag": True, "amount": Decimal("0.25"),
+              "nothing": None}
+    for _ in range(3):  # the first call prepares the statement, the others reuse it
+        row = db.reads.fetch_one(named, params)
+        assert row == _psycopg_row(db, named, params)
+    assert row == (moment, 42, "ketamine%", True, Decimal("0.25"), True, True, {"a": [1, 2]}, ["x", "y"], True,
+                   "é€")
+    assert row[0].astimezone(dt.UTC) == moment.astimezone(dt.UTC)
+    positional = "SELECT %s::text, %s::int WHERE %s"
+    assert db.reads.fetch_one(positional, ("a", 7, True)) == ("a", 7)
+    assert db.reads.fetch_one(positional, ("a", 7, False)) is None  # no row
+    assert db.reads.fetch_one(positional, (None, 7, True)) == (None, 7)  # None where a str was: typed again
+
+
+def test_reads_prepare_each_statement_once_per_connection(db) -> None:
+    if not _prepared(db):
+        return
+    sql = "SELECT %s::text || 'x'"
+    for word in ("a", "b", "c", "d"):
+        assert db.reads.fetch_one(sql, (word,)) == (word + "x",)
+    (count,) = db.reads.fetch_one(
+        "SELECT count(*) FROM pg_prepared_statements WHERE statement = %s", ("SELECT $1::text || 'x'",))
+    assert count == 1
+
+
+def test_reads_run_unprepared_past_the_cap(db, monkeypatch) -> None:
+    from protocols import pg_statements
+
+    if not _prepared(db):
+        return
+    monkeypatch.setattr(pg_statements, "MAX_PREPARED", len(db.reads._local.statements._names))
+    assert db.reads.fetch_one("SELECT %s::int * 3", (5,)) == (15,)
+    assert db.reads.fetch_one("SELECT %s::int * 3", (6,)) == (18,)
+    (count,) = db.reads.fetch_one("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                                  ("%* 3",))
+    assert count == 0
+
+
+def test_read_errors_are_the_classes_psycopg_raises(db) -> None:
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    if not _prepared(db):
+        return
+    with pytest.raises(DBAPIError) as raised:
+        db.reads.fetch_one("SELECT 1 / %s::int", (0,))  # fails when it runs, not when it is prepared
+    assert type(raised.value.orig) is psycopg.errors.DivisionByZero
+    assert not raised.value.connection_invalidated
+    with pytest.raises(DBAPIError) as raised:
+        db.reads.fetch_one("SELEC 1", ())  # fails when it is prepared
+    assert type(raised.value.orig) is psycopg.errors.SyntaxError
+    for sql, params in (("SELECT %(a)s::int, %s::int", {"a": 1}), ("SELECT %(a)s::int", {"b": 1}),
+                        ("SELECT %s::int", (1, 2))):
+        with pytest.raises(DBAPIError) as raised:
+            db.reads.fetch_one(sql, params)
+        assert type(raised.value.orig) is psycopg.ProgrammingError
+        assert type(_psycopg_error(db, sql, params)) is psycopg.ProgrammingError  # a cursor says the same
+    assert db.reads.fetch_one("SELECT 2", ()) == (2,)  # a fresh connection after each error
+
+
+def test_a_read_whose_connection_dies_during_the_statement_is_a_lost_connection(db) -> None:
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from api.errors import is_database_unavailable, is_lost_connection
+
+    if not _prepared(db):
+        return
+    pid = db.reads.fetch_one("SELECT pg_backend_pid()", ())[0]
+    with pytest.raises(OperationalError) as raised:  # SQLAlchemy's class for psycopg's OperationalError
+        db.reads.fetch_one("SELECT pg_terminate_backend(pg_backend_pid())", ())
+    assert isinstance(raised.value.orig, psycopg.OperationalError)
+    assert is_lost_connection(raised.value) and is_database_unavailable(raised.value)
+    assert db.reads.fetch_one("SELECT pg_backend_pid()", ())[0] != pid
+
+
+def test_a_thread_waiting_for_its_statement_lets_the_others_run(db) -> None:
+    """gthread workers serve requests on threads: a statement's wait must not hold the GIL."""
+    import threading
+
+    if not _prepared(db):
+        return
+    finished: list[str] = []
+
+    def slow() -> None:
+        db.reads.fetch_one("SELECT pg_sleep(%s::float8)", (1.0,))
+        finished.append("slow")
+
+    def fast() -> None:
+        for _ in range(20):
+            db.reads.fetch_one("SELECT %s::int", (1,))
+        finished.append("fast")
+
+    sleeper = threading.Thread(target=slow)
+    sleeper.start()
+    for _ in range(300):  # until the sleeper's statement runs on the server (or it is over)
+        (running,) = db.reads.fetch_one("SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                                        " AND query LIKE %s", ("SELECT pg_sleep%",))
+        if running or finished:
+            break
+        threading.Event().wait(0.01)
+    reader = threading.Thread(target=fast)
+    reader.start()
+    reader.join()
+    sleeper.join()
+    assert finished == ["fast", "slow"]
