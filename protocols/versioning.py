@@ -39,6 +39,7 @@ from protocols import fulltext, record
 from protocols.audit import WriteContext
 from protocols.db import Database
 from protocols.errors import (
+    DomainError,
     InvalidRecord,
     NothingPublished,
     NotInEffect,
@@ -423,7 +424,15 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
     check_if_match(head.version, if_match, already_applied=prepared is None)
     if prepared is None:
         return head.version, False
-    _check_retirement(prepared, fetch)
+    try:
+        _check_retirement(prepared, fetch)
+    except DomainError:
+        # The check reads after the head. If a version was appended in between, the refusal rests on
+        # a state this write never saw, and the guarded append would have refused it as stale: say
+        # that (412), as a write whose head moved does, rather than 409/422 about someone else's change.
+        if read_head().version.version != head.version.version:
+            raise _changed_concurrently(protocol_id) from None
+        raise
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))

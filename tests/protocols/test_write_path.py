@@ -212,3 +212,51 @@ def _reference_protocol_seq(db: Database, protocol_id: str) -> int:
 
     with db.read() as session:
         return int(session.execute(select(Protocol.seq).where(Protocol.id == protocol_id)).scalar_one())
+
+
+def test_a_put_retirement_whose_head_moved_during_its_checks_is_stale(db: Database, backend: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """PUT ``status: retired`` checks what it retires after reading the head. A revision committed in
+    between changed what is in effect, so the check refused the (correct, when sent) content with 422;
+    the write is stale, and the answer is the 412 of a write whose head moved. On SQLite the write
+    transaction holds the lock from the head read on, so the other writer waits and is the stale one."""
+    import threading
+
+    first = versioning.create(db, "raced", content_of("raced"))
+    check = versioning._check_retirement
+    other: list[BaseException | versioning.StoredVersion] = []
+
+    def revise_concurrently() -> None:
+        try:
+            other.append(versioning.revise(db, "raced", content_of("raced", title="Revised"),
+                                           if_match=[first.etag])[0])
+        except BaseException as exc:  # what the other writer got, for the assertions below
+            other.append(exc)
+
+    writer = threading.Thread(target=revise_concurrently)
+
+    def check_after_a_concurrent_revision(prepared: Any, fetch: Any) -> None:
+        if prepared.stored.status != "retired" or writer.ident is not None:
+            return check(prepared, fetch)  # the other writer's own check, or a later call
+        writer.start()
+        if backend == "postgres":
+            writer.join()  # committed between this write's head read and its check
+            assert isinstance(other[0], versioning.StoredVersion)
+        check(prepared, fetch)
+
+    monkeypatch.setattr(versioning, "_check_retirement", check_after_a_concurrent_revision)
+    if backend == "postgres":
+        with pytest.raises(PreconditionFailed):
+            versioning.revise(db, "raced", content_of("raced"), status="retired", if_match=[first.etag])
+        assert versioning.effective(db, "raced").version == 2  # the revision stands, nothing retired it
+    else:
+        retired, created = versioning.revise(db, "raced", content_of("raced"), status="retired",
+                                             if_match=[first.etag])
+        assert created and retired.status == "retired"
+        writer.join()
+        assert isinstance(other[0], PreconditionFailed)
+    monkeypatch.undo()
+    # Without a concurrent writer the refusal of content that is not in effect stays a 422.
+    with pytest.raises(versioning.InvalidRecord):
+        versioning.revise(db, "raced", content_of("raced", title="Never in effect"), status="retired",
+                          if_match=[versioning.latest(db, "raced").etag])
