@@ -352,3 +352,30 @@ def test_a_stored_rate_maximum_per_period_is_not_added_up_but_noted():
     (shown,) = dosing.patient_ranges(ranges, IV, None, None)  # type: ignore[misc]
     assert shown.max_per_period is None
     assert any("is a rate" in m for m in shown.messages)
+
+
+def test_an_infusion_longer_than_the_per_period_window_counts_only_what_runs_in_it():
+    """20 mg/h for 4 h against at most 30 mg in any hour: 20 mg run in an hour, not the whole 80 mg of
+    the infusion (a false 'exceeds' found by a clinical QA probe). Repeated infusions that do not
+    overlap still deliver at most the rate times the window; overlapping ones are added up."""
+    ranges = content({"dose_min": 10, "dose_max": 30, "unit": "mg/h", "duration": "PT4H",
+                      "max_per_period": {"value": 30, "unit": "mg", "period": "PT1H"}})
+    result = dosing.check(ranges, order("20", "mg/h"))
+    assert result.verdict is Verdict.WITHIN_RANGE
+    assert result.evaluation is not None and result.evaluation.per_period is not None
+    assert result.evaluation.per_period.projected.value == 20
+    assert result.evaluation.per_period.calculation == (
+        "20 mg/h for all of PT1H (an infusion runs 4 h) = 20 mg per PT1H ≤ maximum 30 mg per PT1H")
+    # Every 12 h: the infusions do not overlap, an hour still holds at most 20 mg.
+    assert dosing.check(ranges, order("20", "mg/h", frequency=Frequency(2, "P1D"))).verdict \
+        is Verdict.WITHIN_RANGE
+    # Every 2 h with 4-hour infusions: two run at once, 40 mg in an hour.
+    assert dosing.check(ranges, order("20", "mg/h", frequency=Frequency(12, "P1D"))).verdict \
+        is Verdict.EXCEEDS_MAX_PER_PERIOD
+    # The order's own duration counts the same way; a window longer than the infusion is unchanged.
+    assert dosing.check(ranges, order("20", "mg/h", duration_s=Fraction(8 * 3600))).verdict \
+        is Verdict.WITHIN_RANGE
+    daily = content({"dose_min": 10, "dose_max": 30, "unit": "mg/h", "duration": "PT4H",
+                     "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}})
+    assert dosing.check(daily, order("20", "mg/h")).evaluation.per_period.projected.value == 80
+    assert dosing.check(daily, order("30", "mg/h")).verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
