@@ -197,8 +197,13 @@ _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
 def _parse_date_param(name: str, value: str) -> DateBound | Unsupported:
     match = _DATE.fullmatch(value)
     if not match:
+        hint = ""
+        if _DATE.fullmatch(value.replace(" ", "+")):
+            # An unencoded '+' in a query string reads as a space (HTML form encoding); the client meant
+            # a UTC offset. Not guessed: the value is refused, with what to send instead.
+            hint = " (a '+' in a query string reads as a space: send the offset's '+' as %2B)"
         raise InvalidSearch(f"{name} must be a FHIR date or dateTime with an optional prefix "
-                            "(e.g. ge2024-01-31 or lt2024-01-31T12:00:00Z)", param=name)
+                            f"(e.g. ge2024-01-31 or lt2024-01-31T12:00:00Z){hint}", param=name)
     prefix = match["prefix"] or "eq"
     if prefix not in _DATE_PREFIXES:
         if prefix in ("sa", "eb", "ap"):

@@ -252,6 +252,13 @@ def test_search_by_last_updated_uses_fhir_precision_and_prefixes(app, client, db
     assert _search_ids(client, "_lastUpdated=eq2024-03-01T09:15:30Z") == [new]
     assert _search_ids(client, "_lastUpdated=2024-03-01T10:15:30%2B01:00") == [new]
     assert _search_ids(client, "_lastUpdated=ge2023&_lastUpdated=lt2024") == [old]
+    # An unencoded '+' arrives as a space: refused (never guessed), saying how to send it.
+    response = client.get("/fhir/R4/MedicationKnowledge?_lastUpdated=2024-03-01T10:15:30+01:00")
+    assert response.status_code == 400
+    [issue] = response.get_json()["issue"]
+    assert issue["expression"] == ["_lastUpdated"] and "send the offset's '+' as %2B" in issue["diagnostics"]
+    response = client.get("/fhir/R4/MedicationKnowledge?_lastUpdated=2024-03-01 10:15")
+    assert "%2B" not in response.get_json()["issue"][0]["diagnostics"]  # not an offset: no such hint
 
 
 def test_search_by_id_and_status(client):
