@@ -12,8 +12,10 @@ the ``doseAndRate`` of each dosage instruction, finds the protocols in effect fo
 indication, only those), and judges the dose against each range of each protocol with
 :mod:`protocols.dosing`. An order has no phase, so every range for the route is evaluated and the
 card reports the most favourable verdict with the others listed in its detail. One card per order and
-protocol. Data the check needs but lacks (no weight prefetched, a dose in mL without a strength) is a
-warning card, not an error, because the order itself is fine.
+protocol; when the order did not say which protocol it is for (no ``reasonCode``, or reasons none of them
+lists), each card's detail says so and names its protocol's indications. Data the check needs but
+lacks (no weight prefetched, a dose in mL without a strength) is a warning card, not an error, because
+the order itself is fine.
 """
 
 from __future__ import annotations
@@ -508,9 +510,34 @@ def cards_for_order(db: Database, order: DraftOrder, weight: Weight | str,
                 (stored, json.loads(stored.document, parse_float=Decimal))
                 for stored in search.applicable_protocols(db, rxnorm_cuis=order.rxnorm, route=line.route,
                                                           indications=order.reasons)]
-        for stored, content in in_effect[line.route]:
-            cards.append(_card(order, line, stored, content, weight, version_url))
+        applicable = in_effect[line.route]
+        for stored, content in applicable:
+            cards.append(_card(order, line, stored, content, weight, version_url,
+                               _scope_note(order, content, applicable)))
     return cards
+
+
+def _scope_note(order: DraftOrder, content: Mapping[str, Any],
+                applicable: list[tuple[StoredVersion, Mapping[str, Any]]]) -> str | None:
+    """When the card's protocol may not be the one the order is for, say so in its detail: an order
+    without ``reasonCode`` is checked against every protocol for its drug and route (an anaesthesia dose
+    got critical cards from the depression and CRPS protocols with nothing saying why), and an order
+    whose reasons none of them lists falls back to all of them. The verdict stands; the prescriber
+    learns which indications it is about."""
+    reasons = {code.upper() for code in order.reasons}
+    if reasons and any(search.treats(other, reasons) for _, other in applicable):
+        return None
+    if not reasons and len(applicable) < 2:
+        return None
+    indications = "; ".join(f"{i.get('display') or i.get('code')} ({i.get('code')})"
+                            for i in content.get("indications") or []) or "no indication listed"
+    if reasons:
+        why = (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the protocols in "
+               f"effect for this medication and route, so it was checked against all {len(applicable)}")
+    else:
+        why = (f"The order names no indication (reasonCode), so it was checked against all {len(applicable)} "
+               "protocols in effect for this medication and route")
+    return f"{why}. This card applies if the order is for: {indications}."
 
 
 @dataclass
@@ -578,7 +605,7 @@ def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | No
 
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
-          weight: Weight | str, version_url: VersionUrl) -> dict[str, Any]:
+          weight: Weight | str, version_url: VersionUrl, scope_note: str | None = None) -> dict[str, Any]:
     results = [_judge(content, index, line, weight) for index, _ in ranges_for(content, line.route)]
     judged = [r for r in results if r.verdict is not None]
     route = terminology.ROUTES.get(line.route)
@@ -602,6 +629,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         indicator, verdict = "warning", "dose not checked"
     detail = [f"Checked against **{content.get('title', stored.protocol_id)}** "
               f"({label}, ETag {stored.etag}, effective from {json.loads(stored.document)['effective_from']})."]
+    if scope_note:
+        detail.append(scope_note)
     if isinstance(weight, Weight):
         observed = format_rfc3339(weight.observed_at) if weight.observed_at is not None else "date unknown"
         detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {observed}).")

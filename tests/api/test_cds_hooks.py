@@ -298,12 +298,23 @@ def test_several_protocols_and_reason_codes(client):
     both = cards(client, hook_request([order], weight=weight_bundle(70)))
     indicators = {c["source"]["topic"]["code"].split("/")[0]: c["indicator"] for c in both}
     assert indicators == {anaesthesia["id"]: "warning", depression["id"]: "info"}
+    # Without a reason, each card says it was one of several and which indications it is about.
+    by_protocol = {c["source"]["topic"]["code"].split("/")[0]: c["detail"] for c in both}
+    assert ("The order names no indication (reasonCode), so it was checked against all 2 protocols in effect "
+            "for this medication and route. This card applies if the order is for: Administration of "
+            "anesthesia (procedure) (399097000).") in by_protocol[anaesthesia["id"]]
+    assert "applies if the order is for: Major depressive disorder, recurrent severe without psychotic " \
+           "features (F33.2)." in by_protocol[depression["id"]]
     for_depression = medication_request("ket-4", KETAMINE, IV, dose=(35, "mg"),
                                         reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2"))
     (card,) = cards(client, hook_request([for_depression], weight=weight_bundle(70)))
     assert depression["id"] in card["source"]["label"] and card["indicator"] == "info"
+    assert "applies if the order is for" not in card["detail"]  # the order said why: nothing to add
     unknown_reason = medication_request("ket-5", KETAMINE, IV, dose=(35, "mg"), reason=(SNOMED, "22298006"))
-    assert len(cards(client, hook_request([unknown_reason], weight=weight_bundle(70)))) == 2
+    fallback = cards(client, hook_request([unknown_reason], weight=weight_bundle(70)))
+    assert len(fallback) == 2
+    assert all("None of the order's indications (22298006) is listed by the protocols in effect for this "
+               "medication and route, so it was checked against all 2." in c["detail"] for c in fallback)
 
 
 def test_cards_name_the_version_in_effect_now(client):
