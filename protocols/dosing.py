@@ -456,30 +456,25 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
         target = _unit(dose_unit.amount if weight is not None or not dose_unit.per_kg
                        else dose_unit.per_administration_code, "dose.unit")
         maximum = None
+    window = seconds(parse_duration(period))
+    # An infusion longer than the window: what runs in any window of it is the rate times the window,
+    # for each infusion running at the same time (the whole infusion was counted in it: 20 mg/h for
+    # 4 h read as 80 mg in an hour).
+    longer = dose_unit.is_rate and duration_s is not None and duration_s > window
     try:
-        per_dose = convert(dose_value, dose_unit, target, weight_kg=weight,
-                           concentration=order.concentration, duration_s=duration_s)
+        per_dose = convert(dose_value, dose_unit, target, weight_kg=weight, concentration=order.concentration,
+                           duration_s=window if longer else duration_s)
     except UnitsIncompatible as exc:
         notes.append(f"The amount per period was not projected: {exc.message}.")
         return None
-    window = seconds(parse_duration(period))
-    if dose_unit.is_rate and duration_s is not None and duration_s > window:
-        # An infusion longer than the window: what runs in any window of it is the rate times the
-        # window, for each infusion running at the same time (the whole infusion was counted in it: 20
-        # mg/h for 4 h read as 80 mg in an hour).
+    if longer:
+        assert duration_s is not None
         at_once = 1 if frequency is None else max(1, math.ceil(duration_s * frequency.count
                                                                 / frequency.period_seconds))
-        try:
-            per_window = convert(dose_value, dose_unit, target, weight_kg=weight,
-                                 concentration=order.concentration, duration_s=window)
-        except UnitsIncompatible as exc:
-            notes.append(f"The amount per period was not projected: {exc.message}.")
-            return None
-        projected = Amount(per_window * at_once, target.code)
+        projected = Amount(per_dose * at_once, target.code)
         how = (f"{fmt(dose_value)} {order.dose.unit} for all of {period} (an infusion runs "
                f"{fmt(duration_s / 3600)} h" + (f", {at_once} at once)" if at_once > 1 else ")"))
-        calculation = f"{how} = {projected.text()} per {period}"
-        return _per_period_result(period, at_once, projected, maximum, calculation)
+        return _per_period_result(period, at_once, projected, maximum, f"{how} = {projected.text()} per {period}")
     if frequency is None:
         doses = 1
         how = "one dose (no frequency was sent)"
