@@ -531,7 +531,10 @@ def _scope_note(order: DraftOrder, content: Mapping[str, Any],
         return None
     indications = "; ".join(f"{i.get('display') or i.get('code')} ({i.get('code')})"
                             for i in content.get("indications") or []) or "no indication listed"
-    if reasons:
+    if reasons and len(applicable) == 1:
+        why = (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the one protocol in "
+               "effect for this medication and route; the order was checked against it anyway")
+    elif reasons:
         why = (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the protocols in "
                f"effect for this medication and route, so it was checked against all {len(applicable)}")
     else:

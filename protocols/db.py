@@ -187,8 +187,10 @@ class ReadConnections:
         with self._lock:
             self._open[fairy] = threading.current_thread()
             local.fairy, local.generation = fairy, self._generation
-        local.cursor = fairy.dbapi_connection.cursor()  # type: ignore[union-attr]
-        local.statements = PreparedStatements(fairy.dbapi_connection) if self._autocommit else None
+        if self._autocommit:  # PostgreSQL: libpq's prepared statements, no cursor
+            local.cursor, local.statements = None, PreparedStatements(fairy.dbapi_connection)
+        else:
+            local.cursor, local.statements = fairy.dbapi_connection.cursor(), None  # type: ignore[union-attr]
         return fairy
 
     @staticmethod

@@ -37,7 +37,7 @@ class _Converted:
 
     __slots__ = ("count", "names", "query")
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, encoding: str) -> None:
         names: list[str] = []
         positional = 0
 
@@ -53,14 +53,20 @@ class _Converted:
             positional += 1
             return f"${positional}"
 
-        self.query = _PLACEHOLDER.sub(replace, sql).encode()
+        self.query = _PLACEHOLDER.sub(replace, sql).encode(encoding)  # the connection's, as psycopg does
         if names and positional:
             raise ProgrammingError("a statement mixes named and positional parameters")  # as psycopg
         self.names = tuple(names)
         self.count = positional
 
     def values(self, params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any]:
-        if isinstance(params, Mapping):
+        mapping = isinstance(params, Mapping)
+        if (mapping and self.count) or (not mapping and self.names):
+            # A mapping for %s placeholders (or a sequence for named ones) would send no parameters,
+            # and the server's protocol error would read as "database unavailable".
+            raise ProgrammingError("the parameters must be a mapping for %(name)s placeholders and a "
+                                   "sequence for %s ones")
+        if isinstance(params, Mapping):  # (repeated for mypy's sake)
             missing = [name for name in self.names if name not in params]
             if missing:
                 raise ProgrammingError(f"no value for the parameters {missing}")
@@ -84,20 +90,27 @@ class PreparedStatements:
         """The first row of ``sql`` (loaded by psycopg's loaders), or None; errors as psycopg's."""
         converted = self._converted.get(sql)
         if converted is None:
-            converted = self._converted[sql] = _Converted(sql)
+            converted = self._converted[sql] = _Converted(sql, self.encoding)
         values = converted.values(params)
         tx = self.transformer
         dumped = tx.dump_sequence(values, [PyFormat.AUTO] * len(values))
         key = (sql, tx.types)
         name = self._names.get(key)
-        if name is None and len(self._names) < MAX_PREPARED:
-            name = f"protocols_{len(self._names)}".encode()
-            self._check(self.pgconn.prepare(name, converted.query, tx.types))
-            self._names[key] = name
-        if name is None:
-            result = self.pgconn.exec_params(converted.query, dumped, tx.types, tx.formats)
-        else:
-            result = self.pgconn.exec_prepared(name, dumped, tx.formats)
+        try:
+            if name is None and len(self._names) < MAX_PREPARED:
+                name = f"protocols_{len(self._names)}".encode()
+                self._check(self.pgconn.prepare(name, converted.query, tx.types))
+                self._names[key] = name
+            if name is None:
+                result = self.pgconn.exec_params(converted.query, dumped, tx.types, tx.formats)
+            else:
+                result = self.pgconn.exec_prepared(name, dumped, tx.formats)
+        except MemoryError as exc:
+            # libpq returned no result at all: the request could not be sent (a connection reset since
+            # the liveness check) or, rarely, memory ran out. psycopg's C build says MemoryError for
+            # both; a cursor says OperationalError ("sending query failed"), which is what makes the
+            # service answer 503 and retry a read on a fresh connection.
+            raise OperationalError(self.pgconn.get_error_message(self.encoding) or str(exc)) from exc
         self._check(result)
         if result.status != pq.ExecStatus.TUPLES_OK or result.ntuples == 0:
             return None

@@ -430,7 +430,10 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
         # The check reads after the head. If a version was appended in between, the refusal rests on
         # a state this write never saw, and the guarded append would have refused it as stale: say
         # that (412), as a write whose head moved does, rather than 409/422 about someone else's change.
-        if read_head().version.version != head.version.version:
+        moved = read_head()
+        if moved.version.version != head.version.version:
+            if next_version(moved, fetch) is None:  # moved to this very change (a retry racing it)
+                return moved.version, False
             raise _changed_concurrently(protocol_id) from None
         raise
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}

@@ -184,6 +184,13 @@ def test_ketamine_weight_based_cards(client):
         assert protocol["id"] in card["source"]["label"] and "version 1" in card["source"]["label"]
         assert card["source"]["url"].endswith(f"/v1/protocols/{protocol['id']}/versions/1")
         assert card["source"]["topic"]["code"] == f"{protocol['id']}/1"
+        assert "applies if the order is for" not in card["detail"]  # the only protocol, no reason given
+    for_depression = medication_request("ket-2", KETAMINE, IV, dose=(140, "mg"),
+                                        reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2"))
+    (card,) = cards(client, hook_request([for_depression], weight=weight_bundle(70)))
+    assert ("None of the order's indications (F33.2) is listed by the one protocol in effect for this medication "
+            "and route; the order was checked against it anyway. This card applies if the order is for: "
+            "Administration of anesthesia (procedure) (399097000).") in card["detail"]
 
 
 def test_esketamine_per_period_and_range_cards(client):

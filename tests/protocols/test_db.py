@@ -182,7 +182,26 @@ def test_reads_send_values_and_load_rows_as_a_psycopg_cursor_does(db) -> None:
     positional = "SELECT %s::text, %s::int WHERE %s"
     assert db.reads.fetch_one(positional, ("a", 7, True)) == ("a", 7)
     assert db.reads.fetch_one(positional, ("a", 7, False)) is None  # no row
-    assert db.reads.fetch_one(positional, (None, 7, True)) == (None, 7)  # None where a str was: typed again
+    assert db.reads.fetch_one(positional, (None, 7, True)) == (None, 7)  # NULL where a string was
+
+
+def test_reads_prepare_a_statement_per_parameter_types(db) -> None:
+    """psycopg sends a small int as int2 and a large one as int8, a naive datetime as timestamp and an
+    aware one as timestamptz: each set of types is its own prepared statement, as in psycopg's cache."""
+    import datetime as dt
+
+    if not _prepared(db):
+        return
+    for value in (7, 100_000, 2**40, -(2**40)):
+        assert db.reads.fetch_one("SELECT %s::bigint + 1", (value,)) == (value + 1,)
+    naive = dt.datetime(2026, 12, 3, 10, 0)
+    aware = naive.replace(tzinfo=dt.UTC)
+    assert db.reads.fetch_one("SELECT %s::timestamptz = %s::timestamptz", (aware, aware)) == (True,)
+    assert db.reads.fetch_one("SELECT %s::text", (naive,))[0].startswith("2026-12-03 10:00:00")
+    assert db.reads.fetch_one("SELECT %s::text", (aware,))[0].startswith("2026-12-03")
+    (count,) = db.reads.fetch_one("SELECT count(*) FROM pg_prepared_statements WHERE statement = %s",
+                                  ("SELECT $1::bigint + 1",))
+    assert count >= 3  # int2, int4, int8 (psycopg's choice of type by magnitude)
 
 
 def test_reads_prepare_each_statement_once_per_connection(db) -> None:
@@ -228,7 +247,43 @@ def test_read_errors_are_the_classes_psycopg_raises(db) -> None:
             db.reads.fetch_one(sql, params)
         assert type(raised.value.orig) is psycopg.ProgrammingError
         assert type(_psycopg_error(db, sql, params)) is psycopg.ProgrammingError  # a cursor says the same
-    assert db.reads.fetch_one("SELECT 2", ()) == (2,)  # a fresh connection after each error
+    for sql, params in (("SELECT %s::int", {"a": 1}), ("SELECT %(a)s::int", (1,))):
+        with pytest.raises(DBAPIError) as raised:  # not a protocol error from the server (a 503)
+            db.reads.fetch_one(sql, params)
+        assert type(raised.value.orig) is psycopg.ProgrammingError
+    pid = db.reads.fetch_one("SELECT pg_backend_pid()", ())[0]
+    with pytest.raises(DBAPIError):
+        db.reads.fetch_one("SELECT 1 / %s::int", (0,))
+    assert db.reads.fetch_one("SELECT pg_backend_pid()", ())[0] != pid  # a fresh connection after an error
+
+
+def test_a_statement_libpq_could_not_send_is_a_lost_connection(db) -> None:
+    """libpq returns no result when it cannot send (a connection reset after the liveness check);
+    psycopg's C build raises MemoryError for that, which would have been a 500."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from api.errors import is_database_unavailable
+
+    if not _prepared(db):
+        return
+    statements = db.reads._local.statements
+
+    class Unsent:
+        def __init__(self, pgconn: object) -> None:
+            self.pgconn = pgconn
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.pgconn, name)
+
+        def exec_prepared(self, *args: object, **kwargs: object) -> object:
+            raise MemoryError("couldn't allocate PGresult")
+
+    statements.pgconn = Unsent(statements.pgconn)
+    with pytest.raises(OperationalError) as raised:
+        db.reads.fetch_one("SELECT 1", ())
+    assert isinstance(raised.value.orig, psycopg.OperationalError) and is_database_unavailable(raised.value)
+    assert db.reads.fetch_one("SELECT 1", ()) == (1,)
 
 
 def test_a_read_whose_connection_dies_during_the_statement_is_a_lost_connection(db) -> None:

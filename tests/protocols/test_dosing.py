@@ -356,8 +356,8 @@ def test_a_stored_rate_maximum_per_period_is_not_added_up_but_noted():
 
 def test_an_infusion_longer_than_the_per_period_window_counts_only_what_runs_in_it():
     """20 mg/h for 4 h against at most 30 mg in any hour: 20 mg run in an hour, not the whole 80 mg of
-    the infusion (a false 'exceeds' found by a clinical QA probe). Repeated infusions that do not
-    overlap still deliver at most the rate times the window; overlapping ones are added up."""
+    the infusion (a false 'exceeds' found by a clinical QA probe), whether the order gives the rate or
+    the amount with its duration. Repeated infusions: the most any hour holds, counted exactly."""
     ranges = content({"dose_min": 10, "dose_max": 30, "unit": "mg/h", "duration": "PT4H",
                       "max_per_period": {"value": 30, "unit": "mg", "period": "PT1H"}})
     result = dosing.check(ranges, order("20", "mg/h"))
@@ -365,13 +365,23 @@ def test_an_infusion_longer_than_the_per_period_window_counts_only_what_runs_in_
     assert result.evaluation is not None and result.evaluation.per_period is not None
     assert result.evaluation.per_period.projected.value == 20
     assert result.evaluation.per_period.calculation == (
-        "20 mg/h for all of PT1H (an infusion runs 4 h) = 20 mg per PT1H ≤ maximum 30 mg per PT1H")
+        "80 mg over 4 h per administration; any PT1H holds at most 1 h of administration = 20 mg per PT1H "
+        "≤ maximum 30 mg per PT1H")
+    amount = dosing.check(ranges, order("80", "mg", duration_s=Fraction(4 * 3600)))
+    assert amount.verdict is Verdict.WITHIN_RANGE and amount.evaluation.per_period.projected.value == 20
     # Every 12 h: the infusions do not overlap, an hour still holds at most 20 mg.
     assert dosing.check(ranges, order("20", "mg/h", frequency=Frequency(2, "P1D"))).verdict \
         is Verdict.WITHIN_RANGE
     # Every 2 h with 4-hour infusions: two run at once, 40 mg in an hour.
-    assert dosing.check(ranges, order("20", "mg/h", frequency=Frequency(12, "P1D"))).verdict \
-        is Verdict.EXCEEDS_MAX_PER_PERIOD
+    every_2_h = dosing.check(ranges, order("20", "mg/h", frequency=Frequency(12, "P1D")))
+    assert every_2_h.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    assert every_2_h.evaluation.per_period.projected.value == 40
+    # 7 a day (every 24/7 h): an hour holds at most 1 h of one and 4/7 h of the next, 31.43 mg.
+    seven = content({"dose_min": 10, "dose_max": 30, "unit": "mg/h", "duration": "PT4H",
+                     "max_per_period": {"value": 35, "unit": "mg", "period": "PT1H"}})
+    per_period = dosing.check(seven, order("20", "mg/h", frequency=Frequency(7, "P1D"))).evaluation.per_period
+    assert per_period.projected.value == Fraction(220, 7) and not per_period.exceeded
+    assert per_period.doses_per_period == 2
     # The order's own duration counts the same way; a window longer than the infusion is unchanged.
     assert dosing.check(ranges, order("20", "mg/h", duration_s=Fraction(8 * 3600))).verdict \
         is Verdict.WITHIN_RANGE
@@ -379,3 +389,18 @@ def test_an_infusion_longer_than_the_per_period_window_counts_only_what_runs_in_
                      "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}})
     assert dosing.check(daily, order("20", "mg/h")).evaluation.per_period.projected.value == 80
     assert dosing.check(daily, order("30", "mg/h")).verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+
+
+@pytest.mark.parametrize(("duration", "interval", "window", "held"), [
+    (4, None, 1, 1), (4, 12, 1, 1), (4, 2, 1, 2), (4, Fraction(24, 7), 1, Fraction(11, 7)),
+    (1, 3, 2, 1), (3, 4, 2, 2), (5, 2, 3, 8), (4, 2, 2, 4),
+])
+def test_most_running_in_a_window_matches_a_brute_force_sweep(duration, interval, window, held):
+    d, w = Fraction(duration), Fraction(window)
+    t = None if interval is None else Fraction(interval)
+    assert dosing.most_running_in_window(d, t, w)[0] == held
+    if t is not None:  # the same by sweeping the window's start over one interval in small steps
+        steps = [t * i / 840 for i in range(840)]
+        swept = max(sum(max(Fraction(0), min(k * t + d, s + w) - max(k * t, s)) for k in range(-10, 20))
+                    for s in steps)
+        assert swept == held

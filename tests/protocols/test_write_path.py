@@ -217,7 +217,8 @@ def _reference_protocol_seq(db: Database, protocol_id: str) -> int:
 def test_a_put_retirement_whose_head_moved_during_its_checks_is_stale(db: Database, backend: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """PUT ``status: retired`` checks what it retires after reading the head. A revision committed in
-    between changed what is in effect, so the check refused the (correct, when sent) content with 422;
+    between changed what is in effect, so the check refused the (correct, when sent) retirement with
+    409 (a version in effect after it would undo it) or 422 (other content);
     the write is stale, and the answer is the 412 of a write whose head moved. On SQLite the write
     transaction holds the lock from the head read on, so the other writer waits and is the stale one."""
     import threading
