@@ -502,45 +502,40 @@ def cards_for_order(db: Database, order: DraftOrder, weight: Weight | str,
     took 3.6-5.2 s repeating the same lookup (found by an adversarial probe)."""
     if not order.rxnorm:
         return []
-    in_effect: dict[str, list[tuple[StoredVersion, Mapping[str, Any]]]] = {}
+    in_effect: dict[str, tuple[list[tuple[StoredVersion, Mapping[str, Any]]], str | None]] = {}
     cards = []
     for line in order.lines:
         if line.route not in in_effect:
-            in_effect[line.route] = [
+            applicable: list[tuple[StoredVersion, Mapping[str, Any]]] = [
                 (stored, json.loads(stored.document, parse_float=Decimal))
                 for stored in search.applicable_protocols(db, rxnorm_cuis=order.rxnorm, route=line.route,
                                                           indications=order.reasons)]
-        applicable = in_effect[line.route]
+            in_effect[line.route] = applicable, _unscoped(order, applicable)
+        applicable, unscoped = in_effect[line.route]
         for stored, content in applicable:
-            cards.append(_card(order, line, stored, content, weight, version_url,
-                               _scope_note(order, content, applicable)))
+            cards.append(_card(order, line, stored, content, weight, version_url, unscoped))
     return cards
 
 
-def _scope_note(order: DraftOrder, content: Mapping[str, Any],
-                applicable: list[tuple[StoredVersion, Mapping[str, Any]]]) -> str | None:
-    """When the card's protocol may not be the one the order is for, say so in its detail: an order
-    without ``reasonCode`` is checked against every protocol for its drug and route (an anaesthesia dose
-    got critical cards from the depression and CRPS protocols with nothing saying why), and an order
-    whose reasons none of them lists falls back to all of them. The verdict stands; the prescriber
-    learns which indications it is about."""
+def _unscoped(order: DraftOrder, applicable: list[tuple[StoredVersion, Mapping[str, Any]]]) -> str | None:
+    """Why the cards of a route may be about protocols the order is not for, or None: an order without
+    ``reasonCode`` is checked against every protocol for its drug and route (an anaesthesia dose got
+    critical cards from the depression and CRPS protocols with nothing saying why), and an order whose
+    reasons none of them lists falls back to all of them. The verdicts stand; each card then names its
+    protocol's indications (:func:`_card`), so the prescriber learns which one it is about."""
     reasons = {code.upper() for code in order.reasons}
-    if reasons and any(search.treats(other, reasons) for _, other in applicable):
+    if reasons and any(search.treats(content, reasons) for _, content in applicable):
         return None
     if not reasons and len(applicable) < 2:
         return None
-    indications = "; ".join(f"{i.get('display') or i.get('code')} ({i.get('code')})"
-                            for i in content.get("indications") or []) or "no indication listed"
     if reasons and len(applicable) == 1:
-        why = (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the one protocol in "
-               "effect for this medication and route; the order was checked against it anyway")
-    elif reasons:
-        why = (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the protocols in "
-               f"effect for this medication and route, so it was checked against all {len(applicable)}")
-    else:
-        why = (f"The order names no indication (reasonCode), so it was checked against all {len(applicable)} "
-               "protocols in effect for this medication and route")
-    return f"{why}. This card applies if the order is for: {indications}."
+        return (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the one protocol in "
+                "effect for this medication and route; the order was checked against it anyway")
+    if reasons:
+        return (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the protocols in "
+                f"effect for this medication and route, so it was checked against all {len(applicable)}")
+    return (f"The order names no indication (reasonCode), so it was checked against all {len(applicable)} "
+            "protocols in effect for this medication and route")
 
 
 @dataclass
@@ -608,7 +603,7 @@ def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | No
 
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
-          weight: Weight | str, version_url: VersionUrl, scope_note: str | None = None) -> dict[str, Any]:
+          weight: Weight | str, version_url: VersionUrl, unscoped: str | None = None) -> dict[str, Any]:
     results = [_judge(content, index, line, weight) for index, _ in ranges_for(content, line.route)]
     judged = [r for r in results if r.verdict is not None]
     route = terminology.ROUTES.get(line.route)
@@ -632,8 +627,10 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         indicator, verdict = "warning", "dose not checked"
     detail = [f"Checked against **{content.get('title', stored.protocol_id)}** "
               f"({label}, ETag {stored.etag}, effective from {json.loads(stored.document)['effective_from']})."]
-    if scope_note:
-        detail.append(scope_note)
+    if unscoped:
+        indications = "; ".join(f"{i.get('display') or i.get('code')} ({i.get('code')})"
+                                for i in content.get("indications") or []) or "no indication listed"
+        detail.append(f"{unscoped}. This card applies if the order is for: {indications}.")
     if isinstance(weight, Weight):
         observed = format_rfc3339(weight.observed_at) if weight.observed_at is not None else "date unknown"
         detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {observed}).")

@@ -60,17 +60,17 @@ class _Converted:
         self.count = positional
 
     def values(self, params: Sequence[Any] | Mapping[str, Any]) -> Sequence[Any]:
-        mapping = isinstance(params, Mapping)
-        if (mapping and self.count) or (not mapping and self.names):
-            # A mapping for %s placeholders (or a sequence for named ones) would send no parameters,
-            # and the server's protocol error would read as "database unavailable".
-            raise ProgrammingError("the parameters must be a mapping for %(name)s placeholders and a "
-                                   "sequence for %s ones")
-        if isinstance(params, Mapping):  # (repeated for mypy's sake)
+        # A mapping for %s placeholders (or a sequence for named ones) would send no parameters, and
+        # the server's protocol error would read as "database unavailable".
+        if isinstance(params, Mapping):
+            if self.count:
+                raise ProgrammingError("a mapping of parameters for %s placeholders: send a sequence")
             missing = [name for name in self.names if name not in params]
             if missing:
                 raise ProgrammingError(f"no value for the parameters {missing}")
             return [params[name] for name in self.names]
+        if self.names:
+            raise ProgrammingError("a sequence of parameters for %(name)s placeholders: send a mapping")
         if len(params) != self.count:
             raise ProgrammingError(f"the statement takes {self.count} parameters, {len(params)} given")
         return params

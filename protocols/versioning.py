@@ -419,6 +419,13 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
     def fetch(name: str, params: dict[str, Any]) -> Any:
         return db.reads.fetch_one(_pg_raw(dialect, name), params)
 
+    def after_head_moved(moved: _Head) -> tuple[StoredVersion, bool]:
+        """The head moved after it was read. If it moved to this very change (an identical request
+        racing this one: a client's retries), the change is made; otherwise this write is stale."""
+        if next_version(moved, fetch) is None:
+            return moved.version, False
+        raise _changed_concurrently(protocol_id)
+
     head = read_head()
     prepared = next_version(head, fetch)
     check_if_match(head.version, if_match, already_applied=prepared is None)
@@ -432,20 +439,13 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
         # that (412), as a write whose head moved does, rather than 409/422 about someone else's change.
         moved = read_head()
         if moved.version.version != head.version.version:
-            if next_version(moved, fetch) is None:  # moved to this very change (a retry racing it)
-                return moved.version, False
-            raise _changed_concurrently(protocol_id) from None
+            return after_head_moved(moved)
         raise
     params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
     written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
                                  _pg_append_params(prepared, params))
     if written is None:
-        # The head moved after it was read. If it moved to this very change (an identical request
-        # racing this one: a client's retries), the change is made; otherwise this write is stale.
-        moved = read_head()
-        if next_version(moved, fetch) is None:
-            return moved.version, False
-        raise _changed_concurrently(protocol_id)
+        return after_head_moved(read_head())
     return replace(prepared.stored, seq=int(written[0])), True
 
 

@@ -404,3 +404,13 @@ def test_most_running_in_a_window_matches_a_brute_force_sweep(duration, interval
         swept = max(sum(max(Fraction(0), min(k * t + d, s + w) - max(k * t, s)) for k in range(-10, 20))
                     for s in steps)
         assert swept == held
+
+
+def test_most_running_in_a_window_bounds_instead_of_counting_thousands():
+    """A week-long infusion started every minute meets ~10,000 administrations in a window: bounded by
+    the most that can run at once (exact here, the duration being a whole number of intervals)."""
+    week, minute, hour = Fraction(7 * 86400), Fraction(60), Fraction(3600)
+    held, met = dosing.most_running_in_window(week, minute, hour)
+    assert held == hour * 10_080 and met >= 10_080
+    # A shorter infusion is counted one by one: ten run at once at every instant.
+    assert dosing.most_running_in_window(Fraction(600), minute, hour)[0] == hour * 10
