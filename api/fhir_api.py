@@ -343,8 +343,8 @@ def build_capability_statement(base: str) -> dict[str, Any]:
                 "(default) answers 400; handling=lenient ignores them with an OperationOutcome warning "
                 "(Bundle entry with search.mode=outcome, or a Warning header). Searches page with "
                 f"_count (default {fhir_query.DEFAULT_COUNT}, at most {fhir_query.MAX_COUNT}; 0 gives "
-                "the total only) and next/previous links. A retired protocol is deleted (410); drafts "
-                "are not published."),
+                "the total only) and next/previous links; so does an instance's _history. A retired "
+                "protocol is deleted (410); drafts are not published."),
             "resource": [
                 {
                     "type": "MedicationKnowledge",
@@ -436,7 +436,7 @@ def history_medication_knowledge(resource_id: str) -> Response:
     spec = fhir_query.parse_history(list(request.args.items(multi=True)))
     warnings = check_unsupported(spec.unsupported)
     page = fhir_query.history(get_db(), resource_id, limit=spec.count, before_version=spec.before_version,
-                              since=spec.since)
+                              after_version=spec.after_version, since=spec.since)
     base = base_url()
     entries: list[dict[str, Any]] = []
     if warnings:
@@ -445,11 +445,19 @@ def history_medication_knowledge(resource_id: str) -> Response:
                         "response": {"status": "200 OK"}})
     entries += [fhir.history_entry(v.as_dict(), base_url=base) for v in page.items]
     path = f"MedicationKnowledge/{resource_id}/_history"
-    self_params = [*spec.applied, *([("_cursor", request.args["_cursor"])] if spec.before_version else [])]
+    cursor = spec.before_version is not None or spec.after_version is not None
+    self_params = [*spec.applied, *([("_cursor", request.args["_cursor"])] if cursor else [])]
     links = [("self", link_url(path, self_params)), ("first", link_url(path, spec.applied))]
-    if page.has_more and page.items:
-        links.append(("next", link_url(path, [
-            *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[-1].version, "n"))])))
+    if page.items:
+        # Read backwards (a previous link), the page came from a newer one and older versions lie beyond
+        # it; read forwards, newer versions lie before it only when it was reached by a cursor.
+        backwards = spec.after_version is not None
+        if page.has_more if not backwards else True:
+            links.append(("next", link_url(path, [
+                *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[-1].version, "n"))])))
+        if page.has_more if backwards else spec.before_version is not None:
+            links.append(("previous", link_url(path, [
+                *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[0].version, "p"))])))
     body = fhir.bundle("history", entries=entries, links=links, total=page.total,
                        timestamp=format_rfc3339(utcnow()))
     return bundle_response(body)

@@ -376,8 +376,12 @@ class HistoryPage:
 
 
 def history(db: Database, protocol_id: str, *, limit: int, before_version: int | None = None,
-            since: datetime | None = None) -> HistoryPage:
+            after_version: int | None = None, since: datetime | None = None) -> HistoryPage:
     """Published versions (active and retired), newest first; drafts are left out.
+
+    A page holds versions older than ``before_version`` (a ``next`` link) or, read backwards, the
+    ``limit`` versions just newer than ``after_version`` (a ``previous`` link); either way newest first.
+    ``has_more`` says whether more lie in the direction read.
 
     Raises ``ProtocolNotFound`` for an id that never existed, and for one with drafts only: over FHIR
     that protocol does not exist yet (its read is a 404 too)."""
@@ -393,10 +397,16 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
         total = int(session.execute(select(func.count()).select_from(ProtocolVersion).where(*where))
                     .scalar_one())
         query = select(*versioning.VERSION_COLUMNS).where(*where)
-        if before_version is not None:
-            query = query.where(ProtocolVersion.version < before_version)
-        rows = session.execute(query.order_by(ProtocolVersion.version.desc()).limit(limit + 1)).all()
+        if after_version is not None:
+            query = query.where(ProtocolVersion.version > after_version).order_by(ProtocolVersion.version.asc())
+        else:
+            if before_version is not None:
+                query = query.where(ProtocolVersion.version < before_version)
+            query = query.order_by(ProtocolVersion.version.desc())
+        rows = session.execute(query.limit(limit + 1)).all()
     items = [versioning.stored_version(r) for r in rows[:limit]]
+    if after_version is not None:
+        items.reverse()
     return HistoryPage(items, len(rows) > limit, total)
 
 
@@ -414,6 +424,7 @@ class HistorySpec:
     count: int = DEFAULT_COUNT
     since: datetime | None = None
     before_version: int | None = None
+    after_version: int | None = None
     applied: list[tuple[str, str]] = field(default_factory=list)
     unsupported: list[Unsupported] = field(default_factory=list)
 
@@ -436,9 +447,10 @@ def parse_history(pairs: Sequence[tuple[str, str]]) -> HistorySpec:
             spec.since = parse_instant(name, value)
         elif name == "_cursor":
             key, direction = decode_cursor(value, max_key=MAX_VERSION)
-            if direction != "n":
-                raise InvalidSearch("_cursor is not a history cursor", param="_cursor")
-            spec.before_version = key
+            if direction == "n":
+                spec.before_version = key
+            else:
+                spec.after_version = key
             continue
         spec.applied.append((name, value))
     return spec

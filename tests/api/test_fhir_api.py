@@ -201,6 +201,39 @@ def test_history_lists_published_versions_newest_first_with_retirement_as_delete
     _outcome(client.get(f"{MK}/unknown-id/_history"), 404)
 
 
+
+def test_history_pages_back_through_previous_links(client):
+    """A history page reached by a cursor links back: ``previous`` walks to the newest page, and the
+    pages read backwards hold what the forward walk held, newest first within each page."""
+    pid = _create(client)["id"]
+    for n in range(2, 6):
+        _revise(client, pid, summary=f"v{n}")
+    _revise(client, pid, summary="draft", status="draft")  # drafts are not published: never on a page
+    forward, bundles = _all_pages(client, f"{MK}/{pid}/_history?_count=2")
+    assert [e["response"]["etag"] for e in forward] == ['W/"5"', 'W/"4"', 'W/"3"', 'W/"2"', 'W/"1"']
+
+    def links(body: dict[str, Any]) -> dict[str, str]:
+        return {link["relation"]: link["url"] for link in body["link"]}
+
+    assert "previous" not in links(bundles[0])
+    pages = []
+    body = bundles[-1]
+    while "previous" in links(body):
+        body = _bundle(client.get(_path(links(body)["previous"])))
+        pages.append([e["response"]["etag"] for e in body["entry"]])
+        assert "next" in links(body) and len(pages) < 10
+    assert pages == [['W/"3"', 'W/"2"'], ['W/"5"', 'W/"4"']]
+    # forwards again from a page read backwards
+    again = _bundle(client.get(_path(links(_bundle(client.get(_path(links(bundles[-1])["previous"]))))["next"])))
+    assert [e["response"]["etag"] for e in again["entry"]] == ['W/"1"']
+
+    since = forward[3]["response"]["lastModified"]  # version 2's: the filter keeps 5..2
+    _, filtered = _all_pages(client, f"{MK}/{pid}/_history?_count=3&_since={since}")
+    back = _bundle(client.get(_path(links(filtered[-1])["previous"])))
+    assert [e["response"]["etag"] for e in back["entry"]] == ['W/"5"', 'W/"4"', 'W/"3"']
+    assert "previous" not in links(back) and "_since" in links(back)["next"]
+
+
 # ------------------------------------------------------------------------------ search
 
 
