@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from api.cli import validate_entry
-from protocols import catalog
+from protocols import catalog, record
 from schemas.protocol import ProtocolCreateSchema
 
 FILES = catalog.read_catalog()
@@ -205,6 +205,29 @@ def test_crps_infusion_is_capped_at_the_trial_rate_and_codes_crps_only(app, clie
     assert _dose_check(client, crps, patient={"weight_kg": 120}, **order) == "exceeds_max_per_period"
     codes = {i["code"] for i in client.get(f"/v1/protocols/{crps}").get_json()["indications"]}
     assert codes == {"G90.50", "G90.59"}
+
+
+def test_crps_cap_note_gives_the_reason_that_holds(app, client):
+    """Version 2 said the 25 mg/h cap was recorded per day because a per-period maximum shorter than
+    the infusion counted the whole infusion's dose; since per-period sums count only what runs in the
+    window that is false. Version 3 (content unchanged) gives the reason that holds: a daily maximum
+    also bounds how long the infusion runs. Its claims are checked here; version 2 keeps its words."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    crps = "ketamine-iv-crps-off-label"
+    current = client.get(f"/v1/protocols/{crps}").get_json()
+    second = client.get(f"/v1/protocols/{crps}/versions/2").get_json()
+    assert current["version"] == 3
+    assert {k: v for k, v in current.items() if k in record.CONTENT_FIELDS and k != "verification_notes"} == {
+        k: v for k, v in second.items() if k in record.CONTENT_FIELDS and k != "verification_notes"}
+    note = next(n for n in current["verification_notes"] if n.startswith("dosing_ranges.0.max_per_period"))
+    assert "bounds how long the infusion runs" in note and "whole infusion" not in note
+    assert any("whole infusion" in n for n in second["verification_notes"])
+    day = {"route": "47625008", "dose": {"value": 0.35, "unit": "mg/kg/h"}, "duration": "PT24H",
+           "frequency": {"count": 1, "period": "P1D"}, "patient": {"weight_kg": 60}}
+    assert _dose_check(client, crps, **day) == "exceeds_max_per_period"  # 504 mg a day at 21 mg/h
+    fast = {"route": "47625008", "dose": {"value": 52.5, "unit": "mg/h"}, "duration": "PT110M",
+            "frequency": {"count": 1, "period": "P1D"}, "patient": {"weight_kg": 150}}
+    assert _dose_check(client, crps, **fast) == "within_range"  # the stated limitation: 96.25 mg a day
 
 
 def test_zuranolone_course_is_not_coded_as_a_single_dose(app, client):
