@@ -230,6 +230,21 @@ def test_crps_cap_note_gives_the_reason_that_holds(app, client):
     assert _dose_check(client, crps, **fast) == "within_range"  # the stated limitation: 96.25 mg a day
 
 
+
+def test_trd_instructions_typo_is_corrected_by_a_new_version(app, client):
+    """'In the repeated- infusion study' (a line break inside a hyphenated word of folded YAML) is
+    corrected by version 2, same start, nothing else changed; version 1 keeps what was published."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    trd = "ketamine-iv-trd-off-label"
+    current = client.get(f"/v1/protocols/{trd}").get_json()
+    first = client.get(f"/v1/protocols/{trd}/versions/1").get_json()
+    assert current["version"] == 2 and current["effective_from"] == first["effective_from"]
+    assert "repeated-infusion study" in current["dosing_ranges"][0]["instructions"]
+    assert "repeated- infusion" in first["dosing_ranges"][0]["instructions"]
+    diff = client.get(f"/v1/protocols/{trd}/versions/1/diff/2").get_json()
+    content = [op["path"] for op in diff["patch"] if op["path"].split("/")[1] in record.CONTENT_FIELDS]
+    assert content == ["/dosing_ranges/0/instructions"], diff["patch"]
+
 def test_zuranolone_course_is_not_coded_as_a_single_dose(app, client):
     """'single' means one administration (FHIR dosage type "Single dose"); the label's regimen is
     one daily dose for 14 days."""
