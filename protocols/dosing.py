@@ -391,6 +391,11 @@ def select_ranges(content: Mapping[str, Any], route: str,
     return selection.candidates
 
 
+def _at_least(verdict: Verdict, floor: Verdict) -> Verdict:
+    """``verdict``, or ``floor`` when that is the less favourable of the two."""
+    return floor if FAVOURABLE_ORDER.index(verdict) < FAVOURABLE_ORDER.index(floor) else verdict
+
+
 def most_favourable(evaluations: Sequence[Evaluation]) -> Evaluation:
     """The alternative that fits the order best (the first such range on a tie)."""
     return min(evaluations, key=lambda e: FAVOURABLE_ORDER.index(e.verdict))
@@ -570,8 +575,10 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     if per_period is not None:
         if per_period.exceeded:
             messages.append(f"Per-period maximum exceeded: {per_period.calculation}.")
-            if verdict is Verdict.WITHIN_RANGE:
-                verdict = Verdict.EXCEEDS_MAX_PER_PERIOD
+            # A dose below the minimum given often enough to exceed the maximum per period is the
+            # per-period breach (critical), not an underdose (found by an adversarial probe: 9 mg ten
+            # times a day against 10-20 mg, at most 40 mg a day, read below_min).
+            verdict = _at_least(verdict, Verdict.EXCEEDS_MAX_PER_PERIOD)
         elif per_period.maximum is not None:
             messages.append(f"Per-period maximum respected: {per_period.calculation}.")
         else:
@@ -584,8 +591,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     regimen = _regimen_exceeded(order.frequency, dose_range, range_unit, in_range_unit, high)
     if regimen is not None:
         messages.append(regimen)
-        if FAVOURABLE_ORDER.index(verdict) < FAVOURABLE_ORDER.index(Verdict.EXCEEDS_MAX_PER_PERIOD):
-            verdict = Verdict.EXCEEDS_MAX_PER_PERIOD
+        verdict = _at_least(verdict, Verdict.EXCEEDS_MAX_PER_PERIOD)
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),

@@ -101,7 +101,7 @@ def expected_verdict(ranges: list[dict[str, Any]], dose_mg: Decimal, weight: Dec
         low, high = dose_range["dose_min"] * scale, dose_range["dose_max"] * scale
         verdict = "below_min" if dose_mg < low else "above_max" if dose_mg > high else "within_range"
         limit = dose_range.get("max_per_period")
-        if verdict == "within_range" and limit:
+        if verdict in ("within_range", "below_min") and limit:  # a per-period breach outranks an underdose
             per_dose = dose_mg
             if len(unit.split("/")) > (2 if is_per_kg(unit) else 1):  # a rate: amount over the duration
                 time_unit = unit.split("/")[-1]

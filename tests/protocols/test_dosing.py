@@ -414,3 +414,20 @@ def test_most_running_in_a_window_bounds_instead_of_counting_thousands():
     assert held == hour * 10_080 and met >= 10_080
     # A shorter infusion is counted one by one: ten run at once at every instant.
     assert dosing.most_running_in_window(Fraction(600), minute, hour)[0] == hour * 10
+
+
+def test_a_dose_below_the_minimum_given_too_often_is_the_per_period_breach():
+    """9 mg ten times a day against 10-20 mg, at most 40 mg a day, is 90 mg a day: it read below_min
+    (a warning card), while 10 mg ten times a day read exceeds_max_per_period (critical). A breach of
+    the maximum per period outranks an underdose; a dose above the maximum still outranks both."""
+    ranges = content({"dose_min": 10, "dose_max": 20, "unit": "mg",
+                      "max_per_period": {"value": 40, "unit": "mg", "period": "P1D"}})
+    often = Frequency(10, "P1D")
+    below = dosing.check(ranges, order("9", "mg", frequency=often))
+    assert below.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    assert below.evaluation is not None and below.evaluation.per_period is not None
+    assert below.evaluation.per_period.exceeded
+    assert any("below the protocol minimum" in m for m in below.evaluation.messages)  # still said
+    assert dosing.check(ranges, order("10", "mg", frequency=often)).verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    assert dosing.check(ranges, order("21", "mg", frequency=often)).verdict is Verdict.ABOVE_MAX
+    assert dosing.check(ranges, order("9", "mg", frequency=Frequency(4, "P1D"))).verdict is Verdict.BELOW_MIN
