@@ -104,7 +104,7 @@ def decode_cursor(kind: str, token: str, param: str = "cursor") -> tuple[Any, st
         if isinstance(key, bool) or not isinstance(key, int | str | list):
             raise ValueError("wrong cursor key")
         return key, str(data["d"])
-    except (ValueError, KeyError, binascii.Error, UnicodeError, TypeError) as exc:
+    except (ValueError, KeyError, binascii.Error, UnicodeError, TypeError, RecursionError) as exc:
         raise ApiError(422, "The cursor is not valid for this listing",
                        errors={param: ["not a cursor issued by this endpoint"]}) from exc
 

@@ -287,7 +287,8 @@ def decode_cursor(token: str, max_key: int = MAX_SEQ) -> tuple[int, str]:
                 or not 0 <= key <= max_key):
             raise ValueError("foreign cursor")
         return key, direction
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError) as exc:
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError, RecursionError) as exc:
+        # RecursionError: a forged token of deeply nested JSON (2,000 '[') was a 500 (adversarial probe).
         raise InvalidSearch("_cursor is not a cursor issued by this server; follow the Bundle links",
                             param="_cursor") from exc
 

@@ -6,6 +6,7 @@ a real HTTP server with ``fhirpy``, a FHIR client library from PyPI.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -387,6 +388,16 @@ def test_malformed_values_are_400_even_when_lenient(client, query, param):
         body = _outcome(client.get(f"{MK}?{query}", headers=headers), 400)
         assert body["issue"][0]["code"] == "invalid"
         assert body["issue"][0]["expression"] == [param]
+
+
+def test_a_forged_cursor_of_deeply_nested_json_is_400_not_500(client):
+    """base64 of 2,000 '[' (a 2,667-character token, well inside a request line) made json.loads raise
+    RecursionError, which nothing caught: a 500 on search and on _history (adversarial probe)."""
+    pid = _create(client)["id"]
+    token = base64.urlsafe_b64encode(b"[" * 2000).decode().rstrip("=")
+    for path in (MK, f"{MK}/{pid}/_history"):
+        body = _outcome(client.get(f"{path}?_cursor={token}"), 400)
+        assert body["issue"][0]["expression"] == ["_cursor"]
 
 
 def test_formats_other_than_json_are_406(client):
