@@ -98,7 +98,7 @@ class DoseUnit:
 class Concentration:
     """Mass per volume of the product given (``10 mg/mL``), as an exact mg per mL factor."""
 
-    value: Decimal
+    value: Decimal | Fraction
     unit: str
     mg_per_ml: Fraction
 
@@ -185,7 +185,7 @@ def parse_dose_unit(code: str) -> DoseUnit:
     return DoseUnit(normalized, parts[0], kind, amount_factor, per_kg, time, time_seconds)
 
 
-def parse_concentration(value: Decimal, code: str) -> Concentration:
+def parse_concentration(value: Decimal | Fraction, code: str) -> Concentration:
     """A mass-per-volume concentration such as ``10 mg/mL`` → exact mg per mL."""
     normalized = normalize(code)
     parts = normalized.split("/")

@@ -858,3 +858,48 @@ def test_orders_coded_by_product_or_a_specific_subcode_reach_their_protocol(clie
     unknown = [{"system": RXNORM, "code": "999999", "display": "something else"}]
     assert cards(client, hook_request([medication_request("x", unknown, IV, dose=(140, "mg"))],
                                       weight=weight_bundle(70))) == []
+
+
+# ---------------------------------------------------- adversarial probe (2026-12-03, fifth session)
+
+
+def _with_strength(order: dict[str, Any], numerator: Any, denominator: Any) -> dict[str, Any]:
+    concept = order.pop("medicationCodeableConcept")
+    order["contained"] = [{"resourceType": "Medication", "id": "med", "code": concept, "ingredient": [{
+        "itemCodeableConcept": concept, "strength": {
+            "numerator": {"value": numerator, "unit": "mg", "system": UCUM, "code": "mg"},
+            "denominator": {"value": denominator, "unit": "mL", "system": UCUM, "code": "mL"}}}]}]
+    order["medicationReference"] = {"reference": "#med"}
+    return order
+
+
+def test_a_strength_in_thirds_is_exact_at_the_range_edges(client):
+    """3 mL of 100 mg per 3 mL is exactly 100 mg: divided as a 28-digit Decimal first it read 'below
+    protocol minimum' against 100-200 mg, and 3 mL of 200 mg per 3 mL read 'above maximum' (critical)."""
+    ketamine_protocol(client, dose_min=100, dose_max=200, unit="mg")
+    low = _with_strength(medication_request("third-lo", KETAMINE, IV, dose=(3, "mL")), 100, 3)
+    high = _with_strength(medication_request("third-hi", KETAMINE, IV, dose=(3, "mL")), 200, 3)
+    over = _with_strength(medication_request("third-over", KETAMINE, IV, dose=(3.01, "mL")), 200, 3)
+    result = cards(client, hook_request([low, high, over]))
+    assert [c["indicator"] for c in result] == ["info", "info", "critical"], result
+
+
+def test_strength_and_timing_numbers_no_order_can_have_are_400_naming_them(client):
+    """A strength of 0 mg per 3 mL divided by zero, 1e5000 h as a duration or period overflowed the
+    text of a message (500s); a negative strength made '3 mL (= -300 mg)'. Refused as doses are."""
+    ketamine_protocol(client, dose_min=100, dose_max=200, unit="mg")
+    where = "context.draftOrders.entry.0.resource"
+    for numerator, denominator, field in ((0, 3, "numerator"), (-100, 1, "numerator"), (100, 0, "denominator")):
+        order = _with_strength(medication_request("bad-strength", KETAMINE, IV, dose=(3, "mL")), numerator,
+                               denominator)
+        response = call(client, hook_request([order]))
+        assert response.status_code == 400, (field, response.get_json())
+        assert f"{where}.contained.0.ingredient.0.strength.{field}.value" in response.get_json()["errors"]
+    for name, unit_name, unit in (("duration", "durationUnit", "h"), ("period", "periodUnit", "d")):
+        order = medication_request("bad-timing", KETAMINE, IV, rate=(20, "mg/h"), frequency=(1, 1, "d"))
+        order["dosageInstruction"][0]["timing"]["repeat"].update({name: 1, unit_name: unit})
+        text = json.dumps(hook_request([order])).replace(f'"{name}": 1,', f'"{name}": 1e5000,', 1)
+        assert '1e5000' in text
+        response = client.post("/cds-services/protocol-dose-check", data=text, content_type="application/json")
+        assert response.status_code == 400, (name, response.get_json())
+        assert f"{where}.dosageInstruction.0.timing.repeat.{name}" in response.get_json()["errors"], name
