@@ -424,7 +424,7 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
         racing this one: a client's retries), the change is made; otherwise this write is stale."""
         if next_version(moved, fetch) is None:
             return moved.version, False
-        raise _changed_concurrently(protocol_id)
+        raise _changed_concurrently(moved.version)
 
     head = read_head()
     prepared = next_version(head, fetch)
@@ -650,11 +650,19 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
             current_version=newest.version, current_etag=newest.etag)
 
 
-def _changed_concurrently(protocol_id: str) -> PreconditionFailed:
-    # Another writer appended after we read the newest version: our If-Match is stale.
+def _changed_concurrently(newest: StoredVersion) -> PreconditionFailed:
+    """Another writer appended after we read the newest version: our If-Match is stale. The 412 names
+    the version that is newest now, as every 412 does (it named none when the race was lost inside the
+    guarded append, which on PostgreSQL was most lost races; found by an adversarial probe)."""
     return PreconditionFailed(
-        f"protocol '{protocol_id}' was changed concurrently; fetch the newest version and retry",
-        current_version=None, current_etag=None)
+        f"protocol '{newest.protocol_id}' was changed concurrently; the newest is now version "
+        f"{newest.version}", current_version=newest.version, current_etag=newest.etag)
+
+
+def _newest_on(conn: Connection, protocol_id: str) -> StoredVersion:
+    """The newest version as the connection sees it now (the head a failed guarded append lost to)."""
+    row = conn.execute(_NEWEST_SQL, {"protocol_id": protocol_id}).one()
+    return StoredVersion(*row[:8])
 
 
 def _insert_protocol(conn: Connection, protocol_id: str, created_at: datetime) -> int | None:
@@ -758,10 +766,10 @@ def _write(conn: Connection, prepared: _Prepared, *, protocol_seq: int, expected
         seq = conn.execute(_pg_append_statement(expected is not None, prepared.in_effect, prepared.audited),
                            _pg_append_params(prepared, params)).scalar()
         if seq is None:
-            raise _changed_concurrently(protocol_id)
+            raise _changed_concurrently(_newest_on(conn, protocol_id))
     else:
         if expected is not None and conn.execute(_SQLITE_ADVANCE_HEAD, params).rowcount != 1:
-            raise _changed_concurrently(protocol_id)
+            raise _changed_concurrently(_newest_on(conn, protocol_id))
         seq = _next_seq(conn)
         params["seq"] = seq
         conn.execute(_SQLITE_INSERT_VERSION, params)

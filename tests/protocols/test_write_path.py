@@ -146,9 +146,11 @@ def test_an_append_whose_head_moved_writes_nothing(db: Database, backend: str) -
         sql = versioning._pg_raw(db.engine.dialect, (True, prepared.in_effect, prepared.audited))
         params = {**prepared.params, "protocol_seq": protocol_seq, "expected": 1}
         assert db.reads.fetch_one(sql, versioning._pg_append_params(prepared, params)) is None
-    with pytest.raises(PreconditionFailed), versioning._write_transaction(db) as conn:
+    with pytest.raises(PreconditionFailed) as refused, versioning._write_transaction(db) as conn:
         versioning._write(conn, prepared, protocol_seq=protocol_seq, expected=1)
     assert _row_counts(db) == before
+    newest = versioning.latest(db, "moved")  # every 412 names the newest version (it named none here)
+    assert (refused.value.details["current_version"], refused.value.details["current_etag"]) == (2, newest.etag)
 
 
 # ------------------------------------------------------------------------------ effective periods
@@ -247,15 +249,17 @@ def test_a_put_retirement_whose_head_moved_during_its_checks_is_stale(db: Databa
 
     monkeypatch.setattr(versioning, "_check_retirement", check_after_a_concurrent_revision)
     if backend == "postgres":
-        with pytest.raises(PreconditionFailed):
+        with pytest.raises(PreconditionFailed) as refused:
             versioning.revise(db, "raced", content_of("raced"), status="retired", if_match=[first.etag])
         assert versioning.effective(db, "raced").version == 2  # the revision stands, nothing retired it
+        assert refused.value.details["current_version"] == 2
     else:
         retired, created = versioning.revise(db, "raced", content_of("raced"), status="retired",
                                              if_match=[first.etag])
         assert created and retired.status == "retired"
         writer.join()
         assert isinstance(other[0], PreconditionFailed)
+        assert other[0].details["current_version"] == 2
     monkeypatch.undo()
     # Without a concurrent writer the refusal of content that is not in effect stays a 422.
     with pytest.raises(versioning.InvalidRecord):

@@ -76,6 +76,10 @@ def _revise_until_done(server: Server, protocol_id: str, writer: int, outcomes: 
             outcomes.append(("201", (got["version"], title, response.headers["ETag"])))
             done += 1
         elif response.status_code == 412:
+            # Every 412 names the newest version: the one a lost race inside the guarded append gave
+            # (most lost races on PostgreSQL) named none, leaving a retrying client nothing to retry with.
+            refused = response.json()
+            assert isinstance(refused.get("current_version"), int) and refused.get("current_etag"), refused
             outcomes.append(("412", None))
         elif response.status_code == 503:
             assert response.headers.get("Retry-After") and response.json()["code"] == 503
