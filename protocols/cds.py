@@ -587,6 +587,10 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     if not evaluations:
         return RangeResult(phase, None, [], "; ".join(problems) or "nothing in the order could be read as a dose "
                            "or rate (see below)")
+    # A green card for 20 mg/h once a day against at most 100 mg a day, with no duration to project
+    # the day's amount from, promised a check that did not happen (found by an adversarial probe).
+    problems += [f"{fmt(Fraction(e.dose.value))} {e.dose.unit}: the protocol's maximum per period could not be "
+                 "applied (see above)" for e in evaluations if e.maximum_per_period_unapplied]
     # A dose range (low to high) is inside only when both ends are, a dose and its rate only when
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)

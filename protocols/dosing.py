@@ -207,6 +207,12 @@ class Evaluation:
     per_period: PerPeriod | None
     messages: list[str] = field(default_factory=list)
 
+    @property
+    def maximum_per_period_unapplied(self) -> bool:
+        """The range has a maximum per period this evaluation could not apply (no duration to turn a
+        rate into an amount, a stored maximum that is itself a rate): the order passed only in part."""
+        return bool(self.range.get("max_per_period")) and (self.per_period is None or self.per_period.maximum is None)
+
 
 @dataclass
 class DoseCheck:

@@ -903,3 +903,20 @@ def test_strength_and_timing_numbers_no_order_can_have_are_400_naming_them(clien
         response = client.post("/cds-services/protocol-dose-check", data=text, content_type="application/json")
         assert response.status_code == 400, (name, response.get_json())
         assert f"{where}.dosageInstruction.0.timing.repeat.{name}" in response.get_json()["errors"], name
+
+
+def test_a_maximum_per_period_that_could_not_be_applied_keeps_the_card_from_green(client):
+    """20 mg/h once a day against 10-20 mg/h, at most 100 mg a day, with no duration in the protocol or
+    the order: the day's amount cannot be projected (the detail said so) and the card was the green
+    'within protocol range' (run for 24 h it is 480 mg). With the order's 4 h it is 80 mg: green."""
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 10, "dose_max": 20,
+                                              "unit": "mg/h",
+                                              "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    open_ended = medication_request("no-duration", KETAMINE, IV, rate=(20, "mg/h"), frequency=(1, 1, "d"))
+    four_hours = medication_request("four-hours", KETAMINE, IV, rate=(20, "mg/h"), frequency=(1, 1, "d"))
+    four_hours["dosageInstruction"][0]["timing"]["repeat"].update(duration=4, durationUnit="h")
+    result = cards(client, hook_request([open_ended, four_hours]))
+    assert [c["indicator"] for c in result] == ["warning", "info"], result
+    assert "partly checked" in result[0]["summary"]
+    assert "maximum per period could not be applied" in result[0]["detail"]
+    assert "80 mg per P1D" in result[1]["detail"]
