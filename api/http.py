@@ -40,8 +40,9 @@ def parse_etag_list(header: str | None) -> list[str] | None:
                            errors={"If-Match": ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
         tags.append((match.group(1) or "") + match.group(2))
         position = match.end()
-    if not tags:
-        raise ApiError(400, "Empty entity-tag list in a conditional header")
+    if not tags:  # names the header as a malformed list does (an empty one named nothing; adversarial probe)
+        raise ApiError(400, "Empty entity-tag list in a conditional header",
+                       errors={"If-Match": ['empty: send an entity-tag such as "3-0a1b2c3d4e5f6a7b"']})
     return tags
 
 

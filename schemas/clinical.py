@@ -10,7 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from protocols import dose_units, terminology, units
 from protocols.timeutil import utcnow
-from schemas.fields import CalendarDate, Duration, PositiveDecimal, StrictBoolean, StrictInteger, Text
+from schemas.fields import CalendarDate, Duration, PositiveDecimal, StrictBoolean, StrictInteger, Text, WebUrl
 
 PHASES = ("induction", "maintenance", "continuation", "single", "loading", "infusion", "titration")
 DEA_SCHEDULES = ("CI", "CII", "CIII", "CIV", "CV")
@@ -195,7 +195,7 @@ class FdaApprovalSchema(Schema):
 
 class SourceSchema(Schema):
     title = Text(required=True, validate=validate.Length(1, 500))
-    url = fields.Url(required=True, schemes={"http", "https"}, validate=validate.Length(max=2000))
+    url = WebUrl(required=True, schemes={"http", "https"}, validate=validate.Length(max=2000))
     supports = fields.List(Text(validate=validate.Length(1, 100)), load_default=list,
                            validate=validate.Length(max=50),
                            metadata={"description": "Field paths this source backs, e.g. "

@@ -17,7 +17,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from protocols import dose_units, terminology
 from protocols.dosing import MAX_WEIGHT_KG, MIN_WEIGHT_KG, Verdict, number_problem
 from schemas.clinical import PHASES, DoseRangeSchema, FrequencySchema
-from schemas.fields import Duration, Instant, Text
+from schemas.fields import Duration, Instant, Text, WebUrl
 from schemas.query import AsOfQuerySchema
 
 _NUMBER_TEXT = re.compile(r"\A[0-9]{1,20}(\.[0-9]{1,20})?\Z")
@@ -270,7 +270,7 @@ class CdsRequestSchema(Schema):
 
     hook = Text(required=True, validate=validate.OneOf(HOOKS))
     hookInstance = Text(required=True, validate=validate.Length(1, 100))
-    fhirServer = fields.Url(allow_none=True, schemes={"http", "https"}, require_tld=False)
+    fhirServer = WebUrl(allow_none=True, schemes={"http", "https"}, require_tld=False)
     fhirAuthorization = fields.Dict(allow_none=True)
     context = fields.Nested(CdsContextSchema, required=True)
     prefetch = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), allow_none=True)

@@ -6,6 +6,7 @@ import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 from marshmallow import ValidationError, fields, validate
 
@@ -54,6 +55,23 @@ class Text(fields.String):
         if is_blank(result):
             raise ValidationError("Must not be blank.")
         return result
+
+
+class WebUrl(fields.Url):
+    """An absolute http(s) URL that is only a URL: no control, format or whitespace characters and a
+    port that exists. marshmallow's pattern allows any non-blank path (a NUL, ESC or zero-width space
+    in a source URL was stored and served into FHIR output; port 99999999 passed; adversarial probe)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        if _CONTROL.search(result) or any(char.isspace() or unicodedata.category(char) in ("Cf", "Cs", "Co", "Cn")
+                                          for char in result):
+            raise ValidationError("Not a valid URL: control, format or whitespace characters are not allowed.")
+        try:
+            urlsplit(result).port  # noqa: B018  (reading the port raises for one outside 0-65535)
+        except ValueError as exc:
+            raise ValidationError("Not a valid URL: the port must be 0-65535.") from exc
+        return str(result)
 
 
 class Slug(Text):

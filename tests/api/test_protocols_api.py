@@ -96,6 +96,12 @@ def test_malformed_if_match_is_400(client):
     result = revise(client, protocol_id, response.get_json(), "not-an-etag")
     assert result.status_code == 400
     assert "If-Match" in result.get_json()["errors"]
+    for empty in ("", "   "):  # an empty list named no header (adversarial probe)
+        headers = {"If-Match": empty}
+        for answer in (client.put(f"/v1/protocols/{protocol_id}", json=response.get_json(), headers=headers),
+                       client.delete(f"/v1/protocols/{protocol_id}", headers=headers)):
+            assert answer.status_code == 400 and "If-Match" in answer.get_json()["errors"], answer.get_json()
+    assert len(versions_of(client, protocol_id)) == 1
 
 
 def test_put_appends_gapless_versions_with_new_etags(client):

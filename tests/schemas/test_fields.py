@@ -11,10 +11,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields
 
 import schemas
-from schemas.fields import URL_VARIANTS
+from schemas.fields import URL_VARIANTS, WebUrl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,33 @@ def test_after_compile_url_patterns_validating_a_url_compiles_nothing():
     assert warm.returncode == 0, warm.stderr
     cold = run("cold")  # the control: without the warm-up, the first validation compiles
     assert cold.returncode != 0 and "compiled a pattern while validating" in cold.stderr
+
+
+def test_every_url_field_refuses_what_is_no_url():
+    """marshmallow's pattern takes any non-blank path: a NUL, BEL, ESC, DEL, U+FFFE or zero-width space
+    in a source URL was stored and served into FHIR output, and port 99999999 passed (adversarial
+    probe). Every URL field is a WebUrl, which refuses them; ordinary URLs still pass."""
+    found = dict(url_fields())
+    assert found and all(isinstance(field, WebUrl) for field in found.values()), found
+    field = found["SourceSchema.url"]
+    for bad in ("https://example.org/a\x00b", "https://example.org/\x07", "https://example.org/\x1b[2J",
+                "https://example.org/\x7f", "https://example.org/\ufffe", "https://example.org/a\u200bb",
+                "https://example.org/a\u00a0b", "https://example.org:99999999/label.pdf"):
+        try:
+            field.deserialize(bad)
+        except ValidationError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
+    for good in ("https://www.accessdata.fda.gov/drugsatfda_docs/label/2019/211243lbl.pdf",
+                 "http://example.org:8080/x?y=1#z", "https://example.org/caf%C3%A9"):
+        assert field.deserialize(good) == good
+
+
+def test_a_source_url_with_a_control_character_is_422_naming_it(client):
+    from tests.factories import protocol_payload
+
+    payload = protocol_payload()
+    payload["sources"][0]["url"] = "https://example.org/label\x1b[2J.pdf"
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422, response.get_json()
+    assert "sources.0.url" in response.get_json()["errors"], response.get_json()
