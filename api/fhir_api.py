@@ -443,7 +443,8 @@ def history_medication_knowledge(resource_id: str) -> Response:
         entries.append({"resource": fhir.operation_outcome(warnings),
                         "request": {"method": "GET", "url": f"MedicationKnowledge/{resource_id}/_history"},
                         "response": {"status": "200 OK"}})
-    entries += [fhir.history_entry(v.as_dict(), base_url=base) for v in page.items]
+    entries += [fhir.history_entry(v.as_dict(), base_url=base, first_published=page.first_published)
+                for v in page.items]
     path = f"MedicationKnowledge/{resource_id}/_history"
     cursor = spec.before_version is not None or spec.after_version is not None
     self_params = [*spec.applied, *([("_cursor", request.args["_cursor"])] if cursor else [])]

@@ -454,8 +454,11 @@ def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": items}
 
 
-def history_entry(document: Mapping[str, Any], *, base_url: str) -> dict[str, Any]:
-    """A history Bundle entry. A retirement is FHIR's delete: request DELETE and no resource."""
+def history_entry(document: Mapping[str, Any], *, base_url: str, first_published: int) -> dict[str, Any]:
+    """A history Bundle entry. A retirement is FHIR's delete: request DELETE and no resource. The first
+    published version is the create (POST, 201): over FHIR a protocol does not exist while it has
+    drafts only, so a version 2 that publishes draft 1 was shown as an update of nothing (a PUT of a
+    resource never created, with updateCreate false; found by an adversarial probe)."""
     protocol_id = str(document["id"])
     version = int(document["version"])
     full_url = f"{base_url}/MedicationKnowledge/{protocol_id}"
@@ -464,7 +467,7 @@ def history_entry(document: Mapping[str, Any], *, base_url: str) -> dict[str, An
         return {"fullUrl": full_url,
                 "request": {"method": "DELETE", "url": f"MedicationKnowledge/{protocol_id}"},
                 "response": {"status": "204 No Content", **response}}
-    created = version == 1
+    created = version == first_published
     return {"fullUrl": full_url,
             "resource": to_medication_knowledge(document, base_url=base_url),
             "request": {"method": "POST" if created else "PUT",

@@ -374,6 +374,8 @@ class HistoryPage:
     items: list[versioning.StoredVersion]
     has_more: bool
     total: int
+    #: The first published version: over FHIR, the resource's create.
+    first_published: int
 
 
 def history(db: Database, protocol_id: str, *, limit: int, before_version: int | None = None,
@@ -389,9 +391,10 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
     versioning.latest(db, protocol_id)  # existence check, raises ProtocolNotFound
     where = [ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status.in_(PUBLISHED)]
     with db.read() as session:
-        if session.execute(select(ProtocolVersion.seq).where(*where).limit(1)).first() is None:
-            raise ProtocolNotFound(f"MedicationKnowledge/{protocol_id} has no published version "
-                                   "(drafts are not published over FHIR)", protocol_id=protocol_id)
+        first_published = session.execute(select(func.min(ProtocolVersion.version)).where(*where)).scalar()
+    if first_published is None:
+        raise ProtocolNotFound(f"MedicationKnowledge/{protocol_id} has no published version "
+                               "(drafts are not published over FHIR)", protocol_id=protocol_id)
     if since is not None:
         where.append(ProtocolVersion.recorded_at >= since)
     with db.read() as session:
@@ -408,7 +411,7 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
     items = [versioning.stored_version(r) for r in rows[:limit]]
     if after_version is not None:
         items.reverse()
-    return HistoryPage(items, len(rows) > limit, total)
+    return HistoryPage(items, len(rows) > limit, total, int(first_published))
 
 
 def published_version(db: Database, protocol_id: str, version: int) -> versioning.StoredVersion:

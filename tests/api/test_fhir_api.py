@@ -203,6 +203,22 @@ def test_history_lists_published_versions_newest_first_with_retirement_as_delete
 
 
 
+def test_history_shows_the_first_published_version_as_the_create(client):
+    """Created as a draft and published in version 2: over FHIR the resource did not exist before
+    version 2 (read and _history were 404), yet its oldest entry was a PUT answered 200, an update of
+    a resource never created. The first published version is the POST (201); later ones are PUTs."""
+    pid = _create(client, status="draft")["id"]
+    assert client.get(f"{MK}/{pid}/_history").status_code == 404
+    _revise(client, pid, summary="published", status="active")
+    _revise(client, pid, summary="revised")
+    entries = _bundle(client.get(f"{MK}/{pid}/_history"))["entry"]
+    assert [(e["request"]["method"], e["request"]["url"], e["response"]["status"]) for e in entries] == [
+        ("PUT", f"MedicationKnowledge/{pid}", "200 OK"), ("POST", "MedicationKnowledge", "201 Created")]
+    assert [e["response"]["etag"] for e in entries] == ['W/"3"', 'W/"2"']
+    since = entries[0]["response"]["lastModified"]  # a page without the create still knows it is not one
+    (latest,) = _bundle(client.get(f"{MK}/{pid}/_history?_since={since}"))["entry"]
+    assert latest["request"]["method"] == "PUT"
+
 def test_history_pages_back_through_previous_links(client):
     """A history page reached by a cursor links back: ``previous`` walks to the newest page, and the
     pages read backwards hold what the forward walk held, newest first within each page."""
