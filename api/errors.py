@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, g, json
+from flask import Flask, Response, g, json, request
 from marshmallow import INCLUDE, Schema, fields
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -151,6 +151,11 @@ def is_lost_connection(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+#: ``app.extensions`` key: path prefix -> how HTTP errors under it are answered when no blueprint is
+#: known yet (routing errors); a blueprint with its own error shape (FHIR's OperationOutcome) adds itself.
+PATH_ERROR_RENDERERS = "protocols_path_error_renderers"
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
@@ -162,6 +167,11 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        # A routing error (a method no rule takes) is raised before any blueprint is known, so a
+        # blueprint's own error shape is looked up by path (TRACE /fhir/R4/metadata got this REST body).
+        for prefix, render in app.extensions.get(PATH_ERROR_RENDERERS, {}).items():
+            if request.path == prefix or request.path.startswith(prefix + "/"):
+                return render(exc)
         status = exc.code or 500
         data = getattr(exc, "data", None) or {}
         errors = None

@@ -31,7 +31,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from api.auth import requires_scope
-from api.errors import ApiError, is_database_unavailable
+from api.errors import PATH_ERROR_RENDERERS, ApiError, is_database_unavailable
 from api.extensions import get_db
 from api.http import CACHE_IMMUTABLE, CACHE_REVALIDATE, not_modified
 from api.parsing import Blueprint
@@ -63,6 +63,7 @@ blp = Blueprint("fhir", __name__, url_prefix="/fhir/R4",
 def init_app(app: Flask) -> None:
     """Register the FHIR face. Plain Flask registration keeps it out of the OpenAPI document."""
     app.register_blueprint(blp)
+    app.extensions.setdefault(PATH_ERROR_RENDERERS, {})[str(blp.url_prefix)] = _http_error
 
 
 #: What every path of this read-only FHIR server allows (the 405 of a write names the same).
@@ -535,7 +536,7 @@ def export() -> Response:
 @blp.route("/<path:unknown>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def unknown_path(unknown: str) -> NoReturn:
     """Anything else under /fhir/R4: a FHIR 404 (or 405 for writes) instead of the REST error shape."""
-    if request.method != "GET":
+    if request.method not in ("GET", "HEAD"):  # HEAD of an unknown path is its GET's 404, not a 405
         raise _MethodNotAllowed()
     raise _NotFound(f"'{unknown}' is not supported by this server; see {base_url()}/metadata")
 

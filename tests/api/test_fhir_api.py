@@ -613,6 +613,14 @@ def test_options_and_405_name_the_same_methods(client, path):
     assert options.headers["Allow"] == "GET, HEAD, OPTIONS"
     refused = client.put(path, json={"resourceType": "MedicationKnowledge"})
     assert refused.status_code == 405 and refused.headers["Allow"] == options.headers["Allow"]
+    # Methods no rule lists fail in routing, before the blueprint is known: they got the REST error body
+    # and an Allow naming the catch-all's writes (adversarial probe). HEAD is its GET without a body.
+    for method in ("TRACE", "PROPFIND", "QUERY", "CONNECT"):
+        other = client.open(path, method=method)
+        assert _outcome(other, 405)["issue"][0]["code"] == "not-supported", method
+        assert other.headers["Allow"] == options.headers["Allow"], method
+    head, get = client.head(path), client.get(path)
+    assert (head.status_code, head.data) == (get.status_code, b"")
 
 
 def test_a_protocol_with_drafts_only_does_not_exist_over_fhir(client):
