@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from api.errors import ApiError, ErrorSchema
@@ -69,8 +70,9 @@ def route_ref(code: str) -> dict[str, Any]:
     return {"code": code, "display": concept.display if concept else None}
 
 
-def amount_out(amount: Amount | None) -> dict[str, Any] | None:
-    return None if amount is None else {"value": to_decimal(amount.value), "unit": amount.unit}
+def amount_out(amount: Amount | None, against: Fraction | None = None) -> dict[str, Any] | None:
+    """An amount as JSON; a rounded value is rounded away from the bound it was judged ``against``."""
+    return None if amount is None else {"value": to_decimal(amount.value, against), "unit": amount.unit}
 
 
 def span_out(span: Span) -> dict[str, Any]:
@@ -86,7 +88,9 @@ def per_period_out(per_period: PerPeriod | None) -> dict[str, Any] | None:
     if per_period is None:
         return None
     return {"period": per_period.period, "doses_per_period": per_period.doses_per_period,
-            "projected": amount_out(per_period.projected), "maximum": amount_out(per_period.maximum),
+            "projected": amount_out(per_period.projected, None if per_period.maximum is None
+                                    else per_period.maximum.value),
+            "maximum": amount_out(per_period.maximum),
             "exceeded": per_period.exceeded, "calculation": per_period.calculation}
 
 
@@ -95,7 +99,7 @@ def evaluation_out(evaluation: Evaluation | None) -> dict[str, Any]:
         return {"range_index": None, "matched_range": None, "dose_in_range_unit": None,
                 "range_in_ordered_unit": None, "absolute_range": None, "per_period": None}
     return {"range_index": evaluation.range_index, "matched_range": evaluation.range,
-            "dose_in_range_unit": amount_out(evaluation.dose_in_range_unit),
+            "dose_in_range_unit": amount_out(evaluation.dose_in_range_unit, evaluation.dose_against),
             "range_in_ordered_unit": span_out(evaluation.range_in_ordered_unit),
             "absolute_range": absolute_out(evaluation.absolute_range),
             "per_period": per_period_out(evaluation.per_period)}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, localcontext
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any
@@ -156,8 +156,8 @@ class Amount:
     value: Fraction
     unit: str
 
-    def text(self) -> str:
-        return f"{fmt(self.value)} {self.unit}"
+    def text(self, against: Fraction | None = None) -> str:
+        return f"{fmt(self.value, against)} {self.unit}"
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,12 @@ class Evaluation:
     messages: list[str] = field(default_factory=list)
 
     @property
+    def dose_against(self) -> Fraction | None:
+        """The range bound the dose broke, if it broke one (its display rounds away from it)."""
+        return judged_against(self.dose_in_range_unit.value, exact(self.range["dose_min"]),
+                              exact(self.range["dose_max"]))
+
+    @property
     def maximum_per_period_unapplied(self) -> bool:
         """The range has a maximum per period this evaluation could not apply (no duration to turn a
         rate into an amount, a stored maximum that is itself a rate): the order passed only in part."""
@@ -251,21 +257,28 @@ def exact(value: Any) -> Fraction:
     raise TypeError(f"not a number: {value!r}")
 
 
-def to_decimal(value: Fraction) -> Decimal:
-    """Exact when the decimal expansion terminates within 12 significant digits, else rounded."""
+def to_decimal(value: Fraction, against: Fraction | None = None) -> Decimal:
+    """Exact when the decimal expansion terminates within 12 significant digits, else rounded: to
+    the nearest, or, given the bound the value was judged ``against``, away from it, so the number
+    shown stays on the side of the bound the verdict rests on (3.00000000001 mg/h at 3 kg, above a
+    1 mg/kg/h maximum, was shown as 1 next to a maximum of 1; found by an adversarial probe)."""
+    rounding = ROUND_HALF_EVEN
+    if against is not None and value != against:
+        rounding = ROUND_CEILING if value > against else ROUND_FLOOR
     with localcontext() as ctx:
         ctx.prec = 60
         result = Decimal(value.numerator) / Decimal(value.denominator)
         ctx.prec = DISPLAY_DIGITS
+        ctx.rounding = rounding
         rounded = +result
     return rounded.normalize() if rounded != rounded.to_integral_value() else rounded.to_integral_value()
 
 
-def fmt(value: Fraction) -> str:
+def fmt(value: Fraction, against: Fraction | None = None) -> str:
     """A number for people: plain notation, ``≈`` when it had to be rounded (a quotient that does not
     terminate, or a product with more than 12 significant digits: shown without ``≈``, 4.5 would read
-    as equal to a 4.5 limit it exceeds)."""
-    shown = to_decimal(value)
+    as equal to a 4.5 limit it exceeds), rounded away from ``against`` as :func:`to_decimal` does."""
+    shown = to_decimal(value, against)
     text = format(shown, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -397,6 +410,11 @@ def select_ranges(content: Mapping[str, Any], route: str,
     return selection.candidates
 
 
+def judged_against(value: Fraction, low: Fraction, high: Fraction) -> Fraction | None:
+    """The bound a value outside ``low``-``high`` broke (None inside): what its display rounds away from."""
+    return high if value > high else low if value < low else None
+
+
 def _at_least(verdict: Verdict, floor: Verdict) -> Verdict:
     """``verdict``, or ``floor`` when that is the less favourable of the two."""
     return floor if FAVOURABLE_ORDER.index(verdict) < FAVOURABLE_ORDER.index(floor) else verdict
@@ -484,7 +502,8 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
         how = (f"{fmt(per_dose)} {target.code} over {fmt(duration_s / 3600)} h per administration; any {period} "
                f"holds at most {fmt(running / 3600)} h of administration"
                + (f" ({touched} administrations)" if touched > 1 else ""))
-        return _per_period_result(period, touched, projected, maximum, f"{how} = {projected.text()} per {period}")
+        return _per_period_result(period, touched, projected, maximum,
+                                  f"{how} = {projected.text(_value(maximum))} per {period}")
     if frequency is None:
         doses = 1
         how = "one dose (no frequency was sent)"
@@ -494,7 +513,7 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
         if frequency.period != period:
             how += f" in {period} at {frequency.count} per {frequency.period}"
     projected = Amount(per_dose * doses, target.code)
-    calculation = f"{fmt(per_dose)} {target.code} {TIMES} {how} = {projected.text()} per {period}"
+    calculation = f"{fmt(per_dose)} {target.code} {TIMES} {how} = {projected.text(_value(maximum))} per {period}"
     return _per_period_result(period, doses, projected, maximum, calculation)
 
 
@@ -524,6 +543,10 @@ def most_running_in_window(duration: Fraction, interval: Fraction | None,
                 held, met = held + overlap, met + 1
         best = max(best, (held, met))
     return best
+
+
+def _value(amount: Amount | None) -> Fraction | None:
+    return None if amount is None else amount.value
 
 
 def _per_period_result(period: str, doses: int, projected: Amount, maximum: Amount | None,
@@ -564,7 +587,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         shown = absolute.calculation
     if dose_unit.code != range_unit.code:
         over = f" over {duration_text}" if dose_unit.is_rate != range_unit.is_rate else ""
-        ordered += f" (= {fmt(in_range_unit)} {range_unit.code}{over})"
+        ordered += f" (= {fmt(in_range_unit, judged_against(in_range_unit, low, high))} {range_unit.code}{over})"
     phase = dose_range.get("phase")
     messages: list[str] = []
     if in_range_unit < low:

@@ -29,6 +29,7 @@ EPSILON = Decimal("1e-7")
 MASS_IN_MG = {"g": Decimal(1000), "mg": Decimal(1), "ug": Decimal("0.001")}
 FAVOURABLE = ("within_range", "below_min", "more_frequent_than_protocol", "exceeds_max_per_period", "above_max")
 NASAL, IV, IM, ORAL = "46713006", "47625008", "78421000", "26643006"
+IV_ROUTE = {"system": terminology.SNOMED, "code": IV, "display": "Intravenous route"}
 IM_ROUTE = {"system": terminology.SNOMED, "code": IM, "display": "Intramuscular route"}
 
 
@@ -568,3 +569,31 @@ def test_the_order_can_say_how_long_an_administration_runs(client):
     assert dose_check(client, single_id, once).get_json()["verdict"] == "within_range"
     daily = dose_check(client, single_id, {**once, "frequency": {"count": 1, "period": "P1D"}}).get_json()
     assert daily["verdict"] == "more_frequent_than_protocol", daily["messages"]
+
+
+def test_rounded_numbers_stay_on_the_side_of_the_bound_they_broke(client):
+    """Numbers in a response have at most 12 significant digits. Rounded to the nearest, 3.00000000001
+    mg/h at 3 kg (1.0000000000033 mg/kg/h, above a 1 mg/kg/h maximum) was shown as 1 next to above_max,
+    and 6.66666666667 mg six times a day (40.00000000002 mg) as 40 next to a maximum of 40 and
+    exceeded: true (adversarial probe). A rounded value is now rounded away from the bound it broke."""
+    rate_id, _ = create(client, dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.5, "dose_max": 1,
+                                                "unit": "mg/kg/h"}], routes=[IV_ROUTE])
+    above = dose_check(client, rate_id, {"route": IV, "dose": {"value": Decimal("3.00000000001"), "unit": "mg/h"},
+                                         "patient": {"weight_kg": 3}}).get_json()
+    assert above["verdict"] == "above_max"
+    assert Decimal(str(above["dose_in_range_unit"]["value"])) > 1, above["dose_in_range_unit"]
+    assert any("≈1.00000000001 mg/kg/h" in m for m in above["messages"]), above["messages"]
+    below = dose_check(client, rate_id, {"route": IV, "dose": {"value": Decimal("1.49999999999"), "unit": "mg/h"},
+                                         "patient": {"weight_kg": 3}}).get_json()
+    assert below["verdict"] == "below_min"
+    assert Decimal(str(below["dose_in_range_unit"]["value"])) < Decimal("0.5"), below["dose_in_range_unit"]
+    capped_id, _ = create(client, dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 5, "dose_max": 10,
+                                                  "unit": "mg",
+                                                  "max_per_period": {"value": 40, "unit": "mg", "period": "P1D"}}],
+                          routes=[IV_ROUTE])
+    over = dose_check(client, capped_id, {"route": IV, "dose": {"value": Decimal("6.66666666667"), "unit": "mg"},
+                                          "frequency": {"count": 6, "period": "P1D"}}).get_json()
+    per_period = over["per_period"]
+    assert over["verdict"] == "exceeds_max_per_period" and per_period["exceeded"]
+    assert Decimal(str(per_period["projected"]["value"])) > Decimal(str(per_period["maximum"]["value"])), per_period
+    assert "> maximum 40 mg" in per_period["calculation"] and "= ≈40.0000000001 mg" in per_period["calculation"]
