@@ -27,7 +27,7 @@ from email.utils import format_datetime
 from typing import Any, NoReturn
 from urllib.parse import urlencode
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from api.auth import requires_scope
@@ -44,6 +44,8 @@ from protocols.timeutil import format_rfc3339, utcnow
 log = logging.getLogger("api.fhir")
 
 FHIR_JSON = "application/fhir+json"
+#: ``g`` key: the JSON media type negotiated for this request's answer (FHIR_JSON unless refused).
+_ANSWER_TYPE = "fhir_answer_type"
 FHIR_NDJSON = "application/fhir+ndjson"
 JSON_FORMATS = ("json", "application/json", FHIR_JSON, "application/json+fhir")
 NDJSON_FORMATS = (FHIR_NDJSON, "application/ndjson", "ndjson")
@@ -102,7 +104,7 @@ def base_url() -> str:
 def fhir_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None,
                   ) -> Response:
     response = Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status,
-                        mimetype=FHIR_JSON)
+                        mimetype=g.get(_ANSWER_TYPE, FHIR_JSON))
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -163,30 +165,54 @@ def warning_headers(warnings: Sequence[Issue]) -> dict[str, str]:
 
 
 def negotiate(formats: Sequence[str] = JSON_FORMATS, media_types: Sequence[str] = (FHIR_JSON, "application/json"),
-              ) -> None:
+              ) -> str:
     """JSON must be acceptable (this server has no XML); else 406. ``_format``, when given, decides
     alone: FHIR R4 (http.html#mime-type) has it override ``Accept`` for clients that cannot set the
-    header (a browser link), so ``_format=json`` with ``Accept: text/html`` is answered in JSON."""
+    header (a browser link), so ``_format=json`` with ``Accept: text/html`` is answered in JSON.
+
+    Returns the media type to answer in: the first of ``media_types`` the client did not refuse. An
+    Accept entry with ``q=0`` refuses that type (``application/fhir+json;q=0, */*;q=0.1`` was answered
+    in fhir+json; it now gets ``application/json``), and ``_format`` checks ``fhirVersion`` as Accept
+    does (``_format=application/fhir+json;fhirVersion=5.0`` was a 200; found by an adversarial probe)."""
     requested = request.args.get("_format")
     if requested is not None:
-        if requested.split(";")[0].strip() not in formats:
-            raise _NotAcceptable(f"_format '{requested}' is not supported; use one of {', '.join(formats)}",
+        media, *parameters = (part.strip().lower() for part in requested.split(";"))
+        if media not in formats or not _r4(parameters):
+            hint = " (a '+' sent unencoded reads as a space: send it as %2B)" if " " in media else ""
+            raise _NotAcceptable(f"_format '{requested}' is not supported{hint}; use one of {', '.join(formats)}",
                                  "_format")
-        return
-    if request.accept_mimetypes and not any(_accepts(value, media_types)
-                                            for value, quality in request.accept_mimetypes if quality > 0):
+        return _answer(media_types[0])
+    entries = list(request.accept_mimetypes)
+    if not entries:
+        return _answer(media_types[0])
+    refused = {value.split(";")[0].strip().lower() for value, quality in entries if quality <= 0}
+    offers = [media for media in media_types if media not in refused]
+    if not any(_accepts(value, offers) for value, quality in entries if quality > 0):
         raise _NotAcceptable(f"cannot answer with any of the Accept types; this server sends {media_types[0]}",
                              "Accept")
+    return _answer(offers[0])
+
+
+def _answer(media_type: str) -> str:
+    """Remember the JSON type a response (and an OperationOutcome after it) is sent in."""
+    if media_type in (FHIR_JSON, "application/json"):
+        g.setdefault(_ANSWER_TYPE, media_type)
+    return media_type
+
+
+def _r4(parameters: Sequence[str]) -> bool:
+    """``fhirVersion`` (FHIR R4, http.html#version-parameter), when given, names R4 (4.0 or 4.0.x)."""
+    named = dict(part.partition("=")[::2] for part in parameters)
+    version = named.get("fhirversion", "4.0").strip().strip('"')
+    return version == "4.0" or version.startswith("4.0.")
 
 
 def _accepts(value: str, media_types: Sequence[str]) -> bool:
     """One Accept entry, parameters included: werkzeug matches ``application/fhir+json; fhirVersion=4.0``
-    only against offers with the same parameters. ``fhirVersion`` (FHIR R4, http.html#version-parameter)
-    must name R4 (4.0, or 4.0.x); other parameters (``charset``) do not matter here."""
+    only against offers with the same parameters. ``fhirVersion`` must name R4; other parameters
+    (``charset``) do not matter here. A wildcard accepts only what is on offer."""
     media, *parameters = (part.strip().lower() for part in value.split(";"))
-    named = dict(part.partition("=")[::2] for part in parameters)
-    version = named.get("fhirversion", "4.0").strip('"')
-    if version != "4.0" and not version.startswith("4.0."):
+    if not media_types or not _r4(parameters):
         return False
     kind = media.split("/", 1)[0]
     return media in ("*/*", *media_types) or (media == f"{kind}/*"

@@ -416,6 +416,25 @@ def test_a_forged_cursor_of_deeply_nested_json_is_400_not_500(client):
         assert body["issue"][0]["expression"] == ["_cursor"]
 
 
+def test_format_and_accept_agree_on_versions_refusals_and_hints(client):
+    """_format checks fhirVersion as Accept does (4.0 only; 5.0 was a 200 through _format and a 406
+    through Accept); an Accept entry with q=0 refuses its type (fhir+json;q=0 with */* was answered in
+    fhir+json: it gets application/json); an unencoded '+' in _format gets the hint the dates give."""
+    metadata = "/fhir/R4/metadata"
+    assert _outcome(client.get(f"{metadata}?_format=application/fhir%2Bjson;fhirVersion=5.0"), 406)
+    assert _outcome(client.get(metadata, headers={"Accept": "application/fhir+json; fhirVersion=5.0"}), 406)
+    assert client.get(f"{metadata}?_format=application/fhir%2Bjson;fhirVersion=4.0").status_code == 200
+    plain = client.get(metadata, headers={"Accept": "application/fhir+json;q=0, */*;q=0.1"})
+    assert plain.status_code == 200 and plain.mimetype == "application/json"
+    refused = client.get(f"{MK}/nope", headers={"Accept": "application/fhir+json;q=0, application/json"})
+    assert refused.status_code == 404 and refused.mimetype == "application/json"  # the error too
+    nothing = client.get(metadata, headers={"Accept": "application/fhir+json;q=0, application/json;q=0, */*"})
+    assert nothing.status_code == 406
+    assert client.get(metadata, headers={"Accept": "*/*"}).mimetype == FHIR_JSON
+    unencoded = _outcome(client.get(f"{metadata}?_format=application/fhir+json"), 406)
+    assert "%2B" in unencoded["issue"][0]["diagnostics"]
+
+
 def test_formats_other_than_json_are_406(client):
     assert _outcome(client.get("/fhir/R4/metadata?_format=xml"), 406)["issue"][0]["expression"] == ["_format"]
     assert _outcome(client.get("/fhir/R4/metadata", headers={"Accept": "application/fhir+xml"}), 406)
