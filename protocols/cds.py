@@ -411,7 +411,7 @@ def _administration_duration(dosage: Any, path: str, unchecked: list[str]) -> tu
         return None
     _check_timing_number(value, f"{path}.timing.repeat.{name}")
     unit_seconds = PERIOD_UNIT_SECONDS.get(str(repeat.durationUnit)) if repeat.durationUnit else None
-    if unit_seconds is None or unit_seconds > PERIOD_UNIT_SECONDS["wk"] or Decimal(str(value)) <= 0:
+    if unit_seconds is None or unit_seconds > PERIOD_UNIT_SECONDS["wk"]:
         unchecked.append(f"the administration's duration ({value} {repeat.durationUnit}) could not be read")
         return None
     return Fraction(Decimal(str(value))) * unit_seconds, f"{value} {repeat.durationUnit}"
