@@ -336,6 +336,25 @@ def test_key_names_are_visible_and_distinct_among_live_keys(client, app, make_ke
     assert client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]}).status_code == 201
 
 
+
+def test_key_names_that_only_look_like_another_author_are_refused(client, db):
+    """A Cyrillic a in 'catalog-loader', a non-breaking hyphen in it, a Cyrillic c in 'cli:root', an
+    upper-case I for its l, and a no-break space in 'ehr prod' beside a live 'ehr prod' were accepted:
+    each reads as the other author in version history and audit rows (adversarial probe)."""
+    for name in ("c\u0430talog-loader", "catalog\u2011loader", "\u0441li:root", "cataIog-loader", "CLI",
+                 "\uff43atalog-loader"):
+        response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:write"]})
+        assert response.status_code == 422 and "name" in response.get_json()["errors"], name
+    assert client.post("/v1/admin/keys", json={"name": "ehr prod", "scopes": ["protocols:read"]}).status_code == 201
+    for look_alike in ("ehr\u00a0prod", "EHR Prod", "\u0435hr prod", "ehr\u2003prod"):
+        response = client.post("/v1/admin/keys", json={"name": look_alike, "scopes": ["protocols:read"]})
+        assert response.status_code == 409 and "name" in response.get_json()["errors"], look_alike
+        assert "looks the same" in response.get_json()["message"], response.get_json()
+    for distinct in ("ehr prod 2", "ehr-prod", "caf\u00e9", "pharmacy"):  # still names of their own
+        assert client.post("/v1/admin/keys", json={"name": distinct, "scopes": ["protocols:read"]}).status_code == 201
+    with pytest.raises(ValueError, match="looks like"):
+        keys.create_key(db, "c\u0430talog-loader", [keys.WRITE])
+
 def test_concurrent_creates_of_one_key_name_make_one_key(make_app):
     """Twelve workers create a key of one name at the same moment: one gets it, the others 409.
     On PostgreSQL each create's check ran beside the others and several found the name free."""
