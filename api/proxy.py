@@ -71,7 +71,13 @@ def client_address(forwarded_for: str, trusted: TrustedProxies) -> str | None:
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, an IPv4 one for an IPv4-mapped IPv6 address: a server listening on ``[::]`` sees an
+    IPv4 proxy as ``::ffff:127.0.0.1``, which ``127.0.0.1`` (or ``10.0.0.0/8``) did not match, so every
+    client behind it shared the proxy's rate-limit budget (found by an adversarial probe)."""
     try:
-        return ipaddress.ip_address(text or "")
+        ip = ipaddress.ip_address(text or "")
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip

@@ -40,3 +40,13 @@ def test_only_a_trusted_peer_may_name_the_client():
     assert _seen("", "127.0.0.1", "203.0.113.5") == "127.0.0.1"  # unset: no peer is trusted
     assert _seen("*", "192.0.2.1", "203.0.113.5") == "203.0.113.5"
     assert _seen("127.0.0.1", "127.0.0.1", None) == "127.0.0.1"
+
+
+def test_an_ipv4_proxy_seen_by_a_dual_stack_listener_is_trusted():
+    """Listening on [::], the server sees an IPv4 proxy as ::ffff:127.0.0.1, which 127.0.0.1 (or a
+    range) did not match: X-Forwarded-For was ignored and every client shared the proxy's rate-limit
+    budget (adversarial probe). Mapped addresses in the header read as their IPv4 address too."""
+    assert _seen("127.0.0.1", "::ffff:127.0.0.1", "203.0.113.5") == "203.0.113.5"
+    assert _seen("10.0.0.0/8", "::ffff:10.1.2.3", "203.0.113.5") == "203.0.113.5"
+    assert _seen("10.0.0.0/8", "::ffff:192.0.2.1", "203.0.113.5") == "::ffff:192.0.2.1"  # still not ours
+    assert client_address("::ffff:203.0.113.5, ::ffff:10.1.2.3", TrustedProxies("10.0.0.0/8")) == "203.0.113.5"
