@@ -115,3 +115,20 @@ def test_revocation_reaches_every_gunicorn_worker(gunicorn_server, app, make_key
     assert set(after.values()) == {401}
     assert len(set(worker_pids(log_path, set(after)).values())) == 2, "only one worker answered"
     assert key not in log_path.read_text()
+
+
+def test_gunicorn_access_lines_are_json_whatever_the_path(gunicorn_server):
+    """gunicorn's own escaping covers '"' only: a path with a newline split its line in two and one
+    ending in a backslash swallowed the closing quote (adversarial probe). Every line is JSON now."""
+    base, log_path = gunicorn_server
+    paths = ["/v1/a%0Ab", "/v1/c%5C", "/v1/q%22uote", "/v1/tab%09end"]
+    for path in paths:
+        requests.get(f"{base}{path}", timeout=10)
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in log_path.read_text().splitlines() if '"gunicorn.access"' in line]
+        if len(lines) >= len(paths) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    logged = {json.loads(line)["path"] for line in lines}  # each line parses on its own
+    assert {"/v1/a\nb", "/v1/c\\", '/v1/q"uote', "/v1/tab\tend"} <= logged, lines
