@@ -17,9 +17,11 @@ from flask import Flask, Response, request
 from api.errors import error_response
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")
-ALLOWED_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID", "Accept")
+#: ``Prefer`` and ``Warning``: the FHIR face's ``Prefer: handling=lenient`` and the warning it answers
+#: with (a browser could send neither; found by an adversarial probe).
+ALLOWED_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID", "Accept", "Prefer")
 EXPOSED_HEADERS = ("ETag", "Link", "Location", "Retry-After", "X-Request-ID",
-                   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+                   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Warning")
 PREFLIGHT_MAX_AGE_S = "600"
 
 

@@ -495,6 +495,19 @@ def test_cors_preflight_for_a_listed_origin(cors_client: FlaskClient) -> None:
     assert "Origin" in response.headers["Vary"]
 
 
+def test_cors_lets_a_browser_send_prefer_and_read_the_fhir_warning(cors_client: FlaskClient) -> None:
+    """The FHIR face documents Prefer: handling=lenient (an unsupported parameter is a 400 without it)
+    and answers with a Warning header; the preflight refused Prefer (adversarial probe)."""
+    preflight = cors_client.options("/fhir/R4/MedicationKnowledge", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization,prefer"})
+    assert preflight.status_code == 204, preflight.get_data(as_text=True)
+    assert "prefer" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    lenient = cors_client.get("/fhir/R4/metadata?_sort=name", headers={"Origin": ORIGIN, "Prefer": "handling=lenient"})
+    assert lenient.status_code == 200 and "Warning" in lenient.headers
+    assert "Warning" in {h.strip() for h in lenient.headers["Access-Control-Expose-Headers"].split(",")}
+
+
 def test_cors_simple_request_exposes_the_headers_clients_need(cors_client: FlaskClient) -> None:
     payload = protocol_payload()
     response = cors_client.post("/v1/protocols", json=payload, headers={"Origin": ORIGIN})
