@@ -60,7 +60,8 @@ def list_keys() -> dict[str, Any]:
 @requires_scope(ADMIN)
 @blp.arguments(KeyCreateSchema())
 @blp.response(201, KeyCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(409, description="A live key already has this name (names are the authors in version history)")
+@blp.alt_response(409, schema=ErrorSchema,
+                  description="A live key (or one whose name looks the same) has this name; errors.name says which")
 def create_key(payload: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Mint a key. The response is the only place the key ever appears."""
     g.audit_action = audit.KEY_CREATE

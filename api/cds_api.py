@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import request, url_for
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
 from api.parsing import Blueprint
 from protocols import cds
@@ -63,7 +63,7 @@ def _known_service() -> None:
 @blp.route("/<string:service_id>", methods=["POST"])
 @blp.arguments(CdsRequestSchema(), error_status_code=400)
 @blp.response(200, CdsResponseSchema)
-@blp.alt_response(404, description="No such CDS service")
+@blp.alt_response(404, schema=ErrorSchema, description="No such CDS service")
 def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any]:
     """Run the dose check for the draft orders of an order-select or order-sign hook."""
     context = request_body["context"]

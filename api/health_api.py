@@ -14,7 +14,7 @@ from flask import Response, current_app, jsonify
 from marshmallow import Schema, fields
 from sqlalchemy import text
 
-from api.errors import RETRY_AFTER_SECONDS, error_response
+from api.errors import RETRY_AFTER_SECONDS, ErrorSchema, error_response
 from api.extensions import get_db
 from api.parsing import Blueprint
 from protocols import migrate
@@ -46,7 +46,9 @@ def health() -> Response:
 
 @blp.route("/ready", methods=["GET"])
 @blp.response(200, HealthSchema)
-@blp.alt_response(503, description="Database unreachable or migrations not current")
+@blp.alt_response(503, schema=ErrorSchema, description="Database unreachable or migrations not current",
+                  headers={"Retry-After": {"description": "Seconds to wait before retrying",
+                                           "schema": {"type": "integer"}}})
 def ready() -> Response:
     """Readiness: the database answers and its schema is at the newest migration."""
     db = get_db()

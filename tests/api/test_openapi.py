@@ -87,3 +87,16 @@ def test_the_contract_is_a_valid_openapi_document(app):
     assert patterns and not [p for p in patterns if "\\A" in p or "\\Z" in p]
     rxcui = next(p for p in patterns if "[1-9][0-9]{0,7}" in p)
     assert re.fullmatch(rxcui, "2201625") and not re.search(rxcui, "A2201625Z")
+
+
+def test_every_documented_error_response_has_its_body(app):
+    """The 409 of a key name, the 404 of an unknown CDS service and the 503 of readiness were listed
+    without a body, though each answers the JSON error body (adversarial probe): a client generated
+    from the contract would not expect one. Every 4xx/5xx the contract lists has a JSON schema."""
+    spec = app.extensions[API_KEY].spec.to_dict()
+    bodyless = [(method, path, status) for path, item in spec["paths"].items() for method, operation in item.items()
+                if isinstance(operation, dict)
+                for status, response in operation.get("responses", {}).items()
+                if status[0] in "45" and "$ref" not in response
+                and "schema" not in response.get("content", {}).get("application/json", {})]
+    assert bodyless == [], bodyless
