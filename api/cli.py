@@ -11,6 +11,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from api.errors import flatten_errors
 from api.extensions import get_db
@@ -18,7 +19,23 @@ from protocols import audit, catalog, keys, migrate, record, transfer
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
 
-protocols_cli = AppGroup("protocols", help="Manage the protocol registry.")
+
+class DatabaseCommands(AppGroup):
+    """A command group whose database failures end in one line, not a driver traceback: ``flask keys
+    create`` (how the first admin key is made) on a database not yet migrated printed SQLAlchemy's
+    and psycopg's tracebacks (found by an adversarial probe)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+            raise click.ClickException(
+                f"database error: {first}. Is PROTOCOLS_DATABASE_URL right, the database reachable and "
+                "its schema migrated (`flask protocols migrate`)?") from exc
+
+
+protocols_cli = DatabaseCommands("protocols", help="Manage the protocol registry.")
 
 
 @protocols_cli.command("migrate")

@@ -13,14 +13,14 @@ from datetime import datetime
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
 
+from api.cli import DatabaseCommands
 from api.extensions import get_db
 from protocols import audit, keys
 from protocols.durations import parse_duration
 from protocols.timeutil import format_rfc3339, parse_rfc3339, utcnow
 
-keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
+keys_cli = DatabaseCommands("keys", help="Create, list and revoke API keys.")
 
 
 def _actor() -> str:

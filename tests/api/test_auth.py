@@ -389,3 +389,18 @@ def test_an_expired_key_does_not_hold_its_name(client, db):
     again = client.post("/v1/admin/keys", json={"name": "short-lived", "scopes": ["protocols:read"]})
     assert again.status_code == 409
     assert client.post("/v1/admin/keys", json={"name": "caf\u00e9", "scopes": ["protocols:read"]}).status_code == 201
+
+
+def test_cli_database_failures_end_in_one_line(tmp_path):
+    """`flask keys create` on a database not yet migrated (how an operator makes the first admin key,
+    easily before migrating) printed SQLAlchemy's and the driver's tracebacks (adversarial probe)."""
+    from api import create_app
+
+    for url in (f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}", "postgresql://postgres@127.0.0.1:1/nowhere"):
+        app = create_app({"PROTOCOLS_DATABASE_URL": url, "TESTING": True})
+        for args in (["keys", "create", "--name", "first-admin", "--scope", "admin"], ["keys", "list"],
+                     ["protocols", "load"]):
+            result = app.test_cli_runner().invoke(args=args)
+            assert result.exit_code == 1, (url, args, result.output)
+            assert "flask protocols migrate" in result.output and "Traceback" not in result.output, result.output
+        app.extensions["protocols_db"].dispose()
