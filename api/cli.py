@@ -11,7 +11,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 from marshmallow import ValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from api.errors import flatten_errors
 from api.extensions import get_db
@@ -28,7 +28,7 @@ class DatabaseCommands(AppGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DBAPIError as exc:
+        except (OperationalError, ProgrammingError) as exc:  # unreachable, or no such table: not the data's fault
             first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
             raise click.ClickException(
                 f"database error: {first}. Is PROTOCOLS_DATABASE_URL right, the database reachable and "

@@ -28,7 +28,8 @@ class TrustedProxies:
     def __init__(self, setting: str) -> None:
         parts = [part.strip() for part in setting.split(",") if part.strip()]
         self.everyone = "*" in parts
-        self.networks: list[Network] = [ipaddress.ip_network(part, strict=False) for part in parts if part != "*"]
+        self.networks: list[Network] = [_ipv4_if_mapped(ipaddress.ip_network(part, strict=False))
+                                        for part in parts if part != "*"]
 
     def __bool__(self) -> bool:
         return self.everyone or bool(self.networks)
@@ -68,6 +69,17 @@ def client_address(forwarded_for: str, trusted: TrustedProxies) -> str | None:
             continue
         return str(ip)
     return None
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _ipv4_if_mapped(network: Network) -> Network:
+    """A configured ``::ffff:10.0.0.1`` (the work-around for peers seen as mapped addresses) is the IPv4
+    network it names, as peers now are (review: it stopped matching once peers were read as IPv4)."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -91,31 +91,32 @@ def _default_ignorable(char: str) -> bool:
 
 
 #: Letters of other scripts that display like a Latin letter (after Unicode's confusables.txt, for the
-#: scripts a keyboard layout puts within reach: Cyrillic and Greek), and ASCII's own look-alikes.
+#: scripts a keyboard layout puts within reach: Cyrillic and Greek), and ASCII's own look-alikes: capital
+#: I, 1 and | look like l, 0 like o. Case-sensitive: a lower-case i or a capital L is its own letter.
 _HOMOGLYPHS = str.maketrans(
-    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u051b\u051d\u04bb\u04cf\u0432\u043a\u043c\u043d\u0442\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423\u0405\u0406\u0408\u03b1\u03b2\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7\u03f2\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u0261\u2113"
-    "01|",
-    "aeopcyxsijdqwhlbkmhtABEKMHOPCTXYSIJabeiknoptuxcABEZHIKMNOPTYXgl"
-    "oll",
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u051b\u051d\u04bb\u04cf\u0432\u043a\u043c\u043d\u0442\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423\u0405\u0406\u0408\u04c0\u051a\u051c\u04ba\u03b1\u03b2\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7\u03f2\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u03f9\u0261\u2113I1|0",
+    "aeopcyxsijdqwhlbkmhtABEKMHOPCTXYSIJlQWHabeikvoptuxcABEZHIKMNOPTYXCgllllo",
 )
-#: After case folding, i, dotless i and l (and so I, 1 and |) are one letter.
-_FOLDED_HOMOGLYPHS = str.maketrans("i\u0131", "ll")
 
 
 def name_skeleton(name: str) -> str:
-    """What a name looks like, for telling names apart (a simplified Unicode TR39 skeleton): width and
-    compatibility forms folded (NFKC), every dash a hyphen and every space a space, look-alike letters
-    of other scripts and ASCII's look-alikes mapped to one letter, case folded. 'catalog-loader' with a
-    Cyrillic a, with a non-breaking hyphen, and 'ehr prod' with a no-break space beside a live 'ehr
-    prod' were accepted; each reads as the other author in version history (adversarial probe)."""
+    """What a name looks like (a simplified Unicode TR39 skeleton): width and compatibility forms folded
+    (NFKC), every dash a hyphen and every space a space, look-alike letters of other scripts and ASCII's
+    look-alikes mapped to one letter (marks decomposed first, so a Cyrillic e with an acute is an e
+    with an acute), then case folded. 'catalog-loader' with a Cyrillic a, with a non-breaking hyphen,
+    and 'ehr prod' with a no-break space beside a live 'ehr prod' were accepted; each reads as the
+    other author in version history (found by an adversarial probe)."""
     folded = []
     for char in unicodedata.normalize("NFKC", name):
         category = unicodedata.category(char)
         folded.append("-" if category == "Pd" or char == "\u2212" else " " if category == "Zs" else char)
-    return "".join(folded).translate(_HOMOGLYPHS).casefold().translate(_FOLDED_HOMOGLYPHS)
+    mapped = unicodedata.normalize("NFD", "".join(folded)).translate(_HOMOGLYPHS)
+    return unicodedata.normalize("NFC", mapped).casefold()
 
 
-_SERVICE_AUTHORS = (name_skeleton(CATALOG_ACTOR), name_skeleton(CLI_ACTOR))
+def names_look_alike(first: str, second: str) -> bool:
+    """Whether two names would read as one author: equal but for case, or of one skeleton."""
+    return first.casefold() == second.casefold() or name_skeleton(first) == name_skeleton(second)
 
 
 def key_name_problem(name: str) -> str | None:
@@ -131,8 +132,8 @@ def key_name_problem(name: str) -> str | None:
     if unicodedata.normalize("NFC", name) != name:
         # "cafe\u0301" and "caf\u00e9" display alike: two live keys would look like one author.
         return "must be in Unicode normalization form NFC (accents composed)"
-    skeleton = name_skeleton(name)
-    if skeleton in _SERVICE_AUTHORS or skeleton.startswith(f"{_SERVICE_AUTHORS[1]}:"):
+    prefix = name.partition(":")[0]
+    if names_look_alike(name, CATALOG_ACTOR) or names_look_alike(prefix, CLI_ACTOR):
         return f"'{name}' is, or looks like, an author name of the service itself"
     return None
 
@@ -188,11 +189,10 @@ def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: da
         if session.get_bind().dialect.name == "postgresql":
             session.execute(_LOCK_KEY_NAMES)
         # Live = neither revoked nor expired (an expired key authenticates nothing and writes nothing).
-        # Names that merely look alike are taken too (compared by skeleton: live keys are few).
-        skeleton = name_skeleton(name)
+        # Names that merely look alike are taken too (compared in Python: live keys are few).
         taken = next((live for live in session.execute(select(ApiKey.id, ApiKey.name).where(
             ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)))
-            if name_skeleton(live.name) == skeleton), None)
+            if names_look_alike(live.name, name)), None)
         if taken is not None:
             looks = "" if taken.name == name else f" ('{taken.name}', which looks the same)"
             raise KeyNameTaken(f"key name: a key named '{name}' exists{looks} (id {taken.id}); revoke it or "

@@ -50,3 +50,6 @@ def test_an_ipv4_proxy_seen_by_a_dual_stack_listener_is_trusted():
     assert _seen("10.0.0.0/8", "::ffff:10.1.2.3", "203.0.113.5") == "203.0.113.5"
     assert _seen("10.0.0.0/8", "::ffff:192.0.2.1", "203.0.113.5") == "::ffff:192.0.2.1"  # still not ours
     assert client_address("::ffff:203.0.113.5, ::ffff:10.1.2.3", TrustedProxies("10.0.0.0/8")) == "203.0.113.5"
+    # a setting written for the mapped form still trusts the proxy
+    assert _seen("::ffff:127.0.0.1", "::ffff:127.0.0.1", "203.0.113.5") == "203.0.113.5"
+    assert _seen("::ffff:10.0.0.0/104", "10.2.3.4", "203.0.113.5") == "203.0.113.5"
