@@ -471,3 +471,25 @@ def test_each_updated_since_gets_its_own_answer_from_shared_statements(db: Datab
     assert listed(T0 + timedelta(minutes=3, seconds=30)) == [P5]
     assert listed(T0 + timedelta(minutes=5)) == []
     assert [cache.cache_info().misses for cache in caches] == built
+
+
+def test_migration_0006_reindexes_versions_holding_the_separator_signs(corpus: Database, database_url: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lexemes written before the tokenizer split words at the New Tai Lue vowel signs keep the old
+    split until 0006 rebuilds them: after it, 'b' of 'a' + U+19B0 + 'b' is a word on both databases."""
+    import re
+
+    from alembic import command
+
+    from protocols import migrate
+
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0005")
+    try:
+        monkeypatch.setattr(fulltext, "_WORD", re.compile(r"[^\W_]+"))  # the tokenizer before 0006
+        versioning.create(corpus, "ntl-old", content_of("ntl-old", summary="a\u19b0b"))
+        monkeypatch.undo()
+    finally:
+        command.upgrade(config, "head")
+    assert "ntl-old" in ids(corpus, q="b")
+    assert_field_postings_agree_with_documents(corpus)
