@@ -75,13 +75,16 @@ def amount_out(amount: Amount | None, against: Fraction | None = None) -> dict[s
     return None if amount is None else {"value": to_decimal(amount.value, against), "unit": amount.unit}
 
 
-def span_out(span: Span) -> dict[str, Any]:
-    return {"min": to_decimal(span.low), "max": to_decimal(span.high), "unit": span.unit}
+def span_out(span: Span, dose: Fraction | None = None) -> dict[str, Any]:
+    """A range as JSON; a rounded bound the ``dose`` (in the span's unit) broke is rounded away from it."""
+    low_broken = dose if dose is not None and dose < span.low else None
+    high_broken = dose if dose is not None and dose > span.high else None
+    return {"min": to_decimal(span.low, low_broken), "max": to_decimal(span.high, high_broken), "unit": span.unit}
 
 
-def absolute_out(absolute: AbsoluteRange) -> dict[str, Any]:
+def absolute_out(absolute: AbsoluteRange, dose: Fraction | None = None) -> dict[str, Any]:
     weight = None if absolute.weight_kg is None else to_decimal(absolute.weight_kg)
-    return {**span_out(absolute.span), "weight_kg": weight, "calculation": absolute.calculation}
+    return {**span_out(absolute.span, dose), "weight_kg": weight, "calculation": absolute.calculation}
 
 
 def per_period_out(per_period: PerPeriod | None) -> dict[str, Any] | None:
@@ -98,10 +101,13 @@ def evaluation_out(evaluation: Evaluation | None) -> dict[str, Any]:
     if evaluation is None:
         return {"range_index": None, "matched_range": None, "dose_in_range_unit": None,
                 "range_in_ordered_unit": None, "absolute_range": None, "per_period": None}
+    ordered = Fraction(evaluation.dose.value)  # a bound the dose broke is shown on the far side of it
     return {"range_index": evaluation.range_index, "matched_range": evaluation.range,
             "dose_in_range_unit": amount_out(evaluation.dose_in_range_unit, evaluation.dose_against),
-            "range_in_ordered_unit": span_out(evaluation.range_in_ordered_unit),
-            "absolute_range": absolute_out(evaluation.absolute_range),
+            "range_in_ordered_unit": span_out(evaluation.range_in_ordered_unit, ordered),
+            "absolute_range": absolute_out(evaluation.absolute_range,
+                                           ordered if evaluation.absolute_range.span.unit == evaluation.dose.unit
+                                           else None),
             "per_period": per_period_out(evaluation.per_period)}
 
 

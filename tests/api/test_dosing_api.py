@@ -597,3 +597,11 @@ def test_rounded_numbers_stay_on_the_side_of_the_bound_they_broke(client):
     assert over["verdict"] == "exceeds_max_per_period" and per_period["exceeded"]
     assert Decimal(str(per_period["projected"]["value"])) > Decimal(str(per_period["maximum"]["value"])), per_period
     assert "> maximum 40 mg" in per_period["calculation"] and "= ≈40.0000000001 mg" in per_period["calculation"]
+    # The bounds too (review): 0.35 mg/kg/h at 71.4285714285 kg is 24.999999999975 mg/h, below 25 mg/h.
+    capped, _ = create(client, dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35,
+                                               "unit": "mg/kg/h"}], routes=[IV_ROUTE])
+    fast = dose_check(client, capped, {"route": IV, "dose": {"value": 25, "unit": "mg/h"},
+                                       "patient": {"weight_kg": Decimal("71.4285714285")}}).get_json()
+    assert fast["verdict"] == "above_max"
+    assert Decimal(str(fast["range_in_ordered_unit"]["max"])) < 25, fast["range_in_ordered_unit"]
+    assert Decimal(str(fast["absolute_range"]["max"])) < 25, fast["absolute_range"]
