@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from protocols.db import Database
 from protocols.models import AuditEvent
+from protocols.paging import newest_first_window
 from protocols.timeutil import utcnow
 
 ALLOWED = "allowed"
@@ -130,12 +131,7 @@ def query(db: Database, *, limit: int, actor: str | None = None, target: str | N
         stmt = stmt.where(AuditEvent.occurred_at >= since)
     if until is not None:
         stmt = stmt.where(AuditEvent.occurred_at < until)
-    if before_seq is not None:
-        stmt = stmt.where(AuditEvent.seq > before_seq).order_by(AuditEvent.seq.asc())
-    else:
-        if after_seq is not None:
-            stmt = stmt.where(AuditEvent.seq < after_seq)
-        stmt = stmt.order_by(AuditEvent.seq.desc())
+    stmt = newest_first_window(stmt, AuditEvent.seq, older_than=after_seq, newer_than=before_seq)
     with db.read() as session:
         rows = session.execute(stmt.limit(limit + 1)).scalars().all()
     items = [AuditEntry(r.seq, r.occurred_at, r.actor, r.action, r.target, r.outcome, r.status_code,

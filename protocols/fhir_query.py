@@ -32,6 +32,7 @@ from protocols import fhir, terminology, versioning
 from protocols.db import Database
 from protocols.errors import DomainError, ProtocolNotFound, VersionNotFound
 from protocols.models import MAX_SEQ, MAX_VERSION, EffectivePeriod, ProtocolVersion, SearchTerm
+from protocols.paging import newest_first_window
 from protocols.timeutil import parse_rfc3339
 
 DEFAULT_COUNT = 20
@@ -400,13 +401,8 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
     with db.read() as session:
         total = int(session.execute(select(func.count()).select_from(ProtocolVersion).where(*where))
                     .scalar_one())
-        query = select(*versioning.VERSION_COLUMNS).where(*where)
-        if after_version is not None:
-            query = query.where(ProtocolVersion.version > after_version).order_by(ProtocolVersion.version.asc())
-        else:
-            if before_version is not None:
-                query = query.where(ProtocolVersion.version < before_version)
-            query = query.order_by(ProtocolVersion.version.desc())
+        query = newest_first_window(select(*versioning.VERSION_COLUMNS).where(*where), ProtocolVersion.version,
+                                    older_than=before_version, newer_than=after_version)
         rows = session.execute(query.limit(limit + 1)).all()
     items = [versioning.stored_version(r) for r in rows[:limit]]
     if after_version is not None:
