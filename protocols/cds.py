@@ -37,6 +37,7 @@ from protocols.db import Database
 from protocols.dose_units import Concentration, UnitError, parse_concentration, parse_dose_unit, to_kilograms
 from protocols.dosing import (
     FAVOURABLE_ORDER,
+    MAX_EXPONENT,
     DoseOrder,
     DosingError,
     Evaluation,
@@ -183,10 +184,10 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str) -> DraftOrder:
     concentration = None
     if concept is None and request.medicationReference is not None:
         reference = request.medicationReference.reference or ""
-        for position, contained in enumerate(request.contained or []):
+        for contained in request.contained or []:
             if reference == f"#{contained.id}" and contained.get_resource_type() == "Medication":
                 concept = contained.code
-                concentration = _strength(contained, f"{path}.contained.{position}")
+                concentration = _strength(contained)
     rxnorm = [c.code for c in _codings(concept) if c.system == terminology.RXNORM and c.code]
     name = (concept.text if concept is not None and concept.text else None) or next(
         (c.display for c in _codings(concept) if c.display), None) or "medication"
@@ -208,29 +209,42 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str) -> DraftOrder:
     return DraftOrder(request.id, name, rxnorm, reasons, lines)
 
 
-def _strength(medication: Any, path: str) -> Concentration | None:
+def _strength(medication: Any) -> Concentration | None:
     """The strength of a single-ingredient Medication as mass per volume (100 mg / 1 mL): a dose in mL
     of it is then checked (3.5 mL of 100 mg/mL read "dose not checked"; found by a clinical QA probe).
     None for several ingredients, a strength that is no mass per volume, or missing numbers.
 
     The ratio is kept exact (100 mg per 3 mL as the fraction 100/3: rounded to 28 digits, 3 mL of it
-    read just below a 100 mg minimum), and its numbers are checked as ordered doses are: a zero
-    numerator divided by zero, a negative one made a negative dose (found by an adversarial probe)."""
+    read just below a 100 mg minimum), and a strength of zero, a negative or an unreadable one is not
+    used (a zero numerator divided by zero, a negative one made a negative dose; adversarial probe)."""
     ingredients = [(i, ingredient) for i, ingredient in enumerate(medication.ingredient or [])
-                   if ingredient.strength is not None]
+                   if ingredient.strength is not None]  # (position, ingredient)
     if len(ingredients) != 1:
         return None
-    index, ingredient = ingredients[0]
-    where = f"{path}.ingredient.{index}.strength"
-    numerator = _quantity(ingredient.strength.numerator, f"{where}.numerator")
-    denominator = _quantity(ingredient.strength.denominator, f"{where}.denominator")
-    if numerator is None or denominator is None or not numerator.unit or not denominator.unit:
+    numerator, denominator = ingredients[0][1].strength.numerator, ingredients[0][1].strength.denominator
+    if numerator is None or denominator is None:
         return None
+    amount, per = _readable(numerator.value), _readable(denominator.value)
+    units = [q.code if q.code and q.system in (terminology.UCUM, None) else q.unit for q in (numerator, denominator)]
+    if amount is None or per is None or amount <= 0 or per <= 0 or not all(units):
+        return None  # a strength that cannot be used: a dose in mL of it is "not checked", as before
     try:
-        return parse_concentration(Fraction(numerator.value) / Fraction(denominator.value),
-                                   f"{numerator.unit}/{denominator.unit}")
+        return parse_concentration(amount / per, f"{units[0]}/{units[1]}")
     except UnitError:
         return None
+
+
+def _readable(value: Any) -> Fraction | None:
+    """A timing or strength number as an exact fraction, or None when it is not a finite number of a
+    size arithmetic can take (1e5000 h overflowed a message's text: a 500). Unlike an ordered dose, zero
+    and any precision are valid FHIR here (tim-4/tim-5 allow a duration or period of 0; found by a
+    probe of the first fix, which refused them and with them the whole hook call)."""
+    if value is None:
+        return None
+    number = Decimal(str(value))
+    if not number.is_finite() or (number and not -MAX_EXPONENT <= number.adjusted() < MAX_EXPONENT):
+        return None
+    return Fraction(number)
 
 
 def _quantity(value: Any, path: str) -> Quantity | None:
@@ -297,10 +311,9 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
             return None, [], ["the timing gives a frequency without a period"]
         return _abbreviated_frequency(dosage)
     unit_seconds = PERIOD_UNIT_SECONDS.get(period_unit)
-    # A period no schedule can have (1e5000 d: its text overflowed int-to-str, a 500) is malformed.
-    _check_timing_number(period, f"{path}.timing.repeat.period")
-    total = Fraction(Decimal(str(period))) * (unit_seconds or 0)
-    if unit_seconds is None or total.denominator != 1 or total < 60:
+    length = _readable(period)
+    total = (length or 0) * (unit_seconds or 0)
+    if length is None or unit_seconds is None or total.denominator != 1 or total < 60:
         return None, [], [f"the timing ({period} {period_unit}) has no fixed length of at least a minute in "
                           "whole seconds, so its frequency was not checked"]
     count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), events)
@@ -353,7 +366,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes, unchecked = _frequency(dosage, path)
-    duration = _administration_duration(dosage, path, unchecked)
+    duration = _administration_duration(dosage, unchecked)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     if dosage.maxDosePerPeriod is not None:
@@ -399,30 +412,21 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     return lines
 
 
-def _administration_duration(dosage: Any, path: str, unchecked: list[str]) -> tuple[Fraction, str] | None:
+def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:
     """``timing.repeat.duration`` (or the longer ``durationMax``) with its ``durationUnit``: the longest an
     administration runs, which gives the most an infusion delivers."""
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None:
         return None
-    name = "durationMax" if repeat.durationMax is not None else "duration"
-    value = getattr(repeat, name)
+    value = repeat.durationMax if repeat.durationMax is not None else repeat.duration
     if value is None:
         return None
-    _check_timing_number(value, f"{path}.timing.repeat.{name}")
+    length = _readable(value)
     unit_seconds = PERIOD_UNIT_SECONDS.get(str(repeat.durationUnit)) if repeat.durationUnit else None
-    if unit_seconds is None or unit_seconds > PERIOD_UNIT_SECONDS["wk"]:
+    if length is None or length <= 0 or unit_seconds is None or unit_seconds > PERIOD_UNIT_SECONDS["wk"]:
         unchecked.append(f"the administration's duration ({value} {repeat.durationUnit}) could not be read")
         return None
-    return Fraction(Decimal(str(value))) * unit_seconds, f"{value} {repeat.durationUnit}"
-
-
-def _check_timing_number(value: Any, path: str) -> None:
-    """A period or duration must be a number a schedule can have: finite, positive, of sane size and
-    precision (the rules of ordered doses). 1e5000 h made a 500 (adversarial probe)."""
-    problem = number_problem(Decimal(str(value)))
-    if problem is not None:
-        raise _bad_request(path, problem)
+    return length * unit_seconds, f"{value} {repeat.durationUnit}"
 
 
 def _range_ends(bounds: Any, path: str, what: str, unchecked: list[str]) -> list[Quantity]:
