@@ -185,12 +185,28 @@ def negotiate(formats: Sequence[str] = JSON_FORMATS, media_types: Sequence[str] 
     entries = list(request.accept_mimetypes)
     if not entries:
         return _answer(media_types[0])
-    refused = {value.split(";")[0].strip().lower() for value, quality in entries if quality <= 0}
-    offers = [media for media in media_types if media not in refused]
-    if not any(_accepts(value, offers) for value, quality in entries if quality > 0):
+    offers = [media for media in media_types if _quality(media, entries) > 0]
+    if not offers:
         raise _NotAcceptable(f"cannot answer with any of the Accept types; this server sends {media_types[0]}",
                              "Accept")
     return _answer(offers[0])
+
+
+def _quality(offer: str, entries: Sequence[tuple[str, float]]) -> float:
+    """The quality the client gives ``offer``: that of the most specific Accept entry covering it (RFC
+    9110 12.5.1: a type, then its ``type/*``, then ``*/*``), among entries naming R4 or no version, so
+    ``application/*;q=0`` refuses fhir+json unless fhir+json itself is named with q > 0, and a q=0 for
+    ``fhirVersion=5.0`` refuses R5 only."""
+    kind = offer.split("/", 1)[0]
+    best: tuple[int, float] | None = None
+    for value, quality in entries:
+        media, *parameters = (part.strip().lower() for part in value.split(";"))
+        if not _r4(parameters):
+            continue
+        specificity = {offer: 2, f"{kind}/*": 1, "*/*": 0}.get(media)
+        if specificity is not None and (best is None or specificity > best[0]):
+            best = (specificity, quality)
+    return 0.0 if best is None else best[1]
 
 
 def _answer(media_type: str) -> str:
@@ -205,18 +221,6 @@ def _r4(parameters: Sequence[str]) -> bool:
     named = dict(part.partition("=")[::2] for part in parameters)
     version = named.get("fhirversion", "4.0").strip().strip('"')
     return version == "4.0" or version.startswith("4.0.")
-
-
-def _accepts(value: str, media_types: Sequence[str]) -> bool:
-    """One Accept entry, parameters included: werkzeug matches ``application/fhir+json; fhirVersion=4.0``
-    only against offers with the same parameters. ``fhirVersion`` must name R4; other parameters
-    (``charset``) do not matter here. A wildcard accepts only what is on offer."""
-    media, *parameters = (part.strip().lower() for part in value.split(";"))
-    if not media_types or not _r4(parameters):
-        return False
-    kind = media.split("/", 1)[0]
-    return media in ("*/*", *media_types) or (media == f"{kind}/*"
-                                              and any(m.startswith(f"{kind}/") for m in media_types))
 
 
 class _NotAcceptable(Exception):

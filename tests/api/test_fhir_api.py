@@ -431,6 +431,13 @@ def test_format_and_accept_agree_on_versions_refusals_and_hints(client):
     nothing = client.get(metadata, headers={"Accept": "application/fhir+json;q=0, application/json;q=0, */*"})
     assert nothing.status_code == 406
     assert client.get(metadata, headers={"Accept": "*/*"}).mimetype == FHIR_JSON
+    # The most specific entry decides (probe of the first fix): a q=0 for R5 refuses R5 only, a q=0
+    # wildcard refuses what it covers unless the type itself is named with q > 0.
+    r4_not_r5 = "application/fhir+json;fhirVersion=5.0;q=0, application/fhir+json;fhirVersion=4.0"
+    assert client.get(metadata, headers={"Accept": r4_not_r5}).mimetype == FHIR_JSON
+    assert client.get(metadata, headers={"Accept": "*/*;q=0, application/json"}).mimetype == "application/json"
+    assert client.get(metadata, headers={"Accept": "application/*;q=0, application/fhir+json"}).mimetype == FHIR_JSON
+    assert client.get(metadata, headers={"Accept": "application/*;q=0, text/html"}).status_code == 406
     unencoded = _outcome(client.get(f"{metadata}?_format=application/fhir+json"), 406)
     assert "%2B" in unencoded["issue"][0]["diagnostics"]
 
