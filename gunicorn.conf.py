@@ -54,7 +54,8 @@ class JsonSafeAtoms(SafeAtoms):
     write lines that are not JSON; found by an adversarial probe)."""
 
     def __init__(self, atoms: dict[str, object]) -> None:  # replaces SafeAtoms' escaping, not added to it
-        dict.__init__(self, {key: json.dumps(value, ensure_ascii=False)[1:-1] if isinstance(value, str) else value
+        # ASCII escapes: a raw U+0085 or U+2028 (a line break to str.splitlines) cannot split a line either.
+        dict.__init__(self, {key: json.dumps(value)[1:-1] if isinstance(value, str) else value
                              for key, value in atoms.items()})
 
 

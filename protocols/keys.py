@@ -91,32 +91,50 @@ def _default_ignorable(char: str) -> bool:
 
 
 #: Letters of other scripts that display like a Latin letter (after Unicode's confusables.txt, for the
-#: scripts a keyboard layout puts within reach: Cyrillic and Greek), and ASCII's own look-alikes: capital
-#: I, 1 and | look like l, 0 like o. Case-sensitive: a lower-case i or a capital L is its own letter.
-_HOMOGLYPHS = str.maketrans(
-    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u051b\u051d\u04bb\u04cf\u0432\u043a\u043c\u043d\u0442\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423\u0405\u0406\u0408\u04c0\u051a\u051c\u04ba\u03b1\u03b2\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4\u03c5\u03c7\u03f2\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u03f9\u0261\u2113I1|0",
-    "aeopcyxsijdqwhlbkmhtABEKMHOPCTXYSIJlQWHabeikvoptuxcABEZHIKMNOPTYXCgllllo",
+#: scripts a keyboard layout puts within reach: Cyrillic, Greek, and Latin's own script forms).
+_SCRIPT_HOMOGLYPHS = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u051b\u051d\u04bb\u04cf\u0432"
+    "\u043a\u043c\u043d\u0442\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423"
+    "\u0405\u0406\u0408\u04c0\u051a\u051c\u04ba\u03b1\u03b2\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4"
+    "\u03c5\u03c7\u03f2\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5"
+    "\u03a7\u03f9\u0261\u2113\u0251\u01c0",
+    "aeopcyxsijdqwhlb"
+    "kmhtABEKMHOPCTXY"
+    "SIJlQWHabeikvopt"
+    "uxcABEZHIKMNOPTY"
+    "XCglal"
 )
+#: ASCII's own look-alikes, case-sensitive: a capital I, 1 and | look like l, 0 like o (a lower-case i
+#: and a capital L are letters of their own).
+_ASCII_HOMOGLYPHS = str.maketrans("I1|0", "lllo")
+#: Signs that display as a hyphen without being dashes (Unicode category Pd): minus, modifier minus.
+_HYPHENS = frozenset("\u2212\u02d7\u2043")
+
+
+def _folded(name: str) -> str:
+    """Width and compatibility forms folded (NFKC), every dash a hyphen and every space a space, marks
+    decomposed (a Cyrillic e with an acute is an e with an acute), other scripts' look-alikes Latin."""
+    chars = []
+    for char in unicodedata.normalize("NFKC", name):
+        category = unicodedata.category(char)
+        chars.append("-" if category == "Pd" or char in _HYPHENS else " " if category == "Zs" else char)
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", "".join(chars)).translate(_SCRIPT_HOMOGLYPHS))
 
 
 def name_skeleton(name: str) -> str:
-    """What a name looks like (a simplified Unicode TR39 skeleton): width and compatibility forms folded
-    (NFKC), every dash a hyphen and every space a space, look-alike letters of other scripts and ASCII's
-    look-alikes mapped to one letter (marks decomposed first, so a Cyrillic e with an acute is an e
-    with an acute), then case folded. 'catalog-loader' with a Cyrillic a, with a non-breaking hyphen,
-    and 'ehr prod' with a no-break space beside a live 'ehr prod' were accepted; each reads as the
-    other author in version history (found by an adversarial probe)."""
-    folded = []
-    for char in unicodedata.normalize("NFKC", name):
-        category = unicodedata.category(char)
-        folded.append("-" if category == "Pd" or char == "\u2212" else " " if category == "Zs" else char)
-    mapped = unicodedata.normalize("NFD", "".join(folded)).translate(_HOMOGLYPHS)
-    return unicodedata.normalize("NFC", mapped).casefold()
+    """What a name looks like, case kept (a simplified Unicode TR39 skeleton): :func:`_folded`, then
+    ASCII's look-alikes (I, 1, | as l; 0 as o). 'catalog-loader' with a Cyrillic a, with a non-breaking
+    hyphen, and 'ehr prod' with a no-break space beside a live 'ehr prod' were accepted; each reads as
+    the other author in version history (found by an adversarial probe)."""
+    return _folded(name).translate(_ASCII_HOMOGLYPHS)
 
 
 def names_look_alike(first: str, second: str) -> bool:
-    """Whether two names would read as one author: equal but for case, or of one skeleton."""
-    return first.casefold() == second.casefold() or name_skeleton(first) == name_skeleton(second)
+    """Whether two names would read as one author: alike but for case (after folding look-alikes of
+    other scripts), or of one skeleton. Case is folded apart from the I/l rule, since folding it after
+    made ALI and ALL, PIC and PLC one name (probe of the first fix)."""
+    return (_folded(first).casefold() == _folded(second).casefold()
+            or name_skeleton(first) == name_skeleton(second))
 
 
 def key_name_problem(name: str) -> str | None:

@@ -342,7 +342,8 @@ def test_key_names_that_only_look_like_another_author_are_refused(client, db):
     upper-case I for its l, and a no-break space in 'ehr prod' beside a live 'ehr prod' were accepted:
     each reads as the other author in version history and audit rows (adversarial probe)."""
     for name in ("c\u0430talog-loader", "catalog\u2011loader", "\u0441li:root", "cataIog-loader", "CLI",
-                 "\uff43atalog-loader", "catalog-\u04c0oader", "c\u04c0i", "c\u0430talog-Loader"):
+                 "\uff43atalog-loader", "catalog-\u04c0oader", "c\u04c0i", "c\u0430talog-Loader",
+                 "catalog\u02d7loader", "cat\u0251log-loader"):
         response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:write"]})
         assert response.status_code == 422 and "name" in response.get_json()["errors"], name
     assert client.post("/v1/admin/keys", json={"name": "ehr prod", "scopes": ["protocols:read"]}).status_code == 201
@@ -352,7 +353,7 @@ def test_key_names_that_only_look_like_another_author_are_refused(client, db):
         assert "looks the same" in response.get_json()["message"], response.get_json()
     # Still names of their own (a lower-case i and a capital L are letters of their own; review):
     for distinct in ("ehr prod 2", "ehr-prod", "caf\u00e9", "pharmacy", "ali", "all", "mail-sync", "mall-sync",
-                     "CLL", "cll:research", "cli-tools"):
+                     "CLL", "cll:research", "cli-tools", "ALI-ops", "ALL-ops", "PIC", "PLC", "LIS", "IIS"):
         assert client.post("/v1/admin/keys", json={"name": distinct, "scopes": ["protocols:read"]}).status_code == 201
     assert client.post("/v1/admin/keys", json={"name": "\u0441af\u0435\u0301", "scopes": ["protocols:read"]}
                        ).status_code == 409  # Cyrillic c, Cyrillic e + combining acute: "caf\u00e9"

@@ -121,12 +121,12 @@ def test_gunicorn_access_lines_are_json_whatever_the_path(gunicorn_server):
     """gunicorn's own escaping covers '"' only: a path with a newline split its line in two and one
     ending in a backslash swallowed the closing quote (adversarial probe). Every line is JSON now."""
     base, log_path = gunicorn_server
-    paths = ["/v1/a%0Ab", "/v1/c%5C", "/v1/q%22uote", "/v1/tab%09end"]
+    paths = ["/v1/a%0Ab", "/v1/c%5C", "/v1/q%22uote", "/v1/tab%09end", "/v1/%85nel"]
     for path in paths:
         requests.get(f"{base}{path}", timeout=10)
-    expected = {"/v1/a\nb", "/v1/c\\", '/v1/q"uote', "/v1/tab\tend"}
+    expected = {"/v1/a\nb", "/v1/c\\", '/v1/q"uote', "/v1/tab\tend", "/v1/\x85nel"}  # U+0085: a str line break
     deadline = time.monotonic() + 10
-    while True:  # the lines of the start-up health checks are there too: wait for these four
+    while True:  # the lines of the start-up health checks are there too: wait for these
         text = log_path.read_text()
         complete = text[:text.rfind("\n") + 1]  # not a line still being written
         lines = [line for line in complete.splitlines() if '"gunicorn.access"' in line]
