@@ -166,10 +166,13 @@ class Span:
     high: Fraction
     unit: str
 
-    def text(self) -> str:
+    def text(self, dose: Fraction | None = None) -> str:
+        """``35-70 mg``; a rounded bound that ``dose`` (in this unit) broke is rounded away from it."""
+        low = fmt(self.low, dose if dose is not None and dose < self.low else None)
+        high = fmt(self.high, dose if dose is not None and dose > self.high else None)
         if self.low == self.high:
-            return f"{fmt(self.low)} {self.unit}"
-        return f"{fmt(self.low)}{DASH}{fmt(self.high)} {self.unit}"
+            return f"{high if dose is not None and dose > self.high else low} {self.unit}"
+        return f"{low}{DASH}{high} {self.unit}"
 
 
 @dataclass(frozen=True)
@@ -441,8 +444,9 @@ def _duration_seconds(dose_range: Mapping[str, Any]) -> Fraction | None:
 
 
 def absolute_range(dose_range: Mapping[str, Any], weight_kg: Fraction | None,
-                   weight_field: str = WEIGHT_FIELD) -> AbsoluteRange:
-    """``0.5-1 mg/kg x 70 kg = 35-70 mg``; a range that is not weight-based is its own answer."""
+                   weight_field: str = WEIGHT_FIELD, dose: Fraction | None = None) -> AbsoluteRange:
+    """``0.5-1 mg/kg x 70 kg = 35-70 mg``; a range that is not weight-based is its own answer. With the
+    ``dose`` judged (in the range's unit), a rounded bound it broke is shown on the far side of it."""
     unit = _unit(str(dose_range["unit"]), "unit")
     span = Span(exact(dose_range["dose_min"]), exact(dose_range["dose_max"]), unit.code)
     if not unit.per_kg:
@@ -451,7 +455,8 @@ def absolute_range(dose_range: Mapping[str, Any], weight_kg: Fraction | None,
         raise WeightRequired(f"the protocol range {span.text()} is weight-based; send the patient's "
                              f"body weight in kg", weight_field)
     absolute = Span(span.low * weight_kg, span.high * weight_kg, unit.absolute_code)
-    return AbsoluteRange(absolute, weight_kg, f"{span.text()} {TIMES} {fmt(weight_kg)} kg = {absolute.text()}")
+    shown = absolute.text(None if dose is None else dose * weight_kg)
+    return AbsoluteRange(absolute, weight_kg, f"{span.text()} {TIMES} {fmt(weight_kg)} kg = {shown}")
 
 
 def _max_per_period(dose_range: Mapping[str, Any], notes: list[str]) -> tuple[Amount, str, DoseUnit] | None:
@@ -578,6 +583,8 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
                                          concentration=order.concentration, duration_s=duration_s)
                                  for v in (low, high))
     in_ordered_unit = Span(low_ordered, high_ordered, dose_unit.code)
+    if range_unit.per_kg and judged_against(in_range_unit, low, high) is not None:
+        absolute = absolute_range(dose_range, weight, dose=in_range_unit)  # its text, rounded away from the dose
     notes: list[str] = []
     per_period = _per_period(order, dose_unit, dose_range, weight, duration_s, notes)
 
@@ -662,8 +669,9 @@ def _regimen_exceeded(frequency: Frequency | None, dose_range: Mapping[str, Any]
     doses = frequency.doses_in(wanted.period_seconds)
     if per_dose * doses <= high * wanted.count:
         return None
-    return (f"Regimen exceeded: {fmt(per_dose)} {range_unit.code} {TIMES} {doses} doses per {wanted.period} "
-            f"= {fmt(per_dose * doses)} {range_unit.code} > {fmt(high * wanted.count)} {range_unit.code}, the "
+    return (f"Regimen exceeded: {fmt(per_dose, judged_against(per_dose, per_dose, high))} {range_unit.code} "
+            f"{TIMES} {doses} doses per {wanted.period} = {fmt(per_dose * doses, high * wanted.count)} "
+            f"{range_unit.code} > {fmt(high * wanted.count)} {range_unit.code}, the "
             f"most the protocol's {protocol.get('text') or f'{wanted.count} per {wanted.period}'} gives "
             f"({wanted.count} {TIMES} {fmt(high)} {range_unit.code}).")
 

@@ -605,3 +605,5 @@ def test_rounded_numbers_stay_on_the_side_of_the_bound_they_broke(client):
     assert fast["verdict"] == "above_max"
     assert Decimal(str(fast["range_in_ordered_unit"]["max"])) < 25, fast["range_in_ordered_unit"]
     assert Decimal(str(fast["absolute_range"]["max"])) < 25, fast["absolute_range"]
+    assert fast["absolute_range"]["calculation"].endswith("= ≈24.9999999999 mg/h")  # the text too (probe)
+    assert any("= ≈24.9999999999 mg/h" in m for m in fast["messages"]), fast["messages"]
