@@ -481,13 +481,15 @@ def history_medication_knowledge(resource_id: str) -> Response:
     self_params = [*spec.applied, *([("_cursor", request.args["_cursor"])] if cursor else [])]
     links = [("self", link_url(path, self_params)), ("first", link_url(path, spec.applied))]
     if page.items:
-        # Read backwards (a previous link), the page came from a newer one and older versions lie beyond
+        # Read backwards (a previous link), the page came from a newer one, so older versions lie beyond
         # it; read forwards, newer versions lie before it only when it was reached by a cursor.
         backwards = spec.after_version is not None
-        if page.has_more if not backwards else True:
+        older = page.has_more or backwards
+        newer = page.has_more if backwards else spec.before_version is not None
+        if older:
             links.append(("next", link_url(path, [
                 *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[-1].version, "n"))])))
-        if page.has_more if backwards else spec.before_version is not None:
+        if newer:
             links.append(("previous", link_url(path, [
                 *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[0].version, "p"))])))
     body = fhir.bundle("history", entries=entries, links=links, total=page.total,

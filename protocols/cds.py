@@ -217,11 +217,10 @@ def _strength(medication: Any) -> Concentration | None:
     The ratio is kept exact (100 mg per 3 mL as the fraction 100/3: rounded to 28 digits, 3 mL of it
     read just below a 100 mg minimum), and a strength of zero, a negative or an unreadable one is not
     used (a zero numerator divided by zero, a negative one made a negative dose; adversarial probe)."""
-    ingredients = [(i, ingredient) for i, ingredient in enumerate(medication.ingredient or [])
-                   if ingredient.strength is not None]  # (position, ingredient)
+    ingredients = [i for i in medication.ingredient or [] if i.strength is not None]
     if len(ingredients) != 1:
         return None
-    numerator, denominator = ingredients[0][1].strength.numerator, ingredients[0][1].strength.denominator
+    numerator, denominator = ingredients[0].strength.numerator, ingredients[0].strength.denominator
     if numerator is None or denominator is None:
         return None
     amount, per = _readable(numerator.value), _readable(denominator.value)

@@ -583,8 +583,9 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
                                          concentration=order.concentration, duration_s=duration_s)
                                  for v in (low, high))
     in_ordered_unit = Span(low_ordered, high_ordered, dose_unit.code)
-    if range_unit.per_kg and judged_against(in_range_unit, low, high) is not None:
-        absolute = absolute_range(dose_range, weight, dose=in_range_unit)  # its text, rounded away from the dose
+    broken = judged_against(in_range_unit, low, high)  # the bound the dose broke: its text rounds away from it
+    if range_unit.per_kg and broken is not None:
+        absolute = absolute_range(dose_range, weight, dose=in_range_unit)
     notes: list[str] = []
     per_period = _per_period(order, dose_unit, dose_range, weight, duration_s, notes)
 
@@ -594,7 +595,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         shown = absolute.calculation
     if dose_unit.code != range_unit.code:
         over = f" over {duration_text}" if dose_unit.is_rate != range_unit.is_rate else ""
-        ordered += f" (= {fmt(in_range_unit, judged_against(in_range_unit, low, high))} {range_unit.code}{over})"
+        ordered += f" (= {fmt(in_range_unit, broken)} {range_unit.code}{over})"
     phase = dose_range.get("phase")
     messages: list[str] = []
     if in_range_unit < low:
@@ -669,7 +670,7 @@ def _regimen_exceeded(frequency: Frequency | None, dose_range: Mapping[str, Any]
     doses = frequency.doses_in(wanted.period_seconds)
     if per_dose * doses <= high * wanted.count:
         return None
-    return (f"Regimen exceeded: {fmt(per_dose, judged_against(per_dose, per_dose, high))} {range_unit.code} "
+    return (f"Regimen exceeded: {fmt(per_dose, high)} {range_unit.code} "
             f"{TIMES} {doses} doses per {wanted.period} = {fmt(per_dose * doses, high * wanted.count)} "
             f"{range_unit.code} > {fmt(high * wanted.count)} {range_unit.code}, the "
             f"most the protocol's {protocol.get('text') or f'{wanted.count} per {wanted.period}'} gives "
