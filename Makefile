@@ -28,14 +28,26 @@ run: venv
 serve: venv
 	$(BIN)/gunicorn -c gunicorn.conf.py "api:create_app()"
 
-## make test: the whole suite on SQLite, then on PostgreSQL when configured (always in CI)
+## make test: the whole suite on SQLite and, when configured (always in CI), on PostgreSQL. The two legs
+## share nothing (own databases, temp dirs, ports, rate-limit keys), so they run side by side; the
+## PostgreSQL leg's output follows the SQLite leg's, and either failing fails the target.
+PG_LOG = $${TMPDIR:-/tmp}/treatment-protocols-test-postgres-$$$$.log
 test: venv wrk
-	$(BIN)/pytest $(PYTEST_ARGS)
 	@if [ -n "$$PROTOCOLS_TEST_POSTGRES_URL" ] || [ "$$CI" = "true" ]; then \
-		echo "== PostgreSQL leg =="; \
-		PROTOCOLS_TEST_DB=postgres $(BIN)/pytest $(PYTEST_ARGS); \
+		log=$(PG_LOG); basetemp=$${log%.log}; \
+		echo "== SQLite and PostgreSQL legs, side by side (PostgreSQL's output: $$log, shown after SQLite's) =="; \
+		PROTOCOLS_TEST_DB=postgres $(BIN)/pytest -p no:cacheprovider --basetemp="$$basetemp" $(PYTEST_ARGS) \
+			>"$$log" 2>&1 & postgres=$$!; \
+		trap 'kill $$postgres 2>/dev/null' INT TERM; \
+		$(BIN)/pytest $(PYTEST_ARGS); sqlite_rc=$$?; \
+		wait $$postgres; postgres_rc=$$?; \
+		echo "== PostgreSQL leg =="; cat "$$log"; rm -rf "$$log" "$$basetemp"; \
+		echo "== SQLite leg: exit $$sqlite_rc; PostgreSQL leg: exit $$postgres_rc =="; \
+		[ $$sqlite_rc -eq 0 ] && [ $$postgres_rc -eq 0 ]; \
 	else \
+		$(BIN)/pytest $(PYTEST_ARGS); sqlite_rc=$$?; \
 		echo "PostgreSQL leg not run: set PROTOCOLS_TEST_POSTGRES_URL (CI=true makes it required)"; \
+		exit $$sqlite_rc; \
 	fi
 
 test-sqlite: venv

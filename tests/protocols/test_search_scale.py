@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import Integer, TextualSelect, event, text
 
 from protocols import fulltext, record, search, versioning
-from protocols.db import Database
+from protocols.db import Database, make_database
 from protocols.search import ProtocolQuery
 from protocols.timeutil import utcnow
 from tests.conftest import BACKEND
@@ -84,10 +84,14 @@ def load_varied(db: Database, count: int = 70, seed: int = 9) -> None:
                               status="draft", now=T0 + timedelta(days=3, minutes=index))
 
 
-@pytest.fixture
-def varied(db: Database) -> Database:
+@pytest.fixture(scope="module")
+def varied(test_databases: Any) -> Iterator[Database]:
+    """The varied catalog, loaded once into a database of the module's own: the tests that read it
+    only search (70 protocols took ~2 s to load per test on PostgreSQL)."""
+    db = make_database(test_databases.private_url())
     load_varied(db)
-    return db
+    yield db
+    db.dispose()
 
 
 # ------------------------------------------------------------------------------ the references
@@ -320,45 +324,44 @@ def _first_page_work(db: Database, query: ProtocolQuery) -> int:
     return meter.work()
 
 
-@pytest.fixture
-def catalogs(database_url: str, test_databases: Any) -> Iterator[Any]:
-    """The same bench catalog at 600 protocols, then grown to 2,400 (4x)."""
-    from protocols.db import make_database
-
-    generate = _load_generate()
-    db = make_database(database_url)
-    shapes = generate.templates()
-    now = utcnow().replace(microsecond=0) - timedelta(minutes=1)
-
-    def grow(to: int, start: int) -> Database:
-        for first in range(start, to, 600):
-            generate.write_batch(db, range(first, min(first + 600, to)), shapes, now)
-        generate.analyze(db)
-        return db
-
-    yield grow
-    db.dispose()
-
-
 #: Ranked queries whose "can anything outrank the page" statement PostgreSQL plans by table size: at
 #: 2,400 protocols it reads protocol_fts whole (2,640 rows) instead of the per-field GIN index it uses
 #: at 100,000 (0 rows), so a 600 -> 2,400 comparison says nothing about them there. bench/run.py
 #: measures them at 1,000 and 100,000 on both databases (docs/performance.md).
-SIZE_PLANNED_ON_POSTGRES = [
-    pytest.param(ProtocolQuery(q="sertraline"), id="q-drug"),
-    pytest.param(ProtocolQuery(q="sertraline zoloft"), id="q-two-words"),
-]
+SIZE_PLANNED_ON_POSTGRES = {"q-drug": ProtocolQuery(q="sertraline"),
+                            "q-two-words": ProtocolQuery(q="sertraline zoloft")}
+FIRST_PAGE_QUERIES = {"q-common-word": ProtocolQuery(q="depressive"), "drug-filter": ProtocolQuery(drug="sertraline"),
+                      **(SIZE_PLANNED_ON_POSTGRES if BACKEND == "sqlite" else {})}
 
 
-@pytest.mark.parametrize("query", [
-    pytest.param(ProtocolQuery(q="depressive"), id="q-common-word"),
-    pytest.param(ProtocolQuery(drug="sertraline"), id="drug-filter"),
-    *(SIZE_PLANNED_ON_POSTGRES if BACKEND == "sqlite" else []),
-])
-def test_first_page_work_does_not_grow_with_the_catalog(catalogs: Any, query: ProtocolQuery) -> None:
-    small = _first_page_work(catalogs(600, 0), query)
-    large = _first_page_work(catalogs(2400, 600), query)
-    assert large <= 1.5 * small + 50, (small, large)
+@pytest.fixture(scope="module")
+def first_page_work(test_databases: Any) -> Iterator[dict[str, tuple[int, int]]]:
+    """Each query's first-page work on the same bench catalog at 600 protocols, then grown to 2,400
+    (4x), in a database of the module's own (built once for every query)."""
+    generate = _load_generate()
+    db = make_database(test_databases.private_url())
+    shapes = generate.templates()
+    now = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+
+    def grow(to: int, start: int) -> dict[str, int]:
+        for first in range(start, to, 600):
+            generate.write_batch(db, range(first, min(first + 600, to)), shapes, now)
+        generate.analyze(db)
+        return {name: _first_page_work(db, query) for name, query in FIRST_PAGE_QUERIES.items()}
+
+    try:
+        small = grow(600, 0)
+        large = grow(2400, 600)
+        yield {name: (small[name], large[name]) for name in FIRST_PAGE_QUERIES}
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("query", FIRST_PAGE_QUERIES)
+def test_first_page_work_does_not_grow_with_the_catalog(first_page_work: dict[str, tuple[int, int]],
+                                                        query: str) -> None:
+    small, large = first_page_work[query]
+    assert large <= 1.5 * small + 50, (query, small, large)
 
 
 def test_per_field_indexes_have_the_shape_search_cost_relies_on(db: Database, backend: str) -> None:

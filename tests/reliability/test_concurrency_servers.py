@@ -20,7 +20,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,9 +38,16 @@ LEAKS = ("database is locked", "Traceback", "sqlalchemy", "psycopg", "sqlite3")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def server(database_url: str, tmp_path: Path) -> Any:
-    with gunicorn(database_url, tmp_path, workers=3) as running:
+@pytest.fixture(scope="module")
+def server_database(test_databases: Any) -> str:
+    """The module's own database: every test here works on protocol ids of its own, so one server
+    (3 workers take ~10 s to start and warm up) serves them all."""
+    return test_databases.private_url()
+
+
+@pytest.fixture(scope="module")
+def server(server_database: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with gunicorn(server_database, tmp_path_factory.mktemp("gunicorn"), workers=3) as running:
         yield running
 
 
@@ -91,7 +97,7 @@ def _revise_until_done(server: Server, protocol_id: str, writer: int, outcomes: 
 
 
 def test_concurrent_revisions_lose_nothing_and_duplicate_nothing(server: Server, backend: str,
-                                                                 database_url: str) -> None:
+                                                                 server_database: str) -> None:
     session = server.session()
     protocol_id = "concurrent-revisions"
     created = session.post(f"{server.url}/v1/protocols", json=protocol_payload(protocol_id), timeout=30)
@@ -132,7 +138,7 @@ def test_concurrent_revisions_lose_nothing_and_duplicate_nothing(server: Server,
         check = session.get(f"{server.url}/v1/protocols/{protocol_id}/versions/{version}", timeout=30)
         assert check.headers["ETag"] == etag
 
-    audit_counts = _audit_counts(database_url, protocol_id)
+    audit_counts = _audit_counts(server_database, protocol_id)
     if audit_counts is not None:  # one allowed event per version written, one denied per 412
         assert audit_counts["protocol.create/allowed/201"] == 1, audit_counts
         assert audit_counts["protocol.revise/allowed/201"] == len(successes), audit_counts
