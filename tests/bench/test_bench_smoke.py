@@ -19,8 +19,9 @@ from typing import Any
 from sqlalchemy import create_engine, inspect, text
 
 from protocols import migrate
-from protocols.db import make_database
+from protocols.db import make_database, normalize_url
 from protocols.timeutil import utcnow
+from tests.conftest import BACKEND
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,21 +35,35 @@ def _load_generate() -> ModuleType:
     return module
 
 
-def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--results-dir", str(tmp_path)],
+def _bench_databases(admin_url: str) -> set[str]:
+    engine = create_engine(normalize_url(admin_url))
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%'")).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path, test_databases: Any) -> None:
+    """On the leg's own database: the PostgreSQL path (its throwaway database, pinned backends) is the
+    one `make bench` measures the targets on."""
+    name = {"sqlite": "sqlite", "postgres": "postgresql"}[BACKEND]
+    before = _bench_databases(test_databases.admin_url) if BACKEND == "postgres" else set()
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--results-dir", str(tmp_path),
+                             "--backends", name, "--postgres-admin-url", test_databases.admin_url],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| backend | endpoint | req/s (min-max) | p50 ms | p99 ms |" in result.stdout
     for endpoint in ("(a) bare Flask", "(b) bare Flask + raw driver", "(c) smorest + ORM + marshmallow",
                      "GET /v1/protocols/{id}", "GET /v1/protocols/{id} (304)", "PUT /v1/protocols/{id}",
                      "(d) raw INSERT+COMMIT"):
-        assert f"| sqlite | {endpoint}" in result.stdout, endpoint
-    assert "| sqlite | GET >= 0.85 x (b) raw-driver read |" in result.stdout
+        assert f"| {name} | {endpoint}" in result.stdout, endpoint
+    assert f"| {name} | GET >= 0.85 x (b) raw-driver read |" in result.stdout
     files = list(tmp_path.glob("*-smoke.json"))
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     measurements = data["results"][0]["measurements"]
-    assert data["results"][0]["backend"] == "sqlite"
+    assert [r["backend"] for r in data["results"]] == [name]
     # Every GET measured did real requests and none failed (a broken endpoint shows up as errors).
     for key in ("a_fixed", "b_raw", "c_textbook", "get", "get_304"):
         assert measurements[key]["runs"][0]["requests"] > 0, key
@@ -60,8 +75,10 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         assert paced["generator"] == "bench/openloop.py"
         assert paced["runs"][0]["requests"] > 0
         assert paced["errors"] == 0, paced
-    assert "| sqlite | p99 <= 5 x p50 at 70 % of peak |" in result.stdout
-    assert "| sqlite | (a) bare Flask at 70 % of peak, open loop" in result.stdout
+    assert f"| {name} | p99 <= 5 x p50 at 70 % of peak |" in result.stdout
+    assert f"| {name} | (a) bare Flask at 70 % of peak, open loop" in result.stdout
+    if BACKEND == "postgres":  # the run's throwaway database went with it
+        assert _bench_databases(test_databases.admin_url) <= before
 
 
 FTS5_SHADOW_SUFFIXES = ("_data", "_idx", "_docsize", "_config", "_content")
