@@ -11,8 +11,9 @@ severity a reviewer or an EHR can act on:
   administration instructions);
 * ``minor``: wording, sources, when a version takes effect.
 
-Dosing ranges are matched between versions by ``(route, phase)`` (in document order when a version
-holds several ranges for the same pair). Numbers are compared only when units match: mg against
+Dosing ranges are matched between versions by ``(route, phase)``; when a version holds several ranges
+for the same pair (alternatives, in no meaningful order), an unchanged range is matched wherever it
+stands and the rest to their closest counterparts. Numbers are compared only when units match: mg against
 mg/kg, or a per-day maximum against a per-week one, is a ``unit_changed``, never an "increase".
 Everything here is a pure function of two documents.
 """
@@ -20,6 +21,8 @@ Everything here is a pure function of two documents.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -241,7 +244,9 @@ def _pair(old: list[_Indexed], new: list[_Indexed], route: Any, phase: Any) -> t
 
     A phase's ranges are alternatives, so their order carries no meaning: a range that is still there,
     unchanged, is matched wherever it now stands (matched by position, two swapped ranges read as four
-    "major" dose changes). The ranges left over are matched in order, as before."""
+    "major" dose changes). The ranges left over are matched to their closest counterparts
+    (:func:`_closest_pairs`): matched in order, removing the 56 mg option of [56 mg, 84 mg] while
+    annotating the 84 mg one read as "56 mg raised to 84 mg" and "84 mg removed"."""
     unmatched = list(old)
     twins: list[tuple[Mapping[str, Any], _Indexed]] = []
     rest: list[_Indexed] = []
@@ -253,8 +258,64 @@ def _pair(old: list[_Indexed], new: list[_Indexed], route: Any, phase: Any) -> t
         else:
             unmatched.remove(twin)
             twins.append((twin[1], (index, item)))
-    pairs = twins + [(o[1], n) for o, n in zip(unmatched, rest, strict=False)]
-    return pairs, unmatched[len(rest):], rest[len(unmatched):]
+    chosen = _closest_pairs(unmatched, rest, lambda a, b: _distance(a, b, route, phase))
+    pairs = twins + [(unmatched[i][1], rest[j]) for i, j in chosen]
+    removed = [item for i, item in enumerate(unmatched) if i not in {i for i, _ in chosen}]
+    added = [item for j, item in enumerate(rest) if j not in {j for _, j in chosen}]
+    return pairs, removed, added
+
+
+#: Beyond this many ways to pair a phase's leftover ranges, pairs are chosen greedily (closest first).
+_EXHAUSTIVE_PAIRINGS = 40_320
+
+
+def _closest_pairs(old: list[_Indexed], new: list[_Indexed],
+                   distance: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[int, float]]
+                   ) -> list[tuple[int, int]]:
+    """As many (old, new) index pairs as the smaller side has, with the least total distance; ties keep
+    document order (the first pairing in order wins). Every leftover range on the larger side is a
+    removal or an addition, as before: only *which* ranges pair changes."""
+    k = min(len(old), len(new))
+    if k == 0:
+        return []
+    cost = [[distance(o[1], n[1]) for n in new] for o in old]
+    if math.perm(max(len(old), len(new)), k) <= _EXHAUSTIVE_PAIRINGS:
+        best: list[tuple[int, int]] | None = None
+        best_cost: tuple[int, float] | None = None
+        if len(old) <= len(new):
+            candidates = ([(i, j) for i, j in enumerate(js)] for js in itertools.permutations(range(len(new)), k))
+        else:
+            candidates = ([(i, j) for j, i in enumerate(is_)] for is_ in itertools.permutations(range(len(old)), k))
+        for pairing in candidates:
+            total = (sum(cost[i][j][0] for i, j in pairing), sum(cost[i][j][1] for i, j in pairing))
+            if best_cost is None or total < best_cost:
+                best, best_cost = pairing, total
+        assert best is not None
+        return sorted(best)
+    chosen: list[tuple[int, int]] = []
+    free_old, free_new = set(range(len(old))), set(range(len(new)))
+    while free_old and free_new:
+        i, j = min(((i, j) for i in sorted(free_old) for j in sorted(free_new)), key=lambda ij: cost[ij[0]][ij[1]])
+        chosen.append((i, j))
+        free_old.discard(i)
+        free_new.discard(j)
+    return sorted(chosen)
+
+
+def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any, phase: Any) -> tuple[int, float]:
+    """How far apart two ranges are: the kinds of change between them (a rewording counts for nothing),
+    then, in the same unit, how far their bounds moved (on a log scale, so 28 -> 56 mg is as far as
+    56 -> 112 mg)."""
+    kinds = {change.type for change in _dose_range(a, b, "", route, phase) if change.type != "text_changed"}
+    moved = 0.0
+    if a.get("unit") == b.get("unit"):
+        for bound in ("dose_min", "dose_max"):
+            try:
+                low, high = float(_number(a.get(bound))), float(_number(b.get(bound)))
+                moved += abs(math.log(high / low)) if low > 0 and high > 0 else float(low != high)
+            except (ArithmeticError, ValueError, TypeError):  # a bound missing or not a number
+                moved += 1.0
+    return len(kinds), moved
 
 
 def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: Any,

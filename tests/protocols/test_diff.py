@@ -217,6 +217,51 @@ def test_alternative_ranges_of_one_phase_are_matched_by_content_not_position() -
     assert (change.type, change.path, change.before["dose_min"]) == ("dosing_range_removed", "/dosing_ranges/0", 0.1)
 
 
+def test_ranges_that_changed_are_paired_with_their_closest_counterparts() -> None:
+    """Ranges left over after the unchanged ones are paired by content, not position (found by a probe):
+    in order, dropping the 56 mg option while annotating the 84 mg one read as "56 mg raised to 84 mg"
+    and "84 mg removed", and two swapped ranges that both widened read as two raised and two lowered."""
+    a = document()
+    first = a["dosing_ranges"][0]
+    a["dosing_ranges"] = [{**first, "dose_min": 56, "dose_max": 56, "unit": "mg"},
+                          {**first, "dose_min": 84, "dose_max": 84, "unit": "mg"}]
+    b = copy.deepcopy(a)
+    b["dosing_ranges"] = [{**a["dosing_ranges"][1], "instructions": "Observe for 2 hours."}]
+    changes = diff.clinical_changes(a, b)
+    assert sorted((c.type, c.path) for c in changes) == [("dosing_range_removed", "/dosing_ranges/0"),
+                                                         ("instructions_changed", "/dosing_ranges/0/instructions")]
+    assert next(c for c in changes if c.type == "dosing_range_removed").before["dose_min"] == 56
+
+    a["dosing_ranges"] = [{**first, "dose_min": 28, "dose_max": 56, "unit": "mg"},
+                          {**first, "dose_min": 56, "dose_max": 84, "unit": "mg"}]
+    c = copy.deepcopy(a)
+    c["dosing_ranges"] = [{**first, "dose_min": 56, "dose_max": 90, "unit": "mg"},
+                          {**first, "dose_min": 28, "dose_max": 60, "unit": "mg"}]
+    assert sorted((x.type, x.path, x.before, x.after) for x in diff.clinical_changes(a, c)) == [
+        ("dose_max_increased", "/dosing_ranges/0/dose_max", 84, 90),
+        ("dose_max_increased", "/dosing_ranges/1/dose_max", 56, 60)]
+    # A range that moved further than a sibling is paired with the nearer one: 56 and 84 -> 80.
+    d = copy.deepcopy(a)
+    d["dosing_ranges"] = [{**first, "dose_min": 56, "dose_max": 80, "unit": "mg"}]
+    assert sorted((x.type, x.before if x.type == "dosing_range_removed" else x.after)
+                  for x in diff.clinical_changes(a, d)
+                  if x.type in ("dosing_range_removed", "dose_max_decreased")) == [
+        ("dose_max_decreased", 80), ("dosing_range_removed", a["dosing_ranges"][0])]
+
+
+def test_many_leftover_ranges_are_still_paired_closest_first() -> None:
+    """Beyond the exhaustive search's bound, pairs are chosen greedily: still no range is paired with a
+    far one while its own counterpart is left."""
+    a = document()
+    first = a["dosing_ranges"][0]
+    a["dosing_ranges"] = [{**first, "dose_min": 10 * n, "dose_max": 10 * n + 5, "unit": "mg"} for n in range(1, 11)]
+    b = copy.deepcopy(a)
+    b["dosing_ranges"] = [{**r, "dose_max": r["dose_max"] + 1} for r in reversed(a["dosing_ranges"])]
+    changes = diff.clinical_changes(a, b)
+    assert len(changes) == 10 and {c.type for c in changes} == {"dose_max_increased"}
+    assert all(c.after == c.before + 1 for c in changes)
+
+
 def test_changing_a_ranges_route_is_a_removal_and_an_addition() -> None:
     def move_to_iv(b: dict[str, Any]) -> None:
         b["routes"].append(IV_ROUTE)
