@@ -24,6 +24,7 @@ from api import (
 )
 from api.config import from_env
 from api.extensions import API_KEY, DB_KEY
+from api.http import not_modified
 from api.request_ids import new_request_id, request_id
 from protocols.db import make_database
 
@@ -101,12 +102,20 @@ def _init_request_hooks(app: Flask) -> None:
 def _conditional_get(response: Response) -> None:
     """Every successful GET answers ``If-None-Match`` with 304: responses that carry no ETag of their
     own (lists, pick lists, diffs, bundles) get a weak one computed from their bytes. Version reads
-    set their strong ETag (and 304) themselves; streamed responses are left alone."""
+    set their strong ETag (and 304) themselves; streamed responses are left alone.
+
+    The header is read as the version reads read it (``api.http.none_match``), not by werkzeug's
+    ``make_conditional``: that also answered a GET's ``If-Match`` with 412 and the page as its body
+    (no read here acts on ``If-Match``), and read lists the version reads ignore as malformed."""
     if (request.method not in ("GET", "HEAD") or response.status_code != 200 or response.is_streamed
             or response.direct_passthrough or "ETag" in response.headers):
         return
     response.add_etag(weak=True)
-    response.make_conditional(request)
+    if not_modified(response.headers["ETag"]):
+        response.status_code = 304
+        response.set_data(b"")
+        for name in ("Content-Type", "Content-Length"):
+            response.headers.pop(name, None)
 
 
 #: Operations that never read the database (liveness).

@@ -16,7 +16,9 @@ from api.errors import ApiError
 from protocols.models import MAX_SEQ
 from protocols.versioning import StoredVersion
 
-_ETAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e]*")\s*(?:,|$)')
+_ETAG = re.compile(r'(W/)?("[\x21\x23-\x7e]*")[ \t]*')
+#: Whitespace and empty list elements, which RFC 9110 (5.6.1.2) has recipients accept: ``"a", , "b"``.
+_LIST_GAP = re.compile(r'[ \t,]*')
 
 CACHE_REVALIDATE = "private, no-cache"
 CACHE_IMMUTABLE = "private, max-age=31536000, immutable"
@@ -32,14 +34,14 @@ def parse_etag_list(header: str | None) -> list[str] | None:
     if header == "*":
         return ["*"]
     tags: list[str] = []
-    position = 0
+    position = _LIST_GAP.match(header).end()  # type: ignore[union-attr]  # matches the empty string
     while position < len(header):
         match = _ETAG.match(header, position)
-        if not match or match.end() == position:
+        if not match or (match.end() < len(header) and header[match.end()] != ","):
             raise ApiError(400, "Malformed entity-tag list in a conditional header",
                            errors={"If-Match": ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
         tags.append((match.group(1) or "") + match.group(2))
-        position = match.end()
+        position = _LIST_GAP.match(header, match.end()).end()  # type: ignore[union-attr]
     if not tags:  # names the header as a malformed list does (an empty one named nothing; adversarial probe)
         raise ApiError(400, "Empty entity-tag list in a conditional header",
                        errors={"If-Match": ['empty: send an entity-tag such as "3-0a1b2c3d4e5f6a7b"']})

@@ -445,6 +445,36 @@ def test_if_none_match_on_lists_answers_304(client):
     assert client.get("/v1/protocols", headers={"If-None-Match": listing.headers["ETag"]}).status_code == 200
 
 
+
+def test_every_get_reads_conditional_headers_alike(client):
+    """Lists used werkzeug's make_conditional (found by a probe): a GET's If-Match answered 412 with the
+    page as its body, while no version read acts on If-Match; and an If-None-Match list the version reads
+    ignore as malformed (an unquoted tag) matched a list's ETag."""
+    protocol_id, created = create(client)
+    for path in ("/v1/protocols", f"/v1/protocols/{protocol_id}/versions", f"/v1/protocols/{protocol_id}",
+                 f"/v1/protocols/{protocol_id}/versions/1"):
+        plain = client.get(path)
+        assert plain.status_code == 200
+        etag = plain.headers["ETag"]
+        for if_match in ('"nope"', etag, "*"):
+            answer = client.get(path, headers={"If-Match": if_match})
+            assert answer.status_code == 200 and answer.data == plain.data, (path, if_match, answer.status_code)
+        unquoted = etag.removeprefix("W/").strip('"')
+        assert client.get(path, headers={"If-None-Match": unquoted}).status_code == 200, path
+        assert client.get(path, headers={"If-None-Match": f'"x", , {etag},'}).status_code == 304, path
+
+
+def test_entity_tag_lists_may_hold_empty_elements(client):
+    """RFC 9110 (5.6.1.2) has recipients accept empty list elements: ``, "x", , "<etag>"`` was a 400."""
+    protocol_id, created = create(client)
+    revised = revise(client, protocol_id, created.get_json() | {"title": "Second"},
+                     f', "x", , {created.headers["ETag"]} ,')
+    assert revised.status_code == 201, revised.get_json()
+    for header in (", ,", '"a" "b"', '"a", b'):
+        refused = revise(client, protocol_id, revised.get_json() | {"title": "Third"}, header)
+        assert refused.status_code == 400 and "If-Match" in refused.get_json()["errors"], header
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
+
 # ------------------------------------------- retirements a later version would undo (adversarial probe)
 
 
