@@ -64,7 +64,6 @@ def list_keys() -> dict[str, Any]:
                   description="A live key (or one whose name looks the same) has this name; errors.name says which")
 def create_key(payload: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Mint a key. The response is the only place the key ever appears."""
-    g.audit_action = audit.KEY_CREATE
     info, plain = keys.create_key(get_db(), payload["name"], payload["scopes"], expires_at=payload["expires_at"],
                                   ctx=write_context(pending(201)))
     g.audit_recorded = True  # written with the key, in its transaction
@@ -86,7 +85,7 @@ def get_key(key_id: str) -> dict[str, Any]:
 @blp.alt_response(404, schema=ErrorSchema, description="No such key")
 def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: it stops working at once, in every worker. Revoking again changes nothing."""
-    g.audit_action, g.audit_target = audit.KEY_REVOKE, key_id
+    g.audit_target = key_id
     try:
         info = keys.revoke_key(get_db(), key_id, ctx=write_context(pending(200)))
     except keys.KeyNotFound as exc:

@@ -42,6 +42,10 @@ ACTIONS: dict[str, str] = {
     "protocols.create_protocol": "protocol.create",
     "protocols.revise_protocol": "protocol.revise",
     "protocols.retire_protocol": "protocol.retire",
+    # By endpoint, not set in the views: a request authentication refuses never reaches its view, and a
+    # denied revoke was filed as admin.revoke_key, out of reach of ?action=keys.revoke (found by a probe).
+    "admin.create_key": audit.KEY_CREATE,
+    "admin.revoke_key": audit.KEY_REVOKE,
 }
 
 

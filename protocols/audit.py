@@ -77,14 +77,16 @@ class AuditPage:
 
 
 def _clip(value: str | None, length: int) -> str | None:
-    return value[:length] if value is not None else None
+    """``value`` cut to ``length``, with NUL as U+FFFD: PostgreSQL text cannot hold NUL, and a refused
+    request for ``/v1/protocols/abc%00`` left no audit row there while SQLite kept one."""
+    return value.replace("\x00", "\ufffd")[:length] if value is not None else None
 
 
 def row(*, action: str, outcome: str, actor: str | None, target: str | None, status_code: int | None,
         request_id: str | None, detail: str | None, occurred_at: datetime) -> dict[str, Any]:
     """The column values of one event, over-long values clipped to the column sizes."""
-    return {"occurred_at": occurred_at, "actor": _clip(actor, 200), "action": action[:64],
-            "target": _clip(target, 200), "outcome": outcome[:32], "status_code": status_code,
+    return {"occurred_at": occurred_at, "actor": _clip(actor, 200), "action": _clip(action, 64),
+            "target": _clip(target, 200), "outcome": _clip(outcome, 32), "status_code": status_code,
             "request_id": _clip(request_id, 100), "detail": _clip(detail, 4000)}
 
 

@@ -10,7 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from protocols.keys import SCOPES, key_name_problem
 from protocols.timeutil import format_rfc3339, utcnow
 from schemas.fields import Instant, Text
-from schemas.query import PageQuerySchema
+from schemas.query import WindowPageQuerySchema
 
 
 class Timestamp(Instant):
@@ -60,7 +60,7 @@ class KeyListSchema(Schema):
     items = fields.List(fields.Nested(KeySchema), required=True)
 
 
-class AuditQuerySchema(PageQuerySchema):
+class AuditQuerySchema(WindowPageQuerySchema):
     actor = Text(validate=validate.Length(1, 200), metadata={"description": "API key name"})
     protocol = Text(validate=validate.Length(1, 200),
                     metadata={"description": "Target: a protocol id (or key id for key administration)"})

@@ -82,9 +82,9 @@ class ProtocolListQuerySchema(PageQuerySchema, AsOfQuerySchema):
                 f"'{code}' is not a well-formed ICD-10-CM code (e.g. F33 or F33.2) or SNOMED CT concept id"]})
 
 
-class VersionListQuerySchema(PageQuerySchema):
-    since = Instant(metadata={"description": "Only versions recorded at or after this instant"})
-    until = Instant(metadata={"description": "Only versions recorded before this instant"})
+class WindowPageQuerySchema(PageQuerySchema):
+    """A page of a log bounded by ``since`` (inclusive) and ``until`` (exclusive), which subclasses
+    declare with their own descriptions."""
 
     @validates_schema
     def _check_window(self, data: dict[str, Any], **_: Any) -> None:
@@ -92,6 +92,11 @@ class VersionListQuerySchema(PageQuerySchema):
         since, until = data.get("since"), data.get("until")
         if since is not None and until is not None and since >= until:
             raise ValidationError({"until": ["must be later than since"]})
+
+
+class VersionListQuerySchema(WindowPageQuerySchema):
+    since = Instant(metadata={"description": "Only versions recorded at or after this instant"})
+    until = Instant(metadata={"description": "Only versions recorded before this instant"})
 
 
 class RetireQuerySchema(Schema):

@@ -126,6 +126,39 @@ def test_admin_audit_query_filters_and_paginates(client, anon_client, make_key):
     assert [e["target"] for e in back["items"]] == ids[2:0:-1]
 
 
+
+def test_denied_key_administration_is_filed_under_the_allowed_actions_name(anon_client, client, make_key):
+    """A request authentication refuses never reaches its view: a denied revoke was filed as
+    admin.revoke_key, out of reach of ?action=keys.revoke (found by a probe)."""
+    writer = make_key(["protocols:read", "protocols:write"], name="writer-bot")
+    victim = client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["protocols:read"]}).get_json()
+    assert anon_client.delete(f"/v1/admin/keys/{victim['id']}", headers=bearer(writer)).status_code == 403
+    assert anon_client.post("/v1/admin/keys", json={"name": "mine", "scopes": ["admin"]},
+                            headers=bearer(writer)).status_code == 403
+    revokes = client.get("/v1/admin/audit?action=keys.revoke").get_json()["items"]
+    assert [(e["actor"], e["target"], e["outcome"]) for e in revokes] == [("writer-bot", victim["id"], "denied")]
+    creates = client.get("/v1/admin/audit?action=keys.create").get_json()["items"]
+    assert [(e["actor"], e["outcome"]) for e in creates] == [("writer-bot", "denied"), ("test-all-scopes", "allowed")]
+
+
+def test_refused_requests_with_a_nul_in_the_path_are_audited_on_both_databases(anon_client, make_key, client, db):
+    """PostgreSQL text cannot hold NUL: the audit insert failed (only logged) and a refused request for
+    /v1/protocols/abc%00def left no row there, where SQLite kept one (found by a probe)."""
+    reader = make_key(["protocols:read"], name="nul-reader")
+    assert anon_client.delete("/v1/protocols/abc%00def").status_code == 401
+    assert anon_client.delete("/v1/admin/keys/abc%00", headers=bearer(reader)).status_code == 403
+    rows = audit_rows(db)
+    assert [(r.action, r.target, r.outcome, r.status_code) for r in rows] == [
+        ("protocol.retire", "abc\ufffddef", "denied", 401), ("keys.revoke", "abc\ufffd", "denied", 403)]
+    assert [e["target"] for e in client.get("/v1/admin/audit").get_json()["items"]] == ["abc\ufffd", "abc\ufffddef"]
+
+
+def test_an_empty_audit_window_is_a_422(client):
+    """Swapped bounds read as "nothing happened"; the version list already refused them."""
+    response = client.get("/v1/admin/audit?since=2030-01-01T00:00:00Z&until=2020-01-01T00:00:00Z")
+    assert response.status_code == 422 and response.get_json()["errors"] == {"until": ["must be later than since"]}
+    assert client.get("/v1/admin/audit?since=2020-01-01T00:00:00Z&until=2020-01-01T00:00:00Z").status_code == 422
+
 @pytest.mark.parametrize(("query", "field"), [("cursor=garbage", "cursor"), ("page_size=1000", "page_size"),
                                               ("since=yesterday", "since"), ("who=me", "who"),
                                               ("outcome=maybe", "outcome")])

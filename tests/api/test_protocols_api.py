@@ -450,7 +450,7 @@ def test_every_get_reads_conditional_headers_alike(client):
     """Lists used werkzeug's make_conditional (found by a probe): a GET's If-Match answered 412 with the
     page as its body, while no version read acts on If-Match; and an If-None-Match list the version reads
     ignore as malformed (an unquoted tag) matched a list's ETag."""
-    protocol_id, created = create(client)
+    protocol_id, _ = create(client)
     for path in ("/v1/protocols", f"/v1/protocols/{protocol_id}/versions", f"/v1/protocols/{protocol_id}",
                  f"/v1/protocols/{protocol_id}/versions/1"):
         plain = client.get(path)

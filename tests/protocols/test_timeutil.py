@@ -29,3 +29,17 @@ def test_instants_outside_the_years_1900_to_9998_in_utc_are_refused(text):
 def test_what_is_accepted_is_stored_in_utc_and_parses_again(text, stored):
     assert parse_rfc3339(text) == stored
     assert parse_rfc3339(format_rfc3339(stored)) == stored
+
+
+@pytest.mark.parametrize("text", ["2030-01-01T00:00:00+00:60", "2030-01-01T00:00:00-05:75", "2030-01-01T00:00:00+05:99",
+                                  "2030-01-01T00:00:00+24:00", "2030-01-01T00:00:00+99:00"])
+def test_offsets_beyond_23_59_are_refused(text):
+    """fromisoformat read +00:60 as +01:00: an effective_from written that way took effect an hour
+    early (found by a probe). RFC 3339 offsets are 00-23 hours, 00-59 minutes."""
+    with pytest.raises(ValueError, match="RFC 3339"):
+        parse_rfc3339(text)
+
+
+def test_the_widest_offsets_are_accepted():
+    assert parse_rfc3339("2030-01-01T23:59:00+23:59") == datetime(2030, 1, 1, 0, 0)
+    assert parse_rfc3339("2030-01-01T00:00:00-23:59") == datetime(2030, 1, 1, 23, 59)
