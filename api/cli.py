@@ -79,6 +79,13 @@ def load_command(directory: Path | None) -> None:
         if result.appended:  # a change made outside any HTTP request still belongs in the audit log
             audit.record(get_db(), action="protocol.load", outcome=audit.ALLOWED, actor=ctx.actor,
                          target=catalog_file.protocol_id, detail=f'{{"appended_versions":{list(result.appended)}}}')
+        if result.left_alone is not None:
+            newest = result.left_alone
+            click.echo(f"{catalog_file.protocol_id}: left alone: its newest version ({newest.version}, "
+                       f"{newest.status}) was written by {newest.recorded_by or 'an anonymous caller'}, not by "
+                       f"this loader, and {catalog_file.path.name} does not hold it; add it to the file as its "
+                       "last entry to load the file again", err=True)
+            continue
         state = f"appended versions {result.appended}" if result.appended else "unchanged"
         click.echo(f"{catalog_file.protocol_id}: {state}")
 

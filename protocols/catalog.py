@@ -3,7 +3,12 @@
 A file holds ``id`` and either a single record or ``versions:``, a list of records in the order
 they took effect (e.g. Spravato's label history). Loading is idempotent: the newest stored version
 is located among the file's entries and only the entries after it are appended; a file whose last
-entry matches nothing stored appends that entry as a new version.
+entry matches nothing stored appends that entry as a new version, if the loader wrote the newest one.
+
+A newest version someone else wrote (a correction or a retirement through the API) that the file does
+not hold is left alone, and so is the protocol: appending the file's last entry would undo that write
+(a back-dated correction at every instant, a retirement from its date on; found by a probe). Putting
+the change in the file, as its last entry, hands the protocol back to the loader.
 """
 
 from __future__ import annotations
@@ -68,10 +73,20 @@ class Entry:
     content: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class LeftAlone:
+    """The newest version, which the loader did not write and the file does not hold."""
+
+    version: int
+    status: str
+    recorded_by: str | None
+
+
 @dataclass
 class SyncResult:
     protocol_id: str
     appended: list[int] = field(default_factory=list)
+    left_alone: LeftAlone | None = None
 
 
 def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
@@ -90,6 +105,13 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
     matched = [index for index, entry in enumerate(entries)
                if record.content_hash(entry.content) == newest_hash and entry.status == newest.status
                and (entry.effective_from is None or entry.effective_from == newest.effective_from)]
+    if not matched:
+        author = newest.as_dict().get("recorded_by")
+        if author != ctx.actor:
+            # Written through the API (a correction, a retirement): the file no longer says what is
+            # current, and appending its last entry would undo that write at every instant it covers.
+            result.left_alone = LeftAlone(newest.version, newest.status, author)
+            return result
     pending = entries[matched[-1] + 1:] if matched else entries[-1:]
     return _append_entries(db, protocol_id, pending, newest, ctx, result)
 

@@ -109,6 +109,68 @@ def test_changed_file_appends_one_version(app, client, tmp_path):
     assert "psilocybin-oral-trd-investigational: unchanged" in again.output
 
 
+
+def _written_through_the_api(client, protocol_id, **changes):
+    current = client.get(f"/v1/protocols/{protocol_id}")
+    body = current.get_json()
+    for name in ("version", "recorded_at", "recorded_by", "request_id"):
+        body.pop(name)
+    body.update(changes)
+    response = client.put(f"/v1/protocols/{protocol_id}", json=body, headers={"If-Match": current.headers["ETag"]})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def test_load_leaves_a_back_dated_api_correction_alone(app, client, tmp_path):
+    """A correction dated from when the fact applied (as the README says to date one) was undone by the
+    next load (make run loads on every start): the file's last entry was appended again with the same
+    effective_from, and the higher version won at every instant (found by a probe)."""
+    directory = tmp_path / "catalog"
+    shutil.copytree(catalog.CATALOG_DIR, directory)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["protocols", "load", str(directory)]).exit_code == 0
+    pid = "esketamine-nasal-spravato"
+    before = _versions_count(client, pid)
+    ranges = client.get(f"/v1/protocols/{pid}").get_json()["dosing_ranges"]
+    ranges[0]["dose_max"] = 56
+    corrected = _written_through_the_api(client, pid, dosing_ranges=ranges, change_note="Correction: induction max")
+    result = runner.invoke(args=["protocols", "load", str(directory)])
+    assert result.exit_code == 0, result.output
+    assert (f"{pid}: left alone: its newest version ({before + 1}, active) was written by test-all-scopes"
+            in result.output)
+    assert "ketamine-iv-anesthesia-induction: unchanged" in result.output
+    assert _versions_count(client, pid) == before + 1
+    assert client.get(f"/v1/protocols/{pid}").get_json()["dosing_ranges"][0]["dose_max"] == 56
+
+    # The change put in the file, as its last entry, hands the protocol back to the loader.
+    path = directory / f"{pid}.yaml"
+    data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
+    entry = {k: v for k, v in corrected.items() if k not in ("id", "version", "recorded_at", "recorded_by",
+                                                             "request_id")}
+    data["versions"].append(entry)
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    again = runner.invoke(args=["protocols", "load", str(directory)])
+    assert f"{pid}: unchanged" in again.output, again.output
+    assert _versions_count(client, pid) == before + 1
+
+
+def test_load_leaves_a_protocol_retired_through_the_api_retired(app, client):
+    """Retired through the API from a past date, the protocol was brought back by the next load: the
+    file's last entry was appended with its earlier effective_from (found by a probe)."""
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["protocols", "load"]).exit_code == 0
+    pid = "zuranolone-oral-ppd"
+    before = _versions_count(client, pid)
+    etag = client.get(f"/v1/protocols/{pid}").headers["ETag"]
+    retired = client.delete(f"/v1/protocols/{pid}?effective_from=2023-08-04T00:00:00Z&change_note=withdrawn",
+                            headers={"If-Match": etag})
+    assert retired.status_code == 200, retired.get_json()
+    result = runner.invoke(args=["protocols", "load"])
+    assert result.exit_code == 0, result.output
+    assert f"{pid}: left alone: its newest version ({before + 1}, retired)" in result.output
+    assert client.get(f"/v1/protocols/{pid}").status_code == 410
+    assert _versions_count(client, pid) == before + 1
+
 def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
     directory = tmp_path / "catalog"
     shutil.copytree(catalog.CATALOG_DIR, directory)
