@@ -57,7 +57,10 @@ def validate_entry(raw: dict[str, Any]) -> catalog.Entry:
 @click.argument("directory", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 def load_command(directory: Path | None) -> None:
     """Load the curated catalog (idempotent: unchanged files append nothing)."""
-    files = catalog.read_catalog(directory or catalog.CATALOG_DIR)
+    try:
+        files = catalog.read_catalog(directory or catalog.CATALOG_DIR)
+    except catalog.CatalogError as exc:
+        raise click.ClickException(f"{exc}; nothing was loaded") from exc
     validated = []
     failed = False
     for catalog_file in files:
@@ -74,8 +77,13 @@ def load_command(directory: Path | None) -> None:
     if failed:
         raise click.ClickException("catalog has invalid files; nothing was loaded")
     ctx = WriteContext(actor=keys.CATALOG_ACTOR)
+    refused = []
     for catalog_file, entries in validated:
         result = catalog.sync_protocol(get_db(), catalog_file.protocol_id, entries, ctx)
+        if result.refused is not None:
+            index, error = result.refused
+            prefix = f"versions.{index}: " if len(entries) > 1 else ""
+            refused.append(f"{catalog_file.path.name}: {prefix}{error.message}")
         if result.appended:  # a change made outside any HTTP request still belongs in the audit log
             audit.record(get_db(), action="protocol.load", outcome=audit.ALLOWED, actor=ctx.actor,
                          target=catalog_file.protocol_id, detail=f'{{"appended_versions":{list(result.appended)}}}')
@@ -88,6 +96,9 @@ def load_command(directory: Path | None) -> None:
             continue
         state = f"appended versions {result.appended}" if result.appended else "unchanged"
         click.echo(f"{catalog_file.protocol_id}: {state}")
+    if refused:
+        raise click.ClickException("the versioning rules refused " + "; ".join(refused)
+                                   + " (the versions listed as appended stay; a load after the fix resumes after them)")
 
 
 def validate_document(document: dict[str, Any]) -> dict[str, list[str]]:

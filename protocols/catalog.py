@@ -22,7 +22,7 @@ import yaml
 
 from protocols import record, versioning
 from protocols.db import Database
-from protocols.errors import ProtocolNotFound
+from protocols.errors import DomainError, ProtocolNotFound
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 
@@ -44,23 +44,49 @@ class CatalogFile:
     entries: list[dict[str, Any]] = field(default_factory=list)
 
 
+class CatalogError(ValueError):
+    """A catalog file that cannot be read as one (named, with the reason), found before anything is
+    written."""
+
+
 def read_catalog(directory: Path = CATALOG_DIR) -> list[CatalogFile]:
-    files = []
-    for path in sorted(directory.glob("*.yaml")):
+    """Every ``*.yaml`` file of ``directory``, in name order. Raises :class:`CatalogError` for the
+    first file that is not a catalog file, or when two files hold the same protocol id (each load
+    appended both files' entries, one after the other, forever)."""
+    files = [_read_file(path) for path in sorted(directory.glob("*.yaml"))]
+    seen: dict[str, Path] = {}
+    for catalog_file in files:
+        if catalog_file.protocol_id in seen:
+            raise CatalogError(f"{catalog_file.path.name}: id '{catalog_file.protocol_id}' is also the id in "
+                               f"{seen[catalog_file.protocol_id].name}; one file per protocol")
+        seen[catalog_file.protocol_id] = catalog_file.path
+    return files
+
+
+def _read_file(path: Path) -> CatalogFile:
+    try:
         with path.open(encoding="utf-8") as handle:
             data = yaml.load(handle, Loader=_StringTimestampLoader)
-        if not isinstance(data, dict) or "id" not in data:
-            raise ValueError(f"{path.name}: a catalog file is a mapping with an 'id'")
-        protocol_id = str(data["id"])
-        if "versions" in data:
-            shared = {k: v for k, v in data.items() if k not in ("versions", "id")}
-            if shared:
-                raise ValueError(f"{path.name}: with 'versions', every field belongs to a version")
-            entries = [dict(entry, id=protocol_id) for entry in data["versions"]]
-        else:
-            entries = [dict(data)]
-        files.append(CatalogFile(path, protocol_id, entries))
-    return files
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path.name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise CatalogError(f"{path.name}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from exc
+    except OSError as exc:
+        raise CatalogError(f"{path.name}: cannot be read: {exc.strerror or exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
+        raise CatalogError(f"{path.name}: a catalog file is a mapping with an 'id' (a string)")
+    protocol_id = data["id"]
+    if "versions" not in data:
+        return CatalogFile(path, protocol_id, [dict(data)])
+    shared = {k: v for k, v in data.items() if k not in ("versions", "id")}
+    if shared:
+        raise CatalogError(f"{path.name}: with 'versions', every field belongs to a version")
+    versions = data["versions"]
+    if not isinstance(versions, list) or not versions or not all(isinstance(v, dict) for v in versions):
+        raise CatalogError(f"{path.name}: 'versions' is a non-empty list of records")
+    return CatalogFile(path, protocol_id, [dict(entry, id=protocol_id) for entry in versions])
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,9 @@ class SyncResult:
     protocol_id: str
     appended: list[int] = field(default_factory=list)
     left_alone: LeftAlone | None = None
+    #: The entry (its index in the file) the versioning rules refused, and why; the entries before it
+    #: stay appended (each version is its own transaction), and a load after the fix resumes after them.
+    refused: tuple[int, DomainError] | None = None
 
 
 def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
@@ -96,12 +125,16 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
     try:
         newest, newest_hash = versioning.latest_with_hash(db, protocol_id)
     except ProtocolNotFound:
-        first, *rest = entries
-        stored = versioning.create(db, protocol_id, first.content, status=first.status,
-                                   effective_from=first.effective_from, change_note=first.change_note,
-                                   ctx=ctx)
+        first = entries[0]
+        try:
+            stored = versioning.create(db, protocol_id, first.content, status=first.status,
+                                       effective_from=first.effective_from, change_note=first.change_note,
+                                       ctx=ctx)
+        except DomainError as exc:
+            result.refused = (0, exc)
+            return result
         result.appended.append(stored.version)
-        return _append_entries(db, protocol_id, rest, stored, ctx, result)
+        return _append_entries(db, protocol_id, list(enumerate(entries))[1:], stored, ctx, result)
     matched = [index for index, entry in enumerate(entries)
                if record.content_hash(entry.content) == newest_hash and entry.status == newest.status
                and (entry.effective_from is None or entry.effective_from == newest.effective_from)]
@@ -112,16 +145,20 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
             # current, and appending its last entry would undo that write at every instant it covers.
             result.left_alone = LeftAlone(newest.version, newest.status, author)
             return result
-    pending = entries[matched[-1] + 1:] if matched else entries[-1:]
-    return _append_entries(db, protocol_id, pending, newest, ctx, result)
+    start = matched[-1] + 1 if matched else len(entries) - 1
+    return _append_entries(db, protocol_id, list(enumerate(entries))[start:], newest, ctx, result)
 
 
-def _append_entries(db: Database, protocol_id: str, entries: list[Entry], newest: versioning.StoredVersion,
-                    ctx: versioning.WriteContext, result: SyncResult) -> SyncResult:
-    for entry in entries:
-        newest, created = versioning.revise(db, protocol_id, entry.content, if_match=[newest.etag],
-                                            status=entry.status, effective_from=entry.effective_from,
-                                            change_note=entry.change_note, ctx=ctx)
+def _append_entries(db: Database, protocol_id: str, entries: list[tuple[int, Entry]],
+                    newest: versioning.StoredVersion, ctx: versioning.WriteContext, result: SyncResult) -> SyncResult:
+    for index, entry in entries:
+        try:
+            newest, created = versioning.revise(db, protocol_id, entry.content, if_match=[newest.etag],
+                                                status=entry.status, effective_from=entry.effective_from,
+                                                change_note=entry.change_note, ctx=ctx)
+        except DomainError as exc:
+            result.refused = (index, exc)
+            return result
         if created:
             result.appended.append(newest.version)
     return result

@@ -12,6 +12,7 @@ import yaml
 from api.cli import validate_entry
 from protocols import catalog, record
 from schemas.protocol import ProtocolCreateSchema
+from tests.factories import protocol_payload
 
 FILES = catalog.read_catalog()
 ENTRIES = [(f.path.name, index, entry) for f in FILES for index, entry in enumerate(f.entries)]
@@ -170,6 +171,63 @@ def test_load_leaves_a_protocol_retired_through_the_api_retired(app, client):
     assert f"{pid}: left alone: its newest version ({before + 1}, retired)" in result.output
     assert client.get(f"/v1/protocols/{pid}").status_code == 410
     assert _versions_count(client, pid) == before + 1
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"id: [unclosed\n", "not valid YAML at line 2"),
+    (b"- just\n- a list\n", "a catalog file is a mapping with an 'id'"),
+    (b"title: no id\n", "a catalog file is a mapping with an 'id'"),
+    (b"id: x-protocol\nversions: []\n", "'versions' is a non-empty list of records"),
+    (b"id: x-protocol\nversions: {a: 1}\n", "'versions' is a non-empty list of records"),
+    (b"id: x-protocol\nversions: [1, 2]\n", "'versions' is a non-empty list of records"),
+    (b"id: caf\xe9\n", "not UTF-8 text"),
+], ids=["yaml", "list", "no-id", "empty-versions", "versions-mapping", "versions-numbers", "latin-1"])
+def test_unreadable_catalog_files_are_one_line_errors_and_load_nothing(app, client, tmp_path, text, message):
+    """Each printed a Python traceback (found by a probe), after nothing or, for an empty versions
+    list, in the middle of the load."""
+    directory = tmp_path / "catalog"
+    shutil.copytree(catalog.CATALOG_DIR, directory)
+    (directory / "zz-broken.yaml").write_bytes(text)
+    result = app.test_cli_runner().invoke(args=["protocols", "load", str(directory)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"Error: zz-broken.yaml: {message}" in result.output and "Traceback" not in result.output
+    assert result.output.strip().endswith("nothing was loaded")
+    assert client.get("/v1/protocols/ketamine-iv-anesthesia-induction").status_code == 404
+
+
+def test_two_files_with_one_id_are_refused_before_anything_is_loaded(app, client, tmp_path):
+    """Accepted, they appended each other's entries on every load (found by a probe)."""
+    directory = tmp_path / "catalog"
+    shutil.copytree(catalog.CATALOG_DIR, directory)
+    shutil.copyfile(directory / "zuranolone-oral-ppd.yaml", directory / "zz-copy.yaml")
+    result = app.test_cli_runner().invoke(args=["protocols", "load", str(directory)])
+    assert result.exit_code == 1
+    assert ("zz-copy.yaml: id 'zuranolone-oral-ppd' is also the id in zuranolone-oral-ppd.yaml" in result.output)
+    assert client.get("/v1/protocols/ketamine-iv-anesthesia-induction").status_code == 404
+
+
+def test_an_entry_the_versioning_rules_refuse_is_named_and_the_rest_is_loaded(app, client, tmp_path):
+    """A retirement whose content differs from the version it retires printed a traceback naming
+    neither the file nor the entry (found by a probe). The versioning rules depend on what is stored,
+    so they are applied as each version is written: the entries before the refused one stay, and a
+    load after the fix resumes after them."""
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    shutil.copyfile(catalog.CATALOG_DIR / "zuranolone-oral-ppd.yaml", directory / "a.yaml")
+    first = ProtocolCreateSchema().dump(ProtocolCreateSchema().load(
+        json.loads(json.dumps(protocol_payload("b-protocol")))))
+    retired = {**first, "status": "retired", "title": "Different content"}
+    (directory / "b.yaml").write_text(yaml.safe_dump({"id": "b-protocol", "versions": [
+        {k: v for k, v in first.items() if k != "id"}, {k: v for k, v in retired.items() if k != "id"}]}))
+    runner = app.test_cli_runner()
+    for attempt in range(2):
+        result = runner.invoke(args=["protocols", "load", str(directory)])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        refusal = "Error: the versioning rules refused b.yaml: versions.1: a retirement repeats the content"
+        assert refusal in result.output
+        assert ("b-protocol: appended versions [1]" if attempt == 0 else "b-protocol: unchanged") in result.output
+    assert _versions_count(client, "b-protocol") == 1
+    assert client.get("/v1/protocols/zuranolone-oral-ppd").status_code == 200
 
 def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
     directory = tmp_path / "catalog"
