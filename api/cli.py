@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from alembic.util import exc as alembic_errors
 from flask import Flask
 from flask.cli import AppGroup
 from marshmallow import ValidationError
@@ -33,6 +34,9 @@ class DatabaseCommands(AppGroup):
             raise click.ClickException(
                 f"database error: {first}. Is PROTOCOLS_DATABASE_URL right, the database reachable and "
                 "its schema migrated (`flask protocols migrate`)?") from exc
+        except alembic_errors.CommandError as exc:  # e.g. a database stamped by a newer release
+            raise click.ClickException(f"migration error: {exc}. Is this database from a newer release of "
+                                       "treatment-protocols?") from exc
 
 
 protocols_cli = DatabaseCommands("protocols", help="Manage the protocol registry.")
@@ -136,9 +140,14 @@ def export_command(path: Path) -> None:
         click.echo(f"exported {count} versions", err=True)
         return
     partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8", newline="\n") as out:
-        count = transfer.export_ndjson(get_db(), out)
-    partial.replace(path)  # a crash mid-export never leaves a truncated file under the real name
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as out:
+            count = transfer.export_ndjson(get_db(), out)
+        partial.replace(path)  # a crash mid-export never leaves a truncated file under the real name
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)  # a failed export (database down, disk full) leaves nothing behind
     click.echo(f"exported {count} versions to {path}")
 
 
@@ -149,7 +158,10 @@ IMPORT_ACTION = "protocols.import"
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
 def import_command(path: Path) -> None:
     """Import an NDJSON export: the whole file is validated first, then imported in one transaction."""
-    data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
         result = transfer.import_ndjson(get_db(), data, validate_document)
     except transfer.ImportRejected as exc:

@@ -305,3 +305,46 @@ def test_a_database_refusal_during_import_names_the_line_and_writes_nothing(app,
     assert "line 3: _line: the database refused it: value too long" in result.output, result.output
     monkeypatch.setattr(versioning, "import_version", original)
     assert _export_lines(target, tmp_path) == []
+
+
+def test_a_failed_export_leaves_no_partial_file_and_says_why_in_one_line(tmp_path):
+    """Export into a missing directory printed a traceback, and an export that failed on the database
+    left PATH.partial behind (found by a probe)."""
+    from api import create_app
+
+    app = create_app({"PROTOCOLS_DATABASE_URL": f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}", "TESTING": True})
+    runner = app.test_cli_runner()
+    missing = runner.invoke(args=["protocols", "export", str(tmp_path / "no-such-dir" / "out.ndjson")])
+    assert missing.exit_code == 1 and "cannot write" in missing.output and "Traceback" not in missing.output
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    failed = runner.invoke(args=["protocols", "export", str(exports / "out.ndjson")])
+    assert failed.exit_code == 1 and "flask protocols migrate" in failed.output, failed.output
+    assert list(exports.iterdir()) == []
+    app.extensions["protocols_db"].dispose()
+
+
+def test_an_import_file_that_cannot_be_read_is_a_one_line_error(app, tmp_path):
+    """A read error printed an OSError traceback (found by a probe with /proc/self/mem)."""
+    result = app.test_cli_runner().invoke(args=["protocols", "import", "/proc/self/mem"])
+    assert result.exit_code == 1 and "cannot read /proc/self/mem" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_migrating_a_database_from_a_newer_release_is_a_one_line_error(make_app, db, backend):
+    """A database stamped with a revision this code does not know printed alembic's traceback."""
+    from sqlalchemy import text
+
+    from protocols import migrate
+
+    head = migrate.head_revision(str(db.engine.url))
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    try:
+        result = make_app().test_cli_runner().invoke(args=["protocols", "migrate"])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "migration error:" in result.output and "9999_from_the_future" in result.output
+        assert "newer release" in result.output
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
