@@ -371,11 +371,11 @@ def test_catalog_ketamine_and_esketamine_orders(client, app):
     result_cards = cards(client, hook_request([order], weight=weight_bundle(70)))
     assert {c["source"]["topic"]["code"].split("/")[0] for c in result_cards} == iv_ketamine
     anaesthesia = next(d for d in documents if d["id"] == "ketamine-iv-anesthesia-induction")
-    (dose_range,) = [r for r in anaesthesia["dosing_ranges"] if r["route"] == IV]
+    iv_ranges = [r for r in anaesthesia["dosing_ranges"] if r["route"] == IV]  # the bolus and the alternative
+    low, high = min(r["dose_min"] for r in iv_ranges), max(r["dose_max"] for r in iv_ranges)
     indication = anaesthesia["indications"][0]
-    for dose, indicator in ((dose_range["dose_max"] * 70, "info"), (dose_range["dose_min"] * 70, "info"),
-                            (dose_range["dose_max"] * 70 + Decimal("0.1"), "critical"),
-                            (dose_range["dose_min"] * 70 - Decimal("0.1"), "warning")):
+    for dose, indicator in ((high * 70, "info"), (low * 70, "info"), (high * 70 + Decimal("0.1"), "critical"),
+                            (low * 70 - Decimal("0.1"), "warning")):
         narrowed = medication_request("ket-an", KETAMINE, IV, dose=(float(dose), "mg"),
                                       reason=(indication["system"], indication["code"]))
         (card,) = cards(client, hook_request([narrowed], weight=weight_bundle(70)))

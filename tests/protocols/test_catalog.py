@@ -372,3 +372,22 @@ def test_zuranolone_course_is_not_coded_as_a_single_dose(app, client):
     record = client.get("/v1/protocols/zuranolone-oral-ppd").get_json()
     assert [d["phase"] for d in record["dosing_ranges"]] == ["induction"]
 
+
+
+def test_ketalar_iv_holds_the_labels_alternative_induction_at_half_a_mg_per_kg_a_minute(app, client):
+    """An order at the label's alternative rate (1-2 mg/kg at 0.5 mg/kg/min) read as below the minimum
+    of the 60-second bolus range (found by a clinical review); version 1 stays in the history."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    pid = "ketamine-iv-anesthesia-induction"
+    current = client.get(f"/v1/protocols/{pid}").get_json()
+    assert current["version"] == 2 and current["change_note"].startswith("Correction:")
+    alternative = current["dosing_ranges"][1]
+    assert (alternative["dose_min"], alternative["dose_max"], alternative["unit"]) == (1, 2, "mg/kg")
+    assert "0.5 mg/kg/min" in alternative["instructions"]
+    cited = {path for source in current["sources"] for path in source["supports"]}
+    assert "dosing_ranges.1" in cited
+    assert len(client.get(f"/v1/protocols/{pid}/versions/1").get_json()["dosing_ranges"]) == 1
+    for order in ({"dose": {"value": 0.5, "unit": "mg/kg/min"}},
+                  {"dose": {"value": 0.5, "unit": "mg/kg/min"}, "duration": "PT3M"},
+                  {"dose": {"value": 140, "unit": "mg"}}):
+        assert _dose_check(client, pid, route="47625008", patient={"weight_kg": 70}, **order) == "within_range", order
