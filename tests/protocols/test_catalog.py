@@ -40,7 +40,8 @@ def test_every_entry_cites_sources_for_its_facts(name, index, entry):
     supported = {path for source in entry["sources"] for path in source.get("supports", [])}
     assert all(source["url"].startswith("https://") or source["url"].startswith("http://")
                for source in entry["sources"])
-    assert any(path.startswith("dosing_ranges") for path in supported), "dosing must cite a source"
+    for index, _ in enumerate(entry["dosing_ranges"]):  # each range: one cited range said nothing of the others
+        assert {"dosing_ranges", f"dosing_ranges.{index}"} & supported, f"dosing_ranges.{index} cites no source"
     approval = entry["fda_approval"]
     if approval["status"] == "approved":
         assert approval["approval_date"] and approval["application_number"]
