@@ -365,16 +365,22 @@ _Change = Callable[[str, str, Any, Any, str], ClinicalChange]
 
 def _frequency(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, change: _Change) -> Iterator[ClinicalChange]:
     def shown(f: Mapping[str, Any] | None) -> str:
-        return "none" if f is None else f"{f.get('count')} per {f.get('period')}"
+        if f is None:
+            return "none"
+        return f"{f.get('count')} per {f.get('period')}" + (f" to {f['period_max']}" if f.get("period_max") else "")
 
     if a is None or b is None:
         if a != b:
             yield change("frequency_changed", "/frequency", a, b,
                          f"Frequency changed from {shown(a)} to {shown(b)}")
         return
-    if a.get("count") != b.get("count") or not _duration_equal(a.get("period"), b.get("period")):
+    if (a.get("count") != b.get("count") or not _duration_equal(a.get("period"), b.get("period"))
+            or not _duration_equal(a.get("period_max"), b.get("period_max"))):
         yield change("frequency_changed", "/frequency", a, b, f"Frequency changed from {shown(a)} to {shown(b)}")
         return
+    if a.get("period_max") != b.get("period_max"):
+        yield change("text_changed", "/frequency/period_max", a.get("period_max"), b.get("period_max"),
+                     "Longest frequency period rewritten with the same length")
     # Every field of the patch is named in the changes, as for max_per_period (found by a probe:
     # P1W -> P7D was in the patch and nowhere in the changes).
     if a.get("period") != b.get("period"):

@@ -644,8 +644,7 @@ def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],
             return [f"The order repeats ({frequency.count} per {frequency.period}) a dose the protocol gives "
                     "once (single administration)."]
         return []
-    wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
-    label = protocol.get("text") or f"{wanted.count} per {wanted.period}"
+    label = protocol.get("text") or frequency_label(protocol)
     if frequency is None:
         if per_period is None or per_period.maximum is None:
             return [f"No frequency was sent; the protocol gives {label}."]
@@ -673,8 +672,15 @@ def _regimen_exceeded(frequency: Frequency | None, dose_range: Mapping[str, Any]
     return (f"Regimen exceeded: {fmt(per_dose, high)} {range_unit.code} "
             f"{TIMES} {doses} doses per {wanted.period} = {fmt(per_dose * doses, high * wanted.count)} "
             f"{range_unit.code} > {fmt(high * wanted.count)} {range_unit.code}, the "
-            f"most the protocol's {protocol.get('text') or f'{wanted.count} per {wanted.period}'} gives "
+            f"most the protocol's {protocol.get('text') or frequency_label(protocol)} gives "
             f"({wanted.count} {TIMES} {fmt(high)} {range_unit.code}).")
+
+
+def frequency_label(protocol: Mapping[str, Any]) -> str:
+    """A range's frequency as "1 per P1W", or "1 per P1W to P2W" with a period range; checks hold orders
+    to ``period``, the most frequent dosing."""
+    label = f"{protocol['count']} per {protocol['period']}"
+    return f"{label} to {protocol['period_max']}" if protocol.get("period_max") else label
 
 
 def _more_frequent(frequency: Frequency | None, dose_range: Mapping[str, Any]) -> bool:
@@ -726,7 +732,7 @@ def _patient_range(index: int, dose_range: Mapping[str, Any], weight: Fraction |
     messages = [f"Protocol range for the {dose_range.get('phase')} phase: {absolute.calculation}."]
     if dose_range.get("frequency"):
         frequency = dose_range["frequency"]
-        label = f"{frequency['count']} per {frequency['period']}"
+        label = frequency_label(frequency)
         text = frequency.get("text")
         messages.append(f"Frequency: {text} ({label})." if text else f"Frequency: {label}.")
     maximum: Amount | None = None

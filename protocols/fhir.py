@@ -396,8 +396,13 @@ def _dosage(dose: Mapping[str, Any], routes: Mapping[str, Mapping[str, Any]]) ->
     repeat: dict[str, Any] = {}
     frequency = dose.get("frequency")
     if frequency:
-        period, period_unit = time_amount(frequency["period"])
-        repeat.update({"frequency": frequency["count"], "period": period, "periodUnit": period_unit})
+        if frequency.get("period_max"):  # periodMax is in period's unit (FHIR)
+            (period, longest), period_unit = time_amounts(frequency["period"], frequency["period_max"])
+            repeat.update({"frequency": frequency["count"], "period": period, "periodMax": longest,
+                           "periodUnit": period_unit})
+        else:
+            period, period_unit = time_amount(frequency["period"])
+            repeat.update({"frequency": frequency["count"], "period": period, "periodUnit": period_unit})
     if dose.get("duration"):
         length, length_unit = time_amount(dose["duration"])
         repeat.update({"duration": length, "durationUnit": length_unit})
@@ -424,11 +429,18 @@ def _dosage(dose: Mapping[str, Any], routes: Mapping[str, Mapping[str, Any]]) ->
 def time_amount(duration: str) -> tuple[int, str]:
     """ISO 8601 duration -> (amount, UCUM/Timing unit) in the largest unit that divides it exactly:
     ``P1W`` -> (1, "wk"), ``P1D`` -> (1, "d"), ``PT40M`` -> (40, "min"), ``PT90S`` -> (90, "s")."""
-    seconds = int(parse_duration(duration) / timedelta(seconds=1))
+    (amount,), code = time_amounts(duration)
+    return amount, code
+
+
+def time_amounts(*durations: str) -> tuple[tuple[int, ...], str]:
+    """Several durations in one unit, the largest that divides each exactly (``P1W``, ``P10D`` -> (7, 10)
+    days), for elements that share a unit (``period``/``periodMax``)."""
+    seconds = [int(parse_duration(duration) / timedelta(seconds=1)) for duration in durations]
     for code, size in _TIME_UNITS:
-        if seconds % size == 0:
-            return seconds // size, code
-    raise ValueError(f"unrepresentable duration {duration!r}")  # pragma: no cover - "s" divides all
+        if all(value % size == 0 for value in seconds):
+            return tuple(value // size for value in seconds), code
+    raise ValueError(f"unrepresentable durations {durations!r}")  # pragma: no cover - "s" divides all
 
 
 # ------------------------------------------------------------------- bundles and outcomes

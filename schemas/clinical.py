@@ -9,6 +9,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from protocols import dose_units, terminology, units
+from protocols.durations import parse_duration
 from protocols.timeutil import utcnow
 from schemas.fields import CalendarDate, Duration, PositiveDecimal, StrictBoolean, StrictInteger, Text, WebUrl
 
@@ -93,11 +94,22 @@ class MaxPerPeriodSchema(QuantitySchema):
 
 
 class FrequencySchema(Schema):
-    """``count`` administrations per ``period`` (e.g. 2 per ``P1W`` = twice weekly)."""
+    """``count`` administrations per ``period`` (e.g. 2 per ``P1W`` = twice weekly); with ``period_max``,
+    per ``period`` to ``period_max`` (1 per ``P1W`` to ``P2W`` = every 1 to 2 weeks, FHIR's
+    ``Timing.repeat.periodMax``). ``period`` is the most frequent dosing, which dose checks hold orders to."""
 
     count = StrictInteger(required=True, validate=validate.Range(1, 1000))
     period = Duration(required=True, metadata={"example": "P1W"})
+    # No load_default: a record without it is stored (and hashed) exactly as before the field existed.
+    period_max = Duration(metadata={"description": "Upper end of a period range (least frequent dosing)",
+                                    "example": "P2W"})
     text = Text(load_default=None, allow_none=True, validate=validate.Length(max=200))
+
+    @validates_schema
+    def _check_period_range(self, data: dict[str, Any], **_: Any) -> None:
+        period, longest = data.get("period"), data.get("period_max")
+        if period is not None and longest is not None and parse_duration(longest) <= parse_duration(period):
+            raise ValidationError({"period_max": ["must be longer than period"]})
 
 
 class DoseRangeSchema(Schema):

@@ -23,6 +23,14 @@ from schemas.query import AsOfQuerySchema
 _NUMBER_TEXT = re.compile(r"\A[0-9]{1,20}(\.[0-9]{1,20})?\Z")
 
 
+
+class OrderFrequencySchema(FrequencySchema):
+    """An order's frequency: one period. A period range describes a protocol's choice; an order is
+    given at one frequency, and a ``period_max`` here would be accepted and never checked."""
+
+    class Meta:
+        exclude = ("period_max",)
+
 class DoseNumber(fields.Decimal):
     """Any positive, finite number (``protocols.dosing.number_problem``), kept exact as ``Decimal``."""
 
@@ -126,7 +134,7 @@ class DoseCheckRequestSchema(Schema):
                  metadata={"description": "Required when the protocol has ranges for several phases "
                                           "on this route"})
     dose = fields.Nested(DoseQuantitySchema, required=True)
-    frequency = fields.Nested(FrequencySchema,
+    frequency = fields.Nested(OrderFrequencySchema,
                               metadata={"description": "How often the dose is given; enables the "
                                                        "per-period projection"})
     patient = fields.Nested(PatientSchema)

@@ -412,6 +412,9 @@ INVALID_BODIES: list[tuple[dict[str, Any], str]] = [
     ({"route": NASAL, "dose": {"value": 56, "unit": "mmol"}}, "dose.unit"),
     ({"route": NASAL, "dose": {"value": 56, "unit": "mg/mo"}}, "dose.unit"),
     ({"route": NASAL, "dose": {"value": 56}}, "dose.unit"),
+    # An order is given at one frequency: a protocol's period range would be accepted and never checked.
+    ({"route": NASAL, "dose": {"value": 56, "unit": "mg"},
+      "frequency": {"count": 1, "period": "P1W", "period_max": "P2W"}}, "frequency.period_max"),
     ({"route": NASAL}, "dose"),
     ({"dose": {"value": 56, "unit": "mg"}}, "route"),
     ({"route": "nasal", "dose": {"value": 56, "unit": "mg"}}, "route"),

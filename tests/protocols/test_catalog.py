@@ -244,8 +244,8 @@ def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
 @pytest.mark.parametrize(("as_of", "version", "approval_date", "marker"), [
     ("2019-06-01T00:00:00Z", 1, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
     ("2021-01-01T00:00:00Z", 2, "2020-07-31", "acute suicidal ideation"),
-    ("2025-06-01T00:00:00Z", 4, "2025-01-21", "as monotherapy"),
-    (None, 4, "2025-01-21", "as monotherapy"),
+    ("2025-06-01T00:00:00Z", 5, "2025-01-21", "as monotherapy"),
+    (None, 5, "2025-01-21", "as monotherapy"),
 ])
 def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, version, approval_date, marker):
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
@@ -266,7 +266,7 @@ def test_spravato_before_first_approval_is_not_in_effect(app, client):
 
 def test_spravato_versions_differ_in_indications_and_dosing():
     entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
-    assert [e["effective_from"][:10] for e in entries] == ["2019-03-05", "2020-07-31", "2025-01-21", "2025-01-21"]
+    assert [e["effective_from"][:10] for e in entries] == ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3
     codes = [{i["code"] for i in e["indications"]} for e in entries]
     assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
     for entry in entries:
@@ -392,3 +392,23 @@ def test_ketalar_iv_holds_the_labels_alternative_induction_at_half_a_mg_per_kg_a
                   {"dose": {"value": 0.5, "unit": "mg/kg/min"}, "duration": "PT3M"},
                   {"dose": {"value": 140, "unit": "mg"}}):
         assert _dose_check(client, pid, route="47625008", patient={"weight_kg": 70}, **order) == "within_range", order
+
+
+def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
+    """The label: 56 mg or 84 mg every 2 weeks or once weekly from week 9; the record held every 2
+    weeks only (found by a clinical review). Corrected in the current period, version 4 stays."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    current = client.get(f"/v1/protocols/{SPRAVATO}").get_json()
+    assert current["version"] == 5 and current["change_note"].startswith("Correction:")
+    week_9 = current["dosing_ranges"][2]
+    assert week_9["frequency"] == {"count": 1, "period": "P1W", "period_max": "P2W",
+                                   "text": "every 2 weeks or once weekly, week 9 onwards"}
+    assert client.get(f"/v1/protocols/{SPRAVATO}/versions/4").get_json()["dosing_ranges"][2]["frequency"][
+        "period"] == "P2W"
+    fhir_resource = client.get(f"/fhir/R4/MedicationKnowledge/{SPRAVATO}").get_json()
+    repeats = [d["timing"]["repeat"] for g in fhir_resource["administrationGuidelines"] for group in g["dosage"]
+               for d in group["dosage"] if "timing" in d]
+    assert {"frequency": 1, "period": 1, "periodMax": 2, "periodUnit": "wk"} in repeats
+    weekly = {"route": "46713006", "phase": "maintenance", "dose": {"value": 84, "unit": "mg"},
+              "frequency": {"count": 1, "period": "P1W"}}
+    assert _dose_check(client, SPRAVATO, **weekly) == "within_range"

@@ -262,6 +262,22 @@ def test_many_leftover_ranges_are_still_paired_closest_first() -> None:
     assert all(c.after == c.before + 1 for c in changes)
 
 
+
+def test_a_period_range_is_a_frequency_change_and_its_rewording_minor() -> None:
+    a = document()
+    dosing(a)["frequency"] = {"count": 1, "period": "P2W", "text": None}
+    b = copy.deepcopy(a)
+    dosing(b)["frequency"] = {"count": 1, "period": "P1W", "period_max": "P2W", "text": None}
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.severity) == ("frequency_changed", "major")
+    assert "from 1 per P2W to 1 per P1W to P2W" in change.description
+    c = copy.deepcopy(b)
+    dosing(c)["frequency"]["period_max"] = "P14D"
+    change = only(diff.clinical_changes(b, c))
+    assert (change.type, change.path) == ("text_changed", "/dosing_ranges/0/frequency/period_max")
+    dosing(c)["frequency"]["period_max"] = "P3W"
+    assert only(diff.clinical_changes(b, c)).type == "frequency_changed"
+
 def test_changing_a_ranges_route_is_a_removal_and_an_addition() -> None:
     def move_to_iv(b: dict[str, Any]) -> None:
         b["routes"].append(IV_ROUTE)

@@ -193,6 +193,23 @@ def test_rate_units_become_rate_ranges_not_dose_ranges():
     assert dosage["timing"]["repeat"] == {"duration": 40, "durationUnit": "min"}
 
 
+
+@pytest.mark.parametrize(("period", "longest", "repeat"), [
+    ("P1W", "P2W", {"period": 1, "periodMax": 2, "periodUnit": "wk"}),
+    ("P1D", "P10D", {"period": 1, "periodMax": 10, "periodUnit": "d"}),
+    ("P1W", "P10D", {"period": 7, "periodMax": 10, "periodUnit": "d"}),
+    ("PT12H", "P1D", {"period": 12, "periodMax": 24, "periodUnit": "h"}),
+])
+def test_a_period_range_becomes_period_and_period_max_in_one_unit(period, longest, repeat):
+    """FHIR's periodMax shares period's unit: "every 1 to 2 weeks" (Spravato from week 9) was 1 per 2
+    weeks, half the label's most frequent dosing (found by a clinical review)."""
+    payload = protocol_payload()
+    payload["dosing_ranges"][0]["frequency"] = {"count": 1, "period": period, "period_max": longest}
+    resource = fhir.to_medication_knowledge(_document(payload), base_url=BASE)
+    MedicationKnowledge.model_validate(resource)
+    [dosage] = _guideline_dosages(resource)
+    assert dosage["timing"]["repeat"] == {"frequency": 1, **repeat}
+
 def test_one_guideline_per_indication_each_with_all_phases():
     icd = "http://hl7.org/fhir/sid/icd-10-cm"
     payload = protocol_payload(

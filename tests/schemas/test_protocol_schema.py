@@ -102,3 +102,19 @@ def test_sources_supports_must_name_fields_of_the_record():
     with pytest.raises(ValidationError) as info:
         ProtocolCreateSchema().load(payload)
     assert "sources.0.supports" in flatten_errors(info.value.messages)
+
+
+def test_a_frequency_may_span_a_range_of_periods_and_is_stored_unchanged_without_one():
+    """Spravato from week 9: every 2 weeks or once weekly = 1 per P1W to P2W (FHIR periodMax). A range
+    without period_max loads without the key, so records written before it existed hash the same."""
+    payload = protocol_payload()
+    payload["dosing_ranges"][0]["frequency"] = {"count": 1, "period": "P1W", "period_max": "P2W"}
+    loaded = ProtocolCreateSchema().load(payload)
+    assert loaded["dosing_ranges"][0]["frequency"] == {"count": 1, "period": "P1W", "period_max": "P2W", "text": None}
+    payload["dosing_ranges"][0]["frequency"] = {"count": 1, "period": "P1W"}
+    assert "period_max" not in ProtocolCreateSchema().load(payload)["dosing_ranges"][0]["frequency"]
+    for longest in ("P1W", "P7D", "P6D", None, "2 weeks"):
+        payload["dosing_ranges"][0]["frequency"] = {"count": 1, "period": "P1W", "period_max": longest}
+        with pytest.raises(ValidationError) as info:
+            ProtocolCreateSchema().load(payload)
+        assert list(flatten_errors(info.value.messages)) == ["dosing_ranges.0.frequency.period_max"], longest
