@@ -99,6 +99,9 @@ def load_command(directory: Path | None) -> None:
                        "last entry to load the file again", err=True)
             continue
         state = f"appended versions {result.appended}" if result.appended else "unchanged"
+        if result.refused is not None:  # "unchanged" read as if the file were loaded
+            state = (f"appended versions {result.appended}, then" if result.appended else "nothing appended:") \
+                + f" versions.{result.refused[0]} refused (below)"
         click.echo(f"{catalog_file.protocol_id}: {state}")
     if refused:
         raise click.ClickException("the versioning rules refused " + "; ".join(refused)

@@ -5,10 +5,11 @@ they took effect (e.g. Spravato's label history). Loading is idempotent: the new
 is located among the file's entries and only the entries after it are appended; a file whose last
 entry matches nothing stored appends that entry as a new version, if the loader wrote the newest one.
 
-A newest version someone else wrote (a correction or a retirement through the API) that the file does
-not hold is left alone, and so is the protocol: appending the file's last entry would undo that write
-(a back-dated correction at every instant, a retirement from its date on; found by a probe). Putting
-the change in the file, as its last entry, hands the protocol back to the loader.
+A newest version someone else wrote (a correction, a revert or a retirement through the API) leaves the
+protocol alone unless the file holds that version after the entry the loader last wrote: appending
+the file's entries would undo that write (a back-dated correction at every instant, a retirement from
+its date on, a revert to an earlier entry; found by probes). Putting the change in the file, after
+what was loaded, hands the protocol back to the loader.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import select
 
 from protocols import record, versioning
 from protocols.db import Database
 from protocols.errors import DomainError, ProtocolNotFound
+from protocols.models import ProtocolVersion
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 
@@ -135,18 +138,40 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
             return result
         result.appended.append(stored.version)
         return _append_entries(db, protocol_id, list(enumerate(entries))[1:], stored, ctx, result)
-    matched = [index for index, entry in enumerate(entries)
-               if record.content_hash(entry.content) == newest_hash and entry.status == newest.status
-               and (entry.effective_from is None or entry.effective_from == newest.effective_from)]
-    if not matched:
-        author = newest.as_dict().get("recorded_by")
-        if author != ctx.actor:
-            # Written through the API (a correction, a retirement): the file no longer says what is
-            # current, and appending its last entry would undo that write at every instant it covers.
+    author = newest.as_dict().get("recorded_by")
+    if author == ctx.actor:
+        matched = _matching(entries, newest_hash, newest.status, newest.effective_from)
+        start = matched[-1] + 1 if matched else len(entries) - 1
+    else:
+        # Written through the API (a correction, a revert, a retirement). The file speaks for the
+        # protocol again only once it holds that version *after* what the loader last wrote from it;
+        # otherwise appending its entries would undo that write at every instant it covers.
+        mine = _newest_written_by(db, protocol_id, ctx.actor)
+        last_loaded = max(_matching(entries, *mine), default=-1) if mine is not None else -1
+        adopted = [index for index in _matching(entries, newest_hash, newest.status, newest.effective_from)
+                   if index > last_loaded]
+        if not adopted:
             result.left_alone = LeftAlone(newest.version, newest.status, author)
             return result
-    start = matched[-1] + 1 if matched else len(entries) - 1
+        start = adopted[-1] + 1
     return _append_entries(db, protocol_id, list(enumerate(entries))[start:], newest, ctx, result)
+
+
+def _matching(entries: list[Entry], content_hash: str, status: str, effective_from: Any) -> list[int]:
+    """Indexes of the entries a stored version (its content hash, status and start) is."""
+    return [index for index, entry in enumerate(entries)
+            if record.content_hash(entry.content) == content_hash and entry.status == status
+            and (entry.effective_from is None or entry.effective_from == effective_from)]
+
+
+def _newest_written_by(db: Database, protocol_id: str, actor: str | None) -> tuple[str, str, Any] | None:
+    """(content hash, status, effective_from) of the newest version ``actor`` wrote, or None."""
+    with db.read() as session:
+        row = session.execute(
+            select(ProtocolVersion.content_hash, ProtocolVersion.status, ProtocolVersion.effective_from)
+            .where(ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.recorded_by == actor)
+            .order_by(ProtocolVersion.version.desc()).limit(1)).first()
+    return None if row is None else (row.content_hash, row.status, row.effective_from)
 
 
 def _append_entries(db: Database, protocol_id: str, entries: list[tuple[int, Entry]],

@@ -265,12 +265,13 @@ def _pair(old: list[_Indexed], new: list[_Indexed], route: Any, phase: Any) -> t
     return pairs, removed, added
 
 
-#: Beyond this many ways to pair a phase's leftover ranges, pairs are chosen greedily (closest first).
-_EXHAUSTIVE_PAIRINGS = 40_320
+#: Beyond this many ways to pair a phase's leftover ranges (6 against 6), pairs are chosen greedily
+#: (closest first): at 8 against 8 (40,320 ways) six such groups took over a second per diff.
+_EXHAUSTIVE_PAIRINGS = 720
 
 
 def _closest_pairs(old: list[_Indexed], new: list[_Indexed],
-                   distance: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[int, float]]
+                   distance: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[int, int, float]]
                    ) -> list[tuple[int, int]]:
     """As many (old, new) index pairs as the smaller side has, with the least total distance; ties keep
     document order (the first pairing in order wins). Every leftover range on the larger side is a
@@ -281,13 +282,13 @@ def _closest_pairs(old: list[_Indexed], new: list[_Indexed],
     cost = [[distance(o[1], n[1]) for n in new] for o in old]
     if math.perm(max(len(old), len(new)), k) <= _EXHAUSTIVE_PAIRINGS:
         best: list[tuple[int, int]] | None = None
-        best_cost: tuple[int, float] | None = None
+        best_cost: tuple[float, ...] | None = None
         if len(old) <= len(new):
             candidates = ([(i, j) for i, j in enumerate(js)] for js in itertools.permutations(range(len(new)), k))
         else:
             candidates = ([(i, j) for j, i in enumerate(is_)] for is_ in itertools.permutations(range(len(old)), k))
         for pairing in candidates:
-            total = (sum(cost[i][j][0] for i, j in pairing), sum(cost[i][j][1] for i, j in pairing))
+            total = tuple(sum(cost[i][j][k] for i, j in pairing) for k in range(3))
             if best_cost is None or total < best_cost:
                 best, best_cost = pairing, total
         assert best is not None
@@ -302,10 +303,12 @@ def _closest_pairs(old: list[_Indexed], new: list[_Indexed],
     return sorted(chosen)
 
 
-def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any, phase: Any) -> tuple[int, float]:
-    """How far apart two ranges are: the kinds of change between them (a rewording counts for nothing),
-    then, in the same unit, how far their bounds moved (on a log scale, so 28 -> 56 mg is as far as
-    56 -> 112 mg)."""
+def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any, phase: Any) -> tuple[int, int, float]:
+    """How far apart two ranges are: whether their units differ (first, so that a range is never paired
+    across units while one in its own unit is left: raising both maxima of [10-20 mg, 1-2 mg/kg] read
+    as two unit changes; found by a probe), the kinds of change between them (a rewording counts for
+    nothing), then, in the same unit, how far their bounds moved (on a log scale, so 28 -> 56 mg is as
+    far as 56 -> 112 mg)."""
     kinds = {change.type for change in _dose_range(a, b, "", route, phase) if change.type != "text_changed"}
     moved = 0.0
     if a.get("unit") == b.get("unit"):
@@ -315,7 +318,7 @@ def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any, phase: Any
                 moved += abs(math.log(high / low)) if low > 0 and high > 0 else float(low != high)
             except (ArithmeticError, ValueError, TypeError):  # a bound missing or not a number
                 moved += 1.0
-    return len(kinds), moved
+    return int(a.get("unit") != b.get("unit")), len(kinds), moved
 
 
 def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: Any,

@@ -154,6 +154,28 @@ def test_load_leaves_a_back_dated_api_correction_alone(app, client, tmp_path):
     again = runner.invoke(args=["protocols", "load", str(directory)])
     assert f"{pid}: unchanged" in again.output, again.output
     assert _versions_count(client, pid) == before + 1
+    # ... and the file's later entries load after it.
+    data["versions"].append({**entry, "change_note": "Correction: wording.", "summary": entry["summary"] + " Checked."})
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    later = runner.invoke(args=["protocols", "load", str(directory)])
+    assert f"{pid}: appended versions [{before + 2}]" in later.output, later.output
+
+
+def test_load_leaves_an_api_revert_to_an_earlier_entry_alone(app, client):
+    """A back-dated revert to version 1's content matched the file's first entry, so the loader
+    appended every entry after it again and undid the revert (found by a probe of the first fix)."""
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["protocols", "load"]).exit_code == 0
+    pid = "ketamine-iv-anesthesia-induction"
+    first = client.get(f"/v1/protocols/{pid}/versions/1").get_json()
+    reverted = _written_through_the_api(client, pid, dosing_ranges=first["dosing_ranges"],
+                                        sources=first["sources"], verification_notes=first["verification_notes"],
+                                        change_note=first["change_note"])
+    assert reverted["version"] == 3
+    result = runner.invoke(args=["protocols", "load"])
+    assert f"{pid}: left alone: its newest version (3, active)" in result.output, result.output
+    assert _versions_count(client, pid) == 3
+    assert len(client.get(f"/v1/protocols/{pid}").get_json()["dosing_ranges"]) == 1
 
 
 def test_load_leaves_a_protocol_retired_through_the_api_retired(app, client):
@@ -226,7 +248,8 @@ def test_an_entry_the_versioning_rules_refuse_is_named_and_the_rest_is_loaded(ap
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
         refusal = "Error: the versioning rules refused b.yaml: versions.1: a retirement repeats the content"
         assert refusal in result.output
-        assert ("b-protocol: appended versions [1]" if attempt == 0 else "b-protocol: unchanged") in result.output
+        assert (("b-protocol: appended versions [1], then versions.1 refused (below)" if attempt == 0
+                 else "b-protocol: nothing appended: versions.1 refused (below)") in result.output), result.output
     assert _versions_count(client, "b-protocol") == 1
     assert client.get("/v1/protocols/zuranolone-oral-ppd").status_code == 200
 

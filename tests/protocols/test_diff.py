@@ -249,6 +249,53 @@ def test_ranges_that_changed_are_paired_with_their_closest_counterparts() -> Non
         ("dose_max_decreased", 80), ("dosing_range_removed", a["dosing_ranges"][0])]
 
 
+
+def test_ranges_are_never_paired_across_units_while_one_in_their_own_unit_is_left() -> None:
+    """A cross-unit pair cost one kind of change and no distance, so raising both maxima of
+    [10-20 mg, 1-2 mg/kg] read as two unit changes (found by a probe of the pairing)."""
+    a = document()
+    first = a["dosing_ranges"][0]
+    a["dosing_ranges"] = [{**first, "dose_min": 10, "dose_max": 20, "unit": "mg"},
+                          {**first, "dose_min": 1, "dose_max": 2, "unit": "mg/kg"}]
+    b = copy.deepcopy(a)
+    b["dosing_ranges"][0]["dose_max"] = 30
+    b["dosing_ranges"][1]["dose_max"] = 3
+    assert sorted((c.type, c.before, c.after) for c in diff.clinical_changes(a, b)) == [
+        ("dose_max_increased", 2, 3), ("dose_max_increased", 20, 30)]
+    c = copy.deepcopy(a)
+    c["dosing_ranges"] = [{**a["dosing_ranges"][1], "dose_max": 3}]
+    assert sorted((x.type, x.path) for x in diff.clinical_changes(a, c)) == [
+        ("dose_max_increased", "/dosing_ranges/0/dose_max"), ("dosing_range_removed", "/dosing_ranges/0")]
+    assert next(x for x in diff.clinical_changes(a, c) if x.type == "dosing_range_removed").before["unit"] == "mg"
+
+
+def test_a_diff_of_many_alternative_ranges_stays_cheap() -> None:
+    """Six route/phase groups of 8 changed ranges took over a second per diff with an exhaustive search
+    up to 40,320 pairings; counted in pairings tried, not timed."""
+    a = document()
+    first = a["dosing_ranges"][0]
+    a["dosing_ranges"] = [{**first, "phase": phase, "dose_min": 10 * n, "dose_max": 10 * n + 5, "unit": "mg"}
+                          for phase in ("induction", "maintenance") for n in range(1, 9)]
+    b = copy.deepcopy(a)
+    for item in b["dosing_ranges"]:
+        item["dose_max"] += 1
+    calls = 0
+    real = diff._distance
+
+    def counting(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    diff._distance = counting  # type: ignore[assignment]
+    try:
+        changes = diff.clinical_changes(a, b)
+    finally:
+        diff._distance = real  # type: ignore[assignment]
+    assert len(changes) == 16 and all(c.after == c.before + 1 for c in changes)
+    assert calls == 2 * 8 * 8  # one distance per (old, new) pair of a group, whatever the search
+    assert diff.math.perm(8, 8) > diff._EXHAUSTIVE_PAIRINGS  # 8 against 8 is paired greedily
+
 def test_many_leftover_ranges_are_still_paired_closest_first() -> None:
     """Beyond the exhaustive search's bound, pairs are chosen greedily: still no range is paired with a
     far one while its own counterpart is left."""
