@@ -29,16 +29,18 @@ serve: venv
 	$(BIN)/gunicorn -c gunicorn.conf.py "api:create_app()"
 
 ## make test: the whole suite on SQLite and, when configured (always in CI), on PostgreSQL. The two legs
-## share nothing (own databases, temp dirs, ports, rate-limit keys), so they run side by side; the
-## PostgreSQL leg's output follows the SQLite leg's, and either failing fails the target.
+## share nothing (own databases, temp dirs, ports, rate-limit keys, pytest caches: --lf works per leg),
+## so they run side by side; the PostgreSQL leg's output follows the SQLite leg's, and either failing
+## fails the target. A background job of a non-interactive shell ignores Ctrl-C: on INT the PostgreSQL
+## leg gets TERM, which tests/conftest.py turns into pytest's interrupt (teardown drops its databases).
 PG_LOG = $${TMPDIR:-/tmp}/treatment-protocols-test-postgres-$$$$.log
 test: venv wrk
 	@if [ -n "$$PROTOCOLS_TEST_POSTGRES_URL" ] || [ "$$CI" = "true" ]; then \
 		log=$(PG_LOG); basetemp=$${log%.log}; \
 		echo "== SQLite and PostgreSQL legs, side by side (PostgreSQL's output: $$log, shown after SQLite's) =="; \
-		PROTOCOLS_TEST_DB=postgres $(BIN)/pytest -p no:cacheprovider --basetemp="$$basetemp" $(PYTEST_ARGS) \
-			>"$$log" 2>&1 & postgres=$$!; \
-		trap 'kill $$postgres 2>/dev/null' INT TERM; \
+		PROTOCOLS_TEST_DB=postgres $(BIN)/pytest -o cache_dir=.pytest_cache/postgres --basetemp="$$basetemp" \
+			$(PYTEST_ARGS) >"$$log" 2>&1 & postgres=$$!; \
+		trap 'kill $$postgres 2>/dev/null; wait $$postgres' INT TERM; \
 		$(BIN)/pytest $(PYTEST_ARGS); sqlite_rc=$$?; \
 		wait $$postgres; postgres_rc=$$?; \
 		echo "== PostgreSQL leg =="; cat "$$log"; rm -rf "$$log" "$$basetemp"; \

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,18 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"protocols test database: {BACKEND}"
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM ends the run as Ctrl-C does, teardown included (the databases and servers this run made
+    are dropped and stopped): ``make test`` stops its background PostgreSQL leg with TERM, since a
+    background job of a non-interactive shell ignores Ctrl-C, and TERM's default left them behind."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 class TestDatabases:
