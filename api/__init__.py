@@ -56,6 +56,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _init_docs_assets(app)
     _init_operations(app, api)  # protects and documents every blueprint registered above
     fastpath.init_app(app)  # after the hooks it mirrors exist (rate limiter, logging)
+    # Registered last, so it runs first of the after_request hooks (Flask runs them in reverse): the
+    # access log sees the 304 the client gets (it logged a list's 304 as 200; found by a probe).
+    app.after_request(_conditional_get)
     # Outermost: the fast path and the app both see the client's address behind a trusted proxy.
     app.wsgi_app = proxy.TrustedProxy(  # type: ignore[method-assign]
         app.wsgi_app, proxy.TrustedProxies(str(app.config.get("PROTOCOLS_FORWARDED_ALLOW_IPS") or "")))
@@ -91,7 +94,6 @@ def _init_request_hooks(app: Flask) -> None:
 
     @app.after_request
     def _headers(response: Response) -> Response:
-        _conditional_get(response)
         response.headers["X-Request-ID"] = g.get("request_id") or new_request_id()
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers.setdefault("Cache-Control", "no-store")
@@ -99,7 +101,7 @@ def _init_request_hooks(app: Flask) -> None:
         return response
 
 
-def _conditional_get(response: Response) -> None:
+def _conditional_get(response: Response) -> Response:
     """Every successful GET answers ``If-None-Match`` with 304: responses that carry no ETag of their
     own (lists, pick lists, diffs, bundles) get a weak one computed from their bytes. Version reads
     set their strong ETag (and 304) themselves; streamed responses are left alone.
@@ -109,13 +111,14 @@ def _conditional_get(response: Response) -> None:
     (no read here acts on ``If-Match``), and read lists the version reads ignore as malformed."""
     if (request.method not in ("GET", "HEAD") or response.status_code != 200 or response.is_streamed
             or response.direct_passthrough or "ETag" in response.headers):
-        return
+        return response
     response.add_etag(weak=True)
     if not_modified(response.headers["ETag"]):
         response.status_code = 304
         response.set_data(b"")
         for name in ("Content-Type", "Content-Length"):
             response.headers.pop(name, None)
+    return response
 
 
 #: Operations that never read the database (liveness).
