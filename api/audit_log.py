@@ -90,21 +90,23 @@ def _target(response: Response) -> str | None:
     return request.path
 
 
-def _detail(required_scope: str | None = None) -> str:
+def _detail(required_scope: str | None = None, **facts: Any) -> str:
     detail: dict[str, Any] = {"method": request.method, "path": request.path}
     if g.get("api_key_id"):
         detail["key_id"] = g.api_key_id
     if required_scope:
         detail["required_scope"] = required_scope
+    detail.update(facts)
     return json.dumps(detail, separators=(",", ":"))
 
 
-def pending(status_code: int) -> audit.Pending:
+def pending(status_code: int, **facts: Any) -> audit.Pending:
     """The *allowed* event of this request, for a service to write inside its own transaction
-    (plain values: the service needs no request context)."""
+    (plain values: the service needs no request context). ``facts`` (JSON values) join the detail:
+    what a key was minted with, say, which the request's method and path do not tell."""
     endpoint = request.endpoint or ""
     return audit.Pending(action=g.get("audit_action") or ACTIONS.get(endpoint) or endpoint or "unknown",
-                         status_code=status_code, detail=_detail())
+                         status_code=status_code, detail=_detail(**facts))
 
 
 def audit_response(response: Response) -> Response:

@@ -64,10 +64,12 @@ def _when(value: datetime | None) -> str:
 @click.option("--expires", default=None, help="RFC 3339 time or ISO duration from now (P90D).")
 def create_command(name: str, scopes: tuple[str, ...], expires: str | None) -> None:
     """Mint a key and print it once (only its hash is stored)."""
+    expires_at = _parse_expiry(expires)
     event = audit.Pending(audit.KEY_CREATE, detail=json.dumps(
-        {"via": "cli", "name": name, "scopes": list(keys.normalize_scopes(scopes))}))
+        {"via": "cli", "name": name, "scopes": list(keys.normalize_scopes(scopes)),
+         "expires_at": format_rfc3339(expires_at) if expires_at else None}))
     try:
-        info, plain = keys.create_key(get_db(), name, scopes, expires_at=_parse_expiry(expires),
+        info, plain = keys.create_key(get_db(), name, scopes, expires_at=expires_at,
                                       ctx=audit.WriteContext(actor=_actor(), audit=event))
     except keys.KeyNameTaken as exc:
         raise click.ClickException(exc.message) from exc

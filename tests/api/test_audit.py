@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -86,6 +88,16 @@ def test_key_administration_is_audited_without_key_material(app, client, db):
         ("keys.create", created["id"], "allowed"), ("keys.revoke", created["id"], "allowed"),
         ("keys.create", cli_id, "allowed"), ("keys.revoke", cli_id, "allowed")]
     assert rows[0].actor == "test-all-scopes" and rows[2].actor.startswith("cli")
+    # What was minted, over HTTP as from the CLI (the HTTP row held only the creating key's id; probe).
+    http_detail, cli_detail = json.loads(rows[0].detail), json.loads(rows[2].detail)
+    assert (http_detail["name"], http_detail["scopes"], http_detail["expires_at"]) == ("svc", ["protocols:read"], None)
+    assert (cli_detail["name"], cli_detail["scopes"], cli_detail["expires_at"]) == ("cli-key", ["admin"], None)
+    dated = client.post("/v1/admin/keys", json={"name": "dated", "scopes": ["admin", "protocols:read"],
+                                                "expires_at": "2031-01-01T01:00:00+01:00"}).get_json()
+    dated_row = audit_rows(db)[-1]
+    assert dated_row.target == dated["id"]
+    assert json.loads(dated_row.detail)["expires_at"] == "2031-01-01T00:00:00Z"
+    assert json.loads(dated_row.detail)["scopes"] == dated["scopes"] == ["protocols:read", "admin"]
     dumped = repr(rows)
     assert created["key"] not in dumped and cli_plain not in dumped
 
