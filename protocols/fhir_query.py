@@ -357,15 +357,18 @@ def count(db: Database, spec: SearchSpec, *, at: datetime) -> int:
 
 def iter_current(db: Database, *, at: datetime, page_size: int = MAX_COUNT) -> Iterator[versioning.StoredVersion]:
     """Every current (active, in effect at ``at``) version, read in keyset pages of ``page_size``:
-    memory stays bounded by one page however large the catalog is."""
+    memory stays bounded by one page however large the catalog is. The pages are read in one snapshot:
+    a protocol retired from a past date while the export streamed was left out of it, though it was
+    current when the export began (found by a probe)."""
     after: int | None = None
-    while True:
-        page = versioning.list_effective(db, at=at, limit=page_size, after_seq=after)
-        for row in page.items:
-            yield row.version
-        if not page.has_more or not page.items:
-            return
-        after = page.items[-1].protocol_seq
+    with versioning.snapshot(db) as session:
+        while True:
+            page = versioning.list_effective(db, at=at, limit=page_size, after_seq=after, session=session)
+            for row in page.items:
+                yield row.version
+            if not page.has_more or not page.items:
+                return
+            after = page.items[-1].protocol_seq
 
 
 # --------------------------------------------------------------------------------- history

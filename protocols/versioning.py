@@ -997,11 +997,13 @@ def list_effective(
     before_seq: int | None = None,
     statuses: Sequence[str] = ("active",),
     extra_filters: Sequence[Any] = (),
+    session: Session | None = None,
 ) -> EffectivePage:
     """Protocols whose version in effect at ``at`` has one of ``statuses``, newest protocol first.
 
     Keyset pagination on the protocol's creation sequence: immutable, so a write between two
-    page fetches neither repeats nor skips a protocol.
+    page fetches neither repeats nor skips a protocol. Pages read in one ``session`` (see
+    :func:`snapshot`) see one state of the history; otherwise each page sees the history as it is.
     """
     at = at or utcnow()
     query = (
@@ -1013,12 +1015,26 @@ def list_effective(
                EffectivePeriod.status.in_(list(statuses)), *extra_filters)
     )
     query = keyset_descending(query, EffectivePeriod.protocol_seq, after_seq, before_seq)
-    with db.read() as session:
+    if session is not None:
         rows = session.execute(query.limit(limit + 1)).all()
+    else:
+        with db.read() as own:
+            rows = own.execute(query.limit(limit + 1)).all()
     items = [EffectiveRow(r.protocol_seq, stored_version(r)) for r in rows[:limit]]
     if before_seq is not None:
         items.reverse()
     return EffectivePage(items, len(rows) > limit)
+
+
+@contextmanager
+def snapshot(db: Database) -> Iterator[Session]:
+    """A read session whose statements all see one state of the database: one transaction, REPEATABLE
+    READ on PostgreSQL (READ COMMITTED gives each statement its own), and on SQLite the read
+    transaction ``BEGIN`` opens (WAL keeps its snapshot while writers commit)."""
+    with db.read() as session:  # the session's transaction begins here and rolls back on close
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"}
+                           if db.dialect == "postgresql" else {})
+        yield session
 
 
 def _require_protocol(session: Session, protocol_id: str) -> None:
