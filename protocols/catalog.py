@@ -147,7 +147,9 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
         # protocol again only once it holds that version *after* what the loader last wrote from it;
         # otherwise appending its entries would undo that write at every instant it covers.
         mine = _newest_written_by(db, protocol_id, ctx.actor)
-        last_loaded = max(_matching(entries, *mine), default=-1) if mine is not None else -1
+        # The loader's own last write no longer in the file (its entry edited since): where the file
+        # stands relative to the API's version is unknown, so nothing is adopted (found by a probe).
+        last_loaded = max(_matching(entries, *mine), default=len(entries)) if mine is not None else -1
         adopted = [index for index in _matching(entries, newest_hash, newest.status, newest.effective_from)
                    if index > last_loaded]
         if not adopted:

@@ -303,6 +303,11 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day.
     events = max(sum(MEAL_EVENTS.get(str(code), 1) for code in repeat.when or []), len(repeat.timeOfDay or []))
     period, period_unit = repeat.period, repeat.periodUnit
+    longest, shortest = _readable(repeat.periodMax), _readable(period)
+    if longest is not None and shortest is not None and longest < shortest:
+        # periodMax is the upper end: one below period is malformed, and the shorter of the two is the
+        # most frequent reading of it (period 7 d, periodMax 2 d was checked weekly; found by a probe).
+        period = repeat.periodMax
     if (period is None or period_unit is None) and events:
         period, period_unit = 1, "d"  # named times of day repeat daily
     if period is None or period_unit is None:

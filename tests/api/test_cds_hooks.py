@@ -582,6 +582,19 @@ def test_frequency_max_and_timing_codes_are_checked_at_their_most_frequent(clien
     assert "timing code BID" in result[1]["detail"]
 
 
+
+def test_a_period_max_below_the_period_is_checked_at_the_shorter(client, app):
+    """periodMax is the upper end of the period; written below it (7 d, periodMax 2 d), the order was
+    checked weekly and read within range, where 2 d to 7 d was critical (found by a probe)."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    answers = []
+    for period, longest in ((2, 7), (7, 2)):
+        order = medication_request(f"esk-pm-{period}", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=(1, period, "d"))
+        order["dosageInstruction"][0]["timing"]["repeat"]["periodMax"] = longest
+        MedicationRequest.model_validate(order)
+        answers.append([c["indicator"] for c in cards(client, hook_request([order]))])
+    assert answers[0] == answers[1] and "critical" in answers[0], answers
+
 def test_a_period_too_long_to_check_is_400_naming_it(client):
     create(client)
     order = medication_request("esk-long", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(1, 10000, "wk"))

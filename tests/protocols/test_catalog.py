@@ -178,6 +178,28 @@ def test_load_leaves_an_api_revert_to_an_earlier_entry_alone(app, client):
     assert len(client.get(f"/v1/protocols/{pid}").get_json()["dosing_ranges"]) == 1
 
 
+
+def test_an_edited_last_entry_does_not_hand_an_api_revert_back(app, client, tmp_path):
+    """After a revert through the API, editing the file's last entry (the loader's own last write no
+    longer in the file) made every entry count as "after" it: the revert matched the first entry and the
+    edited last entry was appended, undoing the revert (found by a probe of the second fix)."""
+    pid = "ketamine-iv-anesthesia-induction"
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    shutil.copyfile(catalog.CATALOG_DIR / f"{pid}.yaml", directory / f"{pid}.yaml")
+    runner = app.test_cli_runner()
+    assert f"{pid}: appended versions [1, 2]" in runner.invoke(args=["protocols", "load", str(directory)]).output
+    first = client.get(f"/v1/protocols/{pid}/versions/1").get_json()
+    _written_through_the_api(client, pid, dosing_ranges=first["dosing_ranges"], sources=first["sources"],
+                             verification_notes=first["verification_notes"], change_note=first["change_note"])
+    path = directory / f"{pid}.yaml"
+    data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
+    data["versions"][-1]["summary"] += " (typo fixed)"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    result = runner.invoke(args=["protocols", "load", str(directory)])
+    assert f"{pid}: left alone: its newest version (3, active)" in result.output, result.output
+    assert _versions_count(client, pid) == 3
+
 def test_load_leaves_a_protocol_retired_through_the_api_retired(app, client):
     """Retired through the API from a past date, the protocol was brought back by the next load: the
     file's last entry was appended with its earlier effective_from (found by a probe)."""
