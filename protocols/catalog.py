@@ -6,10 +6,10 @@ is located among the file's entries and only the entries after it are appended; 
 entry matches nothing stored appends that entry as a new version, if the loader wrote the newest one.
 
 A newest version someone else wrote (a correction, a revert or a retirement through the API) leaves the
-protocol alone unless the file holds that version after the entry the loader last wrote: appending
-the file's entries would undo that write (a back-dated correction at every instant, a retirement from
-its date on, a revert to an earlier entry; found by probes). Putting the change in the file, after
-what was loaded, hands the protocol back to the loader.
+protocol alone unless the file holds that version after every entry the history already holds:
+appending the file's entries would undo that write (a back-dated correction at every instant, a
+retirement from its date on, a revert to an earlier entry; found by probes). Putting the change in the
+file, after what it already holds, hands the protocol back to the loader.
 """
 
 from __future__ import annotations
@@ -144,14 +144,13 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
         start = matched[-1] + 1 if matched else len(entries) - 1
     else:
         # Written through the API (a correction, a revert, a retirement). The file speaks for the
-        # protocol again only once it holds that version *after* what the loader last wrote from it;
-        # otherwise appending its entries would undo that write at every instant it covers.
-        mine = _newest_written_by(db, protocol_id, ctx.actor)
-        # The loader's own last write no longer in the file (its entry edited since): where the file
-        # stands relative to the API's version is unknown, so nothing is adopted (found by a probe).
-        last_loaded = max(_matching(entries, *mine), default=len(entries)) if mine is not None else -1
+        # protocol again only once it holds that version after every entry the history already holds
+        # (whoever wrote it): otherwise loading its entries would undo that write (a revert to an
+        # earlier entry, after the loader's or the API's later ones; found by probes).
+        earlier = _history(db, protocol_id)[:-1]
+        consumed = max((index for key in earlier for index in _matching(entries, *key)), default=-1)
         adopted = [index for index in _matching(entries, newest_hash, newest.status, newest.effective_from)
-                   if index > last_loaded]
+                   if index > consumed]
         if not adopted:
             result.left_alone = LeftAlone(newest.version, newest.status, author)
             return result
@@ -166,14 +165,14 @@ def _matching(entries: list[Entry], content_hash: str, status: str, effective_fr
             and (entry.effective_from is None or entry.effective_from == effective_from)]
 
 
-def _newest_written_by(db: Database, protocol_id: str, actor: str | None) -> tuple[str, str, Any] | None:
-    """(content hash, status, effective_from) of the newest version ``actor`` wrote, or None."""
+def _history(db: Database, protocol_id: str) -> list[tuple[str, str, Any]]:
+    """(content hash, status, effective_from) of every version, oldest first (a catalog protocol has a
+    handful)."""
     with db.read() as session:
-        row = session.execute(
+        rows = session.execute(
             select(ProtocolVersion.content_hash, ProtocolVersion.status, ProtocolVersion.effective_from)
-            .where(ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.recorded_by == actor)
-            .order_by(ProtocolVersion.version.desc()).limit(1)).first()
-    return None if row is None else (row.content_hash, row.status, row.effective_from)
+            .where(ProtocolVersion.protocol_id == protocol_id).order_by(ProtocolVersion.version)).all()
+    return [(row.content_hash, row.status, row.effective_from) for row in rows]
 
 
 def _append_entries(db: Database, protocol_id: str, entries: list[tuple[int, Entry]],

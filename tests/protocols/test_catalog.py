@@ -200,6 +200,32 @@ def test_an_edited_last_entry_does_not_hand_an_api_revert_back(app, client, tmp_
     assert f"{pid}: left alone: its newest version (3, active)" in result.output, result.output
     assert _versions_count(client, pid) == 3
 
+
+def test_a_revert_after_a_hand_back_is_left_alone(app, client, tmp_path):
+    """Handed back with two API versions (C, then D) added to the file, a later API revert to C was
+    undone by an unchanged file: only the loader's own last write marked what the history held, so C
+    counted as "after" it and D was appended again (found by a probe of the third fix)."""
+    pid = "ketamine-iv-anesthesia-induction"
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    path = directory / f"{pid}.yaml"
+    shutil.copyfile(catalog.CATALOG_DIR / f"{pid}.yaml", path)
+    runner = app.test_cli_runner()
+    assert f"{pid}: appended versions [1, 2]" in runner.invoke(args=["protocols", "load", str(directory)]).output
+    summary = client.get(f"/v1/protocols/{pid}").get_json()["summary"]
+    written = [_written_through_the_api(client, pid, summary=f"{summary} ({name})") for name in ("C", "D")]
+    data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
+    for version in written:
+        data["versions"].append({k: v for k, v in version.items() if k not in (
+            "id", "version", "recorded_at", "recorded_by", "request_id", "effective_from")})
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    assert f"{pid}: unchanged" in runner.invoke(args=["protocols", "load", str(directory)]).output
+    _written_through_the_api(client, pid, summary=f"{summary} (C)", change_note="Revert: D was wrong.")
+    result = runner.invoke(args=["protocols", "load", str(directory)])
+    assert f"{pid}: left alone: its newest version (5, active)" in result.output, result.output
+    assert _versions_count(client, pid) == 5
+    assert client.get(f"/v1/protocols/{pid}").get_json()["summary"].endswith("(C)")
+
 def test_load_leaves_a_protocol_retired_through_the_api_retired(app, client):
     """Retired through the API from a past date, the protocol was brought back by the next load: the
     file's last entry was appended with its earlier effective_from (found by a probe)."""
