@@ -20,7 +20,7 @@ from api.http import link_header, page_links, read_cursor
 from api.parsing import Blueprint
 from protocols import audit, keys
 from protocols.keys import ADMIN, KeyInfo
-from protocols.timeutil import format_rfc3339, utcnow
+from protocols.timeutil import utcnow
 from schemas.admin import (
     AuditPageSchema,
     AuditQuerySchema,
@@ -64,10 +64,9 @@ def list_keys() -> dict[str, Any]:
                   description="A live key (or one whose name looks the same) has this name; errors.name says which")
 def create_key(payload: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Mint a key. The response is the only place the key ever appears."""
-    minted = {"name": payload["name"], "scopes": list(keys.normalize_scopes(payload["scopes"])),
-              "expires_at": format_rfc3339(payload["expires_at"]) if payload["expires_at"] else None}
+    facts = keys.creation_facts(payload["name"], payload["scopes"], payload["expires_at"])
     info, plain = keys.create_key(get_db(), payload["name"], payload["scopes"], expires_at=payload["expires_at"],
-                                  ctx=write_context(pending(201, **minted)))
+                                  ctx=write_context(pending(201, **facts)))
     g.audit_recorded = True  # written with the key, in its transaction
     return {**_key_dict(info), "key": plain}, 201, {"Location": url_for("admin.get_key", key_id=info.id)}
 

@@ -86,8 +86,8 @@ def load_command(directory: Path | None) -> None:
         result = catalog.sync_protocol(get_db(), catalog_file.protocol_id, entries, ctx)
         if result.refused is not None:
             index, error = result.refused
-            prefix = f"versions.{index}: " if len(entries) > 1 else ""
-            refused.append(f"{catalog_file.path.name}: {prefix}{error.message}")
+            entry = f"versions.{index}" if len(entries) > 1 else "its record"
+            refused.append(f"{catalog_file.path.name}: {entry}: {error.message}")
         if result.appended:  # a change made outside any HTTP request still belongs in the audit log
             audit.record(get_db(), action="protocol.load", outcome=audit.ALLOWED, actor=ctx.actor,
                          target=catalog_file.protocol_id, detail=f'{{"appended_versions":{list(result.appended)}}}')
@@ -101,7 +101,7 @@ def load_command(directory: Path | None) -> None:
         state = f"appended versions {result.appended}" if result.appended else "unchanged"
         if result.refused is not None:  # "unchanged" read as if the file were loaded
             state = (f"appended versions {result.appended}, then" if result.appended else "nothing appended:") \
-                + f" versions.{result.refused[0]} refused (below)"
+                + f" {entry} refused (below)"
         click.echo(f"{catalog_file.protocol_id}: {state}")
     if refused:
         raise click.ClickException("the versioning rules refused " + "; ".join(refused)

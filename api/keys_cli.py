@@ -66,8 +66,7 @@ def create_command(name: str, scopes: tuple[str, ...], expires: str | None) -> N
     """Mint a key and print it once (only its hash is stored)."""
     expires_at = _parse_expiry(expires)
     event = audit.Pending(audit.KEY_CREATE, detail=json.dumps(
-        {"via": "cli", "name": name, "scopes": list(keys.normalize_scopes(scopes)),
-         "expires_at": format_rfc3339(expires_at) if expires_at else None}))
+        {"via": "cli", **keys.creation_facts(name, scopes, expires_at)}))
     try:
         info, plain = keys.create_key(get_db(), name, scopes, expires_at=expires_at,
                                       ctx=audit.WriteContext(actor=_actor(), audit=event))

@@ -138,9 +138,10 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
             return result
         result.appended.append(stored.version)
         return _append_entries(db, protocol_id, list(enumerate(entries))[1:], stored, ctx, result)
+    keys = [(record.content_hash(entry.content), entry.status, entry.effective_from) for entry in entries]
     author = newest.as_dict().get("recorded_by")
     if author == ctx.actor:
-        matched = _matching(entries, newest_hash, newest.status, newest.effective_from)
+        matched = _matching(keys, newest_hash, newest.status, newest.effective_from)
         start = matched[-1] + 1 if matched else len(entries) - 1
     else:
         # Written through the API (a correction, a revert, a retirement). The file speaks for the
@@ -148,8 +149,8 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
         # (whoever wrote it): otherwise loading its entries would undo that write (a revert to an
         # earlier entry, after the loader's or the API's later ones; found by probes).
         earlier = _history(db, protocol_id)[:-1]
-        consumed = max((index for key in earlier for index in _matching(entries, *key)), default=-1)
-        adopted = [index for index in _matching(entries, newest_hash, newest.status, newest.effective_from)
+        consumed = max((index for stored in earlier for index in _matching(keys, *stored)), default=-1)
+        adopted = [index for index in _matching(keys, newest_hash, newest.status, newest.effective_from)
                    if index > consumed]
         if not adopted:
             result.left_alone = LeftAlone(newest.version, newest.status, author)
@@ -158,11 +159,12 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
     return _append_entries(db, protocol_id, list(enumerate(entries))[start:], newest, ctx, result)
 
 
-def _matching(entries: list[Entry], content_hash: str, status: str, effective_from: Any) -> list[int]:
-    """Indexes of the entries a stored version (its content hash, status and start) is."""
-    return [index for index, entry in enumerate(entries)
-            if record.content_hash(entry.content) == content_hash and entry.status == status
-            and (entry.effective_from is None or entry.effective_from == effective_from)]
+def _matching(keys: list[tuple[str, str, Any]], content_hash: str, status: str, effective_from: Any) -> list[int]:
+    """Indexes of the entries (their content hash, status and start) a stored version is; an entry
+    without a start matches any."""
+    return [index for index, (entry_hash, entry_status, entry_start) in enumerate(keys)
+            if entry_hash == content_hash and entry_status == status
+            and (entry_start is None or entry_start == effective_from)]
 
 
 def _history(db: Database, protocol_id: str) -> list[tuple[str, str, Any]]:

@@ -259,9 +259,10 @@ def _pair(old: list[_Indexed], new: list[_Indexed], route: Any, phase: Any) -> t
             unmatched.remove(twin)
             twins.append((twin[1], (index, item)))
     chosen = _closest_pairs(unmatched, rest, lambda a, b: _distance(a, b, route, phase))
+    paired_old, paired_new = {i for i, _ in chosen}, {j for _, j in chosen}
     pairs = twins + [(unmatched[i][1], rest[j]) for i, j in chosen]
-    removed = [item for i, item in enumerate(unmatched) if i not in {i for i, _ in chosen}]
-    added = [item for j, item in enumerate(rest) if j not in {j for _, j in chosen}]
+    removed = [item for i, item in enumerate(unmatched) if i not in paired_old]
+    added = [item for j, item in enumerate(rest) if j not in paired_new]
     return pairs, removed, added
 
 
@@ -276,22 +277,18 @@ def _closest_pairs(old: list[_Indexed], new: list[_Indexed],
     """As many (old, new) index pairs as the smaller side has, with the least total distance; ties keep
     document order (the first pairing in order wins). Every leftover range on the larger side is a
     removal or an addition, as before: only *which* ranges pair changes."""
-    k = min(len(old), len(new))
-    if k == 0:
-        return []
     cost = [[distance(o[1], n[1]) for n in new] for o in old]
-    if math.perm(max(len(old), len(new)), k) <= _EXHAUSTIVE_PAIRINGS:
-        best: list[tuple[int, int]] | None = None
-        best_cost: tuple[float, ...] | None = None
+    smaller, larger = sorted((len(old), len(new)))
+    if smaller == 0:
+        return []
+    if math.perm(larger, smaller) <= _EXHAUSTIVE_PAIRINGS:
+        # Each way to give every range of the smaller side its own partner; lexicographic order, so the
+        # first of equally distant pairings (document order) wins.
         if len(old) <= len(new):
-            candidates = ([(i, j) for i, j in enumerate(js)] for js in itertools.permutations(range(len(new)), k))
+            pairings = (list(enumerate(js)) for js in itertools.permutations(range(len(new)), smaller))
         else:
-            candidates = ([(i, j) for j, i in enumerate(is_)] for is_ in itertools.permutations(range(len(old)), k))
-        for pairing in candidates:
-            total = tuple(sum(cost[i][j][k] for i, j in pairing) for k in range(3))
-            if best_cost is None or total < best_cost:
-                best, best_cost = pairing, total
-        assert best is not None
+            pairings = ([(i, j) for j, i in enumerate(is_)] for is_ in itertools.permutations(range(len(old)), smaller))
+        best = min(pairings, key=lambda pairing: tuple(map(sum, zip(*(cost[i][j] for i, j in pairing), strict=True))))
         return sorted(best)
     chosen: list[tuple[int, int]] = []
     free_old, free_new = set(range(len(old))), set(range(len(new)))

@@ -396,13 +396,10 @@ def _dosage(dose: Mapping[str, Any], routes: Mapping[str, Mapping[str, Any]]) ->
     repeat: dict[str, Any] = {}
     frequency = dose.get("frequency")
     if frequency:
-        if frequency.get("period_max"):  # periodMax is in period's unit (FHIR)
-            (period, longest), period_unit = time_amounts(frequency["period"], frequency["period_max"])
-            repeat.update({"frequency": frequency["count"], "period": period, "periodMax": longest,
-                           "periodUnit": period_unit})
-        else:
-            period, period_unit = time_amount(frequency["period"])
-            repeat.update({"frequency": frequency["count"], "period": period, "periodUnit": period_unit})
+        periods = [frequency["period"], *([frequency["period_max"]] if frequency.get("period_max") else [])]
+        amounts, period_unit = time_amounts(*periods)  # periodMax is in period's unit (FHIR)
+        repeat.update({"frequency": frequency["count"], "period": amounts[0],
+                       **({"periodMax": amounts[1]} if len(amounts) > 1 else {}), "periodUnit": period_unit})
     if dose.get("duration"):
         length, length_unit = time_amount(dose["duration"])
         repeat.update({"duration": length, "durationUnit": length_unit})

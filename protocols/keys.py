@@ -29,7 +29,7 @@ from protocols.audit import WriteContext, insert_allowed
 from protocols.db import Database
 from protocols.errors import DomainError, KeyNameTaken
 from protocols.models import ApiKey
-from protocols.timeutil import utcnow
+from protocols.timeutil import format_rfc3339, utcnow
 
 KEY_PREFIX = "tpk_"
 #: Authors the service records for its own writes and audit events; no key may be named like them,
@@ -175,6 +175,13 @@ def normalize_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     if not wanted:
         raise InvalidScope(f"at least one scope is required; known: {', '.join(SCOPES)}", unknown=[])
     return tuple(s for s in SCOPES if s in wanted)
+
+
+def creation_facts(name: str, scopes: Iterable[str], expires_at: datetime | None) -> dict[str, Any]:
+    """What a key-creation audit event records of the new key (never the key itself), the same from
+    the API and the CLI."""
+    return {"name": name, "scopes": list(normalize_scopes(scopes)),
+            "expires_at": format_rfc3339(expires_at) if expires_at else None}
 
 
 def _info(row: ApiKey) -> KeyInfo:

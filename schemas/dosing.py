@@ -23,13 +23,13 @@ from schemas.query import AsOfQuerySchema
 _NUMBER_TEXT = re.compile(r"\A[0-9]{1,20}(\.[0-9]{1,20})?\Z")
 
 
-
 class OrderFrequencySchema(FrequencySchema):
     """An order's frequency: one period. A period range describes a protocol's choice; an order is
     given at one frequency, and a ``period_max`` here would be accepted and never checked."""
 
     class Meta:
         exclude = ("period_max",)
+
 
 class DoseNumber(fields.Decimal):
     """Any positive, finite number (``protocols.dosing.number_problem``), kept exact as ``Decimal``."""
