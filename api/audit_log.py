@@ -94,6 +94,7 @@ def _detail(required_scope: str | None = None, **facts: Any) -> str:
     detail: dict[str, Any] = {"method": request.method, "path": request.path}
     if g.get("api_key_id"):
         detail["key_id"] = g.api_key_id
+    detail.update(g.get("refused_key") or {})
     if required_scope:
         detail["required_scope"] = required_scope
     detail.update(facts)

@@ -29,6 +29,7 @@ from api.errors import ApiError, documented_error
 from api.extensions import get_db
 from protocols import keys
 from protocols.keys import ADMIN, READ, WRITE
+from protocols.timeutil import utcnow
 
 PUBLIC: str | None = None
 REALM = "treatment-protocols"
@@ -171,8 +172,14 @@ def _authenticate() -> None:
             return
         raise ApiError(401, "Authentication required: send 'Authorization: Bearer <api key>'.",
                        headers={"WWW-Authenticate": _challenge()}, reason="missing_credentials")
-    key = keys.authenticate(get_db(), token)
-    if key is None:
+    key = keys.identify(get_db(), token)
+    now = utcnow()
+    if key is None or not key.is_active(now):
+        if key is not None:
+            # The audit row of the refusal names the revoked or expired key and says which it is; the
+            # client hears only "not valid". Rate limiting still counts the caller's address.
+            g.actor_name = key.name
+            g.refused_key = {"key_id": key.id, "key_state": keys.state(key, now)}
         raise ApiError(401, "The API key is not valid (unknown, revoked or expired).",
                        headers={"WWW-Authenticate": _challenge("invalid_token", "unknown, revoked or expired key")},
                        reason="invalid_key")

@@ -14,7 +14,8 @@ was retired, an id outside the plain slug alphabet, an error from a connection t
 dead (so Flask makes one more attempt, on a fresh connection), and anything it does not expect. Any
 other database error (a lock or connect timeout, an exhausted pool) it answers itself with the 503
 Flask would give: another attempt would only wait as long again. Every decision it makes calls the
-same function the Flask hooks call (``auth.resolve_scope``/``bearer_token``, ``keys.authenticate``,
+same function the Flask hooks call (``auth.resolve_scope``/``bearer_token``, ``keys.authenticate``
+(Flask's hook: its ``keys.identify`` and ``KeyInfo.is_active``, to name a refused key in the audit trail),
 ``ratelimit.identity``/``headers``, ``request_ids.request_id``, ``http.none_match``,
 ``logging_setup.log_access``, ``versioning.effective``/``effective_etag``, ``errors.error_body``), and
 ``tests/api/test_fastpath.py`` sends the same requests through both paths and requires identical

@@ -230,6 +230,16 @@ def create_key(db: Database, name: str, scopes: Sequence[str], *, expires_at: da
 def authenticate(db: Database, plain: str, *, now: datetime | None = None) -> KeyInfo | None:
     """The active key matching ``plain``, or None (unknown, revoked or expired: callers need not tell
     which apart, and must not tell the client)."""
+    info = identify(db, plain)
+    return info if info is not None and info.is_active(now or utcnow()) else None
+
+
+def identify(db: Database, plain: str) -> KeyInfo | None:
+    """The key matching ``plain`` whatever its state (revoked and expired keys too), or None.
+
+    For the audit trail of a refused request: which revoked or expired key is still being presented
+    is what an operator needs to find the client still holding it (the client is told only that its
+    key is not valid)."""
     if not plain.startswith(KEY_PREFIX) or len(plain) > 200:
         return None
     digest = hash_key(plain)
@@ -237,8 +247,14 @@ def authenticate(db: Database, plain: str, *, now: datetime | None = None) -> Ke
     row = db.reads.fetch_one(sql, (digest,))
     if row is None or not hmac.compare_digest(row[2], digest):
         return None
-    info = KeyInfo(row[0], row[1], tuple(row[3].split()), *(convert(value) for value in row[4:7]))
-    return info if info.is_active(now or utcnow()) else None
+    return KeyInfo(row[0], row[1], tuple(row[3].split()), *(convert(value) for value in row[4:7]))
+
+
+def state(info: KeyInfo, now: datetime) -> str:
+    """``active``, ``revoked`` or ``expired`` (revoked wins when both hold: it was someone's decision)."""
+    if info.revoked_at is not None and info.revoked_at <= now:
+        return "revoked"
+    return "active" if info.is_active(now) else "expired"
 
 
 _LOOKUP_PLANS: dict[Any, tuple[str, Callable[[Any], Any]]] = {}

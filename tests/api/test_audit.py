@@ -199,3 +199,32 @@ def test_catalog_loads_are_audited_once_per_changed_protocol(app, db):
     assert '"appended_versions":[1' in loaded[0].detail
     assert runner.invoke(args=["protocols", "load"]).exit_code == 0  # unchanged catalog: nothing new
     assert len([r for r in audit_rows(db) if r.action == "protocol.load"]) == len(loaded)
+
+
+def test_a_refused_write_names_the_revoked_or_expired_key_in_the_audit_trail(anon_client, client, make_key, db):
+    """A write with a revoked or expired key was audited with actor null, so the trail could not say
+    which client still holds a key that was revoked (a leaked one, say). The client is still told only
+    that the key is not valid, exactly as for an unknown key."""
+    from datetime import timedelta
+
+    from protocols.timeutil import utcnow
+
+    assert client.post("/v1/protocols", json=protocol_payload("audit-keys")).status_code == 201
+    leaked = make_key(["protocols:read", "protocols:write"], name="leaked-bot")
+    leaked_id = next(k["id"] for k in client.get("/v1/admin/keys").get_json()["items"] if k["name"] == "leaked-bot")
+    assert client.delete(f"/v1/admin/keys/{leaked_id}").status_code in (200, 204)
+    stale = make_key(["protocols:write"], name="stale-bot", expires_at=utcnow() - timedelta(days=1))
+    bodies = []
+    for key in (leaked, stale, "tpk_" + "0" * 40):
+        response = anon_client.delete("/v1/protocols/audit-keys", headers={**bearer(key), "If-Match": '"x"'})
+        assert response.status_code == 401
+        body = response.get_json()
+        bodies.append((body["message"], body.get("reason"), response.headers["WWW-Authenticate"]))
+    assert len(set(bodies)) == 1  # revoked, expired and unknown keys answer alike
+
+    denied = [r for r in audit_rows(db) if r.outcome == "denied"]
+    assert [r.actor for r in denied] == ["leaked-bot", "stale-bot", None]
+    details = [json.loads(r.detail) for r in denied]
+    assert [(d.get("key_id"), d.get("key_state")) for d in details] == [
+        (leaked_id, "revoked"), (details[1]["key_id"], "expired"), (None, None)]
+    assert details[1]["key_id"] not in (None, leaked_id)
