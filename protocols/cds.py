@@ -297,19 +297,25 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     ``frequencyMax`` when given (1-3 times a day is checked as 3), the shorter ``period`` (every 4-6 h
     is every 4 h), and as many doses as ``when`` or ``timeOfDay`` name (MORN and EVE: twice a day;
     they were counted as one dose and 168 mg a day read as 84), or a timing abbreviation."""
+    timed = _listed_times(dosage)
+    if timed is not None:
+        return None, [], [timed]
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None:
         return _abbreviated_frequency(dosage)
     # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day.
     events = max(sum(MEAL_EVENTS.get(str(code), 1) for code in repeat.when or []), len(repeat.timeOfDay or []))
+    # Days of the week repeat weekly: MON and THU with MORN and EVE are four doses a week, not two
+    # (they were counted as days only, and 336 mg a week read as 168; found by a clinical QA probe).
+    days = len({str(day) for day in repeat.dayOfWeek or []})
     period, period_unit = repeat.period, repeat.periodUnit
     longest, shortest = _readable(repeat.periodMax), _readable(period)
     if longest is not None and shortest is not None and longest < shortest:
         # periodMax is the upper end: one below period is malformed, and the shorter of the two is the
         # most frequent reading of it (period 7 d, periodMax 2 d was checked weekly; found by a probe).
         period = repeat.periodMax
-    if (period is None or period_unit is None) and events:
-        period, period_unit = 1, "d"  # named times of day repeat daily
+    if (period is None or period_unit is None) and (events or days):
+        period, period_unit = (1, "wk") if days else (1, "d")  # named days repeat weekly, times of day daily
     if period is None or period_unit is None:
         if repeat.frequency is not None or repeat.frequencyMax is not None:
             return None, [], ["the timing gives a frequency without a period"]
@@ -321,10 +327,10 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         return None, [], [f"the timing ({period} {period_unit}) has no fixed length of at least a minute in "
                           "whole seconds, so its frequency was not checked"]
     count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), events)
-    if repeat.dayOfWeek:
+    if days:
         if total != PERIOD_UNIT_SECONDS["wk"]:
             return None, [], [f"dayOfWeek with a period of {period} {period_unit} (not one week)"]
-        count = max(count, len(repeat.dayOfWeek))  # mon, wed, fri each week: three a week
+        count = max(count, days * max(events, 1))  # mon, wed, fri at 08:00 and 20:00: six a week
     notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}."]
              if count != int(repeat.frequency or 1) else [])
     iso = _iso_duration(int(total))
@@ -334,6 +340,21 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         raise _bad_request(f"{path}.timing.repeat.period", f"{period} {period_unit} is longer "
                            "than a dosing period this service can check") from None
     return Frequency(count, iso), notes, []
+
+
+def _listed_times(dosage: Any) -> str | None:
+    """Why a timing that lists its administrations (``Timing.event``, more than one) was not checked
+    for how often; None otherwise.
+
+    Three events on one day are three doses: read as no frequency, they were one dose, and 252 mg of
+    esketamine in a day read "within protocol range" (found by a clinical QA probe). A list of
+    instants is no count per period, so the card says the schedule was not checked instead of
+    guessing one; a single event is one dose."""
+    events = dosage.timing.event if dosage.timing is not None else None
+    if not events or len(events) < 2:
+        return None
+    return (f"the timing lists {len(events)} administration times (timing.event); how many fall in a "
+            "protocol's period was not checked")
 
 
 def _abbreviated_frequency(dosage: Any) -> tuple[Frequency | None, list[str], list[str]]:

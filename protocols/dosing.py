@@ -743,9 +743,30 @@ def _patient_range(index: int, dose_range: Mapping[str, Any], weight: Fraction |
         if unit.per_kg and weight is not None:
             maximum = Amount(maximum.value * weight, unit.absolute_code)
         messages.append(f"At most {maximum.text()} per {period}.")
+        messages.extend(_top_over_maximum(dose_range, weight))
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return PatientRange(index, dose_range, absolute, maximum, period, messages)
+
+
+def _top_over_maximum(dose_range: Mapping[str, Any], weight: Fraction | None) -> list[str]:
+    """A warning when the range's top, given as the range itself gives it (its frequency, its
+    duration), comes to more than the range's maximum per period for this patient.
+
+    0.35 mg/kg/h at 80 kg is 28 mg/h, and over the protocol's 4 h that is 112 mg, past its 100 mg a
+    day: ``…/dose`` showed 28 mg/h as the range while ``dose-check`` called that order critical (found
+    by a clinical QA probe). The range is still shown as stored; the message says which limit binds."""
+    frequency = dose_range.get("frequency")
+    top = DoseOrder(str(dose_range["route"]), Quantity(Decimal(str(dose_range["dose_max"])), str(dose_range["unit"])),
+                    frequency=Frequency(int(frequency["count"]), str(frequency["period"])) if frequency else None,
+                    weight_kg=weight)
+    per_period = _per_period(top, _unit(top.dose.unit, "unit"), dose_range, weight,
+                             _duration_seconds(dose_range), [])
+    if per_period is None or not per_period.exceeded or per_period.maximum is None:
+        return []
+    return [f"The top of the range, given as the protocol gives it, comes to more than its maximum for "
+            f"this patient: {per_period.calculation}. The maximum per period is the limit, not the top "
+            f"of the range."]
 
 
 def ranges_for(content: Mapping[str, Any], route: str) -> Sequence[tuple[int, Mapping[str, Any]]]:

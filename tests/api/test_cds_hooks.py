@@ -793,6 +793,29 @@ def test_meal_codes_days_of_week_unreadable_rates_and_prn_orders(client):
     assert result[3]["summary"].startswith("dose not checked") and "rateRatio" in result[3]["detail"]
 
 
+def test_days_of_the_week_times_their_doses_and_listed_times_are_never_read_as_fewer_doses(client):
+    """Found by a clinical QA probe (2026-12-03, seventh session): MON and THU with MORN and EVE (four
+    doses a week, 168 mg on each dosing day) were counted as two a week, and three 84 mg administrations
+    listed in timing.event on one day as one dose: both read "info, within protocol range" against at
+    most 84 mg a day. Days of the week without a period repeat weekly."""
+    create(client)  # Spravato-like: 56-84 mg twice weekly, at most 84 mg per P1D
+    days_and_times = _esketamine_order("esk-dow-when", timing={"repeat": {
+        "period": 1, "periodUnit": "wk", "dayOfWeek": ["mon", "thu"], "when": ["MORN", "EVE"]}})
+    days_and_clock = _esketamine_order("esk-dow-tod", dose=56, timing={"repeat": {
+        "dayOfWeek": ["mon", "thu", "mon"], "timeOfDay": ["08:00:00", "20:00:00"]}})
+    listed = _esketamine_order("esk-events", timing={"event": [
+        "2026-12-07T09:00:00Z", "2026-12-07T13:00:00Z", "2026-12-07T17:00:00Z"]})
+    one_day_a_week = _esketamine_order("esk-dow-once", dose=56, timing={"repeat": {"dayOfWeek": ["mon"]}})
+    one_event = _esketamine_order("esk-event", timing={"event": ["2026-12-07T09:00:00Z"]})
+    result = cards(client, hook_request([days_and_times, days_and_clock, listed, one_day_a_week, one_event]))
+    assert [c["indicator"] for c in result] == ["critical", "critical", "warning", "info", "info"], [
+        c["summary"] for c in result]
+    assert all(c["summary"].startswith("exceeds protocol maximum per period") for c in result[:2])
+    assert "4 per 1 wk" in result[0]["detail"] and "4 per 1 wk" in result[1]["detail"]  # a repeated day is one day
+    assert "partly checked" in result[2]["summary"]
+    assert "lists 3 administration times (timing.event)" in result[2]["detail"]
+
+
 # ------------------------------------------------- clinical QA probe (2026-12-03, third session)
 
 

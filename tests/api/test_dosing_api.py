@@ -486,6 +486,31 @@ def test_patient_dose_range(client):
     assert result["phase"] == "induction"
 
 
+def test_the_patient_range_says_when_its_top_breaks_the_maximum_per_period(client, app):
+    """Found by a clinical QA probe: for the CRPS infusion (0.35 mg/kg/h over 4 h, at most 100 mg a day)
+    at 80 kg, /dose showed 28 mg/h with "at most 100 mg per P1D" and nothing more, while dose-check
+    called 28 mg/h for 4 h once a day (112 mg) critical. At 70 kg (98 mg) there is nothing to say; no
+    other curated range says it at 70 kg either."""
+    load_catalog(app)
+    heavy = client.get(f"/v1/protocols/ketamine-iv-crps-off-label/dose?route={IV}&weight_kg=80").get_json()
+    light = client.get(f"/v1/protocols/ketamine-iv-crps-off-label/dose?route={IV}&weight_kg=70").get_json()
+    warning = "comes to more than its maximum for this patient: 112 mg \u00d7 1 dose = 112 mg per P1D"
+    assert any(warning in m for r in heavy["ranges"] for m in r["messages"]), heavy
+    assert not any("comes to more than its maximum" in m for r in light["ranges"] for m in r["messages"])
+    check = dose_check(client, "ketamine-iv-crps-off-label", {
+        "route": IV, "dose": {"value": 28, "unit": "mg/h"}, "patient": {"weight_kg": 80},
+        "frequency": {"count": 1, "period": "P1D"}})
+    assert check.get_json()["verdict"] == "exceeds_max_per_period"  # the two endpoints agree
+    for protocol_id in CATALOG_IDS:
+        content = client.get(f"/v1/protocols/{protocol_id}").get_json()
+        for route in {r["route"] for r in content["dosing_ranges"]}:
+            for phase in {r["phase"] for r in content["dosing_ranges"] if r["route"] == route}:
+                answer = client.get(f"/v1/protocols/{protocol_id}/dose?route={route}&phase={phase}&weight_kg=70")
+                assert answer.status_code == 200, (protocol_id, route, phase, answer.get_json())
+                assert not any("comes to more than its maximum" in m for r in answer.get_json()["ranges"]
+                               for m in r["messages"]), (protocol_id, route, phase)
+
+
 INVALID_QUERIES = [
     (f"route={IM}", "weight_kg"),
     (f"route={IM}&weight_kg=0.2", "weight_kg"),
