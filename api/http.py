@@ -147,16 +147,17 @@ def read_cursor(kind: str, query: Mapping[str, Any], max_key: int = MAX_CURSOR_K
     return (key, None) if direction == "n" else (None, key)
 
 
-def read_composite_cursor(kind: str, query: Mapping[str, Any],
-                          max_keys: Sequence[int]) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+def read_composite_cursor(kind: str, query: Mapping[str, Any], max_keys: Sequence[int],
+                          optional: int = 0) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
     """Like :func:`read_cursor` for keys of several integers (e.g. ``(rank, seq)``), each at most its
-    ``max_keys`` entry (a rank is a 32-bit integer on PostgreSQL, a sequence 64-bit)."""
+    ``max_keys`` entry (a rank is a 32-bit integer on PostgreSQL, a sequence 64-bit); the last
+    ``optional`` parts may be missing (cursors issued before they were added)."""
     if "cursor" not in query:
         return None, None
     key, direction = decode_cursor(kind, query["cursor"])
-    if (not isinstance(key, list) or len(key) != len(max_keys)
+    if (not isinstance(key, list) or not len(max_keys) - optional <= len(key) <= len(max_keys)
             or not all(isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= limit
-                       for part, limit in zip(key, max_keys, strict=True))):
+                       for part, limit in zip(key, max_keys, strict=False))):
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (tuple(key), None) if direction == "n" else (None, tuple(key))
 

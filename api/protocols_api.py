@@ -9,7 +9,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from flask import Response, g, url_for
+from flask import Response, g, request, url_for
 
 from api.audit_log import pending
 from api.errors import ApiError, ErrorSchema
@@ -20,6 +20,7 @@ from api.http import (
     list_response,
     not_modified,
     page_links,
+    page_url,
     read_composite_cursor,
     read_cursor,
     version_response,
@@ -115,6 +116,10 @@ def create_protocol(payload: dict[str, Any]) -> Response:
 @blp.route("", methods=["GET"])
 @blp.arguments(ProtocolListQuerySchema(), location="query")
 @blp.response(200, ProtocolPageSchema, headers=LINK_HEADER)
+@blp.alt_response(409, schema=ErrorSchema,
+                  description="A ranked search's `cursor` from before a version was recorded that takes effect at "
+                              "or before the search's moment (a back-dated write): its pages would skip or repeat "
+                              "protocols; `first` links to the search without the cursor")
 def list_protocols(query: dict[str, Any]) -> Response:
     """Find protocols: filters (AND), free text `q` (ranked), `as_of` time travel, cursor pages.
 
@@ -130,12 +135,35 @@ def list_protocols(query: dict[str, Any]) -> Response:
         filters = replace(filters, as_of=now)
         pinned = {"as_of": format_rfc3339(now)}
     kind = "protocols:ranked" if filters.ranked else "protocols"
-    after, before = (read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ)) if filters.ranked
-                     else read_cursor(kind, query))
-    page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
-                         count=query["count"])
-    next_url, prev_url = page_links(kind, [hit.key for hit in page.items], has_more=page.has_more,
-                                    after=after, before=before, pinned=pinned)
+    if not filters.ranked:
+        after, before = read_cursor(kind, query)
+        page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
+                             count=query["count"])
+        keys: list[Any] = [hit.key for hit in page.items]
+    else:
+        # Ranked cursors carry the feed position of the walk's first page: a version recorded since
+        # then that takes effect by the walk's moment (a back-dated write) moves ranks across the
+        # cursor, and the walk is refused rather than let skip or repeat a protocol.
+        after, before = read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ), optional=1)
+        cursor = after or before
+        position = cursor[2] if cursor is not None and len(cursor) == 3 else None
+        if cursor is None:
+            position = search.feed_position(get_db())
+        after, before = (after and after[:2]), (before and before[:2])
+        page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
+                             count=query["count"])
+        assert filters.as_of is not None  # pinned above when the request did not give one
+        if cursor is not None and position is not None and search.changed_in_effect_since(
+                get_db(), position, filters.as_of):
+            raise ApiError(409, "This search's results changed after its first page: a version recorded since "
+                                "then takes effect at or before the search's moment, so pages would skip or "
+                                "repeat protocols. Start again from the first page.",
+                           errors={"cursor": ["the results changed since this cursor was issued; "
+                                              "search again without it"]},
+                           first=page_url({k: v for k, v in request.args.items(multi=True) if k != "cursor"}))
+        keys = [(*hit.key, position) if position is not None else hit.key for hit in page.items]
+    next_url, prev_url = page_links(kind, keys, has_more=page.has_more, after=after, before=before,
+                                    pinned=pinned)
     return list_response((hit.version.document for hit in page.items), next_url=next_url,
                          prev_url=prev_url, page_size=query["page_size"],
                          extra={"count": page.total} if page.total is not None else None)

@@ -118,6 +118,31 @@ class SearchPage:
     total: int | None = None
 
 
+def feed_position(db: Database) -> int:
+    """The newest version's position in the changes feed (0 for an empty registry). A ranked walk
+    keeps the position of its first page, so a later page can tell whether history it reads has
+    changed under it (:func:`changed_in_effect_since`)."""
+    with db.read() as session:
+        return int(session.execute(select(func.coalesce(func.max(ProtocolVersion.seq), 0))).scalar_one())
+
+
+def changed_in_effect_since(db: Database, position: int, at: datetime) -> bool:
+    """Whether a version recorded after feed ``position`` takes effect at or before ``at`` (naive UTC,
+    as :attr:`ProtocolQuery.as_of`).
+
+    Why: a ranked walk pins its moment (``as_of``), and a version recorded later that starts after that
+    moment cannot change what the walk reads. A back-dated one can: it changes which version is in
+    effect at the pinned moment, so a protocol's rank moves across the cursor and the walk would skip
+    or repeat it (found by an adversarial probe). The feed is in commit order, so "recorded after the
+    first page" is exactly ``seq > position``, read through the primary key."""
+    with db.read() as session:
+        hit = session.execute(select(ProtocolVersion.seq)
+                              .where(ProtocolVersion.seq > position,
+                                     ProtocolVersion.effective_from <= at)
+                              .limit(1)).first()
+    return hit is not None
+
+
 def search(
     db: Database,
     query: ProtocolQuery,

@@ -231,3 +231,38 @@ def test_words_with_new_tai_lue_vowel_signs_match_alike_on_both_databases(client
         body = get(client, body["prev"]).get_json() if body["prev"] else None
     assert first["count"] == len(forward) == 3 and back == forward, (first["count"], forward, back)
     assert sorted(listed(client, q="b")) == ["ntl-real-1", "ntl-real-2"]  # "b" is a word of its own on both
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_a_back_dated_write_between_ranked_pages_is_refused_not_skipped_or_repeated(
+        client: FlaskClient, db: Database, direction: str) -> None:
+    """Found by an adversarial probe: links pin the search's moment but not its history. A revision
+    recorded between two fetches with an effective_from before that moment changes which version is in
+    effect *at* it, so the protocol's rank moved across the cursor and the walk skipped it (rank rose)
+    or repeated it (rank fell). Such a walk now ends in a 409 naming the cursor, with a link to the
+    search's first page; a revision that takes effect after the moment does not disturb it."""
+    from datetime import UTC, datetime
+
+    word = "quokkanol"
+    ids = [f"back-dated-{n}" for n in range(3)]
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    for pid in ids:
+        title = f"{word} protocol {pid}" if direction == "down" else f"protocol {pid}"
+        versioning.create(db, pid, content_of(pid, title=title, summary=f"Mentions {word} in passing."),
+                          effective_from=start)
+    first = get(client, "/v1/protocols", q=word, page_size=1).get_json()
+    # A revision effective now (after the pinned moment) leaves the walk alone.
+    untouched = ids[1]
+    versioning.revise(db, untouched, content_of(untouched, title=f"protocol {untouched} (retitled)",
+                                                summary=f"Mentions {word} in passing."),
+                      if_match=[versioning.latest(db, untouched).etag])
+    second = get(client, first["next"]).get_json()
+    moved = ids[0] if direction == "up" else first["items"][0]["id"]
+    title = f"{word} protocol {moved}" if direction == "up" else f"protocol {moved}"
+    versioning.revise(db, moved, content_of(moved, title=title, summary=f"Mentions {word} in passing."),
+                      if_match=[versioning.latest(db, moved).etag], effective_from=datetime(2021, 1, 1, tzinfo=UTC))
+    refused = client.get(second["next"] or second["prev"])
+    assert refused.status_code == 409, refused.get_json()
+    body = refused.get_json()
+    assert list(body["errors"]) == ["cursor"] and "cursor=" not in body["first"] and f"q={word}" in body["first"]
+    assert sorted(walk(client, body["first"])) == sorted(ids)  # the fresh walk sees each once
