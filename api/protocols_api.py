@@ -135,38 +135,51 @@ def list_protocols(query: dict[str, Any]) -> Response:
         filters = replace(filters, as_of=now)
         pinned = {"as_of": format_rfc3339(now)}
     kind = "protocols:ranked" if filters.ranked else "protocols"
-    if not filters.ranked:
+    after: Any
+    before: Any
+    if filters.ranked:
+        page, keys, after, before = _ranked_page(kind, filters, query)
+    else:
         after, before = read_cursor(kind, query)
         page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
                              count=query["count"])
-        keys: list[Any] = [hit.key for hit in page.items]
-    else:
-        # Ranked cursors carry the feed position of the walk's first page: a version recorded since
-        # then that takes effect by the walk's moment (a back-dated write) moves ranks across the
-        # cursor, and the walk is refused rather than let skip or repeat a protocol.
-        after, before = read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ), optional=1)
-        cursor = after or before
-        position = cursor[2] if cursor is not None and len(cursor) == 3 else None
-        if cursor is None:
-            position = search.feed_position(get_db())
-        after, before = (after and after[:2]), (before and before[:2])
-        page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
-                             count=query["count"])
-        assert filters.as_of is not None  # pinned above when the request did not give one
-        if cursor is not None and position is not None and search.changed_in_effect_since(
-                get_db(), position, filters.as_of):
-            raise ApiError(409, "This search's results changed after its first page: a version recorded since "
-                                "then takes effect at or before the search's moment, so pages would skip or "
-                                "repeat protocols. Start again from the first page.",
-                           errors={"cursor": ["the results changed since this cursor was issued; "
-                                              "search again without it"]},
-                           first=page_url({k: v for k, v in request.args.items(multi=True) if k != "cursor"}))
-        keys = [(*hit.key, position) if position is not None else hit.key for hit in page.items]
+        keys = [hit.key for hit in page.items]
     next_url, prev_url = page_links(kind, keys, has_more=page.has_more, after=after, before=before,
                                     pinned=pinned)
     return list_response((hit.version.document for hit in page.items), next_url=next_url,
                          prev_url=prev_url, page_size=query["page_size"],
                          extra={"count": page.total} if page.total is not None else None)
+
+
+def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
+                 ) -> tuple[search.SearchPage, list[Any], tuple[int, ...] | None, tuple[int, ...] | None]:
+    """A ranked page, its items' cursor keys, and the (rank, seq) keys it was read after or before.
+
+    Cursors carry the feed position of the walk's first page: a version recorded since then that takes
+    effect by the walk's moment (a back-dated write) moves ranks across the cursor, so the walk is
+    refused (409) rather than let skip or repeat a protocol (found by an adversarial probe). Cursors
+    issued without a position (before it was added) are read as before."""
+    after, before = read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ), optional=1)
+    cursor = after or before
+    position = search.feed_position(get_db()) if cursor is None else (cursor[2] if len(cursor) == 3 else None)
+    after, before = (after[:2] if after else None), (before[:2] if before else None)
+    page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
+                         count=query["count"])
+    assert filters.as_of is not None  # the caller pins it when the request did not give one
+    if cursor is not None and position is not None and search.changed_in_effect_since(
+            get_db(), position, filters.as_of):
+        raise ApiError(409, "This search's results changed after its first page: a version recorded since "
+                            "then takes effect at or before the search's moment, so pages would skip or "
+                            "repeat protocols. Start again from the first page.",
+                       errors={"cursor": ["the results changed since this cursor was issued; "
+                                          "search again without it"]},
+                       first=page_url({k: v for k, v in request.args.items(multi=True) if k != "cursor"}))
+    keys: list[Any] = [hit.key if position is None else (*_as_tuple(hit.key), position) for hit in page.items]
+    return page, keys, after, before
+
+
+def _as_tuple(key: search.Key) -> tuple[int, ...]:
+    return key if isinstance(key, tuple) else (key,)
 
 
 @blp.route("/<string:protocol_id>", methods=["GET"])

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from flask.testing import FlaskClient
 
-from api.http import encode_cursor
+from api.http import decode_cursor, encode_cursor
 from protocols import versioning
 from protocols.db import Database
 from protocols.terminology import ICD10CM, SNOMED
@@ -266,3 +266,24 @@ def test_a_back_dated_write_between_ranked_pages_is_refused_not_skipped_or_repea
     body = refused.get_json()
     assert list(body["errors"]) == ["cursor"] and "cursor=" not in body["first"] and f"q={word}" in body["first"]
     assert sorted(walk(client, body["first"])) == sorted(ids)  # the fresh walk sees each once
+
+
+def test_a_ranked_cursor_issued_without_a_feed_position_still_pages(client: FlaskClient, db: Database) -> None:
+    """Cursors issued before ranked cursors carried the first page's feed position are two keys long
+    (rank, sequence); they still page, without the changed-history check; three keys do, and four or a
+    negative position are refused as any forged cursor is."""
+    word = "wombatine"
+    for n in range(3):
+        versioning.create(db, f"old-cursor-{n}", content_of(f"old-cursor-{n}", summary=f"Mentions {word}."))
+    first = get(client, "/v1/protocols", q=word, page_size=1).get_json()
+    new_token = parse_qs(urlsplit(first["next"]).query)["cursor"][0]
+    key, _ = decode_cursor("protocols:ranked", new_token)
+    assert len(key) == 3
+    as_of = parse_qs(urlsplit(first["next"]).query)["as_of"][0]
+    old = get(client, "/v1/protocols", q=word, page_size=1, as_of=as_of,
+              cursor=encode_cursor("protocols:ranked", key[:2], "n")).get_json()
+    assert [item["id"] for item in old["items"]] == [item["id"] for item in get(client, first["next"]).get_json()["items"]]
+    for forged in ([*key, 1], [*key[:2], -1]):
+        response = client.get("/v1/protocols", query_string={"q": word, "cursor": encode_cursor(
+            "protocols:ranked", forged, "n")})
+        assert response.status_code == 422 and list(response.get_json()["errors"]) == ["cursor"]
