@@ -282,7 +282,8 @@ def test_a_ranked_cursor_issued_without_a_feed_position_still_pages(client: Flas
     as_of = parse_qs(urlsplit(first["next"]).query)["as_of"][0]
     old = get(client, "/v1/protocols", q=word, page_size=1, as_of=as_of,
               cursor=encode_cursor("protocols:ranked", key[:2], "n")).get_json()
-    assert [item["id"] for item in old["items"]] == [item["id"] for item in get(client, first["next"]).get_json()["items"]]
+    current = get(client, first["next"]).get_json()
+    assert [item["id"] for item in old["items"]] == [item["id"] for item in current["items"]]
     for forged in ([*key, 1], [*key[:2], -1]):
         response = client.get("/v1/protocols", query_string={"q": word, "cursor": encode_cursor(
             "protocols:ranked", forged, "n")})
