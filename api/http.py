@@ -165,10 +165,18 @@ def read_composite_cursor(kind: str, query: Mapping[str, Any], max_keys: Sequenc
 def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool, after: Any | None,
                before: Any | None, pinned: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
     """Next/prev URLs for a keyset page whose items carry ``keys`` in display order; ``pinned``
-    parameters are added to the request's own (a moment the walk must keep reading)."""
-    if not keys:
-        return None, None
+    parameters are added to the request's own (a moment the walk must keep reading). ``after`` and
+    ``before`` are the cursor keys the page was read from.
+
+    A page left empty by writes since its cursor was issued keeps a way on: an empty page *before* its
+    key has nothing before it, so its ``next`` is the first page (which holds the key's item, if it is
+    still listed); an empty page *after* its key links ``prev`` to the page before that key. It had no
+    links at all, and a client following ``prev`` to a page emptied by a retirement was told the list
+    had ended (found by a probe)."""
     params = {**{k: v for k, v in request.args.items(multi=True) if k != "cursor"}, **(pinned or {})}
+    if not keys:
+        return (None if before is None else page_url(params),
+                None if after is None else page_url(params, cursor=encode_cursor(kind, after, "p")))
     more_after = has_more if before is None else True
     more_before = (after is not None) if before is None else has_more
     next_url = page_url(params, cursor=encode_cursor(kind, keys[-1], "n")) if more_after else None

@@ -153,7 +153,7 @@ def list_protocols(query: dict[str, Any]) -> Response:
 
 def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
                  ) -> tuple[search.SearchPage, list[Any], tuple[int, ...] | None, tuple[int, ...] | None]:
-    """A ranked page, its items' cursor keys, and the (rank, seq) keys it was read after or before.
+    """A ranked page, its items' cursor keys, and the cursor keys it was read after or before.
 
     Cursors carry the feed position of the walk's first page: a version recorded since then that takes
     effect by the walk's moment (a back-dated write) moves ranks across the cursor, so the walk is
@@ -162,9 +162,8 @@ def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
     after, before = read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ), optional=1)
     cursor = after or before
     position = search.feed_position(get_db()) if cursor is None else (cursor[2] if len(cursor) == 3 else None)
-    after, before = (after[:2] if after else None), (before[:2] if before else None)
-    page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
-                         count=query["count"])
+    page = search.search(get_db(), filters, limit=query["page_size"], after=after and after[:2],
+                         before=before and before[:2], count=query["count"])
     assert filters.as_of is not None  # the caller pins it when the request did not give one
     if cursor is not None and position is not None and search.changed_in_effect_since(
             get_db(), position, filters.as_of):

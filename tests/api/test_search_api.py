@@ -288,3 +288,26 @@ def test_a_ranked_cursor_issued_without_a_feed_position_still_pages(client: Flas
         response = client.get("/v1/protocols", query_string={"q": word, "cursor": encode_cursor(
             "protocols:ranked", forged, "n")})
         assert response.status_code == 422 and list(response.get_json()["errors"]) == ["cursor"]
+
+
+def test_a_page_emptied_by_retirements_keeps_a_way_on(client: FlaskClient, db: Database) -> None:
+    """Found by a probe: a page left empty by writes since its cursor was issued had neither next nor
+    prev. Following prev from page 2 after page 1's protocol was retired said the list had ended while
+    two protocols were still listed; a forward page emptied the same way lost its prev."""
+    ids = [f"emptied-{n}" for n in range(3)]
+    for pid in ids:
+        versioning.create(db, pid, content_of(pid))
+    first = get(client, "/v1/protocols", page_size=1).get_json()
+    second = get(client, first["next"]).get_json()
+    assert [i["id"] for i in first["items"] + second["items"]] == ["emptied-2", "emptied-1"]
+    versioning.retire(db, "emptied-2", if_match=[versioning.latest(db, "emptied-2").etag])
+    back = get(client, second["prev"]).get_json()
+    assert back["items"] == [] and back["prev"] is None and "cursor=" not in back["next"]
+    assert walk(client, back["next"]) == ["emptied-1", "emptied-0"]
+    third = get(client, second["next"]).get_json()
+    assert [i["id"] for i in third["items"]] == ["emptied-0"]
+    versioning.retire(db, "emptied-0", if_match=[versioning.latest(db, "emptied-0").etag])
+    onward = get(client, third["next"] or second["next"]).get_json()
+    assert onward["items"] == [] and onward["next"] is None
+    before_it = get(client, onward["prev"]).get_json()  # before emptied-1: emptied-2 is retired too
+    assert before_it["items"] == [] and walk(client, before_it["next"]) == ["emptied-1"]
