@@ -14,16 +14,34 @@ import os
 
 from gunicorn.glogging import Logger, SafeAtoms
 
+
+def _number(name: str, default: float, low: float, high: float, kind: type = int) -> float:
+    """An environment setting as a number within [low, high], or one line naming it: "two" workers was
+    a traceback ("Failed to read config file"), and a GIL switch interval of 0 killed every worker as
+    it booted (found by an operations probe)."""
+    raw = os.environ.get(name, "")
+    if raw.strip() == "":
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise SystemExit(f"Error: {name} must be a {'whole ' if kind is int else ''}number from {low} to {high}, "
+                         f"got {raw!r}")
+    return value
+
+
 bind = os.environ.get("PROTOCOLS_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("PROTOCOLS_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8)))
+workers = int(_number("PROTOCOLS_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8), 1, 256))
 worker_class = "sync"
 # A request that takes longer than this is killed and its worker replaced (no request here should:
 # the database's own connect/statement limits answer 503 well before).
-timeout = int(os.environ.get("PROTOCOLS_WORKER_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("PROTOCOLS_GRACEFUL_TIMEOUT", "30"))
+timeout = int(_number("PROTOCOLS_WORKER_TIMEOUT", 30, 1, 3600))
+graceful_timeout = int(_number("PROTOCOLS_GRACEFUL_TIMEOUT", 30, 1, 3600))
 keepalive = 5
 # Recycle workers now and then so slow leaks cannot accumulate; jitter avoids all restarting at once.
-max_requests = int(os.environ.get("PROTOCOLS_MAX_REQUESTS", "10000"))
+max_requests = int(_number("PROTOCOLS_MAX_REQUESTS", 10000, 0, 10**9))  # 0: never recycle
 max_requests_jitter = 500
 # Bound request lines and headers (the JSON body limit is MAX_CONTENT_LENGTH in the app).
 limit_request_line = 8190
@@ -69,7 +87,7 @@ logger_class = JsonAccessLogger
 #: main thread, say) gets it. CPython's default, 5 ms, puts up to 5 ms of waiting in front of a
 #: request that arrives while another thread of the worker is busy; this service's requests take
 #: well under 1 ms of CPU, so a finer interval costs little and keeps the tail short.
-switch_interval_s = float(os.environ.get("PROTOCOLS_GIL_SWITCH_INTERVAL", "0.0005"))
+switch_interval_s = _number("PROTOCOLS_GIL_SWITCH_INTERVAL", 0.0005, 0.00001, 1.0, float)
 
 
 def post_worker_init(worker: object) -> None:

@@ -42,7 +42,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.url_map.converters["int"] = parsing.AsciiIntegerConverter
 
     app.extensions[DB_KEY] = make_database(app.config["PROTOCOLS_DATABASE_URL"],
-                                           lock_timeout_ms=app.config["PROTOCOLS_DB_LOCK_TIMEOUT_MS"])
+                                           lock_timeout_ms=app.config["PROTOCOLS_DB_LOCK_TIMEOUT_MS"],
+                                           pool_size=app.config["PROTOCOLS_DB_POOL_SIZE"])
 
     api = _Api(app)
     app.extensions[API_KEY] = api

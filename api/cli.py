@@ -142,11 +142,22 @@ def export_command(path: Path) -> None:
             out.detach()  # leave sys.stdout's buffer open
         click.echo(f"exported {count} versions", err=True)
         return
-    partial = path.with_name(path.name + ".partial")
+    target = path.resolve()  # through a symlink: it was replaced by a file and its target left as it was
+    if target.exists() and not target.is_file():
+        # A FIFO or a device (a pipe to gzip, /dev/stdout): written as it is, since renaming a file over
+        # it replaced the FIFO with a file and sent the reader nothing (found by an operations probe).
+        try:
+            with target.open("w", encoding="utf-8", newline="\n") as stream:
+                count = transfer.export_ndjson(get_db(), stream)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
+        click.echo(f"exported {count} versions to {path}")
+        return
+    partial = target.with_name(target.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8", newline="\n") as out:
             count = transfer.export_ndjson(get_db(), out)
-        partial.replace(path)  # a crash mid-export never leaves a truncated file under the real name
+        partial.replace(target)  # a crash mid-export never leaves a truncated file under the real name
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:

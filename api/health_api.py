@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 
+from alembic.util import exc as alembic_errors
 from flask import Response, current_app, jsonify
 from marshmallow import Schema, fields
 from sqlalchemy import text
@@ -56,14 +57,23 @@ def ready() -> Response:
         with db.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         current = migrate.current_revision(db.engine)
+    except alembic_errors.CommandError:  # the database answered, but records several schema revisions
+        return error_response(503, "The database records more than one schema revision (alembic_version): "
+                                   "it was not migrated by this service.",
+                              headers={"Retry-After": RETRY_AFTER_SECONDS}, database="ok",
+                              migrations="not current")
     except Exception as exc:  # any failure to reach the database means "not ready"
         log.warning("readiness: database unreachable (%s)", type(exc).__name__)
         return error_response(503, "The database is unreachable.", headers={"Retry-After": RETRY_AFTER_SECONDS},
                               database="unreachable")
     head = _head_revision(current_app.config["PROTOCOLS_DATABASE_URL"])
     if current != head:
-        return error_response(503, f"The database schema is at revision {current!r}, not {head!r}: "
-                                   "run `flask protocols migrate`.",
+        # A revision this release does not know is a newer release's: migrating cannot help (it says
+        # so), deploying that release can (the advice read "run flask protocols migrate"; found by a probe).
+        advice = ("run `flask protocols migrate`." if current is None
+                  or migrate.is_known_revision(current_app.config["PROTOCOLS_DATABASE_URL"], current)
+                  else "this release does not know that revision; the database was migrated by a newer one.")
+        return error_response(503, f"The database schema is at revision {current!r}, not {head!r}: {advice}",
                               headers={"Retry-After": RETRY_AFTER_SECONDS}, database="ok",
                               migrations="not current")
     return jsonify({"status": "ready", "database": "ok", "migrations": "current"})

@@ -57,6 +57,12 @@ def read_catalog(directory: Path = CATALOG_DIR) -> list[CatalogFile]:
     first file that is not a catalog file, or when two files hold the same protocol id (each load
     appended both files' entries, one after the other, forever)."""
     files = [_read_file(path) for path in sorted(directory.glob("*.yaml"))]
+    if not files:
+        # A deploy script pointing at the wrong directory (or at .yml files) loaded nothing and said
+        # nothing, exit 0 (found by an operations probe).
+        others = sorted(p.name for p in directory.glob("*.yml"))
+        raise CatalogError(f"{directory} holds no *.yaml catalog files"
+                           + (f" (only {', '.join(others)}: name them *.yaml)" if others else ""))
     seen: dict[str, Path] = {}
     for catalog_file in files:
         if catalog_file.protocol_id in seen:

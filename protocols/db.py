@@ -12,7 +12,6 @@ SQLite needs care to behave like a real server database under concurrent writers
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import threading
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,8 @@ DEFAULT_SQLITE_PATH = Path("var") / "protocols.sqlite3"
 #: long as it lasted. Appends hold their locks for about a millisecond, so 5 s is never reached by
 #: the service's own traffic.
 LOCK_TIMEOUT_MS = 5000
+#: PostgreSQL connections a process keeps open (``PROTOCOLS_DB_POOL_SIZE``), plus 5 overflow.
+POOL_SIZE = 5
 
 
 #: PostgreSQL polls a client's socket this often while running its statement, and abandons the
@@ -61,7 +62,10 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_db_engine(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, **kwargs: Any) -> Engine:
+def create_db_engine(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, pool_size: int = POOL_SIZE,
+                     **kwargs: Any) -> Engine:
+    """An engine for ``url``. ``pool_size`` is PostgreSQL's connections per process (plus 5 overflow);
+    SQLite, a file in the process, keeps SQLAlchemy's own pool."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -72,7 +76,7 @@ def create_db_engine(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, **kwar
                                                    "check_same_thread": False}, **kwargs)
         _configure_sqlite(engine, lock_timeout_ms)
         return engine
-    kwargs.setdefault("pool_size", int(os.environ.get("PROTOCOLS_DB_POOL_SIZE", "5")))
+    kwargs.setdefault("pool_size", pool_size)
     kwargs.setdefault("max_overflow", 5)
     kwargs.setdefault("pool_timeout", 10)
     connect_args = kwargs.pop("connect_args", {})

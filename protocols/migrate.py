@@ -30,6 +30,15 @@ def head_revision(url: str) -> str | None:
     return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
+def is_known_revision(url: str, revision: str) -> bool:
+    """Whether this release's migrations include ``revision`` (a database migrated by a newer release
+    is at one they do not)."""
+    try:
+        return ScriptDirectory.from_config(alembic_config(url)).get_revision(revision) is not None
+    except Exception:  # alembic's ResolutionError / CommandError for an unknown id
+        return False
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

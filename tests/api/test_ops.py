@@ -76,17 +76,29 @@ def test_liveness_and_readiness(anon_client):
     assert ready.get_json() == {"status": "ready", "database": "ok", "migrations": "current"}
 
 
-def test_readiness_is_503_when_migrations_are_not_current(anon_client, db):
+@pytest.mark.parametrize(("rows", "advice"), [
+    (["0005"], "run `flask protocols migrate`"),
+    # Found by an operations probe: a newer release's revision was told to migrate (which fails, saying
+    # so), and two rows in alembic_version read as "database unreachable".
+    (["9999"], "this release does not know that revision; the database was migrated by a newer one"),
+    (["0005", "0006"], "The database records more than one schema revision"),
+], ids=["behind", "newer", "two-rows"])
+def test_readiness_is_503_when_migrations_are_not_current(anon_client, db, rows, advice):
     with db.engine.begin() as conn:
         head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
-        conn.execute(text("UPDATE alembic_version SET version_num = '0000_behind'"))
+        conn.execute(text("DELETE FROM alembic_version"))
+        for row in rows:
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:row)"), {"row": row})
     try:
         response = anon_client.get("/v1/health/ready")
         assert response.status_code == 503 and response.headers["Retry-After"]
-        assert response.get_json()["migrations"] == "not current"
+        body = response.get_json()
+        assert body["migrations"] == "not current" and body["database"] == "ok"
+        assert advice in body["message"], body["message"]
     finally:
         with db.engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
+            conn.execute(text("DELETE FROM alembic_version"))
+            conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": head})
     assert anon_client.get("/v1/health/ready").status_code == 200
 
 

@@ -348,3 +348,33 @@ def test_migrating_a_database_from_a_newer_release_is_a_one_line_error(make_app,
     finally:
         with db.engine.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head})
+
+
+def test_an_export_to_a_fifo_or_through_a_symlink_reaches_what_it_names(app, client, tmp_path):
+    """Found by an operations probe: the export renames PATH.partial over PATH, so a FIFO (a pipe to
+    gzip in a backup script) was replaced by a regular file and its reader got nothing, and a symlink
+    was replaced by a file with its target left as it was, while the command said 'exported'."""
+    import os
+    import threading
+
+    from tests.factories import protocol_payload
+
+    assert client.post("/v1/protocols", json=protocol_payload("exported-through")).status_code == 201
+    runner = app.test_cli_runner()
+    fifo = tmp_path / "backup.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    piped = runner.invoke(args=["protocols", "export", str(fifo)])
+    reader.join(timeout=30)
+    assert piped.exit_code == 0, piped.output
+    assert fifo.is_fifo() and received and b'"exported-through"' in received[0]
+    target = tmp_path / "real.ndjson"
+    target.write_text("old\n")
+    link = tmp_path / "latest.ndjson"
+    link.symlink_to(target)
+    linked = runner.invoke(args=["protocols", "export", str(link)])
+    assert linked.exit_code == 0, linked.output
+    assert link.is_symlink() and b'"exported-through"' in target.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.fifo", "latest.ndjson", "real.ndjson"]

@@ -483,3 +483,18 @@ def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
     weekly = {"route": "46713006", "phase": "maintenance", "dose": {"value": 84, "unit": "mg"},
               "frequency": {"count": 1, "period": "P1W"}}
     assert _dose_check(client, SPRAVATO, **weekly) == "within_range"
+
+
+def test_a_directory_without_catalog_files_is_an_error_not_a_silent_success(app, client, tmp_path):
+    """Found by an operations probe: a directory with no *.yaml files (empty, or holding .yml files)
+    loaded nothing, printed nothing and exited 0, so a deploy script pointing at the wrong place passed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = app.test_cli_runner().invoke(args=["protocols", "load", str(empty)])
+    assert result.exit_code == 1 and "holds no *.yaml catalog files; nothing was loaded" in result.output
+    other = tmp_path / "yml"
+    other.mkdir()
+    shutil.copyfile(catalog.CATALOG_DIR / "zuranolone-oral-ppd.yaml", other / "zuranolone-oral-ppd.yml")
+    result = app.test_cli_runner().invoke(args=["protocols", "load", str(other)])
+    assert result.exit_code == 1 and "(only zuranolone-oral-ppd.yml: name them *.yaml)" in result.output
+    assert client.get("/v1/protocols/zuranolone-oral-ppd").status_code == 404
