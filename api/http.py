@@ -25,9 +25,9 @@ CACHE_IMMUTABLE = "private, max-age=31536000, immutable"
 MAX_CURSOR_KEY = MAX_SEQ
 
 
-def parse_etag_list(header: str | None) -> list[str] | None:
+def parse_etag_list(header: str | None, name: str = "If-Match") -> list[str] | None:
     """Parse ``If-Match``/``If-None-Match``. Weak tags are kept with their ``W/`` prefix so a strong
-    comparison never matches them. A malformed header is a 400."""
+    comparison never matches them. A malformed header is a 400 naming ``name``."""
     if header is None:
         return None
     header = header.strip()
@@ -39,17 +39,22 @@ def parse_etag_list(header: str | None) -> list[str] | None:
         match = _ETAG.match(header, position)
         if not match or (match.end() < len(header) and header[match.end()] != ","):
             raise ApiError(400, "Malformed entity-tag list in a conditional header",
-                           errors={"If-Match": ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
+                           errors={name: ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
         tags.append((match.group(1) or "") + match.group(2))
         position = _LIST_GAP.match(header, match.end()).end()  # type: ignore[union-attr]
     if not tags:  # names the header as a malformed list does (an empty one named nothing; adversarial probe)
         raise ApiError(400, "Empty entity-tag list in a conditional header",
-                       errors={"If-Match": ['empty: send an entity-tag such as "3-0a1b2c3d4e5f6a7b"']})
+                       errors={name: ['empty: send an entity-tag such as "3-0a1b2c3d4e5f6a7b"']})
     return tags
 
 
 def if_match() -> list[str] | None:
     return parse_etag_list(request.headers.get("If-Match"))
+
+
+def if_none_match() -> list[str] | None:
+    """A write's ``If-None-Match`` entity tags (a malformed header is a 400 naming it, as If-Match's is)."""
+    return parse_etag_list(request.headers.get("If-None-Match"), "If-None-Match")
 
 
 def not_modified(etag: str) -> bool:

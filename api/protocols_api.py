@@ -17,6 +17,7 @@ from api.extensions import get_db, write_context
 from api.http import (
     CACHE_IMMUTABLE,
     if_match,
+    if_none_match,
     list_response,
     not_modified,
     page_links,
@@ -53,6 +54,9 @@ LINK_HEADER = {"Link": {"description": "RFC 8288 next/prev links", "schema": {"t
 IF_MATCH_OPERATIONS = (("put", "/v1/protocols/{protocol_id}"), ("delete", "/v1/protocols/{protocol_id}"))
 IF_MATCH_PARAMETER = {"in": "header", "name": "If-Match", "required": True, "schema": {"type": "string"},
                       "description": "ETag of the newest version (from GET or the previous write)"}
+IF_NONE_MATCH_PARAMETER = {"in": "header", "name": "If-None-Match", "required": False, "schema": {"type": "string"},
+                           "description": "Optional: entity-tags (or *) the newest version must not be; when it is, "
+                                          "412 and nothing is written (RFC 9110 13.2.2)"}
 
 # OpenAPI links: how a client (and the stateful contract fuzzer) goes create -> read -> revise -> read
 # version. Operations are named by JSON pointer, so no operationId has to be invented.
@@ -213,6 +217,7 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
     _check_body_id(payload, protocol_id)
     meta, content = split_payload(payload)
     stored, created = versioning.revise(get_db(), protocol_id, content, if_match=if_match(),
+                                        if_none_match=if_none_match(),
                                         status=meta["status"], effective_from=meta["effective_from"],
                                         change_note=meta["change_note"], ctx=write_context(pending(201)))
     if not created:
@@ -234,7 +239,7 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
 @blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
 def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """Retire a protocol: append a `retired` version. Requires `If-Match`."""
-    stored, created = versioning.retire(get_db(), protocol_id, if_match=if_match(),
+    stored, created = versioning.retire(get_db(), protocol_id, if_match=if_match(), if_none_match=if_none_match(),
                                         effective_from=query.get("effective_from"),
                                         change_note=query.get("change_note"), ctx=write_context(pending(200)))
     if created:
@@ -293,9 +298,10 @@ def diff_versions(protocol_id: str, a: int, b: int) -> Any:
 
 def document_protocol_operations(api: Any) -> None:
     """Add to the OpenAPI document what decorators cannot add without replacing what others built: the
-    If-Match header parameter of :data:`IF_MATCH_OPERATIONS` and the :data:`RESPONSE_LINKS`."""
+    If-Match and If-None-Match header parameters of :data:`IF_MATCH_OPERATIONS` and the :data:`RESPONSE_LINKS`."""
     for method, path in IF_MATCH_OPERATIONS:
-        api.spec._paths[path][method].setdefault("parameters", []).append(IF_MATCH_PARAMETER)
+        api.spec._paths[path][method].setdefault("parameters", []).extend([IF_MATCH_PARAMETER,
+                                                                            IF_NONE_MATCH_PARAMETER])
     for (method, path), by_status in RESPONSE_LINKS.items():
         responses = api.spec._paths[path][method]["responses"]
         for status, links in by_status.items():

@@ -313,6 +313,7 @@ def revise(
     content: Mapping[str, Any],
     *,
     if_match: Sequence[str] | None,
+    if_none_match: Sequence[str] | None = None,
     status: str = "active",
     effective_from: datetime | None = None,
     change_note: str | None = None,
@@ -340,7 +341,7 @@ def revise(
 
     try:
         if db.engine.dialect.name == "postgresql":
-            return _revise_in_one_statement(db, protocol_id, if_match, next_version)
+            return _revise_in_one_statement(db, protocol_id, (if_match, if_none_match), next_version)
         with _write_transaction(db) as conn:
             head = _read_head(conn, protocol_id)
 
@@ -348,7 +349,7 @@ def revise(
                 return conn.execute(_NAMED_READS[name], params).first()
 
             prepared = next_version(head, fetch)
-            check_if_match(head.version, if_match, already_applied=prepared is None)
+            check_if_match(head.version, if_match, already_applied=prepared is None, if_none_match=if_none_match)
             if prepared is None:
                 return head.version, False
             _check_retirement(prepared, fetch)
@@ -405,10 +406,13 @@ def _pg_raw(dialect: Any, key: tuple[bool, bool, bool] | str) -> str:
     return sql
 
 
-def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[str] | None,
+def _revise_in_one_statement(db: Database, protocol_id: str,
+                             conditions: tuple[Sequence[str] | None, Sequence[str] | None],
                              next_version: Callable[[_Head, _Fetch], _Prepared | None]
                              ) -> tuple[StoredVersion, bool]:
+    """``conditions``: the request's If-Match and If-None-Match entity tags."""
     dialect = db.engine.dialect
+    if_match, if_none_match = conditions
 
     def read_head() -> _Head:
         row = db.reads.fetch_one(_pg_raw(dialect, "head"), {"protocol_id": protocol_id})
@@ -428,7 +432,7 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
 
     head = read_head()
     prepared = next_version(head, fetch)
-    check_if_match(head.version, if_match, already_applied=prepared is None)
+    check_if_match(head.version, if_match, already_applied=prepared is None, if_none_match=if_none_match)
     if prepared is None:
         return head.version, False
     try:
@@ -454,6 +458,7 @@ def retire(
     protocol_id: str,
     *,
     if_match: Sequence[str] | None,
+    if_none_match: Sequence[str] | None = None,
     effective_from: datetime | None = None,
     change_note: str | None = None,
     ctx: WriteContext = WriteContext(),
@@ -482,7 +487,7 @@ def retire(
             # back-dated version written since, a retire appends (found in review).
             already_retired = (effective_from is None and newest.status == "retired"
                                and then.undoing is None and then.status == "retired")
-            check_if_match(newest, if_match, already_applied=already_retired)
+            check_if_match(newest, if_match, already_applied=already_retired, if_none_match=if_none_match)
             if already_retired:
                 return newest, False
             if then.undoing is not None:
@@ -630,12 +635,17 @@ def latest_with_hash(db: Database, protocol_id: str) -> tuple[StoredVersion, str
     return head.version, head.content_hash
 
 
-def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, already_applied: bool = False) -> None:
+def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, already_applied: bool = False,
+                   if_none_match: Sequence[str] | None = None) -> None:
     """``If-Match`` must be given (428) and name the newest version (412), unless the write would change
     nothing: then the request's state change has already happened (the retry of a write whose answer
     was lost carries the ETag it started from) and the caller gets the newest version with a 200, as
     RFC 9110 (13.1.1) allows. Without an If-Match, even that is refused: the caller never said what it
-    had seen."""
+    had seen.
+
+    An ``If-None-Match`` that names the newest version (weakly) or is ``*`` (the protocol exists) is
+    false, and a write whose condition is false is a 412 (RFC 9110 13.2.2, step 3): it was ignored, and
+    a client guarding "not over this version" had its write made (found by a contract probe)."""
     if not if_match:
         raise PreconditionRequired(
             "this write requires an If-Match header with the ETag of the newest version",
@@ -648,6 +658,11 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
         raise PreconditionFailed(
             f"If-Match does not name the newest version; the newest is version {newest.version}",
             current_version=newest.version, current_etag=newest.etag)
+    bare = newest.etag.removeprefix("W/")
+    if if_none_match and ("*" in if_none_match or any(tag.removeprefix("W/") == bare for tag in if_none_match)):
+        raise PreconditionFailed(
+            f"If-None-Match names the newest version (or is *): the condition is false; the newest is "
+            f"version {newest.version}", current_version=newest.version, current_etag=newest.etag)
 
 
 def _changed_concurrently(newest: StoredVersion) -> PreconditionFailed:

@@ -627,7 +627,8 @@ def test_a_delete_with_a_body_is_refused_and_its_query_parameters_are_documented
     assert _latest(client, protocol_id).get_json()["version"] == 1  # nothing retired
     operation = app.extensions["protocols_api"].spec.to_dict()["paths"]["/v1/protocols/{protocol_id}"]["delete"]
     assert {(p["name"], p["in"]) for p in operation["parameters"]} == {
-        ("effective_from", "query"), ("change_note", "query"), ("If-Match", "header")}
+        ("effective_from", "query"), ("change_note", "query"), ("If-Match", "header"),
+        ("If-None-Match", "header")}
     scheduled = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2040-01-01T00:00:00Z",
                               headers={"If-Match": etag})
     assert scheduled.status_code == 200 and scheduled.get_json()["effective_from"] == "2040-01-01T00:00:00Z"
@@ -695,3 +696,27 @@ def test_racing_dateless_retries_all_see_the_one_version(make_app):
             apps[n % 2].test_client(), protocol_id, body, etag).status_code)
         assert sorted(statuses) == [200] * 7 + [201], statuses
         assert _latest(clients[0], protocol_id).get_json()["version"] == 2
+
+
+def test_a_write_whose_if_none_match_is_false_is_412_and_appends_nothing(client):
+    """Found by a contract probe: writes ignored If-None-Match, so If-Match: X with If-None-Match: X (or
+    *) appended a version. Such a condition is false for an existing protocol's newest version, and a
+    write whose condition is false is a 412 (RFC 9110 13.2.2); one naming another version holds."""
+    protocol_id, response = create(client)
+    etag = response.headers["ETag"]
+    body = response.get_json() | {"title": "Guarded"}
+    url = f"/v1/protocols/{protocol_id}"
+    weak = "W/" + etag
+    for none_match in (etag, "*", weak, f'"0-other", {etag}'):
+        refused = client.put(url, json=body, headers={"If-Match": etag, "If-None-Match": none_match})
+        assert refused.status_code == 412, (none_match, refused.get_json())
+        assert refused.get_json()["current_etag"] == etag
+        retired = client.delete(url, headers={"If-Match": etag, "If-None-Match": none_match})
+        assert retired.status_code == 412, (none_match, retired.get_json())
+    malformed = client.put(url, json=body, headers={"If-Match": etag, "If-None-Match": "not-an-etag"})
+    assert malformed.status_code == 400 and list(malformed.get_json()["errors"]) == ["If-None-Match"]
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [1]
+    held = client.put(url, json=body, headers={"If-Match": etag, "If-None-Match": '"0-other"'})
+    assert held.status_code == 201, held.get_json()
+    newest = held.headers["ETag"]
+    assert client.delete(url, headers={"If-Match": newest, "If-None-Match": etag}).status_code == 200
