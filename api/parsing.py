@@ -31,7 +31,14 @@ from protocols.strict_json import InvalidJSON, strict_loads
 JSON_MIMETYPES = ("application/json",)
 
 
+#: JSON documents whose media type gives them other semantics than "the resource as JSON": a JSON
+#: Patch or Merge Patch sent to PUT was applied as a whole record (found by a contract probe).
+PATCH_MIMETYPES = ("application/json-patch+json", "application/merge-patch+json")
+
+
 def is_json_mimetype(mimetype: str) -> bool:
+    if mimetype in PATCH_MIMETYPES:
+        return False
     return mimetype in JSON_MIMETYPES or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
@@ -39,6 +46,13 @@ def load_json_body(req: Request) -> Any:
     data = req.get_data(cache=True)
     if _longer_than_read(req, data):
         raise RequestEntityTooLarge()
+    codings = [c.strip().lower() for c in req.headers.get("Content-Encoding", "").split(",") if c.strip()]
+    if any(coding != "identity" for coding in codings):
+        # A compressed body is not read (and a plain one labelled gzip was read as plain and stored, or
+        # a real gzip body was "not UTF-8"): 415 names the header, as RFC 9110 (15.5.16) asks.
+        raise ApiError(415, "Request bodies are not accepted with a content coding; send them uncompressed",
+                       errors={"Content-Encoding": [f"got '{', '.join(codings)}': send identity (no coding)"]},
+                       headers={"Accept-Encoding": "identity"})
     if not is_json_mimetype(req.mimetype):
         raise ApiError(415, "Content-Type must be application/json",
                        errors={"Content-Type": [f"got '{req.mimetype or 'none'}'"]})
@@ -204,7 +218,8 @@ def refuse_nul_in_path_parameters(app: Flask) -> None:
 BODY_ERRORS = {
     "400": "The body is not valid JSON (malformed, NaN or Infinity, a duplicate key, invalid UTF-8) or is empty",
     "413": f"The body is larger than the server accepts (PROTOCOLS_MAX_BODY_BYTES, default {MAX_BODY_BYTES} bytes)",
-    "415": "Content-Type is not application/json, or names a charset other than UTF-8",
+    "415": "Content-Type is not application/json (other application/*+json types are read as JSON, except "
+           "JSON Patch and Merge Patch), names a charset other than UTF-8, or the body has a Content-Encoding",
 }
 
 

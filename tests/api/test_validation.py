@@ -457,3 +457,29 @@ def test_input_errors_name_what_the_client_sent(client, app):
     basic = app.test_client().get("/v1/protocols", headers={"Authorization": "Basic abc"})
     assert basic.status_code == 401 and "Authorization" in basic.get_json()["errors"], basic.get_json()
     assert basic.get_json()["reason"] == "malformed_authorization"
+
+
+def test_a_body_with_a_content_coding_or_a_patch_media_type_is_415_and_writes_nothing(client):
+    """Found by a contract probe: Content-Encoding was never read. A plain JSON body labelled gzip or br
+    was stored (a protocol, an API key), and a really gzipped one was "not valid UTF-8"; a JSON Patch or
+    Merge Patch media type sent to PUT was applied as a whole record. Other +json types stay JSON."""
+    import gzip
+
+    plain = json.dumps(protocol_payload("coded-body")).encode()
+    for coding, data in (("gzip", plain), ("br", plain), ("gzip", gzip.compress(plain)), ("identity, gzip", plain)):
+        refused = client.post("/v1/protocols", data=data, content_type="application/json",
+                              headers={"Content-Encoding": coding})
+        assert refused.status_code == 415, (coding, refused.get_json())
+        assert list(refused.get_json()["errors"]) == ["Content-Encoding"]
+        assert refused.headers["Accept-Encoding"] == "identity"
+    key = client.post("/v1/admin/keys", data=json.dumps({"name": "coded", "scopes": ["protocols:read"]}),
+                      content_type="application/json", headers={"Content-Encoding": "br"})
+    assert key.status_code == 415
+    for patch_type in ("application/merge-patch+json", "application/json-patch+json"):
+        refused = client.post("/v1/protocols", data=plain, content_type=patch_type)
+        assert refused.status_code == 415 and list(refused.get_json()["errors"]) == ["Content-Type"]
+    assert client.get("/v1/protocols/coded-body").status_code == 404
+    assert all(k["name"] != "coded" for k in client.get("/v1/admin/keys").get_json()["items"])
+    accepted = client.post("/v1/protocols", data=plain, content_type="application/vnd.example+json",
+                           headers={"Content-Encoding": "identity"})
+    assert accepted.status_code == 201, accepted.get_json()
