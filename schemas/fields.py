@@ -75,6 +75,14 @@ class WebUrl(fields.Url):
 
 
 class Slug(Text):
+    """A protocol id. The pattern is in the OpenAPI document too: clients generated from the contract
+    sent ids the server refuses (found by a contract probe)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"pattern": "^[a-z0-9][a-z0-9-]{2,63}$", "minLength": 3, "maxLength": 64,
+                              **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
         if not SLUG_PATTERN.match(result):
@@ -88,6 +96,9 @@ class PositiveDecimal(fields.Decimal):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("allow_nan", False)
         kwargs.setdefault("as_string", False)
+        # Documented as the contract's bounds (they were a bare number there; found by a contract probe).
+        kwargs["metadata"] = {"minimum": 0, "exclusiveMinimum": True, "maximum": int(MAX_DOSE_VALUE),
+                              **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:

@@ -100,3 +100,22 @@ def test_every_documented_error_response_has_its_body(app):
                 if status[0] in "45" and "$ref" not in response
                 and "schema" not in response.get("content", {}).get("application/json", {})]
     assert bodyless == [], bodyless
+
+
+def test_the_contract_states_the_id_pattern_and_dose_bounds_the_server_enforces(app, client):
+    """Found by a contract probe: ids and doses were bare strings and numbers in the contract, so clients
+    generated from it sent ids ('AB', 'Esketamine_TRD') and doses (0, 1e13) the server refuses."""
+    import re
+
+    schemas = app.extensions[API_KEY].spec.to_dict()["components"]["schemas"]
+    id_schema = next(s["properties"]["id"] for name, s in schemas.items()
+                     if name.startswith("ProtocolCreate") and "id" in s.get("properties", {}))
+    pattern = re.compile(id_schema["pattern"])
+    for refused in ("AB", "ab", "-abc", "Esketamine_TRD"):
+        assert not pattern.search(refused)
+        response = client.post("/v1/protocols", json=protocol_payload(refused))
+        assert response.status_code == 422 and "id" in response.get_json()["errors"]
+    assert pattern.search("esketamine-trd")
+    dose = next(s["properties"] for name, s in schemas.items() if name.startswith("DoseRange"))
+    for bound in ("dose_min", "dose_max"):
+        assert (dose[bound]["minimum"], dose[bound]["exclusiveMinimum"], dose[bound]["maximum"]) == (0, True, 1000000)
