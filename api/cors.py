@@ -67,6 +67,11 @@ def init_app(app: Flask) -> None:
     def _cors_headers(response: Response) -> Response:
         origin = request.headers.get("Origin")
         if origin is None:
+            # With origins configured, every response varies on Origin, whether or not this request sent
+            # one: a year-long cached version read without Origin (no Allow-Origin) was reusable for a
+            # cross-origin fetch, which then failed (found by a contract probe).
+            if origins:
+                _add_vary(response)
             return response
         _add_vary(response)
         if origin in origins and "Access-Control-Allow-Origin" not in response.headers:

@@ -31,7 +31,7 @@ from typing import Any
 
 from flask import Flask, json
 
-from api import auth
+from api import auth, cors
 from api.errors import (
     DATABASE_UNAVAILABLE,
     RETRY_AFTER_SECONDS,
@@ -73,6 +73,8 @@ class ReadFastPath:
         self.limiter: RateLimiter | None = app.extensions.get(RATELIMITER_KEY)
         self.anonymous_reads = bool(app.config.get("PROTOCOLS_ANONYMOUS_READS"))
         self.scope = auth.resolve_scope(app, ENDPOINT, "GET", RULE)
+        # As api/cors.py adds to every response when browser origins are configured.
+        self.fixed = [*_FIXED, *([("Vary", "Origin")] if cors.allowed_origins(app) else [])]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
@@ -146,7 +148,7 @@ class ReadFastPath:
             headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                        ("Retry-After", RETRY_AFTER_SECONDS), ("Cache-Control", "no-store")]
         headers.append(("X-Request-ID", rid))
-        headers.extend(_FIXED)
+        headers.extend(self.fixed)
         if verdict is not None:
             headers.extend(rate_limit_headers(verdict).items())
         environ.pop(COUNTED_VERDICT, None)

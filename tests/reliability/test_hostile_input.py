@@ -543,3 +543,24 @@ def test_cors_preflight_refuses_unlisted_methods_and_headers(cors_client: FlaskC
 def test_cors_is_off_without_an_allow_list(client: FlaskClient) -> None:
     response = client.get("/v1/protocols", headers={"Origin": ORIGIN})
     assert response.status_code == 200 and "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_with_origins_configured_every_response_varies_on_origin(make_app: Any) -> None:
+    """Found by a contract probe: Vary: Origin came only with an Origin header, so a version cached for a
+    year from a request without one (and without Access-Control-Allow-Origin) could be reused for a
+    cross-origin fetch, which then failed. The fast path says it as Flask does; without configured
+    origins nothing varies and nothing is added."""
+    from tests.factories import protocol_payload
+
+    fast = make_app(PROTOCOLS_CORS_ORIGINS=[ORIGIN]).test_client()
+    slow = make_app(PROTOCOLS_CORS_ORIGINS=[ORIGIN], PROTOCOLS_READ_FAST_PATH=False).test_client()
+    plain = make_app().test_client()
+    assert fast.post("/v1/protocols", json=protocol_payload("vary-origin")).status_code == 201
+    for path in ("/v1/protocols/vary-origin", "/v1/protocols/vary-origin/versions/1", "/v1/protocols"):
+        for client in (fast, slow):
+            response = client.get(path)
+            assert response.status_code == 200 and "Origin" in response.headers.get("Vary", ""), (path, client)
+            assert "Access-Control-Allow-Origin" not in response.headers
+        assert "Origin" not in plain.get(path).headers.get("Vary", "")
+    etag = fast.get("/v1/protocols/vary-origin").headers["ETag"]
+    assert "Origin" in fast.get("/v1/protocols/vary-origin", headers={"If-None-Match": etag}).headers["Vary"]
