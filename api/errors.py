@@ -68,25 +68,28 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
-    """Turn marshmallow's nested error dict into ``{"a.0.b": [messages]}``."""
+def flatten_errors(messages: Any, prefix: str | None = None) -> dict[str, list[str]]:
+    """Turn marshmallow's nested error dict into ``{"a.0.b": [messages]}``; errors of the whole object
+    are under ``_schema``. ``prefix`` is None at the top: an empty name (``?=1``, a body key ``""``) is a
+    name the client sent, and it was reported under ``_schema`` (found by probes)."""
     flat: dict[str, list[str]] = {}
+    here = "_schema" if prefix is None else prefix
     if isinstance(messages, Mapping):
         for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
+            path = str(key) if prefix is None else f"{prefix}.{key}"
             if key == "_schema":
-                path = prefix or "_schema"
+                path = here
             for sub_path, sub_messages in flatten_errors(value, path).items():
                 flat.setdefault(sub_path, []).extend(sub_messages)
     elif isinstance(messages, list | tuple):
         if all(isinstance(m, str) for m in messages):
-            flat[prefix or "_schema"] = [str(m) for m in messages]
+            flat[here] = [str(m) for m in messages]
         else:
             for item in messages:
                 for sub_path, sub_messages in flatten_errors(item, prefix).items():
                     flat.setdefault(sub_path, []).extend(sub_messages)
     else:
-        flat[prefix or "_schema"] = [str(messages)]
+        flat[here] = [str(messages)]
     return flat
 
 

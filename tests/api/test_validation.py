@@ -483,3 +483,17 @@ def test_a_body_with_a_content_coding_or_a_patch_media_type_is_415_and_writes_no
     accepted = client.post("/v1/protocols", data=plain, content_type="application/vnd.example+json",
                            headers={"Content-Encoding": "identity"})
     assert accepted.status_code == 201, accepted.get_json()
+
+
+def test_an_empty_parameter_or_field_name_is_named_as_sent(client):
+    """Found by probes: ``?=1`` and a body key ``""`` were reported under marshmallow's ``_schema`` (the
+    whole object), not under the (empty) name the client sent, as /v1/terminology/routes?=1 already was."""
+    for url in ("/v1/protocols?=1", "/v1/changes?=1", "/v1/terminology/routes?=1"):
+        response = client.get(url)
+        assert response.status_code == 422 and list(response.get_json()["errors"]) == [""], (url, response.get_json())
+    body = protocol_payload("empty-key") | {"": 1}
+    response = client.post("/v1/protocols", json=body)
+    assert response.status_code == 422 and list(response.get_json()["errors"]) == [""]
+    nested = protocol_payload("empty-key")
+    nested["drug"][""] = 1
+    assert list(client.post("/v1/protocols", json=nested).get_json()["errors"]) == ["drug."]
