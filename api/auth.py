@@ -111,6 +111,15 @@ def resolve_scope(app: Flask, endpoint: str | None, method: str, rule: str) -> s
     return READ if method in SAFE_METHODS else WRITE
 
 
+#: The headers a 429 carries (api/ratelimit.py); the contract named none (found by a contract probe).
+RATE_LIMIT_HEADERS = {
+    "Retry-After": "Seconds until the window resets",
+    "RateLimit-Limit": "Requests allowed per window",
+    "RateLimit-Remaining": "Requests left in this window (0)",
+    "RateLimit-Reset": "Seconds until the window resets",
+}
+
+
 def _challenge(error: str | None = None, description: str | None = None, scope: str | None = None) -> str:
     parts = [f'realm="{REALM}"']
     if error:
@@ -233,4 +242,4 @@ def document_security(app: Flask, api: Api) -> None:
             responses = operation.setdefault("responses", {})
             responses.setdefault("401", documented_error("Missing, unknown, revoked or expired API key"))
             responses.setdefault("403", documented_error(f"The API key lacks the `{scope}` scope"))
-            responses.setdefault("429", documented_error("Rate limit exceeded; see Retry-After"))
+            responses.setdefault("429", documented_error("Rate limit exceeded; see Retry-After", RATE_LIMIT_HEADERS))

@@ -48,11 +48,16 @@ class ErrorSchema(Schema):
         "description": "On 409 from a retirement: when that version takes effect"})
 
 
-def documented_error(description: str) -> dict[str, Any]:
+def documented_error(description: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """An OpenAPI response object for an error answered in the one error shape (:class:`ErrorSchema`),
-    for responses added to operations after the fact (authentication, body parsing)."""
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for responses added to operations after the fact (authentication, body parsing); ``headers`` maps
+    each header it carries to its description."""
+    response: dict[str, Any] = {"description": description,
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    if headers:
+        response["headers"] = {name: {"description": text, "schema": {"type": "integer"}}
+                               for name, text in headers.items()}
+    return response
 
 
 class ApiError(Exception):

@@ -119,3 +119,15 @@ def test_the_contract_states_the_id_pattern_and_dose_bounds_the_server_enforces(
     dose = next(s["properties"] for name, s in schemas.items() if name.startswith("DoseRange"))
     for bound in ("dose_min", "dose_max"):
         assert (dose[bound]["minimum"], dose[bound]["exclusiveMinimum"], dose[bound]["maximum"]) == (0, True, 1000000)
+
+
+def test_a_429_carries_the_headers_the_contract_documents_for_it(make_app):
+    """Found by a contract probe: 429 said "see Retry-After" and declared no header."""
+    app = make_app(PROTOCOLS_RATE_LIMIT="1/minute")
+    client = app.test_client()
+    client.get("/v1/protocols")
+    limited = client.get("/v1/protocols")
+    assert limited.status_code == 429
+    documented = app.extensions[API_KEY].spec.to_dict()["paths"]["/v1/protocols"]["get"]["responses"]["429"]
+    assert set(documented["headers"]) == {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
+    assert all(name in limited.headers for name in documented["headers"])
