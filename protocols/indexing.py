@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -13,9 +14,9 @@ def search_terms(content: Mapping[str, Any], status: str) -> Iterator[tuple[str,
     yield "status", status
     drug = content.get("drug") or {}
     if drug.get("name"):
-        yield "drug", str(drug["name"]).casefold()
+        yield "drug", drug_term(str(drug["name"]))
     for brand in drug.get("brand_names") or []:
-        yield "drug", str(brand).casefold()
+        yield "drug", drug_term(str(brand))
     if drug.get("rxnorm_cui"):
         yield "rxnorm_cui", str(drug["rxnorm_cui"])
     if drug.get("dea_schedule"):
@@ -32,6 +33,16 @@ def search_terms(content: Mapping[str, Any], status: str) -> Iterator[tuple[str,
         yield "fda_status", str(approval["status"])
     if approval.get("rems_required") is not None:
         yield "rems_required", "true" if approval["rems_required"] else "false"
+
+
+def drug_term(name: str) -> str:
+    """A drug or brand name as the ``drug`` filter compares it: case-folded, in Unicode NFC, white space
+    runs as one space and none at either end. Stored names were only case-folded and queries were also
+    stripped, so "Spravato " could not be found at all, and "É" composed never matched "E" plus a
+    combining accent (found by a probe); both sides go through this now (migration 0007 re-derives
+    what was stored before)."""
+    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+    return " ".join(folded.split())
 
 
 def indication_keys(system: str, code: str) -> list[str]:

@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session, aliased
 
 from protocols import fulltext
 from protocols.db import Database
-from protocols.indexing import indication_keys
+from protocols.indexing import drug_term, indication_keys
 from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
 from protocols.terminology import ICD10CM, INDICATION_SYSTEMS, order_rxnorm_codes
 from protocols.timeutil import utcnow
@@ -471,7 +471,7 @@ def _term(kind: str, values: Sequence[str], probe: bool = False) -> ColumnElemen
 def _filters(query: ProtocolQuery, probe: bool = False) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if query.drug is not None:
-        conditions.append(_term("drug", [query.drug.strip().casefold()], probe))
+        conditions.append(_term("drug", [drug_term(query.drug)], probe))
     if query.rxnorm_cui is not None:
         conditions.append(_term("rxnorm_cui", [query.rxnorm_cui], probe))
     if query.route is not None:

@@ -493,3 +493,37 @@ def test_migration_0006_reindexes_versions_holding_the_separator_signs(corpus: D
         command.upgrade(config, "head")
     assert "ntl-old" in ids(corpus, q="b")
     assert_field_postings_agree_with_documents(corpus)
+
+
+def test_the_drug_filter_normalizes_names_on_both_sides_and_0007_re_derives_old_terms(
+        db: Database, database_url: str) -> None:
+    """Found by a probe: stored names were only case-folded and queries also stripped, so a brand stored
+    as "Spacy  Brand " matched no query at all, and composed and decomposed accents never matched each
+    other. Both sides now fold case, compose (NFC) and collapse white space; migration 0007 re-derives
+    terms stored the old way."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from protocols import migrate
+
+    composed, decomposed = "\u00c9spr\u00e1vato", "E\u0301spra\u0301vato"
+    for pid, brand in (("brand-spaced", "Spacy  Brand "), ("brand-composed", composed),
+                       ("brand-decomposed", decomposed)):
+        content = content_of(pid)
+        content["drug"] = {**content["drug"], "brand_names": [brand]}
+        versioning.create(db, pid, content)
+    for query in ("Spacy  Brand ", "spacy brand", " SPACY\tBRAND"):
+        assert ids(db, drug=query) == {"brand-spaced"}, query
+    for query in (composed, decomposed, composed.upper()):
+        assert ids(db, drug=query) == {"brand-composed", "brand-decomposed"}, query
+
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0006")
+    try:
+        with db.engine.begin() as connection:  # the terms as revision 0006's code stored them
+            connection.execute(text("UPDATE search_terms SET value = :old WHERE protocol_id = 'brand-spaced' "
+                                    "AND kind = 'drug' AND value = 'spacy brand'"), {"old": "spacy  brand "})
+        assert ids(db, drug="spacy brand") == set()
+    finally:
+        command.upgrade(config, "head")
+    assert ids(db, drug="spacy brand") == {"brand-spaced"}
