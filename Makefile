@@ -84,7 +84,9 @@ bench: venv wrk
 	$(BIN)/python bench/run.py --update-docs $(BENCH_ARGS)
 
 wrk:
-	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update && apt-get install -y wrk; } \
+	  || { echo "make: wrk is needed (the benchmark and its smoke test in make test drive the app with it);" \
+	       "install it as root: apt-get install wrk (Debian/Ubuntu), or your system's package" >&2; exit 1; }
 
 ## make openapi: regenerate openapi.yaml from the app (a test fails when it drifts)
 openapi: venv
