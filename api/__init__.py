@@ -104,20 +104,16 @@ def _init_request_hooks(app: Flask) -> None:
 
 def _conditional_get(response: Response) -> Response:
     """Every successful GET answers ``If-None-Match`` with 304: responses that carry no ETag of their
-    own (lists, pick lists, diffs, bundles) get a weak one computed from their bytes, unless the view
-    set a weak one (ranked pages, :func:`api.http.list_response`). Version reads set their strong ETag
-    (and 304) themselves; streamed responses are left alone.
+    own (lists, pick lists, diffs, bundles) get a weak one computed from their bytes. Version reads
+    set their strong ETag (and 304) themselves; streamed responses are left alone.
 
     The header is read as the version reads read it (``api.http.none_match``), not by werkzeug's
     ``make_conditional``: that also answered a GET's ``If-Match`` with 412 and the page as its body
     (no read here acts on ``If-Match``), and read lists the version reads ignore as malformed."""
     if (request.method not in ("GET", "HEAD") or response.status_code != 200 or response.is_streamed
-            or response.direct_passthrough):
+            or response.direct_passthrough or "ETag" in response.headers):
         return response
-    if "ETag" not in response.headers:
-        response.add_etag(weak=True)
-    elif not response.headers["ETag"].startswith("W/"):
-        return response  # a version read's strong ETag: it answered If-None-Match itself
+    response.add_etag(weak=True)
     if not_modified(response.headers["ETag"]):
         response.status_code = 304
         response.set_data(b"")

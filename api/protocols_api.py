@@ -152,8 +152,7 @@ def list_protocols(query: dict[str, Any]) -> Response:
                                     pinned=pinned)
     return list_response((hit.version.document for hit in page.items), next_url=next_url,
                          prev_url=prev_url, page_size=query["page_size"],
-                         extra={"count": page.total} if page.total is not None else None,
-                         links_in_etag=not filters.ranked)
+                         extra={"count": page.total} if page.total is not None else None)
 
 
 def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
