@@ -142,7 +142,7 @@ def list_protocols(query: dict[str, Any]) -> Response:
     after: Any
     before: Any
     if filters.ranked:
-        page, keys, after, before = _ranked_page(kind, filters, query)
+        page, keys, after, before = _ranked_page(kind, filters, query, server_pinned=pinned is not None)
     else:
         after, before = read_cursor(kind, query)
         page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
@@ -155,29 +155,39 @@ def list_protocols(query: dict[str, Any]) -> Response:
                          extra={"count": page.total} if page.total is not None else None)
 
 
-def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
+def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any], *, server_pinned: bool
                  ) -> tuple[search.SearchPage, list[Any], tuple[int, ...] | None, tuple[int, ...] | None]:
     """A ranked page, its items' cursor keys, and the cursor keys it was read after or before.
 
-    Cursors carry the feed position of the walk's first page: a version recorded since then that takes
-    effect by the walk's moment (a back-dated write) moves ranks across the cursor, so the walk is
-    refused (409) rather than let skip or repeat a protocol (found by an adversarial probe). Cursors
-    issued without a position (before it was added) are read as before."""
-    after, before = read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ), optional=1)
+    Cursors are ``[rank, seq, feed position, pinned]``: the feed position of the walk's first page, and
+    whether its ``as_of`` was pinned by the server rather than asked for. A version recorded since the
+    first page that takes effect by the walk's moment (a back-dated write) moves ranks across the
+    cursor, so the walk is refused (409) rather than let skip or repeat a protocol (found by an
+    adversarial probe); the 409's ``first`` link drops an ``as_of`` the server pinned, so the restart
+    reads now, not the stale moment (found by a probe of the fix). Cursors issued without the last
+    parts are read as before."""
+    after, before = read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ, 1), optional=2)
     cursor = after or before
-    position = search.feed_position(get_db()) if cursor is None else (cursor[2] if len(cursor) == 3 else None)
+    if cursor is None:
+        position: int | None = search.feed_position(get_db())
+        pinned = int(server_pinned)
+    else:
+        position = cursor[2] if len(cursor) > 2 else None
+        pinned = cursor[3] if len(cursor) > 3 else 0
     page = search.search(get_db(), filters, limit=query["page_size"], after=after and after[:2],
                          before=before and before[:2], count=query["count"])
     assert filters.as_of is not None  # the caller pins it when the request did not give one
     if cursor is not None and position is not None and search.changed_in_effect_since(
             get_db(), position, filters.as_of):
+        dropped = {"cursor", "as_of"} if pinned else {"cursor"}
         raise ApiError(409, "This search's results changed after its first page: a version recorded since "
                             "then takes effect at or before the search's moment, so pages would skip or "
                             "repeat protocols. Start again from the first page.",
                        errors={"cursor": ["the results changed since this cursor was issued; "
                                           "search again without it"]},
-                       first=page_url({k: v for k, v in request.args.items(multi=True) if k != "cursor"}))
-    keys: list[Any] = [hit.key if position is None else (*_as_tuple(hit.key), position) for hit in page.items]
+                       first=page_url({k: v for k, v in request.args.items(multi=True) if k not in dropped}))
+    keys: list[Any] = [hit.key if position is None else (*_as_tuple(hit.key), position, pinned)
+                       for hit in page.items]
     return page, keys, after, before
 
 

@@ -136,9 +136,12 @@ def changed_in_effect_since(db: Database, position: int, at: datetime) -> bool:
     or repeat it (found by an adversarial probe). The feed is in commit order, so "recorded after the
     first page" is exactly ``seq > position``, read through the primary key."""
     with db.read() as session:
+        # Drafts are never in effect (and draft walks read by recording time, which a later write
+        # cannot reach back into): a back-dated draft refused walks it could not disturb.
         hit = session.execute(select(ProtocolVersion.seq)
                               .where(ProtocolVersion.seq > position,
-                                     ProtocolVersion.effective_from <= at)
+                                     ProtocolVersion.effective_from <= at,
+                                     ProtocolVersion.status != "draft")
                               .limit(1)).first()
     return hit is not None
 
@@ -471,7 +474,9 @@ def _term(kind: str, values: Sequence[str], probe: bool = False) -> ColumnElemen
 def _filters(query: ProtocolQuery, probe: bool = False) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if query.drug is not None:
-        conditions.append(_term("drug", [drug_term(query.drug)], probe))
+        # Stored terms are cut to the column's 200 characters (case folding can lengthen a name past
+        # them: "ﬃ" folds to "ffi"), so the query is cut alike or such a name is not found by itself.
+        conditions.append(_term("drug", [drug_term(query.drug)[:200]], probe))
     if query.rxnorm_cui is not None:
         conditions.append(_term("rxnorm_cui", [query.rxnorm_cui], probe))
     if query.route is not None:

@@ -265,7 +265,31 @@ def test_a_back_dated_write_between_ranked_pages_is_refused_not_skipped_or_repea
     assert refused.status_code == 409, refused.get_json()
     body = refused.get_json()
     assert list(body["errors"]) == ["cursor"] and "cursor=" not in body["first"] and f"q={word}" in body["first"]
+    # The server pinned as_of, so the restart reads now, not the stale moment (found by a probe of the fix).
+    assert "as_of=" not in body["first"]
     assert sorted(walk(client, body["first"])) == sorted(ids)  # the fresh walk sees each once
+
+
+def test_a_ranked_walk_is_refused_only_when_what_it_reads_can_have_changed(client: FlaskClient, db: Database) -> None:
+    """Found by a probe of the fix: a back-dated draft (never in effect) refused walks it could not
+    disturb. And a walk with the client's own as_of restarts at that as_of."""
+    from datetime import UTC, datetime
+
+    word = "capybarine"
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    for n in range(3):
+        versioning.create(db, f"draft-walk-{n}", content_of(f"draft-walk-{n}", summary=f"Mentions {word}."),
+                          effective_from=start)
+    first = get(client, "/v1/protocols", q=word, page_size=1).get_json()
+    pid = first["items"][0]["id"]
+    versioning.revise(db, pid, content_of(pid, title=f"{word} draft"), if_match=[versioning.latest(db, pid).etag],
+                      status="draft", effective_from=datetime(2021, 1, 1, tzinfo=UTC))
+    assert len([first["items"][0]["id"], *walk(client, first["next"])]) == 3
+    own = "2030-01-01T00:00:00Z"
+    mine = get(client, "/v1/protocols", q=word, page_size=1, as_of=own).get_json()
+    versioning.revise(db, pid, content_of(pid, title=f"{word} now"), if_match=[versioning.latest(db, pid).etag])
+    refused = client.get(mine["next"])
+    assert refused.status_code == 409 and "as_of=2030-01-01" in refused.get_json()["first"]
 
 
 def test_a_ranked_cursor_issued_without_a_feed_position_still_pages(client: FlaskClient, db: Database) -> None:
@@ -278,7 +302,7 @@ def test_a_ranked_cursor_issued_without_a_feed_position_still_pages(client: Flas
     first = get(client, "/v1/protocols", q=word, page_size=1).get_json()
     new_token = parse_qs(urlsplit(first["next"]).query)["cursor"][0]
     key, _ = decode_cursor("protocols:ranked", new_token)
-    assert len(key) == 3
+    assert len(key) == 4  # rank, sequence, feed position, whether the server pinned as_of
     as_of = parse_qs(urlsplit(first["next"]).query)["as_of"][0]
     old = get(client, "/v1/protocols", q=word, page_size=1, as_of=as_of,
               cursor=encode_cursor("protocols:ranked", key[:2], "n")).get_json()

@@ -516,6 +516,11 @@ def test_the_drug_filter_normalizes_names_on_both_sides_and_0007_re_derives_old_
         assert ids(db, drug=query) == {"brand-spaced"}, query
     for query in (composed, decomposed, composed.upper()):
         assert ids(db, drug=query) == {"brand-composed", "brand-decomposed"}, query
+    long_brand = "\ufb03" * 70  # folds to 210 characters, past the 200 a stored term holds (found by a probe)
+    content = content_of("brand-long")
+    content["drug"] = {**content["drug"], "brand_names": [long_brand]}
+    versioning.create(db, "brand-long", content)
+    assert ids(db, drug=long_brand) == {"brand-long"}
 
     config = migrate.alembic_config(database_url)
     command.downgrade(config, "0006")
