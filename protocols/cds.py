@@ -303,10 +303,13 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None:
         return _abbreviated_frequency(dosage)
-    # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day.
-    events = max(sum(MEAL_EVENTS.get(str(code), 1) for code in repeat.when or []), len(repeat.timeOfDay or []))
-    # Days of the week repeat weekly: MON and THU with MORN and EVE are four doses a week, not two
-    # (they were counted as days only, and 336 mg a week read as 168; found by a clinical QA probe).
+    # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day. A time named twice is
+    # one time (two 08:00 were two doses a day).
+    events = max(sum(MEAL_EVENTS.get(code, 1) for code in {str(code) for code in repeat.when or []}),
+                 len({str(time) for time in repeat.timeOfDay or []}))
+    # Days of the week repeat weekly, and the doses fall on those days: MON and THU with MORN and EVE
+    # are four a week, two on each of those days (they were counted as days only, and 336 mg a week read
+    # as 168; found by a clinical QA probe; spread over the week, 168 mg on a Monday read as 84 a day).
     days = len({str(day) for day in repeat.dayOfWeek or []})
     period, period_unit = repeat.period, repeat.periodUnit
     longest, shortest = _readable(repeat.periodMax), _readable(period)
@@ -330,16 +333,23 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     if days:
         if total != PERIOD_UNIT_SECONDS["wk"]:
             return None, [], [f"dayOfWeek with a period of {period} {period_unit} (not one week)"]
-        count = max(count, days * max(events, 1))  # mon, wed, fri at 08:00 and 20:00: six a week
-    notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}."]
-             if count != int(repeat.frequency or 1) else [])
-    iso = _iso_duration(int(total))
+        # A frequency the order gives counts the week's doses, at least one on each named day (2 a week
+        # on MON and THU "with meals" is two, not six; once a week on MON, WED and FRI is three); without
+        # one, each named day has its times of day (or one dose).
+        stated = repeat.frequency is not None or repeat.frequencyMax is not None
+        count = (max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), days) if stated
+                 else days * max(events, 1))
+    frequency = Frequency(count, _iso_duration(int(total)), named_days=days or None)
+    notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}"
+              + (f", {frequency.per_named_day} on each of {days} named day{'s' if days > 1 else ''}." if days
+                 else ".")]
+             if count != int(repeat.frequency or 1) or days else [])
     try:
-        parse_duration(iso)  # the dose check reads it back: it must be a duration the service handles
+        parse_duration(frequency.period)  # the dose check reads it back: it must be a duration the service handles
     except ValueError:
         raise _bad_request(f"{path}.timing.repeat.period", f"{period} {period_unit} is longer "
                            "than a dosing period this service can check") from None
-    return Frequency(count, iso), notes, []
+    return frequency, notes, []
 
 
 def _listed_times(dosage: Any) -> str | None:

@@ -116,20 +116,41 @@ class Quantity:
     unit: str
 
 
+_DAY_SECONDS = Fraction(86400)
+
+
 @dataclass(frozen=True)
 class Frequency:
-    """``count`` administrations per ``period`` (ISO 8601 duration)."""
+    """``count`` administrations per ``period`` (ISO 8601 duration), evenly spread; or, with
+    ``named_days``, on that many named days of each period (a week: MON and THU), shared out among them.
+
+    Why named days: doses on MON only, morning and evening, are two a week but two on Monday. Spread
+    over the week they read as one a day, and 168 mg on one day passed a maximum of 84 mg a day (found
+    by a probe of the CDS Hooks timing fix)."""
 
     count: int
     period: str
+    named_days: int | None = None
 
     @property
     def period_seconds(self) -> Fraction:
         return seconds(parse_duration(self.period))
 
+    @property
+    def per_named_day(self) -> int | None:
+        return None if self.named_days is None else math.ceil(Fraction(self.count, self.named_days))
+
     def doses_in(self, window_seconds: Fraction) -> int:
-        """Administrations that fall in a window of that length (at least one: a dose is a dose)."""
-        return max(1, math.ceil(Fraction(self.count) * window_seconds / self.period_seconds))
+        """Administrations that fall in a window of that length (at least one: a dose is a dose). With
+        named days, a window of a day holds one named day's doses, and a longer one as many named days'
+        as it can reach (consecutive in the worst case), never more than the periods it touches give."""
+        evenly = max(1, math.ceil(Fraction(self.count) * window_seconds / self.period_seconds))
+        per_day = self.per_named_day
+        if per_day is None or self.named_days is None:
+            return evenly
+        periods = math.ceil(window_seconds / self.period_seconds)
+        days = min(math.ceil(window_seconds / _DAY_SECONDS), self.named_days * periods)
+        return max(1, min(per_day * days, self.count * periods))
 
 
 @dataclass(frozen=True)
@@ -760,13 +781,16 @@ def _top_over_maximum(dose_range: Mapping[str, Any], weight: Fraction | None) ->
     top = DoseOrder(str(dose_range["route"]), Quantity(Decimal(str(dose_range["dose_max"])), str(dose_range["unit"])),
                     frequency=Frequency(int(frequency["count"]), str(frequency["period"])) if frequency else None,
                     weight_kg=weight)
-    per_period = _per_period(top, _unit(top.dose.unit, "unit"), dose_range, weight,
-                             _duration_seconds(dose_range), [])
+    try:
+        per_period = _per_period(top, _unit(top.dose.unit, "unit"), dose_range, weight,
+                                 _duration_seconds(dose_range), [])
+    except WeightRequired:
+        return []  # an amount range with a per-kg maximum and no weight: nothing to compare (a 422 before)
     if per_period is None or not per_period.exceeded or per_period.maximum is None:
         return []
+    calculation = per_period.calculation.replace("(no frequency was sent)", "(the protocol gives no frequency)")
     return [f"The top of the range, given as the protocol gives it, comes to more than its maximum for "
-            f"this patient: {per_period.calculation}. The maximum per period is the limit, not the top "
-            f"of the range."]
+            f"this patient: {calculation}. The maximum per period is the limit, not the top of the range."]
 
 
 def ranges_for(content: Mapping[str, Any], route: str) -> Sequence[tuple[int, Mapping[str, Any]]]:

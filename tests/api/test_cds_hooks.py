@@ -816,6 +816,29 @@ def test_days_of_the_week_times_their_doses_and_listed_times_are_never_read_as_f
     assert "lists 3 administration times (timing.event)" in result[2]["detail"]
 
 
+def test_doses_on_named_days_fall_on_those_days_and_stated_weekly_frequencies_are_not_multiplied(client):
+    """Found by a probe of the named-days fix: doses on named days were spread over the week, so MON
+    morning and evening (168 mg on Monday) read as 84 mg a day, "info, within range" (the old code had
+    at least said "partly checked"); and a stated 2 a week on MON and THU "with meals" was multiplied to
+    six a week, and two identical times of day counted twice: false critical cards."""
+    create(client)  # Spravato-like: 56-84 mg twice weekly, at most 84 mg per P1D
+    orders = [
+        _esketamine_order("mon-twice", timing={"repeat": {"dayOfWeek": ["mon"], "when": ["MORN", "EVE"]}}),
+        _esketamine_order("mon-freq", timing={"repeat": {"dayOfWeek": ["mon"], "frequency": 2}}),
+        _esketamine_order("mon-weekly", timing={"repeat": {"dayOfWeek": ["mon"], "frequency": 2, "period": 1,
+                                                           "periodUnit": "wk"}}),
+        _esketamine_order("meals-stated", dose=56, timing={"repeat": {
+            "frequency": 2, "period": 1, "periodUnit": "wk", "dayOfWeek": ["mon", "thu"], "when": ["C"]}}),
+        _esketamine_order("same-time", dose=56, timing={"repeat": {
+            "dayOfWeek": ["mon", "thu"], "timeOfDay": ["08:00:00", "08:00:00"]}}),
+    ]
+    result = cards(client, hook_request(orders))
+    assert [c["indicator"] for c in result] == ["critical", "critical", "critical", "info", "info"], [
+        c["summary"] for c in result]
+    assert all("168 mg per P1D" in c["detail"] for c in result[:3]), [c["detail"] for c in result[:3]]
+    assert "2 on each of 1 named day" in result[0]["detail"]
+
+
 # ------------------------------------------------- clinical QA probe (2026-12-03, third session)
 
 

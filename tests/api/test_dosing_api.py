@@ -635,3 +635,18 @@ def test_rounded_numbers_stay_on_the_side_of_the_bound_they_broke(client):
     assert Decimal(str(fast["absolute_range"]["max"])) < 25, fast["absolute_range"]
     assert fast["absolute_range"]["calculation"].endswith("= ≈24.9999999999 mg/h")  # the text too (probe)
     assert any("= ≈24.9999999999 mg/h" in m for m in fast["messages"]), fast["messages"]
+
+
+def test_the_top_of_range_check_needs_no_weight_the_range_does_not(client):
+    """Found by a probe of the fix: an amount range with a per-kg maximum asked /dose without a weight
+    became a 422 (the new check projected the maximum, which needs one); it answers as before."""
+    protocol_id, _ = create(client, routes=[IM_ROUTE], dosing_ranges=[{
+        "route": IM, "phase": "induction", "dose_min": 10, "dose_max": 20, "unit": "mg",
+        "max_per_period": {"value": 1, "unit": "mg/kg", "period": "P1D"}}])
+    response = client.get(f"/v1/protocols/{protocol_id}/dose?route={IM}")
+    assert response.status_code == 200, response.get_json()
+    (only,) = response.get_json()["ranges"]
+    assert not any("comes to more than its maximum" in m for m in only["messages"])
+    heavy = client.get(f"/v1/protocols/{protocol_id}/dose?route={IM}&weight_kg=15").get_json()
+    (capped,) = heavy["ranges"]
+    assert any("the protocol gives no frequency" in m for m in capped["messages"]), capped["messages"]
