@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,17 +144,24 @@ def export_command(path: Path) -> None:
             out.detach()  # leave sys.stdout's buffer open
         click.echo(f"exported {count} versions", err=True)
         return
-    target = path.resolve()  # through a symlink: it was replaced by a file and its target left as it was
-    if target.exists() and not target.is_file():
-        # A FIFO or a device (a pipe to gzip, /dev/stdout): written as it is, since renaming a file over
-        # it replaced the FIFO with a file and sent the reader nothing (found by an operations probe).
+    try:
+        mode: int | None = os.stat(path).st_mode  # through symlinks, as opening it would go
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:  # a symlink loop, a path through a file
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        # A FIFO or a device (a pipe to gzip, /dev/stdout, >(...)): written as it is, since renaming a
+        # file over it replaced the FIFO with a file and sent the reader nothing (found by an operations
+        # probe). Opened by its own name: resolving /dev/stdout to the pipe's "pipe:[N]" named no file.
         try:
-            with target.open("w", encoding="utf-8", newline="\n") as stream:
+            with path.open("w", encoding="utf-8", newline="\n") as stream:
                 count = transfer.export_ndjson(get_db(), stream)
         except OSError as exc:
             raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
-        click.echo(f"exported {count} versions to {path}")
+        click.echo(f"exported {count} versions to {path}", err=True)
         return
+    target = path.resolve()  # through a symlink: it was replaced by a file and its target left as it was
     partial = target.with_name(target.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8", newline="\n") as out:

@@ -79,7 +79,7 @@ INTEGER_BOUNDS: Mapping[str, tuple[int, int]] = {
 #: The environment variable behind a config key, where the two differ.
 ENV_NAMES = {"MAX_CONTENT_LENGTH": "PROTOCOLS_MAX_BODY_BYTES"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-_ORIGIN = re.compile(r"^https?://[a-z0-9.\-]+(:[0-9]{1,5})?$")
+_ORIGIN = re.compile(r"^https?://([a-z0-9.\-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")  # host, or [IPv6]
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -133,7 +133,7 @@ def check(config: Mapping[str, Any]) -> None:
 def _check_database_url(url: str) -> None:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number (host:5432,host2:5433)
         raise ConfigError("PROTOCOLS_DATABASE_URL is not a database URL (sqlite:///path or "
                           "postgresql://user@host/db)") from None
     driver = parsed.drivername

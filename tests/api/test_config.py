@@ -32,6 +32,7 @@ REFUSED = [
     ("PROTOCOLS_FHIR_BASE_URL", "https://fhir.example.org/R4 "),
     ("PROTOCOLS_DATABASE_URL", "::"), ("PROTOCOLS_DATABASE_URL", "mysql://u@h/db"),
     ("PROTOCOLS_DATABASE_URL", "postgresql+asyncpg://u@h/db"), ("PROTOCOLS_DATABASE_URL", "sqlite+foo:///x.db"),
+    ("PROTOCOLS_DATABASE_URL", "postgresql://u@host:5432,host2:5433/db"),  # a ValueError, not ArgumentError
 ]
 
 
@@ -60,13 +61,13 @@ def test_flags_read_every_usual_spelling(monkeypatch, value: str, expected: bool
 
 
 def test_settings_that_can_work_are_kept(monkeypatch) -> None:
-    monkeypatch.setenv("PROTOCOLS_CORS_ORIGINS", "https://ehr.example.org/,http://localhost:3000")
+    monkeypatch.setenv("PROTOCOLS_CORS_ORIGINS", "https://ehr.example.org/,http://localhost:3000,http://[::1]:3000")
     monkeypatch.setenv("PROTOCOLS_FHIR_BASE_URL", "https://fhir.example.org/R4")
     monkeypatch.setenv("PROTOCOLS_DB_POOL_SIZE", "12")
     monkeypatch.setenv("PROTOCOLS_DATABASE_URL", "postgresql://u@db.example.org/protocols")
     config = from_env()
     assert config["PROTOCOLS_DB_POOL_SIZE"] == 12
-    assert config["PROTOCOLS_CORS_ORIGINS"] == ["https://ehr.example.org/", "http://localhost:3000"]
+    assert config["PROTOCOLS_CORS_ORIGINS"] == ["https://ehr.example.org/", "http://localhost:3000", "http://[::1]:3000"]
 
 
 def test_the_pool_size_reaches_postgresql_engines_only(tmp_path) -> None:

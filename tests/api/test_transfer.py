@@ -378,3 +378,29 @@ def test_an_export_to_a_fifo_or_through_a_symlink_reaches_what_it_names(app, cli
     assert linked.exit_code == 0, linked.output
     assert link.is_symlink() and b'"exported-through"' in target.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.fifo", "latest.ndjson", "real.ndjson"]
+
+
+def test_an_export_to_dev_stdout_through_a_pipe_and_through_a_symlink_loop(tmp_path):
+    """Found by a probe of the FIFO fix: /dev/stdout resolved to the pipe's 'pipe:[N]', which names no
+    file, so exporting to it from a pipeline failed; a symlink loop was a RuntimeError traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PROTOCOLS_DATABASE_URL": f"sqlite:///{tmp_path / 'export.sqlite3'}"}
+    flask = [sys.executable, "-m", "flask", "--app", "api", "protocols"]
+    for command in (["migrate"], ["load"]):
+        subprocess.run([*flask, *command], cwd=root, env=env, check=True, capture_output=True, timeout=120)
+    piped = subprocess.run([*flask, "export", "/dev/stdout"], cwd=root, env=env, capture_output=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.decode().splitlines()
+    assert lines and all(line.startswith("{") for line in lines)  # the count goes to stderr, not into the data
+    assert f"exported {len(lines)} versions" in piped.stderr.decode()
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    looped = subprocess.run([*flask, "export", str(tmp_path / "loop1")], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert looped.returncode == 1 and "Traceback" not in looped.stderr
+    assert looped.stderr.strip().startswith("Error: cannot write") and "symbolic links" in looped.stderr
