@@ -178,7 +178,7 @@ def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
                          before=before and before[:2], count=query["count"])
     assert filters.as_of is not None  # the caller pins it when the request did not give one
     if cursor is not None and position is not None and search.changed_in_effect_since(
-            get_db(), position, filters.as_of):
+            get_db(), position, filters.as_of, drafts=filters.status == "draft"):
         dropped = {"cursor", "as_of"} if pinned else {"cursor"}
         raise ApiError(409, "This search's results changed after its first page: a version recorded since "
                             "then takes effect at or before the search's moment, so pages would skip or "

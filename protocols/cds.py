@@ -278,6 +278,8 @@ TIMING_ABBREVIATIONS = {
     "QD": (1, "P1D"), "AM": (1, "P1D"), "PM": (1, "P1D"), "BED": (1, "P1D"), "BID": (2, "P1D"),
     "TID": (3, "P1D"), "QID": (4, "P1D"), "QOD": (1, "P2D"), "WK": (1, "P1W"),
 }
+#: FHIR days-of-week codes as weekday numbers (Monday 0), for doses that fall on named days.
+_WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 #: FHIR EventTiming codes for meals in general (not one named meal): counted as three a day.
 MEAL_EVENTS = {"C": 3, "AC": 3, "PC": 3}
 #: ``Q<n>H`` (Q4H, Q12H …): the base value set stops at Q8H, EHRs extend it.
@@ -305,12 +307,14 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         return _abbreviated_frequency(dosage)
     # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day. A time named twice is
     # one time (two 08:00 were two doses a day).
-    events = max(sum(MEAL_EVENTS.get(code, 1) for code in {str(code) for code in repeat.when or []}),
-                 len({str(time) for time in repeat.timeOfDay or []}))
+    when = {str(code) for code in repeat.when or []}
+    times = len({str(time) for time in repeat.timeOfDay or []})
+    events = max(sum(MEAL_EVENTS.get(code, 1) for code in when), times)
     # Days of the week repeat weekly, and the doses fall on those days: MON and THU with MORN and EVE
     # are four a week, two on each of those days (they were counted as days only, and 336 mg a week read
     # as 168; found by a clinical QA probe; spread over the week, 168 mg on a Monday read as 84 a day).
-    days = len({str(day) for day in repeat.dayOfWeek or []})
+    named = sorted({_WEEKDAYS[str(day)] for day in repeat.dayOfWeek or [] if str(day) in _WEEKDAYS})
+    days = len(named)
     period, period_unit = repeat.period, repeat.periodUnit
     longest, shortest = _readable(repeat.periodMax), _readable(period)
     if longest is not None and shortest is not None and longest < shortest:
@@ -333,13 +337,15 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     if days:
         if total != PERIOD_UNIT_SECONDS["wk"]:
             return None, [], [f"dayOfWeek with a period of {period} {period_unit} (not one week)"]
-        # A frequency the order gives counts the week's doses, at least one on each named day (2 a week
-        # on MON and THU "with meals" is two, not six; once a week on MON, WED and FRI is three); without
-        # one, each named day has its times of day (or one dose).
+        # A frequency the order gives counts the week's doses, at least one at each named time of each
+        # named day (2 a week on MON and THU "with meals" is two, not six: a meal code names no count
+        # then; once a week on MON, WED and FRI is three; once a week on MON at 08:00 and 20:00 is two).
+        # Without one, each named day has its times of day (or one dose).
         stated = repeat.frequency is not None or repeat.frequencyMax is not None
-        count = (max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), days) if stated
+        named_times = max(times, len(when - set(MEAL_EVENTS)) + (1 if when & set(MEAL_EVENTS) else 0), 1)
+        count = (max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), days * named_times) if stated
                  else days * max(events, 1))
-    frequency = Frequency(count, _iso_duration(int(total)), named_days=days or None)
+    frequency = Frequency(count, _iso_duration(int(total)), named_days=tuple(named) or None)
     notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}"
               + (f", {frequency.per_named_day} on each of {days} named day{'s' if days > 1 else ''}." if days
                  else ".")]

@@ -122,15 +122,17 @@ _DAY_SECONDS = Fraction(86400)
 @dataclass(frozen=True)
 class Frequency:
     """``count`` administrations per ``period`` (ISO 8601 duration), evenly spread; or, with
-    ``named_days``, on that many named days of each period (a week: MON and THU), shared out among them.
+    ``named_days`` (weekday numbers, Monday 0), on those days of each week, shared out among them.
 
     Why named days: doses on MON only, morning and evening, are two a week but two on Monday. Spread
     over the week they read as one a day, and 168 mg on one day passed a maximum of 84 mg a day (found
-    by a probe of the CDS Hooks timing fix)."""
+    by a probe of the CDS Hooks timing fix). Within a day, doses are read as evenly spread, as a daily
+    order's are; across days, a window holds the named days it can reach (MON and THU: never both in
+    two days)."""
 
     count: int
     period: str
-    named_days: int | None = None
+    named_days: tuple[int, ...] | None = None
 
     @property
     def period_seconds(self) -> Fraction:
@@ -138,19 +140,28 @@ class Frequency:
 
     @property
     def per_named_day(self) -> int | None:
-        return None if self.named_days is None else math.ceil(Fraction(self.count, self.named_days))
+        return None if not self.named_days else math.ceil(Fraction(self.count, len(self.named_days)))
 
     def doses_in(self, window_seconds: Fraction) -> int:
-        """Administrations that fall in a window of that length (at least one: a dose is a dose). With
-        named days, a window of a day holds one named day's doses, and a longer one as many named days'
-        as it can reach (consecutive in the worst case), never more than the periods it touches give."""
+        """Administrations that fall in a window of that length (at least one: a dose is a dose)."""
         evenly = max(1, math.ceil(Fraction(self.count) * window_seconds / self.period_seconds))
         per_day = self.per_named_day
-        if per_day is None or self.named_days is None:
+        if per_day is None or not self.named_days:
             return evenly
-        periods = math.ceil(window_seconds / self.period_seconds)
-        days = min(math.ceil(window_seconds / _DAY_SECONDS), self.named_days * periods)
-        return max(1, min(per_day * days, self.count * periods))
+        if window_seconds <= _DAY_SECONDS:
+            return max(1, math.ceil(per_day * window_seconds / _DAY_SECONDS))
+        weeks, rest = divmod(math.ceil(window_seconds / _DAY_SECONDS), 7)
+        reached = max(sum(1 for day in self.named_days if (day - start) % 7 < rest) for start in range(7))
+        days = len(self.named_days) * weeks + reached
+        return max(1, min(per_day * days, self.count * math.ceil(window_seconds / self.period_seconds)))
+
+    def more_often_than(self, other: Frequency) -> bool:
+        """Whether this gives doses more often than ``other``: on average, or on a named day (two on
+        Monday against once a day, or against twice a week, is more often; found by a probe)."""
+        if Fraction(self.count) / self.period_seconds > Fraction(other.count) / other.period_seconds:
+            return True
+        per_day = self.per_named_day
+        return per_day is not None and per_day > other.doses_in(_DAY_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -714,7 +725,7 @@ def _more_frequent(frequency: Frequency | None, dose_range: Mapping[str, Any]) -
     if frequency is None or not protocol:
         return False
     wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
-    return Fraction(frequency.count) / frequency.period_seconds > Fraction(wanted.count) / wanted.period_seconds
+    return frequency.more_often_than(wanted)
 
 
 def check(content: Mapping[str, Any], order: DoseOrder) -> DoseCheck:

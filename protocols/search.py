@@ -126,7 +126,7 @@ def feed_position(db: Database) -> int:
         return int(session.execute(select(func.coalesce(func.max(ProtocolVersion.seq), 0))).scalar_one())
 
 
-def changed_in_effect_since(db: Database, position: int, at: datetime) -> bool:
+def changed_in_effect_since(db: Database, position: int, at: datetime, *, drafts: bool = False) -> bool:
     """Whether a version recorded after feed ``position`` takes effect at or before ``at`` (naive UTC,
     as :attr:`ProtocolQuery.as_of`).
 
@@ -136,13 +136,14 @@ def changed_in_effect_since(db: Database, position: int, at: datetime) -> bool:
     or repeat it (found by an adversarial probe). The feed is in commit order, so "recorded after the
     first page" is exactly ``seq > position``, read through the primary key."""
     with db.read() as session:
-        # Drafts are never in effect (and draft walks read by recording time, which a later write
-        # cannot reach back into): a back-dated draft refused walks it could not disturb.
-        hit = session.execute(select(ProtocolVersion.seq)
-                              .where(ProtocolVersion.seq > position,
-                                     ProtocolVersion.effective_from <= at,
-                                     ProtocolVersion.status != "draft")
-                              .limit(1)).first()
+        # Drafts are never in effect: a back-dated draft refused walks it could not disturb. A walk of
+        # drafts (``drafts``) reads them by recording time, which a draft's effective_from is, so one
+        # recorded by a later as_of can move it (found by a probe of the fix).
+        statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position,
+                                                      ProtocolVersion.effective_from <= at)
+        if not drafts:
+            statement = statement.where(ProtocolVersion.status != "draft")
+        hit = session.execute(statement.limit(1)).first()
     return hit is not None
 
 

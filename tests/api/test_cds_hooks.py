@@ -15,6 +15,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
@@ -837,6 +838,41 @@ def test_doses_on_named_days_fall_on_those_days_and_stated_weekly_frequencies_ar
         c["summary"] for c in result]
     assert all("168 mg per P1D" in c["detail"] for c in result[:3]), [c["detail"] for c in result[:3]]
     assert "2 on each of 1 named day" in result[0]["detail"]
+
+
+@pytest.mark.parametrize(("maximum", "protocol_frequency", "timing", "expected"), [
+    # Found by the third probe of the named-days fix (hand calculations in the ids):
+    # a stated frequency no longer hides named times: 2 x 60 on Monday = 120 mg a week > 100.
+    ((100, "P1W"), None, {"frequency": 1, "period": 1, "periodUnit": "wk", "dayOfWeek": ["mon"],
+                          "timeOfDay": ["08:00:00", "20:00:00"]}, "critical"),
+    # MORN and EVE on Monday: 120 mg that day > 100.
+    ((100, "P1D"), None, {"frequency": 1, "frequencyMax": 2, "period": 1, "periodUnit": "wk",
+                          "dayOfWeek": ["mon", "thu"], "when": ["MORN", "EVE"]}, "critical"),
+    # two of 40 mg on Monday against once a day: more often, whatever the weekly average (80 mg stays
+    # within what the regimen gives in a day, 84; at 60 mg it is 120, past it: critical).
+    (None, (1, "P1D"), {"dayOfWeek": ["mon"], "when": ["MORN", "EVE"], "_dose": 40}, "warning"),
+    (None, (1, "P1D"), {"dayOfWeek": ["mon"], "when": ["MORN", "EVE"]}, "critical"),
+    # every day, morning and evening, reads as the same order without days against 100 mg per 12 h.
+    ((100, "PT12H"), None, {"dayOfWeek": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+                            "when": ["MORN", "EVE"]}, "info"),
+    # MON and THU are never two days apart: one 60 mg dose in any 2 days.
+    ((100, "P2D"), None, {"dayOfWeek": ["mon", "thu"]}, "info"),
+    # ... but MON and TUE are: 120 mg.
+    ((100, "P2D"), None, {"dayOfWeek": ["mon", "tue"]}, "critical"),
+], ids=["stated-plus-times", "frequencymax-plus-when", "crowded-day", "crowded-day-regimen", "seven-days", "apart",
+        "adjacent"])
+def test_named_days_against_hand_calculations(client, maximum, protocol_frequency, timing, expected):
+    dosing_range: dict[str, Any] = {"route": NASAL, "phase": "induction", "dose_min": 40, "dose_max": 84,
+                                    "unit": "mg"}
+    if maximum:
+        dosing_range["max_per_period"] = {"value": maximum[0], "unit": "mg", "period": maximum[1]}
+    if protocol_frequency:
+        dosing_range["frequency"] = {"count": protocol_frequency[0], "period": protocol_frequency[1]}
+    create(client, dosing_ranges=[dosing_range])
+    timing = dict(timing)
+    dose = timing.pop("_dose", 60)
+    (card,) = cards(client, hook_request([_esketamine_order("named", dose=dose, timing={"repeat": timing})]))
+    assert card["indicator"] == expected, (card["summary"], card["detail"])
 
 
 # ------------------------------------------------- clinical QA probe (2026-12-03, third session)
