@@ -534,6 +534,11 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
         # given over a duration): a window holds only what runs in it, not the whole administration (20
         # mg/h for 4 h read as 80 mg in an hour; found by a clinical QA probe).
         interval = None if frequency is None else frequency.period_seconds / frequency.count
+        if frequency is not None and frequency.per_named_day and window <= _DAY_SECONDS:
+            # Doses on named days are a day's doses apart, not the week's: two 30-hour infusions started
+            # on Monday morning and evening overlap (found by a probe). Read as if every day were named,
+            # which a window of a day cannot tell apart.
+            interval = _DAY_SECONDS / frequency.per_named_day
         running, touched = most_running_in_window(duration_s, interval, window)
         projected = Amount(per_dose * running / duration_s, target.code)
         how = (f"{fmt(per_dose)} {target.code} over {fmt(duration_s / 3600)} h per administration; any {period} "

@@ -859,8 +859,12 @@ def test_doses_on_named_days_fall_on_those_days_and_stated_weekly_frequencies_ar
     ((100, "P2D"), None, {"dayOfWeek": ["mon", "thu"]}, "info"),
     # ... but MON and TUE are: 120 mg.
     ((100, "P2D"), None, {"dayOfWeek": ["mon", "tue"]}, "critical"),
+    # 80 mg over 30 h started Monday morning and evening: a day from Monday 20:00 holds ~42 h of
+    # infusion, 112 mg > 100 (read as 24 h, 64 mg, with the week's spacing).
+    ((100, "P1D"), None, {"dayOfWeek": ["mon"], "when": ["MORN", "EVE"], "duration": 30, "durationUnit": "h",
+                          "_dose": 80}, "critical"),
 ], ids=["stated-plus-times", "frequencymax-plus-when", "crowded-day", "crowded-day-regimen", "seven-days", "apart",
-        "adjacent"])
+        "adjacent", "overlapping-infusions"])
 def test_named_days_against_hand_calculations(client, maximum, protocol_frequency, timing, expected):
     dosing_range: dict[str, Any] = {"route": NASAL, "phase": "induction", "dose_min": 40, "dose_max": 84,
                                     "unit": "mg"}
