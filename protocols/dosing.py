@@ -156,12 +156,43 @@ class Frequency:
         return max(1, min(per_day * days, self.count * math.ceil(window_seconds / self.period_seconds)))
 
     def more_often_than(self, other: Frequency) -> bool:
-        """Whether this gives doses more often than ``other``: on average, or on a named day (two on
-        Monday against once a day, or against twice a week, is more often; found by a probe)."""
+        """Whether this gives doses more often than ``other``: on average; or, on named days, more in a
+        day or in ``other``'s own period than it gives (two on Monday against once a day or twice a
+        week; MON and TUE against once every two days; found by probes)."""
         if Fraction(self.count) / self.period_seconds > Fraction(other.count) / other.period_seconds:
             return True
         per_day = self.per_named_day
-        return per_day is not None and per_day > other.doses_in(_DAY_SECONDS)
+        if per_day is None:
+            return False
+        return per_day > other.doses_in(_DAY_SECONDS) or self.doses_in(other.period_seconds) > other.count
+
+    def starts(self) -> list[Fraction]:
+        """Named days: when each administration of a period starts, in seconds from its start (a day's
+        doses spread evenly over the day, as a daily order's are)."""
+        assert self.named_days and self.per_named_day
+        per_day = self.per_named_day
+        return sorted(day * _DAY_SECONDS + k * _DAY_SECONDS / per_day
+                      for day in self.named_days for k in range(per_day))
+
+    def most_running(self, duration: Fraction, window: Fraction) -> tuple[Fraction, int]:
+        """Named days: the most administration time any window holds, and how many administrations it
+        meets, for administrations of ``duration`` starting at :meth:`starts` in every period. Exact:
+        the time held is piecewise linear in where the window starts, so the most is where the window's
+        start or end meets an administration's start or end. The spacing of a week's average read
+        overlapping infusions on Monday and Tuesday as apart, and every day's for a window of a day read
+        one a week as daily (found by a probe)."""
+        period = self.period_seconds
+        copies = math.ceil((duration + window) / period) + 1
+        offsets = self.starts()
+        if len(offsets) * (2 * copies + 1) > 120:  # too many to compare one by one: as if every day
+            return most_running_in_window(duration, _DAY_SECONDS / len(offsets) * len(self.named_days or ()),
+                                          window)  # were named, an upper bound
+        starts = [offset + n * period for n in range(-copies, copies + 1) for offset in offsets]
+        best: tuple[Fraction, int] = (Fraction(0), 0)
+        for edge in {t for s in starts for t in (s, s - window, s + duration - window, s + duration)}:
+            held = [min(s + duration, edge + window) - max(s, edge) for s in starts]
+            best = max(best, (sum((h for h in held if h > 0), Fraction(0)), sum(1 for h in held if h > 0)))
+        return best
 
 
 @dataclass(frozen=True)
@@ -533,13 +564,11 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
         # An administration that runs longer than the window (an infusion, as a rate or as an amount
         # given over a duration): a window holds only what runs in it, not the whole administration (20
         # mg/h for 4 h read as 80 mg in an hour; found by a clinical QA probe).
-        interval = None if frequency is None else frequency.period_seconds / frequency.count
-        if frequency is not None and frequency.per_named_day and window <= _DAY_SECONDS:
-            # Doses on named days are a day's doses apart, not the week's: two 30-hour infusions started
-            # on Monday morning and evening overlap (found by a probe). Read as if every day were named,
-            # which a window of a day cannot tell apart.
-            interval = _DAY_SECONDS / frequency.per_named_day
-        running, touched = most_running_in_window(duration_s, interval, window)
+        if frequency is not None and frequency.named_days:
+            running, touched = frequency.most_running(duration_s, window)
+        else:
+            interval = None if frequency is None else frequency.period_seconds / frequency.count
+            running, touched = most_running_in_window(duration_s, interval, window)
         projected = Amount(per_dose * running / duration_s, target.code)
         how = (f"{fmt(per_dose)} {target.code} over {fmt(duration_s / 3600)} h per administration; any {period} "
                f"holds at most {fmt(running / 3600)} h of administration"

@@ -863,10 +863,24 @@ def test_doses_on_named_days_fall_on_those_days_and_stated_weekly_frequencies_ar
     # infusion, 112 mg > 100 (read as 24 h, 64 mg, with the week's spacing).
     ((100, "P1D"), None, {"dayOfWeek": ["mon"], "when": ["MORN", "EVE"], "duration": 30, "durationUnit": "h",
                           "_dose": 80}, "critical"),
+    # Found by the fourth probe (a brute-force model of named-day infusions):
+    # 84 mg over 72 h on MON and WED: Wed 08:00-Fri 08:00 holds 28 + 56 = 84 mg > 70.
+    ((70, "P2D"), None, {"dayOfWeek": ["mon", "wed"], "duration": 72, "durationUnit": "h", "_dose": 84}, "critical"),
+    # 60 mg over 72 h on SUN and MON (wrapping the week): 80 mg in two days > 60.
+    ((60, "P2D"), None, {"dayOfWeek": ["sun", "mon"], "duration": 72, "durationUnit": "h"}, "critical"),
+    # one 100 mg infusion over 100 h a week: at most 24 mg in a day <= 50 (read as daily: 100 mg).
+    ((50, "P1D"), None, {"dayOfWeek": ["mon"], "duration": 100, "durationUnit": "h", "_dose": 100}, "info"),
+    # 80 mg over 30 h on Monday morning and evening: at most 112 mg in a day <= 120.
+    ((120, "P1D"), None, {"dayOfWeek": ["mon"], "when": ["MORN", "EVE"], "duration": 30, "durationUnit": "h",
+                          "_dose": 80}, "info"),
+    # MON and TUE against once every two days, and MON and WED against once every three: more often.
+    (None, (1, "P2D"), {"dayOfWeek": ["mon", "tue"], "_dose": 40}, "warning"),
+    (None, (1, "P3D"), {"dayOfWeek": ["mon", "wed"], "_dose": 40}, "warning"),
 ], ids=["stated-plus-times", "frequencymax-plus-when", "crowded-day", "crowded-day-regimen", "seven-days", "apart",
-        "adjacent", "overlapping-infusions"])
+        "adjacent", "overlapping-infusions", "long-apart-infusions", "long-wrapping-infusions", "weekly-long-infusion",
+        "morning-evening-infusions", "two-days-running", "two-days-apart"])
 def test_named_days_against_hand_calculations(client, maximum, protocol_frequency, timing, expected):
-    dosing_range: dict[str, Any] = {"route": NASAL, "phase": "induction", "dose_min": 40, "dose_max": 84,
+    dosing_range: dict[str, Any] = {"route": NASAL, "phase": "induction", "dose_min": 40, "dose_max": 100,
                                     "unit": "mg"}
     if maximum:
         dosing_range["max_per_period"] = {"value": maximum[0], "unit": "mg", "period": maximum[1]}
