@@ -182,13 +182,13 @@ def _authenticate() -> None:
         raise ApiError(401, "Authentication required: send 'Authorization: Bearer <api key>'.",
                        headers={"WWW-Authenticate": _challenge()}, reason="missing_credentials")
     key = keys.identify(get_db(), token)
-    now = utcnow()
-    if key is None or not key.is_active(now):
+    state = None if key is None else keys.state(key, utcnow())
+    if key is None or state != "active":
         if key is not None:
             # The audit row of the refusal names the revoked or expired key and says which it is; the
             # client hears only "not valid". Rate limiting still counts the caller's address.
             g.actor_name = key.name
-            g.refused_key = {"key_id": key.id, "key_state": keys.state(key, now)}
+            g.refused_key = {"key_id": key.id, "key_state": state}
         raise ApiError(401, "The API key is not valid (unknown, revoked or expired).",
                        headers={"WWW-Authenticate": _challenge("invalid_token", "unknown, revoked or expired key")},
                        reason="invalid_key")

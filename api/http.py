@@ -14,7 +14,7 @@ from flask import Response, request
 
 from api.errors import ApiError
 from protocols.models import MAX_SEQ
-from protocols.versioning import StoredVersion
+from protocols.versioning import StoredVersion, names_etag
 
 _ETAG = re.compile(r'(W/)?("[\x21\x23-\x7e]*")[ \t]*')
 #: Whitespace and empty list elements, which RFC 9110 (5.6.1.2) has recipients accept: ``"a", , "b"``.
@@ -70,8 +70,7 @@ def none_match(header: str | None, etag: str) -> bool:
         tags = parse_etag_list(header) or []
     except ApiError:
         return False
-    bare = etag.removeprefix("W/")
-    return "*" in tags or any(tag.removeprefix("W/") == bare for tag in tags)
+    return names_etag(tags, etag)
 
 
 def json_response(body: str | bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

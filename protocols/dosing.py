@@ -539,7 +539,9 @@ def _max_per_period(dose_range: Mapping[str, Any], notes: list[str]) -> tuple[Am
 
 def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, Any],
                 weight: Fraction | None, duration_s: Fraction | None,
-                notes: list[str]) -> PerPeriod | None:
+                notes: list[str], no_frequency: str = "no frequency was sent") -> PerPeriod | None:
+    """The amount the order gives in the range's maximum-per-period window (or in its own period);
+    ``no_frequency`` says why one dose is counted when the order has no frequency."""
     limit = _max_per_period(dose_range, notes)
     frequency = order.frequency
     dose_value = Fraction(order.dose.value)
@@ -577,7 +579,7 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
                                   f"{how} = {projected.text(_value(maximum))} per {period}")
     if frequency is None:
         doses = 1
-        how = "one dose (no frequency was sent)"
+        how = f"one dose ({no_frequency})"
     else:
         doses = frequency.doses_in(window)
         how = f"{doses} dose{'s' if doses != 1 else ''}"
@@ -828,14 +830,13 @@ def _top_over_maximum(dose_range: Mapping[str, Any], weight: Fraction | None) ->
                     weight_kg=weight)
     try:
         per_period = _per_period(top, _unit(top.dose.unit, "unit"), dose_range, weight,
-                                 _duration_seconds(dose_range), [])
+                                 _duration_seconds(dose_range), [], no_frequency="the protocol gives no frequency")
     except WeightRequired:
         return []  # an amount range with a per-kg maximum and no weight: nothing to compare (a 422 before)
     if per_period is None or not per_period.exceeded or per_period.maximum is None:
         return []
-    calculation = per_period.calculation.replace("(no frequency was sent)", "(the protocol gives no frequency)")
     return [f"The top of the range, given as the protocol gives it, comes to more than its maximum for "
-            f"this patient: {calculation}. The maximum per period is the limit, not the top of the range."]
+            f"this patient: {per_period.calculation}. The maximum per period is the limit, not the top of the range."]
 
 
 def ranges_for(content: Mapping[str, Any], route: str) -> Sequence[tuple[int, Mapping[str, Any]]]:

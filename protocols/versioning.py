@@ -341,7 +341,7 @@ def revise(
 
     try:
         if db.engine.dialect.name == "postgresql":
-            return _revise_in_one_statement(db, protocol_id, (if_match, if_none_match), next_version)
+            return _revise_in_one_statement(db, protocol_id, if_match, if_none_match, next_version)
         with _write_transaction(db) as conn:
             head = _read_head(conn, protocol_id)
 
@@ -406,13 +406,11 @@ def _pg_raw(dialect: Any, key: tuple[bool, bool, bool] | str) -> str:
     return sql
 
 
-def _revise_in_one_statement(db: Database, protocol_id: str,
-                             conditions: tuple[Sequence[str] | None, Sequence[str] | None],
+def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[str] | None,
+                             if_none_match: Sequence[str] | None,
                              next_version: Callable[[_Head, _Fetch], _Prepared | None]
                              ) -> tuple[StoredVersion, bool]:
-    """``conditions``: the request's If-Match and If-None-Match entity tags."""
     dialect = db.engine.dialect
-    if_match, if_none_match = conditions
 
     def read_head() -> _Head:
         row = db.reads.fetch_one(_pg_raw(dialect, "head"), {"protocol_id": protocol_id})
@@ -635,6 +633,13 @@ def latest_with_hash(db: Database, protocol_id: str) -> tuple[StoredVersion, str
     return head.version, head.content_hash
 
 
+def names_etag(tags: Sequence[str], etag: str) -> bool:
+    """Whether an ``If-None-Match`` list (``*`` or entity-tags) names ``etag``, by the weak comparison
+    RFC 9110 prescribes for it (``W/"3-ab"`` names ``"3-ab"``): for reads' 304s and writes' 412s alike."""
+    bare = etag.removeprefix("W/")
+    return "*" in tags or any(tag.removeprefix("W/") == bare for tag in tags)
+
+
 def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, already_applied: bool = False,
                    if_none_match: Sequence[str] | None = None) -> None:
     """``If-Match`` must be given (428) and name the newest version (412), unless the write would change
@@ -658,8 +663,7 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
         raise PreconditionFailed(
             f"If-Match does not name the newest version; the newest is version {newest.version}",
             current_version=newest.version, current_etag=newest.etag)
-    bare = newest.etag.removeprefix("W/")
-    if if_none_match and ("*" in if_none_match or any(tag.removeprefix("W/") == bare for tag in if_none_match)):
+    if if_none_match and names_etag(if_none_match, newest.etag):
         raise PreconditionFailed(
             f"If-None-Match names the newest version (or is *): the condition is false; the newest is "
             f"version {newest.version}", current_version=newest.version, current_etag=newest.etag)
