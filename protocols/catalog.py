@@ -1,7 +1,8 @@
 """The curated catalog: YAML files under ``protocols/catalog/``, one protocol per file.
 
 A file holds ``id`` and either a single record or ``versions:``, a list of records in the order
-they took effect (e.g. Spravato's label history). Loading is idempotent: the newest stored version
+they are recorded (e.g. Spravato's label history, then back-dated corrections, each effective from
+the date it names). Loading is idempotent: the newest stored version
 is located among the file's entries and only the entries after it are appended; a file whose last
 entry matches nothing stored appends that entry as a new version, if the loader wrote the newest one.
 

@@ -313,10 +313,10 @@ def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
 
 
 @pytest.mark.parametrize(("as_of", "version", "approval_date", "marker"), [
-    ("2019-06-01T00:00:00Z", 1, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
-    ("2021-01-01T00:00:00Z", 2, "2020-07-31", "acute suicidal ideation"),
-    ("2025-06-01T00:00:00Z", 5, "2025-01-21", "as monotherapy"),
-    (None, 5, "2025-01-21", "as monotherapy"),
+    ("2019-06-01T00:00:00Z", 6, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
+    ("2021-01-01T00:00:00Z", 7, "2020-07-31", "acute suicidal ideation"),
+    ("2025-06-01T00:00:00Z", 8, "2025-01-21", "as monotherapy"),
+    (None, 8, "2025-01-21", "as monotherapy"),
 ])
 def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, version, approval_date, marker):
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
@@ -337,7 +337,8 @@ def test_spravato_before_first_approval_is_not_in_effect(app, client):
 
 def test_spravato_versions_differ_in_indications_and_dosing():
     entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
-    assert [e["effective_from"][:10] for e in entries] == ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3
+    assert [e["effective_from"][:10] for e in entries] == (
+        ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3 + ["2019-03-05", "2020-07-31", "2025-01-21"])
     codes = [{i["code"] for i in e["indications"]} for e in entries]
     assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
     for entry in entries:
@@ -470,10 +471,9 @@ def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
     weeks only (found by a clinical review). Corrected in the current period, version 4 stays."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     current = client.get(f"/v1/protocols/{SPRAVATO}").get_json()
-    assert current["version"] == 5 and current["change_note"].startswith("Correction:")
+    assert current["version"] == 8
     week_9 = current["dosing_ranges"][2]
-    assert week_9["frequency"] == {"count": 1, "period": "P1W", "period_max": "P2W",
-                                   "text": "every 2 weeks or once weekly, week 9 onwards"}
+    assert week_9["frequency"] == WEEK_9
     assert client.get(f"/v1/protocols/{SPRAVATO}/versions/4").get_json()["dosing_ranges"][2]["frequency"][
         "period"] == "P2W"
     fhir_resource = client.get(f"/fhir/R4/MedicationKnowledge/{SPRAVATO}").get_json()
@@ -483,6 +483,53 @@ def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
     weekly = {"route": "46713006", "phase": "maintenance", "dose": {"value": 84, "unit": "mg"},
               "frequency": {"count": 1, "period": "P1W"}}
     assert _dose_check(client, SPRAVATO, **weekly) == "within_range"
+
+
+WEEK_9 = {"count": 1, "period": "P1W", "period_max": "P2W", "text": "every 2 weeks or once weekly, week 9 onwards"}
+
+
+@pytest.mark.parametrize(("as_of", "corrected", "recorded"), [
+    ("2019-06-01T00:00:00Z", 6, 1), ("2021-01-01T00:00:00Z", 7, 2), ("2025-06-01T00:00:00Z", 8, 5)])
+def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was_recorded(
+        app, client, as_of, corrected, recorded):
+    """Version 5 corrected the week-9 frequency from 2025 only: as-of readings and dose checks of
+    2019-2024 still held every 2 weeks, so a weekly 84 mg order at week 9 read as more often than the
+    label allows. Versions 6 and 7 are back-dated corrections of versions 1 and 2 (each effective
+    with the version it corrects and otherwise its copy); version 8 brings version 5's note up to date
+    and makes the version in effect the newest again. The versions corrected stay as recorded."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    read = client.get(f"/v1/protocols/{SPRAVATO}?as_of={as_of}").get_json()
+    assert read["version"] == corrected and read["dosing_ranges"][2]["frequency"] == WEEK_9
+    cited = {path for source in read["sources"] for path in source["supports"]}
+    assert "dosing_ranges.2" in cited
+    before = client.get(f"/v1/protocols/{SPRAVATO}/versions/{recorded}").get_json()
+    assert before["dosing_ranges"][2]["frequency"]["period"] in {"P2W", "P1W"}
+    fields = [k for k in record.CONTENT_FIELDS if k not in {"dosing_ranges", "sources", "verification_notes"}]
+    assert {k: read.get(k) for k in fields} == {k: before.get(k) for k in fields}
+    assert [r for i, r in enumerate(read["dosing_ranges"]) if i != 2] == [
+        r for i, r in enumerate(before["dosing_ranges"]) if i != 2]
+    weekly = {"route": "46713006", "phase": "maintenance", "dose": {"value": 84, "unit": "mg"},
+              "frequency": {"count": 1, "period": "P1W"}, "as_of": as_of}
+    assert _dose_check(client, SPRAVATO, **weekly) == "within_range"
+    fortnightly = {**weekly, "frequency": {"count": 1, "period": "P2W"}}
+    assert _dose_check(client, SPRAVATO, **fortnightly) == "within_range"
+    twice_weekly = {**weekly, "frequency": {"count": 2, "period": "P1W"}}
+    assert _dose_check(client, SPRAVATO, **twice_weekly) != "within_range"
+    for old in (1, 2):
+        frequency = client.get(f"/v1/protocols/{SPRAVATO}/versions/{old}").get_json()["dosing_ranges"][2]["frequency"]
+        assert frequency["period"] == "P2W" and "period_max" not in frequency
+
+
+def test_spravato_newest_version_is_the_one_in_effect_so_get_then_put_works(app, client):
+    """Back-dated corrections appended last would make the newest version (the one If-Match must name)
+    differ from the one GET serves: an integration that read the protocol and wrote with its ETag got a
+    412. The catalog ends with a version effective now, so GET's ETag is the one to send."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    versions = client.get(f"/v1/protocols/{SPRAVATO}/versions?page_size=100").get_json()["items"]
+    assert [v["effective_from"][:10] for v in sorted(versions, key=lambda v: v["version"]) if v["version"] >= 6] == [
+        "2019-03-05", "2020-07-31", "2025-01-21"]
+    written = _written_through_the_api(client, SPRAVATO, summary="A summary written by an integration.")
+    assert written["version"] == max(v["version"] for v in versions) + 1
 
 
 def test_a_directory_without_catalog_files_is_an_error_not_a_silent_success(app, client, tmp_path):
