@@ -11,11 +11,12 @@ from typing import Any
 
 from flask import Response, request, url_for
 
-from api.errors import ApiError
+from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
-from api.http import MAX_CURSOR_KEY, decode_cursor, encode_cursor, list_response, page_url
+from api.http import MAX_CURSOR_KEY, decode_cursor_with, encode_cursor, list_response, page_url
 from api.parsing import Blueprint
 from protocols import changes
+from protocols.errors import UnknownFeedPosition
 from protocols.record import dumps
 from protocols.timeutil import format_rfc3339
 from schemas.changes import ChangePageSchema, ChangesQuerySchema
@@ -28,14 +29,15 @@ LINK_HEADER = {"Link": {"description": "RFC 8288 link to the next page (always p
                         "schema": {"type": "string"}}}
 
 
-def _after_seq(query: dict[str, Any]) -> int:
+def _after(query: dict[str, Any]) -> tuple[int, str | None]:
+    """The position and the feed it came from (None in cursors issued before feeds were named)."""
     if "after" not in query:
-        return 0
-    key, direction = decode_cursor(CURSOR_KIND, query["after"], param="after")
+        return 0, None
+    key, direction, extras = decode_cursor_with(CURSOR_KIND, query["after"], param="after", extra=("f",))
     if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key <= MAX_CURSOR_KEY or direction != "n":
         raise ApiError(422, "The cursor is not valid for this listing",
                        errors={"after": ["not a position issued by this feed"]})
-    return int(key)
+    return int(key), extras.get("f")
 
 
 def _entry(change: changes.Change) -> str:
@@ -58,14 +60,24 @@ def _entry(change: changes.Change) -> str:
 @blp.route("", methods=["GET"])
 @blp.arguments(ChangesQuerySchema(), location="query")
 @blp.response(200, ChangePageSchema, headers=LINK_HEADER)
+@blp.alt_response(409, schema=ErrorSchema,
+                  description="`after` is a position this feed never issued: beyond its newest change, or "
+                              "from another database (or this one before a restore). `first` links to the "
+                              "feed's beginning")
 def list_changes(query: dict[str, Any]) -> Response:
     """Versions recorded after the `after` position, oldest first (commit order)."""
-    after = _after_seq(query)
-    page = changes.list_changes(get_db(), after_seq=after, limit=query["page_size"],
-                                protocol_id=query.get("protocol_id"))
-    position = page.last_seq if page.last_seq is not None else after
+    after, feed_id = _after(query)
     params = {k: v for k, v in request.args.items(multi=True) if k != "after"}
-    next_url = page_url(params, after=encode_cursor(CURSOR_KIND, position, "n"))
+    try:
+        page = changes.list_changes(get_db(), after_seq=after, feed_id=feed_id, limit=query["page_size"],
+                                    protocol_id=query.get("protocol_id"))
+    except UnknownFeedPosition as exc:
+        raise ApiError(409, f"The changes feed cannot continue from this position: {exc.message}. Versions "
+                            "recorded since would be skipped; read the feed again from the beginning "
+                            "(the first link).",
+                       errors={"after": [exc.message]}, first=page_url(params)) from exc
+    position = page.last_seq if page.last_seq is not None else after
+    next_url = page_url(params, after=encode_cursor(CURSOR_KIND, position, "n", f=page.feed_id))
     return list_response((_entry(change) for change in page.items), next_url=next_url, prev_url=None,
                          page_size=query["page_size"], extra={"has_more": page.has_more})
 

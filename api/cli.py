@@ -1,4 +1,5 @@
-"""``flask protocols ...`` commands: migrate, load the curated catalog, export and import."""
+"""``flask protocols ...`` commands: migrate, load the curated catalog, export and import, and give
+the changes feed a new id after a restore."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from api.errors import flatten_errors
 from api.extensions import get_db
-from protocols import audit, catalog, keys, migrate, record, transfer
+from protocols import audit, catalog, changes, keys, migrate, record, transfer
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
 
@@ -83,7 +84,8 @@ def load_command(directory: Path | None) -> None:
     if failed:
         raise click.ClickException("catalog has invalid files; nothing was loaded")
     ctx = WriteContext(actor=keys.CATALOG_ACTOR)
-    refused = []
+    refused: list[str] = []
+    misplaced: list[str] = []
     for catalog_file, entries in validated:
         result = catalog.sync_protocol(get_db(), catalog_file.protocol_id, entries, ctx)
         if result.refused is not None:
@@ -97,17 +99,42 @@ def load_command(directory: Path | None) -> None:
             newest = result.left_alone
             click.echo(f"{catalog_file.protocol_id}: left alone: its newest version ({newest.version}, "
                        f"{newest.status}) was written by {newest.recorded_by or 'an anonymous caller'}, not by "
-                       f"this loader, and {catalog_file.path.name} does not hold it; add it to the file as its "
-                       "last entry to load the file again", err=True)
+                       f"this loader, and {catalog_file.path.name} does not hold it; add it to the file "
+                       f"{_position(newest.after_entry, len(entries))} to load the file again", err=True)
+            continue
+        if result.misplaced is not None:
+            where = result.misplaced
+            missing = ", ".join(f"versions.{index}" for index in where.missing)
+            misplaced.append(f"{catalog_file.path.name}: versions.{where.entry} is the newest version, written "
+                             f"through the API, but {missing} before it in the file are not in the history "
+                             f"(loading from there would skip them); move it "
+                             f"{_position(where.after_entry, len(entries))}")
+            click.echo(f"{catalog_file.protocol_id}: nothing appended: the file's order differs from the "
+                       "history's (below)")
             continue
         state = f"appended versions {result.appended}" if result.appended else "unchanged"
         if result.refused is not None:  # "unchanged" read as if the file were loaded
             state = (f"appended versions {result.appended}, then" if result.appended else "nothing appended:") \
                 + f" {entry} refused (below)"
         click.echo(f"{catalog_file.protocol_id}: {state}")
+    problems = []
     if refused:
-        raise click.ClickException("the versioning rules refused " + "; ".join(refused)
-                                   + " (the versions listed as appended stay; a load after the fix resumes after them)")
+        problems.append("the versioning rules refused " + "; ".join(refused)
+                        + " (the versions listed as appended stay; a load after the fix resumes after them)")
+    if misplaced:
+        problems.append("; ".join(misplaced))
+    if problems:
+        raise click.ClickException("; ".join(problems))
+
+
+def _position(after_entry: int | None, entries: int) -> str:
+    """Where a version written through the API belongs in a catalog file: right after the last entry the
+    history holds (in recording order), not necessarily last."""
+    if after_entry is None:
+        return "as its first entry"
+    if after_entry == entries - 1:
+        return "as its last entry"
+    return f"right after versions.{after_entry} (the last entry the history holds), before the entries after it"
 
 
 def validate_document(document: dict[str, Any]) -> dict[str, list[str]]:
@@ -196,6 +223,20 @@ def import_command(path: Path) -> None:
     audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.ALLOWED, actor=keys.CLI_ACTOR, target=str(path),
                  detail=f"imported {result.versions} versions of {len(result.protocols)} protocols")
     click.echo(f"imported {result.versions} versions of {len(result.protocols)} protocols")
+
+
+NEW_FEED_ACTION = "changes.new_feed_id"
+
+
+@protocols_cli.command("new-feed-id")
+def new_feed_id_command() -> None:
+    """Give the changes feed a new id, after restoring this database from a copy: clients' cursors are
+    refused (409 with a link to the feed's beginning) instead of skipping versions."""
+    value = changes.new_feed_id(get_db())
+    audit.record(get_db(), action=NEW_FEED_ACTION, outcome=audit.ALLOWED, actor=keys.CLI_ACTOR, target="changes",
+                 detail=f"new feed id {value}")
+    click.echo(f"the changes feed's id is now {value}: cursors issued before are refused; clients read "
+               "the feed again from the beginning")
 
 
 def init_app(app: Flask) -> None:

@@ -46,6 +46,9 @@ class ErrorSchema(Schema):
         "description": "On 409 from a retirement: the active version that would undo it"})
     scheduled_effective_from = fields.String(allow_none=True, metadata={
         "description": "On 409 from a retirement: when that version takes effect"})
+    first = fields.String(allow_none=True, metadata={
+        "description": "On 409 from a cursor that cannot continue (a ranked search whose results changed, a "
+                       "changes-feed position this feed never issued): the URL to start again from"})
 
 
 def documented_error(description: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:

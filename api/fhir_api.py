@@ -242,7 +242,7 @@ def _http_date(value: datetime) -> str:
 def _resource_headers(stored: versioning.StoredVersion, cache: str) -> dict[str, str]:
     return {
         "ETag": fhir.weak_etag(stored.version),
-        "Last-Modified": _http_date(stored.recorded_at),
+        "Last-Modified": _http_date(max(stored.recorded_at, stored.effective_from)),  # fhir.published_at
         "Content-Location": f"{base_url()}/MedicationKnowledge/{stored.protocol_id}/_history/{stored.version}",
         "Cache-Control": cache,
     }
@@ -375,12 +375,16 @@ def build_capability_statement(base: str) -> dict[str, Any]:
                 "(Bundle entry with search.mode=outcome, or a Warning header). Searches page with "
                 f"_count (default {fhir_query.DEFAULT_COUNT}, at most {fhir_query.MAX_COUNT}; 0 gives "
                 "the total only) and next/previous links; so does an instance's _history. A retired "
-                "protocol is deleted (410); drafts are not published."),
+                "protocol is deleted (410); drafts are not published, nor versions scheduled to take "
+                "effect later (until they do: meta.lastUpdated is then that moment)."),
             "resource": [
                 {
                     "type": "MedicationKnowledge",
                     "documentation": "One resource per protocol; its current version is the protocol "
-                                     "version in effect. meta.versionId is the protocol version.",
+                                     "version in effect. meta.versionId is the protocol version. _history "
+                                     "lists versions in recording order: after a back-dated correction "
+                                     "(in effect for a past period, see the effective-from extension) "
+                                     "the newest entry is not the current version; read returns that.",
                     "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
                                     {"code": "search-type"}],
                     "versioning": "versioned",
@@ -461,13 +465,14 @@ def read_medication_knowledge(resource_id: str) -> Response:
 
 @blp.route("/MedicationKnowledge/<string:resource_id>/_history", methods=["GET"])
 def history_medication_knowledge(resource_id: str) -> Response:
-    """Published versions, newest first; a retirement is a DELETE entry."""
+    """Published versions (taking effect by now), newest first; a retirement is a DELETE entry."""
     negotiate()
     _check_id(resource_id)
     spec = fhir_query.parse_history(list(request.args.items(multi=True)))
     warnings = check_unsupported(spec.unsupported)
-    page = fhir_query.history(get_db(), resource_id, limit=spec.count, before_version=spec.before_version,
-                              after_version=spec.after_version, since=spec.since)
+    page = fhir_query.history(get_db(), resource_id, at=utcnow(), limit=spec.count,
+                              before_version=spec.before_version, after_version=spec.after_version,
+                              since=spec.since)
     base = base_url()
     entries: list[dict[str, Any]] = []
     if warnings:
@@ -505,7 +510,7 @@ def vread_medication_knowledge(resource_id: str, version_id: str) -> Response:
     _check_id(resource_id)
     if not _VERSION_ID.fullmatch(version_id):  # not str.isdigit(): "01" and U+0661 (an Arabic-Indic 1) are not ids
         raise domain.VersionNotFound(f"MedicationKnowledge/{resource_id} has no version '{version_id}'")
-    stored = fhir_query.published_version(get_db(), resource_id, int(version_id))
+    stored = fhir_query.published_version(get_db(), resource_id, int(version_id), at=utcnow())
     if stored.status == "retired":
         raise domain.ProtocolRetired(f"MedicationKnowledge/{resource_id} was retired (deleted) in version "
                                      f"{stored.version}", version=stored)

@@ -10,7 +10,9 @@ A newest version someone else wrote (a correction, a revert or a retirement thro
 protocol alone unless the file holds that version after every entry the history already holds:
 appending the file's entries would undo that write (a back-dated correction at every instant, a
 retirement from its date on, a revert to an earlier entry; found by probes). Putting the change in the
-file, after what it already holds, hands the protocol back to the loader.
+file, right after the last entry the history holds, hands the protocol back to the loader; further
+down, after entries the history does not hold, it is refused (:class:`Misplaced`): loading from there
+would skip those entries.
 """
 
 from __future__ import annotations
@@ -116,6 +118,21 @@ class LeftAlone:
     version: int
     status: str
     recorded_by: str | None
+    #: The last entry (index) the history holds: the version belongs right after it in the file.
+    after_entry: int | None = None
+
+
+@dataclass(frozen=True)
+class Misplaced:
+    """The file holds the newest version (written through the API) at ``entry``, after ``missing``:
+    entries the history does not hold. Adopting it there skipped them without a word (found by a probe:
+    the upgrade's back-dated corrections, behind an API correction added as the file's last entry, as
+    the loader's own message then advised, were never loaded and every later load said "unchanged").
+    The version belongs right after ``after_entry``, the last entry the history holds."""
+
+    entry: int
+    missing: list[int]
+    after_entry: int | None
 
 
 @dataclass
@@ -123,6 +140,7 @@ class SyncResult:
     protocol_id: str
     appended: list[int] = field(default_factory=list)
     left_alone: LeftAlone | None = None
+    misplaced: Misplaced | None = None
     #: The entry (its index in the file) the versioning rules refused, and why; the entries before it
     #: stay appended (each version is its own transaction), and a load after the fix resumes after them.
     refused: tuple[int, DomainError] | None = None
@@ -156,11 +174,17 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
         # (whoever wrote it): otherwise loading its entries would undo that write (a revert to an
         # earlier entry, after the loader's or the API's later ones; found by probes).
         earlier = _history(db, protocol_id)[:-1]
-        consumed = max((index for stored in earlier for index in _matching(keys, *stored)), default=-1)
+        held = {index for stored in earlier for index in _matching(keys, *stored)}
+        consumed = max(held, default=-1)
+        after_entry = consumed if consumed >= 0 else None
         adopted = [index for index in _matching(keys, newest_hash, newest.status, newest.effective_from)
                    if index > consumed]
         if not adopted:
-            result.left_alone = LeftAlone(newest.version, newest.status, author)
+            result.left_alone = LeftAlone(newest.version, newest.status, author, after_entry)
+            return result
+        missing = [index for index in range(consumed + 1, adopted[-1]) if index not in held and index not in adopted]
+        if missing:
+            result.misplaced = Misplaced(adopted[-1], missing, after_entry)
             return result
         start = adopted[-1] + 1
     return _append_entries(db, protocol_id, list(enumerate(entries))[start:], newest, ctx, result)

@@ -52,6 +52,12 @@ class NothingPublished(DomainError):
     retirement would publish a draft's content (a 410 body) that never applied."""
 
 
+class UnknownFeedPosition(DomainError):
+    """A changes-feed position this database never issued: beyond its newest change, or from another
+    feed (another database, or this one before a restore). Reading on from it would skip or repeat
+    versions; the client starts again from the beginning."""
+
+
 class MalformedOrder(DomainError):
     """A CDS Hooks request whose draft orders or prefetched data cannot be read as FHIR R4;
     ``details['errors']`` names the offending path."""

@@ -24,7 +24,9 @@ How a protocol version maps onto ``MedicationKnowledge`` (R4 4.0.1), and why:
 * Provenance and lifecycle travel in extensions defined below (``source``, ``verification-note``,
   ``protocol-status``, ``effective-from``, ``protocol-title``); their StructureDefinitions are built
   here too and served by the API at their canonical URLs.
-* ``meta.versionId`` is the protocol version and ``meta.lastUpdated`` its ``recorded_at``.
+* ``meta.versionId`` is the protocol version and ``meta.lastUpdated`` when it was published: its
+  ``recorded_at``, or its ``effective_from`` when it was recorded ahead of it (:func:`published_at`;
+  a version is not published over FHIR before it takes effect, ``protocols.fhir_query``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 from protocols import terminology
 from protocols.durations import parse_duration
+from protocols.timeutil import parse_rfc3339
 
 FHIR_VERSION = "4.0.1"
 RXNORM = terminology.RXNORM
@@ -169,7 +172,8 @@ EXTENSIONS: dict[str, ExtensionDef] = {d.name: d for d in (
                  "(code system protocol-status of this service).", "MedicationKnowledge",
                  value_type="code"),
     ExtensionDef("effective-from", "Effective from", "Instant from which this protocol version is the "
-                 "one in effect clinically (it can differ from meta.lastUpdated, the recording time).",
+                 "one in effect clinically (it can differ from meta.lastUpdated, the time it was published: "
+                 "recorded, or taking effect when recorded ahead of its start).",
                  "MedicationKnowledge", value_type="dateTime"),
     ExtensionDef("verification-note", "Verification note", "A fact in this protocol that could not be "
                  "verified in a primary source. Repeats.", "MedicationKnowledge", value_type="string"),
@@ -307,7 +311,7 @@ def to_medication_knowledge(document: Mapping[str, Any], *, base_url: str) -> di
     resource: dict[str, Any] = {
         "resourceType": "MedicationKnowledge",
         "id": document["id"],
-        "meta": {"versionId": str(document["version"]), "lastUpdated": document["recorded_at"]},
+        "meta": {"versionId": str(document["version"]), "lastUpdated": published_at(document)},
         "text": {"status": "additional", "div": _narrative(document)},
         "extension": extensions,
         "code": code,
@@ -471,7 +475,7 @@ def history_entry(document: Mapping[str, Any], *, base_url: str, first_published
     protocol_id = str(document["id"])
     version = int(document["version"])
     full_url = f"{base_url}/MedicationKnowledge/{protocol_id}"
-    response = {"etag": weak_etag(version), "lastModified": document["recorded_at"]}
+    response = {"etag": weak_etag(version), "lastModified": published_at(document)}
     if document["status"] == "retired":
         return {"fullUrl": full_url,
                 "request": {"method": "DELETE", "url": f"MedicationKnowledge/{protocol_id}"},
@@ -482,6 +486,13 @@ def history_entry(document: Mapping[str, Any], *, base_url: str, first_published
             "request": {"method": "POST" if created else "PUT",
                         "url": "MedicationKnowledge" if created else f"MedicationKnowledge/{protocol_id}"},
             "response": {"status": "201 Created" if created else "200 OK", **response}}
+
+
+def published_at(document: Mapping[str, Any]) -> str:
+    """When a version was published over FHIR (its ``meta.lastUpdated``): recorded, or, for a version
+    recorded ahead of its start, when it took effect (``fhir_query.PUBLISHED_AT`` in SQL)."""
+    recorded, start = str(document["recorded_at"]), str(document["effective_from"])
+    return start if parse_rfc3339(start) > parse_rfc3339(recorded) else recorded
 
 
 def weak_etag(version: int) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, false, func, or_, select
+from sqlalchemy import and_, case, exists, false, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from protocols import fhir, terminology, versioning
@@ -33,11 +33,20 @@ from protocols.db import Database
 from protocols.errors import DomainError, ProtocolNotFound, VersionNotFound
 from protocols.models import MAX_SEQ, MAX_VERSION, EffectivePeriod, ProtocolVersion, SearchTerm
 from protocols.paging import newest_first_window
-from protocols.timeutil import parse_rfc3339
+from protocols.timeutil import format_rfc3339, parse_rfc3339
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
 PUBLISHED = ("active", "retired")
+
+#: When a version is published over FHIR (its ``meta.lastUpdated``, what ``_lastUpdated`` and ``_since``
+#: compare): when it was recorded or, for one recorded ahead of its start, when it takes effect. FHIR has
+#: one line of versions, the newest being what a read returns; a version scheduled for later was already
+#: the newest in ``_history`` and ``vread`` (a dose not valid until 2031, ``status: active``), and when it
+#: took effect no ``_lastUpdated`` or ``_since`` poll saw the change, its recording time being older than
+#: the poll (found by a probe). A back-dated correction is published when recorded.
+PUBLISHED_AT = case((ProtocolVersion.effective_from > ProtocolVersion.recorded_at, ProtocolVersion.effective_from),
+                    else_=ProtocolVersion.recorded_at)
 
 #: MedicationKnowledge.status code -> protocol statuses whose *current* version maps to it. Retired
 #: protocols are deleted in FHIR terms, so no current resource is ever ``inactive``.
@@ -52,7 +61,8 @@ SEARCH_PARAMS: dict[str, tuple[str, str, str]] = {
     "_id": ("token", "http://hl7.org/fhir/SearchParameter/Resource-id",
             "Protocol id; a comma separates alternatives."),
     "_lastUpdated": ("date", "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
-                     "When the version in effect was recorded; prefixes eq, ne, gt, lt, ge, le; "
+                     "When the version in effect was published: recorded, or, for a version recorded "
+                     "ahead of its start, when it took effect; prefixes eq, ne, gt, lt, ge, le; "
                      "precision from year to seconds (dates without a zone are UTC). Repeat to AND."),
     "code": ("token", "http://hl7.org/fhir/SearchParameter/MedicationKnowledge-code",
              f"RxNorm CUI as {fhir.RXNORM}|<cui>, <cui> (any system) or {fhir.RXNORM}| (has a CUI); "
@@ -312,7 +322,7 @@ def _filters(spec: SearchSpec) -> list[ColumnElement[bool]]:
         else:
             filters.append(false())
     for bound in spec.last_updated:
-        recorded = ProtocolVersion.recorded_at
+        recorded = PUBLISHED_AT
         filters.append({
             "eq": and_(recorded >= bound.start, recorded < bound.end),
             "ne": or_(recorded < bound.start, recorded >= bound.end),
@@ -382,9 +392,10 @@ class HistoryPage:
     first_published: int
 
 
-def history(db: Database, protocol_id: str, *, limit: int, before_version: int | None = None,
+def history(db: Database, protocol_id: str, *, at: datetime, limit: int, before_version: int | None = None,
             after_version: int | None = None, since: datetime | None = None) -> HistoryPage:
-    """Published versions (active and retired), newest first; drafts are left out.
+    """Versions published by ``at`` (active and retired, taking effect by then), newest first; drafts,
+    and versions scheduled to take effect later, are left out (see :data:`PUBLISHED_AT`).
 
     A page holds versions older than ``before_version`` (a ``next`` link) or, read backwards, the
     ``limit`` versions just newer than ``after_version`` (a ``previous`` link); either way newest first.
@@ -393,14 +404,16 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
     Raises ``ProtocolNotFound`` for an id that never existed, and for one with drafts only: over FHIR
     that protocol does not exist yet (its read is a 404 too)."""
     versioning.latest(db, protocol_id)  # existence check, raises ProtocolNotFound
-    where = [ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status.in_(PUBLISHED)]
+    where = [ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status.in_(PUBLISHED),
+             ProtocolVersion.effective_from <= at]
     with db.read() as session:
         first_published = session.execute(select(func.min(ProtocolVersion.version)).where(*where)).scalar()
     if first_published is None:
-        raise ProtocolNotFound(f"MedicationKnowledge/{protocol_id} has no published version "
-                               "(drafts are not published over FHIR)", protocol_id=protocol_id)
+        raise ProtocolNotFound(f"MedicationKnowledge/{protocol_id} has no published version (drafts, and "
+                               "versions that take effect later, are not published over FHIR)",
+                               protocol_id=protocol_id)
     if since is not None:
-        where.append(ProtocolVersion.recorded_at >= since)
+        where.append(since <= PUBLISHED_AT)
     with db.read() as session:
         total = int(session.execute(select(func.count()).select_from(ProtocolVersion).where(*where))
                     .scalar_one())
@@ -413,12 +426,16 @@ def history(db: Database, protocol_id: str, *, limit: int, before_version: int |
     return HistoryPage(items, len(rows) > limit, total, int(first_published))
 
 
-def published_version(db: Database, protocol_id: str, version: int) -> versioning.StoredVersion:
-    """One version for vread; a draft is reported as not found (drafts are not published)."""
+def published_version(db: Database, protocol_id: str, version: int, *, at: datetime) -> versioning.StoredVersion:
+    """One version for vread; a draft, or a version that takes effect after ``at``, is reported as not
+    found (neither is published yet)."""
     stored = versioning.get_version(db, protocol_id, version)
     if stored.status not in PUBLISHED:
         raise VersionNotFound(f"MedicationKnowledge/{protocol_id} has no published version {version} "
                               "(drafts are not published over FHIR)", protocol_id=protocol_id)
+    if stored.effective_from > at:
+        raise VersionNotFound(f"MedicationKnowledge/{protocol_id} version {version} is not published yet: it "
+                              f"takes effect at {format_rfc3339(stored.effective_from)}", protocol_id=protocol_id)
     return stored
 
 

@@ -121,6 +121,17 @@ class ChangeCounter(Base):
     value: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class FeedIdentity(Base):
+    """One row: a random name for this database's changes feed (migration 0008). Feed cursors carry
+    it, so a position issued by another database, or before a restore, is refused instead of skipping
+    the versions another history numbered up to it."""
+
+    __tablename__ = "feed_identity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[str] = mapped_column(String(32), nullable=False)
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 

@@ -149,6 +149,11 @@ def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
 
 def parse_ndjson(data: bytes, validate: ContentValidator) -> list[_Line]:
     """Check a whole export file; return its lines or raise :class:`ImportRejected` with every error."""
+    if not data:
+        # A truncated copy or the wrong path looked like a successful restore ("imported 0 versions";
+        # found by a probe). An export of an empty registry is empty too, and restores nothing.
+        raise ImportRejected([LineError(1, "_line", "the file is empty: there is nothing to import (an export "
+                                                    "holds one version per line)")])
     errors: list[LineError] = []
     lines: list[_Line] = []
     expected: dict[str, tuple[int, int]] = {}  # protocol id -> (next version, line of previous)

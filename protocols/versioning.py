@@ -464,9 +464,10 @@ def retire(
 ) -> tuple[StoredVersion, bool]:
     """Retire a protocol by appending a ``retired`` version; nothing is erased.
 
-    The retired version repeats the content of the version in effect at its ``effective_from`` (what
-    clinicians last saw in effect), or of the newest non-draft version when none is in effect yet.
-    Retiring a protocol that is retired now and stays so appends nothing.
+    The retired version repeats the content of the version in effect just before its ``effective_from``
+    (what clinicians last saw in effect), or of the newest non-draft version when none is in effect
+    yet. Retiring a protocol that is retired now and stays so appends nothing; nor does a dated
+    retirement whose newest version is that retirement, at that instant (a retry).
 
     The version in effect at T is the non-draft one with the latest ``effective_from`` <= T (issue #2),
     so a retirement is undone by any active version taking effect after it: one scheduled for later,
@@ -482,9 +483,18 @@ def retire(
             head, then = _read_head_for_retirement(conn, protocol_id, at)
             newest = head.version
             # A no-op answers with the newest version, so it must be that retirement: after a draft or a
-            # back-dated version written since, a retire appends (found in review).
-            already_retired = (effective_from is None and newest.status == "retired"
-                               and then.undoing is None and then.status == "retired")
+            # back-dated version written since, a retire appends (found in review). A dated retirement
+            # repeats the newest when it is that retirement, at that instant, of the same content (what
+            # a PUT of it would be: _unchanged); its retry answered 412, or appended a copy with the new
+            # ETag (found by a probe).
+            if effective_from is None:
+                already_retired = (newest.status == "retired" and then.undoing is None
+                                   and then.status == "retired")
+            else:
+                already_retired = (newest.status == "retired" and newest.effective_from == effective_from
+                                   and then.basis_document is not None
+                                   and record.content_hash(record.split_document(then.basis_document)[1])
+                                   == head.content_hash)
             check_if_match(newest, if_match, already_applied=already_retired, if_none_match=if_none_match)
             if already_retired:
                 return newest, False
@@ -539,10 +549,11 @@ def _check_retirement(prepared: _Prepared, fetch: _Fetch) -> None:
         raise _nothing_published(stored.protocol_id)
     if basis_hash != prepared.params["content_hash"]:
         raise InvalidRecord(
-            "a retirement repeats the content of the version it retires (the one in effect at its "
-            "effective_from); send that content with status 'retired', or use DELETE",
-            errors={"status": ["'retired' with content that differs from the version in effect at "
-                               "effective_from"]})
+            "a retirement repeats the content of the version it retires (the one in effect just before "
+            "its effective_from: a version starting at that same instant is the one it cancels); send "
+            "that content with status 'retired', or use DELETE",
+            errors={"status": ["'retired' with content that differs from the version in effect just "
+                               "before effective_from"]})
 
 
 def _nothing_published(protocol_id: str) -> NothingPublished:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ class TestDatabases:
             migrate.upgrade(f"sqlite:///{self.template}")
         path = self.tmp_root / f"db-{uuid.uuid4().hex[:12]}.sqlite3"
         shutil.copyfile(self.template, path)
+        _new_feed_id(path)
         return f"sqlite:///{path}"
 
     # -- PostgreSQL: one throwaway database per run, emptied per test
@@ -103,12 +105,15 @@ class TestDatabases:
             with self._emptier.connect() as conn:
                 tables = [r[0] for r in conn.execute(text(
                     "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                    "AND tablename NOT IN ('alembic_version', 'change_counter') ORDER BY tablename"))]
+                    "AND tablename NOT IN ('alembic_version', 'change_counter', 'feed_identity') "
+                    "ORDER BY tablename"))]
                 sequences = [r[0] for r in conn.execute(text(
                     "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public' ORDER BY sequencename"))]
             self._empty_statements = ([f'DELETE FROM "{t}"' for t in tables]
                                       + [f'ALTER SEQUENCE "{s}" RESTART' for s in sequences]
-                                      + ["UPDATE change_counter SET value = 0"])
+                                      + ["UPDATE change_counter SET value = 0",
+                                         # a fresh database's own feed id, as migration 0008 makes one
+                                         "UPDATE feed_identity SET value = substr(md5(random()::text), 1, 16)"])
         with self._emptier.begin() as conn:
             conn.execute(text("SET LOCAL session_replication_role = replica"))
             conn.exec_driver_sql("; ".join(self._empty_statements))
@@ -140,6 +145,17 @@ class TestDatabases:
 
     def new_url(self) -> str:
         return self.postgres_url() if BACKEND == "postgres" else self.sqlite_url()
+
+
+def _new_feed_id(path: Path) -> None:
+    """A copy of the migrated template gets its own feed id, as a database migrated afresh does
+    (migration 0008): a feed cursor of one test database is refused by another."""
+    connection = sqlite3.connect(path)
+    try:
+        with connection:
+            connection.execute("UPDATE feed_identity SET value = ?", (uuid.uuid4().hex[:16],))
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")

@@ -120,6 +120,67 @@ def test_bad_feed_parameters_are_422(client: FlaskClient, params: dict[str, str]
     assert field in response.get_json()["errors"]
 
 
+# ------------------------------------------------------------------- positions of another feed
+
+
+def _next_after(client: FlaskClient, url: str) -> str:
+    body = client.get(url).get_json()
+    return str(body["next"])
+
+
+def test_a_position_beyond_the_newest_change_is_409_with_a_first_link(client: FlaskClient, db: Database) -> None:
+    """The feed accepted any position up to 2**63 and answered an empty page: a client holding one
+    (from a database restored from an older copy, or edited) skipped every version numbered up to it,
+    silently (found by a probe). Cursors without a feed id, as issued before feeds were named, still
+    page when the position was issued here."""
+    for pid in ("beyond-a", "beyond-b"):
+        versioning.create(db, pid, content_of(pid))
+    beyond = client.get("/v1/changes", query_string={"after": encode_cursor("changes", 3, "n"), "page_size": 5})
+    assert beyond.status_code == 409
+    body = beyond.get_json()
+    assert list(body["errors"]) == ["after"] and "beyond the newest change (2)" in body["errors"]["after"][0]
+    assert body["first"].endswith("/v1/changes?page_size=5")
+    restart = client.get(body["first"]).get_json()
+    assert versions_of(restart["items"]) == [("beyond-a", 1), ("beyond-b", 1)]
+    old_style = client.get("/v1/changes", query_string={"after": encode_cursor("changes", 1, "n")})
+    assert old_style.status_code == 200 and versions_of(old_style.get_json()["items"]) == [("beyond-b", 1)]
+    at_the_end = client.get("/v1/changes", query_string={"after": encode_cursor("changes", 2, "n")})
+    assert at_the_end.status_code == 200 and at_the_end.get_json()["items"] == []
+
+
+def test_a_cursor_names_its_feed_and_a_new_feed_id_refuses_earlier_cursors(
+        app: Any, client: FlaskClient, db: Database) -> None:
+    """After a database is restored from a copy, positions clients took after the copy was made number
+    other versions: `flask protocols new-feed-id` makes every earlier cursor a 409, so no client skips
+    them. Audited."""
+    from protocols import audit
+
+    versioning.create(db, "feed-id-a", content_of("feed-id-a"))
+    held = _next_after(client, "/v1/changes")
+    versioning.create(db, "feed-id-b", content_of("feed-id-b"))
+    assert versions_of(client.get(held).get_json()["items"]) == [("feed-id-b", 1)]
+    result = app.test_cli_runner().invoke(args=["protocols", "new-feed-id"])
+    assert result.exit_code == 0 and "cursors issued before are refused" in result.output, result.output
+    refused = client.get(held)
+    assert refused.status_code == 409
+    assert "another changes feed" in refused.get_json()["errors"]["after"][0]
+    assert versions_of(client.get(refused.get_json()["first"]).get_json()["items"]) == [
+        ("feed-id-a", 1), ("feed-id-b", 1)]
+    fresh = _next_after(client, "/v1/changes")
+    assert client.get(fresh).status_code == 200
+    events = audit.query(db, limit=10, action="changes.new_feed_id").items
+    assert [event.outcome for event in events] == [audit.ALLOWED]
+
+
+def test_a_cursor_with_a_field_the_service_never_writes_is_422(client: FlaskClient, db: Database) -> None:
+    versioning.create(db, "feed-edit", content_of("feed-edit"))
+    good = client.get("/v1/changes").get_json()["next"].split("after=")[1]
+    assert client.get("/v1/changes", query_string={"after": good}).status_code == 200
+    for edited in (encode_cursor("changes", 1, "n", x="1"), encode_cursor("changes", 1, "n", f=7)):  # type: ignore[arg-type]
+        response = client.get("/v1/changes", query_string={"after": edited})
+        assert response.status_code == 422 and list(response.get_json()["errors"]) == ["after"], edited
+
+
 # ------------------------------------------------------------------------------- concurrency
 
 

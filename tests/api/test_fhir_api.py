@@ -24,7 +24,7 @@ from fhir.resources.R4B.structuredefinition import StructureDefinition
 from werkzeug.serving import make_server
 
 from protocols import fhir, versioning
-from protocols.timeutil import utcnow
+from protocols.timeutil import parse_rfc3339, utcnow
 from tests.factories import protocol_payload, unique_id
 
 FHIR_JSON = "application/fhir+json"
@@ -201,6 +201,52 @@ def test_history_lists_published_versions_newest_first_with_retirement_as_delete
     assert [e["response"]["etag"] for e in recent["entry"]] == ['W/"5"', 'W/"4"']
     _outcome(client.get(f"{MK}/unknown-id/_history"), 404)
 
+
+
+def test_a_version_scheduled_for_later_is_published_over_fhir_when_it_takes_effect(client):
+    """Found by a probe: a dose change scheduled for 2031 was already the newest `_history` entry and
+    `vread`-able, `status: active`, while read served the version in effect; a retirement scheduled
+    for later was already a DELETE entry. Until it takes effect a version is not published over FHIR."""
+    pid = _create(client, effective_from="2020-01-01T00:00:00Z")["id"]
+    _revise(client, pid, summary="scheduled dose change", effective_from="2031-01-01T00:00:00Z")
+    entries = _bundle(client.get(f"{MK}/{pid}/_history"))["entry"]
+    assert [e["response"]["etag"] for e in entries] == ['W/"1"']
+    unpublished = _outcome(client.get(f"{MK}/{pid}/_history/2"), 404)
+    assert "takes effect at 2031-01-01T00:00:00Z" in json.dumps(unpublished)
+    assert client.get(f"{MK}/{pid}").get_json()["meta"]["versionId"] == "1"
+    current = client.get(f"/v1/protocols/{pid}/versions/latest")
+    retired_later = client.delete(f"/v1/protocols/{pid}?effective_from=2032-01-01T00:00:00Z",
+                                  headers={"If-Match": current.headers["ETag"]})
+    assert retired_later.status_code == 200
+    assert [e["request"]["method"] for e in _bundle(client.get(f"{MK}/{pid}/_history"))["entry"]] == ["POST"]
+    _outcome(client.get(f"{MK}/{pid}/_history/3"), 404)
+    future_only = _create(client, effective_from="2031-01-01T00:00:00Z")["id"]
+    _outcome(client.get(f"{MK}/{future_only}"), 404)
+    _outcome(client.get(f"{MK}/{future_only}/_history"), 404)
+    _outcome(client.get(f"{MK}/{future_only}/_history/1"), 404)
+
+
+def test_a_scheduled_change_is_seen_by_lastupdated_and_since_polls_once_it_takes_effect(client):
+    """Found by a probe: `meta.lastUpdated` was the recording time, so when a version recorded ahead of
+    its start took effect, the resource changed with a timestamp older than the client's last poll, and
+    `_lastUpdated=gt<poll>` and `_history?_since=<poll>` never reported the new dose. It is published
+    (and `lastUpdated`) when it takes effect."""
+    pid = _create(client, effective_from="2020-01-01T00:00:00Z")["id"]
+    start = utcnow() + timedelta(seconds=2)
+    _revise(client, pid, summary="scheduled", effective_from=start.isoformat(timespec="microseconds") + "Z")
+    poll = utcnow().isoformat(timespec="microseconds") + "Z"
+    assert client.get(f"{MK}/{pid}").get_json()["meta"]["versionId"] == "1"
+    deadline = utcnow() + timedelta(seconds=30)
+    while client.get(f"{MK}/{pid}").get_json()["meta"]["versionId"] != "2":  # waits for a state, asserts none
+        assert utcnow() < deadline, "the scheduled version never took effect"
+        threading.Event().wait(0.1)
+    read = client.get(f"{MK}/{pid}")
+    assert parse_rfc3339(read.get_json()["meta"]["lastUpdated"]) > parse_rfc3339(poll)
+    found = _bundle(client.get(MK, query_string={"_id": pid, "_lastUpdated": f"gt{poll}"}))
+    assert [e["resource"]["meta"]["versionId"] for e in found["entry"]] == ["2"]
+    since = _bundle(client.get(f"{MK}/{pid}/_history", query_string={"_since": poll}))
+    assert [e["response"]["etag"] for e in since["entry"]] == ['W/"2"']
+    assert since["entry"][0]["response"]["lastModified"] == read.get_json()["meta"]["lastUpdated"]
 
 
 def test_history_shows_the_first_published_version_as_the_create(client):

@@ -612,6 +612,32 @@ def test_cancelling_a_scheduled_version_retires_the_content_in_effect_before_it(
                                                        effective_from="2040-01-01T00:00:00Z"), later.headers["ETag"])
     assert by_put.status_code == 201, by_put.get_json()
 
+@pytest.mark.parametrize("when", ["2024-01-01T00:00:00Z", "2030-01-01T00:00:00Z"])
+def test_a_dated_retirement_retried_appends_nothing_whatever_if_match_it_carries(client, when):
+    """Found by a probe: the retry of a dated DELETE whose answer was lost answered 412 with the If-Match
+    the first attempt sent (a PUT retry answers 200), and with the new ETag appended a second, identical
+    retirement. Now both answer 200 with the first retirement; a retirement at another instant, or one
+    after a version written since, still appends."""
+    protocol_id, created = create(client, effective_from="2021-01-01T00:00:00Z")
+    url = f"/v1/protocols/{protocol_id}?effective_from={when}"
+    first = client.delete(url, headers={"If-Match": created.headers["ETag"]})
+    assert first.status_code == 200 and first.get_json()["version"] == 2
+    for etag in (created.headers["ETag"], first.headers["ETag"]):
+        retry = client.delete(url, headers={"If-Match": etag})
+        assert retry.status_code == 200, retry.get_json()
+        assert retry.get_json()["version"] == 2 and retry.headers["ETag"] == first.headers["ETag"]
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
+    revived = revise(client, protocol_id, protocol_payload(protocol_id, title="Revived",
+                                                           effective_from="2040-01-01T00:00:00Z"),
+                     first.headers["ETag"])
+    assert revived.status_code == 201
+    after_revival = client.delete(f"/v1/protocols/{protocol_id}?effective_from=2041-01-01T00:00:00Z",
+                                  headers={"If-Match": revived.headers["ETag"]})
+    assert after_revival.status_code == 200 and after_revival.get_json()["version"] == 4
+    assert client.delete(f"/v1/protocols/{protocol_id}?effective_from=2041-01-01T00:00:00Z",
+                         headers={"If-Match": revived.headers["ETag"]}).get_json()["version"] == 4
+
+
 def test_a_delete_with_a_body_is_refused_and_its_query_parameters_are_documented(client, app):
     """Found by an adversarial probe: DELETE with {"effective_from": "2040-..."} as a body retired the
     protocol now (the body was never read), and the contract listed only If-Match for DELETE, so a

@@ -74,6 +74,27 @@ def test_export_import_reproduces_every_version_exactly(app, client, make_app, t
     assert again.read_bytes() == export.read_bytes(), "changes-feed order and bytes are preserved"
 
 
+def test_a_feed_cursor_from_before_a_restore_is_refused_by_the_restored_database(
+        app, client, make_app, test_databases, backend, tmp_path):
+    """An import into a fresh database numbers the feed again from 1: a client that had read up to
+    position N of the old database skipped the restored database's first N changes made after the
+    restore (found by a probe). The restored database has a feed of its own; the old cursor is a 409
+    with a link to its beginning."""
+    ids = _seed(client)
+    held = client.get("/v1/changes", query_string={"page_size": 2}).get_json()["next"]
+    export = tmp_path / "registry.ndjson"
+    assert app.test_cli_runner().invoke(args=["protocols", "export", str(export)]).exit_code == 0
+    url = _fresh_database(test_databases, backend, app)
+    restored = make_app(PROTOCOLS_DATABASE_URL=url)
+    assert restored.test_cli_runner().invoke(args=["protocols", "import", str(export)]).exit_code == 0
+    restored_client = _client(restored)
+    refused = restored_client.get(held)
+    assert refused.status_code == 409, refused.get_json()
+    assert list(refused.get_json()["errors"]) == ["after"]
+    items = restored_client.get(refused.get_json()["first"]).get_json()["items"]
+    assert [item["protocol_id"] for item in items] == [ids[0], ids[1]]
+
+
 def _client(app):
     """A client for an app on a database that has no API key yet: mint one there (keys are not exported)."""
     from protocols import keys
@@ -145,7 +166,7 @@ def test_import_into_a_database_that_has_the_protocol_is_all_or_nothing(app, cli
     assert len(ids) == 3
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe{}\n", b"[]\n", b"\n"])
+@pytest.mark.parametrize("content", [b"\xff\xfe{}\n", b"[]\n", b"\n", b""])
 def test_import_rejects_unreadable_lines(app, tmp_path, content):
     path = tmp_path / "bad.ndjson"
     path.write_bytes(content)

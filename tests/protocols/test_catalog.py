@@ -161,6 +161,46 @@ def test_load_leaves_a_back_dated_api_correction_alone(app, client, tmp_path):
     assert f"{pid}: appended versions [{before + 2}]" in later.output, later.output
 
 
+def test_an_api_version_placed_after_entries_never_loaded_is_refused_and_the_message_says_where(
+        app, client, tmp_path):
+    """Found by a probe: a deployment with Spravato's first five entries and a correction written through
+    the API, upgraded to a file with three more entries. The loader said to add the API version as the
+    file's last entry; done so, it adopted it there, skipped the three entries (back-dated corrections of
+    2019 and 2020), and every later load said "unchanged". The message names the place (right after the
+    last entry the history holds); further down, the load names the entries it would skip, exits 1 and
+    appends nothing; at the right place, the entries after it are appended on top."""
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    path = directory / f"{SPRAVATO}.yaml"
+    full = yaml.load((catalog.CATALOG_DIR / f"{SPRAVATO}.yaml").read_text(), Loader=catalog._StringTimestampLoader)
+    path.write_text(yaml.safe_dump({**full, "versions": full["versions"][:5]}, sort_keys=False, allow_unicode=True))
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["protocols", "load", str(directory)]).exit_code == 0
+    api = _written_through_the_api(client, SPRAVATO, summary="Corrected through the API.", effective_from=None)
+    entry = {k: v for k, v in api.items() if k not in ("id", "version", "recorded_at", "recorded_by", "request_id")}
+
+    path.write_text(yaml.safe_dump(full, sort_keys=False, allow_unicode=True))  # the upgrade: 8 entries
+    left = runner.invoke(args=["protocols", "load", str(directory)])
+    assert left.exit_code == 0 and "add it to the file right after versions.4 (the last entry the history holds)" \
+        in left.output, left.output
+
+    last = {**full, "versions": [*full["versions"], entry]}
+    path.write_text(yaml.safe_dump(last, sort_keys=False, allow_unicode=True))
+    refused = runner.invoke(args=["protocols", "load", str(directory)])
+    assert refused.exit_code == 1, refused.output
+    assert (f"{SPRAVATO}.yaml: versions.8 is the newest version, written through the API, but versions.5, "
+            "versions.6, versions.7 before it in the file are not in the history") in refused.output
+    assert "move it right after versions.4" in refused.output
+    assert _versions_count(client, SPRAVATO) == 6
+
+    placed = {**full, "versions": [*full["versions"][:5], entry, *full["versions"][5:]]}
+    path.write_text(yaml.safe_dump(placed, sort_keys=False, allow_unicode=True))
+    loaded = runner.invoke(args=["protocols", "load", str(directory)])
+    assert loaded.exit_code == 0 and f"{SPRAVATO}: appended versions [7, 8, 9]" in loaded.output, loaded.output
+    week_9 = client.get(f"/v1/protocols/{SPRAVATO}?as_of=2019-06-01T00:00:00Z").get_json()["dosing_ranges"][2]
+    assert week_9["frequency"]["period_max"] == "P2W"
+
+
 def test_load_leaves_an_api_revert_to_an_earlier_entry_alone(app, client):
     """A back-dated revert to version 1's content matched the file's first entry, so the loader
     appended every entry after it again and undid the revert (found by a probe of the first fix)."""

@@ -102,7 +102,8 @@ def test_factory_payload_maps_every_clinical_field():
     MedicationKnowledge.model_validate(resource)
 
     assert resource["resourceType"] == "MedicationKnowledge"
-    assert resource["meta"] == {"versionId": "3", "lastUpdated": "2024-01-15T08:30:00Z"}
+    # recorded 2024-01-15, in effect from 2024-02-01: published over FHIR when it took effect
+    assert resource["meta"] == {"versionId": "3", "lastUpdated": "2024-02-01T00:00:00Z"}
     assert resource["status"] == "active"
     assert resource["code"] == {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
                                             "code": "2201625"}], "text": "esketamine"}
