@@ -165,29 +165,44 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
         return _append_entries(db, protocol_id, list(enumerate(entries))[1:], stored, ctx, result)
     keys = [(record.content_hash(entry.content), entry.status, entry.effective_from) for entry in entries]
     author = newest.as_dict().get("recorded_by")
+    history = _history(db, protocol_id)
     if author == ctx.actor:
-        matched = _matching(keys, newest_hash, newest.status, newest.effective_from)
-        start = matched[-1] + 1 if matched else len(entries) - 1
+        newest_entry = _aligned(keys, history)[-1]
+        start = newest_entry + 1 if newest_entry is not None else len(entries) - 1
     else:
         # Written through the API (a correction, a revert, a retirement). The file speaks for the
         # protocol again only once it holds that version after every entry the history already holds
         # (whoever wrote it): otherwise loading its entries would undo that write (a revert to an
         # earlier entry, after the loader's or the API's later ones; found by probes).
-        earlier = _history(db, protocol_id)[:-1]
-        held = {index for stored in earlier for index in _matching(keys, *stored)}
-        consumed = max(held, default=-1)
+        aligned = [index for index in _aligned(keys, history[:-1]) if index is not None]
+        consumed = aligned[-1] if aligned else -1
         after_entry = consumed if consumed >= 0 else None
         adopted = [index for index in _matching(keys, newest_hash, newest.status, newest.effective_from)
                    if index > consumed]
         if not adopted:
             result.left_alone = LeftAlone(newest.version, newest.status, author, after_entry)
             return result
-        missing = [index for index in range(consumed + 1, adopted[-1]) if index not in held and index not in adopted]
-        if missing:
-            result.misplaced = Misplaced(adopted[-1], missing, after_entry)
+        if adopted[0] > consumed + 1:  # entries between are in no version: adopting there skipped them
+            result.misplaced = Misplaced(adopted[0], list(range(consumed + 1, adopted[0])), after_entry)
             return result
-        start = adopted[-1] + 1
+        start = adopted[0] + 1
     return _append_entries(db, protocol_id, list(enumerate(entries))[start:], newest, ctx, result)
+
+
+def _aligned(keys: list[tuple[str, str, Any]], history: list[tuple[str, str, Any]]) -> list[int | None]:
+    """The file entry each stored version is (oldest first), or None for a version the file does not
+    hold. File and history are both in recording order, so a version is the first matching entry after
+    the one the version before it is: matching each version against every entry read a restated entry
+    (the current version repeated after a back-dated correction) as held, and the entries between were
+    skipped without a word (found by a probe)."""
+    position = -1
+    aligned: list[int | None] = []
+    for stored in history:
+        index = next((i for i in _matching(keys, *stored) if i > position), None)
+        aligned.append(index)
+        if index is not None:
+            position = index
+    return aligned
 
 
 def _matching(keys: list[tuple[str, str, Any]], content_hash: str, status: str, effective_from: Any) -> list[int]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, exists, false, func, or_, select
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from protocols import fhir, terminology, versioning
@@ -47,6 +48,16 @@ PUBLISHED = ("active", "retired")
 #: the poll (found by a probe). A back-dated correction is published when recorded.
 PUBLISHED_AT = case((ProtocolVersion.effective_from > ProtocolVersion.recorded_at, ProtocolVersion.effective_from),
                     else_=ProtocolVersion.recorded_at)
+
+_CANCELLING = aliased(ProtocolVersion)
+#: A version scheduled for later and cancelled before it took effect (a later version at the same
+#: instant, recorded before it: the README's way to cancel one) is never in effect, and is never
+#: published: once its start passed it appeared in ``_history`` and ``vread`` as ``active`` (found by a
+#: probe).
+NEVER_IN_EFFECT = exists(select(_CANCELLING.version).where(
+    _CANCELLING.protocol_id == ProtocolVersion.protocol_id, _CANCELLING.version > ProtocolVersion.version,
+    _CANCELLING.status.in_(PUBLISHED), _CANCELLING.effective_from == ProtocolVersion.effective_from,
+    _CANCELLING.recorded_at <= ProtocolVersion.effective_from))
 
 #: MedicationKnowledge.status code -> protocol statuses whose *current* version maps to it. Retired
 #: protocols are deleted in FHIR terms, so no current resource is ever ``inactive``.
@@ -405,7 +416,7 @@ def history(db: Database, protocol_id: str, *, at: datetime, limit: int, before_
     that protocol does not exist yet (its read is a 404 too)."""
     versioning.latest(db, protocol_id)  # existence check, raises ProtocolNotFound
     where = [ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status.in_(PUBLISHED),
-             ProtocolVersion.effective_from <= at]
+             ProtocolVersion.effective_from <= at, ~NEVER_IN_EFFECT]
     with db.read() as session:
         first_published = session.execute(select(func.min(ProtocolVersion.version)).where(*where)).scalar()
     if first_published is None:
@@ -427,8 +438,8 @@ def history(db: Database, protocol_id: str, *, at: datetime, limit: int, before_
 
 
 def published_version(db: Database, protocol_id: str, version: int, *, at: datetime) -> versioning.StoredVersion:
-    """One version for vread; a draft, or a version that takes effect after ``at``, is reported as not
-    found (neither is published yet)."""
+    """One version for vread; a draft, a version that takes effect after ``at``, or one cancelled before
+    it took effect (:data:`NEVER_IN_EFFECT`) is reported as not found (none is published)."""
     stored = versioning.get_version(db, protocol_id, version)
     if stored.status not in PUBLISHED:
         raise VersionNotFound(f"MedicationKnowledge/{protocol_id} has no published version {version} "
@@ -436,7 +447,16 @@ def published_version(db: Database, protocol_id: str, version: int, *, at: datet
     if stored.effective_from > at:
         raise VersionNotFound(f"MedicationKnowledge/{protocol_id} version {version} is not published yet: it "
                               f"takes effect at {format_rfc3339(stored.effective_from)}", protocol_id=protocol_id)
+    if _never_in_effect(db, protocol_id, version):
+        raise VersionNotFound(f"MedicationKnowledge/{protocol_id} version {version} was never published: it was "
+                              "cancelled before it took effect", protocol_id=protocol_id)
     return stored
+
+
+def _never_in_effect(db: Database, protocol_id: str, version: int) -> bool:
+    with db.read() as session:
+        return bool(session.execute(select(NEVER_IN_EFFECT).where(
+            ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.version == version)).scalar())
 
 
 @dataclass

@@ -479,37 +479,53 @@ def retire(
     now = now or utcnow()
     at = effective_from or now
     try:
-        with _write_transaction(db) as conn:
-            head, then = _read_head_for_retirement(conn, protocol_id, at)
-            newest = head.version
-            # A no-op answers with the newest version, so it must be that retirement: after a draft or a
-            # back-dated version written since, a retire appends (found in review). A dated retirement
-            # repeats the newest when it is that retirement, at that instant, of the same content (what
-            # a PUT of it would be: _unchanged); its retry answered 412, or appended a copy with the new
-            # ETag (found by a probe).
-            if effective_from is None:
-                already_retired = (newest.status == "retired" and then.undoing is None
-                                   and then.status == "retired")
-            else:
-                already_retired = (newest.status == "retired" and newest.effective_from == effective_from
-                                   and then.basis_document is not None
-                                   and record.content_hash(record.split_document(then.basis_document)[1])
-                                   == head.content_hash)
-            check_if_match(newest, if_match, already_applied=already_retired, if_none_match=if_none_match)
-            if already_retired:
-                return newest, False
-            if then.undoing is not None:
-                raise _retirement_undone(protocol_id, at, *then.undoing)
-            if then.basis_document is None:
-                raise _nothing_published(protocol_id)
-            _, content = record.split_document(then.basis_document)
-            prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
-                                effective_from=at,
-                                change_note=change_note or "Protocol retired", ctx=ctx,
-                                now=max(now, newest.recorded_at))  # recorded in order, as revise()
-            return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
-    except IntegrityError as exc:
-        raise _lost_race(db, protocol_id) from exc
+        return _retire_once(db, protocol_id, if_match, if_none_match, effective_from, at, change_note, ctx, now)
+    except (ConcurrentChange, IntegrityError):
+        # Lost a race. Once more on what is committed now: when the winner is this very retirement (the
+        # same request sent twice, a client timeout's retry in flight), the answer is 200 with it, as on
+        # SQLite, whose writers queue, and as revise() answers; PostgreSQL's loser answered 412 (found by
+        # a probe). Otherwise If-Match no longer names the newest: 412 naming it.
+        retry_now = max(now, utcnow())  # a dateless retirement means "from now": the winner's now, or later
+        try:
+            return _retire_once(db, protocol_id, if_match, if_none_match, effective_from,
+                                effective_from or retry_now, change_note, ctx, retry_now)
+        except IntegrityError as exc:
+            raise _lost_race(db, protocol_id) from exc
+
+
+def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
+                 if_none_match: Sequence[str] | None, effective_from: datetime | None, at: datetime,
+                 change_note: str | None, ctx: WriteContext, now: datetime) -> tuple[StoredVersion, bool]:
+    """One attempt of :func:`retire`, in one write transaction."""
+    with _write_transaction(db) as conn:
+        head, then = _read_head_for_retirement(conn, protocol_id, at)
+        newest = head.version
+        # A no-op answers with the newest version, so it must be that retirement: after a draft or a
+        # back-dated version written since, a retire appends (found in review). A dated retirement
+        # repeats the newest when it is that retirement, at that instant, of the same content (what
+        # a PUT of it would be: _unchanged); its retry answered 412, or appended a copy with the new
+        # ETag (found by a probe).
+        if effective_from is None:
+            already_retired = (newest.status == "retired" and then.undoing is None
+                               and then.status == "retired")
+        else:
+            already_retired = (newest.status == "retired" and newest.effective_from == effective_from
+                               and then.basis_document is not None
+                               and record.content_hash(record.split_document(then.basis_document)[1])
+                               == head.content_hash)
+        check_if_match(newest, if_match, already_applied=already_retired, if_none_match=if_none_match)
+        if already_retired:
+            return newest, False
+        if then.undoing is not None:
+            raise _retirement_undone(protocol_id, at, *then.undoing)
+        if then.basis_document is None:
+            raise _nothing_published(protocol_id)
+        _, content = record.split_document(then.basis_document)
+        prepared = _prepare(protocol_id, newest.version + 1, content, status="retired",
+                            effective_from=at,
+                            change_note=change_note or "Protocol retired", ctx=ctx,
+                            now=max(now, newest.recorded_at))  # recorded in order, as revise()
+        return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
 
 
 def _retirement_undone(protocol_id: str, at: datetime, version: int, when: datetime) -> RetirementUndone:
@@ -680,11 +696,16 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
             f"version {newest.version}", current_version=newest.version, current_etag=newest.etag)
 
 
+class ConcurrentChange(PreconditionFailed):
+    """Another writer appended between our head read and our guarded append (a 412, as any stale
+    If-Match); :func:`retire` tries once more on what is committed."""
+
+
 def _changed_concurrently(newest: StoredVersion) -> PreconditionFailed:
     """Another writer appended after we read the newest version: our If-Match is stale. The 412 names
     the version that is newest now, as every 412 does (it named none when the race was lost inside the
     guarded append, which on PostgreSQL was most lost races; found by an adversarial probe)."""
-    return PreconditionFailed(
+    return ConcurrentChange(
         f"protocol '{newest.protocol_id}' was changed concurrently; the newest is now version "
         f"{newest.version}", current_version=newest.version, current_etag=newest.etag)
 

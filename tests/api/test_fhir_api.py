@@ -226,6 +226,24 @@ def test_a_version_scheduled_for_later_is_published_over_fhir_when_it_takes_effe
     _outcome(client.get(f"{MK}/{future_only}/_history/1"), 404)
 
 
+def test_a_scheduled_version_cancelled_before_it_took_effect_is_never_published(client):
+    """Found by a probe of the fix above: a version scheduled for a past instant but cancelled before it
+    (a retirement, or another version, at the same instant, recorded earlier: the README's way to
+    cancel one) was never in effect, yet appeared in `_history` and `vread` as `active`."""
+    pid = _create(client, effective_from="2020-01-01T00:00:00Z")["id"]
+    soon = utcnow() + timedelta(seconds=1)
+    start = soon.isoformat(timespec="microseconds") + "Z"
+    _revise(client, pid, summary="scheduled, then cancelled", effective_from=start)
+    _revise(client, pid, summary="what takes effect instead", effective_from=start)
+    while utcnow() <= soon:  # waits for the instant to pass, asserts nothing about time
+        threading.Event().wait(0.05)
+    entries = _bundle(client.get(f"{MK}/{pid}/_history"))["entry"]
+    assert [e["response"]["etag"] for e in entries] == ['W/"3"', 'W/"1"']
+    cancelled = _outcome(client.get(f"{MK}/{pid}/_history/2"), 404)
+    assert "cancelled before it took effect" in json.dumps(cancelled)
+    assert client.get(f"{MK}/{pid}").get_json()["meta"]["versionId"] == "3"
+
+
 def test_a_scheduled_change_is_seen_by_lastupdated_and_since_polls_once_it_takes_effect(client):
     """Found by a probe: `meta.lastUpdated` was the recording time, so when a version recorded ahead of
     its start took effect, the resource changed with a timestamp older than the client's last poll, and

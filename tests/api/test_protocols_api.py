@@ -190,6 +190,20 @@ def test_concurrent_identical_writes_make_one_version_and_all_succeed(make_app):
     assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
 
 
+@pytest.mark.parametrize("when", [None, "2030-01-01T00:00:00Z"])
+def test_concurrent_identical_retirements_make_one_version_and_all_succeed(make_app, when):
+    """Found by a probe: the same DELETE sent several times at once (a client timeout's retry in flight)
+    got 412 for the losers on PostgreSQL, where a PUT's losers get 200 and SQLite's writers queue."""
+    apps = [make_app() for _ in range(2)]
+    client = apps[0].test_client()
+    protocol_id, response = create(client, effective_from="2021-01-01T00:00:00Z")
+    url = f"/v1/protocols/{protocol_id}" + (f"?effective_from={when}" if when else "")
+    results = all_at_once(8, lambda n: apps[n % 2].test_client().delete(
+        url, headers={"If-Match": response.headers["ETag"]}).status_code)
+    assert results == [200] * 8, results
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
+
+
 def test_retiring_again_with_the_etag_it_started_from_gets_200(client):
     protocol_id, response = create(client)
     retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})

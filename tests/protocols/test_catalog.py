@@ -49,6 +49,18 @@ def test_every_entry_cites_sources_for_its_facts(name, index, entry):
         assert "fda_approval.application_number" in supported
 
 
+def test_the_newest_entry_of_every_file_cites_its_dea_schedule():
+    """Found by a probe: the off-label IV ketamine records (TRD, CRPS) gave CIII with no source and no
+    note. Each file's newest entry cites it now (corrections appended; earlier versions stay as recorded,
+    among them Spravato's 2020-period versions 2 and 7, whose schedule the 2019 and 2025 ones cite)."""
+    for catalog_file in FILES:
+        entry = catalog_file.entries[-1]
+        if entry["drug"].get("dea_schedule"):
+            supported = {path for source in entry["sources"] for path in source.get("supports", [])}
+            noted = any(note.startswith("drug.dea_schedule") for note in entry.get("verification_notes", []))
+            assert "drug.dea_schedule" in supported or noted, catalog_file.path.name
+
+
 def test_catalog_never_presents_ketanest_as_a_us_product():
     """The patient article's claim (Ketanest = a US nasal spray) must not be repeated in any record."""
     for _name, _index, entry in ENTRIES:
@@ -199,6 +211,55 @@ def test_an_api_version_placed_after_entries_never_loaded_is_refused_and_the_mes
     assert loaded.exit_code == 0 and f"{SPRAVATO}: appended versions [7, 8, 9]" in loaded.output, loaded.output
     week_9 = client.get(f"/v1/protocols/{SPRAVATO}?as_of=2019-06-01T00:00:00Z").get_json()["dosing_ranges"][2]
     assert week_9["frequency"]["period_max"] == "P2W"
+
+
+def test_file_and_history_are_aligned_in_order_so_a_restated_entry_does_not_hide_a_correction(
+        app, client, tmp_path):
+    """Found by a probe of the fix above: "held" meant "matches some stored version", so a file that
+    restates a version after a back-dated correction ([A, B, A', B], as Spravato ends with the version in
+    effect) counted the restated B as held and skipped A'. File and history are aligned in order: each
+    version is the first matching entry after the previous version's. An API version restated later in
+    the file is adopted at its first place after what the history holds."""
+    zuranolone = "zuranolone-oral-ppd"
+    base = yaml.load((catalog.CATALOG_DIR / f"{zuranolone}.yaml").read_text(),
+                     Loader=catalog._StringTimestampLoader)["versions"][0]
+    a = {**base, "effective_from": "2021-01-01T00:00:00Z", "summary": "A."}
+    b = {**base, "effective_from": "2024-01-01T00:00:00Z", "summary": "B."}
+    a_corrected = {**a, "summary": "A, corrected.", "change_note": "Correction: A."}
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    path = directory / f"{zuranolone}.yaml"
+
+    def write(*versions):
+        path.write_text(yaml.safe_dump({"id": zuranolone, "versions": list(versions)}, sort_keys=False,
+                                       allow_unicode=True))
+        return app.test_cli_runner().invoke(args=["protocols", "load", str(directory)])
+
+    def as_of_2022():
+        return client.get(f"/v1/protocols/{zuranolone}?as_of=2022-01-01T00:00:00Z").get_json()["summary"]
+
+    assert write(a, b).exit_code == 0
+    upgraded = write(a, b, a_corrected, b)  # by the loader only: appends A' and B again
+    assert f"{zuranolone}: appended versions [3, 4]" in upgraded.output, upgraded.output
+    assert as_of_2022() == "A, corrected."
+
+    other = "zuranolone-aligned"
+    path.unlink()
+    path = directory / f"{other}.yaml"
+    zuranolone = other
+    assert write(a, b).exit_code == 0
+    api = _written_through_the_api(client, other, summary="C, through the API.", effective_from=None)
+    c = {k: v for k, v in api.items() if k not in ("id", "version", "recorded_at", "recorded_by", "request_id")}
+    left = write(a, b, a_corrected, b)
+    assert "add it to the file right after versions.1" in left.output, left.output
+    late = write(a, b, a_corrected, b, c)
+    assert late.exit_code == 1 and "versions.2, versions.3 before it in the file are not in the history" \
+        in late.output, late.output
+    assert as_of_2022() == "A."
+    restated = write(a, b, c, a_corrected, c)
+    assert restated.exit_code == 0 and f"{other}: appended versions [4, 5]" in restated.output, restated.output
+    assert as_of_2022() == "A, corrected."
+    assert client.get(f"/v1/protocols/{other}").get_json()["summary"] == "C, through the API."
 
 
 def test_load_leaves_an_api_revert_to_an_earlier_entry_alone(app, client):
@@ -447,9 +508,8 @@ def test_crps_cap_note_gives_the_reason_that_holds(app, client):
     also bounds how long the infusion runs. Its claims are checked here; version 2 keeps its words."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     crps = "ketamine-iv-crps-off-label"
-    current = client.get(f"/v1/protocols/{crps}").get_json()
+    current = client.get(f"/v1/protocols/{crps}/versions/3").get_json()
     second = client.get(f"/v1/protocols/{crps}/versions/2").get_json()
-    assert current["version"] == 3
     assert {k: v for k, v in current.items() if k in record.CONTENT_FIELDS and k != "verification_notes"} == {
         k: v for k, v in second.items() if k in record.CONTENT_FIELDS and k != "verification_notes"}
     note = next(n for n in current["verification_notes"] if n.startswith("dosing_ranges.0.max_per_period"))
@@ -469,9 +529,11 @@ def test_trd_instructions_typo_is_corrected_by_a_new_version(app, client):
     corrected by version 2, same start, nothing else changed; version 1 keeps what was published."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     trd = "ketamine-iv-trd-off-label"
-    current = client.get(f"/v1/protocols/{trd}").get_json()
+    current = client.get(f"/v1/protocols/{trd}/versions/2").get_json()
     first = client.get(f"/v1/protocols/{trd}/versions/1").get_json()
-    assert current["version"] == 2 and current["effective_from"] == first["effective_from"]
+    assert current["effective_from"] == first["effective_from"]
+    served = client.get(f"/v1/protocols/{trd}").get_json()  # version 3 cites the DEA schedule's source
+    assert served["dosing_ranges"] == current["dosing_ranges"] and served["version"] == 3
     assert "repeated-infusion study" in current["dosing_ranges"][0]["instructions"]
     assert "repeated- infusion" in first["dosing_ranges"][0]["instructions"]
     diff = client.get(f"/v1/protocols/{trd}/versions/1/diff/2").get_json()
