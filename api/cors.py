@@ -12,9 +12,10 @@ origin, or asking for a method or header we do not allow, is a 403 in the usual 
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import Forbidden
 
-from api.errors import error_response
+from api.errors import PATH_ERROR_RENDERERS, error_response
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")
 #: ``Prefer`` and ``Warning``: the FHIR face's ``Prefer: handling=lenient`` and the warning it answers
@@ -35,6 +36,15 @@ def _add_vary(response: Response) -> None:
         response.headers["Vary"] = ", ".join(sorted(vary | {"Origin"}))
 
 
+def _refusal(message: str, errors: dict[str, list[str]]) -> Response:
+    """A refused preflight in the error shape of the path it asks about: an OperationOutcome under
+    ``/fhir/R4`` (found by a probe: it was the REST body there), the usual error body elsewhere."""
+    for prefix, render in current_app.extensions.get(PATH_ERROR_RENDERERS, {}).items():
+        if request.path == prefix or request.path.startswith(prefix + "/"):
+            return render(Forbidden(f"{message} ({'; '.join(f'{k}: {v}' for k, vs in errors.items() for v in vs)})"))
+    return error_response(403, message, errors=errors)
+
+
 def init_app(app: Flask) -> None:
     origins = allowed_origins(app)
 
@@ -48,12 +58,11 @@ def init_app(app: Flask) -> None:
                  if h.strip()]
         allowed = {h.lower() for h in ALLOWED_HEADERS}
         if origin not in origins:
-            response = error_response(403, "CORS: this origin is not allowed",
-                                      errors={"Origin": ["not in PROTOCOLS_CORS_ORIGINS"]})
+            response = _refusal("CORS: this origin is not allowed", {"Origin": ["not in PROTOCOLS_CORS_ORIGINS"]})
         elif method not in ALLOWED_METHODS or not set(asked) <= allowed:
-            response = error_response(403, "CORS: method or header not allowed",
-                                      errors={"Access-Control-Request-Headers": sorted(set(asked) - allowed)}
-                                      if set(asked) - allowed else {"Access-Control-Request-Method": [method]})
+            response = _refusal("CORS: method or header not allowed",
+                                {"Access-Control-Request-Headers": sorted(set(asked) - allowed)}
+                                if set(asked) - allowed else {"Access-Control-Request-Method": [method]})
         else:
             response = Response(status=204)
             response.headers["Access-Control-Allow-Origin"] = origin

@@ -540,6 +540,23 @@ def test_cors_preflight_refuses_unlisted_methods_and_headers(cors_client: FlaskC
         assert_clean_error(response, 403)
 
 
+def test_a_refused_preflight_under_fhir_is_an_operation_outcome(cors_client: FlaskClient) -> None:
+    """Found by a probe: every error under /fhir/R4 is an OperationOutcome, but a refused CORS preflight
+    there was the REST error body."""
+    for headers in ({"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+                    {"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH"}):
+        response = cors_client.options("/fhir/R4/MedicationKnowledge/x", headers=headers)
+        assert response.status_code == 403 and response.mimetype == "application/fhir+json"
+        body = response.get_json()
+        assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "forbidden"
+        assert "CORS" in body["issue"][0]["diagnostics"]
+        if headers["Origin"] != ORIGIN:
+            assert "Access-Control-Allow-Origin" not in response.headers
+    rest = cors_client.options("/v1/protocols", headers={"Origin": "https://evil.example",
+                                                         "Access-Control-Request-Method": "GET"})
+    assert rest.get_json()["errors"] == {"Origin": ["not in PROTOCOLS_CORS_ORIGINS"]}
+
+
 def test_cors_is_off_without_an_allow_list(client: FlaskClient) -> None:
     response = client.get("/v1/protocols", headers={"Origin": ORIGIN})
     assert response.status_code == 200 and "Access-Control-Allow-Origin" not in response.headers
