@@ -3,6 +3,7 @@ the changes feed a new id after a restore."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -164,12 +165,13 @@ def export_command(path: Path) -> None:
         # which failed part-way on "≤" under a Latin-1 locale, or wrote a file import refuses.
         sys.stdout.flush()
         out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n")
+        digest = hashlib.sha256()
         try:
-            count = transfer.export_ndjson(get_db(), out)
+            count = transfer.export_ndjson(get_db(), out, digest)
         finally:
             out.flush()
             out.detach()  # leave sys.stdout's buffer open
-        click.echo(f"exported {count} versions", err=True)
+        click.echo(f"exported {count} versions; {_digest_line(digest)}", err=True)
         return
     try:
         mode: int | None = os.stat(path).st_mode  # through symlinks, as opening it would go
@@ -181,24 +183,30 @@ def export_command(path: Path) -> None:
         # A FIFO or a device (a pipe to gzip, /dev/stdout, >(...)): written as it is, since renaming a
         # file over it replaced the FIFO with a file and sent the reader nothing (found by an operations
         # probe). Opened by its own name: resolving /dev/stdout to the pipe's "pipe:[N]" named no file.
+        digest = hashlib.sha256()
         try:
             with path.open("w", encoding="utf-8", newline="\n") as stream:
-                count = transfer.export_ndjson(get_db(), stream)
+                count = transfer.export_ndjson(get_db(), stream, digest)
         except OSError as exc:
             raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
-        click.echo(f"exported {count} versions to {path}", err=True)
+        click.echo(f"exported {count} versions to {path}; {_digest_line(digest)}", err=True)
         return
     target = path.resolve()  # through a symlink: it was replaced by a file and its target left as it was
     partial = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
     try:
         with partial.open("w", encoding="utf-8", newline="\n") as out:
-            count = transfer.export_ndjson(get_db(), out)
+            count = transfer.export_ndjson(get_db(), out, digest)
         partial.replace(target)  # a crash mid-export never leaves a truncated file under the real name
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         partial.unlink(missing_ok=True)  # a failed export (database down, disk full) leaves nothing behind
-    click.echo(f"exported {count} versions to {path}")
+    click.echo(f"exported {count} versions to {path}; {_digest_line(digest)}")
+
+
+def _digest_line(digest: Any) -> str:
+    return f"sha256 {digest.hexdigest()} (keep it with the copy: import --sha256 checks the copy against it)"
 
 
 IMPORT_ACTION = "protocols.import"
@@ -206,12 +214,21 @@ IMPORT_ACTION = "protocols.import"
 
 @protocols_cli.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
-def import_command(path: Path) -> None:
+@click.option("--sha256", "expected_sha256", metavar="HEX",
+              help="The SHA-256 export printed for this file: a copy that differs by a byte is refused.")
+def import_command(path: Path, expected_sha256: str | None) -> None:
     """Import an NDJSON export: the whole file is validated first, then imported in one transaction."""
     try:
         data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256.strip().lower():
+            audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=keys.CLI_ACTOR,
+                         target=str(path), detail=f"sha256 {actual} is not the expected one")
+            raise click.ClickException(f"{path} has SHA-256 {actual}, not {expected_sha256.strip()}: it is not "
+                                       "the export that digest belongs to; nothing was imported")
     try:
         result = transfer.import_ndjson(get_db(), data, validate_document)
     except transfer.ImportRejected as exc:

@@ -95,6 +95,41 @@ def test_a_feed_cursor_from_before_a_restore_is_refused_by_the_restored_database
     assert [item["protocol_id"] for item in items] == [ids[0], ids[1]]
 
 
+def test_export_prints_a_sha256_and_import_refuses_a_copy_that_differs(
+        app, client, make_app, test_databases, backend, tmp_path):
+    """Found by a probe: import checks each line's form and history, not its facts, so an export whose
+    84 mg was edited to 94 mg imported as fact. Export prints the file's SHA-256; import --sha256 refuses a
+    copy that differs by a byte (audited) and imports one that does not."""
+    import hashlib
+    import re
+
+    from protocols import audit
+
+    _seed(client)
+    export = tmp_path / "registry.ndjson"
+    result = app.test_cli_runner().invoke(args=["protocols", "export", str(export)])
+    assert result.exit_code == 0, result.output
+    digest = re.search(r"sha256 ([0-9a-f]{64})", result.output).group(1)
+    assert digest == hashlib.sha256(export.read_bytes()).hexdigest()
+    tampered = tmp_path / "tampered.ndjson"
+    original = export.read_text(encoding="utf-8")
+    edited = original.replace('"dose_max":', '"dose_max":9', 1)
+    assert edited != original
+    tampered.write_text(edited, encoding="utf-8")
+    url = _fresh_database(test_databases, backend, app)
+    restored = make_app(PROTOCOLS_DATABASE_URL=url)
+    runner = restored.test_cli_runner()
+    refused = runner.invoke(args=["protocols", "import", str(tampered), "--sha256", digest])
+    assert refused.exit_code == 1 and f"not {digest}" in refused.output and "nothing was imported" in refused.output
+    assert _export_lines(restored, tmp_path) == []
+    events = audit.query(restored.extensions["protocols_db"], limit=5, action="protocols.import").items
+    assert [event.outcome for event in events] == [audit.DENIED]
+    accepted = runner.invoke(args=["protocols", "import", str(export), "--sha256", digest.upper()])
+    assert accepted.exit_code == 0, accepted.output
+    piped = app.test_cli_runner().invoke(args=["protocols", "export", "-"])
+    assert f"sha256 {digest}" in piped.output
+
+
 def _client(app):
     """A client for an app on a database that has no API key yet: mint one there (keys are not exported)."""
     from protocols import keys
