@@ -98,18 +98,31 @@ def load_command(directory: Path | None) -> None:
                          target=catalog_file.protocol_id, detail=f'{{"appended_versions":{list(result.appended)}}}')
         if result.left_alone is not None:
             newest = result.left_alone
+            where = _position(newest.after_entry, len(entries))
+            holds = ("does not hold it" if newest.held_at is None else
+                     f"holds it at versions.{newest.held_at}, before entries the history holds after it")
             click.echo(f"{catalog_file.protocol_id}: left alone: its newest version ({newest.version}, "
                        f"{newest.status}) was written by {newest.recorded_by or 'an anonymous caller'}, not by "
-                       f"this loader, and {catalog_file.path.name} does not hold it; add it to the file "
-                       f"{_position(newest.after_entry, len(entries))} to load the file again", err=True)
+                       f"this loader, and {catalog_file.path.name} {holds}; "
+                       + (f"{where} to load the file again" if len(entries) == 1 else
+                          f"add it to the file {where} to load the file again"), err=True)
+            continue
+        if result.diverged is not None:
+            lost = result.diverged
+            after = "" if lost.after_entry is None else f" after versions.{lost.after_entry}"
+            misplaced.append(f"{catalog_file.path.name}: version {lost.version}, written by this loader, is not in "
+                             f"the file{after}: an entry was edited or removed after it was loaded. Put it back "
+                             "as loaded and add changes as new entries at the end")
+            click.echo(f"{catalog_file.protocol_id}: nothing appended: the file differs from what was loaded "
+                       "(below)")
             continue
         if result.misplaced is not None:
-            where = result.misplaced
-            missing = ", ".join(f"versions.{index}" for index in where.missing)
-            misplaced.append(f"{catalog_file.path.name}: versions.{where.entry} is the newest version, written "
+            placed = result.misplaced
+            missing = ", ".join(f"versions.{index}" for index in placed.missing)
+            misplaced.append(f"{catalog_file.path.name}: versions.{placed.entry} is the newest version, written "
                              f"through the API, but {missing} before it in the file are not in the history "
                              f"(loading from there would skip them); move it "
-                             f"{_position(where.after_entry, len(entries))}")
+                             f"{_position(placed.after_entry, len(entries))}")
             click.echo(f"{catalog_file.protocol_id}: nothing appended: the file's order differs from the "
                        "history's (below)")
             continue
@@ -131,6 +144,8 @@ def load_command(directory: Path | None) -> None:
 def _position(after_entry: int | None, entries: int) -> str:
     """Where a version written through the API belongs in a catalog file: right after the last entry the
     history holds (in recording order), not necessarily last."""
+    if entries == 1:
+        return "make it the file's record (or turn the file into a versions: list ending with it)"
     if after_entry is None:
         return "as its first entry"
     if after_entry == entries - 1:

@@ -120,6 +120,8 @@ class LeftAlone:
     recorded_by: str | None
     #: The last entry (index) the history holds: the version belongs right after it in the file.
     after_entry: int | None = None
+    #: An entry (index) that holds it too early: before entries the history holds after it.
+    held_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,24 @@ class Misplaced:
     after_entry: int | None
 
 
+@dataclass(frozen=True)
+class Diverged:
+    """A version this loader wrote is not in the file where the history has it (after ``after_entry``):
+    an entry was edited or removed after it was loaded. Loading on from a guess skipped new entries
+    (an edited last entry: only the file's last entry was appended) or, after a version written through
+    the API, appended the edited entry on top of it (found by a probe). Nothing is appended."""
+
+    version: int
+    after_entry: int | None
+
+
 @dataclass
 class SyncResult:
     protocol_id: str
     appended: list[int] = field(default_factory=list)
     left_alone: LeftAlone | None = None
     misplaced: Misplaced | None = None
+    diverged: Diverged | None = None
     #: The entry (its index in the file) the versioning rules refused, and why; the entries before it
     #: stay appended (each version is its own transaction), and a load after the fix resumes after them.
     refused: tuple[int, DomainError] | None = None
@@ -165,22 +179,31 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
         return _append_entries(db, protocol_id, list(enumerate(entries))[1:], stored, ctx, result)
     keys = [(record.content_hash(entry.content), entry.status, entry.effective_from) for entry in entries]
     author = newest.as_dict().get("recorded_by")
-    history = _history(db, protocol_id)
-    if author == ctx.actor:
-        newest_entry = _aligned(keys, history)[-1]
-        start = newest_entry + 1 if newest_entry is not None else len(entries) - 1
+    history = _history(db, protocol_id, ctx.actor)
+    by_loader = author == ctx.actor
+    alignment = _align(keys, history if by_loader else history[:-1])
+    if len(entries) > 1:
+        # A single record edited in place is how a one-record file changes (its newest is then in no
+        # entry, and the record is appended); a versions list is appended to, never edited.
+        lost = next((stored.version for stored, index in zip(history, alignment.entries, strict=False)
+                     if index is None and stored.by_loader), None)
+        if lost is not None:
+            result.diverged = Diverged(lost, alignment.end if alignment.end >= 0 else None)
+            return result
+    consumed = alignment.end
+    if by_loader:
+        start = consumed + 1 if alignment.entries[-1] is not None else len(entries) - 1
     else:
         # Written through the API (a correction, a revert, a retirement). The file speaks for the
         # protocol again only once it holds that version after every entry the history already holds
         # (whoever wrote it): otherwise loading its entries would undo that write (a revert to an
         # earlier entry, after the loader's or the API's later ones; found by probes).
-        aligned = [index for index in _aligned(keys, history[:-1]) if index is not None]
-        consumed = aligned[-1] if aligned else -1
         after_entry = consumed if consumed >= 0 else None
-        adopted = [index for index in _matching(keys, newest_hash, newest.status, newest.effective_from)
-                   if index > consumed]
+        matches = _matching(keys, newest_hash, newest.status, newest.effective_from)
+        adopted = [index for index in matches if index > consumed]
         if not adopted:
-            result.left_alone = LeftAlone(newest.version, newest.status, author, after_entry)
+            result.left_alone = LeftAlone(newest.version, newest.status, author, after_entry,
+                                          matches[-1] if matches else None)
             return result
         if adopted[0] > consumed + 1:  # entries between are in no version: adopting there skipped them
             result.misplaced = Misplaced(adopted[0], list(range(consumed + 1, adopted[0])), after_entry)
@@ -189,20 +212,37 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
     return _append_entries(db, protocol_id, list(enumerate(entries))[start:], newest, ctx, result)
 
 
-def _aligned(keys: list[tuple[str, str, Any]], history: list[tuple[str, str, Any]]) -> list[int | None]:
-    """The file entry each stored version is (oldest first), or None for a version the file does not
-    hold. File and history are both in recording order, so a version is the first matching entry after
-    the one the version before it is: matching each version against every entry read a restated entry
-    (the current version repeated after a back-dated correction) as held, and the entries between were
-    skipped without a word (found by a probe)."""
+@dataclass(frozen=True)
+class _Stored:
+    key: tuple[str, str, Any]  # content hash, status, effective_from
+    version: int
+    by_loader: bool
+
+
+@dataclass(frozen=True)
+class _Alignment:
+    #: The file entry each stored version is (oldest first), or None for one the file does not hold.
+    entries: list[int | None]
+    #: The last entry the history accounts for (-1: none): aligned, or repeating the version before it.
+    end: int
+
+
+def _align(keys: list[tuple[str, str, Any]], history: list[_Stored]) -> _Alignment:
+    """Align stored versions with file entries. Both are in recording order, so a version is the first
+    matching entry after the one the version before it is: matching each version against every entry
+    read a restated entry (the current version repeated after a back-dated correction) as held, and the
+    entries between were skipped without a word (found by a probe). Entries right after a version that
+    repeat it (a restatement with a new change note) appended nothing and are accounted for with it."""
     position = -1
     aligned: list[int | None] = []
     for stored in history:
-        index = next((i for i in _matching(keys, *stored) if i > position), None)
+        index = next((i for i in _matching(keys, *stored.key) if i > position), None)
         aligned.append(index)
         if index is not None:
             position = index
-    return aligned
+            while position + 1 < len(keys) and _matching(keys[position + 1:position + 2], *stored.key):
+                position += 1
+    return _Alignment(aligned, position)
 
 
 def _matching(keys: list[tuple[str, str, Any]], content_hash: str, status: str, effective_from: Any) -> list[int]:
@@ -213,14 +253,16 @@ def _matching(keys: list[tuple[str, str, Any]], content_hash: str, status: str, 
             and (entry_start is None or entry_start == effective_from)]
 
 
-def _history(db: Database, protocol_id: str) -> list[tuple[str, str, Any]]:
-    """(content hash, status, effective_from) of every version, oldest first (a catalog protocol has a
-    handful)."""
+def _history(db: Database, protocol_id: str, actor: str | None) -> list[_Stored]:
+    """Every version, oldest first (a catalog protocol has a handful), and whether ``actor`` (this
+    loader) wrote it."""
     with db.read() as session:
         rows = session.execute(
-            select(ProtocolVersion.content_hash, ProtocolVersion.status, ProtocolVersion.effective_from)
+            select(ProtocolVersion.content_hash, ProtocolVersion.status, ProtocolVersion.effective_from,
+                   ProtocolVersion.version, ProtocolVersion.recorded_by)
             .where(ProtocolVersion.protocol_id == protocol_id).order_by(ProtocolVersion.version)).all()
-    return [(row.content_hash, row.status, row.effective_from) for row in rows]
+    return [_Stored((row.content_hash, row.status, row.effective_from), int(row.version), row.recorded_by == actor)
+            for row in rows]
 
 
 def _append_entries(db: Database, protocol_id: str, entries: list[tuple[int, Entry]],

@@ -498,6 +498,12 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
                  change_note: str | None, ctx: WriteContext, now: datetime) -> tuple[StoredVersion, bool]:
     """One attempt of :func:`retire`, in one write transaction."""
     with _write_transaction(db) as conn:
+        if effective_from is None:
+            # "From now", taken once the transaction holds SQLite's write lock (BEGIN IMMEDIATE): an
+            # identical retirement queued behind another read a "now" from before the winner's, found the
+            # protocol still active then, and answered 412 (found by this session's concurrency test).
+            now = max(now, utcnow())
+            at = now
         head, then = _read_head_for_retirement(conn, protocol_id, at)
         newest = head.version
         # A no-op answers with the newest version, so it must be that retirement: after a draft or a

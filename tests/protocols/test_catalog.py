@@ -262,6 +262,71 @@ def test_file_and_history_are_aligned_in_order_so_a_restated_entry_does_not_hide
     assert client.get(f"/v1/protocols/{other}").get_json()["summary"] == "C, through the API."
 
 
+def test_restatements_edits_and_misplaced_api_versions_are_named_and_never_undo_an_api_write(
+        app, client, tmp_path):
+    """Found by a probe of the alignment: (a) an entry repeating the one before it (same content and
+    start, a new change note) appended nothing, so it read as "not in the history" and an API version
+    after it was refused, with advice that, followed, appended the old content on top of the API write;
+    (b) a loaded entry edited in place left its version unaligned, and the load appended only the file's
+    last entry (new entries before it skipped) or, with an API version after it, put the edited entry on
+    top of the API write. A restatement now goes with the version it repeats; a version this loader
+    wrote that is no longer in the file stops that protocol's load (exit 1), nothing appended."""
+    base = yaml.load((catalog.CATALOG_DIR / "zuranolone-oral-ppd.yaml").read_text(),
+                     Loader=catalog._StringTimestampLoader)["versions"][0]
+    a = {**base, "effective_from": "2021-01-01T00:00:00Z", "summary": "A."}
+    b = {**base, "effective_from": "2023-08-04T00:00:00Z", "summary": "B."}
+    b_restated = {**b, "change_note": "Restated, nothing changed."}
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    runner = app.test_cli_runner()
+
+    def write(pid, *versions):
+        (directory / f"{pid}.yaml").write_text(yaml.safe_dump({"id": pid, "versions": list(versions)},
+                                                               sort_keys=False, allow_unicode=True))
+        return runner.invoke(args=["protocols", "load", str(directory)])
+
+    restated = "restated-protocol"
+    assert f"{restated}: appended versions [1, 2]" in write(restated, a, b, b_restated).output
+    api = _written_through_the_api(client, restated, summary="C, through the API.", effective_from=None)
+    c = {k: v for k, v in api.items() if k not in ("id", "version", "recorded_at", "recorded_by", "request_id")}
+    taken = write(restated, a, b, b_restated, c)
+    assert taken.exit_code == 0 and f"{restated}: unchanged" in taken.output, taken.output
+    (directory / f"{restated}.yaml").unlink()
+
+    edited = "edited-protocol"
+    assert f"{edited}: appended versions [1, 2]" in write(edited, a, b).output
+    b_edited = {**b, "summary": "B, typo fixed in place."}
+    d = {**base, "effective_from": "2024-01-01T00:00:00Z", "summary": "D."}
+    refused = write(edited, a, b_edited, d)
+    assert refused.exit_code == 1 and (f"{edited}.yaml: version 2, written by this loader, is not in the file "
+                                       "after versions.0") in refused.output, refused.output
+    assert _versions_count(client, edited) == 2
+    api = _written_through_the_api(client, edited, summary="X, through the API.", effective_from=None)
+    x = {k: v for k, v in api.items() if k not in ("id", "version", "recorded_at", "recorded_by", "request_id")}
+    for layout in ((a, b_edited, x), (a, x, b_edited)):
+        assert write(edited, *layout).exit_code == 1
+        assert client.get(f"/v1/protocols/{edited}").get_json()["summary"] == "X, through the API."
+    assert write(edited, a, b, x, d).exit_code == 0
+    assert client.get(f"/v1/protocols/{edited}?as_of=2024-06-01T00:00:00Z").get_json()["summary"] == "D."
+    (directory / f"{edited}.yaml").unlink()
+
+    early = "early-protocol"
+    assert write(early, a, b).exit_code == 0
+    api = _written_through_the_api(client, early, summary="Y.", effective_from=None)
+    y = {k: v for k, v in api.items() if k not in ("id", "version", "recorded_at", "recorded_by", "request_id")}
+    left = write(early, a, y, b)
+    assert left.exit_code == 0 and "holds it at versions.1, before entries the history holds after it" in left.output
+    (directory / f"{early}.yaml").unlink()
+
+    single = "single-protocol"
+    (directory / f"{single}.yaml").write_text(yaml.safe_dump({"id": single, **a}, sort_keys=False))
+    assert runner.invoke(args=["protocols", "load", str(directory)]).exit_code == 0
+    _written_through_the_api(client, single, summary="Z.", effective_from=None)
+    (directory / f"{single}.yaml").write_text(yaml.safe_dump({"id": single, **b}, sort_keys=False))
+    alone = runner.invoke(args=["protocols", "load", str(directory)])
+    assert "make it the file's record (or turn the file into a versions: list ending with it)" in alone.output
+
+
 def test_load_leaves_an_api_revert_to_an_earlier_entry_alone(app, client):
     """A back-dated revert to version 1's content matched the file's first entry, so the loader
     appended every entry after it again and undid the revert (found by a probe of the first fix)."""
@@ -298,7 +363,11 @@ def test_an_edited_last_entry_does_not_hand_an_api_revert_back(app, client, tmp_
     data["versions"][-1]["summary"] += " (typo fixed)"
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     result = runner.invoke(args=["protocols", "load", str(directory)])
-    assert f"{pid}: left alone: its newest version (3, active)" in result.output, result.output
+    # The edited entry is the loader's version 2, no longer in the file: nothing is appended (a probe of
+    # a later fix: the edited entry was appended on top of an API version once the file was rearranged).
+    assert result.exit_code == 1, result.output
+    assert (f"{pid}.yaml: version 2, written by this loader, is not in the file after versions.0: an entry "
+            "was edited or removed after it was loaded") in result.output
     assert _versions_count(client, pid) == 3
 
 
