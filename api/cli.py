@@ -145,7 +145,8 @@ def _position(after_entry: int | None, entries: int) -> str:
     """Where a version written through the API belongs in a catalog file: right after the last entry the
     history holds (in recording order), not necessarily last."""
     if entries == 1:
-        return "make it the file's record (or turn the file into a versions: list ending with it)"
+        return ("make it the file's record; to change the protocol after that, turn the file into a versions: "
+                "list of its history (GET /v1/protocols/{id}/versions, oldest first) and append the change")
     if after_entry is None:
         return "as its first entry"
     if after_entry == entries - 1:

@@ -98,6 +98,15 @@ def _read_file(path: Path) -> CatalogFile:
     versions = data["versions"]
     if not isinstance(versions, list) or not versions or not all(isinstance(v, dict) for v in versions):
         raise CatalogError(f"{path.name}: 'versions' is a non-empty list of records")
+    if len(versions) > 1:
+        # A dateless entry means "from the moment it is loaded": the loader matched it with a version of
+        # any start, and read it as a repeat where the write rules append (a "from now" that the newest,
+        # scheduled or outranked, is not); a history it loaded then could not be matched again (found
+        # by a probe). Entries of a history carry their start.
+        dateless = [index for index, version in enumerate(versions) if version.get("effective_from") in (None, "")]
+        if dateless:
+            raise CatalogError(f"{path.name}: versions.{dateless[0]}: effective_from is required in a versions "
+                               "list (each entry is a version of a history, from the instant it names)")
     return CatalogFile(path, protocol_id, [dict(entry, id=protocol_id) for entry in versions])
 
 
@@ -191,8 +200,17 @@ def sync_protocol(db: Database, protocol_id: str, entries: list[Entry],
             result.diverged = Diverged(lost, alignment.end if alignment.end >= 0 else None)
             return result
     consumed = alignment.end
-    if by_loader:
-        start = consumed + 1 if alignment.entries[-1] is not None else len(entries) - 1
+    if len(entries) == 1:
+        # A single record: it is the protocol (unchanged when it is the newest version), and editing it
+        # appends it, unless the newest was written through the API, which it would undo.
+        if _matching(keys, newest_hash, newest.status, newest.effective_from):
+            return result
+        if not by_loader:
+            result.left_alone = LeftAlone(newest.version, newest.status, author, None)
+            return result
+        start = 0
+    elif by_loader:
+        start = consumed + 1
     else:
         # Written through the API (a correction, a revert, a retirement). The file speaks for the
         # protocol again only once it holds that version after every entry the history already holds

@@ -324,7 +324,12 @@ def test_restatements_edits_and_misplaced_api_versions_are_named_and_never_undo_
     _written_through_the_api(client, single, summary="Z.", effective_from=None)
     (directory / f"{single}.yaml").write_text(yaml.safe_dump({"id": single, **b}, sort_keys=False))
     alone = runner.invoke(args=["protocols", "load", str(directory)])
-    assert "make it the file's record (or turn the file into a versions: list ending with it)" in alone.output
+    assert "make it the file's record; to change the protocol after that, turn the file into a versions: list" \
+        in alone.output
+    versions = [a, {**b, "effective_from": None}]
+    (directory / f"{single}.yaml").write_text(yaml.safe_dump({"id": single, "versions": versions}, sort_keys=False))
+    dateless = runner.invoke(args=["protocols", "load", str(directory)])
+    assert dateless.exit_code == 1 and "versions.1: effective_from is required in a versions list" in dateless.output
 
 
 def test_load_leaves_an_api_revert_to_an_earlier_entry_alone(app, client):
@@ -387,7 +392,7 @@ def test_a_revert_after_a_hand_back_is_left_alone(app, client, tmp_path):
     data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
     for version in written:
         data["versions"].append({k: v for k, v in version.items() if k not in (
-            "id", "version", "recorded_at", "recorded_by", "request_id", "effective_from")})
+            "id", "version", "recorded_at", "recorded_by", "request_id")})  # each with its start
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     assert f"{pid}: unchanged" in runner.invoke(args=["protocols", "load", str(directory)]).output
     _written_through_the_api(client, pid, summary=f"{summary} (C)", change_note="Revert: D was wrong.")
@@ -457,7 +462,8 @@ def test_an_entry_the_versioning_rules_refuse_is_named_and_the_rest_is_loaded(ap
     shutil.copyfile(catalog.CATALOG_DIR / "zuranolone-oral-ppd.yaml", directory / "a.yaml")
     first = ProtocolCreateSchema().dump(ProtocolCreateSchema().load(
         json.loads(json.dumps(protocol_payload("b-protocol")))))
-    retired = {**first, "status": "retired", "title": "Different content"}
+    first = {**first, "effective_from": "2024-01-01T00:00:00Z"}  # entries of a versions list are dated
+    retired = {**first, "status": "retired", "title": "Different content", "effective_from": "2025-01-01T00:00:00Z"}
     (directory / "b.yaml").write_text(yaml.safe_dump({"id": "b-protocol", "versions": [
         {k: v for k, v in first.items() if k != "id"}, {k: v for k, v in retired.items() if k != "id"}]}))
     runner = app.test_cli_runner()
