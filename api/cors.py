@@ -12,10 +12,10 @@ origin, or asking for a method or header we do not allow, is a 403 in the usual 
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import Forbidden
 
-from api.errors import PATH_ERROR_RENDERERS, error_response
+from api.errors import error_response, path_error_renderer
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")
 #: ``Prefer`` and ``Warning``: the FHIR face's ``Prefer: handling=lenient`` and the warning it answers
@@ -39,9 +39,9 @@ def _add_vary(response: Response) -> None:
 def _refusal(message: str, errors: dict[str, list[str]]) -> Response:
     """A refused preflight in the error shape of the path it asks about: an OperationOutcome under
     ``/fhir/R4`` (found by a probe: it was the REST body there), the usual error body elsewhere."""
-    for prefix, render in current_app.extensions.get(PATH_ERROR_RENDERERS, {}).items():
-        if request.path == prefix or request.path.startswith(prefix + "/"):
-            return render(Forbidden(f"{message} ({'; '.join(f'{k}: {v}' for k, vs in errors.items() for v in vs)})"))
+    render = path_error_renderer()
+    if render is not None:
+        return render(Forbidden(f"{message} ({'; '.join(f'{k}: {v}' for k, vs in errors.items() for v in vs)})"))
     return error_response(403, message, errors=errors)
 
 

@@ -8,11 +8,11 @@ unexpected is logged and answered with a bare 500 body that carries no trace and
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, g, json, request
+from flask import Flask, Response, current_app, g, json, request
 from marshmallow import INCLUDE, Schema, fields
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -167,6 +167,15 @@ def is_lost_connection(exc: BaseException) -> bool:
 PATH_ERROR_RENDERERS = "protocols_path_error_renderers"
 
 
+def path_error_renderer() -> Callable[[HTTPException], Response] | None:
+    """The error shape of the blueprint the request's path falls under (see ``PATH_ERROR_RENDERERS``),
+    or None for the usual error body."""
+    for prefix, render in current_app.extensions.get(PATH_ERROR_RENDERERS, {}).items():
+        if request.path == prefix or request.path.startswith(prefix + "/"):
+            return render
+    return None
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
@@ -180,9 +189,9 @@ def init_app(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         # A routing error (a method no rule takes) is raised before any blueprint is known, so a
         # blueprint's own error shape is looked up by path (TRACE /fhir/R4/metadata got this REST body).
-        for prefix, render in app.extensions.get(PATH_ERROR_RENDERERS, {}).items():
-            if request.path == prefix or request.path.startswith(prefix + "/"):
-                return render(exc)
+        render = path_error_renderer()
+        if render is not None:
+            return render(exc)
         status = exc.code or 500
         data = getattr(exc, "data", None) or {}
         errors = None

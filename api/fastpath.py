@@ -15,7 +15,8 @@ dead (so Flask makes one more attempt, on a fresh connection), and anything it d
 other database error (a lock or connect timeout, an exhausted pool) it answers itself with the 503
 Flask would give: another attempt would only wait as long again. Every decision it makes calls the
 same function the Flask hooks call (``auth.resolve_scope``/``bearer_token``, ``keys.authenticate``
-(Flask's hook: its ``keys.identify`` and ``KeyInfo.is_active``, to name a refused key in the audit trail),
+(``keys.identify`` and ``KeyInfo.is_active``, which Flask's hook reaches through ``keys.state`` so the
+audit trail names a refused key; the fast path hands refused keys to Flask),
 ``ratelimit.identity``/``headers``, ``request_ids.request_id``, ``http.none_match``,
 ``logging_setup.log_access``, ``versioning.effective``/``effective_etag``, ``errors.error_body``), and
 ``tests/api/test_fastpath.py`` sends the same requests through both paths and requires identical

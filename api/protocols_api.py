@@ -174,8 +174,6 @@ def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
     else:
         position = cursor[2] if len(cursor) > 2 else None
         pinned = cursor[3] if len(cursor) > 3 else 0
-    page = search.search(get_db(), filters, limit=query["page_size"], after=after and after[:2],
-                         before=before and before[:2], count=query["count"])
     assert filters.as_of is not None  # the caller pins it when the request did not give one
     if cursor is not None and position is not None and search.changed_in_effect_since(
             get_db(), position, filters.as_of, drafts=filters.status == "draft"):
@@ -186,6 +184,8 @@ def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
                        errors={"cursor": ["the results changed since this cursor was issued; "
                                           "search again without it"]},
                        first=page_url({k: v for k, v in request.args.items(multi=True) if k not in dropped}))
+    page = search.search(get_db(), filters, limit=query["page_size"], after=after and after[:2],
+                         before=before and before[:2], count=query["count"])
     keys: list[Any] = [hit.key if position is None else (*_as_tuple(hit.key), position, pinned)
                        for hit in page.items]
     return page, keys, after, before

@@ -158,6 +158,7 @@ _RETIRED_CONTENT = (
 _UNDONE_BY = (f"(SELECT u.version {_UNDOING}) AS undoing_version,"
               f" (SELECT u.effective_from {_UNDOING}) AS undoing_effective_from")
 _BASIS = (f", {_RETIRED_CONTENT.format(column='document')} AS basis_document,"
+          f" {_RETIRED_CONTENT.format(column='content_hash')} AS basis_hash,"
           f" (SELECT b.status {_IN_EFFECT_AT}) AS status_then, {_UNDONE_BY}")
 _NEWEST_SQL = text(_NEWEST_FOR_WRITE.format(basis="")).columns(effective_from=_TIME, recorded_at=_TIME)
 _NEWEST_WITH_BASIS_SQL = _typed(_NEWEST_FOR_WRITE.format(basis=_BASIS)).columns(
@@ -476,25 +477,22 @@ def retire(
     instead. To cancel a scheduled version and retire, retire at its ``effective_from`` (the later
     version wins the tie), then now.
     """
-    now = now or utcnow()
-    at = effective_from or now
+    attempt = (db, protocol_id, if_match, if_none_match, effective_from, change_note, ctx, now or utcnow())
     try:
-        return _retire_once(db, protocol_id, if_match, if_none_match, effective_from, at, change_note, ctx, now)
+        return _retire_once(*attempt)
     except (ConcurrentChange, IntegrityError):
         # Lost a race. Once more on what is committed now: when the winner is this very retirement (the
         # same request sent twice, a client timeout's retry in flight), the answer is 200 with it, as on
         # SQLite, whose writers queue, and as revise() answers; PostgreSQL's loser answered 412 (found by
         # a probe). Otherwise If-Match no longer names the newest: 412 naming it.
-        retry_now = max(now, utcnow())  # a dateless retirement means "from now": the winner's now, or later
         try:
-            return _retire_once(db, protocol_id, if_match, if_none_match, effective_from,
-                                effective_from or retry_now, change_note, ctx, retry_now)
+            return _retire_once(*attempt)
         except IntegrityError as exc:
             raise _lost_race(db, protocol_id) from exc
 
 
 def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
-                 if_none_match: Sequence[str] | None, effective_from: datetime | None, at: datetime,
+                 if_none_match: Sequence[str] | None, effective_from: datetime | None,
                  change_note: str | None, ctx: WriteContext, now: datetime) -> tuple[StoredVersion, bool]:
     """One attempt of :func:`retire`, in one write transaction."""
     with _write_transaction(db) as conn:
@@ -502,8 +500,9 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
             # "From now", taken once the transaction holds SQLite's write lock (BEGIN IMMEDIATE): an
             # identical retirement queued behind another read a "now" from before the winner's, found the
             # protocol still active then, and answered 412 (found by this session's concurrency test).
+            # A retry after a lost race on PostgreSQL reads it afresh the same way.
             now = max(now, utcnow())
-            at = now
+        at = effective_from or now
         head, then = _read_head_for_retirement(conn, protocol_id, at)
         newest = head.version
         # A no-op answers with the newest version, so it must be that retirement: after a draft or a
@@ -516,9 +515,7 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
                                and then.status == "retired")
         else:
             already_retired = (newest.status == "retired" and newest.effective_from == effective_from
-                               and then.basis_document is not None
-                               and record.content_hash(record.split_document(then.basis_document)[1])
-                               == head.content_hash)
+                               and then.basis_hash == head.content_hash)
         check_if_match(newest, if_match, already_applied=already_retired, if_none_match=if_none_match)
         if already_retired:
             return newest, False
@@ -636,6 +633,8 @@ class _RetirementView:
     would undo the retirement."""
 
     basis_document: str | None
+    #: Its stored content hash: a retirement repeating it has the same.
+    basis_hash: str | None
     status: str | None
     undoing: tuple[int, datetime] | None
 
@@ -649,7 +648,7 @@ def _read_head_for_retirement(conn: Connection, protocol_id: str, at: datetime) 
     row: Any = conn.execute(_NEWEST_WITH_BASIS_SQL, {"protocol_id": protocol_id, "effective_from": at}).first()
     head = _head(row, protocol_id)
     undoing = None if row.undoing_version is None else (int(row.undoing_version), row.undoing_effective_from)
-    return head, _RetirementView(row.basis_document, row.status_then, undoing)
+    return head, _RetirementView(row.basis_document, row.basis_hash, row.status_then, undoing)
 
 
 def _head(row: Any, protocol_id: str) -> _Head:

@@ -680,7 +680,8 @@ def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was
     cited = {path for source in read["sources"] for path in source["supports"]}
     assert "dosing_ranges.2" in cited
     before = client.get(f"/v1/protocols/{SPRAVATO}/versions/{recorded}").get_json()
-    assert before["dosing_ranges"][2]["frequency"]["period"] in {"P2W", "P1W"}
+    every_2_weeks = {"count": 1, "period": "P2W", "text": WEEK_9["text"]}
+    assert before["dosing_ranges"][2]["frequency"] == (WEEK_9 if recorded == 5 else every_2_weeks)
     fields = [k for k in record.CONTENT_FIELDS if k not in {"dosing_ranges", "sources", "verification_notes"}]
     assert {k: read.get(k) for k in fields} == {k: before.get(k) for k in fields}
     assert [r for i, r in enumerate(read["dosing_ranges"]) if i != 2] == [
