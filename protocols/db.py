@@ -237,21 +237,55 @@ class ReadConnections:
                 fairy.close()
 
 
+class RecentHeads:
+    """The newest version this process last saw of each protocol it wrote: a *guess*, never an answer.
+
+    Why: on PostgreSQL a revision reads the head, then sends its guarded append. When this process
+    wrote the head itself, the read repeats what it already knows, and costs a round trip. A guess is
+    safe because the append verifies it in the same statement (the head is still at that version,
+    with that ETag), and writes nothing otherwise; the caller then reads the head and decides from
+    what it read (protocols.versioning). Nothing is ever answered from a guess without that check.
+
+    Bounded (oldest entries dropped first), shared by the process's threads."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._heads: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, protocol_id: str) -> Any:
+        return self._heads.get(protocol_id)
+
+    def put(self, protocol_id: str, head: Any) -> None:
+        with self._lock:
+            self._heads.pop(protocol_id, None)
+            self._heads[protocol_id] = head
+            while len(self._heads) > self.capacity:
+                del self._heads[next(iter(self._heads))]
+
+    def forget(self, protocol_id: str) -> None:
+        with self._lock:
+            self._heads.pop(protocol_id, None)
+
+
 @dataclass
 class Database:
     """The engine plus the two session factories the services use.
 
     ``write`` sessions start with ``BEGIN IMMEDIATE`` on SQLite; on PostgreSQL both are the same.
-    ``reads`` holds the per-thread connections of single-statement reads (:class:`ReadConnections`).
+    ``reads`` holds the per-thread connections of single-statement reads (:class:`ReadConnections`);
+    ``heads`` the guesses that spare a revision its head read (:class:`RecentHeads`).
     """
 
     engine: Engine
     read: sessionmaker[Session]
     write: sessionmaker[Session]
     reads: ReadConnections = field(init=False)
+    heads: RecentHeads = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = ReadConnections(self.engine)
+        self.heads = RecentHeads()
 
     @property
     def dialect(self) -> str:

@@ -213,8 +213,9 @@ _PG_TERMS = ("INSERT INTO search_terms (protocol_id, version, kind, value)"
              " FROM unnest(CAST(:term_kinds AS varchar[]), CAST(:term_values AS varchar[])) AS t(kind, value)")
 _PG_CASTS = {":protocol_id": "CAST(:protocol_id AS varchar)", ":version": "CAST(:version AS integer)",
              ":effective_from": "CAST(:effective_from AS timestamp)", ":expected": "CAST(:expected AS integer)",
-             ":protocol_seq": "CAST(:protocol_seq AS bigint)", ":status": "CAST(:status AS varchar)"}
-_PG_PLANS: dict[tuple[bool, bool, bool], TextClause] = {}
+             ":protocol_seq": "CAST(:protocol_seq AS bigint)", ":status": "CAST(:status AS varchar)",
+             ":expected_etag": "CAST(:expected_etag AS varchar)"}
+_PG_PLANS: dict[tuple[bool, bool, bool, bool], TextClause] = {}
 
 
 def _pg_cast(sql: str) -> str:
@@ -238,20 +239,31 @@ def _from_counter(sql: str) -> str:
     return f"{sql} AND EXISTS (SELECT 1 FROM counter)"
 
 
-def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool) -> TextClause:
+#: A guarded append's head check, made exact: the head is still that very version (the protocol's
+#: ``seq`` and the version's ETag, not only its number). A revision sends it, so that an append
+#: built on a guess (protocols.db.RecentHeads) writes only where a head read would have let it.
+_PG_VERIFY_HEAD = (" AND seq = :protocol_seq AND EXISTS (SELECT 1 FROM protocol_versions AS v"
+                   " WHERE v.protocol_id = :protocol_id AND v.version = :expected AND v.etag = :expected_etag)")
+
+_PlanKey = tuple[bool, bool, bool, bool]
+
+
+def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified: bool = False) -> TextClause:
     """One statement writing every row of an append, the feed sequence included; returns the new seq,
     or no row when the guarded head did not advance (then nothing was written).
 
     Order inside the statement: the guarded head ``UPDATE`` (row lock on the protocol), then the
     change counter (row lock held until commit, which keeps the feed in commit order, protocols.changes),
     then the rows that carry the seq. The main query reads ``counter``, which reads ``head``, so
-    PostgreSQL runs those two first; the remaining sub-statements run to completion after it."""
-    key = (guarded, in_effect, audited)
+    PostgreSQL runs those two first; the remaining sub-statements run to completion after it.
+    ``verified`` adds :data:`_PG_VERIFY_HEAD` to the guard (parameter ``expected_etag``)."""
+    key = (guarded, in_effect, audited, verified)
     statement = _PG_PLANS.get(key)
     if statement is None:
         parts = []
         if guarded:
-            parts.append(f"head AS ({_pg_cast(_ADVANCE_HEAD)} RETURNING 1)")
+            advance = _ADVANCE_HEAD + (_PG_VERIFY_HEAD if verified else "")
+            parts.append(f"head AS ({_pg_cast(advance)} RETURNING 1)")
         parts.append("counter AS (UPDATE change_counter SET value = value + 1 WHERE id = 1"
                      + (" AND EXISTS (SELECT 1 FROM head)" if guarded else "") + " RETURNING value)")
         parts += [f"version AS ({_from_counter(_pg_cast(_INSERT_VERSION))})",
@@ -395,10 +407,10 @@ def _unchanged(head: _Head, content_hash: str, status: str, effective_from: date
 #: none). No BEGIN, no separate COMMIT, no pool checkout: 2 round trips instead of 5. Lost updates are
 #: still impossible: the statement advances the head only from the version the If-Match check saw,
 #: and writes nothing when it does not (see _pg_append_statement).
-_PG_RAW: dict[tuple[bool, bool, bool] | str, str] = {}
+_PG_RAW: dict[_PlanKey | str, str] = {}
 
 
-def _pg_raw(dialect: Any, key: tuple[bool, bool, bool] | str) -> str:
+def _pg_raw(dialect: Any, key: _PlanKey | str) -> str:
     """A statement compiled once to the driver's own paramstyle (named ``%(name)s``)."""
     sql = _PG_RAW.get(key)
     if sql is None:
@@ -422,6 +434,21 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
     def fetch(name: str, params: dict[str, Any]) -> Any:
         return db.reads.fetch_one(_pg_raw(dialect, name), params)
 
+    def append(prepared: _Prepared, head: _Head) -> StoredVersion | None:
+        """The guarded append on top of ``head``: the new version, or None when the head is not
+        ``head`` any more (nothing written). Remembers the new head (:class:`RecentHeads`)."""
+        params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version,
+                  "expected_etag": head.version.etag}
+        written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited, True)),
+                                     _pg_append_params(prepared, params))
+        if written is None:
+            db.heads.forget(protocol_id)
+            return None
+        stored = replace(prepared.stored, seq=int(written[0]))
+        db.heads.put(protocol_id, _Head(replace(stored, document=""), prepared.params["content_hash"],
+                                        head.protocol_seq))
+        return stored
+
     def after_head_moved(moved: _Head) -> tuple[StoredVersion, bool]:
         """The head moved after it was read. If it moved to this very change (an identical request
         racing this one: a client's retries), the change is made; otherwise this write is stale."""
@@ -429,6 +456,17 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
             return moved.version, False
         raise _changed_concurrently(moved.version)
 
+    guess: _Head | None = db.heads.get(protocol_id)
+    if guess is not None:
+        # The head this process last wrote: if the request would append on top of it, try that without
+        # reading the head. Every other outcome (a refusal, a repeat, a retirement, a guess that is
+        # stale) is decided below from a head read, exactly as without the guess.
+        prepared = next_version(guess, fetch)
+        if prepared is not None and prepared.stored.status != "retired" and _precondition_holds(
+                guess.version, if_match, if_none_match):
+            stored = append(prepared, guess)
+            if stored is not None:
+                return stored, True
     head = read_head()
     prepared = next_version(head, fetch)
     check_if_match(head.version, if_match, already_applied=prepared is None, if_none_match=if_none_match)
@@ -444,12 +482,10 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
         if moved.version.version != head.version.version:
             return after_head_moved(moved)
         raise
-    params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version}
-    written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited)),
-                                 _pg_append_params(prepared, params))
-    if written is None:
+    stored = append(prepared, head)
+    if stored is None:
         return after_head_moved(read_head())
-    return replace(prepared.stored, seq=int(written[0])), True
+    return stored, True
 
 
 def retire(
@@ -699,6 +735,16 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
         raise PreconditionFailed(
             f"If-None-Match names the newest version (or is *): the condition is false; the newest is "
             f"version {newest.version}", current_version=newest.version, current_etag=newest.etag)
+
+
+def _precondition_holds(newest: StoredVersion, if_match: Sequence[str] | None,
+                        if_none_match: Sequence[str] | None) -> bool:
+    """Whether :func:`check_if_match` lets a write that changes something append on top of ``newest``."""
+    try:
+        check_if_match(newest, if_match, if_none_match=if_none_match)
+    except DomainError:
+        return False
+    return True
 
 
 class ConcurrentChange(PreconditionFailed):

@@ -4,7 +4,8 @@ Counting statements is deterministic (timing is not, on a shared machine): the b
 round-trip budget of docs/performance.md's PUT target. On PostgreSQL a revision is one SELECT (head,
 newest version, content hash) and one statement of data-modifying CTEs (head, change counter,
 version, full text, search terms, periods, audit event) on the thread's autocommit connection: that
-statement is its own transaction. Creates and retirements run in an explicit transaction on both
+statement is its own transaction. On top of a head the process wrote itself, the statement alone
+(the guessed head, checked by the statement: protocols.db.RecentHeads). Creates and retirements run in an explicit transaction on both
 databases.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -143,14 +145,81 @@ def test_an_append_whose_head_moved_writes_nothing(db: Database, backend: str) -
                                    now=first.recorded_at)
     protocol_seq = _reference_protocol_seq(db, "moved")
     if backend == "postgres":
-        sql = versioning._pg_raw(db.engine.dialect, (True, prepared.in_effect, prepared.audited))
-        params = {**prepared.params, "protocol_seq": protocol_seq, "expected": 1}
+        sql = versioning._pg_raw(db.engine.dialect, (True, prepared.in_effect, prepared.audited, True))
+        params = {**prepared.params, "protocol_seq": protocol_seq, "expected": 1, "expected_etag": first.etag}
         assert db.reads.fetch_one(sql, versioning._pg_append_params(prepared, params)) is None
     with pytest.raises(PreconditionFailed) as refused, versioning._write_transaction(db) as conn:
         versioning._write(conn, prepared, protocol_seq=protocol_seq, expected=1)
     assert _row_counts(db) == before
     newest = versioning.latest(db, "moved")  # every 412 names the newest version (it named none here)
     assert (refused.value.details["current_version"], refused.value.details["current_etag"]) == (2, newest.etag)
+
+
+# ------------------------------------------------------------------------------ guessed heads
+
+
+def test_a_revision_on_top_of_this_process_s_own_write_skips_the_head_read(db: Database, backend: str) -> None:
+    """PostgreSQL: the head this process wrote is its guess for the next revision, checked by the
+    append statement itself, so the next revision is that one statement (docs/performance.md, PUT).
+    SQLite reads the head inside its write transaction either way."""
+    first = versioning.create(db, "guess", content_of("guess"))
+    second, _ = versioning.revise(db, "guess", content_of("guess", title="Second"), if_match=[first.etag])
+    with counting(db) as seen:
+        third, created = versioning.revise(db, "guess", content_of("guess", title="Third"),
+                                           if_match=[second.etag], ctx=AUDITED)
+    assert created and third.version == 3 and third == versioning.get_version(db, "guess", 3)
+    assert third.recorded_at >= second.recorded_at
+    if backend == "postgres":
+        assert seen["autocommit"] == ["WITH head AS (UPDATE"], seen
+    else:
+        assert len(seen["statements"]) <= MAX_STATEMENTS[backend] and seen["commits"] == ["commit"], seen
+
+
+def test_a_stale_guess_decides_nothing(make_app: Any, db: Database) -> None:
+    """Two processes (two apps on one database): each one's guess goes stale when the other appends.
+    Every answer must be the one a head read gives: 412 naming the newest version for a stale
+    If-Match, 200 with the newest for the retry of the other's write, 201 on top of the real head."""
+    other = make_app().extensions["protocols_db"]
+    first = versioning.create(db, "stale", content_of("stale"))
+    second, _ = versioning.revise(db, "stale", content_of("stale", title="Second"), if_match=[first.etag])
+    third, _ = versioning.revise(other, "stale", content_of("stale", title="Third"), if_match=[second.etag])
+    before = _row_counts(db)
+    with pytest.raises(PreconditionFailed) as refused:  # this process still guesses version 2
+        versioning.revise(db, "stale", content_of("stale", title="Lost update"), if_match=[second.etag])
+    assert (refused.value.details["current_version"], refused.value.details["current_etag"]) == (3, third.etag)
+    assert _row_counts(db) == before
+    # The other process's write, retried here with the ETag it started from: already applied.
+    fourth, _ = versioning.revise(other, "stale", content_of("stale", title="Fourth"), if_match=[third.etag])
+    repeated, created = versioning.revise(db, "stale", content_of("stale", title="Fourth"), if_match=[third.etag])
+    assert (created, repeated) == (False, fourth)
+    fifth, created = versioning.revise(db, "stale", content_of("stale", title="Fifth"), if_match=[fourth.etag])
+    assert created and fifth.version == 5 and fifth.recorded_at >= fourth.recorded_at
+    assert [v.version for v in versioning.list_versions(db, "stale", limit=10).items] == [5, 4, 3, 2, 1]
+
+
+def test_the_append_checks_the_guess_exactly(db: Database, backend: str) -> None:
+    """A guess naming the newest version's number is not enough: the append also checks the protocol's
+    row and the version's ETag, so a guess about other content (a database replaced under a running
+    process) writes nothing, and the request is decided from the head it then reads."""
+    first = versioning.create(db, "exact", content_of("exact"))
+    second, _ = versioning.revise(db, "exact", content_of("exact", title="Second"), if_match=[first.etag])
+    guess = db.heads.get("exact")
+    if backend == "postgres":
+        assert guess is not None and (guess.version.version, guess.version.etag) == (2, second.etag)
+    forged = versioning._Head(replace(second, etag='"2-forged"', document=""), "0" * 64, 1 if guess is None
+                              else guess.protocol_seq)
+    wrong_row = versioning._Head(replace(second, document=""), "0" * 64, forged.protocol_seq + 1000)
+    before = _row_counts(db)
+    db.heads.put("exact", forged)
+    with pytest.raises(PreconditionFailed) as refused:
+        versioning.revise(db, "exact", content_of("exact", title="Forged"), if_match=[forged.version.etag])
+    assert refused.value.details["current_etag"] == second.etag
+    assert _row_counts(db) == before
+    db.heads.put("exact", wrong_row)  # the right ETag on the wrong row: read the head, then append
+    third, created = versioning.revise(db, "exact", content_of("exact", title="Third"), if_match=[second.etag])
+    assert created and third.version == 3 and versioning.latest(db, "exact") == third
+    protocol_seq = _reference_protocol_seq(db, "exact")
+    assert _stored_periods(db, "exact") == _reference_periods(db, "exact", protocol_seq)
 
 
 # ------------------------------------------------------------------------------ effective periods
