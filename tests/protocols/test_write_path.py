@@ -5,8 +5,8 @@ round-trip budget of docs/performance.md's PUT target. On PostgreSQL a revision 
 newest version, content hash) and one statement of data-modifying CTEs (head, change counter,
 version, full text, search terms, periods, audit event) on the thread's autocommit connection: that
 statement is its own transaction. On top of a head the process wrote itself, the statement alone
-(the guessed head, checked by the statement: protocols.db.RecentHeads). Creates and retirements run in an explicit transaction on both
-databases.
+(the guessed head, checked by the statement: protocols.db.RecentHeads). Creates and retirements
+run in an explicit transaction on both databases.
 """
 
 from __future__ import annotations
