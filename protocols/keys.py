@@ -64,7 +64,11 @@ class KeyInfo:
     revoked_at: datetime | None
 
     def is_active(self, now: datetime) -> bool:
-        if self.revoked_at is not None and self.revoked_at <= now:
+        # Revoked is revoked, whatever the time stamp says: ``revoked_at`` records when, by the clock of
+        # whichever host revoked it. Compared with this host's clock, a revocation stamped by a clock
+        # running ahead left the key working for the skew, and revoking again could not fix it (the
+        # first stamp is kept; found by an adversarial probe).
+        if self.revoked_at is not None:
             return False
         return self.expires_at is None or now < self.expires_at
 
@@ -109,15 +113,23 @@ _SCRIPT_HOMOGLYPHS = str.maketrans(
 _ASCII_HOMOGLYPHS = str.maketrans("I1|0", "lllo")
 #: Signs that display as a hyphen without being dashes (Unicode category Pd): minus, modifier minus.
 _HYPHENS = frozenset("\u2212\u02d7\u2043")
+#: Signs that display as a colon and that NFKC leaves alone (Unicode's confusables.txt for ':'): ratio,
+#: modifier letter colons, Armenian full stop, Hebrew sof pasuq, Syriac colons, runic and Mongolian
+#: punctuation, two-dot punctuation, vertical two-dot leader, Lisu tone, Devanagari and Gujarati visarga.
+#: 'cli\u2236root' was accepted as a key name, and read as the CLI's author 'cli:root' (adversarial probe).
+_COLONS = frozenset("\u2236\ua789\u02d0\u02f8\u0589\u05c3\u0703\u0704\u16ec\u1803\u1809\u205a\ufe30"
+                    "\ua4fd\u0903\u0a83")
 
 
 def _folded(name: str) -> str:
-    """Width and compatibility forms folded (NFKC), every dash a hyphen and every space a space, marks
+    """Width and compatibility forms folded (NFKC), every dash a hyphen, every space a space and every
+    colon look-alike a colon, marks
     decomposed (a Cyrillic e with an acute is an e with an acute), other scripts' look-alikes Latin."""
     chars = []
     for char in unicodedata.normalize("NFKC", name):
         category = unicodedata.category(char)
-        chars.append("-" if category == "Pd" or char in _HYPHENS else " " if category == "Zs" else char)
+        chars.append("-" if category == "Pd" or char in _HYPHENS else " " if category == "Zs"
+                     else ":" if char in _COLONS else char)
     return unicodedata.normalize("NFC", unicodedata.normalize("NFD", "".join(chars)).translate(_SCRIPT_HOMOGLYPHS))
 
 
@@ -150,7 +162,7 @@ def key_name_problem(name: str) -> str | None:
     if unicodedata.normalize("NFC", name) != name:
         # "cafe\u0301" and "caf\u00e9" display alike: two live keys would look like one author.
         return "must be in Unicode normalization form NFC (accents composed)"
-    prefix = name.partition(":")[0]
+    prefix = _folded(name).partition(":")[0]  # a look-alike colon (a fullwidth one, a ratio sign) too
     if names_look_alike(name, CATALOG_ACTOR) or names_look_alike(prefix, CLI_ACTOR):
         return f"'{name}' is, or looks like, an author name of the service itself"
     return None
@@ -252,7 +264,7 @@ def identify(db: Database, plain: str) -> KeyInfo | None:
 
 def state(info: KeyInfo, now: datetime) -> str:
     """``active``, ``revoked`` or ``expired`` (revoked wins when both hold: it was someone's decision)."""
-    if info.revoked_at is not None and info.revoked_at <= now:
+    if info.revoked_at is not None:
         return "revoked"
     return "active" if info.is_active(now) else "expired"
 

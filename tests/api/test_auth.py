@@ -190,6 +190,22 @@ def test_revoked_key_stops_working_at_once_in_every_app(make_app, make_key, db):
         assert_error_shape(client.get("/v1/protocols", headers=bearer(key)), 401)
 
 
+def test_a_revocation_stamped_by_a_clock_ahead_of_this_one_takes_effect_at_once(anon_client, client, make_key, db):
+    """``revoked_at`` comes from the revoking host's clock. Stamped two minutes ahead of the API's
+    (the CLI on a host whose clock runs ahead), the key kept reading on the fast path and the Flask
+    path, the admin view said revoked_at set and active true, and revoking again changed nothing."""
+    key = make_key(READ, name="skewed-revocation")
+    key_id = next(k.id for k in keys.list_keys(db) if k.name == "skewed-revocation")
+    client.post("/v1/protocols", json=protocol_payload("skew-read"))
+    keys.revoke_key(db, key_id, now=utcnow() + timedelta(minutes=2))
+    for path in ("/v1/protocols/skew-read", "/v1/protocols"):  # the read fast path, then Flask's
+        assert_error_shape(anon_client.get(path, headers=bearer(key)), 401)
+    shown = client.get(f"/v1/admin/keys/{key_id}").get_json()
+    assert shown["revoked_at"] is not None and shown["active"] is False, shown
+    # The name is free once revoked, and the key that had it no longer works.
+    assert client.post("/v1/admin/keys", json={"name": "skewed-revocation", "scopes": READ}).status_code == 201
+
+
 def test_expired_key_is_401(anon_client, make_key):
     expired = make_key(READ, expires_at=utcnow() - timedelta(seconds=1))
     live = make_key(READ, expires_at=utcnow() + timedelta(hours=1))
@@ -343,7 +359,10 @@ def test_key_names_that_only_look_like_another_author_are_refused(client, db):
     each reads as the other author in version history and audit rows (adversarial probe)."""
     for name in ("c\u0430talog-loader", "catalog\u2011loader", "\u0441li:root", "cataIog-loader", "CLI",
                  "\uff43atalog-loader", "catalog-\u04c0oader", "c\u04c0i", "c\u0430talog-Loader",
-                 "catalog\u02d7loader", "cat\u0251log-loader"):
+                 "catalog\u02d7loader", "cat\u0251log-loader",
+                 # colon look-alikes in 'cli:root': fullwidth, vertical form, ratio sign, modifier colons
+                 "cli\uff1aroot", "cli\ufe13root", "cli\u2236root", "cli\ua789root", "cli\u02d0root",
+                 "cli\u0589root"):
         response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:write"]})
         assert response.status_code == 422 and "name" in response.get_json()["errors"], name
     assert client.post("/v1/admin/keys", json={"name": "ehr prod", "scopes": ["protocols:read"]}).status_code == 201
