@@ -82,8 +82,7 @@ def list_command() -> None:
     """List keys (never their secrets)."""
     now = utcnow()
     for info in keys.list_keys(get_db()):
-        state = "active" if info.is_active(now) else ("revoked" if info.revoked_at else "expired")
-        click.echo(f"{info.id}  {state:8}  {info.name}  scopes={','.join(info.scopes)}  "
+        click.echo(f"{info.id}  {keys.state(info, now):8}  {info.name}  scopes={','.join(info.scopes)}  "
                    f"created={_when(info.created_at)}  expires={_when(info.expires_at)}  "
                    f"revoked={_when(info.revoked_at)}")
 

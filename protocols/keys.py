@@ -123,8 +123,8 @@ _COLONS = frozenset("\u2236\ua789\u02d0\u02f8\u0589\u05c3\u0703\u0704\u16ec\u180
 
 def _folded(name: str) -> str:
     """Width and compatibility forms folded (NFKC), every dash a hyphen, every space a space and every
-    colon look-alike a colon, marks
-    decomposed (a Cyrillic e with an acute is an e with an acute), other scripts' look-alikes Latin."""
+    colon look-alike a colon, marks decomposed (a Cyrillic e with an acute is an e with an acute), other
+    scripts' look-alikes Latin."""
     chars = []
     for char in unicodedata.normalize("NFKC", name):
         category = unicodedata.category(char)

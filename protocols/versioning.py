@@ -215,7 +215,9 @@ _PG_CASTS = {":protocol_id": "CAST(:protocol_id AS varchar)", ":version": "CAST(
              ":effective_from": "CAST(:effective_from AS timestamp)", ":expected": "CAST(:expected AS integer)",
              ":protocol_seq": "CAST(:protocol_seq AS bigint)", ":status": "CAST(:status AS varchar)",
              ":expected_etag": "CAST(:expected_etag AS varchar)"}
-_PG_PLANS: dict[tuple[bool, bool, bool, bool], TextClause] = {}
+#: (guarded, in_effect, audited, verified): the variants of the append statement (_pg_append_statement).
+_PlanKey = tuple[bool, bool, bool, bool]
+_PG_PLANS: dict[_PlanKey, TextClause] = {}
 
 
 def _pg_cast(sql: str) -> str:
@@ -244,8 +246,6 @@ def _from_counter(sql: str) -> str:
 #: built on a guess (protocols.db.RecentHeads) writes only where a head read would have let it.
 _PG_VERIFY_HEAD = (" AND seq = :protocol_seq AND EXISTS (SELECT 1 FROM protocol_versions AS v"
                    " WHERE v.protocol_id = :protocol_id AND v.version = :expected AND v.etag = :expected_etag)")
-
-_PlanKey = tuple[bool, bool, bool, bool]
 
 
 def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified: bool = False) -> TextClause:

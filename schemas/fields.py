@@ -57,6 +57,13 @@ class Text(fields.String):
         return result
 
 
+def refused_in_url(text: str) -> bool:
+    """Whether ``text`` holds a character no URL field takes: control, format or whitespace characters,
+    surrogates, private-use and unassigned code points."""
+    return bool(_CONTROL.search(text)) or any(
+        char.isspace() or unicodedata.category(char) in ("Cf", "Cs", "Co", "Cn") for char in text)
+
+
 class WebUrl(fields.Url):
     """An absolute http(s) URL that is only a URL: no control, format or whitespace characters and a
     port that exists. marshmallow's pattern allows any non-blank path (a NUL, ESC or zero-width space
@@ -65,11 +72,9 @@ class WebUrl(fields.Url):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
         # str.isprintable() is False for every whitespace (but " "), control and format character,
-        # surrogate, private-use and unassigned code point: a printable URL without a space passes the
-        # per-character check below, which then runs only for the rest (a PUT's URLs cost ~30 µs).
-        if not (result.isprintable() and " " not in result) and (
-                _CONTROL.search(result) or any(char.isspace() or unicodedata.category(char) in ("Cf", "Cs", "Co", "Cn")
-                                               for char in result)):
+        # surrogate, private-use and unassigned code point: a printable URL without a space passes
+        # refused_in_url, which then runs only for the rest (a PUT's URLs cost ~30 µs).
+        if not (result.isprintable() and " " not in result) and refused_in_url(result):
             raise ValidationError("Not a valid URL: control, format or whitespace characters are not allowed.")
         try:
             urlsplit(result).port  # noqa: B018  (reading the port raises for one outside 0-65535)
