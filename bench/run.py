@@ -708,6 +708,18 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def kept_up(paced: dict[str, Any], saturated: dict[str, Any] | None) -> bool:
+    """Whether the open-loop run measured a server that kept up with 70 % of its peak.
+
+    At 70 % of peak a server that keeps up answers a request faster than when saturated by the
+    closed-loop run's connections; a p50 above the saturated p50 means requests waited in a queue
+    that grew through the run (a slower machine than the peak was measured on, or a neighbour
+    taking the CPU), and then p99 / p50 measures that queue, not the service's tail."""
+    if saturated is None:
+        return True
+    return bool(paced["p50_ms"]["median"] <= saturated["p50_ms"]["median"])
+
+
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of docs/performance.md with its measured value and verdict."""
     m = r["measurements"]
@@ -734,11 +746,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     paced = r.get("paced")
     if paced:
         rows.append(("p99 <= 5 x p50 at 70 % of peak",
-                     ratio(paced["p99_ms"]["median"], paced["p50_ms"]["median"]), 5.0, "<="))
+                     ratio(paced["p99_ms"]["median"], paced["p50_ms"]["median"]), 5.0,
+                     "<=" if kept_up(paced, m.get("get")) else "behind"))
     paced_a = r.get("paced_a")
     if paced_a:
         rows.append(("(a) bare Flask: p99 / p50 at 70 % of its own peak",
-                     ratio(paced_a["p99_ms"]["median"], paced_a["p50_ms"]["median"]), 5.0, "info"))
+                     ratio(paced_a["p99_ms"]["median"], paced_a["p50_ms"]["median"]), 5.0,
+                     "info" if kept_up(paced_a, m.get("a_fixed")) else "behind"))
     memory = r.get("scale", {}).get("memory") or {}
     if memory:
         rows.append(("export peak RSS <= 1.2 x idle", memory.get("ratio"), 1.2, "<="))
@@ -748,6 +762,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             verdict = "not measured"
         elif op == "info":
             verdict = "for information"
+        elif op == "behind":
+            verdict = "not valid: the server fell behind the paced rate (queue grew)"
         else:
             verdict = "holds" if (value >= limit if op == ">=" else value <= limit) else "MISSED"
         out.append({"target": name, "value": value, "limit": limit, "verdict": verdict})

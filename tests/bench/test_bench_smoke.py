@@ -126,3 +126,41 @@ def test_bulk_generator_writes_the_rows_versioning_writes(test_databases: Any, b
     assert set(service) == set(bulk)
     for table in service:
         assert bulk[table] == service[table], f"table {table} differs"
+
+
+def _load_run() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stat(value: float) -> dict[str, float]:
+    return {"median": value, "min": value, "max": value}
+
+
+def test_tail_verdict_is_withheld_when_the_server_fell_behind_the_paced_rate() -> None:
+    """p99 / p50 at 70 % of peak says something about the service only if the server kept up: a p50
+    above the saturated run's p50 is a queue that grew (a slower machine than the peak was measured
+    on), and a ratio of two queue lengths must not be reported as 'holds'."""
+    run = _load_run()
+
+    def results(paced_p50: float, paced_p99: float) -> dict[str, Any]:
+        saturated = {"rps": _stat(1000.0), "p50_ms": _stat(9.0), "p99_ms": _stat(15.0)}
+        paced = {"rps": _stat(700.0), "p50_ms": _stat(paced_p50), "p99_ms": _stat(paced_p99), "errors": 0}
+        return {"backend": "postgresql", "measurements": {"get": saturated, "a_fixed": saturated},
+                "paced": paced, "paced_a": paced}
+
+    def verdicts(r: dict[str, Any]) -> dict[str, str]:
+        return {t["target"]: t["verdict"] for t in run.targets(r)}
+
+    kept_up = verdicts(results(1.0, 4.0))
+    assert kept_up["p99 <= 5 x p50 at 70 % of peak"] == "holds"
+    assert kept_up["(a) bare Flask: p99 / p50 at 70 % of its own peak"] == "for information"
+    assert verdicts(results(1.0, 6.0))["p99 <= 5 x p50 at 70 % of peak"] == "MISSED"
+    # 3.6 s p50, 5.7 s p99 at "70 %": the ratio 1.58 would read as 'holds'.
+    behind = verdicts(results(3641.0, 5747.0))
+    assert behind["p99 <= 5 x p50 at 70 % of peak"].startswith("not valid")
+    assert behind["(a) bare Flask: p99 / p50 at 70 % of its own peak"].startswith("not valid")
