@@ -70,10 +70,7 @@ def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any
     orders = cds.draft_medication_requests(context.get("draftOrders"), request_body["hook"],
                                            context.get("selections") or [])
     weight = cds.prefetched_weight(request_body.get("prefetch") or {})
-    cards: list[dict[str, Any]] = []
-    for order in orders:
-        cards.extend(cds.cards_for_order(get_db(), order, weight, _version_url))
-    return {"cards": cards}
+    return {"cards": cds.cards_for_orders(get_db(), orders, weight, _version_url)}
 
 
 def _version_url(protocol_id: str, version: int) -> str:

@@ -470,7 +470,10 @@ def history_medication_knowledge(resource_id: str) -> Response:
     _check_id(resource_id)
     spec = fhir_query.parse_history(list(request.args.items(multi=True)))
     warnings = check_unsupported(spec.unsupported)
-    page = fhir_query.history(get_db(), resource_id, at=utcnow(), limit=spec.count,
+    # One instant for the entries and the Bundle's timestamp: stamped by a later clock read, a version
+    # taking effect in between was in neither this Bundle nor a poll `_since` its timestamp (probe).
+    at = utcnow()
+    page = fhir_query.history(get_db(), resource_id, at=at, limit=spec.count,
                               before_version=spec.before_version, after_version=spec.after_version,
                               since=spec.since)
     base = base_url()
@@ -497,8 +500,7 @@ def history_medication_knowledge(resource_id: str) -> Response:
         if newer:
             links.append(("previous", link_url(path, [
                 *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[0].version, "p"))])))
-    body = fhir.bundle("history", entries=entries, links=links, total=page.total,
-                       timestamp=format_rfc3339(utcnow()))
+    body = fhir.bundle("history", entries=entries, links=links, total=page.total, timestamp=format_rfc3339(at))
     return bundle_response(body)
 
 

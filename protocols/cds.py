@@ -3,7 +3,7 @@
 Why here and not in ``api/``: reading a draft order (medication codings, route, ``doseAndRate``,
 ``timing``), the prefetched body weight, and judging each dose against the protocols in effect are
 clinical rules the HTTP layer only carries; ``api/cds_api.py`` parses the request, calls
-:func:`draft_medication_requests`, :func:`prefetched_weight` and :func:`cards_for_order`, and maps
+:func:`draft_medication_requests`, :func:`prefetched_weight` and :func:`cards_for_orders`, and maps
 :class:`~protocols.errors.MalformedOrder` to a 400.
 
 For every draft order the service reads the RxNorm codings of the medication, the SNOMED CT route and
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -31,8 +31,9 @@ from fractions import Fraction
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy.orm import Session
 
-from protocols import fhir_query, search, terminology
+from protocols import fhir_query, search, terminology, versioning
 from protocols.db import Database
 from protocols.dose_units import Concentration, UnitError, parse_concentration, parse_dose_unit, to_kilograms
 from protocols.dosing import (
@@ -555,9 +556,28 @@ def _observed_at(resource: Mapping[str, Any]) -> datetime | None:
 # ----------------------------------------------------------------------------------- cards
 
 
-def cards_for_order(db: Database, order: DraftOrder, weight: Weight | str,
-                    version_url: VersionUrl) -> list[dict[str, Any]]:
-    """One card per dosage line and protocol in effect for the order's medication and route.
+def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight | str, version_url: VersionUrl,
+                     *, at: datetime | None = None) -> list[dict[str, Any]]:
+    """The cards of one hook call (:func:`_order_cards` for each draft order), every order judged
+    against the protocols in effect at one instant (``at``, default now) in one snapshot of the
+    history.
+
+    Why one instant and one snapshot: the orders of one signing are one clinical decision. Judged one
+    by one at their own "now" and each in its own read, two orders for the same drug signed together
+    could be checked against different versions of its protocol, one just before a scheduled version
+    takes effect and one after, or one before a correction committed mid-call and one after; the
+    cards then contradict each other about the same dose."""
+    at = at or utcnow()
+    cards: list[dict[str, Any]] = []
+    with versioning.snapshot(db) as session:
+        for order in orders:
+            cards.extend(_order_cards(db, session, at, order, weight, version_url))
+    return cards
+
+
+def _order_cards(db: Database, session: Session, at: datetime, order: DraftOrder, weight: Weight | str,
+                 version_url: VersionUrl) -> list[dict[str, Any]]:
+    """One card per dosage line and protocol in effect at ``at`` for the order's medication and route.
 
     The protocols of a route are looked up once per order: an order of 1,500 ``doseAndRate`` entries
     took 3.6-5.2 s repeating the same lookup (found by an adversarial probe)."""
@@ -570,7 +590,7 @@ def cards_for_order(db: Database, order: DraftOrder, weight: Weight | str,
             applicable: list[tuple[StoredVersion, Mapping[str, Any]]] = [
                 (stored, json.loads(stored.document, parse_float=Decimal))
                 for stored in search.applicable_protocols(db, rxnorm_cuis=order.rxnorm, route=line.route,
-                                                          indications=order.reasons)]
+                                                          indications=order.reasons, at=at, session=session)]
             in_effect[line.route] = applicable, _unscoped(order, applicable)
         applicable, unscoped = in_effect[line.route]
         for stored, content in applicable:

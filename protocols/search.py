@@ -61,7 +61,7 @@ from protocols.indexing import drug_term, indication_keys
 from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
 from protocols.terminology import ICD10CM, INDICATION_SYSTEMS, order_rxnorm_codes
 from protocols.timeutil import utcnow
-from protocols.versioning import VERSION_COLUMNS, StoredVersion, keyset_descending, stored_version
+from protocols.versioning import VERSION_COLUMNS, StoredVersion, keyset_descending, snapshot, stored_version
 
 #: ``status`` values a listing accepts: what is in effect (``active``), protocols whose version in
 #: effect is a retirement (``retired``), protocols whose newest version is a draft (``draft``).
@@ -165,10 +165,15 @@ def search(
         raise ValueError(f"unknown listing status {query.status!r}")
     if after is not None and before is not None:
         raise ValueError("give after or before, not both")
+    # One instant and, with a count, one snapshot for the page and its count: each read "now" for
+    # itself, and a page read just before a scheduled version took effect came with the count of
+    # just after (30 items, count 29; found by a probe of scheduled versions).
+    at = query.as_of or utcnow()
+    reader = snapshot(db) if count else db.read()
     if before is not None:
-        statement, seq_column, rank_column = _matching(db.dialect, query)
+        statement, seq_column, rank_column = _matching(db.dialect, query, at=at)
         page = _keyset(statement, seq_column, rank_column, after=None, before=before).limit(limit + 1)
-        with db.read() as session:
+        with reader as session:
             rows = session.execute(page).all()
             total = _count(session, statement) if count else None
         items = [_hit(row, rank_column is not None) for row in rows[:limit]]
@@ -177,10 +182,10 @@ def search(
     if (query.ranked and isinstance(after, int)) or (not query.ranked and isinstance(after, tuple)):
         raise ValueError("a ranked key was given for an unranked listing" if isinstance(after, tuple)
                          else "an unranked key was given for a ranked listing")
-    with db.read() as session:
-        keys = _walked_page(session, db.dialect, query, limit + 1, after)
+    with reader as session:
+        keys = _walked_page(session, db.dialect, query, limit + 1, after, at)
         items = _fetch(session, keys[:limit], query.ranked)
-        total = _count(session, _matching(db.dialect, query)[0]) if count else None
+        total = _count(session, _matching(db.dialect, query, at=at)[0]) if count else None
     return SearchPage(items, len(keys) > limit, total)
 
 
@@ -209,11 +214,11 @@ class _Found:
 
 
 def _walked_page(session: Session, dialect: str, query: ProtocolQuery, need: int,
-                 after: Key | None) -> list[_Found]:
-    """The first ``need`` matches after ``after`` (key order), walking first (see module docstring)."""
+                 after: Key | None, at: datetime) -> list[_Found]:
+    """The first ``need`` matches in effect at ``at`` after ``after`` (key order), walking first (see
+    module docstring)."""
     rank_after, seq_after = (after if isinstance(after, tuple) else (None, after))
     upper = seq_after  # the walk reads protocol sequences below this (all when None)
-    at = query.as_of or utcnow()
     instants = {"at": at} if query.updated_since is None else {"at": at, "updated_since": query.updated_since}
     connection = session.connection()
     if dialect == "postgresql":
@@ -527,15 +532,17 @@ def _hit(row: Any, ranked: bool) -> Hit:
 
 
 def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str, indications: Sequence[str] = (),
-                         at: datetime | None = None) -> list[StoredVersion]:
+                         at: datetime | None = None, session: Session | None = None) -> list[StoredVersion]:
     """Versions in effect at ``at`` for a medication (any of ``rxnorm_cuis``, and the catalog codes they
-    stand for: :func:`terminology.order_rxnorm_codes`) given by ``route``.
+    stand for: :func:`terminology.order_rxnorm_codes`) given by ``route``; read in ``session`` when
+    given (a caller making several lookups that must see one state of the history), else in a read
+    session of its own.
 
     Used at order time (CDS Hooks). When the order states reasons and some of these protocols treat
     one of them (:func:`treats`), only those are returned; otherwise every match for the drug and
     route is (a protocol is not dropped because the order did not say why it was written)."""
     base = [_term("rxnorm_cui", order_rxnorm_codes(rxnorm_cuis)), _term("route", [route])]
-    found = _all_in_effect(db, base, at)
+    found = _all_in_effect(db, base, at, session)
     if indications and found:
         reasons = {code.upper() for code in indications}
         narrowed = [stored for stored in found if treats(json.loads(stored.document), reasons)]
@@ -562,8 +569,11 @@ def treats(document: Mapping[str, Any], reasons: set[str]) -> bool:
     return False
 
 
-def _all_in_effect(db: Database, conditions: list[ColumnElement[bool]], at: datetime | None) -> list[StoredVersion]:
+def _all_in_effect(db: Database, conditions: list[ColumnElement[bool]], at: datetime | None,
+                   session: Session | None = None) -> list[StoredVersion]:
     statement, seq, _ = _matching(db.dialect, ProtocolQuery(as_of=at))
-    with db.read() as session:
-        rows = session.execute(statement.where(*conditions).order_by(seq.desc())).all()
-    return [stored_version(row) for row in rows]
+    statement = statement.where(*conditions).order_by(seq.desc())
+    if session is not None:
+        return [stored_version(row) for row in session.execute(statement).all()]
+    with db.read() as own:
+        return [stored_version(row) for row in own.execute(statement).all()]

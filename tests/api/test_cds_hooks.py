@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +21,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 
-from protocols import cds, terminology
+from protocols import cds, search, terminology
 from tests.factories import protocol_payload
 
 RXNORM, SNOMED, UCUM, LOINC = terminology.RXNORM, terminology.SNOMED, terminology.UCUM, "http://loinc.org"
@@ -1042,3 +1043,66 @@ def test_a_maximum_per_period_that_could_not_be_applied_keeps_the_card_from_gree
     assert "partly checked" in result[0]["summary"]
     assert "maximum per period could not be applied" in result[0]["detail"]
     assert "80 mg per P1D" in result[1]["detail"]
+
+
+# ------------------------------------- one hook call, one instant, one state of the history
+
+
+def _esketamine_history(client: Any, *later: tuple[str, int, int]) -> dict[str, Any]:
+    """Version 1 (in effect since 2020: 28-56 mg nasal) and one version per ``(effective_from, min, max)``."""
+    payload = create(client, effective_from="2020-01-01T00:00:00Z", dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": 28, "dose_max": 56, "unit": "mg"}])
+    for effective_from, low, high in later:
+        _revise(client, payload, effective_from, low, high)
+    return payload
+
+
+def _revise(client: Any, payload: dict[str, Any], effective_from: str, low: int, high: int) -> None:
+    newest = client.get(f"/v1/protocols/{payload['id']}/versions/latest")
+    revised = dict(payload, effective_from=effective_from, dosing_ranges=[
+        {"route": NASAL, "phase": "induction", "dose_min": low, "dose_max": high, "unit": "mg"}])
+    response = client.put(f"/v1/protocols/{payload['id']}", json=revised, headers={"If-Match": newest.headers["ETag"]})
+    assert response.status_code == 201, response.get_json()
+
+
+def _two_orders() -> dict[str, Any]:
+    return hook_request([medication_request("esk-a", ESKETAMINE, NASAL, dose=(84, "mg")),
+                         medication_request("esk-b", ESKETAMINE, NASAL, dose=(84, "mg"))])
+
+
+def _judged(found: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(card["source"]["topic"]["code"].rsplit("/", 1)[1], card["indicator"]) for card in found]
+
+
+def test_one_hook_call_judges_every_order_at_one_instant(client, monkeypatch):
+    """Two orders signed together straddling the moment a scheduled version takes effect: both are
+    judged against the version in effect when the call began, never one against each (each order read
+    its own "now", and the first got 84 mg "above maximum" from version 1, the second "within range"
+    from version 2, for the same dose in the same signing)."""
+    _esketamine_history(client, ("2030-01-01T00:00:00Z", 84, 112))
+    switch = datetime(2030, 1, 1)  # naive UTC, as utcnow() returns
+    clock = iter([switch - timedelta(milliseconds=1)] + [switch + timedelta(milliseconds=n) for n in range(1, 100)])
+    monkeypatch.setattr(search, "utcnow", lambda: next(clock))
+    monkeypatch.setattr(cds, "utcnow", lambda: switch - timedelta(milliseconds=1))
+    assert _judged(cards(client, _two_orders())) == [("1", "critical"), ("1", "critical")]
+
+
+def test_one_hook_call_reads_one_state_of_the_history(client, monkeypatch):
+    """A back-dated correction committed while a hook call is judging its orders changes none of that
+    call's cards (the orders of one signing are judged in one snapshot), and every card of the next call."""
+    payload = _esketamine_history(client)
+    lookup = search.applicable_protocols
+    corrected: list[bool] = []
+
+    def correct_after_first_lookup(*args: Any, **kwargs: Any) -> Any:
+        found = lookup(*args, **kwargs)
+        if not corrected:
+            corrected.append(True)
+            _revise(client, payload, "2021-01-01T00:00:00Z", 84, 112)
+        return found
+
+    monkeypatch.setattr(search, "applicable_protocols", correct_after_first_lookup)
+    assert _judged(cards(client, _two_orders())) == [("1", "critical"), ("1", "critical")]
+    assert corrected
+    monkeypatch.setattr(search, "applicable_protocols", lookup)
+    assert _judged(cards(client, _two_orders())) == [("2", "info"), ("2", "info")]

@@ -23,6 +23,7 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.structuredefinition import StructureDefinition
 from werkzeug.serving import make_server
 
+import api.fhir_api as fhir_api
 from protocols import fhir, versioning
 from protocols.timeutil import parse_rfc3339, utcnow
 from tests.factories import protocol_payload, unique_id
@@ -265,6 +266,24 @@ def test_a_scheduled_change_is_seen_by_lastupdated_and_since_polls_once_it_takes
     since = _bundle(client.get(f"{MK}/{pid}/_history", query_string={"_since": poll}))
     assert [e["response"]["etag"] for e in since["entry"]] == ['W/"2"']
     assert since["entry"][0]["response"]["lastModified"] == read.get_json()["meta"]["lastUpdated"]
+
+
+def test_a_history_bundle_is_stamped_at_the_instant_its_entries_were_read(client, monkeypatch):
+    """Found by a probe: the entries were read at one "now" and the Bundle stamped with a later one, so a
+    version taking effect in between was in neither that Bundle nor the poll `_since` its timestamp.
+    A clock that moves on at each read stands in for the milliseconds the Bundle takes to build."""
+    switch = datetime(2030, 1, 1)  # naive UTC, as utcnow() returns
+    pid = _create(client, effective_from="2020-01-01T00:00:00Z")["id"]
+    _revise(client, pid, summary="scheduled", effective_from="2030-01-01T00:00:00Z")
+    clock = iter([switch - timedelta(milliseconds=1)] + [switch + timedelta(milliseconds=n) for n in range(1, 50)])
+    monkeypatch.setattr(fhir_api, "utcnow", lambda: next(clock))
+    before = _bundle(client.get(f"{MK}/{pid}/_history"))
+    assert [e["response"]["etag"] for e in before["entry"]] == ['W/"1"']
+    stamp = before["meta"]["lastUpdated"]
+    assert parse_rfc3339(stamp) < switch, stamp
+    monkeypatch.setattr(fhir_api, "utcnow", lambda: switch + timedelta(seconds=5))
+    polled = _bundle(client.get(f"{MK}/{pid}/_history", query_string={"_since": stamp}))
+    assert [e["response"]["etag"] for e in polled["entry"]] == ['W/"2"']
 
 
 def test_history_shows_the_first_published_version_as_the_create(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -10,10 +11,11 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.http import decode_cursor, encode_cursor
-from protocols import versioning
+from protocols import search, versioning
 from protocols.db import Database
 from protocols.terminology import ICD10CM, SNOMED
 from schemas.query import MAX_PAGE_SIZE
+from tests.factories import protocol_payload
 from tests.protocols.test_search import ANESTHESIA, CORPUS, IM, IV, P1, P2, P3, P4, P5, content_of, load_corpus
 
 
@@ -215,7 +217,6 @@ def test_words_with_new_tai_lue_vowel_signs_match_alike_on_both_databases(client
     """"a" + U+19B0 + "b" was one word to Python (and so to PostgreSQL) and two to SQLite's FTS5, which
     re-tokenizes what it is given: on SQLite count=true and backward pages held protocols the walk
     does not rank, and missed others (adversarial probe). The signs separate words on both now."""
-    from tests.factories import protocol_payload
 
     rows = (("ntl-real-1", "Newtailue one", "a\u19b0b"), ("ntl-real-2", "Newtailue two", "a\u19b0b"),
             ("ntl-fake", "Newtailue apple", "nothing"))
@@ -345,3 +346,19 @@ def test_a_page_emptied_by_retirements_keeps_a_way_on(client: FlaskClient, db: D
     assert onward["items"] == [] and onward["next"] is None
     before_it = get(client, onward["prev"]).get_json()  # before emptied-1: emptied-2 is retired too
     assert before_it["items"] == [] and walk(client, before_it["next"]) == ["emptied-1"]
+
+
+def test_a_page_and_its_count_are_read_at_one_instant(client, monkeypatch):
+    """Found by a probe: the page and its count each read "now" for themselves, so a page read just
+    before a scheduled protocol took effect came with the count of just after (30 items, count 29).
+    A clock that moves on at each read stands in for the time between the two statements."""
+    switch = datetime(2030, 1, 1)  # naive UTC, as utcnow() returns
+    existing = client.post("/v1/protocols", json=protocol_payload(effective_from="2020-01-01T00:00:00Z"))
+    assert existing.status_code == 201, existing.get_json()
+    scheduled = client.post("/v1/protocols", json=protocol_payload(effective_from="2030-01-01T00:00:00Z"))
+    assert scheduled.status_code == 201, scheduled.get_json()
+    for args in ({"count": "true"}, {"count": "true", "drug": "esketamine"}):
+        clock = iter([switch - timedelta(milliseconds=1)] + [switch + timedelta(milliseconds=n) for n in range(1, 50)])
+        monkeypatch.setattr(search, "utcnow", lambda clock=clock: next(clock))
+        body = client.get("/v1/protocols", query_string=args).get_json()
+        assert body["count"] == len(body["items"]) == 1, (args, body["count"], body["items"])
