@@ -17,6 +17,12 @@ guarded head, so a stale head writes nothing. A revision sends that statement on
 autocommit connection, where it is a transaction by itself (2 round trips per revision); creates,
 retirements and imports run it inside an explicit transaction. On SQLite the transaction begins with
 ``BEGIN IMMEDIATE``, so writers queue before step 1, and the steps are plain statements.
+
+The recording time (``recorded_at``: when a version is published, and what ``updated_since`` and FHIR
+polls compare) is read once the write is the only writer: after ``BEGIN IMMEDIATE`` on SQLite, after
+taking the change counter's lock first in PostgreSQL's explicit transactions (:func:`_hold_feed_lock`).
+A PostgreSQL revision reads it just before its one statement, which gives up after waiting
+:data:`QUEUED_LIMIT_MS` for other writers; the revision is then made in a transaction that queues first.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, TextClause, and_, bindparam, delete, insert, or_, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import TextualSelect
 
@@ -248,6 +254,29 @@ _PG_VERIFY_HEAD = (" AND seq = :protocol_seq AND EXISTS (SELECT 1 FROM protocol_
                    " WHERE v.protocol_id = :protocol_id AND v.version = :expected AND v.etag = :expected_etag)")
 
 
+#: How long a one-statement revision may wait for the writers ahead of it. Its ``recorded_at`` was read
+#: before it was sent, and is when the version is published (FHIR ``_since`` / ``_lastUpdated``) and when
+#: a version it cancels stops having taken effect: a revision that queued for seconds behind a long write
+#: transaction committed a version recorded seconds in the past, which pollers that had read past that
+#: instant never saw, and a cancelling one withdrew a scheduled version already served as published
+#: (found by a probe). Past this bound the statement fails (see :data:`_PG_QUEUED_GUARD`) and the
+#: revision is made again in a transaction that queues first and reads the clock after
+#: (:func:`revise`). Measured on the database's clock alone (from the statement's arrival), so clock
+#: skew between hosts cannot trip it; normal queueing is milliseconds (the benchmark's p99 is ~25 ms).
+QUEUED_LIMIT_MS = 250
+#: The counter's new value, or a division by zero (SQLSTATE 22012) once the statement has waited past
+#: :data:`QUEUED_LIMIT_MS`: evaluated in ``RETURNING``, after the counter's row lock is granted, and
+#: before any row that carries the seq is written, so the failed statement (a transaction of its own)
+#: writes nothing.
+_PG_QUEUED_GUARD = (f"value / CASE WHEN clock_timestamp() - statement_timestamp() > interval '{QUEUED_LIMIT_MS}"
+                    " milliseconds' THEN 0 ELSE 1 END")
+_DIVISION_BY_ZERO = "22012"
+
+
+class _QueuedTooLong(Exception):
+    """A one-statement revision waited past :data:`QUEUED_LIMIT_MS` and wrote nothing."""
+
+
 def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified: bool = False) -> TextClause:
     """One statement writing every row of an append, the feed sequence included; returns the new seq,
     or no row when the guarded head did not advance (then nothing was written).
@@ -265,7 +294,8 @@ def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified
             advance = _ADVANCE_HEAD + (_PG_VERIFY_HEAD if verified else "")
             parts.append(f"head AS ({_pg_cast(advance)} RETURNING 1)")
         parts.append("counter AS (UPDATE change_counter SET value = value + 1 WHERE id = 1"
-                     + (" AND EXISTS (SELECT 1 FROM head)" if guarded else "") + " RETURNING value)")
+                     + (" AND EXISTS (SELECT 1 FROM head)" if guarded else "")
+                     + (f" RETURNING {_PG_QUEUED_GUARD} AS value)" if verified else " RETURNING value)"))
         parts += [f"version AS ({_from_counter(_pg_cast(_INSERT_VERSION))})",
                   f"fts AS ({_from_counter(_PG_FTS)})", f"terms AS ({_from_counter(_PG_TERMS)})"]
         if in_effect:
@@ -299,21 +329,26 @@ def create(
     ctx: WriteContext = WriteContext(),
     now: datetime | None = None,
 ) -> StoredVersion:
-    """Create version 1 of a new protocol. An id that exists (or ever existed) is a conflict."""
-    now = now or utcnow()
+    """Create version 1 of a new protocol. An id that exists (or ever existed) is a conflict.
+
+    Recorded (``now`` unless given) once the transaction holds the writers' lock (:func:`_hold_feed_lock`)."""
     if status == "retired":
         # Born retired, it would answer 410 with content never in effect, and escape retire()'s rules.
         raise InvalidRecord("a protocol cannot start retired: create it, then retire it with DELETE",
                             errors={"status": ["a new protocol cannot be 'retired'"]})
     exists = ProtocolExists(f"protocol '{protocol_id}' already exists; ids are never reused",
                             protocol_id=protocol_id)
-    prepared = _prepare(protocol_id, 1, content, status=status, effective_from=effective_from or now,
-                        change_note=change_note, ctx=ctx, now=now)
+    canonical = record.canonical_content(content)  # validation errors before any lock is taken
     try:
         with _write_transaction(db) as conn:
-            protocol_seq = _insert_protocol(conn, protocol_id, now)
+            _hold_feed_lock(conn)
+            at = now or utcnow()
+            protocol_seq = _insert_protocol(conn, protocol_id, at)
             if protocol_seq is None:  # the id exists (ON CONFLICT DO NOTHING inserted nothing)
                 raise exists
+            prepared = _prepare(protocol_id, 1, content, status=status, effective_from=effective_from or at,
+                                change_note=change_note, ctx=ctx, now=at, canonical=canonical,
+                                content_hash=record.canonical_hash(canonical))
             return _write(conn, prepared, protocol_seq=protocol_seq, expected=None)
     except IntegrityError as exc:
         # A concurrent creator won the race between our existence check and the insert.
@@ -337,14 +372,20 @@ def revise(
 
     Returns ``(version, created)``.
     """
-    now = now or utcnow()
+    given_now = now
     canonical = record.canonical_content(content)
     content_hash = record.canonical_hash(canonical)
 
     def next_version(head: _Head, fetch: _Fetch) -> _Prepared | None:
         """The version to append on top of ``head``; None when it would repeat the newest one.
         Recorded no earlier than the version it follows: instances' clocks differ by milliseconds,
-        and history (and import, which checks it) reads versions in recording order."""
+        and history (and import, which checks it) reads versions in recording order.
+
+        "Now" is read here, with the head read (on SQLite inside ``BEGIN IMMEDIATE``, so after any
+        wait for the write lock), not when the request arrived: a revision that queued behind
+        another writer was recorded, and published over FHIR, seconds before it committed, and
+        pollers that had read past that instant never saw it (found by a probe)."""
+        now = given_now or utcnow()
         if _unchanged(head, content_hash, status, effective_from, now, fetch):
             return None
         at = max(now, head.version.recorded_at)
@@ -354,8 +395,12 @@ def revise(
 
     try:
         if db.engine.dialect.name == "postgresql":
-            return _revise_in_one_statement(db, protocol_id, if_match, if_none_match, next_version)
+            try:
+                return _revise_in_one_statement(db, protocol_id, if_match, if_none_match, next_version)
+            except _QueuedTooLong:
+                pass  # nothing was written: queue first, then read the clock (below)
         with _write_transaction(db) as conn:
+            _hold_feed_lock(conn)
             head = _read_head(conn, protocol_id)
 
             def fetch(name: str, params: dict[str, Any]) -> Any:
@@ -439,8 +484,14 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
         ``head`` any more (nothing written). Remembers the new head (:class:`RecentHeads`)."""
         params = {**prepared.params, "protocol_seq": head.protocol_seq, "expected": head.version.version,
                   "expected_etag": head.version.etag}
-        written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited, True)),
-                                     _pg_append_params(prepared, params))
+        try:
+            written = db.reads.fetch_one(_pg_raw(dialect, (True, prepared.in_effect, prepared.audited, True)),
+                                         _pg_append_params(prepared, params))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _DIVISION_BY_ZERO:
+                db.heads.forget(protocol_id)
+                raise _QueuedTooLong from exc
+            raise
         if written is None:
             db.heads.forget(protocol_id)
             return None
@@ -513,7 +564,7 @@ def retire(
     instead. To cancel a scheduled version and retire, retire at its ``effective_from`` (the later
     version wins the tie), then now.
     """
-    attempt = (db, protocol_id, if_match, if_none_match, effective_from, change_note, ctx, now or utcnow())
+    attempt = (db, protocol_id, if_match, if_none_match, effective_from, change_note, ctx, now)
     try:
         return _retire_once(*attempt)
     except (ConcurrentChange, IntegrityError):
@@ -529,15 +580,18 @@ def retire(
 
 def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
                  if_none_match: Sequence[str] | None, effective_from: datetime | None,
-                 change_note: str | None, ctx: WriteContext, now: datetime) -> tuple[StoredVersion, bool]:
+                 change_note: str | None, ctx: WriteContext,
+                 now: datetime | None) -> tuple[StoredVersion, bool]:
     """One attempt of :func:`retire`, in one write transaction."""
     with _write_transaction(db) as conn:
-        if effective_from is None:
-            # "From now", taken once the transaction holds SQLite's write lock (BEGIN IMMEDIATE): an
-            # identical retirement queued behind another read a "now" from before the winner's, found the
-            # protocol still active then, and answered 412 (found by this session's concurrency test).
-            # A retry after a lost race on PostgreSQL reads it afresh the same way.
-            now = max(now, utcnow())
+        _hold_feed_lock(conn)
+        # "Now" (and, without ``effective_from``, the retirement's start), taken once the transaction
+        # holds the writers' lock: an identical retirement queued behind another read a "now" from
+        # before the winner's, found the protocol still active then, and answered 412 (found by this
+        # session's concurrency test); and one recorded before its wait was published over FHIR
+        # before pollers could see it (probe). A retry after a lost race reads it afresh.
+        clock = utcnow()
+        now = clock if now is None else max(now, clock) if effective_from is None else now
         at = effective_from or now
         head, then = _read_head_for_retirement(conn, protocol_id, at)
         newest = head.version
@@ -643,6 +697,8 @@ def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: i
                         change_note=meta.get("change_note"),
                         ctx=WriteContext(meta.get("recorded_by"), meta.get("request_id")), now=recorded_at)
     if version == 1:
+        if head is None:
+            _hold_feed_lock(conn)
         protocol_seq = None if head is not None else _insert_protocol(conn, protocol_id, recorded_at)
         if protocol_seq is None:
             raise ProtocolExists(f"protocol '{protocol_id}' already exists", protocol_id=protocol_id)
@@ -767,6 +823,16 @@ def _newest_on(conn: Connection, protocol_id: str) -> StoredVersion:
     return StoredVersion(*row[:8])
 
 
+def _hold_feed_lock(conn: Connection) -> None:
+    """Queue behind every other writer now, before reading the clock or numbering anything.
+
+    The change counter's row lock is held until commit by every write (step 3 of the module recipe), so
+    a transaction that takes it first runs alone until it commits: its ``recorded_at`` and protocol seq
+    then follow commit order. SQLite's ``BEGIN IMMEDIATE`` already holds the database's write lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_COUNTER)
+
+
 def _insert_protocol(conn: Connection, protocol_id: str, created_at: datetime) -> int | None:
     """The new protocol's head row; returns its listing sequence, or None when the id exists.
 
@@ -774,10 +840,8 @@ def _insert_protocol(conn: Connection, protocol_id: str, created_at: datetime) -
     replays them, numbering protocols as they arrive, so a listing restored from an export is the
     listing exported only if creates take their protocol seq in commit order. On PostgreSQL the seq
     comes from a sequence at INSERT time, and a create that inserted first could commit (and take its
-    feed position) after a later one; holding the change counter's row lock first (it is held until
-    commit anyway) orders both. SQLite's ``BEGIN IMMEDIATE`` already runs one writer at a time."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_LOCK_COUNTER)
+    feed position) after a later one; callers hold the change counter's row lock first
+    (:func:`_hold_feed_lock`), which orders both."""
     seq = conn.execute(_INSERT_PROTOCOL, {"protocol_id": protocol_id, "created_at": created_at}).scalar()
     return None if seq is None else int(seq)
 

@@ -12,6 +12,7 @@ run in an explicit transaction on both databases.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -25,6 +26,7 @@ from protocols import audit, versioning
 from protocols.db import Database
 from protocols.errors import PreconditionFailed, RetirementUndone
 from protocols.models import AuditEvent, EffectivePeriod, ProtocolVersion
+from protocols.timeutil import utcnow
 from tests.protocols.test_search import content_of
 
 #: Cursor executions per create/retire inside the write transaction (BEGIN IMMEDIATE counts on SQLite;
@@ -334,3 +336,45 @@ def test_a_put_retirement_whose_head_moved_during_its_checks_is_stale(db: Databa
     with pytest.raises(versioning.InvalidRecord):
         versioning.revise(db, "raced", content_of("raced", title="Never in effect"), status="retired",
                           if_match=[versioning.latest(db, "raced").etag])
+
+
+def _queued_behind_a_writer(db: Database, write: Any) -> tuple[Any, datetime]:
+    """Runs ``write()`` in a thread while this thread holds the writers' lock (a long write transaction:
+    an import, a catalog load, a slow retirement); returns its result and the instant the lock was
+    released. The write is checked to have been waiting when the lock was released."""
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(write()))
+    with versioning._write_transaction(db) as conn:
+        versioning._hold_feed_lock(conn)
+        worker.start()
+        worker.join(timeout=(versioning.QUEUED_LIMIT_MS / 1000) * 3)  # well past the one-statement bound
+        assert worker.is_alive(), "the write did not wait for the writers' lock"
+        released = utcnow()
+    worker.join(timeout=30)
+    assert result, "the write did not finish after the lock was released"
+    return result[0], released
+
+
+def test_a_write_that_queued_behind_another_is_recorded_when_its_turn_came(db: Database) -> None:
+    """Found by a probe: ``recorded_at`` was read when a request arrived, before it queued behind the
+    writer ahead of it. A revision that waited seconds was published over FHIR (``lastUpdated`` is its
+    recording time) at an instant pollers had already read past, so they never saw it; one that
+    cancelled a scheduled version withdrew it after it had been served as published. Every write reads
+    the clock once it holds the writers' lock: creates, retirements and revisions, on both databases
+    (PostgreSQL's one-statement revision gives up past ``QUEUED_LIMIT_MS`` and is made again in a
+    transaction that queues first)."""
+    created, released = _queued_behind_a_writer(db, lambda: versioning.create(db, "queued", content_of("queued")))
+    assert created.recorded_at >= released and created.effective_from == created.recorded_at
+    for title in ("Revised once", "Revised twice"):  # the second on top of this process's own head (guessed)
+        (revised, appended), released = _queued_behind_a_writer(db, lambda title=title: versioning.revise(
+            db, "queued", content_of("queued", title=title), if_match=[versioning.latest(db, "queued").etag]))
+        assert appended and revised.recorded_at >= released and revised.effective_from == revised.recorded_at
+    (retired, appended), released = _queued_behind_a_writer(db, lambda: versioning.retire(
+        db, "queued", if_match=[versioning.latest(db, "queued").etag]))
+    assert appended and retired.recorded_at >= released and retired.effective_from == retired.recorded_at
+    # The revisions that gave up wrote nothing: four versions, and the changes feed has no gap.
+    with db.read() as session:
+        rows = session.execute(select(ProtocolVersion.version, ProtocolVersion.seq)
+                               .order_by(ProtocolVersion.seq)).all()
+    assert [version for version, _ in rows] == [1, 2, 3, 4]
+    assert [seq for _, seq in rows] == list(range(rows[0][1], rows[0][1] + 4))
