@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from functools import lru_cache
@@ -572,8 +573,6 @@ def treats(document: Mapping[str, Any], reasons: set[str]) -> bool:
 def _all_in_effect(db: Database, conditions: list[ColumnElement[bool]], at: datetime | None,
                    session: Session | None = None) -> list[StoredVersion]:
     statement, seq, _ = _matching(db.dialect, ProtocolQuery(as_of=at))
-    statement = statement.where(*conditions).order_by(seq.desc())
-    if session is not None:
-        return [stored_version(row) for row in session.execute(statement).all()]
-    with db.read() as own:
-        return [stored_version(row) for row in own.execute(statement).all()]
+    with nullcontext(session) if session is not None else db.read() as reading:
+        rows = reading.execute(statement.where(*conditions).order_by(seq.desc())).all()
+    return [stored_version(row) for row in rows]

@@ -339,6 +339,7 @@ def create(
     exists = ProtocolExists(f"protocol '{protocol_id}' already exists; ids are never reused",
                             protocol_id=protocol_id)
     canonical = record.canonical_content(content)  # validation errors before any lock is taken
+    content_hash = record.canonical_hash(canonical)
     try:
         with _write_transaction(db) as conn:
             _hold_feed_lock(conn)
@@ -348,7 +349,7 @@ def create(
                 raise exists
             prepared = _prepare(protocol_id, 1, content, status=status, effective_from=effective_from or at,
                                 change_note=change_note, ctx=ctx, now=at, canonical=canonical,
-                                content_hash=record.canonical_hash(canonical))
+                                content_hash=content_hash)
             return _write(conn, prepared, protocol_seq=protocol_seq, expected=None)
     except IntegrityError as exc:
         # A concurrent creator won the race between our existence check and the insert.
@@ -590,8 +591,10 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
         # before the winner's, found the protocol still active then, and answered 412 (found by this
         # session's concurrency test); and one recorded before its wait was published over FHIR
         # before pollers could see it (probe). A retry after a lost race reads it afresh.
-        clock = utcnow()
-        now = clock if now is None else max(now, clock) if effective_from is None else now
+        if now is None:
+            now = utcnow()
+        elif effective_from is None:
+            now = max(now, utcnow())
         at = effective_from or now
         head, then = _read_head_for_retirement(conn, protocol_id, at)
         newest = head.version
@@ -697,9 +700,10 @@ def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: i
                         change_note=meta.get("change_note"),
                         ctx=WriteContext(meta.get("recorded_by"), meta.get("request_id")), now=recorded_at)
     if version == 1:
+        protocol_seq = None
         if head is None:
             _hold_feed_lock(conn)
-        protocol_seq = None if head is not None else _insert_protocol(conn, protocol_id, recorded_at)
+            protocol_seq = _insert_protocol(conn, protocol_id, recorded_at)
         if protocol_seq is None:
             raise ProtocolExists(f"protocol '{protocol_id}' already exists", protocol_id=protocol_id)
         _write(conn, prepared, protocol_seq=protocol_seq, expected=None)

@@ -26,8 +26,9 @@ from tests.conftest import BACKEND
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_generate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "bench" / "generate.py")
+def _load_bench(script: str) -> ModuleType:
+    """A script of bench/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", ROOT / "bench" / f"{script}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
@@ -105,7 +106,7 @@ def _snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
 def test_bulk_generator_writes_the_rows_versioning_writes(test_databases: Any, backend: str) -> None:
     """bench/generate.py's bulk path must equal versioning.create/revise, table by table, or the
     catalog-scale numbers would measure a database the service could never have produced."""
-    generate = _load_generate()
+    generate = _load_bench("generate")
     shapes = generate.templates()[:40]
     now = utcnow().replace(microsecond=0) - timedelta(minutes=1)
     indexes = range(0, 24)  # indexes 3, 13, 23 get a second version
@@ -128,15 +129,6 @@ def test_bulk_generator_writes_the_rows_versioning_writes(test_databases: Any, b
         assert bulk[table] == service[table], f"table {table} differs"
 
 
-def _load_run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _stat(value: float) -> dict[str, float]:
     return {"median": value, "min": value, "max": value}
 
@@ -145,7 +137,7 @@ def test_tail_verdict_is_withheld_when_the_server_fell_behind_the_paced_rate() -
     """p99 / p50 at 70 % of peak says something about the service only if the server kept up: a p50
     above the saturated run's p50 is a queue that grew (a slower machine than the peak was measured
     on), and a ratio of two queue lengths must not be reported as 'holds'."""
-    run = _load_run()
+    run = _load_bench("run")
 
     def results(paced_p50: float, paced_p99: float) -> dict[str, Any]:
         saturated = {"rps": _stat(1000.0), "p50_ms": _stat(9.0), "p99_ms": _stat(15.0)}

@@ -13,15 +13,11 @@ with the catalog.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from itertools import pairwise
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,10 +27,10 @@ from protocols import fulltext, record, search, versioning
 from protocols.db import Database, make_database
 from protocols.search import ProtocolQuery
 from protocols.timeutil import utcnow
+from tests.bench.test_bench_smoke import _load_bench
 from tests.conftest import BACKEND
 from tests.protocols.test_search import content_of, icd, route, snomed
 
-ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 3, 8, 0, 0)
 
 # --------------------------------------------------------------------------------- the corpus
@@ -252,15 +248,6 @@ def test_lexeme_prefix_probe_agrees_with_the_index(db: Database) -> None:
 # ------------------------------------------------------------------------------------ the bounds
 
 
-def _load_generate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "bench" / "generate.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 class WorkMeter:
     """Work a database does for the statements run while it is active, without timing anything."""
 
@@ -338,7 +325,7 @@ FIRST_PAGE_QUERIES = {"q-common-word": ProtocolQuery(q="depressive"), "drug-filt
 def first_page_work(test_databases: Any) -> Iterator[dict[str, tuple[int, int]]]:
     """Each query's first-page work on the same bench catalog at 600 protocols, then grown to 2,400
     (4x), in a database of the module's own (built once for every query)."""
-    generate = _load_generate()
+    generate = _load_bench("generate")
     db = make_database(test_databases.private_url())
     shapes = generate.templates()
     now = utcnow().replace(microsecond=0) - timedelta(minutes=1)
