@@ -17,7 +17,9 @@ method in ~150 lines of asyncio:
 
 Requests come from the same TSV file the wrk driver reads (``METHOD <TAB> PATH <TAB> H: v|H: v``),
 taken round-robin; only bodiless requests are supported. Prints one line, ``BENCH_RESULT {json}``,
-like the wrk driver, so bench/run.py parses both the same way.
+like the wrk driver, so bench/run.py parses both the same way. The result carries the measured
+window on ``time.monotonic()``'s clock, and ``--spans FILE`` writes each measured request's scheduled
+and answered times there: bench/run.py lines them up with the stall probes (bench/stall_probe.c).
 
 Usage: ``python bench/openloop.py --base http://127.0.0.1:PORT --requests FILE --rate 1000
 --duration 10 --warmup 2 --connections 64`` (bench/run.py pins it to the load-generator CPU).
@@ -105,7 +107,8 @@ class Connection(asyncio.Protocol):
 
 
 class Generator:
-    def __init__(self, requests: list[bytes], rate: float, duration: float, warmup: float) -> None:
+    def __init__(self, requests: list[bytes], rate: float, duration: float, warmup: float,
+                 keep_spans: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
         self.requests = requests
         self.interval = 1.0 / rate
@@ -114,6 +117,8 @@ class Generator:
         self.queue: collections.deque[float] = collections.deque()
         self.next_request = 0
         self.latencies: list[float] = []
+        # (scheduled, answered) of each measured request, on time.monotonic()'s clock, for --spans
+        self.spans: list[tuple[float, float]] | None = [] if keep_spans else None
         self.send_lags: list[float] = []
         self.errors = {"status": 0, "connect": 0, "lost": 0}
         self.measure_from = self.measure_until = 0.0
@@ -134,6 +139,8 @@ class Generator:
         now = self.loop.time()
         if self.measure_from <= conn.scheduled < self.measure_until:
             self.latencies.append(now - conn.scheduled)
+            if self.spans is not None:
+                self.spans.append((conn.scheduled, now))
             if DEBUG and now - conn.scheduled > 0.05:
                 print(f"slow {now - conn.scheduled:.3f}s lag {conn.sent - conn.scheduled:.4f} conn {id(conn) % 10000}"
                       f" at {conn.scheduled - self.measure_from:.3f}", file=sys.stderr)
@@ -222,14 +229,20 @@ def summarize(gen: Generator, scheduled: int, unfinished: int) -> dict[str, obje
         "send_lag_ms": {"p50": round(percentile(lags, 0.50) * 1e3, 3),
                         "p99": round(percentile(lags, 0.99) * 1e3, 3)},
         "errors": errors,
+        "window_monotonic": [gen.measure_from, gen.measure_until],
     }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     parts = urlsplit(args.base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    generator = Generator(load_requests(args.requests, f"{host}:{port}"), args.rate, args.duration, args.warmup)
-    return await generator.run(host, port, args.connections)
+    generator = Generator(load_requests(args.requests, f"{host}:{port}"), args.rate, args.duration, args.warmup,
+                          keep_spans=bool(args.spans))
+    result = await generator.run(host, port, args.connections)
+    if args.spans:
+        with open(args.spans, "w", encoding="utf-8") as handle:
+            json.dump([[round(a, 6), round(b, 6)] for a, b in generator.spans or []], handle)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the same rate, not measured")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--spans", help="write [scheduled, answered] of each measured request (time.monotonic"
+                                        " seconds) to this JSON file, for bench/run.py's stall accounting")
     args = parser.parse_args(argv)
     result = asyncio.run(main_async(args))
     print("BENCH_RESULT " + json.dumps(result), flush=True)

@@ -21,7 +21,10 @@ so the harness cannot rot on either.
 from __future__ import annotations
 
 import argparse
+import atexit
+import bisect
 import contextlib
+import functools
 import json
 import os
 import re
@@ -537,19 +540,130 @@ PACED_FRACTION = 0.7
 PACED_CONNECTIONS = 64
 
 
-def openloop(base: str, requests: Path, rate: float, seconds: float, warmup: float) -> Run:
-    """One constant-rate run of bench/openloop.py, pinned to the load-generator CPU."""
-    command = ["taskset", "-c", LOADGEN_CPU, sys.executable, str(OPENLOOP), "--base", base,
-               "--requests", str(requests), "--rate", f"{rate:.1f}", "--duration", str(seconds),
-               "--warmup", str(warmup), "--connections", str(PACED_CONNECTIONS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 60, check=False)
-    match = re.search(r"^BENCH_RESULT (\{.*\})$", result.stdout, re.MULTILINE)
-    if result.returncode != 0 or not match:
-        raise RuntimeError(f"openloop failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    data = json.loads(match.group(1))
-    return Run(rps=round(data["requests"] / (data["duration_us"] / 1e6), 1),
-               p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
-               requests=data["requests"], errors=sum(data["errors"].values()))
+STALL_PROBE = BENCH_DIR / "stall_probe.c"
+STALL_THRESHOLD_MS = 2.0  # a real-time wake-up this late: the CPU ran nothing of ours (normal: < 0.3 ms)
+
+
+@dataclass(frozen=True)
+class Stalls:
+    """What the stall probes saw during one open-loop run, and the latency without those moments."""
+
+    count: int                    # moments when both CPUs were stalled at once, inside the window
+    total_ms: float
+    worst_ms: float
+    clear_p50_ms: float | None    # the requests not in flight during any of them
+    clear_p99_ms: float | None
+    left_out: int                 # requests that were in flight during one
+    per_cpu: list[dict[str, float]] = field(default_factory=list)  # each probe's own late wake-ups
+
+
+@functools.cache
+def stall_probe() -> tuple[list[str], str] | None:
+    """The command that runs bench/stall_probe.c (compiled once per harness run) and how: at
+    real-time priority when this user may (``chrt -f``), else at normal priority, where a late
+    wake-up can also be the kernel's own scheduling and the numbers say less. None without a C
+    compiler: the stall accounting is then "not measured"."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="bench_probe_"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    binary = directory / "stall_probe"
+    if subprocess.run([compiler, "-O2", "-o", str(binary), str(STALL_PROBE)], capture_output=True,
+                      check=False).returncode != 0:
+        return None
+    realtime = ["chrt", "-f", "50"]
+    if shutil.which("chrt") and subprocess.run([*realtime, "true"], capture_output=True, check=False).returncode == 0:
+        return [*realtime, str(binary)], "real-time priority"
+    return [str(binary)], "normal priority"
+
+
+def probe_stalls(output: str) -> list[tuple[float, float]]:
+    """The stretches one probe was held off its CPU: (due, woke) on time.monotonic()'s clock."""
+    stalls = []
+    for line in output.splitlines():
+        word, *values = line.split()
+        if word == "late" and len(values) == 2:
+            due = float(values[0]) + 0.001  # it slept 1 ms from its stamp
+            stalls.append((due, due + float(values[1]) / 1000))
+    return stalls
+
+
+def common_stalls(per_cpu: list[list[tuple[float, float]]], window: tuple[float, float],
+                  shortest_ms: float = 1.0) -> list[tuple[float, float]]:
+    """The stretches inside ``window`` during which every CPU's probe was held off at once, at least
+    ``shortest_ms`` long: moments when no process of the benchmark (server, database, load generator)
+    could run."""
+    common = per_cpu[0] if per_cpu else []
+    for other in per_cpu[1:]:
+        common = [(max(a0, b0), min(a1, b1)) for a0, a1 in common for b0, b1 in other if max(a0, b0) < min(a1, b1)]
+    low, high = window
+    clipped = [(max(a, low), min(b, high)) for a, b in common]
+    return sorted((a, b) for a, b in clipped if b - a >= shortest_ms / 1000)
+
+
+def clear_latencies(spans: list[tuple[float, float]], stalls: list[tuple[float, float]]) -> list[float]:
+    """Sorted latencies (ms) of the requests that were not in flight during any stall: a request
+    scheduled at ``s`` and answered at ``d`` overlaps a stall (a, b) when s < b and a < d."""
+    starts = [a for a, _ in stalls]  # sorted and disjoint, so their ends are sorted too
+    kept = []
+    for scheduled, answered in spans:
+        before = bisect.bisect_left(starts, answered)  # the stalls that began before the answer
+        if before == 0 or stalls[before - 1][1] <= scheduled:  # the last of them ended before it was sent
+            kept.append((answered - scheduled) * 1000)
+    return sorted(kept)
+
+
+def nearest_rank(values: list[float], fraction: float) -> float | None:
+    """The same percentile as bench/openloop.py's, of a sorted list."""
+    if not values:
+        return None
+    return values[min(len(values) - 1, max(0, round(fraction * len(values)) - 1))]
+
+
+def stall_summary(probe_outputs: list[str], window: tuple[float, float],
+                  spans: list[tuple[float, float]]) -> Stalls:
+    low, high = window
+    each = [[(a, b) for a, b in probe_stalls(out) if low <= a < high] for out in probe_outputs]
+    stalls = common_stalls(each, window)
+    clear = clear_latencies(spans, stalls)
+    lengths = [(b - a) * 1000 for a, b in stalls]
+    return Stalls(count=len(stalls), total_ms=round(sum(lengths), 1), worst_ms=round(max(lengths, default=0.0), 1),
+                  clear_p50_ms=nearest_rank(clear, 0.50), clear_p99_ms=nearest_rank(clear, 0.99),
+                  left_out=len(spans) - len(clear),
+                  per_cpu=[{"late": len(cpu), "worst_ms": round(max(((b - a) * 1000 for a, b in cpu), default=0.0), 1)}
+                           for cpu in each])
+
+
+def openloop(base: str, requests: Path, rate: float, seconds: float, warmup: float) -> tuple[Run, Stalls | None]:
+    """One constant-rate run of bench/openloop.py, pinned to the load-generator CPU, with a stall
+    probe on each CPU (bench/stall_probe.c) when one can be built: the requests in flight while both
+    CPUs were held off are counted, and the latency of the others is reported beside the whole."""
+    probe = stall_probe()
+    with tempfile.TemporaryDirectory(prefix="bench_spans_") as scratch:
+        spans_file = Path(scratch) / "spans.json"
+        command = ["taskset", "-c", LOADGEN_CPU, sys.executable, str(OPENLOOP), "--base", base,
+                   "--requests", str(requests), "--rate", f"{rate:.1f}", "--duration", str(seconds),
+                   "--warmup", str(warmup), "--connections", str(PACED_CONNECTIONS), "--spans", str(spans_file)]
+        probes = [subprocess.Popen(["taskset", "-c", cpu, *probe[0], f"{seconds + warmup + 3:.0f}",
+                                    str(STALL_THRESHOLD_MS)], stdout=subprocess.PIPE, text=True)
+                  for cpu in (SERVER_CPU, LOADGEN_CPU)] if probe else []
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 60,
+                                    check=False)
+        finally:
+            for process in probes:
+                process.kill()
+            outputs = [process.communicate()[0] for process in probes]
+        match = re.search(r"^BENCH_RESULT (\{.*\})$", result.stdout, re.MULTILINE)
+        if result.returncode != 0 or not match:
+            raise RuntimeError(f"openloop failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        data = json.loads(match.group(1))
+        spans = [(a, b) for a, b in json.loads(spans_file.read_text())]
+    stalls = stall_summary(outputs, tuple(data["window_monotonic"]), spans) if probe else None
+    return (Run(rps=round(data["requests"] / (data["duration_us"] / 1e6), 1),
+                p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
+                requests=data["requests"], errors=sum(data["errors"].values())), stalls)
 
 
 def paced_latency(base: str, lines: list[str], settings: Settings, peak_rps: float,
@@ -560,21 +674,50 @@ def paced_latency(base: str, lines: list[str], settings: Settings, peak_rps: flo
     the server does, and latency runs from each request's scheduled time, so queueing behind a stall
     is charged to the server. (wrk's closed-loop ``delay()`` pacing, used before, put its own pauses
     into the tail: bench/pacing_check.py.) Each run is ``10 x duration`` seconds long so that its p99
-    rests on thousands of requests; the median of ``runs`` runs is reported."""
+    rests on thousands of requests; the median of ``runs`` runs is reported.
+
+    Beside it, ``machine_stalls``: the moments both CPUs were held off at once (stall probes, see
+    ``openloop``), and the p50 / p99 of the requests not in flight during one, medians over the
+    runs. The target's verdict stays on the whole; this says how much of a miss the machine made."""
     target = PACED_FRACTION * peak_rps
     seconds = 2.0 if settings.smoke else 10 * settings.duration
     requests = write_requests(lines)
     result = Measurement(f"{name} at {PACED_FRACTION:.0%} of peak (open loop)")
+    stalls: list[Stalls] = []
     try:
         for _ in range(settings.runs):
-            result.runs.append(openloop(base, requests, target, seconds, max(settings.warmup, 1.0)))
+            measured, seen = openloop(base, requests, target, seconds, max(settings.warmup, 1.0))
+            result.runs.append(measured)
+            if seen is not None:
+                stalls.append(seen)
             _drain(base, lines[0])
     finally:
         requests.unlink()
     log(f"{result.name:<38} {result.rps:>8.0f} req/s  p50 {result.p50:7.2f} ms  p99 {result.p99:7.2f} ms"
-        + (f"  ({result.errors} errors)" if result.errors else ""))
+        + (f"  ({result.errors} errors)" if result.errors else "")
+        + (f"  both CPUs stalled {sum(s.count for s in stalls)} times, worst {max(s.worst_ms for s in stalls)} ms"
+           if stalls else ""))
     return {"target_rps": round(target), "connections": PACED_CONNECTIONS, "generator": "bench/openloop.py",
-            "seconds_per_run": seconds, "label": name, **result.summary()}
+            "seconds_per_run": seconds, "label": name, **result.summary(),
+            "machine_stalls": machine_stalls(stalls)}
+
+
+def machine_stalls(stalls: list[Stalls]) -> dict[str, Any] | None:
+    """The stall probes' findings over the runs of one open-loop measurement (None: no probe)."""
+    probe = stall_probe()
+    if not stalls or probe is None:
+        return None
+
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    return {"probe": f"bench/stall_probe.c at {probe[1]}, one per CPU, late > {STALL_THRESHOLD_MS} ms",
+            "count": sum(s.count for s in stalls), "total_ms": round(sum(s.total_ms for s in stalls), 1),
+            "worst_ms": max(s.worst_ms for s in stalls), "left_out": sum(s.left_out for s in stalls),
+            "clear_p50_ms": median([s.clear_p50_ms for s in stalls]),
+            "clear_p99_ms": median([s.clear_p99_ms for s in stalls]),
+            "runs": [asdict(s) for s in stalls]}
 
 
 def run_backend(backend: Backend, settings: Settings) -> dict[str, Any]:
@@ -748,6 +891,11 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(("p99 <= 5 x p50 at 70 % of peak",
                      ratio(paced["p99_ms"]["median"], paced["p50_ms"]["median"]), 5.0,
                      "<=" if kept_up(paced, m.get("get")) else "behind"))
+        clear = paced.get("machine_stalls") or {}
+        if clear.get("clear_p50_ms"):
+            rows.append(("p99 / p50 at 70 % of peak without the requests in flight while both CPUs stalled",
+                         ratio(clear["clear_p99_ms"], clear["clear_p50_ms"]), 5.0,
+                         "info" if kept_up(paced, m.get("get")) else "behind"))
     paced_a = r.get("paced_a")
     if paced_a:
         rows.append(("(a) bare Flask: p99 / p50 at 70 % of its own peak",
@@ -798,6 +946,14 @@ def table(all_results: list[dict[str, Any]]) -> str:
             detail = (f"peak {memory['worker_peak_mb']} MB vs idle {memory['worker_idle_mb']} MB while streaming "
                       f"{memory['lines']} lines" if memory.get("measured") else memory.get("note", "not measured"))
             lines.append(f"- {r['backend']}: idle RSS per worker (MB): {idle}; export: {detail}")
+        for paced in (r.get("paced"), r.get("paced_a")):
+            stalls = paced.get("machine_stalls") if paced else None
+            if paced and stalls and stalls["clear_p50_ms"] is not None:
+                lines.append(f"- {r['backend']}: {paced['label']} at 70 % of peak: both CPUs stalled at once"
+                             f" {stalls['count']} times in {len(stalls['runs'])} runs ({stalls['total_ms']} ms in all,"
+                             f" worst {stalls['worst_ms']} ms), {stalls['left_out']} requests in flight then;"
+                             f" the others: p50 {stalls['clear_p50_ms']:.2f} ms, p99 {stalls['clear_p99_ms']:.2f} ms"
+                             f" ({stalls['probe']})")
         if r.get("database_pinned") is not None:
             lines.append(f"- {r['backend']}: {r['database_pinned']} database backends pinned to the load-generator"
                          f" CPU {LOADGEN_CPU} (server on CPU {SERVER_CPU})")

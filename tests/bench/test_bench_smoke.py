@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -78,6 +81,15 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path, test_databas
         assert paced["errors"] == 0, paced
     assert f"| {name} | p99 <= 5 x p50 at 70 % of peak |" in result.stdout
     assert f"| {name} | (a) bare Flask at 70 % of peak, open loop" in result.stdout
+    # The stall probes ran beside each open-loop run wherever a C compiler can build them.
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    for key in ("paced", "paced_a"):
+        stalls = data["results"][0][key]["machine_stalls"]
+        assert (stalls is not None) == (compiler is not None), stalls
+        if stalls:
+            assert len(stalls["runs"]) == len(data["results"][0][key]["runs"])
+            assert len(stalls["runs"][0]["per_cpu"]) == 2
+            assert stalls["clear_p50_ms"] is not None and stalls["clear_p99_ms"] >= stalls["clear_p50_ms"]
     if BACKEND == "postgres":  # the run's throwaway database went with it
         assert _bench_databases(test_databases.admin_url) <= before
 
@@ -156,3 +168,51 @@ def test_tail_verdict_is_withheld_when_the_server_fell_behind_the_paced_rate() -
     behind = verdicts(results(3641.0, 5747.0))
     assert behind["p99 <= 5 x p50 at 70 % of peak"].startswith("not valid")
     assert behind["(a) bare Flask: p99 / p50 at 70 % of its own peak"].startswith("not valid")
+
+
+def test_stall_probe_reports_the_time_it_was_held_off_its_cpu() -> None:
+    """bench/stall_probe.c, built as the harness builds it: stopped for 150 ms (SIGSTOP, as a
+    hypervisor holding the CPU would), it prints one late wake-up of about that length."""
+    run = _load_bench("run")
+    probe = run.stall_probe()
+    assert probe is not None, "no C compiler: the harness reports machine stalls as not measured"
+    process = subprocess.Popen([probe[0][-1], "2", "20"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(0.15)
+    process.send_signal(signal.SIGCONT)
+    output, _ = process.communicate(timeout=10)
+    late = [float(line.split()[2]) for line in output.splitlines() if line.startswith("late ")]
+    assert len(late) == 1 and 120 <= late[0] <= 1000, output
+    assert output.splitlines()[-1].startswith("done ")
+    [(due, woke)] = run.probe_stalls(output)
+    assert abs((woke - due) * 1000 - late[0]) < 0.01
+
+
+def test_requests_in_flight_while_both_cpus_stalled_are_counted_and_set_aside() -> None:
+    """Only a stretch when every CPU's probe was held off counts as the machine's; requests in
+    flight then are left out of the 'without stalls' latency, and the target's own verdict still
+    rests on every request."""
+    run = _load_bench("run")
+    cpu0 = "late 10.000000 30.000\nlate 20.000000 5.000\n"   # 10.001-10.031, 20.001-20.006
+    cpu1 = "late 10.010000 40.000\nlate 30.000000 9.000\n"   # 10.011-10.051, CPU 1 alone at 30 s
+    spans = [(9.0 + i * 0.01, 9.0 + i * 0.01 + 0.001) for i in range(300)]   # 1 ms each, 9.00-11.99 s
+    spans.append((10.015, 10.080))  # in flight during the common stall: 65 ms
+    spans.append((10.000, 10.012))  # answered 1 ms into it: in flight too
+    stalls = run.stall_summary([cpu0, cpu1], (9.0, 40.0), spans)
+    assert (stalls.count, stalls.worst_ms, stalls.total_ms) == (1, 20.0, 20.0)   # 10.011-10.031
+    assert stalls.left_out == 4  # the two above and the 1 ms requests sent at 10.02 and 10.03
+    assert stalls.clear_p99_ms == stalls.clear_p50_ms and abs(stalls.clear_p50_ms - 1.0) < 1e-6
+    assert [c["late"] for c in stalls.per_cpu] == [2, 2]
+    # Outside the measured window, nothing counts.
+    assert run.stall_summary([cpu0, cpu1], (11.0, 40.0), spans).count == 0
+    assert run.common_stalls([run.probe_stalls(cpu0)], (0.0, 99.0)) == run.probe_stalls(cpu0)
+
+    paced = {"rps": _stat(700.0), "p50_ms": _stat(1.0), "p99_ms": _stat(30.0), "errors": 0,
+             "machine_stalls": {"clear_p50_ms": 1.0, "clear_p99_ms": 3.0}}
+    saturated = {"rps": _stat(1000.0), "p50_ms": _stat(9.0), "p99_ms": _stat(15.0)}
+    verdicts = {t["target"]: (t["value"], t["verdict"]) for t in run.targets(
+        {"backend": "postgresql", "measurements": {"get": saturated}, "paced": paced})}
+    assert verdicts["p99 <= 5 x p50 at 70 % of peak"] == (30.0, "MISSED")
+    assert verdicts["p99 / p50 at 70 % of peak without the requests in flight while both CPUs stalled"] == (
+        3.0, "for information")
