@@ -848,7 +848,16 @@ def _check(url: str, expected: int, headers: dict[str, str] | None = None) -> No
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
+    """a / b unrounded: a verdict must not hold by rounding (365 / 1,220 = 0.299 was shown as 0.30
+    and judged 'holds' against 0.3). The table rounds for display only, and shows a third decimal
+    where two would read as the bound itself."""
+    return a / b if a and b else None
+
+
+def shown(value: float, limit: float) -> str:
+    """``value`` with two decimals, or three when two would print the bound for a value that is not it."""
+    text_ = f"{value:.2f}"
+    return f"{value:.3f}" if float(text_) == limit and value != limit else text_
 
 
 def kept_up(paced: dict[str, Any], saturated: dict[str, Any] | None) -> bool:
@@ -936,7 +945,7 @@ def table(all_results: list[dict[str, Any]]) -> str:
     lines += ["", "| backend | target | measured | verdict |", "|---|---|---|---|"]
     for r in all_results:
         for t in r["targets"]:
-            value = "-" if t["value"] is None else f"{t['value']:.2f}"
+            value = "-" if t["value"] is None else shown(t["value"], t["limit"])
             lines.append(f"| {r['backend']} | {t['target']} | {value} | {t['verdict']} |")
     lines.append("")
     for r in all_results:

@@ -165,6 +165,21 @@ def test_tail_verdict_is_withheld_when_the_server_fell_behind_the_paced_rate() -
     assert kept_up["(a) bare Flask: p99 / p50 at 70 % of its own peak"] == "for information"
     assert verdicts(results(1.0, 6.0))["p99 <= 5 x p50 at 70 % of peak"] == "MISSED"
     # 3.6 s p50, 5.7 s p99 at "70 %": the ratio 1.58 would read as 'holds'.
+    # A ratio under its bound does not hold by rounding: 365 / 1,220 = 0.299 is not 0.30.
+    def measured(name: str, rps: float) -> dict[str, Any]:
+        return {"name": name, "rps": _stat(rps), "p50_ms": _stat(1.0), "p99_ms": _stat(2.0), "errors": 0}
+
+    at_bound = {"backend": "postgresql", "measurements": {
+        "put": measured("PUT", 365.0), "d_insert": measured("(d)", 1220.0),
+        "get_304": measured("304", 2332.0), "a_fixed": measured("(a)", 2603.0)}}
+    rounded = {t["target"]: t for t in run.targets(at_bound)}
+    assert rounded["PUT >= 0.3 x (d) raw INSERT+COMMIT"]["verdict"] == "MISSED"
+    assert rounded["304 >= 0.9 x (a) bare Flask"]["verdict"] == "MISSED"
+    assert "| postgresql | PUT >= 0.3 x (d) raw INSERT+COMMIT | 0.299 | MISSED |" in run.table(
+        [{**at_bound, "targets": list(rounded.values())}])
+    at_bound["measurements"]["put"] = measured("PUT", 366.0)  # 0.3000: holds, and shows as 0.30
+    assert "| postgresql | PUT >= 0.3 x (d) raw INSERT+COMMIT | 0.30 | holds |" in run.table(
+        [{**at_bound, "targets": run.targets(at_bound)}])
     behind = verdicts(results(3641.0, 5747.0))
     assert behind["p99 <= 5 x p50 at 70 % of peak"].startswith("not valid")
     assert behind["(a) bare Flask: p99 / p50 at 70 % of its own peak"].startswith("not valid")
