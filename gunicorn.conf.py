@@ -69,12 +69,19 @@ access_log_format = (
 class JsonSafeAtoms(SafeAtoms):
     """gunicorn's atoms escaped for a JSON string: its own escaping covers '"' only, so a request for
     ``/v1/a%0Ab`` split a line in two and ``/v1/c%5C`` swallowed the closing quote (any client could
-    write lines that are not JSON; found by an adversarial probe)."""
+    write lines that are not JSON; found by an adversarial probe).
+
+    Escaped as the format reads them, not all up front: the atoms hold every request and response
+    header and the format reads nine of them; escaping them all was 6 % of the server's CPU on a 304
+    (``bench/profile.py --path-kind get_304 --gil``, docs/performance.md)."""
 
     def __init__(self, atoms: dict[str, object]) -> None:  # replaces SafeAtoms' escaping, not added to it
+        dict.__init__(self, atoms)
+
+    def __getitem__(self, key: str) -> object:
+        value = super().__getitem__(key)  # SafeAtoms: header names case-blind, "-" for what is missing
         # ASCII escapes: a raw U+0085 or U+2028 (a line break to str.splitlines) cannot split a line either.
-        dict.__init__(self, {key: json.dumps(value)[1:-1] if isinstance(value, str) else value
-                             for key, value in atoms.items()})
+        return json.dumps(value)[1:-1] if isinstance(value, str) else value
 
 
 class JsonAccessLogger(Logger):
