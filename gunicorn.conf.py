@@ -72,7 +72,7 @@ class JsonSafeAtoms(SafeAtoms):
     write lines that are not JSON; found by an adversarial probe).
 
     Escaped as the format reads them, not all up front: the atoms hold every request and response
-    header and the format reads nine of them; escaping them all was 6 % of the server's CPU on a 304
+    header and the format reads eight of them; escaping them all was 6 % of the server's CPU on a 304
     (``bench/profile.py --path-kind get_304 --gil``, docs/performance.md)."""
 
     def __init__(self, atoms: dict[str, object]) -> None:  # replaces SafeAtoms' escaping, not added to it
