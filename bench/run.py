@@ -624,7 +624,7 @@ def nearest_rank(values: list[float], fraction: float) -> float | None:
 def stall_summary(probe_outputs: list[str], window: tuple[float, float],
                   spans: list[tuple[float, float]]) -> Stalls:
     low, high = window
-    each = [[(a, b) for a, b in probe_stalls(out) if low <= a < high] for out in probe_outputs]
+    each = [[(a, b) for a, b in probe_stalls(out) if a < high and b > low] for out in probe_outputs]
     stalls = common_stalls(each, window)
     clear = clear_latencies(spans, stalls)
     lengths = [(b - a) * 1000 for a, b in stalls]

@@ -219,8 +219,10 @@ def test_requests_in_flight_while_both_cpus_stalled_are_counted_and_set_aside() 
     assert stalls.left_out == 4  # the two above and the 1 ms requests sent at 10.02 and 10.03
     assert stalls.clear_p99_ms == stalls.clear_p50_ms and abs(stalls.clear_p50_ms - 1.0) < 1e-6
     assert [c["late"] for c in stalls.per_cpu] == [2, 2]
-    # Outside the measured window, nothing counts.
+    # Outside the measured window, nothing counts; a stall that straddles its start counts from there.
     assert run.stall_summary([cpu0, cpu1], (11.0, 40.0), spans).count == 0
+    straddling = run.stall_summary([cpu0, cpu1], (10.021, 40.0), spans)
+    assert (straddling.count, straddling.total_ms) == (1, 10.0)
     assert run.common_stalls([run.probe_stalls(cpu0)], (0.0, 99.0)) == run.probe_stalls(cpu0)
 
     paced = {"rps": _stat(700.0), "p50_ms": _stat(1.0), "p99_ms": _stat(30.0), "errors": 0,
