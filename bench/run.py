@@ -524,7 +524,7 @@ def export_memory(server: Server, settings: Settings) -> dict[str, Any]:
     busiest = max(pids, key=lambda p: peaks[p] - idle[p])
     result.update(measured=True, lines=lines, seconds=round(time.perf_counter() - started, 1),
                   worker_idle_mb=round(idle[busiest] / 1024, 1), worker_peak_mb=round(peaks[busiest] / 1024, 1),
-                  ratio=round(peaks[busiest] / idle[busiest], 3))
+                  ratio=peaks[busiest] / idle[busiest])  # unrounded: the verdict must not hold by rounding
     return result
 
 
@@ -623,9 +623,10 @@ def nearest_rank(values: list[float], fraction: float) -> float | None:
 
 def stall_summary(probe_outputs: list[str], window: tuple[float, float],
                   spans: list[tuple[float, float]]) -> Stalls:
-    low, high = window
+    # Requests scheduled inside the window may be answered after it: a stall then delayed them too.
+    low, high = window[0], max([window[1], *(answered for _, answered in spans)])
     each = [[(a, b) for a, b in probe_stalls(out) if a < high and b > low] for out in probe_outputs]
-    stalls = common_stalls(each, window)
+    stalls = common_stalls(each, (low, high))
     clear = clear_latencies(spans, stalls)
     lengths = [(b - a) * 1000 for a, b in stalls]
     return Stalls(count=len(stalls), total_ms=round(sum(lengths), 1), worst_ms=round(max(lengths, default=0.0), 1),
@@ -645,16 +646,23 @@ def openloop(base: str, requests: Path, rate: float, seconds: float, warmup: flo
         command = ["taskset", "-c", LOADGEN_CPU, sys.executable, str(OPENLOOP), "--base", base,
                    "--requests", str(requests), "--rate", f"{rate:.1f}", "--duration", str(seconds),
                    "--warmup", str(warmup), "--connections", str(PACED_CONNECTIONS), "--spans", str(spans_file)]
-        probes = [subprocess.Popen(["taskset", "-c", cpu, *probe[0], f"{seconds + warmup + 3:.0f}",
-                                    str(STALL_THRESHOLD_MS)], stdout=subprocess.PIPE, text=True)
-                  for cpu in (SERVER_CPU, LOADGEN_CPU)] if probe else []
+        # Each probe writes to a file: a pipe nobody reads until the end fills at 64 KiB and blocks it.
+        logs: list[Path] = []
+        probes: list[subprocess.Popen[bytes]] = []
+        probe_command = probe[0] if probe else []
+        for cpu in (SERVER_CPU, LOADGEN_CPU) if probe else ():
+            logs.append(Path(scratch) / f"probe-{cpu}.txt")
+            with logs[-1].open("w") as sink:
+                probes.append(subprocess.Popen(["taskset", "-c", cpu, *probe_command, f"{seconds + warmup + 3:.0f}",
+                                                str(STALL_THRESHOLD_MS)], stdout=sink))
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 60,
                                     check=False)
         finally:
             for process in probes:
                 process.kill()
-            outputs = [process.communicate()[0] for process in probes]
+                process.wait()
+        outputs = [log_path.read_text() for log_path in logs]
         match = re.search(r"^BENCH_RESULT (\{.*\})$", result.stdout, re.MULTILINE)
         if result.returncode != 0 or not match:
             raise RuntimeError(f"openloop failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -855,9 +863,13 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def shown(value: float, limit: float) -> str:
-    """``value`` with two decimals, or three when two would print the bound for a value that is not it."""
-    text_ = f"{value:.2f}"
-    return f"{value:.3f}" if float(text_) == limit and value != limit else text_
+    """``value`` with two decimals, or as many more as it takes not to print the bound for a value
+    that is not it (0.29996 is "0.29996", not "0.300")."""
+    for digits in range(2, 10):
+        text_ = f"{value:.{digits}f}"
+        if float(text_) != limit or value == limit:
+            return text_
+    return repr(value)
 
 
 def kept_up(paced: dict[str, Any], saturated: dict[str, Any] | None) -> bool:

@@ -87,9 +87,14 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path, test_databas
         stalls = data["results"][0][key]["machine_stalls"]
         assert (stalls is not None) == (compiler is not None), stalls
         if stalls:
-            assert len(stalls["runs"]) == len(data["results"][0][key]["runs"])
-            assert len(stalls["runs"][0]["per_cpu"]) == 2
-            assert stalls["clear_p50_ms"] is not None and stalls["clear_p99_ms"] >= stalls["clear_p50_ms"]
+            runs = data["results"][0][key]["runs"]
+            assert len(stalls["runs"]) == len(runs)
+            for seen, measured in zip(stalls["runs"], runs, strict=True):
+                assert len(seen["per_cpu"]) == 2
+                if seen["count"] == 0:  # nothing left out: the same latencies as the generator's own
+                    assert seen["left_out"] == 0
+                    assert abs(seen["clear_p50_ms"] - measured["p50_ms"]) < 0.01, (seen, measured)
+                    assert abs(seen["clear_p99_ms"] - measured["p99_ms"]) < 0.01, (seen, measured)
     if BACKEND == "postgres":  # the run's throwaway database went with it
         assert _bench_databases(test_databases.admin_url) <= before
 
@@ -169,7 +174,7 @@ def test_tail_verdict_is_withheld_when_the_server_fell_behind_the_paced_rate() -
     def measured(name: str, rps: float) -> dict[str, Any]:
         return {"name": name, "rps": _stat(rps), "p50_ms": _stat(1.0), "p99_ms": _stat(2.0), "errors": 0}
 
-    at_bound = {"backend": "postgresql", "measurements": {
+    at_bound: dict[str, Any] = {"backend": "postgresql", "measurements": {
         "put": measured("PUT", 365.0), "d_insert": measured("(d)", 1220.0),
         "get_304": measured("304", 2332.0), "a_fixed": measured("(a)", 2603.0)}}
     rounded = {t["target"]: t for t in run.targets(at_bound)}
@@ -177,6 +182,8 @@ def test_tail_verdict_is_withheld_when_the_server_fell_behind_the_paced_rate() -
     assert rounded["304 >= 0.9 x (a) bare Flask"]["verdict"] == "MISSED"
     assert "| postgresql | PUT >= 0.3 x (d) raw INSERT+COMMIT | 0.299 | MISSED |" in run.table(
         [{**at_bound, "targets": list(rounded.values())}])
+    assert [run.shown(v, limit) for v, limit in ((0.29996, 0.3), (5.0004, 5.0), (0.3, 0.3), (0.8512, 0.9))] == [
+        "0.29996", "5.0004", "0.30", "0.85"]
     at_bound["measurements"]["put"] = measured("PUT", 366.0)  # 0.3000: holds, and shows as 0.30
     assert "| postgresql | PUT >= 0.3 x (d) raw INSERT+COMMIT | 0.30 | holds |" in run.table(
         [{**at_bound, "targets": run.targets(at_bound)}])
@@ -223,6 +230,10 @@ def test_requests_in_flight_while_both_cpus_stalled_are_counted_and_set_aside() 
     assert run.stall_summary([cpu0, cpu1], (11.0, 40.0), spans).count == 0
     straddling = run.stall_summary([cpu0, cpu1], (10.021, 40.0), spans)
     assert (straddling.count, straddling.total_ms) == (1, 10.0)
+    # A request scheduled inside the window and answered after it: a stall after the window's end
+    # delayed it too.
+    late = run.stall_summary([cpu0, cpu1], (9.0, 10.02), [(10.015, 10.080), (10.0, 10.001)])
+    assert (late.count, late.left_out) == (1, 1)
     assert run.common_stalls([run.probe_stalls(cpu0)], (0.0, 99.0)) == run.probe_stalls(cpu0)
 
     paced = {"rps": _stat(700.0), "p50_ms": _stat(1.0), "p99_ms": _stat(30.0), "errors": 0,
