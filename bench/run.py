@@ -60,6 +60,7 @@ TABLE_START, TABLE_END = "<!-- bench:table:start -->", "<!-- bench:table:end -->
 
 sys.path.insert(0, str(BENCH_DIR))
 import generate  # noqa: E402, I001  (bench/ is not a package: run as a script, import the sibling)
+import openloop as openloop_script  # noqa: E402  (the sibling generator; ``openloop`` here runs it)
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -614,13 +615,6 @@ def clear_latencies(spans: list[tuple[float, float]], stalls: list[tuple[float, 
     return sorted(kept)
 
 
-def nearest_rank(values: list[float], fraction: float) -> float | None:
-    """The same percentile as bench/openloop.py's, of a sorted list."""
-    if not values:
-        return None
-    return values[min(len(values) - 1, max(0, round(fraction * len(values)) - 1))]
-
-
 def stall_summary(probe_outputs: list[str], window: tuple[float, float],
                   spans: list[tuple[float, float]]) -> Stalls:
     # Requests scheduled inside the window may be answered after it: a stall then delayed them too.
@@ -630,7 +624,9 @@ def stall_summary(probe_outputs: list[str], window: tuple[float, float],
     clear = clear_latencies(spans, stalls)
     lengths = [(b - a) * 1000 for a, b in stalls]
     return Stalls(count=len(stalls), total_ms=round(sum(lengths), 1), worst_ms=round(max(lengths, default=0.0), 1),
-                  clear_p50_ms=nearest_rank(clear, 0.50), clear_p99_ms=nearest_rank(clear, 0.99),
+                  # bench/openloop.py's own percentile, so "clear" and whole figures compare
+                  clear_p50_ms=openloop_script.percentile(clear, 0.50) if clear else None,
+                  clear_p99_ms=openloop_script.percentile(clear, 0.99) if clear else None,
                   left_out=len(spans) - len(clear),
                   per_cpu=[{"late": len(cpu), "worst_ms": round(max(((b - a) * 1000 for a, b in cpu), default=0.0), 1)}
                            for cpu in each])

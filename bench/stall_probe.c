@@ -7,8 +7,9 @@
    late at the same moment, no process of the benchmark could have answered a request then.
 
    Usage: stall_probe SECONDS THRESHOLD_MS. Output: "late <CLOCK_MONOTONIC s when it went to sleep>
-   <ms late>" lines, one as each happens, then "done <wake-ups> <worst ms late>" if it is not killed first. CLOCK_MONOTONIC is Python's
-   time.monotonic(), the clock bench/openloop.py stamps requests with. */
+   <ms late>" lines, one as each happens, then "done <wake-ups> <worst ms late>" if it is not killed
+   first. CLOCK_MONOTONIC is Python's time.monotonic(), the clock bench/openloop.py stamps requests
+   with. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
