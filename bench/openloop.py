@@ -56,6 +56,29 @@ def load_requests(path: str, host: str) -> list[bytes]:
     return out
 
 
+def cpu_counters(stat: str, cpu: str) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of one CPU from /proc/stat's text. Idle and iowait are not busy;
+    guest time is already counted in user time, so it is not added again."""
+    for line in stat.splitlines():
+        name, *values = line.split()
+        if name == f"cpu{cpu}":
+            ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+            idle = ticks[3] + ticks[4]
+            return sum(ticks) - idle, sum(ticks)
+    return None
+
+
+def read_cpu(cpu: str | None) -> tuple[int, int] | None:
+    """``cpu_counters`` of the live /proc/stat (None without a CPU to watch or off Linux)."""
+    if cpu is None:
+        return None
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            return cpu_counters(handle.read(), cpu)
+    except OSError:
+        return None
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection: one request in flight at a time (no pipelining)."""
 
@@ -108,7 +131,7 @@ class Connection(asyncio.Protocol):
 
 class Generator:
     def __init__(self, requests: list[bytes], rate: float, duration: float, warmup: float,
-                 keep_spans: bool = False) -> None:
+                 keep_spans: bool = False, watch_cpu: str | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.requests = requests
         self.interval = 1.0 / rate
@@ -124,6 +147,9 @@ class Generator:
         self.measure_from = self.measure_until = 0.0
         self.open_connections = 0
         self.in_window = 0  # requests scheduled inside the measured window, counted as they are scheduled
+        # The server CPU's /proc/stat counters as the measured window opened and closed (--server-cpu).
+        self.watch_cpu = watch_cpu
+        self.cpu_window: list[tuple[int, int] | None] = []
 
     def _request(self) -> bytes:
         request = self.requests[self.next_request % len(self.requests)]
@@ -181,12 +207,15 @@ class Generator:
             scheduled = start + tick * self.interval
             now = self.loop.time()
             if scheduled >= self.measure_until:
+                self.cpu_window.append(read_cpu(self.watch_cpu))
                 break
             if scheduled > now:
                 await asyncio.sleep(scheduled - now)
                 continue
             tick += 1
             if self.measure_from <= scheduled:
+                if not self.in_window:
+                    self.cpu_window.append(read_cpu(self.watch_cpu))
                 self.in_window += 1
             if self.idle:
                 self.dispatch(self.idle.popleft(), scheduled)  # oldest idle first, as wrk does
@@ -230,14 +259,22 @@ def summarize(gen: Generator, scheduled: int, unfinished: int) -> dict[str, obje
                         "p99": round(percentile(lags, 0.99) * 1e3, 3)},
         "errors": errors,
         "window_monotonic": [gen.measure_from, gen.measure_until],
+        "server_busy": busy_share(gen.cpu_window),
     }
+
+
+def busy_share(window: list[tuple[int, int] | None]) -> float | None:
+    """The watched CPU's busy share between the window's two readings (None: not watched)."""
+    if len(window) != 2 or window[0] is None or window[1] is None or window[1][1] <= window[0][1]:
+        return None
+    return (window[1][0] - window[0][0]) / (window[1][1] - window[0][1])
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     parts = urlsplit(args.base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     generator = Generator(load_requests(args.requests, f"{host}:{port}"), args.rate, args.duration, args.warmup,
-                          keep_spans=bool(args.spans))
+                          keep_spans=bool(args.spans), watch_cpu=args.server_cpu)
     result = await generator.run(host, port, args.connections)
     if args.spans:
         with open(args.spans, "w", encoding="utf-8") as handle:
@@ -255,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--spans", help="write [scheduled, answered] of each measured request (time.monotonic"
                                         " seconds) to this JSON file, for bench/run.py's stall accounting")
+    parser.add_argument("--server-cpu", help="report how busy this CPU (the one the server is pinned to) was"
+                                              " during the measured window, from /proc/stat")
     args = parser.parse_args(argv)
     result = asyncio.run(main_async(args))
     print("BENCH_RESULT " + json.dumps(result), flush=True)

@@ -331,6 +331,10 @@ class Run:
     p99_ms: float
     requests: int
     errors: int
+    # The server CPU's busy share over the run and its CPU per answered request (``cpu_per_request_us``):
+    # a throughput ratio says which endpoint is faster, these say whether it was the CPU or a wait.
+    server_busy: float | None = None
+    server_cpu_us: float | None = None
 
 
 @dataclass
@@ -359,11 +363,38 @@ class Measurement:
     def errors(self) -> int:
         return sum(r.errors for r in self.runs)
 
+    def _median(self, attr: str) -> float | None:
+        values = [v for v in (getattr(r, attr) for r in self.runs) if v is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def server_busy(self) -> float | None:
+        return self._median("server_busy")
+
+    @property
+    def server_cpu_us(self) -> float | None:
+        return self._median("server_cpu_us")
+
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "note": self.note, "errors": self.errors,
                 **{attr: dict(zip(("median", "min", "max"), self._stat(attr), strict=True))
                    for attr in ("rps", "p50_ms", "p99_ms")},
+                "server_busy": self.server_busy, "server_cpu_us": self.server_cpu_us,
                 "runs": [asdict(r) for r in self.runs]}
+
+
+def cpu_per_request_us(busy: float | None, rps: float) -> float | None:
+    """CPU microseconds of the server's core per answered request, from the core's busy share at ``rps``.
+
+    Why: a throughput ratio says which endpoint is faster, not whether the CPU or a wait (a database
+    round trip) set the pace; and 70 % of the closed-loop peak is a rate, not a load. Requests that
+    arrive one at a time cost the server more CPU each than those a saturated server takes in batches
+    (each wakes its worker, hands over between threads, crosses the GIL), so the open-loop run's busy
+    share says how loaded the core really was at the rate called "70 %". The share comes from
+    ``/proc/stat``'s counters for the server's CPU (``openloop.read_cpu``): only the measured server
+    is busy there (the other server idles; the database backends and the load generator run on the
+    other CPU)."""
+    return round(busy * 1e6 / rps, 1) if busy is not None and rps > 0 else None
 
 
 def temp_file(content: str, suffix: str) -> Path:
@@ -386,15 +417,19 @@ def wrk(base: str, requests: Path, settings: Settings, seconds: float, *, mode: 
     command = ["taskset", "-c", LOADGEN_CPU, "wrk", "-t", str(settings.wrk_threads),
                "-c", str(connections or settings.connections), "-d", f"{max(round(seconds), 1)}s",
                "--timeout", "10s", "-s", str(DRIVER), base]
+    before = openloop_script.read_cpu(SERVER_CPU)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    busy = openloop_script.busy_share([before, openloop_script.read_cpu(SERVER_CPU)])
     match = re.search(r"^BENCH_RESULT (\{.*\})$", result.stdout, re.MULTILINE)
     if result.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     data = json.loads(match.group(1))
     errors = sum(data["errors"].values())
     seconds_run = data["duration_us"] / 1e6
-    return Run(rps=round(data["requests"] / seconds_run, 1), p50_ms=data["latency_us"]["p50"] / 1000,
-               p99_ms=data["latency_us"]["p99"] / 1000, requests=data["requests"], errors=errors)
+    rps = round(data["requests"] / seconds_run, 1)
+    return Run(rps=rps, p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
+               requests=data["requests"], errors=errors, server_busy=busy,
+               server_cpu_us=cpu_per_request_us(busy, rps))
 
 
 @dataclass
@@ -641,7 +676,8 @@ def openloop(base: str, requests: Path, rate: float, seconds: float, warmup: flo
         spans_file = Path(scratch) / "spans.json"
         command = ["taskset", "-c", LOADGEN_CPU, sys.executable, str(OPENLOOP), "--base", base,
                    "--requests", str(requests), "--rate", f"{rate:.1f}", "--duration", str(seconds),
-                   "--warmup", str(warmup), "--connections", str(PACED_CONNECTIONS), "--spans", str(spans_file)]
+                   "--warmup", str(warmup), "--connections", str(PACED_CONNECTIONS), "--spans", str(spans_file),
+                   "--server-cpu", SERVER_CPU]
         # Each probe writes to a file: a pipe nobody reads until the end fills at 64 KiB and blocks it.
         logs: list[Path] = []
         probes: list[subprocess.Popen[bytes]] = []
@@ -665,9 +701,11 @@ def openloop(base: str, requests: Path, rate: float, seconds: float, warmup: flo
         data = json.loads(match.group(1))
         spans = [(a, b) for a, b in json.loads(spans_file.read_text())]
     stalls = stall_summary(outputs, tuple(data["window_monotonic"]), spans) if probe else None
-    return (Run(rps=round(data["requests"] / (data["duration_us"] / 1e6), 1),
-                p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
-                requests=data["requests"], errors=sum(data["errors"].values())), stalls)
+    rps = round(data["requests"] / (data["duration_us"] / 1e6), 1)
+    busy = data.get("server_busy")
+    return (Run(rps=rps, p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
+                requests=data["requests"], errors=sum(data["errors"].values()), server_busy=busy,
+                server_cpu_us=cpu_per_request_us(busy, rps)), stalls)
 
 
 def paced_latency(base: str, lines: list[str], settings: Settings, peak_rps: float,
@@ -935,20 +973,31 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+CORE_COLUMN = "server CPU µs / request (core busy)"
+
+
+def core_cell(summary: dict[str, Any]) -> str:
+    """The server core's CPU per request and busy share of a measurement (medians over its runs)."""
+    cpu_us, busy = summary.get("server_cpu_us"), summary.get("server_busy")
+    if cpu_us is None or busy is None:
+        return "-"
+    return f"{cpu_us:.0f} ({busy * 100:.0f} %)"
+
+
 def table(all_results: list[dict[str, Any]]) -> str:
-    lines = ["| backend | endpoint | req/s (min-max) | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    lines = [f"| backend | endpoint | req/s (min-max) | p50 ms | p99 ms | {CORE_COLUMN} |", "|---|---|---|---|---|---|"]
     for r in all_results:
         for s in r["measurements"].values():
             rps_ = s["rps"]
             lines.append(f"| {r['backend']} | {s['name']} | {rps_['median']:.0f} ({rps_['min']:.0f}-{rps_['max']:.0f})"
-                         f" | {s['p50_ms']['median']:.2f} | {s['p99_ms']['median']:.2f} |"
+                         f" | {s['p50_ms']['median']:.2f} | {s['p99_ms']['median']:.2f} | {core_cell(s)} |"
                          + (f" {s['errors']} errors" if s["errors"] else ""))
         for paced in (r.get("paced"), r.get("paced_a")):
             if paced:
                 label = paced.get("label", "GET by id")
                 lines.append(f"| {r['backend']} | {label} at 70 % of peak, open loop (target {paced['target_rps']}"
                              f" req/s) | {paced['rps']['median']:.0f} | {paced['p50_ms']['median']:.2f} |"
-                             f" {paced['p99_ms']['median']:.2f} |"
+                             f" {paced['p99_ms']['median']:.2f} | {core_cell(paced)} |"
                              + (f" {paced['errors']} errors" if paced["errors"] else ""))
     lines += ["", "| backend | target | measured | verdict |", "|---|---|---|---|"]
     for r in all_results:
@@ -963,7 +1012,13 @@ def table(all_results: list[dict[str, Any]]) -> str:
             detail = (f"peak {memory['worker_peak_mb']} MB vs idle {memory['worker_idle_mb']} MB while streaming "
                       f"{memory['lines']} lines" if memory.get("measured") else memory.get("note", "not measured"))
             lines.append(f"- {r['backend']}: idle RSS per worker (MB): {idle}; export: {detail}")
-        for paced in (r.get("paced"), r.get("paced_a")):
+        for paced, saturated in ((r.get("paced"), r["measurements"].get("get")),
+                                 (r.get("paced_a"), r["measurements"].get("a_fixed"))):
+            if paced and saturated and paced.get("server_busy") is not None and saturated.get("server_cpu_us"):
+                lines.append(f"- {r['backend']}: {paced['label']} at 70 % of peak: the server's core was"
+                             f" {paced['server_busy'] * 100:.0f} % busy, {paced['server_cpu_us']:.0f} µs of CPU per"
+                             f" request against {saturated['server_cpu_us']:.0f} µs in the closed-loop runs"
+                             f" ({paced['server_cpu_us'] / saturated['server_cpu_us']:.2f} x)")
             stalls = paced.get("machine_stalls") if paced else None
             if paced and stalls and stalls["clear_p50_ms"] is not None:
                 lines.append(f"- {r['backend']}: {paced['label']} at 70 % of peak: both CPUs stalled at once"

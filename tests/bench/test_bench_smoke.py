@@ -57,7 +57,8 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path, test_databas
                              "--backends", name, "--postgres-admin-url", test_databases.admin_url],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| backend | endpoint | req/s (min-max) | p50 ms | p99 ms |" in result.stdout
+    assert "| backend | endpoint | req/s (min-max) | p50 ms | p99 ms | server CPU µs / request (core busy) |" in (
+        result.stdout)
     for endpoint in ("(a) bare Flask", "(b) bare Flask + raw driver", "(c) smorest + ORM + marshmallow",
                      "GET /v1/protocols/{id}", "GET /v1/protocols/{id} (304)", "PUT /v1/protocols/{id}",
                      "(d) raw INSERT+COMMIT"):
@@ -72,6 +73,12 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path, test_databas
     for key in ("a_fixed", "b_raw", "c_textbook", "get", "get_304"):
         assert measurements[key]["runs"][0]["requests"] > 0, key
         assert measurements[key]["errors"] == 0, (key, measurements[key])
+    # Beside each run: the server core's busy share and CPU per answered request (/proc/stat), which
+    # the served load made non-zero.
+    for measured in [*measurements.values(), data["results"][0]["paced"], data["results"][0]["paced_a"]]:
+        for each in measured["runs"]:
+            assert 0 < each["server_busy"] <= 1, measured
+            assert each["server_cpu_us"] == round(each["server_busy"] * 1e6 / each["rps"], 1), measured
     # The open-loop generator (bench/openloop.py) behind the p99 target ran and every request answered.
     # The same for baseline (a) at 70 % of its own peak, the reference for the service's tail.
     for key in ("paced", "paced_a"):
@@ -190,6 +197,34 @@ def test_tail_verdict_is_withheld_when_the_server_fell_behind_the_paced_rate() -
     behind = verdicts(results(3641.0, 5747.0))
     assert behind["p99 <= 5 x p50 at 70 % of peak"].startswith("not valid")
     assert behind["(a) bare Flask: p99 / p50 at 70 % of its own peak"].startswith("not valid")
+
+
+def test_the_server_cores_busy_share_comes_from_proc_stat() -> None:
+    """The CPU per request beside each measurement is read from /proc/stat's counters for the
+    server's CPU: busy is all but idle and iowait, and a CPU kept busy reads as busy."""
+    openloop = _load_bench("openloop")
+    run = _load_bench("run")
+    stat = "cpu  1 2 3 4 5 6 7 8 9 10\ncpu0 100 0 50 800 50 0 0 0 0 0\ncpu1 10 20 30 40 50 60 70 80 0 0\n"
+    assert openloop.cpu_counters(stat, "0") == (150, 1000)
+    assert openloop.cpu_counters(stat, "1") == (270, 360)
+    assert openloop.cpu_counters(stat, "2") is None
+    assert openloop.busy_share([(150, 1000), (450, 1400)]) == 0.75
+    assert openloop.busy_share([(150, 1000), None]) is None
+    assert openloop.busy_share([(150, 1000), (150, 1000)]) is None  # no tick went by: not a measurement
+    assert run.cpu_per_request_us(0.75, 1500.0) == 500.0
+    assert run.cpu_per_request_us(None, 1500.0) is None
+    spin = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n    pass\n"
+    spinner = subprocess.Popen(["taskset", "-c", run.SERVER_CPU, sys.executable, "-c", spin])
+    try:
+        time.sleep(0.5)
+        before = openloop.read_cpu(run.SERVER_CPU)
+        time.sleep(1.0)
+        after = openloop.read_cpu(run.SERVER_CPU)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    share = openloop.busy_share([before, after])
+    assert share is not None and share >= 0.9, share
 
 
 def test_stall_probe_reports_the_time_it_was_held_off_its_cpu() -> None:
