@@ -19,7 +19,9 @@ Requests come from the same TSV file the wrk driver reads (``METHOD <TAB> PATH <
 taken round-robin; only bodiless requests are supported. Prints one line, ``BENCH_RESULT {json}``,
 like the wrk driver, so bench/run.py parses both the same way. The result carries the measured
 window on ``time.monotonic()``'s clock, and ``--spans FILE`` writes each measured request's scheduled
-and answered times there: bench/run.py lines them up with the stall probes (bench/stall_probe.c).
+and answered times there: bench/run.py lines them up with the stall probes (bench/stall_probe.c). With
+``--server-cpu N`` the result carries ``server_busy``, CPU N's busy share over the measured window
+(/proc/stat, read as the window opens and closes): how loaded the server's core was at this rate.
 
 Usage: ``python bench/openloop.py --base http://127.0.0.1:PORT --requests FILE --rate 1000
 --duration 10 --warmup 2 --connections 64`` (bench/run.py pins it to the load-generator CPU).

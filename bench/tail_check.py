@@ -5,8 +5,8 @@ gunicorn settings: the evidence behind the p99 verdict in docs/performance.md.
 asks the questions that verdict raises: where does the open-loop queue start to grow (the rate the
 server sustains for evenly spaced arrivals), does bare Flask show the same tail at the same rate,
 and do other worker layouts (``--workers 1 --threads 4``, ``--gunicorn-arg=--reuse-port``) change it.
-It also prints the generator's own CPU time (is the load generator the bottleneck?) and how the
-keep-alive connections spread over the workers.
+It also prints the generator's own CPU time (is the load generator the bottleneck?), how busy the
+server's core was, and how the keep-alive connections spread over the workers.
 
 Usage: ``.venv/bin/python bench/tail_check.py [--postgres] --rates 1600,2200,2600 [--seconds 10]
 [--target app|a] [--workers 2] [--threads 2] [--gunicorn-arg=--reuse-port]`` (about 15 s per rate).
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                     command = ["taskset", "-c", run.LOADGEN_CPU, sys.executable, str(run.OPENLOOP),
                                "--base", server.base, "--requests", str(requests), "--rate", str(rate),
                                "--duration", str(args.seconds), "--warmup", "2", "--connections",
-                               str(run.PACED_CONNECTIONS)]
+                               str(run.PACED_CONNECTIONS), "--server-cpu", run.SERVER_CPU]
                     before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     with tempfile.TemporaryFile("w+") as out:
                         process = subprocess.Popen(command, stdout=out, text=True)
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
                     result = json.loads(match.group(1))
                     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                     lat = {k: round(v / 1000, 2) for k, v in result["latency_us"].items()}
+                    busy = "not measured" if result["server_busy"] is None else f"{result['server_busy']:.0%}"
                     print(f"{args.target} @ {rate:.0f} req/s: latency ms {lat}, send lag ms {result['send_lag_ms']},"
                           f" errors {result['errors']}, generator CPU {cpu:.1f} s of {args.seconds + 2:.0f} s,"
+                          f" server core busy {busy},"
                           f" sockets per worker {spread}", flush=True)
                     run._drain(server.base, lines[0])
             finally:
