@@ -331,10 +331,32 @@ class Run:
     p99_ms: float
     requests: int
     errors: int
-    # The server CPU's busy share over the run and its CPU per answered request (``cpu_per_request_us``):
-    # a throughput ratio says which endpoint is faster, these say whether it was the CPU or a wait.
+    # The server CPU's busy share over the run (see ``server_cpu_us``).
     server_busy: float | None = None
-    server_cpu_us: float | None = None
+
+    @property
+    def server_cpu_us(self) -> float | None:
+        """CPU microseconds of the server's core per answered request, from its busy share at ``rps``.
+
+        Why: a throughput ratio says which endpoint is faster, not whether the CPU or a wait (a
+        database round trip) set the pace; and 70 % of the closed-loop peak is a rate, not a load.
+        Requests that arrive one at a time cost the server more CPU each than those a saturated server
+        takes in batches (each wakes its worker, hands over between threads, crosses the GIL), so the
+        open-loop run's busy share says how loaded the core really was at the rate called "70 %". The
+        share comes from ``/proc/stat``'s counters for the server's CPU (``openloop.read_cpu``): only
+        the measured server is busy there (the other server idles; the database backends and the load
+        generator run on the other CPU)."""
+        busy = self.server_busy
+        return round(busy * 1e6 / self.rps, 1) if busy is not None and self.rps > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "server_cpu_us": self.server_cpu_us}
+
+
+def median_known(values: list[float | None]) -> float | None:
+    """The median of the values that were measured (None: none was)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 @dataclass
@@ -363,38 +385,20 @@ class Measurement:
     def errors(self) -> int:
         return sum(r.errors for r in self.runs)
 
-    def _median(self, attr: str) -> float | None:
-        values = [v for v in (getattr(r, attr) for r in self.runs) if v is not None]
-        return statistics.median(values) if values else None
-
     @property
     def server_busy(self) -> float | None:
-        return self._median("server_busy")
+        return median_known([r.server_busy for r in self.runs])
 
     @property
     def server_cpu_us(self) -> float | None:
-        return self._median("server_cpu_us")
+        return median_known([r.server_cpu_us for r in self.runs])
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "note": self.note, "errors": self.errors,
                 **{attr: dict(zip(("median", "min", "max"), self._stat(attr), strict=True))
                    for attr in ("rps", "p50_ms", "p99_ms")},
                 "server_busy": self.server_busy, "server_cpu_us": self.server_cpu_us,
-                "runs": [asdict(r) for r in self.runs]}
-
-
-def cpu_per_request_us(busy: float | None, rps: float) -> float | None:
-    """CPU microseconds of the server's core per answered request, from the core's busy share at ``rps``.
-
-    Why: a throughput ratio says which endpoint is faster, not whether the CPU or a wait (a database
-    round trip) set the pace; and 70 % of the closed-loop peak is a rate, not a load. Requests that
-    arrive one at a time cost the server more CPU each than those a saturated server takes in batches
-    (each wakes its worker, hands over between threads, crosses the GIL), so the open-loop run's busy
-    share says how loaded the core really was at the rate called "70 %". The share comes from
-    ``/proc/stat``'s counters for the server's CPU (``openloop.read_cpu``): only the measured server
-    is busy there (the other server idles; the database backends and the load generator run on the
-    other CPU)."""
-    return round(busy * 1e6 / rps, 1) if busy is not None and rps > 0 else None
+                "runs": [r.as_dict() for r in self.runs]}
 
 
 def temp_file(content: str, suffix: str) -> Path:
@@ -426,10 +430,8 @@ def wrk(base: str, requests: Path, settings: Settings, seconds: float, *, mode: 
     data = json.loads(match.group(1))
     errors = sum(data["errors"].values())
     seconds_run = data["duration_us"] / 1e6
-    rps = round(data["requests"] / seconds_run, 1)
-    return Run(rps=rps, p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
-               requests=data["requests"], errors=errors, server_busy=busy,
-               server_cpu_us=cpu_per_request_us(busy, rps))
+    return Run(rps=round(data["requests"] / seconds_run, 1), p50_ms=data["latency_us"]["p50"] / 1000,
+               p99_ms=data["latency_us"]["p99"] / 1000, requests=data["requests"], errors=errors, server_busy=busy)
 
 
 @dataclass
@@ -701,11 +703,10 @@ def openloop(base: str, requests: Path, rate: float, seconds: float, warmup: flo
         data = json.loads(match.group(1))
         spans = [(a, b) for a, b in json.loads(spans_file.read_text())]
     stalls = stall_summary(outputs, tuple(data["window_monotonic"]), spans) if probe else None
-    rps = round(data["requests"] / (data["duration_us"] / 1e6), 1)
-    busy = data.get("server_busy")
-    return (Run(rps=rps, p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
-                requests=data["requests"], errors=sum(data["errors"].values()), server_busy=busy,
-                server_cpu_us=cpu_per_request_us(busy, rps)), stalls)
+    return (Run(rps=round(data["requests"] / (data["duration_us"] / 1e6), 1),
+                p50_ms=data["latency_us"]["p50"] / 1000, p99_ms=data["latency_us"]["p99"] / 1000,
+                requests=data["requests"], errors=sum(data["errors"].values()),
+                server_busy=data.get("server_busy")), stalls)
 
 
 def paced_latency(base: str, lines: list[str], settings: Settings, peak_rps: float,
@@ -750,15 +751,11 @@ def machine_stalls(stalls: list[Stalls]) -> dict[str, Any] | None:
     if not stalls or probe is None:
         return None
 
-    def median(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return statistics.median(known) if known else None
-
     return {"probe": f"bench/stall_probe.c at {probe[1]}, one per CPU, late > {STALL_THRESHOLD_MS} ms",
             "count": sum(s.count for s in stalls), "total_ms": round(sum(s.total_ms for s in stalls), 1),
             "worst_ms": max(s.worst_ms for s in stalls), "left_out": sum(s.left_out for s in stalls),
-            "clear_p50_ms": median([s.clear_p50_ms for s in stalls]),
-            "clear_p99_ms": median([s.clear_p99_ms for s in stalls]),
+            "clear_p50_ms": median_known([s.clear_p50_ms for s in stalls]),
+            "clear_p99_ms": median_known([s.clear_p99_ms for s in stalls]),
             "runs": [asdict(s) for s in stalls]}
 
 

@@ -88,6 +88,9 @@ def test_smoke_run_prints_the_table_and_writes_json(tmp_path: Path, test_databas
         assert paced["errors"] == 0, paced
     assert f"| {name} | p99 <= 5 x p50 at 70 % of peak |" in result.stdout
     assert f"| {name} | (a) bare Flask at 70 % of peak, open loop" in result.stdout
+    # The notes put each open-loop run's CPU per request beside the closed-loop runs of the same endpoint.
+    for label in ("GET by id", "(a) bare Flask"):
+        assert f"- {name}: {label} at 70 % of peak: the server's core was" in result.stdout, label
     # The stall probes ran beside each open-loop run wherever a C compiler can build them.
     compiler = shutil.which("cc") or shutil.which("gcc")
     for key in ("paced", "paced_a"):
@@ -211,8 +214,9 @@ def test_the_server_cores_busy_share_comes_from_proc_stat() -> None:
     assert openloop.busy_share([(150, 1000), (450, 1400)]) == 0.75
     assert openloop.busy_share([(150, 1000), None]) is None
     assert openloop.busy_share([(150, 1000), (150, 1000)]) is None  # no tick went by: not a measurement
-    assert run.cpu_per_request_us(0.75, 1500.0) == 500.0
-    assert run.cpu_per_request_us(None, 1500.0) is None
+    measured = run.Run(rps=1500.0, p50_ms=1.0, p99_ms=2.0, requests=4500, errors=0, server_busy=0.75)
+    assert measured.server_cpu_us == 500.0 and measured.as_dict()["server_cpu_us"] == 500.0
+    assert run.Run(rps=1500.0, p50_ms=1.0, p99_ms=2.0, requests=4500, errors=0).server_cpu_us is None
     spin = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n    pass\n"
     spinner = subprocess.Popen(["taskset", "-c", run.SERVER_CPU, sys.executable, "-c", spin])
     try:
