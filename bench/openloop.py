@@ -9,7 +9,10 @@ method in ~150 lines of asyncio:
 * requests are *scheduled* at a constant rate, request ``i`` at ``t0 + i / rate``, whatever the
   server is doing (open loop: a slow response does not slow the arrivals down);
 * a scheduled request goes out on an idle keep-alive connection; when all ``--connections`` are
-  busy it waits in a queue, and that wait is charged to the server;
+  busy it waits in a queue, and that wait is charged to the server. With ``--fresh-connections``
+  each request opens its own connection instead (at most ``--connections`` at a time), as a client
+  of gunicorn's ``sync`` workers must: they answer ``Connection: close``. The connect is then part
+  of the request's latency;
 * latency is measured from the *scheduled* time to the last byte of the response (wrk2's
   coordinated-omission correction), so a stall shows in the tail instead of hiding in a pause of
   the generator. The generator's own lag (its timer granularity is 1 ms) is charged to the server
@@ -91,6 +94,7 @@ class Connection(asyncio.Protocol):
         self.scheduled = 0.0
         self.sent = 0.0
         self.closed = asyncio.get_running_loop().create_future()
+        self.answered = False  # its one response is in (--fresh-connections: the close that follows is expected)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -133,12 +137,16 @@ class Connection(asyncio.Protocol):
 
 class Generator:
     def __init__(self, requests: list[bytes], rate: float, duration: float, warmup: float,
-                 keep_spans: bool = False, watch_cpu: str | None = None) -> None:
+                 keep_spans: bool = False, watch_cpu: str | None = None, fresh: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
         self.requests = requests
         self.interval = 1.0 / rate
         self.duration, self.warmup = duration, warmup
-        self.idle: collections.deque[Connection] = collections.deque()
+        # Idle keep-alive connections, or with ``fresh`` free slots (None): a request takes a slot and
+        # opens its own connection, so at most as many are in flight as there were connections.
+        self.fresh = fresh
+        self.address: tuple[str, int] = ("127.0.0.1", 0)  # set by run()
+        self.idle: collections.deque[Connection | None] = collections.deque()
         self.queue: collections.deque[float] = collections.deque()
         self.next_request = 0
         self.latencies: list[float] = []
@@ -158,10 +166,30 @@ class Generator:
         self.next_request += 1
         return request
 
-    def dispatch(self, conn: Connection, scheduled: float) -> None:
+    def dispatch(self, conn: Connection | None, scheduled: float) -> None:
+        if conn is None:  # a free slot: the lag is measured once the connection is open
+            self.loop.create_task(self._send_fresh(scheduled))
+            return
         if scheduled >= self.measure_from:
             self.send_lags.append(self.loop.time() - scheduled)
         conn.send(scheduled, self._request())
+
+    async def _send_fresh(self, scheduled: float) -> None:
+        """--fresh-connections: open a connection for this one request and send it."""
+        try:
+            _, conn = await self.loop.create_connection(lambda: Connection(self), *self.address)
+        except OSError:
+            self.errors["connect"] += 1
+            self._free(None)
+            return
+        self.dispatch(conn, scheduled)
+
+    def _free(self, conn: Connection | None) -> None:
+        """A connection or slot is free again: take the oldest queued request, or wait idle."""
+        if self.queue:
+            self.dispatch(conn, self.queue.popleft())
+        else:
+            self.idle.append(conn)
 
     def completed(self, conn: Connection, status: int) -> None:
         now = self.loop.time()
@@ -174,14 +202,24 @@ class Generator:
                       f" at {conn.scheduled - self.measure_from:.3f}", file=sys.stderr)
             if status >= 400:
                 self.errors["status"] += 1
-        if self.queue:
-            self.dispatch(conn, self.queue.popleft())
+        conn.answered = True
+        if self.fresh:
+            assert conn.transport is not None
+            conn.transport.close()
+            self._free(None)
         else:
-            self.idle.append(conn)
+            self._free(conn)
 
     def lost(self, conn: Connection) -> None:
         """A connection closed. Idle: the server's keep-alive timeout, not a failed request (it just
-        leaves the pool). Busy inside the window: its request never got an answer, an error."""
+        leaves the pool). Busy inside the window: its request never got an answer, an error.
+        --fresh-connections: the close after the answer is expected; a close before it frees the slot."""
+        if self.fresh:
+            if not conn.answered:
+                if self.measure_from <= conn.scheduled < self.measure_until:
+                    self.errors["lost"] += 1
+                self._free(None)
+            return
         self.open_connections -= 1
         if conn in self.idle:
             self.idle.remove(conn)
@@ -189,18 +227,19 @@ class Generator:
             self.errors["lost"] += 1
 
     async def run(self, host: str, port: int, connections: int) -> dict[str, object]:
-        conns = []
-        for _ in range(connections):
+        self.address = (host, port)
+        conns: list[Connection] = []
+        for _ in range(0 if self.fresh else connections):
             try:
                 _, conn = await self.loop.create_connection(lambda: Connection(self), host, port)
             except OSError:
                 self.errors["connect"] += 1
                 continue
             conns.append(conn)
-        if not conns:
+        if not conns and not self.fresh:
             raise SystemExit(f"could not connect to {host}:{port}")
-        self.idle = collections.deque(conns)
-        self.open_connections = len(conns)
+        self.idle = collections.deque(conns) if conns else collections.deque([None] * connections)
+        self.open_connections = len(self.idle)
         start = self.loop.time() + 0.05
         self.measure_from = start + self.warmup
         self.measure_until = self.measure_from + self.duration
@@ -276,7 +315,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     parts = urlsplit(args.base)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     generator = Generator(load_requests(args.requests, f"{host}:{port}"), args.rate, args.duration, args.warmup,
-                          keep_spans=bool(args.spans), watch_cpu=args.server_cpu)
+                          keep_spans=bool(args.spans), watch_cpu=args.server_cpu, fresh=args.fresh_connections)
     result = await generator.run(host, port, args.connections)
     if args.spans:
         with open(args.spans, "w", encoding="utf-8") as handle:
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at the same rate, not measured")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--fresh-connections", action="store_true",
+                        help="one connection per request (for servers that close after each response)")
     parser.add_argument("--spans", help="write [scheduled, answered] of each measured request (time.monotonic"
                                         " seconds) to this JSON file, for bench/run.py's stall accounting")
     parser.add_argument("--server-cpu", help="report how busy this CPU (the one the server is pinned to) was"

@@ -4,12 +4,14 @@ gunicorn settings: the evidence behind the p99 verdict in docs/performance.md.
 ``bench/run.py`` measures p99 at one rate (70 % of the peak wrk measured closed-loop). This tool
 asks the questions that verdict raises: where does the open-loop queue start to grow (the rate the
 server sustains for evenly spaced arrivals), does bare Flask show the same tail at the same rate,
-and do other worker layouts (``--workers 1 --threads 4``, ``--gunicorn-arg=--reuse-port``) change it.
+and do other worker layouts or models (``--workers 1 --threads 4``, ``--gunicorn-arg=--reuse-port``,
+``--worker-class sync``: the generator then opens a connection per request) change it.
 It also prints the generator's own CPU time (is the load generator the bottleneck?), how busy the
 server's core was, and how the keep-alive connections spread over the workers.
 
 Usage: ``.venv/bin/python bench/tail_check.py [--postgres] --rates 1600,2200,2600 [--seconds 10]
-[--target app|a] [--workers 2] [--threads 2] [--gunicorn-arg=--reuse-port]`` (about 15 s per rate).
+[--target app|a] [--workers 2] [--threads 2] [--worker-class gthread|sync]
+[--gunicorn-arg=--reuse-port]`` (about 15 s per rate).
 """
 
 from __future__ import annotations
@@ -64,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=("app", "a"), default="app")
     parser.add_argument("--workers", type=int, default=run.Settings.workers)
     parser.add_argument("--threads", type=int, default=run.Settings.threads)
+    parser.add_argument("--worker-class", default=run.Settings.worker_class,
+                        help="gthread (keep-alive) or sync (production's: one connection per request)")
     parser.add_argument("--gunicorn-arg", action="append", default=[])
     args = parser.parse_args(argv)
-    layout = Layout(workers=args.workers, threads=args.threads, extra_args=args.gunicorn_arg)
+    layout = Layout(workers=args.workers, threads=args.threads, worker_class=args.worker_class,
+                    extra_args=args.gunicorn_arg)
     with backend(args.postgres) as db:
         run.prepare_database(db.url, layout.small_catalog)
         ids = [pid for pid, _ in run.catalog_rows(db.url)]
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     command = ["taskset", "-c", run.LOADGEN_CPU, sys.executable, str(run.OPENLOOP),
                                "--base", server.base, "--requests", str(requests), "--rate", str(rate),
                                "--duration", str(args.seconds), "--warmup", "2", "--connections",
-                               str(run.PACED_CONNECTIONS), "--server-cpu", run.SERVER_CPU]
+                               str(run.PACED_CONNECTIONS), "--server-cpu", run.SERVER_CPU,
+                               *(["--fresh-connections"] if layout.worker_class == "sync" else [])]
                     before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     with tempfile.TemporaryFile("w+") as out:
                         process = subprocess.Popen(command, stdout=out, text=True)

@@ -283,3 +283,41 @@ def test_requests_in_flight_while_both_cpus_stalled_are_counted_and_set_aside() 
     assert verdicts["p99 <= 5 x p50 at 70 % of peak"] == (30.0, "MISSED")
     assert verdicts["p99 / p50 at 70 % of peak without the requests in flight while both CPUs stalled"] == (
         3.0, "for information")
+
+
+def test_open_loop_opens_a_connection_per_request_for_servers_that_close(tmp_path: Path) -> None:
+    """``bench/openloop.py --fresh-connections`` (for gunicorn's ``sync`` workers, which answer
+    ``Connection: close``): every scheduled request gets its own connection and is answered (with
+    keep-alive connections only the first request on each would be)."""
+    import socketserver
+    import threading
+
+    connections = []
+
+    class CloseAfterOne(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            connections.append(1)
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    requests = tmp_path / "requests.tsv"
+    requests.write_text("GET\t/x\t\n", encoding="utf-8")
+    with Server(("127.0.0.1", 0), CloseAfterOne) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "openloop.py"), "--base", base,
+                              "--requests", str(requests), "--rate", "200", "--duration", "1", "--warmup", "0.2",
+                              "--connections", "8", "--fresh-connections"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        fresh = json.loads(out.split("BENCH_RESULT ", 1)[1])
+        opened = len(connections)
+        assert fresh["errors"] == {"status": 0, "connect": 0, "lost": 0, "unfinished": 0}
+        assert fresh["requests"] == fresh["scheduled"] >= 190
+        assert opened >= fresh["requests"]  # warm-up requests opened theirs too
+        server.shutdown()
