@@ -271,6 +271,9 @@ class Evaluation:
     range_in_ordered_unit: Span
     absolute_range: AbsoluteRange
     per_period: PerPeriod | None
+    #: What the order gives in the period of the range's own regimen, against the most that regimen
+    #: gives (see :func:`_regimen`); None when the order or the range has no frequency, or for a rate.
+    regimen: PerPeriod | None
     messages: list[str] = field(default_factory=list)
 
     @property
@@ -693,14 +696,16 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     if verdict is Verdict.WITHIN_RANGE and _more_frequent(order.frequency, dose_range):
         verdict = Verdict.MORE_FREQUENT_THAN_PROTOCOL
     messages.extend(frequency_notes)
-    regimen = _regimen_exceeded(order.frequency, dose_range, range_unit, in_range_unit, high)
-    if regimen is not None:
-        messages.append(regimen)
+    regimen = _regimen(order.frequency, dose_range, range_unit, in_range_unit, high)
+    if regimen is not None and regimen.exceeded:
+        label = dose_range["frequency"].get("text") or frequency_label(dose_range["frequency"])
+        messages.append(f"Regimen exceeded: {regimen.calculation}, the most the protocol's {label} gives "
+                        f"({dose_range['frequency']['count']} {TIMES} {fmt(high)} {range_unit.code}).")
         verdict = _at_least(verdict, Verdict.EXCEEDS_MAX_PER_PERIOD)
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
-                      Amount(in_range_unit, range_unit.code), in_ordered_unit, absolute, per_period,
+                      Amount(in_range_unit, range_unit.code), in_ordered_unit, absolute, per_period, regimen,
                       messages)
 
 
@@ -723,25 +728,26 @@ def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],
     return []
 
 
-def _regimen_exceeded(frequency: Frequency | None, dose_range: Mapping[str, Any], range_unit: DoseUnit,
-                      per_dose: Fraction, high: Fraction) -> str | None:
-    """The most a range's own regimen gives in its frequency period (its maximum dose times its count:
-    Spravato 84 mg twice weekly is at most 168 mg a week), exceeded by the order; or None. Without
-    it, 84 mg every day (588 mg a week) was only "more frequent" (a warning) when the range's maximum
-    per period was per day (found by a clinical QA probe). Not for rates, whose amount depends on how
-    long each infusion runs (the per-period maximum covers those)."""
+def _regimen(frequency: Frequency | None, dose_range: Mapping[str, Any], range_unit: DoseUnit,
+             per_dose: Fraction, high: Fraction) -> PerPeriod | None:
+    """What the order gives in the period of the range's own regimen, against the most that regimen
+    gives there (its maximum dose times its count: Spravato 56-84 mg twice weekly is at most 168 mg a
+    week). Without it, 84 mg every day (588 mg a week) was only "more frequent" (a warning) when the
+    range's maximum per period was per day (found by a clinical QA probe). Returned whether or not it
+    is exceeded, so an integration reads the breach behind an ``exceeds_max_per_period`` verdict from
+    data, not only from the messages, beside a ``per_period`` that a daily maximum may still respect.
+    None without both frequencies, and for rates, whose amount depends on how long each infusion runs
+    (the per-period maximum covers those)."""
     protocol = dose_range.get("frequency")
     if frequency is None or not protocol or range_unit.is_rate:
         return None
     wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
     doses = frequency.doses_in(wanted.period_seconds)
-    if per_dose * doses <= high * wanted.count:
-        return None
-    return (f"Regimen exceeded: {fmt(per_dose, high)} {range_unit.code} "
-            f"{TIMES} {doses} doses per {wanted.period} = {fmt(per_dose * doses, high * wanted.count)} "
-            f"{range_unit.code} > {fmt(high * wanted.count)} {range_unit.code}, the "
-            f"most the protocol's {protocol.get('text') or frequency_label(protocol)} gives "
-            f"({wanted.count} {TIMES} {fmt(high)} {range_unit.code}).")
+    maximum = Amount(high * wanted.count, range_unit.code)
+    projected = Amount(per_dose * doses, range_unit.code)
+    calculation = (f"{fmt(per_dose, high)} {range_unit.code} {TIMES} {doses} dose{'s' if doses != 1 else ''} = "
+                   f"{projected.text(maximum.value)} per {wanted.period}")
+    return _per_period_result(wanted.period, doses, projected, maximum, calculation)
 
 
 def frequency_label(protocol: Mapping[str, Any]) -> str:

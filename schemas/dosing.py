@@ -209,7 +209,14 @@ class EvaluationSchema(Schema):
     dose_in_range_unit = fields.Nested(AmountSchema, allow_none=True)
     range_in_ordered_unit = fields.Nested(SpanSchema, allow_none=True)
     absolute_range = fields.Nested(AbsoluteRangeSchema, allow_none=True)
-    per_period = fields.Nested(PerPeriodSchema, allow_none=True)
+    per_period = fields.Nested(PerPeriodSchema, allow_none=True, metadata={
+        "description": "The order's amount in the window of the range's max_per_period (or in the order's own "
+                       "period when the range has none), against that maximum"})
+    regimen = fields.Nested(PerPeriodSchema, allow_none=True, metadata={
+        "description": "The order's amount in the period of the range's own frequency, against the most that "
+                       "regimen gives (dose_max times its count: 56-84 mg twice weekly gives at most 168 mg per "
+                       "P1W); exceeded makes the verdict exceeds_max_per_period. Null without both frequencies, "
+                       "and for rates"})
     messages = fields.List(fields.String(), metadata={"description": "Clinician-readable explanation"})
 
 
@@ -225,6 +232,7 @@ class DoseCheckResponseSchema(Schema):
     range_in_ordered_unit = EvaluationSchema._declared_fields["range_in_ordered_unit"]
     absolute_range = EvaluationSchema._declared_fields["absolute_range"]
     per_period = EvaluationSchema._declared_fields["per_period"]
+    regimen = EvaluationSchema._declared_fields["regimen"]
     messages = EvaluationSchema._declared_fields["messages"]
     evaluations = fields.List(fields.Nested(EvaluationSchema),
                               metadata={"description": "Every alternative range of the phase that was "

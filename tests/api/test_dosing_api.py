@@ -563,15 +563,29 @@ def test_a_dose_given_more_often_than_the_protocol_says_is_its_own_verdict(clien
         "route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg",
         "frequency": {"count": 2, "period": "P1W", "text": "twice weekly"}}])
     body = {"route": NASAL, "dose": {"value": 84, "unit": "mg"}}
-    for dose, frequency, verdict in (
-            (56, {"count": 3, "period": "P1W"}, "more_frequent_than_protocol"),  # 168 mg a week: 2 x 84
-            (84, {"count": 3, "period": "P1W"}, "exceeds_max_per_period"),  # 252 mg > 168 mg the regimen gives
-            (84, {"count": 5, "period": "P1D"}, "exceeds_max_per_period"),
-            (84, {"count": 1, "period": "P1D"}, "exceeds_max_per_period"),  # 588 mg a week (clinical QA probe)
-            (84, {"count": 2, "period": "P1W"}, "within_range"), (84, None, "within_range")):
+    # The regimen's projection is data, not only a message: doses in the regimen's week, and their sum
+    # against the most it gives (2 x 84 = 168 mg), whichever way the verdict goes.
+    for dose, frequency, verdict, doses_a_week in (
+            (56, {"count": 3, "period": "P1W"}, "more_frequent_than_protocol", 3),  # 168 mg a week: 2 x 84
+            (84, {"count": 3, "period": "P1W"}, "exceeds_max_per_period", 3),  # 252 mg > 168 mg the regimen gives
+            (84, {"count": 5, "period": "P1D"}, "exceeds_max_per_period", 35),
+            (84, {"count": 1, "period": "P1D"}, "exceeds_max_per_period", 7),  # 588 mg a week (clinical QA probe)
+            (84, {"count": 2, "period": "P1W"}, "within_range", 2), (84, None, "within_range", None)):
         sent = {**body, "dose": {"value": dose, "unit": "mg"}, **({"frequency": frequency} if frequency else {})}
         result = dose_check(client, protocol_id, sent).get_json()
         assert result["verdict"] == verdict, (dose, frequency, result["messages"])
+        regimen = result["regimen"]
+        if doses_a_week is None:
+            assert regimen is None
+            continue
+        assert regimen == {"period": "P1W", "doses_per_period": doses_a_week,
+                           "projected": {"value": dose * doses_a_week, "unit": "mg"},
+                           "maximum": {"value": 168, "unit": "mg"}, "exceeded": dose * doses_a_week > 168,
+                           "calculation": regimen["calculation"]}, regimen
+        total = dose * doses_a_week
+        assert regimen["calculation"].startswith(f"{dose} mg \u00d7 {doses_a_week} doses = {total} mg per P1W")
+        assert result["evaluations"][0]["regimen"] == regimen
+        assert any(m.startswith("Regimen exceeded") for m in result["messages"]) == regimen["exceeded"]
     too_much = dose_check(client, protocol_id, {**body, "dose": {"value": 90, "unit": "mg"},
                                                 "frequency": {"count": 5, "period": "P1D"}}).get_json()
     assert too_much["verdict"] == "above_max"  # a worse verdict is not hidden by the frequency
