@@ -665,6 +665,27 @@ def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
 WEEK_9 = {"count": 1, "period": "P1W", "period_max": "P2W", "text": "every 2 weeks or once weekly, week 9 onwards"}
 
 
+def test_spravato_84_mg_daily_breaks_the_regimen_not_the_daily_maximum(app, client):
+    """The label allows at most 84 mg a day and gives induction twice weekly: 84 mg every day keeps
+    the daily maximum and gives 588 mg a week against the 168 mg the regimen gives. Both projections
+    are in the answer, so the critical verdict is explained by data (it read per_period.exceeded:
+    false beside exceeds_max_per_period, with the reason only in a message)."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    daily = {"route": "46713006", "phase": "induction", "dose": {"value": 84, "unit": "mg"},
+             "frequency": {"count": 1, "period": "P1D"}}
+    result = client.post(f"/v1/protocols/{SPRAVATO}/dose-check", json=daily).get_json()
+    assert result["verdict"] == "exceeds_max_per_period"
+    assert result["per_period"]["exceeded"] is False
+    assert result["per_period"]["maximum"] == {"value": 84, "unit": "mg"}
+    assert result["regimen"]["exceeded"] is True
+    assert (result["regimen"]["period"], result["regimen"]["doses_per_period"]) == ("P1W", 7)
+    assert result["regimen"]["projected"] == {"value": 588, "unit": "mg"}
+    assert result["regimen"]["maximum"] == {"value": 168, "unit": "mg"}
+    twice_weekly = client.post(f"/v1/protocols/{SPRAVATO}/dose-check",
+                               json={**daily, "frequency": {"count": 2, "period": "P1W"}}).get_json()
+    assert twice_weekly["verdict"] == "within_range" and twice_weekly["regimen"]["exceeded"] is False
+
+
 @pytest.mark.parametrize(("as_of", "corrected", "recorded"), [
     ("2019-06-01T00:00:00Z", 6, 1), ("2021-01-01T00:00:00Z", 7, 2), ("2025-06-01T00:00:00Z", 8, 5)])
 def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was_recorded(
