@@ -214,9 +214,11 @@ _SQLITE_INSERT_AUDIT = _typed(_INSERT_AUDIT)
 # names its type (otherwise the server could deduce different types for one parameter). The full-text
 # row is fulltext's own, with its parameters prefixed, so it travels in the same statement.
 _PG_FTS = fulltext.postgres_insert(prefix="fts_")
+# The search terms arrive as one JSON array of [kind, value] pairs, as the lexemes do (see
+# fulltext.postgres_lexemes for why not text arrays).
 _PG_TERMS = ("INSERT INTO search_terms (protocol_id, version, kind, value)"
-             " SELECT CAST(:protocol_id AS varchar), CAST(:version AS integer), t.kind, t.value"
-             " FROM unnest(CAST(:term_kinds AS varchar[]), CAST(:term_values AS varchar[])) AS t(kind, value)")
+             " SELECT CAST(:protocol_id AS varchar), CAST(:version AS integer), t.term ->> 0, t.term ->> 1"
+             " FROM json_array_elements(CAST(:terms AS json)) AS t(term)")
 _PG_CASTS = {":protocol_id": "CAST(:protocol_id AS varchar)", ":version": "CAST(:version AS integer)",
              ":effective_from": "CAST(:effective_from AS timestamp)", ":expected": "CAST(:expected AS integer)",
              ":protocol_seq": "CAST(:protocol_seq AS bigint)", ":status": "CAST(:status AS varchar)",
@@ -913,7 +915,6 @@ def _prepare(
         "protocol_id": protocol_id, "version": version, "status": status, "effective_from": effective_from,
         "recorded_at": now, "recorded_by": ctx.actor, "request_id": ctx.request_id, "change_note": change_note,
         "content_hash": content_hash or record.canonical_hash(canonical), "etag": etag, "document": document,
-        **{f"fts_{name}": words for name, words in lexemes.items()},
     }
     if ctx.audit is not None:
         event = audit_events.allowed_row(ctx, target=protocol_id, now=now)
@@ -923,8 +924,8 @@ def _prepare(
 
 
 def _pg_append_params(prepared: _Prepared, params: dict[str, Any]) -> dict[str, Any]:
-    return {**params, "term_kinds": [kind for kind, _ in prepared.terms],
-            "term_values": [value for _, value in prepared.terms]}
+    return {**params, **fulltext.postgres_lexemes(prepared.lexemes, prefix="fts_"),
+            "terms": json.dumps(prepared.terms)}
 
 
 def _write(conn: Connection, prepared: _Prepared, *, protocol_seq: int, expected: int | None) -> StoredVersion:

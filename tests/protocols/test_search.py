@@ -428,6 +428,35 @@ def test_mismatched_keys_are_refused(corpus: Database) -> None:
         search.search(corpus, ProtocolQuery(status="deleted"), limit=1)
 
 
+def test_index_rows_hold_quotes_backslashes_and_braces_as_written(db: Database) -> None:
+    """On PostgreSQL a write sends the version's search terms and lexemes as JSON arrays
+    (``fulltext.postgres_lexemes``); before, as text arrays. Characters special to either (quotes,
+    backslashes, braces, commas) and non-ASCII text must arrive as they were, through the first
+    version's statement and a revision's prepared one alike."""
+    from sqlalchemy import text
+
+    from protocols.indexing import search_terms
+    from protocols.record import canonical_content
+
+    brand = 'Ke"ta\\lar {x,y} naïve'
+    original = content_of("p8-special", drug={**KETAMINE, "brand_names": [brand]},
+                          title='Ketamine "quoted" back\\slash {braced} a,b')
+    first = versioning.create(db, "p8-special", original)
+    revised = content_of("p8-special", drug={**KETAMINE, "brand_names": [brand, "Ke'tanest\\"]},
+                         summary='Résumé with "quotes", {braces} and a back\\slash.')
+    second, _ = versioning.revise(db, "p8-special", revised, if_match=[first.etag])
+    with db.read() as session:
+        for version, content in ((1, original), (2, revised)):
+            rows = set(session.execute(text("SELECT kind, value FROM search_terms WHERE protocol_id = 'p8-special'"
+                                            " AND version = :v"), {"v": version}).all())
+            assert rows == {(kind, value[:200]) for kind, value in search_terms(canonical_content(content), "active")}
+    assert second.version == 2
+    assert ids(db, drug="ke\"ta\\lar {x,y} naïve") == {"p8-special"}
+    assert ids(db, drug="ke'tanest\\") == {"p8-special"}
+    assert ranked(db, "résumé") == [("p8-special", 1)]
+    assert_field_postings_agree_with_documents(db)
+
+
 def test_fields_without_words_index_as_empty(db: Database) -> None:
     versioning.create(db, "p8-punctuation", content_of("p8-punctuation", title="!!! ---", summary="…"))
     assert ranked(db, "esketamine") == [("p8-punctuation", 4)]  # only the drug field has the word
