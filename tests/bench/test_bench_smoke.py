@@ -310,7 +310,6 @@ def test_open_loop_opens_a_connection_per_request_for_servers_that_close(tmp_pat
     with Server(("127.0.0.1", 0), CloseAfterOne) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
-
         out = subprocess.run([sys.executable, str(ROOT / "bench" / "openloop.py"), "--base", base,
                               "--requests", str(requests), "--rate", "200", "--duration", "1", "--warmup", "0.2",
                               "--connections", "8", "--fresh-connections"],

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from protocols import fulltext, search, versioning
 from protocols.db import Database
-from protocols.indexing import indication_keys
+from protocols.indexing import indication_keys, search_terms
 from protocols.models import ProtocolVersion
-from protocols.record import split_document
+from protocols.record import canonical_content, split_document
 from protocols.search import ProtocolQuery
 from protocols.terminology import ICD10CM, INDICATIONS, ROUTES, SNOMED
 from schemas.protocol import ProtocolCreateSchema, split_payload
@@ -433,11 +433,6 @@ def test_index_rows_hold_quotes_backslashes_and_braces_as_written(db: Database) 
     (``fulltext.postgres_lexemes``); before, as text arrays. Characters special to either (quotes,
     backslashes, braces, commas) and non-ASCII text must arrive as they were, through the first
     version's statement and a revision's prepared one alike."""
-    from sqlalchemy import text
-
-    from protocols.indexing import search_terms
-    from protocols.record import canonical_content
-
     brand = 'Ke"ta\\lar {x,y} naïve'
     original = content_of("p8-special", drug={**KETAMINE, "brand_names": [brand]},
                           title='Ketamine "quoted" back\\slash {braced} a,b')
@@ -531,7 +526,6 @@ def test_the_drug_filter_normalizes_names_on_both_sides_and_0007_re_derives_old_
     other. Both sides now fold case, compose (NFC) and collapse white space; migration 0007 re-derives
     terms stored the old way."""
     from alembic import command
-    from sqlalchemy import text
 
     from protocols import migrate
 
