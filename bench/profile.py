@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=60)
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--raw", type=Path,
+                        help="keep py-spy's collapsed stacks (one line per stack and its count) here")
     parser.add_argument("--gil", action="store_true",
                         help="sample only the thread holding the GIL: where the worker's CPU goes, without waits")
     args = parser.parse_args(argv)
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                            check=True, capture_output=True)
             load.join()
             report = summarize(raw, args.top)
+            if args.raw:
+                shutil.copyfile(raw, args.raw)
         with contextlib.suppress(OSError):
             requests.unlink()
     print(report)

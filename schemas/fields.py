@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
@@ -17,9 +18,15 @@ from protocols.timeutil import parse_rfc3339
 SLUG_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9-]{2,63}\Z")
 #: C0 (except TAB, LF, CR) and C1 controls, DEL, and Unicode noncharacters (U+FDD0-FDEF, U+xFFFE/F).
 _NONCHARACTERS = "".join(chr(plane * 0x10000 + 0xFFFE) + chr(plane * 0x10000 + 0xFFFF) for plane in range(17))
-_CONTROL = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef{_NONCHARACTERS}]")
+_CONTROL_CHARS = f"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef{_NONCHARACTERS}"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 #: Line breaks (and TAB): refused in single-line text such as titles, names and codes.
-_LINE_BREAK = re.compile("[\t\n\r\u2028\u2029]")
+_LINE_BREAK_CHARS = "\t\n\r\u2028\u2029"
+_LINE_BREAK = re.compile(f"[{_LINE_BREAK_CHARS}]")
+#: Every character :class:`Text` refuses anywhere in a value, in one class: controls, noncharacters and
+#: lone surrogates, and in single-line text line breaks too (``True``: multi-line).
+_REFUSED_IN_TEXT = {True: re.compile(f"[{_CONTROL_CHARS}\ud800-\udfff]"),
+                    False: re.compile(f"[{_CONTROL_CHARS}\ud800-\udfff{_LINE_BREAK_CHARS}]")}
 
 #: The ``fields.Url`` variants the schemas use, as (relative, absolute, require_tld): absolute URLs, with
 #: a top-level domain (sources) and without one (a CDS Hooks ``fhirServer`` may be an intranet host).
@@ -34,7 +41,38 @@ def is_blank(text: str) -> bool:
     return bool(text) and all(char.isspace() or unicodedata.category(char)[0] in "ZC" for char in text)
 
 
-class Text(fields.String):
+def starts_visible(text: str) -> bool:
+    """Whether ``text`` is empty or starts with a character that makes it not blank: printable and not
+    a space. (``str.isprintable()`` is False exactly for the Unicode categories Z* and C*, but for
+    the ASCII space: the characters :func:`is_blank` counts as nothing visible.)"""
+    first = text[:1]
+    return first.isprintable() and first != " "
+
+
+def plainly_valid_text(text: str, *, multiline: bool) -> bool:
+    """A cheap sufficient condition for :class:`Text` to accept ``text`` as it is: it starts visible
+    and holds none of the characters Text refuses. ``str.isprintable()`` (one pass in C) answers for
+    most text: a printable string holds no control, format, surrogate, unassigned or separator
+    character, so none that Text refuses; text with line breaks (or a non-ASCII space) is searched."""
+    if text.isprintable():
+        return text[:1] != " "
+    return starts_visible(text) and _REFUSED_IN_TEXT[multiline].search(text) is None
+
+
+class ValidatorsCombinedOnce(fields.Field):
+    """A field whose validators are combined into one ``validate.And`` once, not per value.
+
+    Why: marshmallow 4 builds a new ``And`` of a field's validators for every value it validates
+    (``Field._validate_all`` is a property), and a PUT validates ~80 values. The same ``And`` of the
+    same validators runs, so errors read exactly as marshmallow's (docs/performance.md, design
+    choice 14)."""
+
+    @functools.cached_property
+    def _validate_all(self) -> validate.And:
+        return validate.And(*self.validators)
+
+
+class Text(ValidatorsCombinedOnce, fields.String):
     """A string that is valid UTF-8 text: no lone surrogates, no control characters or noncharacters,
     not blank; single-line unless ``multiline=True`` (summaries, instructions, notes)."""
 
@@ -43,6 +81,13 @@ class Text(fields.String):
         self.multiline = multiline
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        # The shortcut for what nearly every value is: a str that starts visible (so is not blank) and
+        # holds no character refused below is valid as it came, after one pass over it instead of four
+        # checks (a PUT's ~50 text values: docs/performance.md, design choice 14).
+        # Anything else takes the checks one by one, whose order decides the message a value with two
+        # faults gets. tests/schemas/test_fields.py checks the shortcut over every code point.
+        if type(value) is str and plainly_valid_text(value, multiline=self.multiline):
+            return value
         result = super()._deserialize(value, attr, data, **kwargs)
         try:
             result.encode("utf-8")
@@ -64,7 +109,7 @@ def refused_in_url(text: str) -> bool:
         char.isspace() or unicodedata.category(char) in ("Cf", "Cs", "Co", "Cn") for char in text)
 
 
-class WebUrl(fields.Url):
+class WebUrl(ValidatorsCombinedOnce, fields.Url):
     """An absolute http(s) URL that is only a URL: no control, format or whitespace characters and a
     port that exists. marshmallow's pattern allows any non-blank path (a NUL, ESC or zero-width space
     in a source URL was stored and served into FHIR output; port 99999999 passed; adversarial probe)."""
@@ -99,7 +144,7 @@ class Slug(Text):
         return result
 
 
-class PositiveDecimal(fields.Decimal):
+class PositiveDecimal(ValidatorsCombinedOnce, fields.Decimal):
     """A finite, positive number with at most 12 significant digits, kept exact as ``Decimal``."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -152,7 +197,7 @@ class Duration(Text):
         return result
 
 
-class QueryInteger(fields.Integer):
+class QueryInteger(ValidatorsCombinedOnce, fields.Integer):
     """A non-negative integer written in ASCII digits: ``int()`` also takes " 5", "\\uff12" (a fullwidth 2)
     and "\\u0661" (an Arabic-Indic 1), which then came back in ``next`` links as the client wrote them."""
 
@@ -164,7 +209,7 @@ class QueryInteger(fields.Integer):
         return int(value)
 
 
-class StrictBoolean(fields.Boolean):
+class StrictBoolean(ValidatorsCombinedOnce, fields.Boolean):
     """``true`` or ``false`` as JSON booleans: marshmallow's Boolean also takes "yes", "on", "t", 1, "0"."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
@@ -173,7 +218,7 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-class StrictInteger(fields.Integer):
+class StrictInteger(ValidatorsCombinedOnce, fields.Integer):
     """An integer that must arrive as a JSON integer (not 1.0, not "1", not true)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -186,7 +231,7 @@ class StrictInteger(fields.Integer):
         return int(super()._deserialize(value, attr, data, **kwargs))
 
 
-class CalendarDate(fields.Date):
+class CalendarDate(ValidatorsCombinedOnce, fields.Date):
     """A date as RFC 3339's full-date (``2019-03-05``); ``date.fromisoformat`` alone also takes the
     basic form (``20190305``) and ISO week dates."""
 
@@ -198,7 +243,7 @@ class CalendarDate(fields.Date):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-class Instant(fields.AwareDateTime):
+class Instant(ValidatorsCombinedOnce, fields.AwareDateTime):
     """An RFC 3339 date-time with an offset, loaded as naive UTC (the stored form)."""
 
     def __init__(self, **kwargs: Any) -> None:

@@ -1,6 +1,7 @@
 """schemas/fields.py: marshmallow's URL patterns are compiled at worker start-up, for every ``Url``
 field the schemas declare (otherwise the first write and the first CDS Hooks call of each worker
-compile them, 40-60 ms each)."""
+compile them, 40-60 ms each); the shortcuts the write path takes (plain text, validators combined
+once) accept and refuse exactly what the full checks do."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from marshmallow import Schema, ValidationError, fields
+import pytest
+from marshmallow import Schema, ValidationError, fields, validate
 
 import schemas
-from schemas.fields import URL_VARIANTS, WebUrl
+from schemas.fields import URL_VARIANTS, PositiveDecimal, Text, WebUrl, plainly_valid_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,3 +106,80 @@ def test_a_source_url_with_a_control_character_is_422_naming_it(client):
     response = client.post("/v1/protocols", json=payload)
     assert response.status_code == 422, response.get_json()
     assert "sources.0.url" in response.get_json()["errors"], response.get_json()
+
+
+class _NotPlainStr(str):
+    """A str that is not exactly ``str``: Text runs its checks one by one on it, without the shortcut."""
+
+
+def _full_check(field: Text, value: str) -> str | list[str]:
+    """What Text's checks one by one make of ``value``: the value, or the error messages."""
+    try:
+        return str(field.deserialize(_NotPlainStr(value)))
+    except ValidationError as exc:
+        return list(exc.messages)
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+def test_the_plain_text_shortcut_accepts_only_what_the_full_checks_accept(multiline):
+    """Text returns a value its shortcut calls plainly valid without the checks one by one. Over
+    every code point, as the first character and inside a text: where the shortcut says valid, the
+    full checks accept the same text."""
+    field = Text(multiline=multiline)
+    inside = [chr(cp) for cp in range(0x110000) if plainly_valid_text(f"a{chr(cp)}b", multiline=multiline)]
+    refused_inside = []
+    for start in range(0, len(inside), 512):  # 512 characters at a time; one by one where a block fails
+        block = inside[start:start + 512]
+        if _full_check(field, text := "a" + "".join(block)) != text:
+            refused_inside += [hex(ord(char)) for char in block if _full_check(field, f"a{char}b") != f"a{char}b"]
+    assert refused_inside == []
+    starting = [f"{chr(cp)}b" for cp in range(0x110000)]
+    refused_first = [hex(ord(text[0])) for text in starting
+                     if plainly_valid_text(text, multiline=multiline) and _full_check(field, text) != text]
+    assert refused_first == []
+    # The shortcut is taken for ordinary clinical text (else it saves nothing), and not for what is refused.
+    for ordinary in ("Esketamine 56 mg or 84 mg twice weekly", "(S)-ketamine", "0.5 mg/kg IV over 40 min",
+                     "Ketalar\u00ae \u2014 \u00e9l\u00e8ve", ""):
+        assert plainly_valid_text(ordinary, multiline=multiline), ordinary
+    for refused in ("a\x00b", "a\ud800b", "a\ufffeb", "   ", "\u200b", "\u00a0"):
+        assert not plainly_valid_text(refused, multiline=multiline), repr(refused)
+    assert plainly_valid_text("line 1\nline 2", multiline=multiline) is multiline
+
+
+@pytest.mark.parametrize("value", ["Ketamine", "a\x00b", "a\ud800b", "a\nb", "  ", "\u2028", " padded ", "",
+                                   "x" * 201, "a\tb"])
+def test_text_answers_alike_with_and_without_the_shortcut(value):
+    """Value or messages: the same through the shortcut (a plain str) as through the checks one by one."""
+    for field in (Text(validate=validate.Length(1, 200)), Text(multiline=True, validate=validate.Length(1, 200))):
+        try:
+            through_shortcut: str | list[str] = field.deserialize(value)
+        except ValidationError as exc:
+            through_shortcut = list(exc.messages)
+        assert through_shortcut == _full_check(field, value)
+
+
+def test_validators_combined_once_report_as_marshmallow_does():
+    """Validators combined once (ValidatorsCombinedOnce) give marshmallow's own messages, all of them,
+    value after value, in a schema's copy of the field too."""
+    validators = [validate.Length(2, 3), validate.OneOf(["ab", "abc"])]
+
+    class Combined(Schema):
+        name = Text(validate=validators)
+        dose = PositiveDecimal(validate=validate.Range(max=10))
+
+    class Plain(Schema):
+        name = fields.String(validate=validators)
+        dose = fields.Decimal(validate=validate.Range(max=10))
+
+    def answer(schema: Schema, data: dict[str, object]) -> object:
+        try:
+            return schema.load(data)
+        except ValidationError as exc:
+            return exc.messages
+
+    combined, plain = Combined(), Plain()
+    for data in ({"name": "ab", "dose": 5}, {"name": "abcd", "dose": 11}, {"name": "x"}, {"name": "abc", "dose": 10},
+                 {"name": "zz"}):
+        assert answer(combined, data) == answer(plain, data), data
+    assert answer(combined, {"name": "abcd"}) == {"name": ["Length must be between 2 and 3.",
+                                                          "Must be one of: ab, abc."]}
