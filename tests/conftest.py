@@ -213,7 +213,7 @@ def make_app(database_url: str) -> Iterator[Any]:
 
 @pytest.fixture
 def app(make_app: Any) -> Flask:
-    return make_app()  # type: ignore[no-any-return]
+    return make_app()
 
 
 @pytest.fixture
@@ -248,7 +248,7 @@ def make_key(app: Flask) -> Any:
 
 @pytest.fixture
 def db(app: Flask) -> Database:
-    return app.extensions["protocols_db"]  # type: ignore[no-any-return]
+    return app.extensions["protocols_db"]
 
 
 @pytest.fixture
