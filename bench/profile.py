@@ -5,7 +5,7 @@ one gunicorn worker, drives it with wrk, samples the worker with ``py-spy record
 prints where the time goes: inclusive share per function (our code and the libraries we call) and
 the hottest leaf frames. docs/performance.md quotes this output when a target is missed.
 
-Usage: ``python bench/profile.py [--path-kind get|get_304|put] [--seconds 10] [--postgres] [--gil]``
+Usage: ``python bench/profile.py [--path-kind get|get_304|put] [--seconds 10] [--postgres] [--gil] [--raw stacks.txt]``
 (py-spy comes from ``pip install py-spy``; ``make bench`` installs it into .venv).
 """
 
