@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,14 +63,15 @@ def plainly_valid_text(text: str, *, multiline: bool) -> bool:
 class ValidatorsCombinedOnce(fields.Field):
     """A field whose validators are combined into one ``validate.And`` once, not per value.
 
-    Why: marshmallow 4 builds a new ``And`` of a field's validators for every value it validates
-    (``Field._validate_all`` is a property), and a PUT validates ~80 values. The same ``And`` of the
-    same validators runs, so errors read exactly as marshmallow's (docs/performance.md, design
-    choice 14)."""
+    Why: marshmallow builds a new ``And`` of a field's validators for every value it validates
+    (``Field._validate_all`` is a property), and a PUT validates ~80 values. The ``And`` kept is the
+    one marshmallow's own property builds (with whatever options its version gives it), so errors
+    read exactly as marshmallow's (docs/performance.md, design choice 14)."""
 
     @functools.cached_property
-    def _validate_all(self) -> validate.And:
-        return validate.And(*self.validators)
+    def _validate_all(self) -> Callable[[Any], None]:
+        combined: Callable[[Any], None] = super()._validate_all
+        return combined
 
 
 class Text(ValidatorsCombinedOnce, fields.String):
