@@ -66,7 +66,9 @@ class ValidatorsCombinedOnce(fields.Field):
     Why: marshmallow builds a new ``And`` of a field's validators for every value it validates
     (``Field._validate_all`` is a property), and a PUT validates ~80 values. The ``And`` kept is the
     one marshmallow's own property builds (with whatever options its version gives it), so errors
-    read exactly as marshmallow's (docs/performance.md, design choice 14)."""
+    read exactly as marshmallow's (docs/performance.md, design choice 14). A field's validators must
+    therefore not change once it has validated a value: nothing here, in marshmallow, webargs or
+    flask-smorest changes them after construction (``Url`` adds its own in ``__init__``)."""
 
     @functools.cached_property
     def _validate_all(self) -> Callable[[Any], None]:

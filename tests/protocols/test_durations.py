@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from protocols.durations import parse_duration
+from protocols.durations import _parse, parse_duration
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -15,7 +15,9 @@ from protocols.durations import parse_duration
 ])
 def test_durations_parse_to_exact_timedeltas_every_time(text, expected):
     assert parse_duration(text) == expected
-    assert parse_duration(text) == expected  # the second answer comes from the cache
+    hits = _parse.cache_info().hits
+    assert parse_duration(text) == expected
+    assert _parse.cache_info().hits == hits + 1  # the second answer came from the cache
 
 
 @pytest.mark.parametrize(("text", "message"), [

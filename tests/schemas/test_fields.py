@@ -112,6 +112,17 @@ class _NotPlainStr(str):
     """A str that is not exactly ``str``: Text runs its checks one by one on it, without the shortcut."""
 
 
+def test_a_str_subclass_takes_the_checks_one_by_one(monkeypatch):
+    """What makes ``_full_check`` a check of the full path: the shortcut is never asked about it."""
+    def no_shortcut(text: str, *, multiline: bool) -> bool:
+        raise AssertionError("the shortcut was asked")
+
+    monkeypatch.setattr("schemas.fields.plainly_valid_text", no_shortcut)
+    assert _full_check(Text(), "Ketamine") == "Ketamine"
+    with pytest.raises(AssertionError, match="the shortcut was asked"):
+        Text().deserialize("Ketamine")
+
+
 def _full_check(field: Text, value: str) -> str | list[str]:
     """What Text's checks one by one make of ``value``: the value, or the error messages."""
     try:
@@ -137,6 +148,11 @@ def test_the_plain_text_shortcut_accepts_only_what_the_full_checks_accept(multil
     refused_first = [hex(ord(text[0])) for text in starting
                      if plainly_valid_text(text, multiline=multiline) and _full_check(field, text) != text]
     assert refused_first == []
+    # After a leading space (which starts nothing visible): " \n" is blank, " \x00" holds a control.
+    after_space = [f" {chr(cp)}" for cp in range(0x110000)]
+    refused_after_space = [hex(ord(text[1])) for text in after_space
+                           if plainly_valid_text(text, multiline=multiline) and _full_check(field, text) != text]
+    assert refused_after_space == []
     # The shortcut is taken for ordinary clinical text (else it saves nothing), and not for what is refused.
     for ordinary in ("Esketamine 56 mg or 84 mg twice weekly", "(S)-ketamine", "0.5 mg/kg IV over 40 min",
                      "Ketalar\u00ae \u2014 \u00e9l\u00e8ve", ""):
@@ -147,7 +163,7 @@ def test_the_plain_text_shortcut_accepts_only_what_the_full_checks_accept(multil
 
 
 @pytest.mark.parametrize("value", ["Ketamine", "a\x00b", "a\ud800b", "a\nb", "  ", "\u2028", " padded ", "",
-                                   "x" * 201, "a\tb"])
+                                   "x" * 201, "a\tb", " \n", " \x00", "\u00a0\u200b"])
 def test_text_answers_alike_with_and_without_the_shortcut(value):
     """Value or messages: the same through the shortcut (a plain str) as through the checks one by one."""
     for field in (Text(validate=validate.Length(1, 200)), Text(multiline=True, validate=validate.Length(1, 200))):
