@@ -55,9 +55,7 @@ def plainly_valid_text(text: str, *, multiline: bool) -> bool:
     and holds none of the characters Text refuses. ``str.isprintable()`` (one pass in C) answers for
     most text: a printable string holds no control, format, surrogate, unassigned or separator
     character, so none that Text refuses; text with line breaks (or a non-ASCII space) is searched."""
-    if text.isprintable():
-        return text[:1] != " "
-    return starts_visible(text) and _REFUSED_IN_TEXT[multiline].search(text) is None
+    return starts_visible(text) and (text.isprintable() or _REFUSED_IN_TEXT[multiline].search(text) is None)
 
 
 class ValidatorsCombinedOnce(fields.Field):

@@ -310,13 +310,14 @@ def test_open_loop_opens_a_connection_per_request_for_servers_that_close(tmp_pat
     with Server(("127.0.0.1", 0), CloseAfterOne) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        out = subprocess.run([sys.executable, str(ROOT / "bench" / "openloop.py"), "--base", base,
-                              "--requests", str(requests), "--rate", "200", "--duration", "1", "--warmup", "0.2",
-                              "--connections", "8", "--fresh-connections"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
-        fresh = json.loads(out.split("BENCH_RESULT ", 1)[1])
-        opened = len(connections)
-        assert fresh["errors"] == {"status": 0, "connect": 0, "lost": 0, "unfinished": 0}
-        assert fresh["requests"] == fresh["scheduled"] >= 190
-        assert opened >= fresh["requests"]  # warm-up requests opened theirs too
-        server.shutdown()
+        try:
+            out = subprocess.run([sys.executable, str(ROOT / "bench" / "openloop.py"), "--base", base,
+                                  "--requests", str(requests), "--rate", "200", "--duration", "1", "--warmup", "0.2",
+                                  "--connections", "8", "--fresh-connections"],
+                                 capture_output=True, text=True, timeout=60, check=True).stdout
+        finally:
+            server.shutdown()  # also when the run fails: the serving thread stops before the socket closes
+    fresh = json.loads(out.split("BENCH_RESULT ", 1)[1])
+    assert fresh["errors"] == {"status": 0, "connect": 0, "lost": 0, "unfinished": 0}
+    assert fresh["requests"] == fresh["scheduled"] >= 190
+    assert len(connections) >= fresh["requests"]  # warm-up requests opened theirs too
