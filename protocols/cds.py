@@ -146,7 +146,7 @@ def _quantity_json(value: int, unit: str) -> dict[str, Any]:
 
 
 #: A draft order using every element the service reads (see ``warm_up``).
-_WARM_UP_ORDERS = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
+_WARM_UP_ORDERS: dict[str, Any] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
     "resourceType": "MedicationRequest", "id": "warm-up", "status": "draft", "intent": "order",
     "contained": [{"resourceType": "Medication", "id": "m", "code": {"coding": [
         {"system": terminology.RXNORM, "code": "6130", "display": "ketamine"}]}}],

@@ -133,9 +133,10 @@ def test_denied_writes_are_still_recorded_after_the_response(client, db):
 
 def _key_and_audit_xids(db: Database, request_id: str) -> tuple[str, str]:
     with db.engine.connect() as conn:
-        return tuple(conn.execute(text(  # type: ignore[return-value]
+        key_xid, audit_xid = conn.execute(text(
             "SELECT k.xmin::text, a.xmin::text FROM audit_events a JOIN api_keys k ON k.id = a.target"
-            " WHERE a.request_id = :r"), {"r": request_id}).one())
+            " WHERE a.request_id = :r"), {"r": request_id}).one()
+        return key_xid, audit_xid
 
 
 def test_minting_and_revoking_a_key_commit_with_their_audit_rows(client, db, backend, commits):

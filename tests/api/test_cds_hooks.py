@@ -247,7 +247,8 @@ def test_the_newest_weight_wins_whatever_offset_its_time_carries(client):
     order = medication_request("ket-tz", KETAMINE, IV, dose=(100, "mg"))
     weights = [weight_observation(70, when="2024-06-01T10:00:00+09:00"),
                weight_observation(20, when="2024-06-01T05:00:00Z")]
-    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": w} for w in weights]}
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                              "entry": [{"resource": w} for w in weights]}
     (card,) = cards(client, hook_request([order], weight=bundle))
     assert "\u00d7 20 kg" in card["detail"] and card["indicator"] == "critical"  # 100 mg > 4.5 mg/kg x 20 kg
     # A date without a time counts from its start: 2024-06-02 is newer than both.
@@ -467,12 +468,13 @@ def test_a_dose_no_order_can_have_is_400_naming_the_value(client):
     ketamine_protocol(client)
     where = "context.draftOrders.entry.0.resource.dosageInstruction.0.doseAndRate.0"
     placeholder = 987654321
-    cases = [({"dose": (placeholder, "mg")}, "doseQuantity", "1e99999"),
-             ({"dose": (placeholder, "mg")}, "doseQuantity", "0"),
-             ({"dose": (placeholder, "mg")}, "doseQuantity", "-5"),
-             ({"dose": (placeholder, "mg")}, "doseQuantity", "1.0000000000001"),
-             ({"dose_range": (1, placeholder, "mg")}, "doseRange.high", "1e400"),
-             ({"rate": (placeholder, "mg/h")}, "rateQuantity", "1e-30")]
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"dose": (placeholder, "mg")}, "doseQuantity", "1e99999"),
+        ({"dose": (placeholder, "mg")}, "doseQuantity", "0"),
+        ({"dose": (placeholder, "mg")}, "doseQuantity", "-5"),
+        ({"dose": (placeholder, "mg")}, "doseQuantity", "1.0000000000001"),
+        ({"dose_range": (1, placeholder, "mg")}, "doseRange.high", "1e400"),
+        ({"rate": (placeholder, "mg/h")}, "rateQuantity", "1e-30")]
     for order_args, element, number in cases:
         order = medication_request("ket-n", KETAMINE, IV, **order_args)
         text = json.dumps(hook_request([order], weight=weight_bundle(70))).replace(str(placeholder), number)

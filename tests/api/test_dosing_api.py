@@ -98,7 +98,10 @@ def expected_verdict(ranges: list[dict[str, Any]], dose_mg: Decimal, weight: Dec
     verdicts = []
     for dose_range in ranges:
         unit = dose_range["unit"]
-        scale = MASS_IN_MG[amount_of(unit)] * (weight if is_per_kg(unit) else 1)
+        scale = MASS_IN_MG[amount_of(unit)]
+        if is_per_kg(unit):
+            assert weight is not None, "a per-kg range needs a weight"
+            scale *= weight
         low, high = dose_range["dose_min"] * scale, dose_range["dose_max"] * scale
         verdict = "below_min" if dose_mg < low else "above_max" if dose_mg > high else "within_range"
         limit = dose_range.get("max_per_period")

@@ -174,7 +174,7 @@ def test_rate_limited_callers_get_the_same_429_and_are_counted_once(make_app, ca
     for expected in (200, 200, 200, 429, 429):
         responses = [_send(app, "GET", path, key) for app in (fast, slow)]
         assert [r.status_code for r in responses] == [expected, expected]
-        _same(*responses, sent_request_id=False)
+        _same(responses[0], responses[1], sent_request_id=False)
     assert responses[0].headers["RateLimit-Remaining"] == "0" and "Retry-After" in responses[0].headers
 
 

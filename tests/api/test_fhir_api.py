@@ -59,7 +59,7 @@ def _outcome(response: Any, status: int) -> dict[str, Any]:
     assert response.mimetype == FHIR_JSON
     body = response.get_json()
     OperationOutcome.model_validate(body)
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 def _bundle(response: Any) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def _bundle(response: Any) -> dict[str, Any]:
     for entry in body.get("entry", []):
         if entry.get("resource", {}).get("resourceType") == "MedicationKnowledge":
             MedicationKnowledge.model_validate(entry["resource"])
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 def _path(url: str) -> str:

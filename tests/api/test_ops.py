@@ -267,7 +267,9 @@ def test_rate_limit_is_shared_across_workers_through_redis(make_app):
     statuses = [clients[n % 2].get("/v1/protocols").status_code for n in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
     redis_client = workers[0].extensions["protocols_ratelimiter"].redis.client
-    key_id = keys.authenticate(workers[0].extensions["protocols_db"], workers[0].config["TEST_API_KEY"]).id
+    key = keys.authenticate(workers[0].extensions["protocols_db"], workers[0].config["TEST_API_KEY"])
+    assert key is not None
+    key_id = key.id
     counters = list(redis_client.scan_iter(f"protocols:ratelimit:key:{key_id}:*"))
     assert [int(redis_client.get(c)) for c in counters] == [5]  # one counter, fed by both workers
     redis_client.delete(*counters)

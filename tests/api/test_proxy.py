@@ -25,7 +25,7 @@ def test_the_client_is_the_rightmost_address_no_trusted_proxy_owns(setting, head
 def _seen(setting: str, peer: str, header: str | None) -> str:
     seen: dict[str, str] = {}
 
-    def app(environ, start_response):  # type: ignore[no-untyped-def]
+    def app(environ, start_response):
         seen["addr"] = environ["REMOTE_ADDR"]
         return [b""]
 

@@ -224,7 +224,8 @@ def test_words_with_new_tai_lue_vowel_signs_match_alike_on_both_databases(client
         assert client.post("/v1/protocols", json=protocol_payload(pid, title=title, summary=summary)).status_code == 201
     first = get(client, "/v1/protocols", q="a\u19b0 newtai", page_size=1, count="true").get_json()
     forward = walk(client, "/v1/protocols?q=a%E1%A6%B0+newtai&page_size=1")
-    back, body = [], first
+    back: list[str] = []
+    body = first
     while body["next"]:
         body = get(client, body["next"]).get_json()
     while body:

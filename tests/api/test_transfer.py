@@ -109,7 +109,9 @@ def test_export_prints_a_sha256_and_import_refuses_a_copy_that_differs(
     export = tmp_path / "registry.ndjson"
     result = app.test_cli_runner().invoke(args=["protocols", "export", str(export)])
     assert result.exit_code == 0, result.output
-    digest = re.search(r"sha256 ([0-9a-f]{64})", result.output).group(1)
+    found = re.search(r"sha256 ([0-9a-f]{64})", result.output)
+    assert found, result.output
+    digest = found.group(1)
     assert digest == hashlib.sha256(export.read_bytes()).hexdigest()
     tampered = tmp_path / "tampered.ndjson"
     original = export.read_text(encoding="utf-8")

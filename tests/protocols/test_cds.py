@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from fractions import Fraction
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from protocols import cds
 from protocols.errors import MalformedOrder
 
 
-def weight(value: object, unit: str = "kg", when: str = "2026-01-01T00:00:00Z") -> dict[str, object]:
+def weight(value: object, unit: str = "kg", when: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
     return {"resourceType": "Observation", "status": "final", "effectiveDateTime": when,
             "code": {"coding": [{"system": cds.LOINC, "code": cds.BODY_WEIGHT_LOINC}]},
             "valueQuantity": {"value": value, "unit": unit, "code": unit}}

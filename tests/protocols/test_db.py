@@ -3,6 +3,9 @@ no round trip (the pool's ``pre_ping`` used to send ``SELECT 1`` before every st
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import pytest
 from sqlalchemy import event, text
 
@@ -106,7 +109,7 @@ def test_the_read_connections_of_ended_threads_are_closed(db) -> None:
     PostgreSQL refused new clients (found by an adversarial probe)."""
     import threading
 
-    opened: list[object] = []
+    opened: list[Any] = []
 
     def read() -> None:
         db.reads.fetch_one("SELECT 1", ())
@@ -241,6 +244,7 @@ def test_read_errors_are_the_classes_psycopg_raises(db) -> None:
     with pytest.raises(DBAPIError) as raised:
         db.reads.fetch_one("SELEC 1", ())  # fails when it is prepared
     assert type(raised.value.orig) is psycopg.errors.SyntaxError
+    params: Mapping[str, int] | Sequence[int]
     for sql, params in (("SELECT %(a)s::int, %s::int", {"a": 1}), ("SELECT %(a)s::int", {"b": 1}),
                         ("SELECT %s::int", (1, 2))):
         with pytest.raises(DBAPIError) as raised:

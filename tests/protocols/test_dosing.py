@@ -18,9 +18,11 @@ from protocols import dose_units, dosing
 from protocols.dose_units import UnitError, parse_concentration, parse_dose_unit, to_kilograms
 from protocols.dosing import (
     ConcentrationRequired,
+    DoseCheck,
     DoseOrder,
     Frequency,
     InvalidWeight,
+    PerPeriod,
     PhaseRequired,
     Quantity,
     UnitsIncompatible,
@@ -39,6 +41,12 @@ def content(*ranges: dict[str, Any], routes: tuple[str, ...] = (IV,)) -> dict[st
 
 def order(value: str, unit: str, route: str = IV, **kwargs: Any) -> DoseOrder:
     return DoseOrder(route=route, dose=Quantity(Decimal(value), unit), **kwargs)
+
+
+def _per_period(result: DoseCheck) -> PerPeriod:
+    """The per-period evaluation a check made (failing, not ``AttributeError``, when it made none)."""
+    assert result.evaluation is not None and result.evaluation.per_period is not None, result
+    return result.evaluation.per_period
 
 
 # ------------------------------------------------------------------------------- units
@@ -368,18 +376,18 @@ def test_an_infusion_longer_than_the_per_period_window_counts_only_what_runs_in_
         "80 mg over 4 h per administration; any PT1H holds at most 1 h of administration = 20 mg per PT1H "
         "≤ maximum 30 mg per PT1H")
     amount = dosing.check(ranges, order("80", "mg", duration_s=Fraction(4 * 3600)))
-    assert amount.verdict is Verdict.WITHIN_RANGE and amount.evaluation.per_period.projected.value == 20
+    assert amount.verdict is Verdict.WITHIN_RANGE and _per_period(amount).projected.value == 20
     # Every 12 h: the infusions do not overlap, an hour still holds at most 20 mg.
     assert dosing.check(ranges, order("20", "mg/h", frequency=Frequency(2, "P1D"))).verdict \
         is Verdict.WITHIN_RANGE
     # Every 2 h with 4-hour infusions: two run at once, 40 mg in an hour.
     every_2_h = dosing.check(ranges, order("20", "mg/h", frequency=Frequency(12, "P1D")))
     assert every_2_h.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
-    assert every_2_h.evaluation.per_period.projected.value == 40
+    assert _per_period(every_2_h).projected.value == 40
     # 7 a day (every 24/7 h): an hour holds at most 1 h of one and 4/7 h of the next, 31.43 mg.
     seven = content({"dose_min": 10, "dose_max": 30, "unit": "mg/h", "duration": "PT4H",
                      "max_per_period": {"value": 35, "unit": "mg", "period": "PT1H"}})
-    per_period = dosing.check(seven, order("20", "mg/h", frequency=Frequency(7, "P1D"))).evaluation.per_period
+    per_period = _per_period(dosing.check(seven, order("20", "mg/h", frequency=Frequency(7, "P1D"))))
     assert per_period.projected.value == Fraction(220, 7) and not per_period.exceeded
     assert per_period.doses_per_period == 2
     # The order's own duration counts the same way; a window longer than the infusion is unchanged.
@@ -387,7 +395,7 @@ def test_an_infusion_longer_than_the_per_period_window_counts_only_what_runs_in_
         is Verdict.WITHIN_RANGE
     daily = content({"dose_min": 10, "dose_max": 30, "unit": "mg/h", "duration": "PT4H",
                      "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}})
-    assert dosing.check(daily, order("20", "mg/h")).evaluation.per_period.projected.value == 80
+    assert _per_period(dosing.check(daily, order("20", "mg/h"))).projected.value == 80
     assert dosing.check(daily, order("30", "mg/h")).verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
 
 

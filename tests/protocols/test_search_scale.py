@@ -307,7 +307,9 @@ def _first_page_work(db: Database, query: ProtocolQuery) -> int:
     assert len(page.items) == 10
     if db.dialect == "sqlite":
         with db.engine.connect() as conn:
-            conn.connection.dbapi_connection.set_progress_handler(None, 0)
+            sqlite_connection = conn.connection.dbapi_connection
+            assert sqlite_connection is not None
+            sqlite_connection.set_progress_handler(None, 0)
     return meter.work()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
@@ -17,22 +18,22 @@ URL = re.compile(r"^https?://\S+$")
 
 
 def test_every_bundled_code_has_a_source_url():
-    for concept in terminology.ROUTES.values():
-        assert concept.sources and all(URL.match(s) for s in concept.sources)
-    for concept in terminology.INDICATIONS.values():
-        assert URL.match(concept.source), concept
-    for concept in terminology.RXNORM_CONCEPTS.values():
-        assert URL.match(concept.source), concept
+    for route in terminology.ROUTES.values():
+        assert route.sources and all(URL.match(s) for s in route.sources)
+    for indication in terminology.INDICATIONS.values():
+        assert URL.match(indication.source), indication
+    for rxnorm in terminology.RXNORM_CONCEPTS.values():
+        assert URL.match(rxnorm.source), rxnorm
 
 
 def test_bundled_codes_are_well_formed():
-    for code, concept in terminology.ROUTES.items():
+    for code, route in terminology.ROUTES.items():
         assert terminology.snomed_check_digit_ok(code), code
-        assert concept.spl_code and re.match(r"^C[0-9]+$", concept.spl_code)
-    for (system, code), concept in terminology.INDICATIONS.items():
+        assert route.spl_code and re.match(r"^C[0-9]+$", route.spl_code)
+    for (system, code), indication in terminology.INDICATIONS.items():
         assert terminology.is_well_formed_indication(system, code), code
         if system == ICD10CM:
-            assert concept.category == code[:3]
+            assert indication.category == code[:3]
     for rxcui in terminology.RXNORM_CONCEPTS:
         assert terminology.RXNORM_PATTERN.match(rxcui)
 
@@ -115,7 +116,7 @@ def test_weight_based_detection():
 
 def _with(path: str, value):
     payload = protocol_payload()
-    node = payload
+    node: Any = payload
     parts = path.split(".")
     for part in parts[:-1]:
         node = node[int(part)] if part.isdigit() else node[part]

@@ -6,6 +6,7 @@ behind it. Run here with a 300 ms timeout; production's is 5 s."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -64,7 +65,7 @@ def test_a_read_behind_an_exclusive_lock_answers_503_on_postgresql_and_reads_on_
     assert created.status_code == 201
     with lock_held(database_url, backend, "LOCK TABLE protocol_versions IN ACCESS EXCLUSIVE MODE"):
         for path in ("/v1/protocols/read-while-locked", "/v1/protocols/read-while-locked/versions"):
-            response = answered(lambda path=path: client.get(path))
+            response = answered(functools.partial(client.get, path))
             if backend == "postgres":
                 assert_busy(response)
             else:  # WAL: readers never wait for the writer
