@@ -3,9 +3,13 @@
 Starts the app on a throwaway SQLite (or ``--postgres``) database exactly as bench/run.py does, with
 one gunicorn worker, drives it with wrk, samples the worker with ``py-spy record --format raw`` and
 prints where the time goes: inclusive share per function (our code and the libraries we call) and
-the hottest leaf frames. docs/performance.md quotes this output when a target is missed.
+the hottest leaf frames, each also in microseconds per request answered while sampling, so that two
+profiles compare in absolute terms. ``--path-kind a`` profiles baseline (a), bare Flask, the same way:
+side by side with ``get_304`` it shows what a 304 pays that the framework's ceiling does not.
+docs/performance.md quotes this output when a target is missed.
 
-Usage: ``python bench/profile.py [--path-kind get|get_304|put] [--seconds 10] [--postgres] [--gil] [--raw stacks.txt]``
+Usage: ``python bench/profile.py [--path-kind get|get_304|put|list|a] [--seconds 10] [--postgres] [--gil]
+[--raw stacks.txt]``
 (py-spy comes from ``pip install py-spy``; ``make bench`` installs it into .venv).
 """
 
@@ -25,9 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # sibling module: bench/ is not a package
 
+#: py-spy's samples per second (``--rate``).
+SAMPLE_RATE = 250
 
-def summarize(raw: Path, top: int) -> str:
-    """Collapsed stacks -> inclusive % per function and self % per leaf."""
+
+def summarize(raw: Path, top: int, requests: float | None = None) -> str:
+    """Collapsed stacks -> inclusive % per function and self % per leaf; with ``requests`` (how many
+    were answered while sampling), each also as the sampled thread's µs per request it stands for."""
     inclusive: collections.Counter[str] = collections.Counter()
     leaf: collections.Counter[str] = collections.Counter()
     total = 0
@@ -44,16 +52,25 @@ def summarize(raw: Path, top: int) -> str:
         leaf[frames[-1]] += count
     if not total:
         return "no samples"
-    lines = [f"{total} samples", "", "inclusive % | function (file)"]
-    lines += [f"{100 * n / total:10.1f}% | {name}" for name, n in inclusive.most_common(top)]
-    lines += ["", "self % | leaf function (file)"]
-    lines += [f"{100 * n / total:6.1f}% | {name}" for name, n in leaf.most_common(top // 2)]
+    per_sample = 1e6 / SAMPLE_RATE / requests if requests else None
+
+    def cells(n: int, width: int) -> str:
+        share = f"{100 * n / total:{width}.1f}%"
+        return share if per_sample is None else f"{share} | {n * per_sample:7.1f}"
+
+    unit = " | µs/request" if per_sample is not None else ""
+    lines = [f"{total} samples" + (f", {total * per_sample:.0f} µs per request" if per_sample else ""), "",
+             f"inclusive %{unit} | function (file)"]
+    lines += [f"{cells(n, 10)} | {name}" for name, n in inclusive.most_common(top)]
+    lines += ["", f"self %{unit} | leaf function (file)"]
+    lines += [f"{cells(n, 6)} | {name}" for name, n in leaf.most_common(top // 2)]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--path-kind", choices=("get", "get_304", "list", "put"), default="get")
+    parser.add_argument("--path-kind", choices=("get", "get_304", "list", "put", "a"), default="get",
+                        help="an endpoint of the app, or baseline (a): bare Flask, fixed body")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--top", type=int, default=60)
     parser.add_argument("--postgres", action="store_true")
@@ -77,25 +94,33 @@ def main(argv: list[str] | None = None) -> int:
                  "get_304": [f"GET\t/v1/protocols/{p}\tIf-None-Match: {e}" for p, e in rows],
                  "list": [f"GET\t/v1/protocols?page_size={settings.page_size}\t"],
                  "put": [f"PUT\t/v1/protocols/{p}\tIf-Match: {e}|Content-Type: application/json{auth}"
-                         for p, e in run.newest_etags(backend.url, [p for p, _ in rows])]}[args.path_kind]
+                         for p, e in run.newest_etags(backend.url, [p for p, _ in rows])],
+                 "a": [f"GET\t/a/{p}\t" for p, _ in rows]}[args.path_kind]
         requests = run.write_requests(lines)
         options: dict[str, object] = {}
         if args.path_kind == "put":
             options = {"mode": "put", "body": run.write_put_body(backend.url, rows[0][0]),
                        "connections": run.WRITE_CONNECTIONS}
-        with run.app_server(backend.url, settings) as server, tempfile.TemporaryDirectory() as tmp:
+        serve = run.baseline_server if args.path_kind == "a" else run.app_server
+        with serve(backend.url, settings) as server, tempfile.TemporaryDirectory() as tmp:
             if args.path_kind != "put":  # a PUT warm-up would leave the request list's ETags stale
                 run.wrk(server.base, requests, settings, 2, **options)  # type: ignore[arg-type]
-            load = threading.Thread(target=run.wrk, args=(server.base, requests, settings, args.seconds + 2),
-                                    kwargs=options)
+            loads: list[run.Run] = []
+            load = threading.Thread(target=lambda: loads.append(
+                run.wrk(server.base, requests, settings, args.seconds + 2, **options)))  # type: ignore[arg-type]
             load.start()
             raw = Path(tmp) / "profile.txt"
             worker = server.worker_pids()[0]
-            subprocess.run([py_spy, "record", "--pid", str(worker), "--duration", str(args.seconds), "--rate", "250",
+            subprocess.run([py_spy, "record", "--pid", str(worker), "--duration", str(args.seconds),
+                            "--rate", str(SAMPLE_RATE),
                             "--format", "raw", "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else [])],
                            check=True, capture_output=True)
             load.join()
-            report = summarize(raw, args.top)
+            if not loads:
+                raise RuntimeError("the load generator did not finish")
+            measured = loads[0]  # its rate while py-spy sampled (wrk ran a second longer on each side)
+            report = (f"{measured.rps:.0f} req/s; the server's core: {measured.server_cpu_us} µs of CPU per request\n"
+                      + summarize(raw, args.top, measured.rps * args.seconds))
             if args.raw:
                 shutil.copyfile(raw, args.raw)
         with contextlib.suppress(OSError):
