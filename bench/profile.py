@@ -3,9 +3,10 @@
 Starts the app on a throwaway SQLite (or ``--postgres``) database exactly as bench/run.py does, with
 one gunicorn worker, drives it with wrk, samples the worker with ``py-spy record --format raw`` and
 prints where the time goes: inclusive share per function (our code and the libraries we call) and
-the hottest leaf frames, each also in microseconds per request answered while sampling, so that two
-profiles compare in absolute terms. ``--path-kind a`` profiles baseline (a), bare Flask, the same way:
-side by side with ``get_304`` it shows what a 304 pays that the framework's ceiling does not.
+the hottest leaf frames. With ``--gil`` each line also says how many microseconds of the worker's
+user CPU per request it stands for, so that two profiles compare in absolute terms. ``--path-kind a``
+profiles baseline (a), bare Flask, the same way: side by side with ``get_304`` it shows what a 304
+pays that the framework's ceiling does not.
 docs/performance.md quotes this output when a target is missed.
 
 Usage: ``python bench/profile.py [--path-kind get|get_304|put|list|a] [--seconds 10] [--postgres] [--gil]
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -29,13 +31,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # sibling module: bench/ is not a package
 
-#: py-spy's samples per second (``--rate``).
+#: py-spy's samples per second (``--rate``): what it asks for, not what it manages. Under load it
+#: took ~2.3 times fewer GIL samples than this rate and the worker's user CPU imply, which is why
+#: the µs column splits the CPU the kernel counted instead of counting samples.
 SAMPLE_RATE = 250
 
 
-def summarize(raw: Path, top: int, requests: float | None = None) -> str:
-    """Collapsed stacks -> inclusive % per function and self % per leaf; with ``requests`` (how many
-    were answered while sampling), each also as the sampled thread's µs per request it stands for."""
+def summarize(raw: Path, top: int, us_per_request: float | None = None) -> str:
+    """Collapsed stacks -> inclusive % per function and self % per leaf; with ``us_per_request`` (the
+    CPU the samples stand for), each share also as µs per request."""
     inclusive: collections.Counter[str] = collections.Counter()
     leaf: collections.Counter[str] = collections.Counter()
     total = 0
@@ -52,7 +56,7 @@ def summarize(raw: Path, top: int, requests: float | None = None) -> str:
         leaf[frames[-1]] += count
     if not total:
         return "no samples"
-    per_sample = 1e6 / SAMPLE_RATE / requests if requests else None
+    per_sample = us_per_request / total if us_per_request else None
 
     def cells(n: int, width: int) -> str:
         share = f"{100 * n / total:{width}.1f}%"
@@ -65,6 +69,12 @@ def summarize(raw: Path, top: int, requests: float | None = None) -> str:
     lines += ["", f"self %{unit} | leaf function (file)"]
     lines += [f"{cells(n, 6)} | {name}" for name, n in leaf.most_common(top // 2)]
     return "\n".join(lines)
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """The process's user and system CPU so far, in clock ticks (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,16 +121,23 @@ def main(argv: list[str] | None = None) -> int:
             load.start()
             raw = Path(tmp) / "profile.txt"
             worker = server.worker_pids()[0]
+            before = cpu_ticks(worker)
             subprocess.run([py_spy, "record", "--pid", str(worker), "--duration", str(args.seconds),
                             "--rate", str(SAMPLE_RATE),
                             "--format", "raw", "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else [])],
                            check=True, capture_output=True)
+            user, system = (b - a for a, b in zip(before, cpu_ticks(worker), strict=True))
             load.join()
             if not loads:
                 raise RuntimeError("the load generator did not finish")
             measured = loads[0]  # its rate while py-spy sampled (wrk ran a second longer on each side)
-            report = (f"{measured.rps:.0f} req/s; the server's core: {measured.server_cpu_us} µs of CPU per request\n"
-                      + summarize(raw, args.top, measured.rps * args.seconds))
+            requests_sampled = measured.rps * args.seconds
+            user_us, system_us = (ticks * 1e6 / os.sysconf("SC_CLK_TCK") / requests_sampled for ticks in (user, system))
+            report = (f"{measured.rps:.0f} req/s; per request: the server's core {measured.server_cpu_us} µs of CPU,"
+                      f" the worker {user_us:.0f} µs user + {system_us:.0f} µs system"
+                      + ("\n(with --gil the µs column splits the worker's user CPU by the samples' shares)" if args.gil
+                         else "") + "\n"
+                      + summarize(raw, args.top, user_us if args.gil else None))
             if args.raw:
                 shutil.copyfile(raw, args.raw)
         with contextlib.suppress(OSError):
