@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -25,6 +25,9 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from protocols.pg_statements import PreparedStatements
+
+if TYPE_CHECKING:  # versioning imports this module; the name is only needed for typing
+    from protocols.versioning import _Head
 
 DEFAULT_SQLITE_PATH = Path("var") / "protocols.sqlite3"
 #: How long a statement waits for a lock held elsewhere before it fails: SQLite's busy timeout and
@@ -250,13 +253,13 @@ class RecentHeads:
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        self._heads: dict[str, Any] = {}
+        self._heads: dict[str, _Head] = {}
         self._lock = threading.Lock()
 
-    def get(self, protocol_id: str) -> Any:
+    def get(self, protocol_id: str) -> _Head | None:
         return self._heads.get(protocol_id)
 
-    def put(self, protocol_id: str, head: Any) -> None:
+    def put(self, protocol_id: str, head: _Head) -> None:
         with self._lock:
             self._heads.pop(protocol_id, None)
             self._heads[protocol_id] = head

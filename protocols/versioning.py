@@ -510,7 +510,7 @@ def _revise_in_one_statement(db: Database, protocol_id: str, if_match: Sequence[
             return moved.version, False
         raise _changed_concurrently(moved.version)
 
-    guess: _Head | None = db.heads.get(protocol_id)
+    guess = db.heads.get(protocol_id)
     if guess is not None:
         # The head this process last wrote: if the request would append on top of it, try that without
         # reading the head. Every other outcome (a refusal, a repeat, a retirement, a guess that is
