@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -121,17 +122,18 @@ def main(argv: list[str] | None = None) -> int:
             load.start()
             raw = Path(tmp) / "profile.txt"
             worker = server.worker_pids()[0]
-            before = cpu_ticks(worker)
+            before, started = cpu_ticks(worker), time.monotonic()
             subprocess.run([py_spy, "record", "--pid", str(worker), "--duration", str(args.seconds),
                             "--rate", str(SAMPLE_RATE),
                             "--format", "raw", "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else [])],
                            check=True, capture_output=True)
             user, system = (b - a for a, b in zip(before, cpu_ticks(worker), strict=True))
+            window = time.monotonic() - started  # py-spy's duration and its start-up: what the ticks cover
             load.join()
             if not loads:
                 raise RuntimeError("the load generator did not finish")
-            measured = loads[0]  # its rate while py-spy sampled (wrk ran a second longer on each side)
-            requests_sampled = measured.rps * args.seconds
+            measured = loads[0]  # its rate over the window (wrk runs 2 s longer than py-spy samples)
+            requests_sampled = measured.rps * window
             user_us, system_us = (ticks * 1e6 / os.sysconf("SC_CLK_TCK") / requests_sampled for ticks in (user, system))
             report = (f"{measured.rps:.0f} req/s; per request: the server's core {measured.server_cpu_us} µs of CPU,"
                       f" the worker {user_us:.0f} µs user + {system_us:.0f} µs system"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -321,3 +322,39 @@ def test_open_loop_opens_a_connection_per_request_for_servers_that_close(tmp_pat
     assert fresh["errors"] == {"status": 0, "connect": 0, "lost": 0, "unfinished": 0}
     assert fresh["requests"] == fresh["scheduled"] >= 190
     assert len(connections) >= fresh["requests"]  # warm-up requests opened theirs too
+
+
+def test_the_profile_report_splits_the_cpu_it_is_given_by_the_samples_shares(tmp_path: Path) -> None:
+    """bench/profile.py needs py-spy and a loaded server, which ``make test`` has not; its arithmetic
+    is checked here: shares per function (inclusive and as a leaf) and the µs each stands for."""
+    profile = _load_bench("profile")
+    raw = tmp_path / "stacks.txt"
+    raw.write_text("run (lib/worker.py:3);handle (app/views.py:5);read (app/db.py:9) 30\n"
+                   "run (lib/worker.py:3);handle (app/views.py:5) 10\n"
+                   "run (lib/worker.py:3);log (app/log.py:2) 60\n")
+    report = profile.summarize(raw, 10, us_per_request=200.0)
+    inclusive_part, leaf_part = report.split("self %")
+
+    def rows(part: str) -> dict[str, list[str]]:
+        return {line.rsplit(" | ", 1)[1]: line.rsplit(" | ", 1)[0].split(" | ")
+                for line in part.splitlines()[1:] if " | " in line}
+
+    inclusive, leaf = rows(inclusive_part), rows(leaf_part)
+    assert report.startswith("100 samples, 200 µs per request")
+    assert [c.strip() for c in inclusive["handle (views.py)"]] == ["40.0%", "80.0"]  # itself and read
+    assert [c.strip() for c in inclusive["run (worker.py)"]] == ["100.0%", "200.0"]
+    assert [c.strip() for c in leaf["handle (views.py)"]] == ["10.0%", "20.0"]  # itself only
+    assert [c.strip() for c in leaf["log (log.py)"]] == ["60.0%", "120.0"]
+    assert "run (worker.py)" not in leaf
+    plain = profile.summarize(raw, 10)  # without the CPU to split: shares only
+    assert plain.startswith("100 samples\n") and "µs" not in plain
+
+
+def test_the_profile_reads_a_process_cpu_from_proc() -> None:
+    profile = _load_bench("profile")
+    user, system = profile.cpu_ticks(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # 0.3 s of this process's CPU, 30 ticks at 100 Hz
+        pass
+    later_user, later_system = profile.cpu_ticks(os.getpid())
+    assert later_system >= system and later_user + later_system - user - system >= 20
