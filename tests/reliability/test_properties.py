@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from protocols import terminology
@@ -43,7 +43,8 @@ def app(make_app: Any) -> Any:
     return make_app(PROTOCOLS_RATE_LIMIT="off")
 
 
-_counts = {"round_trips": 0, "write_sequences": 0, "writes": 0, "as_of_checks": 0, "refused_retirements": 0}
+_counts = {"round_trips": 0, "write_sequences": 0, "writes": 0, "as_of_checks": 0, "refused_retirements": 0,
+           "repeated_retirements": 0}
 
 # ---------------------------------------------------------------------------------- strategies
 
@@ -240,6 +241,9 @@ def iso(moment: datetime) -> str:
 
 @pytest.mark.slow
 @given(first_offset=st.integers(0, 24 * 60), writes=WRITES)
+# Found by `make fuzz` (10 x the CI budget): a retirement sent again at the same instant, which the
+# model appended a second time while the API answers with the first (a retry).
+@example(first_offset=0, writes=[Write("retire", 0), Write("retire", 0)])
 @PROPERTY_SETTINGS
 def test_any_write_sequence_matches_the_reference_model(client: FlaskClient, backend: str, first_offset: int,
                                                         writes: list[Write]) -> None:
@@ -262,7 +266,15 @@ def test_any_write_sequence_matches_the_reference_model(client: FlaskClient, bac
                 _counts["refused_retirements"] += 1
                 continue
             assert response.status_code == 200, response.get_json()
-            model.append(ModelVersion(len(model) + 1, "retired", at, model_retired_title(model, at)))
+            newest, title = model[-1], model_retired_title(model, at)
+            if (newest.status, newest.effective_from, newest.title) == ("retired", at, title):
+                # The newest is this very retirement (a retry): answered with it, nothing appended, as a
+                # PUT that repeats the newest version is (protocols.versioning.retire's docstring).
+                assert response.get_json()["version"] == newest.version, response.get_json()
+                assert response.headers["ETag"] == etag
+                _counts["repeated_retirements"] += 1
+                continue
+            model.append(ModelVersion(len(model) + 1, "retired", at, title))
         else:
             status = {"draft": "draft", "put-retired": "retired"}.get(write.kind, "active")
             # A retirement written with PUT repeats the content it retires, as DELETE's does.
