@@ -28,14 +28,19 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # sibling module: bench/ is not a package
 
-#: py-spy's samples per second (``--rate``): what it asks for, not what it manages. Under load it
-#: took ~2.3 times fewer GIL samples than this rate and the worker's user CPU imply, which is why
-#: the µs column splits the CPU the kernel counted instead of counting samples.
+#: py-spy's samples per second (``--rate``): what it asks for. Under load the GIL samples came to ~2.3
+#: times fewer than this rate and the worker's user CPU imply (samples py-spy missed, or user CPU spent
+#: with the GIL released, which GIL samples cannot see), which is why the µs column splits the CPU the
+#: kernel counted instead of counting samples.
 SAMPLE_RATE = 250
+#: wrk runs this much longer than py-spy samples, so the sampling window (with py-spy's start-up) lies
+#: inside the load.
+LOAD_SLACK_S = 4
 
 
 def summarize(raw: Path, top: int, us_per_request: float | None = None) -> str:
@@ -70,6 +75,14 @@ def summarize(raw: Path, top: int, us_per_request: float | None = None) -> str:
     lines += ["", f"self %{unit} | leaf function (file)"]
     lines += [f"{cells(n, 6)} | {name}" for name, n in leaf.most_common(top // 2)]
     return "\n".join(lines)
+
+
+def per_request_us(ticks: int, ticks_per_second: int, rps: float, seconds: float) -> float:
+    """CPU microseconds per request: ``ticks`` of CPU (``/proc`` clock ticks) spent while ``rps``
+    requests a second were answered for ``seconds``."""
+    if rps <= 0 or seconds <= 0:
+        raise ValueError(f"no requests to share the CPU among ({rps} req/s for {seconds} s)")
+    return ticks * 1e6 / ticks_per_second / (rps * seconds)
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
@@ -108,17 +121,17 @@ def main(argv: list[str] | None = None) -> int:
                          for p, e in run.newest_etags(backend.url, [p for p, _ in rows])],
                  "a": [f"GET\t/a/{p}\t" for p, _ in rows]}[args.path_kind]
         requests = run.write_requests(lines)
-        options: dict[str, object] = {}
+        options: dict[str, Any] = {}
         if args.path_kind == "put":
             options = {"mode": "put", "body": run.write_put_body(backend.url, rows[0][0]),
                        "connections": run.WRITE_CONNECTIONS}
         serve = run.baseline_server if args.path_kind == "a" else run.app_server
         with serve(backend.url, settings) as server, tempfile.TemporaryDirectory() as tmp:
             if args.path_kind != "put":  # a PUT warm-up would leave the request list's ETags stale
-                run.wrk(server.base, requests, settings, 2, **options)  # type: ignore[arg-type]
+                run.wrk(server.base, requests, settings, 2, **options)
             loads: list[run.Run] = []
             load = threading.Thread(target=lambda: loads.append(
-                run.wrk(server.base, requests, settings, args.seconds + 2, **options)))  # type: ignore[arg-type]
+                run.wrk(server.base, requests, settings, args.seconds + LOAD_SLACK_S, **options)))
             load.start()
             raw = Path(tmp) / "profile.txt"
             worker = server.worker_pids()[0]
@@ -132,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             load.join()
             if not loads:
                 raise RuntimeError("the load generator did not finish")
-            measured = loads[0]  # its rate over the window (wrk runs 2 s longer than py-spy samples)
-            requests_sampled = measured.rps * window
-            user_us, system_us = (ticks * 1e6 / os.sysconf("SC_CLK_TCK") / requests_sampled for ticks in (user, system))
+            if window > args.seconds + LOAD_SLACK_S - 1:
+                raise RuntimeError(f"sampling took {window:.1f} s: longer than the load lasted, so the CPU per"
+                                   " request would count requests that were never sent")
+            measured = loads[0]  # wrk's rate over its whole run stands for its rate in the window
+            user_us, system_us = (per_request_us(ticks, os.sysconf("SC_CLK_TCK"), measured.rps, window)
+                                  for ticks in (user, system))
             report = (f"{measured.rps:.0f} req/s; per request: the server's core {measured.server_cpu_us} µs of CPU,"
                       f" the worker {user_us:.0f} µs user + {system_us:.0f} µs system"
                       + ("\n(with --gil the µs column splits the worker's user CPU by the samples' shares)" if args.gil

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from protocols import migrate
@@ -350,11 +351,24 @@ def test_the_profile_report_splits_the_cpu_it_is_given_by_the_samples_shares(tmp
     assert plain.startswith("100 samples\n") and "µs" not in plain
 
 
-def test_the_profile_reads_a_process_cpu_from_proc() -> None:
+def test_the_profile_reads_a_process_user_and_system_cpu_from_proc() -> None:
     profile = _load_bench("profile")
     user, system = profile.cpu_ticks(os.getpid())
-    deadline = time.process_time() + 0.3
-    while time.process_time() < deadline:  # 0.3 s of this process's CPU, 30 ticks at 100 Hz
-        pass
+    deadline, counted = time.process_time() + 0.3, 0
+    while time.process_time() < deadline:  # 0.3 s of this process's CPU, nearly all of it user time:
+        for _ in range(100_000):  # asking the clock is a syscall (system time), so it is asked rarely
+            counted += 1
     later_user, later_system = profile.cpu_ticks(os.getpid())
-    assert later_system >= system and later_user + later_system - user - system >= 20
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert later_user - user >= 0.2 * ticks  # the loop's time is user time, read from the right field
+    assert 0 <= later_system - system < 0.1 * ticks
+
+
+def test_the_profile_shares_cpu_ticks_among_the_requests_answered_meanwhile() -> None:
+    profile = _load_bench("profile")
+    # 150 ticks at 100 a second is 1.5 s of CPU; 1,000 req/s for 15 s is 15,000 requests: 100 µs each.
+    assert profile.per_request_us(150, 100, 1000.0, 15.0) == pytest.approx(100.0)
+    assert profile.per_request_us(150, 250, 1000.0, 15.0) == pytest.approx(40.0)
+    for rps, seconds in ((0.0, 15.0), (1000.0, 0.0)):
+        with pytest.raises(ValueError, match="no requests"):
+            profile.per_request_us(150, 100, rps, seconds)
