@@ -64,7 +64,7 @@ def list_indications(query: dict[str, Any]) -> tuple[dict[str, Any], int, dict[s
     wanted = INDICATION_SYSTEM_FILTERS.get(query.get("system", ""))
     items = [
         {"system": c.system, "code": c.code, "display": c.display, "category": c.category,
-         "billable": c.billable, "source": c.source}
+         "billable": c.billable, "source": c.source, "covers": list(c.covers), "covers_source": c.covers_source}
         for c in terminology.indication_list()
         if wanted is None or c.system == wanted
     ]

@@ -60,7 +60,7 @@ from protocols import fulltext
 from protocols.db import Database
 from protocols.indexing import drug_term, indication_keys
 from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
-from protocols.terminology import ICD10CM, INDICATION_SYSTEMS, order_rxnorm_codes
+from protocols.terminology import INDICATION_SYSTEMS, covered_codes, order_rxnorm_codes
 from protocols.timeutil import utcnow
 from protocols.versioning import VERSION_COLUMNS, StoredVersion, keyset_descending, snapshot, stored_version
 
@@ -553,20 +553,21 @@ def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str
 
 
 def treats(document: Mapping[str, Any], reasons: set[str]) -> bool:
-    """Whether a protocol lists one of an order's reason codes as an indication: the code itself, or,
-    for an ICD-10-CM code the protocol lists as "unspecified", any code of the same subcategory (an
-    order for F33.2 is one the protocol of F33.9 "recurrent, unspecified" treats; G90.511 one of G90.50
-    "CRPS I, unspecified"). Orders coded more specifically than the protocol fell back to every
-    protocol for the drug and route (found by a clinical QA probe). Other codes match exactly: R45.850
-    (homicidal ideation) is not R45.851 (suicidal)."""
+    """Whether a protocol lists one of an order's reason codes as an indication: the code itself, or a
+    code the indication covers (:func:`terminology.covered_codes`: an order for F33.2 is one the
+    protocol of F33.9 "recurrent MDD, unspecified" treats; G90.511 one of G90.50 "CRPS I,
+    unspecified"). Orders coded more specifically than the protocol fell back to every protocol for the
+    drug and route (found by a clinical QA probe). Coverage is curated, not the code's category: F32.9
+    (major depressive disorder) once covered all of F32, so an order for premenstrual dysphoric disorder
+    (F32.81) or "depression, unspecified" (F32.A) lost its off-indication warning (found by a clinical
+    data audit). Other codes match exactly: R45.850 (homicidal ideation) is not R45.851 (suicidal)."""
     for indication in document.get("indications") or []:
         code = str(indication.get("code", "")).upper()
         if code in reasons:
             return True
-        if indication.get("system") == ICD10CM and "unspecified" in str(indication.get("display", "")).lower():
-            family = code[:-1].rstrip(".")
-            if len(family) >= 3 and any(reason.startswith(family) for reason in reasons):
-                return True
+        covered = covered_codes(str(indication.get("system", "")), code)
+        if covered and any(reason.startswith(covered) for reason in reasons):
+            return True
     return False
 
 

@@ -66,6 +66,10 @@ class IndicationConcept:
     source: str
     category: str | None = None
     billable: bool | None = None
+    #: ICD-10-CM code prefixes an order's reason may carry and still be one this (unspecified) code's
+    #: protocols treat: the codes whose titles name the same disorder (data/icd10cm.json, with its source).
+    covers: tuple[str, ...] = ()
+    covers_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,8 @@ def _indications() -> dict[tuple[str, str], IndicationConcept]:
     concepts: dict[tuple[str, str], IndicationConcept] = {}
     for item in _load("icd10cm.json")["codes"]:
         concepts[(ICD10CM, item["code"])] = IndicationConcept(
-            ICD10CM, item["code"], item["display"], item["source"], item.get("category"), item.get("billable"))
+            ICD10CM, item["code"], item["display"], item["source"], item.get("category"), item.get("billable"),
+            tuple(item.get("covers", ())), item.get("covers_source"))
     for item in _load("snomed_indications.json")["concepts"]:
         concepts[(SNOMED, item["code"])] = IndicationConcept(SNOMED, item["code"], item["display"], item["source"])
     return concepts
@@ -218,6 +223,15 @@ def check_indication(system: str, code: str, display: str | None = None) -> str 
     for messages in errors.values():
         return messages[0]
     return None
+
+
+def covered_codes(system: str, code: str) -> tuple[str, ...]:
+    """The code prefixes an indication ``(system, code)`` also stands for when an order states its
+    reason (empty: the code matches itself only). Curated per code rather than read off the code's
+    shape: an unspecified ICD-10-CM code is not its whole category (F32.9, major depressive disorder,
+    does not cover F32.81, premenstrual dysphoric disorder, filed under the same F32)."""
+    concept = INDICATIONS.get((system, code))
+    return concept.covers if concept is not None else ()
 
 
 @cache

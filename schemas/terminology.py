@@ -42,6 +42,12 @@ class IndicationTermSchema(Schema):
     category = fields.String(allow_none=True, metadata={"description": "ICD-10-CM category (3 characters)"})
     billable = fields.Boolean(allow_none=True, metadata={"description": "ICD-10-CM: valid for billing"})
     source = fields.String(metadata={"description": "Where code and display were checked"})
+    covers = fields.List(fields.String(), metadata={
+        "description": "ICD-10-CM: code prefixes an order's reason may carry and still match a protocol listing "
+                       "this (unspecified) code, in CDS Hooks cards: the codes of the same disorder, not the whole "
+                       "category (F32.9 covers F32.0-F32.5, not F32.81 or F32.A). Empty: the code matches itself only",
+        "example": ["F33.0", "F33.1", "F33.2", "F33.3", "F33.4"]})
+    covers_source = fields.String(allow_none=True, metadata={"description": "Where `covers` was checked"})
 
 
 class RouteListSchema(Schema):

@@ -976,6 +976,22 @@ def test_orders_coded_by_product_or_a_specific_subcode_reach_their_protocol(clie
                                       weight=weight_bundle(70))) == []
 
 
+def test_an_unspecified_code_covers_the_same_disorder_only(client):
+    """F32.9 (major depressive disorder, single episode, unspecified) covered every code of F32, so an
+    order for premenstrual dysphoric disorder (F32.81) or "depression, unspecified" (F32.A) read as one
+    the MDD protocol treats, and its card lost the off-indication sentence (found by a clinical data
+    audit). An MDD code (F32.2) is still covered; other disorders get the sentence."""
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    ketamine_protocol(client, dose_min=0.5, dose_max=0.5, indication=(
+        icd, "F32.9", "Major depressive disorder, single episode, unspecified"))
+    for reason, treated in (("F32.2", True), ("F32.4", True), ("F32.81", False), ("F32.A", False),
+                            ("F32.89", False)):
+        order = medication_request(f"ket-{reason}", KETAMINE, IV, dose=(35, "mg"), reason=(icd, reason))
+        (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+        off_indication = f"None of the order's indications ({reason}) is listed" in card["detail"]
+        assert off_indication is not treated, (reason, card["detail"])
+
+
 # ---------------------------------------------------- adversarial probe (2026-12-03, fifth session)
 
 

@@ -41,6 +41,10 @@ def test_indications_list_and_filter(client):
     assert len(icd) + len(snomed) == len(items)
     category = next(item for item in icd if item["code"] == "F33")
     assert category["billable"] is False and category["category"] == "F33"
+    assert category["covers"] == [] and category["covers_source"] is None
+    recurrent = next(item for item in icd if item["code"] == "F33.9")
+    assert recurrent["covers"] == ["F33.0", "F33.1", "F33.2", "F33.3", "F33.4"]  # not F33.8
+    assert recurrent["covers_source"].startswith("https://")
 
 
 @pytest.mark.parametrize("query", ["system=loinc", "bogus=1"])

@@ -555,3 +555,20 @@ def test_the_drug_filter_normalizes_names_on_both_sides_and_0007_re_derives_old_
     finally:
         command.upgrade(config, "head")
     assert ids(db, drug="spacy brand") == {"brand-spaced"}
+
+
+@pytest.mark.parametrize(("indication", "reason", "treated"), [
+    ("F33.9", "F33.9", True), ("F33.9", "F33.2", True), ("F33.9", "F33.41", True), ("F33.9", "F33.40", True),
+    ("F33.9", "F33.8", False), ("F33.9", "F33", False), ("F33.9", "F32.2", False),
+    ("F32.9", "F32.0", True), ("F32.9", "F32.5", True),
+    ("F32.9", "F32.81", False), ("F32.9", "F32.89", False), ("F32.9", "F32.A", False), ("F32.9", "F32", False),
+    ("G90.50", "G90.511", True), ("G90.50", "G90.529", True), ("G90.50", "G90.59", True), ("G90.50", "G90.6", False),
+    ("F32.2", "F32.2", True), ("F32.2", "F32.21", False), ("R45.851", "R45.850", False),
+])
+def test_treats_matches_a_reason_the_indication_covers(indication, reason, treated):
+    """An unspecified code covers the codes of the same disorder (data/icd10cm.json ``covers``), not
+    its whole category: F32 also files premenstrual dysphoric disorder (F32.81) and "depression,
+    unspecified" (F32.A), F33 "other recurrent depressive disorders" (F33.8). A specific code covers
+    nothing but itself."""
+    document = {"indications": [icd(indication)]}
+    assert search.treats(document, {reason}) is treated

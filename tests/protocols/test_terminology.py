@@ -43,6 +43,29 @@ def test_icd10cm_list_holds_the_catalog_categories():
     assert {"F32", "F33", "F53", "F53.0", "G90.5", "G90.50", "G89", "R45.851"} <= codes
 
 
+def test_an_unspecified_code_covers_exactly_the_listed_codes_of_its_disorder():
+    """``covers`` is curated (protocols/search.py ``treats``), so it is checked against the titles: an
+    unspecified code "<disorder>, unspecified" covers every listed code of its category titled
+    "<disorder>..." and no other (F32.9 covers F32.0-F32.5, not F32.81 PMDD or F32.A); its source is
+    a URL; a code that is not "unspecified" covers nothing."""
+    icd10 = {code: concept for (system, code), concept in terminology.INDICATIONS.items() if system == ICD10CM}
+    covering = {code: concept for code, concept in icd10.items() if concept.covers}
+    assert set(covering) == {"F32.9", "F33.9", "G90.50"}
+    for code, concept in icd10.items():
+        if not concept.display.endswith(", unspecified"):
+            assert not concept.covers, code
+    for code, concept in covering.items():
+        assert concept.covers_source is not None and URL.match(concept.covers_source), code
+        stem = re.compile(re.escape(concept.display.removesuffix(", unspecified")) + r"\b")
+        for other, listed in icd10.items():
+            if listed.category != concept.category or other in (code, listed.category):
+                continue  # the category heading (F33 "Major depressive disorder, recurrent") also files F33.8
+            named = bool(stem.match(listed.display))
+            assert other.startswith(concept.covers) is named, (code, other, listed.display)
+        assert terminology.covered_codes(ICD10CM, code) == concept.covers
+    assert terminology.covered_codes(ICD10CM, "F32.2") == () and terminology.covered_codes(SNOMED, "F32.9") == ()
+
+
 def test_the_catalog_rxcuis_are_in_the_bundled_table():
     from protocols import catalog
 
