@@ -28,6 +28,8 @@ from sqlalchemy import or_, select, text, update
 from protocols.audit import WriteContext, insert_allowed
 from protocols.db import Database
 from protocols.errors import DomainError, KeyNameTaken
+from protocols.invisible import MESSAGE as INVISIBLE_MESSAGE
+from protocols.invisible import is_invisible
 from protocols.models import ApiKey
 from protocols.timeutil import format_rfc3339, utcnow
 
@@ -37,7 +39,9 @@ KEY_PREFIX = "tpk_"
 CATALOG_ACTOR = "catalog-loader"
 CLI_ACTOR = "cli"
 _KEY_NAME = re.compile(r"[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]{0,62}[^\s\x00-\x1f\x7f])?")
-_INVISIBLE = frozenset({"Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
+#: Besides what :func:`protocols.invisible.is_invisible` refuses: lone surrogates and the line and
+#: paragraph separators.
+_NOT_IN_A_NAME = frozenset({"Cs", "Zl", "Zp"})
 READ = "protocols:read"
 WRITE = "protocols:write"
 ADMIN = "admin"
@@ -81,17 +85,6 @@ def author_name_problem(name: str) -> str | None:
     if not _KEY_NAME.fullmatch(name):
         return "1 to 64 characters, no control characters (tab, newline …), no blank at either end"
     return None
-
-
-#: Default-ignorable code points (Unicode DerivedCoreProperties) outside the categories of ``_INVISIBLE``:
-#: combining grapheme joiner, variation selectors, Hangul and Mongolian fillers. They render as nothing.
-_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x3164, 0x3164),
-                     (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF))
-
-
-def _default_ignorable(char: str) -> bool:
-    code = ord(char)
-    return any(low <= code <= high for low, high in _IGNORABLE_RANGES)
 
 
 #: Letters of other scripts that display like a Latin letter (after Unicode's confusables.txt, for the
@@ -155,10 +148,10 @@ def key_name_problem(name: str) -> str | None:
     problem = author_name_problem(name)
     if problem is not None:
         return problem
-    if any(unicodedata.category(char) in _INVISIBLE or _default_ignorable(char) for char in name):
+    if any(unicodedata.category(char) in _NOT_IN_A_NAME or is_invisible(char) for char in name):
         # U+202E turned "\u202enimda" into a name that displays as "admin" in audit rows and history;
         # "catalog-loader\ufe0f" (a variation selector, category Mn) displayed as the catalog loader.
-        return "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
+        return INVISIBLE_MESSAGE
     if unicodedata.normalize("NFC", name) != name:
         # "cafe\u0301" and "caf\u00e9" display alike: two live keys would look like one author.
         return "must be in Unicode normalization form NFC (accents composed)"

@@ -14,6 +14,8 @@ from marshmallow import ValidationError, fields, validate
 
 from protocols.dosing import MAX_SIGNIFICANT_DIGITS, significant_digits
 from protocols.durations import parse_duration
+from protocols.invisible import MESSAGE as INVISIBLE_MESSAGE
+from protocols.invisible import PRINTABLE_INVISIBLE, is_invisible
 from protocols.timeutil import parse_rfc3339
 
 SLUG_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9-]{2,63}\Z")
@@ -24,10 +26,14 @@ _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 #: Line breaks (and TAB): refused in single-line text such as titles, names and codes.
 _LINE_BREAK_CHARS = "\t\n\r\u2028\u2029"
 _LINE_BREAK = re.compile(f"[{_LINE_BREAK_CHARS}]")
-#: Every character :class:`Text` refuses anywhere in a value, in one class: controls, noncharacters and
-#: lone surrogates, and in single-line text line breaks too (``True``: multi-line).
-_REFUSED_IN_TEXT = {True: re.compile(f"[{_CONTROL_CHARS}\ud800-\udfff]"),
-                    False: re.compile(f"[{_CONTROL_CHARS}\ud800-\udfff{_LINE_BREAK_CHARS}]")}
+#: The characters :class:`Text` accepts that ``str.isprintable()`` does not: every space separator (Unicode
+#: category Zs) but the ASCII space, and in multi-line text (``True``) TAB, CR, LF and U+2028/U+2029.
+#: As a ``str.translate`` table to a printable character, so that a translated value is printable
+#: exactly when it holds none of the characters Text refuses but the printable invisible ones.
+_SPACE_SEPARATORS = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+_ACCEPTED_UNPRINTABLE = {multiline: str.maketrans(dict.fromkeys(_SPACE_SEPARATORS + (_LINE_BREAK_CHARS if multiline
+                                                                                    else ""), "x"))
+                         for multiline in (True, False)}
 
 #: The ``fields.Url`` variants the schemas use, as (relative, absolute, require_tld): absolute URLs, with
 #: a top-level domain (sources) and without one (a CDS Hooks ``fhirServer`` may be an intranet host).
@@ -53,9 +59,14 @@ def starts_visible(text: str) -> bool:
 def plainly_valid_text(text: str, *, multiline: bool) -> bool:
     """A cheap sufficient condition for :class:`Text` to accept ``text`` as it is: it starts visible
     and holds none of the characters Text refuses. ``str.isprintable()`` (one pass in C) answers for
-    most text: a printable string holds no control, format, surrogate, unassigned or separator
-    character, so none that Text refuses; text with line breaks (or a non-ASCII space) is searched."""
-    return starts_visible(text) and (text.isprintable() or _REFUSED_IN_TEXT[multiline].search(text) is None)
+    most text: a printable string holds no control, format, surrogate, private-use, unassigned or
+    separator character; text with line breaks (or a non-ASCII space) is asked again with those
+    made printable. A printable string may still hold a variation selector or a filler, which
+    display as nothing (``protocols.invisible``): one search, skipped for ASCII (``isascii()`` reads a
+    flag of the string)."""
+    return (starts_visible(text)
+            and (text.isprintable() or text.translate(_ACCEPTED_UNPRINTABLE[multiline]).isprintable())
+            and (text.isascii() or PRINTABLE_INVISIBLE.search(text) is None))
 
 
 class ValidatorsCombinedOnce(fields.Field):
@@ -76,7 +87,8 @@ class ValidatorsCombinedOnce(fields.Field):
 
 class Text(ValidatorsCombinedOnce, fields.String):
     """A string that is valid UTF-8 text: no lone surrogates, no control characters or noncharacters,
-    not blank; single-line unless ``multiline=True`` (summaries, instructions, notes)."""
+    not blank, nothing that displays as nothing (``protocols.invisible``); single-line unless
+    ``multiline=True`` (summaries, instructions, notes)."""
 
     def __init__(self, *, multiline: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -101,6 +113,10 @@ class Text(ValidatorsCombinedOnce, fields.String):
             raise ValidationError("Must be a single line (no tab or line break).")
         if is_blank(result):
             raise ValidationError("Must not be blank.")
+        if any(map(is_invisible, result)):
+            # "esket\u200bamine" displayed as esketamine and was missed by the drug filter; U+202E
+            # reorders the dose text after it (found by an adversarial probe). Key names refuse the same.
+            raise ValidationError(INVISIBLE_MESSAGE[:1].upper() + INVISIBLE_MESSAGE[1:] + ".")
         return result
 
 

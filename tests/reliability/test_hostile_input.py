@@ -249,8 +249,18 @@ INJECTIONS = [
     "<img src=x onerror=alert(1)>",
     "{{7*7}} ${7*7} #{7*7}",
     "Robert'); DELETE FROM audit_events;--",
-    "\u202e\u0645\u0631\u062d\u0628\u0627 zero\u200bwidth",
+    "\u0645\u0631\u062d\u0628\u0627 right-to-left script",
 ]
+#: Text that displays as something else: stored it would be a look-alike, so it is refused (422, naming
+#: each field: tests/schemas/test_fields.py); in URLs and queries it is a plain 4xx like the rest.
+INVISIBLE = "\u202e\u0645\u0631\u062d\u0628\u0627 zero\u200bwidth"
+
+
+def test_text_that_displays_as_something_else_is_refused_and_nothing_stored(client: FlaskClient) -> None:
+    payload = protocol_payload(title=INVISIBLE, summary=f"summary {INVISIBLE}", change_note=INVISIBLE)
+    body = assert_clean_error(client.post("/v1/protocols", json=payload), 422)
+    assert {"title", "summary", "change_note"} <= set(body["errors"]), body
+    assert_nothing_stored(client)
 
 
 @pytest.mark.parametrize("text", INJECTIONS)
@@ -274,7 +284,7 @@ def test_injection_strings_are_stored_verbatim_and_never_executed(client: FlaskC
 def test_injection_strings_in_urls_and_queries_are_plain_4xx_json(client: FlaskClient) -> None:
     from urllib.parse import quote
 
-    for text in [*INJECTIONS, "x\x00y"]:
+    for text in [*INJECTIONS, INVISIBLE, "x\x00y"]:
         assert_clean_error(client.get(f"/v1/protocols/{quote(text, safe='')}"), 404)
         assert_clean_error(client.get("/v1/protocols", query_string={"as_of": text}), 422)
         assert_clean_error(client.get("/v1/protocols", query_string={"cursor": text}), 422)

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from protocols import terminology
 from protocols.dose_units import parse_dose_unit
+from protocols.invisible import is_invisible
 from protocols.record import CONTENT_FIELDS
 from protocols.units import DOSE_UNITS
 from schemas.fields import is_blank
@@ -49,8 +50,10 @@ _counts = {"round_trips": 0, "write_sequences": 0, "writes": 0, "as_of_checks": 
 # ---------------------------------------------------------------------------------- strategies
 
 # Printable single-line text in any script: no controls, lone surrogates, noncharacters (unassigned
-# code points included) or line/paragraph separators, and never blank: the API refuses those.
-TEXT_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Cn", "Zl", "Zp"))
+# code points included), line/paragraph separators or characters that display as nothing (format,
+# private use, variation selectors: protocols.invisible), and never blank: the API refuses those.
+TEXT_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Cn", "Cf", "Co", "Zl", "Zp")).filter(
+    lambda char: not is_invisible(char))
 
 
 def text(min_size: int = 1, max_size: int = 60) -> st.SearchStrategy[str]:

@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -160,6 +161,47 @@ def test_the_plain_text_shortcut_accepts_only_what_the_full_checks_accept(multil
     for refused in ("a\x00b", "a\ud800b", "a\ufffeb", "   ", "\u200b", "\u00a0"):
         assert not plainly_valid_text(refused, multiline=multiline), repr(refused)
     assert plainly_valid_text("line 1\nline 2", multiline=multiline) is multiline
+
+
+def test_the_shortcut_makes_printable_exactly_the_space_separators():
+    """The shortcut's table of accepted non-printable characters holds every space separator (Zs)
+    but the ASCII space, which is printable: a missing one would only cost the slow path, an extra
+    one could let a refused character through."""
+    from schemas.fields import _SPACE_SEPARATORS
+
+    assert sorted(_SPACE_SEPARATORS) == [chr(cp) for cp in range(0x110000)
+                                         if unicodedata.category(chr(cp)) == "Zs" and cp != 0x20]
+
+
+@pytest.mark.parametrize("value", ["esket\u200bamine", "\u202e56 mg", "Spravato\ufe0f", "a\u2066b\u2069",
+                                   "\ufeffKetalar", "soft\u00adhyphen", "tag\U000e0041", "private\ue000",
+                                   "unassigned\U000e0080", "filler\u3164", "ZWJ\u200d"])
+def test_text_refuses_what_displays_as_nothing(value):
+    """A drug named "esket\u200bamine" displayed as esketamine and was missed by the drug filter; a
+    right-to-left override reorders the dose text after it (adversarial probe). Both paths refuse."""
+    for field in (Text(), Text(multiline=True)):
+        for path in (field.deserialize, lambda v, f=field: _full_check(f, v)):
+            try:
+                answer = path(value)
+            except ValidationError as exc:
+                answer = list(exc.messages)
+            assert answer == ["No invisible or direction-changing characters (Unicode format, private-use, "
+                              "unassigned)."], (value, answer)
+
+
+def test_invisible_characters_in_a_protocol_are_422_naming_each_field(client):
+    from tests.factories import protocol_payload
+
+    payload = protocol_payload()
+    payload["drug"]["name"] = "esket\u200bamine"
+    payload["drug"]["brand_names"] = ["Spra\u200bvato"]
+    payload["dosing_ranges"][0]["instructions"] = "Day 1: \u202e56 mg"
+    before = client.get("/v1/protocols").get_json()
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422, response.get_json()
+    errors = response.get_json()["errors"]
+    assert {"drug.name", "drug.brand_names.0", "dosing_ranges.0.instructions"} <= set(errors), errors
+    assert client.get("/v1/protocols").get_json() == before
 
 
 @pytest.mark.parametrize("value", ["Ketamine", "a\x00b", "a\ud800b", "a\nb", "  ", "\u2028", " padded ", "",
