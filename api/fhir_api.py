@@ -445,10 +445,10 @@ def search_medication_knowledge() -> Response:
         more_before = (after is not None) if before is None else page.has_more
         if more_after:
             links.append(("next", link_url("MedicationKnowledge", [
-                *applied, ("_cursor", fhir_query.encode_cursor(keys[-1], "n"))])))
+                *applied, ("_cursor", fhir_query.encode_cursor(fhir_query.SEARCH_CURSOR, keys[-1], "n"))])))
         if more_before:
             links.append(("previous", link_url("MedicationKnowledge", [
-                *applied, ("_cursor", fhir_query.encode_cursor(keys[0], "p"))])))
+                *applied, ("_cursor", fhir_query.encode_cursor(fhir_query.SEARCH_CURSOR, keys[0], "p"))])))
     body = fhir.bundle("searchset", entries=entries, links=links, total=total, timestamp=format_rfc3339(at))
     return bundle_response(body)
 
@@ -468,7 +468,7 @@ def history_medication_knowledge(resource_id: str) -> Response:
     """Published versions (taking effect by now), newest first; a retirement is a DELETE entry."""
     negotiate()
     _check_id(resource_id)
-    spec = fhir_query.parse_history(list(request.args.items(multi=True)))
+    spec = fhir_query.parse_history(list(request.args.items(multi=True)), resource_id)
     warnings = check_unsupported(spec.unsupported)
     # One instant for the entries and the Bundle's timestamp: stamped by a later clock read, a version
     # taking effect in between was in neither this Bundle nor a poll `_since` its timestamp (probe).
@@ -485,6 +485,7 @@ def history_medication_knowledge(resource_id: str) -> Response:
     entries += [fhir.history_entry(v.as_dict(), base_url=base, first_published=page.first_published)
                 for v in page.items]
     path = f"MedicationKnowledge/{resource_id}/_history"
+    kind = fhir_query.history_cursor(resource_id)
     cursor = spec.before_version is not None or spec.after_version is not None
     self_params = [*spec.applied, *([("_cursor", request.args["_cursor"])] if cursor else [])]
     links = [("self", link_url(path, self_params)), ("first", link_url(path, spec.applied))]
@@ -496,10 +497,10 @@ def history_medication_knowledge(resource_id: str) -> Response:
         newer = page.has_more if backwards else spec.before_version is not None
         if older:
             links.append(("next", link_url(path, [
-                *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[-1].version, "n"))])))
+                *spec.applied, ("_cursor", fhir_query.encode_cursor(kind, page.items[-1].version, "n"))])))
         if newer:
             links.append(("previous", link_url(path, [
-                *spec.applied, ("_cursor", fhir_query.encode_cursor(page.items[0].version, "p"))])))
+                *spec.applied, ("_cursor", fhir_query.encode_cursor(kind, page.items[0].version, "p"))])))
     body = fhir.bundle("history", entries=entries, links=links, total=page.total, timestamp=format_rfc3339(at))
     return bundle_response(body)
 

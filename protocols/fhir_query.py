@@ -153,7 +153,7 @@ def parse_search(pairs: Sequence[tuple[str, str]]) -> SearchSpec:
             spec.count = parse_count(value)
             value = str(spec.count)
         elif name == "_cursor":
-            spec.cursor = decode_cursor(value)
+            spec.cursor = decode_cursor(SEARCH_CURSOR, value)
             continue  # links carry their own cursor
         elif name != "_format":  # _format is checked by the HTTP layer and kept in the links
             spec.unsupported.append(Unsupported(raw_name, f"parameter '{raw_name}' is not supported"))
@@ -294,24 +294,37 @@ def parse_instant(name: str, value: str) -> datetime:
 # -------------------------------------------------------------------------------- cursors
 
 
-def encode_cursor(key: int, direction: str) -> str:
-    raw = json.dumps({"t": "fhir", "k": key, "d": direction}, separators=(",", ":")).encode()
+#: The listing a cursor was issued by, written into it and checked when it comes back: a ``_history``
+#: cursor of one protocol was accepted by search (its version number read as a search position) and by
+#: another protocol's ``_history`` (a wrong page, with a ``previous`` link on its first page), found by
+#: an adversarial probe. The REST listings bind theirs the same way (api/http.py).
+SEARCH_CURSOR = "fhir-search"
+
+
+def history_cursor(protocol_id: str) -> str:
+    """The cursor kind of one protocol's ``_history``."""
+    return f"fhir-history:{protocol_id}"
+
+
+def encode_cursor(kind: str, key: int, direction: str) -> str:
+    raw = json.dumps({"t": kind, "k": key, "d": direction}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(token: str, max_key: int = MAX_SEQ) -> tuple[int, str]:
-    """``(key, direction)`` where direction is ``n`` (towards older) or ``p`` (towards newer); the key
-    must fit its column (``max_key``): a forged larger one overflowed the driver (a 500)."""
+def decode_cursor(kind: str, token: str, max_key: int = MAX_SEQ) -> tuple[int, str]:
+    """``(key, direction)`` of a cursor the listing ``kind`` issued, where direction is ``n`` (towards
+    older) or ``p`` (towards newer); the key must fit its column (``max_key``): a forged larger one
+    overflowed the driver (a 500)."""
     try:
         data = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode("ascii")))
         key, direction = data["k"], data["d"]
-        if (data.get("t") != "fhir" or direction not in ("n", "p") or type(key) is not int
+        if (data.get("t") != kind or direction not in ("n", "p") or type(key) is not int
                 or not 0 <= key <= max_key):
             raise ValueError("foreign cursor")
         return key, direction
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError, RecursionError) as exc:
         # RecursionError: a forged token of deeply nested JSON (2,000 '[') was a 500 (adversarial probe).
-        raise InvalidSearch("_cursor is not a cursor issued by this server; follow the Bundle links",
+        raise InvalidSearch("_cursor is not a cursor this listing issued; follow the Bundle links",
                             param="_cursor") from exc
 
 
@@ -469,8 +482,9 @@ class HistorySpec:
     unsupported: list[Unsupported] = field(default_factory=list)
 
 
-def parse_history(pairs: Sequence[tuple[str, str]]) -> HistorySpec:
-    """Parameters of ``_history``: ``_count``, ``_since`` (instant), ``_cursor``, ``_format``."""
+def parse_history(pairs: Sequence[tuple[str, str]], protocol_id: str) -> HistorySpec:
+    """Parameters of ``protocol_id``'s ``_history``: ``_count``, ``_since`` (instant), ``_cursor`` (one
+    this history issued), ``_format``."""
     spec = HistorySpec()
     seen: set[str] = set()
     for name, value in pairs:
@@ -486,7 +500,7 @@ def parse_history(pairs: Sequence[tuple[str, str]]) -> HistorySpec:
         elif name == "_since":
             spec.since = parse_instant(name, value)
         elif name == "_cursor":
-            key, direction = decode_cursor(value, max_key=MAX_VERSION)
+            key, direction = decode_cursor(history_cursor(protocol_id), value, max_key=MAX_VERSION)
             if direction == "n":
                 spec.before_version = key
             else:

@@ -499,6 +499,32 @@ def test_a_forged_cursor_of_deeply_nested_json_is_400_not_500(client):
         assert body["issue"][0]["expression"] == ["_cursor"]
 
 
+def test_a_cursor_is_refused_by_every_listing_but_the_one_that_issued_it(client):
+    """A ``_history`` cursor of one protocol was accepted by search (its version number read as a
+    search position: a wrong page) and by another protocol's ``_history`` (a wrong page with a
+    ``previous`` link on its first page): found by an adversarial probe. Each listing's own cursor
+    still pages it."""
+    first, second = _create(client)["id"], _create(client)["id"]
+    for pid in (first, second):
+        for n in range(3):
+            _revise(client, pid, title=f"revision {n}")
+    _create(client)
+
+    def next_cursor(url: str) -> str:
+        links = {link["relation"]: link["url"] for link in _bundle(client.get(url))["link"]}
+        return links["next"].split("_cursor=")[1].split("&")[0]
+
+    history = next_cursor(f"{MK}/{first}/_history?_count=2")
+    search = next_cursor(f"{MK}?_count=1")
+    for url in (f"{MK}?_count=2&_cursor={history}", f"{MK}/{second}/_history?_count=2&_cursor={history}",
+                f"{MK}/{first}/_history?_count=2&_cursor={search}"):
+        body = _outcome(client.get(url), 400)
+        assert body["issue"][0]["expression"] == ["_cursor"], url
+    own_history = _bundle(client.get(f"{MK}/{first}/_history?_count=2&_cursor={history}"))
+    assert [e["resource"]["meta"]["versionId"] for e in own_history["entry"]] == ["2", "1"]
+    assert len(_bundle(client.get(f"{MK}?_count=1&_cursor={search}"))["entry"]) == 1
+
+
 def test_format_and_accept_agree_on_versions_refusals_and_hints(client):
     """_format checks fhirVersion as Accept does (4.0 only; 5.0 was a 200 through _format and a 406
     through Accept); an Accept entry with q=0 refuses its type (fhir+json;q=0 with */* was answered in

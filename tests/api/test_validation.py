@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from api.config import MAX_BODY_BYTES
+from protocols.fhir_query import SEARCH_CURSOR, history_cursor
 from tests.factories import ICD10CM, SNOMED, protocol_payload
 
 
@@ -327,6 +328,7 @@ def test_the_contract_names_the_422_of_every_operation_without_query_parameters(
 
 
 def _forged(kind: str, key: Any, direction: str = "n") -> str:
+    """A cursor of ``kind`` with any key: what api/http.py and protocols/fhir_query.py encode."""
     import base64
     raw = json.dumps({"t": kind, "k": key, "d": direction}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -345,8 +347,8 @@ def test_forged_cursor_keys_of_any_size_are_a_client_error_or_an_empty_page(clie
     ranked = client.get(f"/v1/protocols?q={word}&page_size=1").get_json()["next"]
     ranked_kind = json.loads(base64_decode(ranked.split("cursor=")[1].split("&")[0]))["t"]
     urls = [f"/v1/protocols/{pid}/versions?cursor={_forged(f'versions:{pid}', key)}",
-            f"/fhir/R4/MedicationKnowledge?_cursor={_forged('fhir', key)}",
-            f"/fhir/R4/MedicationKnowledge/{pid}/_history?_cursor={_forged('fhir', key)}"]
+            f"/fhir/R4/MedicationKnowledge?_cursor={_forged(SEARCH_CURSOR, key)}",
+            f"/fhir/R4/MedicationKnowledge/{pid}/_history?_cursor={_forged(history_cursor(pid), key)}"]
     urls += [f"/v1/protocols?page_size=1&cursor={_forged(list_kind, key)}",
              f"/v1/protocols?q={word}&page_size=1&cursor={_forged(ranked_kind, [1, key])}",
              f"/v1/protocols?q={word}&page_size=1&cursor={_forged(ranked_kind, [key, 1])}"]
