@@ -137,8 +137,35 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> 
             where = ".".join(str(p) for p in first.get("loc", ()) if p != "MedicationRequest")
             raise _bad_request(f"{path}.entry.{index}.resource" + (f".{where}" if where else ""),
                                f"not a valid FHIR R4 MedicationRequest: {first.get('msg')}") from exc
+        quoted = _string_for_a_number(resource, request.model_dump(by_alias=True, exclude_none=True),
+                                      f"{path}.entry.{index}.resource")
+        if quoted is not None:
+            raise _bad_request(quoted, "not a valid FHIR R4 MedicationRequest: a decimal, integer or boolean is "
+                                       "a JSON number or boolean, not a string")
         orders.append(_draft_order(request, resource, f"{path}.entry.{index}.resource"))
     return orders
+
+
+def _string_for_a_number(raw: Any, parsed: Any, path: str) -> str | None:
+    """The path of the first string in ``raw`` (the order as sent) where FHIR JSON has a number or a
+    boolean, found in ``parsed`` (the same order as ``fhir.resources`` read it: ``model_dump``), or None.
+
+    Why: FHIR JSON carries decimals, integers and booleans as JSON numbers and booleans, and
+    ``fhir.resources`` coerces strings ("35", "3.5e1", "true"), in strict mode too. A dose sent as
+    ``"35"`` got a card saying it was within range, where /dose-check refuses the same value (found
+    by an adversarial probe). Read off the parsed order, the rule covers every element of every
+    contained resource without a list of element names (``value`` is a string in an Identifier)."""
+    if isinstance(raw, Mapping) and isinstance(parsed, Mapping):
+        for key, value in raw.items():
+            if key in parsed and (found := _string_for_a_number(value, parsed[key], f"{path}.{key}")):
+                return found
+    elif isinstance(raw, list) and isinstance(parsed, list) and len(raw) == len(parsed):
+        for index, (value, read) in enumerate(zip(raw, parsed, strict=True)):
+            if found := _string_for_a_number(value, read, f"{path}.{index}"):
+                return found
+    elif isinstance(raw, str) and isinstance(parsed, int | float | Decimal):  # bool is an int
+        return path
+    return None
 
 
 def _quantity_json(value: int, unit: str) -> dict[str, Any]:

@@ -483,6 +483,37 @@ def test_a_dose_no_order_can_have_is_400_naming_the_value(client):
         assert f"{where}.{element}.value" in response.get_json()["errors"], (number, response.get_json())
 
 
+def test_a_number_or_boolean_sent_as_a_string_is_400_naming_it(client):
+    """FHIR JSON carries decimals, integers and booleans as JSON numbers and booleans; fhir.resources
+    read "35" and "3.5e1" as 35, and the order got a card saying it was within range, where
+    /dose-check refuses the same value (adversarial probe). A string element ("value" of an
+    Identifier) stays a string."""
+    ketamine_protocol(client, dose_min=100, dose_max=200, unit="mg")
+    where = "context.draftOrders.entry.0.resource"
+    order = medication_request("ket-s", KETAMINE, IV, dose=(150, "mg"), frequency=(1, 1, "d"))
+    order["identifier"] = [{"system": "urn:oid:1.2.3", "value": "123"}]
+    assert cards(client, hook_request([order]))[0]["indicator"] == "info"
+    for element, value in (("dosageInstruction.0.doseAndRate.0.doseQuantity.value", "150"),
+                           ("dosageInstruction.0.doseAndRate.0.doseQuantity.value", "1.5e2"),
+                           ("dosageInstruction.0.timing.repeat.frequency", "1"),
+                           ("dosageInstruction.0.sequence", "1"),
+                           ("substitution.allowedBoolean", "true")):
+        sent = copy.deepcopy(order)
+        *parents, last = element.split(".")
+        node: Any = sent
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+        node[last] = value
+        response = call(client, hook_request([sent]))
+        assert response.status_code == 400, (element, response.get_json())
+        assert list(response.get_json()["errors"]) == [f"{where}.{element}"], response.get_json()
+    contained = _with_strength(copy.deepcopy(order), 100, 1)
+    contained["contained"][0]["ingredient"][0]["strength"]["numerator"]["value"] = "100"
+    response = call(client, hook_request([contained]))
+    assert response.status_code == 400
+    assert list(response.get_json()["errors"]) == [f"{where}.contained.0.ingredient.0.strength.numerator.value"]
+
+
 def test_not_json_and_unknown_service(client):
     response = client.post("/cds-services/protocol-dose-check", data="{not json", content_type="application/json")
     assert response.status_code == 400
