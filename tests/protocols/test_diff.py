@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import jsonpatch
@@ -153,6 +154,32 @@ def test_unit_change_is_never_a_numeric_increase() -> None:
     assert change.before == {"dose_min": 56, "dose_max": 84, "unit": "mg"}
     assert change.after == {"dose_min": 0.2, "dose_max": 1, "unit": "mg/kg"}
     assert (change.route, change.phase) == (NASAL, "induction")
+
+
+@pytest.mark.parametrize(("update", "meaning"), [
+    ({"dose_min": 56000, "dose_max": 84000, "unit": "ug"}, "the same doses"),
+    ({"dose_min": 0.056, "dose_max": 0.084, "unit": "g"}, "the same doses"),
+    ({"dose_min": 50000, "dose_max": 84000, "unit": "ug"}, "in mg: the minimum lowered to 50 mg"),
+    ({"dose_min": 56000, "dose_max": 840000, "unit": "ug"}, "in mg: the maximum raised to 840 mg"),
+    ({"dose_min": 56, "dose_max": 84, "unit": "mL"}, "the numbers are not comparable"),
+    ({"dose_min": 0.2, "dose_max": 1, "unit": "mg/kg"}, "the numbers are not comparable"),
+])
+def test_a_unit_change_says_what_the_doses_became(update: dict[str, Any], meaning: str) -> None:
+    """Rewritten in a unit of the same kind, the bounds are converted exactly and compared: 56-84 mg as
+    56000-84000 ug read "the numbers are not comparable" (adversarial probe). It stays a major
+    unit_changed: a thousandfold slip hides in such a rewrite."""
+    a, b = changed(lambda b: dosing(b).update(update))
+    change = only(diff.clinical_changes(a, b))
+    assert change.type == "unit_changed" and change.severity == "major"
+    assert change.description.endswith(f"; {meaning} (nasal route (46713006), induction phase)"), change.description
+
+
+def test_a_rate_rewritten_per_minute_is_converted_per_hour() -> None:
+    a, b = changed(lambda b: dosing(b).update(dose_min=1, dose_max=2, unit="mg/kg/h"))
+    a, b = b, changed(lambda c: dosing(c).update(dose_min=Decimal("16.6"), dose_max=Decimal("33.4"),
+                                                 unit="ug/kg/min"))[1]
+    description = only(diff.clinical_changes(a, b)).description
+    assert "in mg/kg/h: the minimum lowered to 0.996 mg/kg/h and the maximum raised to 2.004 mg/kg/h" in description
 
 
 def test_per_period_maximum_over_a_different_period_is_a_unit_change() -> None:
