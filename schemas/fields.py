@@ -223,7 +223,9 @@ class QueryInteger(ValidatorsCombinedOnce, fields.Integer):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if not isinstance(value, str) or not self._DIGITS.fullmatch(value):
-            raise ValidationError("Must be a whole number written in the digits 0-9.")
+            # Said why: "05" is digits 0-9, and the message only said that (adversarial probe).
+            raise ValidationError("Must be a whole number written in the digits 0-9, without a leading zero "
+                                  "(at most 9 digits).")
         return int(value)
 
 

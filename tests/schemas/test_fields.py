@@ -245,3 +245,14 @@ def test_validators_combined_once_report_as_marshmallow_does():
     assert field._validate_all is field._validate_all  # built once, by marshmallow's own property
     assert isinstance(field._validate_all, validate.And)
     assert list(field._validate_all.validators) == validators
+
+
+@pytest.mark.parametrize("value", ["05", "00", "1e2", " 5", "\uff12", "-1", "1234567890", "5.0", ""])
+def test_a_query_integer_refuses_other_spellings_and_says_how_to_write_one(value):
+    from schemas.fields import QueryInteger
+
+    with pytest.raises(ValidationError) as refused:
+        QueryInteger().deserialize(value)
+    assert refused.value.messages == ["Must be a whole number written in the digits 0-9, without a leading zero "
+                                      "(at most 9 digits)."]
+    assert QueryInteger().deserialize("0") == 0 and QueryInteger().deserialize("100") == 100
