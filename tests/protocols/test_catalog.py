@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -49,16 +51,67 @@ def test_every_entry_cites_sources_for_its_facts(name, index, entry):
         assert "fda_approval.application_number" in supported
 
 
-def test_the_newest_entry_of_every_file_cites_its_dea_schedule():
+#: Label facts the newest entry of every file must trace: a source's ``supports`` names the field (or a
+#: path inside it), or a verification note begins with the field's path and says what was and was not
+#: checked. An absence (no brand, no boxed warning, no REMS, no approved indication) is a fact too.
+TRACED_FIELDS = ("routes", "drug.dea_schedule", "drug.brand_names", "fda_approval.status",
+                 "fda_approval.approved_indication", "fda_approval.rems_required", "fda_approval.boxed_warning")
+
+
+def untraced_fields(entry: dict[str, Any]) -> list[str]:
+    """The fields of ``TRACED_FIELDS`` that no source of ``entry`` supports and no note covers (the DEA
+    schedule only when the record gives one)."""
+    supported = {path for source in entry["sources"] for path in source.get("supports", [])}
+    notes = entry.get("verification_notes", [])
+    untraced = []
+    for name in TRACED_FIELDS:
+        if name == "drug.dea_schedule" and not entry["drug"].get("dea_schedule"):
+            continue
+        cited = any(path == name or path.startswith(f"{name}.") for path in supported)
+        noted = any(re.match(rf"{re.escape(name)}(?!\w)", note) for note in notes)
+        if not (cited or noted):
+            untraced.append(name)
+    return untraced
+
+
+def test_untraced_fields_counts_a_cited_path_inside_the_field_or_a_note_on_it_and_nothing_else():
+    entry = {"drug": {"dea_schedule": "CIII"}, "sources": [
+        {"supports": ["routes.0", "fda_approval.status", "drug.dea_schedule_text", "fda_approval.boxed_warnings"]}],
+        "verification_notes": ["drug.brand_names: none marketed; not searched in DailyMed.",
+                               "fda_approval.rems_required_x: not this field",
+                               "The fda_approval.approved_indication is not at the start."]}
+    assert untraced_fields(entry) == ["drug.dea_schedule", "fda_approval.approved_indication",
+                                      "fda_approval.rems_required", "fda_approval.boxed_warning"]
+    assert "drug.dea_schedule" not in untraced_fields({**entry, "drug": {"dea_schedule": None}})
+
+
+@pytest.mark.parametrize("catalog_file", FILES, ids=[f.path.name for f in FILES])
+def test_the_newest_entry_of_every_file_cites_or_notes_its_label_facts(catalog_file):
     """Found by a probe: the off-label IV ketamine records (TRD, CRPS) gave CIII with no source and no
-    note. Each file's newest entry cites it now (corrections appended; earlier versions stay as recorded,
-    among them Spravato's 2020-period versions 2 and 7, whose schedule the 2019 and 2025 ones cite)."""
-    for catalog_file in FILES:
-        entry = catalog_file.entries[-1]
-        if entry["drug"].get("dea_schedule"):
-            supported = {path for source in entry["sources"] for path in source.get("supports", [])}
-            noted = any(note.startswith("drug.dea_schedule") for note in entry.get("verification_notes", []))
-            assert "drug.dea_schedule" in supported or noted, catalog_file.path.name
+    note (corrections appended). A clinical data audit then found the same for the routes, brand names,
+    approval status, approved indication, REMS and boxed warning of the newest entry of every file;
+    sourcing corrections (same content, same start, more sources and notes) are appended. Earlier
+    versions stay as recorded."""
+    assert untraced_fields(catalog_file.entries[-1]) == [], catalog_file.path.name
+
+
+@pytest.mark.parametrize("catalog_file", FILES, ids=[f.path.name for f in FILES])
+def test_a_sourcing_correction_changes_no_clinical_value_and_drops_no_source_or_note(catalog_file):
+    """A correction that only adds sources keeps the content, status and start of the entry it corrects,
+    and every source (with what it supports) and note of that entry."""
+    entries = catalog_file.entries
+    corrections = [i for i, e in enumerate(entries) if (e.get("change_note") or "").startswith(
+        "Correction: sourcing only.")]
+    for index in corrections:
+        assert index > 0, "a correction follows the entry it corrects"
+        entry, before = entries[index], entries[index - 1]
+        for name in (*record.CONTENT_FIELDS, "status", "effective_from"):
+            if name not in ("sources", "verification_notes"):
+                assert entry.get(name) == before.get(name), (catalog_file.path.name, index, name)
+        assert set(before.get("verification_notes", [])) <= set(entry.get("verification_notes", []))
+        for source in before["sources"]:
+            (kept,) = [s for s in entry["sources"] if (s["title"], s["url"]) == (source["title"], source["url"])]
+            assert set(source.get("supports", [])) <= set(kept.get("supports", [])), source["url"]
 
 
 def test_catalog_never_presents_ketanest_as_a_us_product():
@@ -106,21 +159,37 @@ def test_load_is_idempotent(app, client):
 
 
 def test_changed_file_appends_one_version(app, client, tmp_path):
+    """An entry added at the end of a versions file, or a single-record file's record edited, appends one
+    version; loading again appends nothing."""
     directory = tmp_path / "catalog"
     shutil.copytree(catalog.CATALOG_DIR, directory)
     runner = app.test_cli_runner()
     assert runner.invoke(args=["protocols", "load", str(directory)]).exit_code == 0
-    path = directory / "psilocybin-oral-trd-investigational.yaml"
+    pid = "psilocybin-oral-trd-investigational"
+    path = directory / f"{pid}.yaml"
     data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
-    data["summary"] += " Reviewed."
-    data["effective_from"] = "2024-01-01T00:00:00Z"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    loaded = len(data["versions"])
+    newest = data["versions"][-1]
+    data["versions"].append({**newest, "summary": newest["summary"] + " Reviewed.",
+                             "effective_from": "2024-01-01T00:00:00Z", "change_note": "Reviewed."})
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     result = runner.invoke(args=["protocols", "load", str(directory)])
     assert result.exit_code == 0, result.output
-    assert "psilocybin-oral-trd-investigational: appended versions [2]" in result.output
-    assert _versions_count(client, "psilocybin-oral-trd-investigational") == 2
+    assert f"{pid}: appended versions [{loaded + 1}]" in result.output
+    assert _versions_count(client, pid) == loaded + 1
     again = runner.invoke(args=["protocols", "load", str(directory)])
-    assert "psilocybin-oral-trd-investigational: unchanged" in again.output
+    assert f"{pid}: unchanged" in again.output
+
+    single = directory / "single-record-protocol.yaml"
+    record_data = {**data["versions"][0], "id": "single-record-protocol"}
+    single.write_text(yaml.safe_dump(record_data, sort_keys=False, allow_unicode=True))
+    assert "single-record-protocol: appended versions [1]" in runner.invoke(
+        args=["protocols", "load", str(directory)]).output
+    single.write_text(yaml.safe_dump({**record_data, "summary": record_data["summary"] + " Reviewed.",
+                                      "effective_from": "2024-01-01T00:00:00Z"}, sort_keys=False, allow_unicode=True))
+    edited = runner.invoke(args=["protocols", "load", str(directory)])
+    assert edited.exit_code == 0 and "single-record-protocol: appended versions [2]" in edited.output, edited.output
+    assert "single-record-protocol: unchanged" in runner.invoke(args=["protocols", "load", str(directory)]).output
 
 
 
@@ -191,7 +260,7 @@ def test_an_api_version_placed_after_entries_never_loaded_is_refused_and_the_mes
     api = _written_through_the_api(client, SPRAVATO, summary="Corrected through the API.", effective_from=None)
     entry = {k: v for k, v in api.items() if k not in ("id", "version", "recorded_at", "recorded_by", "request_id")}
 
-    path.write_text(yaml.safe_dump(full, sort_keys=False, allow_unicode=True))  # the upgrade: 8 entries
+    path.write_text(yaml.safe_dump(full, sort_keys=False, allow_unicode=True))  # the upgrade: 9 entries
     left = runner.invoke(args=["protocols", "load", str(directory)])
     assert left.exit_code == 0 and "add it to the file right after versions.4 (the last entry the history holds)" \
         in left.output, left.output
@@ -200,15 +269,15 @@ def test_an_api_version_placed_after_entries_never_loaded_is_refused_and_the_mes
     path.write_text(yaml.safe_dump(last, sort_keys=False, allow_unicode=True))
     refused = runner.invoke(args=["protocols", "load", str(directory)])
     assert refused.exit_code == 1, refused.output
-    assert (f"{SPRAVATO}.yaml: versions.8 is the newest version, written through the API, but versions.5, "
-            "versions.6, versions.7 before it in the file are not in the history") in refused.output
+    assert (f"{SPRAVATO}.yaml: versions.9 is the newest version, written through the API, but versions.5, "
+            "versions.6, versions.7, versions.8 before it in the file are not in the history") in refused.output
     assert "move it right after versions.4" in refused.output
     assert _versions_count(client, SPRAVATO) == 6
 
     placed = {**full, "versions": [*full["versions"][:5], entry, *full["versions"][5:]]}
     path.write_text(yaml.safe_dump(placed, sort_keys=False, allow_unicode=True))
     loaded = runner.invoke(args=["protocols", "load", str(directory)])
-    assert loaded.exit_code == 0 and f"{SPRAVATO}: appended versions [7, 8, 9]" in loaded.output, loaded.output
+    assert loaded.exit_code == 0 and f"{SPRAVATO}: appended versions [7, 8, 9, 10]" in loaded.output, loaded.output
     week_9 = client.get(f"/v1/protocols/{SPRAVATO}?as_of=2019-06-01T00:00:00Z").get_json()["dosing_ranges"][2]
     assert week_9["frequency"]["period_max"] == "P2W"
 
@@ -342,10 +411,10 @@ def test_load_leaves_an_api_revert_to_an_earlier_entry_alone(app, client):
     reverted = _written_through_the_api(client, pid, dosing_ranges=first["dosing_ranges"],
                                         sources=first["sources"], verification_notes=first["verification_notes"],
                                         change_note=first["change_note"])
-    assert reverted["version"] == 3
+    assert reverted["version"] == 4
     result = runner.invoke(args=["protocols", "load"])
-    assert f"{pid}: left alone: its newest version (3, active)" in result.output, result.output
-    assert _versions_count(client, pid) == 3
+    assert f"{pid}: left alone: its newest version (4, active)" in result.output, result.output
+    assert _versions_count(client, pid) == 4
     assert len(client.get(f"/v1/protocols/{pid}").get_json()["dosing_ranges"]) == 1
 
 
@@ -359,7 +428,7 @@ def test_an_edited_last_entry_does_not_hand_an_api_revert_back(app, client, tmp_
     directory.mkdir()
     shutil.copyfile(catalog.CATALOG_DIR / f"{pid}.yaml", directory / f"{pid}.yaml")
     runner = app.test_cli_runner()
-    assert f"{pid}: appended versions [1, 2]" in runner.invoke(args=["protocols", "load", str(directory)]).output
+    assert f"{pid}: appended versions [1, 2, 3]" in runner.invoke(args=["protocols", "load", str(directory)]).output
     first = client.get(f"/v1/protocols/{pid}/versions/1").get_json()
     _written_through_the_api(client, pid, dosing_ranges=first["dosing_ranges"], sources=first["sources"],
                              verification_notes=first["verification_notes"], change_note=first["change_note"])
@@ -368,12 +437,12 @@ def test_an_edited_last_entry_does_not_hand_an_api_revert_back(app, client, tmp_
     data["versions"][-1]["summary"] += " (typo fixed)"
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     result = runner.invoke(args=["protocols", "load", str(directory)])
-    # The edited entry is the loader's version 2, no longer in the file: nothing is appended (a probe of
+    # The edited entry is the loader's version 3, no longer in the file: nothing is appended (a probe of
     # a later fix: the edited entry was appended on top of an API version once the file was rearranged).
     assert result.exit_code == 1, result.output
-    assert (f"{pid}.yaml: version 2, written by this loader, is not in the file after versions.0: an entry "
+    assert (f"{pid}.yaml: version 3, written by this loader, is not in the file after versions.1: an entry "
             "was edited or removed after it was loaded") in result.output
-    assert _versions_count(client, pid) == 3
+    assert _versions_count(client, pid) == 4
 
 
 def test_a_revert_after_a_hand_back_is_left_alone(app, client, tmp_path):
@@ -386,7 +455,7 @@ def test_a_revert_after_a_hand_back_is_left_alone(app, client, tmp_path):
     path = directory / f"{pid}.yaml"
     shutil.copyfile(catalog.CATALOG_DIR / f"{pid}.yaml", path)
     runner = app.test_cli_runner()
-    assert f"{pid}: appended versions [1, 2]" in runner.invoke(args=["protocols", "load", str(directory)]).output
+    assert f"{pid}: appended versions [1, 2, 3]" in runner.invoke(args=["protocols", "load", str(directory)]).output
     summary = client.get(f"/v1/protocols/{pid}").get_json()["summary"]
     written = [_written_through_the_api(client, pid, summary=f"{summary} ({name})") for name in ("C", "D")]
     data = yaml.load(path.read_text(), Loader=catalog._StringTimestampLoader)
@@ -397,8 +466,8 @@ def test_a_revert_after_a_hand_back_is_left_alone(app, client, tmp_path):
     assert f"{pid}: unchanged" in runner.invoke(args=["protocols", "load", str(directory)]).output
     _written_through_the_api(client, pid, summary=f"{summary} (C)", change_note="Revert: D was wrong.")
     result = runner.invoke(args=["protocols", "load", str(directory)])
-    assert f"{pid}: left alone: its newest version (5, active)" in result.output, result.output
-    assert _versions_count(client, pid) == 5
+    assert f"{pid}: left alone: its newest version (6, active)" in result.output, result.output
+    assert _versions_count(client, pid) == 6
     assert client.get(f"/v1/protocols/{pid}").get_json()["summary"].endswith("(C)")
 
 def test_load_leaves_a_protocol_retired_through_the_api_retired(app, client):
@@ -491,8 +560,8 @@ def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
 @pytest.mark.parametrize(("as_of", "version", "approval_date", "marker"), [
     ("2019-06-01T00:00:00Z", 6, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
     ("2021-01-01T00:00:00Z", 7, "2020-07-31", "acute suicidal ideation"),
-    ("2025-06-01T00:00:00Z", 8, "2025-01-21", "as monotherapy"),
-    (None, 8, "2025-01-21", "as monotherapy"),
+    ("2025-06-01T00:00:00Z", 9, "2025-01-21", "as monotherapy"),
+    (None, 9, "2025-01-21", "as monotherapy"),
 ])
 def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, version, approval_date, marker):
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
@@ -514,7 +583,7 @@ def test_spravato_before_first_approval_is_not_in_effect(app, client):
 def test_spravato_versions_differ_in_indications_and_dosing():
     entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
     assert [e["effective_from"][:10] for e in entries] == (
-        ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3 + ["2019-03-05", "2020-07-31", "2025-01-21"])
+        ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3 + ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 2)
     codes = [{i["code"] for i in e["indications"]} for e in entries]
     assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
     for entry in entries:
@@ -607,8 +676,8 @@ def test_trd_instructions_typo_is_corrected_by_a_new_version(app, client):
     current = client.get(f"/v1/protocols/{trd}/versions/2").get_json()
     first = client.get(f"/v1/protocols/{trd}/versions/1").get_json()
     assert current["effective_from"] == first["effective_from"]
-    served = client.get(f"/v1/protocols/{trd}").get_json()  # version 3 cites the DEA schedule's source
-    assert served["dosing_ranges"] == current["dosing_ranges"] and served["version"] == 3
+    served = client.get(f"/v1/protocols/{trd}").get_json()  # versions 3 and 4 only add sources and notes
+    assert served["dosing_ranges"] == current["dosing_ranges"] and served["version"] == 4
     assert "repeated-infusion study" in current["dosing_ranges"][0]["instructions"]
     assert "repeated- infusion" in first["dosing_ranges"][0]["instructions"]
     diff = client.get(f"/v1/protocols/{trd}/versions/1/diff/2").get_json()
@@ -629,8 +698,8 @@ def test_ketalar_iv_holds_the_labels_alternative_induction_at_half_a_mg_per_kg_a
     of the 60-second bolus range (found by a clinical review); version 1 stays in the history."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     pid = "ketamine-iv-anesthesia-induction"
-    current = client.get(f"/v1/protocols/{pid}").get_json()
-    assert current["version"] == 2 and current["change_note"].startswith("Correction:")
+    current = client.get(f"/v1/protocols/{pid}").get_json()  # version 3 only adds sources to version 2
+    assert current["version"] == 3 and current["change_note"].startswith("Correction:")
     alternative = current["dosing_ranges"][1]
     assert (alternative["dose_min"], alternative["dose_max"], alternative["unit"]) == (1, 2, "mg/kg")
     assert "0.5 mg/kg/min" in alternative["instructions"]
@@ -648,7 +717,7 @@ def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
     weeks only (found by a clinical review). Corrected in the current period, version 4 stays."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     current = client.get(f"/v1/protocols/{SPRAVATO}").get_json()
-    assert current["version"] == 8
+    assert current["version"] == 9
     week_9 = current["dosing_ranges"][2]
     assert week_9["frequency"] == WEEK_9
     assert client.get(f"/v1/protocols/{SPRAVATO}/versions/4").get_json()["dosing_ranges"][2]["frequency"][
@@ -687,14 +756,15 @@ def test_spravato_84_mg_daily_breaks_the_regimen_not_the_daily_maximum(app, clie
 
 
 @pytest.mark.parametrize(("as_of", "corrected", "recorded"), [
-    ("2019-06-01T00:00:00Z", 6, 1), ("2021-01-01T00:00:00Z", 7, 2), ("2025-06-01T00:00:00Z", 8, 5)])
+    ("2019-06-01T00:00:00Z", 6, 1), ("2021-01-01T00:00:00Z", 7, 2), ("2025-06-01T00:00:00Z", 9, 5)])
 def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was_recorded(
         app, client, as_of, corrected, recorded):
     """Version 5 corrected the week-9 frequency from 2025 only: as-of readings and dose checks of
     2019-2024 still held every 2 weeks, so a weekly 84 mg order at week 9 read as more often than the
     label allows. Versions 6 and 7 are back-dated corrections of versions 1 and 2 (each effective
     with the version it corrects and otherwise its copy); version 8 brings version 5's note up to date
-    and makes the version in effect the newest again. The versions corrected stay as recorded."""
+    and makes the version in effect the newest again; version 9 adds sources to it. The versions
+    corrected stay as recorded."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     read = client.get(f"/v1/protocols/{SPRAVATO}?as_of={as_of}").get_json()
     assert read["version"] == corrected and read["dosing_ranges"][2]["frequency"] == WEEK_9
@@ -726,7 +796,7 @@ def test_spravato_newest_version_is_the_one_in_effect_so_get_then_put_works(app,
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     versions = client.get(f"/v1/protocols/{SPRAVATO}/versions?page_size=100").get_json()["items"]
     assert [v["effective_from"][:10] for v in sorted(versions, key=lambda v: v["version"]) if v["version"] >= 6] == [
-        "2019-03-05", "2020-07-31", "2025-01-21"]
+        "2019-03-05", "2020-07-31", "2025-01-21", "2025-01-21"]
     written = _written_through_the_api(client, SPRAVATO, summary="A summary written by an integration.")
     assert written["version"] == max(v["version"] for v in versions) + 1
 
