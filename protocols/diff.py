@@ -32,7 +32,8 @@ from typing import Any
 
 import jsonpatch
 
-from protocols.dose_units import DoseUnit, UnitError, parse_dose_unit
+from protocols.dose_units import UnitError, parse_dose_unit
+from protocols.dosing import convert, fmt
 from protocols.durations import parse_duration
 from protocols.terminology import ROUTES
 
@@ -364,40 +365,29 @@ def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: An
 
 def _unit_change_meaning(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     """What a range rewritten in another unit means for the dose: in units of one kind (56-84 mg as
-    56000-84000 ug, mg/kg/h as ug/kg/min) its bounds are converted exactly and compared; otherwise
-    (mg against mg/kg, mass against volume) the numbers are not comparable. The change stays a major
-    ``unit_changed`` either way: a thousandfold slip hides in exactly such a rewrite. Its text said
-    "not comparable" for mg against ug too (found by an adversarial probe)."""
+    56000-84000 ug, mg/kg/h as ug/kg/min) its bounds are converted exactly (``dosing.convert``) and
+    compared, shown as dose checks show them (``dosing.fmt``: "≈" when rounded, rounded away from the
+    old bound); otherwise (mg against mg/kg, mass against volume) the numbers are not comparable. The
+    change stays a major ``unit_changed`` either way: a thousandfold slip hides in exactly such a
+    rewrite. Its text said "not comparable" for mg against ug too (found by an adversarial probe)."""
     try:
         old_unit, new_unit = parse_dose_unit(str(a.get("unit"))), parse_dose_unit(str(b.get("unit")))
     except UnitError:
         return "the numbers are not comparable"
     if (old_unit.kind, old_unit.per_kg, old_unit.is_rate) != (new_unit.kind, new_unit.per_kg, new_unit.is_rate):
         return "the numbers are not comparable"
-
-    def per_second(unit: DoseUnit) -> Fraction:  # base amount (mg or mL) per second, or per dose
-        return unit.amount_factor / (unit.time_seconds or 1)
-
-    factor = per_second(new_unit) / per_second(old_unit)  # one new unit, in old units
     verdicts = []
     for bound, label in (("dose_min", "minimum"), ("dose_max", "maximum")):
         old_value, new_value = a.get(bound), b.get(bound)
         if old_value is None or new_value is None:
             continue
-        converted = Fraction(_number(new_value)) * factor
-        if converted != Fraction(_number(old_value)):
-            verdicts.append(f"the {label} {'raised' if converted > Fraction(_number(old_value)) else 'lowered'} "
-                            f"to {_show_fraction(converted)} {a.get('unit')}")
-    return ("the same doses" if not verdicts
-            else f"in {a.get('unit')}: " + " and ".join(verdicts))
-
-
-def _show_fraction(value: Fraction) -> str:
-    """A converted bound as a decimal, exact when it has a finite expansion, else to 6 significant digits."""
-    exact = Decimal(value.numerator) / Decimal(value.denominator)
-    if exact * value.denominator == value.numerator:
-        return format(exact.normalize(), "f")
-    return format(exact, ".6g")
+        old_amount = Fraction(_number(old_value))
+        converted = convert(Fraction(_number(new_value)), new_unit, old_unit, weight_kg=None, concentration=None,
+                            duration_s=None)
+        if converted != old_amount:
+            verdicts.append(f"the {label} {'raised' if converted > old_amount else 'lowered'} "
+                            f"to {fmt(converted, against=old_amount)} {a.get('unit')}")
+    return "the same doses" if not verdicts else f"in {a.get('unit')}: " + " and ".join(verdicts)
 
 
 _Change = Callable[[str, str, Any, Any, str], ClinicalChange]

@@ -182,6 +182,18 @@ def test_a_rate_rewritten_per_minute_is_converted_per_hour() -> None:
     assert "in mg/kg/h: the minimum lowered to 0.996 mg/kg/h and the maximum raised to 2.004 mg/kg/h" in description
 
 
+def test_a_converted_bound_that_does_not_terminate_is_marked_rounded_and_away_from_the_old_one() -> None:
+    """1-2 mg/kg/h is 16.666…-33.333… ug/kg/min: shown rounded ("≈") and away from the old bound, so a
+    minimum that fell never reads as the old value (a first version printed "lowered to 16.6667" next to
+    an old minimum of 16.6667, and 2/3 as 28 digits presented as exact; found in review)."""
+    a, b = changed(lambda b: dosing(b).update(dose_min=Decimal("16.6667"), dose_max=Decimal("33.3333"),
+                                              unit="ug/kg/min"))
+    a, b = b, changed(lambda c: dosing(c).update(dose_min=1, dose_max=2, unit="mg/kg/h"))[1]
+    description = only(diff.clinical_changes(a, b)).description
+    assert ("in ug/kg/min: the minimum lowered to ≈16.6666666666 ug/kg/min and the maximum raised to "
+            "≈33.3333333334 ug/kg/min") in description
+
+
 def test_per_period_maximum_over_a_different_period_is_a_unit_change() -> None:
     """84 mg per day -> 168 mg per week is not "an increase of 84"."""
     a, b = changed(lambda b: dosing(b).update(max_per_period={"value": 168, "unit": "mg", "period": "P1W"}))
