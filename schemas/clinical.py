@@ -153,11 +153,11 @@ class DoseRangeSchema(Schema):
 
 
 class DrugSchema(Schema):
-    name = Text(required=True, validate=validate.Length(1, 100),
+    name = Text(required=True, identifier=True, validate=validate.Length(1, 100),
                 metadata={"description": "Generic name", "example": "esketamine"})
     rxnorm_cui = Text(load_default=None, allow_none=True,
                       validate=validate.Regexp(terminology.RXNORM_PATTERN, error="Not a well-formed RxCUI."))
-    brand_names = fields.List(Text(validate=validate.Length(1, 100)), load_default=list,
+    brand_names = fields.List(Text(identifier=True, validate=validate.Length(1, 100)), load_default=list,
                               validate=validate.Length(max=20))
     dea_schedule = Text(load_default=None, allow_none=True, validate=validate.OneOf(DEA_SCHEDULES))
 

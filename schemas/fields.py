@@ -12,10 +12,9 @@ from urllib.parse import urlsplit
 
 from marshmallow import ValidationError, fields, validate
 
+from protocols import invisible
 from protocols.dosing import MAX_SIGNIFICANT_DIGITS, significant_digits
 from protocols.durations import parse_duration
-from protocols.invisible import MESSAGE as INVISIBLE_MESSAGE
-from protocols.invisible import PRINTABLE_INVISIBLE, is_invisible
 from protocols.timeutil import parse_rfc3339
 
 SLUG_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9-]{2,63}\Z")
@@ -56,17 +55,23 @@ def starts_visible(text: str) -> bool:
     return first.isprintable() and first != " "
 
 
-def plainly_valid_text(text: str, *, multiline: bool) -> bool:
+def plainly_valid_text(text: str, *, multiline: bool, identifier: bool = False) -> bool:
     """A cheap sufficient condition for :class:`Text` to accept ``text`` as it is: it starts visible
     and holds none of the characters Text refuses. ``str.isprintable()`` (one pass in C) answers for
     most text: a printable string holds no control, format, surrogate, private-use, unassigned or
     separator character; text with line breaks (or a non-ASCII space) is asked again with those
-    made printable. A printable string may still hold a variation selector or a filler, which
-    display as nothing (``protocols.invisible``): one search, skipped for ASCII (``isascii()`` reads a
-    flag of the string)."""
+    made printable. A printable string may still hold a character that displays as nothing (a
+    filler; in an ``identifier``, a variation selector too: ``protocols.invisible``): one search, skipped for
+    ASCII (``isascii()`` reads a flag of the string)."""
     return (starts_visible(text)
             and (text.isprintable() or text.translate(_ACCEPTED_UNPRINTABLE[multiline]).isprintable())
-            and (text.isascii() or PRINTABLE_INVISIBLE.search(text) is None))
+            and (text.isascii() or _PRINTABLE_REFUSED[identifier].search(text) is None))
+
+
+#: The printable characters Text refuses, by ``identifier`` (see ``protocols.invisible``).
+_PRINTABLE_REFUSED = {True: invisible.PRINTABLE_INVISIBLE, False: invisible.PRINTABLE_HIDING}
+#: Text's rule for characters that display as nothing, and its message, by ``identifier``.
+_HIDDEN = {True: (invisible.is_invisible, invisible.MESSAGE), False: (invisible.hides_text, invisible.TEXT_MESSAGE)}
 
 
 class ValidatorsCombinedOnce(fields.Field):
@@ -87,12 +92,15 @@ class ValidatorsCombinedOnce(fields.Field):
 
 class Text(ValidatorsCombinedOnce, fields.String):
     """A string that is valid UTF-8 text: no lone surrogates, no control characters or noncharacters,
-    not blank, nothing that displays as nothing (``protocols.invisible``); single-line unless
-    ``multiline=True`` (summaries, instructions, notes)."""
+    not blank, nothing that hides a word or reorders the text (``protocols.invisible.hides_text``;
+    with ``identifier=True``, nothing that displays as nothing at all: ``is_invisible``, for drug and
+    brand names, which the ``drug`` filter compares); single-line unless ``multiline=True``
+    (summaries, instructions, notes)."""
 
-    def __init__(self, *, multiline: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, multiline: bool = False, identifier: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.multiline = multiline
+        self.identifier = identifier
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         # The shortcut for what nearly every value is: a str that starts visible (so is not blank) and
@@ -100,7 +108,7 @@ class Text(ValidatorsCombinedOnce, fields.String):
         # checks (a PUT's ~50 text values: docs/performance.md, design choice 14).
         # Anything else takes the checks one by one, whose order decides the message a value with two
         # faults gets. tests/schemas/test_fields.py checks the shortcut over every code point.
-        if type(value) is str and plainly_valid_text(value, multiline=self.multiline):
+        if type(value) is str and plainly_valid_text(value, multiline=self.multiline, identifier=self.identifier):
             return value
         result = super()._deserialize(value, attr, data, **kwargs)
         try:
@@ -113,18 +121,30 @@ class Text(ValidatorsCombinedOnce, fields.String):
             raise ValidationError("Must be a single line (no tab or line break).")
         if is_blank(result):
             raise ValidationError("Must not be blank.")
-        if any(map(is_invisible, result)):
+        hidden, message = _HIDDEN[self.identifier]
+        if any(map(hidden, result)):
             # "esket\u200bamine" displayed as esketamine and was missed by the drug filter; U+202E
-            # reorders the dose text after it (found by an adversarial probe). Key names refuse the same.
-            raise ValidationError(INVISIBLE_MESSAGE[:1].upper() + INVISIBLE_MESSAGE[1:] + ".")
+            # reorders the dose text after it (found by an adversarial probe).
+            raise ValidationError(message[:1].upper() + message[1:] + ".")
         return result
 
 
 def refused_in_url(text: str) -> bool:
-    """Whether ``text`` holds a character no URL field takes: control, format or whitespace characters,
-    surrogates, private-use and unassigned code points."""
+    """Whether ``text`` holds a character no URL field takes: control or whitespace characters,
+    surrogates, and whatever displays as nothing (``protocols.invisible.is_invisible``: format,
+    private-use and unassigned code points, variation selectors, fillers; a review found a source URL
+    ending in U+FE0F stored and served into FHIR output)."""
     return bool(_CONTROL.search(text)) or any(
-        char.isspace() or unicodedata.category(char) in ("Cf", "Cs", "Co", "Cn") for char in text)
+        char.isspace() or unicodedata.category(char) == "Cs" or invisible.is_invisible(char) for char in text)
+
+
+def plainly_valid_url(text: str) -> bool:
+    """A cheap sufficient condition for :func:`refused_in_url` to pass ``text``: ``str.isprintable()``
+    is False for every whitespace (but " "), control and format character, surrogate, private-use and
+    unassigned code point, so a printable URL without a space holds none but the printable invisible
+    ones, one search away (skipped for ASCII). A PUT's URLs cost ~30 µs through the full check."""
+    return (text.isprintable() and " " not in text
+            and (text.isascii() or invisible.PRINTABLE_INVISIBLE.search(text) is None))
 
 
 class WebUrl(ValidatorsCombinedOnce, fields.Url):
@@ -134,10 +154,7 @@ class WebUrl(ValidatorsCombinedOnce, fields.Url):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
-        # str.isprintable() is False for every whitespace (but " "), control and format character,
-        # surrogate, private-use and unassigned code point: a printable URL without a space passes
-        # refused_in_url, which then runs only for the rest (a PUT's URLs cost ~30 µs).
-        if not (result.isprintable() and " " not in result) and refused_in_url(result):
+        if not plainly_valid_url(result) and refused_in_url(result):
             raise ValidationError("Not a valid URL: control, format or whitespace characters are not allowed.")
         try:
             urlsplit(result).port  # noqa: B018  (reading the port raises for one outside 0-65535)

@@ -42,7 +42,7 @@ class ProtocolListQuerySchema(PageQuerySchema, AsOfQuerySchema):
     """Filters for ``GET /v1/protocols``; every filter given must hold (AND). With ``as_of`` they apply
     to the versions in effect at that instant."""
 
-    drug = Text(validate=validate.Length(1, 100),
+    drug = Text(identifier=True, validate=validate.Length(1, 100),
                 metadata={"description": "Generic or brand name: the whole name, case-insensitive "
                                          "(for partial words use `q`)"})
     rxnorm_cui = Text(validate=validate.Regexp(terminology.RXNORM_PATTERN, error="Not a well-formed RxCUI."),

@@ -102,6 +102,7 @@ def test_a_sourcing_correction_changes_no_clinical_value_and_drops_no_source_or_
     entries = catalog_file.entries
     corrections = [i for i, e in enumerate(entries) if (e.get("change_note") or "").startswith(
         "Correction: sourcing only.")]
+    assert corrections, "every file's sourcing correction is found by its change note (so checked here)"
     for index in corrections:
         assert index > 0, "a correction follows the entry it corrects"
         entry, before = entries[index], entries[index - 1]

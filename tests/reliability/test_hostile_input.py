@@ -252,7 +252,8 @@ INJECTIONS = [
     "\u0645\u0631\u062d\u0628\u0627 right-to-left script",
 ]
 #: Text that displays as something else: stored it would be a look-alike, so it is refused (422, naming
-#: each field: tests/schemas/test_fields.py); in URLs and queries it is a plain 4xx like the rest.
+#: each field: tests/schemas/test_fields.py), in the drug filter and the search too; in ids and the
+#: other parameters below it is a plain 4xx like the rest.
 INVISIBLE = "\u202e\u0645\u0631\u062d\u0628\u0627 zero\u200bwidth"
 
 
@@ -261,6 +262,10 @@ def test_text_that_displays_as_something_else_is_refused_and_nothing_stored(clie
     body = assert_clean_error(client.post("/v1/protocols", json=payload), 422)
     assert {"title", "summary", "change_note"} <= set(body["errors"]), body
     assert_nothing_stored(client)
+    # The filter it would have escaped, and the free-text search, refuse it as well (422 naming each).
+    for name, value in (("drug", "esket\u200bamine"), ("drug", "esketamine\ufe0f"), ("q", "esket\u200bamine")):
+        body = assert_clean_error(client.get("/v1/protocols", query_string={name: value}), 422)
+        assert list(body["errors"]) == [name], body
 
 
 @pytest.mark.parametrize("text", INJECTIONS)
