@@ -39,6 +39,7 @@ from protocols import errors as domain
 from protocols import fhir, fhir_query, versioning
 from protocols.fhir import Issue
 from protocols.fhir_query import InvalidSearch, Unsupported
+from protocols.paging import encode_cursor
 from protocols.timeutil import format_rfc3339, utcnow
 
 log = logging.getLogger("api.fhir")
@@ -445,10 +446,10 @@ def search_medication_knowledge() -> Response:
         more_before = (after is not None) if before is None else page.has_more
         if more_after:
             links.append(("next", link_url("MedicationKnowledge", [
-                *applied, ("_cursor", fhir_query.encode_cursor(fhir_query.SEARCH_CURSOR, keys[-1], "n"))])))
+                *applied, ("_cursor", encode_cursor(fhir_query.SEARCH_CURSOR, keys[-1], "n"))])))
         if more_before:
             links.append(("previous", link_url("MedicationKnowledge", [
-                *applied, ("_cursor", fhir_query.encode_cursor(fhir_query.SEARCH_CURSOR, keys[0], "p"))])))
+                *applied, ("_cursor", encode_cursor(fhir_query.SEARCH_CURSOR, keys[0], "p"))])))
     body = fhir.bundle("searchset", entries=entries, links=links, total=total, timestamp=format_rfc3339(at))
     return bundle_response(body)
 
@@ -497,10 +498,10 @@ def history_medication_knowledge(resource_id: str) -> Response:
         newer = page.has_more if backwards else spec.before_version is not None
         if older:
             links.append(("next", link_url(path, [
-                *spec.applied, ("_cursor", fhir_query.encode_cursor(kind, page.items[-1].version, "n"))])))
+                *spec.applied, ("_cursor", encode_cursor(kind, page.items[-1].version, "n"))])))
         if newer:
             links.append(("previous", link_url(path, [
-                *spec.applied, ("_cursor", fhir_query.encode_cursor(kind, page.items[0].version, "p"))])))
+                *spec.applied, ("_cursor", encode_cursor(kind, page.items[0].version, "p"))])))
     body = fhir.bundle("history", entries=entries, links=links, total=page.total, timestamp=format_rfc3339(at))
     return bundle_response(body)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,7 +11,9 @@ from urllib.parse import urlencode
 from flask import Response, request
 
 from api.errors import ApiError
+from protocols import paging
 from protocols.models import MAX_SEQ
+from protocols.paging import encode_cursor
 from protocols.versioning import StoredVersion, names_etag
 
 _ETAG = re.compile(r'(W/)?("[\x21\x23-\x7e]*")[ \t]*')
@@ -95,11 +95,6 @@ def version_response(version: StoredVersion, status: int = 200, *, cache: str = 
 # ------------------------------------------------------------------------------------ cursors
 
 
-def encode_cursor(kind: str, key: Any, direction: str, **extra: str) -> str:
-    raw = json.dumps({"t": kind, "k": key, "d": direction, **extra}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def decode_cursor(kind: str, token: str, param: str = "cursor") -> tuple[Any, str]:
     """Return ``(key, direction)``; a bogus or foreign cursor is a 422 naming the parameter."""
     key, direction, _ = decode_cursor_with(kind, token, param)
@@ -108,24 +103,11 @@ def decode_cursor(kind: str, token: str, param: str = "cursor") -> tuple[Any, st
 
 def decode_cursor_with(kind: str, token: str, param: str = "cursor", extra: tuple[str, ...] = ()
                        ) -> tuple[Any, str, dict[str, str]]:
-    """``(key, direction, extras)``: ``extra`` names the optional string fields this kind of cursor
-    may carry. Any other field is a 422 like any bogus cursor: a cursor is what the service issued,
-    and a field it never writes says the token was edited (found by a probe)."""
+    """``(key, direction, extras)`` (:func:`protocols.paging.decode_cursor`); a cursor this listing did
+    not issue is a 422 naming ``param``."""
     try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if not isinstance(data, dict) or data.get("t") != kind or data.get("d") not in ("n", "p"):
-            raise ValueError("wrong cursor")
-        if not set(data) <= {"t", "k", "d", *extra}:
-            raise ValueError("unknown cursor field")
-        extras = {name: data[name] for name in extra if name in data}
-        if not all(isinstance(value, str) for value in extras.values()):
-            raise ValueError("wrong cursor field")
-        key = data["k"]
-        if isinstance(key, bool) or not isinstance(key, int | str | list):
-            raise ValueError("wrong cursor key")
-        return key, str(data["d"]), extras
-    except (ValueError, KeyError, binascii.Error, UnicodeError, TypeError, RecursionError) as exc:
+        return paging.decode_cursor(kind, token, extra)
+    except paging.InvalidCursor as exc:
         raise ApiError(422, "The cursor is not valid for this listing",
                        errors={param: ["not a cursor issued by this endpoint"]}) from exc
 

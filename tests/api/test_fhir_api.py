@@ -520,6 +520,11 @@ def test_a_cursor_is_refused_by_every_listing_but_the_one_that_issued_it(client)
                 f"{MK}/{first}/_history?_count=2&_cursor={search}"):
         body = _outcome(client.get(url), 400)
         assert body["issue"][0]["expression"] == ["_cursor"], url
+    # An edited cursor (a field the service never writes) is refused as the REST listings refuse one.
+    data = json.loads(base64.urlsafe_b64decode(history + "=" * (-len(history) % 4)))
+    edited = base64.urlsafe_b64encode(json.dumps({**data, "x": "1"}).encode()).decode().rstrip("=")
+    assert _outcome(client.get(f"{MK}/{first}/_history?_count=2&_cursor={edited}"), 400)["issue"][0][
+        "expression"] == ["_cursor"]
     own_history = _bundle(client.get(f"{MK}/{first}/_history?_count=2&_cursor={history}"))
     assert [e["resource"]["meta"]["versionId"] for e in own_history["entry"]] == ["2", "1"]
     assert len(_bundle(client.get(f"{MK}?_count=1&_cursor={search}"))["entry"]) == 1
