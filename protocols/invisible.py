@@ -8,17 +8,18 @@ differently. A key named "\\u202enimda" displayed as "admin" in audit rows; a dr
 "esket\\u200bamine" displayed as esketamine and was missed by the ``drug`` filter integrations use
 (found by adversarial probes).
 
-Two rules, because some of these characters are what text in other scripts needs:
+Two rules:
 
-* :func:`is_invisible`, for names that identify something (API key names, drug and brand names):
-  every such character is refused, since nothing in a name needs one and any one makes a look-alike.
-* :func:`hides_text`, for every other text field (schemas/fields.py ``Text``): refused are the
-  characters that hide a word or reorder what follows, while those that written text needs stay
-  allowed (a review found the first rule refusing them): the zero-width non-joiner and joiner of
-  Persian and Indic spelling and of emoji sequences, the left-to-right and right-to-left marks that
-  keep "56 mg" in order inside Hebrew or Arabic text, variation selectors (an emoji's presentation,
-  as in a pasted warning sign), the combining grapheme joiner and Mongolian variation selectors,
-  and the prepended concatenation marks (Arabic number signs: format characters that display)."""
+* :func:`is_invisible`, for names that identify something (API key names, drug and brand names) and
+  for URLs: every such character is refused, since nothing in a name needs one and any one makes a
+  look-alike.
+* :func:`hides_text`, for every other text field (schemas/fields.py ``Text``): the same, but for the
+  variation selectors, which give an emoji its presentation (a pasted warning sign is U+26A0 U+FE0F)
+  and cannot reorder or split anything. A first version also allowed the joiners of Persian and
+  Indic spelling, the directional marks of right-to-left text and the Arabic number signs; a review
+  showed the marks reordering a dose ("1\\u200f.5 mg/kg" displays as "15. mg/kg") and the joiners
+  hiding a word from the free-text search, so in this service's clinical text they are refused.
+  A value of nothing but variation selectors is blank (schemas/fields.py ``is_blank``)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,8 @@ PRINTABLE_INVISIBLE = re.compile("[" + "".join(f"{re.escape(chr(low))}-{re.escap
 
 MESSAGE = "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
 
-#: What :func:`hides_text` allows of :func:`is_invisible`'s characters (see the module docstring).
-ALLOWED_IN_TEXT = ((0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F),
-                   (0x0890, 0x0891), (0x08E2, 0x08E2), (0x180B, 0x180D), (0x180F, 0x180F), (0x200C, 0x200F),
-                   (0xFE00, 0xFE0F), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0xE0100, 0xE01EF))
-
-#: :func:`hides_text`'s characters a printable string can hold: the fillers and Khmer's inherent vowels.
-PRINTABLE_HIDING = re.compile("[\u115f\u1160\u17b4\u17b5\u3164\uffa0]")
+#: What :func:`hides_text` allows of :func:`is_invisible`'s characters: the variation selectors.
+ALLOWED_IN_TEXT = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
 
 TEXT_MESSAGE = ("no characters that hide or reorder text (bidirectional overrides and isolates, zero-width "
                 "spaces, byte-order marks, soft hyphens, tags, private-use, unassigned)")
@@ -62,6 +58,13 @@ def is_invisible(char: str) -> bool:
 
 
 def hides_text(char: str) -> bool:
-    """Whether ``char`` hides a word or reorders what follows it: :func:`is_invisible` but for what
-    written text needs (``ALLOWED_IN_TEXT``)."""
+    """Whether ``char`` may hide a word or reorder what follows it: :func:`is_invisible` but for the
+    variation selectors (``ALLOWED_IN_TEXT``)."""
     return is_invisible(char) and not _within(ord(char), ALLOWED_IN_TEXT)
+
+
+#: :func:`hides_text`'s characters a printable string can hold (derived from the tables above: the
+#: combining grapheme joiner, fillers, Khmer's inherent vowels, Mongolian variation selectors).
+PRINTABLE_HIDING = re.compile("[" + "".join(re.escape(chr(code)) for low, high in IGNORABLE_RANGES
+                                            for code in range(low, high + 1)
+                                            if chr(code).isprintable() and hides_text(chr(code))) + "]")

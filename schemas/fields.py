@@ -43,16 +43,20 @@ MAX_DOSE_VALUE = Decimal(1_000_000)
 
 def is_blank(text: str) -> bool:
     """Whether non-empty text holds nothing visible: only spaces, line breaks, format characters
-    (zero-width space, BOM) or controls. A title of three spaces passed ``Length(1, 200)``."""
-    return bool(text) and all(char.isspace() or unicodedata.category(char)[0] in "ZC" for char in text)
+    (zero-width space, BOM), controls, or other characters that display as nothing (a variation
+    selector, which text may hold: a review stored a title of U+FE0F alone). A title of three spaces
+    passed ``Length(1, 200)``."""
+    return bool(text) and all(char.isspace() or unicodedata.category(char)[0] in "ZC" or invisible.is_invisible(char)
+                              for char in text)
 
 
 def starts_visible(text: str) -> bool:
-    """Whether ``text`` is empty or starts with a character that makes it not blank: printable and not
-    a space. (``str.isprintable()`` is False exactly for the Unicode categories Z* and C*, but for
-    the ASCII space: the characters :func:`is_blank` counts as nothing visible.)"""
+    """Whether ``text`` is empty or starts with a character that makes it not blank: printable, not a
+    space, and not one of the printable characters that display as nothing (a variation selector).
+    (``str.isprintable()`` is False exactly for the Unicode categories Z* and C*, but for the ASCII
+    space: with those, the characters :func:`is_blank` counts as nothing visible.)"""
     first = text[:1]
-    return first.isprintable() and first != " "
+    return first.isprintable() and first != " " and (first.isascii() or not invisible.is_invisible(first))
 
 
 def plainly_valid_text(text: str, *, multiline: bool, identifier: bool = False) -> bool:
@@ -155,7 +159,7 @@ class WebUrl(ValidatorsCombinedOnce, fields.Url):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
         if not plainly_valid_url(result) and refused_in_url(result):
-            raise ValidationError("Not a valid URL: control, format or whitespace characters are not allowed.")
+            raise ValidationError("Not a valid URL: control, whitespace or invisible characters are not allowed.")
         try:
             urlsplit(result).port  # noqa: B018  (reading the port raises for one outside 0-65535)
         except ValueError as exc:

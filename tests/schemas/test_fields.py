@@ -197,33 +197,38 @@ def _answer(field: Text, value: str) -> list[str]:
     return through_shortcut
 
 
-@pytest.mark.parametrize("value", ["esket\u200bamine", "\u202e56 mg", "a\u2066b\u2069", "\ufeffKetalar",
-                                   "soft\u00adhyphen", "tag\U000e0041", "private\ue000", "unassigned\U000e0080",
-                                   "filler\u3164", "word\u2060joiner", "khmer\u17b4"])
+@pytest.mark.parametrize("value", [
+    "esket\u200bamine", "\u202e56 mg", "a\u2066b\u2069", "\ufeffKetalar", "soft\u00adhyphen", "tag\U000e0041",
+    "private\ue000", "unassigned\U000e0080", "filler\u3164", "word\u2060joiner", "khmer\u17b4", "cgj\u034fx",
+    # A review of the first split: directional marks reorder a dose, joiners hide a word from search.
+    "1\u200f.5 mg/kg", "5\u200f-10 mg", "56\u200f 84 mg", "2\u061c,5 mg", "1\u070f.5 mg", "1\u200e.5 mg",
+    "Zorbla\u200ctine nasal spray", "\u0930\u200d\u094d\u092f", "\u0600\u0661\u0662",
+])
 def test_text_refuses_what_hides_a_word_or_reorders_text(value):
     """A drug named "esket\u200bamine" displayed as esketamine and was missed by the drug filter; a
-    right-to-left override reorders the dose text after it (adversarial probe). Refused in every text
-    field, through the shortcut and through the checks one by one."""
+    right-to-left override reorders the dose text after it (adversarial probe); "1\u200f.5 mg/kg"
+    displays as "15. mg/kg" and a zero-width non-joiner hides "Zorblatine" from the search (review).
+    Refused in every text field, through the shortcut and through the checks one by one."""
     for field in (Text(), Text(multiline=True)):
         assert _answer(field, value) == [HIDING], value
     assert _answer(Text(identifier=True), value) == [INVISIBLE], value
 
 
-@pytest.mark.parametrize("value", [
-    "\u062f\u0648\u0632 \u0631\u0627 \u0646\u0645\u06cc\u200c\u062a\u0648\u0627\u0646",  # Persian: ZWNJ
-    "\u0930\u200d\u094d\u092f", "\u0d28\u200d\u0d4d",  # Devanagari eyelash ra, Malayalam chillu: ZWJ
-    "\u26a0\ufe0f Monitor blood pressure", "\u2714\ufe0f REMS enrolled",  # emoji presentation: VS16
-    "\u05de\u05d9\u05e0\u05d5\u05df 56 mg\u200e \u05e4\u05e2\u05de\u05d9\u05d9\u05dd",  # Hebrew with LRM
-    "\u0600\u0661\u0662", "\u0645\u0631\u062d\u0628\u0627\u061c 56",  # Arabic number sign, letter mark
-])
-def test_text_keeps_what_written_text_needs_but_a_name_refuses_it(value):
-    """What the first version refused and a review found legitimate: the joiners of Persian and Indic
-    spelling, an emoji's variation selector, the marks that keep numbers in order in right-to-left
-    text, Arabic number signs (format characters that display). Drug and brand names, which the drug
-    filter compares, still refuse them."""
+@pytest.mark.parametrize("value", ["\u26a0\ufe0f Monitor blood pressure", "\u2714\ufe0f REMS enrolled",
+                                   "\u2695\ufe0e staff"])
+def test_text_keeps_an_emoji_presentation_but_a_name_refuses_it(value):
+    """A variation selector gives a pasted emoji its presentation (U+26A0 U+FE0F); it cannot reorder or
+    split anything. Drug and brand names, which the drug filter compares, still refuse it."""
     for field in (Text(), Text(multiline=True)):
         assert _answer(field, value) == [], value
     assert _answer(Text(identifier=True), value) == [INVISIBLE], value
+
+
+@pytest.mark.parametrize("value", ["\ufe0f", "\ufe0f\ufe0f", " \ufe0f", "\U000e0100"])
+def test_a_value_of_variation_selectors_alone_is_blank(value):
+    """It displays as nothing (a review stored a title of U+FE0F alone)."""
+    for field in (Text(), Text(multiline=True), Text(identifier=True)):
+        assert _answer(field, value) == ["Must not be blank."], value
 
 
 def test_invisible_characters_in_a_protocol_are_422_naming_each_field(client):
@@ -238,7 +243,14 @@ def test_invisible_characters_in_a_protocol_are_422_naming_each_field(client):
     assert response.status_code == 422, response.get_json()
     errors = response.get_json()["errors"]
     assert {"drug.name", "drug.brand_names.0", "dosing_ranges.0.instructions"} <= set(errors), errors
+    # A variation selector: kept in a title, refused in the names the drug filter compares.
+    payload = protocol_payload(title="\u26a0\ufe0f Monitor for 2 hours")
+    payload["drug"]["name"], payload["drug"]["brand_names"] = "esketamine\ufe0f", ["Spravato\ufe0f"]
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422 and set(response.get_json()["errors"]) == {"drug.name", "drug.brand_names.0"}
     assert client.get("/v1/protocols").get_json() == before
+    payload["drug"]["name"], payload["drug"]["brand_names"] = "esketamine", ["Spravato"]
+    assert client.post("/v1/protocols", json=payload).status_code == 201
 
 
 @pytest.mark.parametrize("value", ["Ketamine", "a\x00b", "a\ud800b", "a\nb", "  ", "\u2028", " padded ", "",
