@@ -294,7 +294,7 @@ def parse_instant(name: str, value: str) -> datetime:
 #: The listing a cursor was issued by, written into it and checked when it comes back: a ``_history``
 #: cursor of one protocol was accepted by search (its version number read as a search position) and by
 #: another protocol's ``_history`` (a wrong page, with a ``previous`` link on its first page), found by
-#: an adversarial probe. The REST listings bind theirs the same way (api/http.py).
+#: an adversarial probe. The REST listings bind theirs the same way, with the same codec (protocols/paging.py).
 SEARCH_CURSOR = "fhir-search"
 
 
