@@ -17,6 +17,7 @@ from api.http import MAX_CURSOR_KEY, decode_cursor_with, encode_cursor, list_res
 from api.parsing import Blueprint
 from protocols import changes
 from protocols.errors import UnknownFeedPosition
+from protocols.paging import is_key
 from protocols.record import dumps
 from protocols.timeutil import format_rfc3339
 from schemas.changes import ChangePageSchema, ChangesQuerySchema
@@ -34,7 +35,7 @@ def _after(query: dict[str, Any]) -> tuple[int, str | None]:
     if "after" not in query:
         return 0, None
     key, direction, extras = decode_cursor_with(CURSOR_KIND, query["after"], param="after", extra=("f",))
-    if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key <= MAX_CURSOR_KEY or direction != "n":
+    if not is_key(key, MAX_CURSOR_KEY) or direction != "n":
         raise ApiError(422, "The cursor is not valid for this listing",
                        errors={"after": ["not a position issued by this feed"]})
     return int(key), extras.get("f")

@@ -141,8 +141,7 @@ def read_cursor(kind: str, query: Mapping[str, Any], max_key: int = MAX_CURSOR_K
     if "cursor" not in query:
         return None, None
     key, direction = decode_cursor(kind, query["cursor"])
-    # A forged key larger than its column would overflow the driver or the database (a 500).
-    if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key <= max_key:
+    if not paging.is_key(key, max_key):
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (key, None) if direction == "n" else (None, key)
 
@@ -155,9 +154,7 @@ def read_composite_cursor(kind: str, query: Mapping[str, Any], max_keys: Sequenc
     if "cursor" not in query:
         return None, None
     key, direction = decode_cursor(kind, query["cursor"])
-    if (not isinstance(key, list) or not len(max_keys) - optional <= len(key) <= len(max_keys)
-            or not all(isinstance(part, int) and not isinstance(part, bool) and 0 <= part <= limit
-                       for part, limit in zip(key, max_keys, strict=False))):
+    if not paging.is_composite_key(key, max_keys, optional):
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (tuple(key), None) if direction == "n" else (None, tuple(key))
 

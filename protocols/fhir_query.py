@@ -309,7 +309,7 @@ def decode_cursor(kind: str, token: str, max_key: int = MAX_SEQ) -> tuple[int, s
     fits its column (``max_key``): a forged larger one overflowed the driver (a 500)."""
     try:
         key, direction, _ = paging.decode_cursor(kind, token)
-        if type(key) is not int or not 0 <= key <= max_key:
+        if not paging.is_key(key, max_key):
             raise paging.InvalidCursor("wrong cursor key")
     except paging.InvalidCursor as exc:
         raise InvalidSearch("_cursor is not a cursor this listing issued; follow the Bundle links",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from typing import Any, TypeVarTuple
 
 from sqlalchemy import Select
@@ -60,3 +61,16 @@ def decode_cursor(kind: str, token: str, extra: tuple[str, ...] = ()) -> tuple[A
     except (ValueError, KeyError, binascii.Error, UnicodeError, TypeError, RecursionError) as exc:
         # RecursionError: a forged token of deeply nested JSON (2,000 '[') was a 500 (adversarial probe).
         raise InvalidCursor(str(exc)) from exc
+
+
+def is_key(key: Any, max_key: int) -> bool:
+    """Whether a decoded cursor key is an integer its column holds (0 to ``max_key``): a forged larger
+    one overflowed the driver or the database (a 500), and JSON's ``true`` is an ``int`` to Python."""
+    return type(key) is int and 0 <= key <= max_key
+
+
+def is_composite_key(key: Any, max_keys: Sequence[int], optional: int = 0) -> bool:
+    """Whether a decoded cursor key is a list of such integers, each within its ``max_keys`` entry; the
+    last ``optional`` parts may be missing (cursors issued before they were added)."""
+    return (isinstance(key, list) and len(max_keys) - optional <= len(key) <= len(max_keys)
+            and all(is_key(part, limit) for part, limit in zip(key, max_keys, strict=False)))
