@@ -208,7 +208,7 @@ def _parse_statuses(value: str) -> frozenset[str]:
 
 _DATE = re.compile(
     r"^(?P<prefix>[a-z]{2})?(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
-    r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?P<fraction>\.[0-9]{1,6})?)?"
+    r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?P<fraction>\.[0-9]{1,9})?)?"
     r"(?P<zone>Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$")  # FHIR: offsets up to ±14:00
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
 
@@ -258,14 +258,26 @@ def _date_range_of(match: re.Match[str]) -> tuple[datetime, datetime]:
     zone = match["zone"]
     offset = timedelta(0) if zone == "Z" else (1 if zone[0] == "+" else -1) * timedelta(
         hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    local = day.replace(hour=int(match["hour"]), minute=int(match["minute"]), second=int(match["second"] or 0),
-                        microsecond=int((match["fraction"] or ".0")[1:].ljust(6, "0")))
-    start = local - offset
+    start = day.replace(hour=int(match["hour"]), minute=int(match["minute"]), second=int(match["second"] or 0)) - offset
     if match["second"] is None:
         return start, start + timedelta(minutes=1)
     if match["fraction"]:
-        return start, start + timedelta(microseconds=10 ** (6 - len(match["fraction"]) + 1))
+        first, after = _microsecond_range(match["fraction"][1:])
+        return start + timedelta(microseconds=first), start + timedelta(microseconds=after)
     return start, start + timedelta(seconds=1)
+
+
+def _microsecond_range(digits: str) -> tuple[int, int]:
+    """The stored instants (whole microseconds into the second) that a fraction of ``digits`` stands
+    for, as ``[first, after)``. Up to six digits that is the fraction and one unit of its last digit.
+    Beyond six (a .NET client sends seven, ``2024-03-01T09:15:30.1234567Z``, and Java nine; at most
+    nine, as FHIR R5's instant; an adversarial probe found them refused) both ends are rounded up to
+    the next whole microsecond, so that every prefix compares exactly: ``.1234567`` stands for no
+    stored instant (``eq`` finds nothing, ``ge`` starts at ``.123457``), ``.1234560`` for ``.123456``
+    alone."""
+    scale = 10 ** len(digits)
+    value = int(digits)
+    return -(-value * 10**6 // scale), -(-(value + 1) * 10**6 // scale)
 
 
 def date_start(value: str) -> datetime | None:

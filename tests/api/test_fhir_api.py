@@ -394,6 +394,33 @@ def test_search_by_last_updated_uses_fhir_precision_and_prefixes(app, client, db
     assert "%2B" not in response.get_json()["issue"][0]["diagnostics"]  # not an offset: no such hint
 
 
+@pytest.mark.parametrize(("value", "found"), [
+    ("eq2024-03-01T09:15:30.123456Z", True),
+    ("eq2024-03-01T09:15:30.1234560Z", True),    # seven digits, as .NET writes them
+    ("eq2024-03-01T09:15:30.123456000Z", True),  # nine, as Java writes them
+    ("eq2024-03-01T09:15:30.1234567Z", False),   # a moment between two stored microseconds
+    ("ge2024-03-01T09:15:30.1234567Z", False),
+    ("le2024-03-01T09:15:30.1234567Z", True),
+    ("gt2024-03-01T09:15:30.1234559Z", True),
+    ("gt2024-03-01T09:15:30.1234560Z", False),
+    ("lt2024-03-01T09:15:30.1234561Z", True),
+    ("lt2024-03-01T09:15:30.123456000Z", False),
+    ("ne2024-03-01T09:15:30.1234567Z", True),
+    ("eq2024-03-01T10:15:30.1234560%2B01:00", True),
+])
+def test_last_updated_with_more_fraction_digits_than_stored_compares_exactly(client, db, value, found):
+    """FHIR allows fractions longer than the microseconds stored; each prefix still compares exactly
+    (a value of seven digits was a 400, found by an adversarial probe)."""
+    pid = unique_id("frac")
+    versioning.create(db, pid, protocol_payload(), now=datetime(2024, 3, 1, 9, 15, 30, 123456))
+    assert (pid in _search_ids(client, f"_id={pid}&_lastUpdated={value}")) is found
+
+
+def test_last_updated_with_more_than_nine_fraction_digits_is_400(client):
+    outcome = _outcome(client.get(MK, query_string={"_lastUpdated": "ge2024-03-01T09:15:30.1234567891Z"}), 400)
+    assert outcome["issue"][0]["expression"] == ["_lastUpdated"]
+
+
 def test_search_by_id_and_status(client):
     a = _create(client)["id"]
     b = _create(client)["id"]
