@@ -1,4 +1,4 @@
-"""Profile one endpoint of the app under load with py-spy (``make bench-profile`` or by hand).
+"""Profile one endpoint of the app under load with py-spy.
 
 Starts the app on a throwaway SQLite (or ``--postgres``) database exactly as bench/run.py does, with
 one gunicorn worker, drives it with wrk, samples the worker with ``py-spy record --format raw`` and
@@ -11,7 +11,7 @@ docs/performance.md quotes this output when a target is missed.
 
 Usage: ``python bench/profile.py [--path-kind get|get_304|put|list|a] [--seconds 10] [--postgres] [--gil]
 [--raw stacks.txt]``
-(py-spy comes from ``pip install py-spy``; ``make bench`` installs it into .venv).
+(py-spy is a development dependency in pyproject.toml: ``make venv`` installs it into .venv).
 """
 
 from __future__ import annotations
