@@ -714,6 +714,25 @@ def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | No
     return None
 
 
+#: What CommonMark and GitHub's extensions read as markup anywhere in a line: emphasis, code, links
+#: and images, raw HTML and autolinks, entities, strikethrough, and the backslash itself.
+_INLINE_MARKUP = re.compile(r"[\\`*_\[\]<&~]")
+#: What opens a block (heading, quote, list, setext underline, ordered list) at the start of a line:
+#: a text placed first in a list item would otherwise become one inside it.
+_BLOCK_START = re.compile(r"^(?:[#>+=-]|[0-9]+(?=[.)]))")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as literal text inside a card's markdown ``detail`` (CDS Hooks: GitHub-flavoured
+    markdown). Protocol titles, indications, phases and instructions, and the order's own words, are
+    data: written into the markdown as they were, a protocol titled ``[Approved dose: 500 mg](https://…)``
+    showed the prescriber a link, an image fetched from another site and headings of its own making
+    (found by an adversarial probe). Line breaks become spaces, so that a text stays inside its line."""
+    flat = " ".join(str(text).split())
+    escaped = _INLINE_MARKUP.sub(lambda m: "\\" + m.group(), flat)
+    return _BLOCK_START.sub(lambda m: m.group() + "\\" if m.group()[0].isdigit() else "\\" + m.group(), escaped)
+
+
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
           weight: Weight | str, version_url: VersionUrl, unscoped: str | None = None) -> dict[str, Any]:
     results = [_judge(content, index, line, weight) for index, _ in ranges_for(content, line.route)]
@@ -737,25 +756,26 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
             indicator, verdict = "warning", f"{verdict}, partly checked"
     else:
         indicator, verdict = "warning", "dose not checked"
-    detail = [f"Checked against **{content.get('title', stored.protocol_id)}** "
+    detail = [f"Checked against **{markdown_text(content.get('title', stored.protocol_id))}** "
               f"({label}, ETag {stored.etag}, effective from {json.loads(stored.document)['effective_from']})."]
     if unscoped:
         indications = "; ".join(f"{i.get('display') or i.get('code')} ({i.get('code')})"
                                 for i in content.get("indications") or []) or "no indication listed"
-        detail.append(f"{unscoped}. This card applies if the order is for: {indications}.")
+        detail.append(f"{markdown_text(unscoped)}. This card applies if the order is for: "
+                      f"{markdown_text(indications)}.")
     if isinstance(weight, Weight):
         observed = format_rfc3339(weight.observed_at) if weight.observed_at is not None else "date unknown"
         detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {observed}).")
     for result in results:
         if result.verdict is None:
-            detail.append(f"- **{result.phase}**: could not be checked: {result.problem}")
+            detail.append(f"- **{markdown_text(result.phase)}**: could not be checked: {markdown_text(result.problem)}")
             continue
-        detail.append(f"- **{result.phase}**: {result.verdict.value}")
+        detail.append(f"- **{markdown_text(result.phase)}**: {result.verdict.value}")
         for evaluation in result.evaluations:
-            detail.extend(f"  - {message}" for message in evaluation.messages)
-        detail.extend(f"  - not checked: {problem}" for problem in result.unchecked)
-    detail.extend(f"- {note}" for note in line.notes)
-    detail.extend(f"- Not checked: {reason}." for reason in unchecked)
+            detail.extend(f"  - {markdown_text(message)}" for message in evaluation.messages)
+        detail.extend(f"  - not checked: {markdown_text(problem)}" for problem in result.unchecked)
+    detail.extend(f"- {markdown_text(note)}" for note in line.notes)
+    detail.extend(f"- Not checked: {markdown_text(reason)}." for reason in unchecked)
     summary = _summary(verdict, f"{order.medication} {line.label} {route_text}", label)
     url = version_url(stored.protocol_id, stored.version)
     return {

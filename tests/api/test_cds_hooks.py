@@ -20,6 +20,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
+from markdown_it import MarkdownIt
 
 from protocols import cds, search, terminology
 from tests.factories import protocol_payload
@@ -193,6 +194,28 @@ def test_ketamine_weight_based_cards(client):
     assert ("None of the order's indications (F33.2) is listed by the one protocol in effect for this medication "
             "and route; the order was checked against it anyway. This card applies if the order is for: "
             "Administration of anesthesia (procedure) (399097000).") in card["detail"]
+
+
+def test_protocol_text_in_a_card_is_shown_as_text_never_as_markup(client):
+    """A card's detail is markdown (CDS Hooks); a protocol's title and instructions are data. A title
+    made of a link and an image showed the prescriber "Approved dose: 500 mg" linking to another site
+    and fetched its image (adversarial probe)."""
+    title = "Ketamine** ![x](https://evil.example/t.png) [Approved dose: 500 mg](https://evil.example) **"
+    instructions = "<script>alert(1)</script>\n# Heading\n- [ ] give 500 mg\n1. `code` &#x200B; ~~struck~~ _em_"
+    ketamine_protocol(client, title=title,
+                      dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5,
+                                      "unit": "mg/kg", "instructions": instructions}])
+    order = medication_request("ket-md", KETAMINE, IV, dose=(140, "mg"),
+                               reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2"))
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+    tokens = MarkdownIt("commonmark").enable(["strikethrough", "table"]).parse(card["detail"])
+    kinds = {t.type for t in tokens} | {c.type for t in tokens for c in t.children or []}
+    assert kinds <= {"paragraph_open", "paragraph_close", "bullet_list_open", "bullet_list_close", "list_item_open",
+                     "list_item_close", "inline", "text", "softbreak", "strong_open", "strong_close"}, kinds
+    text = "".join(c.content for t in tokens for c in t.children or [])
+    assert f"Checked against {title}" in text
+    assert "Protocol instructions: " + " ".join(instructions.split()) in text
+    assert "Administration of anesthesia (procedure) (399097000)" in text
 
 
 def test_esketamine_per_period_and_range_cards(client):

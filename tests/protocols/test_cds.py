@@ -8,6 +8,9 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from protocols import cds
 from protocols.errors import MalformedOrder
@@ -68,3 +71,29 @@ def test_summaries_keep_the_verdict_and_the_protocol_version():
     assert len(summary) == cds.SUMMARY_LIMIT
     assert summary.startswith("above protocol maximum: xxx")
     assert summary.endswith("… (protocol esketamine-nasal-spravato v3)")
+
+
+# ------------------------------------------------------------------------- markdown in cards
+
+
+_RENDERER = MarkdownIt("commonmark").enable(["strikethrough", "table"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=40) | st.sampled_from([
+    "# h", "> q", "- l", "+ l", "1. o", "12) o", "=== ", "---", "***", "___", "    code", "[a](b)", "![i](u)",
+    "<b>x</b>", "<http://a.b>", "&amp; &#x200B;", "`c`", "~~s~~", "*e* _e_", "a\\", "a  \nb", "[r]: http://a",
+]))
+def test_markdown_text_is_read_back_as_the_same_text(text: str) -> None:
+    """Placed where a card places data (first in a list item, inside bold), the escaped text renders as
+    exactly its words, whitespace collapsed: no markup of its own."""
+    expected = " ".join(text.split())
+    placements = [(f"- {cds.markdown_text(text)}", ("", ""))]
+    if expected:  # bold around nothing is no bold; a card never bolds an empty text (titles are not blank)
+        placements.append((f"x **{cds.markdown_text(text)}** y", ("x ", " y")))
+    for source, (before, after) in placements:
+        tokens = _RENDERER.parse(source)
+        children = [c for t in tokens for c in t.children or []]
+        assert {c.type for c in children} <= {"text", "strong_open", "strong_close"}, (text, source)
+        rendered = "".join(c.content for c in children)
+        assert rendered == before + expected + after, (text, source)
