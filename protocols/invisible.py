@@ -1,7 +1,8 @@
 """Characters that display as nothing or reorder the text around them: Unicode format characters
 (zero-width space, byte-order mark, soft hyphen, the bidirectional overrides and isolates, tag
-characters), private-use and unassigned code points, and the default-ignorable letters and marks
-(variation selectors, the combining grapheme joiner, Hangul and Mongolian fillers).
+characters), private-use and unassigned code points, the default-ignorable letters and marks
+(variation selectors, the combining grapheme joiner, Hangul and Mongolian fillers), and the symbols
+that draw nothing (the Braille pattern blank).
 
 Why one place: a value holding one of them reads exactly like a value without it and compares
 differently. A key named "\\u202enimda" displayed as "admin" in audit rows; a drug named
@@ -35,9 +36,18 @@ INVISIBLE_CATEGORIES = frozenset({"Cf", "Co", "Cn"})
 IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x3164, 0x3164),
                     (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF))
 
+#: Symbols that draw nothing, though no Unicode property says so (category So): the Braille pattern
+#: blank, the musical null notehead and the object replacement character (drawn as nothing or as an
+#: empty box). "esketamine\u2800" read as esketamine and escaped the ``drug`` filter, and a title of
+#: two Braille blanks was stored as not blank (adversarial probe).
+BLANK_SYMBOLS = ((0x2800, 0x2800), (0xFFFC, 0xFFFC), (0x1D159, 0x1D159))
+
+#: Every invisible character outside ``INVISIBLE_CATEGORIES``.
+_PRINTABLE_RANGES = IGNORABLE_RANGES + BLANK_SYMBOLS
+
 #: The same ranges as one character class: the only invisible characters a printable string can hold.
 PRINTABLE_INVISIBLE = re.compile("[" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}"
-                                               for low, high in IGNORABLE_RANGES) + "]")
+                                               for low, high in _PRINTABLE_RANGES) + "]")
 
 MESSAGE = "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
 
@@ -54,7 +64,7 @@ def _within(code: int, ranges: tuple[tuple[int, int], ...]) -> bool:
 
 def is_invisible(char: str) -> bool:
     """Whether ``char`` (one character) displays as nothing or reorders the text around it."""
-    return unicodedata.category(char) in INVISIBLE_CATEGORIES or _within(ord(char), IGNORABLE_RANGES)
+    return unicodedata.category(char) in INVISIBLE_CATEGORIES or _within(ord(char), _PRINTABLE_RANGES)
 
 
 def hides_text(char: str) -> bool:
@@ -64,7 +74,8 @@ def hides_text(char: str) -> bool:
 
 
 #: :func:`hides_text`'s characters a printable string can hold (derived from the tables above: the
-#: combining grapheme joiner, fillers, Khmer's inherent vowels, Mongolian variation selectors).
-PRINTABLE_HIDING = re.compile("[" + "".join(re.escape(chr(code)) for low, high in IGNORABLE_RANGES
+#: combining grapheme joiner, fillers, Khmer's inherent vowels, Mongolian variation selectors, the
+#: blank symbols).
+PRINTABLE_HIDING = re.compile("[" + "".join(re.escape(chr(code)) for low, high in _PRINTABLE_RANGES
                                             for code in range(low, high + 1)
                                             if chr(code).isprintable() and hides_text(chr(code))) + "]")

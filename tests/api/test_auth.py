@@ -341,7 +341,7 @@ def test_key_names_are_visible_and_distinct_among_live_keys(client, app, make_ke
     """Found by an adversarial probe: "\\u202enimda" (displays as "admin") and a second live key of
     an existing name were accepted; the name is the author recorded in every version it writes."""
     for name in ("\u202enimda", "zero\u200bwidth", "private\ue000use", "catalog-loader\ufe0f", "probe\u034f",
-                 "cafe\u0301", "filler\u3164"):
+                 "cafe\u0301", "filler\u3164", "probe-admin\u2800"):
         response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:read"]})
         assert response.status_code == 422 and "name" in response.get_json()["errors"], name
     first = client.post("/v1/admin/keys", json={"name": "ehr-prod", "scopes": ["protocols:read"]})

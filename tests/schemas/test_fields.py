@@ -203,6 +203,8 @@ def _answer(field: Text, value: str) -> list[str]:
     # A review of the first split: directional marks reorder a dose, joiners hide a word from search.
     "1\u200f.5 mg/kg", "5\u200f-10 mg", "56\u200f 84 mg", "2\u061c,5 mg", "1\u070f.5 mg", "1\u200e.5 mg",
     "Zorbla\u200ctine nasal spray", "\u0930\u200d\u094d\u092f", "\u0600\u0661\u0662",
+    # Symbols that draw nothing (adversarial probe): "esketamine\u2800" escaped the drug filter.
+    "esketamine\u2800", "a\ufffcb", "null\U0001d159notehead",
 ])
 def test_text_refuses_what_hides_a_word_or_reorders_text(value):
     """A drug named "esket\u200bamine" displayed as esketamine and was missed by the drug filter; a
@@ -224,9 +226,9 @@ def test_text_keeps_an_emoji_presentation_but_a_name_refuses_it(value):
     assert _answer(Text(identifier=True), value) == [INVISIBLE], value
 
 
-@pytest.mark.parametrize("value", ["\ufe0f", "\ufe0f\ufe0f", " \ufe0f", "\U000e0100"])
+@pytest.mark.parametrize("value", ["\ufe0f", "\ufe0f\ufe0f", " \ufe0f", "\U000e0100", "\u2800\u2800"])
 def test_a_value_of_variation_selectors_alone_is_blank(value):
-    """It displays as nothing (a review stored a title of U+FE0F alone)."""
+    """It displays as nothing (a review stored a title of U+FE0F alone, a probe one of two Braille blanks)."""
     for field in (Text(), Text(multiline=True), Text(identifier=True)):
         assert _answer(field, value) == ["Must not be blank."], value
 
