@@ -6,7 +6,7 @@ Both databases then compare the same values the same way (SQLite has no time zon
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 def utcnow() -> datetime:
@@ -33,16 +33,33 @@ def format_rfc3339(value: datetime) -> str:
 #: ISO 8601's basic and week forms (20190305T000000Z, 2019-W10-2), hour-only times, decimal commas,
 #: seconds in offsets and surrounding blanks: forms a client may not rely on, refused here. Offset
 #: minutes stop at 59 (RFC 3339): fromisoformat read +00:60 as +01:00, moving an instant by an hour.
+#: The digits of a fraction past the sixth (microseconds).
+_BEYOND_MICROSECONDS = re.compile(r"\.[0-9]{6}([0-9]+)")
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
                       r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?")
 
 
-def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp that carries an offset; return naive UTC."""
+def parse_rfc3339(text: str, *, round_up: bool = False) -> datetime:
+    """Parse an RFC 3339 timestamp that carries an offset; return naive UTC.
+
+    Instants are stored to the microsecond. A fraction with more digits (.NET writes seven) is refused
+    unless they are zeros: ``datetime.fromisoformat`` cut them off, so an ``effective_from`` of
+    ``…00.1234567Z`` was stored as ``…00.123456Z`` and read back as another instant (adversarial probe).
+    With ``round_up`` it is rounded up to the next microsecond instead: what a lower bound that includes
+    its own instant (FHIR ``_since``) needs to compare exactly with stored instants."""
     if not isinstance(text, str) or not _RFC3339.fullmatch(text):
         raise ValueError("expected an RFC 3339 date-time such as 2024-01-31T12:00:00Z")
     candidate = text[:-1] + "+00:00" if text.endswith(("z", "Z")) else text
+    beyond = _BEYOND_MICROSECONDS.search(candidate)
+    past = beyond is not None and beyond.group(1).strip("0") != ""
+    if past and not round_up:
+        raise ValueError("fractional seconds are stored to the microsecond: send at most 6 digits")
     parsed = datetime.fromisoformat(candidate)
+    if past:
+        try:
+            parsed += timedelta(microseconds=1)
+        except OverflowError as exc:  # 9999-12-31T23:59:59.9999999Z
+            raise ValueError("date-time year must be between 1900 and 9998 (in UTC)") from exc
     if parsed.tzinfo is None:
         raise ValueError("date-time must include a time zone offset (e.g. Z or +01:00)")
     # The bounds apply to the instant stored (UTC), not to the text: 1900-01-01T00:00:00+05:00 is

@@ -416,6 +416,20 @@ def test_last_updated_with_more_fraction_digits_than_stored_compares_exactly(cli
     assert (pid in _search_ids(client, f"_id={pid}&_lastUpdated={value}")) is found
 
 
+def test_since_past_microseconds_is_rounded_up_and_effective_from_past_them_is_422(client, db):
+    """`_since` is "at or after": `.4494881` must not list a version recorded at `.449488` (probe); and a
+    write's instant that microseconds cannot hold is refused, not cut (it was stored as `.123456`)."""
+    pid = unique_id("since")
+    versioning.create(db, pid, protocol_payload(), now=datetime(2024, 3, 1, 9, 15, 30, 449488))
+    history = f"{MK}/{pid}/_history"
+    assert _bundle(client.get(history, query_string={"_since": "2024-03-01T09:15:30.4494881Z"}))["total"] == 0
+    assert _bundle(client.get(history, query_string={"_since": "2024-03-01T09:15:30.4494880Z"}))["total"] == 1
+    assert _bundle(client.get(history, query_string={"_since": "2024-03-01T09:15:30.4494879Z"}))["total"] == 1
+    payload = protocol_payload(id=unique_id("frac"), effective_from="2026-12-05T00:00:00.1234567Z")
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422 and "effective_from" in response.get_json()["errors"], response.get_json()
+
+
 def test_last_updated_with_more_than_nine_fraction_digits_is_400(client):
     outcome = _outcome(client.get(MK, query_string={"_lastUpdated": "ge2024-03-01T09:15:30.1234567891Z"}), 400)
     assert outcome["issue"][0]["expression"] == ["_lastUpdated"]

@@ -43,3 +43,27 @@ def test_offsets_beyond_23_59_are_refused(text):
 def test_the_widest_offsets_are_accepted():
     assert parse_rfc3339("2030-01-01T23:59:00+23:59") == datetime(2030, 1, 1, 0, 0)
     assert parse_rfc3339("2030-01-01T00:00:00-23:59") == datetime(2030, 1, 1, 23, 59)
+
+
+@pytest.mark.parametrize(("text", "stored"), [
+    ("2024-03-01T09:15:30.1234560Z", datetime(2024, 3, 1, 9, 15, 30, 123456)),
+    ("2024-03-01T09:15:30.123456000Z", datetime(2024, 3, 1, 9, 15, 30, 123456)),
+    ("2024-03-01T09:15:30.1Z", datetime(2024, 3, 1, 9, 15, 30, 100000)),
+])
+def test_a_fraction_is_taken_when_microseconds_hold_it(text, stored):
+    assert parse_rfc3339(text) == stored
+
+
+@pytest.mark.parametrize("text", ["2024-03-01T09:15:30.1234567Z", "2024-03-01T09:15:30.0000001+01:00"])
+def test_a_fraction_past_microseconds_is_refused_not_cut(text):
+    """fromisoformat cut ".1234567" to ".123456": an effective_from was stored as another instant (probe)."""
+    with pytest.raises(ValueError, match="at most 6 digits"):
+        parse_rfc3339(text)
+
+
+def test_a_lower_bound_past_microseconds_is_rounded_up():
+    assert parse_rfc3339("2024-03-01T09:15:30.1234561Z", round_up=True) == datetime(2024, 3, 1, 9, 15, 30, 123457)
+    assert parse_rfc3339("2024-03-01T09:15:59.9999999Z", round_up=True) == datetime(2024, 3, 1, 9, 16)
+    assert parse_rfc3339("2024-03-01T09:15:30.1234560Z", round_up=True) == datetime(2024, 3, 1, 9, 15, 30, 123456)
+    with pytest.raises(ValueError):
+        parse_rfc3339("9998-12-31T23:59:59.9999999-14:00", round_up=True)
