@@ -16,7 +16,8 @@ Two rules:
   look-alike.
 * :func:`hides_text`, for every other text field (schemas/fields.py ``Text``): the same, but for the
   variation selectors, which give an emoji its presentation (a pasted warning sign is U+26A0 U+FE0F)
-  and cannot reorder or split anything. A first version also allowed the joiners of Persian and
+  and cannot reorder anything; where one would split a word or carry hidden data (inside a word, in
+  a run) it is refused too (:data:`MISPLACED_SELECTOR`). A first version also allowed the joiners of Persian and
   Indic spelling, the directional marks of right-to-left text and the Arabic number signs; a review
   showed the marks reordering a dose ("1\\u200f.5 mg/kg" displays as "15. mg/kg") and the joiners
   hiding a word from the free-text search, so in this service's clinical text they are refused.
@@ -56,6 +57,18 @@ ALLOWED_IN_TEXT = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
 
 TEXT_MESSAGE = ("no characters that hide or reorder text (bidirectional overrides and isolates, zero-width "
                 "spaces, byte-order marks, soft hyphens, tags, private-use, unassigned)")
+
+
+_SELECTORS = "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ALLOWED_IN_TEXT)
+
+#: Where text may not hold the variation selectors it otherwise keeps: between two letters or digits,
+#: where a selector modifies nothing a reader sees and splits the word for the free-text search
+#: ("zorbl\ufe0fquux" was found by neither "zorblquux" nor a search of its words joined), and after
+#: another selector, where a run carries data no reader sees (28 bytes hidden in a title; adversarial
+#: probe). An emoji takes one selector after it (U+26A0 U+FE0F), a keycap one before U+20E3.
+MISPLACED_SELECTOR = re.compile(f"(?<=[^\\W_])[{_SELECTORS}](?=[^\\W_])|[{_SELECTORS}]{{2,}}")
+
+SELECTOR_MESSAGE = "no variation selector inside a word or after another one (it hides the word from search)"
 
 
 def _within(code: int, ranges: tuple[tuple[int, int], ...]) -> bool:

@@ -69,7 +69,8 @@ def plainly_valid_text(text: str, *, multiline: bool, identifier: bool = False) 
     ASCII (``isascii()`` reads a flag of the string)."""
     return (starts_visible(text)
             and (text.isprintable() or text.translate(_ACCEPTED_UNPRINTABLE[multiline]).isprintable())
-            and (text.isascii() or _PRINTABLE_REFUSED[identifier].search(text) is None))
+            and (text.isascii() or (_PRINTABLE_REFUSED[identifier].search(text) is None
+                                    and (identifier or invisible.MISPLACED_SELECTOR.search(text) is None))))
 
 
 #: The printable characters Text refuses, by ``identifier`` (see ``protocols.invisible``).
@@ -130,6 +131,8 @@ class Text(ValidatorsCombinedOnce, fields.String):
             # "esket\u200bamine" displayed as esketamine and was missed by the drug filter; U+202E
             # reorders the dose text after it (found by an adversarial probe).
             raise ValidationError(message[:1].upper() + message[1:] + ".")
+        if not self.identifier and invisible.MISPLACED_SELECTOR.search(result):
+            raise ValidationError(invisible.SELECTOR_MESSAGE[:1].upper() + invisible.SELECTOR_MESSAGE[1:] + ".")
         return result
 
 

@@ -226,6 +226,26 @@ def test_text_keeps_an_emoji_presentation_but_a_name_refuses_it(value):
     assert _answer(Text(identifier=True), value) == [INVISIBLE], value
 
 
+SELECTOR = "No variation selector inside a word or after another one (it hides the word from search)."
+
+
+@pytest.mark.parametrize("value", ["Uses zorbl\ufe0fquux daily", "56\ufe0f0 mg", "x\ufe0f\ufe0f",
+                                   "title" + "\U000e0100" * 28, "\u26a0\ufe0f\ufe0e warning", "\u6f22\U000e0100\u5b57"])
+def test_text_refuses_a_variation_selector_inside_a_word_or_in_a_run(value):
+    """Inside a word a selector splits it for the free-text search ("zorbl\ufe0fquux" was found by
+    neither its joined nor its whole word); a run carries data no reader sees (a 28-byte message in a
+    title; adversarial probe). Through the shortcut and the checks one by one alike."""
+    for field in (Text(), Text(multiline=True)):
+        assert _answer(field, value) == [SELECTOR], value
+
+
+@pytest.mark.parametrize("value", ["1\ufe0f\u20e3 dose", "\u2764\ufe0f care", "dose\ufe0f", "a\ufe0f b",
+                                   "\u6f22\U000e0100"])
+def test_text_keeps_a_variation_selector_after_what_it_modifies(value):
+    for field in (Text(), Text(multiline=True)):
+        assert _answer(field, value) == [], value
+
+
 @pytest.mark.parametrize("value", ["\ufe0f", "\ufe0f\ufe0f", " \ufe0f", "\U000e0100", "\u2800\u2800"])
 def test_a_value_of_variation_selectors_alone_is_blank(value):
     """It displays as nothing (a review stored a title of U+FE0F alone, a probe one of two Braille blanks)."""
