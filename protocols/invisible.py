@@ -63,7 +63,7 @@ _SELECTORS = "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, hi
 
 #: Where text may not hold the variation selectors it otherwise keeps: between two letters or digits,
 #: where a selector modifies nothing a reader sees and splits the word for the free-text search
-#: ("zorbl\ufe0fquux" was found by neither "zorblquux" nor a search of its words joined), and after
+#: ("zorbl\ufe0fquux" was not found by "zorblquux", only by its halves), and after
 #: another selector, where a run carries data no reader sees (28 bytes hidden in a title; adversarial
 #: probe). An emoji takes one selector after it (U+26A0 U+FE0F), a keycap one before U+20E3.
 MISPLACED_SELECTOR = re.compile(f"(?<=[^\\W_])[{_SELECTORS}](?=[^\\W_])|[{_SELECTORS}]{{2,}}")

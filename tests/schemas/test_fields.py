@@ -232,8 +232,8 @@ SELECTOR = "No variation selector inside a word or after another one (it hides t
 @pytest.mark.parametrize("value", ["Uses zorbl\ufe0fquux daily", "56\ufe0f0 mg", "x\ufe0f\ufe0f",
                                    "title" + "\U000e0100" * 28, "\u26a0\ufe0f\ufe0e warning", "\u6f22\U000e0100\u5b57"])
 def test_text_refuses_a_variation_selector_inside_a_word_or_in_a_run(value):
-    """Inside a word a selector splits it for the free-text search ("zorbl\ufe0fquux" was found by
-    neither its joined nor its whole word); a run carries data no reader sees (a 28-byte message in a
+    """Inside a word a selector splits it for the free-text search ("zorbl\ufe0fquux" was not found
+    by "zorblquux", only by its halves); a run carries data no reader sees (a 28-byte message in a
     title; adversarial probe). Through the shortcut and the checks one by one alike."""
     for field in (Text(), Text(multiline=True)):
         assert _answer(field, value) == [SELECTOR], value
