@@ -59,6 +59,23 @@ def starts_visible(text: str) -> bool:
     return first.isprintable() and first != " " and (first.isascii() or not invisible.is_invisible(first))
 
 
+#: Scripts whose letters a keyboard layout puts within reach and that hold look-alikes of Latin ones.
+_LOOKALIKE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
+MIXED_SCRIPTS_MESSAGE = "No word may mix Latin, Cyrillic and Greek letters (it reads as another name)."
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def mixes_scripts(text: str) -> bool:
+    """Whether a word of ``text`` mixes Latin, Cyrillic and Greek letters. A drug named "\u0435sketamine"
+    (a Cyrillic e) read as esketamine and escaped the ``drug`` filter (adversarial probe); a name
+    written wholly in one script (кетамин) is a name, one that mixes them within a word is a look-alike."""
+    for word in _WORD.findall(text):
+        if not word.isascii() and len({unicodedata.name(char, "").partition(" ")[0] for char in word}
+                                       & _LOOKALIKE_SCRIPTS) > 1:
+            return True
+    return False
+
+
 def plainly_valid_text(text: str, *, multiline: bool, identifier: bool = False) -> bool:
     """A cheap sufficient condition for :class:`Text` to accept ``text`` as it is: it starts visible
     and holds none of the characters Text refuses. ``str.isprintable()`` (one pass in C) answers for
@@ -70,7 +87,8 @@ def plainly_valid_text(text: str, *, multiline: bool, identifier: bool = False) 
     return (starts_visible(text)
             and (text.isprintable() or text.translate(_ACCEPTED_UNPRINTABLE[multiline]).isprintable())
             and (text.isascii() or (_PRINTABLE_REFUSED[identifier].search(text) is None
-                                    and (identifier or invisible.MISPLACED_SELECTOR.search(text) is None))))
+                                    and (not mixes_scripts(text) if identifier
+                                         else invisible.MISPLACED_SELECTOR.search(text) is None))))
 
 
 #: The printable characters Text refuses, by ``identifier`` (see ``protocols.invisible``).
@@ -133,6 +151,8 @@ class Text(ValidatorsCombinedOnce, fields.String):
             raise ValidationError(message[:1].upper() + message[1:] + ".")
         if not self.identifier and invisible.MISPLACED_SELECTOR.search(result):
             raise ValidationError(invisible.SELECTOR_MESSAGE[:1].upper() + invisible.SELECTOR_MESSAGE[1:] + ".")
+        if self.identifier and mixes_scripts(result):
+            raise ValidationError(MIXED_SCRIPTS_MESSAGE)
         return result
 
 

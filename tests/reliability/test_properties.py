@@ -28,7 +28,7 @@ from protocols.dose_units import parse_dose_unit
 from protocols.invisible import is_invisible
 from protocols.record import CONTENT_FIELDS
 from protocols.units import DOSE_UNITS
-from schemas.fields import is_blank
+from schemas.fields import is_blank, mixes_scripts
 from tests.reliability.servers import record_figures
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "40"))
@@ -58,6 +58,11 @@ TEXT_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Cn", "Cf", "Co", "
 
 def text(min_size: int = 1, max_size: int = 60) -> st.SearchStrategy[str]:
     return st.text(TEXT_CHARS, min_size=min_size, max_size=max_size).filter(lambda s: not is_blank(s))
+
+
+def name(max_size: int) -> st.SearchStrategy[str]:
+    """A drug or brand name: text whose words do not mix Latin, Cyrillic and Greek letters (look-alikes)."""
+    return text(max_size=max_size).filter(lambda s: not mixes_scripts(s))
 
 
 # Doses: up to 6 significant digits at scales from 0.0001 to 100000 (exact decimals, like input).
@@ -126,9 +131,9 @@ def clinical_content(draw: Any) -> dict[str, Any]:
     return {
         "title": draw(text(max_size=200)),
         "summary": draw(text(max_size=500)),
-        "drug": {"name": draw(text(max_size=100)),
+        "drug": {"name": draw(name(max_size=100)),
                  "rxnorm_cui": draw(st.none() | st.from_regex(r"\A[1-9][0-9]{0,7}\Z")),
-                 "brand_names": draw(st.lists(text(max_size=40), max_size=3, unique_by=str.casefold)),
+                 "brand_names": draw(st.lists(name(max_size=40), max_size=3, unique_by=str.casefold)),
                  "dea_schedule": draw(st.none() | st.sampled_from(["CI", "CII", "CIII", "CIV", "CV"]))},
         "indications": [{"system": c.system, "code": c.code, "display": c.display} for c in indications],
         "routes": [{"system": terminology.SNOMED, "code": r.code, "display": r.display} for r in routes],

@@ -17,7 +17,7 @@ import pytest
 from marshmallow import Schema, ValidationError, fields, validate
 
 import schemas
-from schemas.fields import URL_VARIANTS, PositiveDecimal, Text, WebUrl, plainly_valid_text
+from schemas.fields import MIXED_SCRIPTS_MESSAGE, URL_VARIANTS, PositiveDecimal, Text, WebUrl, plainly_valid_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -226,6 +226,19 @@ def test_text_keeps_an_emoji_presentation_but_a_name_refuses_it(value):
     assert _answer(Text(identifier=True), value) == [INVISIBLE], value
 
 
+@pytest.mark.parametrize(("value", "refused"), [
+    ("\u0435sketamine", True), ("Spr\u0430vato", True), ("ket\u03b1mine", True),  # Cyrillic e, a; Greek alpha
+    ("esketamine", False), ("\u043a\u0435\u0442\u0430\u043c\u0438\u043d", False),  # one script each
+    ("\u03b1-ketamine", False), ("ketamine \u043a\u0435\u0442\u0430\u043c\u0438\u043d", False),  # separate words
+    ("\u00e9l\u00e8ve", False),
+])
+def test_a_name_refuses_a_word_that_mixes_latin_cyrillic_and_greek(value, refused):
+    """A drug named with a Cyrillic e read as esketamine and escaped the drug filter (adversarial probe).
+    Ordinary text is not held to it (a title may quote a name in another script)."""
+    assert _answer(Text(identifier=True), value) == ([MIXED_SCRIPTS_MESSAGE] if refused else []), value
+    assert _answer(Text(), value) == [], value
+
+
 SELECTOR = "No variation selector inside a word or after another one (it hides the word from search)."
 
 
@@ -270,6 +283,11 @@ def test_invisible_characters_in_a_protocol_are_422_naming_each_field(client):
     payload["drug"]["name"], payload["drug"]["brand_names"] = "esketamine\ufe0f", ["Spravato\ufe0f"]
     response = client.post("/v1/protocols", json=payload)
     assert response.status_code == 422 and set(response.get_json()["errors"]) == {"drug.name", "drug.brand_names.0"}
+    # A word mixing scripts (a Cyrillic e): refused in the names, and as the drug filter's value.
+    payload["drug"]["name"], payload["drug"]["brand_names"] = "\u0435sketamine", ["Spr\u0430vato"]
+    response = client.post("/v1/protocols", json=payload)
+    assert response.status_code == 422 and set(response.get_json()["errors"]) == {"drug.name", "drug.brand_names.0"}
+    assert client.get("/v1/protocols", query_string={"drug": "\u0435sketamine"}).status_code == 422
     assert client.get("/v1/protocols").get_json() == before
     payload["drug"]["name"], payload["drug"]["brand_names"] = "esketamine", ["Spravato"]
     assert client.post("/v1/protocols", json=payload).status_code == 201
