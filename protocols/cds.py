@@ -45,6 +45,7 @@ from protocols.dosing import (
     Frequency,
     Quantity,
     Verdict,
+    check_weight,
     convert,
     evaluate,
     fmt,
@@ -765,7 +766,12 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
                       f"{markdown_text(indications)}.")
     if isinstance(weight, Weight):
         observed = format_rfc3339(weight.observed_at) if weight.observed_at is not None else "date unknown"
-        detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {observed}).")
+        try:
+            check_weight(weight.kg)
+            detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {observed}).")
+        except DosingError as exc:  # 1,000,000 kg read as "used" above the sentence refusing it (probe)
+            detail.append(f"Body weight prefetched: {fmt(weight.kg)} kg (observed {observed}); not used: "
+                          f"{markdown_text(exc.message)}.")
     for result in results:
         if result.verdict is None:
             detail.append(f"- **{markdown_text(result.phase)}**: could not be checked: {markdown_text(result.problem)}")

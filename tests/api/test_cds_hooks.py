@@ -292,6 +292,9 @@ def test_missing_or_implausible_weight_is_a_warning_not_an_error(client):
     assert card["indicator"] == "warning" and "no usable body weight" in card["detail"]
     (card,) = cards(client, hook_request([order], weight=weight_bundle(0.1)))
     assert card["indicator"] == "warning" and "between 0.3 and 500 kg" in card["detail"]
+    assert "Body weight used" not in card["detail"]  # it was not (a probe read "used: 1000000 kg" above the refusal)
+    assert "Body weight prefetched: 0.1 kg (observed 2026-11-29T08:00:00Z); not used: body weight must be" \
+        in card["detail"]
 
 
 def test_volume_orders_without_a_strength_are_a_warning(client):
