@@ -728,7 +728,9 @@ def markdown_text(text: object) -> str:
     markdown). Protocol titles, indications, phases and instructions, and the order's own words, are
     data: written into the markdown as they were, a protocol titled ``[Approved dose: 500 mg](https://…)``
     showed the prescriber a link, an image fetched from another site and headings of its own making
-    (found by an adversarial probe). Line breaks become spaces, so that a text stays inside its line."""
+    (found by an adversarial probe). Line breaks become spaces, so that a text stays inside its line.
+    A bare web or e-mail address is left as it is: GitHub-flavoured markdown shows it as a link to
+    itself, which names its own target."""
     flat = " ".join(str(text).split())
     escaped = _INLINE_MARKUP.sub(lambda m: "\\" + m.group(), flat)
     return _BLOCK_START.sub(lambda m: m.group() + "\\" if m.group()[0].isdigit() else "\\" + m.group(), escaped)

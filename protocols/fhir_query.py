@@ -296,7 +296,7 @@ def parse_instant(name: str, value: str) -> datetime:
     """An instant parameter such as ``_since`` (at or after it): full date-time with a zone; a fraction
     past microseconds is rounded up, so that the bound compares exactly with stored instants."""
     try:
-        return parse_rfc3339(value, round_up=True)
+        return parse_rfc3339(value, finer="up")
     except ValueError as exc:
         raise InvalidSearch(f"{name} must be an instant such as 2024-01-31T12:00:00Z", param=name) from exc
 

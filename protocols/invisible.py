@@ -17,8 +17,8 @@ Two rules:
 * :func:`hides_text`, for every other text field (schemas/fields.py ``Text``): the same, but for the
   variation selectors, which give an emoji its presentation (a pasted warning sign is U+26A0 U+FE0F)
   and cannot reorder anything; where one would split a word or carry hidden data (inside a word, in
-  a run) it is refused too (:data:`MISPLACED_SELECTOR`). A first version also allowed the joiners of Persian and
-  Indic spelling, the directional marks of right-to-left text and the Arabic number signs; a review
+  a run) it is refused too (:func:`misplaces_selector`). A first version also allowed the joiners of
+  Persian and Indic spelling, the directional marks of right-to-left text and the Arabic number signs; a review
   showed the marks reordering a dose ("1\\u200f.5 mg/kg" displays as "15. mg/kg") and the joiners
   hiding a word from the free-text search, so in this service's clinical text they are refused.
   A value of nothing but variation selectors is blank (schemas/fields.py ``is_blank``)."""
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+from protocols import fulltext
 
 #: Unicode categories that render as nothing or are not characters yet: format, private use, unassigned.
 INVISIBLE_CATEGORIES = frozenset({"Cf", "Co", "Cn"})
@@ -61,12 +63,21 @@ TEXT_MESSAGE = ("no characters that hide or reorder text (bidirectional override
 
 _SELECTORS = "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ALLOWED_IN_TEXT)
 
-#: Where text may not hold the variation selectors it otherwise keeps: between two letters or digits,
-#: where a selector modifies nothing a reader sees and splits the word for the free-text search
-#: ("zorbl\ufe0fquux" was not found by "zorblquux", only by its halves), and after
-#: another selector, where a run carries data no reader sees (28 bytes hidden in a title; adversarial
-#: probe). An emoji takes one selector after it (U+26A0 U+FE0F), a keycap one before U+20E3.
-MISPLACED_SELECTOR = re.compile(f"(?<=[^\\W_])[{_SELECTORS}](?=[^\\W_])|[{_SELECTORS}]{{2,}}")
+_SELECTOR = re.compile(f"[{_SELECTORS}]")
+_SELECTOR_RUN = re.compile(f"[{_SELECTORS}]{{2,}}")
+
+
+def misplaces_selector(text: str) -> bool:
+    """Whether ``text`` holds a variation selector where it otherwise keeps none: where it splits a
+    word for the free-text search ("zorbl\ufe0fquux" was not found by "zorblquux", only by its halves),
+    asked of the search's own tokenizer so that what counts as a word is the search's (a combining mark
+    beside the selector is part of the word there), or after another selector, where a run carries data
+    no reader sees (28 bytes hidden in a title; adversarial probe). An emoji takes one selector after
+    it (U+26A0 U+FE0F), a keycap one before U+20E3: neither splits a word."""
+    if _SELECTOR.search(text) is None:
+        return False
+    return _SELECTOR_RUN.search(text) is not None or fulltext.tokens(text) != fulltext.tokens(_SELECTOR.sub("", text))
+
 
 SELECTOR_MESSAGE = "no variation selector inside a word or after another one (it hides the word from search)"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 
 def utcnow() -> datetime:
@@ -39,23 +40,28 @@ _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}
                       r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?")
 
 
-def parse_rfc3339(text: str, *, round_up: bool = False) -> datetime:
+def parse_rfc3339(text: str, *, finer: Literal["refuse", "up", "down"] = "refuse") -> datetime:
     """Parse an RFC 3339 timestamp that carries an offset; return naive UTC.
 
-    Instants are stored to the microsecond. A fraction with more digits (.NET writes seven) is refused
-    unless they are zeros: ``datetime.fromisoformat`` cut them off, so an ``effective_from`` of
-    ``…00.1234567Z`` was stored as ``…00.123456Z`` and read back as another instant (adversarial probe).
-    With ``round_up`` it is rounded up to the next microsecond instead: what a lower bound that includes
-    its own instant (FHIR ``_since``) needs to compare exactly with stored instants."""
+    Instants are stored to the microsecond; a fraction with more digits (.NET writes seven) that are not
+    all zeros is ``finer``:
+
+    * ``"refuse"`` (a value to store): ``datetime.fromisoformat`` cut the digits off, so an
+      ``effective_from`` of ``…00.1234567Z`` was stored as ``…00.123456Z``, another instant
+      (adversarial probe);
+    * ``"up"`` to the next microsecond, for a bound compared with ``>=`` or ``<`` (``since``, ``until``,
+      FHIR ``_since``), and ``"down"`` for one compared with ``<=`` or ``>`` (``as_of``,
+      ``updated_since``): either way the bound compares with stored instants exactly as the given
+      instant would."""
     if not isinstance(text, str) or not _RFC3339.fullmatch(text):
         raise ValueError("expected an RFC 3339 date-time such as 2024-01-31T12:00:00Z")
     candidate = text[:-1] + "+00:00" if text.endswith(("z", "Z")) else text
     beyond = _BEYOND_MICROSECONDS.search(candidate)
     past = beyond is not None and beyond.group(1).strip("0") != ""
-    if past and not round_up:
+    if past and finer == "refuse":
         raise ValueError("fractional seconds are stored to the microsecond: send at most 6 digits")
-    parsed = datetime.fromisoformat(candidate)
-    if past:
+    parsed = datetime.fromisoformat(candidate)  # cuts the digits past the sixth: "down"
+    if past and finer == "up":
         try:
             parsed += timedelta(microseconds=1)
         except OverflowError as exc:  # 9999-12-31T23:59:59.9999999Z

@@ -66,8 +66,8 @@ class AuditQuerySchema(WindowPageQuerySchema):
                     metadata={"description": "Target: a protocol id (or key id for key administration)"})
     action = Text(validate=validate.Length(1, 64), metadata={"description": "e.g. protocol.revise, keys.revoke"})
     outcome = Text(validate=validate.OneOf(("allowed", "denied", "failed")))
-    since = Instant(metadata={"description": "Events at or after this instant"})
-    until = Instant(metadata={"description": "Events before this instant"})
+    since = Instant(finer="up", metadata={"description": "Events at or after this instant"})
+    until = Instant(finer="up", metadata={"description": "Events before this instant"})
 
 
 class AuditEventSchema(Schema):

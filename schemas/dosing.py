@@ -143,7 +143,7 @@ class DoseCheckRequestSchema(Schema):
                                                  "rate and an amount are converted through it (otherwise "
                                                  "through the protocol range's duration), and an infusion's "
                                                  "amount per period is rate x this duration"})
-    as_of = Instant(metadata={"description": "Judge against the version in effect at this instant"})
+    as_of = Instant(finer="down", metadata={"description": "Judge against the version in effect at this instant"})
 
 
 class DoseQuerySchema(AsOfQuerySchema):

@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from marshmallow import ValidationError, fields, validate
@@ -68,7 +68,9 @@ _WORD = re.compile(r"[^\W\d_]+")
 def mixes_scripts(text: str) -> bool:
     """Whether a word of ``text`` mixes Latin, Cyrillic and Greek letters. A drug named "\u0435sketamine"
     (a Cyrillic e) read as esketamine and escaped the ``drug`` filter (adversarial probe); a name
-    written wholly in one script (кетамин) is a name, one that mixes them within a word is a look-alike."""
+    written wholly in one script (кетамин) is a name, one that mixes them within a word is a look-alike.
+    International nonproprietary names spell Greek letters out in Latin ("alfa", "beta"), so a name
+    needs no Greek letter beside Latin ones; ordinary text (a title naming TNF\u03b1) is not held to this."""
     for word in _WORD.findall(text):
         if not word.isascii() and len({unicodedata.name(char, "").partition(" ")[0] for char in word}
                                        & _LOOKALIKE_SCRIPTS) > 1:
@@ -88,7 +90,7 @@ def plainly_valid_text(text: str, *, multiline: bool, identifier: bool = False) 
             and (text.isprintable() or text.translate(_ACCEPTED_UNPRINTABLE[multiline]).isprintable())
             and (text.isascii() or (_PRINTABLE_REFUSED[identifier].search(text) is None
                                     and (not mixes_scripts(text) if identifier
-                                         else invisible.MISPLACED_SELECTOR.search(text) is None))))
+                                         else not invisible.misplaces_selector(text)))))
 
 
 #: The printable characters Text refuses, by ``identifier`` (see ``protocols.invisible``).
@@ -149,7 +151,7 @@ class Text(ValidatorsCombinedOnce, fields.String):
             # "esket\u200bamine" displayed as esketamine and was missed by the drug filter; U+202E
             # reorders the dose text after it (found by an adversarial probe).
             raise ValidationError(message[:1].upper() + message[1:] + ".")
-        if not self.identifier and invisible.MISPLACED_SELECTOR.search(result):
+        if not self.identifier and invisible.misplaces_selector(result):
             raise ValidationError(invisible.SELECTOR_MESSAGE[:1].upper() + invisible.SELECTOR_MESSAGE[1:] + ".")
         if self.identifier and mixes_scripts(result):
             raise ValidationError(MIXED_SCRIPTS_MESSAGE)
@@ -308,17 +310,21 @@ class CalendarDate(ValidatorsCombinedOnce, fields.Date):
 
 
 class Instant(ValidatorsCombinedOnce, fields.AwareDateTime):
-    """An RFC 3339 date-time with an offset, loaded as naive UTC (the stored form)."""
+    """An RFC 3339 date-time with an offset, loaded as naive UTC (the stored form). ``finer`` says what
+    a fraction past microseconds becomes (``protocols.timeutil.parse_rfc3339``): refused in a value to
+    store; rounded the way a query bound compares (``"up"`` for ``>=``/``<``, ``"down"`` for
+    ``<=``/``>``), so that a .NET client's seven digits ask exactly what they say."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, finer: Literal["refuse", "up", "down"] = "refuse", **kwargs: Any) -> None:
         kwargs.setdefault("format", "iso")
         super().__init__(**kwargs)
+        self.finer: Literal["refuse", "up", "down"] = finer
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if not isinstance(value, str) or len(value) > 40:
             raise ValidationError("Not a valid RFC 3339 date-time.")
         try:
-            return parse_rfc3339(value)
+            return parse_rfc3339(value, finer=self.finer)
         except (ValueError, OverflowError) as exc:
             raise ValidationError(f"Not a valid RFC 3339 date-time: {exc}") from exc
 

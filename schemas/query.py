@@ -16,7 +16,7 @@ DEFAULT_PAGE_SIZE = 20
 
 
 class AsOfQuerySchema(Schema):
-    as_of = Instant(metadata={"description": "Answer for this instant (RFC 3339) instead of now"})
+    as_of = Instant(finer="down", metadata={"description": "Answer for this instant (RFC 3339) instead of now"})
 
 
 class PageQuerySchema(Schema):
@@ -67,7 +67,7 @@ class ProtocolListQuerySchema(PageQuerySchema, AsOfQuerySchema):
                                       "text; every word must match (as a word prefix). Results are ranked: "
                                       "title 8, drug 4, indication 2, summary 1 per field holding every "
                                       "word, ties broken by newest protocol"})
-    updated_since = Instant(metadata={"description": "Only protocols with a version recorded after this "
+    updated_since = Instant(finer="down", metadata={"description": "Only protocols with a version recorded after this "
                                                      "instant (incremental sync; see also /v1/changes)"})
     count = _strict_boolean("Add `count`, the total number of matches (slower)", load_default=False)
 
@@ -95,8 +95,8 @@ class WindowPageQuerySchema(PageQuerySchema):
 
 
 class VersionListQuerySchema(WindowPageQuerySchema):
-    since = Instant(metadata={"description": "Only versions recorded at or after this instant"})
-    until = Instant(metadata={"description": "Only versions recorded before this instant"})
+    since = Instant(finer="up", metadata={"description": "Only versions recorded at or after this instant"})
+    until = Instant(finer="up", metadata={"description": "Only versions recorded before this instant"})
 
 
 class RetireQuerySchema(Schema):

@@ -97,3 +97,13 @@ def test_markdown_text_is_read_back_as_the_same_text(text: str) -> None:
         assert {c.type for c in children} <= {"text", "strong_open", "strong_close"}, (text, source)
         rendered = "".join(c.content for c in children)
         assert rendered == before + expected + after, (text, source)
+
+
+def test_an_observation_time_with_more_digits_than_microseconds_is_read_not_dated_unknown():
+    """fhir_query.date_start reads FHIR's longer fractions (.NET writes seven) from the first stored
+    microsecond they stand for; it used to give None, "date unknown" on the card."""
+    from protocols import fhir_query
+
+    assert fhir_query.date_start("2024-06-01T10:00:00.1234567Z") == datetime(2024, 6, 1, 10, 0, 0, 123457)
+    assert fhir_query.date_start("2024-06-01T10:00:00.123456000+01:00") == datetime(2024, 6, 1, 9, 0, 0, 123456)
+    assert fhir_query.date_start("2024-06-01T10:00:00.1234567891Z") is None  # past nine digits: not FHIR

@@ -62,8 +62,12 @@ def test_a_fraction_past_microseconds_is_refused_not_cut(text):
 
 
 def test_a_lower_bound_past_microseconds_is_rounded_up():
-    assert parse_rfc3339("2024-03-01T09:15:30.1234561Z", round_up=True) == datetime(2024, 3, 1, 9, 15, 30, 123457)
-    assert parse_rfc3339("2024-03-01T09:15:59.9999999Z", round_up=True) == datetime(2024, 3, 1, 9, 16)
-    assert parse_rfc3339("2024-03-01T09:15:30.1234560Z", round_up=True) == datetime(2024, 3, 1, 9, 15, 30, 123456)
+    assert parse_rfc3339("2024-03-01T09:15:30.1234561Z", finer="up") == datetime(2024, 3, 1, 9, 15, 30, 123457)
+    assert parse_rfc3339("2024-03-01T09:15:59.9999999Z", finer="up") == datetime(2024, 3, 1, 9, 16)
+    assert parse_rfc3339("2024-03-01T09:15:30.1234560Z", finer="up") == datetime(2024, 3, 1, 9, 15, 30, 123456)
     with pytest.raises(ValueError):
-        parse_rfc3339("9998-12-31T23:59:59.9999999-14:00", round_up=True)
+        parse_rfc3339("9998-12-31T23:59:59.9999999-14:00", finer="up")
+
+
+def test_an_upper_bound_past_microseconds_is_rounded_down():
+    assert parse_rfc3339("2024-03-01T09:15:30.1234569Z", finer="down") == datetime(2024, 3, 1, 9, 15, 30, 123456)

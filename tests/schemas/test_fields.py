@@ -243,6 +243,7 @@ SELECTOR = "No variation selector inside a word or after another one (it hides t
 
 
 @pytest.mark.parametrize("value", ["Uses zorbl\ufe0fquux daily", "56\ufe0f0 mg", "x\ufe0f\ufe0f",
+                                   "zorbl\u0301\ufe0fquux", "zorbl\ufe0f\u0301quux",  # a mark beside it (review)
                                    "title" + "\U000e0100" * 28, "\u26a0\ufe0f\ufe0e warning", "\u6f22\U000e0100\u5b57"])
 def test_text_refuses_a_variation_selector_inside_a_word_or_in_a_run(value):
     """Inside a word a selector splits it for the free-text search ("zorbl\ufe0fquux" was not found
@@ -345,3 +346,21 @@ def test_a_query_integer_refuses_other_spellings_and_says_how_to_write_one(value
     assert refused.value.messages == ["Must be a whole number written in the digits 0-9, without a leading zero "
                                       "(at most 9 digits)."]
     assert QueryInteger().deserialize("0") == 0 and QueryInteger().deserialize("100") == 100
+
+
+def test_an_instant_past_microseconds_is_refused_to_store_and_rounded_as_a_query_bound_compares(client):
+    """Seven digits (.NET) are refused in a value to store (they were cut to another instant) and, as a
+    query bound, rounded the way the bound compares: up for since/until, down for as_of/updated_since."""
+    from datetime import datetime
+
+    from schemas.fields import Instant
+
+    text = "2024-03-01T09:15:30.1234561Z"
+    with pytest.raises(ValidationError, match="at most 6 digits"):
+        Instant().deserialize(text)
+    assert Instant(finer="up").deserialize(text) == datetime(2024, 3, 1, 9, 15, 30, 123457)
+    assert Instant(finer="down").deserialize(text) == datetime(2024, 3, 1, 9, 15, 30, 123456)
+    for query in (f"as_of={text}", f"updated_since={text}"):
+        assert client.get(f"/v1/protocols?{query}").status_code == 200, query
+    response = client.get(f"/v1/admin/audit?since={text}&until=2024-03-01T09:15:31.1234561Z")
+    assert response.status_code == 200, response.get_json()
