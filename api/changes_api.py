@@ -13,11 +13,11 @@ from flask import Response, request, url_for
 
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
-from api.http import MAX_CURSOR_KEY, decode_cursor_with, encode_cursor, list_response, page_url
+from api.http import MAX_CURSOR_KEY, decode_cursor_with, list_response, page_url
 from api.parsing import Blueprint
 from protocols import changes
 from protocols.errors import UnknownFeedPosition
-from protocols.paging import is_key
+from protocols.paging import encode_cursor, is_key
 from protocols.record import dumps
 from protocols.timeutil import format_rfc3339
 from schemas.changes import ChangePageSchema, ChangesQuerySchema

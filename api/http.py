@@ -13,7 +13,6 @@ from flask import Response, request
 from api.errors import ApiError
 from protocols import paging
 from protocols.models import MAX_SEQ
-from protocols.paging import encode_cursor
 from protocols.versioning import StoredVersion, names_etag
 
 _ETAG = re.compile(r'(W/)?("[\x21\x23-\x7e]*")[ \t]*')
@@ -173,9 +172,9 @@ def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool
     params = {**{k: v for k, v in request.args.items(multi=True) if k != "cursor"}, **(pinned or {})}
     if not keys:
         return (None if before is None else page_url(params),
-                None if after is None else page_url(params, cursor=encode_cursor(kind, after, "p")))
+                None if after is None else page_url(params, cursor=paging.encode_cursor(kind, after, "p")))
     more_after = has_more if before is None else True
     more_before = (after is not None) if before is None else has_more
-    next_url = page_url(params, cursor=encode_cursor(kind, keys[-1], "n")) if more_after else None
-    prev_url = page_url(params, cursor=encode_cursor(kind, keys[0], "p")) if more_before else None
+    next_url = page_url(params, cursor=paging.encode_cursor(kind, keys[-1], "n")) if more_after else None
+    prev_url = page_url(params, cursor=paging.encode_cursor(kind, keys[0], "p")) if more_before else None
     return next_url, prev_url

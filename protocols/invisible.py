@@ -48,9 +48,14 @@ BLANK_SYMBOLS = ((0x2800, 0x2800), (0xFFFC, 0xFFFC), (0x1D159, 0x1D159))
 #: Every invisible character outside ``INVISIBLE_CATEGORIES``.
 _PRINTABLE_RANGES = IGNORABLE_RANGES + BLANK_SYMBOLS
 
+
+def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    """The ranges as the inside of a regular-expression character class."""
+    return "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ranges)
+
+
 #: The same ranges as one character class: the only invisible characters a printable string can hold.
-PRINTABLE_INVISIBLE = re.compile("[" + "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}"
-                                               for low, high in _PRINTABLE_RANGES) + "]")
+PRINTABLE_INVISIBLE = re.compile(f"[{_char_class(_PRINTABLE_RANGES)}]")
 
 MESSAGE = "no invisible or direction-changing characters (Unicode format, private-use, unassigned)"
 
@@ -60,11 +65,10 @@ ALLOWED_IN_TEXT = ((0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
 TEXT_MESSAGE = ("no characters that hide or reorder text (bidirectional overrides and isolates, zero-width "
                 "spaces, byte-order marks, soft hyphens, tags, private-use, unassigned)")
 
+SELECTOR_MESSAGE = "no variation selector inside a word or after another one (it hides the word from search)"
 
-_SELECTORS = "".join(f"{re.escape(chr(low))}-{re.escape(chr(high))}" for low, high in ALLOWED_IN_TEXT)
-
-_SELECTOR = re.compile(f"[{_SELECTORS}]")
-_SELECTOR_RUN = re.compile(f"[{_SELECTORS}]{{2,}}")
+_SELECTOR = re.compile(f"[{_char_class(ALLOWED_IN_TEXT)}]")
+_SELECTOR_RUN = re.compile(f"[{_char_class(ALLOWED_IN_TEXT)}]{{2,}}")
 
 
 def misplaces_selector(text: str) -> bool:
@@ -77,9 +81,6 @@ def misplaces_selector(text: str) -> bool:
     if _SELECTOR.search(text) is None:
         return False
     return _SELECTOR_RUN.search(text) is not None or fulltext.tokens(text) != fulltext.tokens(_SELECTOR.sub("", text))
-
-
-SELECTOR_MESSAGE = "no variation selector inside a word or after another one (it hides the word from search)"
 
 
 def _within(code: int, ranges: tuple[tuple[int, int], ...]) -> bool:

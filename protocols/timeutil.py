@@ -34,10 +34,10 @@ def format_rfc3339(value: datetime) -> str:
 #: ISO 8601's basic and week forms (20190305T000000Z, 2019-W10-2), hour-only times, decimal commas,
 #: seconds in offsets and surrounding blanks: forms a client may not rely on, refused here. Offset
 #: minutes stop at 59 (RFC 3339): fromisoformat read +00:60 as +01:00, moving an instant by an hour.
-#: The digits of a fraction past the sixth (microseconds).
-_BEYOND_MICROSECONDS = re.compile(r"\.[0-9]{6}([0-9]+)")
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
                       r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?")
+#: The digits of a fraction past the sixth (microseconds).
+_BEYOND_MICROSECONDS = re.compile(r"\.[0-9]{6}([0-9]+)")
 
 
 def parse_rfc3339(text: str, *, finer: Literal["refuse", "up", "down"] = "refuse") -> datetime:

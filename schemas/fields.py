@@ -61,7 +61,7 @@ def starts_visible(text: str) -> bool:
 
 #: Scripts whose letters a keyboard layout puts within reach and that hold look-alikes of Latin ones.
 _LOOKALIKE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
-MIXED_SCRIPTS_MESSAGE = "No word may mix Latin, Cyrillic and Greek letters (it reads as another name)."
+MIXED_SCRIPTS_MESSAGE = "no word may mix Latin, Cyrillic and Greek letters (it reads as another name)"
 _WORD = re.compile(r"[^\W\d_]+")
 
 
@@ -150,12 +150,17 @@ class Text(ValidatorsCombinedOnce, fields.String):
         if any(map(hidden, result)):
             # "esket\u200bamine" displayed as esketamine and was missed by the drug filter; U+202E
             # reorders the dose text after it (found by an adversarial probe).
-            raise ValidationError(message[:1].upper() + message[1:] + ".")
+            raise ValidationError(_sentence(message))
         if not self.identifier and invisible.misplaces_selector(result):
-            raise ValidationError(invisible.SELECTOR_MESSAGE[:1].upper() + invisible.SELECTOR_MESSAGE[1:] + ".")
+            raise ValidationError(_sentence(invisible.SELECTOR_MESSAGE))
         if self.identifier and mixes_scripts(result):
-            raise ValidationError(MIXED_SCRIPTS_MESSAGE)
+            raise ValidationError(_sentence(MIXED_SCRIPTS_MESSAGE))
         return result
+
+
+def _sentence(rule: str) -> str:
+    """A rule ("no …", as key names report it) as the sentence a field's error gives."""
+    return rule[:1].upper() + rule[1:] + "."
 
 
 def refused_in_url(text: str) -> bool:

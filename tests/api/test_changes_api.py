@@ -17,10 +17,10 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
-from api.http import encode_cursor
 from protocols import versioning
 from protocols.db import Database
 from protocols.models import Protocol, ProtocolVersion
+from protocols.paging import encode_cursor
 from tests.protocols.test_search import content_of
 
 WAIT_SECONDS = 30  # upper bound for a thread to reach a sync point; never a timing assertion

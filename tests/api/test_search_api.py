@@ -10,9 +10,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from flask.testing import FlaskClient
 
-from api.http import decode_cursor, encode_cursor
+from api.http import decode_cursor
 from protocols import search, versioning
 from protocols.db import Database
+from protocols.paging import encode_cursor
 from protocols.terminology import ICD10CM, SNOMED
 from schemas.query import MAX_PAGE_SIZE
 from tests.factories import protocol_payload

@@ -17,7 +17,7 @@ import pytest
 from marshmallow import Schema, ValidationError, fields, validate
 
 import schemas
-from schemas.fields import MIXED_SCRIPTS_MESSAGE, URL_VARIANTS, PositiveDecimal, Text, WebUrl, plainly_valid_text
+from schemas.fields import URL_VARIANTS, PositiveDecimal, Text, WebUrl, plainly_valid_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,6 +183,7 @@ def test_the_shortcut_makes_printable_exactly_the_space_separators():
 HIDING = "No characters that hide or reorder text (bidirectional overrides and isolates, zero-width spaces, " \
          "byte-order marks, soft hyphens, tags, private-use, unassigned)."
 INVISIBLE = "No invisible or direction-changing characters (Unicode format, private-use, unassigned)."
+MIXED_SCRIPTS = "No word may mix Latin, Cyrillic and Greek letters (it reads as another name)."
 
 
 def _answer(field: Text, value: str) -> list[str]:
@@ -235,7 +236,7 @@ def test_text_keeps_an_emoji_presentation_but_a_name_refuses_it(value):
 def test_a_name_refuses_a_word_that_mixes_latin_cyrillic_and_greek(value, refused):
     """A drug named with a Cyrillic e read as esketamine and escaped the drug filter (adversarial probe).
     Ordinary text is not held to it (a title may quote a name in another script)."""
-    assert _answer(Text(identifier=True), value) == ([MIXED_SCRIPTS_MESSAGE] if refused else []), value
+    assert _answer(Text(identifier=True), value) == ([MIXED_SCRIPTS] if refused else []), value
     assert _answer(Text(), value) == [], value
 
 
