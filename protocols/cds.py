@@ -510,10 +510,24 @@ def _range_ends(bounds: Any, path: str, what: str, unchecked: list[str]) -> list
 
 @dataclass(frozen=True)
 class Weight:
-    """The body weight a check used, and when it was observed (shown on every card that used it)."""
+    """The newest prefetched body weight and when it was observed (shown on every card), and why it is
+    not used when it is implausible (``refused``).
+
+    Why the refusal is decided here, once: the cards judged each dose with the weight, and the weight
+    line of each card checked it again; a fixed-dose range was not checked at all beside a 1,000,000 kg
+    weight (the dose check refused the whole order for it), and the line had to repeat the rule to
+    avoid reading "Body weight used" above the refusal (found by an adversarial probe)."""
 
     kg: Fraction
     observed_at: datetime | None
+    refused: str | None = None
+
+    @property
+    def usable_kg(self) -> Fraction | None:
+        return self.kg if self.refused is None else None
+
+    def observed(self) -> str:
+        return format_rfc3339(self.observed_at) if self.observed_at is not None else "date unknown"
 
 
 def prefetched_weight(prefetch: Mapping[str, Any], *, now: datetime | None = None) -> Weight | str:
@@ -538,7 +552,12 @@ def prefetched_weight(prefetch: Mapping[str, Any], *, now: datetime | None = Non
              if weight is not None and (weight.observed_at or datetime.min) <= latest_plausible]
     if not found:
         return "the prefetched observations hold no usable body weight"
-    return max(found, key=lambda weight: weight.observed_at or datetime.min)
+    newest = max(found, key=lambda weight: weight.observed_at or datetime.min)
+    try:
+        check_weight(newest.kg)
+    except DosingError as exc:  # the newest is wrong, so an older one is no safer: none is used
+        return Weight(newest.kg, newest.observed_at, refused=exc.message)
+    return newest
 
 
 def _observation_weight(resource: Any) -> Weight | None:
@@ -664,8 +683,10 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     dose_range = content["dosing_ranges"][index]
     phase = str(dose_range.get("phase"))
     evaluations, problems = [], []
+    weight_kg = weight.usable_kg if isinstance(weight, Weight) else None
+    no_weight = (weight if isinstance(weight, str) else
+                 f"the prefetched {fmt(weight.kg)} kg is not used: {weight.refused}" if weight.refused else None)
     for dose in line.doses:
-        weight_kg = weight.kg if isinstance(weight, Weight) else None
         duration = line.duration or _implied_duration(line, dose, weight_kg)
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
@@ -674,8 +695,8 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:
             problem = exc.message
-            if isinstance(weight, str) and exc.field.endswith("weight_kg"):
-                problem = f"{exc.message} ({weight})"
+            if no_weight is not None and exc.field.endswith("weight_kg"):
+                problem = f"{exc.message} ({no_weight})"
             problems.append(f"{fmt(Fraction(dose.value))} {dose.unit}: {problem}")
     if not evaluations:
         return RangeResult(phase, None, [], "; ".join(problems) or "nothing in the order could be read as a dose "
@@ -766,14 +787,11 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
                                 for i in content.get("indications") or []) or "no indication listed"
         detail.append(f"{markdown_text(unscoped)}. This card applies if the order is for: "
                       f"{markdown_text(indications)}.")
-    if isinstance(weight, Weight):
-        observed = format_rfc3339(weight.observed_at) if weight.observed_at is not None else "date unknown"
-        try:
-            check_weight(weight.kg)
-            detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {observed}).")
-        except DosingError as exc:  # 1,000,000 kg read as "used" above the sentence refusing it (probe)
-            detail.append(f"Body weight prefetched: {fmt(weight.kg)} kg (observed {observed}); not used: "
-                          f"{markdown_text(exc.message)}.")
+    if isinstance(weight, Weight) and weight.refused is None:
+        detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {weight.observed()}).")
+    elif isinstance(weight, Weight):
+        detail.append(f"Body weight prefetched: {fmt(weight.kg)} kg (observed {weight.observed()}); not used: "
+                      f"{markdown_text(weight.refused)}.")
     for result in results:
         if result.verdict is None:
             detail.append(f"- **{markdown_text(result.phase)}**: could not be checked: {markdown_text(result.problem)}")

@@ -292,13 +292,22 @@ def date_start(value: str) -> datetime | None:
         return None
 
 
+#: A UTC offset as FHIR's ``instant`` writes it, at most 14 hours either way (as ``_lastUpdated``'s).
+_FHIR_OFFSET = re.compile(r"(?:[zZ]|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))$")
+
+
 def parse_instant(name: str, value: str) -> datetime:
-    """An instant parameter such as ``_since`` (at or after it): full date-time with a zone; a fraction
-    past microseconds is rounded up, so that the bound compares exactly with stored instants."""
+    """An instant parameter such as ``_since`` (at or after it): full date-time with a zone of at most
+    ±14:00 (FHIR's ``instant``; ``_since`` took +23:59 where ``_lastUpdated`` refused +14:01, found by an
+    adversarial probe); a fraction past microseconds is rounded up, so that the bound compares exactly
+    with stored instants."""
     try:
+        if _FHIR_OFFSET.search(value) is None:
+            raise ValueError("offset beyond FHIR's ±14:00")
         return parse_rfc3339(value, finer="up")
     except ValueError as exc:
-        raise InvalidSearch(f"{name} must be an instant such as 2024-01-31T12:00:00Z", param=name) from exc
+        raise InvalidSearch(f"{name} must be an instant such as 2024-01-31T12:00:00Z, with a UTC offset of at "
+                            "most ±14:00", param=name) from exc
 
 
 # -------------------------------------------------------------------------------- cursors

@@ -297,6 +297,28 @@ def test_missing_or_implausible_weight_is_a_warning_not_an_error(client):
         in card["detail"]
 
 
+def test_an_implausible_weight_is_refused_once_and_a_fixed_dose_is_still_checked(client):
+    """Found by a review: the dose check refused the whole order for an implausible prefetched weight,
+    so a fixed-dose range (no weight needed) read "dose not checked" beside 1,000,000 kg. The weight
+    is now refused once, where it is read: a weight-based range says why it could not be checked, a
+    fixed-dose range is judged, and the card's weight line says the weight was not used."""
+    ketamine_protocol(client, dose_min=50, dose_max=150, unit="mg")
+    order = medication_request("ket-fixed", KETAMINE, IV, dose=(100, "mg"))
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(1000000)))
+    assert card["indicator"] == "info" and card["summary"].startswith("within protocol range")
+    assert ("Body weight prefetched: 1000000 kg (observed 2026-11-29T08:00:00Z); not used: body weight must be "
+            "between 0.3 and 500 kg") in card["detail"]
+    assert "Body weight used" not in card["detail"]
+
+    ketamine_protocol(client, protocol_id="ketamine-weight-based")
+    cards_by_protocol = {c["source"]["topic"]["code"].split("/")[0]: c
+                         for c in cards(client, hook_request([order], weight=weight_bundle(1000000)))}
+    weight_based = cards_by_protocol["ketamine-weight-based"]
+    assert weight_based["indicator"] == "warning" and "dose not checked" in weight_based["summary"]
+    assert ("is weight-based; send the patient's body weight in kg (the prefetched 1000000 kg is not used: body "
+            "weight must be between 0.3 and 500 kg") in weight_based["detail"]
+
+
 def test_volume_orders_without_a_strength_are_a_warning(client):
     create(client)
     order = medication_request("esk-ml", ESKETAMINE, NASAL, dose=(0.6, "mL"))

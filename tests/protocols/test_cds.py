@@ -45,6 +45,12 @@ def test_the_newest_usable_weight_wins_in_kilograms():
     assert newest.observed_at == datetime(2026, 1, 1, 5, 0)
     assert cds.prefetched_weight({}) == "no body weight was prefetched"
     assert cds.prefetched_weight({"weight": weight(0)}) == "the prefetched observations hold no usable body weight"
+    # The newest weight is implausible: none is used (an older one is no safer), and the card says why.
+    bundle["entry"].append({"resource": weight(1000000, when="2026-02-01T00:00:00Z")})
+    refused = cds.prefetched_weight({"weight": bundle})
+    assert isinstance(refused, cds.Weight) and refused.kg == 1000000 and refused.usable_kg is None
+    assert refused.refused is not None and refused.refused.startswith("body weight must be between 0.3 and 500 kg")
+    assert newest.usable_kg == newest.kg and newest.refused is None
     with pytest.raises(MalformedOrder):
         cds.prefetched_weight({"weight": ["not", "a", "resource"]})
 

@@ -557,6 +557,39 @@ def test_the_drug_filter_normalizes_names_on_both_sides_and_0007_re_derives_old_
     assert ids(db, drug="spacy brand") == {"brand-spaced"}
 
 
+def test_the_drug_filter_folds_compatibility_forms_on_both_sides_and_0009_re_derives_old_terms(
+        db: Database, database_url: str) -> None:
+    """Found by a review: a brand in fullwidth or mathematical letters, or with a dotless i, is the
+    same name to a reader and was another one to the filter, both ways round. Both sides now fold to
+    NFKC casefold; migration 0009 re-derives terms stored the NFC way."""
+    from alembic import command
+
+    from protocols import migrate
+
+    fullwidth = "\uff33\uff50\uff52\uff41\uff56\uff41\uff54\uff4f"  # fullwidth "Spravato"
+    bold = "".join(chr(0x1D41A + ord(c) - ord("a")) for c in "zorblex")  # mathematical bold zorblex
+    for pid, brand in (("brand-fullwidth", fullwidth), ("brand-bold", bold), ("brand-dotless", "Quux\u0131n")):
+        content = content_of(pid)
+        content["drug"] = {**content["drug"], "brand_names": [brand]}
+        versioning.create(db, pid, content)
+    for query in ("spravato", "SPRAVATO", fullwidth):
+        assert "brand-fullwidth" in ids(db, drug=query), query
+    assert ids(db, drug="Zorblex") == ids(db, drug=bold) == {"brand-bold"}
+    assert ids(db, drug="quuxin") == ids(db, drug="QUUXIN") == ids(db, drug="quux\u0131n") == {"brand-dotless"}
+    assert ids(db, drug="zorble") == set()  # still equality, not a prefix
+
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0008")
+    try:
+        with db.engine.begin() as connection:  # the term as revision 0008's code stored it
+            connection.execute(text("UPDATE search_terms SET value = :old WHERE protocol_id = 'brand-bold' "
+                                    "AND kind = 'drug' AND value = 'zorblex'"), {"old": bold})
+        assert ids(db, drug="zorblex") == set()
+    finally:
+        command.upgrade(config, "head")
+    assert ids(db, drug="zorblex") == {"brand-bold"}
+
+
 @pytest.mark.parametrize(("indication", "reason", "treated"), [
     ("F33.9", "F33.9", True), ("F33.9", "F33.2", True), ("F33.9", "F33.41", True), ("F33.9", "F33.40", True),
     ("F33.9", "F33.8", False), ("F33.9", "F33", False), ("F33.9", "F32.2", False),
