@@ -221,6 +221,26 @@ def export_command(path: Path) -> None:
     click.echo(f"exported {count} versions to {path}; {_digest_line(digest)}")
 
 
+@protocols_cli.command("check")
+def check_command() -> None:
+    """Check every stored version against today's write rules (read-only; exit status 1 when any is refused).
+
+    A version stored before a rule was added stays as it is: correct the protocol by appending a
+    version (PUT), and its history keeps the old one."""
+    refused: set[tuple[str, int]] = set()
+    checked = 0
+    for item in transfer.check_stored(get_db(), validate_document):
+        if isinstance(item, int):
+            checked = item
+            continue
+        refused.add((item.protocol_id, item.version))
+        click.echo(str(item))
+    if refused:
+        raise click.ClickException(f"{len(refused)} of {checked} stored versions break today's write rules (above); "
+                                   "nothing was changed")
+    click.echo(f"checked {checked} stored versions: all pass today's write rules")
+
+
 def _digest_line(digest: Any) -> str:
     return f"sha256 {digest.hexdigest()} (keep it with the copy: import --sha256 checks the copy against it)"
 

@@ -82,6 +82,39 @@ def iter_documents(db: Database) -> Iterator[str]:
             yield document
 
 
+@dataclass(frozen=True)
+class StoredProblem:
+    """One field of one stored version that today's write rules refuse."""
+
+    protocol_id: str
+    version: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.protocol_id} version {self.version}: {self.path}: {self.message}"
+
+
+def check_stored(db: Database, validate: ContentValidator) -> Iterator[StoredProblem | int]:
+    """Every stored version checked with the rules an import applies (its metadata and ``validate``,
+    the wire schema): the problems of each version, then the number of versions checked.
+
+    Why: rules are added over time (look-alike letters in drug names, fractions past microseconds),
+    and versions stored before a rule are never rewritten (history is immutable), so an operator
+    could not learn which stored versions today's rules refuse until an import of an export
+    refused them. Read-only: a protocol is corrected by appending a version, and each version is
+    checked on its own, so the whole registry need not fit in memory."""
+    checked = 0
+    for document in iter_documents(db):
+        checked += 1
+        doc = strict_loads(document)
+        problems = [(e.path, e.message) for e in _check_meta(checked, doc)]
+        problems += [(path, message) for path, messages in validate(dict(doc)).items() for message in messages]
+        for path, message in problems:
+            yield StoredProblem(str(doc.get("id")), int(doc.get("version") or 0), path, message)
+    yield checked
+
+
 def export_ndjson(db: Database, out: IO[str], digest: Any = None) -> int:
     """Write every version, one document per line, exactly as stored; return the line count.
 

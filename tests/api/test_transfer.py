@@ -462,3 +462,34 @@ def test_an_export_to_dev_stdout_through_a_pipe_and_through_a_symlink_loop(tmp_p
                             text=True, timeout=120)
     assert looped.returncode == 1 and "Traceback" not in looped.stderr
     assert looped.stderr.strip().startswith("Error: cannot write") and "symbolic links" in looped.stderr
+
+
+def test_check_names_every_stored_version_todays_rules_refuse_and_changes_nothing(app, client):
+    """Versions stored before a rule was added stay as they are (history is immutable); `flask protocols
+    check` lists the ones today's write rules refuse, by protocol, version and field, so an operator can
+    correct them by appending a version, before an import of an export refuses them."""
+    from protocols import versioning
+    from schemas.protocol import ProtocolCreateSchema, split_payload
+
+    ids = _seed(client)
+    runner = app.test_cli_runner()
+    clean = runner.invoke(args=["protocols", "check"])
+    assert clean.exit_code == 0, clean.output
+    assert "checked 6 stored versions: all pass today's write rules" in clean.output
+
+    # Stored through the domain, past the wire schema, as an older release's rules let it be.
+    payload = protocol_payload("look-alike")
+    _, content = split_payload(ProtocolCreateSchema().load(payload))
+    content["drug"] = {**content["drug"], "name": "\u0435sketamine"}  # a Cyrillic e
+    db = app.extensions["protocols_db"]
+    versioning.create(db, "look-alike", content)
+    before = {pid: client.get(f"/v1/protocols/{pid}").get_data() for pid in [*ids, "look-alike"]}
+
+    refused = runner.invoke(args=["protocols", "check"])
+    assert refused.exit_code == 1, refused.output
+    assert "look-alike version 1: drug.name: " in refused.output
+    assert "Latin, Cyrillic and Greek" in refused.output
+    assert "1 of 7 stored versions break today's write rules (above); nothing was changed" in refused.output
+    assert all(line.startswith("look-alike version 1") or not line.strip() or "stored versions" in line
+               for line in refused.output.splitlines())
+    assert {pid: client.get(f"/v1/protocols/{pid}").get_data() for pid in before} == before
