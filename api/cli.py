@@ -228,13 +228,12 @@ def check_command() -> None:
     A version stored before a rule was added stays as it is: correct the protocol by appending a
     version (PUT), and its history keeps the old one."""
     refused: set[tuple[str, int]] = set()
-    checked = 0
-    for item in transfer.check_stored(get_db(), validate_document):
-        if isinstance(item, int):
-            checked = item
-            continue
-        refused.add((item.protocol_id, item.version))
-        click.echo(str(item))
+
+    def report(problem: transfer.StoredProblem) -> None:
+        refused.add((problem.protocol_id, problem.version))
+        click.echo(str(problem))
+
+    checked = transfer.check_stored(get_db(), validate_document, report)
     if refused:
         raise click.ClickException(f"{len(refused)} of {checked} stored versions break today's write rules (above); "
                                    "nothing was changed")

@@ -49,8 +49,8 @@ def drug_term(name: str) -> str:
     not be found at all, and "É" composed never matched "E" plus a combining accent (found by a probe;
     migration 0007). Fullwidth and mathematical letters and a dotless i (U+0131) are the same name to a
     reader and were another one to the filter (a review; migration 0009 re-derives what was stored
-    before). Look-alikes of other scripts are refused where names are
-    written (``schemas.fields.mixes_scripts``), not folded here."""
+    before). Look-alikes of other scripts are refused where names are written
+    (``schemas.fields.mixes_scripts``), not folded here."""
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
     return " ".join(folded.replace("\u0131", "i").split())
 

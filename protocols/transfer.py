@@ -95,9 +95,9 @@ class StoredProblem:
         return f"{self.protocol_id} version {self.version}: {self.path}: {self.message}"
 
 
-def check_stored(db: Database, validate: ContentValidator) -> Iterator[StoredProblem | int]:
-    """Every stored version checked with the rules an import applies (its metadata and ``validate``,
-    the wire schema): the problems of each version, then the number of versions checked.
+def check_stored(db: Database, validate: ContentValidator, report: Callable[[StoredProblem], None]) -> int:
+    """Check every stored version with the rules an import applies (its metadata and ``validate``, the
+    wire schema), ``report`` each problem as it is found, and return how many versions were checked.
 
     Why: rules are added over time (look-alike letters in drug names, fractions past microseconds),
     and versions stored before a rule are never rewritten (history is immutable), so an operator
@@ -111,8 +111,8 @@ def check_stored(db: Database, validate: ContentValidator) -> Iterator[StoredPro
         problems = [(e.path, e.message) for e in _check_meta(checked, doc)]
         problems += [(path, message) for path, messages in validate(dict(doc)).items() for message in messages]
         for path, message in problems:
-            yield StoredProblem(str(doc.get("id")), int(doc.get("version") or 0), path, message)
-    yield checked
+            report(StoredProblem(str(doc.get("id")), int(doc.get("version") or 0), path, message))
+    return checked
 
 
 def export_ndjson(db: Database, out: IO[str], digest: Any = None) -> int:
