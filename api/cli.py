@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from api.errors import flatten_errors
 from api.extensions import get_db
-from protocols import audit, catalog, changes, keys, migrate, record, transfer
+from protocols import audit, catalog, changes, consistency, keys, migrate, record, transfer
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
 
@@ -223,10 +223,12 @@ def export_command(path: Path) -> None:
 
 @protocols_cli.command("check")
 def check_command() -> None:
-    """Check every stored version against today's write rules (read-only; exit status 1 when any is refused).
+    """Check every stored version against today's write rules, and the derived rows (effective periods,
+    search terms) against the versions they come from (read-only; exit status 1 on any problem).
 
     A version stored before a rule was added stays as it is: correct the protocol by appending a
-    version (PUT), and its history keeps the old one."""
+    version (PUT), and its history keeps the old one. Derived rows that differ were changed outside
+    the service; restore the database from a backup or an export."""
     refused: set[tuple[str, int]] = set()
 
     def report(problem: transfer.StoredProblem) -> None:
@@ -234,10 +236,19 @@ def check_command() -> None:
         click.echo(str(problem))
 
     checked = transfer.check_stored(get_db(), validate_document, report)
-    if refused:
-        raise click.ClickException(f"{len(refused)} of {checked} stored versions break today's write rules (above); "
-                                   "nothing was changed")
-    click.echo(f"checked {checked} stored versions: all pass today's write rules")
+    derived: set[str] = set()
+
+    def report_derived(protocol_id: str, problem: str) -> None:
+        derived.add(protocol_id)
+        click.echo(f"{protocol_id}: {problem}")
+
+    protocols = consistency.derived_problems(get_db(), report_derived)
+    if refused or derived:
+        raise click.ClickException(
+            f"{len(refused)} of {checked} stored versions break today's write rules, and the derived rows of "
+            f"{len(derived)} of {protocols} protocols differ from their versions (above); nothing was changed")
+    click.echo(f"checked {checked} stored versions of {protocols} protocols: all pass today's write rules, and "
+               "every derived row matches its versions")
 
 
 def _digest_line(digest: Any) -> str:

@@ -26,10 +26,11 @@ blp = Blueprint("terminology", __name__, url_prefix="/v1/terminology",
 CACHE_HEADERS = {"Cache-Control": "private, max-age=3600"}
 
 UNIT_RULES = (
-    "Any valid UCUM unit of the form amount[/kg][/time] is accepted: amount is a mass (e.g. mg, ug, g), "
-    "/kg means per kilogram of body weight, /time (h, min, d, wk) makes it a rate; a plain volume (mL) is "
-    "accepted as an amount. Other units (concentrations such as mg/mL, mg/m2, %, annotations) are refused "
-    "because the dose checker could not compare or convert them."
+    "Any valid UCUM unit of the form amount[/kg][/time] is accepted: amount is a mass (g, mg, ug or ng), "
+    "/kg means per kilogram of body weight, /time (h, min, d, wk) makes it a rate; a plain volume (mL or L) is "
+    "accepted as an amount. Other units (concentrations such as mg/mL, mg/m2, %, annotations such as "
+    "mg{tbl}, other masses such as Mg or kg) are refused because the dose checker could not compare or "
+    "convert them, or they are one slip from another dose."
 )
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import jsonpatch
 
 from protocols.dose_units import UnitError, parse_dose_unit
-from protocols.dosing import convert, fmt
+from protocols.dosing import Span, convert, fmt
 from protocols.durations import parse_duration
 from protocols.terminology import ROUTES
 
@@ -333,8 +333,7 @@ def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: An
         new = {k: b.get(k) for k in ("dose_min", "dose_max", "unit")}
         yield change("unit_changed", "/unit", old, new,
                      f"Dose unit changed from {a.get('unit')} to {b.get('unit')}: "
-                     f"{a.get('dose_min')}-{a.get('dose_max')} {a.get('unit')} became "
-                     f"{b.get('dose_min')}-{b.get('dose_max')} {b.get('unit')}; {_unit_change_meaning(a, b)}")
+                     f"{_bounds(a)} became {_bounds(b)}; {_unit_change_meaning(a, b)}")
     else:
         for bound, label in (("dose_min", "Minimum dose"), ("dose_max", "Maximum dose")):
             old_value, new_value = a.get(bound), b.get(bound)
@@ -370,11 +369,7 @@ def _unit_change_meaning(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     old bound); otherwise (mg against mg/kg, mass against volume) the numbers are not comparable. The
     change stays a major ``unit_changed`` either way: a thousandfold slip hides in exactly such a
     rewrite. Its text said "not comparable" for mg against ug too (found by an adversarial probe)."""
-    try:
-        old_unit, new_unit = parse_dose_unit(str(a.get("unit"))), parse_dose_unit(str(b.get("unit")))
-    except UnitError:
-        return "the numbers are not comparable"
-    if (old_unit.kind, old_unit.per_kg, old_unit.is_rate) != (new_unit.kind, new_unit.per_kg, new_unit.is_rate):
+    if _in_unit(1, b.get("unit"), a.get("unit")) is None:
         return "the numbers are not comparable"
     verdicts = []
     for bound, label in (("dose_min", "minimum"), ("dose_max", "maximum")):
@@ -382,12 +377,32 @@ def _unit_change_meaning(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
         if old_value is None or new_value is None:
             continue
         old_amount = Fraction(_number(old_value))
-        converted = convert(Fraction(_number(new_value)), new_unit, old_unit, weight_kg=None, concentration=None,
-                            duration_s=None)
-        if converted != old_amount:
+        converted = _in_unit(new_value, b.get("unit"), a.get("unit"))
+        if converted is not None and converted != old_amount:
             verdicts.append(f"the {label} {'raised' if converted > old_amount else 'lowered'} "
                             f"to {fmt(converted, against=old_amount)} {a.get('unit')}")
     return "the same doses" if not verdicts else f"in {a.get('unit')}: " + " and ".join(verdicts)
+
+
+def _in_unit(value: Any, unit: Any, target: Any) -> Fraction | None:
+    """``value`` in ``unit`` converted exactly to ``target`` when both are dose units of one kind (mass
+    or volume, per kg or not, rate or not: ``dosing.convert``), else None (not comparable)."""
+    try:
+        source, wanted = parse_dose_unit(str(unit)), parse_dose_unit(str(target))
+    except UnitError:
+        return None
+    if (source.kind, source.per_kg, source.is_rate) != (wanted.kind, wanted.per_kg, wanted.is_rate):
+        return None
+    return convert(Fraction(_number(value)), source, wanted, weight_kg=None, concentration=None, duration_s=None)
+
+
+def _bounds(dose_range: Mapping[str, Any]) -> str:
+    """A range's bounds as dose checks show them (``dosing.Span``), never in exponent form joined by
+    a hyphen ("1e-09-2e-09 Mg" read as a subtraction; found by an adversarial probe)."""
+    low, high = dose_range.get("dose_min"), dose_range.get("dose_max")
+    if low is None or high is None:
+        return f"{_show(low)}-{_show(high)} {dose_range.get('unit')}"
+    return Span(Fraction(_number(low)), Fraction(_number(high)), str(dose_range.get("unit"))).text()
 
 
 _Change = Callable[[str, str, Any, Any, str], ClinicalChange]
@@ -431,8 +446,17 @@ def _max_per_period(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
                          f"Maximum per period changed from {shown(a)} to {shown(b)}")
         return
     if a.get("unit") != b.get("unit") or not _duration_equal(a.get("period"), b.get("period")):
+        # Another unit over the same period is converted when it can be (0.084 g -> 840 mg per P1D, a
+        # tenfold raise, read "not comparable", as did the same amount rewritten; found by a probe).
+        old_value = Fraction(_number(a.get("value")))
+        converted = (_in_unit(b.get("value"), b.get("unit"), a.get("unit"))
+                     if _duration_equal(a.get("period"), b.get("period")) else None)
+        meaning = ("the amounts are not comparable" if converted is None else "the same amount"
+                   if converted == old_value else
+                   f"in {a.get('unit')}: {'raised' if converted > old_value else 'lowered'} to "
+                   f"{fmt(converted, against=old_value)} {a.get('unit')}")
         yield change("unit_changed", "/max_per_period", a, b,
-                     f"Maximum per period changed from {shown(a)} to {shown(b)}; the amounts are not comparable")
+                     f"Maximum per period changed from {shown(a)} to {shown(b)}; {meaning}")
         return
     if _number(a.get("value")) != _number(b.get("value")):
         verb = "raised" if _number(b.get("value")) > _number(a.get("value")) else "lowered"

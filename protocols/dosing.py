@@ -563,6 +563,17 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
         per_dose = convert(dose_value, dose_unit, target, weight_kg=weight,
                            concentration=order.concentration, duration_s=duration_s)
     except UnitsIncompatible as exc:
+        if dose_unit.is_rate and duration_s is None and frequency is None:
+            # A rate with neither a duration nor a frequency runs without a stop: the window holds the
+            # rate times its length. 30 mg/d against at most 20 mg a day read "within_range" with the
+            # maximum left unapplied (found by an adversarial probe).
+            per_window = convert(dose_value, dose_unit, target, weight_kg=weight,
+                                 concentration=order.concentration, duration_s=window)
+            projected = Amount(per_window, target.code)
+            return _per_period_result(period, 1, projected, maximum,
+                                      f"{fmt(dose_value)} {dose_unit.code} run without a stop for {period} (no "
+                                      f"duration or frequency was sent) = {projected.text(_value(maximum))} per "
+                                      f"{period}")
         notes.append(f"The amount per period was not projected: {exc.message}.")
         return None
     if duration_s is not None and duration_s > window:
@@ -702,11 +713,39 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         messages.append(f"Regimen exceeded: {regimen.calculation}, the most the protocol's {label} gives "
                         f"({dose_range['frequency']['count']} {TIMES} {fmt(high)} {range_unit.code}).")
         verdict = _at_least(verdict, Verdict.EXCEEDS_MAX_PER_PERIOD)
+    faster = _faster_than_protocol(order, dose_range, range_unit, in_range_unit, high)
+    if faster is not None:
+        messages.append(faster)
+        verdict = _at_least(verdict, Verdict.ABOVE_MAX)
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
                       Amount(in_range_unit, range_unit.code), in_ordered_unit, absolute, per_period, regimen,
                       messages)
+
+
+def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range_unit: DoseUnit,
+                          per_dose: Fraction, high: Fraction) -> str | None:
+    """Why the order gives its dose faster than the range allows, or None.
+
+    A range of amounts with a ``duration`` ("1-4.5 mg/kg over PT60S": the Ketalar label's "administer
+    slowly over 60 seconds"; 0.5 mg/kg over PT40M) gives at most ``dose_max / duration`` per unit of
+    time. An order that states a shorter administration of its own was judged on its amount alone:
+    0.5 mg/kg over one minute (40 times the protocol's rate) and 4.5 mg/kg over 5 s read
+    "within_range" (found by an adversarial probe). Such an order is above the protocol's maximum
+    rate, and the verdict says so; a slower administration, or one at no more than the maximum rate,
+    passes. Ranges of rates are judged as rates already."""
+    protocol_s = _duration_seconds(dose_range)
+    given_s = order.duration_s
+    if given_s is None or protocol_s is None or range_unit.is_rate or given_s >= protocol_s or given_s <= 0:
+        return None
+    if per_dose / given_s <= high / protocol_s:
+        return None
+    per_minute = f"{range_unit.code}/min"
+    return (f"Given faster than the protocol allows: {fmt(per_dose)} {range_unit.code} over "
+            f"{order.duration_text or fmt(given_s) + ' s'} is {fmt(per_dose / given_s * 60)} {per_minute}; the "
+            f"protocol gives at most {fmt(high)} {range_unit.code} over {dose_range['duration']}, "
+            f"{fmt(high / protocol_s * 60)} {per_minute}.")
 
 
 def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],

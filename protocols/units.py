@@ -43,6 +43,11 @@ VARIABLE_TIME_UNITS = frozenset({"mo", "a", "mo_j", "mo_g", "mo_s", "a_j", "a_g"
 NON_UCUM_HINTS = {"mcg": "ug", "hr": "h", "hrs": "h", "day": "d", "cc": "mL", "gm": "g"}
 
 _KNOWN_AMOUNTS = {"g": "mass", "mg": "mass", "ug": "mass", "mL": "volume"}
+#: The masses and volumes a dose is written in. UCUM also has Mg (megagram: 10^9 mg, one mis-cased
+#: key from mg), kg, cg, dg, pounds and grains; each was accepted as a dose amount, and a range of
+#: "1-2 Mg" was stored and judged 1.5 mg "below_min" (found by an adversarial probe). A record that
+#: needs another amount is refused, naming these.
+DOSE_AMOUNTS = {"[mass]": ("g", "mg", "ug", "ng"), "[length] ** 3": ("mL", "L")}
 
 ALLOWED = ("a mass (mg), a mass per kg body weight (mg/kg), either as a rate (mg/h, mg/kg/h), "
            "or a volume (mL)")
@@ -108,8 +113,17 @@ def check_ucum_dose_unit(unit: str) -> str | None:
             return message
     if len(parts) > 3:
         return f"'{unit}' is not a dose unit of the form amount[/kg][/time]; dose units are {ALLOWED}"
+    if "{" in unit:
+        # UCUM annotations carry no meaning: "mg{tbl}" is milligrams to the dose check and may read as
+        # tablets to a person (it was stored, though the pick list's rules say annotations are refused).
+        return (f"'{unit}': annotations in braces are not part of a dose unit (the check would read "
+                f"'{unit.split('{')[0] or unit}' and ignore them); write the unit without them")
     amount, rest = parts[0], parts[1:]
     dimension = _dimension(amount)
+    if dimension in DOSE_AMOUNTS and amount not in DOSE_AMOUNTS[dimension]:
+        kind = "mass" if dimension == "[mass]" else "volume"
+        return (f"'{unit}': '{amount}' is not a {kind} doses are written in; use "
+                f"{', '.join(DOSE_AMOUNTS[dimension])}")
     if dimension == "[length] ** 3":
         if rest:
             return (f"'{unit}': a volume dose is a plain volume (mL); per-kg doses and rates must use "

@@ -18,7 +18,9 @@ class AlternateCodingSchema(Schema):
 class RouteTermSchema(Schema):
     system = fields.String(metadata={"example": terminology.SNOMED})
     code = fields.String(metadata={"example": "46713006"})
-    display = fields.String(metadata={"description": "The display a record must use for this code",
+    display = fields.String(metadata={"description": "The display a record's display must match for this code "
+                                      "(compared ignoring case, runs of white space and a SNOMED CT semantic "
+                                      "tag such as '(qualifier value)'; stored as sent)",
                                       "example": "Nasal route"})
     alternates = fields.List(fields.Nested(AlternateCodingSchema),
                              metadata={"description": "FDA SPL (NCI Thesaurus) route code"})

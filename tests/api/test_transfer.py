@@ -475,7 +475,8 @@ def test_check_names_every_stored_version_todays_rules_refuse_and_changes_nothin
     runner = app.test_cli_runner()
     clean = runner.invoke(args=["protocols", "check"])
     assert clean.exit_code == 0, clean.output
-    assert "checked 6 stored versions: all pass today's write rules" in clean.output
+    assert ("checked 6 stored versions of 3 protocols: all pass today's write rules, and every derived row "
+            "matches its versions") in clean.output
 
     # Stored through the domain, past the wire schema, as an older release's rules let it be.
     payload = protocol_payload("look-alike")
@@ -489,7 +490,33 @@ def test_check_names_every_stored_version_todays_rules_refuse_and_changes_nothin
     assert refused.exit_code == 1, refused.output
     assert "look-alike version 1: drug.name: " in refused.output
     assert "Latin, Cyrillic and Greek" in refused.output
-    assert "1 of 7 stored versions break today's write rules (above); nothing was changed" in refused.output
+    assert ("1 of 7 stored versions break today's write rules, and the derived rows of 0 of 4 protocols differ "
+            "from their versions (above); nothing was changed") in refused.output
     assert all(line.startswith("look-alike version 1") or not line.strip() or "stored versions" in line
                for line in refused.output.splitlines())
     assert {pid: client.get(f"/v1/protocols/{pid}").get_data() for pid in before} == before
+
+
+def test_check_names_derived_rows_changed_outside_the_service(app, client, backend):
+    """Found by an adversarial probe: one ``UPDATE effective_periods SET version = 1`` made the listing
+    and CDS Hooks judge orders against a superseded version while single reads served the current one,
+    and nothing told. `flask protocols check` compares the derived rows with what the versions define."""
+    from sqlalchemy import text
+
+    ids = _seed(client)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["protocols", "check"]).exit_code == 0
+    db = app.extensions["protocols_db"]
+    first, second = ids[0], ids[2]
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE effective_periods SET valid_from = :t WHERE protocol_id = :p"),
+                     {"t": "2001-01-01 00:00:00", "p": first})
+        conn.execute(text("UPDATE search_terms SET value = 'forged' WHERE protocol_id = :p AND kind = 'drug'"),
+                     {"p": second})
+        conn.execute(text("UPDATE protocols SET latest_version = latest_version + 1 WHERE id = :p"), {"p": second})
+    result = runner.invoke(args=["protocols", "check"])
+    assert result.exit_code == 1, result.output
+    assert f"{first}: effective_periods differ from what its versions define" in result.output
+    assert f"{second}: search_terms of version 1 differ from what its document defines" in result.output
+    assert f"{second}: its head names version 2, but its newest stored version is 1" in result.output
+    assert "the derived rows of 2 of 3 protocols differ from their versions" in result.output

@@ -429,3 +429,31 @@ def test_every_dosing_field_in_the_patch_is_named_in_the_changes() -> None:
     patched = {op["path"] for op in diff.json_patch(a, b)} - {"/version"}
     named = {c.path for c in diff.clinical_changes(a, b)}
     assert patched == named == {"/dosing_ranges/0/dose_max"}, (patched, named)
+
+
+@pytest.mark.parametrize(("before", "after", "meaning"), [
+    ({"value": Decimal("0.084"), "unit": "g", "period": "P1D"}, {"value": 840, "unit": "mg", "period": "P1D"},
+     "in g: raised to 0.84 g"),
+    ({"value": 84, "unit": "mg", "period": "P1D"}, {"value": Decimal("0.084"), "unit": "g", "period": "P1D"},
+     "the same amount"),
+    ({"value": 84, "unit": "mg", "period": "P1D"}, {"value": 84, "unit": "mL", "period": "P1D"},
+     "the amounts are not comparable"),
+    ({"value": 84, "unit": "mg", "period": "P1D"}, {"value": 84000, "unit": "ug", "period": "P1W"},
+     "the amounts are not comparable"),
+])
+def test_a_maximum_per_period_in_another_unit_says_what_it_became(before, after, meaning) -> None:
+    """Found by an adversarial probe: any unit change of max_per_period read "the amounts are not
+    comparable", so a tenfold raise written in g read like the same cap in another unit."""
+    a, b = changed(lambda c: dosing(c).update(max_per_period=before))
+    a, b = b, changed(lambda c: dosing(c).update(max_per_period=after))[1]
+    change = only(diff.clinical_changes(a, b))
+    assert change.type == "unit_changed" and change.severity == "major"
+    assert f"; {meaning} (" in change.description, change.description
+
+
+def test_a_unit_change_shows_bounds_as_dose_checks_do() -> None:
+    """Found by an adversarial probe: "1e-09-2e-09 Mg" read as a subtraction."""
+    a, b = changed(lambda c: dosing(c).update(dose_min=Decimal("0.000001"), dose_max=Decimal("0.000002"), unit="g"))
+    description = only(diff.clinical_changes(a, b)).description
+    assert "56\u201384 mg became 0.000001\u20130.000002 g;" in description, description
+    assert "e-0" not in description

@@ -439,3 +439,50 @@ def test_a_dose_below_the_minimum_given_too_often_is_the_per_period_breach():
     assert dosing.check(ranges, order("10", "mg", frequency=often)).verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
     assert dosing.check(ranges, order("21", "mg", frequency=often)).verdict is Verdict.ABOVE_MAX
     assert dosing.check(ranges, order("9", "mg", frequency=Frequency(4, "P1D"))).verdict is Verdict.BELOW_MIN
+
+
+# ------------------------------------------------------------ found by the probe of 2026-12-05
+
+
+def test_an_amount_given_faster_than_the_range_allows_is_above_its_maximum_rate():
+    """The order's own administration time was used only to turn a rate into an amount: 0.5 mg/kg over
+    one minute against 0.5 mg/kg over 40 minutes, and 4.5 mg/kg over 5 s against "over 60 seconds",
+    read within_range. Faster than dose_max / duration is now above the protocol's maximum (rate)."""
+    w = Decimal("70")
+    over_40_min = content({"dose_min": Decimal("0.5"), "dose_max": Decimal("0.5"), "unit": "mg/kg",
+                           "duration": "PT40M", "phase": "single"})
+    fast = dosing.check(over_40_min, order("30", "mg/kg/h", weight_kg=w, duration_s=Fraction(60), duration_text="PT1M"))
+    assert fast.verdict is Verdict.ABOVE_MAX
+    assert any(m.startswith("Given faster than the protocol allows: 0.5 mg/kg over PT1M is 0.5 mg/kg/min; the "
+                            "protocol gives at most 0.5 mg/kg over PT40M, 0.0125 mg/kg/min.") for m in fast.messages)
+    induction = content({"dose_min": 1, "dose_max": Decimal("4.5"), "unit": "mg/kg", "duration": "PT60S"})
+    push = dosing.check(induction, order("4.5", "mg/kg", weight_kg=w, duration_s=Fraction(5), duration_text="PT5S"))
+    assert push.verdict is Verdict.ABOVE_MAX
+    # At or below the maximum rate, or slower than the protocol, it passes.
+    for given in (Fraction(60), Fraction(120)):
+        assert dosing.check(induction, order("4.5", "mg/kg", weight_kg=w, duration_s=given)).verdict \
+            is Verdict.WITHIN_RANGE
+    assert dosing.check(induction, order("1", "mg/kg", weight_kg=w, duration_s=Fraction(15))).verdict \
+        is Verdict.WITHIN_RANGE  # 4 mg/kg/min: under the 4.5 mg/kg/min the range allows
+    assert dosing.check(induction, order("1", "mg/kg", weight_kg=w, duration_s=Fraction(13))).verdict \
+        is Verdict.ABOVE_MAX  # 4.6 mg/kg/min
+
+
+def test_a_rate_without_duration_or_frequency_is_projected_as_running_without_a_stop():
+    """30 mg/d against at most 20 mg a day read within_range, the maximum left unapplied. A rate with
+    neither a duration nor a frequency runs without a stop: the window holds rate x its length. With a
+    frequency (doses of unknown length), the maximum is still reported as not applied."""
+    rate_range = content({"dose_min": 10, "dose_max": 40, "unit": "mg/d",
+                          "max_per_period": {"value": 20, "unit": "mg", "period": "P1D"}})
+    result = dosing.check(rate_range, order("30", "mg/d"))
+    assert result.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    per_period = _per_period(result)
+    assert per_period.projected.value == 30 and per_period.exceeded
+    assert "run without a stop for P1D (no duration or frequency was sent)" in per_period.calculation
+    assert dosing.check(rate_range, order("20", "mg/d")).verdict is Verdict.WITHIN_RANGE
+    weight_based = content({"dose_min": Decimal("0.1"), "dose_max": 1, "unit": "mg/kg/h",
+                            "max_per_period": {"value": 5, "unit": "mg/kg", "period": "P1D"}})
+    assert dosing.check(weight_based, order("1", "mg/kg/h", weight_kg=Decimal("70"))).verdict \
+        is Verdict.EXCEEDS_MAX_PER_PERIOD  # 24 mg/kg a day
+    with_frequency = dosing.check(rate_range, order("30", "mg/d", frequency=Frequency(1, "P1D")))
+    assert with_frequency.evaluation is not None and with_frequency.evaluation.maximum_per_period_unapplied

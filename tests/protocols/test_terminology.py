@@ -201,3 +201,20 @@ def test_snomed_indication_alternate_is_accepted(client):
         {"system": SNOMED, "code": "58703003", "display": "Postpartum depression"},
     ])
     assert client.post("/v1/protocols", json=payload).status_code == 201
+
+
+@pytest.mark.parametrize(("unit", "reason"), [
+    ("Mg", "'Mg' is not a mass doses are written in; use g, mg, ug, ng"),
+    ("kg", "'kg' is not a mass doses are written in"),
+    ("kg/kg", "'kg' is not a mass doses are written in"),
+    ("cg", "'cg' is not a mass"), ("dg/kg/h", "'dg' is not a mass"), ("[lb_av]", "'[lb_av]' is not a mass"),
+    ("[gr]", "'[gr]' is not a mass"), ("ML", "'ML' is not a volume doses are written in; use mL, L"),
+    ("mg{tbl}", "annotations in braces are not part of a dose unit (the check would read 'mg'"),
+    ("mg{total}/kg", "annotations in braces"),
+])
+def test_amounts_one_slip_from_a_dose_unit_and_annotations_are_refused(unit, reason):
+    """Found by an adversarial probe: a range of "1-2 Mg" (megagrams, 10^9 mg) was stored and judged
+    1.5 mg below_min, and "mg{tbl}" was stored although the pick list's rules say annotations are
+    refused. Doses are written in g, mg, ug or ng, or in mL or L."""
+    problem = units.check_dose_unit(unit)
+    assert problem is not None and reason in problem, problem

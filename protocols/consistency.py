@@ -1,0 +1,96 @@
+"""Derived rows checked against the history they are derived from (``flask protocols check``).
+
+Why: the listing, search, FHIR search and CDS Hooks pick the version in effect from
+``effective_periods`` and find versions through ``search_terms``; single reads go to
+``protocol_versions``. Those derived rows are written in the same transaction as each version, but
+nothing in the database stops a later ``UPDATE effective_periods SET version = 1``: one statement
+made the listing and CDS judge orders against a superseded version while ``GET /v1/protocols/{id}``
+served the current one (found by an adversarial probe). Stored versions are guarded by triggers; the
+derived rows are checked here against what the history defines (:func:`versioning.reference_periods`,
+:func:`indexing.search_terms`), so that an operator learns of such a change and can rebuild.
+Read-only, and in batches: the registry need not fit in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from itertools import groupby
+
+from sqlalchemy import select
+
+from protocols.db import Database
+from protocols.indexing import search_terms
+from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
+from protocols.record import split_document
+from protocols.versioning import reference_periods
+
+BATCH = 1000
+
+
+def derived_problems(db: Database, report: Callable[[str, str], None]) -> int:
+    """``report(protocol_id, problem)`` for every protocol whose head, effective periods or search
+    terms differ from what its stored versions define; returns how many protocols were checked."""
+    checked = 0
+    with db.read() as session:
+        heads = {protocol_id: (seq, latest) for protocol_id, seq, latest in
+                 session.execute(select(Protocol.id, Protocol.seq, Protocol.latest_version)).tuples()}
+        stored: dict[str, set[tuple[int, int, str, datetime, datetime | None]]] = defaultdict(set)
+        for row in session.execute(select(EffectivePeriod.protocol_id, EffectivePeriod.version,
+                                          EffectivePeriod.protocol_seq, EffectivePeriod.status,
+                                          EffectivePeriod.valid_from, EffectivePeriod.valid_until)).tuples():
+            stored[row[0]].add(row[1:])
+        versions = session.execute(
+            select(ProtocolVersion.protocol_id, ProtocolVersion.version, ProtocolVersion.status,
+                   ProtocolVersion.effective_from)
+            .order_by(ProtocolVersion.protocol_id, ProtocolVersion.version)).tuples()
+        for protocol_id, group in groupby(versions, key=lambda row: row[0]):
+            checked += 1
+            rows = [(version, status, effective_from) for _, version, status, effective_from in group]
+            seq, latest = heads.pop(protocol_id, (None, None))
+            if latest != rows[-1][0]:
+                # The head may advance by one without a version behind it (the trigger cannot see the
+                # version its own write inserts next): the protocol then cannot be revised (probe).
+                report(protocol_id, f"its head names version {latest}, but its newest stored version is {rows[-1][0]}")
+            wanted = {(p["version"], seq, p["status"], p["valid_from"], p["valid_until"])
+                      for p in reference_periods(rows, protocol_id)}
+            if stored.pop(protocol_id, set()) != wanted:
+                report(protocol_id, "effective_periods differ from what its versions define (the listing, search "
+                                    "and CDS Hooks would not use the version in effect)")
+        for protocol_id in stored:  # periods of a protocol without versions
+            report(protocol_id, "effective_periods name a protocol that has no stored version")
+        for protocol_id in heads:
+            report(protocol_id, "its head names a protocol that has no stored version")
+    for protocol_id, version in _term_mismatches(db):
+        report(protocol_id, f"search_terms of version {version} differ from what its document defines")
+    return checked
+
+
+def _term_mismatches(db: Database) -> Iterator[tuple[str, int]]:
+    """``(protocol id, version)`` of every version whose stored search terms differ from its document's."""
+    last = 0
+    while True:
+        with db.read() as session:
+            rows = session.execute(
+                select(ProtocolVersion.seq, ProtocolVersion.protocol_id, ProtocolVersion.version,
+                       ProtocolVersion.status, ProtocolVersion.document)
+                .where(ProtocolVersion.seq > last).order_by(ProtocolVersion.seq).limit(BATCH)).tuples().all()
+            if not rows:
+                return
+            upto = rows[-1][0]
+            terms: dict[tuple[str, int], set[tuple[str, str]]] = defaultdict(set)
+            for protocol_id, version, kind, value in session.execute(
+                    select(SearchTerm.protocol_id, SearchTerm.version, SearchTerm.kind, SearchTerm.value)
+                    .join(ProtocolVersion, (ProtocolVersion.protocol_id == SearchTerm.protocol_id)
+                          & (ProtocolVersion.version == SearchTerm.version))
+                    .where(ProtocolVersion.seq > last, ProtocolVersion.seq <= upto)).tuples():
+                terms[(protocol_id, version)].add((kind, value))
+        for _, protocol_id, version, status, document in rows:
+            _, content = split_document(json.loads(document))
+            wanted = {(kind, value[:200]) for kind, value in search_terms(content, status)}
+            if terms.get((protocol_id, version), set()) != wanted:
+                yield protocol_id, version
+        last = upto
+
