@@ -35,7 +35,7 @@ def test_a_malformed_order_names_its_path_without_any_http_in_sight():
 
 
 def test_the_newest_usable_weight_wins_in_kilograms():
-    bundle = {"resourceType": "Bundle", "entry": [
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "entry": [
         {"resource": weight(70, when="2026-01-01T10:00:00+09:00")},   # 01:00Z: older
         {"resource": weight(154, "[lb_av]", when="2026-01-01T05:00:00Z")},
         {"resource": weight(True)},                                    # not a weight of 1 kg
