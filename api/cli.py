@@ -248,7 +248,7 @@ def check_command() -> None:
             f"{len(refused)} of {checked} stored versions break today's write rules, and the derived rows of "
             f"{len(derived)} of {protocols} protocols differ from their versions (above); nothing was changed")
     click.echo(f"checked {checked} stored versions of {protocols} protocols: all pass today's write rules, and "
-               "every derived row matches its versions")
+               "every head, effective period and search term matches its versions")
 
 
 def _digest_line(digest: Any) -> str:

@@ -100,7 +100,8 @@ def per_period_out(per_period: PerPeriod | None) -> dict[str, Any] | None:
 def evaluation_out(evaluation: Evaluation | None) -> dict[str, Any]:
     if evaluation is None:
         return {"range_index": None, "matched_range": None, "dose_in_range_unit": None,
-                "range_in_ordered_unit": None, "absolute_range": None, "per_period": None, "regimen": None}
+                "range_in_ordered_unit": None, "absolute_range": None, "per_period": None, "regimen": None,
+                "faster_than_protocol": None}
     ordered = Fraction(evaluation.dose.value)  # a bound the dose broke is shown on the far side of it
     return {"range_index": evaluation.range_index, "matched_range": evaluation.range,
             "dose_in_range_unit": amount_out(evaluation.dose_in_range_unit, evaluation.dose_against),
@@ -108,7 +109,8 @@ def evaluation_out(evaluation: Evaluation | None) -> dict[str, Any]:
             "absolute_range": absolute_out(evaluation.absolute_range,
                                            ordered if evaluation.absolute_range.span.unit == evaluation.dose.unit
                                            else None),
-            "per_period": per_period_out(evaluation.per_period), "regimen": per_period_out(evaluation.regimen)}
+            "per_period": per_period_out(evaluation.per_period), "regimen": per_period_out(evaluation.regimen),
+            "faster_than_protocol": evaluation.faster}
 
 
 def alternative_out(evaluation: Evaluation) -> dict[str, Any]:

@@ -199,10 +199,19 @@ def postgres_backend(admin_url: str) -> Iterator[Backend]:
 
     def copy(suffix: str) -> str:
         copy_name = f"{name}_{suffix}"
-        with admin.connect() as conn:  # a template must have no other sessions (a finished server's may linger)
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                         {"n": name})
-            conn.execute(text(f'CREATE DATABASE "{copy_name}" TEMPLATE "{name}"'))
+        for attempt in range(5):
+            # A template must have no other sessions: a finished server's may linger, and autovacuum
+            # may start on the new catalog between the terminate and the CREATE (a review).
+            with admin.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                             {"n": name})
+                try:
+                    conn.execute(text(f'CREATE DATABASE "{copy_name}" TEMPLATE "{name}"'))
+                    break
+                except Exception:  # "source database is being accessed by other users"
+                    if attempt == 4:
+                        raise
+            time.sleep(0.5)
         databases.append(copy_name)
         pinner.watch(copy_name)
         return f"{base}/{copy_name}"

@@ -96,6 +96,9 @@ class DosageLine:
     #: The strength of the ordered product (its one ingredient's ``strength`` in a contained
     #: Medication): a dose in mL is converted to mg through it.
     concentration: Concentration | None = None
+    #: The shortest an administration may run (``timing.repeat.duration`` when ``durationMax`` is
+    #: also given), in seconds: how fast the dose may be given (``DoseOrder.shortest_s``).
+    shortest_s: Fraction | None = None
 
 
 @dataclass
@@ -436,7 +439,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes, unchecked = _frequency(dosage, path)
-    duration = _administration_duration(dosage, unchecked)
+    duration, shortest_s = _administration_duration(dosage, unchecked)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     if dosage.maxDosePerPeriod is not None:
@@ -478,25 +481,41 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             # An entry with nothing that could be read (a rateRatio that is no exact rate) still gets
             # its card, "dose not checked"; without a line it got none, as if no protocol applied.
             lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
-                                    as_needed=as_needed, unchecked=line_unchecked, duration=duration))
+                                    as_needed=as_needed, unchecked=line_unchecked, duration=duration,
+                                    shortest_s=shortest_s))
     return lines
 
 
-def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:
+def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[Fraction, str] | None,
+                                                                      Fraction | None]:
     """``timing.repeat.duration`` (or the longer ``durationMax``) with its ``durationUnit``: the longest an
-    administration runs, which gives the most an infusion delivers."""
+    administration runs, which gives the most an infusion delivers; and the shortest it may run
+    (``duration`` when ``durationMax`` is given too), which says how fast the dose may be given: a 10 min
+    ``duration`` with a 40 min ``durationMax`` read as 40 min, and passed a protocol's "over 40 min"
+    (a review).
+
+    An order without a frequency or period, bounded by ``boundsDuration`` and no ``duration``, is one
+    administration that long (25 mg/h for 4 h): without it, such a rate was projected as running
+    without a stop (a review)."""
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None:
-        return None
+        return None, None
     value = repeat.durationMax if repeat.durationMax is not None else repeat.duration
+    unit = repeat.durationUnit
+    bounds = repeat.boundsDuration
+    if (value is None and bounds is not None and repeat.frequency is None and repeat.frequencyMax is None
+            and repeat.period is None):
+        value, unit = bounds.value, (bounds.code if bounds.system in (terminology.UCUM, None) else None) or bounds.unit
     if value is None:
-        return None
+        return None, None
     length = _readable(value)
-    unit_seconds = PERIOD_UNIT_SECONDS.get(str(repeat.durationUnit)) if repeat.durationUnit else None
+    unit_seconds = PERIOD_UNIT_SECONDS.get(str(unit)) if unit else None
     if length is None or length <= 0 or unit_seconds is None or unit_seconds > PERIOD_UNIT_SECONDS["wk"]:
-        unchecked.append(f"the administration's duration ({value} {repeat.durationUnit}) could not be read")
-        return None
-    return length * unit_seconds, f"{value} {repeat.durationUnit}"
+        unchecked.append(f"the administration's duration ({value} {unit}) could not be read")
+        return None, None
+    shortest = _readable(repeat.duration) if repeat.durationMax is not None and repeat.duration is not None else None
+    shortest_s = shortest * unit_seconds if shortest is not None and 0 < shortest <= length else None
+    return (length * unit_seconds, f"{value} {unit}"), shortest_s
 
 
 def _range_ends(bounds: Any, path: str, what: str, unchecked: list[str]) -> list[Quantity]:
@@ -690,7 +709,7 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
         duration = line.duration or _implied_duration(line, dose, weight_kg)
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
-                          duration_text=duration[1] if duration else None)
+                          duration_text=duration[1] if duration else None, shortest_s=line.shortest_s)
         try:
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:
@@ -778,6 +797,9 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         if (unchecked or best.unchecked) and indicator == "info":
             # Never the green card of a real pass for an order part of which was not checked.
             indicator, verdict = "warning", f"{verdict}, partly checked"
+        if indicator == "info" and any(e.faster for e in best.evaluations):
+            # The amount is in range, given faster than the protocol gives it (dosing._faster_than_protocol).
+            indicator, verdict = "warning", f"{verdict}, given faster than the protocol"
     else:
         indicator, verdict = "warning", "dose not checked"
     detail = [f"Checked against **{markdown_text(content.get('title', stored.protocol_id))}** "

@@ -8,7 +8,11 @@ made the listing and CDS judge orders against a superseded version while ``GET /
 served the current one (found by an adversarial probe). Stored versions are guarded by triggers; the
 derived rows are checked here against what the history defines (:func:`versioning.reference_periods`,
 :func:`indexing.search_terms`), so that an operator learns of such a change and can rebuild.
-Read-only, and in batches: the registry need not fit in memory.
+
+Read-only, in one snapshot (REPEATABLE READ on PostgreSQL): read statement by statement, a version
+committed between two reads was reported as a damaged protocol (a review). Heads and periods are
+held in memory (a few rows per protocol); documents and terms are read in batches of :data:`BATCH`
+versions. Full-text rows are not compared.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from datetime import datetime
 from itertools import groupby
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from protocols.db import Database
 from protocols.indexing import search_terms
 from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
 from protocols.record import split_document
-from protocols.versioning import reference_periods
+from protocols.versioning import reference_periods, snapshot
 
 BATCH = 1000
 
@@ -34,7 +39,7 @@ def derived_problems(db: Database, report: Callable[[str, str], None]) -> int:
     """``report(protocol_id, problem)`` for every protocol whose head, effective periods or search
     terms differ from what its stored versions define; returns how many protocols were checked."""
     checked = 0
-    with db.read() as session:
+    with snapshot(db) as session:
         heads = {protocol_id: (seq, latest) for protocol_id, seq, latest in
                  session.execute(select(Protocol.id, Protocol.seq, Protocol.latest_version)).tuples()}
         stored: dict[str, set[tuple[int, int, str, datetime, datetime | None]]] = defaultdict(set)
@@ -63,30 +68,29 @@ def derived_problems(db: Database, report: Callable[[str, str], None]) -> int:
             report(protocol_id, "effective_periods name a protocol that has no stored version")
         for protocol_id in heads:
             report(protocol_id, "its head names a protocol that has no stored version")
-    for protocol_id, version in _term_mismatches(db):
-        report(protocol_id, f"search_terms of version {version} differ from what its document defines")
+        for protocol_id, version in _term_mismatches(session):
+            report(protocol_id, f"search_terms of version {version} differ from what its document defines")
     return checked
 
 
-def _term_mismatches(db: Database) -> Iterator[tuple[str, int]]:
+def _term_mismatches(session: Session) -> Iterator[tuple[str, int]]:
     """``(protocol id, version)`` of every version whose stored search terms differ from its document's."""
     last = 0
     while True:
-        with db.read() as session:
-            rows = session.execute(
-                select(ProtocolVersion.seq, ProtocolVersion.protocol_id, ProtocolVersion.version,
-                       ProtocolVersion.status, ProtocolVersion.document)
-                .where(ProtocolVersion.seq > last).order_by(ProtocolVersion.seq).limit(BATCH)).tuples().all()
-            if not rows:
-                return
-            upto = rows[-1][0]
-            terms: dict[tuple[str, int], set[tuple[str, str]]] = defaultdict(set)
-            for protocol_id, version, kind, value in session.execute(
-                    select(SearchTerm.protocol_id, SearchTerm.version, SearchTerm.kind, SearchTerm.value)
-                    .join(ProtocolVersion, (ProtocolVersion.protocol_id == SearchTerm.protocol_id)
-                          & (ProtocolVersion.version == SearchTerm.version))
-                    .where(ProtocolVersion.seq > last, ProtocolVersion.seq <= upto)).tuples():
-                terms[(protocol_id, version)].add((kind, value))
+        rows = session.execute(
+            select(ProtocolVersion.seq, ProtocolVersion.protocol_id, ProtocolVersion.version,
+                   ProtocolVersion.status, ProtocolVersion.document)
+            .where(ProtocolVersion.seq > last).order_by(ProtocolVersion.seq).limit(BATCH)).tuples().all()
+        if not rows:
+            return
+        upto = rows[-1][0]
+        terms: dict[tuple[str, int], set[tuple[str, str]]] = defaultdict(set)
+        for protocol_id, version, kind, value in session.execute(
+                select(SearchTerm.protocol_id, SearchTerm.version, SearchTerm.kind, SearchTerm.value)
+                .join(ProtocolVersion, (ProtocolVersion.protocol_id == SearchTerm.protocol_id)
+                      & (ProtocolVersion.version == SearchTerm.version))
+                .where(ProtocolVersion.seq > last, ProtocolVersion.seq <= upto)).tuples():
+            terms[(protocol_id, version)].add((kind, value))
         for _, protocol_id, version, status, document in rows:
             _, content = split_document(json.loads(document))
             wanted = {(kind, value[:200]) for kind, value in search_terms(content, status)}

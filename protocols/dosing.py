@@ -209,6 +209,9 @@ class DoseOrder:
     #: probe: 504 mg a day read as 84 mg).
     duration_s: Fraction | None = None
     duration_text: str | None = None
+    #: The shortest administration the order allows when it gives a range (FHIR ``duration`` below
+    #: ``durationMax``), for :func:`_faster_than_protocol`; None: ``duration_s``.
+    shortest_s: Fraction | None = None
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -275,6 +278,8 @@ class Evaluation:
     #: gives (see :func:`_regimen`); None when the order or the range has no frequency, or for a rate.
     regimen: PerPeriod | None
     messages: list[str] = field(default_factory=list)
+    #: Why the order gives its dose faster than the range allows (:func:`_faster_than_protocol`), or None.
+    faster: str | None = None
 
     @property
     def dose_against(self) -> Fraction | None:
@@ -716,12 +721,16 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     faster = _faster_than_protocol(order, dose_range, range_unit, in_range_unit, high)
     if faster is not None:
         messages.append(faster)
-        verdict = _at_least(verdict, Verdict.ABOVE_MAX)
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
                       Amount(in_range_unit, range_unit.code), in_ordered_unit, absolute, per_period, regimen,
-                      messages)
+                      messages, faster)
+
+
+#: How much faster than the range's own rate an order may run before it is named: a pump rate rounded
+#: to a whole number (36.5 mg at 55 mg/h where the range gives 54.75) is no deviation (a review).
+FASTER_TOLERANCE = Fraction(11, 10)
 
 
 def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range_unit: DoseUnit,
@@ -730,22 +739,34 @@ def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range
 
     A range of amounts with a ``duration`` ("1-4.5 mg/kg over PT60S": the Ketalar label's "administer
     slowly over 60 seconds"; 0.5 mg/kg over PT40M) gives at most ``dose_max / duration`` per unit of
-    time. An order that states a shorter administration of its own was judged on its amount alone:
-    0.5 mg/kg over one minute (40 times the protocol's rate) and 4.5 mg/kg over 5 s read
-    "within_range" (found by an adversarial probe). Such an order is above the protocol's maximum
-    rate, and the verdict says so; a slower administration, or one at no more than the maximum rate,
-    passes. Ranges of rates are judged as rates already."""
+    time. An order that states a shorter administration of its own was judged on its amount alone,
+    and 0.5 mg/kg over one minute (40 times the protocol's rate) read "within_range" with nothing
+    said (found by an adversarial probe). It is named in a message and in ``Evaluation.faster``
+    (CDS Hooks cards are then never "info"), above :data:`FASTER_TOLERANCE` of that rate, and
+    the verdict stays about the amount: what ``duration`` means differs by range (a shortest push
+    time for a bolus, the length of an infusion), so a rule of rates cannot call every faster
+    administration an overdose (a review of the first fix, which made it ``above_max``). Ranges of
+    rates are judged as rates already."""
     protocol_s = _duration_seconds(dose_range)
-    given_s = order.duration_s
+    given_s = order.shortest_s if order.shortest_s is not None else order.duration_s
     if given_s is None or protocol_s is None or range_unit.is_rate or given_s >= protocol_s or given_s <= 0:
         return None
-    if per_dose / given_s <= high / protocol_s:
+    ordered_rate, protocol_rate = per_dose / given_s * 60, high / protocol_s * 60
+    if ordered_rate <= protocol_rate * FASTER_TOLERANCE:
         return None
     per_minute = f"{range_unit.code}/min"
-    return (f"Given faster than the protocol allows: {fmt(per_dose)} {range_unit.code} over "
-            f"{order.duration_text or fmt(given_s) + ' s'} is {fmt(per_dose / given_s * 60)} {per_minute}; the "
+    return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over "
+            f"{order.duration_text or fmt(given_s) + ' s'} is {_rounded(ordered_rate)} {per_minute}; the "
             f"protocol gives at most {fmt(high)} {range_unit.code} over {dose_range['duration']}, "
-            f"{fmt(high / protocol_s * 60)} {per_minute}.")
+            f"{_rounded(protocol_rate)} {per_minute}.")
+
+
+def _rounded(value: Fraction) -> str:
+    """Three significant digits for a rate named in a message (not ``≈0.0125570776256``), in plain
+    notation."""
+    number = Decimal(value.numerator) / Decimal(value.denominator)
+    text = format(round(number, 2 - number.adjusted()), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],

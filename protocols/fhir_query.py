@@ -206,10 +206,12 @@ def _parse_statuses(value: str) -> frozenset[str]:
     return frozenset(allowed)
 
 
+#: A UTC offset as FHIR writes one: ``Z``, or at most 14 hours either way.
+_FHIR_ZONE = r"Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00)"
 _DATE = re.compile(
     r"^(?P<prefix>[a-z]{2})?(?P<year>[0-9]{4})(?:-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2})"
     r"(?:T(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2})(?P<fraction>\.[0-9]{1,9})?)?"
-    r"(?P<zone>Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$")  # FHIR: offsets up to ±14:00
+    rf"(?P<zone>{_FHIR_ZONE}))?)?)?$")
 _DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
 
 
@@ -292,8 +294,7 @@ def date_start(value: str) -> datetime | None:
         return None
 
 
-#: A UTC offset as FHIR's ``instant`` writes it, at most 14 hours either way (as ``_lastUpdated``'s).
-_FHIR_OFFSET = re.compile(r"(?:[zZ]|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))$")
+_FHIR_OFFSET = re.compile(rf"(?:{_FHIR_ZONE})$")
 
 
 def parse_instant(name: str, value: str) -> datetime:

@@ -42,7 +42,7 @@ def search_terms(content: Mapping[str, Any], status: str) -> Iterator[tuple[str,
 
 def drug_term(name: str) -> str:
     """A drug or brand name as the ``drug`` filter compares it: compatibility forms folded and
-    case-folded (NFKC casefold, Unicode's form for comparing identifiers), a dotless i as an i, white
+    case-folded (NFKC casefold, Unicode's form for comparing identifiers), a dotless or dotted i as an i, white
     space runs as one space and none at either end. Both sides go through this.
 
     Why each step: stored names were only case-folded and queries also stripped, so "Spravato " could
@@ -52,7 +52,8 @@ def drug_term(name: str) -> str:
     before). Look-alikes of other scripts are refused where names are written
     (``schemas.fields.mixes_scripts``), not folded here."""
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
-    return " ".join(folded.replace("\u0131", "i").split())
+    # A capital dotted İ case-folds to i plus a combining dot ("İbuprofen" never matched "ibuprofen").
+    return " ".join(folded.replace("\u0131", "i").replace("i\u0307", "i").split())
 
 
 def rederive_drug_terms(connection: Connection) -> None:

@@ -142,7 +142,9 @@ class DoseCheckRequestSchema(Schema):
     duration = Duration(metadata={"description": "How long one administration runs (ISO 8601, e.g. PT24H): a "
                                                  "rate and an amount are converted through it (otherwise "
                                                  "through the protocol range's duration), and an infusion's "
-                                                 "amount per period is rate x this duration"})
+                                                 "amount per period is rate x this duration; shorter than the "
+                                                 "range's duration and faster than its rate, it is named in "
+                                                 "faster_than_protocol"})
     as_of = Instant(finer="down", metadata={"description": "Judge against the version in effect at this instant"})
 
 
@@ -217,6 +219,10 @@ class EvaluationSchema(Schema):
                        "regimen gives (dose_max times its count: 56-84 mg twice weekly gives at most 168 mg per "
                        "P1W); exceeded makes the verdict exceeds_max_per_period. Null without both frequencies, "
                        "and for rates"})
+    faster_than_protocol = fields.String(allow_none=True, metadata={
+        "description": "Why the dose is given faster than the range allows (the order's own duration is shorter "
+                       "than the range's and its rate is more than 10 % above dose_max per that duration), or "
+                       "null. The verdict stays about the amount; CDS Hooks cards with it are never 'info'"})
     messages = fields.List(fields.String(), metadata={"description": "Clinician-readable explanation"})
 
 
@@ -233,6 +239,7 @@ class DoseCheckResponseSchema(Schema):
     absolute_range = EvaluationSchema._declared_fields["absolute_range"]
     per_period = EvaluationSchema._declared_fields["per_period"]
     regimen = EvaluationSchema._declared_fields["regimen"]
+    faster_than_protocol = EvaluationSchema._declared_fields["faster_than_protocol"]
     messages = EvaluationSchema._declared_fields["messages"]
     evaluations = fields.List(fields.Nested(EvaluationSchema),
                               metadata={"description": "Every alternative range of the phase that was "

@@ -28,5 +28,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Nothing to undo: older code reads the folded terms as it read the NFC ones (a fullwidth query
-    then finds nothing again, as before)."""
+    """Nothing is undone: the folded terms stay. Older code folds queries to NFC only, so a name whose
+    folded term differs from its NFC form (fullwidth letters, ``™``, subscripts) is not found by its
+    own spelling under older code until the terms are re-derived its way."""

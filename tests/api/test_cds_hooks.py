@@ -1203,3 +1203,35 @@ def test_one_hook_call_reads_one_state_of_the_history(client, monkeypatch):
     assert corrected
     monkeypatch.setattr(search, "applicable_protocols", lookup)
     assert _judged(cards(client, _two_orders())) == [("2", "info"), ("2", "info")]
+
+
+def test_a_bounded_infusion_runs_its_bounds_and_a_fast_push_is_never_an_info_card(client):
+    """A review of the probe fixes: a rate bounded by ``boundsDuration`` (25 mg/h for 4 h, no frequency)
+    was projected as running without a stop, 600 mg a day against a cap of 100 (a critical card for an
+    order that gives exactly 100 mg); and a dose given faster than the protocol gives it reads "within
+    protocol range, given faster than the protocol" (a warning), taking ``duration`` below
+    ``durationMax`` as the shortest it may run."""
+    ketamine_protocol(client, dose_min=10, dose_max=40, unit="mg/h",
+                      dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 10, "dose_max": 40,
+                                      "unit": "mg/h", "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    bounded = medication_request("ket-bounded", KETAMINE, IV, rate=(25, "mg/h"))
+    bounded["dosageInstruction"][0]["timing"] = {"repeat": {"boundsDuration": {
+        "value": 4, "unit": "h", "system": UCUM, "code": "h"}}}
+    (card,) = cards(client, hook_request([bounded]))
+    assert card["indicator"] == "info", card
+    unbounded = medication_request("ket-unbounded", KETAMINE, IV, rate=(25, "mg/h"))
+    (card,) = cards(client, hook_request([unbounded]))
+    assert card["indicator"] == "critical" and "run without a stop" in card["detail"], card
+
+    push = ketamine_protocol(client, protocol_id="ketamine-slow-push",
+                             dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5,
+                                             "unit": "mg/kg", "duration": "PT60S"}])
+    assert push
+    fast = medication_request("ket-fast", KETAMINE, IV, dose=(2, "mg/kg"), reason=(SNOMED, "399097000"))
+    fast["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 5, "durationMax": 60, "durationUnit": "s"}}
+    by_protocol = {c["source"]["topic"]["code"].split("/")[0]: c
+                   for c in cards(client, hook_request([fast], weight=weight_bundle(70)))}
+    card = by_protocol["ketamine-slow-push"]
+    assert card["indicator"] == "warning", card
+    assert card["summary"].startswith("within protocol range, given faster than the protocol"), card["summary"]
+    assert "Given faster than the protocol: 2 mg/kg over" in card["detail"]

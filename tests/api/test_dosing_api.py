@@ -667,3 +667,22 @@ def test_the_top_of_range_check_needs_no_weight_the_range_does_not(client):
     heavy = client.get(f"/v1/protocols/{protocol_id}/dose?route={IM}&weight_kg=15").get_json()
     (capped,) = heavy["ranges"]
     assert any("the protocol gives no frequency" in m for m in capped["messages"]), capped["messages"]
+
+
+def test_a_dose_given_faster_than_the_range_allows_is_named_in_the_answer(client):
+    """Found by an adversarial probe: 0.5 mg/kg over one minute against 0.5 mg/kg over 40 minutes read
+    within_range with nothing said. The answer names it in ``faster_than_protocol`` and a message."""
+    payload = protocol_payload(dosing_ranges=[{"route": "47625008", "phase": "infusion", "dose_min": 0.5,
+                                               "dose_max": 0.5, "unit": "mg/kg", "duration": "PT40M"}],
+                               routes=[{"system": "http://snomed.info/sct", "code": "47625008",
+                                        "display": "Intravenous route"}])
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+    body = {"route": "47625008", "dose": {"value": 30, "unit": "mg/kg/h"}, "patient": {"weight_kg": 70},
+            "duration": "PT1M"}
+    answer = client.post(f"/v1/protocols/{payload['id']}/dose-check", json=body).get_json()
+    assert answer["verdict"] == "within_range"
+    assert answer["faster_than_protocol"].startswith("Given faster than the protocol: 0.5 mg/kg over PT1M")
+    assert answer["faster_than_protocol"] in answer["messages"]
+    slow = client.post(f"/v1/protocols/{payload['id']}/dose-check", json={**body, "duration": "PT40M",
+                                                                        "dose": {"value": 0.75, "unit": "mg/kg/h"}})
+    assert slow.get_json()["faster_than_protocol"] is None

@@ -475,8 +475,8 @@ def test_check_names_every_stored_version_todays_rules_refuse_and_changes_nothin
     runner = app.test_cli_runner()
     clean = runner.invoke(args=["protocols", "check"])
     assert clean.exit_code == 0, clean.output
-    assert ("checked 6 stored versions of 3 protocols: all pass today's write rules, and every derived row "
-            "matches its versions") in clean.output
+    assert ("checked 6 stored versions of 3 protocols: all pass today's write rules, and every head, effective "
+            "period and search term matches its versions") in clean.output
 
     # Stored through the domain, past the wire schema, as an older release's rules let it be.
     payload = protocol_payload("look-alike")

@@ -444,28 +444,32 @@ def test_a_dose_below_the_minimum_given_too_often_is_the_per_period_breach():
 # ------------------------------------------------------------ found by the probe of 2026-12-05
 
 
-def test_an_amount_given_faster_than_the_range_allows_is_above_its_maximum_rate():
+def test_an_amount_given_faster_than_the_range_allows_is_named_and_flagged():
     """The order's own administration time was used only to turn a rate into an amount: 0.5 mg/kg over
-    one minute against 0.5 mg/kg over 40 minutes, and 4.5 mg/kg over 5 s against "over 60 seconds",
-    read within_range. Faster than dose_max / duration is now above the protocol's maximum (rate)."""
+    one minute against 0.5 mg/kg over 40 minutes read within_range with nothing said. Faster than
+    dose_max / duration (beyond a 10 % tolerance for rounded pump rates) is now named in a message and
+    in ``Evaluation.faster``; the verdict stays about the amount (a review: what ``duration`` means
+    differs by range, so a faster administration is not called an overdose)."""
     w = Decimal("70")
     over_40_min = content({"dose_min": Decimal("0.5"), "dose_max": Decimal("0.5"), "unit": "mg/kg",
                            "duration": "PT40M", "phase": "single"})
     fast = dosing.check(over_40_min, order("30", "mg/kg/h", weight_kg=w, duration_s=Fraction(60), duration_text="PT1M"))
-    assert fast.verdict is Verdict.ABOVE_MAX
-    assert any(m.startswith("Given faster than the protocol allows: 0.5 mg/kg over PT1M is 0.5 mg/kg/min; the "
-                            "protocol gives at most 0.5 mg/kg over PT40M, 0.0125 mg/kg/min.") for m in fast.messages)
+    assert fast.verdict is Verdict.WITHIN_RANGE and fast.evaluation is not None
+    expected = ("Given faster than the protocol: 0.5 mg/kg over PT1M is 0.5 mg/kg/min; the protocol gives at most "
+                "0.5 mg/kg over PT40M, 0.0125 mg/kg/min.")
+    assert fast.evaluation.faster == expected and expected in fast.messages
     induction = content({"dose_min": 1, "dose_max": Decimal("4.5"), "unit": "mg/kg", "duration": "PT60S"})
     push = dosing.check(induction, order("4.5", "mg/kg", weight_kg=w, duration_s=Fraction(5), duration_text="PT5S"))
-    assert push.verdict is Verdict.ABOVE_MAX
-    # At or below the maximum rate, or slower than the protocol, it passes.
+    assert push.evaluation is not None and push.evaluation.faster is not None
+    # Slower than the protocol, at its rate, within the tolerance (a pump rate rounded up), or a range
+    # in a shorter administration than the order's shortest: nothing to name.
     for given in (Fraction(60), Fraction(120)):
-        assert dosing.check(induction, order("4.5", "mg/kg", weight_kg=w, duration_s=given)).verdict \
-            is Verdict.WITHIN_RANGE
-    assert dosing.check(induction, order("1", "mg/kg", weight_kg=w, duration_s=Fraction(15))).verdict \
-        is Verdict.WITHIN_RANGE  # 4 mg/kg/min: under the 4.5 mg/kg/min the range allows
-    assert dosing.check(induction, order("1", "mg/kg", weight_kg=w, duration_s=Fraction(13))).verdict \
-        is Verdict.ABOVE_MAX  # 4.6 mg/kg/min
+        assert dosing.check(induction, order("4.5", "mg/kg", weight_kg=w, duration_s=given)).evaluation.faster is None
+    rounded_pump = dosing.check(over_40_min, order("36.5", "mg", weight_kg=Decimal("73"),
+                                                   duration_s=Fraction(365, 55) * 360))  # 36.5 mg at 55 mg/h
+    assert rounded_pump.evaluation is not None and rounded_pump.evaluation.faster is None
+    assert dosing.check(over_40_min, order("35", "mg", weight_kg=w, duration_s=Fraction(2400), shortest_s=Fraction(600))
+                        ).evaluation.faster is not None  # 10 to 40 min: it may run in 10
 
 
 def test_a_rate_without_duration_or_frequency_is_projected_as_running_without_a_stop():

@@ -577,6 +577,10 @@ def test_the_drug_filter_folds_compatibility_forms_on_both_sides_and_0009_re_der
     assert ids(db, drug="Zorblex") == ids(db, drug=bold) == {"brand-bold"}
     assert ids(db, drug="quuxin") == ids(db, drug="QUUXIN") == ids(db, drug="quux\u0131n") == {"brand-dotless"}
     assert ids(db, drug="zorble") == set()  # still equality, not a prefix
+    content = content_of("brand-dotted")
+    content["drug"] = {**content["drug"], "brand_names": ["\u0130zorb"]}  # a capital dotted I
+    versioning.create(db, "brand-dotted", content)
+    assert ids(db, drug="izorb") == ids(db, drug="IZORB") == {"brand-dotted"}
 
     config = migrate.alembic_config(database_url)
     command.downgrade(config, "0008")
