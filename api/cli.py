@@ -160,11 +160,10 @@ def validate_document(document: dict[str, Any]) -> dict[str, list[str]]:
     A stored document carries every field the schema fills in (``verification_notes: []``, a range's
     ``frequency: null`` …). One without them would be stored as sent, and the same record PUT back
     would then differ from it and append a version instead of answering "unchanged"."""
-    schema = ProtocolCreateSchema()
-    errors = flatten_errors(schema.validate(document))
-    if errors:
-        return errors
-    _, loaded = split_payload(schema.load(document))
+    try:  # loaded once: validate() and then load() deserialized every document twice (a review)
+        _, loaded = split_payload(ProtocolCreateSchema().load(document))
+    except ValidationError as exc:
+        return flatten_errors(exc.messages)
     _, sent = record.split_document(document)
     completed, as_sent = record.canonical_content(loaded), record.canonical_content(sent)
     return {name: ["not in the stored form: the service stores this field as "
