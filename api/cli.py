@@ -241,12 +241,12 @@ def check_command() -> None:
         derived.add(protocol_id)
         click.echo(f"{protocol_id}: {problem}")
 
-    protocols = consistency.derived_problems(get_db(), report_derived)
+    protocol_count = consistency.derived_problems(get_db(), report_derived)
     if refused or derived:
         raise click.ClickException(
             f"{len(refused)} of {checked} stored versions break today's write rules, and the derived rows of "
-            f"{len(derived)} of {protocols} protocols differ from their versions (above); nothing was changed")
-    click.echo(f"checked {checked} stored versions of {protocols} protocols: all pass today's write rules, and "
+            f"{len(derived)} of {protocol_count} protocols differ from their versions (above); nothing was changed")
+    click.echo(f"checked {checked} stored versions of {protocol_count} protocols: all pass today's write rules, and "
                "every head, effective period and search term matches its versions")
 
 

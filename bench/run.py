@@ -195,7 +195,6 @@ def postgres_backend(admin_url: str) -> Iterator[Backend]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     base = normalize_url(admin_url).rsplit("/", 1)[0]
     pinner = BackendPinner(admin, name)
-    databases = [name]
 
     def copy(suffix: str) -> str:
         copy_name = f"{name}_{suffix}"
@@ -212,8 +211,7 @@ def postgres_backend(admin_url: str) -> Iterator[Backend]:
                     if attempt == 4:
                         raise
             time.sleep(0.5)
-        databases.append(copy_name)
-        pinner.watch(copy_name)
+        pinner.watch(copy_name)  # and dropped with the run's database below
         return f"{base}/{copy_name}"
 
     try:
@@ -221,7 +219,7 @@ def postgres_backend(admin_url: str) -> Iterator[Backend]:
     finally:
         pinner.stop()
         with admin.connect() as conn:
-            for database in databases:
+            for database in pinner.databases:
                 conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                              {"n": database})
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{database}"'))

@@ -256,7 +256,7 @@ def _strength(medication: Any) -> Concentration | None:
     if numerator is None or denominator is None:
         return None
     amount, per = _readable(numerator.value), _readable(denominator.value)
-    units = [q.code if q.code and q.system in (terminology.UCUM, None) else q.unit for q in (numerator, denominator)]
+    units = [_unit_of(numerator), _unit_of(denominator)]
     if amount is None or per is None or amount <= 0 or per <= 0 or not all(units):
         return None  # a strength that cannot be used: a dose in mL of it is "not checked", as before
     try:
@@ -287,8 +287,14 @@ def _quantity(value: Any, path: str) -> Quantity | None:
     problem = number_problem(number)
     if problem is not None:
         raise _bad_request(f"{path}.value", problem)
-    unit = value.code if value.code and value.system in (terminology.UCUM, None) else value.unit
+    unit = _unit_of(value)
     return Quantity(number, str(unit or ""))
+
+
+def _unit_of(quantity: Any) -> str | None:
+    """A FHIR Quantity's unit as the service reads it: its UCUM ``code`` (a ``system`` of UCUM, or none),
+    else its human-readable ``unit``."""
+    return quantity.code if quantity.code and quantity.system in (terminology.UCUM, None) else quantity.unit
 
 
 def _ratio_rate(ratio: Any, path: str) -> tuple[Quantity | None, str | None]:
@@ -505,7 +511,7 @@ def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[F
     bounds = repeat.boundsDuration
     if (value is None and bounds is not None and repeat.frequency is None and repeat.frequencyMax is None
             and repeat.period is None):
-        value, unit = bounds.value, (bounds.code if bounds.system in (terminology.UCUM, None) else None) or bounds.unit
+        value, unit = bounds.value, _unit_of(bounds)
     if value is None:
         return None, None
     length = _readable(value)

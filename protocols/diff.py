@@ -369,31 +369,36 @@ def _unit_change_meaning(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     old bound); otherwise (mg against mg/kg, mass against volume) the numbers are not comparable. The
     change stays a major ``unit_changed`` either way: a thousandfold slip hides in exactly such a
     rewrite. Its text said "not comparable" for mg against ug too (found by an adversarial probe)."""
-    if _in_unit(1, b.get("unit"), a.get("unit")) is None:
+    to_old = _converter(b.get("unit"), a.get("unit"))
+    if to_old is None:
         return "the numbers are not comparable"
     verdicts = []
     for bound, label in (("dose_min", "minimum"), ("dose_max", "maximum")):
         old_value, new_value = a.get(bound), b.get(bound)
         if old_value is None or new_value is None:
             continue
-        old_amount = Fraction(_number(old_value))
-        converted = _in_unit(new_value, b.get("unit"), a.get("unit"))
-        if converted is not None and converted != old_amount:
-            verdicts.append(f"the {label} {'raised' if converted > old_amount else 'lowered'} "
-                            f"to {fmt(converted, against=old_amount)} {a.get('unit')}")
+        old_amount, converted = Fraction(_number(old_value)), to_old(new_value)
+        if converted != old_amount:
+            verdicts.append(f"the {label} {_moved(old_amount, converted, a.get('unit'))}")
     return "the same doses" if not verdicts else f"in {a.get('unit')}: " + " and ".join(verdicts)
 
 
-def _in_unit(value: Any, unit: Any, target: Any) -> Fraction | None:
-    """``value`` in ``unit`` converted exactly to ``target`` when both are dose units of one kind (mass
-    or volume, per kg or not, rate or not: ``dosing.convert``), else None (not comparable)."""
+def _converter(unit: Any, target: Any) -> Callable[[Any], Fraction] | None:
+    """Exact conversion of a value in ``unit`` to ``target`` when both are dose units of one kind (mass
+    or volume, per kg or not, rate or not: ``dosing.convert``), else None: not comparable."""
     try:
         source, wanted = parse_dose_unit(str(unit)), parse_dose_unit(str(target))
     except UnitError:
         return None
     if (source.kind, source.per_kg, source.is_rate) != (wanted.kind, wanted.per_kg, wanted.is_rate):
         return None
-    return convert(Fraction(_number(value)), source, wanted, weight_kg=None, concentration=None, duration_s=None)
+    return lambda value: convert(Fraction(_number(value)), source, wanted, weight_kg=None, concentration=None,
+                                 duration_s=None)
+
+
+def _moved(old: Fraction, new: Fraction, unit: Any) -> str:
+    """"raised to 840 mg": where a converted value went from ``old``, shown as dose checks show it."""
+    return f"{'raised' if new > old else 'lowered'} to {fmt(new, against=old)} {unit}"
 
 
 def _bounds(dose_range: Mapping[str, Any]) -> str:
@@ -448,13 +453,12 @@ def _max_per_period(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
     if a.get("unit") != b.get("unit") or not _duration_equal(a.get("period"), b.get("period")):
         # Another unit over the same period is converted when it can be (0.084 g -> 840 mg per P1D, a
         # tenfold raise, read "not comparable", as did the same amount rewritten; found by a probe).
+        to_old = _converter(b.get("unit"), a.get("unit")) if _duration_equal(a.get("period"), b.get("period")) else None
         old_value = Fraction(_number(a.get("value")))
-        converted = (_in_unit(b.get("value"), b.get("unit"), a.get("unit"))
-                     if _duration_equal(a.get("period"), b.get("period")) else None)
-        meaning = ("the amounts are not comparable" if converted is None else "the same amount"
-                   if converted == old_value else
-                   f"in {a.get('unit')}: {'raised' if converted > old_value else 'lowered'} to "
-                   f"{fmt(converted, against=old_value)} {a.get('unit')}")
+        converted = to_old(b.get("value")) if to_old is not None else None
+        meaning = ("the amounts are not comparable" if converted is None else
+                   "the same amount" if converted == old_value else
+                   f"in {a.get('unit')}: {_moved(old_value, converted, a.get('unit'))}")
         yield change("unit_changed", "/max_per_period", a, b,
                      f"Maximum per period changed from {shown(a)} to {shown(b)}; {meaning}")
         return

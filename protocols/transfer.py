@@ -108,10 +108,8 @@ def check_stored(db: Database, validate: ContentValidator, report: Callable[[Sto
     for document in iter_documents(db):
         checked += 1
         doc = strict_loads(document)
-        problems = [(e.path, e.message) for e in _check_meta(checked, doc)]
-        problems += [(path, message) for path, messages in validate(dict(doc)).items() for message in messages]
-        for path, message in problems:
-            report(StoredProblem(str(doc.get("id")), int(doc.get("version") or 0), path, message))
+        for error in _record_errors(checked, doc, validate):
+            report(StoredProblem(str(doc.get("id")), int(doc.get("version") or 0), error.path, error.message))
     return checked
 
 
@@ -148,6 +146,13 @@ def _split_lines(data: bytes) -> Iterator[tuple[int, str | None, str | None]]:
             yield number, chunk.decode("utf-8"), None
         except UnicodeDecodeError as exc:
             yield number, None, f"not valid UTF-8 (byte {exc.start})"
+
+
+def _record_errors(number: int, doc: dict[str, Any], validate: ContentValidator) -> list[LineError]:
+    """What import refuses in one version document, read on its own: its metadata and its record
+    (``validate``, the wire schema). ``flask protocols check`` applies the same to stored versions."""
+    return _check_meta(number, doc) + [LineError(number, path, message)
+                                       for path, messages in validate(dict(doc)).items() for message in messages]
 
 
 def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
@@ -213,10 +218,7 @@ def parse_ndjson(data: bytes, validate: ContentValidator) -> list[_Line]:
         if not isinstance(doc, dict):
             errors.append(LineError(number, "_line", "must be a JSON object (a version document)"))
             continue
-        line_errors = _check_meta(number, doc)
-        schema_errors = validate(dict(doc))
-        line_errors += [LineError(number, path, message)
-                        for path, messages in schema_errors.items() for message in messages]
+        line_errors = _record_errors(number, doc, validate)
         if not line_errors:
             meta, content = record.split_document(doc)
             if record.build_document(meta, content) != text:

@@ -856,10 +856,11 @@ def test_last_updated_offsets_beyond_fhirs_14_hours_are_400(client, offset):
     assert client.get(MK, query_string={"_lastUpdated": "ge2024-01-01T10:00:00-13:59"}).status_code == 200
 
 
-@pytest.mark.parametrize("offset", ["+23:59", "+14:01", "-15:00", "+1400"])
+@pytest.mark.parametrize("offset", ["+23:59", "+14:01", "-15:00", "+1400", "z"])
 def test_since_offsets_beyond_fhirs_14_hours_are_400_as_for_last_updated(client, offset):
     """Found by an adversarial probe: ``_since`` took offsets up to ±23:59, where ``_lastUpdated`` and
-    FHIR's ``instant`` stop at ±14:00."""
+    FHIR's ``instant`` stop at ±14:00. One offset pattern serves both, so a lowercase z, which an
+    ``instant`` does not allow, is refused by both too."""
     pid = _create(client)["id"]
     body = _outcome(client.get(f"{MK}/{pid}/_history", query_string={"_since": f"2024-01-01T10:00:00{offset}"}), 400)
     assert "14:00" in body["issue"][0]["diagnostics"]
