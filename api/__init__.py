@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import swagger_ui_bundle
-from flask import Flask, Response, g, request, send_from_directory
+from flask import Flask, Response, current_app, g, request, send_from_directory
 from flask_smorest import Api
 
 from api import (
@@ -24,7 +24,7 @@ from api import (
 )
 from api.config import from_env
 from api.extensions import API_KEY, DB_KEY
-from api.http import not_modified
+from api.http import ENTITY_TAG_LIST_PATTERN, not_modified, read_precondition_failure
 from api.request_ids import new_request_id, request_id
 from protocols.db import make_database
 
@@ -103,24 +103,44 @@ def _init_request_hooks(app: Flask) -> None:
 
 
 def _conditional_get(response: Response) -> Response:
-    """Every successful GET answers ``If-None-Match`` with 304: responses that carry no ETag of their
-    own (lists, pick lists, diffs, bundles) get a weak one computed from their bytes. Version reads
-    set their strong ETag (and 304) themselves; streamed responses are left alone.
+    """A successful GET's preconditions, in RFC 9110's order (13.2.2): ``If-Match`` first (a 412 when it
+    names no current entity-tag: :func:`api.http.read_precondition_failure`), then ``If-None-Match``
+    (a 304). Responses that carry no ETag of their own (lists, pick lists, bundles) get a weak one
+    computed from their bytes; version reads set their strong ETag (and 304) themselves; streamed
+    responses get none. A read that fails for another reason (404, 410, 422 …) ignores both, as the RFC
+    has it (13.2.1).
 
-    The header is read as the version reads read it (``api.http.none_match``), not by werkzeug's
-    ``make_conditional``: that also answered a GET's ``If-Match`` with 412 and the page as its body
-    (no read here acts on ``If-Match``), and read lists the version reads ignore as malformed."""
-    if (request.method not in ("GET", "HEAD") or response.status_code != 200 or response.is_streamed
-            or response.direct_passthrough or "ETag" in response.headers):
+    The headers are read as the version reads read them (``api.http``), not by werkzeug's
+    ``make_conditional``, which answered a GET's ``If-Match`` with 412 and the page as its body, and read
+    lists the version reads ignore as malformed. Answered here, after the view, because only then is
+    the ETag known; a read is safe, so having run it changes nothing."""
+    if request.method not in ("GET", "HEAD") or response.status_code not in (200, 304):
         return response
-    response.add_etag(weak=True)
-    if not_modified(response.headers["ETag"]):
+    computed = (response.status_code == 200 and not response.is_streamed and not response.direct_passthrough
+                and "ETag" not in response.headers)
+    if computed:
+        response.add_etag(weak=True)
+    refusal = read_precondition_failure(response.headers.get("ETag"))
+    if refusal is not None:  # the view's or blueprint's error shape (FHIR answers an OperationOutcome)
+        return current_app.make_response(current_app.handle_user_exception(refusal))
+    if computed and not_modified(response.headers["ETag"]):
         response.status_code = 304
         response.set_data(b"")
         for name in ("Content-Type", "Content-Length"):
             response.headers.pop(name, None)
     return response
 
+
+#: How every GET documents If-Match (``_conditional_get``, ``api.http.read_precondition_failure``).
+_READ_IF_MATCH_PARAMETER = {
+    "in": "header", "name": "If-Match", "required": False,
+    "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
+    "description": "Serve the read only if the resource's current ETag is one of these entity-tags (strong "
+                   "comparison: a weak ETag is matched only by *); otherwise 412. On a version read: \"only "
+                   "if it is still this version\"."}
+_READ_IF_MATCH_FAILED = ("If-Match named no current entity-tag of the resource; current_etag is the one it has "
+                         "(absent when it has none)")
+_READ_IF_MATCH_MALFORMED = "A malformed If-Match header is a 400 too, naming If-Match in errors."
 
 #: Operations that never read the database (liveness).
 _NO_DATABASE = {("get", "/v1/health")}
@@ -140,6 +160,10 @@ def _document_common_responses(api: Api) -> None:
             responses = operation.setdefault("responses", {})
             if method == "get":
                 responses.setdefault("304", {"description": "Not modified: If-None-Match matched the ETag"})
+                responses.setdefault("412", errors.documented_error(_READ_IF_MATCH_FAILED))
+                operation.setdefault("parameters", []).append(dict(_READ_IF_MATCH_PARAMETER))
+                if path.startswith("/v1/health"):
+                    responses.setdefault("400", errors.documented_error(_READ_IF_MATCH_MALFORMED))
             if "{protocol_id}" in path:
                 responses.setdefault("404", errors.documented_error("No such protocol (or no such version)"))
             if not path.startswith("/v1/health") and not any(
@@ -147,7 +171,8 @@ def _document_common_responses(api: Api) -> None:
                 responses.setdefault("422", errors.documented_error(
                     f"{parsing.UNDECLARED_QUERY} Each one sent is named in errors"))
             if not path.startswith("/v1/health") and "requestBody" not in operation:
-                responses.setdefault("400", errors.documented_error(parsing.UNDECLARED_BODY))
+                responses.setdefault("400", errors.documented_error(
+                    parsing.UNDECLARED_BODY + (f" {_READ_IF_MATCH_MALFORMED}" if method == "get" else "")))
             if (method, path) not in _NO_DATABASE:
                 unavailable = errors.documented_error("The database is unavailable or busy; see Retry-After")
                 responses.setdefault("503", {**unavailable, "headers": retry_after})

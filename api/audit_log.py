@@ -11,7 +11,7 @@ What is recorded (one row per request):
   observed at the database driver level (engine events below), so a PUT whose content equals the
   newest version (200, nothing appended) is not recorded as a change, whatever blueprint it is;
 * a *denied* write: 401/403 on an endpoint that needs ``protocols:write`` or ``admin``, and every
-  412/428 (stale or missing ``If-Match``).
+  write's 412/428 (stale or missing ``If-Match``; a read's 412 is not a refused change).
 
 Views may refine the row with ``g.audit_action`` / ``g.audit_target``; otherwise the action is the
 endpoint's name and the target the ``protocol_id`` in the URL or the id of the created record.
@@ -119,7 +119,10 @@ def audit_response(response: Response) -> Response:
     scope = g.get("required_scope")
     if changed:
         outcome = audit.ALLOWED if status < 400 else "failed"
-    elif status in (412, 428) or (status in (401, 403) and scope in (WRITE, ADMIN)):
+    elif (status in (412, 428) and request.method not in ("GET", "HEAD")) or (
+            status in (401, 403) and scope in (WRITE, ADMIN)):
+        # A read's 412 (its If-Match named another version) is no refused change: recording it would
+        # let any anonymous reader write audit rows.
         outcome = audit.DENIED
     else:
         return response

@@ -7,7 +7,8 @@ and stored as the exact bytes served, so the happy path is: check the caller, co
 rate limit, resolve the version in effect, send the stored bytes (or a 304) with their ETag.
 
 Why it is safe: it serves **only the happy path** and hands every other request, unchanged, to the
-Flask app: query parameters (``as_of``), CORS (an ``Origin`` header), an ``Authorization`` header it
+Flask app: query parameters (``as_of``), CORS (an ``Origin`` header), ``If-Match`` (a precondition
+Flask evaluates after the view: ``api._conditional_get``), an ``Authorization`` header it
 cannot accept (malformed, unknown/revoked/expired key, missing scope), anonymous reads when the
 server does not allow them, a rate-limited caller, a protocol that does not exist, is not in effect or
 was retired, an id outside the plain slug alphabet, an error from a connection that turned out to be
@@ -81,7 +82,8 @@ class ReadFastPath:
         method = environ.get("REQUEST_METHOD")
         path: str = environ.get("PATH_INFO", "")
         if ((method == "GET" or method == "HEAD") and path.startswith(PREFIX) and not environ.get("QUERY_STRING")
-                and "HTTP_ORIGIN" not in environ and _PLAIN_ID.fullmatch(path, len(PREFIX))
+                and "HTTP_ORIGIN" not in environ and "HTTP_IF_MATCH" not in environ
+                and _PLAIN_ID.fullmatch(path, len(PREFIX))
                 and environ.get("CONTENT_LENGTH") in (None, "", "0") and "HTTP_TRANSFER_ENCODING" not in environ):
             try:
                 served = self._serve(environ, path[len(PREFIX):], method == "HEAD")

@@ -15,9 +15,15 @@ from protocols import paging
 from protocols.models import MAX_SEQ
 from protocols.versioning import StoredVersion, names_etag
 
-_ETAG = re.compile(r'(W/)?("[\x21\x23-\x7e]*")[ \t]*')
-#: Whitespace and empty list elements, which RFC 9110 (5.6.1.2) has recipients accept: ``"a", , "b"``.
-_LIST_GAP = re.compile(r'[ \t,]*')
+_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
+#: ``*`` or a list of entity-tags (RFC 9110 8.8.3), with the empty list elements and optional white
+#: space (SP, HTAB) that 5.6.1.2 has recipients accept: ``, "x", , W/"y" ,``. One pattern, for the
+#: parser and the OpenAPI document alike (``ENTITY_TAG_LIST_PATTERN``), so a header the contract calls
+#: malformed is the one the service refuses.
+ENTITY_TAG_LIST_PATTERN = (rf'^[ \t]*(?:\*|[ \t,]*{_TAG}[ \t]*(?:,[ \t,]*{_TAG}[ \t]*)*(?:,[ \t,]*)?)[ \t]*$')
+_ENTITY_TAG_LIST = re.compile(ENTITY_TAG_LIST_PATTERN.removeprefix("^").removesuffix("$"))
+_ENTITY_TAG = re.compile(r'(W/)?("[\x21\x23-\x7e]*")')
+_ONLY_GAPS = re.compile(r'[ \t,]*')
 
 CACHE_REVALIDATE = "private, no-cache"
 CACHE_IMMUTABLE = "private, max-age=31536000, immutable"
@@ -29,22 +35,18 @@ def parse_etag_list(header: str | None, name: str = "If-Match") -> list[str] | N
     comparison never matches them. A malformed header is a 400 naming ``name``."""
     if header is None:
         return None
-    header = header.strip()
-    if header == "*":
-        return ["*"]
-    tags: list[str] = []
-    position = _LIST_GAP.match(header).end()  # type: ignore[union-attr]  # matches the empty string
-    while position < len(header):
-        match = _ETAG.match(header, position)
-        if not match or (match.end() < len(header) and header[match.end()] != ","):
-            raise ApiError(400, "Malformed entity-tag list in a conditional header",
-                           errors={name: ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
-        tags.append((match.group(1) or "") + match.group(2))
-        position = _LIST_GAP.match(header, match.end()).end()  # type: ignore[union-attr]
-    if not tags:  # names the header as a malformed list does (an empty one named nothing; adversarial probe)
-        raise ApiError(400, "Empty entity-tag list in a conditional header",
-                       errors={name: ['empty: send an entity-tag such as "3-0a1b2c3d4e5f6a7b"']})
-    return tags
+    if not _ENTITY_TAG_LIST.fullmatch(header):
+        if _ONLY_GAPS.fullmatch(header):  # names the header as a malformed list does (adversarial probe)
+            raise ApiError(400, "Empty entity-tag list in a conditional header",
+                           errors={name: ['empty: send an entity-tag such as "3-0a1b2c3d4e5f6a7b"']})
+        raise ApiError(400, "Malformed entity-tag list in a conditional header",
+                       errors={name: ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
+    bare = header.strip(" \t")
+    if bare == "*" or "," not in bare:  # one tag (the common case: a 304's If-None-Match), or *
+        return [bare]
+    # Between the tags of a list the pattern allows only commas and white space, and no tag holds a
+    # quote, so every match here is one of its tags.
+    return [(match.group(1) or "") + match.group(2) for match in _ENTITY_TAG.finditer(header)]
 
 
 def if_match() -> list[str] | None:
@@ -70,6 +72,29 @@ def none_match(header: str | None, etag: str) -> bool:
     except ApiError:
         return False
     return names_etag(tags, etag)
+
+
+def read_precondition_failure(etag: str | None) -> ApiError | None:
+    """A GET's or HEAD's ``If-Match`` evaluated against the ETag of what it would answer (RFC 9110
+    13.1.1: an origin server MUST evaluate it, and 13.2.2 puts it before ``If-None-Match``): the 412
+    (or, for a malformed header, the 400 naming it) it calls for, or ``None`` when the read may be served.
+
+    The comparison is strong, as the RFC prescribes: a weak ETag (lists, FHIR resources) is matched only
+    by ``*``, and ``*`` by any representation. Reads acted on no ``If-Match`` before, so a client that
+    asked "only if it is still this version" was served whatever was in effect now."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    try:
+        tags = parse_etag_list(header) or []
+    except ApiError as exc:
+        return exc
+    if "*" in tags or (etag is not None and not etag.startswith("W/") and etag in tags):
+        return None
+    return ApiError(412, "If-Match names no current entity-tag of this resource: the read is not served",
+                    errors={"If-Match": [f"does not match the current ETag {etag}" if etag else
+                                         "this response has no entity-tag; only * can match"]},
+                    current_etag=etag)
 
 
 def json_response(body: str | bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

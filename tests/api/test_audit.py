@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -50,6 +51,19 @@ def test_reads_and_unchanged_writes_are_not_audited(client, db):
     same = client.put(f"/v1/protocols/{payload['id']}", json=payload, headers={"If-Match": created.headers["ETag"]})
     assert same.status_code == 200  # content equals the newest version: nothing appended
     assert [r.action for r in audit_rows(db)] == ["protocol.create"]
+
+
+def test_a_reads_precondition_failure_is_not_audited(make_app, db):
+    """A GET refused by its If-Match (412) changes nothing and is no denied write: were it audited, any
+    anonymous reader could write audit rows."""
+    app = make_app(PROTOCOLS_ANONYMOUS_READS=True)
+    client, anonymous = app.test_client(), FlaskClient(app, app.response_class)
+    payload = protocol_payload()
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+    before = audit_rows(db)
+    for send in (anonymous.get, anonymous.head, client.get):
+        assert send(f"/v1/protocols/{payload['id']}", headers={"If-Match": '"nope"'}).status_code == 412
+    assert audit_rows(db) == before
 
 
 def test_denied_writes_are_audited(anon_client, client, make_key, db):

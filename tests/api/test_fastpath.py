@@ -131,6 +131,9 @@ def _cases(catalog: dict[str, Any]) -> list[tuple[str, str, dict[str, str], bool
         cases.append((method, "/v1/protocols/x%00y", {}, False))
         cases.append((method, "/v1/protocols/caf%C3%A9", {}, False))
         cases.append((method, current, {"Origin": "https://ehr.example"}, False))
+        for if_match in (etag, '"nope"', "*", f"W/{etag}", "garbage"):  # a precondition Flask evaluates
+            cases.append((method, current, {"If-Match": if_match}, False))
+        cases.append((method, current, {"If-Match": etag, "If-None-Match": etag}, False))
         for bad in (f"Bearer {k['write_only']}", f"Bearer {k['revoked']}", f"Bearer {k['expired']}",
                     "Bearer tpk_unknown", "Basic abc", "Bearer", f"Bearer {k['read']} extra"):
             cases.append((method, current, {"Authorization": bad}, False))

@@ -122,6 +122,18 @@ def test_read_serves_the_version_in_effect_with_fhir_headers(client):
     assert client.get(f"{MK}/{payload['id']}", headers={"If-None-Match": 'W/"1"'}).status_code == 200
 
 
+def test_a_read_refused_by_if_match_is_an_operation_outcome(client):
+    """A FHIR read's If-Match is evaluated as every GET's is (RFC 9110, strong comparison): its weak
+    version ETag is matched only by *, and the 412 is an OperationOutcome naming the header."""
+    payload = _create(client)
+    url = f"{MK}/{payload['id']}"
+    assert client.get(url, headers={"If-Match": "*"}).status_code == 200
+    for if_match, status in (('W/"1"', 412), ('"1"', 412), ("garbage", 400)):
+        body = _outcome(client.get(url, headers={"If-Match": if_match}), status)
+        assert body["issue"][0]["expression"] == ["If-Match"], if_match
+    assert client.get(f"{MK}/no-such-protocol", headers={"If-Match": '"x"'}).status_code == 404
+
+
 def test_a_future_version_is_not_served_before_it_takes_effect(client):
     payload = _create(client)
     future = (utcnow() + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")

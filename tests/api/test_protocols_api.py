@@ -460,22 +460,71 @@ def test_if_none_match_on_lists_answers_304(client):
 
 
 
-def test_every_get_reads_conditional_headers_alike(client):
-    """Lists used werkzeug's make_conditional (found by a probe): a GET's If-Match answered 412 with the
-    page as its body, while no version read acts on If-Match; and an If-None-Match list the version reads
-    ignore as malformed (an unquoted tag) matched a list's ETag."""
+def test_every_get_evaluates_if_match_then_if_none_match(client):
+    """RFC 9110 13.1.1: an origin server MUST evaluate a GET's If-Match, before If-None-Match (13.2.2).
+    Reads ignored it (lists had werkzeug's make_conditional, which did, until a probe found it answering
+    412 with the page as its body; then no read did). The comparison is strong: a list's weak ETag is
+    matched only by *. If-None-Match lists the version reads ignore as malformed (an unquoted tag) match
+    nothing anywhere."""
     protocol_id, _ = create(client)
     for path in ("/v1/protocols", f"/v1/protocols/{protocol_id}/versions", f"/v1/protocols/{protocol_id}",
-                 f"/v1/protocols/{protocol_id}/versions/1"):
+                 f"/v1/protocols/{protocol_id}/versions/1", f"/v1/protocols/{protocol_id}/versions/latest"):
         plain = client.get(path)
         assert plain.status_code == 200
         etag = plain.headers["ETag"]
-        for if_match in ('"nope"', etag, "*"):
-            answer = client.get(path, headers={"If-Match": if_match})
-            assert answer.status_code == 200 and answer.data == plain.data, (path, if_match, answer.status_code)
+        strong = not etag.startswith("W/")
+        assert strong is ("versions/" in path or path.endswith(protocol_id)), (path, etag)
+        for method in ("GET", "HEAD"):
+            send = client.get if method == "GET" else client.head
+            case = (path, method)
+            assert send(path, headers={"If-Match": "*"}).status_code == 200, case
+            named = send(path, headers={"If-Match": f'"x", {etag}'})
+            assert named.status_code == (200 if strong else 412), case
+            refused = send(path, headers={"If-Match": '"nope"'})
+            assert refused.status_code == 412, case
+            # If-Match first: a matching If-None-Match does not turn the refusal into a 304 …
+            assert send(path, headers={"If-Match": '"nope"', "If-None-Match": etag}).status_code == 412, case
+            # … and a true If-Match leaves the 304 to If-None-Match.
+            both = send(path, headers={"If-Match": "*", "If-None-Match": etag})
+            assert both.status_code == 304 and both.data == b"", case
+            malformed = send(path, headers={"If-Match": "garbage"})
+            assert malformed.status_code == 400, case
+            if method == "HEAD":
+                assert refused.data == b"" and malformed.data == b"", case
+                continue
+            assert named.status_code != 200 or named.data == plain.data, case
+            body = refused.get_json()
+            assert body["code"] == 412 and list(body["errors"]) == ["If-Match"] and body["current_etag"] == etag, case
+            assert refused.headers["Cache-Control"] == "no-store" and "ETag" not in refused.headers, case
+            assert list(malformed.get_json()["errors"]) == ["If-Match"], case
         unquoted = etag.removeprefix("W/").strip('"')
         assert client.get(path, headers={"If-None-Match": unquoted}).status_code == 200, path
         assert client.get(path, headers={"If-None-Match": f'"x", , {etag},'}).status_code == 304, path
+
+
+def test_a_read_pinned_by_if_match_is_refused_once_another_version_is_in_effect(client):
+    """"Only if it is still this version": after a revision the old ETag is a 412 naming the version in
+    effect, while the old version's own URL (immutable) still answers it."""
+    protocol_id, created = create(client)
+    old = created.headers["ETag"]
+    revised = revise(client, protocol_id, created.get_json() | {"title": "Second"}, old)
+    assert revised.status_code == 201
+    refused = client.get(f"/v1/protocols/{protocol_id}", headers={"If-Match": old})
+    assert refused.status_code == 412 and refused.get_json()["current_etag"] == revised.headers["ETag"]
+    assert client.get(f"/v1/protocols/{protocol_id}", headers={"If-Match": revised.headers["ETag"]}).status_code == 200
+    pinned = client.get(f"/v1/protocols/{protocol_id}/versions/1", headers={"If-Match": old})
+    assert pinned.status_code == 200 and pinned.headers["ETag"] == old
+
+
+def test_a_read_that_fails_ignores_if_match(client):
+    """RFC 9110 13.2.1: preconditions are ignored where the answer would not be 2xx; a 404 stays a 404
+    and a retired protocol's 410 stays a 410, whatever If-Match says."""
+    protocol_id, created = create(client)
+    retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": created.headers["ETag"]})
+    assert retired.status_code == 200
+    for if_match in ('"nope"', "garbage"):
+        assert client.get("/v1/protocols/no-such-protocol", headers={"If-Match": if_match}).status_code == 404
+        assert client.get(f"/v1/protocols/{protocol_id}", headers={"If-Match": if_match}).status_code == 410
 
 
 def test_entity_tag_lists_may_hold_empty_elements(client):
