@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import swagger_ui_bundle
@@ -120,8 +121,9 @@ def _conditional_get(response: Response) -> Response:
                 and "ETag" not in response.headers)
     if computed:
         response.add_etag(weak=True)
-    refusal = read_precondition_failure(response.headers.get("ETag"))
+    refusal = read_precondition_failure(response.headers.get("ETag"), weak=request.blueprint == fhir_api.blp.name)
     if refusal is not None:  # the view's or blueprint's error shape (FHIR answers an OperationOutcome)
+        response.close()  # what it holds (a streamed export's generator, say) is released now, not never
         return current_app.make_response(current_app.handle_user_exception(refusal))
     if computed and not_modified(response.headers["ETag"]):
         response.status_code = 304
@@ -136,7 +138,8 @@ _READ_IF_MATCH_PARAMETER = {
     "in": "header", "name": "If-Match", "required": False,
     "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
     "description": "Serve the read only if the resource's current ETag is one of these entity-tags (strong "
-                   "comparison: a weak ETag is matched only by *); otherwise 412. On a version read: \"only "
+                   "comparison: a weak ETag, such as a list's, is matched only by *; under /fhir/R4, whose "
+                   "ETags are all weak, the comparison is weak); otherwise 412. On a version read: \"only "
                    "if it is still this version\"."}
 _READ_IF_MATCH_FAILED = ("If-Match named no current entity-tag of the resource; current_etag is the one it has "
                          "(absent when it has none)")
@@ -161,7 +164,8 @@ def _document_common_responses(api: Api) -> None:
             if method == "get":
                 responses.setdefault("304", {"description": "Not modified: If-None-Match matched the ETag"})
                 responses.setdefault("412", errors.documented_error(_READ_IF_MATCH_FAILED))
-                operation.setdefault("parameters", []).append(dict(_READ_IF_MATCH_PARAMETER))
+                # A copy each: a shared dict became YAML anchors and aliases in openapi.yaml.
+                operation.setdefault("parameters", []).append(copy.deepcopy(_READ_IF_MATCH_PARAMETER))
                 if path.startswith("/v1/health"):
                     responses.setdefault("400", errors.documented_error(_READ_IF_MATCH_MALFORMED))
             if "{protocol_id}" in path:
@@ -175,7 +179,7 @@ def _document_common_responses(api: Api) -> None:
                     parsing.UNDECLARED_BODY + (f" {_READ_IF_MATCH_MALFORMED}" if method == "get" else "")))
             if (method, path) not in _NO_DATABASE:
                 unavailable = errors.documented_error("The database is unavailable or busy; see Retry-After")
-                responses.setdefault("503", {**unavailable, "headers": retry_after})
+                responses.setdefault("503", {**unavailable, "headers": copy.deepcopy(retry_after)})
 
 
 def _init_docs_assets(app: Flask) -> None:
@@ -183,4 +187,19 @@ def _init_docs_assets(app: Flask) -> None:
 
     @app.route("/docs-static/<path:filename>")
     def docs_static(filename: str) -> Response:
-        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400)
+        """werkzeug's own conditional handling (``conditional=True``) answered a failed If-Match with a
+        412 carrying the whole file and a day's public cache, ``If-Match: *`` or a malformed list with
+        412, and a Range beside a failed If-Match with 206 (found by a probe). Served unconditionally,
+        with werkzeug's strong ETag: ``_conditional_get`` evaluates If-Match as for every GET, and this
+        view answers a matching If-None-Match with 304, as version reads do."""
+        response = send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400,
+                                       conditional=False)
+        etag = response.headers.get("ETag")
+        if etag is not None and not_modified(etag):
+            response.close()
+            not_modified_response = Response(status=304)
+            for name in ("ETag", "Cache-Control", "Last-Modified"):
+                if name in response.headers:
+                    not_modified_response.headers[name] = response.headers[name]
+            return not_modified_response
+        return response

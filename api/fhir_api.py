@@ -308,8 +308,8 @@ def _not_acceptable(exc: _NotAcceptable) -> Response:
 
 @blp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
-    issues = [Issue("error", "invalid" if exc.status < 500 else "exception", f"{path}: {'; '.join(messages)}",
-                    (path,)) for path, messages in exc.errors.items()]
+    code = "conflict" if exc.status == 412 else "invalid" if exc.status < 500 else "exception"
+    issues = [Issue("error", code, f"{path}: {'; '.join(messages)}", (path,)) for path, messages in exc.errors.items()]
     return outcome_response(exc.status, issues or [Issue("error", _code_for(exc.status), exc.message)],
                             exc.headers)
 
@@ -335,7 +335,7 @@ def _unexpected(exc: Exception) -> Response:
 
 def _code_for(status: int) -> str:
     return {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported", 406: "not-supported",
-            410: "deleted", 413: "too-long", 429: "throttled", 503: "transient"}.get(
+            410: "deleted", 412: "conflict", 413: "too-long", 429: "throttled", 503: "transient"}.get(
         status, "invalid" if status < 500 else "exception")
 
 

@@ -16,6 +16,7 @@ from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db, write_context
 from api.http import (
     CACHE_IMMUTABLE,
+    ENTITY_TAG_LIST_PATTERN,
     if_match,
     if_none_match,
     list_response,
@@ -52,9 +53,11 @@ LINK_HEADER = {"Link": {"description": "RFC 8288 next/prev links", "schema": {"t
 #: ``parameters`` list replaces the query parameters ``@blp.arguments`` documents, and DELETE's
 #: ``effective_from``/``change_note`` were missing from the contract).
 IF_MATCH_OPERATIONS = (("put", "/v1/protocols/{protocol_id}"), ("delete", "/v1/protocols/{protocol_id}"))
-IF_MATCH_PARAMETER = {"in": "header", "name": "If-Match", "required": True, "schema": {"type": "string"},
+IF_MATCH_PARAMETER = {"in": "header", "name": "If-Match", "required": True,
+                      "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
                       "description": "ETag of the newest version (from GET or the previous write)"}
-IF_NONE_MATCH_PARAMETER = {"in": "header", "name": "If-None-Match", "required": False, "schema": {"type": "string"},
+IF_NONE_MATCH_PARAMETER = {"in": "header", "name": "If-None-Match", "required": False,
+                           "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
                            "description": "Optional: entity-tags (or *) the newest version must not be; when it is, "
                                           "412 and nothing is written (RFC 9110 13.2.2)"}
 
@@ -310,8 +313,8 @@ def document_protocol_operations(api: Any) -> None:
     """Add to the OpenAPI document what decorators cannot add without replacing what others built: the
     If-Match and If-None-Match header parameters of :data:`IF_MATCH_OPERATIONS` and the :data:`RESPONSE_LINKS`."""
     for method, path in IF_MATCH_OPERATIONS:
-        api.spec._paths[path][method].setdefault("parameters", []).extend([IF_MATCH_PARAMETER,
-                                                                            IF_NONE_MATCH_PARAMETER])
+        api.spec._paths[path][method].setdefault("parameters", []).extend(  # a copy each, as links below
+            json.loads(json.dumps([IF_MATCH_PARAMETER, IF_NONE_MATCH_PARAMETER])))
     for (method, path), by_status in RESPONSE_LINKS.items():
         responses = api.spec._paths[path][method]["responses"]
         for status, links in by_status.items():

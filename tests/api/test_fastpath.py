@@ -140,6 +140,10 @@ def _cases(catalog: dict[str, Any]) -> list[tuple[str, str, dict[str, str], bool
     return cases
 
 
+#: What the If-Match cases of :func:`_cases` must answer (after the fast path handed them to Flask).
+_IF_MATCH_STATUS = {'"nope"': 412, "*": 200, "garbage": 400}
+
+
 def test_fast_path_answers_exactly_like_the_flask_view(pair, catalog) -> None:
     fast, slow, counter = pair
     for method, path, headers, served_fast in _cases(catalog):
@@ -147,6 +151,11 @@ def test_fast_path_answers_exactly_like_the_flask_view(pair, catalog) -> None:
         fast_response = _send(fast, method, path, headers)
         slow_response = _send(slow, method, path, headers)
         case = f"{method} {path} {headers}"
+        if "If-Match" in headers and "If-None-Match" not in headers:
+            expected = _IF_MATCH_STATUS.get(headers["If-Match"], 200 if headers["If-Match"] == catalog["etag"] else 412)
+            assert fast_response.status_code == expected, case
+        elif "If-Match" in headers:
+            assert fast_response.status_code == 304, case
         assert (counter.calls == before) is served_fast, f"fast path {'skipped' if served_fast else 'taken'}: {case}"
         try:
             _same(fast_response, slow_response, headers.get("X-Request-ID") == "caller-id-1")

@@ -122,16 +122,32 @@ def test_read_serves_the_version_in_effect_with_fhir_headers(client):
     assert client.get(f"{MK}/{payload['id']}", headers={"If-None-Match": 'W/"1"'}).status_code == 200
 
 
-def test_a_read_refused_by_if_match_is_an_operation_outcome(client):
-    """A FHIR read's If-Match is evaluated as every GET's is (RFC 9110, strong comparison): its weak
-    version ETag is matched only by *, and the 412 is an OperationOutcome naming the header."""
+def test_a_fhir_read_compares_if_match_weakly_and_refuses_with_a_conflict_outcome(client):
+    """A FHIR read's If-Match is evaluated as every GET's is, but weakly: FHIR's ETags are all weak
+    (``W/"<versionId>"``) and FHIR clients send them in If-Match, so the strong rule refused even the
+    ETag just served (found in review). A mismatch is a 412 OperationOutcome (``conflict``) naming the
+    current ETag; a malformed header a 400 naming If-Match; a read that fails anyway ignores it."""
     payload = _create(client)
     url = f"{MK}/{payload['id']}"
-    assert client.get(url, headers={"If-Match": "*"}).status_code == 200
-    for if_match, status in (('W/"1"', 412), ('"1"', 412), ("garbage", 400)):
-        body = _outcome(client.get(url, headers={"If-Match": if_match}), status)
-        assert body["issue"][0]["expression"] == ["If-Match"], if_match
+    for if_match in ("*", 'W/"1"', '"1"', 'W/"7", W/"1"'):
+        assert client.get(url, headers={"If-Match": if_match}).status_code == 200, if_match
+    _revise(client, payload["id"], summary="Revised summary.")
+    refused = _outcome(client.get(url, headers={"If-Match": 'W/"1"'}), 412)
+    assert refused["issue"][0]["code"] == "conflict" and refused["issue"][0]["expression"] == ["If-Match"]
+    assert 'the current ETag W/"2"' in refused["issue"][0]["diagnostics"]
+    assert client.get(f"{url}/_history/1", headers={"If-Match": 'W/"1"'}).status_code == 200
+    malformed = _outcome(client.get(url, headers={"If-Match": "garbage"}), 400)
+    assert malformed["issue"][0]["expression"] == ["If-Match"]
     assert client.get(f"{MK}/no-such-protocol", headers={"If-Match": '"x"'}).status_code == 404
+
+
+def test_an_export_has_no_entity_tag_so_only_a_star_if_match_is_served(client):
+    """``$export`` streams without an ETag: If-Match ``*`` (the representation exists) is served, any
+    entity-tag is a 412, and the refused stream is closed without being read."""
+    _create(client)
+    assert client.get("/fhir/R4/$export", headers={"If-Match": "*"}).status_code == 200
+    refused = _outcome(client.get("/fhir/R4/$export", headers={"If-Match": '"x"'}), 412)
+    assert "no entity-tag" in refused["issue"][0]["diagnostics"]
 
 
 def test_a_future_version_is_not_served_before_it_takes_effect(client):

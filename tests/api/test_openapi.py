@@ -131,3 +131,23 @@ def test_a_429_carries_the_headers_the_contract_documents_for_it(make_app):
     documented = app.extensions[API_KEY].spec.to_dict()["paths"]["/v1/protocols"]["get"]["responses"]["429"]
     assert set(documented["headers"]) == {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
     assert all(name in limited.headers for name in documented["headers"])
+
+
+def test_the_docs_static_files_answer_conditional_headers_as_every_get(client):
+    """werkzeug's own conditional handling answered a failed If-Match with 412 and the whole 145 KB file,
+    ``*`` and malformed lists with 412, and Range beside a failed If-Match with 206 (found by a probe)."""
+    path = "/docs-static/swagger-ui.css"
+    plain = client.get(path)
+    assert plain.status_code == 200 and plain.mimetype == "text/css" and len(plain.data) > 10_000
+    etag = plain.headers["ETag"]
+    assert not etag.startswith("W/")
+    assert client.get(path, headers={"If-Match": "*"}).status_code == 200
+    assert client.get(path, headers={"If-Match": etag}).data == plain.data
+    for headers in ({"If-Match": '"x"'}, {"If-Match": '"x"', "Range": "bytes=0-9"},
+                    {"If-Match": '"x"', "If-None-Match": etag}):
+        refused = client.get(path, headers=headers)
+        assert refused.status_code == 412 and refused.get_json()["current_etag"] == etag, headers
+    assert client.get(path, headers={"If-Match": "garbage"}).status_code == 400
+    for headers in ({"If-None-Match": etag}, {"If-None-Match": etag, "If-Match": etag}):
+        cached = client.get(path, headers=headers)
+        assert cached.status_code == 304 and cached.data == b"" and cached.headers["ETag"] == etag, headers

@@ -516,6 +516,23 @@ def test_a_read_pinned_by_if_match_is_refused_once_another_version_is_in_effect(
     assert pinned.status_code == 200 and pinned.headers["ETag"] == old
 
 
+def test_a_reads_412_keeps_the_headers_every_answer_carries(make_app):
+    """The refusal replaces the view's response inside the after-request hooks; the hooks that run after
+    it (request id, rate limit, CORS) still stamp it, so a browser client can read why it was refused."""
+    origin = "https://ehr.example.org"
+    app = make_app(PROTOCOLS_CORS_ORIGINS=[origin], PROTOCOLS_RATE_LIMIT="1000/hour")
+    client = app.test_client()
+    protocol_id, _ = create(client)
+    for method in ("GET", "HEAD"):
+        refused = client.open(f"/v1/protocols/{protocol_id}", method=method,
+                              headers={"If-Match": '"nope"', "Origin": origin, "X-Request-ID": "pinned-read-1"})
+        assert refused.status_code == 412, method
+        assert refused.headers["X-Request-ID"] == "pinned-read-1"
+        assert refused.headers["Access-Control-Allow-Origin"] == origin and "Origin" in refused.headers["Vary"]
+        assert all(name in refused.headers for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"))
+        assert refused.headers["Content-Type"] == "application/json"
+
+
 def test_a_read_that_fails_ignores_if_match(client):
     """RFC 9110 13.2.1: preconditions are ignored where the answer would not be 2xx; a 404 stays a 404
     and a retired protocol's 410 stays a 410, whatever If-Match says."""
