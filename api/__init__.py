@@ -123,7 +123,7 @@ def _conditional_get(response: Response) -> Response:
         response.add_etag(weak=True)
     refusal = read_precondition_failure(response.headers.get("ETag"), weak=request.blueprint == fhir_api.blp.name)
     if refusal is not None:  # the view's or blueprint's error shape (FHIR answers an OperationOutcome)
-        response.close()  # what it holds (a streamed export's generator, say) is released now, not never
+        response.close()  # what it holds (a static file's handle, say) is released now, not never
         return current_app.make_response(current_app.handle_user_exception(refusal))
     if computed and not_modified(response.headers["ETag"]):
         response.status_code = 304
@@ -191,14 +191,15 @@ def _init_docs_assets(app: Flask) -> None:
         412 carrying the whole file and a day's public cache, ``If-Match: *`` or a malformed list with
         412, and a Range beside a failed If-Match with 206 (found by a probe). Served unconditionally,
         with werkzeug's strong ETag: ``_conditional_get`` evaluates If-Match as for every GET, and this
-        view answers a matching If-None-Match with 304, as version reads do."""
+        view answers a matching If-None-Match with 304, as version reads do. Range and
+        If-Modified-Since are not evaluated here (the files are small and Swagger UI sends neither)."""
         response = send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400,
                                        conditional=False)
         etag = response.headers.get("ETag")
         if etag is not None and not_modified(etag):
             response.close()
             not_modified_response = Response(status=304)
-            for name in ("ETag", "Cache-Control", "Last-Modified"):
+            for name in ("ETag", "Cache-Control"):
                 if name in response.headers:
                     not_modified_response.headers[name] = response.headers[name]
             return not_modified_response

@@ -143,7 +143,7 @@ def test_a_fhir_read_compares_if_match_weakly_and_refuses_with_a_conflict_outcom
 
 def test_an_export_has_no_entity_tag_so_only_a_star_if_match_is_served(client):
     """``$export`` streams without an ETag: If-Match ``*`` (the representation exists) is served, any
-    entity-tag is a 412, and the refused stream is closed without being read."""
+    entity-tag is a 412 (the refused stream was never started: its snapshot opens on the first read)."""
     _create(client)
     assert client.get("/fhir/R4/$export", headers={"If-Match": "*"}).status_code == 200
     refused = _outcome(client.get("/fhir/R4/$export", headers={"If-Match": '"x"'}), 412)
