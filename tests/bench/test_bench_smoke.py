@@ -256,10 +256,15 @@ def test_stall_probe_reports_the_time_it_was_held_off_its_cpu() -> None:
     process.send_signal(signal.SIGCONT)
     output, _ = process.communicate(timeout=10)
     late = [float(line.split()[2]) for line in output.splitlines() if line.startswith("late ")]
-    assert len(late) == 1 and 120 <= late[0] <= 1000, output
+    # Here the probe runs at normal priority, so on a busy machine other tasks may delay it briefly
+    # too (a CI run beside a fuzzing run saw one of 28 ms): exactly one wake-up is as late as the stop.
+    held = [ms for ms in late if ms >= 120]
+    assert len(held) == 1 and held[0] <= 1000, output
     assert output.splitlines()[-1].startswith("done ")
-    [(due, woke)] = run.probe_stalls(output)
-    assert abs((woke - due) * 1000 - late[0]) < 0.01
+    stalls = run.probe_stalls(output)
+    assert len(stalls) == len(late)
+    measured = sorted((woke - due) * 1000 for due, woke in stalls)
+    assert all(abs(ms - reported) < 0.01 for ms, reported in zip(measured, sorted(late), strict=True))
 
 
 def test_requests_in_flight_while_both_cpus_stalled_are_counted_and_set_aside() -> None:
