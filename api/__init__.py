@@ -107,9 +107,9 @@ def _conditional_get(response: Response) -> Response:
     """A successful GET's preconditions, in RFC 9110's order (13.2.2): ``If-Match`` first (a 412 when it
     names no current entity-tag: :func:`api.http.read_precondition_failure`), then ``If-None-Match``
     (a 304). Responses that carry no ETag of their own (lists, pick lists, bundles) get a weak one
-    computed from their bytes; version reads set their strong ETag (and 304) themselves; streamed
-    responses get none. A read that fails for another reason (404, 410, 422 …) ignores both, as the RFC
-    has it (13.2.1).
+    computed from their bytes; version reads set their strong ETag (and 304) themselves; static files
+    come with werkzeug's; streamed responses get none. A read that fails for another reason (404, 410,
+    422 …) ignores both, as the RFC has it (13.2.1).
 
     The headers are read as the version reads read them (``api.http``), not by werkzeug's
     ``make_conditional``, which answered a GET's ``If-Match`` with 412 and the page as its body, and read
@@ -125,7 +125,10 @@ def _conditional_get(response: Response) -> Response:
     if refusal is not None:  # the view's or blueprint's error shape (FHIR answers an OperationOutcome)
         response.close()  # what it holds (a static file's handle, say) is released now, not never
         return current_app.make_response(current_app.handle_user_exception(refusal))
-    if computed and not_modified(response.headers["ETag"]):
+    # Views that set their own ETag answer If-None-Match themselves; asking again of their 200 finds no
+    # match, and a view that does not (a static file) gets its 304 here.
+    if response.status_code == 200 and "ETag" in response.headers and not_modified(response.headers["ETag"]):
+        response.close()  # a static file's handle
         response.status_code = 304
         response.set_data(b"")
         for name in ("Content-Type", "Content-Length"):
@@ -190,17 +193,7 @@ def _init_docs_assets(app: Flask) -> None:
         """werkzeug's own conditional handling (``conditional=True``) answered a failed If-Match with a
         412 carrying the whole file and a day's public cache, ``If-Match: *`` or a malformed list with
         412, and a Range beside a failed If-Match with 206 (found by a probe). Served unconditionally,
-        with werkzeug's strong ETag: ``_conditional_get`` evaluates If-Match as for every GET, and this
-        view answers a matching If-None-Match with 304, as version reads do. Range and
-        If-Modified-Since are not evaluated here (the files are small and Swagger UI sends neither)."""
-        response = send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400,
-                                       conditional=False)
-        etag = response.headers.get("ETag")
-        if etag is not None and not_modified(etag):
-            response.close()
-            not_modified_response = Response(status=304)
-            for name in ("ETag", "Cache-Control"):
-                if name in response.headers:
-                    not_modified_response.headers[name] = response.headers[name]
-            return not_modified_response
-        return response
+        with werkzeug's strong ETag: ``_conditional_get`` evaluates If-Match and then If-None-Match, as
+        for every GET. Range and If-Modified-Since are not evaluated here (the files are small and
+        Swagger UI sends neither)."""
+        return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename, max_age=86400, conditional=False)
