@@ -41,16 +41,16 @@ def derived_problems(db: Database, report: Callable[[str, str], None]) -> int:
     checked = 0
     with snapshot(db) as session:
         heads = {protocol_id: (seq, latest) for protocol_id, seq, latest in
-                 session.execute(select(Protocol.id, Protocol.seq, Protocol.latest_version)).tuples()}
+                 session.execute(select(Protocol.id, Protocol.seq, Protocol.latest_version))}
         stored: dict[str, set[tuple[int, int, str, datetime, datetime | None]]] = defaultdict(set)
         for row in session.execute(select(EffectivePeriod.protocol_id, EffectivePeriod.version,
                                           EffectivePeriod.protocol_seq, EffectivePeriod.status,
-                                          EffectivePeriod.valid_from, EffectivePeriod.valid_until)).tuples():
+                                          EffectivePeriod.valid_from, EffectivePeriod.valid_until)):
             stored[row[0]].add(row[1:])
         versions = session.execute(
             select(ProtocolVersion.protocol_id, ProtocolVersion.version, ProtocolVersion.status,
                    ProtocolVersion.effective_from)
-            .order_by(ProtocolVersion.protocol_id, ProtocolVersion.version)).tuples()
+            .order_by(ProtocolVersion.protocol_id, ProtocolVersion.version))
         for protocol_id, group in groupby(versions, key=lambda row: row[0]):
             checked += 1
             rows = [(version, status, effective_from) for _, version, status, effective_from in group]
@@ -80,7 +80,7 @@ def _term_mismatches(session: Session) -> Iterator[tuple[str, int]]:
         rows = session.execute(
             select(ProtocolVersion.seq, ProtocolVersion.protocol_id, ProtocolVersion.version,
                    ProtocolVersion.status, ProtocolVersion.document)
-            .where(ProtocolVersion.seq > last).order_by(ProtocolVersion.seq).limit(BATCH)).tuples().all()
+            .where(ProtocolVersion.seq > last).order_by(ProtocolVersion.seq).limit(BATCH)).all()
         if not rows:
             return
         upto = rows[-1][0]
@@ -89,7 +89,7 @@ def _term_mismatches(session: Session) -> Iterator[tuple[str, int]]:
                 select(SearchTerm.protocol_id, SearchTerm.version, SearchTerm.kind, SearchTerm.value)
                 .join(ProtocolVersion, (ProtocolVersion.protocol_id == SearchTerm.protocol_id)
                       & (ProtocolVersion.version == SearchTerm.version))
-                .where(ProtocolVersion.seq > last, ProtocolVersion.seq <= upto)).tuples():
+                .where(ProtocolVersion.seq > last, ProtocolVersion.seq <= upto)):
             terms[(protocol_id, version)].add((kind, value))
         for _, protocol_id, version, status, document in rows:
             _, content = split_document(json.loads(document))

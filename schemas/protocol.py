@@ -99,9 +99,7 @@ class ProtocolSchema(Schema):
         for index, source in enumerate(data.get("sources") or []):
             if not isinstance(source, dict):
                 continue
-            # Paths are looked up in the request as sent: a field that failed its own validation is
-            # missing from ``data``, and "no such field" would pile a second, wrong error on it.
-            wrong = [p for p in source.get("supports") or [] if not _path_exists(sent, p)]
+            wrong = [p for p in source.get("supports") or [] if not _path_exists(sent, data, p)]
             if wrong:
                 source_errors[index] = {"supports": [f"no such field in this record: {', '.join(wrong)}"]}
         if source_errors:
@@ -115,22 +113,42 @@ class ProtocolCreateSchema(ProtocolSchema):
                                        "example": "esketamine-nasal-trd"})
 
 
-def _path_exists(data: dict[str, Any], path: str) -> bool:
-    """Whether a dotted path such as ``dosing_ranges.0.dose_max`` names a field of the record."""
+_ABSENT = object()
+
+
+def _path_exists(sent: dict[str, Any], loaded: dict[str, Any], path: str) -> bool:
+    """Whether a dotted path such as ``dosing_ranges.0.dose_max`` names a field of the record that
+    will be stored: the rule ``flask protocols check`` and ``import`` apply to a stored version.
+
+    Why two walks: the request as sent still holds a field that failed its own validation (the loaded
+    data lacks it, and shifts a list's items after one that failed), so "no such field" does not pile
+    a second, wrong error on it; the loaded data holds the defaults of what the request left out
+    (``status``, ``verification_notes``, a range's ``instructions``), which the stored record holds
+    too. Looking only at the request, a path under a field left out passed (``verification_notes.7``):
+    the version was stored, and then ``check`` refused it and ``import`` refused the whole backup
+    (found by an adversarial probe)."""
     parts = path.split(".")
     if parts[0] not in CONTENT_FIELDS and parts[0] not in ("effective_from", "status"):
         return False
-    if parts[0] not in data:
-        return True  # that field failed validation itself; do not pile a second error on it
-    node: Any = data
+    if parts[0] not in loaded:
+        return True  # that field failed validation (or a required one is missing): it has its own error
+    as_sent: Any = sent
+    as_loaded: Any = loaded
     for part in parts:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
-            node = node[int(part)]
-        else:
+        if isinstance(as_sent, list) and (not isinstance(as_loaded, list) or len(as_loaded) != len(as_sent)):
+            as_loaded = _ABSENT  # an item failed validation: the loaded list's indices have shifted
+        as_sent, as_loaded = _child(as_sent, part), _child(as_loaded, part)
+        if as_sent is _ABSENT and as_loaded is _ABSENT:
             return False
     return True
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(part, _ABSENT)
+    if isinstance(node, list) and _INDEX.fullmatch(part) and int(part) < len(node):
+        return node[int(part)]
+    return _ABSENT
 
 
 def split_payload(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -520,3 +520,43 @@ def test_check_names_derived_rows_changed_outside_the_service(app, client, backe
     assert f"{second}: search_terms of version 1 differ from what its document defines" in result.output
     assert f"{second}: its head names version 2, but its newest stored version is 1" in result.output
     assert "the derived rows of 2 of 3 protocols differ from their versions" in result.output
+
+
+SUPPORTS_PATHS = [
+    ("verification_notes.7", False), ("status.foo", False), ("effective_from.x", False),
+    ("drug.brand_names.3", False), ("dosing_ranges.0.instructions.text", False),
+    ("verification_notes", True), ("status", True), ("effective_from", True), ("change_note", False),
+    ("dosing_ranges.0.instructions", True), ("dosing_ranges.0.duration", True), ("fda_approval.approval_date", True),
+]
+
+
+@pytest.mark.parametrize(("path", "accepted"), SUPPORTS_PATHS, ids=[p for p, _ in SUPPORTS_PATHS])
+def test_a_write_judges_a_supports_path_as_check_and_import_judge_the_stored_version(app, client, path, accepted):
+    """A source's `supports` path is judged by the record that will be stored, which holds the defaults
+    of what the request left out (`verification_notes: []`, `status`, a range's `instructions: null`).
+    Judged by the request alone, `verification_notes.7` with no notes sent was stored, and then `flask
+    protocols check` refused the version, `import` refused the whole export, and the record read back
+    could not be PUT back (found by an adversarial probe)."""
+    from api.cli import validate_document
+
+    payload = protocol_payload()
+    for name in ("verification_notes", "status", "effective_from"):
+        payload.pop(name, None)
+    for name in ("instructions", "duration"):
+        payload["dosing_ranges"][0].pop(name)
+    payload["sources"][0]["supports"] = [path]
+    response = client.post("/v1/protocols", json=payload)
+    if not accepted:
+        assert response.status_code == 422, response.get_json()
+        assert response.get_json()["errors"] == {
+            "sources.0.supports": [f"no such field in this record: {path}"]}
+        assert client.get(f"/v1/protocols/{payload['id']}/versions/latest").status_code == 404
+        return
+    assert response.status_code == 201, response.get_json()
+    stored = client.get(f"/v1/protocols/{payload['id']}/versions/1")
+    assert validate_document(stored.get_json()) == {}
+    checked = app.test_cli_runner().invoke(args=["protocols", "check"])
+    assert checked.exit_code == 0, checked.output
+    put_back = client.put(f"/v1/protocols/{payload['id']}", data=stored.get_data(),
+                          headers={"If-Match": stored.headers["ETag"], "Content-Type": "application/json"})
+    assert put_back.status_code == 200, put_back.get_json()  # unchanged: nothing appended
