@@ -125,6 +125,7 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> 
     if not isinstance(entries, list):
         raise _bad_request(f"{path}.entry", "must be an array")
     wanted = set(selections)
+    medications = _bundled_medications(entries, path)
     orders = []
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
@@ -146,8 +147,47 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> 
         if quoted is not None:
             raise _bad_request(quoted, "not a valid FHIR R4 MedicationRequest: a decimal, integer or boolean is "
                                        "a JSON number or boolean, not a string")
-        orders.append(_draft_order(request, resource, f"{path}.entry.{index}.resource"))
+        orders.append(_draft_order(request, resource, f"{path}.entry.{index}.resource", medications))
     return orders
+
+
+def _bundled_medications(entries: list[Any], path: str) -> dict[str, tuple[Mapping[str, Any], str]]:
+    """The Medications carried beside the orders in ``draftOrders``, by the references that name them
+    (the entry's ``fullUrl`` and ``Medication/<id>``), each with its path for errors.
+
+    Why: an order's ``medicationReference`` may name a Medication of the same Bundle rather than a
+    contained one. Only ``#id`` was followed, so a 112 mg Spravato order whose Medication was a Bundle
+    entry had no RxNorm code and got no card at all, which reads as "no protocol applies" (found by an
+    adversarial probe). A reference to a Medication the request does not carry still cannot be read."""
+    found: dict[str, tuple[Mapping[str, Any], str]] = {}
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(resource, Mapping) or resource.get("resourceType") != "Medication":
+            continue
+        where = f"{path}.entry.{index}.resource"
+        if isinstance(entry.get("fullUrl"), str):
+            found.setdefault(entry["fullUrl"], (resource, where))
+        if isinstance(resource.get("id"), str):
+            found.setdefault(f"Medication/{resource['id']}", (resource, where))
+    return found
+
+
+def _bundled_medication(raw: Mapping[str, Any], where: str) -> Any:
+    """A referenced Bundle Medication validated as FHIR R4 (an invalid one is a 400 naming its path)."""
+    from fhir.resources.R4B.medication import Medication
+
+    try:
+        medication = Medication.model_validate(raw)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        inner = ".".join(str(p) for p in first.get("loc", ()) if p != "Medication")
+        raise _bad_request(where + (f".{inner}" if inner else ""),
+                           f"not a valid FHIR R4 Medication: {first.get('msg')}") from exc
+    quoted = _string_for_a_number(raw, medication.model_dump(by_alias=True, exclude_none=True), where)
+    if quoted is not None:  # as for the orders: a strength of "100" is not read as 100
+        raise _bad_request(quoted, "not a valid FHIR R4 Medication: a decimal, integer or boolean is a JSON number "
+                                   "or boolean, not a string")
+    return medication
 
 
 def _string_for_a_number(raw: Any, parsed: Any, path: str) -> str | None:
@@ -211,7 +251,8 @@ def _codings(concept: Any) -> Iterable[Any]:
     return (concept.coding or []) if concept is not None else []
 
 
-def _draft_order(request: Any, raw: Mapping[str, Any], path: str) -> DraftOrder:
+def _draft_order(request: Any, raw: Mapping[str, Any], path: str,
+                 medications: Mapping[str, tuple[Mapping[str, Any], str]]) -> DraftOrder:
     concept = request.medicationCodeableConcept
     concentration = None
     if concept is None and request.medicationReference is not None:
@@ -220,6 +261,9 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str) -> DraftOrder:
             if reference == f"#{contained.id}" and contained.get_resource_type() == "Medication":
                 concept = contained.code
                 concentration = _strength(contained)
+        if concept is None and reference in medications:
+            medication = _bundled_medication(*medications[reference])
+            concept, concentration = medication.code, _strength(medication)
     rxnorm = [c.code for c in _codings(concept) if c.system == terminology.RXNORM and c.code]
     name = (concept.text if concept is not None and concept.text else None) or next(
         (c.display for c in _codings(concept) if c.display), None) or "medication"

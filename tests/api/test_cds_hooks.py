@@ -587,6 +587,43 @@ def test_medication_reference_to_a_contained_medication(client):
     assert card["indicator"] == "critical"
 
 
+@pytest.mark.parametrize("reference", ["Medication/spr", "urn:uuid:5b1f0f0e-8d3a-4c51-9d0a-0c2f6c1b7e11"])
+def test_medication_reference_to_a_medication_of_the_draft_orders_bundle(client, reference):
+    """A Medication carried as its own draftOrders entry, named by ``Medication/<id>`` or by its entry's
+    ``fullUrl``: only ``#id`` was followed, and a 112 mg Spravato order got no card at all (probe)."""
+    create(client)
+    order = medication_request("esk-bundled", ESKETAMINE, NASAL, dose=(112, "mg"))
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": reference}
+    body = hook_request([order])
+    medication = {"resourceType": "Medication", "id": "spr", "code": {"coding": ESKETAMINE}}
+    body["context"]["draftOrders"]["entry"].insert(0, {"fullUrl": "urn:uuid:5b1f0f0e-8d3a-4c51-9d0a-0c2f6c1b7e11",
+                                                        "resource": medication})
+    (card,) = cards(client, body)
+    assert card["indicator"] == "critical"
+
+    order["medicationReference"] = {"reference": "Medication/elsewhere"}  # not carried: nothing to read
+    assert cards(client, body) == []
+
+    order["medicationReference"] = {"reference": reference}
+    medication["code"] = {"coding": [{"system": RXNORM, "code": 2201625}]}  # a number where FHIR wants a string
+    response = call(client, body)
+    assert response.status_code == 400, response.get_json()
+    assert list(response.get_json()["errors"]) == ["context.draftOrders.entry.0.resource.code.coding.0.code"]
+
+    medication["code"] = {"coding": ESKETAMINE}
+    medication["ingredient"] = [{"itemCodeableConcept": {"text": "esketamine"}, "strength": {
+        "numerator": {"value": "28", "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"},
+        "denominator": {"value": 0.2, "unit": "mL", "system": "http://unitsofmeasure.org", "code": "mL"}}}]
+    response = call(client, body)  # a strength sent as a string is refused, as in a contained Medication
+    assert response.status_code == 400, response.get_json()
+    assert list(response.get_json()["errors"]) == [
+        "context.draftOrders.entry.0.resource.ingredient.0.strength.numerator.value"]
+
+    order["medicationReference"] = {"reference": "#absent"}  # an invalid Medication nobody names is not read
+    assert cards(client, body) == []
+
+
 # ------------------------------------------------------------------------------- worker start-up
 
 
