@@ -421,8 +421,9 @@ def search_medication_knowledge() -> Response:
     warnings = check_unsupported(spec.unsupported)
     db = get_db()
     at = utcnow()
-    page = fhir_query.search(db, spec, at=at)
-    total = fhir_query.count(db, spec, at=at)
+    with versioning.snapshot(db) as session:  # the total counts what the page lists (one state)
+        page = fhir_query.search(db, spec, at=at, session=session)
+        total = fhir_query.count(db, spec, at=at, session=session)
     base = base_url()
     entries: list[dict[str, Any]] = []
     if warnings:

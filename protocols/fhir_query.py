@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, case, exists, false, func, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from protocols import fhir, paging, terminology, versioning
@@ -370,8 +371,9 @@ def _filters(spec: SearchSpec) -> list[ColumnElement[bool]]:
     return filters
 
 
-def search(db: Database, spec: SearchSpec, *, at: datetime) -> versioning.EffectivePage:
-    """One page of current resources matching ``spec``, newest protocol first (keyset on creation)."""
+def search(db: Database, spec: SearchSpec, *, at: datetime, session: Session | None = None) -> versioning.EffectivePage:
+    """One page of current resources matching ``spec``, newest protocol first (keyset on creation);
+    read in ``session`` when given (:func:`versioning.snapshot`, shared with :func:`count`)."""
     statuses = spec.protocol_statuses
     if not statuses or spec.count == 0:
         return versioning.EffectivePage([], False)
@@ -380,11 +382,14 @@ def search(db: Database, spec: SearchSpec, *, at: datetime) -> versioning.Effect
         key, direction = spec.cursor
         after, before = (key, None) if direction == "n" else (None, key)
     return versioning.list_effective(db, at=at, limit=spec.count, after_seq=after, before_seq=before,
-                                     statuses=sorted(statuses), extra_filters=_filters(spec))
+                                     statuses=sorted(statuses), extra_filters=_filters(spec), session=session)
 
 
-def count(db: Database, spec: SearchSpec, *, at: datetime) -> int:
-    """How many current resources match ``spec`` (the Bundle ``total``); mirrors ``list_effective``."""
+def count(db: Database, spec: SearchSpec, *, at: datetime, session: Session | None = None) -> int:
+    """How many current resources match ``spec`` (the Bundle ``total``); mirrors ``list_effective``.
+
+    Read in the page's ``session``: in separate reads a protocol retired or revived between the two
+    made a complete single page disagree with its own total (23 against 24 entries; adversarial probe)."""
     statuses = spec.protocol_statuses
     if not statuses:
         return 0
@@ -397,8 +402,8 @@ def count(db: Database, spec: SearchSpec, *, at: datetime) -> int:
                or_(EffectivePeriod.valid_until.is_(None), EffectivePeriod.valid_until > at),
                EffectivePeriod.status.in_(sorted(statuses)), *_filters(spec))
     )
-    with db.read() as session:
-        return int(session.execute(query).scalar_one())
+    with nullcontext(session) if session is not None else db.read() as reading:
+        return int(reading.execute(query).scalar_one())
 
 
 def iter_current(db: Database, *, at: datetime, page_size: int = MAX_COUNT) -> Iterator[versioning.StoredVersion]:

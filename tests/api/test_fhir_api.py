@@ -384,6 +384,34 @@ def test_search_pages_to_the_end_through_next_links(client):
     assert "entry" not in only_total
 
 
+def test_a_search_bundles_total_counts_the_state_its_entries_were_read_in(app, client, monkeypatch):
+    """The page and its total are read in one snapshot: a protocol created between the two reads (here
+    by the count's wrapper, as another client's write would) is in neither. Read separately, a complete
+    single page disagreed with its own total under concurrent writes (23 against 24; adversarial probe)."""
+    from schemas.protocol import ProtocolCreateSchema, split_payload
+
+    ids = {_create(client, title=f"Protocol {n}")["id"] for n in range(3)}
+    real_count = fhir_api.fhir_query.count
+    written: list[str] = []
+
+    def count_after_a_write(*args: Any, **kwargs: Any) -> int:
+        payload = protocol_payload()
+        _, content = split_payload(ProtocolCreateSchema().load(payload))
+        # Stamped before the request's instant and committed after its page was read, as a write of
+        # another worker that took its time just before this request did.
+        versioning.create(app.extensions["protocols_db"], payload["id"], content,
+                          effective_from=utcnow() - timedelta(seconds=5))
+        written.append(payload["id"])
+        return real_count(*args, **kwargs)
+
+    monkeypatch.setattr(fhir_api.fhir_query, "count", count_after_a_write)
+    bundle = _bundle(client.get(f"{MK}?_count=100"))
+    assert written and {e["resource"]["id"] for e in bundle["entry"]} == ids
+    assert bundle["total"] == len(ids)
+    monkeypatch.setattr(fhir_api.fhir_query, "count", real_count)
+    assert _bundle(client.get(f"{MK}?_count=0"))["total"] == len(ids) + 1  # the write is there, after
+
+
 def test_search_by_rxnorm_code(client):
     esketamine = _create(client)["id"]
     drug = {"name": "ketamine", "rxnorm_cui": "6130", "brand_names": ["Ketalar"], "dea_schedule": "CIII"}
