@@ -16,6 +16,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import Forbidden
 
 from api.errors import error_response, path_error_renderer
+from api.http import add_vary
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")
 #: ``Prefer`` and ``Warning``: the FHIR face's ``Prefer: handling=lenient`` and the warning it answers
@@ -28,12 +29,6 @@ PREFLIGHT_MAX_AGE_S = "600"
 
 def allowed_origins(app: Flask) -> frozenset[str]:
     return frozenset(o.strip().rstrip("/") for o in app.config.get("PROTOCOLS_CORS_ORIGINS", []) if o.strip())
-
-
-def _add_vary(response: Response) -> None:
-    vary = {v.strip() for v in response.headers.get("Vary", "").split(",") if v.strip()}
-    if "Origin" not in vary:
-        response.headers["Vary"] = ", ".join(sorted(vary | {"Origin"}))
 
 
 def _refusal(message: str, errors: dict[str, list[str]]) -> Response:
@@ -69,7 +64,7 @@ def init_app(app: Flask) -> None:
             response.headers["Access-Control-Allow-Methods"] = ", ".join(ALLOWED_METHODS)
             response.headers["Access-Control-Allow-Headers"] = ", ".join(ALLOWED_HEADERS)
             response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE_S
-        _add_vary(response)
+        add_vary(response, "Origin")
         return response
 
     @app.after_request
@@ -80,9 +75,9 @@ def init_app(app: Flask) -> None:
             # one: a year-long cached version read without Origin (no Allow-Origin) was reusable for a
             # cross-origin fetch, which then failed (found by a contract probe).
             if origins:
-                _add_vary(response)
+                add_vary(response, "Origin")
             return response
-        _add_vary(response)
+        add_vary(response, "Origin")
         if origin in origins and "Access-Control-Allow-Origin" not in response.headers:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)

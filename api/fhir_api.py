@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 from api.auth import requires_scope
 from api.errors import PATH_ERROR_RENDERERS, ApiError, is_database_unavailable
 from api.extensions import get_db
-from api.http import CACHE_IMMUTABLE, CACHE_REVALIDATE, not_modified
+from api.http import CACHE_IMMUTABLE, CACHE_REVALIDATE, add_vary, not_modified
 from api.parsing import Blueprint
 from protocols import errors as domain
 from protocols import fhir, fhir_query, versioning
@@ -82,6 +82,15 @@ def _options() -> Response | None:
         return None
     response = Response(status=200)
     response.headers["Allow"] = ALLOWED_METHODS
+    return response
+
+
+@blp.after_request
+def _vary_on_accept(response: Response) -> Response:
+    """Every answer here is in the JSON type ``Accept`` chose (``application/fhir+json`` or
+    ``application/json``, errors included) under one ETag, and a version read is cached for a year:
+    without ``Vary: Accept`` a cache could hand either client the other's type (adversarial probe)."""
+    add_vary(response, "Accept")
     return response
 
 

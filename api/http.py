@@ -38,6 +38,14 @@ CACHE_IMMUTABLE = "private, max-age=31536000, immutable"
 MAX_CURSOR_KEY = MAX_SEQ
 
 
+def add_vary(response: Response, field: str) -> None:
+    """Name ``field`` in the response's ``Vary`` (once, keeping what is there): caches must key the
+    response on that request header."""
+    vary = {v.strip() for v in response.headers.get("Vary", "").split(",") if v.strip()}
+    if field not in vary and "*" not in vary:
+        response.headers["Vary"] = ", ".join(sorted(vary | {field}))
+
+
 def parse_etag_list(header: str | None, name: str = "If-Match") -> list[str] | None:
     """Parse ``If-Match``/``If-None-Match``: one pass over the header, each step anchored where the last
     ended. Weak tags are kept with their ``W/`` prefix so a strong comparison never matches them. A

@@ -412,6 +412,24 @@ def test_a_search_bundles_total_counts_the_state_its_entries_were_read_in(app, c
     assert _bundle(client.get(f"{MK}?_count=0"))["total"] == len(ids) + 1  # the write is there, after
 
 
+def test_every_fhir_answer_varies_on_accept(client):
+    """The JSON type follows ``Accept`` under one ETag, and a version read is cached for a year: every
+    answer, 304s and errors included, says ``Vary: Accept`` (it said nothing; adversarial probe)."""
+    protocol_id = _create(client)["id"]
+    fhir_json = client.get(f"{MK}/{protocol_id}/_history/1", headers={"Accept": "application/fhir+json"})
+    plain = client.get(f"{MK}/{protocol_id}/_history/1", headers={"Accept": "application/json"})
+    assert (fhir_json.mimetype, plain.mimetype) == ("application/fhir+json", "application/json")
+    assert fhir_json.headers["ETag"] == plain.headers["ETag"]
+    not_modified = client.get(f"{MK}/{protocol_id}/_history/1", headers={"If-None-Match": plain.headers["ETag"]})
+    assert not_modified.status_code == 304
+    answers = [fhir_json, plain, not_modified, client.get(f"{MK}/{protocol_id}"), client.get(f"{MK}?_count=1"),
+               client.get(f"{MK}/{protocol_id}/_history"), client.get("/fhir/R4/metadata"),
+               client.get(f"{MK}/no-such-protocol"), client.get("/fhir/R4/metadata", headers={"Accept": "text/xml"})]
+    assert [r.status_code for r in answers] == [200, 200, 304, 200, 200, 200, 200, 404, 406]
+    assert all(r.headers.get("Vary", "").split(", ").count("Accept") == 1 for r in answers), [
+        r.headers.get("Vary") for r in answers]
+
+
 def test_search_by_rxnorm_code(client):
     esketamine = _create(client)["id"]
     drug = {"name": "ketamine", "rxnorm_cui": "6130", "brand_names": ["Ketalar"], "dea_schedule": "CIII"}
