@@ -459,6 +459,10 @@ def test_search_by_last_updated_uses_fhir_precision_and_prefixes(app, client, db
     assert _search_ids(client, "_lastUpdated=eq2024-03-01T09:15:30Z") == [new]
     assert _search_ids(client, "_lastUpdated=2024-03-01T10:15:30%2B01:00") == [new]
     assert _search_ids(client, "_lastUpdated=ge2023&_lastUpdated=lt2024") == [old]
+    # A time without a zone is UTC, as the CapabilityStatement says (it was a 400; adversarial probe).
+    assert _search_ids(client, "_lastUpdated=eq2024-03-01T09:15:30") == [new]
+    assert _search_ids(client, "_lastUpdated=eq2024-03-01T09:15") == [new]
+    assert _search_ids(client, "_lastUpdated=gt2024-03-01T09:15:30") == []
     # An unencoded '+' arrives as a space: refused (never guessed), saying how to send it.
     response = client.get("/fhir/R4/MedicationKnowledge?_lastUpdated=2024-03-01T10:15:30+01:00")
     assert response.status_code == 400
