@@ -283,9 +283,11 @@ def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified
     """One statement writing every row of an append, the feed sequence included; returns the new seq,
     or no row when the guarded head did not advance (then nothing was written).
 
-    Order inside the statement: the guarded head ``UPDATE`` (row lock on the protocol), then the
-    change counter (row lock held until commit, which keeps the feed in commit order, protocols.changes),
-    then the rows that carry the seq. The main query reads ``counter``, which reads ``head``, so
+    Order inside the statement: the change counter's row lock (the writers' lock, held until commit,
+    which keeps the feed in commit order, protocols.changes), then the guarded head ``UPDATE`` (row
+    lock on the protocol), then the counter's increment and the rows that carry the seq. Locks are
+    taken in the order of every write transaction (:func:`_hold_feed_lock`, then the head), or a
+    revision and a retirement of one protocol deadlock. The main query reads ``counter``, which reads ``head``, so
     PostgreSQL runs those two first; the remaining sub-statements run to completion after it.
     ``verified`` adds :data:`_PG_VERIFY_HEAD` to the guard (parameter ``expected_etag``)."""
     key = (guarded, in_effect, audited, verified)
@@ -293,7 +295,11 @@ def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified
     if statement is None:
         parts = []
         if guarded:
-            advance = _ADVANCE_HEAD + (_PG_VERIFY_HEAD if verified else "")
+            # The writers' lock (the counter's row) before the head's row, as every write transaction
+            # takes them (_hold_feed_lock): the head is updated only once it is held. Head first, a
+            # revision racing a retirement of the same protocol deadlocked (probe).
+            advance = _ADVANCE_HEAD + (_PG_VERIFY_HEAD if verified else "") + " AND EXISTS (SELECT 1 FROM writers)"
+            parts.append("writers AS (SELECT 1 FROM change_counter WHERE id = 1 FOR UPDATE)")
             parts.append(f"head AS ({_pg_cast(advance)} RETURNING 1)")
         parts.append("counter AS (UPDATE change_counter SET value = value + 1 WHERE id = 1"
                      + (" AND EXISTS (SELECT 1 FROM head)" if guarded else "")

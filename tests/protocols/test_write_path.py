@@ -86,7 +86,7 @@ def test_one_append_stays_within_the_statement_budget(db: Database, backend: str
         # which content it retires, in one SELECT.
         undoing = ["SELECT (SELECT u.version FROM"] if status == "retired" else []
         assert seen["autocommit"] == ["SELECT v.protocol_id, v.version, v.status,", *undoing,
-                                      "WITH head AS (UPDATE"], seen
+                                      "WITH writers AS (SELECT"], seen
         assert seen["statements"] == [] and seen["commits"] == [] and seen["rollbacks"] == [], seen
     else:
         assert len(seen["statements"]) <= MAX_STATEMENTS[backend], seen["statements"]
@@ -172,7 +172,7 @@ def test_a_revision_on_top_of_this_process_s_own_write_skips_the_head_read(db: D
     assert created and third.version == 3 and third == versioning.get_version(db, "guess", 3)
     assert third.recorded_at >= second.recorded_at
     if backend == "postgres":
-        assert seen["autocommit"] == ["WITH head AS (UPDATE"], seen
+        assert seen["autocommit"] == ["WITH writers AS (SELECT"], seen
     else:
         assert len(seen["statements"]) <= MAX_STATEMENTS[backend] and seen["commits"] == ["commit"], seen
 
@@ -378,3 +378,38 @@ def test_a_write_that_queued_behind_another_is_recorded_when_its_turn_came(db: D
                                .order_by(ProtocolVersion.seq)).all()
     assert [version for version, _ in rows] == [1, 2, 3, 4]
     assert [seq for _, seq in rows] == list(range(rows[0][1], rows[0][1] + 4))
+
+
+@pytest.mark.postgres_only
+def test_a_revision_and_a_write_transaction_take_the_writers_lock_in_one_order(db: Database) -> None:
+    """A write transaction (retirement, create, import) takes the change counter's lock first and then
+    updates the protocol's head; the one-statement revision updated the head first and then took the
+    counter. A DELETE and a PUT of one protocol at once deadlocked (PostgreSQL aborted one after its
+    1 s ``deadlock_timeout``: a 503, and every other writer held up meanwhile; found by an adversarial
+    probe). Here the transaction holds the counter while the revision is sent, then updates the head
+    the revision would hold: both must complete."""
+    first = versioning.create(db, "ordered", content_of("ordered"))
+    result: list[Any] = []
+
+    def revise() -> None:
+        try:
+            result.append(versioning.revise(db, "ordered", content_of("ordered", title="Revised"),
+                                            if_match=[first.etag])[0])
+        except BaseException as exc:  # asserted below
+            result.append(exc)
+
+    worker = threading.Thread(target=revise)
+    with versioning._write_transaction(db) as conn:
+        versioning._hold_feed_lock(conn)
+        worker.start()
+        deadline = utcnow() + timedelta(seconds=10)
+        waiting = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                       " AND wait_event_type = 'Lock' AND query LIKE 'WITH %'")
+        while conn.execute(text("SELECT pg_stat_clear_snapshot()")) and conn.execute(waiting).scalar() == 0:
+            assert worker.is_alive() and utcnow() < deadline, ("the revision did not queue for the writers' lock",
+                                                               result)
+        # What the transaction's own append does next: lock the head row (its guarded UPDATE).
+        conn.execute(text("SELECT 1 FROM protocols WHERE id = 'ordered' FOR UPDATE"))
+    worker.join(timeout=30)
+    assert len(result) == 1 and isinstance(result[0], versioning.StoredVersion), result
+    assert result[0].version == 2
