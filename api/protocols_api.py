@@ -56,6 +56,18 @@ IF_MATCH_OPERATIONS = (("put", "/v1/protocols/{protocol_id}"), ("delete", "/v1/p
 IF_MATCH_PARAMETER = {"in": "header", "name": "If-Match", "required": True,
                       "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
                       "description": "ETag of the newest version (from GET or the previous write)"}
+#: A create's conditional headers: read as on PUT and DELETE (a malformed list is a 400 naming the header),
+#: evaluated against the protocol the body names, which a create never has (an existing id is a 409).
+CREATE_PRECONDITIONS = [
+    {"in": "header", "name": "If-Match", "required": False,
+     "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
+     "description": "Not for a create: a protocol being created has no version to match, so any If-Match "
+                    "(even *) is 412 and nothing is written; revise with PUT"},
+    {"in": "header", "name": "If-None-Match", "required": False,
+     "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
+     "description": "Optional (* or entity-tags): a create is already conditional on no protocol having the "
+                    "id (409 otherwise)"},
+]
 IF_NONE_MATCH_PARAMETER = {"in": "header", "name": "If-None-Match", "required": False,
                            "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
                            "description": "Optional: entity-tags (or *) the newest version must not be; when it is, "
@@ -109,8 +121,16 @@ def _check_body_id(payload: dict[str, Any], protocol_id: str) -> None:
 @blp.response(201, ProtocolSchema, headers={**ETAG_HEADER,
                                             "Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, schema=ErrorSchema, description="A protocol with this id exists (ids are never reused)")
+@blp.alt_response(412, schema=ErrorSchema, description="If-Match was sent: a protocol being created has no version "
+                                                       "to match")
 def create_protocol(payload: dict[str, Any]) -> Response:
     """Create a protocol (version 1)."""
+    # RFC 9110 13.1.1: an origin server MUST evaluate If-Match. It was ignored here, malformed lists
+    # included, though PUT and DELETE refuse them (adversarial probe).
+    if_none_match()  # read for its syntax alone: a malformed list is a 400 naming it
+    if if_match() is not None:
+        raise ApiError(412, "If-Match on a create: a protocol being created has no version to match; revise "
+                            "an existing protocol with PUT", errors={"If-Match": ["not for a create"]})
     meta, content = split_payload(payload)
     stored = versioning.create(get_db(), meta["id"], content, status=meta["status"],
                                effective_from=meta["effective_from"], change_note=meta["change_note"],
@@ -315,6 +335,8 @@ def document_protocol_operations(api: Any) -> None:
     for method, path in IF_MATCH_OPERATIONS:
         api.spec._paths[path][method].setdefault("parameters", []).extend(  # a copy each, as links below
             json.loads(json.dumps([IF_MATCH_PARAMETER, IF_NONE_MATCH_PARAMETER])))
+    api.spec._paths["/v1/protocols"]["post"].setdefault("parameters", []).extend(
+        json.loads(json.dumps(CREATE_PRECONDITIONS)))
     for (method, path), by_status in RESPONSE_LINKS.items():
         responses = api.spec._paths[path][method]["responses"]
         for status, links in by_status.items():

@@ -826,3 +826,22 @@ def test_a_write_whose_if_none_match_is_false_is_412_and_appends_nothing(client)
     assert held.status_code == 201, held.get_json()
     newest = held.headers["ETag"]
     assert client.delete(url, headers={"If-Match": newest, "If-None-Match": etag}).status_code == 200
+
+
+def test_a_create_reads_its_conditional_headers_and_refuses_if_match(client):
+    """RFC 9110 13.1.1: an origin server MUST evaluate If-Match. POST ignored both headers, malformed lists
+    included, which PUT and DELETE refuse (adversarial probe). A protocol being created has no version an
+    If-Match could name, so any If-Match (even ``*``) is a 412 that writes nothing; If-None-Match is what
+    a create already is (no protocol may have the id: 409 otherwise)."""
+    for header, value, status in (("If-None-Match", "not-an-etag", 400), ("If-Match", "not-an-etag", 400),
+                                  ("If-Match", '"1-0a1b2c3d4e5f6a7b"', 412), ("If-Match", "*", 412)):
+        payload = protocol_payload()
+        refused = client.post("/v1/protocols", json=payload, headers={header: value})
+        assert refused.status_code == status, (header, value, refused.get_json())
+        assert list(refused.get_json()["errors"]) == [header]
+        assert client.get(f"/v1/protocols/{payload['id']}/versions/latest").status_code == 404
+    for value in ("*", '"1-0a1b2c3d4e5f6a7b"'):
+        payload = protocol_payload()
+        assert client.post("/v1/protocols", json=payload, headers={"If-None-Match": value}).status_code == 201
+        again = client.post("/v1/protocols", json=payload, headers={"If-None-Match": value})
+        assert again.status_code == 409, again.get_json()
