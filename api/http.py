@@ -218,6 +218,19 @@ def read_composite_cursor(kind: str, query: Mapping[str, Any], max_keys: Sequenc
     return (tuple(key), None) if direction == "n" else (None, tuple(key))
 
 
+def _up_to(params: Mapping[str, str], kind: str, key: Any) -> str:
+    """The page that ends with ``key``'s item: the ``prev`` of an empty page read after ``key``.
+
+    ``key`` is the last item of the page before (the one that linked here), which this page never
+    held: a ``prev`` cursor *at* it, items strictly before it, skipped it when walking back, though it
+    was still listed (found by an adversarial probe). Integer keys run newest first, so the page before
+    ``key - 1`` holds ``key``; below 1 that is the first page. A ranked (composite) key reads a pinned
+    moment, where no write empties a page, and keeps the cursor at it."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return page_url(params, cursor=paging.encode_cursor(kind, key - 1, "p")) if key > 1 else page_url(params)
+    return page_url(params, cursor=paging.encode_cursor(kind, key, "p"))
+
+
 def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool, after: Any | None,
                before: Any | None, pinned: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
     """Next/prev URLs for a keyset page whose items carry ``keys`` in display order; ``pinned``
@@ -226,13 +239,13 @@ def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool
 
     A page left empty by writes since its cursor was issued keeps a way on: an empty page *before* its
     key has nothing before it, so its ``next`` is the first page (which holds the key's item, if it is
-    still listed); an empty page *after* its key links ``prev`` to the page before that key. It had no
-    links at all, and a client following ``prev`` to a page emptied by a retirement was told the list
-    had ended (found by a probe)."""
+    still listed); an empty page *after* its key links ``prev`` to the page that ends with that key
+    (:func:`_up_to`). It had no links at all, and a client following ``prev`` to a page emptied by a
+    retirement was told the list had ended (found by a probe)."""
     params = {**{k: v for k, v in request.args.items(multi=True) if k != "cursor"}, **(pinned or {})}
     if not keys:
         return (None if before is None else page_url(params),
-                None if after is None else page_url(params, cursor=paging.encode_cursor(kind, after, "p")))
+                None if after is None else _up_to(params, kind, after))
     more_after = has_more if before is None else True
     more_before = (after is not None) if before is None else has_more
     next_url = page_url(params, cursor=paging.encode_cursor(kind, keys[-1], "n")) if more_after else None

@@ -346,8 +346,28 @@ def test_a_page_emptied_by_retirements_keeps_a_way_on(client: FlaskClient, db: D
     versioning.retire(db, "emptied-0", if_match=[versioning.latest(db, "emptied-0").etag])
     onward = get(client, third["next"] or second["next"]).get_json()
     assert onward["items"] == [] and onward["next"] is None
-    before_it = get(client, onward["prev"]).get_json()  # before emptied-1: emptied-2 is retired too
-    assert before_it["items"] == [] and walk(client, before_it["next"]) == ["emptied-1"]
+    # Back from the emptied page: the page that ends with emptied-1, the key it was read after (a cursor
+    # at that key, items strictly before it, skipped emptied-1 though it was still listed; probe).
+    before_it = get(client, onward["prev"]).get_json()
+    assert [i["id"] for i in before_it["items"]] == ["emptied-1"] and before_it["prev"] is None
+
+
+def test_walking_back_from_a_page_emptied_by_retirements_skips_no_protocol(client: FlaskClient,
+                                                                           db: Database) -> None:
+    """Found by an adversarial probe: pages [3, 2] and [1, 0] of four protocols; 1 and 0 retired; the
+    second page, fetched again, is empty, and its prev led to [3] alone: 2 was on neither page."""
+    ids = [f"walk-back-{n}" for n in range(4)]
+    for pid in ids:
+        versioning.create(db, pid, content_of(pid))
+    first = get(client, "/v1/protocols", page_size=2).get_json()
+    second = get(client, first["next"]).get_json()
+    assert [i["id"] for i in first["items"] + second["items"]] == ids[::-1]
+    for pid in ids[:2]:
+        versioning.retire(db, pid, if_match=[versioning.latest(db, pid).etag])
+    emptied = get(client, first["next"]).get_json()
+    assert emptied["items"] == [] and emptied["next"] is None
+    back = get(client, emptied["prev"]).get_json()
+    assert [i["id"] for i in back["items"]] == ["walk-back-3", "walk-back-2"] and back["prev"] is None
 
 
 def test_a_page_and_its_count_are_read_at_one_instant(client, monkeypatch):
