@@ -839,6 +839,13 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
         unchecked.append("the order is as needed with no timing or maximum, so its amount per period was "
                          "checked for one dose")
+    if line.frequency is not None and not any(
+            r.get("frequency") or r.get("max_per_period") for _, r in ranges_for(content, line.route)):
+        # Each dose in range says nothing of a dose repeated on a schedule the protocol never gives: an
+        # induction dose of 2 mg/kg every 5 minutes read "within protocol range" on a green card
+        # (adversarial probe).
+        unchecked.append("the order repeats its dose, and the protocol gives no frequency or maximum per period "
+                         "for this route to check the repetition against")
     if judged:
         best = min(judged, key=lambda r: FAVOURABLE_ORDER.index(r.verdict))
         assert best.verdict is not None

@@ -536,7 +536,9 @@ def test_a_number_or_boolean_sent_as_a_string_is_400_naming_it(client):
     read "35" and "3.5e1" as 35, and the order got a card saying it was within range, where
     /dose-check refuses the same value (adversarial probe). A string element ("value" of an
     Identifier) stays a string."""
-    ketamine_protocol(client, dose_min=100, dose_max=200, unit="mg")
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 100, "dose_max": 200,
+                                              "unit": "mg", "max_per_period": {"value": 200, "unit": "mg",
+                                                                               "period": "P1D"}}])
     where = "context.draftOrders.entry.0.resource"
     order = medication_request("ket-s", KETAMINE, IV, dose=(150, "mg"), frequency=(1, 1, "d"))
     order["identifier"] = [{"system": "urn:oid:1.2.3", "value": "123"}]
@@ -585,6 +587,21 @@ def test_medication_reference_to_a_contained_medication(client):
     MedicationRequest.model_validate(order)
     (card,) = cards(client, hook_request([order]))
     assert card["indicator"] == "critical"
+
+
+def test_a_repeated_dose_against_a_range_without_frequency_or_maximum_is_partly_checked(client):
+    """An induction dose in range, ordered every 5 minutes, read "within protocol range" on a green card,
+    though the protocol gives no frequency or maximum per period that the repetition could be checked
+    against (1,680 mg an hour at 70 kg; adversarial probe). The single dose stays a plain pass."""
+    ketamine_protocol(client)  # 1-4.5 mg/kg, no frequency, no maximum per period
+    once = medication_request("ket-once", KETAMINE, IV, dose=(2, "mg/kg"))
+    (card,) = cards(client, hook_request([once], weight=weight_bundle(70)))
+    assert card["indicator"] == "info", card["summary"]
+    repeated = medication_request("ket-every-5-min", KETAMINE, IV, dose=(2, "mg/kg"), frequency=(1, 5, "min"))
+    (card,) = cards(client, hook_request([repeated], weight=weight_bundle(70)))
+    assert card["indicator"] == "warning" and "partly checked" in card["summary"], card["summary"]
+    assert ("Not checked: the order repeats its dose, and the protocol gives no frequency or maximum per period "
+            "for this route to check the repetition against.") in card["detail"]
 
 
 @pytest.mark.parametrize("reference", ["Medication/spr", "urn:uuid:5b1f0f0e-8d3a-4c51-9d0a-0c2f6c1b7e11"])
