@@ -180,7 +180,8 @@ def negotiate(formats: Sequence[str] = JSON_FORMATS, media_types: Sequence[str] 
     alone: FHIR R4 (http.html#mime-type) has it override ``Accept`` for clients that cannot set the
     header (a browser link), so ``_format=json`` with ``Accept: text/html`` is answered in JSON.
 
-    Returns the media type to answer in: the first of ``media_types`` the client did not refuse. An
+    Returns the media type to answer in: of ``media_types``, the one the client rates highest (the first
+    on a tie). An
     Accept entry with ``q=0`` refuses that type (``application/fhir+json;q=0, */*;q=0.1`` was answered
     in fhir+json; it now gets ``application/json``), and ``_format`` checks ``fhirVersion`` as Accept
     does (``_format=application/fhir+json;fhirVersion=5.0`` was a 200; found by an adversarial probe)."""
@@ -195,11 +196,14 @@ def negotiate(formats: Sequence[str] = JSON_FORMATS, media_types: Sequence[str] 
     entries = list(request.accept_mimetypes)
     if not entries:
         return _answer(media_types[0])
-    offers = [media for media in media_types if _quality(media, entries) > 0]
-    if not offers:
+    qualities = {media: _quality(media, entries) for media in media_types}
+    if not any(quality > 0 for quality in qualities.values()):
         raise _NotAcceptable(f"cannot answer with any of the Accept types; this server sends {media_types[0]}",
                              "Accept")
-    return _answer(offers[0])
+    # The type the client rates highest, the server's order breaking ties: the first type the client
+    # did not refuse answered application/fhir+json;q=0.5 to a client preferring application/json;q=0.9
+    # (adversarial probe).
+    return _answer(max(media_types, key=qualities.__getitem__))
 
 
 def _quality(offer: str, entries: Sequence[tuple[str, float]]) -> float:

@@ -946,6 +946,20 @@ def test_since_offsets_beyond_fhirs_14_hours_are_400_as_for_last_updated(client,
         assert client.get(f"{MK}/{pid}/_history", query_string={"_since": accepted}).status_code == 200
 
 
+@pytest.mark.parametrize(("accept", "answered"), [
+    ("application/fhir+json;q=0.5, application/json;q=0.9", "application/json"),
+    ("application/json, application/fhir+json;q=0.8", "application/json"),
+    ("application/json;q=0.5, application/fhir+json;q=0.9", "application/fhir+json"),
+    ("application/json, application/fhir+json", "application/fhir+json"),  # a tie: the server's own type
+    ("application/*;q=0.9, application/json;q=0.2", "application/fhir+json"),
+])
+def test_the_answer_is_in_the_type_the_client_rates_highest(client, accept, answered):
+    """Found by an adversarial probe: the first type the client did not refuse was chosen, so a client
+    preferring application/json (q=0.9) to application/fhir+json (q=0.5) got fhir+json."""
+    response = client.get("/fhir/R4/metadata", headers={"Accept": accept})
+    assert response.status_code == 200 and response.mimetype == answered, (accept, response.mimetype)
+
+
 def test_format_overrides_accept(client):
     for accept in ("application/fhir+xml", "text/html"):
         response = client.get("/fhir/R4/metadata?_format=json", headers={"Accept": accept})
