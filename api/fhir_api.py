@@ -396,9 +396,11 @@ def build_capability_statement(base: str) -> dict[str, Any]:
                     "type": "MedicationKnowledge",
                     "documentation": "One resource per protocol; its current version is the protocol "
                                      "version in effect. meta.versionId is the protocol version. _history "
-                                     "lists versions in recording order: after a back-dated correction "
-                                     "(in effect for a past period, see the effective-from extension) "
-                                     "the newest entry is not the current version; read returns that.",
+                                     "lists versions in recording order (versionId): after a back-dated "
+                                     "correction (in effect for a past period, see the effective-from "
+                                     "extension), or once a version scheduled before a later-recorded "
+                                     "one takes effect, the newest entry is not the current version; read "
+                                     "returns that.",
                     "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "history-instance"},
                                     {"code": "search-type"}],
                     "versioning": "versioned",
