@@ -569,11 +569,16 @@ def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[F
 
 
 def _range_ends(bounds: Any, path: str, what: str, unchecked: list[str]) -> list[Quantity]:
-    """Both ends of a dose or rate range; a range without a high end is open-ended (unchecked)."""
+    """Both ends of a dose or rate range; a missing end leaves the range open that way (unchecked).
+
+    Without a low end, "up to 140 mg" also orders every amount below the protocol's minimum, and its
+    card read "within protocol range" from the high end alone (adversarial probe)."""
     low = _quantity(bounds.low, f"{path}.low")
     high = _quantity(bounds.high, f"{path}.high")
     if high is None:
         unchecked.append(f"the {what} range has no upper end")
+    if low is None:
+        unchecked.append(f"the {what} range has no lower end")
     return [q for q in (low, high) if q is not None]
 
 

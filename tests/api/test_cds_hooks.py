@@ -865,16 +865,19 @@ def test_an_order_read_in_part_is_never_an_info_card(client):
     open_ended = medication_request("esk-open", ESKETAMINE, NASAL, dose=(56, "mg"))
     open_ended["dosageInstruction"][0]["doseAndRate"][0] = {"doseRange": {"low": {
         "value": 56, "unit": "mg", "system": UCUM, "code": "mg"}}}
+    up_to = medication_request("esk-up-to", ESKETAMINE, NASAL, dose=(56, "mg"))  # "up to 84 mg": 0-84 mg
+    up_to["dosageInstruction"][0]["doseAndRate"][0] = {"doseRange": {"high": {
+        "value": 84, "unit": "mg", "system": UCUM, "code": "mg"}}}
     concurrent = medication_request("esk-seq", ESKETAMINE, NASAL, dose=(56, "mg"))
     concurrent["dosageInstruction"] = [{**concurrent["dosageInstruction"][0], "sequence": 1} for _ in range(2)]
-    for order in (open_ended, concurrent):
+    for order in (open_ended, up_to, concurrent):
         MedicationRequest.model_validate(order)
-    result = cards(client, hook_request([*orders, open_ended, concurrent]))
-    assert [c["indicator"] for c in result] == ["warning"] * 6, [c["summary"] for c in result]
+    result = cards(client, hook_request([*orders, open_ended, up_to, concurrent]))
+    assert [c["indicator"] for c in result] == ["warning"] * 7, [c["summary"] for c in result]
     assert all("partly checked" in c["summary"] for c in result)
     details = "\n".join(c["detail"] for c in result)
     for reason in ("has no fixed length", "a frequency without a period", "maxDosePerPeriod",
-                   "no upper end", "same sequence"):
+                   "no upper end", "no lower end", "same sequence"):
         assert reason in details, reason
 
 
