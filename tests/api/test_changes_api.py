@@ -210,11 +210,14 @@ class Gate:
     feed seq, until :meth:`open`.
 
     SQLite: T1's transaction calls ``versioning._next_seq``, which is wrapped. PostgreSQL: T1's
-    revision is one statement (head, counter, rows), so the gate is a real database lock instead.
-    Before the seq: this test holds feed-a's ``protocols`` row (``FOR UPDATE``), which T1's guarded
-    head ``UPDATE`` waits for. After the seq: a trigger on ``protocol_versions`` makes T1's version
-    insert (which runs after the counter ``UPDATE``) wait for an advisory lock this test holds, so T1
-    sits on its uncommitted seq and the counter lock."""
+    revision is one statement (writers' lock, head, counter, rows). Before the seq: T1 has read its
+    clock and is held before it sends that statement (``db.reads.fetch_one`` is wrapped), where a
+    writer that reads its clock later can still take the writers' lock first. (A database lock on
+    feed-a's ``protocols`` row held T1 there until the statement took the writers' lock before the
+    head, which every write transaction also does: then T1 sat on the writers' lock, as no writer
+    does, and T2 could not commit.) After the seq: a trigger on ``protocol_versions`` makes T1's
+    version insert (which runs after the counter ``UPDATE``) wait for an advisory lock this test
+    holds, so T1 sits on its uncommitted seq and the counter lock."""
 
     ADVISORY_KEY = 4_242_001
 
@@ -223,8 +226,18 @@ class Gate:
         self.reached = threading.Event()
         self.opened = threading.Event()
         self.holder: Any = None
-        if backend == "postgres":
+        if backend == "postgres" and after_seq:
             self._hold_in_postgres()
+            return
+        if backend == "postgres":
+            send = db.reads.fetch_one
+
+            def held_before_sending(sql: str, params: Any) -> Any:
+                if threading.current_thread().name == "T1" and sql.startswith("WITH writers"):
+                    self._hold()
+                return send(sql, params)
+
+            monkeypatch.setattr(db.reads, "fetch_one", held_before_sending)
             return
         original = versioning._next_seq
 
@@ -246,7 +259,7 @@ class Gate:
 
     def _hold_in_postgres(self) -> None:
         self.holder = self.db.engine.connect()
-        if self.after_seq:
+        if self.after_seq:  # the only database gate left (see the class docstring)
             with self.db.engine.begin() as conn:
                 conn.execute(text(
                     "CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
@@ -256,11 +269,9 @@ class Gate:
                                   " FOR EACH ROW EXECUTE FUNCTION test_gate()"))
             self.holder.execute(text(f"SELECT pg_advisory_lock({self.ADVISORY_KEY})"))
             self.holder.commit()
-        else:
-            self.holder.execute(text("SELECT 1 FROM protocols WHERE id = 'feed-a' FOR UPDATE"))  # kept open
 
     def wait_reached(self) -> None:
-        if self.backend == "postgres":
+        if self.backend == "postgres" and self.after_seq:
             _wait_for_lock_waiters(self.db, 1)
             return
         assert self.reached.wait(WAIT_SECONDS), "T1 never reached the gate"
@@ -270,11 +281,8 @@ class Gate:
         if self.holder is None:
             return
         holder, self.holder = self.holder, None
-        if self.after_seq:
-            holder.execute(text(f"SELECT pg_advisory_unlock({self.ADVISORY_KEY})"))
-            holder.commit()
-        else:
-            holder.rollback()
+        holder.execute(text(f"SELECT pg_advisory_unlock({self.ADVISORY_KEY})"))
+        holder.commit()
         holder.close()
 
     def remove(self) -> None:
