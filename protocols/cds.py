@@ -833,24 +833,25 @@ def markdown_text(text: object) -> str:
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
           weight: Weight | str, version_url: VersionUrl, unscoped: str | None = None) -> dict[str, Any]:
-    results = [_judge(content, index, line, weight) for index, _ in ranges_for(content, line.route)]
+    ranges = ranges_for(content, line.route)
+    results = [_judge(content, index, line, weight) for index, _ in ranges]
+    for (_, dose_range), result in zip(ranges, results, strict=True):
+        if line.frequency is not None and not (dose_range.get("frequency") or dose_range.get("max_per_period")):
+            # A dose in a range that gives no schedule says nothing of that dose repeated: an induction
+            # dose of 2 mg/kg every 5 minutes read "within protocol range" on a green card (adversarial
+            # probe). Per range, since the card's verdict is its most favourable range's.
+            result.unchecked.append("the order repeats its dose, and this range gives no frequency or maximum "
+                                    "per period to check the repetition against")
     judged = [r for r in results if r.verdict is not None]
     route = terminology.ROUTES.get(line.route)
     route_text = route.display.lower() if route else f"route {line.route}"
     label = f"protocol {stored.protocol_id} v{stored.version}"
     unchecked = list(line.unchecked)  # the order's own; each range lists the quantities it could not judge
     if line.as_needed and line.frequency is None and not line.unchecked and any(
-            r.get("frequency") or r.get("max_per_period") for _, r in ranges_for(content, line.route)):
+            r.get("frequency") or r.get("max_per_period") for _, r in ranges):
         # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
         unchecked.append("the order is as needed with no timing or maximum, so its amount per period was "
                          "checked for one dose")
-    if line.frequency is not None and not any(
-            r.get("frequency") or r.get("max_per_period") for _, r in ranges_for(content, line.route)):
-        # Each dose in range says nothing of a dose repeated on a schedule the protocol never gives: an
-        # induction dose of 2 mg/kg every 5 minutes read "within protocol range" on a green card
-        # (adversarial probe).
-        unchecked.append("the order repeats its dose, and the protocol gives no frequency or maximum per period "
-                         "for this route to check the repetition against")
     if judged:
         best = min(judged, key=lambda r: FAVOURABLE_ORDER.index(r.verdict))
         assert best.verdict is not None

@@ -593,15 +593,20 @@ def test_a_repeated_dose_against_a_range_without_frequency_or_maximum_is_partly_
     """An induction dose in range, ordered every 5 minutes, read "within protocol range" on a green card,
     though the protocol gives no frequency or maximum per period that the repetition could be checked
     against (1,680 mg an hour at 70 kg; adversarial probe). The single dose stays a plain pass."""
-    ketamine_protocol(client)  # 1-4.5 mg/kg, no frequency, no maximum per period
+    # 1-4.5 mg/kg with no frequency or maximum per period; the maintenance range has a frequency, and the
+    # card's verdict is its most favourable range's (a review found the induction pass still green).
+    ketamine_protocol(client, dosing_ranges=[
+        {"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5, "unit": "mg/kg"},
+        {"route": IV, "phase": "maintenance", "dose_min": 0.5, "dose_max": 1, "unit": "mg/kg",
+         "frequency": {"count": 1, "period": "P1D"}}])
     once = medication_request("ket-once", KETAMINE, IV, dose=(2, "mg/kg"))
     (card,) = cards(client, hook_request([once], weight=weight_bundle(70)))
     assert card["indicator"] == "info", card["summary"]
     repeated = medication_request("ket-every-5-min", KETAMINE, IV, dose=(2, "mg/kg"), frequency=(1, 5, "min"))
     (card,) = cards(client, hook_request([repeated], weight=weight_bundle(70)))
     assert card["indicator"] == "warning" and "partly checked" in card["summary"], card["summary"]
-    assert ("Not checked: the order repeats its dose, and the protocol gives no frequency or maximum per period "
-            "for this route to check the repetition against.") in card["detail"]
+    assert ("  - not checked: the order repeats its dose, and this range gives no frequency or maximum per period "
+            "to check the repetition against") in card["detail"]
 
 
 @pytest.mark.parametrize("reference", ["Medication/spr", "urn:uuid:5b1f0f0e-8d3a-4c51-9d0a-0c2f6c1b7e11"])
