@@ -13,7 +13,9 @@ check holds inside the database, not only in Python:
    derived rows (full text, search terms, effective periods) and, for HTTP writes, the audit event.
 
 On PostgreSQL steps 2-4 are one statement of data-modifying CTEs in which every row depends on the
-guarded head, so a stale head writes nothing. A revision sends that statement on the thread's
+guarded head, so a stale head writes nothing; it takes the counter's row lock (step 3's) before it
+advances the head, the order in which every write transaction takes them (:func:`_hold_feed_lock`
+first), or a revision and a retirement of one protocol deadlock. A revision sends that statement on the thread's
 autocommit connection, where it is a transaction by itself (2 round trips per revision); creates,
 retirements and imports run it inside an explicit transaction. On SQLite the transaction begins with
 ``BEGIN IMMEDIATE``, so writers queue before step 1, and the steps are plain statements.
@@ -297,9 +299,15 @@ def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified
         if guarded:
             # The writers' lock (the counter's row) before the head's row, as every write transaction
             # takes them (_hold_feed_lock): the head is updated only once it is held. Head first, a
-            # revision racing a retirement of the same protocol deadlocked (probe).
+            # revision racing a retirement of the same protocol deadlocked (probe). The lock is asked
+            # for only while the head is the expected one as this statement's snapshot sees it: a head
+            # that has moved (a stale guess, protocols.db.RecentHeads) fails at once instead of queueing
+            # behind every writer first (review); one that moves during the wait fails the UPDATE's
+            # own recheck of the locked row, as before.
             advance = _ADVANCE_HEAD + (_PG_VERIFY_HEAD if verified else "") + " AND EXISTS (SELECT 1 FROM writers)"
-            parts.append("writers AS (SELECT 1 FROM change_counter WHERE id = 1 FOR UPDATE)")
+            parts.append(_pg_cast("writers AS (SELECT 1 FROM change_counter WHERE id = 1 AND EXISTS (SELECT 1 FROM"
+                                  " protocols WHERE id = :protocol_id AND latest_version = :expected)"
+                                  " FOR UPDATE OF change_counter)"))
             parts.append(f"head AS ({_pg_cast(advance)} RETURNING 1)")
         parts.append("counter AS (UPDATE change_counter SET value = value + 1 WHERE id = 1"
                      + (" AND EXISTS (SELECT 1 FROM head)" if guarded else "")

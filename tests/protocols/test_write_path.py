@@ -413,3 +413,33 @@ def test_a_revision_and_a_write_transaction_take_the_writers_lock_in_one_order(d
     worker.join(timeout=30)
     assert len(result) == 1 and isinstance(result[0], versioning.StoredVersion), result
     assert result[0].version == 2
+
+
+@pytest.mark.postgres_only
+def test_a_stale_guess_fails_without_queueing_for_the_writers_lock(db: Database) -> None:
+    """The one statement asks for the writers' lock only while the head is the one it expects: a guessed
+    head another worker has moved past (protocols.db.RecentHeads) queued behind every writer and only
+    then wrote nothing (found in review). Here another transaction holds the writers' lock throughout,
+    and the stale revision is still refused (412) at once."""
+    first = versioning.create(db, "stale-guess", content_of("stale-guess"))
+    versioning.revise(db, "stale-guess", content_of("stale-guess", title="Second"), if_match=[first.etag])
+    seq = int(db.reads.fetch_one("SELECT seq FROM protocols WHERE id = %s", ("stale-guess",))[0])
+    db.heads.put("stale-guess", versioning._Head(  # this process's guess, stale: version 1
+        replace(first, document=""), versioning.record.content_hash(content_of("stale-guess")), seq))
+    result: list[Any] = []
+
+    def revise() -> None:
+        try:
+            result.append(versioning.revise(db, "stale-guess", content_of("stale-guess", title="Third"),
+                                            if_match=[first.etag]))
+        except BaseException as exc:  # asserted below
+            result.append(exc)
+
+    worker = threading.Thread(target=revise)
+    with versioning._write_transaction(db) as conn:
+        versioning._hold_feed_lock(conn)
+        worker.start()
+        worker.join(timeout=3)  # well under the 5 s lock timeout the old statement waited out
+        assert not worker.is_alive(), "the stale revision queued for the writers' lock"
+    assert len(result) == 1 and isinstance(result[0], PreconditionFailed), result
+    assert result[0].details["current_version"] == 2
