@@ -151,30 +151,45 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> 
     return orders
 
 
-def _bundled_medications(entries: list[Any], path: str) -> dict[str, tuple[Mapping[str, Any], str]]:
+#: A versioned reference's tail: a Bundle carries one version of a Medication, named without it.
+_VERSION_SUFFIX = re.compile(r"/_history/[^/]+$")
+
+
+def _bundled_medications(entries: list[Any], path: str) -> dict[str, list[tuple[Mapping[str, Any], str]]]:
     """The Medications carried beside the orders in ``draftOrders``, by the references that name them
     (the entry's ``fullUrl`` and ``Medication/<id>``), each with its path for errors.
 
     Why: an order's ``medicationReference`` may name a Medication of the same Bundle rather than a
     contained one. Only ``#id`` was followed, so a 112 mg Spravato order whose Medication was a Bundle
     entry had no RxNorm code and got no card at all, which reads as "no protocol applies" (found by an
-    adversarial probe). A reference to a Medication the request does not carry still cannot be read."""
-    found: dict[str, tuple[Mapping[str, Any], str]] = {}
+    adversarial probe). A reference to a Medication the request does not carry still cannot be read; one
+    that names two of them is refused when an order uses it (:func:`_bundled_medication`)."""
+    found: dict[str, list[tuple[Mapping[str, Any], str]]] = {}
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
         if not isinstance(resource, Mapping) or resource.get("resourceType") != "Medication":
             continue
         where = f"{path}.entry.{index}.resource"
-        if isinstance(entry.get("fullUrl"), str):
-            found.setdefault(entry["fullUrl"], (resource, where))
+        keys = {entry["fullUrl"]} if isinstance(entry.get("fullUrl"), str) else set()
         if isinstance(resource.get("id"), str):
-            found.setdefault(f"Medication/{resource['id']}", (resource, where))
+            keys.add(f"Medication/{resource['id']}")
+        for key in keys:
+            found.setdefault(key, []).append((resource, where))
     return found
 
 
-def _bundled_medication(raw: Mapping[str, Any], where: str) -> Any:
-    """A referenced Bundle Medication validated as FHIR R4 (an invalid one is a 400 naming its path)."""
+def _bundled_medication(reference: str, named: list[tuple[Mapping[str, Any], str]], order_path: str) -> Any:
+    """The one Bundle Medication ``reference`` names, validated as FHIR R4 (an invalid one is a 400 naming
+    its path). A reference that names two entries (a shared id, or one entry's ``fullUrl`` another's
+    ``Medication/<id>``) is a 400 naming the order's reference: read as the first, the order could be
+    judged as the wrong drug (found in review)."""
     from fhir.resources.R4B.medication import Medication
+
+    if len(named) > 1:
+        raise _bad_request(f"{order_path}.medicationReference.reference",
+                           f"'{reference}' names {len(named)} Medications of the Bundle: "
+                           f"{', '.join(where for _, where in named)}")
+    raw, where = named[0]
 
     try:
         medication = Medication.model_validate(raw)
@@ -252,7 +267,7 @@ def _codings(concept: Any) -> Iterable[Any]:
 
 
 def _draft_order(request: Any, raw: Mapping[str, Any], path: str,
-                 medications: Mapping[str, tuple[Mapping[str, Any], str]]) -> DraftOrder:
+                 medications: Mapping[str, list[tuple[Mapping[str, Any], str]]]) -> DraftOrder:
     concept = request.medicationCodeableConcept
     concentration = None
     if concept is None and request.medicationReference is not None:
@@ -261,8 +276,9 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str,
             if reference == f"#{contained.id}" and contained.get_resource_type() == "Medication":
                 concept = contained.code
                 concentration = _strength(contained)
+        reference = _VERSION_SUFFIX.sub("", reference)  # Medication/x/_history/2 is Medication/x's entry
         if concept is None and reference in medications:
-            medication = _bundled_medication(*medications[reference])
+            medication = _bundled_medication(reference, medications[reference], path)
             concept, concentration = medication.code, _strength(medication)
     rxnorm = [c.code for c in _codings(concept) if c.system == terminology.RXNORM and c.code]
     name = (concept.text if concept is not None and concept.text else None) or next(

@@ -626,6 +626,19 @@ def test_medication_reference_to_a_medication_of_the_draft_orders_bundle(client,
 
     order["medicationReference"] = {"reference": "Medication/elsewhere"}  # not carried: nothing to read
     assert cards(client, body) == []
+    order["medicationReference"] = {"reference": "Medication/spr/_history/2"}  # a versioned reference
+    (card,) = cards(client, body)
+    assert card["indicator"] == "critical"
+
+    # Two entries a reference names (a shared id): refused, never read as the first (review).
+    twin = copy.deepcopy(body)
+    twin["context"]["draftOrders"]["entry"].insert(1, {"resource": {
+        "resourceType": "Medication", "id": "spr", "code": {"coding": KETAMINE}}})
+    twin["context"]["draftOrders"]["entry"][2]["resource"]["medicationReference"] = {"reference": "Medication/spr"}
+    response = call(client, twin)
+    assert response.status_code == 400, response.get_json()
+    assert list(response.get_json()["errors"]) == ["context.draftOrders.entry.2.resource.medicationReference.reference"]
+    order["medicationReference"] = {"reference": reference}
 
     order["medicationReference"] = {"reference": reference}
     medication["code"] = {"coding": [{"system": RXNORM, "code": 2201625}]}  # a number where FHIR wants a string
