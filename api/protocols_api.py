@@ -56,22 +56,20 @@ IF_MATCH_OPERATIONS = (("put", "/v1/protocols/{protocol_id}"), ("delete", "/v1/p
 IF_MATCH_PARAMETER = {"in": "header", "name": "If-Match", "required": True,
                       "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
                       "description": "ETag of the newest version (from GET or the previous write)"}
-#: A create's conditional headers: read as on PUT and DELETE (a malformed list is a 400 naming the header),
-#: evaluated against the protocol the body names, which a create never has (an existing id is a 409).
-CREATE_PRECONDITIONS = [
-    {"in": "header", "name": "If-Match", "required": False,
-     "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
-     "description": "Not for a create: a protocol being created has no version to match, so any If-Match "
-                    "(even *) is 412 and nothing is written; revise with PUT"},
-    {"in": "header", "name": "If-None-Match", "required": False,
-     "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
-     "description": "Optional (* or entity-tags): a create is already conditional on no protocol having the "
-                    "id (409 otherwise)"},
-]
 IF_NONE_MATCH_PARAMETER = {"in": "header", "name": "If-None-Match", "required": False,
                            "schema": {"type": "string", "pattern": ENTITY_TAG_LIST_PATTERN},
                            "description": "Optional: entity-tags (or *) the newest version must not be; when it is, "
                                           "412 and nothing is written (RFC 9110 13.2.2)"}
+#: A create's conditional headers: read as on PUT and DELETE (a malformed list is a 400 naming the header),
+#: evaluated against the protocol the body names, which a create never has (an existing id is a 409).
+CREATE_PRECONDITIONS = [
+    {**IF_MATCH_PARAMETER, "required": False,
+     "description": "Not for a create: a protocol being created has no version to match, so any If-Match "
+                    "(even *) is 412 and nothing is written; revise with PUT"},
+    {**IF_NONE_MATCH_PARAMETER,
+     "description": "Optional (* or entity-tags): a create is already conditional on no protocol having the "
+                    "id (409 otherwise)"},
+]
 
 # OpenAPI links: how a client (and the stateful contract fuzzer) goes create -> read -> revise -> read
 # version. Operations are named by JSON pointer, so no operationId has to be invented.

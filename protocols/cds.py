@@ -135,20 +135,27 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> 
             continue  # other draft orders (labs, imaging) are not this service's business
         if hook == "order-select" and f"MedicationRequest/{resource.get('id')}" not in wanted:
             continue
-        try:
-            request = MedicationRequest.model_validate(resource)
-        except PydanticValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()) if p != "MedicationRequest")
-            raise _bad_request(f"{path}.entry.{index}.resource" + (f".{where}" if where else ""),
-                               f"not a valid FHIR R4 MedicationRequest: {first.get('msg')}") from exc
-        quoted = _string_for_a_number(resource, request.model_dump(by_alias=True, exclude_none=True),
-                                      f"{path}.entry.{index}.resource")
-        if quoted is not None:
-            raise _bad_request(quoted, "not a valid FHIR R4 MedicationRequest: a decimal, integer or boolean is "
-                                       "a JSON number or boolean, not a string")
+        request = _validated(MedicationRequest, resource, f"{path}.entry.{index}.resource")
         orders.append(_draft_order(request, resource, f"{path}.entry.{index}.resource", medications))
     return orders
+
+
+def _validated(model: Any, raw: Mapping[str, Any], where: str) -> Any:
+    """``raw`` read as the FHIR R4 ``model``; a resource that is not one is a 400 naming the element,
+    and so is a number or boolean sent as a string (:func:`_string_for_a_number`)."""
+    name = model.__name__
+    try:
+        resource = model.model_validate(raw)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        inner = ".".join(str(p) for p in first.get("loc", ()) if p != name)
+        raise _bad_request(where + (f".{inner}" if inner else ""),
+                           f"not a valid FHIR R4 {name}: {first.get('msg')}") from exc
+    quoted = _string_for_a_number(raw, resource.model_dump(by_alias=True, exclude_none=True), where)
+    if quoted is not None:
+        raise _bad_request(quoted, f"not a valid FHIR R4 {name}: a decimal, integer or boolean is a JSON number or "
+                                   "boolean, not a string")
+    return resource
 
 
 #: A versioned reference's tail: a Bundle carries one version of a Medication, named without it.
@@ -189,20 +196,7 @@ def _bundled_medication(reference: str, named: list[tuple[Mapping[str, Any], str
         raise _bad_request(f"{order_path}.medicationReference.reference",
                            f"'{reference}' names {len(named)} Medications of the Bundle: "
                            f"{', '.join(where for _, where in named)}")
-    raw, where = named[0]
-
-    try:
-        medication = Medication.model_validate(raw)
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        inner = ".".join(str(p) for p in first.get("loc", ()) if p != "Medication")
-        raise _bad_request(where + (f".{inner}" if inner else ""),
-                           f"not a valid FHIR R4 Medication: {first.get('msg')}") from exc
-    quoted = _string_for_a_number(raw, medication.model_dump(by_alias=True, exclude_none=True), where)
-    if quoted is not None:  # as for the orders: a strength of "100" is not read as 100
-        raise _bad_request(quoted, "not a valid FHIR R4 Medication: a decimal, integer or boolean is a JSON number "
-                                   "or boolean, not a string")
-    return medication
+    return _validated(Medication, *named[0])  # as the orders: a strength of "100" is not read as 100
 
 
 def _string_for_a_number(raw: Any, parsed: Any, path: str) -> str | None:
