@@ -124,7 +124,10 @@ def _conditional_get(response: Response) -> Response:
     refusal = read_precondition_failure(response.headers.get("ETag"), weak=request.blueprint == fhir_api.blp.name)
     if refusal is not None:  # the view's or blueprint's error shape (FHIR answers an OperationOutcome)
         response.close()  # what it holds (a static file's handle, say) is released now, not never
-        return current_app.make_response(current_app.handle_user_exception(refusal))
+        refused = current_app.make_response(current_app.handle_user_exception(refusal))
+        if "Vary" in response.headers:  # what the answer depends on, as the response it replaces said
+            refused.headers["Vary"] = response.headers["Vary"]  # (FHIR's Accept: found in review)
+        return refused
     # Views that set their own ETag answer If-None-Match themselves; asking again of their 200 finds no
     # match, and a view that does not (a static file) gets its 304 here.
     if response.status_code == 200 and "ETag" in response.headers and not_modified(response.headers["ETag"]):
