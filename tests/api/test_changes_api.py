@@ -326,7 +326,11 @@ def test_transaction_started_first_but_committed_last_is_not_missed(
     t1 = Writer("T1", lambda: versioning.revise(db, "feed-a", content_of("feed-a", title="T1 edit"),
                                                 if_match=[a.etag]))
     t1.start()
-    gate.wait_reached()  # T1 is inside its write and has not taken a feed seq yet
+    # T1 has read its clock and has not taken a feed seq yet: on SQLite inside its transaction; on
+    # PostgreSQL before it sends its one statement, which takes the writers' lock first (no writer holds
+    # a transaction open there without that lock), so what this shows there is that the feed follows
+    # the seq (commit order), not recorded_at.
+    gate.wait_reached()
     t2 = Writer("T2", lambda: versioning.create(db, "feed-b", content_of("feed-b")))
     t2.start()
     if backend == "postgres":
