@@ -618,7 +618,7 @@ def test_medication_reference_to_a_medication_of_the_draft_orders_bundle(client,
     del order["medicationCodeableConcept"]
     order["medicationReference"] = {"reference": reference}
     body = hook_request([order])
-    medication = {"resourceType": "Medication", "id": "spr", "code": {"coding": ESKETAMINE}}
+    medication: dict[str, Any] = {"resourceType": "Medication", "id": "spr", "code": {"coding": ESKETAMINE}}
     body["context"]["draftOrders"]["entry"].insert(0, {"fullUrl": "urn:uuid:5b1f0f0e-8d3a-4c51-9d0a-0c2f6c1b7e11",
                                                         "resource": medication})
     (card,) = cards(client, body)
