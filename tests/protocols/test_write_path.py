@@ -389,16 +389,7 @@ def test_a_revision_and_a_write_transaction_take_the_writers_lock_in_one_order(d
     probe). Here the transaction holds the counter while the revision is sent, then updates the head
     the revision would hold: both must complete."""
     first = versioning.create(db, "ordered", content_of("ordered"))
-    result: list[Any] = []
-
-    def revise() -> None:
-        try:
-            result.append(versioning.revise(db, "ordered", content_of("ordered", title="Revised"),
-                                            if_match=[first.etag])[0])
-        except BaseException as exc:  # asserted below
-            result.append(exc)
-
-    worker = threading.Thread(target=revise)
+    worker, result = _revision_thread(db, "ordered", if_match=first.etag)
     with versioning._write_transaction(db) as conn:
         versioning._hold_feed_lock(conn)
         worker.start()
@@ -411,8 +402,22 @@ def test_a_revision_and_a_write_transaction_take_the_writers_lock_in_one_order(d
         # What the transaction's own append does next: lock the head row (its guarded UPDATE).
         conn.execute(text("SELECT 1 FROM protocols WHERE id = 'ordered' FOR UPDATE"))
     worker.join(timeout=30)
-    assert len(result) == 1 and isinstance(result[0], versioning.StoredVersion), result
-    assert result[0].version == 2
+    assert len(result) == 1 and isinstance(result[0], tuple), result
+    assert result[0][0].version == 2
+
+
+def _revision_thread(db: Database, protocol_id: str, *, if_match: str) -> tuple[threading.Thread, list[Any]]:
+    """A thread (not started) revising ``protocol_id``, and the list its result or exception lands in."""
+    result: list[Any] = []
+
+    def revise() -> None:
+        try:
+            result.append(versioning.revise(db, protocol_id, content_of(protocol_id, title="Revised"),
+                                            if_match=[if_match]))
+        except BaseException as exc:  # for the test's assertions
+            result.append(exc)
+
+    return threading.Thread(target=revise), result
 
 
 @pytest.mark.postgres_only
@@ -426,16 +431,7 @@ def test_a_stale_guess_fails_without_queueing_for_the_writers_lock(db: Database)
     seq = int(db.reads.fetch_one("SELECT seq FROM protocols WHERE id = %s", ("stale-guess",))[0])
     db.heads.put("stale-guess", versioning._Head(  # this process's guess, stale: version 1
         replace(first, document=""), versioning.record.content_hash(content_of("stale-guess")), seq))
-    result: list[Any] = []
-
-    def revise() -> None:
-        try:
-            result.append(versioning.revise(db, "stale-guess", content_of("stale-guess", title="Third"),
-                                            if_match=[first.etag]))
-        except BaseException as exc:  # asserted below
-            result.append(exc)
-
-    worker = threading.Thread(target=revise)
+    worker, result = _revision_thread(db, "stale-guess", if_match=first.etag)
     with versioning._write_transaction(db) as conn:
         versioning._hold_feed_lock(conn)
         worker.start()
