@@ -397,6 +397,11 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None:
         return _abbreviated_frequency(dosage)
+    if repeat.count == 1 and repeat.countMax in (None, 1):
+        # One administration in all, whatever its schedule would be: "56 mg once a day, 1 time" was
+        # judged as a daily regimen against a twice-weekly protocol, a critical card for one dose in
+        # range (found in review).
+        return None, ["the timing's count is 1: one administration"], []
     # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day. A time named twice is
     # one time (two 08:00 were two doses a day).
     when = {str(code) for code in repeat.when or []}

@@ -1310,3 +1310,16 @@ def test_a_bounded_infusion_runs_its_bounds_and_a_fast_push_is_never_an_info_car
     assert card["indicator"] == "warning", card
     assert card["summary"].startswith("within protocol range, given faster than the protocol"), card["summary"]
     assert "Given faster than the protocol: 2 mg/kg over" in card["detail"]
+
+
+def test_a_timing_whose_count_is_one_is_one_administration(client):
+    """``timing.repeat.count`` was never read: "56 mg once a day, 1 time in all" was judged as a daily
+    regimen, more frequent than a twice-weekly protocol (a critical card for a single in-range dose;
+    found in review). With a count of 1 it is one administration; a larger count stays the schedule."""
+    create(client)  # Spravato-like: 56-84 mg twice weekly, at most 84 mg per P1D
+    daily = {"frequency": 1, "period": 1, "periodUnit": "d"}
+    once = _esketamine_order("esk-count-1", dose=56, timing={"repeat": {**daily, "count": 1}})
+    course = _esketamine_order("esk-count-5", dose=56, timing={"repeat": {**daily, "count": 5}})
+    single, repeated = cards(client, hook_request([once, course]))
+    assert single["indicator"] == "info", single["summary"]
+    assert repeated["indicator"] == "critical", repeated["summary"]
