@@ -45,8 +45,7 @@ FHIR_VERSION = "4.0.1"
 RXNORM = terminology.RXNORM
 SNOMED = terminology.SNOMED
 UCUM = terminology.UCUM
-#: Preferred URI of the NCI Thesaurus in HL7 Terminology (THO); the FDA's SPL DEA schedule codes.
-NCI_THESAURUS = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+NCI_THESAURUS = terminology.NCI_THESAURUS  # the FDA's SPL DEA schedule codes
 MEDICATION_KNOWLEDGE_STATUS = "http://hl7.org/fhir/CodeSystem/medicationknowledge-status"
 EXTENSION_BASE = "http://hl7.org/fhir/StructureDefinition/Extension"
 

@@ -23,7 +23,11 @@ SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 UCUM = "http://unitsofmeasure.org"
-NCI_THESAURUS = "http://ncithesaurus-stage.nci.nih.gov"  # FDA SPL route codes (OID 2.16.840.1.113883.3.26.1.1)
+#: NCI Thesaurus (OID 2.16.840.1.113883.3.26.1.1): the FDA SPL route codes served as alternates, and the DEA
+#: schedule codes of the FHIR face. HL7 Terminology's preferred URI since 2022 (CodeSystem v3-nciThesaurus,
+#: UP-345); the pick list served the earlier "http://ncithesaurus-stage.nci.nih.gov" while the FHIR face
+#: used this one, so one code system had two URIs (a clinical-data review).
+NCI_THESAURUS = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 
 INDICATION_SYSTEMS = (ICD10CM, SNOMED)
 ROUTE_SYSTEMS = (SNOMED,)

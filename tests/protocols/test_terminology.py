@@ -154,7 +154,7 @@ def _with(path: str, value):
 REJECTIONS = [
     ("routes.0.code", "12345678", "routes.0.code"),
     ("routes.0.display", "Intravenous route", "routes.0.display"),
-    ("routes.0.system", "http://ncithesaurus-stage.nci.nih.gov", "routes.0.system"),
+    ("routes.0.system", "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "routes.0.system"),
     ("indications.0.code", "F3.32", "indications.0.code"),
     ("indications.0.code", "F41.1", "indications.0.code"),
     ("indications.0.display", "Depression", "indications.0.display"),
@@ -218,3 +218,14 @@ def test_amounts_one_slip_from_a_dose_unit_and_annotations_are_refused(unit, rea
     refused. Doses are written in g, mg, ug or ng, or in mL or L."""
     problem = units.check_dose_unit(unit)
     assert problem is not None and reason in problem, problem
+
+
+def test_the_nci_thesaurus_has_one_uri_and_it_is_hl7_terminologys():
+    """Found by a clinical-data review: the route pick list served the NCI Thesaurus as
+    ``http://ncithesaurus-stage.nci.nih.gov`` while the FHIR face coded DEA schedules with HL7
+    Terminology's preferred URI (changed in 2022), so one code system had two URIs."""
+    from protocols import fhir
+
+    tho = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+    assert terminology.NCI_THESAURUS == fhir.NCI_THESAURUS == tho
+    assert terminology._load("routes.json")["alternate_system"] == tho
