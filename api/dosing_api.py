@@ -79,7 +79,12 @@ def span_out(span: Span, dose: Fraction | None = None) -> dict[str, Any]:
     """A range as JSON; a rounded bound the ``dose`` (in the span's unit) broke is rounded away from it."""
     low_broken = dose if dose is not None and dose < span.low else None
     high_broken = dose if dose is not None and dose > span.high else None
-    return {"min": to_decimal(span.low, low_broken), "max": to_decimal(span.high, high_broken), "unit": span.unit}
+    low, high = to_decimal(span.low, low_broken), to_decimal(span.high, high_broken)
+    if low > high:
+        # Bounds a hair apart (or equal: 0.35-0.35 mg/kg/h) rounded apart in opposite directions showed
+        # min 5.83333333334 above max 5.83333333333 (adversarial probe): both read as the broken one.
+        low, high = (low, low) if low_broken is not None else (high, high)
+    return {"min": low, "max": high, "unit": span.unit}
 
 
 def absolute_out(absolute: AbsoluteRange, dose: Fraction | None = None) -> dict[str, Any]:
@@ -101,7 +106,7 @@ def evaluation_out(evaluation: Evaluation | None) -> dict[str, Any]:
     if evaluation is None:
         return {"range_index": None, "matched_range": None, "dose_in_range_unit": None,
                 "range_in_ordered_unit": None, "absolute_range": None, "per_period": None, "regimen": None,
-                "faster_than_protocol": None}
+                "faster_than_protocol": None, "longer_than_protocol": None, "unchecked": []}
     ordered = Fraction(evaluation.dose.value)  # a bound the dose broke is shown on the far side of it
     return {"range_index": evaluation.range_index, "matched_range": evaluation.range,
             "dose_in_range_unit": amount_out(evaluation.dose_in_range_unit, evaluation.dose_against),
@@ -110,7 +115,8 @@ def evaluation_out(evaluation: Evaluation | None) -> dict[str, Any]:
                                            ordered if evaluation.absolute_range.span.unit == evaluation.dose.unit
                                            else None),
             "per_period": per_period_out(evaluation.per_period), "regimen": per_period_out(evaluation.regimen),
-            "faster_than_protocol": evaluation.faster}
+            "faster_than_protocol": evaluation.faster, "longer_than_protocol": evaluation.longer,
+            "unchecked": evaluation.unchecked}
 
 
 def alternative_out(evaluation: Evaluation) -> dict[str, Any]:

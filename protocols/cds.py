@@ -850,13 +850,6 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
           weight: Weight | str, version_url: VersionUrl, unscoped: str | None = None) -> dict[str, Any]:
     ranges = ranges_for(content, line.route)
     results = [_judge(content, index, line, weight) for index, _ in ranges]
-    for (_, dose_range), result in zip(ranges, results, strict=True):
-        if line.frequency is not None and not (dose_range.get("frequency") or dose_range.get("max_per_period")):
-            # A dose in a range that gives no schedule says nothing of that dose repeated: an induction
-            # dose of 2 mg/kg every 5 minutes read "within protocol range" on a green card (adversarial
-            # probe). Per range, since the card's verdict is its most favourable range's.
-            result.unchecked.append("the order repeats its dose, and this range gives no frequency or maximum "
-                                    "per period to check the repetition against")
     judged = [r for r in results if r.verdict is not None]
     route = terminology.ROUTES.get(line.route)
     route_text = route.display.lower() if route else f"route {line.route}"
@@ -872,12 +865,17 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         assert best.verdict is not None
         indicator = INDICATOR[best.verdict]
         verdict = VERDICT_TEXT[best.verdict]
-        if (unchecked or best.unchecked) and indicator == "info":
+        # What the best range gives nothing to check against (dosing.REPEAT_UNCHECKED, in its messages: an
+        # induction dose of 2 mg/kg every 5 minutes read "within protocol range" on a green card).
+        if (unchecked or best.unchecked or any(e.unchecked for e in best.evaluations)) and indicator == "info":
             # Never the green card of a real pass for an order part of which was not checked.
             indicator, verdict = "warning", f"{verdict}, partly checked"
         if indicator == "info" and any(e.faster for e in best.evaluations):
             # The amount is in range, given faster than the protocol gives it (dosing._faster_than_protocol).
             indicator, verdict = "warning", f"{verdict}, given faster than the protocol"
+        if indicator == "info" and any(e.longer for e in best.evaluations):
+            # The rate is in range, run longer than the protocol runs it (dosing._longer_than_protocol).
+            indicator, verdict = "warning", f"{verdict}, given for longer than the protocol"
     else:
         indicator, verdict = "warning", "dose not checked"
     detail = [f"Checked against **{markdown_text(content.get('title', stored.protocol_id))}** "

@@ -38,6 +38,18 @@ WEIGHT_UNIT = "kg"
 #: Time units with a variable length (UCUM month and year): refused in rates.
 VARIABLE_TIME_UNITS = frozenset({"mo", "a", "mo_j", "mo_g", "mo_s", "a_j", "a_g", "a_t"})
 
+#: The masses and volumes a dose is written in, by kind. UCUM also has Mg (megagram: 10^9 mg, one
+#: mis-cased key from mg), kg, cg, dg, pounds, grains and drops, and products with dimensionless
+#: factors (``mg.[iU]``, ``mg%``, ``[pi].mg``) that are still a mass to a parser; each was accepted as a
+#: dose amount somewhere (a range of "1-2 Mg" stored; ``84 mg{tbl}`` and ``84 mg.[iU]`` ordered and
+#: judged as 84 mg, ``mg%`` as a hundredth of a mg; adversarial probes). Only these are read.
+DOSE_AMOUNTS: dict[str, tuple[str, ...]] = {"mass": ("g", "mg", "ug", "ng"), "volume": ("mL", "L")}
+#: The times a rate is written per: the pick list's rules name these. ``mg/kg/ms`` is one slip from
+#: ``mg/kg/min`` (a factor of 60,000) and was stored and ordered; seconds, kiloseconds and the like are
+#: no clinical rate (adversarial probe).
+RATE_TIMES: tuple[str, ...] = ("min", "h", "d", "wk")
+RATE_TIMES_TEXT = "min, h, d or wk"
+
 
 class UnitError(ValueError):
     """A unit that cannot be used for a dose; the message says why, for a 422 body."""
@@ -185,8 +197,40 @@ def parse_dose_unit(code: str) -> DoseUnit:
     return DoseUnit(normalized, parts[0], kind, amount_factor, per_kg, time, time_seconds)
 
 
+def _plain_amount(code: str, amount: str, kinds: tuple[str, ...]) -> None:
+    """Raise :class:`UnitError` unless ``amount`` is one of :data:`DOSE_AMOUNTS` of ``kinds``."""
+    allowed = [unit for kind in kinds for unit in DOSE_AMOUNTS[kind]]
+    if amount in allowed:
+        return
+    if "{" in amount:
+        raise UnitError(f"'{code}': annotations in braces are not part of a dose unit (the check would read "
+                        f"'{_ANNOTATION.sub('', amount) or amount}' and ignore them); write the unit without them")
+    spelled = ", ".join(allowed[:-1]).replace("ug", "ug (mcg)") + f" or {allowed[-1]}"
+    raise UnitError(f"'{code}': '{amount}' is not a {' or '.join(kinds)} doses are written in; use {spelled}")
+
+
+@lru_cache(maxsize=256)
+def parse_ordered_unit(code: str) -> DoseUnit:
+    """An ordered dose's unit: :func:`parse_dose_unit`, held to the units doses are written in.
+
+    Why stricter than :func:`parse_dose_unit` (which also reads stored ranges, and the service's own
+    conversion targets such as ``mg/s``): any UCUM mass or time parses, so ``mg{tbl}``, ``mg.[iU]``,
+    ``Mg`` and ``mg/kg/ms`` were read as something no prescriber meant (:data:`DOSE_AMOUNTS`,
+    :data:`RATE_TIMES`). A volume stays a volume (mL/h, mL/kg: a pump rate or a per-kg volume of a
+    product whose concentration is sent)."""
+    unit = parse_dose_unit(code)
+    _plain_amount(code, unit.amount, (unit.kind,))
+    if unit.time is not None and unit.time not in RATE_TIMES:
+        if "{" in unit.time:
+            raise UnitError(f"'{code}': annotations in braces are not part of a dose unit; write the unit "
+                            "without them")
+        raise UnitError(f"'{code}': '/{unit.time}' is not a time doses are given per; use {RATE_TIMES_TEXT}")
+    return unit
+
+
 def parse_concentration(value: Decimal | Fraction, code: str) -> Concentration:
-    """A mass-per-volume concentration such as ``10 mg/mL`` → exact mg per mL."""
+    """A mass-per-volume concentration such as ``10 mg/mL`` → exact mg per mL; both parts are units
+    doses are written in (:data:`DOSE_AMOUNTS`: ``mg.[pi]/mL`` was read as π times the strength)."""
     normalized = normalize(code)
     parts = normalized.split("/")
     if len(parts) != 2 or not all(parts):
@@ -195,6 +239,8 @@ def parse_concentration(value: Decimal | Fraction, code: str) -> Concentration:
     volume_kind, volume_factor = _amount(parts[1])
     if (mass_kind, volume_kind) != ("mass", "volume"):
         raise UnitError(f"'{code}' is not a concentration; use mass/volume such as mg/mL")
+    _plain_amount(code, parts[0], ("mass",))
+    _plain_amount(code, parts[1], ("volume",))
     return Concentration(value, normalized, Fraction(value) * mass_factor / volume_factor)
 
 

@@ -35,7 +35,7 @@ from fractions import Fraction
 from typing import Any
 
 from protocols import terminology
-from protocols.dose_units import Concentration, DoseUnit, UnitError, parse_dose_unit, seconds
+from protocols.dose_units import Concentration, DoseUnit, UnitError, parse_dose_unit, parse_ordered_unit, seconds
 from protocols.durations import parse_duration
 
 MIN_WEIGHT_KG = Decimal("0.3")
@@ -280,6 +280,11 @@ class Evaluation:
     messages: list[str] = field(default_factory=list)
     #: Why the order gives its dose faster than the range allows (:func:`_faster_than_protocol`), or None.
     faster: str | None = None
+    #: Why the order's infusion runs longer than the range's (:func:`_longer_than_protocol`), or None.
+    longer: str | None = None
+    #: What of the order this range gives nothing to check against (:data:`REPEAT_UNCHECKED`): a verdict
+    #: of ``within_range`` with entries here is not a full pass.
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def dose_against(self) -> Fraction | None:
@@ -502,9 +507,11 @@ def most_favourable(evaluations: Sequence[Evaluation]) -> Evaluation:
 # ------------------------------------------------------------------------------- evaluation
 
 
-def _unit(code: str, field: str) -> DoseUnit:
+def _unit(code: str, field: str, ordered: bool = False) -> DoseUnit:
+    """A stored range's unit, or with ``ordered`` an order's, held to the units doses are written in
+    (:func:`protocols.dose_units.parse_ordered_unit`); a stored unit is read as it was accepted."""
     try:
-        return parse_dose_unit(code)
+        return parse_ordered_unit(code) if ordered else parse_dose_unit(code)
     except UnitError as exc:
         raise UnitsIncompatible(str(exc), field) from exc
 
@@ -655,7 +662,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     :class:`DosingError` when the answer needs something the order did not send."""
     dose_range = content["dosing_ranges"][range_index]
     weight = check_weight(order.weight_kg)
-    dose_unit = _unit(order.dose.unit, "dose.unit")
+    dose_unit = _unit(order.dose.unit, "dose.unit", ordered=True)
     range_unit = _unit(str(dose_range["unit"]), "unit")
     duration_s = _duration_seconds(dose_range)
     duration_text = f"the protocol's {dose_range.get('duration')}"
@@ -712,20 +719,63 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     if verdict is Verdict.WITHIN_RANGE and _more_frequent(order.frequency, dose_range):
         verdict = Verdict.MORE_FREQUENT_THAN_PROTOCOL
     messages.extend(frequency_notes)
-    regimen = _regimen(order.frequency, dose_range, range_unit, in_range_unit, high)
+    regimen = _regimen(order.frequency, dose_range, range_unit, in_range_unit, high, duration_s)
     if regimen is not None and regimen.exceeded:
         label = dose_range["frequency"].get("text") or frequency_label(dose_range["frequency"])
+        most = f"{fmt(high)} {range_unit.code}"
+        if range_unit.is_rate:
+            most += f" for {dose_range['duration']}"
         messages.append(f"Regimen exceeded: {regimen.calculation}, the most the protocol's {label} gives "
-                        f"({dose_range['frequency']['count']} {TIMES} {fmt(high)} {range_unit.code}).")
+                        f"({dose_range['frequency']['count']} {TIMES} {most}).")
         verdict = _at_least(verdict, Verdict.EXCEEDS_MAX_PER_PERIOD)
     faster = _faster_than_protocol(order, dose_range, range_unit, in_range_unit, high)
     if faster is not None:
         messages.append(faster)
+    longer = _longer_than_protocol(order, dose_range, range_unit, in_range_unit, high)
+    if longer is not None:
+        messages.append(longer)
+    unchecked = []
+    if order.frequency is not None and not (dose_range.get("frequency") or dose_range.get("max_per_period")) \
+            and dose_range.get("phase") != "single":  # a single dose repeated is more_frequent_than_protocol
+        unchecked.append(REPEAT_UNCHECKED)
+        messages.append(f"Not checked: {REPEAT_UNCHECKED}.")
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
                       Amount(in_range_unit, range_unit.code), in_ordered_unit, absolute, per_period, regimen,
-                      messages, faster)
+                      messages, faster, longer, unchecked)
+
+
+#: An order that repeats a dose judged against a range that gives no schedule: a dose in range says
+#: nothing of that dose repeated. An induction dose of 2 mg/kg every 5 minutes, and 13 mg/kg IM 24
+#: times a day, read a clean "within_range" (adversarial probes; the CDS Hooks card said "partly
+#: checked" first). The verdict stays about the dose; this says what it does not cover.
+REPEAT_UNCHECKED = ("the order repeats its dose, and this range gives no frequency or maximum per period to "
+                    "check the repetition against")
+
+
+def _longer_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range_unit: DoseUnit,
+                          rate: Fraction, high: Fraction) -> str | None:
+    """Why the order's infusion gives more per administration than the range's, or None.
+
+    A range of rates with a ``duration`` (0.35 mg/kg/h for 4 h) gives at most ``dose_max x duration``
+    in one administration. An order stating a longer infusion of its own was judged on its rate alone:
+    0.5 mg/kg/h for a week against 0.25-0.5 mg/kg/h for 1 h read "within_range", 168 times the
+    protocol's amount, with nothing said (adversarial probe). Named in a message and in
+    ``Evaluation.longer`` (CDS Hooks cards with it are never "info"); with both frequencies the regimen
+    (:func:`_regimen`) compares the amounts, and its breach is ``exceeds_max_per_period``."""
+    protocol_s = _duration_seconds(dose_range)
+    given_s = order.duration_s
+    if not range_unit.is_rate or protocol_s is None or given_s is None or given_s <= protocol_s:
+        return None
+    assert range_unit.time_seconds is not None
+    unit = range_unit.per_administration_code
+    given, most = rate * given_s / range_unit.time_seconds, high * protocol_s / range_unit.time_seconds
+    if given <= most:
+        return None  # a slower infusion for longer: no more in all than the range gives
+    return (f"Given for longer than the protocol: {fmt(rate, high)} {range_unit.code} for "
+            f"{order.duration_text or fmt(given_s) + ' s'} is {fmt(given, most)} {unit} in one administration; "
+            f"the protocol's range runs for {dose_range['duration']}, at most {fmt(most)} {unit}.")
 
 
 #: How much faster than the range's own rate an order may run before it is named: a pump rate rounded
@@ -789,23 +839,36 @@ def _frequency_notes(frequency: Frequency | None, dose_range: Mapping[str, Any],
 
 
 def _regimen(frequency: Frequency | None, dose_range: Mapping[str, Any], range_unit: DoseUnit,
-             per_dose: Fraction, high: Fraction) -> PerPeriod | None:
+             per_dose: Fraction, high: Fraction, duration_s: Fraction | None = None) -> PerPeriod | None:
     """What the order gives in the period of the range's own regimen, against the most that regimen
     gives there (its maximum dose times its count: Spravato 56-84 mg twice weekly is at most 168 mg a
     week). Without it, 84 mg every day (588 mg a week) was only "more frequent" (a warning) when the
     range's maximum per period was per day (found by a clinical QA probe). Returned whether or not it
     is exceeded, so an integration reads the breach behind an ``exceeds_max_per_period`` verdict from
     data, not only from the messages, beside a ``per_period`` that a daily maximum may still respect.
-    None without both frequencies, and for rates, whose amount depends on how long each infusion runs
-    (the per-period maximum covers those)."""
+    None without both frequencies. A range of rates gives an amount per administration only with its
+    own ``duration`` (0.35 mg/kg/h for 4 h daily is at most 1.4 mg/kg a day), and the order's
+    administration runs for ``duration_s`` (the order's own, else the range's): 0.35 mg/kg/h for 5.5 h
+    daily read "within_range" (adversarial probe). Without a range duration, None (the per-period
+    maximum covers those)."""
     protocol = dose_range.get("frequency")
-    if frequency is None or not protocol or range_unit.is_rate:
+    if frequency is None or not protocol:
         return None
     wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
     doses = frequency.doses_in(wanted.period_seconds)
-    maximum = Amount(high * wanted.count, range_unit.code)
-    projected = Amount(per_dose * doses, range_unit.code)
-    calculation = (f"{fmt(per_dose, high)} {range_unit.code} {TIMES} {doses} dose{'s' if doses != 1 else ''} = "
+    unit, each, most = range_unit.code, per_dose, high
+    shown = f"{fmt(per_dose, high)} {range_unit.code}"
+    if range_unit.is_rate:
+        protocol_s = _duration_seconds(dose_range)
+        if protocol_s is None or duration_s is None:
+            return None
+        assert range_unit.time_seconds is not None
+        unit = range_unit.per_administration_code
+        each, most = per_dose * duration_s / range_unit.time_seconds, high * protocol_s / range_unit.time_seconds
+        shown += f" for {fmt(duration_s / 3600)} h = {fmt(each, most)} {unit}"
+    maximum = Amount(most * wanted.count, unit)
+    projected = Amount(each * doses, unit)
+    calculation = (f"{shown} {TIMES} {doses} dose{'s' if doses != 1 else ''} = "
                    f"{projected.text(maximum.value)} per {wanted.period}")
     return _per_period_result(wanted.period, doses, projected, maximum, calculation)
 
@@ -834,7 +897,7 @@ def check(content: Mapping[str, Any], order: DoseOrder) -> DoseCheck:
     """The API's dose check: choose the ranges (see module docstring), evaluate each, answer with
     the most favourable."""
     check_weight(order.weight_kg)
-    _unit(order.dose.unit, "dose.unit")
+    _unit(order.dose.unit, "dose.unit", ordered=True)
     chosen = select_ranges(content, order.route, order.phase)
     if isinstance(chosen, Selection):
         assert chosen.verdict is not None and chosen.message is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import cache, lru_cache
 from typing import Any
 
+from protocols import dose_units
 from protocols.dose_units import numeric_factor_problem
 
 #: unit code -> human description (pick list served at /v1/terminology/units)
@@ -43,11 +44,11 @@ VARIABLE_TIME_UNITS = frozenset({"mo", "a", "mo_j", "mo_g", "mo_s", "a_j", "a_g"
 NON_UCUM_HINTS = {"mcg": "ug", "hr": "h", "hrs": "h", "day": "d", "cc": "mL", "gm": "g"}
 
 _KNOWN_AMOUNTS = {"g": "mass", "mg": "mass", "ug": "mass", "mL": "volume"}
-#: The masses and volumes a dose is written in. UCUM also has Mg (megagram: 10^9 mg, one mis-cased
-#: key from mg), kg, cg, dg, pounds and grains; each was accepted as a dose amount, and a range of
-#: "1-2 Mg" was stored and judged 1.5 mg "below_min" (found by an adversarial probe). A record that
-#: needs another amount is refused, naming these.
-DOSE_AMOUNTS = {"[mass]": ("g", "mg", "ug", "ng"), "[length] ** 3": ("mL", "L")}
+#: The masses and volumes a dose is written in (:data:`protocols.dose_units.DOSE_AMOUNTS`, which
+#: ordered doses are held to as well), by UCUM dimension. A range of "1-2 Mg" (megagram) was stored
+#: and judged 1.5 mg "below_min" (found by an adversarial probe). A record that needs another amount
+#: is refused, naming these.
+DOSE_AMOUNTS = {"[mass]": dose_units.DOSE_AMOUNTS["mass"], "[length] ** 3": dose_units.DOSE_AMOUNTS["volume"]}
 
 ALLOWED = ("a mass (mg), a mass per kg body weight (mg/kg), either as a rate (mg/h, mg/kg/h), "
            "or a volume (mL)")
@@ -146,7 +147,12 @@ def check_ucum_dose_unit(unit: str) -> str | None:
             return (f"'{unit}' is not a dose: '/{time}' is neither per kg body weight nor per unit of "
                     f"time; dose units are {ALLOWED}")
         if time in VARIABLE_TIME_UNITS:
-            return f"'{unit}': '{time}' has a variable or non-clinical length; use h, min or d"
+            return (f"'{unit}': '{time}' has a variable or non-clinical length; use "
+                    f"{dose_units.RATE_TIMES_TEXT}")
+        if time not in dose_units.RATE_TIMES:
+            # mg/kg/ms is one slip from mg/kg/min (a factor of 60,000), and was stored (adversarial probe).
+            return (f"'{unit}': '/{time}' is not a time doses are given per; use "
+                    f"{dose_units.RATE_TIMES_TEXT}")
     return None
 
 

@@ -77,7 +77,7 @@ class Number(fields.Field):
 
 def _check_dose_unit(value: str) -> None:
     try:
-        dose_units.parse_dose_unit(value)
+        dose_units.parse_ordered_unit(value)
     except dose_units.UnitError as exc:
         raise ValidationError(str(exc)) from exc
 
@@ -144,7 +144,8 @@ class DoseCheckRequestSchema(Schema):
                                                  "through the protocol range's duration), and an infusion's "
                                                  "amount per period is rate x this duration; shorter than the "
                                                  "range's duration and faster than its rate, it is named in "
-                                                 "faster_than_protocol"})
+                                                 "faster_than_protocol; longer than a range of rates' duration "
+                                                 "and more in all, in longer_than_protocol"})
     as_of = Instant(finer="down", metadata={"description": "Judge against the version in effect at this instant"})
 
 
@@ -217,12 +218,23 @@ class EvaluationSchema(Schema):
     regimen = fields.Nested(PerPeriodSchema, allow_none=True, metadata={
         "description": "The order's amount in the period of the range's own frequency, against the most that "
                        "regimen gives (dose_max times its count: 56-84 mg twice weekly gives at most 168 mg per "
-                       "P1W); exceeded makes the verdict exceeds_max_per_period. Null without both frequencies, "
-                       "and for rates"})
+                       "P1W; a range of rates with a duration gives dose_max times that duration per "
+                       "administration: 0.35 mg/kg/h for PT4H daily gives at most 1.4 mg/kg per P1D); exceeded "
+                       "makes the verdict exceeds_max_per_period. Null without both frequencies, and for rates "
+                       "whose range states no duration"})
     faster_than_protocol = fields.String(allow_none=True, metadata={
         "description": "Why the dose is given faster than the range allows (the order's own duration is shorter "
                        "than the range's and its rate is more than 10 % above dose_max per that duration), or "
                        "null. The verdict stays about the amount; CDS Hooks cards with it are never 'info'"})
+    longer_than_protocol = fields.String(allow_none=True, metadata={
+        "description": "Why one administration gives more than the range's does (a range of rates with a "
+                       "duration, such as 0.35 mg/kg/h for PT4H: the order's own duration is longer and its rate "
+                       "times that duration is more than dose_max times the range's), or null. CDS Hooks cards "
+                       "with it are never 'info'"})
+    unchecked = fields.List(fields.String(), metadata={
+        "description": "What of the order this range gives nothing to check against (an order that repeats its "
+                       "dose, judged against a range without frequency or max_per_period). A within_range "
+                       "verdict with entries here is not a full pass; CDS Hooks calls it 'partly checked'"})
     messages = fields.List(fields.String(), metadata={"description": "Clinician-readable explanation"})
 
 
@@ -240,6 +252,8 @@ class DoseCheckResponseSchema(Schema):
     per_period = EvaluationSchema._declared_fields["per_period"]
     regimen = EvaluationSchema._declared_fields["regimen"]
     faster_than_protocol = EvaluationSchema._declared_fields["faster_than_protocol"]
+    longer_than_protocol = EvaluationSchema._declared_fields["longer_than_protocol"]
+    unchecked = EvaluationSchema._declared_fields["unchecked"]
     messages = EvaluationSchema._declared_fields["messages"]
     evaluations = fields.List(fields.Nested(EvaluationSchema),
                               metadata={"description": "Every alternative range of the phase that was "

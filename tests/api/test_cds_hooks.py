@@ -605,8 +605,8 @@ def test_a_repeated_dose_against_a_range_without_frequency_or_maximum_is_partly_
     repeated = medication_request("ket-every-5-min", KETAMINE, IV, dose=(2, "mg/kg"), frequency=(1, 5, "min"))
     (card,) = cards(client, hook_request([repeated], weight=weight_bundle(70)))
     assert card["indicator"] == "warning" and "partly checked" in card["summary"], card["summary"]
-    assert ("  - not checked: the order repeats its dose, and this range gives no frequency or maximum per period "
-            "to check the repetition against") in card["detail"]
+    assert ("  - Not checked: the order repeats its dose, and this range gives no frequency or maximum per period "
+            "to check the repetition against.") in card["detail"]
 
 
 @pytest.mark.parametrize("reference", ["Medication/spr", "urn:uuid:5b1f0f0e-8d3a-4c51-9d0a-0c2f6c1b7e11"])
@@ -1323,3 +1323,24 @@ def test_a_timing_whose_count_is_one_is_one_administration(client):
     single, repeated = cards(client, hook_request([once, course]))
     assert single["indicator"] == "info", single["summary"]
     assert repeated["indicator"] == "critical", repeated["summary"]
+
+
+def test_an_infusion_run_longer_than_the_protocol_runs_it_is_never_a_green_card(client):
+    """Found by an adversarial probe of the REST check: a range of rates with a duration (0.35 mg/kg/h for
+    4 h daily, no maximum per period) judged 5.5 h of it on the rate alone. Once a day it is more than
+    the regimen gives (critical); without timing it is one administration, longer than the protocol's
+    (a warning that says so); for 4 h it stays a plain pass."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H",
+        "frequency": {"count": 1, "period": "P1D"}}])
+    four = medication_request("crps-4h", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
+    four["dosageInstruction"][0]["timing"]["repeat"].update(duration=4, durationUnit="h")
+    daily = medication_request("crps-5.5h-daily", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
+    daily["dosageInstruction"][0]["timing"]["repeat"].update(duration=5.5, durationUnit="h")
+    once = medication_request("crps-5.5h", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    once["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 5.5, "durationUnit": "h"}}
+    result = cards(client, hook_request([four, daily, once], weight=weight_bundle(60)))
+    assert [c["indicator"] for c in result] == ["info", "critical", "warning"], [c["summary"] for c in result]
+    assert "Regimen exceeded" in result[1]["detail"]
+    assert "given for longer than the protocol" in result[2]["summary"]
+    assert "Given for longer than the protocol: 0.35 mg/kg/h for" in result[2]["detail"]

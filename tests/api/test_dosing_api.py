@@ -686,3 +686,87 @@ def test_a_dose_given_faster_than_the_range_allows_is_named_in_the_answer(client
     slow = client.post(f"/v1/protocols/{payload['id']}/dose-check", json={**body, "duration": "PT40M",
                                                                         "dose": {"value": 0.75, "unit": "mg/kg/h"}})
     assert slow.get_json()["faster_than_protocol"] is None
+
+
+# --------------------------------------------------- found by the probe of 2026-12-05 (second)
+
+
+@pytest.mark.parametrize(("field", "body"), [
+    ("dose.unit", {"dose": {"value": 84, "unit": "mg{tbl}"}}),
+    ("dose.unit", {"dose": {"value": 84, "unit": "mg.[iU]"}}),
+    ("dose.unit", {"dose": {"value": 84, "unit": "Mg"}}),
+    ("dose.unit", {"dose": {"value": 84, "unit": "mg%"}}),
+    ("dose.unit", {"dose": {"value": 1, "unit": "mg/kg/ms"}, "patient": {"weight_kg": 70}}),
+    ("concentration.unit", {"dose": {"value": 1, "unit": "mL"}, "concentration": {"value": 28, "unit": "mg.[pi]/mL"}}),
+])
+def test_an_ordered_unit_outside_the_units_doses_are_written_in_is_a_422_naming_it(client, field, body):
+    """Found by an adversarial probe: 84 mg{tbl} and 84 mg.[iU] read as 84 mg within Spravato's 56-84 mg,
+    and mg% as 0.84 mg. An ordered unit is held to the rules the pick list states for stored ones."""
+    load_catalog(client.application)
+    response = dose_check(client, "esketamine-nasal-spravato",
+                          {"route": NASAL, "phase": "induction", **body})
+    assert response.status_code == 422, response.get_json()
+    assert list(response.get_json()["errors"]) == [field]
+
+
+def test_a_range_stored_per_millisecond_is_refused(client):
+    """Found by an adversarial probe: mg/kg/ms (one slip from mg/kg/min, a factor of 60,000) and mg/s were
+    stored, though the pick list's rules name h, min, d and wk."""
+    for unit in ("mg/kg/ms", "mg/s", "mg/kg/ks"):
+        payload = protocol_payload(dosing_ranges=[{"route": NASAL, "phase": "induction", "dose_min": 1,
+                                                   "dose_max": 2, "unit": unit}])
+        response = client.post("/v1/protocols", json=payload)
+        assert response.status_code == 422, (unit, response.get_json())
+        assert "dosing_ranges.0.unit" in response.get_json()["errors"]
+
+
+def test_a_repeated_induction_dose_lists_what_was_not_checked(client):
+    """Found by an adversarial probe: Ketalar IV 2 mg/kg every 5 minutes, and IM 13 mg/kg 24 times a day
+    (21,840 mg a day), read a clean within_range. ``unchecked`` now says the repetition was not checked
+    (the CDS Hooks card calls it "partly checked")."""
+    load_catalog(client.application)
+    body = {"route": IV, "dose": {"value": 2, "unit": "mg/kg"}, "patient": {"weight_kg": 70}}
+    once = dose_check(client, "ketamine-iv-anesthesia-induction", body).get_json()
+    assert once["verdict"] == "within_range" and once["unchecked"] == []
+    every_5_min = dose_check(client, "ketamine-iv-anesthesia-induction",
+                             {**body, "frequency": {"count": 1, "period": "PT5M"}}).get_json()
+    assert every_5_min["verdict"] == "within_range"
+    assert every_5_min["unchecked"] == [
+        "the order repeats its dose, and this range gives no frequency or maximum per period to check the "
+        "repetition against"]
+    assert all(e["unchecked"] == every_5_min["unchecked"] for e in every_5_min["evaluations"])
+
+
+def test_an_infusion_run_longer_than_the_protocol_is_named_and_its_regimen_exceeded(client):
+    """Found by an adversarial probe: 0.5 mg/kg/h for a week against 0.25-0.5 mg/kg/h for PT1H once a week
+    read within_range; and on the curated CRPS protocol 5.5 h instead of 4 h passed with nothing said."""
+    protocol_id, _ = create(client, routes=[IV_ROUTE], dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.25, "dose_max": 0.5, "unit": "mg/kg/h",
+        "duration": "PT1H", "frequency": {"count": 1, "period": "P1W"}}])
+    body = {"route": IV, "dose": {"value": 0.5, "unit": "mg/kg/h"}, "patient": {"weight_kg": 70},
+            "duration": "P1W", "frequency": {"count": 1, "period": "P1W"}}
+    answer = dose_check(client, protocol_id, body).get_json()
+    assert answer["verdict"] == "exceeds_max_per_period"
+    assert answer["regimen"]["exceeded"] is True
+    assert (answer["regimen"]["projected"], answer["regimen"]["maximum"]) == (
+        {"value": 84, "unit": "mg/kg"}, {"value": 0.5, "unit": "mg/kg"})
+    assert answer["longer_than_protocol"].startswith("Given for longer than the protocol: 0.5 mg/kg/h for P1W")
+    load_catalog(client.application)
+    crps = {"route": IV, "dose": {"value": 0.35, "unit": "mg/kg/h"}, "patient": {"weight_kg": 50}}
+    four_hours = dose_check(client, "ketamine-iv-crps-off-label", {**crps, "duration": "PT4H"}).get_json()
+    assert four_hours["verdict"] == "within_range" and four_hours["longer_than_protocol"] is None
+    longer = dose_check(client, "ketamine-iv-crps-off-label", {**crps, "duration": "PT5H30M"}).get_json()
+    assert longer["longer_than_protocol"] is not None, longer["messages"]
+    assert longer["longer_than_protocol"] in longer["messages"]
+
+
+def test_a_point_range_shown_in_the_ordered_unit_never_has_min_above_max(client):
+    """Found by an adversarial probe: CRPS's 0.35-0.35 mg/kg/h at 60 kg, ordered as 5.8333333333 ug/kg/min,
+    showed min 5.83333333334 (rounded away from the dose it broke) and max 5.83333333333."""
+    load_catalog(client.application)
+    answer = dose_check(client, "ketamine-iv-crps-off-label", {
+        "route": IV, "dose": {"value": Decimal("5.8333333333"), "unit": "ug/kg/min"},
+        "patient": {"weight_kg": 60}}).get_json()
+    shown = answer["range_in_ordered_unit"]
+    assert shown["min"] <= shown["max"], shown
+    assert answer["verdict"] == "below_min" and shown["min"] == shown["max"] > 5.8333333333

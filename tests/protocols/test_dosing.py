@@ -17,6 +17,7 @@ import pytest
 from protocols import dose_units, dosing
 from protocols.dose_units import UnitError, parse_concentration, parse_dose_unit, to_kilograms
 from protocols.dosing import (
+    Amount,
     ConcentrationRequired,
     DoseCheck,
     DoseOrder,
@@ -493,3 +494,120 @@ def test_a_rate_without_duration_or_frequency_is_projected_as_running_without_a_
         is Verdict.EXCEEDS_MAX_PER_PERIOD  # 24 mg/kg a day
     with_frequency = dosing.check(rate_range, order("30", "mg/d", frequency=Frequency(1, "P1D")))
     assert with_frequency.evaluation is not None and with_frequency.evaluation.maximum_per_period_unapplied
+
+
+# ------------------------------------------------------------ found by the probe of 2026-12-05 (second)
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    ("mg{tbl}", "annotations in braces are not part of a dose unit (the check would read 'mg'"),
+    ("mg/kg/h{x}", "annotations in braces"),
+    ("mg.[iU]", "'mg.[iU]' is not a mass doses are written in"),
+    ("mg.rad", "is not a mass doses are written in"),
+    ("mg%", "'mg%' is not a mass doses are written in"),
+    ("[pi].mg", "is not a mass doses are written in"),
+    ("Mg", "'Mg' is not a mass doses are written in; use g, mg, ug (mcg) or ng"),
+    ("kg", "'kg' is not a mass"), ("[gr]", "'[gr]' is not a mass"), ("[lb_av]", "is not a mass"),
+    ("[drp]", "'[drp]' is not a volume doses are written in; use mL or L"), ("uL", "is not a volume"),
+    ("mg/kg/ms", "'/ms' is not a time doses are given per; use min, h, d or wk"),
+    ("mg/s", "'/s' is not a time"), ("mg/kg/h.%", "'/h.%' is not a time"), ("mg/kg/[pi].h", "is not a time"),
+])
+def test_an_ordered_unit_is_held_to_the_units_doses_are_written_in(code, reason):
+    """Found by an adversarial probe: an ordered unit was checked only for being a mass or volume (per
+    kg, per time), so 84 mg{tbl} and 84 mg.[iU] read as 84 mg within 56-84 mg, mg% as a hundredth of a
+    mg, [pi].mg as 264 mg and mg/kg/h.% made the hour 36 s. Stored units had the narrower rules; orders
+    are now held to them too (a volume stays a volume: mL/h and mL/kg of a product whose concentration
+    is sent are read through it). The parser of stored units is unchanged."""
+    with pytest.raises(UnitError, match=re.escape(reason)):
+        dose_units.parse_ordered_unit(code)
+    ranges = content({"dose_min": 56, "dose_max": 84, "unit": "mg"})
+    with pytest.raises(dosing.UnitsIncompatible) as raised:
+        dosing.check(ranges, order("84", code, weight_kg=Decimal(1), duration_s=Fraction(3600)))
+    assert raised.value.field == "dose.unit"
+
+
+@pytest.mark.parametrize("code", ["mg", "ug", "mcg", "g", "ng", "mL", "L", "mg/kg", "mcg/kg/min", "mg/kg/h",
+                                  "mg/d", "mg/kg/wk", "mL/h", "mL/kg"])
+def test_units_doses_are_written_in_are_read_in_an_order(code):
+    assert dose_units.parse_ordered_unit(code) == parse_dose_unit(code)
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    ("mg.[pi]/mL", "'mg.[pi]' is not a mass"), ("mg/mL.%", "'mL.%' is not a volume"),
+    ("mg{x}/mL", "annotations in braces"), ("mg/mL{x}", "annotations in braces"),
+    ("Mg/mL", "'Mg' is not a mass"), ("mg/[drp]", "'[drp]' is not a volume"),
+])
+def test_a_concentration_is_held_to_the_units_doses_are_written_in(code, reason):
+    with pytest.raises(UnitError, match=re.escape(reason)):
+        parse_concentration(Decimal(10), code)
+    assert parse_concentration(Decimal(10), "mcg/mL").mg_per_ml == Fraction(1, 100)
+
+
+def test_a_repeated_dose_against_a_range_without_a_schedule_says_it_was_not_checked():
+    """Found by an adversarial probe: 2 mg/kg every 5 minutes against Ketalar's 1-4.5 mg/kg induction
+    (no frequency, no maximum per period) read a clean within_range on the REST check, though the CDS
+    Hooks card already said "partly checked". The evaluation now lists what it did not check; the
+    verdict stays about the dose. A single dose, a range with a schedule, and a ``single`` phase (whose
+    repetition is its own verdict) list nothing."""
+    w = Decimal("70")
+    induction = content({"dose_min": 1, "dose_max": Decimal("4.5"), "unit": "mg/kg", "duration": "PT60S"})
+    repeated = dosing.check(induction, order("2", "mg/kg", weight_kg=w, frequency=Frequency(1, "PT5M")))
+    assert repeated.verdict is Verdict.WITHIN_RANGE and repeated.evaluation is not None
+    assert repeated.evaluation.unchecked == [dosing.REPEAT_UNCHECKED]
+    assert f"Not checked: {dosing.REPEAT_UNCHECKED}." in repeated.messages
+    once = dosing.check(induction, order("2", "mg/kg", weight_kg=w))
+    assert once.evaluation is not None and once.evaluation.unchecked == []
+    capped = content({"dose_min": 1, "dose_max": Decimal("4.5"), "unit": "mg/kg",
+                      "max_per_period": {"value": 10, "unit": "mg/kg", "period": "P1D"}})
+    checked = dosing.check(capped, order("2", "mg/kg", weight_kg=w, frequency=Frequency(1, "PT5M")))
+    assert checked.evaluation is not None and checked.evaluation.unchecked == []
+    assert checked.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    single = content({"dose_min": 20, "dose_max": 25, "unit": "mg", "phase": "single"})
+    daily = dosing.check(single, order("25", "mg", frequency=Frequency(1, "P1D")))
+    assert daily.verdict is Verdict.MORE_FREQUENT_THAN_PROTOCOL and daily.evaluation is not None
+    assert daily.evaluation.unchecked == []
+
+
+def test_an_infusion_run_longer_than_its_range_is_named_and_its_regimen_compared():
+    """Found by an adversarial probe: a range of rates with a duration (0.25-0.5 mg/kg/h for 1 h once a
+    week) judged 0.5 mg/kg/h for a whole week on its rate alone: within_range, 168 times the protocol's
+    weekly amount, with nothing said. The regimen now compares amounts for rates (rate x the order's
+    duration per administration against dose_max x the range's duration), and a longer administration
+    that gives more in all is named (``Evaluation.longer``)."""
+    w = Decimal("70")
+    weekly = content({"dose_min": Decimal("0.25"), "dose_max": Decimal("0.5"), "unit": "mg/kg/h",
+                      "duration": "PT1H", "frequency": {"count": 1, "period": "P1W"}, "phase": "infusion"})
+    week = dosing.check(weekly, order("0.5", "mg/kg/h", weight_kg=w, frequency=Frequency(1, "P1W"),
+                                      duration_s=Fraction(7 * 86400), duration_text="P1W"))
+    assert week.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD and week.evaluation is not None
+    regimen = week.evaluation.regimen
+    assert regimen is not None and regimen.exceeded
+    assert (regimen.projected, regimen.maximum) == (Amount(Fraction(84), "mg/kg"), Amount(Fraction(1, 2), "mg/kg"))
+    assert week.evaluation.longer == ("Given for longer than the protocol: 0.5 mg/kg/h for P1W is 84 mg/kg in one "
+                                      "administration; the protocol's range runs for PT1H, at most 0.5 mg/kg.")
+    # The same amount ordered as an amount over the week converts to the same rate, and is judged alike.
+    as_amount = dosing.check(weekly, order("5880", "mg", weight_kg=w, frequency=Frequency(1, "P1W"),
+                                           duration_s=Fraction(7 * 86400), duration_text="P1W"))
+    assert as_amount.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    # Without a frequency there is no regimen to compare; the longer administration is still named.
+    alone = dosing.check(weekly, order("0.5", "mg/kg/h", weight_kg=w, duration_s=Fraction(5 * 3600 + 1800),
+                                       duration_text="PT5H30M"))
+    assert alone.verdict is Verdict.WITHIN_RANGE and alone.evaluation is not None
+    assert alone.evaluation.longer is not None and alone.evaluation.longer in alone.messages
+    # At the range's duration, or slower for longer without giving more in all: nothing to name.
+    for rate, hours in (("0.5", 1), ("0.25", 2)):
+        same = dosing.check(weekly, order(rate, "mg/kg/h", weight_kg=w, frequency=Frequency(1, "P1W"),
+                                          duration_s=Fraction(hours * 3600)))
+        assert same.verdict is Verdict.WITHIN_RANGE and same.evaluation is not None
+        assert same.evaluation.longer is None and same.evaluation.regimen is not None
+        assert not same.evaluation.regimen.exceeded
+    # Twice a week at the range's own duration: the regimen (1 mg/kg against 0.5) catches it.
+    twice = dosing.check(weekly, order("0.5", "mg/kg/h", weight_kg=w, frequency=Frequency(2, "P1W")))
+    assert twice.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
+    # A range of rates without a duration gives no amount per administration: no regimen, as before.
+    open_ended = content({"dose_min": Decimal("0.25"), "dose_max": Decimal("0.5"), "unit": "mg/kg/h",
+                          "frequency": {"count": 1, "period": "P1W"}, "phase": "infusion"})
+    unbounded = dosing.check(open_ended, order("0.5", "mg/kg/h", weight_kg=w, frequency=Frequency(1, "P1W"),
+                                               duration_s=Fraction(3600)))
+    assert unbounded.evaluation is not None and unbounded.evaluation.regimen is None
+    assert unbounded.evaluation.longer is None
