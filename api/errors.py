@@ -134,7 +134,7 @@ def _domain_response(exc: domain.DomainError) -> Response:
         return error_response(409, exc.message)
     if isinstance(exc, domain.PreconditionRequired):
         return error_response(428, exc.message, current_version=exc.details.get("current_version"),
-                              current_etag=exc.details.get("current_etag"))
+                              current_etag=exc.details.get("current_etag"), errors=exc.details.get("errors"))
     if isinstance(exc, domain.PreconditionFailed):
         return error_response(412, exc.message, current_version=exc.details.get("current_version"),
                               current_etag=exc.details.get("current_etag"))

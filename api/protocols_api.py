@@ -9,16 +9,18 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from flask import Response, g, request, url_for
+from flask import Response, current_app, g, request, url_for
 
 from api.audit_log import pending
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db, write_context
 from api.http import (
     CACHE_IMMUTABLE,
+    CACHE_REVALIDATE,
     ENTITY_TAG_LIST_PATTERN,
     if_match,
     if_none_match,
+    json_response,
     list_response,
     not_modified,
     page_links,
@@ -47,6 +49,10 @@ blp = Blueprint("protocols", __name__, url_prefix="/v1/protocols",
 
 ETAG_HEADER = {"ETag": {"description": "Strong entity-tag of the version served",
                         "schema": {"type": "string"}}}
+IF_MATCH_REQUIRED = "If-Match is missing, or is `*` (named in `errors`): a write names the version it was made from"
+DIFF_ETAG_HEADER = {"ETag": {"description": "Strong entity-tag of this answer (a hash of its bytes: the same two "
+                                            "versions may be compared differently by a later release)",
+                             "schema": {"type": "string"}}}
 LINK_HEADER = {"Link": {"description": "RFC 8288 next/prev links", "schema": {"type": "string"}}}
 
 #: Operations that need If-Match (documented by :func:`document_protocol_operations`, not ``@blp.doc``: a manual
@@ -242,7 +248,7 @@ def get_protocol(query: dict[str, Any], protocol_id: str) -> Response:
                               "retirement (as for DELETE; named in scheduled_version / scheduled_effective_from), "
                               "or where the protocol has only drafts")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale; the body names the newest version")
-@blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
+@blp.alt_response(428, schema=ErrorSchema, description=IF_MATCH_REQUIRED)
 def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
     """Append the next version. Requires `If-Match` with the newest version's ETag."""
     _check_body_id(payload, protocol_id)
@@ -267,7 +273,7 @@ def revise_protocol(payload: dict[str, Any], protocol_id: str) -> Response:
                               "scheduled_version / scheduled_effective_from), or the protocol has only drafts "
                               "(nothing published to retire)")
 @blp.alt_response(412, schema=ErrorSchema, description="If-Match is stale")
-@blp.alt_response(428, schema=ErrorSchema, description="If-Match is missing")
+@blp.alt_response(428, schema=ErrorSchema, description=IF_MATCH_REQUIRED)
 def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
     """Retire a protocol: append a `retired` version. Requires `If-Match`."""
     stored, created = versioning.retire(get_db(), protocol_id, if_match=if_match(), if_none_match=if_none_match(),
@@ -309,22 +315,24 @@ def get_version(protocol_id: str, version: int) -> Response:
 
 
 @blp.route("/<string:protocol_id>/versions/<int:a>/diff/<int:b>", methods=["GET"])
-@blp.response(200, VersionDiffSchema, headers=ETAG_HEADER)
+@blp.response(200, VersionDiffSchema, headers=DIFF_ETAG_HEADER)
 @blp.alt_response(304, description="Not modified (If-None-Match matched)")
 @blp.alt_response(404, schema=ErrorSchema, description="No such protocol or version")
 def diff_versions(protocol_id: str, a: int, b: int) -> Any:
     """What changed from version `a` to version `b`: an RFC 6902 JSON Patch and typed clinical changes
-    with a severity (`major` = can change a dose a patient gets). Both versions are immutable, so the
-    answer is too."""
+    with a severity (`major` = can change a dose a patient gets). Both versions are immutable, but how
+    they are compared may improve between releases: the ETag is the answer's own, and a cached answer is
+    revalidated (`no-cache`), so a client holding an older comparison gets the new one."""
     db = get_db()
     old, new = versioning.get_version(db, protocol_id, a), versioning.get_version(db, protocol_id, b)
-    headers = {"ETag": diff.diff_etag(old.etag, new.etag), "Cache-Control": CACHE_IMMUTABLE}
+    body = VersionDiffSchema().dump(diff_body(protocol_id, a, b, diff.diff_documents(old.as_dict(), new.as_dict())))
+    representation = current_app.json.dumps(body).encode()
+    headers = {"ETag": diff.diff_etag(representation), "Cache-Control": CACHE_REVALIDATE}
     if not_modified(headers["ETag"]):
         response = Response(status=304)
         response.headers.update(headers)
         return response
-    body = diff_body(protocol_id, a, b, diff.diff_documents(old.as_dict(), new.as_dict()))
-    return body, 200, headers
+    return json_response(representation, headers=headers)
 
 
 def document_protocol_operations(api: Any) -> None:

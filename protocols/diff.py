@@ -511,7 +511,12 @@ def _texts(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[ClinicalChang
                              "Sources changed")
 
 
-def diff_etag(etag_a: str, etag_b: str) -> str:
-    """Strong ETag of the diff between two versions: a function of their (immutable) ETags only."""
-    digest = hashlib.sha256(f"{etag_a}>{etag_b}".encode()).hexdigest()[:16]
+def diff_etag(representation: bytes) -> str:
+    """Strong ETag of a diff's representation: a hash of the bytes served.
+
+    Why not of the two versions' ETags: the versions never change, but how they are compared does (a
+    release that pairs ranges or names a change differently answers the same two versions with other
+    changes and severities). Keyed by the versions, a client kept the older answer under the same
+    strong validator, and its revalidation was a 304 (found by an adversarial probe)."""
+    digest = hashlib.sha256(representation).hexdigest()[:16]
     return f'"diff-{digest}"'

@@ -800,9 +800,11 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
             "this write requires an If-Match header with the ETag of the newest version",
             current_version=newest.version, current_etag=newest.etag)
     if "*" in if_match:
-        raise PreconditionRequired(
-            "If-Match: * is not accepted; send the ETag of the newest version",
-            current_version=newest.version, current_etag=newest.etag)
+        # Still a 428 (a write must name the version it was made from; "any version" protects nothing),
+        # with the header named as at fault (found by an adversarial probe: the body said nothing of it).
+        message = "If-Match: * is not accepted; send the ETag of the newest version"
+        raise PreconditionRequired(message, current_version=newest.version, current_etag=newest.etag,
+                                   errors={"If-Match": [message]})
     if newest.etag not in if_match and not already_applied:
         raise PreconditionFailed(
             f"If-Match does not name the newest version; the newest is version {newest.version}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -9,7 +10,7 @@ import jsonpatch
 import pytest
 from flask.testing import FlaskClient
 
-from protocols import versioning
+from protocols import diff, versioning
 from protocols.db import Database
 from tests.protocols.test_search import IV, content_of, route
 
@@ -125,11 +126,29 @@ def test_diff_reports_clinical_changes_with_severity(client: FlaskClient, histor
     assert same["patch"] == [] and same["changes"] == [] and same["highest_severity"] is None
 
 
-def test_diff_is_immutable_and_revalidates(client: FlaskClient, history: list[Any]) -> None:
+def test_diff_revalidates_and_its_etag_is_its_representations(client: FlaskClient, history: list[Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an adversarial probe: the diff's strong ETag was a hash of the two versions' ETags and
+    its answer was cached as immutable for a year, but a release that compares versions differently
+    (a unit change once read "not comparable") answers the same pair with other changes: a client kept
+    the old answer, and its revalidation was a 304. The ETag is now the hash of the answer's bytes, and
+    the answer is revalidated (no-cache)."""
     url = f"/v1/protocols/{PID}/versions/1/diff/2"
     first = client.get(url)
-    assert "immutable" in first.headers["Cache-Control"]
+    assert first.headers["Cache-Control"] == "private, no-cache"
     etag = first.headers["ETag"]
+    assert etag == diff.diff_etag(first.data)
+    real = diff.diff_documents
+
+    def reworded(old: Any, new: Any) -> Any:  # the same two versions, compared by a later release
+        result = real(old, new)
+        result.changes[0] = replace(result.changes[0], description=result.changes[0].description + " (reworded)")
+        return result
+
+    monkeypatch.setattr(diff, "diff_documents", reworded)
+    later = client.get(url, headers={"If-None-Match": etag})
+    assert later.status_code == 200 and later.headers["ETag"] != etag and b"(reworded)" in later.data
+    monkeypatch.setattr(diff, "diff_documents", real)
     assert client.get(f"/v1/protocols/{PID}/versions/2/diff/1").headers["ETag"] != etag
     again = client.get(url, headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.headers["ETag"] == etag and not again.data

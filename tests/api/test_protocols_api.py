@@ -71,6 +71,21 @@ def test_put_requires_if_match(client):
     assert len(versions_of(client, protocol_id)) == 1
 
 
+def test_a_write_with_if_match_star_is_a_428_naming_the_header(client):
+    """Found by an adversarial probe: PUT and DELETE with ``If-Match: *`` (a pattern openapi admits) were
+    a 428 whose body named nothing the client sent; the header is now named in ``errors``."""
+    protocol_id, response = create(client)
+    body = response.get_json() | {"title": "Changed"}
+    for answer in (revise(client, protocol_id, body, "*"),
+                   client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": "*"})):
+        assert answer.status_code == 428
+        assert answer.get_json()["errors"] == {"If-Match": ["If-Match: * is not accepted; send the ETag of the "
+                                                            "newest version"]}
+        assert answer.get_json()["current_version"] == 1
+    assert len(versions_of(client, protocol_id)) == 1
+    assert revise(client, protocol_id, body, None).get_json().get("errors") is None  # missing: nothing to name
+
+
 def test_put_with_stale_etag_is_412_naming_newest(client):
     protocol_id, response = create(client)
     first_etag = response.headers["ETag"]
