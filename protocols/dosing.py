@@ -384,7 +384,7 @@ def number_problem(value: Decimal) -> str | None:
     if value <= 0:
         return "Must be greater than 0."
     if not -MAX_EXPONENT <= value.adjusted() < MAX_EXPONENT:
-        return f"Must be between 1e-{MAX_EXPONENT} and 1e{MAX_EXPONENT}."
+        return f"Must be at least 1e-{MAX_EXPONENT} and less than 1e{MAX_EXPONENT}."
     if significant_digits(value) > MAX_SIGNIFICANT_DIGITS:
         return f"At most {MAX_SIGNIFICANT_DIGITS} significant digits."
     return None

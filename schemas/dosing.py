@@ -15,7 +15,14 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from protocols import dose_units, terminology
-from protocols.dosing import MAX_WEIGHT_KG, MIN_WEIGHT_KG, Verdict, number_problem
+from protocols.dosing import (
+    MAX_EXPONENT,
+    MAX_SIGNIFICANT_DIGITS,
+    MAX_WEIGHT_KG,
+    MIN_WEIGHT_KG,
+    Verdict,
+    number_problem,
+)
 from schemas.clinical import PHASES, DoseRangeSchema, FrequencySchema
 from schemas.fields import Duration, Instant, Text, WebUrl
 from schemas.query import AsOfQuerySchema
@@ -37,7 +44,14 @@ class DoseNumber(fields.Decimal):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("allow_nan", False)
         kwargs.setdefault("as_string", False)
-        super().__init__(**kwargs)
+        # The bounds number_problem enforces, stated in the contract (found by an adversarial probe: the
+        # OpenAPI document said only "number"). Weights narrow them further with their own validator.
+        given = kwargs.pop("metadata", {})
+        metadata = given if "maximum" in given else {
+            "minimum": float(f"1e-{MAX_EXPONENT}"), "maximum": float(f"1e{MAX_EXPONENT}"), "exclusiveMaximum": True,
+            "description": f"A positive number, at least 1e-{MAX_EXPONENT} and less than 1e{MAX_EXPONENT}, with at "
+                           f"most {MAX_SIGNIFICANT_DIGITS} significant digits", **given}
+        super().__init__(metadata=metadata, **kwargs)
 
     #: Query strings carry numbers as text; JSON bodies must send numbers.
     accepts_text = False

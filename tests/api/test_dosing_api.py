@@ -770,3 +770,17 @@ def test_a_point_range_shown_in_the_ordered_unit_never_has_min_above_max(client)
     shown = answer["range_in_ordered_unit"]
     assert shown["min"] <= shown["max"], shown
     assert answer["verdict"] == "below_min" and shown["min"] == shown["max"] > 5.8333333333
+
+
+def test_the_bounds_of_an_ordered_number_are_in_the_contract_and_the_message_says_them(client, app):
+    """Found by an adversarial probe: 1e-12 was accepted and 1e12 refused with "Must be between 1e-12 and
+    1e12.", and the OpenAPI document said only ``type: number``."""
+    load_catalog(app)
+    body = {"route": NASAL, "phase": "induction"}
+    smallest = dose_check(client, "esketamine-nasal-spravato", {**body, "dose": {"value": Decimal("1e-12"), "unit": "mg"}})
+    assert smallest.status_code == 200
+    too_big = dose_check(client, "esketamine-nasal-spravato", {**body, "dose": {"value": Decimal("1e12"), "unit": "mg"}})
+    assert too_big.get_json()["errors"] == {"dose.value": ["Must be at least 1e-12 and less than 1e12."]}
+    spec = client.get("/openapi.json").get_json()["components"]["schemas"]
+    value = spec["DoseQuantity"]["properties"]["value"]
+    assert (value["minimum"], value["maximum"], value["exclusiveMaximum"]) == (1e-12, 1e12, True)
