@@ -426,10 +426,11 @@ def convert(value: Fraction, source: DoseUnit, target: DoseUnit, *, weight_kg: F
         base = base * weight_kg if source.per_kg else base / weight_kg
     if source.is_rate != target.is_rate:
         if duration_s is None:
+            # Named by "duration", the field that fixes it (it named dose.unit; an adversarial probe).
             raise UnitsIncompatible(
                 f"{source.code} is {'a rate' if source.is_rate else 'an amount'} and {target.code} is "
                 f"{'a rate' if target.is_rate else 'an amount'}; they compare only when the order or the protocol "
-                f"range states the administration's duration, and neither does")
+                f"range states the administration's duration, and neither does", "duration")
         base = base * duration_s if source.is_rate else base / duration_s
     if target.is_rate:
         assert target.time_seconds is not None

@@ -274,8 +274,9 @@ def test_rate_against_an_amount_needs_the_range_duration():
     assert dosing.check(over_40_min, order("0.7500001", "mg/kg/h", weight_kg=w)).verdict is Verdict.ABOVE_MAX
     assert dosing.check(over_40_min, order("52.5", "mg/h", weight_kg=w)).verdict is Verdict.WITHIN_RANGE
     no_duration = content({"dose_min": 1, "dose_max": 2, "unit": "mg/kg"})
-    with pytest.raises(UnitsIncompatible, match="duration"):
+    with pytest.raises(UnitsIncompatible, match="duration") as raised:
         dosing.check(no_duration, order("1", "mg/kg/h", weight_kg=w))
+    assert raised.value.field == "duration"  # what the caller can send to fix it (it named dose.unit)
 
 
 # ----------------------------------------------------------------------- range choice
