@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +52,24 @@ def test_every_entry_cites_sources_for_its_facts(name, index, entry):
         assert "fda_approval.application_number" in supported
 
 
-#: Label facts the newest entry of every file must trace: a source's ``supports`` names the field (or a
-#: path inside it), or a verification note begins with the field's path and says what was and was not
+#: Label facts every entry in effect must trace: a source's ``supports`` names the field (or a path
+#: inside it), or a verification note begins with the field's path and says what was and was not
 #: checked. An absence (no brand, no boxed warning, no REMS, no approved indication) is a fact too.
-TRACED_FIELDS = ("routes", "drug.dea_schedule", "drug.brand_names", "fda_approval.status",
+TRACED_FIELDS = ("routes", "drug.dea_schedule", "drug.rxnorm_cui", "drug.brand_names", "fda_approval.status",
                  "fda_approval.approved_indication", "fda_approval.rems_required", "fda_approval.boxed_warning")
+
+#: Fields traced only when the record gives a value (an empty one is not a claim of its own).
+TRACED_WHEN_GIVEN = {"drug.dea_schedule": "dea_schedule", "drug.rxnorm_cui": "rxnorm_cui"}
 
 
 def untraced_fields(entry: dict[str, Any]) -> list[str]:
     """The fields of ``TRACED_FIELDS`` that no source of ``entry`` supports and no note covers (the DEA
-    schedule only when the record gives one)."""
+    schedule and the RxNorm code only when the record gives one)."""
     supported = {path for source in entry["sources"] for path in source.get("supports", [])}
     notes = entry.get("verification_notes", [])
     untraced = []
     for name in TRACED_FIELDS:
-        if name == "drug.dea_schedule" and not entry["drug"].get("dea_schedule"):
+        if name in TRACED_WHEN_GIVEN and not entry["drug"].get(TRACED_WHEN_GIVEN[name]):
             continue
         cited = any(path == name or path.startswith(f"{name}.") for path in supported)
         noted = any(re.match(rf"{re.escape(name)}(?!\w)", note) for note in notes)
@@ -75,14 +79,22 @@ def untraced_fields(entry: dict[str, Any]) -> list[str]:
 
 
 def test_untraced_fields_counts_a_cited_path_inside_the_field_or_a_note_on_it_and_nothing_else():
-    entry = {"drug": {"dea_schedule": "CIII"}, "sources": [
-        {"supports": ["routes.0", "fda_approval.status", "drug.dea_schedule_text", "fda_approval.boxed_warnings"]}],
+    entry = {"drug": {"dea_schedule": "CIII", "rxnorm_cui": "6130"}, "sources": [
+        {"supports": ["routes.0", "fda_approval.status", "drug.dea_schedule_text", "fda_approval.boxed_warnings",
+                      "drug.rxnorm_cuis"]}],
         "verification_notes": ["drug.brand_names: none marketed; not searched in DailyMed.",
                                "fda_approval.rems_required_x: not this field",
-                               "The fda_approval.approved_indication is not at the start."]}
-    assert untraced_fields(entry) == ["drug.dea_schedule", "fda_approval.approved_indication",
+                               "The fda_approval.approved_indication is not at the start.",
+                               "The drug.rxnorm_cui is not at the start either."]}
+    assert untraced_fields(entry) == ["drug.dea_schedule", "drug.rxnorm_cui", "fda_approval.approved_indication",
                                       "fda_approval.rems_required", "fda_approval.boxed_warning"]
-    assert "drug.dea_schedule" not in untraced_fields({**entry, "drug": {"dea_schedule": None}})
+    assert "drug.dea_schedule" not in untraced_fields({**entry, "drug": {"dea_schedule": None, "rxnorm_cui": "6130"}})
+    for absent in ({"dea_schedule": "CIII", "rxnorm_cui": None}, {"dea_schedule": "CIII"}):
+        assert "drug.rxnorm_cui" not in untraced_fields({**entry, "drug": absent})
+    cited = {**entry, "sources": [*entry["sources"], {"supports": ["drug.rxnorm_cui"]}]}
+    assert "drug.rxnorm_cui" not in untraced_fields(cited)
+    noted = {**entry, "verification_notes": [*entry["verification_notes"], "drug.rxnorm_cui: 6130, ingredient."]}
+    assert "drug.rxnorm_cui" not in untraced_fields(noted)
 
 
 @pytest.mark.parametrize("catalog_file", FILES, ids=[f.path.name for f in FILES])
@@ -95,17 +107,62 @@ def test_the_newest_entry_of_every_file_cites_or_notes_its_label_facts(catalog_f
     assert untraced_fields(catalog_file.entries[-1]) == [], catalog_file.path.name
 
 
+def _start(entry: dict[str, Any]) -> datetime | None:
+    """An entry's effective_from as an instant (None for a dateless single record)."""
+    value = entry.get("effective_from")
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def entries_in_effect(entries: list[dict[str, Any]]) -> list[int]:
+    """The indexes of the entries in effect for some period of the history the file records. At an
+    instant T the version in effect is the one with the latest effective_from <= T, ties going to the
+    higher version (the later entry): so for each distinct start, the last entry with that start, unless
+    it is a retirement (then nothing is in effect from that start)."""
+    last: dict[datetime | None, int] = {}
+    for index, entry in enumerate(entries):
+        last[_start(entry)] = index
+    return sorted(index for index in last.values() if entries[index]["status"] == "active")
+
+
+def test_entries_in_effect_are_the_last_of_each_start_and_never_a_retirement():
+    def entry(day: str, status: str = "active") -> dict[str, Any]:
+        return {"effective_from": f"{day}T00:00:00Z", "status": status}
+
+    history = [entry("2019-03-05"), entry("2020-07-31"), entry("2025-01-21"), entry("2025-01-21"),
+               entry("2019-03-05"), {"effective_from": "2020-07-31T00:00:00+00:00", "status": "active"},
+               entry("2025-01-21"), entry("2026-01-01", "retired")]
+    assert entries_in_effect(history) == [4, 5, 6]
+    assert entries_in_effect([{"effective_from": None, "status": "active"}]) == [0]
+
+
+IN_EFFECT = [(f.path.name, index, f.entries[index]) for f in FILES for index in entries_in_effect(f.entries)]
+
+
+@pytest.mark.parametrize(("name", "index", "entry"), IN_EFFECT, ids=[f"{n}#{i}" for n, i, _ in IN_EFFECT])
+def test_every_entry_in_effect_for_some_period_cites_or_notes_its_label_facts(name, index, entry):
+    """Found by a clinical-data review: the newest entry of every file traced its label facts, but an
+    as-of reading of Spravato for 2019-2024 returned the version in effect then (a back-dated
+    correction, not the newest entry), whose brand name, approval status, routes and (2020) DEA schedule
+    had no source and no note. Every entry that some instant resolves to (the last entry of each start,
+    see ``entries_in_effect``) must trace them; entries outranked at every instant stay as recorded."""
+    assert untraced_fields(entry) == [], (name, f"versions.{index}", entry["effective_from"])
+
+
 @pytest.mark.parametrize("catalog_file", FILES, ids=[f.path.name for f in FILES])
 def test_a_sourcing_correction_changes_no_clinical_value_and_drops_no_source_or_note(catalog_file):
-    """A correction that only adds sources keeps the content, status and start of the entry it corrects,
-    and every source (with what it supports) and note of that entry."""
+    """A correction that only adds sources keeps the content, status and start of the entry it corrects
+    (the previous entry with the same start), and every source (with what it supports) and note of it."""
     entries = catalog_file.entries
     corrections = [i for i, e in enumerate(entries) if (e.get("change_note") or "").startswith(
         "Correction: sourcing only.")]
     assert corrections, "every file's sourcing correction is found by its change note (so checked here)"
     for index in corrections:
-        assert index > 0, "a correction follows the entry it corrects"
-        entry, before = entries[index], entries[index - 1]
+        entry = entries[index]
+        # The entry it corrects is the last one before it with the same start: a back-dated correction
+        # follows entries of other periods, so the entry just before it may be of another period.
+        same_start = [i for i in range(index) if _start(entries[i]) == _start(entry)]
+        assert same_start, (catalog_file.path.name, index, "a correction follows the entry it corrects")
+        before = entries[same_start[-1]]
         for name in (*record.CONTENT_FIELDS, "status", "effective_from"):
             if name not in ("sources", "verification_notes"):
                 assert entry.get(name) == before.get(name), (catalog_file.path.name, index, name)
@@ -261,7 +318,8 @@ def test_an_api_version_placed_after_entries_never_loaded_is_refused_and_the_mes
     api = _written_through_the_api(client, SPRAVATO, summary="Corrected through the API.", effective_from=None)
     entry = {k: v for k, v in api.items() if k not in ("id", "version", "recorded_at", "recorded_by", "request_id")}
 
-    path.write_text(yaml.safe_dump(full, sort_keys=False, allow_unicode=True))  # the upgrade: 9 entries
+    path.write_text(yaml.safe_dump(full, sort_keys=False, allow_unicode=True))  # the upgrade: every entry
+    count = len(full["versions"])
     left = runner.invoke(args=["protocols", "load", str(directory)])
     assert left.exit_code == 0 and "add it to the file right after versions.4 (the last entry the history holds)" \
         in left.output, left.output
@@ -270,15 +328,17 @@ def test_an_api_version_placed_after_entries_never_loaded_is_refused_and_the_mes
     path.write_text(yaml.safe_dump(last, sort_keys=False, allow_unicode=True))
     refused = runner.invoke(args=["protocols", "load", str(directory)])
     assert refused.exit_code == 1, refused.output
-    assert (f"{SPRAVATO}.yaml: versions.9 is the newest version, written through the API, but versions.5, "
-            "versions.6, versions.7, versions.8 before it in the file are not in the history") in refused.output
+    missing = ", ".join(f"versions.{index}" for index in range(5, count))
+    assert (f"{SPRAVATO}.yaml: versions.{count} is the newest version, written through the API, but {missing} "
+            "before it in the file are not in the history") in refused.output
     assert "move it right after versions.4" in refused.output
     assert _versions_count(client, SPRAVATO) == 6
 
     placed = {**full, "versions": [*full["versions"][:5], entry, *full["versions"][5:]]}
     path.write_text(yaml.safe_dump(placed, sort_keys=False, allow_unicode=True))
     loaded = runner.invoke(args=["protocols", "load", str(directory)])
-    assert loaded.exit_code == 0 and f"{SPRAVATO}: appended versions [7, 8, 9, 10]" in loaded.output, loaded.output
+    appended = ", ".join(str(version) for version in range(7, count + 2))  # the API version is 6
+    assert loaded.exit_code == 0 and f"{SPRAVATO}: appended versions [{appended}]" in loaded.output, loaded.output
     week_9 = client.get(f"/v1/protocols/{SPRAVATO}?as_of=2019-06-01T00:00:00Z").get_json()["dosing_ranges"][2]
     assert week_9["frequency"]["period_max"] == "P2W"
 
@@ -559,10 +619,10 @@ def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
 
 
 @pytest.mark.parametrize(("as_of", "version", "approval_date", "marker"), [
-    ("2019-06-01T00:00:00Z", 6, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
-    ("2021-01-01T00:00:00Z", 7, "2020-07-31", "acute suicidal ideation"),
-    ("2025-06-01T00:00:00Z", 9, "2025-01-21", "as monotherapy"),
-    (None, 9, "2025-01-21", "as monotherapy"),
+    ("2019-06-01T00:00:00Z", 10, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
+    ("2021-01-01T00:00:00Z", 11, "2020-07-31", "acute suicidal ideation"),
+    ("2025-06-01T00:00:00Z", 12, "2025-01-21", "as monotherapy"),
+    (None, 12, "2025-01-21", "as monotherapy"),
 ])
 def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, version, approval_date, marker):
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
@@ -584,7 +644,8 @@ def test_spravato_before_first_approval_is_not_in_effect(app, client):
 def test_spravato_versions_differ_in_indications_and_dosing():
     entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
     assert [e["effective_from"][:10] for e in entries] == (
-        ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3 + ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 2)
+        ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3 + ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 2
+        + ["2019-03-05", "2020-07-31", "2025-01-21"])
     codes = [{i["code"] for i in e["indications"]} for e in entries]
     assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
     for entry in entries:
@@ -677,8 +738,8 @@ def test_trd_instructions_typo_is_corrected_by_a_new_version(app, client):
     current = client.get(f"/v1/protocols/{trd}/versions/2").get_json()
     first = client.get(f"/v1/protocols/{trd}/versions/1").get_json()
     assert current["effective_from"] == first["effective_from"]
-    served = client.get(f"/v1/protocols/{trd}").get_json()  # versions 3 and 4 only add sources and notes
-    assert served["dosing_ranges"] == current["dosing_ranges"] and served["version"] == 4
+    served = client.get(f"/v1/protocols/{trd}").get_json()  # versions 3, 4 and 5 only add sources and notes
+    assert served["dosing_ranges"] == current["dosing_ranges"] and served["version"] == 5
     assert "repeated-infusion study" in current["dosing_ranges"][0]["instructions"]
     assert "repeated- infusion" in first["dosing_ranges"][0]["instructions"]
     diff = client.get(f"/v1/protocols/{trd}/versions/1/diff/2").get_json()
@@ -718,7 +779,7 @@ def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
     weeks only (found by a clinical review). Corrected in the current period, version 4 stays."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     current = client.get(f"/v1/protocols/{SPRAVATO}").get_json()
-    assert current["version"] == 9
+    assert current["version"] == 12
     week_9 = current["dosing_ranges"][2]
     assert week_9["frequency"] == WEEK_9
     assert client.get(f"/v1/protocols/{SPRAVATO}/versions/4").get_json()["dosing_ranges"][2]["frequency"][
@@ -757,15 +818,16 @@ def test_spravato_84_mg_daily_breaks_the_regimen_not_the_daily_maximum(app, clie
 
 
 @pytest.mark.parametrize(("as_of", "corrected", "recorded"), [
-    ("2019-06-01T00:00:00Z", 6, 1), ("2021-01-01T00:00:00Z", 7, 2), ("2025-06-01T00:00:00Z", 9, 5)])
+    ("2019-06-01T00:00:00Z", 10, 1), ("2021-01-01T00:00:00Z", 11, 2), ("2025-06-01T00:00:00Z", 12, 5)])
 def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was_recorded(
         app, client, as_of, corrected, recorded):
     """Version 5 corrected the week-9 frequency from 2025 only: as-of readings and dose checks of
     2019-2024 still held every 2 weeks, so a weekly 84 mg order at week 9 read as more often than the
     label allows. Versions 6 and 7 are back-dated corrections of versions 1 and 2 (each effective
     with the version it corrects and otherwise its copy); version 8 brings version 5's note up to date
-    and makes the version in effect the newest again; version 9 adds sources to it. The versions
-    corrected stay as recorded."""
+    and makes the version in effect the newest again; version 9 adds sources to it. Versions 10, 11 and 12
+    add sources to versions 6, 7 and 9 (each effective with the version it corrects), so they are the
+    versions in effect. The versions corrected stay as recorded."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     read = client.get(f"/v1/protocols/{SPRAVATO}?as_of={as_of}").get_json()
     assert read["version"] == corrected and read["dosing_ranges"][2]["frequency"] == WEEK_9
@@ -797,7 +859,7 @@ def test_spravato_newest_version_is_the_one_in_effect_so_get_then_put_works(app,
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     versions = client.get(f"/v1/protocols/{SPRAVATO}/versions?page_size=100").get_json()["items"]
     assert [v["effective_from"][:10] for v in sorted(versions, key=lambda v: v["version"]) if v["version"] >= 6] == [
-        "2019-03-05", "2020-07-31", "2025-01-21", "2025-01-21"]
+        "2019-03-05", "2020-07-31", "2025-01-21", "2025-01-21", "2019-03-05", "2020-07-31", "2025-01-21"]
     written = _written_through_the_api(client, SPRAVATO, summary="A summary written by an integration.")
     assert written["version"] == max(v["version"] for v in versions) + 1
 
