@@ -49,7 +49,7 @@ blp = Blueprint("protocols", __name__, url_prefix="/v1/protocols",
 
 ETAG_HEADER = {"ETag": {"description": "Strong entity-tag of the version served",
                         "schema": {"type": "string"}}}
-IF_MATCH_REQUIRED = "If-Match is missing, or is `*` (named in `errors`): a write names the version it was made from"
+IF_MATCH_REQUIRED = "If-Match is missing or is `*` (named in `errors`): a write names the version it was made from"
 DIFF_ETAG_HEADER = {"ETag": {"description": "Strong entity-tag of this answer (a hash of its bytes: the same two "
                                             "versions may be compared differently by a later release)",
                              "schema": {"type": "string"}}}

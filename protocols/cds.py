@@ -895,8 +895,10 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
             detail.append(f"- **{markdown_text(result.phase)}**: could not be checked: {markdown_text(result.problem)}")
             continue
         detail.append(f"- **{markdown_text(result.phase)}**: {result.verdict.value}")
-        for evaluation in result.evaluations:
-            detail.extend(f"  - {markdown_text(message)}" for message in evaluation.messages)
+        # A dose range's two ends, or a dose and its rate, are two evaluations of one range: a line they
+        # share (the repetition not checked, the instructions) is shown once (a review).
+        messages = dict.fromkeys(message for evaluation in result.evaluations for message in evaluation.messages)
+        detail.extend(f"  - {markdown_text(message)}" for message in messages)
         detail.extend(f"  - not checked: {markdown_text(problem)}" for problem in result.unchecked)
     detail.extend(f"- {markdown_text(note)}" for note in line.notes)
     detail.extend(f"- Not checked: {markdown_text(reason)}." for reason in unchecked)

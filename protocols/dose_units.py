@@ -27,8 +27,10 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-#: Clinical spellings that are not UCUM codes, mapped to their UCUM code.
-ALIASES = {"mcg": "ug"}
+#: Clinical spellings that are not UCUM codes, and UCUM's lower-case litre (``l``, ``ml``: the same unit
+#: as ``L``, ``mL``, and what many EHRs send), mapped to the code this service reads and writes. Refusing
+#: ``ml/h`` turned a critical card for 10 ml/h of 10 mg/mL into "dose not checked" (a review).
+ALIASES = {"mcg": "ug", "ml": "mL", "l": "L"}
 
 MASS_BASE = "mg"
 VOLUME_BASE = "mL"

@@ -282,8 +282,8 @@ class Evaluation:
     faster: str | None = None
     #: Why the order's infusion runs longer than the range's (:func:`_longer_than_protocol`), or None.
     longer: str | None = None
-    #: What of the order this range gives nothing to check against (:data:`REPEAT_UNCHECKED`): a verdict
-    #: of ``within_range`` with entries here is not a full pass.
+    #: What of the order this range gives nothing to check against, or could not check (:data:`REPEAT_UNCHECKED`,
+    #: :data:`MAXIMUM_UNCHECKED`): a verdict of ``within_range`` with entries here is not a full pass.
     unchecked: list[str] = field(default_factory=list)
 
     @property
@@ -723,11 +723,11 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     regimen = _regimen(order.frequency, dose_range, range_unit, in_range_unit, high, duration_s)
     if regimen is not None and regimen.exceeded:
         label = dose_range["frequency"].get("text") or frequency_label(dose_range["frequency"])
-        most = f"{fmt(high)} {range_unit.code}"
+        most = f"{dose_range['frequency']['count']} {TIMES} {fmt(high)} {range_unit.code}"
         if range_unit.is_rate:
-            most += f" for {dose_range['duration']}"
+            most = f"{fmt(high)} {range_unit.code} for {dose_range['duration']}"
         messages.append(f"Regimen exceeded: {regimen.calculation}, the most the protocol's {label} gives "
-                        f"({dose_range['frequency']['count']} {TIMES} {most}).")
+                        f"({most}).")
         verdict = _at_least(verdict, Verdict.EXCEEDS_MAX_PER_PERIOD)
     faster = _faster_than_protocol(order, dose_range, range_unit, in_range_unit, high)
     if faster is not None:
@@ -740,6 +740,8 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
             and dose_range.get("phase") != "single":  # a single dose repeated is more_frequent_than_protocol
         unchecked.append(REPEAT_UNCHECKED)
         messages.append(f"Not checked: {REPEAT_UNCHECKED}.")
+    if dose_range.get("max_per_period") and (per_period is None or per_period.maximum is None):
+        unchecked.append(MAXIMUM_UNCHECKED)  # the messages say why (a review: REST showed a full pass)
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
@@ -753,6 +755,10 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
 #: checked" first). The verdict stays about the dose; this says what it does not cover.
 REPEAT_UNCHECKED = ("the order repeats its dose, and this range gives no frequency or maximum per period to "
                     "check the repetition against")
+#: A range's maximum per period that could not be applied to the order (a rate with no duration to turn
+#: into an amount, a stored maximum that is itself a rate): CDS Hooks said "partly checked", while the REST
+#: answer's ``unchecked`` was empty (a review).
+MAXIMUM_UNCHECKED = "the protocol's maximum per period could not be applied to this order (the messages say why)"
 
 
 def _longer_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range_unit: DoseUnit,
@@ -775,7 +781,7 @@ def _longer_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range
     if given <= most:
         return None  # a slower infusion for longer: no more in all than the range gives
     return (f"Given for longer than the protocol: {fmt(rate, high)} {range_unit.code} for "
-            f"{order.duration_text or fmt(given_s) + ' s'} is {fmt(given, most)} {unit} in one administration; "
+            f"{order.duration_text or time_text(given_s)} is {fmt(given, most)} {unit} in one administration; "
             f"the protocol's range runs for {dose_range['duration']}, at most {fmt(most)} {unit}.")
 
 
@@ -847,31 +853,63 @@ def _regimen(frequency: Frequency | None, dose_range: Mapping[str, Any], range_u
     range's maximum per period was per day (found by a clinical QA probe). Returned whether or not it
     is exceeded, so an integration reads the breach behind an ``exceeds_max_per_period`` verdict from
     data, not only from the messages, beside a ``per_period`` that a daily maximum may still respect.
-    None without both frequencies. A range of rates gives an amount per administration only with its
-    own ``duration`` (0.35 mg/kg/h for 4 h daily is at most 1.4 mg/kg a day), and the order's
-    administration runs for ``duration_s`` (the order's own, else the range's): 0.35 mg/kg/h for 5.5 h
-    daily read "within_range" (adversarial probe). Without a range duration, None (the per-period
-    maximum covers those)."""
+    For amounts, None without both frequencies.
+
+    A range of rates gives an amount only with its own ``duration`` (0.35 mg/kg/h for 4 h daily is at
+    most 1.4 mg/kg in any day): the order's administrations run for ``duration_s`` (its own, else the
+    range's), and a period holds only what runs in it, as :func:`_per_period` counts it (an infusion of
+    48 h every 2 days puts 24 h in a day, not 48: a review). An order without a frequency is one
+    administration: 0.2 mg/kg/h for 10 h read "below_min" once and critical once a day (a review), and
+    0.35 mg/kg/h for 5.5 h daily read "within_range" (adversarial probe). Without a range duration,
+    None (the per-period maximum covers those)."""
     protocol = dose_range.get("frequency")
-    if frequency is None or not protocol:
+    if not protocol:
         return None
     wanted = Frequency(int(protocol["count"]), str(protocol["period"]))
-    doses = frequency.doses_in(wanted.period_seconds)
-    unit, each, most = range_unit.code, per_dose, high
-    shown = f"{fmt(per_dose, high)} {range_unit.code}"
     if range_unit.is_rate:
-        protocol_s = _duration_seconds(dose_range)
-        if protocol_s is None or duration_s is None:
-            return None
-        assert range_unit.time_seconds is not None
-        unit = range_unit.per_administration_code
-        each, most = per_dose * duration_s / range_unit.time_seconds, high * protocol_s / range_unit.time_seconds
-        shown += f" for {fmt(duration_s / 3600)} h = {fmt(each, most)} {unit}"
-    maximum = Amount(most * wanted.count, unit)
-    projected = Amount(each * doses, unit)
-    calculation = (f"{shown} {TIMES} {doses} dose{'s' if doses != 1 else ''} = "
+        return _rate_regimen(frequency, dose_range, range_unit, per_dose, high, duration_s, wanted)
+    if frequency is None:
+        return None
+    doses = frequency.doses_in(wanted.period_seconds)
+    maximum = Amount(high * wanted.count, range_unit.code)
+    projected = Amount(per_dose * doses, range_unit.code)
+    calculation = (f"{fmt(per_dose, high)} {range_unit.code} {TIMES} {doses} dose{'s' if doses != 1 else ''} = "
                    f"{projected.text(maximum.value)} per {wanted.period}")
     return _per_period_result(wanted.period, doses, projected, maximum, calculation)
+
+
+def _rate_regimen(frequency: Frequency | None, dose_range: Mapping[str, Any], range_unit: DoseUnit, rate: Fraction,
+                  high: Fraction, duration_s: Fraction | None, wanted: Frequency) -> PerPeriod | None:
+    """:func:`_regimen` for a range of rates: the most infusion time any period of the regimen holds,
+    for the order and for the protocol, times the order's rate and the range's maximum."""
+    protocol_s = _duration_seconds(dose_range)
+    if protocol_s is None or duration_s is None:
+        return None
+    assert range_unit.time_seconds is not None
+    window = wanted.period_seconds
+    if frequency is not None and frequency.named_days:
+        running, touched = frequency.most_running(duration_s, window)
+    else:
+        interval = None if frequency is None else frequency.period_seconds / frequency.count
+        running, touched = most_running_in_window(duration_s, interval, window)
+    most, _ = most_running_in_window(protocol_s, window / wanted.count, window)
+    unit = range_unit.per_administration_code
+    maximum = Amount(high * most / range_unit.time_seconds, unit)
+    projected = Amount(rate * running / range_unit.time_seconds, unit)
+    held = f" ({touched} administrations)" if touched > 1 else ""
+    calculation = (f"{fmt(rate, high)} {range_unit.code} running {time_text(running)} in any {wanted.period}{held} "
+                   f"= {projected.text(maximum.value)} per {wanted.period}")
+    return _per_period_result(wanted.period, touched, projected, maximum, calculation)
+
+
+def time_text(seconds: Fraction) -> str:
+    """A length of time for people, exact: ``4 h``, ``245 min``, ``2 d``, ``90 s`` (not ``≈4.08333333333 h``)."""
+    if seconds % 86400 == 0 and seconds >= 2 * 86400:
+        return f"{fmt(seconds / 86400)} d"
+    for size, name in ((3600, "h"), (60, "min")):
+        if seconds % size == 0:
+            return f"{fmt(seconds / size)} {name}"
+    return f"{fmt(seconds)} s"
 
 
 def frequency_label(protocol: Mapping[str, Any]) -> str:

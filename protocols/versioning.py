@@ -796,9 +796,9 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
     false, and a write whose condition is false is a 412 (RFC 9110 13.2.2, step 3): it was ignored, and
     a client guarding "not over this version" had its write made (found by a contract probe)."""
     if not if_match:
-        raise PreconditionRequired(
-            "this write requires an If-Match header with the ETag of the newest version",
-            current_version=newest.version, current_etag=newest.etag)
+        message = "this write requires an If-Match header with the ETag of the newest version"
+        raise PreconditionRequired(message, current_version=newest.version, current_etag=newest.etag,
+                                   errors={"If-Match": [message]})
     if "*" in if_match:
         # Still a 428 (a write must name the version it was made from; "any version" protects nothing),
         # with the header named as at fault (found by an adversarial probe: the body said nothing of it).

@@ -1328,8 +1328,9 @@ def test_a_timing_whose_count_is_one_is_one_administration(client):
 def test_an_infusion_run_longer_than_the_protocol_runs_it_is_never_a_green_card(client):
     """Found by an adversarial probe of the REST check: a range of rates with a duration (0.35 mg/kg/h for
     4 h daily, no maximum per period) judged 5.5 h of it on the rate alone. Once a day it is more than
-    the regimen gives (critical); without timing it is one administration, longer than the protocol's
-    (a warning that says so); for 4 h it stays a plain pass."""
+    the regimen gives (critical); without timing it is one administration, and that one gives more in
+    a day than the regimen does (critical too: a review found the verdict hung on the optional
+    frequency); for 4 h it stays a plain pass."""
     ketamine_protocol(client, dosing_ranges=[{
         "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H",
         "frequency": {"count": 1, "period": "P1D"}}])
@@ -1340,7 +1341,52 @@ def test_an_infusion_run_longer_than_the_protocol_runs_it_is_never_a_green_card(
     once = medication_request("crps-5.5h", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
     once["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 5.5, "durationUnit": "h"}}
     result = cards(client, hook_request([four, daily, once], weight=weight_bundle(60)))
-    assert [c["indicator"] for c in result] == ["info", "critical", "warning"], [c["summary"] for c in result]
-    assert "Regimen exceeded" in result[1]["detail"]
-    assert "given for longer than the protocol" in result[2]["summary"]
+    assert [c["indicator"] for c in result] == ["info", "critical", "critical"], [c["summary"] for c in result]
+    assert "Regimen exceeded" in result[1]["detail"] and "Regimen exceeded" in result[2]["detail"]
     assert "Given for longer than the protocol: 0.35 mg/kg/h for" in result[2]["detail"]
+
+
+def test_an_infusion_run_longer_than_a_range_without_a_schedule_is_a_warning_that_says_so(client):
+    """A range of rates with a duration and no frequency has no regimen to compare amounts with: the
+    longer administration is named, and the card is never "info"."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H"}])
+    once = medication_request("crps-5.5h", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    once["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 5.5, "durationUnit": "h"}}
+    (card,) = cards(client, hook_request([once], weight=weight_bundle(60)))
+    assert card["indicator"] == "warning" and "given for longer than the protocol" in card["summary"], card["summary"]
+    assert "Given for longer than the protocol: 0.35 mg/kg/h for" in card["detail"]
+
+
+def test_a_pump_rate_in_lower_case_millilitres_is_read(client):
+    """Found in review: UCUM's lower-case litre (``ml/h``, a strength per ``ml``) was refused once ordered
+    units were held to the units doses are written in, and 10 ml/h of 10 mg/mL (100 mg/h, 3.6 times the
+    maximum at 80 kg) turned from a critical card into "dose not checked"."""
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.25, "dose_max": 0.35,
+                                              "unit": "mg/kg/h"}])
+    orders = []
+    for index, (rate_unit, per) in enumerate([("ml/h", "mL"), ("mL/h", "ml"), ("ml/h", "ml")]):
+        order = medication_request(f"ml-{index}", KETAMINE, IV, rate=(10, rate_unit))
+        del order["medicationCodeableConcept"]
+        order["contained"] = [{"resourceType": "Medication", "id": "m", "code": {"coding": KETAMINE},
+                               "ingredient": [{"itemCodeableConcept": {"text": "ketamine"}, "strength": {
+                                   "numerator": {"value": 10, "unit": "mg", "system": UCUM, "code": "mg"},
+                                   "denominator": {"value": 1, "unit": per, "system": UCUM, "code": per}}}]}]
+        order["medicationReference"] = {"reference": "#m"}
+        MedicationRequest.model_validate(order)
+        orders.append(order)
+    result = cards(client, hook_request(orders, weight=weight_bundle(80)))
+    assert [(c["indicator"], c["summary"].split(":")[0]) for c in result] == [
+        ("critical", "above protocol maximum")] * 3, [c["summary"] for c in result]
+
+
+def test_a_line_two_evaluations_share_is_shown_once_per_range(client):
+    """Found in review: a dose range (two ends) or a dose with its rate is two evaluations of one range,
+    and "Not checked: the order repeats its dose" (now one of each evaluation's messages) was shown twice."""
+    ketamine_protocol(client)  # 1-4.5 mg/kg, no frequency
+    ranged = medication_request("range-q5min", KETAMINE, IV, dose_range=(140, 210, "mg"), frequency=(1, 5, "min"))
+    with_rate = medication_request("rate-q5min", KETAMINE, IV, dose=(140, "mg"), rate=(30, "mg/min"),
+                                   frequency=(1, 5, "min"))
+    for card in cards(client, hook_request([ranged, with_rate], weight=weight_bundle(70))):
+        assert card["detail"].count("Not checked: the order repeats its dose") == 1, card["detail"]
+        assert card["indicator"] == "warning" and "partly checked" in card["summary"], card["summary"]

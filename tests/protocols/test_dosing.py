@@ -533,6 +533,19 @@ def test_units_doses_are_written_in_are_read_in_an_order(code):
     assert dose_units.parse_ordered_unit(code) == parse_dose_unit(code)
 
 
+def test_the_lower_case_litre_is_read_as_the_litre():
+    """Found in review: UCUM has ``l`` beside ``L``; ``ml/h`` and ``mg/ml`` (as many EHRs send them) were
+    refused by the stricter order units, and a critical card for 10 ml/h of 10 mg/mL became "dose not
+    checked". They are aliases, as ``mcg`` is."""
+    assert dose_units.parse_ordered_unit("ml/h") == parse_dose_unit("mL/h")
+    assert dose_units.parse_ordered_unit("l") == parse_dose_unit("L")
+    assert parse_concentration(Decimal(10), "mg/ml").mg_per_ml == 10
+    assert parse_concentration(Decimal(1), "g/l").mg_per_ml == 1
+    crps = content({"dose_min": Decimal("0.25"), "dose_max": Decimal("0.35"), "unit": "mg/kg/h", "phase": "infusion"})
+    pump = order("10", "ml/h", weight_kg=Decimal(80), concentration=parse_concentration(Decimal(10), "mg/ml"))
+    assert dosing.check(crps, pump).verdict is Verdict.ABOVE_MAX  # 100 mg/h against at most 28
+
+
 @pytest.mark.parametrize(("code", "reason"), [
     ("mg.[pi]/mL", "'mg.[pi]' is not a mass"), ("mg/mL.%", "'mL.%' is not a volume"),
     ("mg{x}/mL", "annotations in braces"), ("mg/mL{x}", "annotations in braces"),
@@ -590,11 +603,32 @@ def test_an_infusion_run_longer_than_its_range_is_named_and_its_regimen_compared
     as_amount = dosing.check(weekly, order("5880", "mg", weight_kg=w, frequency=Frequency(1, "P1W"),
                                            duration_s=Fraction(7 * 86400), duration_text="P1W"))
     assert as_amount.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD
-    # Without a frequency there is no regimen to compare; the longer administration is still named.
+    # Without a frequency the order is one administration: 2.75 mg/kg in a week against at most 0.5 (a
+    # review: 0.2 mg/kg/h for 10 h read below_min once and critical once a day).
     alone = dosing.check(weekly, order("0.5", "mg/kg/h", weight_kg=w, duration_s=Fraction(5 * 3600 + 1800),
                                        duration_text="PT5H30M"))
-    assert alone.verdict is Verdict.WITHIN_RANGE and alone.evaluation is not None
+    assert alone.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD and alone.evaluation is not None
+    assert alone.evaluation.regimen is not None and alone.evaluation.regimen.projected.value == Fraction(11, 4)
     assert alone.evaluation.longer is not None and alone.evaluation.longer in alone.messages
+    below = dosing.check(weekly, order("0.2", "mg/kg/h", weight_kg=w, duration_s=Fraction(10 * 3600)))
+    assert below.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD  # 2 mg/kg: below the rate, above the amount
+    # A range of rates with a duration and no frequency: no regimen; the longer administration is named.
+    unscheduled = content({"dose_min": Decimal("0.25"), "dose_max": Decimal("0.5"), "unit": "mg/kg/h",
+                           "duration": "PT1H", "phase": "infusion"})
+    named = dosing.check(unscheduled, order("0.5", "mg/kg/h", weight_kg=w, duration_s=Fraction(7200)))
+    assert named.verdict is Verdict.WITHIN_RANGE and named.evaluation is not None
+    assert named.evaluation.regimen is None and named.evaluation.longer is not None
+    # An infusion longer than the regimen's period counts what runs in each period: 0.05 mg/kg/h for 48 h
+    # every 2 days puts 1.2 mg/kg in any day, within the 0.5 mg/kg/h for 4 h daily's 2 mg/kg (a review:
+    # the whole 2.4 mg/kg was put in one day, a false critical).
+    daily = content({"dose_min": Decimal("0.05"), "dose_max": Decimal("0.5"), "unit": "mg/kg/h", "duration": "PT4H",
+                     "frequency": {"count": 1, "period": "P1D"}, "phase": "infusion"})
+    spread = dosing.check(daily, order("0.05", "mg/kg/h", weight_kg=w, frequency=Frequency(1, "P2D"),
+                                       duration_s=Fraction(48 * 3600)))
+    assert spread.evaluation is not None and spread.evaluation.regimen is not None
+    assert (spread.evaluation.regimen.projected.value, spread.evaluation.regimen.maximum) == (
+        Fraction(6, 5), Amount(Fraction(2), "mg/kg"))
+    assert spread.verdict is Verdict.WITHIN_RANGE and "running 24 h in any P1D" in spread.evaluation.regimen.calculation
     # At the range's duration, or slower for longer without giving more in all: nothing to name.
     for rate, hours in (("0.5", 1), ("0.25", 2)):
         same = dosing.check(weekly, order(rate, "mg/kg/h", weight_kg=w, frequency=Frequency(1, "P1W"),
@@ -612,3 +646,22 @@ def test_an_infusion_run_longer_than_its_range_is_named_and_its_regimen_compared
                                                duration_s=Fraction(3600)))
     assert unbounded.evaluation is not None and unbounded.evaluation.regimen is None
     assert unbounded.evaluation.longer is None
+
+
+def test_a_maximum_per_period_that_could_not_be_applied_is_listed_as_unchecked():
+    """Found in review: a rate range without a duration, with a maximum per period, and an order with a
+    frequency but no duration: the maximum cannot be applied (no amount per administration), the CDS Hooks
+    card said "partly checked", and the REST answer was within_range with nothing in ``unchecked``."""
+    capped = content({"dose_min": Decimal("0.25"), "dose_max": Decimal("0.35"), "unit": "mg/kg/h", "phase": "infusion",
+                      "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}})
+    result = dosing.check(capped, order("0.35", "mg/kg/h", weight_kg=Decimal(80), frequency=Frequency(1, "P1D")))
+    assert result.verdict is Verdict.WITHIN_RANGE and result.evaluation is not None
+    assert result.evaluation.unchecked == [dosing.MAXIMUM_UNCHECKED]
+    applied = dosing.check(capped, order("0.35", "mg/kg/h", weight_kg=Decimal(80), frequency=Frequency(1, "P1D"),
+                                         duration_s=Fraction(3600)))
+    assert applied.evaluation is not None and applied.evaluation.unchecked == []
+
+
+def test_time_text_is_exact_and_readable():
+    assert [dosing.time_text(Fraction(s)) for s in (420, 14700, 86400, 172800, 90, Fraction(1, 2))] == [
+        "7 min", "245 min", "24 h", "2 d", "90 s", "0.5 s"]
