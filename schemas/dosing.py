@@ -232,10 +232,11 @@ class EvaluationSchema(Schema):
     regimen = fields.Nested(PerPeriodSchema, allow_none=True, metadata={
         "description": "The order's amount in the period of the range's own frequency, against the most that "
                        "regimen gives (dose_max times its count: 56-84 mg twice weekly gives at most 168 mg per "
-                       "P1W; a range of rates with a duration gives dose_max times that duration per "
-                       "administration: 0.35 mg/kg/h for PT4H daily gives at most 1.4 mg/kg per P1D); exceeded "
-                       "makes the verdict exceeds_max_per_period. Null without both frequencies, and for rates "
-                       "whose range states no duration"})
+                       "P1W; a range of rates with a duration gives dose_max for the infusion time a period "
+                       "holds: 0.35 mg/kg/h for PT4H daily gives at most 1.4 mg/kg per P1D, and an order of rates "
+                       "without a frequency is one administration); exceeded makes the verdict "
+                       "exceeds_max_per_period. Null without the range's frequency, for amounts without the "
+                       "order's, and for rates whose range states no duration"})
     faster_than_protocol = fields.String(allow_none=True, metadata={
         "description": "Why the dose is given faster than the range allows (the order's own duration is shorter "
                        "than the range's and its rate is more than 10 % above dose_max per that duration), or "
