@@ -33,7 +33,7 @@ from werkzeug.exceptions import HTTPException
 from api.auth import requires_scope
 from api.errors import PATH_ERROR_RENDERERS, ApiError, is_database_unavailable
 from api.extensions import get_db
-from api.http import CACHE_IMMUTABLE, CACHE_REVALIDATE, add_vary, not_modified
+from api.http import CACHE_IMMUTABLE, CACHE_REVALIDATE, add_vary, not_modified, request_root_url
 from api.parsing import Blueprint
 from protocols import errors as domain
 from protocols import fhir, fhir_query, versioning
@@ -108,7 +108,7 @@ class UnsupportedParameters(Exception):
 def base_url() -> str:
     """The FHIR base of this service: configured (``PROTOCOLS_FHIR_BASE_URL``) or from the request."""
     configured = current_app.config.get("PROTOCOLS_FHIR_BASE_URL")
-    return str(configured).rstrip("/") if configured else request.url_root.rstrip("/") + "/fhir/R4"
+    return str(configured).rstrip("/") if configured else request_root_url().rstrip("/") + "/fhir/R4"
 
 
 def fhir_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None,

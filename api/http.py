@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Response, request
+from werkzeug.urls import iri_to_uri
 
 from api.errors import ApiError
 from protocols import paging
@@ -171,10 +172,24 @@ def decode_cursor_with(kind: str, token: str, param: str = "cursor", extra: tupl
                        errors={param: ["not a cursor issued by this endpoint"]}) from exc
 
 
+def request_base_url() -> str:
+    """The request's URL without its query, as a URI (ASCII): Werkzeug's ``base_url`` is an IRI, whose
+    host ``Host: xn--e1a.com`` decodes to ``е.com`` (Cyrillic). Put in a ``Link`` or ``Content-Location``
+    header, it is no Latin-1, and gunicorn answered every paged list with its own 500 (found by an
+    adversarial probe)."""
+    return str(iri_to_uri(request.base_url))
+
+
+def request_root_url() -> str:
+    """The application's root URL as a URI (see :func:`request_base_url`)."""
+    return str(iri_to_uri(request.url_root))
+
+
 def page_url(params: Mapping[str, Any], **changes: Any) -> str:
     merged = {k: v for k, v in {**params, **changes}.items() if v is not None}
     query = urlencode(merged, doseq=True)
-    return f"{request.base_url}?{query}" if query else request.base_url
+    base = request_base_url()
+    return f"{base}?{query}" if query else base
 
 
 def link_header(links: Iterable[tuple[str, str | None]]) -> str | None:

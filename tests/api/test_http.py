@@ -110,3 +110,22 @@ def test_a_list_names_at_most_max_entity_tags():
         parse_etag_list(too_many, "If-None-Match")
     assert refused.value.status == 400 and list(refused.value.errors) == ["If-None-Match"]
     assert _PUBLISHED.fullmatch(too_many) is None
+
+
+def test_links_from_an_idna_host_are_ascii_uris(client):
+    """Found by an adversarial probe: ``Host: xn--e1a.com`` made Werkzeug's IRI base URL ``http://е.com``
+    (Cyrillic), which is no Latin-1: gunicorn answered every response with a ``Link`` (the change feed,
+    paged lists) or a FHIR ``Content-Location`` with its own 500. Links keep the host in its ASCII form."""
+    from tests.factories import protocol_payload
+
+    for _ in range(2):
+        assert client.post("/v1/protocols", json=protocol_payload()).status_code == 201
+    host = {"Host": "xn--e1a.com"}
+    responses = [client.get("/v1/changes", headers=host), client.get("/v1/protocols?page_size=1", headers=host)]
+    protocol_id = client.get("/v1/protocols?page_size=1").get_json()["items"][0]["id"]
+    responses.append(client.get(f"/fhir/R4/MedicationKnowledge/{protocol_id}", headers=host))
+    for response in responses:
+        assert response.status_code == 200, response.get_json()
+        header = response.headers.get("Link") or response.headers["Content-Location"]
+        header.encode("latin-1")  # what gunicorn requires of every header
+        assert "//xn--e1a.com/" in header, header
