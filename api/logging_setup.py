@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -57,6 +58,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+#: A text field value written as it is: visible ASCII without quotes, backslashes or ``=``.
+_PLAIN_VALUE = re.compile(r'[!#-<>-\[\]-~]+')
+
+
+def _text_value(value: Any) -> str:
+    """A field value for a text line: as it is when plain, else as a JSON string (quoted, with line
+    breaks, quotes and non-ASCII escaped), so a path holding ``%0A`` cannot start a line of its own."""
+    text = "-" if value is None else str(value)
+    return text if _PLAIN_VALUE.fullmatch(text) else json.dumps(text)
+
+
+class TextFormatter(logging.Formatter):
+    """``PROTOCOLS_LOG_JSON=false``: the same facts as the JSON lines, as ``name=value`` pairs after the
+    message. The plain format printed only the message, so every request line read ``INFO api.access
+    request``, without its id, method, path, status, duration, actor or address (an adversarial probe)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = [f"{name}={_text_value(record.__dict__[name])}" for name in EXTRA_FIELDS if name in record.__dict__]
+        return " ".join([line, *fields])
+
+
 class StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is *now* (test runners and servers swap it)."""
 
@@ -71,8 +97,7 @@ def configure_logging(json_lines: bool = True) -> None:
     if any(getattr(h, _HANDLER_MARK, False) for h in logger.handlers):
         return
     handler = StderrHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:

@@ -18,3 +18,20 @@ def test_timestamp_matches_strftime(created: float) -> None:
 def test_timestamp_carries_rounding_into_the_next_second() -> None:
     created = 1_700_000_000.9999996
     assert _timestamp(created) == datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_text_lines_carry_the_same_fields_and_stay_one_line() -> None:
+    """Found by an adversarial probe: with ``PROTOCOLS_LOG_JSON=false`` every request line read ``INFO
+    api.access request``; the fields passed in ``extra`` were never shown. A value that is not plain (a
+    path decoded from ``%0A``, a quote) is written as a JSON string, so it cannot start a line."""
+    import logging
+
+    from api.logging_setup import TextFormatter
+
+    record = logging.LogRecord("api.access", logging.INFO, __file__, 0, "request", (), None)
+    record.__dict__.update(request_id="r-1", method="GET", path='/v1/a\nb "c"', status=200, duration_ms=1.5,
+                           actor=None, remote_addr="127.0.0.1")
+    line = TextFormatter().format(record)
+    assert "\n" not in line
+    assert line.endswith('INFO api.access request request_id=r-1 method=GET path="/v1/a\\nb \\"c\\"" status=200 '
+                         "duration_ms=1.5 actor=- remote_addr=127.0.0.1"), line
