@@ -174,7 +174,7 @@ def decode_cursor_with(kind: str, token: str, param: str = "cursor", extra: tupl
 
 def request_base_url() -> str:
     """The request's URL without its query, as a URI (ASCII): Werkzeug's ``base_url`` is an IRI, whose
-    host ``Host: xn--e1a.com`` decodes to ``е.com`` (Cyrillic). Put in a ``Link`` or ``Content-Location``
+    host ``Host: xn--e1a.com`` decodes to ``\u0435.com`` (a Cyrillic e). Put in a ``Link`` or ``Content-Location``
     header, it is no Latin-1, and gunicorn answered every paged list with its own 500 (found by an
     adversarial probe)."""
     return str(iri_to_uri(request.base_url))

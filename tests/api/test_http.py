@@ -113,7 +113,7 @@ def test_a_list_names_at_most_max_entity_tags():
 
 
 def test_links_from_an_idna_host_are_ascii_uris(client):
-    """Found by an adversarial probe: ``Host: xn--e1a.com`` made Werkzeug's IRI base URL ``http://е.com``
+    """Found by an adversarial probe: ``Host: xn--e1a.com`` made Werkzeug's IRI base URL ``http://\u0435.com``
     (Cyrillic), which is no Latin-1: gunicorn answered every response with a ``Link`` (the change feed,
     paged lists) or a FHIR ``Content-Location`` with its own 500. Links keep the host in its ASCII form."""
     from tests.factories import protocol_payload
