@@ -46,6 +46,13 @@ class ErrorSchema(Schema):
         "description": "On 409 from a retirement: the active version that would undo it"})
     scheduled_effective_from = fields.String(allow_none=True, metadata={
         "description": "On 409 from a retirement: when that version takes effect"})
+    reason = fields.String(allow_none=True, metadata={
+        "description": "On 401/403 from authentication: why, for a machine",
+        "enum": ["missing_credentials", "malformed_authorization", "invalid_key", "insufficient_scope"]})
+    required_scope = fields.String(allow_none=True, metadata={
+        "description": "On 403 insufficient_scope: the scope the operation needs"})
+    protocol_version = fields.Integer(allow_none=True, metadata={
+        "description": "On 410 from a dose check: the version that retired the protocol"})
     first = fields.String(allow_none=True, metadata={
         "description": "On 409 from a cursor that cannot continue (a ranked search whose results changed, a "
                        "changes-feed position this feed never issued): the URL to start again from"})

@@ -428,3 +428,18 @@ def test_cli_database_failures_end_in_one_line(tmp_path):
             assert result.exit_code == 1, (url, args, result.output)
             assert "flask protocols migrate" in result.output and "Traceback" not in result.output, result.output
         app.extensions["protocols_db"].dispose()
+
+
+def test_the_reasons_and_the_scope_of_a_refusal_are_in_the_contract(anon_client, make_key):
+    """Found by an adversarial probe: 401/403 bodies carry ``reason`` (and ``required_scope``), which the
+    README promises to machines, but the published Error schema named neither."""
+    schema = anon_client.get("/openapi.json").get_json()["components"]["schemas"]["Error"]["properties"]
+    reasons = set(schema["reason"]["enum"])
+    seen = {anon_client.get("/v1/changes").get_json()["reason"],
+            anon_client.get("/v1/changes", headers={"Authorization": "Basic x"}).get_json()["reason"],
+            anon_client.get("/v1/changes", headers={"Authorization": "Bearer tpk_unknown"}).get_json()["reason"]}
+    write_only = make_key(["protocols:write"])
+    refused = anon_client.get("/v1/changes", headers={"Authorization": f"Bearer {write_only}"}).get_json()
+    seen.add(refused["reason"])
+    assert seen == reasons and refused["required_scope"] == "protocols:read"
+    assert "required_scope" in schema
