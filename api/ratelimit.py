@@ -39,8 +39,10 @@ class Limit:
 
 
 def parse_limit(text: str) -> Limit | None:
-    """``"600/minute"`` -> ``Limit(600, 60)``; ``"off"``/empty -> None (no limit)."""
-    if not text or text.strip().lower() in ("off", "none", "0"):
+    """``"600/minute"`` -> ``Limit(600, 60)``; ``"off"``/empty -> None (no limit). ``0`` and ``none`` are
+    refused, not read as "off": set to ``0``, a limit reads as "no requests" as easily as "no limit", and
+    it silently turned limiting off (an adversarial probe)."""
+    if not text or text.strip().lower() == "off":
         return None
     match = _LIMIT.match(text)
     if not match or int(match.group(1)) < 1:

@@ -289,7 +289,7 @@ def test_parse_limit():
     assert parse_limit("600/minute") == Limit(600, 60)
     assert parse_limit("5 / Seconds") == Limit(5, 1)
     assert parse_limit("off") is None
-    for bad in ("fast", "0/minute", "10/fortnight"):
+    for bad in ("fast", "0/minute", "10/fortnight", "0", "none"):
         with pytest.raises(ValueError):
             parse_limit(bad)
 
