@@ -138,12 +138,17 @@ def changed_in_effect_since(db: Database, position: int, at: datetime, *, drafts
     first page" is exactly ``seq > position``, read through the primary key."""
     with db.read() as session:
         # Drafts are never in effect: a back-dated draft refused walks it could not disturb. A walk of
-        # drafts (``drafts``) reads them by recording time, which a draft's effective_from is, so one
-        # recorded by a later as_of can move it (found by a probe of the fix).
-        statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position,
-                                                      ProtocolVersion.effective_from <= at)
-        if not drafts:
-            statement = statement.where(ProtocolVersion.status != "draft")
+        # drafts (``drafts``) reads each protocol's newest version *recorded* by its as_of
+        # (:func:`_newest_version`), so any version recorded by then can move it, whatever its status
+        # and effective_from: a draft dated after the walk's as_of went unnoticed, and the walk listed a
+        # protocol twice or skipped one (an adversarial probe; the check compared effective_from).
+        if drafts:
+            statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position,
+                                                          ProtocolVersion.recorded_at <= at)
+        else:
+            statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position,
+                                                          ProtocolVersion.effective_from <= at,
+                                                          ProtocolVersion.status != "draft")
         hit = session.execute(statement.limit(1)).first()
     return hit is not None
 

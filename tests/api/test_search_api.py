@@ -298,6 +298,14 @@ def test_a_ranked_walk_is_refused_only_when_what_it_reads_can_have_changed(clien
     versioning.revise(db, pid, content_of(pid, title=f"{word} {word} {word} draft"),
                       if_match=[versioning.latest(db, pid).etag], status="draft")
     assert client.get(drafts.get_json()["next"]).status_code == 409
+    # ... whatever the new version's effective_from: a draft dated after the walk's as_of is still read
+    # by it (an adversarial probe: dated 2031, it was listed twice with no 409).
+    again = get(client, "/v1/protocols", q=word, page_size=1, status="draft", as_of="2030-01-01T00:00:00Z")
+    shown = again.get_json()["items"][0]["id"]
+    versioning.revise(db, shown, content_of(shown, title=f"draft {shown} without the word"),
+                      if_match=[versioning.latest(db, shown).etag], status="draft",
+                      effective_from=datetime(2031, 1, 1, tzinfo=UTC))
+    assert client.get(again.get_json()["next"]).status_code == 409
     own = "2030-01-01T00:00:00Z"
     mine = get(client, "/v1/protocols", q=word, page_size=1, as_of=own).get_json()
     versioning.revise(db, pid, content_of(pid, title=f"{word} now"), if_match=[versioning.latest(db, pid).etag])
