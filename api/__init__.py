@@ -147,6 +147,11 @@ _READ_IF_MATCH_PARAMETER = {
                    "comparison: a weak ETag, such as a list's, is matched only by *; under /fhir/R4, whose "
                    "ETags are all weak, the comparison is weak); otherwise 412. On a version read: \"only "
                    "if it is still this version\"."}
+#: How every GET documents If-None-Match (``api.http.not_modified``): honoured by every read, never refused.
+_READ_IF_NONE_MATCH_PARAMETER = {
+    "in": "header", "name": "If-None-Match", "required": False, "schema": {"type": "string"},
+    "description": "304 when one of these entity-tags matches the current ETag (weak comparison), or *. A "
+                   "malformed value matches nothing: the read is served as if it were absent."}
 _READ_IF_MATCH_FAILED = ("If-Match named no current entity-tag of the resource; current_etag is the one it has "
                          "(absent when it has none)")
 _READ_IF_MATCH_MALFORMED = "A malformed If-Match header is a 400 too, naming If-Match in errors."
@@ -171,7 +176,11 @@ def _document_common_responses(api: Api) -> None:
                 responses.setdefault("304", {"description": "Not modified: If-None-Match matched the ETag"})
                 responses.setdefault("412", errors.documented_error(_READ_IF_MATCH_FAILED))
                 # A copy each: a shared dict became YAML anchors and aliases in openapi.yaml.
-                operation.setdefault("parameters", []).append(copy.deepcopy(_READ_IF_MATCH_PARAMETER))
+                parameters = operation.setdefault("parameters", [])
+                parameters.append(copy.deepcopy(_READ_IF_MATCH_PARAMETER))
+                if not any(p.get("in") == "header" and p.get("name") == "If-None-Match" for p in parameters
+                           if isinstance(p, dict)):  # found by an adversarial probe: honoured, not documented
+                    parameters.append(copy.deepcopy(_READ_IF_NONE_MATCH_PARAMETER))
                 if path.startswith("/v1/health"):
                     responses.setdefault("400", errors.documented_error(_READ_IF_MATCH_MALFORMED))
             if "{protocol_id}" in path:

@@ -129,3 +129,12 @@ def test_links_from_an_idna_host_are_ascii_uris(client):
         header = response.headers.get("Link") or response.headers["Content-Location"]
         header.encode("latin-1")  # what gunicorn requires of every header
         assert "//xn--e1a.com/" in header, header
+
+
+def test_every_get_documents_if_none_match():
+    """Found by an adversarial probe: every GET honours If-None-Match (304) and none documented it."""
+    document = yaml.safe_load(OPENAPI.read_text())
+    gets = [operation for item in document["paths"].values() for method, operation in item.items() if method == "get"]
+    for operation in gets:
+        (parameter,) = [p for p in operation["parameters"] if p.get("in") == "header" and p["name"] == "If-None-Match"]
+        assert not parameter["required"] and "304" in operation["responses"]
