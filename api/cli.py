@@ -3,6 +3,7 @@ the changes feed a new id after a restore."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import io
 import os
@@ -23,6 +24,16 @@ from api.extensions import get_db
 from protocols import audit, catalog, changes, consistency, keys, migrate, record, transfer
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
+
+
+def cli_actor() -> str:
+    """``cli:<os user>``: who ran a command that changes or is refused something (key administration,
+    imports, a new changes feed id), as docs/operations.md names the CLI's actor. Imports and new feed
+    ids wrote plain ``cli``, which left out who ran them (an adversarial probe)."""
+    try:
+        return f"{keys.CLI_ACTOR}:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return keys.CLI_ACTOR
 
 
 class DatabaseCommands(AppGroup):
@@ -270,7 +281,7 @@ def import_command(path: Path, expected_sha256: str | None) -> None:
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256.strip().lower():
-            audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=keys.CLI_ACTOR,
+            audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=cli_actor(),
                          target=str(path), detail=f"sha256 {actual} is not the expected one")
             raise click.ClickException(f"{path} has SHA-256 {actual}, not {expected_sha256.strip()}: it is not "
                                        "the export that digest belongs to; nothing was imported")
@@ -279,10 +290,10 @@ def import_command(path: Path, expected_sha256: str | None) -> None:
     except transfer.ImportRejected as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
-        audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=keys.CLI_ACTOR, target=str(path),
+        audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=cli_actor(), target=str(path),
                      detail=f"{len(exc.errors)} problem(s); first: {exc.errors[0]}")
         raise click.ClickException(f"{len(exc.errors)} problem(s) in {path}; nothing was imported") from exc
-    audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.ALLOWED, actor=keys.CLI_ACTOR, target=str(path),
+    audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.ALLOWED, actor=cli_actor(), target=str(path),
                  detail=f"imported {result.versions} versions of {len(result.protocols)} protocols")
     click.echo(f"imported {result.versions} versions of {len(result.protocols)} protocols")
 
@@ -295,7 +306,7 @@ def new_feed_id_command() -> None:
     """Give the changes feed a new id, after restoring this database from a copy: clients' cursors are
     refused (409 with a link to the feed's beginning) instead of skipping versions."""
     value = changes.new_feed_id(get_db())
-    audit.record(get_db(), action=NEW_FEED_ACTION, outcome=audit.ALLOWED, actor=keys.CLI_ACTOR, target="changes",
+    audit.record(get_db(), action=NEW_FEED_ACTION, outcome=audit.ALLOWED, actor=cli_actor(), target="changes",
                  detail=f"new feed id {value}")
     click.echo(f"the changes feed's id is now {value}: cursors issued before are refused; clients read "
                "the feed again from the beginning")

@@ -7,27 +7,19 @@ change (a second revocation changes nothing and records nothing).
 
 from __future__ import annotations
 
-import getpass
 import json
 from datetime import datetime
 
 import click
 from flask import Flask
 
-from api.cli import DatabaseCommands
+from api.cli import DatabaseCommands, cli_actor
 from api.extensions import get_db
 from protocols import audit, keys
 from protocols.durations import parse_duration
 from protocols.timeutil import format_rfc3339, parse_rfc3339, utcnow
 
 keys_cli = DatabaseCommands("keys", help="Create, list and revoke API keys.")
-
-
-def _actor() -> str:
-    try:
-        return f"{keys.CLI_ACTOR}:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return keys.CLI_ACTOR
 
 
 def _checked_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
@@ -69,7 +61,7 @@ def create_command(name: str, scopes: tuple[str, ...], expires: str | None) -> N
         {"via": "cli", **keys.creation_facts(name, scopes, expires_at)}))
     try:
         info, plain = keys.create_key(get_db(), name, scopes, expires_at=expires_at,
-                                      ctx=audit.WriteContext(actor=_actor(), audit=event))
+                                      ctx=audit.WriteContext(actor=cli_actor(), audit=event))
     except keys.KeyNameTaken as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"created key {info.id} '{info.name}' scopes={','.join(info.scopes)} "
@@ -93,7 +85,7 @@ def revoke_command(key_id: str) -> None:
     """Revoke a key: every worker rejects it from the next request on."""
     try:
         info = keys.revoke_key(get_db(), key_id, ctx=audit.WriteContext(
-            actor=_actor(), audit=audit.Pending(audit.KEY_REVOKE, detail='{"via":"cli"}')))
+            actor=cli_actor(), audit=audit.Pending(audit.KEY_REVOKE, detail='{"via":"cli"}')))
     except keys.KeyNotFound as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"revoked key {info.id} '{info.name}' at {_when(info.revoked_at)}")

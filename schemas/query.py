@@ -78,8 +78,11 @@ class ProtocolListQuerySchema(PageQuerySchema, AsOfQuerySchema):
             return
         systems = [data["indication_system"]] if data.get("indication_system") else terminology.INDICATION_SYSTEMS
         if not any(terminology.is_well_formed_indication(system, code.upper()) for system in systems):
-            raise ValidationError({"indication": [
-                f"'{code}' is not a well-formed ICD-10-CM code (e.g. F33 or F33.2) or SNOMED CT concept id"]})
+            # Named for the system asked (an adversarial probe: a SNOMED CT search was told of ICD-10-CM).
+            kinds = {terminology.ICD10CM: "ICD-10-CM code (e.g. F33 or F33.2)",
+                     terminology.SNOMED: "SNOMED CT concept id (e.g. 370143000)"}
+            wanted = " or ".join(kinds.get(system, system) for system in systems)
+            raise ValidationError({"indication": [f"'{code}' is not a well-formed {wanted}"]})
 
 
 class WindowPageQuerySchema(PageQuerySchema):

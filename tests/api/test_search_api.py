@@ -392,3 +392,14 @@ def test_a_page_and_its_count_are_read_at_one_instant(client, monkeypatch):
         monkeypatch.setattr(search, "utcnow", lambda clock=clock: next(clock))
         body = client.get("/v1/protocols", query_string=args).get_json()
         assert body["count"] == len(body["items"]) == 1, (args, body["count"], body["items"])
+
+
+def test_a_malformed_indication_is_named_for_the_system_asked(client: FlaskClient) -> None:
+    """Found by an adversarial probe: ``indication=F33&indication_system=<SNOMED CT>`` was refused with a
+    message about ICD-10-CM codes."""
+    snomed = client.get("/v1/protocols", query_string={"indication": "F33", "indication_system": SNOMED})
+    assert snomed.status_code == 422
+    assert snomed.get_json()["errors"] == {"indication": ["'F33' is not a well-formed SNOMED CT concept id "
+                                                          "(e.g. 370143000)"]}
+    either = client.get("/v1/protocols", query_string={"indication": "F3"}).get_json()["errors"]["indication"][0]
+    assert "ICD-10-CM code" in either and "SNOMED CT concept id" in either

@@ -226,6 +226,11 @@ def test_import_is_audited(app, client, tmp_path, make_app, test_databases, back
     target = make_app(PROTOCOLS_DATABASE_URL=url)
     assert _import(target, tmp_path, lines).exit_code == 0
     assert outcomes(target) == [audit.ALLOWED]
+    # Who ran it, as key administration records it (an adversarial probe: imports wrote plain "cli").
+    (event,) = audit.query(target.extensions["protocols_db"], limit=5, action="protocols.import").items
+    from api.cli import cli_actor
+
+    assert event.actor == cli_actor()
 
 
 def test_import_checks_version_metadata(app, client, tmp_path, make_app, test_databases, backend):
