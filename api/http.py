@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -176,13 +176,22 @@ def request_base_url() -> str:
     """The request's URL without its query, as a URI (ASCII): Werkzeug's ``base_url`` is an IRI, whose
     host ``Host: xn--e1a.com`` decodes to ``\u0435.com`` (a Cyrillic e). Put in a ``Link`` or ``Content-Location``
     header, it is no Latin-1, and gunicorn answered every paged list with its own 500 (found by an
-    adversarial probe)."""
-    return str(iri_to_uri(request.base_url))
+    adversarial probe). A host that is no valid IDNA (``xn--zz.com``) made the decoding itself raise (a
+    500 too; found in review): the URL is then built from the host as sent."""
+    return _as_uri(lambda: request.base_url, request.root_path + request.path)
 
 
 def request_root_url() -> str:
     """The application's root URL as a URI (see :func:`request_base_url`)."""
-    return str(iri_to_uri(request.url_root))
+    return _as_uri(lambda: request.url_root, request.root_path + "/")
+
+
+def _as_uri(iri: Callable[[], str], path: str) -> str:
+    try:
+        return str(iri_to_uri(iri()))
+    except UnicodeError:
+        host = request.host if request.host.isascii() and request.host.isprintable() else ""
+        return str(iri_to_uri(f"{request.scheme}://{host}{path}"))
 
 
 def page_url(params: Mapping[str, Any], **changes: Any) -> str:
