@@ -78,9 +78,20 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        message = record.message
+        if not message.isprintable():  # a line break in a message would start a line of its own (a review)
+            record.message = json.dumps(message)
+        try:
+            line = super().formatMessage(record)
+        finally:
+            record.message = message
         fields = [f"{name}={_text_value(record.__dict__[name])}" for name in EXTRA_FIELDS if name in record.__dict__]
         return " ".join([line, *fields])
+
+    def formatException(self, ei: Any) -> str:
+        """A traceback's lines, each indented, so none of them reads as a line of its own (an exception
+        message with a line break could forge one; a review)."""
+        return "\n".join(f"    | {line}" for line in super().formatException(ei).splitlines())
 
 
 class StderrHandler(logging.StreamHandler):

@@ -423,7 +423,14 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     if period is None or period_unit is None:
         if repeat.frequency is not None or repeat.frequencyMax is not None:
             return None, [], ["the timing gives a frequency without a period"]
-        return _abbreviated_frequency(dosage)
+        frequency, notes, unchecked = _abbreviated_frequency(dosage)
+        most = max(int(repeat.count or 0), int(repeat.countMax or 0))
+        if frequency is None and most > 1:
+            # Three 4-hour infusions with no period were one administration, and a green card (4.2 mg/kg
+            # against at most 1.4 a day; found in review): how they fall in a period is not known.
+            unchecked = [*unchecked, f"the timing gives {most} administrations (repeat.count) with no period; "
+                                     "how many fall in a protocol's period was not checked"]
+        return frequency, notes, unchecked
     unit_seconds = PERIOD_UNIT_SECONDS.get(period_unit)
     length = _readable(period)
     total = (length or 0) * (unit_seconds or 0)

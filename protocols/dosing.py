@@ -904,7 +904,7 @@ def _rate_regimen(frequency: Frequency | None, dose_range: Mapping[str, Any], ra
 
 def time_text(seconds: Fraction) -> str:
     """A length of time for people, exact: ``4 h``, ``245 min``, ``2 d``, ``90 s`` (not ``≈4.08333333333 h``)."""
-    if seconds % 86400 == 0 and seconds >= 2 * 86400:
+    if seconds % 86400 == 0 and seconds > 3 * 86400:  # 48 h of overlapping infusion in a day, not "2 d"
         return f"{fmt(seconds / 86400)} d"
     for size, name in ((3600, "h"), (60, "min")):
         if seconds % size == 0:

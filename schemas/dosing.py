@@ -248,8 +248,10 @@ class EvaluationSchema(Schema):
                        "with it are never 'info'"})
     unchecked = fields.List(fields.String(), metadata={
         "description": "What of the order this range gives nothing to check against (an order that repeats its "
-                       "dose, judged against a range without frequency or max_per_period). A within_range "
-                       "verdict with entries here is not a full pass; CDS Hooks calls it 'partly checked'"})
+                       "dose, judged against a range without frequency or max_per_period), or could not check (a "
+                       "max_per_period that could not be applied to the order; the messages say why). A "
+                       "within_range verdict with entries here is not a full pass; CDS Hooks calls it 'partly "
+                       "checked'"})
     messages = fields.List(fields.String(), metadata={"description": "Clinician-readable explanation"})
 
 

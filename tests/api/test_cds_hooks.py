@@ -1390,3 +1390,20 @@ def test_a_line_two_evaluations_share_is_shown_once_per_range(client):
     for card in cards(client, hook_request([ranged, with_rate], weight=weight_bundle(70))):
         assert card["detail"].count("Not checked: the order repeats its dose") == 1, card["detail"]
         assert card["indicator"] == "warning" and "partly checked" in card["summary"], card["summary"]
+
+
+def test_a_count_of_administrations_without_a_period_is_partly_checked(client):
+    """Found in review: ``timing.repeat`` with ``count: 3`` and a 4-hour duration, no frequency or period,
+    was read as one administration: a green card for three infusions of 0.35 mg/kg/h for 4 h (4.2 mg/kg,
+    at most 1.4 a day if given within one). How they fall in a period is not known: "partly checked"."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H",
+        "frequency": {"count": 1, "period": "P1D"}}])
+    three = medication_request("count-3", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    three["dosageInstruction"][0]["timing"] = {"repeat": {"count": 3, "duration": 4, "durationUnit": "h"}}
+    one = medication_request("count-1", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    one["dosageInstruction"][0]["timing"] = {"repeat": {"count": 1, "duration": 4, "durationUnit": "h"}}
+    partly, plain = cards(client, hook_request([three, one], weight=weight_bundle(60)))
+    assert partly["indicator"] == "warning" and "partly checked" in partly["summary"], partly["summary"]
+    assert "the timing gives 3 administrations (repeat.count) with no period" in partly["detail"]
+    assert plain["indicator"] == "info", plain["summary"]

@@ -35,3 +35,23 @@ def test_text_lines_carry_the_same_fields_and_stay_one_line() -> None:
     assert "\n" not in line
     assert line.endswith('INFO api.access request request_id=r-1 method=GET path="/v1/a\\nb \\"c\\"" status=200 '
                          "duration_ms=1.5 actor=- remote_addr=127.0.0.1"), line
+
+
+def test_text_lines_escape_messages_and_indent_tracebacks() -> None:
+    """Found in review: a message or an exception with a line break could still write a line that reads
+    as a request line of its own."""
+    import logging
+    import sys
+
+    from api.logging_setup import TextFormatter
+
+    record = logging.LogRecord("api.errors", logging.ERROR, __file__, 0, "bad\n2026-01-01 INFO api.access request",
+                               (), None)
+    assert TextFormatter().format(record).count("\n") == 0
+    try:
+        raise ValueError("boom\n2026-01-01 00:00:00,000 INFO api.access request status=200")
+    except ValueError:
+        record = logging.LogRecord("api.errors", logging.ERROR, __file__, 0, "unhandled error", (), sys.exc_info())
+    first, *rest = TextFormatter().format(record).split("\n")
+    assert first.endswith("ERROR api.errors unhandled error") and rest
+    assert all(line.startswith("    | ") for line in rest), rest

@@ -663,5 +663,5 @@ def test_a_maximum_per_period_that_could_not_be_applied_is_listed_as_unchecked()
 
 
 def test_time_text_is_exact_and_readable():
-    assert [dosing.time_text(Fraction(s)) for s in (420, 14700, 86400, 172800, 90, Fraction(1, 2))] == [
-        "7 min", "245 min", "24 h", "2 d", "90 s", "0.5 s"]
+    assert [dosing.time_text(Fraction(s)) for s in (420, 14700, 86400, 172800, 604800, 90, Fraction(1, 2))] == [
+        "7 min", "245 min", "24 h", "48 h", "7 d", "90 s", "0.5 s"]
