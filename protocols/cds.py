@@ -25,7 +25,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -347,8 +347,12 @@ def _quantity(value: Any, path: str) -> Quantity | None:
 
 def _unit_of(quantity: Any) -> str | None:
     """A FHIR Quantity's unit as the service reads it: its UCUM ``code`` (a ``system`` of UCUM, or none),
-    else its human-readable ``unit``."""
-    return quantity.code if quantity.code and quantity.system in (terminology.UCUM, None) else quantity.unit
+    else its human-readable ``unit``. A code of another system is not read, and neither is the text beside
+    it: ``unit: mg`` with SNOMED CT's code for gram was read as 84 mg, a green card for 84 g (an
+    adversarial probe); such a quantity is "not checked"."""
+    if quantity.code and quantity.system not in (terminology.UCUM, None):
+        return None
+    return quantity.code if quantity.code else quantity.unit
 
 
 def _ratio_rate(ratio: Any, path: str) -> tuple[Quantity | None, str | None]:
@@ -449,7 +453,8 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         named_times = max(times, len(when - set(MEAL_EVENTS)) + (1 if when & set(MEAL_EVENTS) else 0), 1)
         count = (max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), days * named_times) if stated
                  else days * max(events, 1))
-    frequency = Frequency(count, _iso_duration(int(total)), named_days=tuple(named) or None)
+    limit = max(int(repeat.count or 0), int(repeat.countMax or 0)) or None
+    frequency = Frequency(count, _iso_duration(int(total)), named_days=tuple(named) or None, limit=limit)
     notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}"
               + (f", {frequency.per_named_day} on each of {days} named day{'s' if days > 1 else ''}." if days
                  else ".")]
@@ -575,9 +580,13 @@ def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[F
     value = repeat.durationMax if repeat.durationMax is not None else repeat.duration
     unit = repeat.durationUnit
     bounds = repeat.boundsDuration
-    if (value is None and bounds is not None and repeat.frequency is None and repeat.frequencyMax is None
-            and repeat.period is None):
+    alone = repeat.frequency is None and repeat.frequencyMax is None and repeat.period is None
+    if value is None and bounds is not None and alone:
         value, unit = bounds.value, _unit_of(bounds)
+    if value is None and repeat.boundsPeriod is not None and alone:
+        # The same for a boundsPeriod: 0.35 mg/kg/h bounded by one day read as the protocol's 4 h, a green
+        # card for 588 mg against at most 100 mg a day (an adversarial probe).
+        return _period_length(repeat.boundsPeriod, unchecked), None
     if value is None:
         return None, None
     length = _readable(value)
@@ -588,6 +597,24 @@ def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[F
     shortest = _readable(repeat.duration) if repeat.durationMax is not None and repeat.duration is not None else None
     shortest_s = shortest * unit_seconds if shortest is not None and 0 < shortest <= length else None
     return (length * unit_seconds, f"{value} {unit}"), shortest_s
+
+
+def _period_length(period: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:
+    """How long a ``boundsPeriod`` lasts: end minus start for instants, whole days for dates (an end date
+    is that day's end: the longer reading); None, noted, when it has no end or cannot be read."""
+    start, end = period.start, period.end
+    if start is None or end is None:
+        return None  # open: as an order without a duration (the protocol's, noted as assumed)
+    if isinstance(start, datetime) and isinstance(end, datetime) and start.tzinfo and end.tzinfo:
+        seconds = Fraction(int((end - start).total_seconds()))
+    elif not isinstance(start, datetime) and not isinstance(end, datetime) and isinstance(start, date):
+        seconds = Fraction(((end - start).days + 1) * 86400)
+    else:
+        seconds = Fraction(0)
+    if seconds <= 0 or seconds > PERIOD_UNIT_SECONDS["wk"]:
+        unchecked.append(f"the administration's bounds ({start} to {end}) could not be read as its duration")
+        return None
+    return seconds, f"{fmt(seconds / 3600)} h (boundsPeriod)"
 
 
 def _range_ends(bounds: Any, path: str, what: str, unchecked: list[str]) -> list[Quantity]:

@@ -133,6 +133,9 @@ class Frequency:
     count: int
     period: str
     named_days: tuple[int, ...] | None = None
+    #: At most this many administrations in all (FHIR ``timing.repeat.count``): 84 mg daily, 2 times in all,
+    #: was projected as 7 doses a week, a false critical card (an adversarial probe).
+    limit: int | None = None
 
     @property
     def period_seconds(self) -> Fraction:
@@ -143,7 +146,12 @@ class Frequency:
         return None if not self.named_days else math.ceil(Fraction(self.count, len(self.named_days)))
 
     def doses_in(self, window_seconds: Fraction) -> int:
-        """Administrations that fall in a window of that length (at least one: a dose is a dose)."""
+        """Administrations that fall in a window of that length (at least one: a dose is a dose), and no
+        more than :attr:`limit` in all."""
+        doses = self._doses_in(window_seconds)
+        return min(doses, self.limit) if self.limit else doses
+
+    def _doses_in(self, window_seconds: Fraction) -> int:
         evenly = max(1, math.ceil(Fraction(self.count) * window_seconds / self.period_seconds))
         per_day = self.per_named_day
         if per_day is None or not self.named_days:
@@ -742,6 +750,10 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         messages.append(f"Not checked: {REPEAT_UNCHECKED}.")
     if dose_range.get("max_per_period") and (per_period is None or per_period.maximum is None):
         unchecked.append(MAXIMUM_UNCHECKED)  # the messages say why (a review: REST showed a full pass)
+    if dose_unit.is_rate and order.duration_s is None and dose_range.get("duration"):
+        assumed = DURATION_ASSUMED.format(duration=dose_range["duration"])
+        unchecked.append(assumed)
+        messages.append(f"Not checked: {assumed}.")
     if dose_range.get("instructions"):
         messages.append(f"Protocol instructions: {dose_range['instructions']}")
     return Evaluation(verdict, range_index, dose_range, Quantity(order.dose.value, dose_unit.code),
@@ -759,6 +771,11 @@ REPEAT_UNCHECKED = ("the order repeats its dose, and this range gives no frequen
 #: into an amount, a stored maximum that is itself a rate): CDS Hooks said "partly checked", while the REST
 #: answer's ``unchecked`` was empty (a review).
 MAXIMUM_UNCHECKED = "the protocol's maximum per period could not be applied to this order (the messages say why)"
+#: A rate ordered without a duration, judged against a range that has one: its amount was taken over the
+#: range's duration, not over how long it will run (0.35 mg/kg/h bounded by a day read as the protocol's
+#: 4 h, and the card was green; an adversarial probe).
+DURATION_ASSUMED = ("the order gives no infusion duration: its amount was judged over the protocol's {duration}, "
+                    "not over how long it will run")
 
 
 def _longer_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range_unit: DoseUnit,

@@ -917,6 +917,8 @@ def test_rate_ratios_rate_ranges_and_the_orders_maximum_per_administration_are_j
     fitting_ratio["dosageInstruction"][0]["doseAndRate"][0] = {"rateRatio": {
         "numerator": {"value": 49, "unit": "mg", "system": UCUM, "code": "mg"},
         "denominator": {"value": 2, "unit": "h", "system": UCUM, "code": "h"}}}
+    # With its duration: without one, the protocol's 4 h is assumed and the card says so (partly checked).
+    fitting_ratio["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 4, "durationUnit": "h"}}
     capped = medication_request("ket-cap", KETAMINE, IV, rate=(24.5, "mg/h"))
     capped["dosageInstruction"][0]["maxDosePerAdministration"] = {"value": 70, "unit": "mg/h", "system": UCUM,
                                                                   "code": "mg/h"}
@@ -1407,3 +1409,50 @@ def test_a_count_of_administrations_without_a_period_is_partly_checked(client):
     assert partly["indicator"] == "warning" and "partly checked" in partly["summary"], partly["summary"]
     assert "the timing gives 3 administrations (repeat.count) with no period" in partly["detail"]
     assert plain["indicator"] == "info", plain["summary"]
+
+
+def test_an_infusion_bounded_by_a_period_runs_for_that_period_and_one_without_a_duration_is_partly_checked(client):
+    """Found by an adversarial probe: 0.35 mg/kg/h bounded by a one-day ``boundsPeriod`` (no duration) was
+    judged over the protocol's 4 h, 98 mg a day, a green card; it runs the day: 588 mg against at most
+    100. A rate with no duration at all is judged over the protocol's duration, and the card now says so."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H",
+        "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    bounded = medication_request("bounded-day", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    bounded["dosageInstruction"][0]["timing"] = {"repeat": {"boundsPeriod": {
+        "start": "2026-12-05T08:00:00Z", "end": "2026-12-06T08:00:00Z"}}}
+    dated = medication_request("bounded-date", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    dated["dosageInstruction"][0]["timing"] = {"repeat": {"boundsPeriod": {"start": "2026-12-05", "end": "2026-12-05"}}}
+    open_ended = medication_request("no-duration", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    for order in (bounded, dated):
+        MedicationRequest.model_validate(order)
+    result = cards(client, hook_request([bounded, dated, open_ended], weight=weight_bundle(70)))
+    assert [c["indicator"] for c in result] == ["critical", "critical", "warning"], [c["summary"] for c in result]
+    assert "588 mg per P1D > maximum 100 mg" in result[0]["detail"]
+    assert "partly checked" in result[2]["summary"]
+    assert "the order gives no infusion duration: its amount was judged over the protocol's PT4H" in result[2]["detail"]
+
+
+def test_a_dose_unit_coded_outside_ucum_is_not_read_from_its_text(client):
+    """Found by an adversarial probe: ``unit: mg`` with SNOMED CT's code for gram was read as 84 mg, a green
+    card for 84 g. A code of another system is not read, and neither is the text beside it."""
+    create(client, dosing_ranges=[{"route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg"}])
+    order = _esketamine_order("coded-gram", dose=84)
+    order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"] = {
+        "value": 84, "unit": "mg", "system": "http://snomed.info/sct", "code": "258682000"}
+    MedicationRequest.model_validate(order)
+    (card,) = cards(client, hook_request([order]))
+    assert card["indicator"] == "warning" and card["summary"].startswith("dose not checked"), card["summary"]
+
+
+def test_a_count_caps_the_administrations_a_frequency_gives(client):
+    """Found by an adversarial probe: 84 mg once a day, 2 times in all, was projected as 7 doses a week
+    (588 mg) against twice weekly, a critical card; it is two doses, 168 mg, as the regimen allows."""
+    create(client, dosing_ranges=[{"route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg",
+                                   "frequency": {"count": 2, "period": "P1W"}}])
+    two = _esketamine_order("two-doses", dose=84, timing={"repeat": {"frequency": 1, "period": 1, "periodUnit": "d",
+                                                                     "count": 2}})
+    daily = _esketamine_order("daily", dose=84, timing={"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}})
+    capped, uncapped = cards(client, hook_request([two, daily]))
+    assert capped["indicator"] != "critical" and "588 mg" not in capped["detail"], capped["detail"]
+    assert uncapped["indicator"] == "critical"

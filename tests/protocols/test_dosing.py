@@ -665,3 +665,24 @@ def test_a_maximum_per_period_that_could_not_be_applied_is_listed_as_unchecked()
 def test_time_text_is_exact_and_readable():
     assert [dosing.time_text(Fraction(s)) for s in (420, 14700, 86400, 172800, 604800, 90, Fraction(1, 2))] == [
         "7 min", "245 min", "24 h", "48 h", "7 d", "90 s", "0.5 s"]
+
+
+def test_a_rate_without_a_duration_judged_over_the_ranges_says_so():
+    """Found by an adversarial probe of CDS Hooks: a rate with no duration is judged over the range's
+    duration, and nothing said so (a continuous infusion bounded by a day read as 4 h). It is listed in
+    ``unchecked``; with the order's own duration it is not."""
+    crps = content({"dose_min": Decimal("0.35"), "dose_max": Decimal("0.35"), "unit": "mg/kg/h", "duration": "PT4H",
+                    "phase": "infusion"})
+    assumed = dosing.check(crps, order("0.35", "mg/kg/h", weight_kg=Decimal(70)))
+    assert assumed.evaluation is not None and assumed.evaluation.unchecked == [
+        dosing.DURATION_ASSUMED.format(duration="PT4H")]
+    stated = dosing.check(crps, order("0.35", "mg/kg/h", weight_kg=Decimal(70), duration_s=Fraction(4 * 3600)))
+    assert stated.evaluation is not None and stated.evaluation.unchecked == []
+    amount = dosing.check(crps, order("98", "mg", weight_kg=Decimal(70)))  # an amount needs no duration of its own
+    assert amount.evaluation is not None and amount.evaluation.unchecked == []
+
+
+def test_a_count_caps_the_doses_a_frequency_puts_in_a_window():
+    assert Frequency(1, "P1D", limit=2).doses_in(Fraction(7 * 86400)) == 2
+    assert Frequency(1, "P1D").doses_in(Fraction(7 * 86400)) == 7
+    assert Frequency(1, "P1D", named_days=(0, 3), limit=1).doses_in(Fraction(7 * 86400)) == 1
