@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -365,7 +366,16 @@ def _ratio_rate(ratio: Any, path: str) -> tuple[Quantity | None, str | None]:
     exact = Decimal(value.numerator) / Decimal(value.denominator)
     if Fraction(exact) != value or number_problem(exact) is not None:
         return None, f"the rateRatio {numerator.value} {numerator.unit} per {denominator.value} {denominator.unit}"
-    return Quantity(exact, f"{numerator.unit}/{denominator.unit}"), None
+    rate = Quantity(exact, f"{numerator.unit}/{denominator.unit}")
+    try:
+        is_rate = parse_dose_unit(rate.unit).is_rate
+    except UnitError:
+        is_rate = True  # judged, and refused there with the unit's own reason
+    if not is_rate:
+        # 1 mg per 1 kg is no rate: it was judged as a dose of 1 mg/kg (an adversarial probe).
+        return None, (f"the rateRatio {numerator.value} {numerator.unit} per {denominator.value} "
+                      f"{denominator.unit} (its denominator is no time)")
+    return rate, None
 
 
 #: FHIR R4 timing abbreviations (``Timing.code``, v3 GTSAbbreviation) with a fixed frequency, used
@@ -956,6 +966,10 @@ def _summary(verdict: str, order_text: str, label: str) -> str:
     shortened, never the verdict or the protocol version (a long EHR medication name cut the verdict
     off: "…500 mg nasal route: ab…")."""
     prefix, suffix = f"{verdict}: ", f" ({label})"
+    # Plain text on one line: the order's own words lose line breaks and invisible format characters (a
+    # right-to-left override made the card's text read backwards; an adversarial probe).
+    order_text = " ".join("".join(c for c in order_text if unicodedata.category(c) not in ("Cc", "Cf")
+                                  or c.isspace()).split())
     room = SUMMARY_LIMIT - len(prefix) - len(suffix)
     if len(order_text) > room:
         order_text = order_text[:max(room - 1, 0)] + "…"

@@ -171,7 +171,8 @@ def is_resource_id(value: str) -> bool:
 def parse_count(value: str) -> int:
     """``_count``: 0 asks for the total only; above ``MAX_COUNT`` the server pages at ``MAX_COUNT``."""
     if not re.fullmatch(r"[0-9]{1,6}", value):
-        raise InvalidSearch("_count must be a non-negative integer", param="_count")
+        # Said in full: 1000000 is a non-negative integer, and the message said it was not (a probe).
+        raise InvalidSearch("_count must be a non-negative integer of at most 6 digits", param="_count")
     return min(int(value), MAX_COUNT)
 
 

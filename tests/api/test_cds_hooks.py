@@ -1456,3 +1456,16 @@ def test_a_count_caps_the_administrations_a_frequency_gives(client):
     capped, uncapped = cards(client, hook_request([two, daily]))
     assert capped["indicator"] != "critical" and "588 mg" not in capped["detail"], capped["detail"]
     assert uncapped["indicator"] == "critical"
+
+
+def test_a_rate_ratio_whose_denominator_is_no_time_is_not_checked(client):
+    """Found by an adversarial probe: a rateRatio of 1 mg per 1 kg was judged as a dose of 1 mg/kg."""
+    ketamine_protocol(client)  # 1-4.5 mg/kg
+    order = medication_request("ratio-per-kg", KETAMINE, IV)
+    order["dosageInstruction"][0]["doseAndRate"][0] = {"rateRatio": {
+        "numerator": {"value": 2, "unit": "mg", "system": UCUM, "code": "mg"},
+        "denominator": {"value": 1, "unit": "kg", "system": UCUM, "code": "kg"}}}
+    MedicationRequest.model_validate(order)
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+    assert card["indicator"] == "warning" and card["summary"].startswith("dose not checked"), card["summary"]
+    assert "its denominator is no time" in card["detail"]

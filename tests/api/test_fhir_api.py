@@ -967,3 +967,10 @@ def test_format_overrides_accept(client):
         assert response.status_code == 200, (accept, response.get_data(as_text=True)[:200])
         CapabilityStatement.model_validate(response.get_json())
         assert client.get("/fhir/R4/metadata", headers={"Accept": accept}).status_code == 406
+
+
+def test_a_count_too_long_is_refused_with_a_message_that_says_why(client):
+    """Found by an adversarial probe: _count=1000000 was refused as "not a non-negative integer"."""
+    response = client.get("/fhir/R4/MedicationKnowledge?_count=1000000")
+    assert response.status_code == 400
+    assert "at most 6 digits" in json.dumps(response.get_json())

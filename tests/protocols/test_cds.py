@@ -113,3 +113,10 @@ def test_an_observation_time_with_more_digits_than_microseconds_is_read_not_date
     assert fhir_query.date_start("2024-06-01T10:00:00.1234567Z") == datetime(2024, 6, 1, 10, 0, 0, 123457)
     assert fhir_query.date_start("2024-06-01T10:00:00.123456000+01:00") == datetime(2024, 6, 1, 9, 0, 0, 123456)
     assert fhir_query.date_start("2024-06-01T10:00:00.1234567891Z") is None  # past nine digits: not FHIR
+
+
+def test_the_summary_is_one_line_of_visible_text():
+    """Found by an adversarial probe: the order's medication text went into the summary as it came, line
+    breaks and a right-to-left override (U+202E) included."""
+    summary = cds._summary("within protocol range", "keta\u202emine\n  10 mg\u200b/mL\tIV", "protocol p v1")
+    assert summary == "within protocol range: ketamine 10 mg/mL IV (protocol p v1)"
