@@ -590,7 +590,12 @@ def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[F
     value = repeat.durationMax if repeat.durationMax is not None else repeat.duration
     unit = repeat.durationUnit
     bounds = repeat.boundsDuration
-    alone = repeat.frequency is None and repeat.frequencyMax is None and repeat.period is None
+    # Bounds are an administration's length only for an infusion with no schedule: a bolus bounded by two
+    # days was spread over them (150 mg read as 75 mg a day), and a schedule by times or days of the week
+    # made each dose as long as the whole course (a review; for boundsDuration too).
+    alone = (repeat.frequency is None and repeat.frequencyMax is None and repeat.period is None
+             and not repeat.when and not repeat.dayOfWeek and not repeat.timeOfDay
+             and (dosage.timing.code is None) and _rate_only(dosage))
     if value is None and bounds is not None and alone:
         value, unit = bounds.value, _unit_of(bounds)
     if value is None and repeat.boundsPeriod is not None and alone:
@@ -607,6 +612,13 @@ def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[F
     shortest = _readable(repeat.duration) if repeat.durationMax is not None and repeat.duration is not None else None
     shortest_s = shortest * unit_seconds if shortest is not None and 0 < shortest <= length else None
     return (length * unit_seconds, f"{value} {unit}"), shortest_s
+
+
+def _rate_only(dosage: Any) -> bool:
+    """Whether the dosage orders a rate and no amount (an infusion, whose bounds may be its length)."""
+    entries = dosage.doseAndRate or []
+    return (any(e.rateQuantity is not None or e.rateRatio is not None or e.rateRange is not None for e in entries)
+            and all(e.doseQuantity is None and e.doseRange is None for e in entries))
 
 
 def _period_length(period: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:

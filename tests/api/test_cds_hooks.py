@@ -1454,7 +1454,8 @@ def test_a_count_caps_the_administrations_a_frequency_gives(client):
                                                                      "count": 2}})
     daily = _esketamine_order("daily", dose=84, timing={"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}})
     capped, uncapped = cards(client, hook_request([two, daily]))
-    assert capped["indicator"] != "critical" and "588 mg" not in capped["detail"], capped["detail"]
+    assert capped["indicator"] == "warning" and "588 mg" not in capped["detail"], capped["detail"]
+    assert capped["summary"].startswith("more frequent than the protocol"), capped["summary"]  # daily, not 2 a week
     assert uncapped["indicator"] == "critical"
 
 
@@ -1469,3 +1470,28 @@ def test_a_rate_ratio_whose_denominator_is_no_time_is_not_checked(client):
     (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
     assert card["indicator"] == "warning" and card["summary"].startswith("dose not checked"), card["summary"]
     assert "its denominator is no time" in card["detail"]
+
+
+def test_bounds_are_an_infusions_length_only_without_a_schedule_and_never_a_bolus(client):
+    """Found in review: bounds were read as how long an administration runs for any order: a 150 mg bolus
+    bounded by two days read as 75 mg a day (a green card against at most 100), and 84 mg on Monday
+    morning and evening bounded by a week read as 24 mg a day (a warning, not the critical it is)."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "induction", "dose_min": 0.5, "dose_max": 1, "unit": "mg/kg",
+        "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    bolus = medication_request("bolus-bounded", KETAMINE, IV, dose=(150, "mg"))
+    bolus["dosageInstruction"][0]["timing"] = {"repeat": {"boundsPeriod": {"start": "2026-12-05", "end": "2026-12-06"}}}
+    bolus_duration = medication_request("bolus-bounds-duration", KETAMINE, IV, dose=(150, "mg"))
+    bolus_duration["dosageInstruction"][0]["timing"] = {"repeat": {"boundsDuration": {
+        "value": 2, "unit": "d", "system": UCUM, "code": "d"}}}
+    for order in (bolus, bolus_duration):
+        MedicationRequest.model_validate(order)
+    result = cards(client, hook_request([bolus, bolus_duration], weight=weight_bundle(150)))
+    assert [c["indicator"] for c in result] == ["critical", "critical"], [c["summary"] for c in result]
+    create(client, dosing_ranges=[{"route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg",
+                                   "max_per_period": {"value": 84, "unit": "mg", "period": "P1D"}}])
+    monday = _esketamine_order("monday-twice", dose=84, timing={"repeat": {
+        "dayOfWeek": ["mon"], "when": ["MORN", "EVE"],
+        "boundsPeriod": {"start": "2026-12-07T00:00:00Z", "end": "2026-12-14T00:00:00Z"}}})
+    (card,) = cards(client, hook_request([monday]))
+    assert card["indicator"] == "critical", card["summary"]
