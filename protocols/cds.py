@@ -526,7 +526,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes, unchecked = _frequency(dosage, path)
-    duration, shortest_s = _administration_duration(dosage, unchecked)
+    duration, shortest_s = _administration_duration(dosage, unchecked, frequency)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     if dosage.maxDosePerPeriod is not None:
@@ -573,8 +573,8 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     return lines
 
 
-def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[Fraction, str] | None,
-                                                                      Fraction | None]:
+def _administration_duration(dosage: Any, unchecked: list[str], frequency: Frequency | None = None,
+                             ) -> tuple[tuple[Fraction, str] | None, Fraction | None]:
     """``timing.repeat.duration`` (or the longer ``durationMax``) with its ``durationUnit``: the longest an
     administration runs, which gives the most an infusion delivers; and the shortest it may run
     (``duration`` when ``durationMax`` is given too), which says how fast the dose may be given: a 10 min
@@ -589,19 +589,22 @@ def _administration_duration(dosage: Any, unchecked: list[str]) -> tuple[tuple[F
         return None, None
     value = repeat.durationMax if repeat.durationMax is not None else repeat.duration
     unit = repeat.durationUnit
-    bounds = repeat.boundsDuration
-    # Bounds are an administration's length only for an infusion with no schedule: a bolus bounded by two
-    # days was spread over them (150 mg read as 75 mg a day), and a schedule by times or days of the week
-    # made each dose as long as the whole course (a review; for boundsDuration too).
-    alone = (repeat.frequency is None and repeat.frequencyMax is None and repeat.period is None
-             and not repeat.when and not repeat.dayOfWeek and not repeat.timeOfDay
-             and (dosage.timing.code is None) and _rate_only(dosage))
-    if value is None and bounds is not None and alone:
-        value, unit = bounds.value, _unit_of(bounds)
-    if value is None and repeat.boundsPeriod is not None and alone:
-        # The same for a boundsPeriod: 0.35 mg/kg/h bounded by one day read as the protocol's 4 h, a green
-        # card for 588 mg against at most 100 mg a day (an adversarial probe).
-        return _period_length(repeat.boundsPeriod, unchecked), None
+    if value is None and _rate_only(dosage):
+        # An infusion with no duration runs, at most, until its bounds end (boundsDuration, boundsPeriod:
+        # 0.35 mg/kg/h bounded by one day read as the protocol's 4 h, a green card for 588 mg against at
+        # most 100 mg a day; an adversarial probe), and with a schedule, until the next start (read as the
+        # protocol's 4 h, a QD infusion bounded by a day fell from critical to a warning; a review). A
+        # bolus is given at once: bounded by two days, 150 mg was spread to 75 mg a day (a review).
+        bounded = _bounds_length(repeat, unchecked)
+        schedule = (repeat.frequency is not None or repeat.frequencyMax is not None or repeat.period is not None
+                    or repeat.when or repeat.dayOfWeek or repeat.timeOfDay or dosage.timing.code is not None)
+        if bounded is not None and not schedule:
+            return bounded, None
+        if bounded is not None and frequency is not None:
+            per_day = frequency.per_named_day
+            gap = Fraction(86400) / per_day if per_day else frequency.period_seconds / frequency.count
+            longest = min(bounded[0], gap)
+            return (longest, f"{fmt(longest / 3600)} h (until the next start, within its bounds)"), None
     if value is None:
         return None, None
     length = _readable(value)
@@ -619,6 +622,21 @@ def _rate_only(dosage: Any) -> bool:
     entries = dosage.doseAndRate or []
     return (any(e.rateQuantity is not None or e.rateRatio is not None or e.rateRange is not None for e in entries)
             and all(e.doseQuantity is None and e.doseRange is None for e in entries))
+
+
+def _bounds_length(repeat: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:
+    """How long a timing's bounds last (``boundsDuration``, else ``boundsPeriod``), or None."""
+    bounds = repeat.boundsDuration
+    if bounds is not None and bounds.value is not None:
+        length, unit = _readable(bounds.value), _unit_of(bounds)
+        unit_seconds = PERIOD_UNIT_SECONDS.get(str(unit)) if unit else None
+        if length is None or length <= 0 or unit_seconds is None or length * unit_seconds > PERIOD_UNIT_SECONDS["wk"]:
+            unchecked.append(f"the administration's bounds ({bounds.value} {unit}) could not be read as its duration")
+            return None
+        return length * unit_seconds, f"{bounds.value} {unit} (boundsDuration)"
+    if repeat.boundsPeriod is not None:
+        return _period_length(repeat.boundsPeriod, unchecked)
+    return None
 
 
 def _period_length(period: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:

@@ -1495,3 +1495,26 @@ def test_bounds_are_an_infusions_length_only_without_a_schedule_and_never_a_bolu
         "boundsPeriod": {"start": "2026-12-07T00:00:00Z", "end": "2026-12-14T00:00:00Z"}}})
     (card,) = cards(client, hook_request([monday]))
     assert card["indicator"] == "critical", card["summary"]
+
+
+def test_a_scheduled_infusion_without_a_duration_runs_until_its_next_start_within_its_bounds(client):
+    """Found in review: 0.35 mg/kg/h once a day (QD, in the morning, or on Mondays) bounded by 24 h, with
+    no duration, was judged over the protocol's 4 h (98 mg, a warning) once bounds were kept from
+    scheduled orders; it may run until its next start: 24 h, 588 mg against at most 100 mg a day."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H",
+        "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    bounds = {"boundsDuration": {"value": 24, "unit": "h", "system": UCUM, "code": "h"}}
+    orders = []
+    for name, repeat in (("qd", {"frequency": 1, "period": 1, "periodUnit": "d"}), ("morning", {"when": ["MORN"]}),
+                         ("monday", {"dayOfWeek": ["mon"]})):
+        order = medication_request(f"scheduled-{name}", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+        order["dosageInstruction"][0]["timing"] = {"repeat": {**repeat, **bounds}}
+        MedicationRequest.model_validate(order)
+        orders.append(order)
+    twice = medication_request("scheduled-bid", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
+    twice["dosageInstruction"][0]["timing"] = {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d", **bounds}}
+    MedicationRequest.model_validate(twice)
+    result = cards(client, hook_request([*orders, twice], weight=weight_bundle(70)))
+    assert [c["indicator"] for c in result] == ["critical"] * 4, [c["summary"] for c in result]
+    assert all("588 mg per P1D > maximum 100 mg" in c["detail"] for c in result), [c["detail"] for c in result]
