@@ -411,6 +411,7 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     repeat = dosage.timing.repeat if dosage.timing is not None else None
     if repeat is None:
         return _abbreviated_frequency(dosage)
+    most = max(int(repeat.count or 0), int(repeat.countMax or 0))  # administrations in all (0: no limit)
     if repeat.count == 1 and repeat.countMax in (None, 1):
         # One administration in all, whatever its schedule would be: "56 mg once a day, 1 time" was
         # judged as a daily regimen against a twice-weekly protocol, a critical card for one dose in
@@ -438,7 +439,6 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         if repeat.frequency is not None or repeat.frequencyMax is not None:
             return None, [], ["the timing gives a frequency without a period"]
         frequency, notes, unchecked = _abbreviated_frequency(dosage)
-        most = max(int(repeat.count or 0), int(repeat.countMax or 0))
         if frequency is None and most > 1:
             # Three 4-hour infusions with no period were one administration, and a green card (4.2 mg/kg
             # against at most 1.4 a day; found in review): how they fall in a period is not known.
@@ -463,8 +463,7 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         named_times = max(times, len(when - set(MEAL_EVENTS)) + (1 if when & set(MEAL_EVENTS) else 0), 1)
         count = (max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), days * named_times) if stated
                  else days * max(events, 1))
-    limit = max(int(repeat.count or 0), int(repeat.countMax or 0)) or None
-    frequency = Frequency(count, _iso_duration(int(total)), named_days=tuple(named) or None, limit=limit)
+    frequency = Frequency(count, _iso_duration(int(total)), named_days=tuple(named) or None, limit=most or None)
     notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}"
               + (f", {frequency.per_named_day} on each of {days} named day{'s' if days > 1 else ''}." if days
                  else ".")]

@@ -142,13 +142,9 @@ def changed_in_effect_since(db: Database, position: int, at: datetime, *, drafts
         # (:func:`_newest_version`), so any version recorded by then can move it, whatever its status
         # and effective_from: a draft dated after the walk's as_of went unnoticed, and the walk listed a
         # protocol twice or skipped one (an adversarial probe; the check compared effective_from).
-        if drafts:
-            statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position,
-                                                          ProtocolVersion.recorded_at <= at)
-        else:
-            statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position,
-                                                          ProtocolVersion.effective_from <= at,
-                                                          ProtocolVersion.status != "draft")
+        moves = ([ProtocolVersion.recorded_at <= at] if drafts else
+                 [ProtocolVersion.effective_from <= at, ProtocolVersion.status != "draft"])
+        statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position, *moves)
         hit = session.execute(statement.limit(1)).first()
     return hit is not None
 

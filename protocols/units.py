@@ -39,7 +39,7 @@ DOSE_UNITS: dict[str, str] = {
 
 WEIGHT_UNIT = "kg"
 #: UCUM month and year units: their length varies, so a rate per month/year cannot be checked.
-VARIABLE_TIME_UNITS = frozenset({"mo", "a", "mo_j", "mo_g", "mo_s", "a_j", "a_g", "a_t"})
+VARIABLE_TIME_UNITS = dose_units.VARIABLE_TIME_UNITS
 #: Common non-UCUM spellings and the UCUM code to use instead (named in the error message).
 NON_UCUM_HINTS = {"mcg": "ug", "hr": "h", "hrs": "h", "day": "d", "cc": "mL", "gm": "g"}
 

@@ -403,3 +403,24 @@ def test_a_malformed_indication_is_named_for_the_system_asked(client: FlaskClien
                                                           "(e.g. 370143000)"]}
     either = client.get("/v1/protocols", query_string={"indication": "F3"}).get_json()["errors"]["indication"][0]
     assert "ICD-10-CM code" in either and "SNOMED CT concept id" in either
+
+
+def test_a_ranked_walk_of_drafts_is_not_refused_by_versions_recorded_after_its_moment(
+        client: FlaskClient, db: Database) -> None:
+    """The draft walk's check reads recording times (an adversarial probe): a version recorded after the
+    walk's pinned moment cannot move what it reads, so it does not refuse the walk (found in review: no
+    test showed that side)."""
+    from datetime import UTC, datetime
+
+    word = "wombatine"
+    ids = [f"draft-late-{n}" for n in range(3)]
+    for pid in ids:
+        versioning.create(db, pid, content_of(pid, summary=f"Mentions {word}."), status="draft",
+                          effective_from=datetime(2020, 1, 1, tzinfo=UTC))
+    first = get(client, "/v1/protocols", q=word, page_size=1, status="draft").get_json()  # pinned to now
+    shown = first["items"][0]["id"]
+    versioning.revise(db, shown, content_of(shown, title=f"{word} {word} draft"),
+                      if_match=[versioning.latest(db, shown).etag], status="draft")
+    rest = client.get(first["next"])
+    assert rest.status_code == 200, rest.get_json()
+    assert sorted([shown, *walk(client, first["next"])]) == sorted(ids)
