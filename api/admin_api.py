@@ -84,11 +84,15 @@ def get_key(key_id: str) -> dict[str, Any]:
 @requires_scope(ADMIN)
 @blp.response(200, KeySchema, description="The key, now revoked (the row is kept for the audit trail)")
 @blp.alt_response(404, schema=ErrorSchema, description="No such key")
+@blp.alt_response(409, schema=ErrorSchema,
+                  description="The key is the last live key with the `admin` scope: create another admin key "
+                              "first (the shell's `flask keys revoke` may revoke it)")
 def revoke_key(key_id: str) -> dict[str, Any]:
-    """Revoke a key: it stops working at once, in every worker. Revoking again changes nothing."""
+    """Revoke a key: it stops working at once, in every worker. Revoking again changes nothing. The
+    last live admin key is not revoked here: nobody could mint a key over HTTP afterwards."""
     g.audit_target = key_id
     try:
-        info = keys.revoke_key(get_db(), key_id, ctx=write_context(pending(200)))
+        info = keys.revoke_key(get_db(), key_id, ctx=write_context(pending(200)), keep_an_admin=True)
     except keys.KeyNotFound as exc:
         raise ApiError(404, exc.message) from exc
     g.audit_recorded = True  # written with the revocation (or nothing changed: nothing to record)

@@ -134,6 +134,8 @@ def _domain_response(exc: domain.DomainError) -> Response:
         return error_response(409, exc.message)
     if isinstance(exc, domain.KeyNameTaken):
         return error_response(409, exc.message, errors={"name": [exc.message.removeprefix("key name: ")]})
+    if isinstance(exc, domain.LastAdminKey):
+        return error_response(409, exc.message)
     if isinstance(exc, domain.RetirementUndone):
         return error_response(409, exc.message, scheduled_version=exc.details.get("scheduled_version"),
                               scheduled_effective_from=exc.details.get("scheduled_effective_from"))

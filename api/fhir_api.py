@@ -45,10 +45,13 @@ from protocols.timeutil import format_rfc3339, utcnow
 log = logging.getLogger("api.fhir")
 
 FHIR_JSON = "application/fhir+json"
+#: DSTU2's name for FHIR JSON. ``_format`` takes it (JSON_FORMATS), so ``Accept`` does too, as the R4 type:
+#: it was a 406 in the header and a 200 in the parameter (found by an adversarial probe).
+LEGACY_FHIR_JSON = "application/json+fhir"
 #: ``g`` key: the JSON media type negotiated for this request's answer (FHIR_JSON unless refused).
 _ANSWER_TYPE = "fhir_answer_type"
 FHIR_NDJSON = "application/fhir+ndjson"
-JSON_FORMATS = ("json", "application/json", FHIR_JSON, "application/json+fhir")
+JSON_FORMATS = ("json", "application/json", FHIR_JSON, LEGACY_FHIR_JSON)
 NDJSON_FORMATS = (FHIR_NDJSON, "application/ndjson", "ndjson")
 RETRY_AFTER_SECONDS = "2"
 EXPORT_PAGE_SIZE = 100
@@ -210,14 +213,15 @@ def _quality(offer: str, entries: Sequence[tuple[str, float]]) -> float:
     """The quality the client gives ``offer``: that of the most specific Accept entry covering it (RFC
     9110 12.5.1: a type, then its ``type/*``, then ``*/*``), among entries naming R4 or no version, so
     ``application/*;q=0`` refuses fhir+json unless fhir+json itself is named with q > 0, and a q=0 for
-    ``fhirVersion=5.0`` refuses R5 only."""
+    ``fhirVersion=5.0`` refuses R5 only. ``application/json+fhir`` names fhir+json, after fhir+json itself."""
     kind = offer.split("/", 1)[0]
     best: tuple[int, float] | None = None
     for value, quality in entries:
         media, *parameters = (part.strip().lower() for part in value.split(";"))
         if not _r4(parameters):
             continue
-        specificity = {offer: 2, f"{kind}/*": 1, "*/*": 0}.get(media)
+        specificity = {offer: 3, **({LEGACY_FHIR_JSON: 2} if offer == FHIR_JSON else {}), f"{kind}/*": 1,
+                       "*/*": 0}.get(media)
         if specificity is not None and (best is None or specificity > best[0]):
             best = (specificity, quality)
     return 0.0 if best is None else best[1]

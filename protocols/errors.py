@@ -67,6 +67,11 @@ class KeyNameTaken(DomainError, ValueError):
     """A live API key already has this name (names are the authors recorded in version history)."""
 
 
+class LastAdminKey(DomainError):
+    """Revoking this key over the API would leave no live key with the ``admin`` scope: nobody could
+    mint or revoke keys, or read the audit log, without shell access to the server."""
+
+
 class InvalidRecord(DomainError):
     """Content that passed the wire schema but breaks a domain rule; ``details['errors']`` by path."""
 

@@ -24,10 +24,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, text, update
+from sqlalchemy.orm import Session
 
 from protocols.audit import WriteContext, insert_allowed
 from protocols.db import Database
-from protocols.errors import DomainError, KeyNameTaken
+from protocols.errors import DomainError, KeyNameTaken, LastAdminKey
 from protocols.invisible import MESSAGE as INVISIBLE_MESSAGE
 from protocols.invisible import is_invisible
 from protocols.models import ApiKey
@@ -296,16 +297,34 @@ def get_key(db: Database, key_id: str) -> KeyInfo:
 
 
 def revoke_key(db: Database, key_id: str, *, now: datetime | None = None,
-               ctx: WriteContext = WriteContext()) -> KeyInfo:
+               ctx: WriteContext = WriteContext(), keep_an_admin: bool = False) -> KeyInfo:
     """Revoke a key from now on. Revoking twice keeps the first revocation time. ``ctx.audit``, if
-    given, is written in the same transaction, and only when this call revoked the key."""
+    given, is written in the same transaction, and only when this call revoked the key.
+
+    ``keep_an_admin`` (the HTTP API's setting) refuses, with :class:`LastAdminKey`, a revocation that
+    would leave no live key with the ``admin`` scope: over HTTP nobody could then mint a key again
+    (found by a probe). The shell (``flask keys``) may, since it can always mint one."""
     now = now or utcnow()
     with db.write.begin() as session:
+        if keep_an_admin and session.get_bind().dialect.name == "postgresql":
+            # Two admins revoking each other at once must not both see the other still live (SQLite's
+            # BEGIN IMMEDIATE already serializes writes); the lock key creation takes serves.
+            session.execute(_LOCK_KEY_NAMES)
         revoked = session.connection().execute(
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=now)).rowcount
         row = session.get(ApiKey, key_id)
         if row is None:
             raise KeyNotFound(f"no API key with id '{key_id}'", key_id=key_id)
+        if revoked and keep_an_admin and ADMIN in row.scopes.split() and not _live_admin_remains(session, now):
+            raise LastAdminKey(f"key '{key_id}' is the last live key with the admin scope; create another "
+                               "admin key first (or revoke it from the shell: flask keys revoke)", key_id=key_id)
         if revoked:
             insert_allowed(session, ctx, target=key_id, now=now)
         return _info(row)
+
+
+def _live_admin_remains(session: Session, now: datetime) -> bool:
+    """Whether a key that is neither revoked nor expired at ``now`` has the ``admin`` scope."""
+    live = session.execute(select(ApiKey.scopes).where(
+        ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))).scalars()
+    return any(ADMIN in scopes.split() for scopes in live)

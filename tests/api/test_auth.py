@@ -293,6 +293,28 @@ def test_admin_key_creation_rejects_bad_input(client, body, path):
     assert assert_error_shape(response, 422)["errors"].keys() == {path}
 
 
+def test_the_last_live_admin_key_is_not_revoked_over_http(client, anon_client, make_key, db):
+    """Found by a probe: an admin could revoke the last admin key, after which nobody could mint or
+    revoke a key over HTTP. The refusal changes nothing and records nothing; another live admin key
+    (not an expired one) lets it through; the shell still may revoke the last one."""
+    own = next(k for k in client.get("/v1/admin/keys").get_json()["items"] if k["name"] == "test-all-scopes")
+    audit_before = client.get("/v1/admin/audit", query_string={"page_size": 100}).get_json()["items"]
+    make_key(["admin"], expires_at=utcnow() - timedelta(hours=1), now=utcnow() - timedelta(days=1))  # expired
+    refused = client.delete(f"/v1/admin/keys/{own['id']}")
+    assert assert_error_shape(refused, 409)["message"].startswith(f"key '{own['id']}' is the last live key")
+    assert client.get(f"/v1/admin/keys/{own['id']}").get_json()["active"] is True
+    assert client.get("/v1/admin/audit", query_string={"page_size": 100}).get_json()["items"][:len(audit_before)] \
+        == audit_before
+
+    other = make_key(["protocols:read", "admin"], name="second-admin")
+    assert client.delete(f"/v1/admin/keys/{own['id']}").status_code == 200
+    assert anon_client.get("/v1/admin/keys", headers=bearer(other)).status_code == 200
+    other_id = next(k["id"] for k in anon_client.get("/v1/admin/keys", headers=bearer(other)).get_json()["items"]
+                    if k["name"] == "second-admin")
+    assert assert_error_shape(anon_client.delete(f"/v1/admin/keys/{other_id}", headers=bearer(other)), 409)
+    assert keys.revoke_key(db, other_id).revoked_at is not None  # flask keys revoke: the operator's call
+
+
 def test_admin_unknown_key_is_404(client):
     assert_error_shape(client.get("/v1/admin/keys/0000"), 404)
     assert_error_shape(client.delete("/v1/admin/keys/0000"), 404)

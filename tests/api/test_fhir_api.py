@@ -953,6 +953,11 @@ def test_since_offsets_beyond_fhirs_14_hours_are_400_as_for_last_updated(client,
     ("application/json;q=0.5, application/fhir+json;q=0.9", "application/fhir+json"),
     ("application/json, application/fhir+json", "application/fhir+json"),  # a tie: the server's own type
     ("application/*;q=0.9, application/json;q=0.2", "application/fhir+json"),
+    # DSTU2's name, which _format takes too, is the R4 type (it was a 406 through Accept alone)
+    ("application/json+fhir", "application/fhir+json"),
+    ("application/json+fhir;q=0.9, application/json;q=0.5", "application/fhir+json"),
+    ("application/json+fhir;q=0.2, application/json;q=0.5", "application/json"),
+    ("application/json+fhir;q=0, application/fhir+json;q=0.8, application/json;q=0.5", "application/fhir+json"),
 ])
 def test_the_answer_is_in_the_type_the_client_rates_highest(client, accept, answered):
     """Found by an adversarial probe: the first type the client did not refuse was chosen, so a client
