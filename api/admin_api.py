@@ -8,6 +8,7 @@ or the logs.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Response, g, url_for
@@ -16,7 +17,7 @@ from api.audit_log import pending
 from api.auth import requires_scope
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db, write_context
-from api.http import link_header, page_links, read_cursor
+from api.http import link_header, page_links, read_cursor, reads_cursor
 from api.parsing import Blueprint
 from protocols import audit, keys
 from protocols.keys import ADMIN, KeyInfo
@@ -99,13 +100,18 @@ def revoke_key(key_id: str) -> dict[str, Any]:
     return _key_dict(info)
 
 
+def _audit_cursor(query: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    return read_cursor("audit", query)
+
+
 @blp.route("/audit", methods=["GET"])
 @requires_scope(ADMIN)
 @blp.arguments(AuditQuerySchema(), location="query")
 @blp.response(200, AuditPageSchema, headers=LINK_HEADER)
+@reads_cursor(_audit_cursor)
 def list_audit(query: dict[str, Any]) -> Response:
     """The audit log, newest first, filtered by actor, target protocol, action, outcome and time."""
-    after, before = read_cursor("audit", query)
+    after, before = _audit_cursor(query)
     page = audit.query(get_db(), limit=query["page_size"], actor=query.get("actor"), target=query.get("protocol"),
                        action=query.get("action"), outcome=query.get("outcome"), since=query.get("since"),
                        until=query.get("until"), after_seq=after, before_seq=before)

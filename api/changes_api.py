@@ -7,13 +7,14 @@ started (see ``protocols.changes`` for why the feed position cannot skip).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Response, request, url_for
 
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
-from api.http import MAX_CURSOR_KEY, decode_cursor_with, list_response, page_url
+from api.http import MAX_CURSOR_KEY, decode_cursor_with, list_response, page_url, reads_cursor
 from api.parsing import Blueprint
 from protocols import changes
 from protocols.errors import UnknownFeedPosition
@@ -30,7 +31,7 @@ LINK_HEADER = {"Link": {"description": "RFC 8288 link to the next page (always p
                         "schema": {"type": "string"}}}
 
 
-def _after(query: dict[str, Any]) -> tuple[int, str | None]:
+def _after(query: Mapping[str, Any]) -> tuple[int, str | None]:
     """The position and the feed it came from (None in cursors issued before feeds were named)."""
     if "after" not in query:
         return 0, None
@@ -65,6 +66,7 @@ def _entry(change: changes.Change) -> str:
                   description="`after` is a position this feed never issued: beyond its newest change, or "
                               "from another database (or this one before a restore). `first` links to the "
                               "feed's beginning")
+@reads_cursor(_after)
 def list_changes(query: dict[str, Any]) -> Response:
     """Versions recorded after the `after` position, oldest first (commit order)."""
     after, feed_id = _after(query)

@@ -83,6 +83,28 @@ class ApiError(Exception):
         self.extra = extra
 
 
+#: The attribute :func:`api.http.reads_cursor` sets on a listing view: the function that reads its cursor.
+CURSOR_READER = "cursor_reader"
+
+
+def cursor_errors() -> dict[str, list[str]]:
+    """The errors the current request's cursor gets from its view's reader (none without one).
+
+    A view reads its cursor after flask-smorest has validated its other query parameters, so a 422 for
+    them did not name a bad cursor too, and a client fixing one error met the next (found by a probe).
+    The reader needs only the raw parameters and the path's, and raises :class:`ApiError` naming the
+    parameter."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    reader = getattr(view, CURSOR_READER, None)
+    if reader is None:
+        return {}
+    try:
+        reader(request.args, **(request.view_args or {}))
+    except ApiError as exc:
+        return exc.errors
+    return {}
+
+
 def flatten_errors(messages: Any, prefix: str | None = None) -> dict[str, list[str]]:
     """Turn marshmallow's nested error dict into ``{"a.0.b": [messages]}``; errors of the whole object
     are under ``_schema``. ``prefix`` is None at the top: an empty name (``?=1``, a body key ``""``) is a
@@ -206,6 +228,8 @@ def init_app(app: Flask) -> None:
         errors = None
         if "messages" in data:  # webargs/flask-smorest validation errors
             errors = flatten_errors(_strip_locations(data["messages"]))
+            for name, messages in cursor_errors().items():
+                errors.setdefault(name, messages)
         elif status == 413:  # the body as a whole is at fault (README: errors names what the client sent)
             errors = {"body": [exc.description or "too large"]}
         message = data.get("message") or exc.description or HTTPStatus(status).phrase

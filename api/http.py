@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from flask import Response, request
 from werkzeug.urls import iri_to_uri
 
-from api.errors import ApiError
+from api.errors import CURSOR_READER, ApiError
 from protocols import paging
 from protocols.models import MAX_SEQ
 from protocols.versioning import StoredVersion, names_etag
+
+_View = TypeVar("_View", bound=Callable[..., Any])
 
 _TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
 #: ``*`` or a list of entity-tags (RFC 9110 8.8.3), with the empty list elements and optional white
@@ -216,6 +218,16 @@ def list_response(items_json: Iterable[str], *, next_url: str | None, prev_url: 
     if link:
         response.headers["Link"] = link
     return response
+
+
+def reads_cursor(reader: Callable[..., Any]) -> Callable[[_View], _View]:
+    """Mark a listing view with ``reader(query, **path_params)``, the function it reads its cursor with,
+    so that a 422 for its other query parameters names a bad cursor too (:func:`api.errors.cursor_errors`).
+    Put it next to ``def``: the decorators above copy the mark onto their wrappers."""
+    def mark(view: _View) -> _View:
+        setattr(view, CURSOR_READER, reader)
+        return view
+    return mark
 
 
 def read_cursor(kind: str, query: Mapping[str, Any], max_key: int = MAX_CURSOR_KEY) -> tuple[int | None, int | None]:

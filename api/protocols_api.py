@@ -6,6 +6,7 @@ Views are thin: parse with a schema, call a versioning service, serve the stored
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +27,7 @@ from api.http import (
     page_url,
     read_composite_cursor,
     read_cursor,
+    reads_cursor,
     version_response,
 )
 from api.parsing import Blueprint
@@ -143,6 +145,22 @@ def create_protocol(payload: dict[str, Any]) -> Response:
     return version_response(stored, 201, headers={"Location": location})
 
 
+LIST_KIND = "protocols"
+RANKED_KIND = "protocols:ranked"
+
+
+def _list_cursor(query: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(after, before)`` keys of the list's cursor: a ranked search's (with ``q``) or the newest-first
+    list's (:func:`_ranked_page` says what a ranked key holds)."""
+    if "q" in query:
+        return read_composite_cursor(RANKED_KIND, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ, 1), optional=2)
+    return read_cursor(LIST_KIND, query)
+
+
+def _versions_cursor(query: Mapping[str, Any], protocol_id: str) -> tuple[int | None, int | None]:
+    return read_cursor(f"versions:{protocol_id}", query, max_key=MAX_VERSION)
+
+
 @blp.route("", methods=["GET"])
 @blp.arguments(ProtocolListQuerySchema(), location="query")
 @blp.response(200, ProtocolPageSchema, headers=LINK_HEADER)
@@ -150,6 +168,7 @@ def create_protocol(payload: dict[str, Any]) -> Response:
                   description="A ranked search's `cursor` from before a version was recorded that takes effect at "
                               "or before the search's moment (a back-dated write): its pages would skip or repeat "
                               "protocols; `first` links to the search without the cursor")
+@reads_cursor(_list_cursor)
 def list_protocols(query: dict[str, Any]) -> Response:
     """Find protocols: filters (AND), free text `q` (ranked), `as_of` time travel, cursor pages.
 
@@ -164,13 +183,13 @@ def list_protocols(query: dict[str, Any]) -> Response:
         now = utcnow()
         filters = replace(filters, as_of=now)
         pinned = {"as_of": format_rfc3339(now)}
-    kind = "protocols:ranked" if filters.ranked else "protocols"
+    kind = RANKED_KIND if filters.ranked else LIST_KIND
     after: Any
     before: Any
     if filters.ranked:
         page, keys, after, before = _ranked_page(kind, filters, query, server_pinned=pinned is not None)
     else:
-        after, before = read_cursor(kind, query)
+        after, before = _list_cursor(query)
         page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
                              count=query["count"])
         keys = [hit.key for hit in page.items]
@@ -192,7 +211,7 @@ def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
     adversarial probe); the 409's ``first`` link drops an ``as_of`` the server pinned, so the restart
     reads now, not the stale moment (found by a probe of the fix). Cursors issued without the last
     parts are read as before."""
-    after, before = read_composite_cursor(kind, query, (MAX_VERSION, MAX_SEQ, MAX_SEQ, 1), optional=2)
+    after, before = _list_cursor(query)
     cursor = after or before
     if cursor is None:
         position: int | None = search.feed_position(get_db())
@@ -286,10 +305,11 @@ def retire_protocol(query: dict[str, Any], protocol_id: str) -> Response:
 @blp.route("/<string:protocol_id>/versions", methods=["GET"])
 @blp.arguments(VersionListQuerySchema(), location="query")
 @blp.response(200, ProtocolPageSchema, headers=LINK_HEADER)
+@reads_cursor(_versions_cursor)
 def list_versions(query: dict[str, Any], protocol_id: str) -> Response:
     """Every version, newest first."""
     kind = f"versions:{protocol_id}"
-    after, before = read_cursor(kind, query, max_key=MAX_VERSION)
+    after, before = _versions_cursor(query, protocol_id)
     page = versioning.list_versions(get_db(), protocol_id, limit=query["page_size"], after_version=after,
                                     before_version=before, since=query.get("since"),
                                     until=query.get("until"))

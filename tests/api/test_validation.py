@@ -250,6 +250,37 @@ def test_cursor_from_another_listing_is_rejected(client):
     assert client.get(f"/v1/protocols?cursor={token}").status_code == 422
 
 
+@pytest.mark.parametrize(("path", "cursor_param"), [
+    ("/v1/protocols?page_size=0&cursor=bm90LWEtY3Vyc29y", "cursor"),
+    ("/v1/protocols?q=ketamine&page_size=0&cursor=bm90LWEtY3Vyc29y", "cursor"),
+    ("/v1/protocols/{pid}/versions?page_size=0&cursor=bm90LWEtY3Vyc29y", "cursor"),
+    ("/v1/admin/audit?page_size=0&cursor=bm90LWEtY3Vyc29y", "cursor"),
+    ("/v1/changes?page_size=0&after=bm90LWEtY3Vyc29y", "after"),
+    # the other listing's cursor: a ranked search takes no newest-first cursor, and the reverse
+    ("/v1/protocols?q=ketamine&page_size=0&cursor={plain}", "cursor"),
+    ("/v1/protocols?page_size=0&cursor={ranked}", "cursor"),
+])
+def test_a_bad_cursor_is_named_beside_the_other_bad_parameters(client, path, cursor_param):
+    """Found by a probe: a listing read its cursor only once its other parameters had passed, so a 422
+    for ``page_size`` did not name the cursor, and a client fixing one error met the next."""
+    payload = protocol_payload(title="Ketamine cursor test")
+    assert client.post("/v1/protocols", json=payload).status_code == 201
+    assert client.post("/v1/protocols", json=protocol_payload(title="Ketamine cursor test 2")).status_code == 201
+    plain = client.get("/v1/protocols?page_size=1").get_json()["next"].split("cursor=")[1]
+    ranked = client.get("/v1/protocols?q=ketamine&page_size=1").get_json()["next"].split("cursor=")[1].split("&")[0]
+    url = path.format(pid=payload["id"], plain=plain, ranked=ranked)
+    response = client.get(url)
+    assert response.status_code == 422, response.get_json()
+    assert set(response.get_json()["errors"]) == {"page_size", cursor_param}
+    # the cursor alone: the same message as before
+    alone = client.get(url.replace("page_size=0&", ""))
+    assert alone.status_code == 422 and set(alone.get_json()["errors"]) == {cursor_param}
+    assert alone.get_json()["errors"][cursor_param] == response.get_json()["errors"][cursor_param]
+    # a good cursor beside a bad parameter is not named
+    good = client.get(f"/v1/protocols?page_size=0&cursor={plain}")
+    assert good.status_code == 422 and set(good.get_json()["errors"]) == {"page_size"}
+
+
 def _json_body_operations(client) -> list[tuple[str, str, dict]]:
     spec = client.get("/openapi.json").get_json()
     found = []
