@@ -7,15 +7,21 @@ transfer coding it does not implement (501). For these it writes an HTML page th
 ``gunicorn.util.write_error``. An integration parses every error body as JSON (``code``, ``status``,
 ``message``, ``request_id``), as it does the app's own, so gunicorn.conf.py installs this writer in
 each worker instead. Status line, ``Connection: close`` and the reason are gunicorn's; only the body
-and its headers change.
+and its headers change. Like the app's own 4xx bodies, each names what was at fault in ``errors``: the
+part of the request gunicorn's exception was about (``request_line``, ``method``, ``http_version``, a
+header by its name, ``headers`` as a whole, ``body``).
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import threading
+from typing import Any
 
 from gunicorn import util
+from gunicorn.http import errors as http_errors
+from gunicorn.workers.base import Worker
 
 from api.errors import error_body
 from api.request_ids import new_request_id
@@ -23,13 +29,48 @@ from api.request_ids import new_request_id
 #: gunicorn's messages can quote what the client sent (a header line, a request line); enough of it
 #: to recognize the request, not an echo of a 8 KB line.
 MAX_MESSAGE_CHARS = 200
+#: A header name quoted as the key of ``errors``: longer ones are cut, as messages are.
+MAX_NAME_CHARS = 100
+
+#: What each of gunicorn's refusals was about (the first match of the exception's type wins).
+_AT_FAULT: tuple[tuple[type[BaseException], str], ...] = (
+    (http_errors.LimitRequestLine, "request_line"),
+    (http_errors.InvalidRequestLine, "request_line"),
+    (http_errors.InvalidRequestMethod, "method"),
+    (http_errors.InvalidHTTPVersion, "http_version"),
+    (http_errors.LimitRequestHeaders, "headers"),
+    (http_errors.UnsupportedTransferCoding, "Transfer-Encoding"),
+    (http_errors.ExpectationFailed, "Expect"),
+    (http_errors.InvalidChunkSize, "body"),
+    (http_errors.ChunkMissingTerminator, "body"),
+    (http_errors.InvalidChunkExtension, "body"),
+    (http_errors.InvalidProxyLine, "proxy_protocol"),
+)
+
+#: The exception gunicorn's ``handle_error`` is answering on this thread (its ``write_error`` is not
+#: given it): set by :func:`_handle_error`, read by :func:`write_json_error`.
+_answering = threading.local()
+
+
+def at_fault(exc: BaseException | None) -> str:
+    """The part of the request ``exc`` refused: a header by its name where gunicorn says which."""
+    for kind, where in _AT_FAULT:
+        if isinstance(exc, kind):
+            return where
+    if isinstance(exc, http_errors.InvalidHeader | http_errors.InvalidHeaderName | http_errors.ObsoleteFolding):
+        name = getattr(exc, "hdr", None)
+        if isinstance(name, str) and name.strip() and name.isprintable():
+            return name.strip()[:MAX_NAME_CHARS]
+        return "headers"
+    return "request"
 
 
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's ``write_error`` with the app's error body (same signature, same status line)."""
     message = (mesg or reason)[:MAX_MESSAGE_CHARS]
     request_id = new_request_id()
-    body = json.dumps(error_body(status_int, message, request_id=request_id)).encode()
+    where = at_fault(getattr(_answering, "exc", None))
+    body = json.dumps(error_body(status_int, message, {where: [message]}, request_id=request_id)).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\n"
             "Connection: close\r\n"
             "Content-Type: application/json\r\n"
@@ -45,6 +86,19 @@ def install() -> None:
     """Make gunicorn's workers answer the requests they refuse with the JSON error body.
 
     ``Worker.handle_error`` looks ``util.write_error`` up on the module at call time, so replacing the
-    module attribute is enough; called from gunicorn.conf.py's ``post_worker_init``.
+    module attribute is enough; it does not pass the exception on, so ``handle_error`` is wrapped to
+    keep it for the writer. Called from gunicorn.conf.py's ``post_worker_init`` (once per worker).
     """
     util.write_error = write_json_error
+    if getattr(Worker.handle_error, "__wrapped__", None) is None:
+        original = Worker.handle_error
+
+        def _handle_error(self: Worker, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+            _answering.exc = exc
+            try:
+                original(self, req, client, addr, exc)
+            finally:
+                _answering.exc = None
+
+        _handle_error.__wrapped__ = original  # type: ignore[attr-defined]
+        Worker.handle_error = _handle_error

@@ -267,19 +267,26 @@ def _raw_exchange(server: Server, request: bytes) -> tuple[int, dict[str, str], 
 
 
 REFUSED_BY_GUNICORN = [
-    ("request-line-too-long", b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    ("request-line-too-long", b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+     "request_line"),
     ("too-many-headers", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\n"
-     + b"".join(b"X-N%d: 1\r\n" % n for n in range(120)) + b"\r\n", 431),
-    ("header-too-large", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
-    ("malformed-request-line", b"GARBAGE\r\n\r\n", 400),
-    ("malformed-header-name", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+     + b"".join(b"X-N%d: 1\r\n" % n for n in range(120)) + b"\r\n", 431, "headers"),
+    ("header-too-large", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431,
+     "headers"),
+    ("malformed-request-line", b"GARBAGE\r\n\r\n", 400, "request_line"),
+    ("malformed-method", b"G@T /v1/protocols HTTP/1.1\r\nHost: x\r\n\r\n", 400, "method"),
+    ("malformed-version", b"GET /v1/protocols HTTP/9.x\r\nHost: x\r\n\r\n", 400, "http_version"),
+    ("malformed-header-name", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400,
+     "Bad Header"),
+    ("unsupported-coding", b"POST /v1/protocols HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n",
+     501, "Transfer-Encoding"),
 ]
 
 
 def test_requests_gunicorn_refuses_itself_get_the_json_error_body(server: Server) -> None:
     """gunicorn answers these before the app runs; its HTML page is replaced by the app's error shape
     (api/server_errors.py), which integrations parse for every error. One server for every case."""
-    for name, request_bytes, status in REFUSED_BY_GUNICORN:
+    for name, request_bytes, status, where in REFUSED_BY_GUNICORN:
         got, headers, body = _raw_exchange(server, request_bytes)
         assert got == status, (name, headers, body)
         assert headers["content-type"] == "application/json", name
@@ -290,3 +297,5 @@ def test_requests_gunicorn_refuses_itself_get_the_json_error_body(server: Server
         assert document["request_id"] == headers["x-request-id"], name
         assert len(document["message"]) <= 200, name  # a bounded description, not an echo of the 9 KB line
         assert b"<html" not in body.lower(), name
+        # Like the app's own error bodies, the part of the request at fault is named (found by a probe)
+        assert document["errors"] == {where: [document["message"]]}, (name, document)
