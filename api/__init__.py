@@ -96,11 +96,25 @@ def _init_request_hooks(app: Flask) -> None:
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        if _automatic_options(response):
+            # Flask answers OPTIONS with an empty 200 typed text/html; the body is empty, so say so, as the
+            # CORS preflight does (api/cors.py), and keep the Allow header that lists the methods.
+            response.status_code = 204
+            response.set_data(b"")
+            for name in ("Content-Type", "Content-Length"):
+                response.headers.pop(name, None)
         response.headers["X-Request-ID"] = g.get("request_id") or new_request_id()
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
+
+
+def _automatic_options(response: Response) -> bool:
+    """Whether ``response`` is Flask's own answer to ``OPTIONS`` on a route (not a view's, not an error)."""
+    rule = request.url_rule
+    return (request.method == "OPTIONS" and response.status_code == 200 and rule is not None
+            and bool(getattr(rule, "provide_automatic_options", False)) and "Allow" in response.headers)
 
 
 def _conditional_get(response: Response) -> Response:

@@ -81,7 +81,10 @@ def test_admin_endpoints_need_admin_scope(anon_client, make_key):
 def test_public_endpoints_need_no_key(anon_client):
     for path in ("/v1/health", "/openapi.json", "/docs", "/docs-static/swagger-ui.css"):
         assert anon_client.get(path).status_code == 200, path
-    assert anon_client.options("/v1/protocols").status_code == 200  # CORS preflights carry no credentials
+    options = anon_client.options("/v1/protocols")  # CORS preflights carry no credentials
+    # Flask's own OPTIONS answer is empty: a 204 with Allow, not a 200 typed text/html (found by a probe)
+    assert options.status_code == 204 and options.data == b"" and "Content-Type" not in options.headers
+    assert set(options.headers["Allow"].split(", ")) == {"GET", "HEAD", "POST", "OPTIONS"}
 
 
 def test_anonymous_reads_only_when_enabled(make_app):
