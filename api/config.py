@@ -27,6 +27,10 @@ DEFAULT_PAGE_SIZE = 20
 MAX_BODY_BYTES = 256 * 1024
 
 
+#: Requests per key (or per client address, for anonymous reads) unless PROTOCOLS_RATE_LIMIT says otherwise.
+DEFAULT_RATE_LIMIT = "3000/minute"
+
+
 def from_env(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the Flask config: environment first, then explicit overrides (tests, benchmarks)."""
     env = os.environ
@@ -38,7 +42,9 @@ def from_env(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "PROTOCOLS_DB_POOL_SIZE": _integer(env, "PROTOCOLS_DB_POOL_SIZE", POOL_SIZE),
         "PROTOCOLS_ANONYMOUS_READS": _flag(env, "PROTOCOLS_ANONYMOUS_READS", False),
         "PROTOCOLS_REDIS_URL": env.get("PROTOCOLS_REDIS_URL") or None,
-        "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "3000/minute"),  # per key; "off" disables
+        # per key; "off" disables. Blank is the default, as for every other setting here: it turned limiting
+        # off (a compose file's "PROTOCOLS_RATE_LIMIT=" read as "no limit"; found by a probe)
+        "PROTOCOLS_RATE_LIMIT": env.get("PROTOCOLS_RATE_LIMIT", "").strip() or DEFAULT_RATE_LIMIT,
         # peers whose X-Forwarded-For names the client (api/proxy.py): none unless set, since a proxy
         # that passes the client's header through would let clients choose their address
         "PROTOCOLS_FORWARDED_ALLOW_IPS": env.get("PROTOCOLS_FORWARDED_ALLOW_IPS", ""),
@@ -110,7 +116,7 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{ENV_NAMES.get(key, key)} must be a whole number from {low} to {high}, "
                               f"got {value!r}")
     _check_database_url(str(config["PROTOCOLS_DATABASE_URL"]))
-    _check_rate_limit(str(config.get("PROTOCOLS_RATE_LIMIT") or ""))
+    _check_rate_limit(str(config.get("PROTOCOLS_RATE_LIMIT", "")))
     _check_proxies(str(config.get("PROTOCOLS_FORWARDED_ALLOW_IPS") or ""))
     redis_url = config.get("PROTOCOLS_REDIS_URL")
     if redis_url and urlsplit(str(redis_url)).scheme not in ("redis", "rediss", "unix"):

@@ -39,10 +39,11 @@ class Limit:
 
 
 def parse_limit(text: str) -> Limit | None:
-    """``"600/minute"`` -> ``Limit(600, 60)``; ``"off"``/empty -> None (no limit). ``0`` and ``none`` are
-    refused, not read as "off": set to ``0``, a limit reads as "no requests" as easily as "no limit", and
-    it silently turned limiting off (an adversarial probe)."""
-    if not text or text.strip().lower() == "off":
+    """``"600/minute"`` -> ``Limit(600, 60)``; ``"off"`` -> None (no limit). ``0``, ``none`` and an empty
+    value are refused, not read as "off": set to ``0``, a limit reads as "no requests" as easily as "no
+    limit", and it silently turned limiting off (an adversarial probe); the environment's blank value is
+    the default (``api.config``)."""
+    if text.strip().lower() == "off":
         return None
     match = _LIMIT.match(text)
     if not match or int(match.group(1)) < 1:
@@ -178,7 +179,7 @@ def add_headers(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    limit = parse_limit(str(app.config.get("PROTOCOLS_RATE_LIMIT") or ""))
+    limit = parse_limit(str(app.config.get("PROTOCOLS_RATE_LIMIT", "")))
     if limit is not None:
         app.extensions[RATELIMITER_KEY] = RateLimiter(limit, app.config.get("PROTOCOLS_REDIS_URL"))
     app.before_request(check_rate_limit)

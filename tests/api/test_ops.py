@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from api.config import from_env
 from api.ratelimit import Limit, RateLimiter, parse_limit
 from protocols import keys
 from tests.factories import protocol_payload
@@ -289,9 +290,16 @@ def test_parse_limit():
     assert parse_limit("600/minute") == Limit(600, 60)
     assert parse_limit("5 / Seconds") == Limit(5, 1)
     assert parse_limit("off") is None
-    for bad in ("fast", "0/minute", "10/fortnight", "0", "none"):
+    for bad in ("fast", "0/minute", "10/fortnight", "0", "none", "", "  "):
         with pytest.raises(ValueError):
             parse_limit(bad)
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_rate_limit_in_the_environment_is_the_default_not_off(monkeypatch, blank):
+    """Found by a probe: ``PROTOCOLS_RATE_LIMIT=`` (a compose file's empty value) turned limiting off."""
+    monkeypatch.setenv("PROTOCOLS_RATE_LIMIT", blank)
+    assert parse_limit(from_env()["PROTOCOLS_RATE_LIMIT"]) == Limit(3000, 60)
 
 
 def test_anonymous_readers_are_limited_by_address(make_app):
