@@ -12,6 +12,8 @@ Callers are identified by API key id; anonymous readers by client address.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 import math
 import re
@@ -134,8 +136,27 @@ COUNTED_VERDICT = "protocols.rate_limit_verdict"
 
 
 def identity(api_key_id: str | None, remote_addr: str | None) -> str:
-    """Who a request is counted against: its API key, or for anonymous reads its client address."""
-    return f"key:{api_key_id}" if api_key_id else f"addr:{remote_addr or 'unknown'}"
+    """Who a request is counted against: its API key, or for anonymous reads its client address (an
+    IPv6 client's /64: :func:`client_network`)."""
+    if api_key_id:
+        return f"key:{api_key_id}"
+    if remote_addr and ":" in remote_addr:
+        return f"addr:{client_network(remote_addr)}"
+    return f"addr:{remote_addr or 'unknown'}"
+
+
+@functools.lru_cache(maxsize=4096)
+def client_network(address: str) -> str:
+    """An IPv6 client counts by its /64, the smallest network a site or a SLAAC host is given (RFC 6177,
+    RFC 4291): one client holds all of it, and counted per address it could rotate through 2**64 budgets
+    (found by a probe). An IPv4-mapped address counts as the IPv4 address it is."""
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def headers(verdict: Verdict) -> dict[str, str]:

@@ -309,6 +309,21 @@ def test_anonymous_readers_are_limited_by_address(make_app):
     assert [anon.get("/v1/protocols").status_code for _ in range(3)] == [200, 200, 429]
 
 
+def test_an_ipv6_reader_is_counted_by_its_slash_64(make_app):
+    """Found by a probe: anonymous IPv6 readers were counted per address, and a host holds a whole /64,
+    so it could rotate to a fresh budget with every request. An IPv4-mapped address is its IPv4."""
+    app = make_app(PROTOCOLS_RATE_LIMIT="2/day", PROTOCOLS_ANONYMOUS_READS=True)
+    anon = app.test_client()
+    anon.environ_base.pop("HTTP_AUTHORIZATION")
+
+    def status(address: str) -> int:
+        return anon.get("/v1/protocols", environ_base={"REMOTE_ADDR": address}).status_code
+
+    assert [status(f"2001:db8:1:2::{n:x}") for n in (1, 2, 0xffff)] == [200, 200, 429]
+    assert status("2001:db8:1:3::1") == 200  # another /64
+    assert [status(a) for a in ("::ffff:192.0.2.7", "192.0.2.7", "::ffff:c000:207")] == [200, 200, 429]
+
+
 def test_make_run_mints_a_local_write_key():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     run_target = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
