@@ -85,7 +85,17 @@ HISTORY_PARAMS = ("_count", "_since", "_cursor", "_format")
 
 
 class InvalidSearch(DomainError):
-    """A supported parameter with a malformed value; ``details['param']`` names it."""
+    """A supported parameter with a malformed value; ``details['param']`` names it, and ``details['also']``
+    holds the request's other malformed parameters (each an ``InvalidSearch``), so that one answer names
+    every one of them (:func:`_raise_all`)."""
+
+
+def _raise_all(problems: Sequence[InvalidSearch]) -> None:
+    """Raise the first problem carrying the others: a client fixing ``_count`` was told of a bad
+    ``_cursor`` only on its next request (found by a probe)."""
+    if problems:
+        first = problems[0]
+        raise InvalidSearch(first.message, param=first.details.get("param"), also=tuple(problems[1:]))
 
 
 @dataclass(frozen=True)
@@ -124,40 +134,50 @@ class SearchSpec:
 
 
 def parse_search(pairs: Sequence[tuple[str, str]]) -> SearchSpec:
+    """The search the parameters ask for; every malformed one is named in one :class:`InvalidSearch`."""
     spec = SearchSpec()
     seen_controls: set[str] = set()
+    problems: list[InvalidSearch] = []
     for raw_name, value in pairs:
-        name, _, modifier = raw_name.partition(":")
-        if name in SEARCH_PARAMS and modifier:
-            spec.unsupported.append(Unsupported(raw_name, f"modifier ':{modifier}' is not supported"))
-            continue
-        if name in RESULT_PARAMS:
-            if modifier or name in seen_controls:
-                raise InvalidSearch(f"'{raw_name}' may appear once, without a modifier", param=raw_name)
-            seen_controls.add(name)
-        if name == "_id":  # an id that is not a well-formed FHIR id cannot exist: it matches nothing
-            spec.ids.append(frozenset(v for v in value.split(",") if is_resource_id(v)))
-        elif name == "code":
-            spec.codes.append(_parse_codes(value))
-        elif name == "status":
-            spec.statuses.append(_parse_statuses(value))
-        elif name == "_lastUpdated":
-            bound = _parse_date_param(name, value)
-            if isinstance(bound, Unsupported):
-                spec.unsupported.append(bound)
-                continue
-            spec.last_updated.append(bound)
-        elif name == "_count":
-            spec.count = parse_count(value)
-            value = str(spec.count)
-        elif name == "_cursor":
-            spec.cursor = decode_cursor(SEARCH_CURSOR, value)
-            continue  # links carry their own cursor
-        elif name != "_format":  # _format is checked by the HTTP layer and kept in the links
-            spec.unsupported.append(Unsupported(raw_name, f"parameter '{raw_name}' is not supported"))
-            continue
-        spec.applied.append((raw_name, value))
+        try:
+            _add_search_param(spec, seen_controls, raw_name, value)
+        except InvalidSearch as exc:
+            problems.append(exc)
+    _raise_all(problems)
     return spec
+
+
+def _add_search_param(spec: SearchSpec, seen_controls: set[str], raw_name: str, value: str) -> None:
+    name, _, modifier = raw_name.partition(":")
+    if name in SEARCH_PARAMS and modifier:
+        spec.unsupported.append(Unsupported(raw_name, f"modifier ':{modifier}' is not supported"))
+        return
+    if name in RESULT_PARAMS:
+        if modifier or name in seen_controls:
+            raise InvalidSearch(f"'{raw_name}' may appear once, without a modifier", param=raw_name)
+        seen_controls.add(name)
+    if name == "_id":  # an id that is not a well-formed FHIR id cannot exist: it matches nothing
+        spec.ids.append(frozenset(v for v in value.split(",") if is_resource_id(v)))
+    elif name == "code":
+        spec.codes.append(_parse_codes(value))
+    elif name == "status":
+        spec.statuses.append(_parse_statuses(value))
+    elif name == "_lastUpdated":
+        bound = _parse_date_param(name, value)
+        if isinstance(bound, Unsupported):
+            spec.unsupported.append(bound)
+            return
+        spec.last_updated.append(bound)
+    elif name == "_count":
+        spec.count = parse_count(value)
+        value = str(spec.count)
+    elif name == "_cursor":
+        spec.cursor = decode_cursor(SEARCH_CURSOR, value)
+        return  # links carry their own cursor
+    elif name != "_format":  # _format is checked by the HTTP layer and kept in the links
+        spec.unsupported.append(Unsupported(raw_name, f"parameter '{raw_name}' is not supported"))
+        return
+    spec.applied.append((raw_name, value))
 
 
 _RESOURCE_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")
@@ -509,24 +529,33 @@ def parse_history(pairs: Sequence[tuple[str, str]], protocol_id: str) -> History
     this history issued), ``_format``."""
     spec = HistorySpec()
     seen: set[str] = set()
+    problems: list[InvalidSearch] = []
     for name, value in pairs:
         if name not in HISTORY_PARAMS:
             spec.unsupported.append(Unsupported(name, f"parameter '{name}' is not supported on _history"))
             continue
-        if name in seen:
-            raise InvalidSearch(f"'{name}' may appear once", param=name)
-        seen.add(name)
-        if name == "_count":
-            spec.count = parse_count(value)
-            value = str(spec.count)
-        elif name == "_since":
-            spec.since = parse_instant(name, value)
-        elif name == "_cursor":
-            key, direction = decode_cursor(history_cursor(protocol_id), value, max_key=MAX_VERSION)
-            if direction == "n":
-                spec.before_version = key
-            else:
-                spec.after_version = key
-            continue
-        spec.applied.append((name, value))
+        try:
+            _add_history_param(spec, seen, protocol_id, name, value)
+        except InvalidSearch as exc:
+            problems.append(exc)
+    _raise_all(problems)
     return spec
+
+
+def _add_history_param(spec: HistorySpec, seen: set[str], protocol_id: str, name: str, value: str) -> None:
+    if name in seen:
+        raise InvalidSearch(f"'{name}' may appear once", param=name)
+    seen.add(name)
+    if name == "_count":
+        spec.count = parse_count(value)
+        value = str(spec.count)
+    elif name == "_since":
+        spec.since = parse_instant(name, value)
+    elif name == "_cursor":
+        key, direction = decode_cursor(history_cursor(protocol_id), value, max_key=MAX_VERSION)
+        if direction == "n":
+            spec.before_version = key
+        else:
+            spec.after_version = key
+        return
+    spec.applied.append((name, value))

@@ -966,6 +966,19 @@ def test_the_answer_is_in_the_type_the_client_rates_highest(client, accept, answ
     assert response.status_code == 200 and response.mimetype == answered, (accept, response.mimetype)
 
 
+def test_every_malformed_search_or_history_parameter_is_its_own_issue(client):
+    """Found by a probe: the first malformed parameter was the only one named, so a client fixing
+    ``_count`` learnt of its bad ``_cursor`` on the next request."""
+    body = _outcome(client.get(f"{MK}?_count=abc&code=&_cursor=zzz&status=bogus"), 400)
+    assert [issue["expression"] for issue in body["issue"]] == [["_count"], ["code"], ["_cursor"], ["status"]]
+    assert all(issue["code"] == "invalid" and issue["diagnostics"] for issue in body["issue"])
+    pid = _create(client)["id"]
+    history = _outcome(client.get(f"{MK}/{pid}/_history?_count=-1&_since=yesterday&_cursor=zzz"), 400)
+    assert [issue["expression"] for issue in history["issue"]] == [["_count"], ["_since"], ["_cursor"]]
+    one = _outcome(client.get(f"{MK}?_count=abc"), 400)  # one malformed parameter: one issue, as before
+    assert [issue["expression"] for issue in one["issue"]] == [["_count"]]
+
+
 def test_format_overrides_accept(client):
     for accept in ("application/fhir+xml", "text/html"):
         response = client.get("/fhir/R4/metadata?_format=json", headers={"Accept": accept})
