@@ -573,10 +573,13 @@ def export() -> Response:
     """Every current MedicationKnowledge as NDJSON, streamed page by page (bounded memory)."""
     negotiate(formats=NDJSON_FORMATS, media_types=(FHIR_NDJSON, "application/ndjson", FHIR_JSON,
                                                    "application/json"))
+    problems = []
     if request.args.get("_outputFormat", NDJSON_FORMATS[0]) not in NDJSON_FORMATS:
-        raise InvalidSearch(f"_outputFormat must be one of {', '.join(NDJSON_FORMATS)}", param="_outputFormat")
+        problems.append(InvalidSearch(f"_outputFormat must be one of {', '.join(NDJSON_FORMATS)}",
+                                      param="_outputFormat"))
     if request.args.get("_type", "MedicationKnowledge") != "MedicationKnowledge":
-        raise InvalidSearch("_type: this server exports MedicationKnowledge only", param="_type")
+        problems.append(InvalidSearch("_type: this server exports MedicationKnowledge only", param="_type"))
+    fhir_query.raise_all(problems)
     warnings = simple_params(("_format", "_type", "_outputFormat"))
     db = get_db()
     base = base_url()

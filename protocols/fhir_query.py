@@ -87,10 +87,10 @@ HISTORY_PARAMS = ("_count", "_since", "_cursor", "_format")
 class InvalidSearch(DomainError):
     """A supported parameter with a malformed value; ``details['param']`` names it, and ``details['also']``
     holds the request's other malformed parameters (each an ``InvalidSearch``), so that one answer names
-    every one of them (:func:`_raise_all`)."""
+    every one of them (:func:`raise_all`)."""
 
 
-def _raise_all(problems: Sequence[InvalidSearch]) -> None:
+def raise_all(problems: Sequence[InvalidSearch]) -> None:
     """Raise the first problem carrying the others: a client fixing ``_count`` was told of a bad
     ``_cursor`` only on its next request (found by a probe)."""
     if problems:
@@ -143,7 +143,7 @@ def parse_search(pairs: Sequence[tuple[str, str]]) -> SearchSpec:
             _add_search_param(spec, seen_controls, raw_name, value)
         except InvalidSearch as exc:
             problems.append(exc)
-    _raise_all(problems)
+    raise_all(problems)
     return spec
 
 
@@ -538,7 +538,7 @@ def parse_history(pairs: Sequence[tuple[str, str]], protocol_id: str) -> History
             _add_history_param(spec, seen, protocol_id, name, value)
         except InvalidSearch as exc:
             problems.append(exc)
-    _raise_all(problems)
+    raise_all(problems)
     return spec
 
 

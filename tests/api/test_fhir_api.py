@@ -975,6 +975,8 @@ def test_every_malformed_search_or_history_parameter_is_its_own_issue(client):
     pid = _create(client)["id"]
     history = _outcome(client.get(f"{MK}/{pid}/_history?_count=-1&_since=yesterday&_cursor=zzz"), 400)
     assert [issue["expression"] for issue in history["issue"]] == [["_count"], ["_since"], ["_cursor"]]
+    export = _outcome(client.get("/fhir/R4/$export?_outputFormat=csv&_type=Patient"), 400)
+    assert [issue["expression"] for issue in export["issue"]] == [["_outputFormat"], ["_type"]]
     one = _outcome(client.get(f"{MK}?_count=abc"), 400)  # one malformed parameter: one issue, as before
     assert [issue["expression"] for issue in one["issue"]] == [["_count"]]
 
