@@ -23,21 +23,26 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import groupby
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from protocols.db import Database
 from protocols.indexing import search_terms
-from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
+from protocols.models import ChangeCounter, EffectivePeriod, Protocol, ProtocolVersion, SearchTerm
 from protocols.record import split_document
 from protocols.versioning import reference_periods, snapshot
 
 BATCH = 1000
 
 
+#: What :func:`derived_problems` names for a problem of the changes-feed counter (no protocol's own).
+COUNTER = "(changes feed)"
+
+
 def derived_problems(db: Database, report: Callable[[str, str], None]) -> int:
     """``report(protocol_id, problem)`` for every protocol whose head, effective periods or search
-    terms differ from what its stored versions define; returns how many protocols were checked."""
+    terms differ from what its stored versions define, and ``report(COUNTER, problem)`` for a changes-feed
+    counter behind the stored versions; returns how many protocols were checked."""
     checked = 0
     with snapshot(db) as session:
         heads = {protocol_id: (seq, latest) for protocol_id, seq, latest in
@@ -70,6 +75,13 @@ def derived_problems(db: Database, report: Callable[[str, str], None]) -> int:
             report(protocol_id, "its head names a protocol that has no stored version")
         for protocol_id, version in _term_mismatches(session):
             report(protocol_id, f"search_terms of version {version} differ from what its document defines")
+        counter = session.execute(select(ChangeCounter.value).where(ChangeCounter.id == 1)).scalar()
+        newest = session.execute(select(func.max(ProtocolVersion.seq))).scalar() or 0
+        if counter is None or counter < newest:
+            # Every write would take a seq already stored, fail, and roll its increment back: writes stop
+            # until the row is mended (migration 0011 refuses moving it back; found by a probe).
+            report(COUNTER, f"change_counter is {counter}, behind the newest stored version's seq {newest}: "
+                            "every write would collide with a stored version and fail")
     return checked
 
 

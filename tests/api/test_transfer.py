@@ -527,6 +527,27 @@ def test_check_names_derived_rows_changed_outside_the_service(app, client, backe
     assert "the derived rows of 2 of 3 protocols differ from their versions" in result.output
 
 
+def test_check_names_a_changes_feed_counter_behind_the_stored_versions(app, client, backend):
+    """Found by an adversarial probe: a counter moved back (migration 0011 now refuses it; here with its
+    triggers off, as a table owner can) made every write fail as a lost race, and the check said
+    nothing."""
+    from sqlalchemy import text
+
+    _seed(client)
+    db = app.extensions["protocols_db"]
+    with db.engine.begin() as conn:
+        if backend == "postgres":
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
+        else:
+            conn.execute(text("DROP TRIGGER change_counter_only_advances"))
+        conn.execute(text("UPDATE change_counter SET value = value - 3"))
+    result = app.test_cli_runner().invoke(args=["protocols", "check"])
+    assert result.exit_code == 1, result.output
+    assert "(changes feed): change_counter is 3, behind the newest stored version's seq 6" in result.output
+    assert ("the derived rows of 0 of 3 protocols differ from their versions, and the changes-feed counter is "
+            "behind the stored versions") in result.output
+
+
 SUPPORTS_PATHS = [
     ("verification_notes.7", False), ("status.foo", False), ("effective_from.x", False),
     ("drug.brand_names.3", False), ("dosing_ranges.0.instructions.text", False),

@@ -7,6 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
 from protocols import versioning
+from protocols.record import split_document
 from protocols.versioning import WriteContext
 from schemas.protocol import ProtocolCreateSchema, split_payload
 from tests.factories import protocol_payload
@@ -65,6 +66,28 @@ def test_head_advances_by_exactly_one(db):
         conn.execute(text("UPDATE protocols SET latest_version = 3 WHERE id = :pid"), {"pid": protocol_id})
     with pytest.raises(DatabaseError), db.engine.begin() as conn:
         conn.execute(text("UPDATE protocols SET latest_version = 5 WHERE id = :pid"), {"pid": protocol_id})
+
+
+def test_the_changes_feed_counter_only_advances(db, backend):
+    """Found by an adversarial probe: one ``UPDATE change_counter SET value = value - 3`` made every later
+    write collide with a stored seq and fail as a lost race (412, or "already exists" for a new id)
+    until the row was mended. Migration 0011 refuses moving it back, deleting or replacing it."""
+    protocol_id = _seed(db)
+    statements = ["UPDATE change_counter SET value = value - 1", "UPDATE change_counter SET value = NULL",
+                  "UPDATE change_counter SET id = 2", "DELETE FROM change_counter"]
+    statements += (["TRUNCATE change_counter"] if backend == "postgres"
+                   else ["REPLACE INTO change_counter (id, value) VALUES (1, 0)",
+                         "INSERT OR REPLACE INTO change_counter (id, value) VALUES (1, 0)"])
+    for statement in statements:
+        with pytest.raises(DatabaseError), db.engine.begin() as conn:
+            conn.execute(text(statement))
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT id, value FROM change_counter")).all() == [(1, 2)]
+    with db.engine.begin() as conn:  # advancing it stays allowed (the writes' own UPDATE, bench/generate.py)
+        conn.execute(text("UPDATE change_counter SET value = value + 5"))
+    latest = versioning.latest(db, protocol_id)
+    content = split_document(latest.document)[1]
+    assert versioning.revise(db, protocol_id, dict(content, title="Third"), if_match=[latest.etag])[0].version == 3
 
 
 _COLUMNS = ("seq, protocol_id, version, status, effective_from, recorded_at, recorded_by, request_id, change_note, "
