@@ -25,7 +25,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -115,8 +115,10 @@ def _bad_request(path: str, message: str) -> MalformedOrder:
     return MalformedOrder(f"Malformed CDS Hooks request: {path}: {message}", errors={path: [message]})
 
 
-def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> list[DraftOrder]:
-    """The MedicationRequests of ``context.draftOrders`` (validated as FHIR R4), as DraftOrders."""
+def draft_medication_requests(bundle: Any, hook: str, selections: list[str], patient_id: str) -> list[DraftOrder]:
+    """The MedicationRequests of ``context.draftOrders`` (validated as FHIR R4), as DraftOrders. Each must
+    be for the hook's patient (``context.patientId``): an order naming another patient is a malformed
+    request, not an order to judge as this patient's (found by a probe)."""
     from fhir.resources.R4B.medicationrequest import MedicationRequest
 
     path = "context.draftOrders"
@@ -137,8 +139,22 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str]) -> 
         if hook == "order-select" and f"MedicationRequest/{resource.get('id')}" not in wanted:
             continue
         request = _validated(MedicationRequest, resource, f"{path}.entry.{index}.resource")
+        subject = request.subject.reference if request.subject is not None else None
+        if not is_about_patient(subject, patient_id):
+            raise _bad_request(f"{path}.entry.{index}.resource.subject",
+                               f"must reference the hook's patient, Patient/{patient_id} (context.patientId); "
+                               f"it names {subject or 'no patient by reference'}")
         orders.append(_draft_order(request, resource, f"{path}.entry.{index}.resource", medications))
     return orders
+
+
+def is_about_patient(reference: Any, patient_id: str) -> bool:
+    """Whether a FHIR reference names ``Patient/<patient_id>``: relative, or absolute on any server,
+    with or without a version (``/_history/2``)."""
+    if not isinstance(reference, str):
+        return False
+    plain = _VERSION_SUFFIX.sub("", reference)
+    return plain == f"Patient/{patient_id}" or plain.endswith(f"/Patient/{patient_id}")
 
 
 def _validated(model: Any, raw: Mapping[str, Any], where: str) -> Any:
@@ -254,7 +270,7 @@ def warm_up() -> None:
     a request needs it), and it builds the pydantic model of each FHIR element type the first time one
     is validated; together ~170 ms that the first CDS call of every worker would otherwise wait for.
     """
-    draft_medication_requests(_WARM_UP_ORDERS, "order-sign", [])
+    draft_medication_requests(_WARM_UP_ORDERS, "order-sign", [], "warm-up")
 
 
 def _codings(concept: Any) -> Iterable[Any]:
@@ -683,6 +699,11 @@ class Weight:
     kg: Fraction
     observed_at: datetime | None
     refused: str | None = None
+    #: The observation's ``subject.reference``: only the hook's patient's weight is used.
+    subject: str | None = None
+
+    def subject_is(self, patient_id: str) -> bool:
+        return is_about_patient(self.subject, patient_id)
 
     @property
     def usable_kg(self) -> Fraction | None:
@@ -692,8 +713,11 @@ class Weight:
         return format_rfc3339(self.observed_at) if self.observed_at is not None else "date unknown"
 
 
-def prefetched_weight(prefetch: Mapping[str, Any], *, now: datetime | None = None) -> Weight | str:
-    """The latest usable body weight, or the reason there is none (shown on cards)."""
+def prefetched_weight(prefetch: Mapping[str, Any], *, patient_id: str, now: datetime | None = None) -> Weight | str:
+    """The latest usable body weight of the hook's patient, or the reason there is none (shown on cards).
+
+    Only observations whose ``subject`` is the patient count: another patient's 140 kg turned a
+    600 mg order from critical into "within range" (found by a probe)."""
     data = prefetch.get(WEIGHT_PREFETCH)
     if data is None:
         return "no body weight was prefetched"
@@ -710,15 +734,19 @@ def prefetched_weight(prefetch: Mapping[str, Any], *, now: datetime | None = Non
         raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle or Observation")
     # A weight "observed" after now is a data-entry error, not the newest weight (2099 won).
     latest_plausible = (now or utcnow()) + timedelta(days=1)
-    found = [weight for weight in map(_observation_weight, resources)
-             if weight is not None and (weight.observed_at or datetime.min) <= latest_plausible]
+    weights = [weight for weight in map(_observation_weight, resources) if weight is not None]
+    found = [weight for weight in weights
+             if weight.subject_is(patient_id) and (weight.observed_at or datetime.min) <= latest_plausible]
     if not found:
+        if any(not weight.subject_is(patient_id) for weight in weights):
+            return (f"the prefetched body weights are not of this patient (Patient/{patient_id}), or name no "
+                    "patient")
         return "the prefetched observations hold no usable body weight"
     newest = max(found, key=lambda weight: weight.observed_at or datetime.min)
     try:
         check_weight(newest.kg)
     except DosingError as exc:  # the newest is wrong, so an older one is no safer: none is used
-        return Weight(newest.kg, newest.observed_at, refused=exc.message)
+        return replace(newest, refused=exc.message)
     return newest
 
 
@@ -739,6 +767,8 @@ def _observation_weight(resource: Any) -> Weight | None:
     if (not isinstance(quantity, Mapping) or isinstance(quantity.get("value"), bool)
             or not isinstance(quantity.get("value"), int | Decimal) or quantity.get("comparator") is not None):
         return None  # true is an int to Python, not a weight of 1 kg; "> 70 kg" is no weight either
+    if quantity.get("system") is not None and quantity.get("system") != terminology.UCUM:
+        return None  # a unit coded in another system is not read as UCUM (or from its text)
     unit = quantity.get("code") or quantity.get("unit")
     value = Decimal(quantity["value"])
     if number_problem(value) is not None:
@@ -747,7 +777,9 @@ def _observation_weight(resource: Any) -> Weight | None:
         kilograms = to_kilograms(value, str(unit))
     except UnitError:
         return None
-    return Weight(kilograms, _observed_at(resource))
+    subject = resource.get("subject")
+    return Weight(kilograms, _observed_at(resource),
+                  subject=subject.get("reference") if isinstance(subject, Mapping) else None)
 
 
 def _observed_at(resource: Mapping[str, Any]) -> datetime | None:

@@ -297,6 +297,41 @@ def test_missing_or_implausible_weight_is_a_warning_not_an_error(client):
         in card["detail"]
 
 
+def test_only_the_hook_patients_weight_and_orders_are_read(client):
+    """Found by a probe: a prefetched weight of another patient was used (600 mg IV ketamine, critical at
+    the patient's 70 kg, read "within range" at another's 140 kg), an order naming another patient was
+    judged as this one's, and a weight coded outside UCUM was read from its unit text."""
+    ketamine_protocol(client)  # 1-4.5 mg/kg
+    order = medication_request("ket-who", KETAMINE, IV, dose=(600, "mg"))
+    other = weight_observation(140)
+    other["subject"] = {"reference": "Patient/someone-else"}
+    (card,) = cards(client, hook_request([order], weight=other))
+    assert card["indicator"] == "warning" and "Body weight used" not in card["detail"]
+    assert "not of this patient (Patient/example)" in card["detail"]
+    # beside the patient's own, another's newer weight is passed over; an absolute or versioned reference
+    # to the patient is the patient
+    own = weight_observation(70, when="2026-11-01T00:00:00Z")
+    own["subject"] = {"reference": "https://ehr.example.org/fhir/Patient/example/_history/3"}
+    both = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": other}, {"resource": own}]}
+    (card,) = cards(client, hook_request([order], weight=both))
+    assert card["indicator"] == "critical" and "\u00d7 70 kg" in card["detail"]
+    nameless = weight_observation(140)
+    del nameless["subject"]
+    (card,) = cards(client, hook_request([order], weight=nameless))
+    assert card["indicator"] == "warning" and "name no patient" in card["detail"]
+    coded_elsewhere = weight_observation(70)
+    coded_elsewhere["valueQuantity"]["system"] = "http://snomed.info/sct"
+    (card,) = cards(client, hook_request([order], weight=coded_elsewhere))
+    assert card["indicator"] == "warning" and "no usable body weight" in card["detail"]
+
+    for_another = medication_request("ket-other", KETAMINE, IV, dose=(600, "mg"))
+    for_another["subject"] = {"reference": "Patient/someone-else"}
+    response = call(client, hook_request([order, for_another], weight=weight_bundle(70)))
+    assert response.status_code == 400
+    assert list(response.get_json()["errors"]) == ["context.draftOrders.entry.1.resource.subject"]
+    assert "Patient/someone-else" in response.get_json()["errors"]["context.draftOrders.entry.1.resource.subject"][0]
+
+
 def test_an_implausible_weight_is_refused_once_and_a_fixed_dose_is_still_checked(client):
     """Found by a review: the dose check refused the whole order for an implausible prefetched weight,
     so a fixed-dose range (no weight needed) read "dose not checked" beside 1,000,000 kg. The weight
@@ -668,7 +703,7 @@ def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
     (bundle_entry,) = cds._WARM_UP_ORDERS["entry"]
     MedicationRequest.model_validate(bundle_entry["resource"])
     cds.warm_up()
-    (order,) = cds.draft_medication_requests(cds._WARM_UP_ORDERS, "order-sign", [])
+    (order,) = cds.draft_medication_requests(cds._WARM_UP_ORDERS, "order-sign", [], "warm-up")
     assert order.rxnorm == ["6130"] and order.reasons == ["35489007"]  # via the contained Medication
     assert [(line.route, line.label, line.frequency is not None) for line in order.lines] == [
         ("47625008", "70 mg at 1 mg/kg/h", True), ("47625008", "1 mg/kg to 2 mg/kg", True)]
@@ -680,7 +715,7 @@ from protocols import cds
 if sys.argv[1] == "warm":
     cds.warm_up()
 before = set(sys.modules)
-cds.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [])
+cds.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [], "example")
 print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith(("fhir", "pydantic")))))
 """
 
