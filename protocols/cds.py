@@ -100,6 +100,9 @@ class DosageLine:
     #: The shortest an administration may run (``timing.repeat.duration`` when ``durationMax`` is
     #: also given), in seconds: how fast the dose may be given (``DoseOrder.shortest_s``).
     shortest_s: Fraction | None = None
+    #: The order has a timing that could not be read as a frequency (it is in ``unchecked``): a verdict
+    #: for one dose must say so, not that no frequency was sent.
+    timing_unread: bool = False
 
 
 @dataclass
@@ -464,10 +467,13 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
     unit_seconds = PERIOD_UNIT_SECONDS.get(period_unit)
     length = _readable(period)
     total = (length or 0) * (unit_seconds or 0)
-    if length is None or unit_seconds is None or total.denominator != 1 or total < 60:
-        return None, [], [f"the timing ({period} {period_unit}) has no fixed length of at least a minute in "
-                          "whole seconds, so its frequency was not checked"]
-    count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), events)
+    if length is None or unit_seconds is None or total <= 0 or total.denominator > 1000:
+        return None, [], [f"the timing ({period} {period_unit}) has no fixed length in whole milliseconds, so its "
+                          "frequency was not checked"]
+    # Every 30 s was left unchecked (under a minute), and its card read "maximum respected: one dose"
+    # (found by a probe). Any length is counted now, over whole seconds: 1 per 0.5 s is 2 per second.
+    scale, total = total.denominator, Fraction(total.numerator)
+    count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), events) * scale
     if days:
         if total != PERIOD_UNIT_SECONDS["wk"]:
             return None, [], [f"dayOfWeek with a period of {period} {period_unit} (not one week)"]
@@ -480,7 +486,8 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         count = (max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), days * named_times) if stated
                  else days * max(events, 1))
     frequency = Frequency(count, _iso_duration(int(total)), named_days=tuple(named) or None, limit=most or None)
-    notes = ([f"Checked at the most frequent the timing allows: {count} per {period} {period_unit}"
+    notes = ([f"Checked at the most frequent the timing allows: {count} per "
+              + (f"{period} {period_unit}" if scale == 1 else f"{total} s")
               + (f", {frequency.per_named_day} on each of {days} named day{'s' if days > 1 else ''}." if days
                  else ".")]
              if count != int(repeat.frequency or 1) or days else [])
@@ -541,6 +548,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes, unchecked = _frequency(dosage, path)
+    timing_unread = frequency is None and bool(unchecked)
     duration, shortest_s = _administration_duration(dosage, unchecked, frequency)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
@@ -584,7 +592,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             # its card, "dose not checked"; without a line it got none, as if no protocol applied.
             lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
                                     as_needed=as_needed, unchecked=line_unchecked, duration=duration,
-                                    shortest_s=shortest_s))
+                                    shortest_s=shortest_s, timing_unread=timing_unread))
     return lines
 
 
@@ -884,7 +892,9 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
         duration = line.duration or _implied_duration(line, dose, weight_kg)
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
-                          duration_text=duration[1] if duration else None, shortest_s=line.shortest_s)
+                          duration_text=duration[1] if duration else None, shortest_s=line.shortest_s,
+                          no_frequency="the order's timing could not be read; see below" if line.timing_unread
+                          else None)
         try:
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:

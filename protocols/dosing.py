@@ -220,6 +220,9 @@ class DoseOrder:
     #: The shortest administration the order allows when it gives a range (FHIR ``duration`` below
     #: ``durationMax``), for :func:`_faster_than_protocol`; None: ``duration_s``.
     shortest_s: Fraction | None = None
+    #: Why the order has no frequency, when it is not that none was sent (a timing the caller could not
+    #: read): one dose is counted, and the per-period calculation says why.
+    no_frequency: str | None = None
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -614,7 +617,7 @@ def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, 
                                   f"{how} = {projected.text(_value(maximum))} per {period}")
     if frequency is None:
         doses = 1
-        how = f"one dose ({no_frequency})"
+        how = f"one dose ({order.no_frequency or no_frequency})"
     else:
         doses = frequency.doses_in(window)
         how = f"{doses} dose{'s' if doses != 1 else ''}"

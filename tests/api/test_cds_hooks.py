@@ -934,6 +934,28 @@ def test_an_order_read_in_part_is_never_an_info_card(client):
         assert reason in details, reason
 
 
+def test_a_dose_repeated_within_a_minute_is_judged_at_that_frequency(client):
+    """Found by a probe: 84 mg every 30 s (or 0.5 min, 0.01 h, twice a second) was a yellow card reading
+    "Per-period maximum respected: 84 mg x one dose (no frequency was sent)", while every 90 s was
+    critical. Any whole number of seconds is a period now; a timing that still cannot be read says so."""
+    create(client)
+    repeats = [{"frequency": 1, "period": 30, "periodUnit": "s"}, {"frequency": 1, "period": 0.5, "periodUnit": "min"},
+               {"frequency": 1, "period": 0.01, "periodUnit": "h"}, {"frequency": 2, "period": 1, "periodUnit": "s"},
+               {"frequency": 1, "period": 0.5, "periodUnit": "s"}, {"frequency": 1, "period": 90, "periodUnit": "s"}]
+    orders = [_esketamine_order(f"esk-fast-{n}", timing={"repeat": repeat}) for n, repeat in enumerate(repeats)]
+    result = cards(client, hook_request(orders))
+    assert [c["indicator"] for c in result] == ["critical"] * len(repeats), [c["summary"] for c in result]
+    assert not any("no frequency was sent" in c["detail"] for c in result)
+    half_second = next(c for c in result if "esk-fast-4" in c["detail"] or "0.5 s" in c["detail"]
+                       or "2 per 1 s" in c["detail"])
+    assert "Checked at the most frequent the timing allows: 2 per 1 s" in half_second["detail"]
+    (unread,) = cards(client, hook_request([_esketamine_order("esk-monthly", timing={
+        "repeat": {"frequency": 60, "period": 1, "periodUnit": "mo"}})]))
+    assert unread["indicator"] != "info" and "has no fixed length" in unread["detail"]
+    assert "one dose (the order's timing could not be read; see below)" in unread["detail"]
+    assert "no frequency was sent" not in unread["detail"]
+
+
 def test_rate_ratios_rate_ranges_and_the_orders_maximum_per_administration_are_judged(client):
     """rateRatio was ignored (5000 mg per 1 min read "within range"), an order with only a rateRange got
     no card at all, and maxDosePerAdministration was never compared."""
