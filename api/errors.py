@@ -83,6 +83,9 @@ class ApiError(Exception):
         self.extra = extra
 
 
+#: The message of a 400/422 whose ``errors`` name several fields.
+INVALID_REQUEST = "The request is not valid; see errors for each offending field."
+
 #: The attribute :func:`api.http.reads_cursor` sets on a listing view: the function that reads its cursor.
 CURSOR_READER = "cursor_reader"
 
@@ -234,7 +237,7 @@ def init_app(app: Flask) -> None:
             errors = {"body": [exc.description or "too large"]}
         message = data.get("message") or exc.description or HTTPStatus(status).phrase
         if status in (400, 422) and errors and not data.get("message"):
-            message = "The request is not valid; see errors for each offending field."
+            message = INVALID_REQUEST
         headers = dict(exc.get_headers()) if status in (405, 401) else {}
         headers.pop("Content-Type", None)
         return error_response(status, message, errors, headers)

@@ -25,7 +25,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
 from api.config import MAX_BODY_BYTES
-from api.errors import ApiError, documented_error
+from api.errors import INVALID_REQUEST, ApiError, cursor_errors, documented_error, flatten_errors
 from protocols.strict_json import InvalidJSON, strict_loads
 
 JSON_MIMETYPES = ("application/json",)
@@ -80,6 +80,9 @@ def _longer_than_read(req: Request, data: bytes) -> bool:
     return bool(req.environ["wsgi.input"].read(1))
 
 
+REPEATED_PARAMETER = "A query parameter that takes one value was given more than once."
+
+
 class StrictParser(FlaskParser):
     # Empty mapping: never override the schema's own ``unknown`` (RAISE), for any location.
     DEFAULT_UNKNOWN_BY_LOCATION: dict[str, str | None] = {}
@@ -95,8 +98,13 @@ class StrictParser(FlaskParser):
         repeated = sorted(name for name in req.args if name not in proxy.multiple_keys
                           and len(req.args.getlist(name)) > 1)
         if repeated:
-            raise ApiError(422, "A query parameter that takes one value was given more than once.",
-                           errors={name: ["Give this parameter once."] for name in repeated})
+            # The request's other bad parameters are named too, as the schema (and the cursor's reader)
+            # would name them: they were hidden behind the repeat (found by a probe).
+            errors: dict[str, list[str]] = {name: ["Give this parameter once."] for name in repeated}
+            for name, messages in {**flatten_errors(schema.validate(proxy)), **cursor_errors()}.items():
+                errors.setdefault(name, messages)
+            message = REPEATED_PARAMETER if len(errors) == len(repeated) else INVALID_REQUEST
+            raise ApiError(422, message, errors=errors)
         return proxy
 
     def load_json(self, req: Request, schema: Schema) -> Any:

@@ -232,6 +232,17 @@ def test_a_single_valued_query_parameter_given_twice_is_422_naming_it(client, pa
     assert list(response.get_json()["errors"]) == [name]
 
 
+def test_a_repeated_parameter_is_named_beside_the_other_bad_ones(client):
+    """Found by a probe: a repeat was refused before anything else was read, so ``foo`` and ``as_of``
+    went unnamed beside ``page_size``."""
+    response = client.get("/v1/protocols?page_size=2&page_size=3&foo=1&as_of=bad&cursor=bm90LWEtY3Vyc29y")
+    assert response.status_code == 422
+    body = response.get_json()
+    assert set(body["errors"]) == {"page_size", "foo", "as_of", "cursor"}
+    assert body["errors"]["page_size"] == ["Give this parameter once."]
+    assert body["message"] == "The request is not valid; see errors for each offending field."
+
+
 def test_a_repeated_single_valued_parameter_is_422_on_the_dose_endpoint_too(client):
     payload = protocol_payload()
     assert client.post("/v1/protocols", json=payload).status_code == 201
