@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from flask import Response, request
+from flask import Response, g, request
 from werkzeug.urls import iri_to_uri
 
 from api.errors import CURSOR_READER, ApiError
@@ -132,7 +132,7 @@ def read_precondition_failure(etag: str | None, *, weak: bool = False) -> ApiErr
     else:
         detail = f"does not match the current ETag {etag}"
     return ApiError(412, "If-Match names no current entity-tag of this resource: the read is not served",
-                    errors={"If-Match": [detail]}, current_etag=etag)
+                    errors={"If-Match": [detail]}, current_etag=etag, current_version=g.get("served_version"))
 
 
 def json_response(body: str | bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -144,7 +144,9 @@ def json_response(body: str | bytes, status: int = 200, headers: Mapping[str, st
 
 def version_response(version: StoredVersion, status: int = 200, *, cache: str = CACHE_REVALIDATE,
                      headers: Mapping[str, str] | None = None) -> Response:
-    """Serve a stored version's bytes with its ETag, or 304 when the client already has them."""
+    """Serve a stored version's bytes with its ETag, or 304 when the client already has them. The
+    version is remembered for a read's 412 (``current_version``, as a write's 412 names it)."""
+    g.served_version = version.version
     all_headers = {"ETag": version.etag, "Cache-Control": cache, **(headers or {})}
     if status == 200 and request.method in ("GET", "HEAD") and not_modified(version.etag):
         response = Response(status=304)

@@ -511,6 +511,8 @@ def test_every_get_evaluates_if_match_then_if_none_match(client):
             assert named.status_code != 200 or named.data == plain.data, case
             body = refused.get_json()
             assert body["code"] == 412 and list(body["errors"]) == ["If-Match"] and body["current_etag"] == etag, case
+            # a version read names its version, as a write's 412 does (found by a probe); a list has none
+            assert body.get("current_version") == (1 if strong else None), case
             assert refused.headers["Cache-Control"] == "no-store" and "ETag" not in refused.headers, case
             assert list(malformed.get_json()["errors"]) == ["If-Match"], case
         unquoted = etag.removeprefix("W/").strip('"')
@@ -527,6 +529,7 @@ def test_a_read_pinned_by_if_match_is_refused_once_another_version_is_in_effect(
     assert revised.status_code == 201
     refused = client.get(f"/v1/protocols/{protocol_id}", headers={"If-Match": old})
     assert refused.status_code == 412 and refused.get_json()["current_etag"] == revised.headers["ETag"]
+    assert refused.get_json()["current_version"] == 2
     assert client.get(f"/v1/protocols/{protocol_id}", headers={"If-Match": revised.headers["ETag"]}).status_code == 200
     pinned = client.get(f"/v1/protocols/{protocol_id}/versions/1", headers={"If-Match": old})
     assert pinned.status_code == 200 and pinned.headers["ETag"] == old
