@@ -16,6 +16,13 @@ _PATTERN = re.compile(
 )
 
 
+#: The same language as :func:`parse_duration`, for the OpenAPI document (ECMA-262, as JSON Schema reads
+#: patterns): its parts, and at least one digit that is not 0 (a duration is longer than zero).
+#: ``tests/protocols/test_durations.py`` holds the two to the same answers.
+PUBLISHED_PATTERN = (r"^P(?=.*[1-9])(?:[0-9]{1,4}W)?(?:[0-9]{1,4}D)?"
+                     r"(?:T(?=[0-9])(?:[0-9]{1,4}H)?(?:[0-9]{1,5}M)?(?:[0-9]{1,6}S)?)?$")
+
+
 def parse_duration(text: str) -> timedelta:
     """Parse ``PnWnDTnHnMnS`` (any subset, at least one part, > 0). Raises ``ValueError``."""
     if not isinstance(text, str):

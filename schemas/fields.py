@@ -14,7 +14,7 @@ from marshmallow import ValidationError, fields, validate
 
 from protocols import invisible
 from protocols.dosing import MAX_SIGNIFICANT_DIGITS, significant_digits
-from protocols.durations import parse_duration
+from protocols.durations import PUBLISHED_PATTERN, parse_duration
 from protocols.timeutil import parse_rfc3339
 
 SLUG_PATTERN = re.compile(r"\A[a-z0-9][a-z0-9-]{2,63}\Z")
@@ -184,7 +184,12 @@ def plainly_valid_url(text: str) -> bool:
 class WebUrl(ValidatorsCombinedOnce, fields.Url):
     """An absolute http(s) URL that is only a URL: no control, format or whitespace characters and a
     port that exists. marshmallow's pattern allows any non-blank path (a NUL, ESC or zero-width space
-    in a source URL was stored and served into FHIR output; port 99999999 passed; adversarial probe)."""
+    in a source URL was stored and served into FHIR output; port 99999999 passed; adversarial probe).
+    Never empty, as the OpenAPI document says (``""`` passed the published schema; a contract probe)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"minLength": 1, **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
@@ -255,7 +260,12 @@ class PositiveDecimal(ValidatorsCombinedOnce, fields.Decimal):
 
 
 class Duration(Text):
-    """An ISO 8601 duration without years or months (see ``protocols.durations``)."""
+    """An ISO 8601 duration without years or months (see ``protocols.durations``). Its pattern is in the
+    OpenAPI document: ``""`` passed the published schema and was refused (found by a contract probe)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"pattern": PUBLISHED_PATTERN, **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)

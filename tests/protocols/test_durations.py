@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
 
-from protocols.durations import _parse, parse_duration
+from protocols.durations import PUBLISHED_PATTERN, _parse, parse_duration
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -36,3 +37,18 @@ def test_a_value_that_is_not_a_string_is_a_value_error(value):
     """Checked before the cache, which would raise TypeError for an unhashable value."""
     with pytest.raises(ValueError, match="must be a string"):
         parse_duration(value)
+
+
+@pytest.mark.parametrize("text", ["P1D", "P1W", "PT40M", "PT24H", "P1W2DT3H4M5S", "PT0H1S", "P0D", "PT0S", "",
+                                  "P", "PT", "P1M", "P1Y", "PT1.5H", "P1DT", "p1d", "P1D ", "P12345D", "PT1234567S",
+                                  "P0W0DT0H0M1S", "PT-1H", "P1D\n"])
+def test_the_published_pattern_accepts_what_parse_duration_accepts(text):
+    """The OpenAPI document publishes PUBLISHED_PATTERN for every duration (a contract probe: "" passed
+    the schema and was refused). Python's re reads this pattern as ECMA-262 does ($ is anchored with
+    fullmatch so a trailing newline cannot pass)."""
+    try:
+        parse_duration(text)
+        parsed = True
+    except ValueError:
+        parsed = False
+    assert (re.fullmatch(PUBLISHED_PATTERN.removeprefix("^").removesuffix("$"), text) is not None) is parsed, text
