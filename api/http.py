@@ -49,11 +49,13 @@ def add_vary(response: Response, field: str) -> None:
         response.headers["Vary"] = ", ".join(sorted(vary | {field}))
 
 
-def parse_etag_list(header: str | None, name: str = "If-Match") -> list[str] | None:
+def parse_etag_list(header: str | None, name: str = "If-Match", example: str = '"3-0a1b2c3d4e5f6a7b"'
+                    ) -> list[str] | None:
     """Parse ``If-Match``/``If-None-Match``: one pass over the header, each step anchored where the last
     ended. Weak tags are kept with their ``W/`` prefix so a strong comparison never matches them. A
     malformed header is a 400 naming ``name``; only SP and HTAB count as white space (RFC 9110 5.6.3:
-    a no-break space around a tag was accepted until the list's syntax was published)."""
+    a no-break space around a tag was accepted until the list's syntax was published). ``example`` is the
+    entity-tag a refusal shows (FHIR's differ)."""
     if header is None:
         return None
     header = header.strip(" \t")
@@ -65,7 +67,7 @@ def parse_etag_list(header: str | None, name: str = "If-Match") -> list[str] | N
         match = _ETAG.match(header, position)
         if not match or (match.end() < len(header) and header[match.end()] != ","):
             raise ApiError(400, "Malformed entity-tag list in a conditional header",
-                           errors={name: ['expected entity-tags such as "3-0a1b2c3d4e5f6a7b"']})
+                           errors={name: [f"expected entity-tags such as {example}"]})
         tags.append((match.group(1) or "") + match.group(2))
         if len(tags) > MAX_ENTITY_TAGS:
             raise ApiError(400, "Too many entity-tags in a conditional header",
@@ -73,7 +75,7 @@ def parse_etag_list(header: str | None, name: str = "If-Match") -> list[str] | N
         position = _LIST_GAP.match(header, match.end()).end()  # type: ignore[union-attr]
     if not tags:  # names the header as a malformed list does (an empty one named nothing; adversarial probe)
         raise ApiError(400, "Empty entity-tag list in a conditional header",
-                       errors={name: ['empty: send an entity-tag such as "3-0a1b2c3d4e5f6a7b"']})
+                       errors={name: [f"empty: send an entity-tag such as {example}"]})
     return tags
 
 
@@ -118,7 +120,8 @@ def read_precondition_failure(etag: str | None, *, weak: bool = False) -> ApiErr
     if header is None:
         return None
     try:
-        tags = parse_etag_list(header) or []
+        # FHIR's ETags are W/"<versionId>": its example, not this API's (found by a probe)
+        tags = parse_etag_list(header, example='W/"3"' if weak else '"3-0a1b2c3d4e5f6a7b"') or []
     except ApiError as exc:
         return exc
     if "*" in tags or (etag is not None and (names_etag(tags, etag) if weak else

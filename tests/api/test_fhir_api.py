@@ -138,6 +138,8 @@ def test_a_fhir_read_compares_if_match_weakly_and_refuses_with_a_conflict_outcom
     assert client.get(f"{url}/_history/1", headers={"If-Match": 'W/"1"'}).status_code == 200
     malformed = _outcome(client.get(url, headers={"If-Match": "garbage"}), 400)
     assert malformed["issue"][0]["expression"] == ["If-Match"]
+    # its example is a FHIR ETag, not the v1 API's (found by a probe)
+    assert malformed["issue"][0]["diagnostics"].endswith('such as W/"3"')
     assert client.get(f"{MK}/no-such-protocol", headers={"If-Match": '"x"'}).status_code == 404
 
 
