@@ -36,20 +36,18 @@ SQLITE = {
 }
 
 POSTGRES = [
-    """CREATE FUNCTION guard_change_counter() RETURNS trigger LANGUAGE plpgsql AS $$
-       BEGIN
-         IF TG_OP <> 'UPDATE' THEN  -- DELETE, TRUNCATE (a statement trigger: no NEW or OLD to read)
-           RAISE EXCEPTION 'change_counter may only advance' USING ERRCODE = 'insufficient_privilege';
-         END IF;
-         IF NEW.id IS DISTINCT FROM OLD.id OR NEW.value IS NULL OR NEW.value < OLD.value THEN
-           RAISE EXCEPTION 'change_counter may only advance' USING ERRCODE = 'insufficient_privilege';
-         END IF;
-         RETURN NEW;
+    """CREATE FUNCTION forbid_counter_change() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN RAISE EXCEPTION 'change_counter may only advance' USING ERRCODE = 'insufficient_privilege';
        END $$""",
-    """CREATE TRIGGER change_counter_only_advances BEFORE UPDATE OR DELETE ON change_counter
-       FOR EACH ROW EXECUTE FUNCTION guard_change_counter()""",
+    # The condition is the trigger's WHEN, evaluated without calling the function: every write advances
+    # the counter, and only a write that moves it back pays for the call (and fails).
+    """CREATE TRIGGER change_counter_only_advances BEFORE UPDATE ON change_counter FOR EACH ROW
+       WHEN (NEW.id IS DISTINCT FROM OLD.id OR NEW.value IS NULL OR NEW.value < OLD.value)
+       EXECUTE FUNCTION forbid_counter_change()""",
+    """CREATE TRIGGER change_counter_no_delete BEFORE DELETE ON change_counter
+       FOR EACH ROW EXECUTE FUNCTION forbid_counter_change()""",
     """CREATE TRIGGER change_counter_no_truncate BEFORE TRUNCATE ON change_counter
-       FOR EACH STATEMENT EXECUTE FUNCTION guard_change_counter()""",
+       FOR EACH STATEMENT EXECUTE FUNCTION forbid_counter_change()""",
 ]
 
 
@@ -67,6 +65,6 @@ def downgrade() -> None:
         for name in SQLITE:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
     else:
-        op.execute("DROP TRIGGER IF EXISTS change_counter_no_truncate ON change_counter")
-        op.execute("DROP TRIGGER IF EXISTS change_counter_only_advances ON change_counter")
-        op.execute("DROP FUNCTION IF EXISTS guard_change_counter()")
+        for trigger in ("change_counter_no_truncate", "change_counter_no_delete", "change_counter_only_advances"):
+            op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON change_counter")
+        op.execute("DROP FUNCTION IF EXISTS forbid_counter_change()")
