@@ -232,6 +232,14 @@ def test_a_single_valued_query_parameter_given_twice_is_422_naming_it(client, pa
     assert list(response.get_json()["errors"]) == [name]
 
 
+def test_an_empty_q_gets_one_message(client):
+    """Found by a probe: ``q=`` was refused for its length and again for holding no words."""
+    response = client.get("/v1/protocols?q=")
+    assert response.status_code == 422 and response.get_json()["errors"] == {"q": ["Length must be between 1 and 500."]}
+    words = client.get("/v1/protocols?q=%20%2C")  # not empty, but no words: the words message alone
+    assert words.status_code == 422 and len(words.get_json()["errors"]["q"]) == 1
+
+
 def test_a_repeated_parameter_is_named_beside_the_other_bad_ones(client):
     """Found by a probe: a repeat was refused before anything else was read, so ``foo`` and ``as_of``
     went unnamed beside ``page_size``."""
