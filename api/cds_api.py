@@ -67,9 +67,10 @@ def _known_service() -> None:
 def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any]:
     """Run the dose check for the draft orders of an order-select or order-sign hook."""
     context = request_body["context"]
+    patient = cds.HookPatient(context["patientId"], request_body.get("fhirServer"))
     orders = cds.draft_medication_requests(context.get("draftOrders"), request_body["hook"],
-                                           context.get("selections") or [], context["patientId"])
-    weight = cds.prefetched_weight(request_body.get("prefetch") or {}, patient_id=context["patientId"])
+                                           context.get("selections") or [], patient)
+    weight = cds.prefetched_weight(request_body.get("prefetch") or {}, patient=patient)
     return {"cards": cds.cards_for_orders(get_db(), orders, weight, _version_url)}
 
 

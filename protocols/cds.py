@@ -118,10 +118,39 @@ def _bad_request(path: str, message: str) -> MalformedOrder:
     return MalformedOrder(f"Malformed CDS Hooks request: {path}: {message}", errors={path: [message]})
 
 
-def draft_medication_requests(bundle: Any, hook: str, selections: list[str], patient_id: str) -> list[DraftOrder]:
-    """The MedicationRequests of ``context.draftOrders`` (validated as FHIR R4), as DraftOrders. Each must
-    be for the hook's patient (``context.patientId``): an order naming another patient is a malformed
-    request, not an order to judge as this patient's (found by a probe)."""
+#: ``[<base>/]Patient/<id>[/_history/<version>]``: a FHIR reference to a Patient, relative or absolute.
+_PATIENT_REFERENCE = re.compile(r"(?:(?P<base>https?://\S+?)/)?Patient/(?P<id>[A-Za-z0-9.-]{1,64})"
+                                r"(?:/_history/[A-Za-z0-9.-]{1,64})?")
+
+
+@dataclass(frozen=True)
+class HookPatient:
+    """The hook's patient (``context.patientId``) on the EHR's FHIR server (``fhirServer``): the only
+    patient whose orders and body weight a call judges (found by a probe: another patient's 140 kg
+    turned a 600 mg order from critical into "within range")."""
+
+    id: str
+    fhir_server: str | None = None
+
+    def named_by(self, reference: Any) -> bool | None:
+        """True: ``reference`` names this patient; False: another patient; None: it cannot be told (no
+        reference, an identifier, a contained or ``urn:`` reference, another resource type, a server
+        other than ``fhirServer``)."""
+        match = _PATIENT_REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
+        if match is None:
+            return None
+        base = match.group("base")
+        if base is not None and (self.fhir_server is None or base.rstrip("/") != self.fhir_server.rstrip("/")):
+            return None
+        return match.group("id") == self.id
+
+
+def draft_medication_requests(bundle: Any, hook: str, selections: list[str], patient: HookPatient
+                              ) -> list[DraftOrder]:
+    """The MedicationRequests of ``context.draftOrders`` (validated as FHIR R4), as DraftOrders. An order
+    whose ``subject`` names another patient is a malformed request (a 400 naming it), not an order to
+    judge as this patient's; one whose subject cannot be matched (an identifier, a contained patient) is
+    judged, and its cards say so ("partly checked")."""
     from fhir.resources.R4B.medicationrequest import MedicationRequest
 
     path = "context.draftOrders"
@@ -143,21 +172,17 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str], pat
             continue
         request = _validated(MedicationRequest, resource, f"{path}.entry.{index}.resource")
         subject = request.subject.reference if request.subject is not None else None
-        if not is_about_patient(subject, patient_id):
+        named = patient.named_by(subject)
+        if named is False:
             raise _bad_request(f"{path}.entry.{index}.resource.subject",
-                               f"must reference the hook's patient, Patient/{patient_id} (context.patientId); "
-                               f"it names {subject or 'no patient by reference'}")
-        orders.append(_draft_order(request, resource, f"{path}.entry.{index}.resource", medications))
+                               f"names {subject}, not the hook's patient, Patient/{patient.id} (context.patientId)")
+        order = _draft_order(request, resource, f"{path}.entry.{index}.resource", medications)
+        if named is None:
+            for line in order.lines:
+                line.unchecked.append(f"the order's subject ({subject or 'no reference'}) could not be matched to "
+                                      f"the hook's patient, Patient/{patient.id}")
+        orders.append(order)
     return orders
-
-
-def is_about_patient(reference: Any, patient_id: str) -> bool:
-    """Whether a FHIR reference names ``Patient/<patient_id>``: relative, or absolute on any server,
-    with or without a version (``/_history/2``)."""
-    if not isinstance(reference, str):
-        return False
-    plain = _VERSION_SUFFIX.sub("", reference)
-    return plain == f"Patient/{patient_id}" or plain.endswith(f"/Patient/{patient_id}")
 
 
 def _validated(model: Any, raw: Mapping[str, Any], where: str) -> Any:
@@ -273,7 +298,7 @@ def warm_up() -> None:
     a request needs it), and it builds the pydantic model of each FHIR element type the first time one
     is validated; together ~170 ms that the first CDS call of every worker would otherwise wait for.
     """
-    draft_medication_requests(_WARM_UP_ORDERS, "order-sign", [], "warm-up")
+    draft_medication_requests(_WARM_UP_ORDERS, "order-sign", [], HookPatient("warm-up"))
 
 
 def _codings(concept: Any) -> Iterable[Any]:
@@ -471,8 +496,15 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         return None, [], [f"the timing ({period} {period_unit}) has no fixed length in whole milliseconds, so its "
                           "frequency was not checked"]
     # Every 30 s was left unchecked (under a minute), and its card read "maximum respected: one dose"
-    # (found by a probe). Any length is counted now, over whole seconds: 1 per 0.5 s is 2 per second.
-    scale, total = total.denominator, Fraction(total.numerator)
+    # (found by a probe). Any length is counted now, over whole seconds: 1 per 0.5 s is 2 per second; a
+    # longer period with a fraction of a second is rounded down to whole seconds, which counts at least
+    # as many doses (3.333 d is 287,971.2 s: scaled like a short one, it made a 400 for the whole call;
+    # found in review).
+    scale, rounded = 1, total.denominator != 1 and total >= 1
+    if total < 1:
+        scale, total = total.denominator, Fraction(total.numerator)
+    elif rounded:
+        total = Fraction(int(total))
     count = max(int(repeat.frequency or 1), int(repeat.frequencyMax or 0), events) * scale
     if days:
         if total != PERIOD_UNIT_SECONDS["wk"]:
@@ -487,15 +519,16 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
                  else days * max(events, 1))
     frequency = Frequency(count, _iso_duration(int(total)), named_days=tuple(named) or None, limit=most or None)
     notes = ([f"Checked at the most frequent the timing allows: {count} per "
-              + (f"{period} {period_unit}" if scale == 1 else f"{total} s")
+              + (f"{period} {period_unit}" if scale == 1 and not rounded else f"{total} s")
               + (f", {frequency.per_named_day} on each of {days} named day{'s' if days > 1 else ''}." if days
                  else ".")]
-             if count != int(repeat.frequency or 1) or days else [])
+             if count != int(repeat.frequency or 1) or days or rounded else [])
     try:
         parse_duration(frequency.period)  # the dose check reads it back: it must be a duration the service handles
     except ValueError:
-        raise _bad_request(f"{path}.timing.repeat.period", f"{period} {period_unit} is longer "
-                           "than a dosing period this service can check") from None
+        # Not a 400: that left every order of the call without a card, a critical one beside it too
+        return None, [], [f"the timing's period ({period} {period_unit}) is longer than a dosing period this "
+                          "service can check, so its frequency was not checked"]
     return frequency, notes, []
 
 
@@ -530,13 +563,24 @@ def _abbreviated_frequency(dosage: Any) -> tuple[Frequency | None, list[str], li
 
 
 def _iso_duration(seconds: int) -> str:
+    """``seconds`` as an ISO 8601 duration of the service's (``protocols.durations``): one unit when it
+    divides it (``P2W``, ``PT8H``), else weeks, days, hours, minutes and seconds (``P3DT7H59M31S``), whose
+    parts stay within the service's digits where ``PT287971S`` did not for longer periods."""
     for suffix, size in (("W", 604800), ("D", 86400)):
         if seconds % size == 0:
             return f"P{seconds // size}{suffix}"
     for suffix, size in (("H", 3600), ("M", 60)):
         if seconds % size == 0:
             return f"PT{seconds // size}{suffix}"
-    return f"PT{seconds}S"
+    if seconds < 60:
+        return f"PT{seconds}S"
+    weeks, rest = divmod(seconds, 604800)
+    days, rest = divmod(rest, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, rest = divmod(rest, 60)
+    date = "".join(f"{n}{unit}" for n, unit in ((weeks, "W"), (days, "D")) if n)
+    time = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (rest, "S")) if n)
+    return f"P{date}" + (f"T{time}" if time else "")
 
 
 def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
@@ -710,9 +754,6 @@ class Weight:
     #: The observation's ``subject.reference``: only the hook's patient's weight is used.
     subject: str | None = None
 
-    def subject_is(self, patient_id: str) -> bool:
-        return is_about_patient(self.subject, patient_id)
-
     @property
     def usable_kg(self) -> Fraction | None:
         return self.kg if self.refused is None else None
@@ -721,7 +762,8 @@ class Weight:
         return format_rfc3339(self.observed_at) if self.observed_at is not None else "date unknown"
 
 
-def prefetched_weight(prefetch: Mapping[str, Any], *, patient_id: str, now: datetime | None = None) -> Weight | str:
+def prefetched_weight(prefetch: Mapping[str, Any], *, patient: HookPatient, now: datetime | None = None
+                      ) -> Weight | str:
     """The latest usable body weight of the hook's patient, or the reason there is none (shown on cards).
 
     Only observations whose ``subject`` is the patient count: another patient's 140 kg turned a
@@ -743,12 +785,14 @@ def prefetched_weight(prefetch: Mapping[str, Any], *, patient_id: str, now: date
     # A weight "observed" after now is a data-entry error, not the newest weight (2099 won).
     latest_plausible = (now or utcnow()) + timedelta(days=1)
     weights = [weight for weight in map(_observation_weight, resources) if weight is not None]
-    found = [weight for weight in weights
-             if weight.subject_is(patient_id) and (weight.observed_at or datetime.min) <= latest_plausible]
+    named = [patient.named_by(weight.subject) for weight in weights]
+    found = [weight for weight, own in zip(weights, named, strict=True)
+             if own and (weight.observed_at or datetime.min) <= latest_plausible]
     if not found:
-        if any(not weight.subject_is(patient_id) for weight in weights):
-            return (f"the prefetched body weights are not of this patient (Patient/{patient_id}), or name no "
-                    "patient")
+        if False in named:
+            return f"the prefetched body weights are not of this patient (Patient/{patient.id})"
+        if None in named:
+            return f"the prefetched body weights name no patient this service can match to Patient/{patient.id}"
         return "the prefetched observations hold no usable body weight"
     newest = max(found, key=lambda weight: weight.observed_at or datetime.min)
     try:

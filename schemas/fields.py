@@ -188,7 +188,8 @@ class WebUrl(ValidatorsCombinedOnce, fields.Url):
     Never empty, as the OpenAPI document says (``""`` passed the published schema; a contract probe)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        kwargs["metadata"] = {"minLength": 1, **kwargs.get("metadata", {})}
+        # "uri", JSON Schema's format (apispec writes marshmallow's "url", which no tool knows; a probe)
+        kwargs["metadata"] = {"minLength": 1, "format": "uri", **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:

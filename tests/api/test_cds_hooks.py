@@ -311,14 +311,19 @@ def test_only_the_hook_patients_weight_and_orders_are_read(client):
     # beside the patient's own, another's newer weight is passed over; an absolute or versioned reference
     # to the patient is the patient
     own = weight_observation(70, when="2026-11-01T00:00:00Z")
-    own["subject"] = {"reference": "https://ehr.example.org/fhir/Patient/example/_history/3"}
+    own["subject"] = {"reference": "http://fhir.example.org/Patient/example/_history/3"}  # on fhirServer
     both = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": other}, {"resource": own}]}
     (card,) = cards(client, hook_request([order], weight=both))
     assert card["indicator"] == "critical" and "\u00d7 70 kg" in card["detail"]
     nameless = weight_observation(140)
     del nameless["subject"]
     (card,) = cards(client, hook_request([order], weight=nameless))
-    assert card["indicator"] == "warning" and "name no patient" in card["detail"]
+    assert card["indicator"] == "warning" and "name no patient this service can match" in card["detail"]
+    for unmatched in ("https://elsewhere.example.org/Patient/example", "Group/1/Patient/example", "#p1"):
+        elsewhere = weight_observation(140)
+        elsewhere["subject"] = {"reference": unmatched}
+        (card,) = cards(client, hook_request([order], weight=elsewhere))
+        assert card["indicator"] == "warning" and "Body weight used" not in card["detail"], unmatched
     coded_elsewhere = weight_observation(70)
     coded_elsewhere["valueQuantity"]["system"] = "http://snomed.info/sct"
     (card,) = cards(client, hook_request([order], weight=coded_elsewhere))
@@ -330,6 +335,15 @@ def test_only_the_hook_patients_weight_and_orders_are_read(client):
     assert response.status_code == 400
     assert list(response.get_json()["errors"]) == ["context.draftOrders.entry.1.resource.subject"]
     assert "Patient/someone-else" in response.get_json()["errors"]["context.draftOrders.entry.1.resource.subject"][0]
+    # a subject that cannot be matched (an identifier, a contained patient, a urn) is judged, never green
+    # (found in review: a 400 left every order of the call without a card)
+    for subject in ({"identifier": {"system": "urn:mrn", "value": "123"}}, {"reference": "#p1"},
+                    {"reference": "urn:uuid:0b5a5d4c-3f0e-4c8e-9a51-2f0d0f2a3b11"}):
+        unmatched_order = medication_request("ket-unmatched", KETAMINE, IV, dose=(140, "mg"))
+        unmatched_order["subject"] = subject
+        (card,) = cards(client, hook_request([unmatched_order], weight=weight_bundle(70)))
+        assert card["indicator"] == "warning" and "partly checked" in card["summary"], subject
+        assert "could not be matched to the hook's patient, Patient/example" in card["detail"], subject
 
 
 def test_an_implausible_weight_is_refused_once_and_a_fixed_dose_is_still_checked(client):
@@ -703,7 +717,7 @@ def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
     (bundle_entry,) = cds._WARM_UP_ORDERS["entry"]
     MedicationRequest.model_validate(bundle_entry["resource"])
     cds.warm_up()
-    (order,) = cds.draft_medication_requests(cds._WARM_UP_ORDERS, "order-sign", [], "warm-up")
+    (order,) = cds.draft_medication_requests(cds._WARM_UP_ORDERS, "order-sign", [], cds.HookPatient("warm-up"))
     assert order.rxnorm == ["6130"] and order.reasons == ["35489007"]  # via the contained Medication
     assert [(line.route, line.label, line.frequency is not None) for line in order.lines] == [
         ("47625008", "70 mg at 1 mg/kg/h", True), ("47625008", "1 mg/kg to 2 mg/kg", True)]
@@ -715,7 +729,7 @@ from protocols import cds
 if sys.argv[1] == "warm":
     cds.warm_up()
 before = set(sys.modules)
-cds.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [], "example")
+cds.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [], cds.HookPatient("example"))
 print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith(("fhir", "pydantic")))))
 """
 
@@ -785,15 +799,15 @@ def test_a_period_max_below_the_period_is_checked_at_the_shorter(client, app):
         answers.append([c["indicator"] for c in cards(client, hook_request([order]))])
     assert answers[0] == answers[1] and "critical" in answers[0], answers
 
-def test_a_period_too_long_to_check_is_400_naming_it(client):
+def test_a_period_too_long_to_check_is_partly_checked_and_the_other_orders_still_get_cards(client):
+    """It was a 400 naming the period: valid FHIR, and every other order of the call went without a
+    card (found in review)."""
     create(client)
     order = medication_request("esk-long", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(1, 10000, "wk"))
-    response = call(client, hook_request([order]))
-    assert response.status_code == 400, response.get_json()
-    assert ("context.draftOrders.entry.0.resource.dosageInstruction.0.timing.repeat.period"
-            in response.get_json()["errors"])
     fits = medication_request("esk-2y", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(1, 104, "wk"))
-    (card,) = cards(client, hook_request([fits]))
+    long_card, card = cards(client, hook_request([order, fits]))
+    assert long_card["indicator"] == "warning" and "partly checked" in long_card["summary"]
+    assert "(10000 wk) is longer than a dosing period this service can check" in long_card["detail"]
     assert card["indicator"] == "info"
 
 
@@ -954,6 +968,24 @@ def test_a_dose_repeated_within_a_minute_is_judged_at_that_frequency(client):
     assert unread["indicator"] != "info" and "has no fixed length" in unread["detail"]
     assert "one dose (the order's timing could not be read; see below)" in unread["detail"]
     assert "no frequency was sent" not in unread["detail"]
+
+
+def test_a_period_with_a_fraction_of_a_second_or_too_long_never_refuses_the_call(client):
+    """Found in review: 3.333 d (287,971.2 s), scaled to whole seconds like a sub-second period, was no
+    duration the service writes, and the call was a 400: no card for any order, a critical one beside it
+    too. It is rounded down to whole seconds (at least as many doses); a period longer than the service
+    handles is "partly checked" instead of a 400."""
+    create(client)
+    over = _esketamine_order("esk-over", timing={"repeat": {"frequency": 1, "period": 30, "periodUnit": "s"}})
+    odd = [_esketamine_order(f"esk-odd-{n}", timing={"repeat": {"frequency": 1, "period": p, "periodUnit": u}})
+           for n, (p, u) in enumerate([(3.333, "d"), (0.333, "wk"), (10.0005, "d"), (47.9999, "h"), (1e6, "wk")])]
+    result = cards(client, hook_request([over, *odd]))
+    # 3.333 d and 0.333 wk put 3 and 4 doses in some week (twice weekly: at most 2); 47.9999 h too
+    assert [c["indicator"] for c in result] == ["critical", "critical", "critical", "info", "critical", "warning"], \
+        [c["summary"] for c in result]
+    assert "1 per 287971 s" in result[1]["detail"]  # 3.333 d, rounded down to whole seconds
+    assert "84 mg \u00d7 3 doses = 252 mg per P1W" in result[1]["detail"]
+    assert "longer than a dosing period this service can check" in result[-1]["detail"]
 
 
 def test_rate_ratios_rate_ranges_and_the_orders_maximum_per_administration_are_judged(client):

@@ -27,11 +27,11 @@ def test_a_malformed_order_names_its_path_without_any_http_in_sight():
     bundle = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "MedicationRequest",
                                                                 "status": "not-a-status"}}]}
     with pytest.raises(MalformedOrder) as raised:
-        cds.draft_medication_requests(bundle, "order-sign", [], "example")
+        cds.draft_medication_requests(bundle, "order-sign", [], cds.HookPatient("example"))
     (path,) = raised.value.details["errors"]
     assert path.startswith("context.draftOrders.entry.0.resource")
     with pytest.raises(MalformedOrder) as raised:
-        cds.draft_medication_requests({"resourceType": "Patient"}, "order-sign", [], "example")
+        cds.draft_medication_requests({"resourceType": "Patient"}, "order-sign", [], cds.HookPatient("example"))
     assert raised.value.details["errors"] == {"context.draftOrders": ["must be a FHIR Bundle"]}
 
 
@@ -41,20 +41,20 @@ def test_the_newest_usable_weight_wins_in_kilograms():
         {"resource": weight(154, "[lb_av]", when="2026-01-01T05:00:00Z")},
         {"resource": weight(True)},                                    # not a weight of 1 kg
     ]}
-    newest = cds.prefetched_weight({"weight": bundle}, patient_id="example")
+    newest = cds.prefetched_weight({"weight": bundle}, patient=cds.HookPatient("example"))
     assert isinstance(newest, cds.Weight) and newest.kg == Fraction(154) * Fraction("0.45359237")
     assert newest.observed_at == datetime(2026, 1, 1, 5, 0)
-    assert cds.prefetched_weight({}, patient_id="example") == "no body weight was prefetched"
-    assert (cds.prefetched_weight({"weight": weight(0)}, patient_id="example")
+    assert cds.prefetched_weight({}, patient=cds.HookPatient("example")) == "no body weight was prefetched"
+    assert (cds.prefetched_weight({"weight": weight(0)}, patient=cds.HookPatient("example"))
             == "the prefetched observations hold no usable body weight")
     # The newest weight is implausible: none is used (an older one is no safer), and the card says why.
     bundle["entry"].append({"resource": weight(1000000, when="2026-02-01T00:00:00Z")})
-    refused = cds.prefetched_weight({"weight": bundle}, patient_id="example")
+    refused = cds.prefetched_weight({"weight": bundle}, patient=cds.HookPatient("example"))
     assert isinstance(refused, cds.Weight) and refused.kg == 1000000 and refused.usable_kg is None
     assert refused.refused is not None and refused.refused.startswith("body weight must be between 0.3 and 500 kg")
     assert newest.usable_kg == newest.kg and newest.refused is None
     with pytest.raises(MalformedOrder):
-        cds.prefetched_weight({"weight": ["not", "a", "resource"]}, patient_id="example")
+        cds.prefetched_weight({"weight": ["not", "a", "resource"]}, patient=cds.HookPatient("example"))
 
 
 def test_weights_by_period_in_the_future_or_with_a_comparator():
@@ -69,7 +69,7 @@ def test_weights_by_period_in_the_future_or_with_a_comparator():
     bundle = {"resourceType": "Bundle", "entry": [{"resource": r} for r in
                                                   (weight(50, when="2020-01-01T00:00:00Z"), by_period, future,
                                                    bounded)]}
-    chosen = cds.prefetched_weight({"weight": bundle}, patient_id="example", now=datetime(2026, 12, 1))
+    chosen = cds.prefetched_weight({"weight": bundle}, patient=cds.HookPatient("example"), now=datetime(2026, 12, 1))
     assert isinstance(chosen, cds.Weight)
     assert (chosen.kg, chosen.observed_at) == (Fraction(100), datetime(2026, 2, 1, 0, 10))
 
