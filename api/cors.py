@@ -60,6 +60,7 @@ def init_app(app: Flask) -> None:
                                 if set(asked) - allowed else {"Access-Control-Request-Method": [method]})
         else:
             response = Response(status=204)
+            response.headers.pop("Content-Type", None)  # no body, no type (Flask's default is text/html)
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Methods"] = ", ".join(ALLOWED_METHODS)
             response.headers["Access-Control-Allow-Headers"] = ", ".join(ALLOWED_HEADERS)

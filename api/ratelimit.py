@@ -145,6 +145,11 @@ def identity(api_key_id: str | None, remote_addr: str | None) -> str:
     return f"addr:{remote_addr or 'unknown'}"
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: IPv4-compatible addresses (deprecated) and the loopback: one client each, not one /64.
+_PER_ADDRESS = ipaddress.IPv6Network("::/96")
+
+
 @functools.lru_cache(maxsize=4096)
 def client_network(address: str) -> str:
     """An IPv6 client counts by its /64, the smallest network a site or a SLAAC host is given (RFC 6177,
@@ -154,8 +159,16 @@ def client_network(address: str) -> str:
         ip = ipaddress.IPv6Address(address.split("%", 1)[0])
     except ValueError:
         return address
+    # Addresses that carry an IPv4 client count as that client (found in review: behind NAT64 every IPv4
+    # reader shared 64:ff9b::/64's budget): IPv4-mapped, NAT64's well-known prefix (RFC 6052), Teredo.
     if ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
+    if ip in _NAT64:
+        return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.teredo is not None:
+        return str(ip.teredo[1])
+    if ip in _PER_ADDRESS or ip.is_link_local:
+        return str(ip)  # ::a.b.c.d and ::1 share ::/64, and link-local /64s are every link's
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 

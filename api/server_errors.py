@@ -15,6 +15,7 @@ header by its name, ``headers`` as a whole, ``body``).
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from typing import Any
@@ -31,6 +32,9 @@ from api.request_ids import new_request_id
 MAX_MESSAGE_CHARS = 200
 #: A header name quoted as the key of ``errors``: longer ones are cut, as messages are.
 MAX_NAME_CHARS = 100
+
+#: A header name (RFC 9110 5.1: a token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 #: What each of gunicorn's refusals was about (the first match of the exception's type wins).
 _AT_FAULT: tuple[tuple[type[BaseException], str], ...] = (
@@ -59,7 +63,8 @@ def at_fault(exc: BaseException | None) -> str:
             return where
     if isinstance(exc, http_errors.InvalidHeader | http_errors.InvalidHeaderName | http_errors.ObsoleteFolding):
         name = getattr(exc, "hdr", None)
-        if isinstance(name, str) and name.strip() and name.isprintable():
+        # gunicorn also puts a whole header line or a description there ("bare LF as line terminator")
+        if isinstance(name, str) and _TOKEN.fullmatch(name.strip()):
             return name.strip()[:MAX_NAME_CHARS]
         return "headers"
     return "request"
@@ -69,8 +74,10 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     """gunicorn's ``write_error`` with the app's error body (same signature, same status line)."""
     message = (mesg or reason)[:MAX_MESSAGE_CHARS]
     request_id = new_request_id()
-    where = at_fault(getattr(_answering, "exc", None))
-    body = json.dumps(error_body(status_int, message, {where: [message]}, request_id=request_id)).encode()
+    # A 500 (gunicorn's own, for an app that failed) is no fault of the request: no errors. A 501 is the
+    # request's Transfer-Encoding.
+    errors = {at_fault(getattr(_answering, "exc", None)): [message]} if status_int != 500 else None
+    body = json.dumps(error_body(status_int, message, errors, request_id=request_id)).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\n"
             "Connection: close\r\n"
             "Content-Type: application/json\r\n"

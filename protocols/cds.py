@@ -100,9 +100,9 @@ class DosageLine:
     #: The shortest an administration may run (``timing.repeat.duration`` when ``durationMax`` is
     #: also given), in seconds: how fast the dose may be given (``DoseOrder.shortest_s``).
     shortest_s: Fraction | None = None
-    #: The order has a timing that could not be read as a frequency (it is in ``unchecked``): a verdict
-    #: for one dose must say so, not that no frequency was sent.
-    timing_unread: bool = False
+    #: Why the line has no frequency when the order sent a timing (one that could not be read, or one
+    #: administration in all): a verdict for one dose says so, not that no frequency was sent.
+    no_frequency: str | None = None
 
 
 @dataclass
@@ -592,7 +592,11 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
     frequency, notes, unchecked = _frequency(dosage, path)
-    timing_unread = frequency is None and bool(unchecked)
+    # Why one dose is counted when a timing was sent (the dose check's default says none was)
+    no_frequency = (None if frequency is None and not unchecked and not notes else
+                    None if frequency is not None else
+                    "the order's timing could not be read; see below" if unchecked else
+                    "the timing gives one administration")
     duration, shortest_s = _administration_duration(dosage, unchecked, frequency)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
@@ -636,7 +640,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             # its card, "dose not checked"; without a line it got none, as if no protocol applied.
             lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
                                     as_needed=as_needed, unchecked=line_unchecked, duration=duration,
-                                    shortest_s=shortest_s, timing_unread=timing_unread))
+                                    shortest_s=shortest_s, no_frequency=no_frequency))
     return lines
 
 
@@ -789,6 +793,8 @@ def prefetched_weight(prefetch: Mapping[str, Any], *, patient: HookPatient, now:
     found = [weight for weight, own in zip(weights, named, strict=True)
              if own and (weight.observed_at or datetime.min) <= latest_plausible]
     if not found:
+        if True in named:  # the patient's own, none usable (dated in the future): that is the reason
+            return "the prefetched observations hold no usable body weight"
         if False in named:
             return f"the prefetched body weights are not of this patient (Patient/{patient.id})"
         if None in named:
@@ -937,8 +943,7 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
                           duration_text=duration[1] if duration else None, shortest_s=line.shortest_s,
-                          no_frequency="the order's timing could not be read; see below" if line.timing_unread
-                          else None)
+                          no_frequency=line.no_frequency)
         try:
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:

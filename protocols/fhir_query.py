@@ -90,12 +90,29 @@ class InvalidSearch(DomainError):
     every one of them (:func:`raise_all`)."""
 
 
+#: The most problems one answer lists: 3,000 repeats of ``_count`` were 3,000 issues (found in review).
+MAX_PROBLEMS = 20
+
+
 def raise_all(problems: Sequence[InvalidSearch]) -> None:
     """Raise the first problem carrying the others: a client fixing ``_count`` was told of a bad
-    ``_cursor`` only on its next request (found by a probe)."""
-    if problems:
-        first = problems[0]
-        raise InvalidSearch(first.message, param=first.details.get("param"), also=tuple(problems[1:]))
+    ``_cursor`` only on its next request (found by a probe). A problem repeated (the same parameter,
+    the same message) is listed once, and past :data:`MAX_PROBLEMS` the rest are counted, not listed."""
+    seen: set[tuple[object, str]] = set()
+    unique = []
+    for problem in problems:
+        key = (problem.details.get("param"), problem.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(problem)
+    if len(unique) > MAX_PROBLEMS:
+        rest = unique[MAX_PROBLEMS - 1:]
+        unique = [*unique[:MAX_PROBLEMS - 1],
+                  InvalidSearch(f"{rest[0].message}; and {len(rest) - 1} more malformed parameters, not listed",
+                                param=rest[0].details.get("param"))]
+    if unique:
+        first = unique[0]
+        raise InvalidSearch(first.message, param=first.details.get("param"), also=tuple(unique[1:]))
 
 
 @dataclass(frozen=True)

@@ -324,6 +324,11 @@ def test_only_the_hook_patients_weight_and_orders_are_read(client):
         elsewhere["subject"] = {"reference": unmatched}
         (card,) = cards(client, hook_request([order], weight=elsewhere))
         assert card["indicator"] == "warning" and "Body weight used" not in card["detail"], unmatched
+    # the patient's own weight, unusable (dated in the future), is the reason given, not the other's
+    future = weight_observation(70, when="2099-01-01T00:00:00Z")
+    mixed = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": other}, {"resource": future}]}
+    (card,) = cards(client, hook_request([order], weight=mixed))
+    assert card["indicator"] == "warning" and "no usable body weight" in card["detail"]
     coded_elsewhere = weight_observation(70)
     coded_elsewhere["valueQuantity"]["system"] = "http://snomed.info/sct"
     (card,) = cards(client, hook_request([order], weight=coded_elsewhere))
@@ -337,6 +342,10 @@ def test_only_the_hook_patients_weight_and_orders_are_read(client):
     assert "Patient/someone-else" in response.get_json()["errors"]["context.draftOrders.entry.1.resource.subject"][0]
     # a subject that cannot be matched (an identifier, a contained patient, a urn) is judged, never green
     # (found in review: a 400 left every order of the call without a card)
+    body = hook_request([order], weight=weight_bundle(70))
+    body["context"]["patientId"] = "Patient/example"  # an id, not a reference: named once, as itself
+    refused = call(client, body)
+    assert refused.status_code == 400 and list(refused.get_json()["errors"]) == ["context.patientId"]
     for subject in ({"identifier": {"system": "urn:mrn", "value": "123"}}, {"reference": "#p1"},
                     {"reference": "urn:uuid:0b5a5d4c-3f0e-4c8e-9a51-2f0d0f2a3b11"}):
         unmatched_order = medication_request("ket-unmatched", KETAMINE, IV, dose=(140, "mg"))
@@ -967,6 +976,10 @@ def test_a_dose_repeated_within_a_minute_is_judged_at_that_frequency(client):
         "repeat": {"frequency": 60, "period": 1, "periodUnit": "mo"}})]))
     assert unread["indicator"] != "info" and "has no fixed length" in unread["detail"]
     assert "one dose (the order's timing could not be read; see below)" in unread["detail"]
+    once = _esketamine_order("esk-once",
+                             timing={"repeat": {"count": 1, "frequency": 2, "period": 1, "periodUnit": "d"}})
+    (card,) = cards(client, hook_request([once]))
+    assert "one dose (the timing gives one administration)" in card["detail"], card["detail"]
     assert "no frequency was sent" not in unread["detail"]
 
 

@@ -979,6 +979,11 @@ def test_every_malformed_search_or_history_parameter_is_its_own_issue(client):
     assert [issue["expression"] for issue in history["issue"]] == [["_count"], ["_since"], ["_cursor"]]
     export = _outcome(client.get("/fhir/R4/$export?_outputFormat=csv&_type=Patient"), 400)
     assert [issue["expression"] for issue in export["issue"]] == [["_outputFormat"], ["_type"]]
+    query = "_count=abc" + "&_count=1" * 300 + "".join(f"&status=s{n}" for n in range(30))
+    repeated = _outcome(client.get(f"{MK}?{query}"), 400)
+    assert len(repeated["issue"]) == 20  # "may appear once" once, and no more than 20 issues (found in review)
+    assert sum("_count" in issue["expression"] for issue in repeated["issue"]) == 2
+    assert "more malformed parameters, not listed" in repeated["issue"][-1]["diagnostics"]
     one = _outcome(client.get(f"{MK}?_count=abc"), 400)  # one malformed parameter: one issue, as before
     assert [issue["expression"] for issue in one["issue"]] == [["_count"]]
 

@@ -324,6 +324,23 @@ def test_an_ipv6_reader_is_counted_by_its_slash_64(make_app):
     assert [status(a) for a in ("::ffff:192.0.2.7", "192.0.2.7", "::ffff:c000:207")] == [200, 200, 429]
 
 
+@pytest.mark.parametrize(("address", "counted_as"), [
+    ("2001:db8:1:2::7", "2001:db8:1:2::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("64:ff9b::192.0.2.8", "192.0.2.8"),  # NAT64 (RFC 6052): one budget per IPv4 client, not one for all
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),  # Teredo: the client's own IPv4 address
+    ("::192.0.2.9", "::c000:209"), ("::1", "::1"),  # ::/96 is no one client's /64
+    ("fe80::1%eth0", "fe80::1"), ("fe80::2", "fe80::2"),  # link-local /64s are every link's
+    ("not-an-address", "not-an-address"),
+])
+def test_client_networks_separate_ipv4_clients_carried_in_ipv6(address, counted_as):
+    """Found in review of the /64 budgets: NAT64, Teredo, IPv4-compatible and link-local addresses
+    put unrelated clients in one /64."""
+    from api.ratelimit import client_network
+
+    assert client_network(address) == counted_as
+
+
 def test_make_run_mints_a_local_write_key():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     run_target = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]

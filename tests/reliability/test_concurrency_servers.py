@@ -276,8 +276,13 @@ REFUSED_BY_GUNICORN = [
     ("malformed-request-line", b"GARBAGE\r\n\r\n", 400, "request_line"),
     ("malformed-method", b"G@T /v1/protocols HTTP/1.1\r\nHost: x\r\n\r\n", 400, "method"),
     ("malformed-version", b"GET /v1/protocols HTTP/9.x\r\nHost: x\r\n\r\n", 400, "http_version"),
+    # a name that is no token is not a key of errors either
     ("malformed-header-name", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400,
-     "Bad Header"),
+     "headers"),
+    ("malformed-content-length", b"POST /v1/protocols HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
+     "CONTENT-LENGTH"),
+    # the header whose line ends in a bare LF, by gunicorn's name for it
+    ("bare-lf", b"GET /v1/protocols HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", 400, "HOST"),
     ("unsupported-coding", b"POST /v1/protocols HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n",
      501, "Transfer-Encoding"),
 ]

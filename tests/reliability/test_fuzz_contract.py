@@ -22,6 +22,7 @@ import schemathesis
 import yaml
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis import GenerationMode
 from schemathesis import checks as core_checks
 from schemathesis.specs.openapi import checks as openapi_checks
@@ -184,14 +185,32 @@ class _LinkedScenarios(LINKED.as_state_machine()):  # type: ignore[misc]
                                transport_kwargs=kwargs or None)
 
 
+#: Hypothesis replays a chain's choices to explore around it, and a step's inputs come from the
+#: answers of the steps before it (ids, ETags, which links opened), which a live server gives anew
+#: (fresh ids, new timestamps in the ETags): now and then the replay draws another kind of value where
+#: the first run drew one, and hypothesis stops the run as "inconsistent data generation"
+#: (FlakyStrategyDefinition; seen in about one run in six, with and without the contract's default
+#: responses). Such a run is started again, a few times at most; every failed check fails the test.
+REPLAY_ATTEMPTS = 3
+
+
 @pytest.mark.slow
 def test_linked_operations_conform_to_contract(fuzz_app: Flask, backend: str) -> None:
     _statuses.clear()  # judge this run by its own calls only
     steps_before = _counts["stateful_steps"]
     _LinkedScenarios.headers = _auth(fuzz_app)
     _LinkedScenarios.app = fuzz_app
-    _LinkedScenarios.run(settings=settings(max_examples=STATEFUL_SCENARIOS, stateful_step_count=8, deadline=None,
-                                           database=None, suppress_health_check=list(HealthCheck)))
+    for attempt in range(1, REPLAY_ATTEMPTS + 1):
+        _statuses.clear()  # the run that completes is judged by its own calls
+        try:
+            _LinkedScenarios.run(settings=settings(max_examples=STATEFUL_SCENARIOS, stateful_step_count=8,
+                                                   deadline=None, database=None,
+                                                   suppress_health_check=list(HealthCheck)))
+            break
+        except FlakyStrategyDefinition:
+            # Not a finding of the contract: see REPLAY_ATTEMPTS. A check that fails is raised as itself.
+            if attempt == REPLAY_ATTEMPTS:
+                raise
     assert _counts["stateful_steps"] > steps_before
     # The links were really followed: records were created, read back and revised.
     assert _statuses.get("POST /v1/protocols 201", 0) > 0, _statuses
