@@ -309,7 +309,7 @@ def _domain_error(exc: domain.DomainError) -> Response:
     status, issue = _issue_for(exc)
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else {}
     # A search's other malformed parameters, one issue each (fhir_query.InvalidSearch)
-    others = [_issue_for(other)[1] for other in exc.details.get("also", ()) if isinstance(exc, InvalidSearch)]
+    others = [_issue_for(other)[1] for other in exc.details.get("also", ())] if isinstance(exc, InvalidSearch) else []
     return outcome_response(status, [issue, *others], headers)
 
 

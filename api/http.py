@@ -49,8 +49,12 @@ def add_vary(response: Response, field: str) -> None:
         response.headers["Vary"] = ", ".join(sorted(vary | {field}))
 
 
-def parse_etag_list(header: str | None, name: str = "If-Match", example: str = '"3-0a1b2c3d4e5f6a7b"'
-                    ) -> list[str] | None:
+#: The entity-tag a refused conditional header shows as an example: a version's, and a FHIR one's.
+EXAMPLE_ETAG = '"3-0a1b2c3d4e5f6a7b"'
+EXAMPLE_FHIR_ETAG = 'W/"3"'
+
+
+def parse_etag_list(header: str | None, name: str = "If-Match", example: str = EXAMPLE_ETAG) -> list[str] | None:
     """Parse ``If-Match``/``If-None-Match``: one pass over the header, each step anchored where the last
     ended. Weak tags are kept with their ``W/`` prefix so a strong comparison never matches them. A
     malformed header is a 400 naming ``name``; only SP and HTAB count as white space (RFC 9110 5.6.3:
@@ -121,7 +125,7 @@ def read_precondition_failure(etag: str | None, *, weak: bool = False) -> ApiErr
         return None
     try:
         # FHIR's ETags are W/"<versionId>": its example, not this API's (found by a probe)
-        tags = parse_etag_list(header, example='W/"3"' if weak else '"3-0a1b2c3d4e5f6a7b"') or []
+        tags = parse_etag_list(header, example=EXAMPLE_FHIR_ETAG if weak else EXAMPLE_ETAG) or []
     except ApiError as exc:
         return exc
     if "*" in tags or (etag is not None and (names_etag(tags, etag) if weak else

@@ -443,7 +443,11 @@ def _abbreviation(code: str) -> tuple[int, str] | None:
     return (1, f"PT{hours.group(1)}H") if hours else TIMING_ABBREVIATIONS.get(code)
 
 
-def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], list[str]]:
+#: :func:`_frequency`'s note for a timing whose ``repeat.count`` is 1.
+ONE_ADMINISTRATION = "the timing's count is 1: one administration"
+
+
+def _frequency(dosage: Any) -> tuple[Frequency | None, list[str], list[str]]:
     """The most frequent schedule the timing allows, with notes and what could not be read.
 
     ``frequencyMax`` when given (1-3 times a day is checked as 3), the shorter ``period`` (every 4-6 h
@@ -460,7 +464,7 @@ def _frequency(dosage: Any, path: str) -> tuple[Frequency | None, list[str], lis
         # One administration in all, whatever its schedule would be: "56 mg once a day, 1 time" was
         # judged as a daily regimen against a twice-weekly protocol, a critical card for one dose in
         # range (found in review).
-        return None, ["the timing's count is 1: one administration"], []
+        return None, [ONE_ADMINISTRATION], []
     # "C", "AC", "PC" (with, before, after meals) name no one meal: three a day. A time named twice is
     # one time (two 08:00 were two doses a day).
     when = {str(code) for code in repeat.when or []}
@@ -591,12 +595,8 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     routes = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code]
     if not routes:
         return []  # without a SNOMED route no protocol can be matched
-    frequency, notes, unchecked = _frequency(dosage, path)
-    # Why one dose is counted when a timing was sent (the dose check's default says none was)
-    no_frequency = (None if frequency is None and not unchecked and not notes else
-                    None if frequency is not None else
-                    "the order's timing could not be read; see below" if unchecked else
-                    "the timing gives one administration")
+    frequency, notes, unchecked = _frequency(dosage)
+    no_frequency = _one_dose_reason(frequency, notes, unchecked)
     duration, shortest_s = _administration_duration(dosage, unchecked, frequency)
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
@@ -642,6 +642,16 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
                                     as_needed=as_needed, unchecked=line_unchecked, duration=duration,
                                     shortest_s=shortest_s, no_frequency=no_frequency))
     return lines
+
+
+def _one_dose_reason(frequency: Frequency | None, notes: list[str], unchecked: list[str]) -> str | None:
+    """Why one dose is counted although the order sent a timing (:func:`_frequency`'s answer): the dose
+    check's own wording, "no frequency was sent", would be untrue."""
+    if frequency is not None:
+        return None
+    if unchecked:
+        return "the order's timing could not be read; see below"
+    return "the timing gives one administration" if ONE_ADMINISTRATION in notes else None
 
 
 def _administration_duration(dosage: Any, unchecked: list[str], frequency: Frequency | None = None,
