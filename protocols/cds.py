@@ -119,8 +119,8 @@ def _bad_request(path: str, message: str) -> MalformedOrder:
 
 
 #: ``[<base>/]Patient/<id>[/_history/<version>]``: a FHIR reference to a Patient, relative or absolute.
-_PATIENT_REFERENCE = re.compile(r"(?:(?P<base>https?://\S+?)/)?Patient/(?P<id>[A-Za-z0-9.-]{1,64})"
-                                r"(?:/_history/[A-Za-z0-9.-]{1,64})?")
+_PATIENT_REFERENCE = re.compile(rf"(?:(?P<base>https?://\S+?)/)?Patient/(?P<id>{fhir_query.RESOURCE_ID_PATTERN})"
+                                rf"(?:/_history/{fhir_query.RESOURCE_ID_PATTERN})?")
 
 
 @dataclass(frozen=True)

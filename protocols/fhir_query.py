@@ -197,7 +197,9 @@ def _add_search_param(spec: SearchSpec, seen_controls: set[str], raw_name: str, 
     spec.applied.append((raw_name, value))
 
 
-_RESOURCE_ID = re.compile(r"[A-Za-z0-9.-]{1,64}")
+#: A FHIR id (R4 datatypes: ``[A-Za-z0-9\-\.]{1,64}``): a resource's, a patient's in a CDS Hooks context.
+RESOURCE_ID_PATTERN = r"[A-Za-z0-9.-]{1,64}"
+_RESOURCE_ID = re.compile(RESOURCE_ID_PATTERN)
 
 
 def is_resource_id(value: str) -> bool:

@@ -23,6 +23,7 @@ from protocols.dosing import (
     Verdict,
     number_problem,
 )
+from protocols.fhir_query import RESOURCE_ID_PATTERN
 from schemas.clinical import PHASES, DoseRangeSchema, FrequencySchema
 from schemas.fields import Duration, Instant, Text, WebUrl
 from schemas.query import AsOfQuerySchema
@@ -312,8 +313,8 @@ class CdsContextSchema(Schema):
     userId = Text(required=True, validate=validate.Length(1, 200))
     # A FHIR id (the spec's "FHIR id of the patient"): "Patient/x" was refused once per order, naming
     # each order's subject rather than this (found in review)
-    patientId = Text(required=True, validate=validate.Regexp(r"^[A-Za-z0-9.-]{1,64}$", error="Not a FHIR id."),
-                     metadata={"pattern": "^[A-Za-z0-9.-]{1,64}$"})
+    patientId = Text(required=True, validate=validate.Regexp(f"^{RESOURCE_ID_PATTERN}$", error="Not a FHIR id."),
+                     metadata={"pattern": f"^{RESOURCE_ID_PATTERN}$"})
     encounterId = Text(validate=validate.Length(1, 200), allow_none=True)
     selections = fields.List(Text(validate=validate.Length(1, 300)), validate=validate.Length(max=200))
     draftOrders = fields.Dict(required=True, metadata={"description": "FHIR R4 Bundle of draft orders"})
