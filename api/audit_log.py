@@ -120,9 +120,10 @@ def audit_response(response: Response) -> Response:
     if changed:
         outcome = audit.ALLOWED if status < 400 else "failed"
     elif (status in (412, 428) and request.method not in ("GET", "HEAD")) or (
-            status in (401, 403) and scope in (WRITE, ADMIN)):
+            status in (401, 403) and scope in (WRITE, ADMIN)) or (status == 409 and scope == ADMIN):
         # A read's 412 (its If-Match named another version) is no refused change: recording it would
-        # let any anonymous reader write audit rows.
+        # let any anonymous reader write audit rows. An admin's 409 is: revoking the last admin key (which
+        # would lock everyone out of key administration) or minting a second key under a taken name.
         outcome = audit.DENIED
     else:
         return response

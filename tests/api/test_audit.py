@@ -242,3 +242,13 @@ def test_a_refused_write_names_the_revoked_or_expired_key_in_the_audit_trail(ano
     assert [(d.get("key_id"), d.get("key_state")) for d in details] == [
         (leaked_id, "revoked"), (details[1]["key_id"], "expired"), (None, None)]
     assert details[1]["key_id"] not in (None, leaked_id)
+
+
+def test_an_admin_action_refused_by_a_rule_is_audited_as_denied(client):
+    """An admin's 409 is a refused attempt (here: a second key under a taken name), recorded like an
+    authorization refusal; a 422 (a malformed body) is not an attempt at anything and is not."""
+    assert client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["protocols:read"]}).status_code == 201
+    assert client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["admin"]}).status_code == 409
+    assert client.post("/v1/admin/keys", json={"name": "svc", "scopes": ["nope"]}).status_code == 422
+    creates = client.get("/v1/admin/audit?action=keys.create").get_json()["items"]
+    assert [(e["outcome"], e["status_code"]) for e in creates] == [("denied", 409), ("allowed", 201)]

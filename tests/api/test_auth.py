@@ -298,16 +298,20 @@ def test_admin_key_creation_rejects_bad_input(client, body, path):
 
 def test_the_last_live_admin_key_is_not_revoked_over_http(client, anon_client, make_key, db):
     """Found by a probe: an admin could revoke the last admin key, after which nobody could mint or
-    revoke a key over HTTP. The refusal changes nothing and records nothing; another live admin key
-    (not an expired one) lets it through; the shell still may revoke the last one."""
+    revoke a key over HTTP. The refusal changes nothing but is a denied event in the audit log (someone
+    tried to lock every admin out); another live admin key (not an expired one) lets it through; the
+    shell still may revoke the last one."""
     own = next(k for k in client.get("/v1/admin/keys").get_json()["items"] if k["name"] == "test-all-scopes")
     audit_before = client.get("/v1/admin/audit", query_string={"page_size": 100}).get_json()["items"]
     make_key(["admin"], expires_at=utcnow() - timedelta(hours=1), now=utcnow() - timedelta(days=1))  # expired
     refused = client.delete(f"/v1/admin/keys/{own['id']}")
     assert assert_error_shape(refused, 409)["message"].startswith(f"key '{own['id']}' is the last live key")
     assert client.get(f"/v1/admin/keys/{own['id']}").get_json()["active"] is True
-    assert client.get("/v1/admin/audit", query_string={"page_size": 100}).get_json()["items"][:len(audit_before)] \
-        == audit_before
+    audit_after = client.get("/v1/admin/audit", query_string={"page_size": 100}).get_json()["items"]
+    assert audit_after[1:] == audit_before  # newest first: one event more, nothing else changed
+    assert {k: audit_after[0][k] for k in ("action", "outcome", "actor", "target", "status_code")} == {
+        "action": "keys.revoke", "outcome": "denied", "actor": "test-all-scopes", "target": own["id"],
+        "status_code": 409}
 
     other = make_key(["protocols:read", "admin"], name="second-admin")
     assert client.delete(f"/v1/admin/keys/{own['id']}").status_code == 200
