@@ -767,6 +767,9 @@ class Weight:
     refused: str | None = None
     #: The observation's ``subject.reference``: only the hook's patient's weight is used.
     subject: str | None = None
+    #: Why the weight may no longer hold (observed more than :data:`WEIGHT_MAX_AGE` ago, or undated):
+    #: a weight-based dose judged with it is "partly checked".
+    stale: str | None = None
 
     @property
     def usable_kg(self) -> Fraction | None:
@@ -776,17 +779,30 @@ class Weight:
         return format_rfc3339(self.observed_at) if self.observed_at is not None else "date unknown"
 
 
+#: How old a body weight may be before a weight-based dose checked with it is "partly checked": a
+#: weight from 2012 made 500 mg of ketamine "within range" for a patient who may now weigh half as much
+#: (found by a clinical probe). A month: weight-based dosing wants a current weight, and inpatient
+#: weights are measured on admission; the dose is still judged with the weight, and the card says why
+#: it is not a full pass.
+WEIGHT_MAX_AGE = timedelta(days=30)
+
+
 def prefetched_weight(prefetch: Mapping[str, Any], *, patient: HookPatient, now: datetime | None = None
                       ) -> Weight | str:
     """The latest usable body weight of the hook's patient, or the reason there is none (shown on cards).
 
     Only observations whose ``subject`` is the patient count: another patient's 140 kg turned a
-    600 mg order from critical into "within range" (found by a probe)."""
+    600 mg order from critical into "within range" (found by a probe). An OperationOutcome is how a
+    CDS Hooks 2.0 client says it could not prefetch (it was a 400, and the call's other cards, a
+    critical one too, were lost: found by a conformance probe)."""
+    now = now or utcnow()
     data = prefetch.get(WEIGHT_PREFETCH)
     if data is None:
         return "no body weight was prefetched"
     if not isinstance(data, Mapping):
-        raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle or Observation")
+        raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle, Observation or OperationOutcome")
+    if data.get("resourceType") == "OperationOutcome":
+        return f"the EHR could not prefetch a body weight ({_outcome_text(data)})"
     if data.get("resourceType") == "Bundle":
         entries = data.get("entry") or []
         if not isinstance(entries, list):
@@ -795,9 +811,9 @@ def prefetched_weight(prefetch: Mapping[str, Any], *, patient: HookPatient, now:
     elif data.get("resourceType") == "Observation":
         resources = [data]
     else:
-        raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle or Observation")
+        raise _bad_request(f"prefetch.{WEIGHT_PREFETCH}", "must be a FHIR Bundle, Observation or OperationOutcome")
     # A weight "observed" after now is a data-entry error, not the newest weight (2099 won).
-    latest_plausible = (now or utcnow()) + timedelta(days=1)
+    latest_plausible = now + timedelta(days=1)
     weights = [weight for weight in map(_observation_weight, resources) if weight is not None]
     named = [patient.named_by(weight.subject) for weight in weights]
     found = [weight for weight, own in zip(weights, named, strict=True)
@@ -815,7 +831,31 @@ def prefetched_weight(prefetch: Mapping[str, Any], *, patient: HookPatient, now:
         check_weight(newest.kg)
     except DosingError as exc:  # the newest is wrong, so an older one is no safer: none is used
         return replace(newest, refused=exc.message)
+    if newest.observed_at is None:
+        return replace(newest, stale="the body weight's observation has no date, so it may no longer hold")
+    if newest.observed_at < now - WEIGHT_MAX_AGE:
+        return replace(newest, stale=f"the body weight was observed on {newest.observed_at.date().isoformat()}, more "
+                                     f"than {WEIGHT_MAX_AGE.days} days ago, and may no longer hold")
     return newest
+
+
+def _per_kg(unit: str) -> bool:
+    """Whether a dose in ``unit`` is per kilogram of body weight (an unreadable unit is not: its verdict
+    says why it was not checked)."""
+    try:
+        return parse_dose_unit(unit).per_kg
+    except UnitError:
+        return False
+
+
+def _outcome_text(outcome: Mapping[str, Any]) -> str:
+    """What an OperationOutcome says, in a few words: its first issue's text, else its code."""
+    issues = outcome.get("issue")
+    issue = issues[0] if isinstance(issues, list) and issues and isinstance(issues[0], Mapping) else {}
+    details = issue.get("details")
+    text = issue.get("diagnostics") or (details.get("text") if isinstance(details, Mapping) else None) \
+        or issue.get("code")
+    return " ".join(text.split())[:200] if isinstance(text, str) and text.strip() else "an OperationOutcome"
 
 
 def _observation_weight(resource: Any) -> Weight | None:
@@ -865,46 +905,160 @@ def _observed_at(resource: Mapping[str, Any]) -> datetime | None:
 # ----------------------------------------------------------------------------------- cards
 
 
+Matched = tuple[StoredVersion, Mapping[str, Any]]
+
+
+@dataclass
+class LineMatch:
+    """The protocols one dosage line of one order is judged against (``applicable``), why they may not
+    be the ones it is for (``unscoped``, :func:`_unscoped`), and, when no protocol gives its route, the
+    protocols in effect for its medication by other routes (``by_other_routes``)."""
+
+    order: DraftOrder
+    line: DosageLine
+    applicable: list[Matched]
+    unscoped: str | None
+    by_other_routes: list[Matched] = field(default_factory=list)
+
+
 def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight | str, version_url: VersionUrl,
                      *, at: datetime | None = None) -> list[dict[str, Any]]:
-    """The cards of one hook call (:func:`_order_cards` for each draft order), every order judged
-    against the protocols in effect at one instant (``at``, default now) in one snapshot of the
-    history.
+    """The cards of one hook call: one per dosage line of each draft order and protocol in effect at
+    one instant (``at``, default now) for its medication and route, read in one snapshot of the history;
+    one "route not in any protocol" card for a line whose medication has protocols only by other routes.
 
     Why one instant and one snapshot: the orders of one signing are one clinical decision. Judged one
     by one at their own "now" and each in its own read, two orders for the same drug signed together
     could be checked against different versions of its protocol, one just before a scheduled version
     takes effect and one after, or one before a correction committed mid-call and one after; the
-    cards then contradict each other about the same dose."""
+    cards then contradict each other about the same dose. For the same reason each order is judged
+    knowing the others: two orders checked against one protocol are each "partly checked", since what
+    they give together was not added up (two orders of 84 mg twice weekly each said "84 mg per day
+    respected"; found by a clinical probe)."""
     at = at or utcnow()
-    cards: list[dict[str, Any]] = []
     with versioning.snapshot(db) as session:
-        for order in orders:
-            cards.extend(_order_cards(db, session, at, order, weight, version_url))
+        matches = [match for order in orders for match in _order_matches(db, session, at, order)]
+    together = _judged_together(orders, matches)
+    cards: list[dict[str, Any]] = []
+    for order in orders:
+        mine = [match for match in matches if match.order is order]
+        for match in mine:
+            if not match.applicable and match.by_other_routes:
+                cards.append(_route_card(match, version_url))
+        judged = [(match, stored, content, _card(order, match.line, stored, content, weight, version_url,
+                                                 match.unscoped, together.get(stored.protocol_id, {}).get(id(order))))
+                  for match in mine for stored, content in match.applicable]
+        for match in (m for m in mine if m.unscoped):
+            _soften_unscoped([(card, stored, best) for m, stored, _, (card, best) in judged if m is match])
+        cards.extend(card for _, _, _, (card, _) in judged)
     return cards
 
 
-def _order_cards(db: Database, session: Session, at: datetime, order: DraftOrder, weight: Weight | str,
-                 version_url: VersionUrl) -> list[dict[str, Any]]:
-    """One card per dosage line and protocol in effect at ``at`` for the order's medication and route.
+def _order_matches(db: Database, session: Session, at: datetime, order: DraftOrder) -> list[LineMatch]:
+    """The protocols each dosage line of ``order`` is judged against, in effect at ``at``.
 
     The protocols of a route are looked up once per order: an order of 1,500 ``doseAndRate`` entries
     took 3.6-5.2 s repeating the same lookup (found by an adversarial probe)."""
     if not order.rxnorm:
         return []
-    in_effect: dict[str, tuple[list[tuple[StoredVersion, Mapping[str, Any]]], str | None]] = {}
-    cards = []
+    by_route: dict[str, tuple[list[Matched], str | None, list[Matched]]] = {}
+    matches = []
     for line in order.lines:
-        if line.route not in in_effect:
-            applicable: list[tuple[StoredVersion, Mapping[str, Any]]] = [
+        if line.route not in by_route:
+            applicable: list[Matched] = [
                 (stored, json.loads(stored.document, parse_float=Decimal))
                 for stored in search.applicable_protocols(db, rxnorm_cuis=order.rxnorm, route=line.route,
                                                           indications=order.reasons, at=at, session=session)]
-            in_effect[line.route] = applicable, _unscoped(order, applicable)
-        applicable, unscoped = in_effect[line.route]
-        for stored, content in applicable:
-            cards.append(_card(order, line, stored, content, weight, version_url, unscoped))
-    return cards
+            others: list[Matched] = [] if applicable else [
+                (stored, json.loads(stored.document, parse_float=Decimal))
+                for stored in search.applicable_protocols(db, rxnorm_cuis=order.rxnorm, route=None,
+                                                          indications=order.reasons, at=at, session=session)]
+            by_route[line.route] = applicable, _unscoped(order, applicable), others
+        applicable, unscoped, others = by_route[line.route]
+        matches.append(LineMatch(order, line, applicable, unscoped, others))
+    return matches
+
+
+def _judged_together(orders: Sequence[DraftOrder], matches: list[LineMatch]) -> dict[str, dict[int, str]]:
+    """For each protocol that more than one order of the call is checked against, the note each of those
+    orders' cards carries (keyed by ``id(order)``): every order is judged alone, so their sum is not.
+    Two dosage instructions of one order with the same ``sequence`` are noted by :func:`_draft_order`."""
+    orders_of: dict[str, list[DraftOrder]] = {}
+    for match in matches:
+        for stored, _ in match.applicable:
+            named = orders_of.setdefault(stored.protocol_id, [])
+            if not any(order is match.order for order in named):
+                named.append(match.order)
+    notes: dict[str, dict[int, str]] = {}
+    for protocol_id, named in orders_of.items():
+        if len(named) < 2:
+            continue
+        names = [_order_name(order, orders) for order in named]
+        notes[protocol_id] = {
+            id(order): (f"{len(named)} orders of this call are checked against this protocol "
+                        f"({', '.join(names)}); each was judged alone, and what they give together was not "
+                        "added up") for order in named}
+    return notes
+
+
+def _order_name(order: DraftOrder, orders: Sequence[DraftOrder]) -> str:
+    """How a card names an order of the call: ``MedicationRequest/<id>``, else its place among them."""
+    if order.resource_id:
+        return f"MedicationRequest/{order.resource_id}"
+    return f"draft order {next(i for i, o in enumerate(orders) if o is order) + 1} of {len(orders)}"
+
+
+def _soften_unscoped(judged: list[tuple[dict[str, Any], StoredVersion, Verdict | None]]) -> None:
+    """Cards of one dosage line checked against several protocols because the order does not say which
+    it is for (:func:`_unscoped`): while the dose is within the range of one of them, the others' breaches
+    are warnings, not critical. Found by a clinical probe: ketamine 2 mg/kg IV with no reasonCode, the
+    Ketalar label's average induction dose, got two critical cards from the depression and CRPS
+    protocols beside the anaesthesia protocol's "within range"; an order without a reasonCode is the
+    usual anaesthesia order. The breach is still shown, as a warning naming the range it is within;
+    when no protocol's range holds the dose, each breach stays critical."""
+    within = [stored for card, stored, best in judged if best is Verdict.WITHIN_RANGE]
+    if not within or len(judged) < 2:
+        return
+    for card, stored, _ in judged:
+        if card["indicator"] != "critical":
+            continue
+        others = ", ".join(f"protocol {w.protocol_id} v{w.version}" for w in within if w is not stored)
+        card["indicator"] = "warning"
+        card["detail"] += (f"\n- A warning, not critical: the order names no indication of this protocol, and its "
+                           f"dose is within the range of {markdown_text(others)}.")
+
+
+def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
+    """The card of a dosage line whose medication has protocols, none of them by its route: no card at
+    all read as "nothing to check" (Spravato ordered IV, ketamine ordered intranasally or by mouth, the
+    compounded forms FDA warned about; found by a clinical probe), where the REST check answers
+    ``route_not_in_protocol``."""
+    line = match.line
+    route = terminology.ROUTES.get(line.route)
+    route_text = route.display.lower() if route else f"route {line.route}"
+    listed = []
+    for stored, content in match.by_other_routes:
+        routes = ", ".join(f"{r.get('display') or r.get('code')} ({r.get('code')})"
+                           for r in content.get("routes") or [])
+        listed.append(f"- **{markdown_text(content.get('title', stored.protocol_id))}** (protocol "
+                      f"{stored.protocol_id} v{stored.version}): {markdown_text(routes or 'no route listed')}")
+    first, _ = match.by_other_routes[0]
+    label = f"protocol {first.protocol_id} v{first.version}" + (
+        f" and {len(match.by_other_routes) - 1} more" if len(match.by_other_routes) > 1 else "")
+    detail = [f"No protocol in effect gives {markdown_text(match.order.medication)} by the {markdown_text(route_text)} "
+              f"({markdown_text(line.route)}); the dose was not checked. The protocols for it give it by:",
+              *listed]
+    links = [{"label": f"Protocol {stored.protocol_id} version {stored.version}",
+              "url": version_url(stored.protocol_id, stored.version), "type": "absolute"}
+             for stored, _ in match.by_other_routes]
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": _summary("route not in any protocol", f"{match.order.medication} {line.label} {route_text}", label),
+        "detail": "\n".join(detail),
+        "indicator": "warning",
+        "source": {"label": "Treatment protocols", "url": links[0]["url"]},
+        "links": links,
+    }
 
 
 def _unscoped(order: DraftOrder, applicable: list[tuple[StoredVersion, Mapping[str, Any]]]) -> str | None:
@@ -974,26 +1128,28 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     return RangeResult(phase, verdict, evaluations, None, problems)
 
 
-def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | None) -> tuple[Fraction, str] | None:
-    """For a rate ordered together with its dose (140 mg at 0.5 mg/kg/min), how long the dose runs at
-    that rate: the rate is then judged as that dose, not as a rate over the protocol's duration (the
+def _implied_duration(line: DosageLine, dose: Quantity, weight_kg: Fraction | None) -> tuple[Fraction, str] | None:
+    """For a dose ordered together with its rate (140 mg at 0.5 mg/kg/min), how long the dose runs at
+    that rate. The rate is then judged as that dose, not as a rate over the protocol's duration (the
     Ketalar label's 1-2 mg/kg at 0.5 mg/kg/min read "below minimum" over its 60 s bolus; found by a
-    clinical QA probe). None when the line has no dose, or the units or weight do not allow it."""
+    clinical QA probe), and the amount as given over that time, not as of unknown speed (98 mg at
+    24.5 mg/h runs 4 h). None when the line has no amount and rate to pair, or the units or weight do
+    not allow it."""
     try:
-        rate_unit = parse_dose_unit(rate.unit)
-        if not rate_unit.is_rate:
-            return None
-        per_second = convert(Fraction(rate.value), rate_unit, parse_dose_unit("mg/s"), weight_kg=weight_kg,
-                             concentration=line.concentration, duration_s=None)
-        for amount in line.doses:
-            amount_unit = parse_dose_unit(amount.unit)
-            if amount_unit.is_rate or per_second <= 0:
-                continue
-            mg = convert(Fraction(amount.value), amount_unit, parse_dose_unit("mg"), weight_kg=weight_kg,
-                         concentration=line.concentration, duration_s=None)
-            minutes = fmt(mg / per_second / 60)
-            return mg / per_second, (f"{minutes} min ({fmt(Fraction(amount.value))} {amount.unit} at "
-                                     f"{fmt(Fraction(rate.value))} {rate.unit})")
+        unit = parse_dose_unit(dose.unit)
+        rates = [dose] if unit.is_rate else [q for q in line.doses if parse_dose_unit(q.unit).is_rate]
+        amounts = [q for q in line.doses if not parse_dose_unit(q.unit).is_rate] if unit.is_rate else [dose]
+        for rate in rates[:1]:
+            per_second = convert(Fraction(rate.value), parse_dose_unit(rate.unit), parse_dose_unit("mg/s"),
+                                 weight_kg=weight_kg, concentration=line.concentration, duration_s=None)
+            for amount in amounts:
+                if per_second <= 0:
+                    continue
+                mg = convert(Fraction(amount.value), parse_dose_unit(amount.unit), parse_dose_unit("mg"),
+                             weight_kg=weight_kg, concentration=line.concentration, duration_s=None)
+                minutes = fmt(mg / per_second / 60)
+                return mg / per_second, (f"{minutes} min ({fmt(Fraction(amount.value))} {amount.unit} at "
+                                         f"{fmt(Fraction(rate.value))} {rate.unit})")
     except (DosingError, UnitError):
         return None
     return None
@@ -1021,7 +1177,10 @@ def markdown_text(text: object) -> str:
 
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
-          weight: Weight | str, version_url: VersionUrl, unscoped: str | None = None) -> dict[str, Any]:
+          weight: Weight | str, version_url: VersionUrl, unscoped: str | None = None,
+          together: str | None = None) -> tuple[dict[str, Any], Verdict | None]:
+    """The card of one dosage line checked against one protocol, and the verdict of its best range (None:
+    not checked). ``together``: why other orders of the call make this one "partly checked"."""
     ranges = ranges_for(content, line.route)
     results = [_judge(content, index, line, weight) for index, _ in ranges]
     judged = [r for r in results if r.verdict is not None]
@@ -1029,6 +1188,12 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     route_text = route.display.lower() if route else f"route {line.route}"
     label = f"protocol {stored.protocol_id} v{stored.version}"
     unchecked = list(line.unchecked)  # the order's own; each range lists the quantities it could not judge
+    if together:
+        unchecked.append(together)
+    if isinstance(weight, Weight) and weight.stale and weight.refused is None and (
+            any(_per_kg(str(r["unit"])) for _, r in ranges) or any(_per_kg(dose.unit) for dose in line.doses)):
+        unchecked.append(f"{weight.stale}; the weight-based dose was checked with it")
+    best_verdict: Verdict | None = None
     if line.as_needed and line.frequency is None and not line.unchecked and any(
             r.get("frequency") or r.get("max_per_period") for _, r in ranges):
         # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
@@ -1037,6 +1202,7 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     if judged:
         best = min(judged, key=lambda r: FAVOURABLE_ORDER.index(r.verdict))
         assert best.verdict is not None
+        best_verdict = best.verdict
         indicator = INDICATOR[best.verdict]
         verdict = VERDICT_TEXT[best.verdict]
         # What the best range gives nothing to check against (dosing.REPEAT_UNCHECKED, in its messages: an
@@ -1088,7 +1254,7 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
                              "display": str(content.get("title", stored.protocol_id))}},
         "links": [{"label": f"Protocol {stored.protocol_id} version {stored.version}", "url": url,
                    "type": "absolute"}],
-    }
+    }, best_verdict
 
 
 def _summary(verdict: str, order_text: str, label: str) -> str:

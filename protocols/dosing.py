@@ -753,7 +753,8 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         messages.append(f"Not checked: {REPEAT_UNCHECKED}.")
     if dose_range.get("max_per_period") and (per_period is None or per_period.maximum is None):
         unchecked.append(MAXIMUM_UNCHECKED)  # the messages say why (a review: REST showed a full pass)
-    if dose_unit.is_rate and order.duration_s is None and dose_range.get("duration"):
+    if order.duration_s is None and dose_range.get("duration") and (
+            dose_unit.is_rate or range_unit.is_rate or phase == "infusion"):
         assumed = DURATION_ASSUMED.format(duration=dose_range["duration"])
         unchecked.append(assumed)
         messages.append(f"Not checked: {assumed}.")
@@ -774,11 +775,15 @@ REPEAT_UNCHECKED = ("the order repeats its dose, and this range gives no frequen
 #: into an amount, a stored maximum that is itself a rate): CDS Hooks said "partly checked", while the REST
 #: answer's ``unchecked`` was empty (a review).
 MAXIMUM_UNCHECKED = "the protocol's maximum per period could not be applied to this order (the messages say why)"
-#: A rate ordered without a duration, judged against a range that has one: its amount was taken over the
-#: range's duration, not over how long it will run (0.35 mg/kg/h bounded by a day read as the protocol's
-#: 4 h, and the card was green; an adversarial probe).
-DURATION_ASSUMED = ("the order gives no infusion duration: its amount was judged over the protocol's {duration}, "
-                    "not over how long it will run")
+#: An order without a duration judged against a range that has one, where the duration is part of the
+#: answer: a rate (its amount was taken over the range's duration: 0.35 mg/kg/h bounded by a day read as
+#: the protocol's 4 h, a green card), an amount against a range of rates (98 mg against 0.35 mg/kg/h for
+#: 4 h read "within range", a green card, for what may be pushed in a minute: an anaesthetic induction
+#: dose), or an amount against an infusion's range (0.5 mg/kg over 40 min; both found by adversarial
+#: probes). A bolus range's duration (the Ketalar label's "over 60 seconds") is how to give the dose,
+#: shown in its instructions; an order for the dose alone is checked in full.
+DURATION_ASSUMED = ("the order gives no infusion duration: it was judged as if it ran for the protocol's {duration}; "
+                    "how fast it will run was not checked")
 
 
 def _longer_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range_unit: DoseUnit,

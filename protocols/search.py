@@ -533,17 +533,21 @@ def _hit(row: Any, ranked: bool) -> Hit:
     return Hit(int(row.protocol_seq), int(row.rank) if ranked else None, stored_version(row))
 
 
-def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str, indications: Sequence[str] = (),
+def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str | None,
+                         indications: Sequence[str] = (),
                          at: datetime | None = None, session: Session | None = None) -> list[StoredVersion]:
     """Versions in effect at ``at`` for a medication (any of ``rxnorm_cuis``, and the catalog codes they
     stand for: :func:`terminology.order_rxnorm_codes`) given by ``route``; read in ``session`` when
     given (a caller making several lookups that must see one state of the history), else in a read
-    session of its own.
+    session of its own. ``route`` None: by any route (what a medication ordered by a route no protocol
+    gives is given by instead).
 
     Used at order time (CDS Hooks). When the order states reasons and some of these protocols treat
     one of them (:func:`treats`), only those are returned; otherwise every match for the drug and
     route is (a protocol is not dropped because the order did not say why it was written)."""
-    base = [_term("rxnorm_cui", order_rxnorm_codes(rxnorm_cuis)), _term("route", [route])]
+    base = [_term("rxnorm_cui", order_rxnorm_codes(rxnorm_cuis))]
+    if route is not None:
+        base.append(_term("route", [route]))
     found = _all_in_effect(db, base, at, session)
     if indications and found:
         reasons = {code.upper() for code in indications}

@@ -23,6 +23,7 @@ from fhir.resources.R4B.observation import Observation
 from markdown_it import MarkdownIt
 
 from protocols import cds, search, terminology
+from protocols.timeutil import format_rfc3339, utcnow
 from tests.factories import protocol_payload
 
 RXNORM, SNOMED, UCUM, LOINC = terminology.RXNORM, terminology.SNOMED, terminology.UCUM, "http://loinc.org"
@@ -73,7 +74,16 @@ def medication_request(order_id: str, codings: list[dict[str, str]], route: str,
     return resource
 
 
-def weight_bundle(value: Any, unit: str = "kg", when: str = "2026-11-29T08:00:00Z") -> dict[str, Any]:
+#: When the fixtures' weights were observed: yesterday, so that they stay current (cds.WEIGHT_MAX_AGE).
+RECENT = format_rfc3339((utcnow() - timedelta(days=1)).replace(microsecond=0))
+
+
+def days_ago(days: int) -> str:
+    """The UTC date ``days`` before today, as FHIR writes a date."""
+    return (utcnow() - timedelta(days=days)).date().isoformat()
+
+
+def weight_bundle(value: Any, unit: str = "kg", when: str = RECENT) -> dict[str, Any]:
     observation = weight_observation(value, unit, when)
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": 1,
               "entry": [{"fullUrl": "http://fhir.example.org/Observation/w1", "resource": observation}]}
@@ -81,7 +91,7 @@ def weight_bundle(value: Any, unit: str = "kg", when: str = "2026-11-29T08:00:00
     return bundle
 
 
-def weight_observation(value: Any, unit: str = "kg", when: str = "2026-11-29T08:00:00Z",
+def weight_observation(value: Any, unit: str = "kg", when: str = RECENT,
                        status: str = "final") -> dict[str, Any]:
     observation = {
         "resourceType": "Observation", "id": f"w-{uuid.uuid4().hex[:6]}", "status": status,
@@ -131,6 +141,14 @@ def cards(client: Any, body: Any, service: str = "protocol-dose-check") -> list[
         assert len(card["summary"]) <= 140
         assert card["source"]["label"] and card["uuid"]
     return list(result["cards"])
+
+
+def cards_alone(client: Any, orders: list[dict[str, Any]], service: str = "protocol-dose-check",
+                **kwargs: Any) -> list[dict[str, Any]]:
+    """The cards of each order sent in a hook call of its own, in order: two orders of one protocol in
+    one call are each "partly checked" (their sum is not added up), which is not what most tests here
+    are about."""
+    return [card for order in orders for card in cards(client, hook_request([order], **kwargs), service)]
 
 
 def create(client: Any, **overrides: Any) -> dict[str, Any]:
@@ -224,7 +242,7 @@ def test_esketamine_per_period_and_range_cards(client):
     within = medication_request("esk-1", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=twice_weekly)
     above = medication_request("esk-2", ESKETAMINE, NASAL, dose=(112, "mg"), frequency=twice_weekly)
     twice_daily = medication_request("esk-3", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(2, 1, "d"))
-    result = cards(client, hook_request([within, above, twice_daily]))
+    result = cards_alone(client, [within, above, twice_daily])
     assert [c["indicator"] for c in result] == ["info", "critical", "critical"]
     assert "exceeds protocol maximum per period" in result[2]["summary"]
     assert "112 mg per P1D > maximum 84 mg per P1D" in result[2]["detail"]
@@ -235,7 +253,7 @@ def test_dose_range_orders_are_judged_by_their_worse_end(client):
     create(client)
     inside = medication_request("esk-r1", ESKETAMINE, NASAL, dose_range=(56, 84, "mg"))
     straddles = medication_request("esk-r2", ESKETAMINE, NASAL, dose_range=(56, 112, "mg"))
-    assert [c["indicator"] for c in cards(client, hook_request([inside, straddles]))] == ["info", "critical"]
+    assert [c["indicator"] for c in cards_alone(client, [inside, straddles])] == ["info", "critical"]
 
 
 def test_infusion_rate_orders(client):
@@ -244,7 +262,7 @@ def test_infusion_rate_orders(client):
                                       "unit": "mg/kg/h"}])
     ok = medication_request("inf-1", KETAMINE, IV, rate=(16.6666666666, "ug/kg/min"))
     fast = medication_request("inf-2", KETAMINE, IV, rate=(16.6666666667, "ug/kg/min"))
-    result = cards(client, hook_request([ok, fast], weight=weight_bundle(80)))
+    result = cards_alone(client, [ok, fast], weight=weight_bundle(80))
     assert [c["indicator"] for c in result] == ["info", "critical"]
 
 
@@ -255,9 +273,9 @@ def test_weight_units_and_latest_observation(client):
     (card,) = cards(client, hook_request([order], weight=weight_bundle(154.32, "[lb_av]")))
     assert card["indicator"] == "critical"
     newest_first = {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"resource": weight_observation(60, when="2025-01-01T00:00:00Z")},
-        {"resource": weight_observation(70, when="2026-11-01T00:00:00Z")},
-        {"resource": weight_observation(90, when="2026-11-02T00:00:00Z", status="entered-in-error")}]}
+        {"resource": weight_observation(60, when=f"{days_ago(400)}T00:00:00Z")},
+        {"resource": weight_observation(70, when=f"{days_ago(3)}T00:00:00Z")},
+        {"resource": weight_observation(90, when=f"{days_ago(2)}T00:00:00Z", status="entered-in-error")}]}
     (card,) = cards(client, hook_request([order], weight=newest_first))
     assert card["indicator"] == "info" and "\u00d7 70 kg" in card["detail"]
     (card,) = cards(client, hook_request([order], weight=weight_observation(70)))  # a bare Observation
@@ -268,14 +286,15 @@ def test_the_newest_weight_wins_whatever_offset_its_time_carries(client):
     """10:00+09:00 is 01:00Z: earlier than 05:00Z, though it sorts after it as text."""
     ketamine_protocol(client)  # 1-4.5 mg/kg
     order = medication_request("ket-tz", KETAMINE, IV, dose=(100, "mg"))
-    weights = [weight_observation(70, when="2024-06-01T10:00:00+09:00"),
-               weight_observation(20, when="2024-06-01T05:00:00Z")]
+    day = days_ago(3)
+    weights = [weight_observation(70, when=f"{day}T10:00:00+09:00"),
+               weight_observation(20, when=f"{day}T05:00:00Z")]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
                               "entry": [{"resource": w} for w in weights]}
     (card,) = cards(client, hook_request([order], weight=bundle))
     assert "\u00d7 20 kg" in card["detail"] and card["indicator"] == "critical"  # 100 mg > 4.5 mg/kg x 20 kg
-    # A date without a time counts from its start: 2024-06-02 is newer than both.
-    bundle["entry"].append({"resource": weight_observation(50, when="2024-06-02")})
+    # A date without a time counts from its start: the next day is newer than both.
+    bundle["entry"].append({"resource": weight_observation(50, when=days_ago(2))})
     (card,) = cards(client, hook_request([order], weight=bundle))
     assert "\u00d7 50 kg" in card["detail"] and card["indicator"] == "info"
 
@@ -293,7 +312,7 @@ def test_missing_or_implausible_weight_is_a_warning_not_an_error(client):
     (card,) = cards(client, hook_request([order], weight=weight_bundle(0.1)))
     assert card["indicator"] == "warning" and "between 0.3 and 500 kg" in card["detail"]
     assert "Body weight used" not in card["detail"]  # it was not (a probe read "used: 1000000 kg" above the refusal)
-    assert "Body weight prefetched: 0.1 kg (observed 2026-11-29T08:00:00Z); not used: body weight must be" \
+    assert f"Body weight prefetched: 0.1 kg (observed {RECENT}); not used: body weight must be" \
         in card["detail"]
 
 
@@ -364,7 +383,7 @@ def test_an_implausible_weight_is_refused_once_and_a_fixed_dose_is_still_checked
     order = medication_request("ket-fixed", KETAMINE, IV, dose=(100, "mg"))
     (card,) = cards(client, hook_request([order], weight=weight_bundle(1000000)))
     assert card["indicator"] == "info" and card["summary"].startswith("within protocol range")
-    assert ("Body weight prefetched: 1000000 kg (observed 2026-11-29T08:00:00Z); not used: body weight must be "
+    assert (f"Body weight prefetched: 1000000 kg (observed {RECENT}); not used: body weight must be "
             "between 0.3 and 500 kg") in card["detail"]
     assert "Body weight used" not in card["detail"]
 
@@ -390,11 +409,28 @@ def test_volume_orders_without_a_strength_are_a_warning(client):
 def test_no_protocol_means_no_cards(client):
     create(client)
     ketamine_protocol(client)
-    for order in (medication_request("mid-1", MIDAZOLAM, IV, dose=(2, "mg")),
-                  medication_request("ket-po", KETAMINE, ORAL, dose=(50, "mg")),
-                  medication_request("esk-iv", ESKETAMINE, IV, dose=(56, "mg"))):
-        assert cards(client, hook_request([order], weight=weight_bundle(70))) == []
-    assert cards(client, hook_request([])) == []
+    assert cards_alone(client, [medication_request("mid-1", MIDAZOLAM, IV, dose=(2, "mg"))],
+                       weight=weight_bundle(70)) == []
+    assert cards_alone(client, []) == []
+
+
+def test_a_medication_ordered_by_a_route_no_protocol_gives_gets_a_warning_naming_the_routes_it_has(client):
+    """Found by a clinical probe: Spravato ordered IV and ketamine ordered by mouth (compounded forms FDA
+    warned about) got no card at all, as if nothing applied, where the REST check answers
+    route_not_in_protocol. The card names each protocol for the medication and the routes it gives."""
+    spravato = create(client)
+    ketamine = ketamine_protocol(client)
+    oral, iv = cards_alone(client, [medication_request("ket-po", KETAMINE, ORAL, dose=(50, "mg")),
+                                    medication_request("esk-iv", ESKETAMINE, IV, dose=(56, "mg"))],
+                           weight=weight_bundle(70))
+    for card, protocol, route in ((oral, ketamine, "oral route"), (iv, spravato, "intravenous route")):
+        assert card["indicator"] == "warning"
+        assert card["summary"].startswith("route not in any protocol: ") and route in card["summary"]
+        assert f"(protocol {protocol['id']} v1)" in card["summary"]
+        assert f"protocol {protocol['id']} v1): " in card["detail"] and "the dose was not checked" in card["detail"]
+        assert [link["url"].rsplit("/v1/", 1)[1] for link in card["links"]] == [
+            f"protocols/{protocol['id']}/versions/1"]
+    assert "Nasal route (46713006)" in iv["detail"] and "Intravenous route (47625008)" in oral["detail"]
 
 
 def test_other_draft_orders_are_ignored(client):
@@ -477,7 +513,7 @@ def test_catalog_ketamine_and_esketamine_orders(client, app):
     iv_ketamine = {d["id"] for d in documents
                    if d["drug"].get("rxnorm_cui") == "6130" and IV in {r["code"] for r in d["routes"]}}
     order = medication_request("ket-cat", KETAMINE, IV, dose=(140, "mg"))
-    result_cards = cards(client, hook_request([order], weight=weight_bundle(70)))
+    result_cards = cards_alone(client, [order], weight=weight_bundle(70))
     assert {c["source"]["topic"]["code"].split("/")[0] for c in result_cards} == iv_ketamine
     anaesthesia = next(d for d in documents if d["id"] == "ketamine-iv-anesthesia-induction")
     iv_ranges = [r for r in anaesthesia["dosing_ranges"] if r["route"] == IV]  # the bolus and the alternative
@@ -487,7 +523,7 @@ def test_catalog_ketamine_and_esketamine_orders(client, app):
                             (low * 70 - Decimal("0.1"), "warning")):
         narrowed = medication_request("ket-an", KETAMINE, IV, dose=(float(dose), "mg"),
                                       reason=(indication["system"], indication["code"]))
-        (card,) = cards(client, hook_request([narrowed], weight=weight_bundle(70)))
+        (card,) = cards_alone(client, [narrowed], weight=weight_bundle(70))
         assert card["source"]["label"] == f"Treatment protocol ketamine-iv-anesthesia-induction version " \
                                           f"{anaesthesia['version']}"
         assert card["indicator"] == indicator, card["detail"]
@@ -495,7 +531,7 @@ def test_catalog_ketamine_and_esketamine_orders(client, app):
     high = max(r["dose_max"] for r in spravato["dosing_ranges"])
     ok = medication_request("esk-cat", ESKETAMINE, NASAL, dose=(float(high), "mg"), frequency=(2, 1, "wk"))
     too_much = medication_request("esk-cat2", ESKETAMINE, NASAL, dose=(float(high) + 28, "mg"), frequency=(2, 1, "wk"))
-    assert [c["indicator"] for c in cards(client, hook_request([ok, too_much]))] == ["info", "critical"]
+    assert [c["indicator"] for c in cards_alone(client, [ok, too_much])] == ["info", "critical"]
 
 
 # --------------------------------------------------------------------------- bad requests
@@ -769,7 +805,7 @@ def test_a_rate_is_judged_even_when_the_entry_also_has_a_dose(client):
     both = medication_request("crps-1", KETAMINE, IV, dose=(98, "mg"), rate=(70, "mg/h"))
     rate_only = medication_request("crps-2", KETAMINE, IV, rate=(70, "mg/h"))
     fitting = medication_request("crps-3", KETAMINE, IV, dose=(98, "mg"), rate=(24.5, "mg/h"))
-    result = cards(client, hook_request([both, rate_only, fitting], weight=weight_bundle(70)))
+    result = cards_alone(client, [both, rate_only, fitting], weight=weight_bundle(70))
     assert [c["indicator"] for c in result] == ["critical", "critical", "info"]
     assert "98 mg at 70 mg/h" in result[0]["summary"]
     assert "70 mg/h" in result[0]["detail"] and "98 mg" in result[0]["detail"]
@@ -787,7 +823,7 @@ def test_frequency_max_and_timing_codes_are_checked_at_their_most_frequent(clien
         {"system": "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation", "code": "WK"}]}}
     for order in (up_to_three, bid, weekly):
         MedicationRequest.model_validate(order)
-    result = cards(client, hook_request([up_to_three, bid, weekly]))
+    result = cards_alone(client, [up_to_three, bid, weekly])
     assert [c["indicator"] for c in result] == ["critical", "critical", "info"]
     assert "252 mg per P1D > maximum 84 mg per P1D" in result[0]["detail"]
     assert "3 per 1 d" in result[0]["detail"]
@@ -817,7 +853,10 @@ def test_a_period_too_long_to_check_is_partly_checked_and_the_other_orders_still
     long_card, card = cards(client, hook_request([order, fits]))
     assert long_card["indicator"] == "warning" and "partly checked" in long_card["summary"]
     assert "(10000 wk) is longer than a dosing period this service can check" in long_card["detail"]
-    assert card["indicator"] == "info"
+    assert "(10000 wk)" not in card["detail"] and "within protocol range" in card["summary"]
+    # partly checked only because two orders of one protocol are not added up
+    assert card["indicator"] == "warning"
+    assert "2 orders of this call are checked against this protocol" in card["detail"]
 
 
 def test_prefetched_weights_that_are_not_numbers_or_not_shaped_like_fhir_are_no_weight(client):
@@ -871,13 +910,13 @@ def test_a_rate_that_cannot_be_compared_never_hides_the_doses_verdict(client):
     ketamine_protocol(client)  # 1-4.5 mg/kg IV, no duration
     over = medication_request("ket-or", KETAMINE, IV, dose=(400, "mg"), rate=(50, "mg/h"))
     fits = medication_request("ket-fr", KETAMINE, IV, dose=(100, "mg"), rate=(50, "mg/h"))
-    result = cards(client, hook_request([over, fits], weight=weight_bundle(70)))
+    result = cards_alone(client, [over, fits], weight=weight_bundle(70))
     # A rate ordered with its dose runs for dose / rate (8 h and 2 h here): the rate is judged as that
     # dose (clinical QA probe: the label's 1-2 mg/kg at 0.5 mg/kg/min read "below minimum" over 60 s).
     assert [c["indicator"] for c in result] == ["critical", "info"]
     assert "not checked" not in result[1]["detail"]
     alone = medication_request("ket-ra", KETAMINE, IV, rate=(50, "mg/h"))
-    result = cards(client, hook_request([alone], weight=weight_bundle(70)))
+    result = cards_alone(client, [alone], weight=weight_bundle(70))
     assert result[0]["summary"].startswith("dose not checked"), result[0]  # a rate alone: no duration
     assert "could not be checked: 50 mg/h: mg/h is a rate" in result[0]["detail"]
 
@@ -891,7 +930,7 @@ def test_an_order_more_frequent_than_the_protocol_is_a_warning_not_within_range(
         "frequency": {"count": 3, "period": "P1W", "text": "2-3 times weekly"}}])
     often = medication_request("trd-5d", KETAMINE, IV, dose=(35, "mg"), frequency=(5, 1, "d"))
     weekly = medication_request("trd-2w", KETAMINE, IV, dose=(35, "mg"), frequency=(2, 1, "wk"))
-    result = cards(client, hook_request([often, weekly], weight=weight_bundle(70)))
+    result = cards_alone(client, [often, weekly], weight=weight_bundle(70))
     # Five a day gives 35 doses a week against the regimen's 3: above the most it gives (critical, a
     # clinical QA probe: a warning for 3.5 times the weekly exposure was too mild).
     assert [c["indicator"] for c in result] == ["critical", "info"]
@@ -966,19 +1005,19 @@ def test_a_dose_repeated_within_a_minute_is_judged_at_that_frequency(client):
                {"frequency": 1, "period": 0.01, "periodUnit": "h"}, {"frequency": 2, "period": 1, "periodUnit": "s"},
                {"frequency": 1, "period": 0.5, "periodUnit": "s"}, {"frequency": 1, "period": 90, "periodUnit": "s"}]
     orders = [_esketamine_order(f"esk-fast-{n}", timing={"repeat": repeat}) for n, repeat in enumerate(repeats)]
-    result = cards(client, hook_request(orders))
+    result = cards_alone(client, orders)
     assert [c["indicator"] for c in result] == ["critical"] * len(repeats), [c["summary"] for c in result]
     assert not any("no frequency was sent" in c["detail"] for c in result)
     half_second = next(c for c in result if "esk-fast-4" in c["detail"] or "0.5 s" in c["detail"]
                        or "2 per 1 s" in c["detail"])
     assert "Checked at the most frequent the timing allows: 2 per 1 s" in half_second["detail"]
-    (unread,) = cards(client, hook_request([_esketamine_order("esk-monthly", timing={
-        "repeat": {"frequency": 60, "period": 1, "periodUnit": "mo"}})]))
+    (unread,) = cards_alone(client, [_esketamine_order("esk-monthly", timing={
+        "repeat": {"frequency": 60, "period": 1, "periodUnit": "mo"}})])
     assert unread["indicator"] != "info" and "has no fixed length" in unread["detail"]
     assert "one dose (the order's timing could not be read; see below)" in unread["detail"]
     once = _esketamine_order("esk-once",
                              timing={"repeat": {"count": 1, "frequency": 2, "period": 1, "periodUnit": "d"}})
-    (card,) = cards(client, hook_request([once]))
+    (card,) = cards_alone(client, [once])
     assert "one dose (the timing gives one administration)" in card["detail"], card["detail"]
     assert "no frequency was sent" not in unread["detail"]
 
@@ -994,8 +1033,10 @@ def test_a_period_with_a_fraction_of_a_second_or_too_long_never_refuses_the_call
            for n, (p, u) in enumerate([(3.333, "d"), (0.333, "wk"), (10.0005, "d"), (47.9999, "h"), (1e6, "wk")])]
     result = cards(client, hook_request([over, *odd]))
     # 3.333 d and 0.333 wk put 3 and 4 doses in some week (twice weekly: at most 2); 47.9999 h too
-    assert [c["indicator"] for c in result] == ["critical", "critical", "critical", "info", "critical", "warning"], \
+    # (10.0005 d is within: a warning only because the six orders of one protocol are not added up)
+    assert [c["indicator"] for c in result] == ["critical", "critical", "critical", "warning", "critical", "warning"], \
         [c["summary"] for c in result]
+    assert result[3]["summary"].startswith("within protocol range, partly checked")
     assert "1 per 287971 s" in result[1]["detail"]  # 3.333 d, rounded down to whole seconds
     assert "84 mg \u00d7 3 doses = 252 mg per P1W" in result[1]["detail"]
     assert "longer than a dosing period this service can check" in result[-1]["detail"]
@@ -1026,11 +1067,11 @@ def test_rate_ratios_rate_ranges_and_the_orders_maximum_per_administration_are_j
                                                                   "code": "mg/h"}
     for order in (ratio, rate_range, fitting_ratio, capped):
         MedicationRequest.model_validate(order)
-    result = cards(client, hook_request([ratio, rate_range, fitting_ratio, capped], weight=weight_bundle(70)))
+    result = cards_alone(client, [ratio, rate_range, fitting_ratio, capped], weight=weight_bundle(70))
     assert [c["indicator"] for c in result] == ["critical", "critical", "info", "critical"], [
         c["summary"] for c in result]
     assert "ketamine 24.5 mg/h intravenous route" in result[2]["summary"]  # 49 mg per 2 h
-    assert "Body weight used: 70 kg (observed 2026-11-29T08:00:00Z)" in result[0]["detail"]
+    assert f"Body weight used: 70 kg (observed {RECENT})" in result[0]["detail"]
 
 
 def test_meal_codes_days_of_week_unreadable_rates_and_prn_orders(client):
@@ -1069,7 +1110,7 @@ def test_days_of_the_week_times_their_doses_and_listed_times_are_never_read_as_f
         "2026-12-07T09:00:00Z", "2026-12-07T13:00:00Z", "2026-12-07T17:00:00Z"]})
     one_day_a_week = _esketamine_order("esk-dow-once", dose=56, timing={"repeat": {"dayOfWeek": ["mon"]}})
     one_event = _esketamine_order("esk-event", timing={"event": ["2026-12-07T09:00:00Z"]})
-    result = cards(client, hook_request([days_and_times, days_and_clock, listed, one_day_a_week, one_event]))
+    result = cards_alone(client, [days_and_times, days_and_clock, listed, one_day_a_week, one_event])
     assert [c["indicator"] for c in result] == ["critical", "critical", "warning", "info", "info"], [
         c["summary"] for c in result]
     assert all(c["summary"].startswith("exceeds protocol maximum per period") for c in result[:2])
@@ -1094,7 +1135,7 @@ def test_doses_on_named_days_fall_on_those_days_and_stated_weekly_frequencies_ar
         _esketamine_order("same-time", dose=56, timing={"repeat": {
             "dayOfWeek": ["mon", "thu"], "timeOfDay": ["08:00:00", "08:00:00"]}}),
     ]
-    result = cards(client, hook_request(orders))
+    result = cards_alone(client, orders)
     assert [c["indicator"] for c in result] == ["critical", "critical", "critical", "info", "info"], [
         c["summary"] for c in result]
     assert all("168 mg per P1D" in c["detail"] for c in result[:3]), [c["detail"] for c in result[:3]]
@@ -1171,7 +1212,7 @@ def test_an_infusion_is_judged_for_as_long_as_the_order_runs_it(client):
     up_to_day["dosageInstruction"][0]["timing"]["repeat"].update(duration=4, durationMax=24, durationUnit="h")
     months = medication_request("crps-mo", KETAMINE, IV, rate=(0.35, "mg/kg/h"), frequency=(1, 1, "d"))
     months["dosageInstruction"][0]["timing"]["repeat"].update(duration=1, durationUnit="mo")
-    result = cards(client, hook_request([four, day, up_to_day, months], weight=weight_bundle(60)))
+    result = cards_alone(client, [four, day, up_to_day, months], weight=weight_bundle(60))
     assert [c["indicator"] for c in result] == ["info", "critical", "critical", "warning"], result
     assert "504 mg per P1D > maximum 100 mg" in result[1]["detail"]
     assert "504 mg per P1D > maximum 100 mg" in result[2]["detail"]  # the longest the order allows
@@ -1270,7 +1311,7 @@ def test_a_strength_in_thirds_is_exact_at_the_range_edges(client):
     low = _with_strength(medication_request("third-lo", KETAMINE, IV, dose=(3, "mL")), 100, 3)
     high = _with_strength(medication_request("third-hi", KETAMINE, IV, dose=(3, "mL")), 200, 3)
     over = _with_strength(medication_request("third-over", KETAMINE, IV, dose=(3.01, "mL")), 200, 3)
-    result = cards(client, hook_request([low, high, over]))
+    result = cards_alone(client, [low, high, over])
     assert [c["indicator"] for c in result] == ["info", "info", "critical"], result
 
 
@@ -1314,7 +1355,7 @@ def test_a_maximum_per_period_that_could_not_be_applied_keeps_the_card_from_gree
     open_ended = medication_request("no-duration", KETAMINE, IV, rate=(20, "mg/h"), frequency=(1, 1, "d"))
     four_hours = medication_request("four-hours", KETAMINE, IV, rate=(20, "mg/h"), frequency=(1, 1, "d"))
     four_hours["dosageInstruction"][0]["timing"]["repeat"].update(duration=4, durationUnit="h")
-    result = cards(client, hook_request([open_ended, four_hours]))
+    result = cards_alone(client, [open_ended, four_hours])
     assert [c["indicator"] for c in result] == ["warning", "info"], result
     assert "partly checked" in result[0]["summary"]
     assert "maximum per period could not be applied" in result[0]["detail"]
@@ -1381,7 +1422,8 @@ def test_one_hook_call_reads_one_state_of_the_history(client, monkeypatch):
     assert _judged(cards(client, _two_orders())) == [("1", "critical"), ("1", "critical")]
     assert corrected
     monkeypatch.setattr(search, "applicable_protocols", lookup)
-    assert _judged(cards(client, _two_orders())) == [("2", "info"), ("2", "info")]
+    # within range (warnings: two orders of one protocol in one call are not added up)
+    assert _judged(cards(client, _two_orders())) == [("2", "warning"), ("2", "warning")]
 
 
 def test_a_bounded_infusion_runs_its_bounds_and_a_fast_push_is_never_an_info_card(client):
@@ -1424,7 +1466,7 @@ def test_a_timing_whose_count_is_one_is_one_administration(client):
     daily = {"frequency": 1, "period": 1, "periodUnit": "d"}
     once = _esketamine_order("esk-count-1", dose=56, timing={"repeat": {**daily, "count": 1}})
     course = _esketamine_order("esk-count-5", dose=56, timing={"repeat": {**daily, "count": 5}})
-    single, repeated = cards(client, hook_request([once, course]))
+    single, repeated = cards_alone(client, [once, course])
     assert single["indicator"] == "info", single["summary"]
     assert repeated["indicator"] == "critical", repeated["summary"]
 
@@ -1444,7 +1486,7 @@ def test_an_infusion_run_longer_than_the_protocol_runs_it_is_never_a_green_card(
     daily["dosageInstruction"][0]["timing"]["repeat"].update(duration=5.5, durationUnit="h")
     once = medication_request("crps-5.5h", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
     once["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 5.5, "durationUnit": "h"}}
-    result = cards(client, hook_request([four, daily, once], weight=weight_bundle(60)))
+    result = cards_alone(client, [four, daily, once], weight=weight_bundle(60))
     assert [c["indicator"] for c in result] == ["info", "critical", "critical"], [c["summary"] for c in result]
     assert "Regimen exceeded" in result[1]["detail"] and "Regimen exceeded" in result[2]["detail"]
     assert "Given for longer than the protocol: 0.35 mg/kg/h for" in result[2]["detail"]
@@ -1507,7 +1549,7 @@ def test_a_count_of_administrations_without_a_period_is_partly_checked(client):
     three["dosageInstruction"][0]["timing"] = {"repeat": {"count": 3, "duration": 4, "durationUnit": "h"}}
     one = medication_request("count-1", KETAMINE, IV, rate=(0.35, "mg/kg/h"))
     one["dosageInstruction"][0]["timing"] = {"repeat": {"count": 1, "duration": 4, "durationUnit": "h"}}
-    partly, plain = cards(client, hook_request([three, one], weight=weight_bundle(60)))
+    partly, plain = cards_alone(client, [three, one], weight=weight_bundle(60))
     assert partly["indicator"] == "warning" and "partly checked" in partly["summary"], partly["summary"]
     assert "the timing gives 3 administrations (repeat.count) with no period" in partly["detail"]
     assert plain["indicator"] == "info", plain["summary"]
@@ -1532,7 +1574,8 @@ def test_an_infusion_bounded_by_a_period_runs_for_that_period_and_one_without_a_
     assert [c["indicator"] for c in result] == ["critical", "critical", "warning"], [c["summary"] for c in result]
     assert "588 mg per P1D > maximum 100 mg" in result[0]["detail"]
     assert "partly checked" in result[2]["summary"]
-    assert "the order gives no infusion duration: its amount was judged over the protocol's PT4H" in result[2]["detail"]
+    assert "the order gives no infusion duration: it was judged as if it ran for the protocol's PT4H" \
+        in result[2]["detail"]
 
 
 def test_a_dose_unit_coded_outside_ucum_is_not_read_from_its_text(client):
@@ -1620,3 +1663,113 @@ def test_a_scheduled_infusion_without_a_duration_runs_until_its_next_start_withi
     result = cards(client, hook_request([*orders, twice], weight=weight_bundle(70)))
     assert [c["indicator"] for c in result] == ["critical"] * 4, [c["summary"] for c in result]
     assert all("588 mg per P1D > maximum 100 mg" in c["detail"] for c in result), [c["detail"] for c in result]
+
+
+def test_an_amount_with_no_duration_against_an_infusion_is_partly_checked(client):
+    """Found by a clinical probe: 98 mg IV with no duration against 0.35 mg/kg/h for 4 h (70 kg) was judged
+    as the protocol's 4 h infusion, a green card, for what may be pushed in a minute (an anaesthetic
+    induction dose). It is "partly checked" and says why; with its rate, or its own duration, it is a full
+    pass. (A bolus range's duration is its instructions: tests/protocols/test_dosing.py.)"""
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.35,
+                                              "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H"}])
+    bare = medication_request("crps-bare", KETAMINE, IV, dose=(98, "mg"))
+    timed = medication_request("crps-timed", KETAMINE, IV, dose=(98, "mg"))
+    timed["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 4, "durationUnit": "h"}}
+    at_rate = medication_request("crps-rate", KETAMINE, IV, dose=(98, "mg"), rate=(24.5, "mg/h"))
+    partly, full, paired = cards_alone(client, [bare, timed, at_rate], weight=weight_bundle(70))
+    assert partly["indicator"] == "warning" and partly["summary"].startswith("within protocol range, partly checked")
+    assert "the order gives no infusion duration: it was judged as if it ran for the protocol's PT4H; how fast it " \
+           "will run was not checked" in partly["detail"]
+    assert [full["indicator"], paired["indicator"]] == ["info", "info"]
+
+
+
+def test_orders_of_one_protocol_in_one_call_are_each_partly_checked(client):
+    """Found by a clinical probe: two Spravato orders of 84 mg twice weekly signed together each said "Per-
+    period maximum respected: 84 mg per P1D" (together: 168 mg a day). Each order is judged alone, so each
+    card now says that their sum was not added up. One order alone, or orders for different protocols,
+    keep their green cards."""
+    create(client)
+    ketamine_protocol(client)
+    first = medication_request("esk-a", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=(2, 1, "wk"))
+    second = medication_request("esk-b", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=(2, 1, "wk"))
+    both = cards(client, hook_request([first, second]))
+    assert [c["indicator"] for c in both] == ["warning", "warning"]
+    for card in both:
+        assert card["summary"].startswith("within protocol range, partly checked")
+        assert ("2 orders of this call are checked against this protocol (MedicationRequest/esk-a, "
+                "MedicationRequest/esk-b); each was judged alone, and what they give together was not added up"
+                in card["detail"])
+    assert [c["indicator"] for c in cards(client, hook_request([first]))] == ["info"]
+    other_drug = medication_request("ket-1", KETAMINE, IV, dose=(140, "mg"),
+                                    reason=(SNOMED, "399097000"))
+    assert [c["indicator"] for c in cards(client, hook_request([first, other_drug], weight=weight_bundle(70)))] \
+        == ["info", "info"]
+
+
+def test_without_an_indication_a_breach_of_another_protocol_is_a_warning_while_one_range_holds_the_dose(client):
+    """Found by a clinical probe: ketamine 2 mg/kg IV with no reasonCode (the label's average induction dose;
+    anaesthesia orders rarely carry one) got a critical card from the depression protocol beside the
+    anaesthesia protocol's "within range". While one protocol's range holds the dose, the others' breaches
+    are warnings that say so; a dose no range holds stays critical everywhere, and an order that names its
+    indication is judged against that protocol alone."""
+    anaesthesia = ketamine_protocol(client)
+    depression = ketamine_protocol(client, dose_min=0.5, dose_max=0.5, indication=(
+        "http://hl7.org/fhir/sid/icd-10-cm", "F33.2",
+        "Major depressive disorder, recurrent severe without psychotic features"))
+    induction = medication_request("ket-2", KETAMINE, IV, dose=(140, "mg"))
+    by_protocol = {c["source"]["topic"]["code"].split("/")[0]: c
+                   for c in cards(client, hook_request([induction], weight=weight_bundle(70)))}
+    assert by_protocol[anaesthesia["id"]]["indicator"] == "info"
+    softened = by_protocol[depression["id"]]
+    assert softened["indicator"] == "warning" and softened["summary"].startswith("above protocol maximum")
+    assert (f"A warning, not critical: the order names no indication of this protocol, and its dose is within "
+            f"the range of protocol {anaesthesia['id']} v1.") in softened["detail"]
+
+    overdose = medication_request("ket-10", KETAMINE, IV, dose=(700, "mg"))
+    assert [c["indicator"] for c in cards(client, hook_request([overdose], weight=weight_bundle(70)))] \
+        == ["critical", "critical"]
+    for_depression = medication_request("ket-trd", KETAMINE, IV, dose=(140, "mg"),
+                                        reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2"))
+    (scoped,) = cards(client, hook_request([for_depression], weight=weight_bundle(70)))
+    assert scoped["indicator"] == "critical" and f"protocol {depression['id']} v1" in scoped["summary"]
+
+
+def test_an_old_or_undated_weight_makes_a_weight_based_check_partly_checked(client):
+    """Found by a clinical probe: the only weight, 120 kg from 2012, made 500 mg of ketamine IV "within
+    range" (4.17 mg/kg) for a patient who may now weigh 60 kg (8.3 mg/kg). A weight older than
+    cds.WEIGHT_MAX_AGE, or undated, is still used, and a weight-based card says it may no longer hold;
+    a fixed dose does not use it and keeps its green card."""
+    ketamine_protocol(client)
+    create(client)
+    order = medication_request("ket-old", KETAMINE, IV, dose=(500, "mg"))
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(120, when="2012-01-01T00:00:00Z")))
+    assert card["indicator"] == "warning" and card["summary"].startswith("within protocol range, partly checked")
+    assert ("the body weight was observed on 2012-01-01, more than 30 days ago, and may no longer hold; the "
+            "weight-based dose was checked with it") in card["detail"]
+    edge = f"{days_ago(cds.WEIGHT_MAX_AGE.days - 1)}T00:00:00Z"
+    assert [c["indicator"] for c in cards(client, hook_request([order], weight=weight_bundle(120, when=edge)))] \
+        == ["info"]
+    undated = weight_observation(120)
+    del undated["effectiveDateTime"]
+    (card,) = cards(client, hook_request([order], weight=undated))
+    assert card["indicator"] == "warning" and "the body weight's observation has no date" in card["detail"]
+    fixed = medication_request("esk-old", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=(2, 1, "wk"))
+    (card,) = cards(client, hook_request([fixed], weight=weight_bundle(120, when="2012-01-01T00:00:00Z")))
+    assert card["indicator"] == "info"
+
+
+def test_a_prefetch_the_ehr_could_not_make_is_no_weight_not_a_refused_call(client):
+    """CDS Hooks 2.0: a client that could not prefetch sends an OperationOutcome in its place. It was a
+    400, and the call's cards (a critical one for 112 mg of esketamine too) were lost (found by a
+    conformance probe). It is now no weight, and the cards say what the EHR said."""
+    create(client)
+    ketamine_protocol(client)
+    outcome = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "timeout", "diagnostics": "Observation search timed out"}]}
+    overdose = medication_request("esk-112", ESKETAMINE, NASAL, dose=(112, "mg"), frequency=(2, 1, "wk"))
+    by_weight = medication_request("ket-w", KETAMINE, IV, dose=(140, "mg"))
+    critical, unchecked = cards_alone(client, [overdose, by_weight], weight=outcome)
+    assert critical["indicator"] == "critical"
+    assert unchecked["indicator"] == "warning" and unchecked["summary"].startswith("dose not checked")
+    assert "the EHR could not prefetch a body weight (Observation search timed out)" in unchecked["detail"]

@@ -678,8 +678,31 @@ def test_a_rate_without_a_duration_judged_over_the_ranges_says_so():
         dosing.DURATION_ASSUMED.format(duration="PT4H")]
     stated = dosing.check(crps, order("0.35", "mg/kg/h", weight_kg=Decimal(70), duration_s=Fraction(4 * 3600)))
     assert stated.evaluation is not None and stated.evaluation.unchecked == []
-    amount = dosing.check(crps, order("98", "mg", weight_kg=Decimal(70)))  # an amount needs no duration of its own
-    assert amount.evaluation is not None and amount.evaluation.unchecked == []
+    # An amount against a range of rates: found by a clinical probe, 98 mg with no duration read as the
+    # protocol's 4 h infusion, a full pass, for what may be pushed at once (an anaesthetic induction dose).
+    amount = dosing.check(crps, order("98", "mg", weight_kg=Decimal(70)))
+    assert amount.verdict is Verdict.WITHIN_RANGE and amount.evaluation is not None
+    assert amount.evaluation.unchecked == [dosing.DURATION_ASSUMED.format(duration="PT4H")]
+    timed = dosing.check(crps, order("98", "mg", weight_kg=Decimal(70), duration_s=Fraction(4 * 3600)))
+    assert timed.evaluation is not None and timed.evaluation.unchecked == []
+
+
+def test_an_amount_without_a_duration_is_partly_checked_against_an_infusion_but_not_against_a_bolus():
+    """An infusion's duration is part of its regimen (0.5 mg/kg over 40 min): an order for the amount alone
+    may be pushed, so how fast it runs is listed as not checked. A bolus range's duration is the label's
+    push time (1-4.5 mg/kg over 60 s), shown in its instructions; the dose alone is a full check."""
+    trd = content({"dose_min": Decimal("0.5"), "dose_max": Decimal("0.5"), "unit": "mg/kg", "duration": "PT40M",
+                   "phase": "infusion"})
+    pushed = dosing.check(trd, order("35", "mg", weight_kg=Decimal(70)))
+    assert pushed.verdict is Verdict.WITHIN_RANGE and pushed.evaluation is not None
+    assert pushed.evaluation.unchecked == [dosing.DURATION_ASSUMED.format(duration="PT40M")]
+    timed = dosing.check(trd, order("35", "mg", weight_kg=Decimal(70), duration_s=Fraction(40 * 60)))
+    assert timed.evaluation is not None and timed.evaluation.unchecked == []
+    bolus = content({"dose_min": 1, "dose_max": Decimal("4.5"), "unit": "mg/kg", "duration": "PT60S",
+                     "phase": "induction"})
+    induction = dosing.check(bolus, order("140", "mg", weight_kg=Decimal(70)))
+    assert induction.verdict is Verdict.WITHIN_RANGE and induction.evaluation is not None
+    assert induction.evaluation.unchecked == []
 
 
 def test_a_count_caps_the_doses_a_frequency_puts_in_a_window():
