@@ -92,5 +92,7 @@ wrk:
 openapi: venv
 	$(BIN)/flask openapi write --format=yaml openapi.yaml
 
+## make clean: the virtualenv and tool caches. Not var/: it holds the default SQLite database, whose history
+## (versions, keys, audit log) is not a build product (found by an operations probe).
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -32,7 +32,19 @@ def _number(name: str, default: float, low: float, high: float, kind: type = int
     return value
 
 
-bind = os.environ.get("PROTOCOLS_BIND", "127.0.0.1:8000")
+def _bind(name: str, default: str) -> str:
+    """``host:port`` (``[v6]:port``) with a port from 1 to 65535, or ``unix:<path>``, or one line naming the
+    setting: port 99999 was a 30-line traceback (found by an operations probe)."""
+    raw = os.environ.get(name, "").strip() or default
+    if raw.startswith("unix:") and len(raw) > len("unix:"):
+        return raw
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SystemExit(f"Error: {name} must be host:port (a port from 1 to 65535) or unix:<path>, got {raw!r}")
+    return raw
+
+
+bind = _bind("PROTOCOLS_BIND", "127.0.0.1:8000")
 workers = int(_number("PROTOCOLS_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8), 1, 256))
 worker_class = "sync"
 # A request that takes longer than this is killed and its worker replaced (no request here should:
@@ -95,6 +107,19 @@ logger_class = JsonAccessLogger
 #: request that arrives while another thread of the worker is busy; this service's requests take
 #: well under 1 ms of CPU, so a finer interval costs little and keeps the tail short.
 switch_interval_s = _number("PROTOCOLS_GIL_SWITCH_INTERVAL", 0.0005, 0.00001, 1.0, float)
+
+
+def on_starting(server: object) -> None:
+    """Check the app's settings once, in the master, before any worker boots: a setting that cannot work
+    (``PROTOCOLS_ANONYMOUS_READS=perhaps``) was found by each worker's ``create_app()`` and reported as a
+    39-line traceback, "Worker failed to boot", instead of the one line naming the variable that
+    ``flask`` prints (found by an operations probe)."""
+    from api.config import ConfigError, from_env
+
+    try:
+        from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"Error: {exc.message}") from None
 
 
 def post_worker_init(worker: object) -> None:

@@ -46,6 +46,11 @@ class DatabaseCommands(AppGroup):
             return super().invoke(ctx)
         except (OperationalError, ProgrammingError) as exc:  # unreachable, or no such table: not the data's fault
             first = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+            if ctx.invoked_subcommand == "migrate":  # "migrate the schema" is no advice for the migration itself
+                raise click.ClickException(
+                    f"database error: {first}. Is PROTOCOLS_DATABASE_URL right and the database reachable? A "
+                    "lock timeout means another session held what the migration needs: run it again once that "
+                    "session is done") from exc
             raise click.ClickException(
                 f"database error: {first}. Is PROTOCOLS_DATABASE_URL right, the database reachable and "
                 "its schema migrated (`flask protocols migrate`)?") from exc

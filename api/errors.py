@@ -183,10 +183,19 @@ def _domain_response(exc: domain.DomainError) -> Response:
     return error_response(400, exc.message)
 
 
+#: SQLSTATEs of a schema that is not there: a database not migrated yet, as while a rollout's servers start
+#: before ``flask protocols migrate`` has run. PostgreSQL's ``undefined_table`` was a 500 with a traceback
+#: for every data request, where SQLite's "no such table" (an OperationalError) was the 503 below (found
+#: by an operations probe); the readiness probe says why.
+SCHEMA_MISSING = frozenset({"42P01", "3F000"})
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, PoolTimeout):
         return True
     if isinstance(exc, OperationalError):
+        return True
+    if getattr(exc.orig if isinstance(exc, DBAPIError) else exc, "sqlstate", None) in SCHEMA_MISSING:
         return True
     return is_lost_connection(exc)
 

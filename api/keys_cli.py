@@ -84,6 +84,10 @@ def list_command() -> None:
 def revoke_command(key_id: str) -> None:
     """Revoke a key: every worker rejects it from the next request on."""
     try:
+        key_id.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 name no key (they were a driver traceback)
+        raise click.ClickException(f"no API key with id {key_id!r}") from None
+    try:
         info = keys.revoke_key(get_db(), key_id, ctx=audit.WriteContext(
             actor=cli_actor(), audit=audit.Pending(audit.KEY_REVOKE, detail='{"via":"cli"}')))
     except keys.KeyNotFound as exc:

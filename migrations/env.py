@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from protocols.db import create_db_engine, default_database_url
+from protocols.migrate import MIGRATION_LOCK
 from protocols.models import Base
 
 config = context.config
@@ -28,6 +29,8 @@ def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -78,8 +78,20 @@ class AuditPage:
 
 def _clip(value: str | None, length: int) -> str | None:
     """``value`` cut to ``length``, with NUL as U+FFFD: PostgreSQL text cannot hold NUL, and a refused
-    request for ``/v1/protocols/abc%00`` left no audit row there while SQLite kept one."""
-    return value.replace("\x00", "\ufffd")[:length] if value is not None else None
+    request for ``/v1/protocols/abc%00`` left no audit row there while SQLite kept one. A lone surrogate
+    (how Python holds a file name's bytes that are not UTF-8) is written as the escape of its byte
+    (``\\xff``): neither database can store it, and ``flask protocols import`` of such a file committed
+    the import, then failed on its audit row with a traceback (found by an operations probe)."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value.replace("\x00", "\ufffd")[:length]
 
 
 def row(*, action: str, outcome: str, actor: str | None, target: str | None, status_code: int | None,

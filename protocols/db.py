@@ -84,8 +84,14 @@ def create_db_engine(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, pool_s
     kwargs.setdefault("pool_timeout", 10)
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("connect_timeout", 5)
-    connect_args.setdefault("options", f"-c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS}"
-                                       f" -c lock_timeout={lock_timeout_ms}")
+    # The URL's own ``options`` (``?options=-csearch_path%3Dprotocols``) come first and the service's after
+    # them: connect_args replaced the URL's, and a search_path there was dropped without a word, the
+    # tables created and served in ``public`` (found by an operations probe). The service's two settings
+    # are what its promises rest on, so a URL that sets them too is overridden.
+    own = f"-c client_connection_check_interval={CLIENT_CHECK_INTERVAL_MS} -c lock_timeout={lock_timeout_ms}"
+    from_url = parsed.query.get("options")
+    from_url = " ".join(from_url) if isinstance(from_url, tuple) else from_url
+    connect_args.setdefault("options", f"{from_url} {own}" if from_url else own)
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         event.listen(engine, "checkout", refuse_dead_connection)

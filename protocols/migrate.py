@@ -13,6 +13,11 @@ from sqlalchemy import Engine
 from protocols.db import normalize_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+#: The PostgreSQL advisory lock a migration holds for its transaction (``migrations/env.py``), an arbitrary
+#: constant of this project's: two ``flask protocols migrate`` at once (an init container per replica)
+#: both found the schema missing, and the loser failed on a duplicate type with a traceback (found by an
+#: operations probe). The second now waits for the first, then finds the database at head.
+MIGRATION_LOCK = 0x7470_6D69_6772_6174  # "tpmigrat"
 
 
 def alembic_config(url: str) -> Config:

@@ -278,10 +278,16 @@ def _check_against_database(session: Any, lines: Iterable[_Line]) -> list[LineEr
 
 
 def import_ndjson(db: Database, data: bytes, validate: ContentValidator) -> ImportResult:
-    """Validate the whole file, then import every line in one transaction (or nothing)."""
+    """Validate the whole file, then import every line in one transaction (or nothing).
+
+    The transaction queues behind every other writer (:func:`versioning.hold_feed_lock`) before it
+    checks the file against what is stored: two imports at once into an empty PostgreSQL database both
+    passed the check, and the loser died on ``ProtocolExists`` with a traceback instead of the line-by-line
+    refusal SQLite's write lock gave (found by an operations probe)."""
     lines = parse_ndjson(data, validate)
     result = ImportResult()
     with db.write.begin() as session:
+        versioning.hold_feed_lock(session.connection())
         errors = _check_against_database(session, lines)
         if errors:
             raise ImportRejected(errors)

@@ -14,7 +14,7 @@ check holds inside the database, not only in Python:
 
 On PostgreSQL steps 2-4 are one statement of data-modifying CTEs in which every row depends on the
 guarded head, so a stale head writes nothing; it takes the counter's row lock (step 3's) before it
-advances the head, the order in which every write transaction takes them (:func:`_hold_feed_lock`
+advances the head, the order in which every write transaction takes them (:func:`hold_feed_lock`
 first), or a revision and a retirement of one protocol deadlock. A revision sends that statement on the thread's
 autocommit connection, where it is a transaction by itself (2 round trips per revision); creates,
 retirements and imports run it inside an explicit transaction. On SQLite the transaction begins with
@@ -22,7 +22,7 @@ retirements and imports run it inside an explicit transaction. On SQLite the tra
 
 The recording time (``recorded_at``: when a version is published, and what ``updated_since`` and FHIR
 polls compare) is read once the write is the only writer: after ``BEGIN IMMEDIATE`` on SQLite, after
-taking the change counter's lock first in PostgreSQL's explicit transactions (:func:`_hold_feed_lock`).
+taking the change counter's lock first in PostgreSQL's explicit transactions (:func:`hold_feed_lock`).
 A PostgreSQL revision reads it just before its one statement, which gives up after waiting
 :data:`QUEUED_LIMIT_MS` for other writers; the revision is then made in a transaction that queues first.
 """
@@ -288,7 +288,7 @@ def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified
     Order inside the statement: the change counter's row lock (the writers' lock, held until commit,
     which keeps the feed in commit order, protocols.changes), then the guarded head ``UPDATE`` (row
     lock on the protocol), then the counter's increment and the rows that carry the seq. Locks are
-    taken in the order of every write transaction (:func:`_hold_feed_lock`, then the head), or a
+    taken in the order of every write transaction (:func:`hold_feed_lock`, then the head), or a
     revision and a retirement of one protocol deadlock. The main query reads ``counter``, which reads ``head``, so
     PostgreSQL runs those two first; the remaining sub-statements run to completion after it.
     ``verified`` adds :data:`_PG_VERIFY_HEAD` to the guard (parameter ``expected_etag``)."""
@@ -298,7 +298,7 @@ def _pg_append_statement(guarded: bool, in_effect: bool, audited: bool, verified
         parts = []
         if guarded:
             # The writers' lock (the counter's row) before the head's row, as every write transaction
-            # takes them (_hold_feed_lock): the head is updated only once it is held. Head first, a
+            # takes them (hold_feed_lock): the head is updated only once it is held. Head first, a
             # revision racing a retirement of the same protocol deadlocked (probe). The lock is asked
             # for only while the head is the expected one as this statement's snapshot sees it: a head
             # that has moved (a stale guess, protocols.db.RecentHeads) fails at once instead of queueing
@@ -347,7 +347,7 @@ def create(
 ) -> StoredVersion:
     """Create version 1 of a new protocol. An id that exists (or ever existed) is a conflict.
 
-    Recorded (``now`` unless given) once the transaction holds the writers' lock (:func:`_hold_feed_lock`)."""
+    Recorded (``now`` unless given) once the transaction holds the writers' lock (:func:`hold_feed_lock`)."""
     if status == "retired":
         # Born retired, it would answer 410 with content never in effect, and escape retire()'s rules.
         raise InvalidRecord("a protocol cannot start retired: create it, then retire it with DELETE",
@@ -358,7 +358,7 @@ def create(
     content_hash = record.canonical_hash(canonical)
     try:
         with _write_transaction(db) as conn:
-            _hold_feed_lock(conn)
+            hold_feed_lock(conn)
             at = now or utcnow()
             protocol_seq = _insert_protocol(conn, protocol_id, at)
             if protocol_seq is None:  # the id exists (ON CONFLICT DO NOTHING inserted nothing)
@@ -417,7 +417,7 @@ def revise(
             except _QueuedTooLong:
                 pass  # nothing was written: queue first, then read the clock (below)
         with _write_transaction(db) as conn:
-            _hold_feed_lock(conn)
+            hold_feed_lock(conn)
             head = _read_head(conn, protocol_id)
 
             def fetch(name: str, params: dict[str, Any]) -> Any:
@@ -601,7 +601,7 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
                  now: datetime | None) -> tuple[StoredVersion, bool]:
     """One attempt of :func:`retire`, in one write transaction."""
     with _write_transaction(db) as conn:
-        _hold_feed_lock(conn)
+        hold_feed_lock(conn)
         # "Now" (and, without ``effective_from``, the retirement's start), taken once the transaction
         # holds the writers' lock: an identical retirement queued behind another read a "now" from
         # before the winner's, found the protocol still active then, and answered 412 (found by this
@@ -718,7 +718,7 @@ def import_version(session: Session, document: Mapping[str, Any], *, seq_hint: i
     if version == 1:
         protocol_seq = None
         if head is None:
-            _hold_feed_lock(conn)
+            hold_feed_lock(conn)
             protocol_seq = _insert_protocol(conn, protocol_id, recorded_at)
         if protocol_seq is None:
             raise ProtocolExists(f"protocol '{protocol_id}' already exists", protocol_id=protocol_id)
@@ -845,7 +845,7 @@ def _newest_on(conn: Connection, protocol_id: str) -> StoredVersion:
     return StoredVersion(*row[:8])
 
 
-def _hold_feed_lock(conn: Connection) -> None:
+def hold_feed_lock(conn: Connection) -> None:
     """Queue behind every other writer now, before reading the clock or numbering anything.
 
     The change counter's row lock is held until commit by every write (step 3 of the module recipe), so
@@ -863,7 +863,7 @@ def _insert_protocol(conn: Connection, protocol_id: str, created_at: datetime) -
     listing exported only if creates take their protocol seq in commit order. On PostgreSQL the seq
     comes from a sequence at INSERT time, and a create that inserted first could commit (and take its
     feed position) after a later one; callers hold the change counter's row lock first
-    (:func:`_hold_feed_lock`), which orders both."""
+    (:func:`hold_feed_lock`), which orders both."""
     seq = conn.execute(_INSERT_PROTOCOL, {"protocol_id": protocol_id, "created_at": created_at}).scalar()
     return None if seq is None else int(seq)
 

@@ -183,6 +183,25 @@ def database_url(test_databases: TestDatabases) -> str:
     return test_databases.new_url()
 
 
+@pytest.fixture
+def blank_database_url(test_databases: TestDatabases, tmp_path: Path) -> Iterator[str]:
+    """An empty database of this run's kind that no migration has touched (a file in ``tmp_path``, or a
+    PostgreSQL database of its own, dropped afterwards)."""
+    if BACKEND != "postgres":
+        yield f"sqlite:///{tmp_path / 'blank.sqlite3'}"
+        return
+    name = f"tp_blank_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalize_url(test_databases.admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield test_databases._postgres_url_of(name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 ALL_SCOPES = ("protocols:read", "protocols:write", "admin")
 TEST_KEY_NAME = "test-all-scopes"
 

@@ -168,7 +168,17 @@ POSTGRES_TRIGGERS = [
 
 
 def downgrade() -> None:
-    # Downgrading drops history; it exists for development databases only.
+    # Downgrading drops every table; it exists for development databases only, and refuses one that holds
+    # history: `alembic downgrade base` silently dropped every version, key and audit event (found by an
+    # operations probe), and a stored version is never deleted, by the API or by SQL.
+    held = {table: op.get_bind().execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in ("protocol_versions", "audit_events", "api_keys")}
+    if any(held.values()):
+        raise RuntimeError(
+            "refusing to downgrade below 0001: the database holds "
+            + ", ".join(f"{count} {table}" for table, count in held.items() if count)
+            + " (history is never deleted by a migration; export it with `flask protocols export` and drop the "
+              "database itself if it is truly to go)")
     if op.get_bind().dialect.name != "sqlite":
         op.execute("DROP TRIGGER IF EXISTS protocols_no_truncate ON protocols")
         op.execute("DROP TRIGGER IF EXISTS protocol_versions_no_truncate ON protocol_versions")

@@ -53,3 +53,27 @@ def test_the_config_defaults_are_the_documented_production_ones(monkeypatch):
     assert config["max_requests"] == 10000 and config["max_requests_jitter"] == 500
     assert config["timeout"] == 30
     assert "authorization" not in config["access_log_format"].lower()  # no credentials in access logs
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("PROTOCOLS_ANONYMOUS_READS", "perhaps", "Error: PROTOCOLS_ANONYMOUS_READS must be true or false"),
+    ("PROTOCOLS_DB_POOL_SIZE", "0", "Error: PROTOCOLS_DB_POOL_SIZE must be a whole number from 1 to 1000"),
+    ("PROTOCOLS_BIND", "127.0.0.1:99999", "Error: PROTOCOLS_BIND must be host:port (a port from 1 to 65535)"),
+    ("PROTOCOLS_BIND", "nonsense", "Error: PROTOCOLS_BIND must be host:port"),
+])
+def test_gunicorn_refuses_a_setting_that_cannot_work_with_one_line_before_any_worker_boots(
+        tmp_path, name, value, message):
+    """Found by an operations probe: under gunicorn (``make serve``) an app setting that cannot work was
+    found by each worker's create_app() and reported as a 39-line traceback, "Worker failed to boot",
+    and a port out of range as a 30-line one; the README promises one line naming the variable."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PROTOCOLS_DATABASE_URL": f"sqlite:///{tmp_path / 'g.sqlite3'}", "PROTOCOLS_WORKERS": "1",
+           "PROTOCOLS_BIND": "127.0.0.1:1", name: value}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "api:create_app()"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "[INFO]" not in line]
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+    assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr

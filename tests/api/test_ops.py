@@ -415,3 +415,46 @@ def test_the_in_process_counter_drops_past_windows_once_per_window():
     assert counter.hit("addr:0", 8, 60) == 1  # next window: past ones dropped, once
     assert len(counter._counts) == 1 and counter.hit("addr:1", 8, 60) == 1
     assert counter.hit("addr:0", 8, 60) == 2
+
+
+def test_a_database_not_migrated_yet_is_a_503_on_both_databases(blank_database_url):
+    """Found by an operations probe: servers started before ``flask protocols migrate`` (a rollout) answered
+    every data request on PostgreSQL with a 500 and a traceback (undefined table), where SQLite gave a 503.
+    Both give the 503 with ``Retry-After``, reads by the fast path and by Flask, writes too; the readiness
+    probe says the migrations are not current."""
+    from api import create_app
+
+    app = create_app({"PROTOCOLS_DATABASE_URL": blank_database_url, "TESTING": True,
+                      "PROTOCOLS_ANONYMOUS_READS": True})
+    try:
+        client = app.test_client()
+        for method, path, body in (("GET", "/v1/protocols/ketamine", None), ("GET", "/v1/protocols", None),
+                                   ("GET", "/v1/changes", None), ("GET", "/fhir/R4/MedicationKnowledge", None),
+                                   ("POST", "/v1/protocols", protocol_payload("new-one"))):
+            # a key is looked up in the database (without one a write is a 401 before any query)
+            headers = {"Authorization": f"Bearer tpk_{'A' * 43}"} if method == "POST" else {}
+            response = client.open(path, method=method, json=body, headers=headers)
+            assert response.status_code == 503 and response.headers["Retry-After"], (path, response.get_data())
+        ready = client.get("/v1/health/ready")
+        assert ready.status_code == 503 and ready.get_json()["migrations"] == "not current"
+    finally:
+        app.extensions["protocols_db"].dispose()
+
+
+def test_a_migration_that_fails_on_the_database_is_not_told_to_run_the_migration():
+    """Found by an operations probe: a migration refused by the database (a lock timeout, an unreachable
+    server) said "… its schema migrated (`flask protocols migrate`)?", the command that had just failed.
+    Other commands keep that advice."""
+    from api import create_app
+
+    app = create_app({"PROTOCOLS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere", "TESTING": True})
+    try:
+        runner = app.test_cli_runner()
+        migrating = runner.invoke(args=["protocols", "migrate"])
+        assert migrating.exit_code == 1 and "Traceback" not in migrating.output
+        assert "run it again once that session is done" in migrating.output
+        assert "flask protocols migrate" not in migrating.output
+        checking = runner.invoke(args=["protocols", "check"])
+        assert checking.exit_code == 1 and "its schema migrated (`flask protocols migrate`)?" in checking.output
+    finally:
+        app.extensions["protocols_db"].dispose()

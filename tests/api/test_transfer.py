@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -201,6 +202,60 @@ def test_import_into_a_database_that_has_the_protocol_is_all_or_nothing(app, cli
     assert "already has versions up to" in result.output
     assert _export_lines(app, tmp_path) == lines, "nothing was added"
     assert len(ids) == 3
+
+
+def test_an_import_racing_another_writer_of_its_protocol_is_refused_by_line(app, client, tmp_path, make_app,
+                                                                              test_databases, backend):
+    """Found by an operations probe: two imports at once into an empty PostgreSQL database both found the
+    protocol missing, and the loser died on ProtocolExists with a traceback, where SQLite gave the line-by-
+    line refusal. The import now queues behind the other writer before it checks the file."""
+    from protocols import versioning
+
+    assert client.post("/v1/protocols", json=protocol_payload()).status_code == 201
+    lines = _export_lines(app, tmp_path)
+    target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
+    outcome = {}
+
+    def run() -> None:
+        outcome["result"] = _import(target, tmp_path, lines)
+
+    importing = threading.Thread(target=run)
+    with target.extensions["protocols_db"].write.begin() as session:  # the other writer, mid-import
+        versioning.hold_feed_lock(session.connection())
+        versioning.import_version(session, json.loads(lines[0]))
+        importing.start()
+        importing.join(1.0)
+        assert importing.is_alive(), outcome
+    importing.join(30)
+    result = outcome["result"]
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit | None), result.exception
+    assert "already has versions up to 1" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_file_name_that_is_not_utf8_is_imported_and_audited_and_names_no_key(app, client, tmp_path, make_app,
+                                                                               test_databases, backend):
+    """Found by an operations probe: importing ``exp\\xff.ndjson`` committed, then the audit row (the path
+    as its target) could not be stored, and the operator got a traceback and exit code 1 for an import
+    that had happened; ``flask keys revoke`` of such bytes was a traceback too."""
+    import os
+
+    assert client.post("/v1/protocols", json=protocol_payload()).status_code == 201
+    lines = _export_lines(app, tmp_path)
+    target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
+    path = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"exp\xff.ndjson"))
+    with open(path, "w", encoding="utf-8") as out:
+        out.write("".join(line + "\n" for line in lines))
+    runner = target.test_cli_runner()
+    result = runner.invoke(args=["protocols", "import", path])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "imported 1 versions" in result.output or "imported 1 version" in result.output, result.output
+    from protocols import audit
+
+    events = audit.query(target.extensions["protocols_db"], limit=5, action="protocols.import").items
+    assert [(e.outcome, (e.target or "").endswith("exp\\xff.ndjson")) for e in events] == [(audit.ALLOWED, True)]
+    revoked = runner.invoke(args=["keys", "revoke", "x\udcff"])
+    assert revoked.exit_code == 1 and isinstance(revoked.exception, SystemExit), revoked.exception
+    assert "no API key with id 'x\\udcff'" in revoked.output
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe{}\n", b"[]\n", b"\n", b""])

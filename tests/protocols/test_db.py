@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from protocols.db import make_database, refuse_dead_connection
+from protocols.db import create_db_engine, make_database, refuse_dead_connection
 
 
 @pytest.fixture
@@ -321,3 +321,18 @@ def test_a_thread_waiting_for_its_statement_lets_the_others_run(db) -> None:
     reader.join()
     sleeper.join()
     assert finished == ["fast", "slow"]
+
+
+@pytest.mark.postgres_only
+def test_the_urls_own_connection_options_are_kept_beside_the_services(database_url) -> None:
+    """Found by an operations probe: ``?options=...`` in PROTOCOLS_DATABASE_URL (a search_path, say) was
+    replaced by the service's own options and dropped without a word. Both apply now; where the URL sets
+    one of the service's own (lock_timeout), the service's wins, since its promises rest on it."""
+    url = f"{database_url}?options=-c%20statement_timeout%3D4321%20-c%20lock_timeout%3D1"
+    engine = create_db_engine(url, lock_timeout_ms=777)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "4321ms"
+            assert conn.execute(text("SHOW lock_timeout")).scalar_one() == "777ms"
+    finally:
+        engine.dispose()

@@ -345,7 +345,7 @@ def _queued_behind_a_writer(db: Database, write: Any) -> tuple[Any, datetime]:
     result: list[Any] = []
     worker = threading.Thread(target=lambda: result.append(write()))
     with versioning._write_transaction(db) as conn:
-        versioning._hold_feed_lock(conn)
+        versioning.hold_feed_lock(conn)
         worker.start()
         worker.join(timeout=(versioning.QUEUED_LIMIT_MS / 1000) * 3)  # well past the one-statement bound
         assert worker.is_alive(), "the write did not wait for the writers' lock"
@@ -391,7 +391,7 @@ def test_a_revision_and_a_write_transaction_take_the_writers_lock_in_one_order(d
     first = versioning.create(db, "ordered", content_of("ordered"))
     worker, result = _revision_thread(db, "ordered", if_match=first.etag)
     with versioning._write_transaction(db) as conn:
-        versioning._hold_feed_lock(conn)
+        versioning.hold_feed_lock(conn)
         worker.start()
         deadline = utcnow() + timedelta(seconds=10)
         waiting = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
@@ -433,7 +433,7 @@ def test_a_stale_guess_fails_without_queueing_for_the_writers_lock(db: Database)
         replace(first, document=""), versioning.record.content_hash(content_of("stale-guess")), seq))
     worker, result = _revision_thread(db, "stale-guess", if_match=first.etag)
     with versioning._write_transaction(db) as conn:
-        versioning._hold_feed_lock(conn)
+        versioning.hold_feed_lock(conn)
         worker.start()
         worker.join(timeout=3)  # well under the 5 s lock timeout the old statement waited out
         assert not worker.is_alive(), "the stale revision queued for the writers' lock"

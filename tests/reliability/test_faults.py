@@ -326,27 +326,10 @@ def test_worker_killed_mid_write_leaves_no_partial_version(database_url: str, ba
 
 
 @pytest.fixture
-def empty_database_url(backend: str, tmp_path: Path, database_url: str) -> Iterator[str]:
+def empty_database_url(blank_database_url: str) -> str:
     """A second empty, migrated database of the same kind (dropped afterwards on PostgreSQL)."""
-    if backend != "postgres":
-        url = f"sqlite:///{tmp_path / 'restore.sqlite3'}"
-        migrate.upgrade(url)
-        yield url
-        return
-    base = make_url(normalize_url(database_url))
-    name = f"tp_restore_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    migrate.upgrade(blank_database_url)
+    return blank_database_url
 
 
 def _all_versions(url: str) -> list[tuple[Any, ...]]:
