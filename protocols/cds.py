@@ -112,6 +112,9 @@ class DraftOrder:
     rxnorm: list[str]
     reasons: list[str]
     lines: list[DosageLine]
+    #: False for an order-select draft the clinician did not select: it gets no card, but it will be signed
+    #: with the selected ones, so it counts when orders of one protocol are noted as not added up.
+    selected: bool = True
 
 
 def _bad_request(path: str, message: str) -> MalformedOrder:
@@ -169,6 +172,16 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str], pat
         if resource.get("resourceType") != "MedicationRequest":
             continue  # other draft orders (labs, imaging) are not this service's business
         if hook == "order-select" and f"MedicationRequest/{resource.get('id')}" not in wanted:
+            # Not selected: no card, but signed with the selected ones (their sum, _judged_together). Read
+            # as far as it can be; one that cannot, or is another patient's, is not this call's business.
+            try:
+                unselected = _draft_order(_validated(MedicationRequest, resource, f"{path}.entry.{index}.resource"),
+                                          resource, f"{path}.entry.{index}.resource", medications)
+            except MalformedOrder:
+                continue
+            subject = resource.get("subject")
+            if patient.named_by(subject.get("reference") if isinstance(subject, Mapping) else None) is not False:
+                orders.append(replace(unselected, selected=False))
             continue
         request = _validated(MedicationRequest, resource, f"{path}.entry.{index}.resource")
         subject = request.subject.reference if request.subject is not None else None
@@ -848,10 +861,20 @@ def _per_kg(unit: str) -> bool:
         return False
 
 
+def _is_rate(unit: str) -> bool:
+    """Whether a dose in ``unit`` is a rate (an unreadable unit is not)."""
+    try:
+        return parse_dose_unit(unit).is_rate
+    except UnitError:
+        return False
+
+
 def _outcome_text(outcome: Mapping[str, Any]) -> str:
-    """What an OperationOutcome says, in a few words: its first issue's text, else its code."""
-    issues = outcome.get("issue")
-    issue = issues[0] if isinstance(issues, list) and issues and isinstance(issues[0], Mapping) else {}
+    """What an OperationOutcome says, in a few words: the text of its first error (an outcome often opens
+    with an ``information`` issue), else of its first issue, else that issue's code."""
+    issues = [i for i in outcome.get("issue") or [] if isinstance(i, Mapping)] \
+        if isinstance(outcome.get("issue"), list) else []
+    issue = next((i for i in issues if i.get("severity") in ("fatal", "error")), issues[0] if issues else {})
     details = issue.get("details")
     text = issue.get("diagnostics") or (details.get("text") if isinstance(details, Mapping) else None) \
         or issue.get("code")
@@ -910,10 +933,11 @@ Matched = tuple[StoredVersion, Mapping[str, Any]]
 
 @dataclass
 class LineMatch:
-    """The protocols one dosage line of one order is judged against (``applicable``), why they may not
-    be the ones it is for (``unscoped``, :func:`_unscoped`), and, when no protocol gives its route, the
-    protocols in effect for its medication by other routes (``by_other_routes``)."""
+    """The protocols one dosage line of the call's ``index``-th order is judged against (``applicable``),
+    why they may not be the ones it is for (``unscoped``, :func:`_unscoped`), and, when no protocol gives
+    its route, the protocols in effect for its medication by other routes (``by_other_routes``)."""
 
+    index: int
     order: DraftOrder
     line: DosageLine
     applicable: list[Matched]
@@ -921,11 +945,17 @@ class LineMatch:
     by_other_routes: list[Matched] = field(default_factory=list)
 
 
+#: How many orders a "not added up" note names; the rest are counted (300 orders named on each of 300
+#: cards made a 2.5 MB answer; a review).
+NAMED_ORDERS = 5
+
+
 def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight | str, version_url: VersionUrl,
                      *, at: datetime | None = None) -> list[dict[str, Any]]:
-    """The cards of one hook call: one per dosage line of each draft order and protocol in effect at
-    one instant (``at``, default now) for its medication and route, read in one snapshot of the history;
-    one "route not in any protocol" card for a line whose medication has protocols only by other routes.
+    """The cards of one hook call: one per dosage line of each selected draft order and protocol in effect
+    at one instant (``at``, default now) for its medication and route, read in one snapshot of the
+    history; one "route not in any protocol" card per order and route whose medication has protocols only
+    by other routes.
 
     Why one instant and one snapshot: the orders of one signing are one clinical decision. Judged one
     by one at their own "now" and each in its own read, two orders for the same drug signed together
@@ -937,25 +967,43 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
     respected"; found by a clinical probe)."""
     at = at or utcnow()
     with versioning.snapshot(db) as session:
-        matches = [match for order in orders for match in _order_matches(db, session, at, order)]
+        matches = [match for index, order in enumerate(orders)
+                   for match in _order_matches(db, session, at, index, order)]
     together = _judged_together(orders, matches)
     cards: list[dict[str, Any]] = []
-    for order in orders:
-        mine = [match for match in matches if match.order is order]
-        for match in mine:
-            if not match.applicable and match.by_other_routes:
+    for index, order in enumerate(orders):
+        if not order.selected:
+            continue
+        mine = [match for match in matches if match.index == index]
+        carded_routes: set[str] = set()
+        for match in mine:  # an "ordered" and a "calculated" doseAndRate are one order by one route
+            if not match.applicable and match.by_other_routes and match.line.route not in carded_routes:
+                carded_routes.add(match.line.route)
                 cards.append(_route_card(match, version_url))
-        judged = [(match, stored, content, _card(order, match.line, stored, content, weight, version_url,
-                                                 match.unscoped, together.get(stored.protocol_id, {}).get(id(order))))
-                  for match in mine for stored, content in match.applicable]
-        for match in (m for m in mine if m.unscoped):
-            _soften_unscoped([(card, stored, best) for m, stored, _, (card, best) in judged if m is match])
-        cards.extend(card for _, _, _, (card, _) in judged)
+        for match in mine:
+            cards.extend(_line_cards(match, weight, version_url, together))
     return cards
 
 
-def _order_matches(db: Database, session: Session, at: datetime, order: DraftOrder) -> list[LineMatch]:
-    """The protocols each dosage line of ``order`` is judged against, in effect at ``at``.
+def _line_cards(match: LineMatch, weight: Weight | str, version_url: VersionUrl,
+                together: Mapping[tuple[str, int], str]) -> list[dict[str, Any]]:
+    """The cards of one dosage line, one per protocol it is checked against, with unscoped breaches
+    softened where :func:`_softening` says so (those cards are built again, so that the reason stands
+    in its place in the detail)."""
+    def build(stored: StoredVersion, content: Mapping[str, Any], softened: str | None = None
+              ) -> tuple[dict[str, Any], Verdict | None]:
+        return _card(match.order, match.line, stored, content, weight, version_url, match.unscoped,
+                     together.get((stored.protocol_id, match.index)), softened)
+
+    built = [(stored, content, *build(stored, content)) for stored, content in match.applicable]
+    softened = _softening(match, [(stored, card["indicator"], verdict) for stored, _, card, verdict in built])
+    return [build(stored, content, softened[stored.protocol_id])[0] if stored.protocol_id in softened else card
+            for stored, content, card, _ in built]
+
+
+def _order_matches(db: Database, session: Session, at: datetime, index: int, order: DraftOrder) -> list[LineMatch]:
+    """The protocols each dosage line of ``order`` (the call's ``index``-th) is judged against, in effect
+    at ``at``.
 
     The protocols of a route are looked up once per order: an order of 1,500 ``doseAndRate`` entries
     took 3.6-5.2 s repeating the same lookup (found by an adversarial probe)."""
@@ -975,57 +1023,66 @@ def _order_matches(db: Database, session: Session, at: datetime, order: DraftOrd
                                                           indications=order.reasons, at=at, session=session)]
             by_route[line.route] = applicable, _unscoped(order, applicable), others
         applicable, unscoped, others = by_route[line.route]
-        matches.append(LineMatch(order, line, applicable, unscoped, others))
+        matches.append(LineMatch(index, order, line, applicable, unscoped, others))
     return matches
 
 
-def _judged_together(orders: Sequence[DraftOrder], matches: list[LineMatch]) -> dict[str, dict[int, str]]:
-    """For each protocol that more than one order of the call is checked against, the note each of those
-    orders' cards carries (keyed by ``id(order)``): every order is judged alone, so their sum is not.
-    Two dosage instructions of one order with the same ``sequence`` are noted by :func:`_draft_order`."""
-    orders_of: dict[str, list[DraftOrder]] = {}
+def _judged_together(orders: Sequence[DraftOrder], matches: list[LineMatch]) -> dict[tuple[str, int], str]:
+    """For each protocol that more than one order of the call is checked against (unselected order-select
+    drafts included: they are signed with the others), the note the cards of each of those orders carry,
+    by (protocol id, order index): every order is judged alone, so their sum is not. Two dosage
+    instructions of one order with the same ``sequence`` are noted by :func:`_draft_order`."""
+    indexes_of: dict[str, list[int]] = {}
     for match in matches:
         for stored, _ in match.applicable:
-            named = orders_of.setdefault(stored.protocol_id, [])
-            if not any(order is match.order for order in named):
-                named.append(match.order)
-    notes: dict[str, dict[int, str]] = {}
-    for protocol_id, named in orders_of.items():
-        if len(named) < 2:
+            indexes = indexes_of.setdefault(stored.protocol_id, [])
+            if match.index not in indexes:
+                indexes.append(match.index)
+    notes: dict[tuple[str, int], str] = {}
+    for protocol_id, indexes in indexes_of.items():
+        if len(indexes) < 2:
             continue
-        names = [_order_name(order, orders) for order in named]
-        notes[protocol_id] = {
-            id(order): (f"{len(named)} orders of this call are checked against this protocol "
-                        f"({', '.join(names)}); each was judged alone, and what they give together was not "
-                        "added up") for order in named}
+        names = [_order_name(orders, index) for index in indexes[:NAMED_ORDERS]]
+        if len(indexes) > NAMED_ORDERS:
+            names.append(f"and {len(indexes) - NAMED_ORDERS} more")
+        note = (f"{len(indexes)} orders of this call are checked against this protocol ({', '.join(names)}); each "
+                "was judged alone, and what they give together was not added up")
+        notes.update({(protocol_id, index): note for index in indexes})
     return notes
 
 
-def _order_name(order: DraftOrder, orders: Sequence[DraftOrder]) -> str:
-    """How a card names an order of the call: ``MedicationRequest/<id>``, else its place among them."""
+def _order_name(orders: Sequence[DraftOrder], index: int) -> str:
+    """How a card names the call's ``index``-th order: ``MedicationRequest/<id>``, else its place."""
+    order = orders[index]
     if order.resource_id:
         return f"MedicationRequest/{order.resource_id}"
-    return f"draft order {next(i for i, o in enumerate(orders) if o is order) + 1} of {len(orders)}"
+    return f"draft order {index + 1} of {len(orders)}"
 
 
-def _soften_unscoped(judged: list[tuple[dict[str, Any], StoredVersion, Verdict | None]]) -> None:
-    """Cards of one dosage line checked against several protocols because the order does not say which
-    it is for (:func:`_unscoped`): while the dose is within the range of one of them, the others' breaches
-    are warnings, not critical. Found by a clinical probe: ketamine 2 mg/kg IV with no reasonCode, the
-    Ketalar label's average induction dose, got two critical cards from the depression and CRPS
-    protocols beside the anaesthesia protocol's "within range"; an order without a reasonCode is the
-    usual anaesthesia order. The breach is still shown, as a warning naming the range it is within;
-    when no protocol's range holds the dose, each breach stays critical."""
-    within = [stored for card, stored, best in judged if best is Verdict.WITHIN_RANGE]
-    if not within or len(judged) < 2:
-        return
-    for card, stored, _ in judged:
-        if card["indicator"] != "critical":
-            continue
-        others = ", ".join(f"protocol {w.protocol_id} v{w.version}" for w in within if w is not stored)
-        card["indicator"] = "warning"
-        card["detail"] += (f"\n- A warning, not critical: the order names no indication of this protocol, and its "
-                           f"dose is within the range of {markdown_text(others)}.")
+def _softening(match: LineMatch, judged: list[tuple[StoredVersion, str, Verdict | None]]) -> dict[str, str]:
+    """Why a critical card of one dosage line is a warning, by protocol id, for an order that names no
+    indication at all (``reasonCode``) and is checked against every protocol for its drug and route
+    (:func:`_unscoped`): while another protocol's card for the line is a full pass (green), a dose above
+    a protocol's maximum is a warning there. Found by a clinical probe: ketamine 2 mg/kg IV with no
+    reasonCode, the Ketalar label's average induction dose and the usual anaesthesia order, got critical
+    cards from the depression and CRPS protocols beside the anaesthesia protocol's "within range".
+
+    Only then (a review of the first version): a pass that is itself partly checked (the dose repeated
+    every 5 minutes, a weight from 2012) holds nothing, an order that names an indication no protocol
+    lists said what it is for, and a maximum per period exceeded is a schedule no range allows. When no
+    protocol's card is green, each breach stays critical."""
+    if match.order.reasons or match.unscoped is None or len(judged) < 2:
+        return {}
+    passes = [stored for stored, indicator, verdict in judged if indicator == "info"]
+    if not passes:
+        return {}
+    softened = {}
+    for stored, indicator, verdict in judged:
+        if indicator == "critical" and verdict is Verdict.ABOVE_MAX:
+            others = ", ".join(f"protocol {p.protocol_id} v{p.version}" for p in passes)
+            softened[stored.protocol_id] = (f"A warning, not critical: the order names no indication, and its dose "
+                                            f"is a full pass of {others}")
+    return softened
 
 
 def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
@@ -1102,12 +1159,15 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     weight_kg = weight.usable_kg if isinstance(weight, Weight) else None
     no_weight = (weight if isinstance(weight, str) else
                  f"the prefetched {fmt(weight.kg)} kg is not used: {weight.refused}" if weight.refused else None)
+    # A dose ordered with its rate: how fast it runs is known (the rate is judged too), though not its
+    # duration as the range reads it.
+    paced = any(_is_rate(q.unit) for q in line.doses) and any(not _is_rate(q.unit) for q in line.doses)
     for dose in line.doses:
         duration = line.duration or _implied_duration(line, dose, weight_kg)
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
                           duration_text=duration[1] if duration else None, shortest_s=line.shortest_s,
-                          no_frequency=line.no_frequency)
+                          no_frequency=line.no_frequency, paced=paced)
         try:
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:
@@ -1128,28 +1188,32 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     return RangeResult(phase, verdict, evaluations, None, problems)
 
 
-def _implied_duration(line: DosageLine, dose: Quantity, weight_kg: Fraction | None) -> tuple[Fraction, str] | None:
-    """For a dose ordered together with its rate (140 mg at 0.5 mg/kg/min), how long the dose runs at
-    that rate. The rate is then judged as that dose, not as a rate over the protocol's duration (the
+def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | None) -> tuple[Fraction, str] | None:
+    """For a rate ordered together with its dose (140 mg at 0.5 mg/kg/min), how long the dose runs at
+    that rate: the rate is then judged as that dose, not as a rate over the protocol's duration (the
     Ketalar label's 1-2 mg/kg at 0.5 mg/kg/min read "below minimum" over its 60 s bolus; found by a
-    clinical QA probe), and the amount as given over that time, not as of unknown speed (98 mg at
-    24.5 mg/h runs 4 h). None when the line has no amount and rate to pair, or the units or weight do
-    not allow it."""
+    clinical QA probe). None when the line has no dose, or the units or weight do not allow it.
+
+    Only the rate: the amount is still judged as what one administration gives (98 mg against at most
+    0.35 mg/kg/h for 4 h), since judged over its own time at its own rate it is the rate again, and 500 mg
+    at 24.5 mg/h lost its critical card (a review)."""
     try:
-        unit = parse_dose_unit(dose.unit)
-        rates = [dose] if unit.is_rate else [q for q in line.doses if parse_dose_unit(q.unit).is_rate]
-        amounts = [q for q in line.doses if not parse_dose_unit(q.unit).is_rate] if unit.is_rate else [dose]
-        for rate in rates[:1]:
-            per_second = convert(Fraction(rate.value), parse_dose_unit(rate.unit), parse_dose_unit("mg/s"),
-                                 weight_kg=weight_kg, concentration=line.concentration, duration_s=None)
-            for amount in amounts:
-                if per_second <= 0:
-                    continue
-                mg = convert(Fraction(amount.value), parse_dose_unit(amount.unit), parse_dose_unit("mg"),
-                             weight_kg=weight_kg, concentration=line.concentration, duration_s=None)
-                minutes = fmt(mg / per_second / 60)
-                return mg / per_second, (f"{minutes} min ({fmt(Fraction(amount.value))} {amount.unit} at "
-                                         f"{fmt(Fraction(rate.value))} {rate.unit})")
+        rate_unit = parse_dose_unit(rate.unit)
+        if not rate_unit.is_rate:
+            return None
+        per_second = convert(Fraction(rate.value), rate_unit, parse_dose_unit("mg/s"), weight_kg=weight_kg,
+                             concentration=line.concentration, duration_s=None)
+        if per_second <= 0:
+            return None
+        for amount in line.doses:
+            amount_unit = parse_dose_unit(amount.unit)
+            if amount_unit.is_rate:
+                continue
+            mg = convert(Fraction(amount.value), amount_unit, parse_dose_unit("mg"), weight_kg=weight_kg,
+                         concentration=line.concentration, duration_s=None)
+            minutes = fmt(mg / per_second / 60)
+            return mg / per_second, (f"{minutes} min ({fmt(Fraction(amount.value))} {amount.unit} at "
+                                     f"{fmt(Fraction(rate.value))} {rate.unit})")
     except (DosingError, UnitError):
         return None
     return None
@@ -1178,9 +1242,10 @@ def markdown_text(text: object) -> str:
 
 def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: Mapping[str, Any],
           weight: Weight | str, version_url: VersionUrl, unscoped: str | None = None,
-          together: str | None = None) -> tuple[dict[str, Any], Verdict | None]:
+          together: str | None = None, softened: str | None = None) -> tuple[dict[str, Any], Verdict | None]:
     """The card of one dosage line checked against one protocol, and the verdict of its best range (None:
-    not checked). ``together``: why other orders of the call make this one "partly checked"."""
+    not checked). ``together``: why other orders of the call make this one "partly checked";
+    ``softened``: why a critical verdict is shown as a warning (:func:`_softening`)."""
     ranges = ranges_for(content, line.route)
     results = [_judge(content, index, line, weight) for index, _ in ranges]
     judged = [r for r in results if r.verdict is not None]
@@ -1191,7 +1256,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     if together:
         unchecked.append(together)
     if isinstance(weight, Weight) and weight.stale and weight.refused is None and (
-            any(_per_kg(str(r["unit"])) for _, r in ranges) or any(_per_kg(dose.unit) for dose in line.doses)):
+            any(_per_kg(str(r["unit"])) or _per_kg(str((r.get("max_per_period") or {}).get("unit", "")))
+                for _, r in ranges) or any(_per_kg(dose.unit) for dose in line.doses)):
         unchecked.append(f"{weight.stale}; the weight-based dose was checked with it")
     best_verdict: Verdict | None = None
     if line.as_needed and line.frequency is None and not line.unchecked and any(
@@ -1225,6 +1291,9 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
                                 for i in content.get("indications") or []) or "no indication listed"
         detail.append(f"{markdown_text(unscoped)}. This card applies if the order is for: "
                       f"{markdown_text(indications)}.")
+    if softened and indicator == "critical":
+        indicator = "warning"
+        detail.append(f"{markdown_text(softened)}.")
     if isinstance(weight, Weight) and weight.refused is None:
         detail.append(f"Body weight used: {fmt(weight.kg)} kg (observed {weight.observed()}).")
     elif isinstance(weight, Weight):

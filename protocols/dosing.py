@@ -223,6 +223,9 @@ class DoseOrder:
     #: Why the order has no frequency, when it is not that none was sent (a timing the caller could not
     #: read): one dose is counted, and the per-period calculation says why.
     no_frequency: str | None = None
+    #: The order gives a rate beside this amount (98 mg at 24.5 mg/h): how fast it runs is known, so
+    #: judging the amount over the range's duration assumes nothing (:data:`DURATION_ASSUMED`).
+    paced: bool = False
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -753,8 +756,8 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         messages.append(f"Not checked: {REPEAT_UNCHECKED}.")
     if dose_range.get("max_per_period") and (per_period is None or per_period.maximum is None):
         unchecked.append(MAXIMUM_UNCHECKED)  # the messages say why (a review: REST showed a full pass)
-    if order.duration_s is None and dose_range.get("duration") and (
-            dose_unit.is_rate or range_unit.is_rate or phase == "infusion"):
+    if order.duration_s is None and not order.paced and dose_range.get("duration") and (
+            dose_unit.is_rate or range_unit.is_rate or phase == INFUSION):
         assumed = DURATION_ASSUMED.format(duration=dose_range["duration"])
         unchecked.append(assumed)
         messages.append(f"Not checked: {assumed}.")
@@ -782,8 +785,11 @@ MAXIMUM_UNCHECKED = "the protocol's maximum per period could not be applied to t
 #: dose), or an amount against an infusion's range (0.5 mg/kg over 40 min; both found by adversarial
 #: probes). A bolus range's duration (the Ketalar label's "over 60 seconds") is how to give the dose,
 #: shown in its instructions; an order for the dose alone is checked in full.
-DURATION_ASSUMED = ("the order gives no infusion duration: it was judged as if it ran for the protocol's {duration}; "
-                    "how fast it will run was not checked")
+DURATION_ASSUMED = ("the order gives no duration or rate: it was judged as if given over the protocol's {duration}; "
+                    "how fast it will be given was not checked")
+#: The phase of a range given as an infusion: its ``duration`` is how long the infusion runs, part of the
+#: regimen, where another phase's (an induction bolus "over 60 seconds") is how to give the dose.
+INFUSION = "infusion"
 
 
 def _longer_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range_unit: DoseUnit,
