@@ -537,13 +537,20 @@ def _duration_seconds(dose_range: Mapping[str, Any]) -> Fraction | None:
 
 
 def absolute_range(dose_range: Mapping[str, Any], weight_kg: Fraction | None,
-                   weight_field: str = WEIGHT_FIELD, dose: Fraction | None = None) -> AbsoluteRange:
+                   weight_field: str = WEIGHT_FIELD, dose: Fraction | None = None,
+                   per_kg_order: bool = False) -> AbsoluteRange:
     """``0.5-1 mg/kg x 70 kg = 35-70 mg``; a range that is not weight-based is its own answer. With the
-    ``dose`` judged (in the range's unit), a rounded bound it broke is shown on the far side of it."""
+    ``dose`` judged (in the range's unit), a rounded bound it broke is shown on the far side of it.
+
+    ``per_kg_order``: the order is per kg too, so without a weight the range is compared as it is (50 mg/kg
+    against 0.5 mg/kg needs no weight to be above it; it read "dose not checked", a warning, where a
+    weight would have made it critical: found by a conformance probe)."""
     unit = _unit(str(dose_range["unit"]), "unit")
     span = Span(exact(dose_range["dose_min"]), exact(dose_range["dose_max"]), unit.code)
     if not unit.per_kg:
         return AbsoluteRange(span, weight_kg, f"{span.text()} (not weight-based)")
+    if weight_kg is None and per_kg_order:
+        return AbsoluteRange(span, None, f"{span.text(dose)} (per kg: no body weight was sent)")
     if weight_kg is None:
         raise WeightRequired(f"the protocol range {span.text()} is weight-based; send the patient's "
                              f"body weight in kg", weight_field)
@@ -683,7 +690,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     duration_text = f"the protocol's {dose_range.get('duration')}"
     if order.duration_s is not None:
         duration_s, duration_text = order.duration_s, f"the order's {order.duration_text or 'duration'}"
-    absolute = absolute_range(dose_range, weight)
+    absolute = absolute_range(dose_range, weight, per_kg_order=dose_unit.per_kg)
     low, high = exact(dose_range["dose_min"]), exact(dose_range["dose_max"])
     dose_value = Fraction(order.dose.value)
     in_range_unit = convert(dose_value, dose_unit, range_unit, weight_kg=weight,
@@ -694,7 +701,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     in_ordered_unit = Span(low_ordered, high_ordered, dose_unit.code)
     broken = judged_against(in_range_unit, low, high)  # the bound the dose broke: its text rounds away from it
     if range_unit.per_kg and broken is not None:
-        absolute = absolute_range(dose_range, weight, dose=in_range_unit)
+        absolute = absolute_range(dose_range, weight, dose=in_range_unit, per_kg_order=dose_unit.per_kg)
     notes: list[str] = []
     per_period = _per_period(order, dose_unit, dose_range, weight, duration_s, notes)
 

@@ -1867,3 +1867,14 @@ def test_a_prefetch_outcome_is_told_by_its_error_not_its_opening_information():
         "the EHR could not prefetch a body weight (no consent for Observation)"
     assert cds.prefetched_weight({"weight": {"resourceType": "OperationOutcome"}}, patient=cds.HookPatient("x")) == \
         "the EHR could not prefetch a body weight (an OperationOutcome)"
+
+
+def test_a_dose_per_kg_without_a_weight_is_judged_per_kg(client):
+    """Found by a conformance probe: ketamine 50 mg/kg against 0.5 mg/kg (100 times the dose) with no weight
+    prefetched was a "dose not checked" warning; per kg against per kg needs no weight."""
+    ketamine_protocol(client, dose_min=0.5, dose_max=0.5)
+    (card,) = cards(client, hook_request([medication_request("ket-50", KETAMINE, IV, dose=(50, "mg/kg"))]))
+    assert card["indicator"] == "critical" and card["summary"].startswith("above protocol maximum")
+    assert "0.5 mg/kg (per kg: no body weight was sent)" in card["detail"]
+    (fits,) = cards(client, hook_request([medication_request("ket-05", KETAMINE, IV, dose=(0.5, "mg/kg"))]))
+    assert fits["indicator"] == "info"
