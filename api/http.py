@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -239,12 +240,40 @@ def reads_cursor(reader: Callable[..., Any]) -> Callable[[_View], _View]:
     return mark
 
 
+#: Query parameters a listing's cursor is not bound to: how many items a page holds, whether to count them.
+UNBOUND_PARAMS = frozenset({"cursor", "page_size", "count"})
+#: The cursor field holding :func:`query_digest` of the query it was issued for.
+QUERY_FIELD = "q"
+
+
+def query_digest(params: Iterable[tuple[str, str]]) -> str:
+    """A short digest of a listing's query parameters (but :data:`UNBOUND_PARAMS`), whatever their order.
+
+    A cursor carries the digest of the query whose page issued it, and is refused with another: a key
+    (a protocol's place, its rank) means something only among the results of its own filters, and a
+    ``drug=ketamine`` cursor read with ``drug=esketamine``, or a search's with another ``q`` or
+    ``as_of``, skipped most of the results without a word (found by a probe)."""
+    bound = sorted((name, value) for name, value in params if name not in UNBOUND_PARAMS)
+    return hashlib.sha256(json.dumps(bound).encode()).hexdigest()[:16]
+
+
+def _read_bound_cursor(kind: str, token: str) -> tuple[Any, str]:
+    """``(key, direction)`` of a listing cursor issued for this request's own query (cursors issued
+    before queries were bound carry no digest and are read as before)."""
+    key, direction, extras = decode_cursor_with(kind, token, extra=(QUERY_FIELD,))
+    if QUERY_FIELD in extras and extras[QUERY_FIELD] != query_digest(request.args.items(multi=True)):
+        raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": [
+            "issued for another query: keep the parameters of the link that carried it (page_size and count "
+            "may change), or start again without a cursor"]})
+    return key, direction
+
+
 def read_cursor(kind: str, query: Mapping[str, Any], max_key: int = MAX_CURSOR_KEY) -> tuple[int | None, int | None]:
     """``(after, before)`` keys from the ``cursor`` query parameter, if any. ``max_key`` is the
     largest value the key's column holds (``protocols.models.MAX_VERSION`` for version numbers)."""
     if "cursor" not in query:
         return None, None
-    key, direction = decode_cursor(kind, query["cursor"])
+    key, direction = _read_bound_cursor(kind, query["cursor"])
     if not paging.is_key(key, max_key):
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (key, None) if direction == "n" else (None, key)
@@ -257,13 +286,13 @@ def read_composite_cursor(kind: str, query: Mapping[str, Any], max_keys: Sequenc
     ``optional`` parts may be missing (cursors issued before they were added)."""
     if "cursor" not in query:
         return None, None
-    key, direction = decode_cursor(kind, query["cursor"])
+    key, direction = _read_bound_cursor(kind, query["cursor"])
     if not paging.is_composite_key(key, max_keys, optional):
         raise ApiError(422, "The cursor is not valid for this listing", errors={"cursor": ["bad key"]})
     return (tuple(key), None) if direction == "n" else (None, tuple(key))
 
 
-def _up_to(params: Mapping[str, str], kind: str, key: Any) -> str:
+def _up_to(params: Mapping[str, str], kind: str, key: Any, bound: Mapping[str, str]) -> str:
     """The page that ends with ``key``'s item: the ``prev`` of an empty page read after ``key``.
 
     ``key`` is the last item of the page before (the one that linked here), which this page never
@@ -272,8 +301,10 @@ def _up_to(params: Mapping[str, str], kind: str, key: Any) -> str:
     ``key - 1`` holds ``key``; below 1 that is the first page. A ranked (composite) key reads a pinned
     moment, where no write empties a page, and keeps the cursor at it."""
     if isinstance(key, int) and not isinstance(key, bool):
-        return page_url(params, cursor=paging.encode_cursor(kind, key - 1, "p")) if key > 1 else page_url(params)
-    return page_url(params, cursor=paging.encode_cursor(kind, key, "p"))
+        if key <= 1:
+            return page_url(params)
+        return page_url(params, cursor=paging.encode_cursor(kind, key - 1, "p", **bound))
+    return page_url(params, cursor=paging.encode_cursor(kind, key, "p", **bound))
 
 
 def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool, after: Any | None,
@@ -288,11 +319,12 @@ def page_links(kind: str, keys: Sequence[int | Sequence[int]], *, has_more: bool
     (:func:`_up_to`). It had no links at all, and a client following ``prev`` to a page emptied by a
     retirement was told the list had ended (found by a probe)."""
     params = {**{k: v for k, v in request.args.items(multi=True) if k != "cursor"}, **(pinned or {})}
+    bound = {QUERY_FIELD: query_digest(params.items())}  # the query the links' cursors belong to
     if not keys:
         return (None if before is None else page_url(params),
-                None if after is None else _up_to(params, kind, after))
+                None if after is None else _up_to(params, kind, after, bound))
     more_after = has_more if before is None else True
     more_before = (after is not None) if before is None else has_more
-    next_url = page_url(params, cursor=paging.encode_cursor(kind, keys[-1], "n")) if more_after else None
-    prev_url = page_url(params, cursor=paging.encode_cursor(kind, keys[0], "p")) if more_before else None
+    next_url = page_url(params, cursor=paging.encode_cursor(kind, keys[-1], "n", **bound)) if more_after else None
+    prev_url = page_url(params, cursor=paging.encode_cursor(kind, keys[0], "p", **bound)) if more_before else None
     return next_url, prev_url

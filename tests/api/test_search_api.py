@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from flask.testing import FlaskClient
 
-from api.http import decode_cursor
+from api.http import QUERY_FIELD, decode_cursor_with
 from protocols import search, versioning
 from protocols.db import Database
 from protocols.paging import encode_cursor
@@ -322,7 +322,7 @@ def test_a_ranked_cursor_issued_without_a_feed_position_still_pages(client: Flas
         versioning.create(db, f"old-cursor-{n}", content_of(f"old-cursor-{n}", summary=f"Mentions {word}."))
     first = get(client, "/v1/protocols", q=word, page_size=1).get_json()
     new_token = parse_qs(urlsplit(first["next"]).query)["cursor"][0]
-    key, _ = decode_cursor("protocols:ranked", new_token)
+    key, _, _ = decode_cursor_with("protocols:ranked", new_token, extra=(QUERY_FIELD,))
     assert len(key) == 4  # rank, sequence, feed position, whether the server pinned as_of
     as_of = parse_qs(urlsplit(first["next"]).query)["as_of"][0]
     old = get(client, "/v1/protocols", q=word, page_size=1, as_of=as_of,
@@ -424,3 +424,32 @@ def test_a_ranked_walk_of_drafts_is_not_refused_by_versions_recorded_after_its_m
     rest = client.get(first["next"])
     assert rest.status_code == 200, rest.get_json()
     assert sorted([shown, *walk(client, first["next"])]) == sorted(ids)
+
+
+def test_a_cursor_is_refused_by_another_query(client: FlaskClient, db: Database) -> None:
+    """Found by a probe: a ``drug=ketamine`` cursor read with ``drug=esketamine``, or a search's cursor with
+    another ``q`` or ``as_of``, was a 200 that skipped most of the other query's results. A cursor belongs
+    to the query of the page that issued it (a 422 naming ``cursor`` otherwise); page size and count may
+    change, the order of the parameters does not matter, and the whole walk still reads every item once."""
+    for n in range(4):
+        versioning.create(db, f"bound-{n}", content_of(f"bound-{n}", summary="Mentions quokkaine and wallabine."))
+    for params in ({"page_size": 1}, {"page_size": 1, "q": "quokkaine"}, {"page_size": 1, "q": "quokkaine",
+                                                                          "as_of": "2099-01-01T00:00:00Z"}):
+        first = get(client, "/v1/protocols", **params).get_json()
+        query = parse_qs(urlsplit(first["next"]).query)
+        cursor = query.pop("cursor")[0]
+        own = {name: values[0] for name, values in query.items()}
+        assert get(client, "/v1/protocols", **{**own, "page_size": 3, "count": "true", "cursor": cursor}).status_code \
+            == 200
+        for other in ({"drug": "esketamine"}, {"q": "wallabine"}, {"as_of": "2098-01-01T00:00:00Z"}):
+            response = client.get("/v1/protocols", query_string={**own, **other, "cursor": cursor})
+            assert response.status_code == 422, (params, other)
+            assert list(response.get_json()["errors"]) == ["cursor"]
+            if ("q" in other) == ("q" in params):  # the same kind of listing (a ranked one's cursor is another kind)
+                assert "issued for another query" in response.get_json()["errors"]["cursor"][0]
+    seen, url = [], "/v1/protocols?page_size=1&q=quokkaine"
+    while url:
+        page = client.get(url).get_json()
+        seen += [item["id"] for item in page["items"]]
+        url = page["next"]
+    assert sorted(seen) == [f"bound-{n}" for n in range(4)]
