@@ -114,10 +114,16 @@ def base_url() -> str:
     return str(configured).rstrip("/") if configured else request_root_url().rstrip("/") + "/fhir/R4"
 
 
+#: FHIR R4 (http.html): "requests and responses SHALL explicitly set the character encoding to UTF-8 using
+#: the charset parameter": HTTP's default for a type without one is ISO-8859-1, and Werkzeug adds it to
+#: ``text/*`` types only (a conformance probe).
+CHARSET = "; charset=utf-8"
+
+
 def fhir_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None,
                   ) -> Response:
     response = Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status,
-                        mimetype=g.get(_ANSWER_TYPE, FHIR_JSON))
+                        content_type=g.get(_ANSWER_TYPE, FHIR_JSON) + CHARSET)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -397,6 +403,15 @@ def build_capability_statement(base: str) -> dict[str, Any]:
                 "the total only) and next/previous links; so does an instance's _history. A retired "
                 "protocol is deleted (410); drafts are not published, nor versions scheduled to take "
                 "effect later (until they do: meta.lastUpdated is then that moment)."),
+            # How a client authenticates: it was not said at all, while reads need a key by default (a
+            # conformance probe).
+            "security": {
+                "cors": bool(current_app.config.get("PROTOCOLS_CORS_ORIGINS")),
+                "description": (
+                    "Reads need an API key with the `protocols:read` scope, sent as `Authorization: Bearer "
+                    "<key>`" + ("; this server also answers anonymous reads" if current_app.config.get(
+                        "PROTOCOLS_ANONYMOUS_READS") else "") + ". No SMART on FHIR or OAuth 2.0."),
+            },
             "resource": [
                 {
                     "type": "MedicationKnowledge",
@@ -591,7 +606,7 @@ def export() -> Response:
             resource = fhir.to_medication_knowledge(stored.as_dict(), base_url=base)
             yield json.dumps(resource, ensure_ascii=False, separators=(",", ":")) + "\n"
 
-    response = Response(lines(), mimetype=FHIR_NDJSON)
+    response = Response(lines(), content_type=FHIR_NDJSON + CHARSET)
     response.headers["Cache-Control"] = "no-store"
     for name, value in warning_headers(warnings).items():
         response.headers[name] = value

@@ -62,7 +62,10 @@ LOINC = "http://loinc.org"
 BODY_WEIGHT_LOINC = "29463-7"
 WEIGHT_PREFETCH = "weight"
 USABLE_OBSERVATION_STATUSES = {"final", "amended", "corrected", "preliminary"}
-SUMMARY_LIMIT = 140
+#: CDS Hooks: a card's summary is a "<140-character" message: at most 139, counted in UTF-16 code units as
+#: JavaScript and Java clients count them (a summary of exactly 140, or with characters outside the BMP,
+#: was over for them; a conformance probe).
+SUMMARY_LIMIT = 139
 TOPIC_SYSTEM = "urn:treatment-protocols:protocol"
 
 INDICATOR = {Verdict.WITHIN_RANGE: "info", Verdict.BELOW_MIN: "warning", Verdict.MORE_FREQUENT_THAN_PROTOCOL: "warning",
@@ -1335,7 +1338,22 @@ def _summary(verdict: str, order_text: str, label: str) -> str:
     # right-to-left override made the card's text read backwards; an adversarial probe).
     order_text = " ".join("".join(c for c in order_text if unicodedata.category(c) not in ("Cc", "Cf")
                                   or c.isspace()).split())
-    room = SUMMARY_LIMIT - len(prefix) - len(suffix)
-    if len(order_text) > room:
-        order_text = order_text[:max(room - 1, 0)] + "…"
-    return (prefix + order_text + suffix)[:SUMMARY_LIMIT]
+    room = SUMMARY_LIMIT - utf16_length(prefix) - utf16_length(suffix)
+    if utf16_length(order_text) > room:
+        order_text = _utf16_prefix(order_text, max(room - 1, 0)) + "…"
+    return _utf16_prefix(prefix + order_text + suffix, SUMMARY_LIMIT)
+
+
+def utf16_length(text: str) -> int:
+    """``text``'s length in UTF-16 code units (a character outside the BMP is two)."""
+    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+
+
+def _utf16_prefix(text: str, units: int) -> str:
+    """The longest start of ``text`` of at most ``units`` UTF-16 code units (never half a character)."""
+    used = 0
+    for index, char in enumerate(text):
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > units:
+            return text[:index]
+    return text

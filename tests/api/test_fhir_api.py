@@ -537,6 +537,9 @@ def test_capability_statement_lists_only_what_works(client):
     resources = {r["type"]: r for r in rest["resource"]}
     mk = resources["MedicationKnowledge"]
     assert {i["code"] for i in mk["interaction"]} == {"read", "vread", "history-instance", "search-type"}
+    # how a client authenticates (a conformance probe: reads need a key by default, and it was not said)
+    assert rest["security"]["cors"] is False and "Authorization: Bearer <key>" in rest["security"]["description"]
+    assert "anonymous" not in rest["security"]["description"]
 
     # Every listed search parameter must narrow a search: a value that keeps `kept` and drops `dropped`.
     kept = _create(client)["id"]
@@ -1001,3 +1004,21 @@ def test_a_count_too_long_is_refused_with_a_message_that_says_why(client):
     response = client.get("/fhir/R4/MedicationKnowledge?_count=1000000")
     assert response.status_code == 400
     assert "at most 6 digits" in json.dumps(response.get_json())
+
+
+def test_every_fhir_answer_says_its_charset_is_utf8(client):
+    """FHIR R4 (http.html) requires ``charset=utf-8`` on every request and response body: HTTP's default
+    without one is ISO-8859-1 (found by a conformance probe)."""
+    protocol = _create(client)
+    pid = protocol["id"]
+    for path, accept in (("/fhir/R4/metadata", "application/fhir+json"), ("/fhir/R4/metadata", "application/json"),
+                         (f"/fhir/R4/MedicationKnowledge/{pid}", "application/fhir+json"),
+                         (f"/fhir/R4/MedicationKnowledge/{pid}/_history/1", "application/fhir+json"),
+                         (f"/fhir/R4/MedicationKnowledge/{pid}/_history", "application/fhir+json"),
+                         ("/fhir/R4/MedicationKnowledge?code=6130", "application/fhir+json"),
+                         ("/fhir/R4/MedicationKnowledge/nope-nope", "application/fhir+json"),
+                         ("/fhir/R4/Patient/1", "application/fhir+json"),
+                         ("/fhir/R4/$export", "application/fhir+ndjson")):
+        response = client.get(path, headers={"Accept": accept})
+        assert response.content_type.endswith("; charset=utf-8"), (path, response.status_code, response.content_type)
+        assert response.status_code == (404 if "nope" in path or "Patient" in path else 200), path

@@ -76,9 +76,13 @@ def test_weights_by_period_in_the_future_or_with_a_comparator():
 
 def test_summaries_keep_the_verdict_and_the_protocol_version():
     summary = cds._summary("above protocol maximum", "x" * 300, "protocol esketamine-nasal-spravato v3")
-    assert len(summary) == cds.SUMMARY_LIMIT
+    assert len(summary) == cds.SUMMARY_LIMIT == 139  # CDS Hooks: "<140-character"
     assert summary.startswith("above protocol maximum: xxx")
     assert summary.endswith("… (protocol esketamine-nasal-spravato v3)")
+    # counted as JavaScript counts: a character outside the BMP is two code units, and is never cut in half
+    emoji = cds._summary("above protocol maximum", "\U0001F489" * 300, "protocol esketamine-nasal-spravato v3")
+    assert cds.utf16_length(emoji) <= 139 and len(emoji.encode("utf-16-le")) // 2 <= 139
+    assert emoji.endswith("… (protocol esketamine-nasal-spravato v3)") and "\U0001F489" in emoji
 
 
 # ------------------------------------------------------------------------- markdown in cards
