@@ -128,12 +128,23 @@ def check(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"PROTOCOLS_CORS_ORIGINS: {origin!r} is not an origin: write each as "
                               "http(s)://host[:port] in lower case, with no path and no '*'")
     base = config.get("PROTOCOLS_FHIR_BASE_URL")
-    if base:
-        parts = urlsplit(str(base))
-        if (parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment
-                or any(c.isspace() for c in str(base))):
-            raise ConfigError(f"PROTOCOLS_FHIR_BASE_URL must be an absolute http(s) URL with no query, "
-                              f"fragment or spaces (FHIR extension URLs are built from it), got {base!r}")
+    if base and not _is_fhir_base(str(base)):
+        raise ConfigError(f"PROTOCOLS_FHIR_BASE_URL must be an absolute http(s) URL with a host, a port from 1 to "
+                          f"65535 if any, and no user, query, fragment or spaces (FHIR extension URLs are built "
+                          f"from it), got {base!r}")
+
+
+def _is_fhir_base(base: str) -> bool:
+    """Whether ``base`` can stand in front of every FHIR link. An empty query or fragment (a trailing ``?``
+    or ``#``, which ``urlsplit`` reads as none) broke every link, and a port out of range or a user name
+    passed (found by an operations probe)."""
+    parts = urlsplit(base)
+    try:
+        port_ok = parts.port is None or 1 <= parts.port <= 65535
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok and "?" not in base
+            and "#" not in base and "@" not in parts.netloc and not any(c.isspace() for c in base))
 
 
 def _check_database_url(url: str) -> None:

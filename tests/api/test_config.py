@@ -30,6 +30,10 @@ REFUSED = [
     ("PROTOCOLS_CORS_ORIGINS", "https://ehr.example.org/app"), ("PROTOCOLS_CORS_ORIGINS", "ehr.example.org"),
     ("PROTOCOLS_FHIR_BASE_URL", "fhir.example.org/R4"), ("PROTOCOLS_FHIR_BASE_URL", "https://fhir.example.org/R4?x=1"),
     ("PROTOCOLS_FHIR_BASE_URL", "https://fhir.example.org/R4 "),
+    # an empty query or fragment, a port out of range or not a number, a user: found by an operations probe
+    ("PROTOCOLS_FHIR_BASE_URL", "https://fhir.example.org/R4?"), ("PROTOCOLS_FHIR_BASE_URL", "https://fhir.example.org/R4#"),
+    ("PROTOCOLS_FHIR_BASE_URL", "https://fhir.example.org:99999/R4"), ("PROTOCOLS_FHIR_BASE_URL", "https://h:x/R4"),
+    ("PROTOCOLS_FHIR_BASE_URL", "https://user:pw@fhir.example.org/R4"), ("PROTOCOLS_FHIR_BASE_URL", "https://:443/R4"),
     ("PROTOCOLS_DATABASE_URL", "::"), ("PROTOCOLS_DATABASE_URL", "mysql://u@h/db"),
     ("PROTOCOLS_DATABASE_URL", "postgresql+asyncpg://u@h/db"), ("PROTOCOLS_DATABASE_URL", "sqlite+foo:///x.db"),
     ("PROTOCOLS_DATABASE_URL", "postgresql://u@host:5432,host2:5433/db"),  # a ValueError, not ArgumentError
