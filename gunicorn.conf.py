@@ -9,8 +9,11 @@ and writes are serialized by the database (see protocols/versioning.py).
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
+import re
+from typing import Any
 
 from gunicorn.glogging import Logger, SafeAtoms
 
@@ -33,14 +36,18 @@ def _number(name: str, default: float, low: float, high: float, kind: type = int
 
 
 def _bind(name: str, default: str) -> str:
-    """``host:port`` (``[v6]:port``) with a port from 1 to 65535, or ``unix:<path>``, or one line naming the
-    setting: port 99999 was a 30-line traceback (found by an operations probe)."""
+    """What gunicorn binds: ``host:port`` (``[v6]:port``) with a port from 1 to 65535, a host alone (port
+    8000), ``unix:<path>`` or ``fd://<n>`` (systemd socket activation), or one line naming the setting:
+    port 99999 was a 30-line traceback (found by an operations probe)."""
     raw = os.environ.get(name, "").strip() or default
-    if raw.startswith("unix:") and len(raw) > len("unix:"):
+    if (raw.startswith("unix:") and len(raw) > len("unix:")) or re.fullmatch(r"fd://[0-9]+", raw):
+        return raw
+    if re.fullmatch(r"\[[0-9A-Fa-f:.]+\]|[0-9]{1,3}(\.[0-9]{1,3}){3}|localhost", raw):  # an address alone: port 8000
         return raw
     host, _, port = raw.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise SystemExit(f"Error: {name} must be host:port (a port from 1 to 65535) or unix:<path>, got {raw!r}")
+    if not host or any(c.isspace() for c in host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SystemExit(f"Error: {name} must be host:port (a port from 1 to 65535), unix:<path> or fd://<n>, "
+                         f"got {raw!r}")
     return raw
 
 
@@ -96,8 +103,32 @@ class JsonSafeAtoms(SafeAtoms):
         return json.dumps(value)[1:-1] if isinstance(value, str) else value
 
 
+#: An API key as the service mints them (protocols/keys.py): never written to a log.
+_API_KEY = re.compile(r"tpk_[A-Za-z0-9_-]+")
+
+
+def redact_keys(record: logging.LogRecord) -> bool:
+    """A log filter that writes any API key in a message, or in the traceback it carries, as
+    ``tpk_[redacted]``. gunicorn's warning about a request it refuses quotes the request line or header
+    line at fault, key and all (``Invalid HTTP Header: 'Authorization Bearer tpk_…'``, a header without
+    its colon; a key in the query of a malformed request line), and the logs promise no keys (found by
+    a security probe)."""
+    message = record.getMessage()
+    if "tpk_" in message:
+        record.msg, record.args = _API_KEY.sub("tpk_[redacted]", message), ()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text and "tpk_" in record.exc_text:
+        record.exc_text = _API_KEY.sub("tpk_[redacted]", record.exc_text)
+    return True
+
+
 class JsonAccessLogger(Logger):
     atoms_wrapper_class = JsonSafeAtoms
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self.error_log.addFilter(redact_keys)
 
 
 logger_class = JsonAccessLogger
@@ -113,7 +144,10 @@ def on_starting(server: object) -> None:
     """Check the app's settings once, in the master, before any worker boots: a setting that cannot work
     (``PROTOCOLS_ANONYMOUS_READS=perhaps``) was found by each worker's ``create_app()`` and reported as a
     39-line traceback, "Worker failed to boot", instead of the one line naming the variable that
-    ``flask`` prints (found by an operations probe)."""
+    ``flask`` prints (found by an operations probe). Only for this service's app: the benchmark's bare
+    baselines (bench/baselines.py) share this file and must not carry the service's modules (a review)."""
+    if not str(getattr(getattr(server, "app", None), "app_uri", "") or "").startswith("api:"):
+        return
     from api.config import ConfigError, from_env
 
     try:

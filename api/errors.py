@@ -195,9 +195,23 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OperationalError):
         return True
-    if getattr(exc.orig if isinstance(exc, DBAPIError) else exc, "sqlstate", None) in SCHEMA_MISSING:
+    if _schema_missing(exc):
         return True
     return is_lost_connection(exc)
+
+
+def _schema_missing(exc: BaseException) -> bool:
+    return getattr(exc.orig if isinstance(exc, DBAPIError) else exc, "sqlstate", None) in SCHEMA_MISSING
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """How the log names why the database answered no: the error's type and the database's first line
+    (which table is missing, which lock timed out): a table a bug names wrongly is a 503 too, and
+    "ProgrammingError" alone did not say which (a review)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    first = (str(orig).strip().splitlines() or [""])[0][:300]
+    hint = " (schema not migrated?)" if _schema_missing(exc) or "no such table" in first else ""
+    return f"{type(exc).__name__}{hint}: {first}" if first else type(exc).__name__
 
 
 def is_lost_connection(exc: BaseException) -> bool:
@@ -254,7 +268,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         if is_database_unavailable(exc):
-            log.warning("database unavailable: %s", type(exc).__name__)
+            log.warning("database unavailable: %s", unavailable_reason(exc))
             return error_response(503, DATABASE_UNAVAILABLE, headers={"Retry-After": RETRY_AFTER_SECONDS})
         log.exception("unhandled error")
         return error_response(500, "Internal server error; the request id identifies it in the logs.")

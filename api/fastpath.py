@@ -40,6 +40,7 @@ from api.errors import (
     error_body,
     is_database_unavailable,
     is_lost_connection,
+    unavailable_reason,
 )
 from api.errors import log as error_log
 from api.extensions import DB_KEY
@@ -143,7 +144,7 @@ class ReadFastPath:
             if not is_database_unavailable(exc) or is_lost_connection(exc):
                 raise  # for Flask: a fresh connection may succeed, or it is not the database's doing
             # A lock or connect timeout, an exhausted pool: another attempt would wait as long again.
-            error_log.warning("database unavailable: %s", type(exc).__name__)
+            error_log.warning("database unavailable: %s", unavailable_reason(exc))
             status, headers, body = "503 SERVICE UNAVAILABLE", [], None
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
         if body is None:  # Flask's 503 for the same failure (api/errors.py), byte for byte

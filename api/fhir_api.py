@@ -31,7 +31,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from api.auth import requires_scope
-from api.errors import PATH_ERROR_RENDERERS, ApiError, is_database_unavailable
+from api.errors import PATH_ERROR_RENDERERS, ApiError, is_database_unavailable, unavailable_reason
 from api.extensions import get_db
 from api.http import CACHE_IMMUTABLE, CACHE_REVALIDATE, add_vary, not_modified, request_root_url
 from api.parsing import Blueprint
@@ -349,7 +349,7 @@ def _http_error(exc: HTTPException) -> Response:
 @blp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
     if is_database_unavailable(exc):
-        log.warning("database unavailable: %s", type(exc).__name__)
+        log.warning("database unavailable: %s", unavailable_reason(exc))
         return outcome_response(503, [Issue("error", "transient", "The database is unavailable or busy; "
                                                                    "retry shortly.")],
                                 {"Retry-After": RETRY_AFTER_SECONDS})

@@ -25,12 +25,23 @@ def _url() -> str:
             or default_database_url())
 
 
+#: How long a migration waits for another one to finish (PostgreSQL): the connection's own lock_timeout
+#: (5 s, so that a migration never holds up requests for long) made the second of two concurrent
+#: migrations fail after 5 s instead of waiting (a review).
+WAIT_FOR_ANOTHER_MIGRATION = "10min"
+
+
 def _run(connection: Connection) -> None:
+    # transactional_ddl on SQLite too (its DDL is transactional): a run is all or nothing, so a downgrade
+    # that 0001 refuses has not already undone the later migrations (a review).
     context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
+                      render_as_batch=connection.dialect.name == "sqlite", transactional_ddl=True)
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
+            bound = connection.execute(text("SELECT current_setting('lock_timeout')")).scalar_one()
+            connection.execute(text(f"SET LOCAL lock_timeout = '{WAIT_FOR_ANOTHER_MIGRATION}'"))
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            connection.execute(text("SELECT set_config('lock_timeout', :bound, true)"), {"bound": bound})
         context.run_migrations()
 
 

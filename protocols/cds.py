@@ -76,6 +76,11 @@ VERDICT_TEXT = {Verdict.WITHIN_RANGE: "within protocol range", Verdict.BELOW_MIN
                 Verdict.ABOVE_MAX: "above protocol maximum"}
 PERIOD_UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
 
+#: The MedicationRequests one call may carry: about 470 fit the 256 KB body limit, and such a call held
+#: a worker for 3 s and answered 3 MB, so a few of them (one read key's worth of the rate limit) delayed
+#: every other client (a security probe). An order set signed at once holds a few dozen medications.
+MAX_DRAFT_ORDERS = 100
+
 #: Builds the absolute URL of one protocol version (the HTTP layer knows its routes and host).
 VersionUrl = Callable[[str, int], str]
 
@@ -106,6 +111,9 @@ class DosageLine:
     #: Why the line has no frequency when the order sent a timing (one that could not be read, or one
     #: administration in all): a verdict for one dose says so, not that no frequency was sent.
     no_frequency: str | None = None
+    #: The order's route as written, when it is coded neither in SNOMED CT nor as an FDA SPL route code
+    #: (``route`` is then empty and no protocol matches it).
+    unread_route: str | None = None
 
 
 @dataclass
@@ -116,8 +124,12 @@ class DraftOrder:
     reasons: list[str]
     lines: list[DosageLine]
     #: False for an order-select draft the clinician did not select: it gets no card, but it will be signed
-    #: with the selected ones, so it counts when orders of one protocol are noted as not added up.
+    #: with the selected ones, so it counts when orders of one medication are noted as not added up.
     selected: bool = True
+    #: Whether the order says why it is given in any form: a coded ``reasonCode`` (``reasons``), one in
+    #: words only, or a ``reasonReference`` (a Condition). Only an order that says nothing is "an order that
+    #: names no indication" (:func:`_softening`).
+    reason_stated: bool = False
 
 
 def _bad_request(path: str, message: str) -> MalformedOrder:
@@ -165,6 +177,10 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str], pat
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise _bad_request(f"{path}.entry", "must be an array")
+    requested = sum(1 for e in entries if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
+                    and e["resource"].get("resourceType") == "MedicationRequest")
+    if requested > MAX_DRAFT_ORDERS:
+        raise _bad_request(f"{path}.entry", f"at most {MAX_DRAFT_ORDERS} MedicationRequests per call, got {requested}")
     wanted = set(selections)
     medications = _bundled_medications(entries, path)
     orders = []
@@ -339,21 +355,25 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str,
     name = (concept.text if concept is not None and concept.text else None) or next(
         (c.display for c in _codings(concept) if c.display), None) or "medication"
     reasons = [str(c.code).upper() for r in request.reasonCode or [] for c in _codings(r) if c.code]
+    stated = bool(reasons) or any(r.text for r in request.reasonCode or []) or bool(request.reasonReference)
     dosages = request.dosageInstruction or []
     lines = []
     for index, dosage in enumerate(dosages):
         dosage_lines = _dosage_lines(dosage, f"{path}.dosageInstruction.{index}")
-        together = [other for other, peer in enumerate(dosages)
-                    if other != index and dosage.sequence is not None and peer.sequence == dosage.sequence]
-        if together:  # FHIR: instructions with the same sequence are given at the same time
+        # FHIR: instructions with the same sequence are given at the same time, with different ones one
+        # after the other; without a sequence, how they relate is not stated, and two Mon/Thu 84 mg
+        # instructions each read as a full pass (a clinical probe).
+        together = [other for other, peer in enumerate(dosages) if other != index and (
+            dosage.sequence is None or peer.sequence is None or peer.sequence == dosage.sequence)]
+        if together:
             for line in dosage_lines:
-                line.unchecked.append(f"dosage instruction {index} is given together with instruction(s) "
-                                      f"{', '.join(map(str, together))} (same sequence); their total was not "
-                                      "added up")
+                line.unchecked.append(f"dosage instruction {index} may be given together with instruction(s) "
+                                      f"{', '.join(map(str, together))} (the same sequence, or none stated); their "
+                                      "total was not added up")
         lines.extend(dosage_lines)
     for line in lines:
         line.concentration = concentration
-    return DraftOrder(request.id, name, rxnorm, reasons, lines)
+    return DraftOrder(request.id, name, rxnorm, reasons, lines, reason_stated=stated)
 
 
 def _strength(medication: Any) -> Concentration | None:
@@ -608,9 +628,16 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     a dose (or both ends of a dose range) *and* its rate, so a 98 mg dose given at 70 mg/h is
     checked at 70 mg/h too; ``maxDosePerAdministration`` is judged as a dose. What cannot be judged
     (an open-ended dose, the order's own maximum per period) keeps the card from reading "info"."""
-    routes = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code]
+    routes = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code] + [
+        terminology.SPL_ROUTES[c.code] for c in _codings(dosage.route)
+        if c.system in terminology.NCI_THESAURUS_SYSTEMS and c.code in terminology.SPL_ROUTES]
+    unread_route = None
     if not routes:
-        return []  # without a SNOMED route no protocol can be matched
+        # Without a route read as SNOMED CT no protocol can be matched; the line still gets one card saying
+        # so when its medication has protocols (:func:`_route_card`): no card read as "no protocol" (560 mg
+        # of Spravato a day, its route coded by EDQM, passed in silence; a clinical probe).
+        unread_route = _route_words(dosage.route)
+        routes = [""]
     frequency, notes, unchecked = _frequency(dosage)
     no_frequency = _one_dose_reason(frequency, notes, unchecked)
     duration, shortest_s = _administration_duration(dosage, unchecked, frequency)
@@ -656,8 +683,17 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             # its card, "dose not checked"; without a line it got none, as if no protocol applied.
             lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
                                     as_needed=as_needed, unchecked=line_unchecked, duration=duration,
-                                    shortest_s=shortest_s, no_frequency=no_frequency))
+                                    shortest_s=shortest_s, no_frequency=no_frequency, unread_route=unread_route))
     return lines
+
+
+def _route_words(route: Any) -> str:
+    """How an order's route that could not be read is shown: its codes and text, or that it has none."""
+    if route is None:
+        return "no route"
+    codes = [f"{c.system or 'no system'}|{c.code}" for c in _codings(route) if c.code]
+    words = [route.text] if route.text else []
+    return "; ".join([*codes, *words]) or "a route with neither code nor text"
 
 
 def _one_dose_reason(frequency: Frequency | None, notes: list[str], unchecked: list[str]) -> str | None:
@@ -711,6 +747,11 @@ def _administration_duration(dosage: Any, unchecked: list[str], frequency: Frequ
         return None, None
     shortest = _readable(repeat.duration) if repeat.durationMax is not None and repeat.duration is not None else None
     shortest_s = shortest * unit_seconds if shortest is not None and 0 < shortest <= length else None
+    if repeat.durationMax is not None and repeat.duration is None and not _rate_only(dosage):
+        # "35 mg, up to 40 min" allows a one-minute push: the longest time gives the most an infusion
+        # delivers, not how fast the dose may go (it read as a full pass; a clinical probe).
+        unchecked.append(f"the order gives only the longest an administration may take (durationMax {value} {unit}): "
+                         "how fast the dose may be given was not checked")
     return (length * unit_seconds, f"{value} {unit}"), shortest_s
 
 
@@ -965,9 +1006,9 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
     could be checked against different versions of its protocol, one just before a scheduled version
     takes effect and one after, or one before a correction committed mid-call and one after; the
     cards then contradict each other about the same dose. For the same reason each order is judged
-    knowing the others: two orders checked against one protocol are each "partly checked", since what
-    they give together was not added up (two orders of 84 mg twice weekly each said "84 mg per day
-    respected"; found by a clinical probe)."""
+    knowing the others: two orders of one medication are each "partly checked", since what they give
+    together was not added up (two orders of 84 mg twice weekly each said "84 mg per day respected";
+    found by a clinical probe)."""
     at = at or utcnow()
     with versioning.snapshot(db) as session:
         matches = [match for index, order in enumerate(orders)
@@ -996,7 +1037,7 @@ def _line_cards(match: LineMatch, weight: Weight | str, version_url: VersionUrl,
     def build(stored: StoredVersion, content: Mapping[str, Any], softened: str | None = None
               ) -> tuple[dict[str, Any], Verdict | None]:
         return _card(match.order, match.line, stored, content, weight, version_url, match.unscoped,
-                     together.get((stored.protocol_id, match.index)), softened)
+                     together.get((_medication_code(content), match.index)), softened)
 
     built = [(stored, content, *build(stored, content)) for stored, content in match.applicable]
     softened = _softening(match, [(stored, card["indicator"], verdict) for stored, _, card, verdict in built])
@@ -1031,27 +1072,35 @@ def _order_matches(db: Database, session: Session, at: datetime, index: int, ord
 
 
 def _judged_together(orders: Sequence[DraftOrder], matches: list[LineMatch]) -> dict[tuple[str, int], str]:
-    """For each protocol that more than one order of the call is checked against (unselected order-select
-    drafts included: they are signed with the others), the note the cards of each of those orders carry,
-    by (protocol id, order index): every order is judged alone, so their sum is not. Two dosage
-    instructions of one order with the same ``sequence`` are noted by :func:`_draft_order`."""
+    """For each medication (the catalog's RxCUI of the protocols matched) that more than one order of the
+    call is checked for (unselected order-select drafts included: they are signed with the others), the
+    note the cards of each of those orders carry, by (RxCUI, order index): every order is judged alone,
+    so their sum is not. By medication, not by protocol: ketamine 35 mg IV for depression and 24.5 mg/h
+    for CRPS, or 4.5 mg/kg IV and 13 mg/kg IM, are one patient's ketamine, and each read as a full pass
+    against its own protocol (a clinical probe). Two dosage instructions of one order that may be given
+    together are noted by :func:`_draft_order`."""
     indexes_of: dict[str, list[int]] = {}
     for match in matches:
-        for stored, _ in match.applicable:
-            indexes = indexes_of.setdefault(stored.protocol_id, [])
+        for _, content in match.applicable:
+            indexes = indexes_of.setdefault(_medication_code(content), [])
             if match.index not in indexes:
                 indexes.append(match.index)
     notes: dict[tuple[str, int], str] = {}
-    for protocol_id, indexes in indexes_of.items():
+    for code, indexes in indexes_of.items():
         if len(indexes) < 2:
             continue
         names = [_order_name(orders, index) for index in indexes[:NAMED_ORDERS]]
         if len(indexes) > NAMED_ORDERS:
             names.append(f"and {len(indexes) - NAMED_ORDERS} more")
-        note = (f"{len(indexes)} orders of this call are checked against this protocol ({', '.join(names)}); each "
-                "was judged alone, and what they give together was not added up")
-        notes.update({(protocol_id, index): note for index in indexes})
+        note = (f"{len(indexes)} orders of this call are for this medication ({', '.join(names)}); each was judged "
+                "alone, and what they give together was not added up")
+        notes.update({(code, index): note for index in indexes})
     return notes
+
+
+def _medication_code(content: Mapping[str, Any]) -> str:
+    """The medication a protocol is for, as its RxCUI (every protocol an order can match has one)."""
+    return str((content.get("drug") or {}).get("rxnorm_cui"))
 
 
 def _order_name(orders: Sequence[DraftOrder], index: int) -> str:
@@ -1073,8 +1122,10 @@ def _softening(match: LineMatch, judged: list[tuple[StoredVersion, str, Verdict 
     Only then (a review of the first version): a pass that is itself partly checked (the dose repeated
     every 5 minutes, a weight from 2012) holds nothing, an order that names an indication no protocol
     lists said what it is for, and a maximum per period exceeded is a schedule no range allows. When no
-    protocol's card is green, each breach stays critical."""
-    if match.order.reasons or match.unscoped is None or len(judged) < 2:
+    protocol's card is green, each breach stays critical. A reason given in words only, or as a
+    reasonReference, is a reason too: 315 mg for "treatment-resistant depression" in text lost its critical
+    card as an order that "names no indication" (a clinical probe)."""
+    if match.order.reason_stated or match.unscoped is None or len(judged) < 2:
         return {}
     passes = [stored for stored, indicator, verdict in judged if indicator == "info"]
     if not passes:
@@ -1084,7 +1135,7 @@ def _softening(match: LineMatch, judged: list[tuple[StoredVersion, str, Verdict 
         if indicator == "critical" and verdict is Verdict.ABOVE_MAX:
             others = ", ".join(f"protocol {p.protocol_id} v{p.version}" for p in passes)
             softened[stored.protocol_id] = (f"A warning, not critical: the order names no indication, and its dose "
-                                            f"is a full pass of {others}")
+                                            f"is within the range of {others}, with nothing left unchecked")
     return softened
 
 
@@ -1095,7 +1146,7 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
     ``route_not_in_protocol``."""
     line = match.line
     route = terminology.ROUTES.get(line.route)
-    route_text = route.display.lower() if route else f"route {line.route}"
+    route_text = route.display.lower() if route else f"route {line.route}" if line.route else "route not read"
     listed = []
     for stored, content in match.by_other_routes:
         routes = ", ".join(f"{r.get('display') or r.get('code')} ({r.get('code')})"
@@ -1105,15 +1156,20 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
     first, _ = match.by_other_routes[0]
     label = f"protocol {first.protocol_id} v{first.version}" + (
         f" and {len(match.by_other_routes) - 1} more" if len(match.by_other_routes) > 1 else "")
-    detail = [f"No protocol in effect gives {markdown_text(match.order.medication)} by the {markdown_text(route_text)} "
-              f"({markdown_text(line.route)}); the dose was not checked. The protocols for it give it by:",
-              *listed]
+    if line.unread_route is not None:
+        opening = (f"The order's route ({markdown_text(line.unread_route)}) is coded neither in SNOMED CT nor as an "
+                   f"FDA SPL route code, so no protocol could be matched by it; the dose was not checked.")
+    else:
+        opening = (f"No protocol in effect gives {markdown_text(match.order.medication)} by the "
+                   f"{markdown_text(route_text)} ({markdown_text(line.route)}); the dose was not checked.")
+    detail = [f"{opening} The protocols for {markdown_text(match.order.medication)} give it by:", *listed]
     links = [{"label": f"Protocol {stored.protocol_id} version {stored.version}",
               "url": version_url(stored.protocol_id, stored.version), "type": "absolute"}
              for stored, _ in match.by_other_routes]
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary("route not in any protocol", f"{match.order.medication} {line.label} {route_text}", label),
+        "summary": _summary("route not in any protocol" if line.unread_route is None else "route not read",
+                            f"{match.order.medication} {line.label} {route_text}", label),
         "detail": "\n".join(detail),
         "indicator": "warning",
         "source": {"label": "Treatment protocols", "url": links[0]["url"]},
@@ -1138,6 +1194,9 @@ def _unscoped(order: DraftOrder, applicable: list[tuple[StoredVersion, Mapping[s
     if reasons:
         return (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the protocols in "
                 f"effect for this medication and route, so it was checked against all {len(applicable)}")
+    if order.reason_stated:
+        return (f"The order's reason is not coded (reasonCode text or reasonReference), so it was checked against "
+                f"all {len(applicable)} protocols in effect for this medication and route")
     return (f"The order names no indication (reasonCode), so it was checked against all {len(applicable)} "
             "protocols in effect for this medication and route")
 
@@ -1162,15 +1221,17 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     weight_kg = weight.usable_kg if isinstance(weight, Weight) else None
     no_weight = (weight if isinstance(weight, str) else
                  f"the prefetched {fmt(weight.kg)} kg is not used: {weight.refused}" if weight.refused else None)
-    # A dose ordered with its rate: how fast it runs is known (the rate is judged too), though not its
-    # duration as the range reads it.
-    paced = any(_is_rate(q.unit) for q in line.doses) and any(not _is_rate(q.unit) for q in line.doses)
+    # A dose ordered with its rate: how fast it runs is known when the time the rate takes could be worked
+    # out (the rate is then judged as that dose); otherwise the amount's speed is as unknown as without one.
+    rates = [q for q in line.doses if _is_rate(q.unit)]
+    paced = bool(rates) and any(not _is_rate(q.unit) for q in line.doses) and (
+        line.duration is not None or _implied_duration(line, rates[0], weight_kg) is not None)
     for dose in line.doses:
         duration = line.duration or _implied_duration(line, dose, weight_kg)
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
                           duration_text=duration[1] if duration else None, shortest_s=line.shortest_s,
-                          no_frequency=line.no_frequency, paced=paced)
+                          no_frequency=line.no_frequency, paced=paced, per_kg_without_weight=True)
         try:
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:
@@ -1204,19 +1265,21 @@ def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | No
         rate_unit = parse_dose_unit(rate.unit)
         if not rate_unit.is_rate:
             return None
-        per_second = convert(Fraction(rate.value), rate_unit, parse_dose_unit("mg/s"), weight_kg=weight_kg,
-                             concentration=line.concentration, duration_s=None)
-        if per_second <= 0:
-            return None
         for amount in line.doses:
             amount_unit = parse_dose_unit(amount.unit)
             if amount_unit.is_rate:
                 continue
-            mg = convert(Fraction(amount.value), amount_unit, parse_dose_unit("mg"), weight_kg=weight_kg,
+            # Both per kg (2 mg/kg at 0.5 mg/kg/min): the time needs no weight, and without one it was not
+            # worked out, so the rate was judged over the range's 60 s and read "below minimum" (a review).
+            per_kg = "/kg" if amount_unit.per_kg and rate_unit.per_kg else ""
+            per_minute = convert(Fraction(rate.value), rate_unit, parse_dose_unit(f"mg{per_kg}/min"),
+                                 weight_kg=weight_kg, concentration=line.concentration, duration_s=None)
+            mg = convert(Fraction(amount.value), amount_unit, parse_dose_unit(f"mg{per_kg}"), weight_kg=weight_kg,
                          concentration=line.concentration, duration_s=None)
-            minutes = fmt(mg / per_second / 60)
-            return mg / per_second, (f"{minutes} min ({fmt(Fraction(amount.value))} {amount.unit} at "
-                                     f"{fmt(Fraction(rate.value))} {rate.unit})")
+            if per_minute <= 0:
+                return None
+            return mg / per_minute * 60, (f"{fmt(mg / per_minute)} min ({fmt(Fraction(amount.value))} {amount.unit} "
+                                          f"at {fmt(Fraction(rate.value))} {rate.unit})")
     except (DosingError, UnitError):
         return None
     return None

@@ -226,6 +226,10 @@ class DoseOrder:
     #: The order gives a rate beside this amount (98 mg at 24.5 mg/h): how fast it runs is known, so
     #: judging the amount over the range's duration assumes nothing (:data:`DURATION_ASSUMED`).
     paced: bool = False
+    #: Judge a dose per kg against a range per kg without a body weight (CDS Hooks: 50 mg/kg against
+    #: 0.5 mg/kg read "dose not checked" for want of a weight; a conformance probe). The REST check asks
+    #: for the weight instead (a 422), since its answer's ``absolute_range`` promises absolute amounts.
+    per_kg_without_weight: bool = False
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -542,15 +546,16 @@ def absolute_range(dose_range: Mapping[str, Any], weight_kg: Fraction | None,
     """``0.5-1 mg/kg x 70 kg = 35-70 mg``; a range that is not weight-based is its own answer. With the
     ``dose`` judged (in the range's unit), a rounded bound it broke is shown on the far side of it.
 
-    ``per_kg_order``: the order is per kg too, so without a weight the range is compared as it is (50 mg/kg
-    against 0.5 mg/kg needs no weight to be above it; it read "dose not checked", a warning, where a
-    weight would have made it critical: found by a conformance probe)."""
+    ``per_kg_order``: the order is per kg too and may be judged so (``DoseOrder.per_kg_without_weight``),
+    so without a weight the range is compared as it is (50 mg/kg against 0.5 mg/kg needs no weight to be
+    above it; it read "dose not checked", a warning, where a weight would have made it critical: found by
+    a conformance probe)."""
     unit = _unit(str(dose_range["unit"]), "unit")
     span = Span(exact(dose_range["dose_min"]), exact(dose_range["dose_max"]), unit.code)
     if not unit.per_kg:
         return AbsoluteRange(span, weight_kg, f"{span.text()} (not weight-based)")
     if weight_kg is None and per_kg_order:
-        return AbsoluteRange(span, None, f"{span.text(dose)} (per kg: no body weight was sent)")
+        return AbsoluteRange(span, None, f"{span.text(dose)} (compared per kg: no body weight used)")
     if weight_kg is None:
         raise WeightRequired(f"the protocol range {span.text()} is weight-based; send the patient's "
                              f"body weight in kg", weight_field)
@@ -690,7 +695,8 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     duration_text = f"the protocol's {dose_range.get('duration')}"
     if order.duration_s is not None:
         duration_s, duration_text = order.duration_s, f"the order's {order.duration_text or 'duration'}"
-    absolute = absolute_range(dose_range, weight, per_kg_order=dose_unit.per_kg)
+    per_kg_order = dose_unit.per_kg and order.per_kg_without_weight
+    absolute = absolute_range(dose_range, weight, per_kg_order=per_kg_order)
     low, high = exact(dose_range["dose_min"]), exact(dose_range["dose_max"])
     dose_value = Fraction(order.dose.value)
     in_range_unit = convert(dose_value, dose_unit, range_unit, weight_kg=weight,
@@ -701,7 +707,7 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     in_ordered_unit = Span(low_ordered, high_ordered, dose_unit.code)
     broken = judged_against(in_range_unit, low, high)  # the bound the dose broke: its text rounds away from it
     if range_unit.per_kg and broken is not None:
-        absolute = absolute_range(dose_range, weight, dose=in_range_unit, per_kg_order=dose_unit.per_kg)
+        absolute = absolute_range(dose_range, weight, dose=in_range_unit, per_kg_order=per_kg_order)
     notes: list[str] = []
     per_period = _per_period(order, dose_unit, dose_range, weight, duration_s, notes)
 

@@ -118,6 +118,12 @@ ROUTES: dict[str, RouteConcept] = _routes()
 INDICATIONS: dict[tuple[str, str], IndicationConcept] = _indications()
 #: RxCUI -> concept, for the RxNorm codes the curated catalog uses.
 RXNORM_CONCEPTS: dict[str, RxNormConcept] = _rxnorm()
+#: The URIs an order may code an FDA SPL (NCI Thesaurus) route code under: HL7's preferred one, the one the
+#: pick list once served, and the OID's URN.
+NCI_THESAURUS_SYSTEMS = (NCI_THESAURUS, "http://ncithesaurus-stage.nci.nih.gov", "urn:oid:2.16.840.1.113883.3.26.1.1")
+#: FDA SPL route code -> the SNOMED CT route the pick list pairs it with (C38284 nasal -> 46713006): an order
+#: coded only that way got no card at all (a clinical probe).
+SPL_ROUTES: dict[str, str] = {concept.spl_code: code for code, concept in ROUTES.items() if concept.spl_code}
 
 
 def order_rxnorm_codes(codes: Sequence[str]) -> list[str]:

@@ -58,7 +58,7 @@ def test_the_config_defaults_are_the_documented_production_ones(monkeypatch):
 @pytest.mark.parametrize(("name", "value", "message"), [
     ("PROTOCOLS_ANONYMOUS_READS", "perhaps", "Error: PROTOCOLS_ANONYMOUS_READS must be true or false"),
     ("PROTOCOLS_DB_POOL_SIZE", "0", "Error: PROTOCOLS_DB_POOL_SIZE must be a whole number from 1 to 1000"),
-    ("PROTOCOLS_BIND", "127.0.0.1:99999", "Error: PROTOCOLS_BIND must be host:port (a port from 1 to 65535)"),
+    ("PROTOCOLS_BIND", "127.0.0.1:99999", "Error: PROTOCOLS_BIND must be host:port (a port from 1 to 65535), unix:"),
     ("PROTOCOLS_BIND", "nonsense", "Error: PROTOCOLS_BIND must be host:port"),
 ])
 def test_gunicorn_refuses_a_setting_that_cannot_work_with_one_line_before_any_worker_boots(
@@ -77,3 +77,53 @@ def test_gunicorn_refuses_a_setting_that_cannot_work_with_one_line_before_any_wo
     lines = [line for line in done.stderr.splitlines() if "[INFO]" not in line]
     assert len(lines) == 1 and lines[0].startswith(message), done.stderr
     assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr
+
+
+def test_gunicorn_never_logs_an_api_key_it_quotes(tmp_path):
+    """Found by a security probe: gunicorn's warning about a request it refuses quotes the header or
+    request line at fault, and a header without its colon put the whole key in the error log."""
+    from gunicorn.config import Config
+
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    cfg = Config()
+    cfg.set("errorlog", str(tmp_path / "error.log"))
+    logger = config["JsonAccessLogger"](cfg)
+    key = "tpk_A0JSVzUfIQon45zGKWa0KVnxghVaiMoZsdN68ZoLhn8"
+    logger.warning("Invalid request from ip=%s: %s", "127.0.0.1", f"Invalid HTTP Header: 'Authorization Bearer {key}'")
+    try:
+        raise ValueError(f"GET /v1/protocols?key={key}  HTTP/1.1")
+    except ValueError:
+        logger.exception("Error handling request")
+    for handler in logger.error_log.handlers:
+        handler.flush()
+    written = (tmp_path / "error.log").read_text()
+    assert "Invalid HTTP Header: 'Authorization Bearer tpk_[redacted]'" in written
+    assert "key=tpk_[redacted]" in written and key not in written and key[4:20] not in written
+
+
+@pytest.mark.parametrize("bind", ["fd://3", "0.0.0.0", "[::1]", "[::1]:8000", "localhost", "unix:/run/tp.sock",
+                                  "127.0.0.1:8105"])
+def test_what_gunicorn_binds_to_is_read_as_gunicorn_reads_it(monkeypatch, bind):
+    """A review: systemd's socket activation (``fd://3``) and an address without a port were refused."""
+    monkeypatch.setenv("PROTOCOLS_BIND", bind)
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["bind"] == bind
+
+
+def test_the_settings_check_is_for_this_service_alone(monkeypatch):
+    """The benchmark's bare baselines share gunicorn.conf.py and must not load the service (a review)."""
+    import types
+
+    from api import config as api_config
+
+    checked: list[str] = []
+
+    def from_env() -> dict[str, str]:
+        checked.append("checked")
+        return {}
+
+    monkeypatch.setattr(api_config, "from_env", from_env)
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    config["on_starting"](types.SimpleNamespace(app=types.SimpleNamespace(app_uri="baselines:bare_flask")))
+    assert checked == []
+    config["on_starting"](types.SimpleNamespace(app=types.SimpleNamespace(app_uri="api:create_app()")))
+    assert checked == ["checked"]

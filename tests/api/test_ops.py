@@ -417,7 +417,7 @@ def test_the_in_process_counter_drops_past_windows_once_per_window():
     assert counter.hit("addr:0", 8, 60) == 2
 
 
-def test_a_database_not_migrated_yet_is_a_503_on_both_databases(blank_database_url):
+def test_a_database_not_migrated_yet_is_a_503_on_both_databases(blank_database_url, caplog):
     """Found by an operations probe: servers started before ``flask protocols migrate`` (a rollout) answered
     every data request on PostgreSQL with a 500 and a traceback (undefined table), where SQLite gave a 503.
     Both give the 503 with ``Retry-After``, reads by the fast path and by Flask, writes too; the readiness
@@ -437,6 +437,10 @@ def test_a_database_not_migrated_yet_is_a_503_on_both_databases(blank_database_u
             assert response.status_code == 503 and response.headers["Retry-After"], (path, response.get_data())
         ready = client.get("/v1/health/ready")
         assert ready.status_code == 503 and ready.get_json()["migrations"] == "not current"
+        # the log says which table was missing (a review: "ProgrammingError" alone did not)
+        assert any("protocol" in r.getMessage() and "database unavailable" in r.getMessage()
+                   and ("does not exist" in r.getMessage() or "no such table" in r.getMessage())
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
     finally:
         app.extensions["protocols_db"].dispose()
 

@@ -239,20 +239,24 @@ def test_weight_based_range_without_weight_names_the_field():
         dosing.check(content(WEIGHT_BASED), order("35", "mg"))
     assert error.value.field == "patient.weight_kg"
 
+    # Even a dose already per kg: the REST answer shows absolute amounts for the patient.
+    with pytest.raises(WeightRequired):
+        dosing.check(content(WEIGHT_BASED), order("0.5", "mg/kg"))
 
 
-def test_a_dose_per_kg_is_judged_against_a_range_per_kg_without_a_weight():
+def test_a_dose_per_kg_may_be_judged_against_a_range_per_kg_without_a_weight():
     """Found by a conformance probe: 50 mg/kg against 0.5 mg/kg needs no weight to be above it, and was
-    "dose not checked" (a 422 here, a warning card in CDS Hooks) where a weight made it critical. The
-    range is compared per kg and says no weight was sent; a maximum per period in mg still needs one."""
-    over = dosing.check(content(WEIGHT_BASED), order("50", "mg/kg"))
+    "dose not checked" in CDS Hooks where a weight made it critical. Asked to (CDS Hooks does), the range
+    is compared per kg and says no weight was used; a maximum per period in mg still needs one."""
+    over = dosing.check(content(WEIGHT_BASED), order("50", "mg/kg", per_kg_without_weight=True))
     assert over.verdict is Verdict.ABOVE_MAX and over.evaluation is not None
     assert over.evaluation.absolute_range.weight_kg is None
-    assert "(per kg: no body weight was sent)" in over.evaluation.absolute_range.calculation
-    assert dosing.check(content(WEIGHT_BASED), order("0.75", "mg/kg")).verdict is Verdict.WITHIN_RANGE
+    assert "(compared per kg: no body weight used)" in over.evaluation.absolute_range.calculation
+    assert dosing.check(content(WEIGHT_BASED), order("0.75", "mg/kg", per_kg_without_weight=True)).verdict \
+        is Verdict.WITHIN_RANGE
     capped = dict(WEIGHT_BASED, max_per_period={"value": 100, "unit": "mg", "period": "P1D"})
     with pytest.raises(WeightRequired):
-        dosing.check(content(capped), order("0.75", "mg/kg"))
+        dosing.check(content(capped), order("0.75", "mg/kg", per_kg_without_weight=True))
 
 
 @pytest.mark.parametrize("weight", ["0.29", "500.01", "0"])
