@@ -103,8 +103,9 @@ class JsonSafeAtoms(SafeAtoms):
         return json.dumps(value)[1:-1] if isinstance(value, str) else value
 
 
-#: An API key as the service mints them (protocols/keys.py): never written to a log.
-_API_KEY = re.compile(r"tpk_[A-Za-z0-9_-]+")
+#: An API key as the service mints them (protocols/keys.py), its underscore percent-encoded too: never
+#: written to a log.
+_API_KEY = re.compile(r"tpk(?:_|%5[Ff])[A-Za-z0-9_%-]+")
 
 
 def redact_keys(record: logging.LogRecord) -> bool:
@@ -113,12 +114,15 @@ def redact_keys(record: logging.LogRecord) -> bool:
     line at fault, key and all (``Invalid HTTP Header: 'Authorization Bearer tpk_…'``, a header without
     its colon; a key in the query of a malformed request line), and the logs promise no keys (found by
     a security probe)."""
-    message = record.getMessage()
-    if "tpk_" in message:
+    try:
+        message = record.getMessage()
+    except (TypeError, ValueError):  # a malformed call: logging reports it as it did without this filter
+        return True
+    if _API_KEY.search(message):
         record.msg, record.args = _API_KEY.sub("tpk_[redacted]", message), ()
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
-    if record.exc_text and "tpk_" in record.exc_text:
+    if record.exc_text and _API_KEY.search(record.exc_text):
         record.exc_text = _API_KEY.sub("tpk_[redacted]", record.exc_text)
     return True
 

@@ -76,10 +76,16 @@ VERDICT_TEXT = {Verdict.WITHIN_RANGE: "within protocol range", Verdict.BELOW_MIN
                 Verdict.ABOVE_MAX: "above protocol maximum"}
 PERIOD_UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
 
-#: The MedicationRequests one call may carry: about 470 fit the 256 KB body limit, and such a call held
-#: a worker for 3 s and answered 3 MB, so a few of them (one read key's worth of the rate limit) delayed
-#: every other client (a security probe). An order set signed at once holds a few dozen medications.
+#: The MedicationRequests one call reads: about 470 fit the 256 KB body limit, and such a call held a
+#: worker for 3 s and answered 3 MB, so a few of them (one read key's worth of the rate limit) delayed
+#: every other client (a security probe). An order set signed at once holds a few dozen medications;
+#: those beyond are counted, and one card says they were not checked.
 MAX_DRAFT_ORDERS = 100
+#: The dosage instructions of one order that are read; more are a malformed request (1,220 instructions
+#: of one order, each noting the others, made a 37 MB answer; a review).
+MAX_DOSAGE_INSTRUCTIONS = 20
+#: How many other dosage instructions a "may be given together" note names; the rest are counted.
+NAMED_INSTRUCTIONS = 5
 
 #: Builds the absolute URL of one protocol version (the HTTP layer knows its routes and host).
 VersionUrl = Callable[[str, int], str]
@@ -114,6 +120,8 @@ class DosageLine:
     #: The order's route as written, when it is coded neither in SNOMED CT nor as an FDA SPL route code
     #: (``route`` is then empty and no protocol matches it).
     unread_route: str | None = None
+    #: ``duration`` is ``durationMax`` alone: the longest an administration may take, not how long it does.
+    duration_is_bound: bool = False
 
 
 @dataclass
@@ -163,12 +171,21 @@ class HookPatient:
         return match.group("id") == self.id
 
 
+class DraftOrders(list[DraftOrder]):
+    """The draft orders of a call, and how many MedicationRequests beyond :data:`MAX_DRAFT_ORDERS` were
+    not read (``unread``; :func:`unread_orders_card` says so)."""
+
+    unread: int = 0
+
+
 def draft_medication_requests(bundle: Any, hook: str, selections: list[str], patient: HookPatient
-                              ) -> list[DraftOrder]:
+                              ) -> DraftOrders:
     """The MedicationRequests of ``context.draftOrders`` (validated as FHIR R4), as DraftOrders. An order
     whose ``subject`` names another patient is a malformed request (a 400 naming it), not an order to
     judge as this patient's; one whose subject cannot be matched (an identifier, a contained patient) is
-    judged, and its cards say so ("partly checked")."""
+    judged, and its cards say so ("partly checked"). At most :data:`MAX_DRAFT_ORDERS` are read, the
+    selected ones of order-select first; the rest are counted (``unread``): refusing the call left every
+    order of a large order set without a card (a review)."""
     from fhir.resources.R4B.medicationrequest import MedicationRequest
 
     path = "context.draftOrders"
@@ -177,18 +194,20 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str], pat
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise _bad_request(f"{path}.entry", "must be an array")
-    requested = sum(1 for e in entries if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
-                    and e["resource"].get("resourceType") == "MedicationRequest")
-    if requested > MAX_DRAFT_ORDERS:
-        raise _bad_request(f"{path}.entry", f"at most {MAX_DRAFT_ORDERS} MedicationRequests per call, got {requested}")
     wanted = set(selections)
+    requests = [index for index, e in enumerate(entries) if isinstance(e, Mapping)
+                and isinstance(e.get("resource"), Mapping) and e["resource"].get("resourceType") == "MedicationRequest"]
+    if hook == "order-select":
+        requests.sort(key=lambda i: f"MedicationRequest/{entries[i]['resource'].get('id')}" not in wanted)
+    read = set(requests[:MAX_DRAFT_ORDERS])
     medications = _bundled_medications(entries, path)
-    orders = []
+    orders = DraftOrders()
+    orders.unread = len(requests) - len(read)
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
         if not isinstance(resource, Mapping):
             raise _bad_request(f"{path}.entry.{index}.resource", "each entry needs a resource")
-        if resource.get("resourceType") != "MedicationRequest":
+        if resource.get("resourceType") != "MedicationRequest" or index not in read:
             continue  # other draft orders (labs, imaging) are not this service's business
         if hook == "order-select" and f"MedicationRequest/{resource.get('id')}" not in wanted:
             # Not selected: no card, but signed with the selected ones (their sum, _judged_together). Read
@@ -355,21 +374,29 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str,
     name = (concept.text if concept is not None and concept.text else None) or next(
         (c.display for c in _codings(concept) if c.display), None) or "medication"
     reasons = [str(c.code).upper() for r in request.reasonCode or [] for c in _codings(r) if c.code]
-    stated = bool(reasons) or any(r.text for r in request.reasonCode or []) or bool(request.reasonReference)
+    # Any reason at all, coded or not (a coding with a display and no code too; a review).
+    stated = bool(request.reasonCode) or bool(request.reasonReference)
     dosages = request.dosageInstruction or []
+    if len(dosages) > MAX_DOSAGE_INSTRUCTIONS:
+        raise _bad_request(f"{path}.dosageInstruction",
+                           f"at most {MAX_DOSAGE_INSTRUCTIONS} dosage instructions per order, got {len(dosages)}")
+    per_dosage = [_dosage_lines(dosage, f"{path}.dosageInstruction.{index}") for index, dosage in enumerate(dosages)]
+    dosed = [index for index, found in enumerate(per_dosage) if any(line.doses for line in found)]
     lines = []
-    for index, dosage in enumerate(dosages):
-        dosage_lines = _dosage_lines(dosage, f"{path}.dosageInstruction.{index}")
+    for index, dosage_lines in enumerate(per_dosage):
         # FHIR: instructions with the same sequence are given at the same time, with different ones one
         # after the other; without a sequence, how they relate is not stated, and two Mon/Thu 84 mg
-        # instructions each read as a full pass (a clinical probe).
-        together = [other for other, peer in enumerate(dosages) if other != index and (
-            dosage.sequence is None or peer.sequence is None or peer.sequence == dosage.sequence)]
-        if together:
+        # instructions each read as a full pass (a clinical probe). Only instructions with a dose count
+        # (a text-only one adds nothing; a review).
+        sequence = dosages[index].sequence
+        together = [other for other in dosed if other != index and (
+            sequence is None or dosages[other].sequence is None or dosages[other].sequence == sequence)]
+        if together and index in dosed:
+            named = ", ".join(map(str, together[:NAMED_INSTRUCTIONS])) + (
+                f" and {len(together) - NAMED_INSTRUCTIONS} more" if len(together) > NAMED_INSTRUCTIONS else "")
             for line in dosage_lines:
-                line.unchecked.append(f"dosage instruction {index} may be given together with instruction(s) "
-                                      f"{', '.join(map(str, together))} (the same sequence, or none stated); their "
-                                      "total was not added up")
+                line.unchecked.append(f"dosage instruction {index} may be given together with instruction(s) {named} "
+                                      "(the same sequence, or none stated); their total was not added up")
         lines.extend(dosage_lines)
     for line in lines:
         line.concentration = concentration
@@ -628,9 +655,13 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     a dose (or both ends of a dose range) *and* its rate, so a 98 mg dose given at 70 mg/h is
     checked at 70 mg/h too; ``maxDosePerAdministration`` is judged as a dose. What cannot be judged
     (an open-ended dose, the order's own maximum per period) keeps the card from reading "info"."""
-    routes = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code] + [
+    # Known SNOMED CT routes first, then FDA SPL codes read as theirs, then SNOMED CT codes the route pick
+    # list does not hold (an unknown SNOMED code hid a usable SPL code beside it; a review).
+    snomed = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code]
+    routes = [code for code in snomed if code in terminology.ROUTES] + [
         terminology.SPL_ROUTES[c.code] for c in _codings(dosage.route)
-        if c.system in terminology.NCI_THESAURUS_SYSTEMS and c.code in terminology.SPL_ROUTES]
+        if c.system in terminology.NCI_THESAURUS_SYSTEMS and c.code in terminology.SPL_ROUTES] + [
+        code for code in snomed if code not in terminology.ROUTES]
     unread_route = None
     if not routes:
         # Without a route read as SNOMED CT no protocol can be matched; the line still gets one card saying
@@ -641,6 +672,8 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     frequency, notes, unchecked = _frequency(dosage)
     no_frequency = _one_dose_reason(frequency, notes, unchecked)
     duration, shortest_s = _administration_duration(dosage, unchecked, frequency)
+    repeat = dosage.timing.repeat if dosage.timing is not None else None
+    bound_only = repeat is not None and repeat.durationMax is not None and repeat.duration is None
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     if dosage.maxDosePerPeriod is not None:
@@ -683,7 +716,8 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             # its card, "dose not checked"; without a line it got none, as if no protocol applied.
             lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
                                     as_needed=as_needed, unchecked=line_unchecked, duration=duration,
-                                    shortest_s=shortest_s, no_frequency=no_frequency, unread_route=unread_route))
+                                    shortest_s=shortest_s, no_frequency=no_frequency, unread_route=unread_route,
+                                    duration_is_bound=bound_only))
     return lines
 
 
@@ -747,19 +781,24 @@ def _administration_duration(dosage: Any, unchecked: list[str], frequency: Frequ
         return None, None
     shortest = _readable(repeat.duration) if repeat.durationMax is not None and repeat.duration is not None else None
     shortest_s = shortest * unit_seconds if shortest is not None and 0 < shortest <= length else None
-    if repeat.durationMax is not None and repeat.duration is None and not _rate_only(dosage):
+    if repeat.durationMax is not None and repeat.duration is None and not _has_rate(dosage):
         # "35 mg, up to 40 min" allows a one-minute push: the longest time gives the most an infusion
-        # delivers, not how fast the dose may go (it read as a full pass; a clinical probe).
+        # delivers, not how fast the dose may go (it read as a full pass; a clinical probe). A rate says
+        # how fast (a review).
         unchecked.append(f"the order gives only the longest an administration may take (durationMax {value} {unit}): "
                          "how fast the dose may be given was not checked")
     return (length * unit_seconds, f"{value} {unit}"), shortest_s
 
 
+def _has_rate(dosage: Any) -> bool:
+    """Whether the dosage orders a rate (beside an amount or alone)."""
+    return any(e.rateQuantity is not None or e.rateRatio is not None or e.rateRange is not None
+               for e in dosage.doseAndRate or [])
+
+
 def _rate_only(dosage: Any) -> bool:
     """Whether the dosage orders a rate and no amount (an infusion, whose bounds may be its length)."""
-    entries = dosage.doseAndRate or []
-    return (any(e.rateQuantity is not None or e.rateRatio is not None or e.rateRange is not None for e in entries)
-            and all(e.doseQuantity is None and e.doseRange is None for e in entries))
+    return _has_rate(dosage) and all(e.doseQuantity is None and e.doseRange is None for e in dosage.doseAndRate or [])
 
 
 def _bounds_length(repeat: Any, unchecked: list[str]) -> tuple[Fraction, str] | None:
@@ -1013,7 +1052,7 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
     with versioning.snapshot(db) as session:
         matches = [match for index, order in enumerate(orders)
                    for match in _order_matches(db, session, at, index, order)]
-    together = _judged_together(orders, matches)
+    together = _judged_together(orders)
     cards: list[dict[str, Any]] = []
     for index, order in enumerate(orders):
         if not order.selected:
@@ -1026,18 +1065,34 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
                 cards.append(_route_card(match, version_url))
         for match in mine:
             cards.extend(_line_cards(match, weight, version_url, together))
+    if isinstance(orders, DraftOrders) and orders.unread:
+        cards.append(_unread_orders_card(orders.unread))
     return cards
 
 
+def _unread_orders_card(count: int) -> dict[str, Any]:
+    """The card that says how many MedicationRequests of the call were beyond :data:`MAX_DRAFT_ORDERS`."""
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": _summary("doses not checked", f"{count} more medication orders",
+                            f"at most {MAX_DRAFT_ORDERS} a call"),
+        "detail": (f"This call carried {count} MedicationRequests beyond the {MAX_DRAFT_ORDERS} the service reads in "
+                   "one call: their doses were not checked, nor added to the other orders'. Send them in another "
+                   "call."),
+        "indicator": "warning",
+        "source": {"label": "Treatment protocols"},
+    }
+
+
 def _line_cards(match: LineMatch, weight: Weight | str, version_url: VersionUrl,
-                together: Mapping[tuple[str, int], str]) -> list[dict[str, Any]]:
+                together: Mapping[int, str]) -> list[dict[str, Any]]:
     """The cards of one dosage line, one per protocol it is checked against, with unscoped breaches
     softened where :func:`_softening` says so (those cards are built again, so that the reason stands
     in its place in the detail)."""
     def build(stored: StoredVersion, content: Mapping[str, Any], softened: str | None = None
               ) -> tuple[dict[str, Any], Verdict | None]:
         return _card(match.order, match.line, stored, content, weight, version_url, match.unscoped,
-                     together.get((_medication_code(content), match.index)), softened)
+                     together.get(match.index), softened)
 
     built = [(stored, content, *build(stored, content)) for stored, content in match.applicable]
     softened = _softening(match, [(stored, card["indicator"], verdict) for stored, _, card, verdict in built])
@@ -1071,36 +1126,28 @@ def _order_matches(db: Database, session: Session, at: datetime, index: int, ord
     return matches
 
 
-def _judged_together(orders: Sequence[DraftOrder], matches: list[LineMatch]) -> dict[tuple[str, int], str]:
-    """For each medication (the catalog's RxCUI of the protocols matched) that more than one order of the
-    call is checked for (unselected order-select drafts included: they are signed with the others), the
-    note the cards of each of those orders carry, by (RxCUI, order index): every order is judged alone,
-    so their sum is not. By medication, not by protocol: ketamine 35 mg IV for depression and 24.5 mg/h
-    for CRPS, or 4.5 mg/kg IV and 13 mg/kg IM, are one patient's ketamine, and each read as a full pass
-    against its own protocol (a clinical probe). Two dosage instructions of one order that may be given
-    together are noted by :func:`_draft_order`."""
-    indexes_of: dict[str, list[int]] = {}
-    for match in matches:
-        for _, content in match.applicable:
-            indexes = indexes_of.setdefault(_medication_code(content), [])
-            if match.index not in indexes:
-                indexes.append(match.index)
-    notes: dict[tuple[str, int], str] = {}
-    for code, indexes in indexes_of.items():
-        if len(indexes) < 2:
+def _judged_together(orders: Sequence[DraftOrder]) -> dict[int, str]:
+    """For each order of the call that another order is for the same medication as (their medication
+    codes, read as the catalog reads them, :func:`terminology.order_rxnorm_codes`, share one), the note
+    its cards carry, by order index: every order is judged alone, so their sum is not. Every order
+    counts, unselected order-select drafts (signed with the others) and orders by a route no protocol
+    gives included. By medication, not by protocol: ketamine 35 mg IV for depression and 24.5 mg/h for
+    CRPS, or 4.5 mg/kg IV and 13 mg/kg IM, are one patient's ketamine, and each read as a full pass
+    against its own protocol (a clinical probe), and so are a product code and its ingredient's (a
+    review). Dosage instructions of one order that may be given together are noted by
+    :func:`_draft_order`."""
+    codes = [set(terminology.order_rxnorm_codes(order.rxnorm)) for order in orders]
+    notes: dict[int, str] = {}
+    for index, mine in enumerate(codes):
+        peers = [other for other, theirs in enumerate(codes) if mine & theirs] if mine else []
+        if len(peers) < 2:
             continue
-        names = [_order_name(orders, index) for index in indexes[:NAMED_ORDERS]]
-        if len(indexes) > NAMED_ORDERS:
-            names.append(f"and {len(indexes) - NAMED_ORDERS} more")
-        note = (f"{len(indexes)} orders of this call are for this medication ({', '.join(names)}); each was judged "
-                "alone, and what they give together was not added up")
-        notes.update({(code, index): note for index in indexes})
+        names = [_order_name(orders, peer) for peer in peers[:NAMED_ORDERS]]
+        if len(peers) > NAMED_ORDERS:
+            names.append(f"and {len(peers) - NAMED_ORDERS} more")
+        notes[index] = (f"{len(peers)} orders of this call are for this medication ({', '.join(names)}); each was "
+                        "judged alone, and what they give together was not added up")
     return notes
-
-
-def _medication_code(content: Mapping[str, Any]) -> str:
-    """The medication a protocol is for, as its RxCUI (every protocol an order can match has one)."""
-    return str((content.get("drug") or {}).get("rxnorm_cui"))
 
 
 def _order_name(orders: Sequence[DraftOrder], index: int) -> str:
@@ -1146,7 +1193,7 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
     ``route_not_in_protocol``."""
     line = match.line
     route = terminology.ROUTES.get(line.route)
-    route_text = route.display.lower() if route else f"route {line.route}" if line.route else "route not read"
+    route_text = route.display.lower() if route else f"route {line.route}" if line.route else "by its route"
     listed = []
     for stored, content in match.by_other_routes:
         routes = ", ".join(f"{r.get('display') or r.get('code')} ({r.get('code')})"
@@ -1227,7 +1274,10 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     paced = bool(rates) and any(not _is_rate(q.unit) for q in line.doses) and (
         line.duration is not None or _implied_duration(line, rates[0], weight_kg) is not None)
     for dose in line.doses:
-        duration = line.duration or _implied_duration(line, dose, weight_kg)
+        implied = _implied_duration(line, dose, weight_kg)
+        # durationMax alone bounds the administration; a rate with its dose says how long it takes (140 mg
+        # at 35 mg/min "up to 10 min" read as 350 mg over the 10 min; a review).
+        duration = implied if implied is not None and line.duration_is_bound else line.duration or implied
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
                           duration_text=duration[1] if duration else None, shortest_s=line.shortest_s,

@@ -1880,20 +1880,32 @@ def test_a_dose_per_kg_without_a_weight_is_judged_per_kg(client):
     assert fits["indicator"] == "info"
 
 
-def test_a_call_carries_at_most_a_hundred_medication_requests(client):
+def test_a_call_reads_at_most_a_hundred_medication_requests_and_says_so(client):
     """Found by a security probe: about 470 orders fit the body limit, and one such call held a worker
-    for 3 s; a few of them delayed every other client. Other draft orders (labs) do not count."""
+    for 3 s; a few of them delayed every other client. The first hundred are read (order-select's selected
+    ones first), the rest counted on one warning card: a 400 left every order without a card (a review).
+    Other draft orders (labs) do not count. One order's dosage instructions are at most 20."""
     create(client)
     orders = [medication_request(f"esk-{n}", ESKETAMINE, NASAL, dose=(56, "mg")) for n in range(cds.MAX_DRAFT_ORDERS)]
-    assert len(cards(client, hook_request(orders))) == cds.MAX_DRAFT_ORDERS
     lab = {"resourceType": "ServiceRequest", "id": "lab-1", "status": "draft", "intent": "order",
            "code": {"coding": [{"system": LOINC, "code": "2160-0"}]}, "subject": {"reference": "Patient/example"}}
-    assert len(cards(client, hook_request([*orders, lab]))) == cds.MAX_DRAFT_ORDERS
-    refused = call(client, hook_request([*orders, medication_request("esk-x", ESKETAMINE, NASAL, dose=(56, "mg"))]))
-    assert refused.status_code == 400
-    assert refused.get_json()["errors"] == {"context.draftOrders.entry": [
-        f"at most {cds.MAX_DRAFT_ORDERS} MedicationRequests per call, got {cds.MAX_DRAFT_ORDERS + 1}"]}
-
+    result = cards(client, hook_request([*orders, lab]))
+    assert len(result) == cds.MAX_DRAFT_ORDERS and all("doses not checked" not in c["summary"] for c in result)
+    extra = [medication_request("esk-x", ESKETAMINE, NASAL, dose=(112, "mg")),
+             medication_request("esk-y", ESKETAMINE, NASAL, dose=(56, "mg"))]
+    result = cards(client, hook_request([*orders, *extra]))
+    assert len(result) == cds.MAX_DRAFT_ORDERS + 1
+    assert result[-1]["indicator"] == "warning" and result[-1]["summary"].startswith("doses not checked: 2 more")
+    assert "carried 2 MedicationRequests beyond the 100" in result[-1]["detail"]
+    selected = hook_request([*orders, *extra], hook="order-select", selections=["MedicationRequest/esk-x"])
+    (card, unread) = cards(client, selected, service="protocol-dose-check-select")
+    assert card["indicator"] == "critical" and "112 mg" in card["summary"]  # the selected order, beyond 100, is read
+    assert unread["summary"].startswith("doses not checked: 2 more")  # of the unselected ones, 99 fit
+    many = medication_request("esk-many", ESKETAMINE, NASAL, dose=(56, "mg"))
+    many["dosageInstruction"] *= cds.MAX_DOSAGE_INSTRUCTIONS + 1
+    refused = call(client, hook_request([many]))
+    assert refused.status_code == 400 and list(refused.get_json()["errors"]) == [
+        "context.draftOrders.entry.0.resource.dosageInstruction"]
 
 def test_a_reason_in_words_or_by_reference_is_a_reason(client):
     """Found by a clinical probe: 315 mg IV (9 times the depression dose at 70 kg) whose reasonCode was words
@@ -1992,3 +2004,50 @@ def test_instructions_of_one_order_with_no_sequence_and_orders_of_one_medication
     up_to["dosageInstruction"][0]["timing"] = {"repeat": {"durationMax": 40, "durationUnit": "min"}}
     (card,) = cards(client, hook_request([up_to], weight=weight_bundle(70)))
     assert card["indicator"] == "warning" and "how fast the dose may be given was not checked" in card["detail"]
+
+
+def test_review_of_the_reasons_routes_and_groupings(client, caplog):
+    """A review of the second round: a reason coded with a display only is a reason; an order of the same
+    medication coded by its product, or given by a route no protocol gives, counts with the others; a
+    text-only dosage instruction is given with nothing; a rate with its dose takes its own time within
+    durationMax (140 mg at 35 mg/min "up to 10 min" read 350 mg); a known route wins over an unknown
+    SNOMED CT code beside it."""
+    anaesthesia = ketamine_protocol(client)
+    depression = ketamine_protocol(client, dose_min=0.5, dose_max=0.5, indication=(
+        "http://hl7.org/fhir/sid/icd-10-cm", "F33.2",
+        "Major depressive disorder, recurrent severe without psychotic features"))
+    shown = medication_request("ket-display", KETAMINE, IV, dose=(315, "mg"))
+    shown["reasonCode"] = [{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                        "display": "Treatment-resistant depression"}]}]
+    found = {c["source"]["topic"]["code"].split("/")[0]: c["indicator"]
+             for c in cards(client, hook_request([shown], weight=weight_bundle(70)))}
+    assert found[depression["id"]] == "critical"
+
+    by_product = medication_request("ket-product", [KETAMINE[0]], IV, dose=(140, "mg"),
+                                    reason=(SNOMED, "399097000"))
+    by_ingredient = medication_request("ket-ingredient", [KETAMINE[1]], IV, dose=(140, "mg"),
+                                       reason=(SNOMED, "399097000"))
+    oral = medication_request("ket-oral", [KETAMINE[1]], ORAL, dose=(50, "mg"))
+    for pair in ([by_product, by_ingredient], [by_ingredient, oral]):
+        result = cards(client, hook_request(pair, weight=weight_bundle(70)))
+        judged = [c for c in result if not c["summary"].startswith("route not")]
+        assert all(c["indicator"] == "warning" and "2 orders of this call are for this medication" in c["detail"]
+                   for c in judged), [c["summary"] for c in result]
+
+    text_only = medication_request("ket-text", KETAMINE, IV, dose=(140, "mg"), reason=(SNOMED, "399097000"))
+    text_only["dosageInstruction"].append({"text": "Titrate to effect; see the anaesthesia record."})
+    (card,) = cards(client, hook_request([text_only], weight=weight_bundle(70)))
+    assert card["indicator"] == "info", card["detail"]
+
+    paced = medication_request("ket-paced", KETAMINE, IV, dose=(140, "mg"), rate=(35, "mg/min"),
+                               reason=(SNOMED, "399097000"))
+    paced["dosageInstruction"][0]["timing"] = {"repeat": {"durationMax": 10, "durationUnit": "min"}}
+    (card,) = cards(client, hook_request([paced], weight=weight_bundle(70)))
+    assert "350 mg" not in card["detail"] and "how fast the dose may be given was not checked" not in card["detail"]
+    assert "4 min (140 mg at 35 mg/min)" in card["detail"]
+
+    unknown_first = medication_request("ket-codes", KETAMINE, IV, dose=(140, "mg"), reason=(SNOMED, "399097000"))
+    unknown_first["dosageInstruction"][0]["route"] = {"coding": [
+        {"system": SNOMED, "code": "418114005"}, {"system": terminology.NCI_THESAURUS, "code": "C38276"}]}
+    (card,) = cards(client, hook_request([unknown_first], weight=weight_bundle(70)))
+    assert f"protocol {anaesthesia['id']} v1" in card["summary"] and card["indicator"] == "info"

@@ -271,6 +271,10 @@ def check_refusals(client: Any, protocol_id: str) -> None:
                                                        "dose": {"value": 1, "unit": "mg"}})
             assert missing.status_code == 422
             assert list(missing.get_json()["errors"]) == ["patient.weight_kg"]
+            # a dose per kg too: the REST answer gives absolute amounts (CDS Hooks compares per kg)
+            per_kg = dose_check(client, protocol_id, {"route": route, "phase": sorted(phases)[0],
+                                                      "dose": {"value": 1, "unit": "mg/kg"}})
+            assert per_kg.status_code == 422 and list(per_kg.get_json()["errors"]) == ["patient.weight_kg"]
 
 
 def check_as_of_each_version(client: Any, protocol_id: str) -> None:

@@ -96,7 +96,12 @@ def test_gunicorn_never_logs_an_api_key_it_quotes(tmp_path):
         logger.exception("Error handling request")
     for handler in logger.error_log.handlers:
         handler.flush()
+    logger.warning("GET /v1/protocols?key=%s", key.replace("_", "%5F"))
+    logger.warning("a malformed call %s %s", "one argument")  # logging reports it, as without the filter
+    for handler in logger.error_log.handlers:
+        handler.flush()
     written = (tmp_path / "error.log").read_text()
+    assert "key=tpk_[redacted]" in written.split("GET /v1/protocols?", 1)[1]
     assert "Invalid HTTP Header: 'Authorization Bearer tpk_[redacted]'" in written
     assert "key=tpk_[redacted]" in written and key not in written and key[4:20] not in written
 
