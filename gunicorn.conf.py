@@ -116,7 +116,7 @@ def redact_keys(record: logging.LogRecord) -> bool:
     a security probe)."""
     try:
         message = record.getMessage()
-    except (TypeError, ValueError):  # a malformed call: logging reports it as it did without this filter
+    except Exception:  # a malformed call (wrong arguments): logging reports it, as it did without this filter
         return True
     if _API_KEY.search(message):
         record.msg, record.args = _API_KEY.sub("tpk_[redacted]", message), ()

@@ -6,16 +6,20 @@ clinical rules the HTTP layer only carries; ``api/cds_api.py`` parses the reques
 :func:`draft_medication_requests`, :func:`prefetched_weight` and :func:`cards_for_orders`, and maps
 :class:`~protocols.errors.MalformedOrder` to a 400.
 
-For every draft order the service reads the RxNorm codings of the medication, the SNOMED CT route and
-the ``doseAndRate`` of each dosage instruction, finds the protocols in effect for that medication
-*and* route (when the order carries ``reasonCode`` and some of those protocols list it as an
-indication, only those), and judges the dose against each range of each protocol with
-:mod:`protocols.dosing`. An order has no phase, so every range for the route is evaluated and the
-card reports the most favourable verdict with the others listed in its detail. One card per order and
-protocol; when the order did not say which protocol it is for (no ``reasonCode``, or reasons none of them
-lists), each card's detail says so and names its protocol's indications. Data the check needs but
-lacks (no weight prefetched, a dose in mL without a strength) is a warning card, not an error, because
-the order itself is fine.
+For every draft order the service reads the RxNorm codings of the medication, the route (SNOMED CT, or
+an FDA SPL code read as SNOMED CT's) and the ``doseAndRate`` of each dosage instruction, finds the
+protocols in effect for that medication *and* route (when the order carries ``reasonCode`` and some of
+those protocols list it as an indication, only those), and judges the dose against each range of each
+protocol with :mod:`protocols.dosing`. An order has no phase, so every range for the route is evaluated
+and the card reports the most favourable verdict with the others listed in its detail. One card per
+dosage line and protocol; when the order did not say which protocol it is for (no ``reasonCode``, or
+reasons none of them lists), each card's detail says so and names its protocol's indications (and a
+breach beside another protocol's clean pass is a warning, :func:`_softening`). A medication with
+protocols by other routes only, or ordered by a route that cannot be read, gets one card saying so;
+orders of one medication in one call are each "partly checked" (their sum is not added up); orders
+beyond the first :data:`MAX_DRAFT_ORDERS` with protocols are named on one card. Data the check needs
+but lacks (no weight prefetched, a dose in mL without a strength) is a warning card, not an error,
+because the order itself is fine.
 """
 
 from __future__ import annotations
@@ -76,13 +80,15 @@ VERDICT_TEXT = {Verdict.WITHIN_RANGE: "within protocol range", Verdict.BELOW_MIN
                 Verdict.ABOVE_MAX: "above protocol maximum"}
 PERIOD_UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "wk": 604800}
 
-#: The MedicationRequests one call reads: about 470 fit the 256 KB body limit, and such a call held a
-#: worker for 3 s and answered 3 MB, so a few of them (one read key's worth of the rate limit) delayed
-#: every other client (a security probe). An order set signed at once holds a few dozen medications;
-#: those beyond are counted, and one card says they were not checked.
+#: The orders of one call that are judged, of those for medications with protocols: 300 fit the 256 KB
+#: body limit, and a call of 470 held a worker for 3 s and answered 3 MB, so a few of them (one read
+#: key's worth of the rate limit) delayed every other client (a security probe). An order set signed at
+#: once holds a few of these medications; orders beyond are named on one card, not judged. Orders of
+#: other medications do not count (they filled the budget and pushed a 10 mg/kg order out; a review).
 MAX_DRAFT_ORDERS = 100
-#: The dosage instructions of one order that are read; more are a malformed request (1,220 instructions
-#: of one order, each noting the others, made a 37 MB answer; a review).
+#: The dosage instructions of one order that are read; the rest are noted, never refused (a 21-step
+#: taper of another drug made the call a 400 with no card for a ketamine overdose beside it; 1,220
+#: instructions of one order, each noting the others, made a 37 MB answer; reviews).
 MAX_DOSAGE_INSTRUCTIONS = 20
 #: How many other dosage instructions a "may be given together" note names; the rest are counted.
 NAMED_INSTRUCTIONS = 5
@@ -106,7 +112,8 @@ class DosageLine:
     #: dose, the order's own maximum per period …): a card for such a line is never "info".
     unchecked: list[str] = field(default_factory=list)
     #: How long one administration runs (``timing.repeat.duration``/``durationMax``), in seconds, and
-    #: as written: a rate is converted to an amount through it rather than the protocol's duration.
+    #: as written: a rate is converted to an amount through it rather than the protocol's duration (with
+    #: ``durationMax`` alone, a rate ordered with its dose runs the time that dose takes; :func:`_judge`).
     duration: tuple[Fraction, str] | None = None
     #: The strength of the ordered product (its one ingredient's ``strength`` in a contained
     #: Medication): a dose in mL is converted to mg through it.
@@ -134,9 +141,9 @@ class DraftOrder:
     #: False for an order-select draft the clinician did not select: it gets no card, but it will be signed
     #: with the selected ones, so it counts when orders of one medication are noted as not added up.
     selected: bool = True
-    #: Whether the order says why it is given in any form: a coded ``reasonCode`` (``reasons``), one in
-    #: words only, or a ``reasonReference`` (a Condition). Only an order that says nothing is "an order that
-    #: names no indication" (:func:`_softening`).
+    #: Whether the order says why it is given in any form: any ``reasonCode`` (coded, a display or words
+    #: only) or a ``reasonReference`` (a Condition). Only an order that says nothing is "an order that names
+    #: no indication" (:func:`_softening`).
     reason_stated: bool = False
 
 
@@ -171,21 +178,14 @@ class HookPatient:
         return match.group("id") == self.id
 
 
-class DraftOrders(list[DraftOrder]):
-    """The draft orders of a call, and how many MedicationRequests beyond :data:`MAX_DRAFT_ORDERS` were
-    not read (``unread``; :func:`unread_orders_card` says so)."""
-
-    unread: int = 0
-
-
 def draft_medication_requests(bundle: Any, hook: str, selections: list[str], patient: HookPatient
-                              ) -> DraftOrders:
+                              ) -> list[DraftOrder]:
     """The MedicationRequests of ``context.draftOrders`` (validated as FHIR R4), as DraftOrders. An order
     whose ``subject`` names another patient is a malformed request (a 400 naming it), not an order to
     judge as this patient's; one whose subject cannot be matched (an identifier, a contained patient) is
-    judged, and its cards say so ("partly checked"). At most :data:`MAX_DRAFT_ORDERS` are read, the
-    selected ones of order-select first; the rest are counted (``unread``): refusing the call left every
-    order of a large order set without a card (a review)."""
+    judged, and its cards say so ("partly checked").
+    Every order is read (about 300 fit the body limit, read in 0.2 s); how many are judged is bounded
+    by :func:`cards_for_orders`."""
     from fhir.resources.R4B.medicationrequest import MedicationRequest
 
     path = "context.draftOrders"
@@ -195,19 +195,13 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str], pat
     if not isinstance(entries, list):
         raise _bad_request(f"{path}.entry", "must be an array")
     wanted = set(selections)
-    requests = [index for index, e in enumerate(entries) if isinstance(e, Mapping)
-                and isinstance(e.get("resource"), Mapping) and e["resource"].get("resourceType") == "MedicationRequest"]
-    if hook == "order-select":
-        requests.sort(key=lambda i: f"MedicationRequest/{entries[i]['resource'].get('id')}" not in wanted)
-    read = set(requests[:MAX_DRAFT_ORDERS])
     medications = _bundled_medications(entries, path)
-    orders = DraftOrders()
-    orders.unread = len(requests) - len(read)
+    orders = []
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
         if not isinstance(resource, Mapping):
             raise _bad_request(f"{path}.entry.{index}.resource", "each entry needs a resource")
-        if resource.get("resourceType") != "MedicationRequest" or index not in read:
+        if resource.get("resourceType") != "MedicationRequest":
             continue  # other draft orders (labs, imaging) are not this service's business
         if hook == "order-select" and f"MedicationRequest/{resource.get('id')}" not in wanted:
             # Not selected: no card, but signed with the selected ones (their sum, _judged_together). Read
@@ -376,11 +370,14 @@ def _draft_order(request: Any, raw: Mapping[str, Any], path: str,
     reasons = [str(c.code).upper() for r in request.reasonCode or [] for c in _codings(r) if c.code]
     # Any reason at all, coded or not (a coding with a display and no code too; a review).
     stated = bool(request.reasonCode) or bool(request.reasonReference)
-    dosages = request.dosageInstruction or []
-    if len(dosages) > MAX_DOSAGE_INSTRUCTIONS:
-        raise _bad_request(f"{path}.dosageInstruction",
-                           f"at most {MAX_DOSAGE_INSTRUCTIONS} dosage instructions per order, got {len(dosages)}")
+    every = request.dosageInstruction or []
+    dosages = every[:MAX_DOSAGE_INSTRUCTIONS]
     per_dosage = [_dosage_lines(dosage, f"{path}.dosageInstruction.{index}") for index, dosage in enumerate(dosages)]
+    if len(every) > len(dosages):
+        for found in per_dosage:
+            for line in found:
+                line.unchecked.append(f"the order has {len(every)} dosage instructions; only the first "
+                                      f"{MAX_DOSAGE_INSTRUCTIONS} were read, and their total was not added up")
     dosed = [index for index, found in enumerate(per_dosage) if any(line.doses for line in found)]
     lines = []
     for index, dosage_lines in enumerate(per_dosage):
@@ -781,12 +778,6 @@ def _administration_duration(dosage: Any, unchecked: list[str], frequency: Frequ
         return None, None
     shortest = _readable(repeat.duration) if repeat.durationMax is not None and repeat.duration is not None else None
     shortest_s = shortest * unit_seconds if shortest is not None and 0 < shortest <= length else None
-    if repeat.durationMax is not None and repeat.duration is None and not _has_rate(dosage):
-        # "35 mg, up to 40 min" allows a one-minute push: the longest time gives the most an infusion
-        # delivers, not how fast the dose may go (it read as a full pass; a clinical probe). A rate says
-        # how fast (a review).
-        unchecked.append(f"the order gives only the longest an administration may take (durationMax {value} {unit}): "
-                         "how fast the dose may be given was not checked")
     return (length * unit_seconds, f"{value} {unit}"), shortest_s
 
 
@@ -1049,14 +1040,22 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
     together was not added up (two orders of 84 mg twice weekly each said "84 mg per day respected";
     found by a clinical probe)."""
     at = at or utcnow()
+    matches: list[LineMatch] = []
+    unjudged: list[int] = []
+    judged = 0
     with versioning.snapshot(db) as session:
-        matches = [match for index, order in enumerate(orders)
-                   for match in _order_matches(db, session, at, index, order)]
+        for index, order in enumerate(orders):
+            found = _order_matches(db, session, at, index, order) if order.selected else []
+            if not any(m.applicable or m.by_other_routes for m in found):
+                continue  # no protocol for the medication: no card, and it does not count
+            if judged == MAX_DRAFT_ORDERS:
+                unjudged.append(index)
+                continue
+            judged += 1
+            matches.extend(found)
     together = _judged_together(orders)
     cards: list[dict[str, Any]] = []
-    for index, order in enumerate(orders):
-        if not order.selected:
-            continue
+    for index in range(len(orders)):
         mine = [match for match in matches if match.index == index]
         carded_routes: set[str] = set()
         for match in mine:  # an "ordered" and a "calculated" doseAndRate are one order by one route
@@ -1065,20 +1064,25 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
                 cards.append(_route_card(match, version_url))
         for match in mine:
             cards.extend(_line_cards(match, weight, version_url, together))
-    if isinstance(orders, DraftOrders) and orders.unread:
-        cards.append(_unread_orders_card(orders.unread))
+    if unjudged:
+        cards.append(_unjudged_orders_card([orders[index] for index in unjudged], len(orders)))
     return cards
 
 
-def _unread_orders_card(count: int) -> dict[str, Any]:
-    """The card that says how many MedicationRequests of the call were beyond :data:`MAX_DRAFT_ORDERS`."""
+def _unjudged_orders_card(unjudged: Sequence[DraftOrder], total: int) -> dict[str, Any]:
+    """The card naming the orders for medications with protocols beyond the :data:`MAX_DRAFT_ORDERS` a
+    call judges: their doses were not checked."""
+    names = [f"MedicationRequest/{o.resource_id}" if o.resource_id else o.medication for o in unjudged[:NAMED_ORDERS]]
+    if len(unjudged) > NAMED_ORDERS:
+        names.append(f"and {len(unjudged) - NAMED_ORDERS} more")
+    orders = "order" if len(unjudged) == 1 else "orders"
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary("doses not checked", f"{count} more medication orders",
-                            f"at most {MAX_DRAFT_ORDERS} a call"),
-        "detail": (f"This call carried {count} MedicationRequests beyond the {MAX_DRAFT_ORDERS} the service reads in "
-                   "one call: their doses were not checked, nor added to the other orders'. Send them in another "
-                   "call."),
+        "summary": _summary("doses not checked", f"{len(unjudged)} {orders} beyond the first {MAX_DRAFT_ORDERS}",
+                            f"of {total} in this call"),
+        "detail": (f"This service judges the first {MAX_DRAFT_ORDERS} orders of one call for medications it has "
+                   f"protocols for; these {len(unjudged)} were not checked, nor added to the others: "
+                   f"{markdown_text(', '.join(names))}. Check their doses by hand."),
         "indicator": "warning",
         "source": {"label": "Treatment protocols"},
     }
@@ -1242,8 +1246,8 @@ def _unscoped(order: DraftOrder, applicable: list[tuple[StoredVersion, Mapping[s
         return (f"None of the order's indications ({', '.join(sorted(reasons))}) is listed by the protocols in "
                 f"effect for this medication and route, so it was checked against all {len(applicable)}")
     if order.reason_stated:
-        return (f"The order's reason is not coded (reasonCode text or reasonReference), so it was checked against "
-                f"all {len(applicable)} protocols in effect for this medication and route")
+        return (f"The order's reason is not coded (a reasonCode without a code, or a reasonReference), so it was "
+                f"checked against all {len(applicable)} protocols in effect for this medication and route")
     return (f"The order names no indication (reasonCode), so it was checked against all {len(applicable)} "
             "protocols in effect for this medication and route")
 
@@ -1272,12 +1276,18 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # out (the rate is then judged as that dose); otherwise the amount's speed is as unknown as without one.
     rates = [q for q in line.doses if _is_rate(q.unit)]
     paced = bool(rates) and any(not _is_rate(q.unit) for q in line.doses) and (
-        line.duration is not None or _implied_duration(line, rates[0], weight_kg) is not None)
+        (line.duration is not None and not line.duration_is_bound)
+        or _implied_duration(line, rates[0], weight_kg) is not None)
     for dose in line.doses:
         implied = _implied_duration(line, dose, weight_kg)
-        # durationMax alone bounds the administration; a rate with its dose says how long it takes (140 mg
-        # at 35 mg/min "up to 10 min" read as 350 mg over the 10 min; a review).
-        duration = implied if implied is not None and line.duration_is_bound else line.duration or implied
+        if line.duration_is_bound:
+            # durationMax alone bounds an administration without saying how long it takes: a rate runs the
+            # time its dose takes (140 mg at 35 mg/min "up to 10 min" read as 350 mg over the 10 min), or at
+            # most the bound; an amount is one administration of the range, its speed unknown (98 mg "up to
+            # 24 h" read as 4 mg/h, "below minimum"; reviews).
+            duration = (implied or line.duration) if _is_rate(dose.unit) else None
+        else:
+            duration = line.duration or implied
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
                           duration_text=duration[1] if duration else None, shortest_s=line.shortest_s,
@@ -1309,8 +1319,9 @@ def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | No
     clinical QA probe). None when the line has no dose, or the units or weight do not allow it.
 
     Only the rate: the amount is still judged as what one administration gives (98 mg against at most
-    0.35 mg/kg/h for 4 h), since judged over its own time at its own rate it is the rate again, and 500 mg
-    at 24.5 mg/h lost its critical card (a review)."""
+    0.35 mg/kg/h for 4 h, over the range's duration, also when the order gives ``durationMax`` alone),
+    since judged over its own time at its own rate it is the rate again, and 500 mg at 24.5 mg/h lost its
+    critical card (a review)."""
     try:
         rate_unit = parse_dose_unit(rate.unit)
         if not rate_unit.is_rate:

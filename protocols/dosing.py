@@ -223,8 +223,9 @@ class DoseOrder:
     #: Why the order has no frequency, when it is not that none was sent (a timing the caller could not
     #: read): one dose is counted, and the per-period calculation says why.
     no_frequency: str | None = None
-    #: The order gives a rate beside this amount (98 mg at 24.5 mg/h): how fast it runs is known, so
-    #: judging the amount over the range's duration assumes nothing (:data:`DURATION_ASSUMED`).
+    #: The order gives a rate beside this amount (98 mg at 24.5 mg/h) and the time it takes could be worked
+    #: out: how fast it runs is known, so judging the amount over the range's duration assumes nothing
+    #: (:data:`DURATION_ASSUMED`).
     paced: bool = False
     #: Judge a dose per kg against a range per kg without a body weight (CDS Hooks: 50 mg/kg against
     #: 0.5 mg/kg read "dose not checked" for want of a weight; a conformance probe). The REST check asks
