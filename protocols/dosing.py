@@ -231,6 +231,9 @@ class DoseOrder:
     #: 0.5 mg/kg read "dose not checked" for want of a weight; a conformance probe). The REST check asks
     #: for the weight instead (a 422), since its answer's ``absolute_range`` promises absolute amounts.
     per_kg_without_weight: bool = False
+    #: The longest the order says an administration may take (``durationMax`` alone), when it gives no
+    #: duration: what :data:`DURATION_ASSUMED` says instead of "no duration".
+    bound_text: str | None = None
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -772,7 +775,8 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         unchecked.append(MAXIMUM_UNCHECKED)  # the messages say why (a review: REST showed a full pass)
     if order.duration_s is None and not order.paced and dose_range.get("duration") and (
             dose_unit.is_rate or range_unit.is_rate or phase == INFUSION):
-        assumed = DURATION_ASSUMED.format(duration=dose_range["duration"])
+        assumed = DURATION_ASSUMED.format(duration=dose_range["duration"]) if order.bound_text is None else \
+            DURATION_BOUNDED.format(duration=dose_range["duration"], bound=order.bound_text)
         unchecked.append(assumed)
         messages.append(f"Not checked: {assumed}.")
     if dose_range.get("instructions"):
@@ -801,6 +805,9 @@ MAXIMUM_UNCHECKED = "the protocol's maximum per period could not be applied to t
 #: shown in its instructions; an order for the dose alone is checked in full.
 DURATION_ASSUMED = ("the order gives no duration or rate: it was judged as if given over the protocol's {duration}; "
                     "how fast it will be given was not checked")
+#: :data:`DURATION_ASSUMED` for an order that gives only the longest an administration may take.
+DURATION_BOUNDED = ("the order gives only the longest it may take ({bound}): it was judged as if given over the "
+                    "protocol's {duration}; how fast it will be given was not checked")
 #: The phase of a range given as an infusion: its ``duration`` is how long the infusion runs, part of the
 #: regimen, where another phase's (an induction bolus "over 60 seconds") is how to give the dose.
 INFUSION = "infusion"

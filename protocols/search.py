@@ -33,7 +33,7 @@ The result is the same set, in the same order, as sorting every match (tests com
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -555,6 +555,17 @@ def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str
         if narrowed:
             return narrowed
     return found
+
+
+def indexed_rxnorm_codes(db: Database, codes: Iterable[str], *, session: Session | None = None) -> set[str]:
+    """Which of ``codes`` any stored version is indexed under (at any time): an order whose codes are none
+    of them has no protocol, and needs no lookup (CDS Hooks; one indexed query per call)."""
+    wanted = sorted(set(codes))
+    if not wanted:
+        return set()
+    with nullcontext(session) if session is not None else db.read() as reading:
+        return set(reading.execute(select(SearchTerm.value).where(
+            SearchTerm.kind == "rxnorm_cui", SearchTerm.value.in_(wanted)).distinct()).scalars())
 
 
 def treats(document: Mapping[str, Any], reasons: set[str]) -> bool:

@@ -2016,7 +2016,8 @@ def test_instructions_of_one_order_with_no_sequence_and_orders_of_one_medication
     up_to = copy.deepcopy(trd)
     up_to["dosageInstruction"][0]["timing"] = {"repeat": {"durationMax": 40, "durationUnit": "min"}}
     (card,) = cards(client, hook_request([up_to], weight=weight_bundle(70)))
-    assert card["indicator"] == "warning" and dosing.DURATION_ASSUMED.format(duration="PT40M") in card["detail"]
+    assert card["indicator"] == "warning"
+    assert dosing.DURATION_BOUNDED.format(duration="PT40M", bound="durationMax 40 min") in card["detail"]
 
 
 def test_review_of_the_reasons_routes_and_groupings(client, caplog):
@@ -2064,3 +2065,58 @@ def test_review_of_the_reasons_routes_and_groupings(client, caplog):
         {"system": SNOMED, "code": "418114005"}, {"system": terminology.NCI_THESAURUS, "code": "C38276"}]}
     (card,) = cards(client, hook_request([unknown_first], weight=weight_bundle(70)))
     assert f"protocol {anaesthesia['id']} v1" in card["summary"] and card["indicator"] == "info"
+
+
+
+def test_a_bound_on_the_time_is_a_floor_on_the_speed(client):
+    """A review: with durationMax alone an amount was judged with no time at all, so 315 mg (4.5 mg/kg) "up
+    to 10 s" against "over 60 s" was a green card, and 98 mg "up to 1 h" against 0.35 mg/kg/h for 4 h (at
+    least 4 times the rate) a warning; and 98 mg at 24.5 mg/h "up to 1 h", which cannot run its 4 h
+    within the hour, was green. Within its bound the dose goes at least that fast: a breach there is
+    certain. A pass there is not (it may go faster), and the speed stays "partly checked"."""
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5,
+                                              "unit": "mg/kg", "duration": "PT60S"}])
+
+    def bounded(order_id: str, value: float, unit: str, rate: tuple[float, str] | None = None) -> dict[str, Any]:
+        order = medication_request(order_id, KETAMINE, IV, dose=(value, "mg"), rate=rate)
+        order["dosageInstruction"][0]["timing"] = {"repeat": {"durationMax": 10 if unit == "s" else 1,
+                                                              "durationUnit": unit}}
+        return order
+
+    (fast,) = cards(client, hook_request([bounded("ket-10s", 315, "s")], weight=weight_bundle(70)))
+    assert fast["indicator"] == "warning" and "given faster than the protocol" in fast["summary"]
+    crps = ketamine_protocol(client, indication=("http://hl7.org/fhir/sid/icd-10-cm", "G90.50",
+                                                 "Complex regional pain syndrome I, unspecified"), dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H"}])
+    reason = ("http://hl7.org/fhir/sid/icd-10-cm", "G90.50")
+    for order in (bounded("crps-1h", 98, "h"), bounded("crps-rate", 98, "h", rate=(24.5, "mg/h"))):
+        order["reasonCode"] = [{"coding": [{"system": reason[0], "code": reason[1]}]}]
+        (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+        assert card["indicator"] == "critical" and f"protocol {crps['id']} v1" in card["summary"], card["summary"]
+    slow = bounded("crps-24h", 98, "h")
+    slow["dosageInstruction"][0]["timing"]["repeat"]["durationMax"] = 24
+    slow["reasonCode"] = [{"coding": [{"system": reason[0], "code": reason[1]}]}]
+    (card,) = cards(client, hook_request([slow], weight=weight_bundle(70)))
+    assert card["indicator"] == "warning" and card["summary"].startswith("within protocol range, partly checked")
+    assert "the order gives only the longest it may take (durationMax 24 h)" in card["detail"]
+
+
+def test_orders_of_other_medications_cost_no_lookup_and_route_cards_cost_no_budget(client, monkeypatch):
+    """A review: every order was looked up twice (580 midazolam orders took 3.2 s), and 100 oral ketamine
+    orders, which only get a route card, used up the budget that a 700 mg IV order then fell outside."""
+    ketamine_protocol(client)
+    calls: list[Any] = []
+    lookup = search.applicable_protocols
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("route"))
+        return lookup(*args, **kwargs)
+
+    monkeypatch.setattr(search, "applicable_protocols", counted)
+    others = [medication_request(f"mid-{n}", MIDAZOLAM, IV, dose=(2, "mg")) for n in range(50)]
+    assert cards(client, hook_request(others)) == [] and calls == []
+    oral = [medication_request(f"ket-po-{n}", KETAMINE, ORAL, dose=(50, "mg")) for n in range(cds.MAX_DRAFT_ORDERS)]
+    overdose = medication_request("ket-700", KETAMINE, IV, dose=(700, "mg"))
+    result = cards(client, hook_request([*oral, overdose], weight=weight_bundle(70)))
+    assert result[-1]["indicator"] == "critical" and "700 mg" in result[-1]["summary"]
+    assert len(calls) == 3  # oral, then any route, then IV: once each for the call
