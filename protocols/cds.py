@@ -185,7 +185,7 @@ def draft_medication_requests(bundle: Any, hook: str, selections: list[str], pat
     whose ``subject`` names another patient is a malformed request (a 400 naming it), not an order to
     judge as this patient's; one whose subject cannot be matched (an identifier, a contained patient) is
     judged, and its cards say so ("partly checked").
-    Every order is read (about 580 fit the body limit, read in about 0.3 s); how many are judged is
+    Every order is read (about 580 fit the body limit: well under a second); how many are judged is
     bounded by :func:`cards_for_orders`."""
     from fhir.resources.R4B.medicationrequest import MedicationRequest
 
@@ -1050,17 +1050,26 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
         codes = {code for order in orders if order.selected for code in terminology.order_rxnorm_codes(order.rxnorm)}
         known = search.indexed_rxnorm_codes(db, codes, session=session)
         lookups: dict[tuple[Any, ...], list[Matched]] = {}
+        route_only = 0
         for index, order in enumerate(orders):
-            if not order.selected or not known.intersection(terminology.order_rxnorm_codes(order.rxnorm)):
+            codes_known = tuple(sorted(known.intersection(terminology.order_rxnorm_codes(order.rxnorm))))
+            if not order.selected or not codes_known:
                 continue  # no protocol for the medication: no card, and it does not count
-            found = _order_matches(db, session, at, index, order, lookups)
+            found = _order_matches(db, session, at, index, order, codes_known, lookups)
             if not any(m.applicable or m.by_other_routes for m in found):
                 continue
-            if any(m.applicable for m in found):  # a route card alone costs nothing to judge
+            # Judged orders and orders with a route card alone have budgets of their own: 100 oral ketamine
+            # orders pushed a 700 mg IV order out of one shared budget (a review).
+            if any(m.applicable for m in found):
                 if judged == MAX_DRAFT_ORDERS:
                     unjudged.append(index)
                     continue
                 judged += 1
+            else:
+                if route_only == MAX_DRAFT_ORDERS:
+                    unjudged.append(index)
+                    continue
+                route_only += 1
             matches.extend(found)
     together = _judged_together(orders)
     cards: list[dict[str, Any]] = []
@@ -1114,23 +1123,28 @@ def _line_cards(match: LineMatch, weight: Weight | str, version_url: VersionUrl,
 
 
 def _order_matches(db: Database, session: Session, at: datetime, index: int, order: DraftOrder,
-                   lookups: dict[tuple[Any, ...], list[Matched]]) -> list[LineMatch]:
-    """The protocols each dosage line of ``order`` (the call's ``index``-th) is judged against, in effect
-    at ``at``.
+                   codes: tuple[str, ...], lookups: dict[tuple[Any, ...], list[Matched]]) -> list[LineMatch]:
+    """The protocols each dosage line of ``order`` (the call's ``index``-th, whose medication codes some
+    version is indexed under are ``codes``) is judged against, in effect at ``at``.
 
-    A lookup (medication, route, reasons) is made once per call (``lookups``): an order of 1,500
-    ``doseAndRate`` entries took 3.6-5.2 s repeating the same lookup (found by an adversarial probe)."""
-    if not order.rxnorm:
-        return []
+    A lookup is made once per call for each (codes, route) (``lookups``), narrowed by the order's reasons
+    here as :func:`search.applicable_protocols` narrows them, and not at all for a route no protocol can
+    hold (one outside the route pick list): an order of 1,500 ``doseAndRate`` entries took 3.6-5.2 s
+    repeating the same lookup (an adversarial probe), and 500 orders with a code, a reason or a route of
+    their own each made lookups of their own (a review)."""
+    reasons = {code.upper() for code in order.reasons}
 
     def lookup(route: str | None) -> list[Matched]:
-        key = (tuple(sorted(order.rxnorm)), route, tuple(sorted(order.reasons)))
+        if route is not None and route not in terminology.ROUTES:
+            return []  # a record's routes come from the pick list (terminology.check_route)
+        key = (codes, route)
         if key not in lookups:
             lookups[key] = [(stored, json.loads(stored.document, parse_float=Decimal))
-                            for stored in search.applicable_protocols(db, rxnorm_cuis=order.rxnorm, route=route,
-                                                                      indications=order.reasons, at=at,
+                            for stored in search.applicable_protocols(db, rxnorm_cuis=codes, route=route, at=at,
                                                                       session=session)]
-        return lookups[key]
+        found = lookups[key]
+        narrowed = [(stored, content) for stored, content in found if reasons and search.treats(content, reasons)]
+        return narrowed or found
 
     matches = []
     for line in order.lines:
@@ -1293,10 +1307,12 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
         bound = line.duration if line.duration_is_bound else None
         if bound is not None:
             # durationMax alone bounds an administration without saying how long it takes: a rate runs the
-            # time its dose takes (140 mg at 35 mg/min "up to 10 min" read as 350 mg over the 10 min), at
-            # most the bound; an amount is one administration of the range, its speed unknown (98 mg "up to
-            # 24 h" read as 4 mg/h, "below minimum"), unless even the bound is too fast (below).
-            duration = (implied if implied and implied[0] <= bound[0] else bound) if _is_rate(dose.unit) else None
+            # time its dose takes (140 mg at 35 mg/min "up to 10 min" read as 350 mg over the 10 min; cut to
+            # the bound, a dose that cannot run within it read "below minimum"), else the bound; an amount is
+            # one administration of the range, its speed unknown (98 mg "up to 24 h" read as 4 mg/h, "below
+            # minimum"), unless even the bound is too fast (below), which is how a self-contradicting order
+            # (98 mg at 24.5 mg/h "up to 1 h") shows (reviews).
+            duration = (implied or bound) if _is_rate(dose.unit) else None
         else:
             duration = line.duration or implied
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,

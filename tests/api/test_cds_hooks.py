@@ -2120,3 +2120,44 @@ def test_orders_of_other_medications_cost_no_lookup_and_route_cards_cost_no_budg
     result = cards(client, hook_request([*oral, overdose], weight=weight_bundle(70)))
     assert result[-1]["indicator"] == "critical" and "700 mg" in result[-1]["summary"]
     assert len(calls) == 3  # oral, then any route, then IV: once each for the call
+
+
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+def test_a_rate_runs_its_own_time_within_a_bound_it_cannot_keep_and_lookups_are_shared(client, monkeypatch):
+    """A review: a rate cut to durationMax worked out less than the order gives, and 140 mg at 140 mg/min
+    "up to 10 s" read "below protocol minimum"; it is given faster than the protocol. And orders with codes,
+    reasons or routes of their own each made lookups of their own (500 of them took 3.5-6.9 s); a route
+    no protocol can hold needs none, and route cards have a budget of their own."""
+    ketamine_protocol(client, dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5,
+                                              "unit": "mg/kg", "duration": "PT60S"}])
+    order = medication_request("ket-fast", KETAMINE, IV, dose=(140, "mg"), rate=(140, "mg/min"),
+                               reason=(SNOMED, "399097000"))
+    order["dosageInstruction"][0]["timing"] = {"repeat": {"durationMax": 10, "durationUnit": "s"}}
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+    assert "below protocol minimum" not in card["summary"] and "given faster than the protocol" in card["summary"]
+
+    calls: list[Any] = []
+    lookup = search.applicable_protocols
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("route"))
+        return lookup(*args, **kwargs)
+
+    monkeypatch.setattr(search, "applicable_protocols", counted)
+    crafted = []
+    for n in range(30):
+        own = medication_request(f"ket-own-{n}", [{"system": RXNORM, "code": str(900000 + n)}, *KETAMINE], IV,
+                                 dose=(140, "mg"), reason=(ICD10CM, f"Z{n % 10}{n // 10}.1"))
+        if n % 2:
+            own["dosageInstruction"][0]["route"]["coding"][0]["code"] = str(100000000 + n * 7)  # not a route
+        crafted.append(own)
+    cards(client, hook_request(crafted, weight=weight_bundle(70)))
+    assert len(calls) <= 3, calls  # IV, and any route for the orders whose route no protocol can hold
+
+    oral = [medication_request(f"ket-po-{n}", KETAMINE, ORAL, dose=(50, "mg")) for n in range(cds.MAX_DRAFT_ORDERS + 1)]
+    result = cards(client, hook_request(oral))
+    assert len(result) == cds.MAX_DRAFT_ORDERS + 1
+    assert result[-1]["summary"].startswith("doses not checked: 1 order beyond the first 100")
+    assert "this one was not checked" in result[-1]["detail"] and "MedicationRequest/ket-po-100" in result[-1]["detail"]
