@@ -2101,10 +2101,9 @@ def test_a_bound_on_the_time_is_a_floor_on_the_speed(client):
     assert "the order gives only the longest it may take (durationMax 24 h)" in card["detail"]
 
 
-def test_orders_of_other_medications_cost_no_lookup_and_route_cards_cost_no_budget(client, monkeypatch):
-    """A review: every order was looked up twice (580 midazolam orders took 3.2 s), and 100 oral ketamine
-    orders, which only get a route card, used up the budget that a 700 mg IV order then fell outside."""
-    ketamine_protocol(client)
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The routes of the protocol lookups (search.applicable_protocols) the test's calls make."""
     calls: list[Any] = []
     lookup = search.applicable_protocols
 
@@ -2113,19 +2112,26 @@ def test_orders_of_other_medications_cost_no_lookup_and_route_cards_cost_no_budg
         return lookup(*args, **kwargs)
 
     monkeypatch.setattr(search, "applicable_protocols", counted)
+    return calls
+
+
+def test_orders_of_other_medications_cost_no_lookup_and_route_cards_cost_no_budget(client, lookups):
+    """A review: every order was looked up twice (580 midazolam orders took 3.2 s), and 100 oral ketamine
+    orders, which only get a route card, used up the budget that a 700 mg IV order then fell outside."""
+    ketamine_protocol(client)
     others = [medication_request(f"mid-{n}", MIDAZOLAM, IV, dose=(2, "mg")) for n in range(50)]
-    assert cards(client, hook_request(others)) == [] and calls == []
+    assert cards(client, hook_request(others)) == [] and lookups == []
     oral = [medication_request(f"ket-po-{n}", KETAMINE, ORAL, dose=(50, "mg")) for n in range(cds.MAX_DRAFT_ORDERS)]
     overdose = medication_request("ket-700", KETAMINE, IV, dose=(700, "mg"))
     result = cards(client, hook_request([*oral, overdose], weight=weight_bundle(70)))
     assert result[-1]["indicator"] == "critical" and "700 mg" in result[-1]["summary"]
-    assert len(calls) == 3  # oral, then any route, then IV: once each for the call
+    assert len(lookups) == 3  # oral, then any route, then IV: once each for the call
 
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 
 
-def test_a_rate_runs_its_own_time_within_a_bound_it_cannot_keep_and_lookups_are_shared(client, monkeypatch):
+def test_a_rate_runs_its_own_time_within_a_bound_it_cannot_keep_and_lookups_are_shared(client, lookups):
     """A review: a rate cut to durationMax worked out less than the order gives, and 140 mg at 140 mg/min
     "up to 10 s" read "below protocol minimum"; it is given faster than the protocol. And orders with codes,
     reasons or routes of their own each made lookups of their own (500 of them took 3.5-6.9 s); a route
@@ -2138,14 +2144,6 @@ def test_a_rate_runs_its_own_time_within_a_bound_it_cannot_keep_and_lookups_are_
     (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
     assert "below protocol minimum" not in card["summary"] and "given faster than the protocol" in card["summary"]
 
-    calls: list[Any] = []
-    lookup = search.applicable_protocols
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(kwargs.get("route"))
-        return lookup(*args, **kwargs)
-
-    monkeypatch.setattr(search, "applicable_protocols", counted)
     crafted = []
     for n in range(30):
         own = medication_request(f"ket-own-{n}", [{"system": RXNORM, "code": str(900000 + n)}, *KETAMINE], IV,
@@ -2154,7 +2152,7 @@ def test_a_rate_runs_its_own_time_within_a_bound_it_cannot_keep_and_lookups_are_
             own["dosageInstruction"][0]["route"]["coding"][0]["code"] = str(100000000 + n * 7)  # not a route
         crafted.append(own)
     cards(client, hook_request(crafted, weight=weight_bundle(70)))
-    assert len(calls) <= 3, calls  # IV, and any route for the orders whose route no protocol can hold
+    assert len(lookups) <= 3, lookups  # IV, and any route for the orders whose route no protocol can hold
 
     oral = [medication_request(f"ket-po-{n}", KETAMINE, ORAL, dose=(50, "mg")) for n in range(cds.MAX_DRAFT_ORDERS + 1)]
     result = cards(client, hook_request(oral))
