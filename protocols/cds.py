@@ -1099,8 +1099,9 @@ def _unjudged_orders_card(unjudged: Sequence[DraftOrder], total: int) -> dict[st
         "summary": _summary("doses not checked", f"{len(unjudged)} {orders} beyond the first {MAX_DRAFT_ORDERS}",
                             f"of {total} in this call"),
         "detail": (f"This service judges the first {MAX_DRAFT_ORDERS} orders of one call for medications it has "
-                   f"protocols for; {'this one was' if len(unjudged) == 1 else f'these {len(unjudged)} were'} not "
-                   f"checked, nor added to the others: {markdown_text(', '.join(names))}. Check their doses by hand."),
+                   f"protocols for (and checks the routes of {MAX_DRAFT_ORDERS} more that no protocol gives by their "
+                   f"route); {'this one was' if len(unjudged) == 1 else f'these {len(unjudged)} were'} not checked, "
+                   f"nor added to the others: {markdown_text(', '.join(names))}. Check their doses by hand."),
         "indicator": "warning",
         "source": {"label": "Treatment protocols"},
     }
@@ -1128,15 +1129,13 @@ def _order_matches(db: Database, session: Session, at: datetime, index: int, ord
     version is indexed under are ``codes``) is judged against, in effect at ``at``.
 
     A lookup is made once per call for each (codes, route) (``lookups``), narrowed by the order's reasons
-    here as :func:`search.applicable_protocols` narrows them, and not at all for a route no protocol can
-    hold (one outside the route pick list): an order of 1,500 ``doseAndRate`` entries took 3.6-5.2 s
-    repeating the same lookup (an adversarial probe), and 500 orders with a code, a reason or a route of
-    their own each made lookups of their own (a review)."""
+    here as :func:`search.applicable_protocols` narrows them: an order of 1,500 ``doseAndRate`` entries
+    took 3.6-5.2 s repeating the same lookup (an adversarial probe), and 500 orders with a code or a
+    reason of their own each made lookups of their own (a review). A route outside today's pick list is
+    looked up too: a version stored when the list still held it would be missed (a review)."""
     reasons = {code.upper() for code in order.reasons}
 
     def lookup(route: str | None) -> list[Matched]:
-        if route is not None and route not in terminology.ROUTES:
-            return []  # a record's routes come from the pick list (terminology.check_route)
         key = (codes, route)
         if key not in lookups:
             lookups[key] = [(stored, json.loads(stored.document, parse_float=Decimal))
