@@ -1047,12 +1047,14 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
     with versioning.snapshot(db) as session:
         # One query for the medications the call names that any version is indexed under, and each lookup
         # once per call: 580 orders of a medication with no protocol took 3.2 s in 1,160 lookups (a review).
-        codes = {code for order in orders if order.selected for code in terminology.order_rxnorm_codes(order.rxnorm)}
-        known = search.indexed_rxnorm_codes(db, codes, session=session)
+        expanded = [set(terminology.order_rxnorm_codes(order.rxnorm)) for order in orders]
+        known = search.indexed_rxnorm_codes(
+            db, {code for order, codes in zip(orders, expanded, strict=True) if order.selected for code in codes},
+            session=session)
         lookups: dict[tuple[Any, ...], list[Matched]] = {}
         route_only = 0
         for index, order in enumerate(orders):
-            codes_known = tuple(sorted(known.intersection(terminology.order_rxnorm_codes(order.rxnorm))))
+            codes_known = tuple(sorted(known & expanded[index]))
             if not order.selected or not codes_known:
                 continue  # no protocol for the medication: no card, and it does not count
             found = _order_matches(db, session, at, index, order, codes_known, lookups)
@@ -1071,10 +1073,12 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
                     continue
                 route_only += 1
             matches.extend(found)
-    together = _judged_together(orders)
+    together = _judged_together(orders, expanded)
+    by_order: dict[int, list[LineMatch]] = {}
+    for match in matches:
+        by_order.setdefault(match.index, []).append(match)
     cards: list[dict[str, Any]] = []
-    for index in range(len(orders)):
-        mine = [match for match in matches if match.index == index]
+    for mine in by_order.values():  # in the orders' order, as matched
         carded_routes: set[str] = set()
         for match in mine:  # an "ordered" and a "calculated" doseAndRate are one order by one route
             if not match.applicable and match.by_other_routes and match.line.route not in carded_routes:
@@ -1083,20 +1087,21 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
         for match in mine:
             cards.extend(_line_cards(match, weight, version_url, together))
     if unjudged:
-        cards.append(_unjudged_orders_card([orders[index] for index in unjudged], len(orders)))
+        cards.append(_unjudged_orders_card(orders, unjudged))
     return cards
 
 
-def _unjudged_orders_card(unjudged: Sequence[DraftOrder], total: int) -> dict[str, Any]:
-    """The card naming the orders for medications with protocols beyond the :data:`MAX_DRAFT_ORDERS` a
-    call judges: their doses were not checked."""
-    names = [f"MedicationRequest/{o.resource_id}" if o.resource_id else o.medication for o in unjudged[:NAMED_ORDERS]]
+def _unjudged_orders_card(orders: Sequence[DraftOrder], unjudged: Sequence[int]) -> dict[str, Any]:
+    """The card naming the orders (``unjudged``: their indexes) for medications with protocols beyond the
+    :data:`MAX_DRAFT_ORDERS` a call judges: their doses were not checked."""
+    total = len(orders)
+    names = [_order_name(orders, index) for index in unjudged[:NAMED_ORDERS]]
     if len(unjudged) > NAMED_ORDERS:
         names.append(f"and {len(unjudged) - NAMED_ORDERS} more")
-    orders = "order" if len(unjudged) == 1 else "orders"
+    noun = "order" if len(unjudged) == 1 else "orders"
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary("doses not checked", f"{len(unjudged)} {orders} beyond the first {MAX_DRAFT_ORDERS}",
+        "summary": _summary("doses not checked", f"{len(unjudged)} {noun} beyond the first {MAX_DRAFT_ORDERS}",
                             f"of {total} in this call"),
         "detail": (f"This service judges the first {MAX_DRAFT_ORDERS} orders of one call for medications it has "
                    f"protocols for (and checks the routes of {MAX_DRAFT_ORDERS} more that no protocol gives by their "
@@ -1128,42 +1133,39 @@ def _order_matches(db: Database, session: Session, at: datetime, index: int, ord
     """The protocols each dosage line of ``order`` (the call's ``index``-th, whose medication codes some
     version is indexed under are ``codes``) is judged against, in effect at ``at``.
 
-    A lookup is made once per call for each (codes, route) (``lookups``), narrowed by the order's reasons
-    here as :func:`search.applicable_protocols` narrows them: an order of 1,500 ``doseAndRate`` entries
+    A lookup is made once per call for each (codes, route) (``lookups``) and narrowed by the order's
+    reasons (:func:`search.narrowed_to`) once per route of the order: an order of 1,500 ``doseAndRate`` entries
     took 3.6-5.2 s repeating the same lookup (an adversarial probe), and 500 orders with a code or a
     reason of their own each made lookups of their own (a review). A route outside today's pick list is
     looked up too: a version stored when the list still held it would be missed (a review)."""
-    reasons = {code.upper() for code in order.reasons}
-
     def lookup(route: str | None) -> list[Matched]:
         key = (codes, route)
         if key not in lookups:
             lookups[key] = [(stored, json.loads(stored.document, parse_float=Decimal))
                             for stored in search.applicable_protocols(db, rxnorm_cuis=codes, route=route, at=at,
                                                                       session=session)]
-        found = lookups[key]
-        narrowed = [(stored, content) for stored, content in found if reasons and search.treats(content, reasons)]
-        return narrowed or found
+        return search.narrowed_to(lookups[key], order.reasons)
 
+    by_route: dict[str, tuple[list[Matched], str | None, list[Matched]]] = {}
     matches = []
     for line in order.lines:
-        applicable = lookup(line.route)
-        matches.append(LineMatch(index, order, line, applicable, _unscoped(order, applicable),
-                                 [] if applicable else lookup(None)))
+        if line.route not in by_route:
+            applicable = lookup(line.route)
+            by_route[line.route] = applicable, _unscoped(order, applicable), [] if applicable else lookup(None)
+        matches.append(LineMatch(index, order, line, *by_route[line.route]))
     return matches
 
 
-def _judged_together(orders: Sequence[DraftOrder]) -> dict[int, str]:
-    """For each order of the call that another order is for the same medication as (their medication
-    codes, read as the catalog reads them, :func:`terminology.order_rxnorm_codes`, share one), the note
+def _judged_together(orders: Sequence[DraftOrder], codes: Sequence[set[str]]) -> dict[int, str]:
+    """For each order of the call that another order is for the same medication as (their ``codes``,
+    read as the catalog reads them, :func:`terminology.order_rxnorm_codes`, share one), the note
     its cards carry, by order index: every order is judged alone, so their sum is not. Every order
     counts, unselected order-select drafts (signed with the others) and orders by a route no protocol
     gives included. By medication, not by protocol: ketamine 35 mg IV for depression and 24.5 mg/h for
     CRPS, or 4.5 mg/kg IV and 13 mg/kg IM, are one patient's ketamine, and each read as a full pass
     against its own protocol (a clinical probe), and so are a product code and its ingredient's (a
     review). Dosage instructions of one order that may be given together are noted by
-    :func:`_draft_order`."""
-    codes = [set(terminology.order_rxnorm_codes(order.rxnorm)) for order in orders]
+    :func:`_draft_order`. ``codes``: each order's codes as the catalog reads them."""
     notes: dict[int, str] = {}
     for index, mine in enumerate(codes):
         peers = [other for other, theirs in enumerate(codes) if mine & theirs] if mine else []
@@ -1297,30 +1299,27 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
                  f"the prefetched {fmt(weight.kg)} kg is not used: {weight.refused}" if weight.refused else None)
     # A dose ordered with its rate: how fast it runs is known when the time the rate takes could be worked
     # out (the rate is then judged as that dose); otherwise the amount's speed is as unknown as without one.
-    rates = [q for q in line.doses if _is_rate(q.unit)]
-    paced = bool(rates) and any(not _is_rate(q.unit) for q in line.doses) and (
-        (line.duration is not None and not line.duration_is_bound)
-        or _implied_duration(line, rates[0], weight_kg) is not None)
-    for dose in line.doses:
-        implied = _implied_duration(line, dose, weight_kg)
-        bound = line.duration if line.duration_is_bound else None
-        if bound is not None:
-            # durationMax alone bounds an administration without saying how long it takes: a rate runs the
-            # time its dose takes (140 mg at 35 mg/min "up to 10 min" read as 350 mg over the 10 min; cut to
-            # the bound, a dose that cannot run within it read "below minimum"), else the bound; an amount is
-            # one administration of the range, its speed unknown (98 mg "up to 24 h" read as 4 mg/h, "below
-            # minimum"), unless even the bound is too fast (below), which is how a self-contradicting order
-            # (98 mg at 24.5 mg/h "up to 1 h") shows (reviews).
-            duration = (implied or bound) if _is_rate(dose.unit) else None
-        else:
-            duration = line.duration or implied
+    rate_of = [_is_rate(q.unit) for q in line.doses]
+    implied_of = [_implied_duration(line, q, weight_kg) if is_rate else None for q, is_rate in zip(
+        line.doses, rate_of, strict=True)]
+    paced = any(rate_of) and not all(rate_of) and (
+        (line.duration is not None and not line.duration_is_bound) or implied_of[rate_of.index(True)] is not None)
+    bound = line.duration if line.duration_is_bound else None
+    for dose, is_rate, implied in zip(line.doses, rate_of, implied_of, strict=True):
+        # durationMax alone bounds an administration without saying how long it takes: a rate runs the
+        # time its dose takes (140 mg at 35 mg/min "up to 10 min" read as 350 mg over the 10 min; cut to
+        # the bound, a dose that cannot run within it read "below minimum"), else the bound; an amount is
+        # one administration of the range, its speed unknown (98 mg "up to 24 h" read as 4 mg/h, "below
+        # minimum"), unless even the bound is too fast (below), which is how a self-contradicting order
+        # (98 mg at 24.5 mg/h "up to 1 h") shows (reviews).
+        duration = ((implied or bound) if is_rate else None) if bound is not None else line.duration or implied
         order = DoseOrder(route=line.route, dose=dose, frequency=line.frequency, weight_kg=weight_kg,
                           concentration=line.concentration, duration_s=duration[0] if duration else None,
                           duration_text=duration[1] if duration else None, shortest_s=line.shortest_s,
                           no_frequency=line.no_frequency, paced=paced, per_kg_without_weight=True,
                           bound_text=f"durationMax {bound[1]}" if bound is not None else None)
         try:
-            if bound is not None and not _is_rate(dose.unit):
+            if bound is not None and not is_rate:
                 # Given within its bound, the amount goes at least that fast: a breach judged over the bound
                 # is certain (315 mg "up to 10 s" against "over 60 s", 98 mg "up to 1 h" against 0.35 mg/kg/h
                 # for 4 h read as a green card and a warning; a review); a pass there is not.

@@ -32,13 +32,12 @@ The result is the same set, in the same order, as sorting every match (tests com
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -63,6 +62,8 @@ from protocols.models import EffectivePeriod, Protocol, ProtocolVersion, SearchT
 from protocols.terminology import INDICATION_SYSTEMS, covered_codes, order_rxnorm_codes
 from protocols.timeutil import utcnow
 from protocols.versioning import VERSION_COLUMNS, StoredVersion, keyset_descending, snapshot, stored_version
+
+T = TypeVar("T")
 
 #: ``status`` values a listing accepts: what is in effect (``active``), protocols whose version in
 #: effect is a retirement (``retired``), protocols whose newest version is a draft (``draft``).
@@ -534,7 +535,6 @@ def _hit(row: Any, ranked: bool) -> Hit:
 
 
 def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str | None,
-                         indications: Sequence[str] = (),
                          at: datetime | None = None, session: Session | None = None) -> list[StoredVersion]:
     """Versions in effect at ``at`` for a medication (any of ``rxnorm_cuis``, and the catalog codes they
     stand for: :func:`terminology.order_rxnorm_codes`) given by ``route``; read in ``session`` when
@@ -542,19 +542,21 @@ def applicable_protocols(db: Database, *, rxnorm_cuis: Sequence[str], route: str
     session of its own. ``route`` None: by any route (what a medication ordered by a route no protocol
     gives is given by instead).
 
-    Used at order time (CDS Hooks). When the order states reasons and some of these protocols treat
-    one of them (:func:`treats`), only those are returned; otherwise every match for the drug and
-    route is (a protocol is not dropped because the order did not say why it was written)."""
+    Used at order time (CDS Hooks), which narrows them by the order's reasons (:func:`narrowed_to`)."""
     base = [_term("rxnorm_cui", order_rxnorm_codes(rxnorm_cuis))]
     if route is not None:
         base.append(_term("route", [route]))
-    found = _all_in_effect(db, base, at, session)
-    if indications and found:
-        reasons = {code.upper() for code in indications}
-        narrowed = [stored for stored in found if treats(json.loads(stored.document), reasons)]
-        if narrowed:
-            return narrowed
-    return found
+    return _all_in_effect(db, base, at, session)
+
+
+def narrowed_to(found: Sequence[tuple[T, Mapping[str, Any]]], reasons: Sequence[str]
+                ) -> list[tuple[T, Mapping[str, Any]]]:
+    """Of ``found`` ((version, its document) pairs), those that treat one of an order's ``reasons``
+    (:func:`treats`), or all of them when none does or the order states none: a protocol is not dropped
+    because the order did not say why it was written."""
+    wanted = {code.upper() for code in reasons}
+    narrowed = [pair for pair in found if wanted and treats(pair[1], wanted)]
+    return narrowed or list(found)
 
 
 def indexed_rxnorm_codes(db: Database, codes: Iterable[str], *, session: Session | None = None) -> set[str]:

@@ -2045,8 +2045,8 @@ def test_review_of_the_reasons_routes_and_groupings(client, caplog):
     for pair in ([by_product, by_ingredient], [by_ingredient, oral]):
         result = cards(client, hook_request(pair, weight=weight_bundle(70)))
         judged = [c for c in result if not c["summary"].startswith("route not")]
-        assert all(c["indicator"] == "warning" and "2 orders of this call are for this medication" in c["detail"]
-                   for c in judged), [c["summary"] for c in result]
+        assert judged and all(c["indicator"] == "warning" and "2 orders of this call are for this medication"
+                              in c["detail"] for c in judged), [c["summary"] for c in result]
 
     text_only = medication_request("ket-text", KETAMINE, IV, dose=(140, "mg"), reason=(SNOMED, "399097000"))
     text_only["dosageInstruction"].append({"text": "Titrate to effect; see the anaesthesia record."})
