@@ -172,7 +172,7 @@ def post_worker_init(worker: object) -> None:
     import sys
 
     from api import server_errors
-    from protocols import cds, dose_units, units
+    from protocols import dose_units, draft_orders, units
     from schemas import fields
 
     # Build the two UCUM registries now (~0.5 s each: float for validation messages, Decimal for dose
@@ -182,7 +182,7 @@ def post_worker_init(worker: object) -> None:
     units.check_ucum_dose_unit("mg/kg/h")
     dose_units.parse_dose_unit("mg/kg/h")
     fields.compile_url_patterns()
-    cds.warm_up()
+    draft_orders.warm_up()
     # Requests gunicorn refuses itself (request line or headers too long, malformed) get the app's
     # JSON error body instead of gunicorn's HTML page (api/server_errors.py).
     server_errors.install()

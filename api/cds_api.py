@@ -3,9 +3,10 @@
 Discovery lists one service per hook, because a CDS Hooks service has exactly one ``hook`` and a
 unique ``id``: ``protocol-dose-check`` for ``order-sign`` and ``protocol-dose-check-select`` for
 ``order-select``. Both endpoints run the same check and accept either hook (an order-select
-request is limited to its ``selections``). The check itself (reading draft orders, the prefetched
-weight, judging doses, building cards) is the domain's: :mod:`protocols.cds`. A malformed request is
-a 400 naming the offending path; ``source`` of each card links the protocol version it used.
+request is limited to its ``selections``). The check itself is the domain's: reading draft orders
+and the prefetched weight (:mod:`protocols.draft_orders`), judging doses and building cards
+(:mod:`protocols.cds`). A malformed request is a 400 naming the offending path; ``source`` of each
+card links the protocol version it used.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from flask import request, url_for
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
 from api.parsing import Blueprint
-from protocols import cds
-from protocols.cds import BODY_WEIGHT_LOINC, LOINC, WEIGHT_PREFETCH
+from protocols import cds, draft_orders
+from protocols.draft_orders import BODY_WEIGHT_LOINC, LOINC, WEIGHT_PREFETCH
 from schemas.dosing import CdsDiscoverySchema, CdsRequestSchema, CdsResponseSchema
 
 blp = Blueprint("cds", __name__, url_prefix="/cds-services",
@@ -67,10 +68,10 @@ def _known_service() -> None:
 def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any]:
     """Run the dose check for the draft orders of an order-select or order-sign hook."""
     context = request_body["context"]
-    patient = cds.HookPatient(context["patientId"], request_body.get("fhirServer"))
-    orders = cds.draft_medication_requests(context.get("draftOrders"), request_body["hook"],
+    patient = draft_orders.HookPatient(context["patientId"], request_body.get("fhirServer"))
+    orders = draft_orders.draft_medication_requests(context.get("draftOrders"), request_body["hook"],
                                            context.get("selections") or [], patient)
-    weight = cds.prefetched_weight(request_body.get("prefetch") or {}, patient=patient)
+    weight = draft_orders.prefetched_weight(request_body.get("prefetch") or {}, patient=patient)
     return {"cards": cds.cards_for_orders(get_db(), orders, weight, _version_url)}
 
 

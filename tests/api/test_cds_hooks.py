@@ -22,7 +22,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 from markdown_it import MarkdownIt
 
-from protocols import cds, dosing, search, terminology
+from protocols import cds, dosing, draft_orders, search, terminology
 from protocols.timeutil import format_rfc3339, utcnow
 from tests.factories import protocol_payload
 
@@ -74,7 +74,7 @@ def medication_request(order_id: str, codings: list[dict[str, str]], route: str,
     return resource
 
 
-#: When the fixtures' weights were observed: yesterday, so that they stay current (cds.WEIGHT_MAX_AGE).
+#: When the fixtures' weights were observed: yesterday, so that they stay current (draft_orders.WEIGHT_MAX_AGE).
 RECENT = format_rfc3339((utcnow() - timedelta(days=1)).replace(microsecond=0))
 
 
@@ -771,12 +771,13 @@ def test_medication_reference_to_a_medication_of_the_draft_orders_bundle(client,
 
 
 def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
-    """gunicorn.conf.py runs cds.warm_up() in every worker before its first request: the order it
+    """gunicorn.conf.py runs draft_orders.warm_up() in every worker before its first request: the order it
     parses must be valid (or workers would not start) and go through every element the service reads."""
-    (bundle_entry,) = cds._WARM_UP_ORDERS["entry"]
+    (bundle_entry,) = draft_orders._WARM_UP_ORDERS["entry"]
     MedicationRequest.model_validate(bundle_entry["resource"])
-    cds.warm_up()
-    (order,) = cds.draft_medication_requests(cds._WARM_UP_ORDERS, "order-sign", [], cds.HookPatient("warm-up"))
+    draft_orders.warm_up()
+    (order,) = draft_orders.draft_medication_requests(draft_orders._WARM_UP_ORDERS, "order-sign", [],
+                                                      draft_orders.HookPatient("warm-up"))
     assert order.rxnorm == ["6130"] and order.reasons == ["35489007"]  # via the contained Medication
     assert [(line.route, line.label, line.frequency is not None) for line in order.lines] == [
         ("47625008", "70 mg at 1 mg/kg/h", True), ("47625008", "1 mg/kg to 2 mg/kg", True)]
@@ -784,11 +785,11 @@ def test_the_warm_up_order_is_valid_fhir_and_reads_like_a_real_one():
 
 _FIRST_ORDER = """
 import json, sys
-from protocols import cds
+from protocols import draft_orders
 if sys.argv[1] == "warm":
-    cds.warm_up()
+    draft_orders.warm_up()
 before = set(sys.modules)
-cds.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [], cds.HookPatient("example"))
+draft_orders.draft_medication_requests(json.loads(sys.argv[2]), "order-sign", [], draft_orders.HookPatient("example"))
 print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith(("fhir", "pydantic")))))
 """
 
@@ -1750,7 +1751,7 @@ def test_without_an_indication_a_breach_of_another_protocol_is_a_warning_while_o
 def test_an_old_or_undated_weight_makes_a_weight_based_check_partly_checked(client):
     """Found by a clinical probe: the only weight, 120 kg from 2012, made 500 mg of ketamine IV "within
     range" (4.17 mg/kg) for a patient who may now weigh 60 kg (8.3 mg/kg). A weight older than
-    cds.WEIGHT_MAX_AGE, or undated, is still used, and a weight-based card says it may no longer hold;
+    draft_orders.WEIGHT_MAX_AGE, or undated, is still used, and a weight-based card says it may no longer hold;
     a fixed dose does not use it and keeps its green card."""
     ketamine_protocol(client)
     create(client)
@@ -1759,7 +1760,7 @@ def test_an_old_or_undated_weight_makes_a_weight_based_check_partly_checked(clie
     assert card["indicator"] == "warning" and card["summary"].startswith("within protocol range, partly checked")
     assert ("the body weight was observed on 2012-01-01, more than 30 days ago, and may no longer hold; the "
             "weight-based dose was checked with it") in card["detail"]
-    edge = f"{days_ago(cds.WEIGHT_MAX_AGE.days - 1)}T00:00:00Z"
+    edge = f"{days_ago(draft_orders.WEIGHT_MAX_AGE.days - 1)}T00:00:00Z"
     assert [c["indicator"] for c in cards(client, hook_request([order], weight=weight_bundle(120, when=edge)))] \
         == ["info"]
     undated = weight_observation(120)
@@ -1863,9 +1864,10 @@ def test_a_prefetch_outcome_is_told_by_its_error_not_its_opening_information():
     outcome = {"resourceType": "OperationOutcome", "issue": [
         {"severity": "information", "code": "informational", "diagnostics": "search ran"},
         {"severity": "error", "code": "forbidden", "details": {"text": "no consent for Observation"}}]}
-    assert cds.prefetched_weight({"weight": outcome}, patient=cds.HookPatient("example")) == \
+    patient = draft_orders.HookPatient("example")
+    assert draft_orders.prefetched_weight({"weight": outcome}, patient=patient) == \
         "the EHR could not prefetch a body weight (no consent for Observation)"
-    assert cds.prefetched_weight({"weight": {"resourceType": "OperationOutcome"}}, patient=cds.HookPatient("x")) == \
+    assert draft_orders.prefetched_weight({"weight": {"resourceType": "OperationOutcome"}}, patient=patient) == \
         "the EHR could not prefetch a body weight (an OperationOutcome)"
 
 
@@ -1917,7 +1919,7 @@ def test_a_call_judges_at_most_a_hundred_orders_with_protocols_and_names_the_res
     many = medication_request("esk-many", ESKETAMINE, NASAL, dose=(56, "mg"), frequency=(2, 1, "wk"))
     many["dosageInstruction"] = [dict(many["dosageInstruction"][0], sequence=n) for n in range(1, 23)]
     result = cards(client, hook_request([many]))
-    assert len(result) == cds.MAX_DOSAGE_INSTRUCTIONS and all(c["indicator"] == "warning" for c in result)
+    assert len(result) == draft_orders.MAX_DOSAGE_INSTRUCTIONS and all(c["indicator"] == "warning" for c in result)
     assert "the order has 22 dosage instructions; only the first 20 were read" in result[0]["detail"]
 
 def test_a_reason_in_words_or_by_reference_is_a_reason(client):

@@ -27,14 +27,14 @@ def test_post_worker_init_warms_up_freezes_the_heap_and_sets_the_switch_interval
     monkeypatch.setenv("PROTOCOLS_GIL_SWITCH_INTERVAL", "0.0007")
     config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     from api import server_errors
-    from protocols import cds, dose_units, units
+    from protocols import dose_units, draft_orders, units
     from schemas import fields
 
     built: list[str] = []
     monkeypatch.setattr(units, "check_ucum_dose_unit", lambda unit: built.append(f"units:{unit}"))
     monkeypatch.setattr(dose_units, "parse_dose_unit", lambda unit: built.append(f"dose_units:{unit}"))
     monkeypatch.setattr(fields, "compile_url_patterns", lambda: built.append("url_patterns"))
-    monkeypatch.setattr(cds, "warm_up", lambda: built.append("cds_models"))
+    monkeypatch.setattr(draft_orders, "warm_up", lambda: built.append("cds_models"))
     monkeypatch.setattr(server_errors, "install", lambda: built.append("json_errors"))
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
