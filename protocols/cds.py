@@ -16,7 +16,8 @@ and the card reports the most favourable verdict with the others listed in its d
 dosage line and protocol; when the order did not say which protocol it is for (no ``reasonCode``, or
 reasons none of them lists), each card's detail says so and names its protocol's indications (and a
 breach beside another protocol's clean pass is a warning, :func:`_softening`). A medication with
-protocols by other routes only, or ordered by a route that cannot be read, gets one card saying so;
+protocols by other routes only gets one card saying so; one ordered without a route, or by one that cannot be
+read, is judged as given by each route its protocols give (:func:`_as_every_route`);
 orders of one medication in one call are each "partly checked" (their sum is not added up); orders
 beyond the first :data:`MAX_DRAFT_ORDERS` with protocols are named on one card. Data the check needs
 but lacks (no weight prefetched, a dose in mL without a strength) is a warning card, not an error,
@@ -38,7 +39,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from protocols import draft_orders, search, terminology, versioning
+from protocols import dosing, draft_orders, search, terminology, versioning
 from protocols.db import Database
 from protocols.dose_units import UnitError, parse_dose_unit
 from protocols.dosing import (
@@ -232,13 +233,41 @@ def _order_matches(db: Database, session: Session, at: datetime, index: int, ord
         return search.narrowed_to(lookups[key], order.reasons)
 
     by_route: dict[str, tuple[list[Matched], str | None, list[Matched]]] = {}
-    matches = []
+    matches: list[LineMatch] = []
     for line in order.lines:
+        if line.unread_route is not None:
+            as_given = _as_every_route(line, lookup(None))
+            if as_given:
+                matches.extend(LineMatch(index, order, judged, applicable, _unscoped(order, applicable))
+                               for judged, applicable in as_given)
+                continue
         if line.route not in by_route:
             applicable = lookup(line.route)
             by_route[line.route] = applicable, _unscoped(order, applicable), [] if applicable else lookup(None)
         matches.append(LineMatch(index, order, line, *by_route[line.route]))
     return matches
+
+
+def _as_every_route(line: DosageLine, found: list[Matched]) -> list[tuple[DosageLine, list[Matched]]]:
+    """A line whose route is missing or could not be read, judged as given by each route the protocols in
+    ``found`` (its medication's, by any route) give, with the protocols that give it: one line per route,
+    each "partly checked" and saying which route it was judged as. A card saying only "route not read"
+    left 840 mg of Spravato a day (a nasal spray, one route) and 20 mg/kg of ketamine (above the maximum
+    by every route) unchecked (a clinical probe); FHIR's ``Dosage.route`` is optional."""
+    routes: dict[str, list[Matched]] = {}
+    for matched in found:
+        for route in matched[1].get("routes") or []:
+            code = str(route.get("code") or "")
+            if code and matched not in routes.setdefault(code, []):
+                routes[code].append(matched)
+    judged = []
+    for code, applicable in routes.items():
+        known = terminology.ROUTES.get(code)
+        as_route = f"the {known.display.lower()} ({code})" if known else f"route {code}"
+        note = (f"the order's route ({line.unread_route}) could not be read, so the dose was judged as given by "
+                f"{as_route}, {'the route' if len(routes) == 1 else 'one of the routes'} its protocols give")
+        judged.append((replace(line, route=code, unchecked=[*line.unchecked, note]), applicable))
+    return judged
 
 
 def _judged_together(orders: Sequence[DraftOrder], codes: Sequence[set[str]]) -> dict[int, str]:
@@ -317,20 +346,16 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
     first, _ = match.by_other_routes[0]
     label = f"protocol {first.protocol_id} v{first.version}" + (
         f" and {len(match.by_other_routes) - 1} more" if len(match.by_other_routes) > 1 else "")
-    if line.unread_route is not None:
-        opening = (f"The order's route ({markdown_text(line.unread_route)}) is coded neither in SNOMED CT nor as an "
-                   f"FDA SPL route code, so no protocol could be matched by it; the dose was not checked.")
-    else:
-        opening = (f"No protocol in effect gives {markdown_text(match.order.medication)} by the "
-                   f"{markdown_text(route_text)} ({markdown_text(line.route)}); the dose was not checked.")
+    opening = (f"No protocol in effect gives {markdown_text(match.order.medication)} by the "
+               f"{markdown_text(route_text)} ({markdown_text(line.route)}); the dose was not checked.")
     detail = [f"{opening} The protocols for {markdown_text(match.order.medication)} give it by:", *listed]
     links = [{"label": f"Protocol {stored.protocol_id} version {stored.version}",
               "url": version_url(stored.protocol_id, stored.version), "type": "absolute"}
              for stored, _ in match.by_other_routes]
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary("route not in any protocol" if line.unread_route is None else "route not read",
-                            f"{match.order.medication} {line.label} {route_text}", label),
+        "summary": _summary("route not in any protocol", f"{match.order.medication} {line.label} {route_text}",
+                            label),
         "detail": "\n".join(detail),
         "indicator": "warning",
         "source": {"label": "Treatment protocols", "url": links[0]["url"]},
@@ -414,6 +439,11 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
                     continue
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:
+            certain = _breach_at_any_weight(content, index, order, no_weight) if (
+                weight_kg is None and exc.field.endswith("weight_kg")) else None
+            if certain is not None:
+                evaluations.append(certain)
+                continue
             problem = exc.message
             if no_weight is not None and exc.field.endswith("weight_kg"):
                 problem = f"{exc.message} ({no_weight})"
@@ -429,6 +459,41 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
     return RangeResult(phase, verdict, evaluations, None, problems)
+
+
+#: A breach of the maximum: with no body weight, one that holds at the lightest and at the heaviest weight
+#: the service accepts holds at every weight between (:func:`_breach_at_any_weight`).
+_BREACHES = (Verdict.ABOVE_MAX, Verdict.EXCEEDS_MAX_PER_PERIOD)
+
+
+def _breach_at_any_weight(content: Mapping[str, Any], index: int, order: DoseOrder, no_weight: str | None
+                          ) -> Evaluation | None:
+    """With no usable body weight, the judgement of an order that breaks a weight-based maximum whatever
+    the patient weighs, or None. 3,000 mg of ketamine IV without a weight read "dose not checked" (a
+    clinical probe): above 4.5 mg/kg for anyone under 667 kg, and the service accepts 0.3-500 kg.
+
+    Why the two ends suffice: a dose and a maximum are each either an amount or an amount per kg, so
+    their ratio grows or shrinks steadily with the weight (a dose per kg against an amount in mg grows
+    with it, an amount against a maximum per kg shrinks); a breach at both ends is a breach at every
+    weight between. The evaluation shown is the one at the end where the breach is smallest, with a first
+    message saying so."""
+    ends = []
+    for weight in (dosing.MIN_WEIGHT_KG, dosing.MAX_WEIGHT_KG):
+        try:
+            ends.append(evaluate(content, index, replace(order, weight_kg=Fraction(weight))))
+        except DosingError:
+            return None
+    if not all(e.verdict in _BREACHES for e in ends):
+        return None
+    # A dose per kg grows with the weight (its breach is smallest for the lightest), an amount does not
+    # (its breach against a maximum per kg is smallest for the heaviest).
+    mildest = ends[0] if per_kg(order.dose.unit) else ends[1]
+    at = dosing.MIN_WEIGHT_KG if mildest is ends[0] else dosing.MAX_WEIGHT_KG
+    why = f" ({no_weight})" if no_weight else ""
+    note = (f"No body weight{why}: {fmt(Fraction(order.dose.value))} {order.dose.unit} breaks the protocol's "
+            f"maximum for any body weight from {dosing.MIN_WEIGHT_KG} to {dosing.MAX_WEIGHT_KG} kg (the weights "
+            f"this service accepts); the figures below are for {at} kg.")
+    return replace(mildest, messages=[note, *mildest.messages])
 
 
 def _implied_duration(line: DosageLine, rate: Quantity, weight_kg: Fraction | None) -> tuple[Fraction, str] | None:
@@ -497,6 +562,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     judged = [r for r in results if r.verdict is not None]
     route = terminology.ROUTES.get(line.route)
     route_text = route.display.lower() if route else f"route {line.route}"
+    if line.unread_route is not None:
+        route_text = f"judged as {route_text}"
     label = f"protocol {stored.protocol_id} v{stored.version}"
     unchecked = list(line.unchecked)  # the order's own; each range lists the quantities it could not judge
     if together:
@@ -557,6 +624,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         detail.extend(f"  - not checked: {markdown_text(problem)}" for problem in result.unchecked)
     detail.extend(f"- {markdown_text(note)}" for note in line.notes)
     detail.extend(f"- Not checked: {markdown_text(reason)}." for reason in unchecked)
+    if line.unread_route is not None:  # in the verdict's part, which a long medication name never cuts
+        verdict = f"{verdict}, route not read"
     summary = _summary(verdict, f"{order.medication} {line.label} {route_text}", label)
     url = version_url(stored.protocol_id, stored.version)
     return {

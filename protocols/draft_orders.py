@@ -77,8 +77,9 @@ class DosageLine:
     #: Why the line has no frequency when the order sent a timing (one that could not be read, or one
     #: administration in all): a verdict for one dose says so, not that no frequency was sent.
     no_frequency: str | None = None
-    #: The order's route as written, when it is coded neither in SNOMED CT nor as an FDA SPL route code
-    #: (``route`` is then empty and no protocol matches it).
+    #: The order's route as written, when it is missing or coded neither in SNOMED CT nor as an FDA SPL route
+    #: code: ``route`` is then empty, and the line is judged as given by each route its medication's
+    #: protocols give (:func:`protocols.cds._order_matches`, which sets ``route`` to each in turn).
     unread_route: str | None = None
     #: ``duration`` is ``durationMax`` alone: the longest an administration may take, not how long it does.
     duration_is_bound: bool = False
@@ -614,9 +615,11 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
         code for code in snomed if code not in terminology.ROUTES]
     unread_route = None
     if not routes:
-        # Without a route read as SNOMED CT no protocol can be matched; the line still gets one card saying
-        # so when its medication has protocols (:func:`protocols.cds._route_card`): no card read as "no
-        # protocol" (560 mg of Spravato a day, its route coded by EDQM, passed in silence; a clinical probe).
+        # Without a route read as SNOMED CT the line is judged as given by every route its medication's
+        # protocols give (:func:`protocols.cds._order_matches`): no card read as "no protocol" (560 mg of
+        # Spravato a day, its route coded by EDQM, passed in silence; a clinical probe), and a route card
+        # alone left 840 mg of Spravato a day, ordered without a route (FHIR's Dosage.route is optional),
+        # unchecked (a later clinical probe).
         unread_route = _route_words(dosage.route)
         routes = [""]
     frequency, notes, unchecked = _frequency(dosage)

@@ -1954,29 +1954,93 @@ def test_a_dose_per_kg_at_a_rate_per_kg_runs_its_time_without_a_weight(client):
     assert "4 min (2 mg/kg at 0.5 mg/kg/min)" in card["detail"] and "below" not in card["summary"]
 
 
-def test_a_route_coded_as_an_fda_route_is_read_and_one_not_read_gets_a_card(client):
-    """Found by a clinical probe: Spravato 560 mg a day with its route coded only as the FDA SPL code
+def test_a_route_coded_as_an_fda_route_is_read_and_one_not_read_is_judged_as_its_protocols_route(client):
+    """Found by clinical probes: Spravato 560 mg a day with its route coded only as the FDA SPL code
     C38284 (which the route pick list pairs with SNOMED CT's nasal route), by EDQM, in words or not at all
-    got no card, as if no protocol applied."""
+    got no card, as if no protocol applied; then a "route not read" card alone, which left 840 mg a day
+    unchecked. A route that is missing (FHIR's Dosage.route is optional) or cannot be read is judged as
+    the one route Spravato's protocol gives, and the card says so."""
     spravato = create(client)
     nci = medication_request("esk-nci", ESKETAMINE, NASAL, dose=(560, "mg"), frequency=(1, 1, "d"))
     nci["dosageInstruction"][0]["route"] = {"coding": [{"system": terminology.NCI_THESAURUS, "code": "C38284"}]}
     (card,) = cards(client, hook_request([nci]))
     assert card["indicator"] == "critical" and f"protocol {spravato['id']} v1" in card["summary"]
-    edqm = medication_request("esk-edqm", ESKETAMINE, NASAL, dose=(560, "mg"), frequency=(1, 1, "d"))
-    edqm["dosageInstruction"][0]["route"] = {"coding": [{"system": "http://standardterms.edqm.eu", "code": "20049000"}],
-                                             "text": "Nasal use"}
-    no_route = medication_request("esk-none", ESKETAMINE, NASAL, dose=(560, "mg"), frequency=(1, 1, "d"))
-    del no_route["dosageInstruction"][0]["route"]
-    for order, shown in ((edqm, "http://standardterms.edqm.eu|20049000; Nasal use"), (no_route, "no route")):
-        (card,) = cards(client, hook_request([order]))
-        assert card["indicator"] == "warning" and card["summary"].startswith("route not read: ")
-        assert f"The order's route ({shown}) is coded neither in SNOMED CT nor as an FDA SPL route code" \
-            in card["detail"]
-        assert "Nasal route (46713006)" in card["detail"]
+    assert "route not read" not in card["summary"]
+    for dose, indicator, verdict in ((560, "critical", "above protocol maximum, route not read: "),
+                                     (56, "warning", "within protocol range, partly checked, route not read: ")):
+        edqm = medication_request("esk-edqm", ESKETAMINE, NASAL, dose=(dose, "mg"), frequency=(1, 1, "wk"))
+        edqm["dosageInstruction"][0]["route"] = {
+            "coding": [{"system": "http://standardterms.edqm.eu", "code": "20049000"}], "text": "Nasal use"}
+        no_route = medication_request("esk-none", ESKETAMINE, NASAL, dose=(dose, "mg"), frequency=(1, 1, "wk"))
+        del no_route["dosageInstruction"][0]["route"]
+        for order, shown in ((edqm, "http://standardterms.edqm.eu|20049000; Nasal use"), (no_route, "no route")):
+            (card,) = cards(client, hook_request([order]))
+            assert (card["indicator"], card["summary"].split(": ")[0] + ": ") == (indicator, verdict)
+            assert " judged as na" in card["summary"]  # the rest of "nasal route" is cut to fit 140 characters
+            assert (f"the order's route ({shown}) could not be read, so the dose was judged as given by the nasal "
+                    "route (46713006), the route its protocols give") in card["detail"]
     midazolam = medication_request("mid", MIDAZOLAM, IV, dose=(2, "mg"))
     del midazolam["dosageInstruction"][0]["route"]
     assert cards(client, hook_request([midazolam])) == []  # no protocol for the medication: still nothing
+
+
+def test_an_order_without_a_route_is_judged_as_every_route_its_protocols_give(client):
+    """Found by a clinical probe: ketamine 20 mg/kg with no route, above the maximum of its protocols by
+    every route (IV 4.5 mg/kg, IM 13 mg/kg), got one "route not read" card and no verdict. Now it gets a
+    card per protocol and route, each critical; a dose within the IV range and below the IM one reads so,
+    each card "partly checked" and naming the route it was judged as. A reason still narrows the protocols."""
+    IM = "78421000"
+    ketamine_protocol(client, id="ketamine-iv")
+    ketamine_protocol(client, id="ketamine-im", dose_min=6.5, dose_max=13,
+                      routes=[{"system": SNOMED, "code": IM, "display": "Intramuscular route"}],
+                      dosing_ranges=[{"route": IM, "phase": "induction", "dose_min": 6.5, "dose_max": 13,
+                                      "unit": "mg/kg"}])
+    ketamine_protocol(client, id="ketamine-trd", dose_min=0.5, dose_max=0.5,
+                      indication=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2", "Major depressive disorder, "
+                                  "recurrent severe without psychotic features"))
+
+    def judged(dose: Any, reason: tuple[str, str] | None = None) -> list[tuple[str, str, str]]:
+        order = medication_request("ket", KETAMINE, IV, dose=(dose, "mg/kg"), reason=reason)
+        del order["dosageInstruction"][0]["route"]
+        found = cards(client, hook_request([order], weight=weight_bundle(70)))
+        for card in found:
+            assert "judged as given by the" in card["detail"] and ", route not read: " in card["summary"]
+        return sorted((card["source"]["topic"]["code"].split("/")[0],
+                       card["summary"].split(": ")[0].removesuffix(", route not read"), card["indicator"])
+                      for card in found)
+
+    assert judged(20) == [("ketamine-im", "above protocol maximum", "critical"),
+                          ("ketamine-iv", "above protocol maximum", "critical"),
+                          ("ketamine-trd", "above protocol maximum", "critical")]
+    assert judged(2) == [("ketamine-im", "below protocol minimum", "warning"),
+                         ("ketamine-iv", "within protocol range, partly checked", "warning"),
+                         ("ketamine-trd", "above protocol maximum", "critical")]
+    assert judged(2, reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2")) == [
+        ("ketamine-trd", "above protocol maximum", "critical")]
+
+
+def test_a_dose_above_the_maximum_for_any_weight_is_critical_without_a_weight(client):
+    """Found by a clinical probe: ketamine 3,000 mg IV with no weight read "dose not checked": it is above
+    4.5 mg/kg for anyone under 667 kg, and the service accepts 0.3-500 kg. A dose that breaks the maximum
+    at both ends breaks it at every weight; one that does not is still "not checked". The same for a weight
+    the service refuses, and for a dose per kg against a maximum in mg (its breach grows with the weight)."""
+    ketamine_protocol(client)
+    no_weight = medication_request("ket", KETAMINE, IV, dose=(3000, "mg"))
+    for weight in (None, weight_bundle(900)):
+        (card,) = cards(client, hook_request([no_weight], weight=weight))
+        assert card["indicator"] == "critical" and card["summary"].startswith("above protocol maximum: ")
+        assert "3000 mg breaks the protocol's maximum for any body weight from 0.3 to 500 kg" in card["detail"]
+        assert "the figures below are for 500 kg" in card["detail"]
+    (card,) = cards(client, hook_request([medication_request("ket", KETAMINE, IV, dose=(2000, "mg"))]))
+    assert card["indicator"] == "warning" and card["summary"].startswith("dose not checked: ")  # 4 mg/kg at 500 kg
+    create(client, id="esk-per-kg", drug={"name": "esketamine", "rxnorm_cui": "2201625", "brand_names": ["Spravato"],
+                                          "dea_schedule": "CIII"},
+           dosing_ranges=[{"route": NASAL, "phase": "induction", "dose_min": 56, "dose_max": 84, "unit": "mg"}])
+    per_kg = medication_request("esk", ESKETAMINE, NASAL, dose=(300, "mg/kg"))
+    (card,) = cards(client, hook_request([per_kg]))
+    assert card["indicator"] == "critical" and "the figures below are for 0.3 kg" in card["detail"]  # 90 mg
+    (card,) = cards(client, hook_request([medication_request("esk", ESKETAMINE, NASAL, dose=(200, "mg/kg"))]))
+    assert card["indicator"] == "warning" and card["summary"].startswith("dose not checked: ")  # 60 mg at 0.3 kg
 
 
 def test_instructions_of_one_order_with_no_sequence_and_orders_of_one_medication_are_partly_checked(client):
