@@ -33,7 +33,6 @@ from protocols.keys import ADMIN, WRITE
 
 log = logging.getLogger("api.audit")
 
-DENIED_STATUSES = frozenset({401, 403, 412, 428})
 _WROTE = "protocols_audit_wrote"
 _WRITE_VERBS = ("INSERT", "UPDATE", "DELETE")
 

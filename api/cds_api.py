@@ -40,8 +40,9 @@ def _service(service_id: str) -> dict[str, Any]:
                         "of the treatment-protocol version in effect for its RxNorm medication and SNOMED "
                         "CT route; weight-based ranges use the prefetched body weight (LOINC 29463-7)."),
         "prefetch": {WEIGHT_PREFETCH: WEIGHT_QUERY},
-        "usageRequirements": "Draft orders need RxNorm medication codings, a SNOMED CT route and a "
-                             "UCUM doseQuantity (or doseRange / rateQuantity).",
+        "usageRequirements": "Draft orders need RxNorm medication codings, a route (SNOMED CT, or an FDA SPL "
+                             "route code; an order without one is judged as given by each route its protocols "
+                             "give) and a UCUM doseQuantity (or doseRange / rateQuantity).",
     }
 
 

@@ -7,6 +7,7 @@ import getpass
 import hashlib
 import io
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -276,9 +277,17 @@ def _digest_line(digest: Any) -> str:
 IMPORT_ACTION = "protocols.import"
 
 
+def _sha256_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--sha256`` as 64 hexadecimal digits: a truncated paste or a typo was answered as a copy that
+    differs from its export ("it is not the export that digest belongs to"; a docs probe)."""
+    if value is not None and not re.fullmatch(r"[0-9A-Fa-f]{64}", value.strip()):
+        raise click.BadParameter(f"{value!r} is not a SHA-256 digest (64 hexadecimal digits, as export prints it)")
+    return value
+
+
 @protocols_cli.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
-@click.option("--sha256", "expected_sha256", metavar="HEX",
+@click.option("--sha256", "expected_sha256", metavar="HEX", callback=_sha256_option,
               help="The SHA-256 export printed for this file: a copy that differs by a byte is refused.")
 def import_command(path: Path, expected_sha256: str | None) -> None:
     """Import an NDJSON export: the whole file is validated first, then imported in one transaction."""

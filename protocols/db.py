@@ -61,10 +61,6 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def create_db_engine(url: str, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS, pool_size: int = POOL_SIZE,
                      **kwargs: Any) -> Engine:
     """An engine for ``url``. ``pool_size`` is PostgreSQL's connections per process (plus 5 overflow);

@@ -39,7 +39,8 @@ def _parse(text: str) -> timedelta:
         raise ValueError("years and months are not allowed (their length varies); use weeks or days")
     match = _PATTERN.match(text)
     if not match:
-        raise ValueError("not an ISO 8601 duration such as P1D, P1W, PT1H or PT40M")
+        raise ValueError("not a duration this service reads: ISO 8601 with whole numbers, such as P1D, P1W, PT1H, "
+                         "PT40M or PT5H30M (no fractions such as PT5.5H)")
     parts = {k: int(v) for k, v in match.groupdict().items() if v is not None}
     value = timedelta(weeks=parts.get("weeks", 0), days=parts.get("days", 0), hours=parts.get("hours", 0),
                       minutes=parts.get("minutes", 0), seconds=parts.get("seconds", 0))

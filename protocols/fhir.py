@@ -49,7 +49,8 @@ NCI_THESAURUS = terminology.NCI_THESAURUS  # the FDA's SPL DEA schedule codes
 MEDICATION_KNOWLEDGE_STATUS = "http://hl7.org/fhir/CodeSystem/medicationknowledge-status"
 EXTENSION_BASE = "http://hl7.org/fhir/StructureDefinition/Extension"
 
-#: FDA "SPL DEA Schedule" data standard (CDER data element C-DRG-0933): term -> (NCI code, meaning).
+#: FDA "SPL DEA Schedule" data standard (CDER data element C-DRG-0933): term -> (NCI code, meaning). Source:
+#: https://www.fda.gov/drugs/data-standards-manual-monographs/spl-dea-schedule-drugs
 DEA_SCHEDULES: dict[str, tuple[str, str]] = {
     "CI": ("C48672", "Schedule I"),
     "CII": ("C48675", "Schedule II"),
@@ -57,7 +58,6 @@ DEA_SCHEDULES: dict[str, tuple[str, str]] = {
     "CIV": ("C48677", "Schedule IV"),
     "CV": ("C48679", "Schedule V"),
 }
-DEA_SCHEDULE_SOURCE = "https://www.fda.gov/drugs/data-standards-manual-monographs/spl-dea-schedule-drugs"
 
 FDA = {"display": "U.S. Food and Drug Administration",
        "identifier": {"system": "urn:ietf:rfc:3986", "value": "https://www.fda.gov"}}

@@ -223,18 +223,6 @@ def check_indication_coding(system: str, code: str, display: str | None = None) 
     return {}
 
 
-def check_indication(system: str, code: str, display: str | None = None) -> str | None:
-    """Return one error message for an unacceptable indication code, ``None`` when it is accepted.
-
-    Kept for callers that want a single message; schemas use ``check_indication_coding`` so the
-    error lands on the field (``code`` or ``display``) that is wrong.
-    """
-    errors = check_indication_coding(system, code, display)
-    for messages in errors.values():
-        return messages[0]
-    return None
-
-
 def covered_codes(system: str, code: str) -> tuple[str, ...]:
     """The code prefixes an indication ``(system, code)`` also stands for when an order states its
     reason (empty: the code matches itself only). Curated per code rather than read off the code's

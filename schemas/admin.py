@@ -61,9 +61,12 @@ class KeyListSchema(Schema):
 
 
 class AuditQuerySchema(WindowPageQuerySchema):
-    actor = Text(validate=validate.Length(1, 200), metadata={"description": "API key name"})
+    actor = Text(validate=validate.Length(1, 200),
+                 metadata={"description": "Who acted, exactly as events name it: an API key's name, `cli:<user>` "
+                                          "or `catalog-loader` (see the event's `actor`)"})
     protocol = Text(validate=validate.Length(1, 200),
-                    metadata={"description": "Target: a protocol id (or key id for key administration)"})
+                    metadata={"description": "Target, exactly as events name it: a protocol id, a key id for key "
+                                             "administration, the path of a refused request, an imported file"})
     action = Text(validate=validate.Length(1, 64), metadata={"description": "e.g. protocol.revise, keys.revoke"})
     outcome = Text(validate=validate.OneOf(("allowed", "denied", "failed")))
     since = Instant(finer="up", metadata={"description": "Events at or after this instant"})
@@ -73,9 +76,14 @@ class AuditQuerySchema(WindowPageQuerySchema):
 class AuditEventSchema(Schema):
     seq = fields.Integer(required=True, metadata={"description": "Position in the append-only log"})
     occurred_at = Timestamp(required=True)
-    actor = fields.String(allow_none=True, metadata={"description": "API key name; null when anonymous"})
+    actor = fields.String(allow_none=True, metadata={
+        "description": "Who acted: an API key's name for requests, `cli:<user>` for the command line (imports, "
+                       "key administration), `catalog-loader` for `flask protocols load`; null for an anonymous "
+                       "request"})
     action = fields.String(required=True)
-    target = fields.String(allow_none=True)
+    target = fields.String(allow_none=True, metadata={
+        "description": "What was acted on: a protocol id, a key id, the path of a request refused before it "
+                       "named one, or the file an import read"})
     outcome = fields.String(required=True, metadata={"description": "allowed, denied or failed"})
     status_code = fields.Integer(allow_none=True)
     request_id = fields.String(allow_none=True)

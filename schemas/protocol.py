@@ -13,6 +13,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from protocols.record import CONTENT_FIELDS, SERVER_FIELDS
+from protocols.versioning import STATUSES
 from schemas.clinical import (
     DoseRangeSchema,
     DrugSchema,
@@ -23,7 +24,6 @@ from schemas.clinical import (
 )
 from schemas.fields import Instant, Slug, Text
 
-STATUSES = ("draft", "active", "retired")
 _INDEX = re.compile(r"[0-9]{1,4}")  # not str.isdigit(): superscripts and Arabic-Indic digits pass it
 
 

@@ -122,6 +122,9 @@ def test_export_prints_a_sha256_and_import_refuses_a_copy_that_differs(
     url = _fresh_database(test_databases, backend, app)
     restored = make_app(PROTOCOLS_DATABASE_URL=url)
     runner = restored.test_cli_runner()
+    for typo in (digest[:63], digest[:-1] + "g", "XYZ"):  # a malformed digest is named as one, not a mismatch
+        malformed = runner.invoke(args=["protocols", "import", str(export), "--sha256", typo])
+        assert malformed.exit_code == 2 and "is not a SHA-256 digest (64 hexadecimal digits" in malformed.output
     refused = runner.invoke(args=["protocols", "import", str(tampered), "--sha256", digest])
     assert refused.exit_code == 1 and f"not {digest}" in refused.output and "nothing was imported" in refused.output
     assert _export_lines(restored, tmp_path) == []

@@ -23,7 +23,10 @@ def test_durations_parse_to_exact_timedeltas_every_time(text, expected):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("P1M", "years and months"), ("P1Y", "years and months"), ("P0D", "longer than zero"),
-    ("P", "not an ISO 8601 duration"), ("PT", "not an ISO 8601 duration"), ("1D", "not an ISO 8601 duration"),
+    ("P", "not a duration this service reads"), ("PT", "not a duration this service reads"),
+    ("1D", "not a duration this service reads"),
+    # A fraction is ISO 8601, but not read here: the message says so, not that it is no ISO duration (a docs probe).
+    ("PT5.5H", r"whole numbers, such as .* PT5H30M \(no fractions such as PT5.5H\)"),
 ])
 def test_a_refused_duration_is_refused_every_time(text, message):
     """The cache keeps answers, not errors: the second call raises as the first did."""
