@@ -395,6 +395,8 @@ class RangeResult:
     problem: str | None
     #: Quantities of the line this range could not judge (shown as "not checked: ..." under it).
     unchecked: list[str] = field(default_factory=list)
+    #: The order's own maximum per period against this range's (:func:`dosing.own_maximum_against_range`).
+    own_maximum: str | None = None
 
 
 def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Weight | str) -> RangeResult:
@@ -458,7 +460,22 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # A dose range (low to high) is inside only when both ends are, a dose and its rate only when
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
-    return RangeResult(phase, verdict, evaluations, None, problems)
+    own_maximum = None
+    if line.own_maximum is not None and line.as_needed and line.frequency is None:
+        # Given as needed with no timing, the order's own maximum is all that bounds what it gives in a period.
+        amount, period_s, period_text = line.own_maximum
+        try:
+            compared = dosing.own_maximum_against_range(dose_range, amount, period_s, period_text,
+                                                        weight_kg=weight_kg, concentration=line.concentration)
+        except DosingError as exc:
+            compared = None
+            problems.append(f"the order's own maximum, {fmt(Fraction(amount.value))} {amount.unit} per "
+                            f"{period_text}: {exc.message}")
+        if compared is not None:
+            exceeded, own_maximum = compared
+            if exceeded:
+                verdict = max(verdict, Verdict.EXCEEDS_MAX_PER_PERIOD, key=FAVOURABLE_ORDER.index)
+    return RangeResult(phase, verdict, evaluations, None, problems, own_maximum)
 
 
 #: A breach of the maximum: with no body weight, one that holds at the lightest and at the heaviest weight
@@ -573,8 +590,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
                 for _, r in ranges) or any(per_kg(dose.unit) for dose in line.doses)):
         unchecked.append(f"{weight.stale}; the weight-based dose was checked with it")
     best_verdict: Verdict | None = None
-    if line.as_needed and line.frequency is None and not line.unchecked and any(
-            r.get("frequency") or r.get("max_per_period") for _, r in ranges):
+    if line.as_needed and line.frequency is None and not line.unchecked and not any(
+            r.own_maximum for r in results) and any(r.get("frequency") or r.get("max_per_period") for _, r in ranges):
         # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
         unchecked.append("the order is as needed with no timing or maximum, so its amount per period was "
                          "checked for one dose")
@@ -621,6 +638,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
         # share (the repetition not checked, the instructions) is shown once (a review).
         messages = dict.fromkeys(message for evaluation in result.evaluations for message in evaluation.messages)
         detail.extend(f"  - {markdown_text(message)}" for message in messages)
+        if result.own_maximum:
+            detail.append(f"  - {markdown_text(result.own_maximum)}")
         detail.extend(f"  - not checked: {markdown_text(problem)}" for problem in result.unchecked)
     detail.extend(f"- {markdown_text(note)}" for note in line.notes)
     detail.extend(f"- Not checked: {markdown_text(reason)}." for reason in unchecked)

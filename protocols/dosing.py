@@ -583,6 +583,38 @@ def _max_per_period(dose_range: Mapping[str, Any], notes: list[str]) -> tuple[Am
     return Amount(exact(limit["value"]), unit.code), str(limit["period"]), unit
 
 
+def own_maximum_against_range(dose_range: Mapping[str, Any], amount: Quantity, period_s: Fraction, period_text: str,
+                              *, weight_kg: Decimal | Fraction | None, concentration: Concentration | None
+                              ) -> tuple[bool, str] | None:
+    """An as-needed order's own maximum per period (FHIR ``maxDosePerPeriod``: ``amount`` per ``period_s``)
+    against the range's maximum per period: whether the most it allows in the range's period exceeds
+    it, and the calculation; None when the range has no maximum per period to compare it with. Raises
+    :class:`DosingError` when the two cannot be compared (units, a weight or a strength missing).
+
+    Why "the most it allows": an order given as needed with no timing repeats at will within its own
+    maximum, which is then all that bounds it. A window of the range's period holds as many of the
+    order's own periods as it spans, rounded up (one when the window is the shorter): 84 mg per 12 h
+    allows 168 mg in a day. Spravato "as needed, at most 840 mg a day" read "per-period maximum
+    respected" for one dose (a clinical probe)."""
+    limit = _max_per_period(dose_range, [])
+    if limit is None:
+        return None
+    maximum, period, target = limit
+    unit = _unit(amount.unit, "maxDosePerPeriod.numerator.unit", ordered=True)
+    if unit.is_rate:
+        raise UnitsIncompatible(f"the order's own maximum per period is a rate ({unit.code}), not an amount",
+                                "maxDosePerPeriod.numerator.unit")
+    per_own_period = convert(Fraction(amount.value), unit, target, weight_kg=check_weight(weight_kg),
+                             concentration=concentration, duration_s=None)
+    periods = max(1, math.ceil(seconds(parse_duration(period)) / period_s))
+    allowed = Amount(per_own_period * periods, target.code)
+    exceeded = allowed.value > maximum.value
+    spans = f" ({periods} of its periods)" if periods > 1 else ""
+    return exceeded, (f"The order's own maximum, {fmt(Fraction(amount.value))} {unit.code} per {period_text}, "
+                      f"allows up to {allowed.text(maximum.value)} per {period}{spans} "
+                      f"{'>' if exceeded else '≤'} maximum {maximum.text()} per {period}")
+
+
 def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, Any],
                 weight: Fraction | None, duration_s: Fraction | None,
                 notes: list[str], no_frequency: str = "no frequency was sent") -> PerPeriod | None:

@@ -83,6 +83,9 @@ class DosageLine:
     unread_route: str | None = None
     #: ``duration`` is ``durationMax`` alone: the longest an administration may take, not how long it does.
     duration_is_bound: bool = False
+    #: The order's own maximum per period (``maxDosePerPeriod``): the amount, the period in seconds and the
+    #: period as written. What bounds an as-needed order with no timing (:func:`protocols.cds._judge`).
+    own_maximum: tuple[Quantity, Fraction, str] | None = None
 
 
 @dataclass
@@ -629,8 +632,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     bound_only = repeat is not None and repeat.durationMax is not None and repeat.duration is None
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
-    if dosage.maxDosePerPeriod is not None:
-        unchecked.append("the order's own maxDosePerPeriod was not compared with the protocol")
+    own_maximum = _own_maximum(dosage.maxDosePerPeriod, f"{path}.maxDosePerPeriod", unchecked)
     lines = []
     for index, dose_and_rate in enumerate(dosage.doseAndRate or [None]):
         where = f"{path}.doseAndRate.{index}"
@@ -670,8 +672,25 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
             lines.append(DosageLine(routes[0], doses, frequency, " ".join(labels) or "as ordered", list(notes),
                                     as_needed=as_needed, unchecked=line_unchecked, duration=duration,
                                     shortest_s=shortest_s, no_frequency=no_frequency, unread_route=unread_route,
-                                    duration_is_bound=bound_only))
+                                    duration_is_bound=bound_only, own_maximum=own_maximum))
     return lines
+
+
+def _own_maximum(ratio: Any, path: str, unchecked: list[str]) -> tuple[Quantity, Fraction, str] | None:
+    """``maxDosePerPeriod`` (840 mg per 1 d) as (amount, period in seconds, the period as written), or None
+    with a note in ``unchecked`` when it cannot be read. It bounds an as-needed order with no timing (the
+    cards compare it with a protocol's maximum per period); a scheduled order is judged by its schedule,
+    which the maximum can only lower."""
+    if ratio is None:
+        return None
+    amount = _quantity(ratio.numerator, f"{path}.numerator")
+    period = _quantity(ratio.denominator, f"{path}.denominator")
+    unit_seconds = PERIOD_UNIT_SECONDS.get(period.unit) if period is not None else None
+    if amount is None or period is None or unit_seconds is None:
+        unchecked.append("the order's own maxDosePerPeriod could not be read (an amount per a period in s, min, "
+                         "h, d or wk)")
+        return None
+    return amount, Fraction(period.value) * unit_seconds, f"{fmt(Fraction(period.value))} {period.unit}"
 
 
 def _route_words(route: Any) -> str:

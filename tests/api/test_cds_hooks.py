@@ -983,14 +983,14 @@ def test_named_times_of_day_and_hourly_codes_count_every_dose(client):
 def test_an_order_read_in_part_is_never_an_info_card(client):
     """A timing without a fixed frequency, a frequency without a period, an open-ended dose range, the
     order's own maxDosePerPeriod and concurrent instructions (same sequence) were each ignored, and the
-    card read "info, within protocol range"."""
+    card read "info, within protocol range". (An own maximum that can be read is compared: the next test.)"""
     create(client)
     orders = [
         _esketamine_order("esk-mo", timing={"repeat": {"frequency": 60, "period": 1, "periodUnit": "mo"}}),
         _esketamine_order("esk-noper", timing={"repeat": {"frequency": 3}}),
         _esketamine_order("esk-max", asNeededBoolean=True, maxDosePerPeriod={
-            "numerator": {"value": 560, "unit": "mg", "system": UCUM, "code": "mg"},
-            "denominator": {"value": 1, "unit": "d", "system": UCUM, "code": "d"}}),
+            "numerator": {"value": 84, "unit": "mg", "system": UCUM, "code": "mg"},
+            "denominator": {"value": 1, "unit": "mo", "system": UCUM, "code": "mo"}}),
     ]
     open_ended = medication_request("esk-open", ESKETAMINE, NASAL, dose=(56, "mg"))
     open_ended["dosageInstruction"][0]["doseAndRate"][0] = {"doseRange": {"low": {
@@ -1006,9 +1006,49 @@ def test_an_order_read_in_part_is_never_an_info_card(client):
     assert [c["indicator"] for c in result] == ["warning"] * 7, [c["summary"] for c in result]
     assert all("partly checked" in c["summary"] for c in result)
     details = "\n".join(c["detail"] for c in result)
-    for reason in ("has no fixed length", "a frequency without a period", "maxDosePerPeriod",
+    for reason in ("has no fixed length", "a frequency without a period", "maxDosePerPeriod could not be read",
                    "no upper end", "no lower end", "same sequence"):
         assert reason in details, reason
+
+
+def _own_maximum(value: Any, unit: str, per: Any, per_unit: str) -> dict[str, Any]:
+    return {"numerator": {"value": value, "unit": unit, "system": UCUM, "code": unit},
+            "denominator": {"value": per, "unit": per_unit, "system": UCUM, "code": per_unit}}
+
+
+def test_an_as_needed_orders_own_maximum_per_period_is_compared_with_the_protocols(client):
+    """Found by a clinical probe: Spravato 84 mg as needed, "at most 840 mg a day" (maxDosePerPeriod), read
+    "within protocol range" and "Per-period maximum respected: 84 mg x one dose", the order's own maximum
+    in a footnote. Given as needed with no timing, that maximum is all that bounds the order: compared with
+    the protocol's (84 mg per day), over as many of the order's periods as the protocol's spans."""
+    create(client)  # Spravato-like: 56-84 mg, at most 84 mg per P1D
+
+    def card_for(maximum: dict[str, Any], **dosage: Any) -> dict[str, Any]:
+        (card,) = cards(client, hook_request([_esketamine_order("esk", asNeededBoolean=True,
+                                                                maxDosePerPeriod=maximum, **dosage)]))
+        return card
+
+    over = card_for(_own_maximum(840, "mg", 1, "d"))
+    assert over["indicator"] == "critical" and over["summary"].startswith("exceeds protocol maximum per period: ")
+    assert ("The order's own maximum, 840 mg per 1 d, allows up to 840 mg per P1D > maximum 84 mg per P1D"
+            in over["detail"])
+    twice = card_for(_own_maximum(84, "mg", 12, "h"))  # 84 mg every 12 h: 168 mg in a day
+    assert twice["indicator"] == "critical"
+    assert "84 mg per 12 h, allows up to 168 mg per P1D (2 of its periods) > maximum 84 mg per P1D" in twice["detail"]
+    held = card_for(_own_maximum(0.084, "g", 1, "d"))
+    assert held["indicator"] == "info" and held["summary"].startswith("within protocol range: ")
+    assert "allows up to 84 mg per P1D ≤ maximum 84 mg per P1D" in held["detail"]
+    assert "checked for one dose" not in held["detail"]
+    weekly = card_for(_own_maximum(168, "mg", 1, "wk"))  # a week's maximum may all fall on one day
+    assert weekly["indicator"] == "critical"
+    assert "allows up to 168 mg per P1D > maximum 84 mg per P1D" in weekly["detail"]
+    # A scheduled order is judged by its schedule, which its own maximum can only lower.
+    scheduled = card_for(_own_maximum(840, "mg", 1, "d"), timing={"repeat": {"frequency": 1, "period": 1,
+                                                                               "periodUnit": "wk"}})
+    assert scheduled["indicator"] == "info" and "own maximum" not in scheduled["detail"]
+    # Without a maximum, an as-needed order is still checked for one dose, and says so.
+    (bare,) = cards(client, hook_request([_esketamine_order("esk", asNeededBoolean=True)]))
+    assert bare["indicator"] == "warning" and "checked for one dose" in bare["detail"]
 
 
 def test_a_dose_repeated_within_a_minute_is_judged_at_that_frequency(client):
