@@ -478,6 +478,49 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     return RangeResult(phase, verdict, evaluations, None, problems, own_maximum)
 
 
+def _without_a_rate_its_amount_contradicts(line: DosageLine, weight: Weight | str) -> DosageLine:
+    """The line without a rate in volume per time that, at the product's strength, gives over the order's
+    duration another amount than the one ordered with it, and "partly checked" saying so; else the line.
+
+    Why: an infusion is usually diluted, and its rate in mL/h is of the bag, not of the product's
+    strength the order's Medication gives. "35 mg in 100 mL over 40 min" (150 mL/h) of a 10 mg/mL
+    ketamine read as 1,000 mg, a critical "14.3 mg/kg" card beside its own 35 mg (0.5 mg/kg, the
+    standard dose) within range (a clinical probe). The concentration of the bag is not sent, so the
+    rate is not judged; the amount is, over the order's duration. Rates that agree are judged as before."""
+    if line.concentration is None or line.duration is None or line.duration_is_bound:
+        return line
+    weight_kg = weight.usable_kg if isinstance(weight, Weight) else None
+    try:
+        units = [parse_dose_unit(q.unit) for q in line.doses]
+    except UnitError:
+        return line
+    amounts = [(q, u) for q, u in zip(line.doses, units, strict=True) if not u.is_rate and u.kind == "mass"]
+    duration_s, duration_text = line.duration
+    mg_per_ml = line.concentration.mg_per_ml
+    for index, (rate, unit) in enumerate(zip(line.doses, units, strict=True)):
+        if not unit.is_rate or unit.kind != "volume" or unit.time_seconds is None:
+            continue
+        given = Fraction(rate.value) * unit.amount_factor / unit.time_seconds * duration_s * mg_per_ml
+        for amount, amount_unit in amounts:
+            mg, ordered = given, Fraction(amount.value) * amount_unit.amount_factor
+            if unit.per_kg != amount_unit.per_kg:  # compared per patient: needs the weight
+                if weight_kg is None:
+                    continue
+                mg = mg * weight_kg if unit.per_kg else mg
+                ordered = ordered * weight_kg if amount_unit.per_kg else ordered
+            if abs(mg - ordered) * 100 <= ordered:  # within 1 %: the order's own rounding
+                continue
+            per_kg = "/kg" if unit.per_kg and amount_unit.per_kg else ""
+            note = (f"the rate {fmt(Fraction(rate.value))} {rate.unit} was not judged: at the product's strength "
+                    f"({fmt(Fraction(line.concentration.value))} {line.concentration.unit}) it gives "
+                    f"{fmt(mg)} mg{per_kg} over {duration_text}, not the {fmt(Fraction(amount.value))} "
+                    f"{amount.unit} ordered with it; a diluted infusion's rate is of a concentration the order "
+                    f"does not give")
+            doses = [q for position, q in enumerate(line.doses) if position != index]
+            return replace(line, doses=doses, unchecked=[*line.unchecked, note])
+    return line
+
+
 #: A breach of the maximum: with no body weight, one that holds at the lightest and at the heaviest weight
 #: the service accepts holds at every weight between (:func:`_breach_at_any_weight`).
 _BREACHES = (Verdict.ABOVE_MAX, Verdict.EXCEEDS_MAX_PER_PERIOD)
@@ -574,6 +617,7 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     """The card of one dosage line checked against one protocol, and the verdict of its best range (None:
     not checked). ``together``: why other orders of the call make this one "partly checked";
     ``softened``: why a critical verdict is shown as a warning (:func:`_softening`)."""
+    line = _without_a_rate_its_amount_contradicts(line, weight)
     ranges = ranges_for(content, line.route)
     results = [_judge(content, index, line, weight) for index, _ in ranges]
     judged = [r for r in results if r.verdict is not None]

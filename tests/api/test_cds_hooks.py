@@ -1359,6 +1359,34 @@ def _with_strength(order: dict[str, Any], numerator: Any, denominator: Any) -> d
     return order
 
 
+def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_is_not_judged(client):
+    """Found by a clinical probe: "35 mg in 100 mL over 40 min" (150 mL/h) of a 10 mg/mL ketamine, the
+    usual depression infusion, read the rate through the vial's strength as 1,000 mg ("14.3 mg/kg"), a
+    critical card beside its own 35 mg (0.5 mg/kg) within range. The bag's concentration is not sent: the
+    rate is not judged, the amount is, and the card is partly checked saying why. A rate that agrees with
+    its amount (an undiluted 10 mg/mL at 52.5 mL/h for 40 min: 350 mg) is judged as before."""
+    ketamine_protocol(client, dose_min=0.5, dose_max=0.5, dosing_ranges=[{
+        "route": IV, "phase": "induction", "dose_min": 0.5, "dose_max": 0.5, "unit": "mg/kg", "duration": "PT40M"}])
+
+    def card_for(dose: Any, rate: Any) -> dict[str, Any]:
+        order = _with_strength(medication_request("ket", KETAMINE, IV, dose=(dose, "mg"), rate=(rate, "mL/h")), 10, 1)
+        order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 40, "durationUnit": "min"}}
+        (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+        return card
+
+    diluted = card_for(35, 150)
+    assert diluted["indicator"] == "warning", diluted["summary"]
+    assert diluted["summary"].startswith("within protocol range, partly checked: ")
+    assert ("the rate 150 mL/h was not judged: at the product's strength (10 mg/mL) it gives 1000 mg over 40 min, "
+            "not the 35 mg ordered with it") in diluted["detail"]
+    assert "14.28" not in diluted["detail"]
+    overdose = card_for(350, 150)  # the amount is still judged: 5 mg/kg
+    assert overdose["indicator"] == "critical" and "was not judged" in overdose["detail"]
+    agreeing = card_for(350, 52.5)  # 52.5 mL/h x 40 min x 10 mg/mL = 350 mg: the rate is judged, and breaks too
+    assert agreeing["indicator"] == "critical" and "was not judged" not in agreeing["detail"]
+    assert "mL/h (= " in agreeing["detail"], agreeing["detail"]
+
+
 def test_a_strength_in_thirds_is_exact_at_the_range_edges(client):
     """3 mL of 100 mg per 3 mL is exactly 100 mg: divided as a 28-digit Decimal first it read 'below
     protocol minimum' against 100-200 mg, and 3 mL of 200 mg per 3 mL read 'above maximum' (critical)."""
