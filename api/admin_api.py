@@ -17,7 +17,14 @@ from api.audit_log import pending
 from api.auth import requires_scope
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db, write_context
-from api.http import link_header, page_links, read_cursor, reads_cursor
+from api.http import (
+    UNTAGGED_PRECONDITION,
+    check_untagged_preconditions,
+    link_header,
+    page_links,
+    read_cursor,
+    reads_cursor,
+)
 from api.parsing import Blueprint
 from protocols import audit, keys
 from protocols.keys import ADMIN, KeyInfo
@@ -63,8 +70,10 @@ def list_keys() -> dict[str, Any]:
 @blp.response(201, KeyCreatedSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(409, schema=ErrorSchema,
                   description="A live key (or one whose name looks the same) has this name; errors.name says which")
+@blp.alt_response(412, schema=ErrorSchema, description=UNTAGGED_PRECONDITION)
 def create_key(payload: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Mint a key. The response is the only place the key ever appears."""
+    check_untagged_preconditions(exists=False)
     facts = keys.creation_facts(payload["name"], payload["scopes"], payload["expires_at"])
     info, plain = keys.create_key(get_db(), payload["name"], payload["scopes"], expires_at=payload["expires_at"],
                                   ctx=write_context(pending(201, **facts)))
@@ -88,10 +97,13 @@ def get_key(key_id: str) -> dict[str, Any]:
 @blp.alt_response(409, schema=ErrorSchema,
                   description="The key is the last live key with the `admin` scope: create another admin key "
                               "first (the shell's `flask keys revoke` may revoke it)")
+@blp.alt_response(412, schema=ErrorSchema, description=UNTAGGED_PRECONDITION)
 def revoke_key(key_id: str) -> dict[str, Any]:
     """Revoke a key: it stops working at once, in every worker. Revoking again changes nothing. The
     last live admin key is not revoked here: nobody could mint a key over HTTP afterwards."""
     g.audit_target = key_id
+    _get_key(key_id)  # a request that would fail anyway (404) ignores its preconditions (RFC 9110 13.2.1)
+    check_untagged_preconditions(exists=True)
     try:
         info = keys.revoke_key(get_db(), key_id, ctx=write_context(pending(200)), keep_an_admin=True)
     except keys.KeyNotFound as exc:

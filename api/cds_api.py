@@ -17,6 +17,7 @@ from flask import request, url_for
 
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
+from api.http import UNTAGGED_PRECONDITION, check_untagged_preconditions
 from api.parsing import Blueprint
 from protocols import cds, draft_orders
 from protocols.draft_orders import BODY_WEIGHT_LOINC, LOINC, WEIGHT_PREFETCH
@@ -66,12 +67,14 @@ def _known_service() -> None:
 @blp.arguments(CdsRequestSchema(), error_status_code=400)
 @blp.response(200, CdsResponseSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such CDS service")
+@blp.alt_response(412, schema=ErrorSchema, description=UNTAGGED_PRECONDITION)
 def call_service(request_body: dict[str, Any], service_id: str) -> dict[str, Any]:
     """Run the dose check for the draft orders of an order-select or order-sign hook."""
+    check_untagged_preconditions(exists=False)
     context = request_body["context"]
     patient = draft_orders.HookPatient(context["patientId"], request_body.get("fhirServer"))
     orders = draft_orders.draft_medication_requests(context.get("draftOrders"), request_body["hook"],
-                                           context.get("selections") or [], patient)
+                                                    context.get("selections") or [], patient)
     weight = draft_orders.prefetched_weight(request_body.get("prefetch") or {}, patient=patient)
     return {"cards": cds.cards_for_orders(get_db(), orders, weight, _version_url)}
 

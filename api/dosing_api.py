@@ -14,6 +14,7 @@ from typing import Any
 
 from api.errors import ApiError, ErrorSchema
 from api.extensions import get_db
+from api.http import UNTAGGED_PRECONDITION, check_untagged_preconditions
 from api.parsing import Blueprint
 from protocols import terminology, versioning
 from protocols.dose_units import normalize, parse_concentration, seconds
@@ -142,6 +143,7 @@ def dosing_error(exc: DosingError, rename: dict[str, str] | None = None) -> ApiE
 @blp.response(200, DoseCheckResponseSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such protocol, or no version in effect at that time")
 @blp.alt_response(410, schema=ErrorSchema, description="Retired (protocol_version names the retirement)")
+@blp.alt_response(412, schema=ErrorSchema, description=UNTAGGED_PRECONDITION)
 def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
     """Judge a dose against the protocol version in effect (or at `as_of`).
 
@@ -153,6 +155,7 @@ def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
     service does not guess. Several ranges within one phase are alternatives: the dose is judged
     against each (`evaluations`) and the most favourable verdict is the answer."""
     stored, content = load_version(protocol_id, payload.get("as_of"))
+    check_untagged_preconditions(exists=False)
     frequency = payload.get("frequency")
     concentration = payload.get("concentration")
     order = DoseOrder(

@@ -109,6 +109,30 @@ def none_match(header: str | None, etag: str) -> bool:
     return names_etag(tags, etag)
 
 
+#: How the writes that have no strong entity-tag document their 412 (:func:`check_untagged_preconditions`).
+UNTAGGED_PRECONDITION = ("If-Match was sent, and nothing here has an entity-tag it can match (only `*`, on a "
+                         "resource that exists), or If-None-Match `*` on one that exists")
+
+
+def check_untagged_preconditions(*, exists: bool) -> None:
+    """``If-Match`` and ``If-None-Match`` on a request to a resource with no strong entity-tag: key
+    administration (a key's ETag is weak) and the POSTed computations (dose checks, CDS Hooks), which
+    have no representation. RFC 9110 13.1.1: an origin server MUST evaluate them; these ignored both,
+    malformed lists included, and a revocation "only if the key is still as I read it" went ahead on
+    any tag (a docs probe). Both are parsed (a malformed list is a 400 naming it); ``If-Match`` is then
+    satisfied only by ``*`` on a resource that ``exists`` (a weak or absent entity-tag never matches a
+    strong comparison), and ``If-None-Match: *`` fails on one that exists."""
+    match, none = if_match(), if_none_match()
+    if match is not None and not (exists and "*" in match):
+        detail = ("this resource's entity-tag is weak, which never satisfies If-Match: send *" if exists
+                  else "nothing here has an entity-tag to match")
+        raise ApiError(412, "If-Match names no current entity-tag of this resource: nothing was done",
+                       errors={"If-Match": [detail]})
+    if none is not None and exists and "*" in none:
+        raise ApiError(412, "If-None-Match: * and the resource exists: nothing was done",
+                       errors={"If-None-Match": ["the resource exists"]})
+
+
 def read_precondition_failure(etag: str | None, *, weak: bool = False) -> ApiError | None:
     """A GET's or HEAD's ``If-Match`` evaluated against the ETag of what it would answer (RFC 9110
     13.1.1: an origin server MUST evaluate it, and 13.2.2 puts it before ``If-None-Match``): the 412

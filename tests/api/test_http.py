@@ -156,3 +156,39 @@ def test_every_get_documents_if_none_match():
     for operation in gets:
         (parameter,) = [p for p in operation["parameters"] if p.get("in") == "header" and p["name"] == "If-None-Match"]
         assert not parameter["required"] and "304" in operation["responses"]
+
+
+def test_writes_without_a_strong_entity_tag_evaluate_if_match_and_if_none_match(client):
+    """Found by a docs probe: key administration and the POSTed computations (dose checks, CDS Hooks)
+    ignored If-Match, malformed lists included, and DELETE /v1/admin/keys/{id} with a tag that matched
+    nothing revoked the key. RFC 9110 13.1.1: an origin server MUST evaluate it. A key's ETag is weak, so
+    only `*` satisfies If-Match there; a create or a computation has nothing to match."""
+    from tests.api.test_cds_hooks import ESKETAMINE, NASAL, create, hook_request, medication_request
+
+    new_key = {"name": "precondition-svc", "scopes": ["protocols:read"]}
+    malformed = client.post("/v1/admin/keys", json=new_key, headers={"If-Match": "garbage"})
+    assert malformed.status_code == 400 and list(malformed.get_json()["errors"]) == ["If-Match"]
+    refused = client.post("/v1/admin/keys", json=new_key, headers={"If-Match": "*"})
+    assert refused.status_code == 412 and list(refused.get_json()["errors"]) == ["If-Match"]
+    assert all(k["name"] != new_key["name"] for k in client.get("/v1/admin/keys").get_json()["items"])
+    created = client.post("/v1/admin/keys", json=new_key, headers={"If-None-Match": "*"})
+    assert created.status_code == 201
+    key_url = f"/v1/admin/keys/{created.get_json()['id']}"
+    etag = client.get(key_url).headers["ETag"]
+    for header in ({"If-Match": '"zzz"'}, {"If-Match": etag}, {"If-None-Match": "*"}):
+        kept = client.delete(key_url, headers=header)
+        assert kept.status_code == 412, (header, kept.get_json())
+        assert client.get(key_url).get_json()["revoked_at"] is None, header
+    assert client.delete("/v1/admin/keys/no-such-key", headers={"If-Match": '"zzz"'}).status_code == 404
+    revoked = client.delete(key_url, headers={"If-Match": "*"})
+    assert revoked.status_code == 200 and revoked.get_json()["revoked_at"] is not None
+
+    protocol = create(client)
+    dose = {"route": NASAL, "phase": "induction", "dose": {"value": 56, "unit": "mg"}}
+    url = f"/v1/protocols/{protocol['id']}/dose-check"
+    assert client.post(url, json=dose, headers={"If-Match": "garbage"}).status_code == 400
+    assert client.post(url, json=dose, headers={"If-Match": "*"}).status_code == 412
+    assert client.post(url, json=dose).status_code == 200
+    hook = hook_request([medication_request("esk", ESKETAMINE, NASAL, dose=(56, "mg"))])
+    answered = client.post("/cds-services/protocol-dose-check", json=hook, headers={"If-Match": '"x"'})
+    assert answered.status_code == 412 and list(answered.get_json()["errors"]) == ["If-Match"]
