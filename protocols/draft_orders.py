@@ -647,6 +647,12 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
                 if dose_quantity.comparator in (">", ">="):
                     line_unchecked.append(f"the dose is open-ended ({dose_quantity.comparator} {dose.value} "
                                           f"{dose.unit})")
+                elif dose_quantity.comparator in ("<", "<="):
+                    # "<140 mg" is any dose under it, 1 mg included: judged at its bound it read as a full
+                    # pass (a clinical probe; FHIR's SimpleQuantity allows no comparator here at all).
+                    line_unchecked.append(f"the dose is bounded above only ({dose_quantity.comparator} "
+                                          f"{dose.value} {dose.unit}): judged at that bound, how far below it "
+                                          "it goes was not checked")
             elif dose_and_rate.doseRange is not None:
                 amounts = _range_ends(dose_and_rate.doseRange, f"{where}.doseRange", "dose", line_unchecked)
             rate = _quantity(dose_and_rate.rateQuantity, f"{where}.rateQuantity")

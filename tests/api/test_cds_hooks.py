@@ -1387,6 +1387,20 @@ def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_i
     assert "mL/h (= " in agreeing["detail"], agreeing["detail"]
 
 
+def test_a_dose_with_a_comparator_is_partly_checked_whichever_way_it_points(client):
+    """Found by a clinical probe: "<140 mg" (any dose under 140 mg) was judged as exactly 140 mg, a full
+    pass against 70-315 mg; ">= 140 mg" was already "partly checked". FHIR's SimpleQuantity allows no
+    comparator in doseQuantity, but the service reads what it is sent."""
+    ketamine_protocol(client)
+    for comparator, note in (("<", "bounded above only (\\< 140 mg)"), ("<=", "bounded above only (\\<= 140 mg)"),
+                             (">=", "open-ended (>= 140 mg)")):
+        order = medication_request("ket", KETAMINE, IV, dose=(140, "mg"))
+        order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["comparator"] = comparator
+        (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+        assert card["indicator"] == "warning" and "partly checked" in card["summary"], comparator
+        assert note in card["detail"], comparator
+
+
 def test_an_induction_dose_pushed_in_less_than_the_labels_60_seconds_is_a_warning(client):
     """Found by a clinical probe: ketamine 2 mg/kg IV over 30 s got a green card against the label's
     "1 mg/kg to 4.5 mg/kg ... slowly (over a period of 60 seconds)"."""
