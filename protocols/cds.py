@@ -54,7 +54,7 @@ from protocols.dosing import (
     fmt,
     ranges_for,
 )
-from protocols.draft_orders import DosageLine, DraftOrder, Weight, per_kg
+from protocols.draft_orders import NO_ROUTE, DosageLine, DraftOrder, Weight, per_kg
 from protocols.timeutil import utcnow
 from protocols.versioning import StoredVersion
 
@@ -104,6 +104,9 @@ class LineMatch:
     applicable: list[Matched]
     unscoped: str | None
     by_other_routes: list[Matched] = field(default_factory=list)
+    #: For a line whose route is missing or unreadable, judged as given by one of its protocols' routes
+    #: (:func:`_as_every_route`): the line as ordered, and every protocol for its medication.
+    unread: tuple[DosageLine, list[Matched]] | None = None
 
 
 #: How many orders a "not added up" note names; the rest are counted (300 orders named on each of 300
@@ -170,8 +173,14 @@ def cards_for_orders(db: Database, orders: Sequence[DraftOrder], weight: Weight 
             if not match.applicable and match.by_other_routes and match.line.route not in carded_routes:
                 carded_routes.add(match.line.route)
                 cards.append(_route_card(match, version_url))
+        unread: dict[int, list[LineMatch]] = {}
         for match in mine:
-            cards.extend(_line_cards(match, weight, version_url, together))
+            if match.unread is not None:
+                unread.setdefault(id(match.unread[0]), []).append(match)
+            else:
+                cards.extend(_line_cards(match, weight, version_url, together))
+        for judged_as in unread.values():
+            cards.extend(_unread_route_cards(judged_as, weight, version_url, together))
     if unjudged:
         cards.append(_unjudged_orders_card(orders, unjudged))
     return cards
@@ -236,16 +245,38 @@ def _order_matches(db: Database, session: Session, at: datetime, index: int, ord
     matches: list[LineMatch] = []
     for line in order.lines:
         if line.unread_route is not None:
-            as_given = _as_every_route(line, lookup(None))
+            everything = lookup(None)
+            as_given = _as_every_route(line, everything)
             if as_given:
-                matches.extend(LineMatch(index, order, judged, applicable, _unscoped(order, applicable))
-                               for judged, applicable in as_given)
+                matches.extend(LineMatch(index, order, judged, applicable, _unscoped(order, applicable),
+                                         unread=(line, everything)) for judged, applicable in as_given)
                 continue
         if line.route not in by_route:
             applicable = lookup(line.route)
             by_route[line.route] = applicable, _unscoped(order, applicable), [] if applicable else lookup(None)
         matches.append(LineMatch(index, order, line, *by_route[line.route]))
     return matches
+
+
+def _unread_route_cards(judged_as: list[LineMatch], weight: Weight | str, version_url: VersionUrl,
+                        together: Mapping[int, str]) -> list[dict[str, Any]]:
+    """The cards of one line whose route is missing or unreadable, judged as given by each route its
+    protocols give (``judged_as``: one match per route): those cards when every one of them is critical
+    (840 mg of Spravato a day, 20 mg/kg of ketamine: a breach by every route, whichever was meant), else
+    one "route not read" card, the dose not checked. Judged cards that disagreed put an epidural order's
+    100 mg "within protocol range" as IV, and a usual 2 mg/kg anaesthesia dose with no route got a critical
+    card from the depression protocol (a review)."""
+    first = judged_as[0]
+    assert first.unread is not None
+    line, everything = first.unread
+    cards = [card for match in judged_as for card in _line_cards(match, weight, version_url, together)]
+    # An order with no route of a medication given by one route only (Spravato, a nasal spray) is read as
+    # that route whatever its verdict: no other was meant. A route written but unreadable may be one no
+    # protocol gives, and with several routes any of them may be meant: then only a breach by all counts.
+    implied = line.unread_route == NO_ROUTE and len(judged_as) == 1
+    if cards and (implied or all(card["indicator"] == "critical" for card in cards)):
+        return cards
+    return [_route_card(replace(first, line=line, applicable=[], by_other_routes=everything), version_url)]
 
 
 def _as_every_route(line: DosageLine, found: list[Matched]) -> list[tuple[DosageLine, list[Matched]]]:
@@ -261,11 +292,14 @@ def _as_every_route(line: DosageLine, found: list[Matched]) -> list[tuple[Dosage
             if code and matched not in routes.setdefault(code, []):
                 routes[code].append(matched)
     judged = []
+    unread = ("the order gives no route" if line.unread_route == NO_ROUTE
+              else f"the order's route ({line.unread_route}) could not be read")
     for code, applicable in routes.items():
         known = terminology.ROUTES.get(code)
         as_route = f"the {known.display.lower()} ({code})" if known else f"route {code}"
-        note = (f"the order's route ({line.unread_route}) could not be read, so the dose was judged as given by "
-                f"{as_route}, {'the route' if len(routes) == 1 else 'one of the routes'} its protocols give")
+        others = ("the route its protocols give" if len(routes) == 1 else
+                  f"one of the {len(routes)} routes its protocols give, by each of which it breaks a maximum")
+        note = f"{unread}, so the dose was judged as given by {as_route}, {others}"
         judged.append((replace(line, route=code, unchecked=[*line.unchecked, note]), applicable))
     return judged
 
@@ -346,16 +380,24 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
     first, _ = match.by_other_routes[0]
     label = f"protocol {first.protocol_id} v{first.version}" + (
         f" and {len(match.by_other_routes) - 1} more" if len(match.by_other_routes) > 1 else "")
-    opening = (f"No protocol in effect gives {markdown_text(match.order.medication)} by the "
-               f"{markdown_text(route_text)} ({markdown_text(line.route)}); the dose was not checked.")
+    if line.unread_route is not None:  # :func:`_unread_route_cards`: not a breach by every route
+        unread = ("The order gives no route" if line.unread_route == NO_ROUTE else
+                  f"The order's route ({markdown_text(line.unread_route)}) is coded neither in SNOMED CT nor as an "
+                  f"FDA SPL route code")
+        opening = (f"{unread}, so which protocol applies is not known. Judged as given by each route its protocols "
+                   f"give, the dose does not break a maximum by all of them; it was not checked further: send the "
+                   f"route.")
+    else:
+        opening = (f"No protocol in effect gives {markdown_text(match.order.medication)} by the "
+                   f"{markdown_text(route_text)} ({markdown_text(line.route)}); the dose was not checked.")
     detail = [f"{opening} The protocols for {markdown_text(match.order.medication)} give it by:", *listed]
     links = [{"label": f"Protocol {stored.protocol_id} version {stored.version}",
               "url": version_url(stored.protocol_id, stored.version), "type": "absolute"}
              for stored, _ in match.by_other_routes]
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary("route not in any protocol", f"{match.order.medication} {line.label} {route_text}",
-                            label),
+        "summary": _summary("route not in any protocol" if line.unread_route is None else "route not read",
+                            f"{match.order.medication} {line.label} {route_text}", label),
         "detail": "\n".join(detail),
         "indicator": "warning",
         "source": {"label": "Treatment protocols", "url": links[0]["url"]},
@@ -441,8 +483,12 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
                     continue
             evaluations.append(evaluate(content, index, order))
         except DosingError as exc:
+            # Not for a dose and its rate together: the time the rate runs is worked out from the dose, through
+            # the weight when one of them is per kg, and without one it is the protocol's (0.5 mg/kg at 400 mg/h
+            # read critical "for any body weight", a warning at every weight; a review).
+            mixed = any(rate_of) and not all(rate_of)
             certain = _breach_at_any_weight(content, index, order, no_weight) if (
-                weight_kg is None and exc.field.endswith("weight_kg")) else None
+                weight_kg is None and exc.field.endswith("weight_kg") and not mixed) else None
             if certain is not None:
                 evaluations.append(certain)
                 continue
@@ -461,8 +507,10 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
     own_maximum = None
-    if line.own_maximum is not None and line.as_needed and line.frequency is None:
-        # Given as needed with no timing, the order's own maximum is all that bounds what it gives in a period.
+    if line.own_maximum is not None and line.frequency is None:
+        # With no timing (as needed, or not said), the order's own maximum is what bounds what it gives in a
+        # period: above the range's maximum per period, that is a breach. Within it, the card stays partly
+        # checked (the line's note), since the range's schedule is not compared (a review).
         amount, period_s, period_text = line.own_maximum
         try:
             compared = dosing.own_maximum_against_range(dose_range, amount, period_s, period_text,
@@ -634,8 +682,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
                 for _, r in ranges) or any(per_kg(dose.unit) for dose in line.doses)):
         unchecked.append(f"{weight.stale}; the weight-based dose was checked with it")
     best_verdict: Verdict | None = None
-    if line.as_needed and line.frequency is None and not line.unchecked and not any(
-            r.own_maximum for r in results) and any(r.get("frequency") or r.get("max_per_period") for _, r in ranges):
+    if line.as_needed and line.frequency is None and not line.unchecked and any(
+            r.get("frequency") or r.get("max_per_period") for _, r in ranges):
         # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
         unchecked.append("the order is as needed with no timing or maximum, so its amount per period was "
                          "checked for one dose")

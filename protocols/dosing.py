@@ -612,7 +612,7 @@ def own_maximum_against_range(dose_range: Mapping[str, Any], amount: Quantity, p
     spans = f" ({periods} of its periods)" if periods > 1 else ""
     return exceeded, (f"The order's own maximum, {fmt(Fraction(amount.value))} {unit.code} per {period_text}, "
                       f"allows up to {allowed.text(maximum.value)} per {period}{spans} "
-                      f"{'>' if exceeded else '≤'} maximum {maximum.text()} per {period}")
+                      f"{'>' if exceeded else '≤'} maximum {maximum.text()} per {period}.")
 
 
 def _per_period(order: DoseOrder, dose_unit: DoseUnit, dose_range: Mapping[str, Any],

@@ -633,6 +633,13 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     own_maximum = _own_maximum(dosage.maxDosePerPeriod, f"{path}.maxDosePerPeriod", unchecked)
+    if own_maximum is not None and frequency is None:
+        # With no timing the order repeats at will within its own maximum: what that gives per the protocol's
+        # schedule is not checked, whatever the maximum says (it may only add a breach: protocols.cds._judge).
+        # A maximum of 84 mg a day read as a full pass against twice weekly (a review).
+        unchecked.append(f"the order has no timing and repeats within its own maximum ({own_maximum[0].value} "
+                         f"{own_maximum[0].unit} per {own_maximum[2]}): its doses per the protocol's schedule were "
+                         "not checked")
     lines = []
     for index, dose_and_rate in enumerate(dosage.doseAndRate or [None]):
         where = f"{path}.doseAndRate.{index}"
@@ -684,13 +691,16 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
 
 def _own_maximum(ratio: Any, path: str, unchecked: list[str]) -> tuple[Quantity, Fraction, str] | None:
     """``maxDosePerPeriod`` (840 mg per 1 d) as (amount, period in seconds, the period as written), or None
-    with a note in ``unchecked`` when it cannot be read. It bounds an as-needed order with no timing (the
-    cards compare it with a protocol's maximum per period); a scheduled order is judged by its schedule,
-    which the maximum can only lower."""
+    with a note in ``unchecked`` when it cannot be read. It bounds an order with no timing, which repeats at
+    will within it (the cards compare it with a protocol's maximum per period); a scheduled order is judged
+    by its schedule, which the maximum can only lower."""
     if ratio is None:
         return None
-    amount = _quantity(ratio.numerator, f"{path}.numerator")
-    period = _quantity(ratio.denominator, f"{path}.denominator")
+    try:
+        amount = _quantity(ratio.numerator, f"{path}.numerator")
+        period = _quantity(ratio.denominator, f"{path}.denominator")
+    except MalformedOrder:  # a zero or an absurd number: noted, never a 400 that loses every card (a review)
+        amount = period = None
     unit_seconds = PERIOD_UNIT_SECONDS.get(period.unit) if period is not None else None
     if amount is None or period is None or unit_seconds is None:
         unchecked.append("the order's own maxDosePerPeriod could not be read (an amount per a period in s, min, "
@@ -699,10 +709,14 @@ def _own_maximum(ratio: Any, path: str, unchecked: list[str]) -> tuple[Quantity,
     return amount, Fraction(period.value) * unit_seconds, f"{fmt(Fraction(period.value))} {period.unit}"
 
 
+#: How a line without any route shows it (``DosageLine.unread_route``).
+NO_ROUTE = "no route"
+
+
 def _route_words(route: Any) -> str:
     """How an order's route that could not be read is shown: its codes and text, or that it has none."""
     if route is None:
-        return "no route"
+        return NO_ROUTE
     codes = [f"{c.system or 'no system'}|{c.code}" for c in _codings(route) if c.code]
     words = [route.text] if route.text else []
     return "; ".join([*codes, *words]) or "a route with neither code nor text"

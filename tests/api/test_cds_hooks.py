@@ -1016,29 +1016,41 @@ def _own_maximum(value: Any, unit: str, per: Any, per_unit: str) -> dict[str, An
             "denominator": {"value": per, "unit": per_unit, "system": UCUM, "code": per_unit}}
 
 
-def test_an_as_needed_orders_own_maximum_per_period_is_compared_with_the_protocols(client):
+def test_an_orders_own_maximum_per_period_without_timing_is_compared_with_the_protocols(client):
     """Found by a clinical probe: Spravato 84 mg as needed, "at most 840 mg a day" (maxDosePerPeriod), read
     "within protocol range" and "Per-period maximum respected: 84 mg x one dose", the order's own maximum
-    in a footnote. Given as needed with no timing, that maximum is all that bounds the order: compared with
-    the protocol's (84 mg per day), over as many of the order's periods as the protocol's spans."""
-    create(client)  # Spravato-like: 56-84 mg, at most 84 mg per P1D
+    in a footnote. With no timing (as needed or not said), the order repeats at will within that maximum:
+    above the protocol's (84 mg per day), over as many of the order's periods as the protocol's spans, it is
+    critical. Within it the card stays partly checked: 84 mg every day is within 84 mg a day and far beyond
+    twice weekly (a review)."""
+    create(client)  # Spravato-like: 56-84 mg twice weekly, at most 84 mg per P1D
 
-    def card_for(maximum: dict[str, Any], **dosage: Any) -> dict[str, Any]:
-        (card,) = cards(client, hook_request([_esketamine_order("esk", asNeededBoolean=True,
-                                                                maxDosePerPeriod=maximum, **dosage)]))
+    def card_for(maximum: dict[str, Any], as_needed: bool = True, **dosage: Any) -> dict[str, Any]:
+        extra = {"asNeededBoolean": True} if as_needed else {}
+        (card,) = cards(client, hook_request([_esketamine_order("esk", maxDosePerPeriod=maximum, **extra, **dosage)],
+                                             weight=weight_bundle(70)))
         return card
 
     over = card_for(_own_maximum(840, "mg", 1, "d"))
     assert over["indicator"] == "critical" and over["summary"].startswith("exceeds protocol maximum per period: ")
-    assert ("The order's own maximum, 840 mg per 1 d, allows up to 840 mg per P1D > maximum 84 mg per P1D"
+    assert ("The order's own maximum, 840 mg per 1 d, allows up to 840 mg per P1D > maximum 84 mg per P1D."
             in over["detail"])
+    not_said = card_for(_own_maximum(840, "mg", 1, "d"), as_needed=False)  # no timing and no asNeeded: the same
+    assert not_said["indicator"] == "critical" and "allows up to 840 mg per P1D" in not_said["detail"]
     twice = card_for(_own_maximum(84, "mg", 12, "h"))  # 84 mg every 12 h: 168 mg in a day
     assert twice["indicator"] == "critical"
     assert "84 mg per 12 h, allows up to 168 mg per P1D (2 of its periods) > maximum 84 mg per P1D" in twice["detail"]
+    every_10_h = card_for(_own_maximum(42, "mg", 10, "h"))  # a day spans three 10 h periods, not two: 126 mg
+    assert every_10_h["indicator"] == "critical"
+    assert "allows up to 126 mg per P1D (3 of its periods)" in every_10_h["detail"]
+    per_kg = card_for(_own_maximum(1.5, "mg/kg", 1, "d"))  # 105 mg for 70 kg
+    assert per_kg["indicator"] == "critical" and "allows up to 105 mg per P1D" in per_kg["detail"]
     held = card_for(_own_maximum(0.084, "g", 1, "d"))
-    assert held["indicator"] == "info" and held["summary"].startswith("within protocol range: ")
+    assert held["indicator"] == "warning" and held["summary"].startswith("within protocol range, partly checked: ")
     assert "allows up to 84 mg per P1D ≤ maximum 84 mg per P1D" in held["detail"]
-    assert "checked for one dose" not in held["detail"]
+    assert "its doses per the protocol's schedule were not checked" in held["detail"]
+    unreadable = card_for(_own_maximum(84, "mg", 0, "h"))  # noted, not a 400 that loses every card (a review)
+    assert unreadable["indicator"] == "warning" and "maxDosePerPeriod could not be read" in unreadable["detail"]
     weekly = card_for(_own_maximum(168, "mg", 1, "wk"))  # a week's maximum may all fall on one day
     assert weekly["indicator"] == "critical"
     assert "allows up to 168 mg per P1D > maximum 84 mg per P1D" in weekly["detail"]
@@ -2059,27 +2071,37 @@ def test_a_route_coded_as_an_fda_route_is_read_and_one_not_read_is_judged_as_its
     """Found by clinical probes: Spravato 560 mg a day with its route coded only as the FDA SPL code
     C38284 (which the route pick list pairs with SNOMED CT's nasal route), by EDQM, in words or not at all
     got no card, as if no protocol applied; then a "route not read" card alone, which left 840 mg a day
-    unchecked. A route that is missing (FHIR's Dosage.route is optional) or cannot be read is judged as
-    the one route Spravato's protocol gives, and the card says so."""
+    unchecked. A route that is missing (FHIR's Dosage.route is optional) is read as the one route Spravato's
+    protocols give; one written but unreadable (EDQM) is judged so too, and only a breach is shown then (the
+    route written may be one no protocol gives: a review); the cards say so."""
     spravato = create(client)
     nci = medication_request("esk-nci", ESKETAMINE, NASAL, dose=(560, "mg"), frequency=(1, 1, "d"))
     nci["dosageInstruction"][0]["route"] = {"coding": [{"system": terminology.NCI_THESAURUS, "code": "C38284"}]}
     (card,) = cards(client, hook_request([nci]))
     assert card["indicator"] == "critical" and f"protocol {spravato['id']} v1" in card["summary"]
     assert "route not read" not in card["summary"]
-    for dose, indicator, verdict in ((560, "critical", "above protocol maximum, route not read: "),
-                                     (56, "warning", "within protocol range, partly checked, route not read: ")):
-        edqm = medication_request("esk-edqm", ESKETAMINE, NASAL, dose=(dose, "mg"), frequency=(1, 1, "wk"))
-        edqm["dosageInstruction"][0]["route"] = {
-            "coding": [{"system": "http://standardterms.edqm.eu", "code": "20049000"}], "text": "Nasal use"}
-        no_route = medication_request("esk-none", ESKETAMINE, NASAL, dose=(dose, "mg"), frequency=(1, 1, "wk"))
-        del no_route["dosageInstruction"][0]["route"]
-        for order, shown in ((edqm, "http://standardterms.edqm.eu|20049000; Nasal use"), (no_route, "no route")):
-            (card,) = cards(client, hook_request([order]))
-            assert (card["indicator"], card["summary"].split(": ")[0] + ": ") == (indicator, verdict)
-            assert " judged as na" in card["summary"]  # the rest of "nasal route" is cut to fit 140 characters
-            assert (f"the order's route ({shown}) could not be read, so the dose was judged as given by the nasal "
-                    "route (46713006), the route its protocols give") in card["detail"]
+    edqm_words = "http://standardterms.edqm.eu|20049000; Nasal use"
+    for dose, route, indicator, verdict, said in (
+            (560, "edqm", "critical", "above protocol maximum, route not read: ",
+             f"the order's route ({edqm_words}) could not be read, so the dose was judged as given by the nasal "
+             "route (46713006), the route its protocols give"),
+            (560, "none", "critical", "above protocol maximum, route not read: ",
+             "the order gives no route, so the dose was judged as given by the nasal route (46713006), the route "
+             "its protocols give"),
+            (56, "none", "warning", "within protocol range, partly checked, route not read: ",
+             "the order gives no route, so the dose was judged as given by the nasal route"),
+            (56, "edqm", "warning", "route not read: ",
+             f"The order's route ({edqm_words}) is coded neither in SNOMED CT nor as an FDA SPL route code, so "
+             "which protocol applies is not known")):
+        order = medication_request("esk", ESKETAMINE, NASAL, dose=(dose, "mg"), frequency=(1, 1, "wk"))
+        if route == "edqm":
+            order["dosageInstruction"][0]["route"] = {
+                "coding": [{"system": "http://standardterms.edqm.eu", "code": "20049000"}], "text": "Nasal use"}
+        else:
+            del order["dosageInstruction"][0]["route"]
+        (card,) = cards(client, hook_request([order]))
+        assert (card["indicator"], card["summary"].split(": ")[0] + ": ") == (indicator, verdict), (dose, route)
+        assert said in card["detail"], (dose, route)
     midazolam = medication_request("mid", MIDAZOLAM, IV, dose=(2, "mg"))
     del midazolam["dosageInstruction"][0]["route"]
     assert cards(client, hook_request([midazolam])) == []  # no protocol for the medication: still nothing
@@ -2088,8 +2110,10 @@ def test_a_route_coded_as_an_fda_route_is_read_and_one_not_read_is_judged_as_its
 def test_an_order_without_a_route_is_judged_as_every_route_its_protocols_give(client):
     """Found by a clinical probe: ketamine 20 mg/kg with no route, above the maximum of its protocols by
     every route (IV 4.5 mg/kg, IM 13 mg/kg), got one "route not read" card and no verdict. Now it gets a
-    card per protocol and route, each critical; a dose within the IV range and below the IM one reads so,
-    each card "partly checked" and naming the route it was judged as. A reason still narrows the protocols."""
+    card per protocol and route, each critical and naming the route it was judged as. A dose that is not a
+    breach by every route (2 mg/kg: the usual IV induction, below the IM range) keeps the one "route not
+    read" card: any route may be meant (judged cards put the usual anaesthesia dose critical from the
+    depression protocol; a review). A reason still narrows the protocols."""
     IM = "78421000"
     ketamine_protocol(client, id="ketamine-iv")
     ketamine_protocol(client, id="ketamine-im", dose_min=6.5, dose_max=13,
@@ -2100,22 +2124,27 @@ def test_an_order_without_a_route_is_judged_as_every_route_its_protocols_give(cl
                       indication=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2", "Major depressive disorder, "
                                   "recurrent severe without psychotic features"))
 
-    def judged(dose: Any, reason: tuple[str, str] | None = None) -> list[tuple[str, str, str]]:
+    def found(dose: Any, reason: tuple[str, str] | None = None) -> list[dict[str, Any]]:
         order = medication_request("ket", KETAMINE, IV, dose=(dose, "mg/kg"), reason=reason)
         del order["dosageInstruction"][0]["route"]
-        found = cards(client, hook_request([order], weight=weight_bundle(70)))
-        for card in found:
+        return cards(client, hook_request([order], weight=weight_bundle(70)))
+
+    def judged(dose: Any, reason: tuple[str, str] | None = None) -> list[tuple[str, str, str]]:
+        result = found(dose, reason)
+        for card in result:
             assert "judged as given by the" in card["detail"] and ", route not read: " in card["summary"]
         return sorted((card["source"]["topic"]["code"].split("/")[0],
                        card["summary"].split(": ")[0].removesuffix(", route not read"), card["indicator"])
-                      for card in found)
+                      for card in result)
 
     assert judged(20) == [("ketamine-im", "above protocol maximum", "critical"),
                           ("ketamine-iv", "above protocol maximum", "critical"),
                           ("ketamine-trd", "above protocol maximum", "critical")]
-    assert judged(2) == [("ketamine-im", "below protocol minimum", "warning"),
-                         ("ketamine-iv", "within protocol range, partly checked", "warning"),
-                         ("ketamine-trd", "above protocol maximum", "critical")]
+    assert "one of the 2 routes its protocols give, by each of which it breaks a maximum" in found(20)[0]["detail"]
+    (card,) = found(2)
+    assert card["indicator"] == "warning" and card["summary"].startswith("route not read: ")
+    assert "the dose does not break a maximum by all of them" in card["detail"]
+    assert "Intramuscular route (78421000)" in card["detail"] and "Intravenous route (47625008)" in card["detail"]
     assert judged(2, reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2")) == [
         ("ketamine-trd", "above protocol maximum", "critical")]
 
@@ -2142,6 +2171,28 @@ def test_a_dose_above_the_maximum_for_any_weight_is_critical_without_a_weight(cl
     assert card["indicator"] == "critical" and "the figures below are for 0.3 kg" in card["detail"]  # 90 mg
     (card,) = cards(client, hook_request([medication_request("esk", ESKETAMINE, NASAL, dose=(200, "mg/kg"))]))
     assert card["indicator"] == "warning" and card["summary"].startswith("dose not checked: ")  # 60 mg at 0.3 kg
+
+
+def test_a_breach_at_any_weight_covers_the_maximum_per_period_and_not_a_rate_paced_by_its_dose(client):
+    """2,000 mg four times a day against 1-4.5 mg/kg, at most 10 mg/kg a day: at 500 kg each dose is in range
+    and the day's 16 mg/kg is over, at 0.3 kg each dose is over; critical without a weight. 0.5 mg/kg at
+    400 mg/h runs for a time worked out through the weight: without one it is not called a breach "for any
+    body weight" (it read critical, a warning at every weight; a review)."""
+    ketamine_protocol(client, id="ket-daily", dosing_ranges=[{
+        "route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5, "unit": "mg/kg",
+        "max_per_period": {"value": 10, "unit": "mg/kg", "period": "P1D"}}])
+    daily = medication_request("ket", KETAMINE, IV, dose=(2000, "mg"), frequency=(4, 1, "d"))
+    (card,) = cards(client, hook_request([daily]))
+    assert card["indicator"] == "critical", card["summary"]
+    assert card["summary"].startswith("exceeds protocol maximum per period: ")
+    assert "the figures below are for 500 kg" in card["detail"]
+    etag = client.get("/v1/protocols/ket-daily").headers["ETag"]
+    assert client.delete("/v1/protocols/ket-daily", headers={"If-Match": etag}).status_code == 200
+    ketamine_protocol(client, id="ket-trd", dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.5, "dose_max": 0.5, "unit": "mg/kg", "duration": "PT40M"}])
+    paced = medication_request("ket", KETAMINE, IV, dose=(0.5, "mg/kg"), rate=(400, "mg/h"))
+    (card,) = cards(client, hook_request([paced]))
+    assert card["indicator"] == "warning" and "for any body weight" not in card["detail"], card["summary"]
 
 
 def test_instructions_of_one_order_with_no_sequence_and_orders_of_one_medication_are_partly_checked(client):
