@@ -59,6 +59,7 @@ CHANGE_TYPES: dict[str, str] = {
     "unit_changed": MAJOR,
     "frequency_changed": MAJOR,
     "max_per_period_changed": MAJOR,
+    "absolute_max_changed": MAJOR,
     "duration_changed": MAJOR,
     "fda_status_changed": MODERATE,
     "rems_changed": MODERATE,
@@ -357,6 +358,7 @@ def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: An
         yield change("text_changed", "/duration", a.get("duration"), b.get("duration"),
                      "Administration duration rewritten with the same length")
     yield from _max_per_period(a.get("max_per_period"), b.get("max_per_period"), change)
+    yield from _absolute_max(a.get("absolute_max"), b.get("absolute_max"), change)
     if a.get("instructions") != b.get("instructions"):
         yield change("instructions_changed", "/instructions", a.get("instructions"), b.get("instructions"),
                      "Administration instructions changed")
@@ -472,6 +474,30 @@ def _max_per_period(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
     if a.get("period") != b.get("period"):  # every field of the patch is named (as for the frequency)
         yield change("text_changed", "/max_per_period/period", a.get("period"), b.get("period"),
                      "Per-period maximum period rewritten with the same length")
+
+
+def _absolute_max(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
+                  change: _Change) -> Iterator[ClinicalChange]:
+    """A weight-based range's cap for heavy patients added, removed, or moved (converted when its unit
+    changed within one kind: 25 mg/h -> 0.025 g/h is the same cap)."""
+    def shown(m: Mapping[str, Any] | None) -> str:
+        return "none" if m is None else f"{m.get('value')} {m.get('unit')}"
+
+    if a is None or b is None:
+        if a != b:
+            yield change("absolute_max_changed", "/absolute_max", a, b,
+                         f"Absolute maximum changed from {shown(a)} to {shown(b)}")
+        return
+    to_old = _converter(b.get("unit"), a.get("unit"))
+    old_value = Fraction(_number(a.get("value")))
+    converted = to_old(b.get("value")) if to_old is not None else None
+    if converted is None or converted != old_value:
+        meaning = ("not comparable" if converted is None else _moved(old_value, converted, a.get("unit")))
+        yield change("absolute_max_changed", "/absolute_max", a, b,
+                     f"Absolute maximum changed from {shown(a)} to {shown(b)} ({meaning})")
+    elif a != b:
+        yield change("text_changed", "/absolute_max", a, b,
+                     f"Absolute maximum rewritten as {shown(b)} (the same amount)")
 
 
 def _approval(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[ClinicalChange]:

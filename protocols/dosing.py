@@ -564,8 +564,27 @@ def absolute_range(dose_range: Mapping[str, Any], weight_kg: Fraction | None,
         raise WeightRequired(f"the protocol range {span.text()} is weight-based; send the patient's "
                              f"body weight in kg", weight_field)
     absolute = Span(span.low * weight_kg, span.high * weight_kg, unit.absolute_code)
-    shown = absolute.text(None if dose is None else dose * weight_kg)
-    return AbsoluteRange(absolute, weight_kg, f"{span.text()} {TIMES} {fmt(weight_kg)} kg = {shown}")
+    judged = None if dose is None else dose * weight_kg
+    calculation = f"{span.text()} {TIMES} {fmt(weight_kg)} kg = {absolute.text(judged)}"
+    ceiling = absolute_max(dose_range, unit)
+    if ceiling is not None and absolute.high > ceiling.value:
+        # The range's cap for heavy patients (0.35 mg/kg/h, not exceeding 25 mg/h): a 90 kg patient's
+        # 31.5 mg/h read "within range" against the trial's 25 mg/h (a docs probe).
+        absolute = Span(min(absolute.low, ceiling.value), ceiling.value, unit.absolute_code)
+        calculation += f", at most {ceiling.text()} whatever the weight: {absolute.text(judged)}"
+    return AbsoluteRange(absolute, weight_kg, calculation)
+
+
+def absolute_max(dose_range: Mapping[str, Any], unit: DoseUnit | None = None) -> Amount | None:
+    """A weight-based range's absolute maximum (``absolute_max``) in the range's unit without /kg, or None."""
+    ceiling = dose_range.get("absolute_max")
+    if not ceiling:
+        return None
+    unit = unit or _unit(str(dose_range["unit"]), "unit")
+    target = _unit(unit.absolute_code, "absolute_max.unit")
+    value = convert(exact(ceiling["value"]), _unit(str(ceiling["unit"]), "absolute_max.unit"), target,
+                    weight_kg=None, concentration=None, duration_s=None)
+    return Amount(value, target.code)
 
 
 def _max_per_period(dose_range: Mapping[str, Any], notes: list[str]) -> tuple[Amount, str, DoseUnit] | None:
@@ -734,6 +753,9 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     per_kg_order = dose_unit.per_kg and order.per_kg_without_weight
     absolute = absolute_range(dose_range, weight, per_kg_order=per_kg_order)
     low, high = exact(dose_range["dose_min"]), exact(dose_range["dose_max"])
+    ceiling = absolute_max(dose_range, range_unit)
+    if ceiling is not None and weight is not None:  # the bounds per kg for this patient, capped
+        low, high = absolute.span.low / weight, absolute.span.high / weight
     dose_value = Fraction(order.dose.value)
     in_range_unit = convert(dose_value, dose_unit, range_unit, weight_kg=weight,
                             concentration=order.concentration, duration_s=duration_s)
@@ -805,6 +827,10 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         messages.append(f"Not checked: {REPEAT_UNCHECKED}.")
     if dose_range.get("max_per_period") and (per_period is None or per_period.maximum is None):
         unchecked.append(MAXIMUM_UNCHECKED)  # the messages say why (a review: REST showed a full pass)
+    if ceiling is not None and weight is None:  # a dose per kg judged per kg (CDS Hooks, no weight)
+        not_applied = ABSOLUTE_MAX_UNCHECKED.format(ceiling=ceiling.text())
+        unchecked.append(not_applied)
+        messages.append(f"Not checked: {not_applied}.")
     if order.duration_s is None and not order.paced and dose_range.get("duration") and (
             dose_unit.is_rate or range_unit.is_rate or phase == INFUSION):
         assumed = DURATION_ASSUMED.format(duration=dose_range["duration"]) if order.bound_text is None else \
@@ -824,6 +850,10 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
 #: checked" first). The verdict stays about the dose; this says what it does not cover.
 REPEAT_UNCHECKED = ("the order repeats its dose, and this range gives no frequency or maximum per period to "
                     "check the repetition against")
+#: A weight-based range's absolute maximum, with a dose per kg judged per kg (no body weight): the cap is
+#: for the whole patient and needs the weight.
+ABSOLUTE_MAX_UNCHECKED = ("the protocol's absolute maximum ({ceiling} whatever the weight) was not applied: "
+                          "no body weight")
 #: A range's maximum per period that could not be applied to the order (a rate with no duration to turn
 #: into an amount, a stored maximum that is itself a rate): CDS Hooks said "partly checked", while the REST
 #: answer's ``unchecked`` was empty (a review).
@@ -1090,7 +1120,12 @@ def _top_over_maximum(dose_range: Mapping[str, Any], weight: Fraction | None) ->
     day: ``…/dose`` showed 28 mg/h as the range while ``dose-check`` called that order critical (found
     by a clinical QA probe). The range is still shown as stored; the message says which limit binds."""
     frequency = dose_range.get("frequency")
-    top = DoseOrder(str(dose_range["route"]), Quantity(Decimal(str(dose_range["dose_max"])), str(dose_range["unit"])),
+    most = Quantity(Decimal(str(dose_range["dose_max"])), str(dose_range["unit"]))
+    ceiling = absolute_max(dose_range)
+    if ceiling is not None and weight is not None and ceiling.value < exact(dose_range["dose_max"]) * weight:
+        # The top for this patient is the cap (25 mg/h for 80 kg, not 28 mg/h): 100 mg in 4 h, no breach.
+        most = Quantity(Decimal(ceiling.value.numerator) / Decimal(ceiling.value.denominator), ceiling.unit)
+    top = DoseOrder(str(dose_range["route"]), most,
                     frequency=Frequency(int(frequency["count"]), str(frequency["period"])) if frequency else None,
                     weight_kg=weight)
     try:

@@ -16,7 +16,9 @@ How a protocol version maps onto ``MedicationKnowledge`` (R4 4.0.1), and why:
   (``mg/h``, ``mg/kg/min``) ``doseAndRate.rateRange`` - both UCUM Quantities. Weight-based ranges are said
   in one way only: the UCUM ``/kg`` unit (``mg/kg``), never ``patientCharacteristics``.
   ``maxDosePerPeriod`` is a Ratio (amount / period in UCUM time units); frequency and the length of
-  one administration become ``timing.repeat``.
+  one administration become ``timing.repeat``. A weight-based range's absolute maximum is
+  ``maxDosePerAdministration`` for an amount; for a rate (R4's Dosage has no element for one) it is said
+  in ``text``.
 * ``regulatory``: the FDA as authority (a logical reference, display + identifier), the DEA schedule
   as an NCI Thesaurus coding (the FDA SPL DEA schedule codes, C48672 ... C48679), and the full FDA
   approval record in the ``fda-approval`` extension. The approval status is also repeated on each
@@ -415,6 +417,13 @@ def _dosage(dose: Mapping[str, Any], routes: Mapping[str, Mapping[str, Any]]) ->
     if route is not None:
         dosage["route"] = _concept(route)
     dosage["doseAndRate"] = [{"rateRange" if is_rate_unit(unit) else "doseRange": dose_range}]
+    ceiling = dose.get("absolute_max")
+    if ceiling and not is_rate_unit(str(ceiling["unit"])):
+        # "10 mg/kg, at most 500 mg": the most one administration gives, whatever the weight
+        dosage["maxDosePerAdministration"] = quantity(ceiling["value"], str(ceiling["unit"]))
+    elif ceiling:  # a rate has no element of its own in R4's Dosage: said in the text
+        cap = f"At most {ceiling['value']} {ceiling['unit']} whatever the weight."
+        dosage["text"] = f"{dosage['text']} {cap}" if dosage.get("text") else cap
     maximum = dose.get("max_per_period")
     if maximum:
         length, length_unit = time_amount(maximum["period"])

@@ -126,6 +126,11 @@ class DoseRangeSchema(Schema):
     duration = Duration(load_default=None, allow_none=True,
                         metadata={"description": "Length of one administration, e.g. PT40M"})
     max_per_period = fields.Nested(MaxPerPeriodSchema, load_default=None, allow_none=True)
+    # No load_default: a range without it is stored (and hashed) exactly as before the field existed.
+    absolute_max = fields.Nested(QuantitySchema, metadata={
+        "description": "For a weight-based range, the most any patient is given whatever the weight, in the "
+                       "range's unit without /kg: 0.35 mg/kg/h not exceeding 25 mg/h (a rate for a range of "
+                       "rates, an amount for a range of amounts)"})
     instructions = Text(load_default=None, allow_none=True, multiline=True, validate=validate.Length(max=2000))
 
     @validates_schema
@@ -133,6 +138,7 @@ class DoseRangeSchema(Schema):
         low, high = data.get("dose_min"), data.get("dose_max")
         if low is not None and high is not None and low > high:
             raise ValidationError({"dose_max": ["dose_max must be greater than or equal to dose_min."]})
+        self._check_absolute_max(data)
         cap = data.get("max_per_period")
         if data.get("unit") and isinstance(cap, dict) and cap.get("unit"):
             # Mixed units: a dose in mg capped in mL (or the reverse) cannot be compared by anyone.
@@ -150,6 +156,26 @@ class DoseRangeSchema(Schema):
                 raise ValidationError({"max_per_period": {"value": [
                     f"{cap['value']} {cap['unit']} per {cap.get('period')} is less than one dose at the minimum "
                     f"({low} {data['unit']}): no dose in this range could be given"]}})
+
+    @staticmethod
+    def _check_absolute_max(data: dict[str, Any]) -> None:
+        """An absolute maximum caps a weight-based range for heavy patients, so it is the range's own unit
+        without /kg (25 mg/h for 0.35 mg/kg/h): any other would be compared with nothing, or with a dose
+        of another kind."""
+        ceiling = data.get("absolute_max")
+        if not isinstance(ceiling, dict) or not data.get("unit") or not ceiling.get("unit"):
+            return
+        dose_unit, ceiling_unit = _parsed_unit(data["unit"]), _parsed_unit(ceiling["unit"])
+        if dose_unit is None or ceiling_unit is None:
+            return
+        if not dose_unit.per_kg:
+            raise ValidationError({"absolute_max": [
+                f"only a weight-based range (a /kg unit) has an absolute maximum; '{data['unit']}' is not one"]})
+        if (ceiling_unit.per_kg or ceiling_unit.kind != dose_unit.kind
+                or ceiling_unit.is_rate != dose_unit.is_rate):
+            raise ValidationError({"absolute_max": {"unit": [
+                f"'{ceiling['unit']}' is not '{data['unit']}' without /kg (such as '{dose_unit.absolute_code}'): an "
+                "absolute maximum is the same kind of dose as the range, for the whole patient"]}})
 
 
 class DrugSchema(Schema):

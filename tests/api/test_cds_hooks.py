@@ -1399,6 +1399,32 @@ def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_i
     assert "mL/h (= " in agreeing["detail"], agreeing["detail"]
 
 
+def test_a_weight_based_range_capped_for_heavy_patients_is_judged_against_its_cap(client):
+    """Found by a docs probe: CRPS ketamine at 49 mg/h for 2 h, 140 kg, got an info card: 0.35 mg/kg/h is
+    49 mg/h at 140 kg, and the trial's cap ("not to exceed 25 mg/h") was in the instructions only. The
+    range's absolute maximum caps it; without a weight a dose per kg is judged per kg and the cap is said
+    not applied."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h", "duration": "PT4H",
+        "absolute_max": {"value": 25, "unit": "mg/h"}}])
+
+    def card_for(rate: tuple[Any, str], hours: int, weight: Any = None) -> dict[str, Any]:
+        order = medication_request("ket", KETAMINE, IV, rate=rate)
+        order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": hours, "durationUnit": "h"}}
+        (card,) = cards(client, hook_request([order], weight=None if weight is None else weight_bundle(weight)))
+        return card
+
+    fast = card_for((49, "mg/h"), 2, 140)
+    assert fast["indicator"] == "critical" and fast["summary"].startswith("above protocol maximum: ")
+    assert "0.35 mg/kg/h \u00d7 140 kg = 49 mg/h, at most 25 mg/h whatever the weight: 25 mg/h" in fast["detail"]
+    assert card_for((25, "mg/h"), 4, 90)["indicator"] == "info"
+    assert card_for((24.5, "mg/h"), 4, 70)["indicator"] == "info"  # 0.35 mg/kg/h at 70 kg: under the cap
+    per_kg = card_for((0.35, "mg/kg/h"), 4)
+    assert per_kg["indicator"] == "warning" and "partly checked" in per_kg["summary"]
+    assert "the protocol's absolute maximum (25 mg/h whatever the weight) was not applied: no body weight" in (
+        per_kg["detail"])
+
+
 def test_a_dose_with_a_comparator_is_partly_checked_whichever_way_it_points(client):
     """Found by a clinical probe: "<140 mg" (any dose under 140 mg) was judged as exactly 140 mg, a full
     pass against 70-315 mg; ">= 140 mg" was already "partly checked". FHIR's SimpleQuantity allows no

@@ -103,6 +103,9 @@ def expected_verdict(ranges: list[dict[str, Any]], dose_mg: Decimal, weight: Dec
             assert weight is not None, "a per-kg range needs a weight"
             scale *= weight
         low, high = dose_range["dose_min"] * scale, dose_range["dose_max"] * scale
+        ceiling = absolute_max_mg(dose_range, weight)
+        if ceiling is not None:  # a weight-based range capped for heavy patients (CRPS: 25 mg/h)
+            low, high = min(low, ceiling), min(high, ceiling)
         verdict = "below_min" if dose_mg < low else "above_max" if dose_mg > high else "within_range"
         limit = dose_range.get("max_per_period")
         if verdict in ("within_range", "below_min") and limit:  # a per-period breach outranks an underdose
@@ -133,6 +136,15 @@ def expected_verdict(ranges: list[dict[str, Any]], dose_mg: Decimal, weight: Dec
                 verdict = "exceeds_max_per_period"
         verdicts.append(verdict)
     return min(verdicts, key=FAVOURABLE.index)
+
+
+def absolute_max_mg(dose_range: dict[str, Any], weight: Decimal | None) -> Decimal | None:
+    """A weight-based range's absolute maximum in mg (per the range's time unit for a rate), or None."""
+    ceiling = dose_range.get("absolute_max")
+    if not ceiling or weight is None:
+        return None
+    assert ceiling["unit"].split("/")[1:] == [p for p in dose_range["unit"].split("/")[1:] if p != "kg"]
+    return ceiling["value"] * MASS_IN_MG[amount_of(ceiling["unit"])]
 
 
 def edge_doses(low: Decimal, high: Decimal) -> list[Decimal]:
@@ -166,6 +178,10 @@ def check_range_edges_in_every_mass_unit(client: Any, protocol_id: str) -> None:
             scale = weight if weight is not None else Decimal(1)
             for edge_range in alternatives:
                 low, high = edge_range["dose_min"] * scale, edge_range["dose_max"] * scale
+                ceiling = absolute_max_mg(edge_range, weight)
+                if ceiling is not None:  # the edges are the capped range's (in the range's own mass unit)
+                    ceiling /= MASS_IN_MG[amount_of(unit)]
+                    low, high = min(low, ceiling), min(high, ceiling)
                 for dose in edge_doses(low, high):
                     dose_mg = dose * MASS_IN_MG[amount_of(unit)]
                     expected = expected_verdict(alternatives, dose_mg, weight)
@@ -186,8 +202,10 @@ def check_range_edges_in_every_mass_unit(client: Any, protocol_id: str) -> None:
                         absolute = result["absolute_range"]
                         if weight is not None:
                             chosen = document["dosing_ranges"][result["range_index"]]
-                            assert number(absolute["min"]) == chosen["dose_min"] * weight
-                            assert number(absolute["max"]) == chosen["dose_max"] * weight
+                            cap_mg = absolute_max_mg(chosen, weight)
+                            top = Decimal("Infinity") if cap_mg is None else cap_mg / MASS_IN_MG[amount_of(unit)]
+                            assert number(absolute["min"]) == min(chosen["dose_min"] * weight, top)
+                            assert number(absolute["max"]) == min(chosen["dose_max"] * weight, top)
                             assert absolute["unit"] == absolute_unit(unit)
                             assert f"\u00d7 {weight.normalize():f} kg =" in absolute["calculation"]
 
@@ -497,17 +515,29 @@ def test_the_patient_range_says_when_its_top_breaks_the_maximum_per_period(clien
     """Found by a clinical QA probe: for the CRPS infusion (0.35 mg/kg/h over 4 h, at most 100 mg a day)
     at 80 kg, /dose showed 28 mg/h with "at most 100 mg per P1D" and nothing more, while dose-check
     called 28 mg/h for 4 h once a day (112 mg) critical. At 70 kg (98 mg) there is nothing to say; no
-    other curated range says it at 70 kg either."""
+    other curated range says it at 70 kg either. (The curated CRPS range is capped at 25 mg/h since its
+    version 7, which keeps it within 100 mg a day: a range without the cap shows the mechanism.)"""
     load_catalog(app)
-    heavy = client.get(f"/v1/protocols/ketamine-iv-crps-off-label/dose?route={IV}&weight_kg=80").get_json()
-    light = client.get(f"/v1/protocols/ketamine-iv-crps-off-label/dose?route={IV}&weight_kg=70").get_json()
+    uncapped = protocol_payload(id="crps-uncapped", routes=[{"system": terminology.SNOMED, "code": IV,
+                                                            "display": "Intravenous route"}],
+                                dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35,
+                                                "unit": "mg/kg/h", "duration": "PT4H",
+                                                "frequency": {"count": 1, "period": "P1D"},
+                                                "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}}])
+    assert client.post("/v1/protocols", json=uncapped).status_code == 201
+    heavy = client.get(f"/v1/protocols/crps-uncapped/dose?route={IV}&weight_kg=80").get_json()
+    light = client.get(f"/v1/protocols/crps-uncapped/dose?route={IV}&weight_kg=70").get_json()
     warning = "comes to more than its maximum for this patient: 112 mg \u00d7 1 dose = 112 mg per P1D"
     assert any(warning in m for r in heavy["ranges"] for m in r["messages"]), heavy
     assert not any("comes to more than its maximum" in m for r in light["ranges"] for m in r["messages"])
-    check = dose_check(client, "ketamine-iv-crps-off-label", {
+    check = dose_check(client, "crps-uncapped", {
         "route": IV, "dose": {"value": 28, "unit": "mg/h"}, "patient": {"weight_kg": 80},
         "frequency": {"count": 1, "period": "P1D"}})
     assert check.get_json()["verdict"] == "exceeds_max_per_period"  # the two endpoints agree
+    capped = client.get(f"/v1/protocols/ketamine-iv-crps-off-label/dose?route={IV}&weight_kg=80").get_json()
+    (capped_range,) = capped["ranges"]
+    assert capped_range["absolute_range"]["max"] == 25, capped_range
+    assert not any("comes to more than its maximum" in m for m in capped_range["messages"])
     for protocol_id in CATALOG_IDS:
         content = client.get(f"/v1/protocols/{protocol_id}").get_json()
         for route in {r["route"] for r in content["dosing_ranges"]}:

@@ -702,7 +702,18 @@ def test_crps_infusion_is_capped_at_the_trial_rate_and_codes_crps_only(app, clie
     order = {"route": "47625008", "dose": {"value": 0.35, "unit": "mg/kg/h"},
              "frequency": {"count": 1, "period": "P1D"}}
     assert _dose_check(client, crps, patient={"weight_kg": 70}, **order) == "within_range"
-    assert _dose_check(client, crps, patient={"weight_kg": 120}, **order) == "exceeds_max_per_period"
+    # Version 7 records the cap as the range's absolute maximum (a docs probe: 31.5 mg/h for 90 kg read
+    # within range, with the cap in the instructions only): above 25 mg/h is above the range, whatever the weight.
+    assert _dose_check(client, crps, patient={"weight_kg": 120}, **order) == "above_max"
+    per_hour = {"route": "47625008", "frequency": {"count": 1, "period": "P1D"}, "duration": "PT4H"}
+    assert _dose_check(client, crps, patient={"weight_kg": 90}, dose={"value": 25, "unit": "mg/h"},
+                       **per_hour) == "within_range"
+    assert _dose_check(client, crps, patient={"weight_kg": 90}, dose={"value": 31.5, "unit": "mg/h"},
+                       **{**per_hour, "duration": "PT3H"}) == "above_max"
+    answer = client.post(f"/v1/protocols/{crps}/dose-check", json={
+        **per_hour, "dose": {"value": 25, "unit": "mg/h"}, "patient": {"weight_kg": 90}}).get_json()
+    assert answer["absolute_range"]["calculation"] == (
+        "0.35 mg/kg/h \u00d7 90 kg = 31.5 mg/h, at most 25 mg/h whatever the weight: 25 mg/h")
     codes = {i["code"] for i in client.get(f"/v1/protocols/{crps}").get_json()["indications"]}
     assert codes == {"G90.50", "G90.59"}
 
@@ -726,7 +737,9 @@ def test_crps_cap_note_gives_the_reason_that_holds(app, client):
     assert _dose_check(client, crps, **day) == "exceeds_max_per_period"  # 504 mg a day at 21 mg/h
     fast = {"route": "47625008", "dose": {"value": 52.5, "unit": "mg/h"}, "duration": "PT110M",
             "frequency": {"count": 1, "period": "P1D"}, "patient": {"weight_kg": 150}}
-    assert _dose_check(client, crps, **fast) == "within_range"  # the stated limitation: 96.25 mg a day
+    # Version 3's stated limitation (96.25 mg a day, within it) is gone since version 7 records the rate
+    # cap itself: 52.5 mg/h is above 25 mg/h.
+    assert _dose_check(client, crps, **fast) == "above_max"
 
 
 

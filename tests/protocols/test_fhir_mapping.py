@@ -195,6 +195,27 @@ def test_rate_units_become_rate_ranges_not_dose_ranges():
 
 
 
+def test_an_absolute_maximum_is_the_most_per_administration_or_said_in_the_text_for_a_rate():
+    """A weight-based range capped for heavy patients: an amount cap is R4's maxDosePerAdministration; a
+    rate has no element of its own in Dosage, so its cap is said in the text."""
+    iv = [{"system": "http://snomed.info/sct", "code": "47625008", "display": "Intravenous route"}]
+    amount = protocol_payload(routes=iv, dosing_ranges=[{
+        "route": "47625008", "phase": "induction", "dose_min": 1, "dose_max": 4.5, "unit": "mg/kg",
+        "absolute_max": {"value": 500, "unit": "mg"}}])
+    resource = fhir.to_medication_knowledge(_document(amount), base_url=BASE)
+    MedicationKnowledge.model_validate(resource)
+    [dosage] = _guideline_dosages(resource)
+    assert dosage["maxDosePerAdministration"] == fhir.quantity(500, "mg") and "text" not in dosage
+    rate = protocol_payload(routes=iv, dosing_ranges=[{
+        "route": "47625008", "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": "mg/kg/h",
+        "duration": "PT4H", "absolute_max": {"value": 25, "unit": "mg/h"}, "instructions": "Over 4 hours."}])
+    resource = fhir.to_medication_knowledge(_document(rate), base_url=BASE)
+    MedicationKnowledge.model_validate(resource)
+    [dosage] = _guideline_dosages(resource)
+    assert "maxDosePerAdministration" not in dosage
+    assert dosage["text"] == "Over 4 hours. At most 25 mg/h whatever the weight."
+
+
 @pytest.mark.parametrize(("period", "longest", "repeat"), [
     ("P1W", "P2W", {"period": 1, "periodMax": 2, "periodUnit": "wk"}),
     ("P1D", "P10D", {"period": 1, "periodMax": 10, "periodUnit": "d"}),

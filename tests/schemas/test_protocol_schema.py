@@ -121,3 +121,28 @@ def test_a_frequency_may_span_a_range_of_periods_and_is_stored_unchanged_without
         with pytest.raises(ValidationError) as info:
             ProtocolCreateSchema().load(payload)
         assert list(flatten_errors(info.value.messages)) == ["dosing_ranges.0.frequency.period_max"], longest
+
+
+@pytest.mark.parametrize(("unit", "ceiling", "error"), [
+    ("mg/kg/h", {"value": 25, "unit": "mg/h"}, None),
+    ("mg/kg", {"value": 0.5, "unit": "g"}, None),
+    ("mg", {"value": 500, "unit": "mg"}, "only a weight-based range"),
+    ("mg/kg/h", {"value": 25, "unit": "mg"}, "is not 'mg/kg/h' without /kg"),
+    ("mg/kg/h", {"value": 25, "unit": "mg/kg/h"}, "is not 'mg/kg/h' without /kg"),
+    ("mg/kg", {"value": 25, "unit": "mL"}, "is not 'mg/kg' without /kg"),
+])
+def test_an_absolute_maximum_caps_a_weight_based_range_in_its_unit_without_kg(unit, ceiling, error):
+    """0.35 mg/kg/h not exceeding 25 mg/h (the CRPS trial's cap): the cap is the range's own unit without
+    /kg. A range that is not weight-based has nothing to cap, and another kind of dose is compared with
+    nothing. A range without it loads without the key, so records written before it hash the same."""
+    dose_range = {"route": "47625008", "phase": "infusion", "dose_min": 0.35, "dose_max": 0.35, "unit": unit,
+                  "absolute_max": ceiling}
+    if error is None:
+        assert DoseRangeSchema().load(dose_range)["absolute_max"]["value"] == Decimal(str(ceiling["value"]))
+    else:
+        with pytest.raises(ValidationError) as info:
+            DoseRangeSchema().load(dose_range)
+        assert error in str(info.value.messages)
+        assert all(path.startswith("absolute_max") for path in flatten_errors(info.value.messages)), info.value.messages
+    del dose_range["absolute_max"]
+    assert "absolute_max" not in DoseRangeSchema().load(dose_range)
