@@ -62,8 +62,10 @@ def load_version(protocol_id: str, as_of: Any) -> tuple[StoredVersion, dict[str,
 
 def protocol_ref(stored: StoredVersion) -> dict[str, Any]:
     document = json.loads(stored.document)
+    approval = document.get("fda_approval") or {}
     return {"id": stored.protocol_id, "version": stored.version, "etag": stored.etag,
-            "status": stored.status, "effective_from": document.get("effective_from")}
+            "status": stored.status, "effective_from": document.get("effective_from"),
+            "title": document.get("title"), "fda_status": approval.get("status")}
 
 
 def route_ref(code: str) -> dict[str, Any]:

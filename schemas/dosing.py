@@ -185,6 +185,12 @@ class ProtocolRefSchema(Schema):
     etag = fields.String(metadata={"description": "ETag of the version used"})
     status = fields.String()
     effective_from = fields.String()
+    # What a verdict of "within_range" is within: an off-label or investigational protocol (psilocybin:
+    # Schedule I, trials only) read like an approved use when the answer named neither (a clinical probe).
+    title = fields.String(metadata={"description": "The protocol's title (it says off-label or investigational)"})
+    fda_status = fields.String(allow_none=True, metadata={
+        "description": "The protocol's FDA status: approved, off_label, investigational or not_approved; a "
+                       "verdict is about this protocol's dosing, not an approval of the use"})
 
 
 class RouteRefSchema(Schema):

@@ -819,3 +819,20 @@ def test_the_bounds_of_an_ordered_number_are_in_the_contract_and_the_message_say
     spec = client.get("/openapi.json").get_json()["components"]["schemas"]
     value = spec["DoseQuantity"]["properties"]["value"]
     assert (value["minimum"], value["maximum"], value["exclusiveMaximum"]) == (1e-12, 1e12, True)
+
+
+def test_the_answer_names_the_protocols_title_and_fda_status(client, app):
+    """Found by a clinical probe: psilocybin 25 mg answered a bare "within_range": nothing said the protocol
+    is investigational (Schedule I, trials only), nor that the TRD and CRPS ketamine protocols are off-label.
+    The protocol named in every answer carries its title and FDA status."""
+    load_catalog(app)
+    for protocol_id, route, dose, status in (
+            ("psilocybin-oral-trd-investigational", ORAL, {"value": 25, "unit": "mg"}, "investigational"),
+            ("esketamine-nasal-spravato", NASAL, {"value": 56, "unit": "mg"}, "approved")):
+        document = client.get(f"/v1/protocols/{protocol_id}").get_json()
+        phase = document["dosing_ranges"][0]["phase"]
+        answer = dose_check(client, protocol_id, {"route": route, "phase": phase, "dose": dose}).get_json()
+        assert answer["protocol"]["fda_status"] == status == document["fda_approval"]["status"], answer["protocol"]
+        assert answer["protocol"]["title"] == document["title"]
+        patient = client.get(f"/v1/protocols/{protocol_id}/dose?route={route}&phase={phase}").get_json()
+        assert patient["protocol"]["fda_status"] == status
