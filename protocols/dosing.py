@@ -522,9 +522,25 @@ def _at_least(verdict: Verdict, floor: Verdict) -> Verdict:
     return floor if FAVOURABLE_ORDER.index(verdict) < FAVOURABLE_ORDER.index(floor) else verdict
 
 
-def most_favourable(evaluations: Sequence[Evaluation]) -> Evaluation:
-    """The alternative that fits the order best (the first such range on a tie)."""
-    return min(evaluations, key=lambda e: FAVOURABLE_ORDER.index(e.verdict))
+def most_favourable(evaluations: Sequence[Evaluation], frequency: Frequency | None = None) -> Evaluation:
+    """The alternative that fits the order best: the most favourable verdict, and on a tie the range whose
+    own frequency is the order's (then the first). Spravato 84 mg every 2 weeks in maintenance is within
+    both the weeks 5-8 range (once weekly) and the week-9 one (every 2 weeks or weekly); the answer quoted
+    the weeks 5-8 instructions, "once weekly", for an every-other-week order (a clinical probe)."""
+    return min(evaluations, key=lambda e: (FAVOURABLE_ORDER.index(e.verdict), not _frequency_fits(frequency, e.range)))
+
+
+def _frequency_fits(frequency: Frequency | None, dose_range: Mapping[str, Any]) -> bool:
+    """Whether the order's frequency is one the range gives: as often as its ``period`` or as seldom as
+    its ``period_max``, or anything between (on average)."""
+    protocol = dose_range.get("frequency")
+    if frequency is None or not protocol:
+        return False
+    rate = Fraction(frequency.count) / frequency.period_seconds
+    count = Fraction(int(protocol["count"]))
+    most = count / seconds(parse_duration(str(protocol["period"])))
+    least = count / seconds(parse_duration(str(protocol.get("period_max") or protocol["period"])))
+    return least <= rate <= most
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -1069,7 +1085,7 @@ def check(content: Mapping[str, Any], order: DoseOrder) -> DoseCheck:
         assert chosen.verdict is not None and chosen.message is not None
         return DoseCheck(chosen.verdict, None, [chosen.message])
     evaluations = [evaluate(content, index, order) for index, _ in chosen]
-    best = most_favourable(evaluations)
+    best = most_favourable(evaluations, order.frequency)
     messages = list(best.messages)
     if len(evaluations) > 1:
         others = ", ".join(f"range {e.range_index}: {e.verdict.value}" for e in evaluations if e is not best)

@@ -836,3 +836,21 @@ def test_the_answer_names_the_protocols_title_and_fda_status(client, app):
         assert answer["protocol"]["title"] == document["title"]
         patient = client.get(f"/v1/protocols/{protocol_id}/dose?route={route}&phase={phase}").get_json()
         assert patient["protocol"]["fda_status"] == status
+
+
+def test_of_equally_good_ranges_the_one_whose_frequency_is_the_orders_answers(client, app):
+    """Found by a clinical probe: Spravato 84 mg every 2 weeks in maintenance is within both the weeks 5-8
+    range (once weekly) and the week-9 one (every 2 weeks or weekly), and the answer quoted the weeks 5-8
+    instructions ("once weekly"). On a tie the range whose own frequency is the order's answers."""
+    load_catalog(app)
+    spravato = "esketamine-nasal-spravato"
+    ranges = client.get(f"/v1/protocols/{spravato}").get_json()["dosing_ranges"]
+    maintenance = [i for i, r in enumerate(ranges) if r["phase"] == "maintenance"]
+    week_9 = next(i for i in maintenance if ranges[i]["frequency"].get("period_max") == "P2W")
+    weekly = next(i for i in maintenance if i != week_9)
+    body = {"route": NASAL, "phase": "maintenance", "dose": {"value": 84, "unit": "mg"}}
+    every_2_weeks = dose_check(client, spravato, {**body, "frequency": {"count": 1, "period": "P2W"}}).get_json()
+    assert (every_2_weeks["verdict"], every_2_weeks["range_index"]) == ("within_range", week_9)
+    assert any(ranges[week_9]["instructions"] in m for m in every_2_weeks["messages"])
+    once_a_week = dose_check(client, spravato, {**body, "frequency": {"count": 1, "period": "P1W"}}).get_json()
+    assert (once_a_week["verdict"], once_a_week["range_index"]) == ("within_range", weekly)  # both fit: the first
