@@ -214,25 +214,26 @@ def _ranked_page(kind: str, filters: search.ProtocolQuery, query: dict[str, Any]
     after, before = _list_cursor(query)
     cursor = after or before
     if cursor is None:
-        position: int | None = search.feed_position(get_db())
         pinned = int(server_pinned)
+    elif len(cursor) <= 2:  # a cursor issued before walks carried their feed position: read as before
+        page = search.search(get_db(), filters, limit=query["page_size"], after=after, before=before,
+                             count=query["count"])
+        return page, [hit.key for hit in page.items], after, before
     else:
-        position = cursor[2] if len(cursor) > 2 else None
         pinned = cursor[3] if len(cursor) > 3 else 0
-    assert filters.as_of is not None  # the caller pins it when the request did not give one
-    if cursor is not None and position is not None and search.changed_in_effect_since(
-            get_db(), position, filters.as_of, drafts=filters.status == "draft"):
+    try:
+        page, position = search.ranked_page(get_db(), filters, limit=query["page_size"], after=after and after[:2],
+                                            before=before and before[:2], count=query["count"],
+                                            position=None if cursor is None else cursor[2])
+    except search.ResultsChanged as exc:
         dropped = {"cursor", "as_of"} if pinned else {"cursor"}
         raise ApiError(409, "This search's results changed after its first page: a version recorded since "
                             "then takes effect at or before the search's moment, so pages would skip or "
                             "repeat protocols. Start again from the first page.",
                        errors={"cursor": ["the results changed since this cursor was issued; "
                                           "search again without it"]},
-                       first=page_url({k: v for k, v in request.args.items(multi=True) if k not in dropped}))
-    page = search.search(get_db(), filters, limit=query["page_size"], after=after and after[:2],
-                         before=before and before[:2], count=query["count"])
-    keys: list[Any] = [hit.key if position is None else (*_as_tuple(hit.key), position, pinned)
-                       for hit in page.items]
+                       first=page_url({k: v for k, v in request.args.items(multi=True) if k not in dropped})) from exc
+    keys: list[Any] = [(*_as_tuple(hit.key), position, pinned) for hit in page.items]
     return page, keys, after, before
 
 

@@ -120,15 +120,38 @@ class SearchPage:
     total: int | None = None
 
 
-def feed_position(db: Database) -> int:
+class ResultsChanged(Exception):
+    """A ranked walk's results changed since its first page (:func:`ranked_page`)."""
+
+
+def ranked_page(db: Database, query: ProtocolQuery, *, limit: int, after: Key | None, before: Key | None,
+                count: bool, position: int | None) -> tuple[SearchPage, int]:
+    """One page of a ranked walk and the feed position its cursors carry: the first page's position is
+    read now (``position`` None), a later page's is checked first (:func:`changed_in_effect_since`;
+    :class:`ResultsChanged` when history moved under the walk). Both in one snapshot with the page:
+    checked in one transaction and read in another, a back-dated version committed between them moved
+    ranks on the page served, which then skipped or repeated a protocol, and a version committed
+    between a first page and its position refused the walk's next page for a change the first page
+    already showed (a code review)."""
+    assert query.as_of is not None  # a walk is pinned to one moment
+    with snapshot(db) as session:
+        if position is None:
+            position = feed_position(db, session=session)
+        elif changed_in_effect_since(db, position, query.as_of, drafts=query.status == "draft", session=session):
+            raise ResultsChanged("a version recorded since the walk's first page takes effect at or before its moment")
+        return search(db, query, limit=limit, after=after, before=before, count=count, session=session), position
+
+
+def feed_position(db: Database, *, session: Session | None = None) -> int:
     """The newest version's position in the changes feed (0 for an empty registry). A ranked walk
     keeps the position of its first page, so a later page can tell whether history it reads has
     changed under it (:func:`changed_in_effect_since`)."""
-    with db.read() as session:
-        return int(session.execute(select(func.coalesce(func.max(ProtocolVersion.seq), 0))).scalar_one())
+    with nullcontext(session) if session is not None else db.read() as reading:
+        return int(reading.execute(select(func.coalesce(func.max(ProtocolVersion.seq), 0))).scalar_one())
 
 
-def changed_in_effect_since(db: Database, position: int, at: datetime, *, drafts: bool = False) -> bool:
+def changed_in_effect_since(db: Database, position: int, at: datetime, *, drafts: bool = False,
+                            session: Session | None = None) -> bool:
     """Whether a version recorded after feed ``position`` takes effect at or before ``at`` (naive UTC,
     as :attr:`ProtocolQuery.as_of`).
 
@@ -137,7 +160,7 @@ def changed_in_effect_since(db: Database, position: int, at: datetime, *, drafts
     effect at the pinned moment, so a protocol's rank moves across the cursor and the walk would skip
     or repeat it (found by an adversarial probe). The feed is in commit order, so "recorded after the
     first page" is exactly ``seq > position``, read through the primary key."""
-    with db.read() as session:
+    with nullcontext(session) if session is not None else db.read() as reading:
         # Drafts are never in effect: a back-dated draft refused walks it could not disturb. A walk of
         # drafts (``drafts``) reads each protocol's newest version *recorded* by its as_of
         # (:func:`_newest_version`), so any version recorded by then can move it, whatever its status
@@ -146,7 +169,7 @@ def changed_in_effect_since(db: Database, position: int, at: datetime, *, drafts
         moves = ([ProtocolVersion.recorded_at <= at] if drafts else
                  [ProtocolVersion.effective_from <= at, ProtocolVersion.status != "draft"])
         statement = select(ProtocolVersion.seq).where(ProtocolVersion.seq > position, *moves)
-        hit = session.execute(statement.limit(1)).first()
+        hit = reading.execute(statement.limit(1)).first()
     return hit is not None
 
 
@@ -158,11 +181,13 @@ def search(
     after: Key | None = None,
     before: Key | None = None,
     count: bool = False,
+    session: Session | None = None,
 ) -> SearchPage:
     """One page of protocols matching ``query``: newest protocol first, or best rank first with ``q``.
 
     ``after`` continues towards the end of the listing, ``before`` back towards its start (both
-    exclusive). ``count`` adds the total number of matches (a separate, slower query).
+    exclusive). ``count`` adds the total number of matches (a separate, slower query). ``session``: read
+    in it (one snapshot with other reads, :func:`ranked_page`), else in a session of its own.
     """
     if query.status not in LIST_STATUSES:
         raise ValueError(f"unknown listing status {query.status!r}")
@@ -172,7 +197,7 @@ def search(
     # itself, and a page read just before a scheduled version took effect came with the count of
     # just after (30 items, count 29; found by a probe of scheduled versions).
     at = query.as_of or utcnow()
-    reader = snapshot(db) if count else db.read()
+    reader = nullcontext(session) if session is not None else snapshot(db) if count else db.read()
     if before is not None:
         statement, seq_column, rank_column = _matching(db.dialect, query, at=at)
         page = _keyset(statement, seq_column, rank_column, after=None, before=before).limit(limit + 1)

@@ -273,6 +273,45 @@ def test_a_back_dated_write_between_ranked_pages_is_refused_not_skipped_or_repea
     assert sorted(walk(client, body["first"])) == sorted(ids)  # the fresh walk sees each once
 
 
+def test_a_ranked_page_is_read_in_the_snapshot_its_check_saw(client: FlaskClient, db: Database,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a code review: the check that history did not move under a walk and the page it protects
+    were read in two transactions, so a back-dated version committed between them moved ranks on the page
+    served (the protocol it raised above the cursor was skipped), and only the next page was refused. The
+    check and the page are one snapshot now: the page is the one the check vouched for, and the next page
+    is refused."""
+    from datetime import UTC, datetime
+
+    from protocols import search as search_module
+
+    word = "wombatine"
+    ids = [f"snapshot-{n}" for n in range(3)]
+    for pid in ids:
+        versioning.create(db, pid, content_of(pid, title=f"protocol {pid}", summary=f"Mentions {word}."),
+                          effective_from=datetime(2020, 1, 1, tzinfo=UTC))
+    order = walk(client, f"/v1/protocols?q={word}&page_size=1")
+    first = get(client, "/v1/protocols", q=word, page_size=1).get_json()
+    assert [item["id"] for item in first["items"]] == order[:1]
+    moved = order[1]  # raised above the cursor by a back-dated title: the walk would skip it
+    walked = search_module._walked_page
+    written: list[str] = []
+
+    def write_then_walk(*args: Any, **kwargs: Any) -> Any:
+        if not written:
+            written.append(moved)
+            versioning.revise(db, moved, content_of(moved, title=f"{word} protocol {moved}",
+                                                    summary=f"Mentions {word}."),
+                              if_match=[versioning.latest(db, moved).etag],
+                              effective_from=datetime(2021, 1, 1, tzinfo=UTC))
+        return walked(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "_walked_page", write_then_walk)
+    second = get(client, first["next"]).get_json()
+    assert written == [moved] and [item["id"] for item in second["items"]] == [moved]
+    monkeypatch.undo()
+    assert client.get(second["next"]).status_code == 409
+
+
 def test_a_ranked_walk_is_refused_only_when_what_it_reads_can_have_changed(client: FlaskClient, db: Database) -> None:
     """Found by a probe of the fix: a back-dated draft (never in effect) refused walks it could not
     disturb. And a walk with the client's own as_of restarts at that as_of."""
