@@ -455,11 +455,8 @@ def search_medication_knowledge() -> Response:
     negotiate()
     spec = fhir_query.parse_search(list(request.args.items(multi=True)))
     warnings = check_unsupported(spec.unsupported)
-    db = get_db()
     at = utcnow()
-    with versioning.snapshot(db) as session:  # the total counts what the page lists (one state)
-        page = fhir_query.search(db, spec, at=at, session=session)
-        total = fhir_query.count(db, spec, at=at, session=session)
+    page, total = fhir_query.search_with_total(get_db(), spec, at=at)  # one state: the total counts the page
     base = base_url()
     entries: list[dict[str, Any]] = []
     if warnings:

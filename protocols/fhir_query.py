@@ -429,6 +429,12 @@ def search(db: Database, spec: SearchSpec, *, at: datetime, session: Session | N
                                      statuses=sorted(statuses), extra_filters=_filters(spec), session=session)
 
 
+def search_with_total(db: Database, spec: SearchSpec, *, at: datetime) -> tuple[versioning.EffectivePage, int]:
+    """A search page and its Bundle ``total``, read in one snapshot (:func:`count` says why)."""
+    with versioning.snapshot(db) as session:
+        return search(db, spec, at=at, session=session), count(db, spec, at=at, session=session)
+
+
 def count(db: Database, spec: SearchSpec, *, at: datetime, session: Session | None = None) -> int:
     """How many current resources match ``spec`` (the Bundle ``total``); mirrors ``list_effective``.
 
