@@ -442,15 +442,28 @@ def _frequency(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, change:
         yield change("text_changed", "/frequency/text", a.get("text"), b.get("text"), "Frequency wording changed")
 
 
+def _per_period_text(m: Mapping[str, Any] | None) -> str:
+    return "none" if m is None else f"{m.get('value')} {m.get('unit')} per {m.get('period')}"
+
+
+def _quantity_text(m: Mapping[str, Any] | None) -> str:
+    return "none" if m is None else f"{m.get('value')} {m.get('unit')}"
+
+
+def _added_or_removed(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, change: _Change, kind: str,
+                      field: str, label: str, shown: Callable[[Mapping[str, Any] | None], str]
+                      ) -> Iterator[ClinicalChange]:
+    """A range's optional limit that one version has and the other does not (or neither)."""
+    if a != b:
+        yield change(kind, f"/{field}", a, b, f"{label} changed from {shown(a)} to {shown(b)}")
+
+
 def _max_per_period(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
                     change: _Change) -> Iterator[ClinicalChange]:
-    def shown(m: Mapping[str, Any] | None) -> str:
-        return "none" if m is None else f"{m.get('value')} {m.get('unit')} per {m.get('period')}"
-
+    shown = _per_period_text
     if a is None or b is None:
-        if a != b:
-            yield change("max_per_period_changed", "/max_per_period", a, b,
-                         f"Maximum per period changed from {shown(a)} to {shown(b)}")
+        yield from _added_or_removed(a, b, change, "max_per_period_changed", "max_per_period",
+                                     "Maximum per period", shown)
         return
     if a.get("unit") != b.get("unit") or not _duration_equal(a.get("period"), b.get("period")):
         # Another unit over the same period is converted when it can be (0.084 g -> 840 mg per P1D, a
@@ -480,13 +493,9 @@ def _absolute_max(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
                   change: _Change) -> Iterator[ClinicalChange]:
     """A weight-based range's cap for heavy patients added, removed, or moved (converted when its unit
     changed within one kind: 25 mg/h -> 0.025 g/h is the same cap)."""
-    def shown(m: Mapping[str, Any] | None) -> str:
-        return "none" if m is None else f"{m.get('value')} {m.get('unit')}"
-
+    shown = _quantity_text
     if a is None or b is None:
-        if a != b:
-            yield change("absolute_max_changed", "/absolute_max", a, b,
-                         f"Absolute maximum changed from {shown(a)} to {shown(b)}")
+        yield from _added_or_removed(a, b, change, "absolute_max_changed", "absolute_max", "Absolute maximum", shown)
         return
     to_old = _converter(b.get("unit"), a.get("unit"))
     old_value = Fraction(_number(a.get("value")))
