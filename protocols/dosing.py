@@ -933,30 +933,17 @@ def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range
     the verdict stays about the amount: what ``duration`` means differs by range (a shortest push
     time for a bolus, the length of an infusion), so a rule of rates cannot call every faster
     administration an overdose (a review of the first fix, which made it ``above_max``). Ranges of
-    rates are judged as rates already.
-
-    A range of several doses (``dose_min`` below ``dose_max``) gives each of them over its ``duration``:
-    the label's "1 mg/kg to 4.5 mg/kg ... slowly (over a period of 60 seconds)" is a push time for every
-    dose, and "more rapid administration may result in respiratory depression". Compared as a rate, 2 mg/kg
-    over 30 s (4 mg/kg/min, under 4.5 mg/kg over 60 s) read as a full pass (a clinical probe), so such an
-    order is faster when it is shorter than the duration (beyond the tolerance). A single dose (0.5 mg/kg
-    over 40 min) is still compared as a rate: half of it over half the time is a shorter infusion, not a
-    faster one."""
+    rates are judged as rates already."""
     protocol_s = _duration_seconds(dose_range)
     given_s = order.shortest_s if order.shortest_s is not None else order.duration_s
     if given_s is None or protocol_s is None or range_unit.is_rate or given_s >= protocol_s or given_s <= 0:
         return None
-    given = order.duration_text or fmt(given_s) + " s"
-    if exact(dose_range["dose_min"]) < high and given_s * FASTER_TOLERANCE < protocol_s:
-        return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over {given}; the protocol "
-                f"gives each dose of its range ({fmt(exact(dose_range['dose_min']))}{DASH}{fmt(high)} "
-                f"{range_unit.code}) over {dose_range['duration']}.")
     ordered_rate, protocol_rate = per_dose / given_s * 60, high / protocol_s * 60
     if ordered_rate <= protocol_rate * FASTER_TOLERANCE:
         return None
     per_minute = f"{range_unit.code}/min"
     return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over "
-            f"{given} is {_rounded(ordered_rate)} {per_minute}; the "
+            f"{order.duration_text or fmt(given_s) + ' s'} is {_rounded(ordered_rate)} {per_minute}; the "
             f"protocol gives at most {fmt(high)} {range_unit.code} over {dose_range['duration']}, "
             f"{_rounded(protocol_rate)} {per_minute}.")
 
