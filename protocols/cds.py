@@ -263,20 +263,42 @@ def _unread_route_cards(judged_as: list[LineMatch], weight: Weight | str, versio
     """The cards of one line whose route is missing or unreadable, judged as given by each route its
     protocols give (``judged_as``: one match per route): those cards when every one of them is critical
     (840 mg of Spravato a day, 20 mg/kg of ketamine: a breach by every route, whichever was meant), else
-    one "route not read" card, the dose not checked. Judged cards that disagreed put an epidural order's
-    100 mg "within protocol range" as IV, and a usual 2 mg/kg anaesthesia dose with no route got a critical
-    card from the depression protocol (a review)."""
+    one "route not read" card saying what each route's protocols made of the dose: critical when by some
+    route every protocol calls it a breach (10 mg/kg of ketamine with no route: above every IV maximum,
+    within the IM range; it read as a warning that named no breach, a review). Judged cards that disagreed
+    put an epidural order's 100 mg "within protocol range" as IV, and a usual 2 mg/kg anaesthesia dose with
+    no route got a critical card from the depression protocol (a review)."""
     first = judged_as[0]
     assert first.unread is not None
     line, everything = first.unread
-    cards = [card for match in judged_as for card in _line_cards(match, weight, version_url, together)]
+    by_route: dict[str, list[dict[str, Any]]] = {}
+    for match in judged_as:
+        by_route.setdefault(match.line.route, []).extend(_line_cards(match, weight, version_url, together))
+    cards = [card for judged in by_route.values() for card in judged]
     # An order with no route of a medication given by one route only (Spravato, a nasal spray) is read as
     # that route whatever its verdict: no other was meant. A route written but unreadable may be one no
     # protocol gives, and with several routes any of them may be meant: then only a breach by all counts.
     implied = line.unread_route == NO_ROUTE and len(judged_as) == 1
     if cards and (implied or all(card["indicator"] == "critical" for card in cards)):
         return cards
-    return [_route_card(replace(first, line=line, applicable=[], by_other_routes=everything), version_url)]
+    card = _route_card(replace(first, line=line, applicable=[], by_other_routes=everything), version_url)
+    breached = [route for route, judged in by_route.items() if judged and all(c["indicator"] == "critical"
+                                                                            for c in judged)]
+    lines = []
+    for route, judged in by_route.items():
+        known = terminology.ROUTES.get(route)
+        verdicts = "; ".join(f"{c['summary'].split(': ')[0].removesuffix(', route not read')} "
+                             f"({c['source']['topic']['code'].replace('/', ' v')})" for c in judged)
+        lines.append(f"- As given by the {markdown_text(known.display.lower() if known else route)}: "
+                     f"{markdown_text(verdicts or 'not judged')}")
+    card["detail"] += "\n" + "\n".join(["What the protocols make of the dose, route by route:", *lines])
+    if breached:
+        names = " or ".join((terminology.ROUTES[r].display.lower() if r in terminology.ROUTES else r)
+                            for r in breached)
+        card["indicator"] = "critical"
+        card["summary"] = _summary(f"route not read, a breach if {names}", f"{first.order.medication} {line.label}",
+                                   _protocols_label(everything))
+    return [card]
 
 
 def _as_every_route(line: DosageLine, found: list[Matched]) -> list[tuple[DosageLine, list[Matched]]]:
@@ -377,16 +399,13 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
                            for r in content.get("routes") or [])
         listed.append(f"- **{markdown_text(content.get('title', stored.protocol_id))}** (protocol "
                       f"{stored.protocol_id} v{stored.version}): {markdown_text(routes or 'no route listed')}")
-    first, _ = match.by_other_routes[0]
-    label = f"protocol {first.protocol_id} v{first.version}" + (
-        f" and {len(match.by_other_routes) - 1} more" if len(match.by_other_routes) > 1 else "")
+    label = _protocols_label(match.by_other_routes)
     if line.unread_route is not None:  # :func:`_unread_route_cards`: not a breach by every route
         unread = ("The order gives no route" if line.unread_route == NO_ROUTE else
                   f"The order's route ({markdown_text(line.unread_route)}) is coded neither in SNOMED CT nor as an "
                   f"FDA SPL route code")
         opening = (f"{unread}, so which protocol applies is not known. Judged as given by each route its protocols "
-                   f"give, the dose does not break a maximum by all of them; it was not checked further: send the "
-                   f"route.")
+                   f"give, it reads differently by route (below): send the route.")
     else:
         opening = (f"No protocol in effect gives {markdown_text(match.order.medication)} by the "
                    f"{markdown_text(route_text)} ({markdown_text(line.route)}); the dose was not checked.")
@@ -403,6 +422,13 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
         "source": {"label": "Treatment protocols", "url": links[0]["url"]},
         "links": links,
     }
+
+
+def _protocols_label(matched: Sequence[Matched]) -> str:
+    """``protocol <id> v<n>`` for a card about several protocols: the first and how many more."""
+    first, _ = matched[0]
+    return f"protocol {first.protocol_id} v{first.version}" + (
+        f" and {len(matched) - 1} more" if len(matched) > 1 else "")
 
 
 def _unscoped(order: DraftOrder, applicable: list[tuple[StoredVersion, Mapping[str, Any]]]) -> str | None:

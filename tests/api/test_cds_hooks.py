@@ -2150,8 +2150,17 @@ def test_an_order_without_a_route_is_judged_as_every_route_its_protocols_give(cl
     assert "one of the 2 routes its protocols give, by each of which it breaks a maximum" in found(20)[0]["detail"]
     (card,) = found(2)
     assert card["indicator"] == "warning" and card["summary"].startswith("route not read: ")
-    assert "the dose does not break a maximum by all of them" in card["detail"]
+    assert "it reads differently by route (below): send the route" in card["detail"]
     assert "Intramuscular route (78421000)" in card["detail"] and "Intravenous route (47625008)" in card["detail"]
+    assert "- As given by the intramuscular route: below protocol minimum (ketamine-im v1)" in card["detail"]
+    # Above every IV protocol's maximum, within the IM range: critical, naming the route (a review: a
+    # warning that named no breach).
+    (card,) = found(10)
+    assert card["indicator"] == "critical", card["summary"]
+    assert card["summary"].startswith("route not read, a breach if intravenous route: ")
+    (by_iv,) = [line for line in card["detail"].splitlines() if line.startswith("- As given by the intravenous")]
+    assert "above protocol maximum (ketamine-iv v1)" in by_iv and "above protocol maximum (ketamine-trd v1)" in by_iv
+    assert "- As given by the intramuscular route: within protocol range" in card["detail"]
     assert judged(2, reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2")) == [
         ("ketamine-trd", "above protocol maximum", "critical")]
 
