@@ -9,6 +9,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from protocols import dose_units, terminology, units
+from protocols.dosing import MIN_WEIGHT_KG
 from protocols.durations import parse_duration
 from protocols.timeutil import utcnow
 from schemas.fields import CalendarDate, Duration, PositiveDecimal, StrictBoolean, StrictInteger, Text, WebUrl
@@ -176,6 +177,17 @@ class DoseRangeSchema(Schema):
             raise ValidationError({"absolute_max": {"unit": [
                 f"'{ceiling['unit']}' is not '{data['unit']}' without /kg (such as '{dose_unit.absolute_code}'): an "
                 "absolute maximum is the same kind of dose as the range, for the whole patient"]}})
+        low = data.get("dose_min")
+        if ceiling.get("value") is None or low is None:
+            return
+        # Below the minimum even for the lightest patient the service accepts, the cap would make every order
+        # a breach: a unit slip (25 ug/h for 25 mg/h) was accepted (a review).
+        cap = Fraction(ceiling["value"]) * ceiling_unit.amount_factor / (ceiling_unit.time_seconds or 1)
+        lightest = Fraction(low) * dose_unit.amount_factor / (dose_unit.time_seconds or 1) * Fraction(MIN_WEIGHT_KG)
+        if cap < lightest:
+            raise ValidationError({"absolute_max": {"value": [
+                f"{ceiling['value']} {ceiling['unit']} is below the range's minimum ({low} {data['unit']}) even for "
+                f"a {MIN_WEIGHT_KG} kg patient: every dose would break it"]}})
 
 
 class DrugSchema(Schema):

@@ -854,3 +854,34 @@ def test_of_equally_good_ranges_the_one_whose_frequency_is_the_orders_answers(cl
     assert any(ranges[week_9]["instructions"] in m for m in every_2_weeks["messages"])
     once_a_week = dose_check(client, spravato, {**body, "frequency": {"count": 1, "period": "P1W"}}).get_json()
     assert (once_a_week["verdict"], once_a_week["range_index"]) == ("within_range", weekly)  # both fit: the first
+
+
+def test_an_absolute_maximum_is_read_in_its_own_unit_on_amount_and_rate_ranges(client):
+    """The cap of a weight-based range, in any unit of its kind (25,000 ug/h is 25 mg/h; read as mg/h it
+    would cap nothing), on a range of rates and on one of amounts (1-4.5 mg/kg, at most 300 mg). A dose per
+    kg against a capped range names what it is for the patient (0.3 mg/kg/h is 27 mg/h for 90 kg; a review:
+    the message gave the dose per kg only)."""
+    rate_id, _ = create(client, routes=[{"system": terminology.SNOMED, "code": IV, "display": "Intravenous route"}],
+                        dosing_ranges=[{"route": IV, "phase": "infusion", "dose_min": 0.3, "dose_max": 0.35,
+                                        "unit": "mg/kg/h", "duration": "PT4H",
+                                        "absolute_max": {"value": 25000, "unit": "ug/h"}}])
+    body = {"route": IV, "patient": {"weight_kg": 90}, "duration": "PT4H"}
+    over = dose_check(client, rate_id, {**body, "dose": {"value": 31.5, "unit": "mg/h"}}).get_json()
+    assert over["verdict"] == "above_max" and over["absolute_range"]["max"] == 25, over["absolute_range"]
+    per_kg = dose_check(client, rate_id, {**body, "dose": {"value": 0.3, "unit": "mg/kg/h"}}).get_json()
+    assert per_kg["verdict"] == "above_max"  # 27 mg/h: the range is 25 mg/h for 90 kg
+    assert any("0.3 mg/kg/h (= 27 mg/h for 90 kg) is above the protocol maximum" in m for m in per_kg["messages"])
+    amount_id, _ = create(client, routes=[{"system": terminology.SNOMED, "code": IV, "display": "Intravenous route"}],
+                          dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5,
+                                          "unit": "mg/kg", "absolute_max": {"value": 0.3, "unit": "g"}}])
+    heavy = {"route": IV, "patient": {"weight_kg": 100}}
+    assert dose_check(client, amount_id, {**heavy, "dose": {"value": 300, "unit": "mg"}}).get_json()["verdict"] == \
+        "within_range"
+    assert dose_check(client, amount_id, {**heavy, "dose": {"value": 350, "unit": "mg"}}).get_json()["verdict"] == \
+        "above_max"
+    light = dose_check(client, amount_id, {"route": IV, "patient": {"weight_kg": 50},
+                                           "dose": {"value": 225, "unit": "mg"}}).get_json()
+    assert light["verdict"] == "within_range"  # 4.5 mg/kg x 50 kg = 225 mg, under the cap
+    patient = client.get(f"/v1/protocols/{amount_id}/dose?route={IV}&weight_kg=100").get_json()
+    (capped,) = patient["ranges"]
+    assert (capped["absolute_range"]["min"], capped["absolute_range"]["max"]) == (100, 300)

@@ -130,6 +130,9 @@ def test_a_frequency_may_span_a_range_of_periods_and_is_stored_unchanged_without
     ("mg/kg/h", {"value": 25, "unit": "mg"}, "is not 'mg/kg/h' without /kg"),
     ("mg/kg/h", {"value": 25, "unit": "mg/kg/h"}, "is not 'mg/kg/h' without /kg"),
     ("mg/kg", {"value": 25, "unit": "mL"}, "is not 'mg/kg' without /kg"),
+    # a unit slip: 25 ug/h is below 0.35 mg/kg/h even for a 0.3 kg patient (0.105 mg/h)
+    ("mg/kg/h", {"value": 25, "unit": "ug/h"}, "below the range's minimum (0.35 mg/kg/h) even for a 0.3 kg patient"),
+    ("mg/kg/h", {"value": 105, "unit": "ug/h"}, None),  # exactly the lightest patient's minimum
 ])
 def test_an_absolute_maximum_caps_a_weight_based_range_in_its_unit_without_kg(unit, ceiling, error):
     """0.35 mg/kg/h not exceeding 25 mg/h (the CRPS trial's cap): the cap is the range's own unit without
