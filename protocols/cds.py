@@ -560,11 +560,8 @@ def _without_a_rate_its_amount_contradicts(line: DosageLine, weight: Weight | st
     strength the order's Medication gives. "35 mg in 100 mL over 40 min" (150 mL/h) of a 10 mg/mL
     ketamine read as 1,000 mg, a critical "14.3 mg/kg" card beside its own 35 mg (0.5 mg/kg, the
     standard dose) within range (a clinical probe). The concentration of the bag is not sent, so the
-    rate is not judged; the amount is, over the order's duration. Rates that agree are judged as before.
-    With no duration to compare them over (none, or ``durationMax`` alone) the rate is not judged either:
-    "100 mg at 62.5 mL/h" of a 10 mg/mL vial ran 9.6 min at the vial's strength, a critical card for what
-    a 100 mL bag gives in 96 min (a review)."""
-    if line.concentration is None:
+    rate is not judged; the amount is, over the order's duration. Rates that agree are judged as before."""
+    if line.concentration is None or line.duration is None or line.duration_is_bound:
         return line
     weight_kg = weight.usable_kg if isinstance(weight, Weight) else None
     try:
@@ -572,18 +569,11 @@ def _without_a_rate_its_amount_contradicts(line: DosageLine, weight: Weight | st
     except UnitError:
         return line
     amounts = [(q, u) for q, u in zip(line.doses, units, strict=True) if not u.is_rate and u.kind == "mass"]
+    duration_s, duration_text = line.duration
     mg_per_ml = line.concentration.mg_per_ml
     for index, (rate, unit) in enumerate(zip(line.doses, units, strict=True)):
-        if not unit.is_rate or unit.kind != "volume" or unit.time_seconds is None or not amounts:
+        if not unit.is_rate or unit.kind != "volume" or unit.time_seconds is None:
             continue
-        if line.duration is None or line.duration_is_bound:
-            amount = amounts[0][0]
-            note = (f"the rate {fmt(Fraction(rate.value))} {rate.unit} was not judged: the order gives its amount "
-                    f"({fmt(Fraction(amount.value))} {amount.unit}) and its rate in mL with no duration to compare "
-                    f"them over, and a diluted infusion's rate is of a concentration the order does not give")
-            doses = [q for position, q in enumerate(line.doses) if position != index]
-            return replace(line, doses=doses, unchecked=[*line.unchecked, note])
-        duration_s, duration_text = line.duration
         given = Fraction(rate.value) * unit.amount_factor / unit.time_seconds * duration_s * mg_per_ml
         for amount, amount_unit in amounts:
             mg, ordered = given, Fraction(amount.value) * amount_unit.amount_factor

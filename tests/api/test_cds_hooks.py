@@ -1380,10 +1380,9 @@ def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_i
     ketamine_protocol(client, dose_min=0.5, dose_max=0.5, dosing_ranges=[{
         "route": IV, "phase": "induction", "dose_min": 0.5, "dose_max": 0.5, "unit": "mg/kg", "duration": "PT40M"}])
 
-    def card_for(dose: Any, rate: Any, minutes: int | None = 40) -> dict[str, Any]:
+    def card_for(dose: Any, rate: Any) -> dict[str, Any]:
         order = _with_strength(medication_request("ket", KETAMINE, IV, dose=(dose, "mg"), rate=(rate, "mL/h")), 10, 1)
-        if minutes is not None:
-            order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": minutes, "durationUnit": "min"}}
+        order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 40, "durationUnit": "min"}}
         (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
         return card
 
@@ -1395,15 +1394,6 @@ def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_i
     assert "14.28" not in diluted["detail"]
     overdose = card_for(350, 150)  # the amount is still judged: 5 mg/kg
     assert overdose["indicator"] == "critical" and "was not judged" in overdose["detail"]
-    # 5 % apart is no rounding: 36.75 mg against the 35 mg 5.25 mL/h gives over 40 min (tolerance 1 %)
-    assert "was not judged" in card_for(35, 5.5125)["detail"]
-    assert "was not judged" not in card_for(35, 5.25)["detail"]
-    # With no duration to compare them over, a diluted bag's rate is not judged either (a review: 100 mg at
-    # 62.5 mL/h ran 9.6 min at the vial's strength, critical, for what a 100 mL bag gives in 96 min).
-    undated = card_for(35, 62.5, minutes=None)
-    assert undated["indicator"] == "warning", undated["summary"]
-    assert ("the rate 62.5 mL/h was not judged: the order gives its amount (35 mg) and its rate in mL with no "
-            "duration to compare them over") in undated["detail"]
     agreeing = card_for(350, 52.5)  # 52.5 mL/h x 40 min x 10 mg/mL = 350 mg: the rate is judged, and breaks too
     assert agreeing["indicator"] == "critical" and "was not judged" not in agreeing["detail"]
     assert "mL/h (= " in agreeing["detail"], agreeing["detail"]
