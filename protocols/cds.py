@@ -292,6 +292,18 @@ def _unread_route_cards(judged_as: list[LineMatch], weight: Weight | str, versio
         lines.append(f"- As given by the {markdown_text(known.display.lower() if known else route)}: "
                      f"{markdown_text(verdicts or 'not judged')}")
     card["detail"] += "\n" + "\n".join(["What the protocols make of the dose, route by route:", *lines])
+    # What the verdicts rest on, as the judged cards say it (a review: a critical card from a weight of 2012
+    # said nothing of the weight, nor that another order of the medication was not added to it).
+    context = []
+    if isinstance(weight, Weight):
+        observed = f"{fmt(weight.kg)} kg (observed {weight.observed()})"
+        context.append(f"Body weight used: {observed}" + (f"; {weight.stale}" if weight.stale else "")
+                       if weight.refused is None else f"Body weight prefetched: {observed}; not used: {weight.refused}")
+    elif weight:
+        context.append(f"No body weight: {weight}")
+    if together.get(first.index):
+        context.append(f"Not checked: {together[first.index]}")
+    card["detail"] += "".join(f"\n{markdown_text(text)}." for text in context)
     if breached:
         names = " or ".join((terminology.ROUTES[r].display.lower() if r in terminology.ROUTES else r)
                             for r in breached)
@@ -404,8 +416,8 @@ def _route_card(match: LineMatch, version_url: VersionUrl) -> dict[str, Any]:
         unread = ("The order gives no route" if line.unread_route == NO_ROUTE else
                   f"The order's route ({markdown_text(line.unread_route)}) is coded neither in SNOMED CT nor as an "
                   f"FDA SPL route code")
-        opening = (f"{unread}, so which protocol applies is not known. Judged as given by each route its protocols "
-                   f"give, it reads differently by route (below): send the route.")
+        opening = (f"{unread}, so which protocol applies is not known: it was judged as given by each route its "
+                   f"protocols give (below); send the route.")
     else:
         opening = (f"No protocol in effect gives {markdown_text(match.order.medication)} by the "
                    f"{markdown_text(route_text)} ({markdown_text(line.route)}); the dose was not checked.")

@@ -789,13 +789,16 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
     shown = Span(low, high, range_unit.code).text()
     if range_unit.per_kg:
         shown = absolute.calculation
+    patient = ""
+    if ceiling is not None and weight is not None and dose_unit.per_kg:
+        # Against a capped range the whole patient's amount decides (0.3 mg/kg/h is 27 mg/h for 90 kg, over a
+        # 25 mg/h cap): the message gave the dose per kg only (reviews; in any per-kg unit).
+        patient = f"{fmt(in_range_unit * weight)} {range_unit.absolute_code} for {fmt(weight)} kg"
     if dose_unit.code != range_unit.code:
         over = f" over {duration_text}" if dose_unit.is_rate != range_unit.is_rate else ""
-        ordered += f" (= {fmt(in_range_unit, broken)} {range_unit.code}{over})"
-    elif ceiling is not None and weight is not None and dose_unit.per_kg:
-        # Against a capped range the whole patient's amount decides (0.3 mg/kg/h is 27 mg/h for 90 kg, over a
-        # 25 mg/h cap): the message gave the dose per kg only (a review).
-        ordered += f" (= {fmt(in_range_unit * weight)} {range_unit.absolute_code} for {fmt(weight)} kg)"
+        ordered += f" (= {fmt(in_range_unit, broken)} {range_unit.code}{over}" + (f" = {patient})" if patient else ")")
+    elif patient:
+        ordered += f" (= {patient})"
     phase = dose_range.get("phase")
     messages: list[str] = []
     if in_range_unit < low:

@@ -1394,6 +1394,9 @@ def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_i
     assert "14.28" not in diluted["detail"]
     overdose = card_for(350, 150)  # the amount is still judged: 5 mg/kg
     assert overdose["indicator"] == "critical" and "was not judged" in overdose["detail"]
+    # 5 % apart is no rounding (36.75 mg against 35 mg), 0.6 % is (35.2 mg): the tolerance is 1 %
+    assert "was not judged" in card_for(35, 5.5125)["detail"]
+    assert "was not judged" not in card_for(35, 5.28)["detail"]
     agreeing = card_for(350, 52.5)  # 52.5 mL/h x 40 min x 10 mg/mL = 350 mg: the rate is judged, and breaks too
     assert agreeing["indicator"] == "critical" and "was not judged" not in agreeing["detail"]
     assert "mL/h (= " in agreeing["detail"], agreeing["detail"]
@@ -2150,7 +2153,7 @@ def test_an_order_without_a_route_is_judged_as_every_route_its_protocols_give(cl
     assert "one of the 2 routes its protocols give, by each of which it breaks a maximum" in found(20)[0]["detail"]
     (card,) = found(2)
     assert card["indicator"] == "warning" and card["summary"].startswith("route not read: ")
-    assert "it reads differently by route (below): send the route" in card["detail"]
+    assert "it was judged as given by each route its protocols give (below); send the route" in card["detail"]
     assert "Intramuscular route (78421000)" in card["detail"] and "Intravenous route (47625008)" in card["detail"]
     assert "- As given by the intramuscular route: below protocol minimum (ketamine-im v1)" in card["detail"]
     # Above every IV protocol's maximum, within the IM range: critical, naming the route (a review: a
@@ -2161,6 +2164,13 @@ def test_an_order_without_a_route_is_judged_as_every_route_its_protocols_give(cl
     (by_iv,) = [line for line in card["detail"].splitlines() if line.startswith("- As given by the intravenous")]
     assert "above protocol maximum (ketamine-iv v1)" in by_iv and "above protocol maximum (ketamine-trd v1)" in by_iv
     assert "- As given by the intramuscular route: within protocol range" in card["detail"]
+    assert "Body weight used: 70 kg (observed" in card["detail"]  # what the verdicts rest on (a review)
+    twice = medication_request("ket", KETAMINE, IV, dose=(10, "mg/kg"))
+    del twice["dosageInstruction"][0]["route"]
+    other = medication_request("ket-2", KETAMINE, IV, dose=(1, "mg/kg"))
+    together = [c for c in cards(client, hook_request([twice, other], weight=weight_bundle(70)))
+                if c["summary"].startswith("route not read")]
+    assert together and "what they give together was not added up" in together[0]["detail"]
     assert judged(2, reason=("http://hl7.org/fhir/sid/icd-10-cm", "F33.2")) == [
         ("ketamine-trd", "above protocol maximum", "critical")]
 

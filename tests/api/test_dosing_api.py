@@ -871,6 +871,8 @@ def test_an_absolute_maximum_is_read_in_its_own_unit_on_amount_and_rate_ranges(c
     per_kg = dose_check(client, rate_id, {**body, "dose": {"value": 0.3, "unit": "mg/kg/h"}}).get_json()
     assert per_kg["verdict"] == "above_max"  # 27 mg/h: the range is 25 mg/h for 90 kg
     assert any("0.3 mg/kg/h (= 27 mg/h for 90 kg) is above the protocol maximum" in m for m in per_kg["messages"])
+    per_minute = dose_check(client, rate_id, {**body, "dose": {"value": 5, "unit": "ug/kg/min"}}).get_json()
+    assert any("5 ug/kg/min (= 0.3 mg/kg/h = 27 mg/h for 90 kg) is above" in m for m in per_minute["messages"])
     amount_id, _ = create(client, routes=[{"system": terminology.SNOMED, "code": IV, "display": "Intravenous route"}],
                           dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5,
                                           "unit": "mg/kg", "absolute_max": {"value": 0.3, "unit": "g"}}])
