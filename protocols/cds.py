@@ -545,7 +545,7 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # both are: take the worst.
     verdict = max((e.verdict for e in evaluations), key=FAVOURABLE_ORDER.index)
     own_maximum = None
-    if line.own_maximum is not None and line.frequency is None:
+    if line.own_maximum is not None and line.frequency is None and line.no_frequency is None:
         # With no timing (as needed, or not said), the order's own maximum is what bounds what it gives in a
         # period: above the range's maximum per period, that is a breach. Within it, the card stays partly
         # checked (the line's note), since the range's schedule is not compared (a review).
@@ -564,15 +564,17 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     return RangeResult(phase, verdict, evaluations, None, problems, own_maximum)
 
 
-def _without_a_rate_its_amount_contradicts(line: DosageLine, weight: Weight | str) -> DosageLine:
-    """The line without a rate in volume per time that, at the product's strength, gives over the order's
-    duration another amount than the one ordered with it, and "partly checked" saying so; else the line.
+def _with_a_rate_its_amount_contradicts_named(line: DosageLine, weight: Weight | str) -> DosageLine:
+    """The line with a note naming a rate in volume per time that, at the product's strength, gives over the
+    order's duration another amount than every amount ordered with it (beyond 1 %, the order's rounding).
 
-    Why: an infusion is usually diluted, and its rate in mL/h is of the bag, not of the product's
-    strength the order's Medication gives. "35 mg in 100 mL over 40 min" (150 mL/h) of a 10 mg/mL
-    ketamine read as 1,000 mg, a critical "14.3 mg/kg" card beside its own 35 mg (0.5 mg/kg, the
-    standard dose) within range (a clinical probe). The concentration of the bag is not sent, so the
-    rate is not judged; the amount is, over the order's duration. Rates that agree are judged as before."""
+    Why: an infusion is usually diluted, and its rate in mL/h is then of the bag, not of the product's
+    strength the order's Medication gives: "35 mg in 100 mL over 40 min" (150 mL/h) of a 10 mg/mL ketamine
+    reads as 1,000 mg, a critical "14.3 mg/kg" card beside its own 35 mg within range (a clinical probe).
+    The rate is still judged, at the product's strength: a premixed bag is that strength, and 35 mg at
+    150 mL/h of a 1 mg/mL product over 40 min gives 100 mg (1.43 mg/kg); left unjudged, that overdose read
+    "within protocol range, partly checked" (a review). The note says which figure is which, so a
+    prescriber whose bag is diluted knows why the card is critical."""
     if line.concentration is None or line.duration is None or line.duration_is_bound:
         return line
     weight_kg = weight.usable_kg if isinstance(weight, Weight) else None
@@ -583,27 +585,29 @@ def _without_a_rate_its_amount_contradicts(line: DosageLine, weight: Weight | st
     amounts = [(q, u) for q, u in zip(line.doses, units, strict=True) if not u.is_rate and u.kind == "mass"]
     duration_s, duration_text = line.duration
     mg_per_ml = line.concentration.mg_per_ml
-    for index, (rate, unit) in enumerate(zip(line.doses, units, strict=True)):
-        if not unit.is_rate or unit.kind != "volume" or unit.time_seconds is None:
+    for rate, unit in zip(line.doses, units, strict=True):
+        if not unit.is_rate or unit.kind != "volume" or unit.time_seconds is None or not amounts:
             continue
         given = Fraction(rate.value) * unit.amount_factor / unit.time_seconds * duration_s * mg_per_ml
+        disagreeing = []
         for amount, amount_unit in amounts:
             mg, ordered = given, Fraction(amount.value) * amount_unit.amount_factor
             if unit.per_kg != amount_unit.per_kg:  # compared per patient: needs the weight
                 if weight_kg is None:
-                    continue
+                    break
                 mg = mg * weight_kg if unit.per_kg else mg
                 ordered = ordered * weight_kg if amount_unit.per_kg else ordered
-            if abs(mg - ordered) * 100 <= ordered:  # within 1 %: the order's own rounding
-                continue
-            per_kg = "/kg" if unit.per_kg and amount_unit.per_kg else ""
-            note = (f"the rate {fmt(Fraction(rate.value))} {rate.unit} was not judged: at the product's strength "
-                    f"({fmt(Fraction(line.concentration.value))} {line.concentration.unit}) it gives "
-                    f"{fmt(mg)} mg{per_kg} over {duration_text}, not the {fmt(Fraction(amount.value))} "
-                    f"{amount.unit} ordered with it; a diluted infusion's rate is of a concentration the order "
-                    f"does not give")
-            doses = [q for position, q in enumerate(line.doses) if position != index]
-            return replace(line, doses=doses, unchecked=[*line.unchecked, note])
+            if abs(mg - ordered) * 100 <= ordered:  # within 1 % of one of them (a dose range's end): agrees
+                break
+            disagreeing.append((amount, mg, "/kg" if unit.per_kg and amount_unit.per_kg else ""))
+        else:
+            amount, mg, per_kg = disagreeing[0]
+            note = (f"the rate {fmt(Fraction(rate.value))} {rate.unit} and the amount ordered with it disagree at the "
+                    f"product's strength ({fmt(Fraction(line.concentration.value))} {line.concentration.unit}): "
+                    f"the rate gives {fmt(mg)} mg{per_kg} over {duration_text}, not "
+                    f"{fmt(Fraction(amount.value))} {amount.unit}; both were judged, the rate at that strength, so "
+                    f"if the infusion is diluted its verdict is not about what runs")
+            return replace(line, unchecked=[*line.unchecked, note])
     return line
 
 
@@ -703,7 +707,7 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     """The card of one dosage line checked against one protocol, and the verdict of its best range (None:
     not checked). ``together``: why other orders of the call make this one "partly checked";
     ``softened``: why a critical verdict is shown as a warning (:func:`_softening`)."""
-    line = _without_a_rate_its_amount_contradicts(line, weight)
+    line = _with_a_rate_its_amount_contradicts_named(line, weight)
     ranges = ranges_for(content, line.route)
     results = [_judge(content, index, line, weight) for index, _ in ranges]
     judged = [r for r in results if r.verdict is not None]
@@ -720,8 +724,10 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
                 for _, r in ranges) or any(per_kg(dose.unit) for dose in line.doses)):
         unchecked.append(f"{weight.stale}; the weight-based dose was checked with it")
     best_verdict: Verdict | None = None
-    if line.as_needed and line.frequency is None and not line.unchecked and any(
-            r.get("frequency") or r.get("max_per_period") for _, r in ranges):
+    # (Not when the timing could not be read or gives one administration, nor with the order's own maximum:
+    # each says so itself; a route note is no reason to drop it: a review.)
+    if (line.as_needed and line.frequency is None and line.no_frequency is None and line.own_maximum is None
+            and any(r.get("frequency") or r.get("max_per_period") for _, r in ranges)):
         # A one-time order without timing is one dose; "as needed" without timing or maximum is not.
         unchecked.append("the order is as needed with no timing or maximum, so its amount per period was "
                          "checked for one dose")

@@ -608,7 +608,8 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     """One line per ``doseAndRate``. Everything the entry orders is judged and the worst verdict wins:
     a dose (or both ends of a dose range) *and* its rate, so a 98 mg dose given at 70 mg/h is
     checked at 70 mg/h too; ``maxDosePerAdministration`` is judged as a dose. What cannot be judged
-    (an open-ended dose, the order's own maximum per period) keeps the card from reading "info"."""
+    (an open-ended dose, what an order with no timing repeats within its own maximum per period) keeps the
+    card from reading "info"."""
     # Known SNOMED CT routes first, then FDA SPL codes read as theirs, then SNOMED CT codes the route pick
     # list does not hold (an unknown SNOMED code hid a usable SPL code beside it; a review).
     snomed = [c.code for c in _codings(dosage.route) if c.system == terminology.SNOMED and c.code]
@@ -633,7 +634,7 @@ def _dosage_lines(dosage: Any, path: str) -> list[DosageLine]:
     order_max = _quantity(dosage.maxDosePerAdministration, f"{path}.maxDosePerAdministration")
     as_needed = bool(dosage.asNeededBoolean) or dosage.asNeededCodeableConcept is not None
     own_maximum = _own_maximum(dosage.maxDosePerPeriod, f"{path}.maxDosePerPeriod", unchecked)
-    if own_maximum is not None and frequency is None:
+    if own_maximum is not None and frequency is None and no_frequency is None:
         # With no timing the order repeats at will within its own maximum: what that gives per the protocol's
         # schedule is not checked, whatever the maximum says (it may only add a breach: protocols.cds._judge).
         # A maximum of 84 mg a day read as a full pass against twice weekly (a review).

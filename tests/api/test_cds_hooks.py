@@ -1051,6 +1051,13 @@ def test_an_orders_own_maximum_per_period_without_timing_is_compared_with_the_pr
     assert "its doses per the protocol's schedule were not checked" in held["detail"]
     unreadable = card_for(_own_maximum(84, "mg", 0, "h"))  # noted, not a 400 that loses every card (a review)
     assert unreadable["indicator"] == "warning" and "maxDosePerPeriod could not be read" in unreadable["detail"]
+    # A timing of one administration (repeat.count 1) is no order that repeats at will (a review: 84 mg once,
+    # at most 168 mg a day, read critical and "the order has no timing")
+    once = card_for(_own_maximum(168, "mg", 1, "d"), as_needed=False, timing={"repeat": {"count": 1}})
+    assert once["indicator"] == "info" and "own maximum" not in once["detail"], once["summary"]
+    # As needed with no route: the route note does not drop the one-dose note (a review)
+    (no_route,) = cards(client, hook_request([_esketamine_order("esk", asNeededBoolean=True, route=None)]))
+    assert "checked for one dose" in no_route["detail"], no_route["detail"]
     weekly = card_for(_own_maximum(168, "mg", 1, "wk"))  # a week's maximum may all fall on one day
     assert weekly["indicator"] == "critical"
     assert "allows up to 168 mg per P1D > maximum 84 mg per P1D" in weekly["detail"]
@@ -1371,35 +1378,38 @@ def _with_strength(order: dict[str, Any], numerator: Any, denominator: Any) -> d
     return order
 
 
-def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_is_not_judged(client):
+def test_a_rate_in_ml_per_hour_its_amount_contradicts_at_the_products_strength_is_judged_and_named(client):
     """Found by a clinical probe: "35 mg in 100 mL over 40 min" (150 mL/h) of a 10 mg/mL ketamine, the
-    usual depression infusion, read the rate through the vial's strength as 1,000 mg ("14.3 mg/kg"), a
-    critical card beside its own 35 mg (0.5 mg/kg) within range. The bag's concentration is not sent: the
-    rate is not judged, the amount is, and the card is partly checked saying why. A rate that agrees with
-    its amount (an undiluted 10 mg/mL at 52.5 mL/h for 40 min: 350 mg) is judged as before."""
+    usual depression infusion, reads the rate through the vial's strength as 1,000 mg ("14.3 mg/kg"), a
+    critical card beside its own 35 mg. The bag's concentration is not sent. Not judging the rate hid a
+    premixed bag's overdose (35 mg at 150 mL/h of a 1 mg/mL product over 40 min is 100 mg; a review), so
+    the rate is judged at the product's strength and the card names the disagreement. A rate that agrees
+    with an amount (within 1 %, or with either end of a dose range) gets no note."""
     ketamine_protocol(client, dose_min=0.5, dose_max=0.5, dosing_ranges=[{
         "route": IV, "phase": "induction", "dose_min": 0.5, "dose_max": 0.5, "unit": "mg/kg", "duration": "PT40M"}])
 
-    def card_for(dose: Any, rate: Any) -> dict[str, Any]:
-        order = _with_strength(medication_request("ket", KETAMINE, IV, dose=(dose, "mg"), rate=(rate, "mL/h")), 10, 1)
+    def card_for(dose: Any, rate: Any, strength: Any = 10, dose_range: tuple[Any, Any] | None = None
+                 ) -> dict[str, Any]:
+        order = _with_strength(medication_request("ket", KETAMINE, IV, dose=None if dose_range else (dose, "mg"),
+                                                  dose_range=(*dose_range, "mg") if dose_range else None,
+                                                  rate=(rate, "mL/h")), strength, 1)
         order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 40, "durationUnit": "min"}}
         (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
         return card
 
+    said = ("the rate 150 mL/h and the amount ordered with it disagree at the product's strength (10 mg/mL): the "
+            "rate gives 1000 mg over 40 min, not 35 mg; both were judged, the rate at that strength, so if the "
+            "infusion is diluted its verdict is not about what runs")
     diluted = card_for(35, 150)
-    assert diluted["indicator"] == "warning", diluted["summary"]
-    assert diluted["summary"].startswith("within protocol range, partly checked: ")
-    assert ("the rate 150 mL/h was not judged: at the product's strength (10 mg/mL) it gives 1000 mg over 40 min, "
-            "not the 35 mg ordered with it") in diluted["detail"]
-    assert "14.28" not in diluted["detail"]
-    overdose = card_for(350, 150)  # the amount is still judged: 5 mg/kg
-    assert overdose["indicator"] == "critical" and "was not judged" in overdose["detail"]
+    assert diluted["indicator"] == "critical" and said in diluted["detail"], diluted["detail"]
+    premixed = card_for(35, 150, strength=1)  # 100 mg over 40 min: 1.43 mg/kg, an overdose (a review)
+    assert premixed["indicator"] == "critical" and "the rate gives 100 mg over 40 min, not 35 mg" in premixed["detail"]
     # 5 % apart is no rounding (36.75 mg against 35 mg), 0.6 % is (35.2 mg): the tolerance is 1 %
-    assert "was not judged" in card_for(35, 5.5125)["detail"]
-    assert "was not judged" not in card_for(35, 5.28)["detail"]
-    agreeing = card_for(350, 52.5)  # 52.5 mL/h x 40 min x 10 mg/mL = 350 mg: the rate is judged, and breaks too
-    assert agreeing["indicator"] == "critical" and "was not judged" not in agreeing["detail"]
-    assert "mL/h (= " in agreeing["detail"], agreeing["detail"]
+    assert "disagree at the product's strength" in card_for(35, 5.5125)["detail"]
+    assert "disagree at the product's strength" not in card_for(35, 5.28)["detail"]
+    assert card_for(35, 5.25)["indicator"] == "info"  # 35 mg at 5.25 mL/h of 10 mg/mL over 40 min: in range
+    ranged = card_for(None, 5.25, dose_range=(30, 35))  # the rate gives the range's top: it agrees (a review)
+    assert "disagree at the product's strength" not in ranged["detail"]
 
 
 def test_a_weight_based_range_capped_for_heavy_patients_is_judged_against_its_cap(client):
