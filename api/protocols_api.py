@@ -19,6 +19,7 @@ from api.http import (
     CACHE_IMMUTABLE,
     CACHE_REVALIDATE,
     ENTITY_TAG_LIST_PATTERN,
+    check_untagged_preconditions,
     if_match,
     if_none_match,
     json_response,
@@ -131,11 +132,9 @@ def _check_body_id(payload: dict[str, Any], protocol_id: str) -> None:
 def create_protocol(payload: dict[str, Any]) -> Response:
     """Create a protocol (version 1)."""
     # RFC 9110 13.1.1: an origin server MUST evaluate If-Match. It was ignored here, malformed lists
-    # included, though PUT and DELETE refuse them (adversarial probe).
-    if_none_match()  # read for its syntax alone: a malformed list is a 400 naming it
-    if if_match() is not None:
-        raise ApiError(412, "If-Match on a create: a protocol being created has no version to match; revise "
-                            "an existing protocol with PUT", errors={"If-Match": ["not for a create"]})
+    # included, though PUT and DELETE refuse them (adversarial probe). A protocol being created has no
+    # version to match, as a key being created has none (the same rule; If-None-Match's syntax is checked).
+    check_untagged_preconditions(exists=False)
     meta, content = split_payload(payload)
     stored = versioning.create(get_db(), meta["id"], content, status=meta["status"],
                                effective_from=meta["effective_from"], change_note=meta["change_note"],

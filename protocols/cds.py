@@ -212,9 +212,11 @@ def _line_cards(match: LineMatch, weight: Weight | str, version_url: VersionUrl,
     """The cards of one dosage line, one per protocol it is checked against, with unscoped breaches
     softened where :func:`_softening` says so (those cards are built again, so that the reason stands
     in its place in the detail)."""
+    line = _with_a_rate_its_amount_contradicts_named(match.line, weight)  # once per line, not per protocol
+
     def build(stored: StoredVersion, content: Mapping[str, Any], softened: str | None = None
               ) -> tuple[dict[str, Any], Verdict | None]:
-        return _card(match.order, match.line, stored, content, weight, version_url, match.unscoped,
+        return _card(match.order, line, stored, content, weight, version_url, match.unscoped,
                      together.get(match.index), softened)
 
     built = [(stored, content, *build(stored, content)) for stored, content in match.applicable]
@@ -492,9 +494,10 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
     # A dose ordered with its rate: how fast it runs is known when the time the rate takes could be worked
     # out (the rate is then judged as that dose); otherwise the amount's speed is as unknown as without one.
     rate_of = [draft_orders.is_rate(q.unit) for q in line.doses]
+    mixed = any(rate_of) and not all(rate_of)  # a dose and its rate together
     implied_of = [_implied_duration(line, q, weight_kg) if is_rate else None for q, is_rate in zip(
         line.doses, rate_of, strict=True)]
-    paced = any(rate_of) and not all(rate_of) and (
+    paced = mixed and (
         (line.duration is not None and not line.duration_is_bound) or implied_of[rate_of.index(True)] is not None)
     bound = line.duration if line.duration_is_bound else None
     for dose, is_rate, implied in zip(line.doses, rate_of, implied_of, strict=True):
@@ -524,7 +527,6 @@ def _judge(content: Mapping[str, Any], index: int, line: DosageLine, weight: Wei
             # Not for a dose and its rate together: the time the rate runs is worked out from the dose, through
             # the weight when one of them is per kg, and without one it is the protocol's (0.5 mg/kg at 400 mg/h
             # read critical "for any body weight", a warning at every weight; a review).
-            mixed = any(rate_of) and not all(rate_of)
             certain = _breach_at_any_weight(content, index, order, no_weight) if (
                 weight_kg is None and exc.field.endswith("weight_kg") and not mixed) else None
             if certain is not None:
@@ -707,7 +709,6 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     """The card of one dosage line checked against one protocol, and the verdict of its best range (None:
     not checked). ``together``: why other orders of the call make this one "partly checked";
     ``softened``: why a critical verdict is shown as a warning (:func:`_softening`)."""
-    line = _with_a_rate_its_amount_contradicts_named(line, weight)
     ranges = ranges_for(content, line.route)
     results = [_judge(content, index, line, weight) for index, _ in ranges]
     judged = [r for r in results if r.verdict is not None]
