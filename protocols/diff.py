@@ -350,13 +350,13 @@ def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: An
             yield change(f"{bound}_{direction}", f"/{bound}", old_value, new_value,
                          f"{label} {verb} from {old_value} to {new_value} {b.get('unit')}")
     yield from _frequency(a.get("frequency"), b.get("frequency"), change)
-    if not _duration_equal(a.get("duration"), b.get("duration")):
-        yield change("duration_changed", "/duration", a.get("duration"), b.get("duration"),
-                     f"Administration duration changed from {_show(a.get('duration'))} to "
-                     f"{_show(b.get('duration'))}")
-    elif a.get("duration") != b.get("duration"):
-        yield change("text_changed", "/duration", a.get("duration"), b.get("duration"),
-                     "Administration duration rewritten with the same length")
+    for name, label in (("duration", "Administration duration"), ("duration_min", "Shortest administration time")):
+        if not _duration_equal(a.get(name), b.get(name)):
+            yield change("duration_changed", f"/{name}", a.get(name), b.get(name),
+                         f"{label} changed from {_show(a.get(name))} to {_show(b.get(name))}")
+        elif a.get(name) != b.get(name):
+            yield change("text_changed", f"/{name}", a.get(name), b.get(name),
+                         f"{label} rewritten with the same length")
     yield from _max_per_period(a.get("max_per_period"), b.get("max_per_period"), change)
     yield from _absolute_max(a.get("absolute_max"), b.get("absolute_max"), change)
     if a.get("instructions") != b.get("instructions"):

@@ -940,10 +940,24 @@ def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range
     the verdict stays about the amount: what ``duration`` means differs by range (a shortest push
     time for a bolus, the length of an infusion), so a rule of rates cannot call every faster
     administration an overdose (a review of the first fix, which made it ``above_max``). Ranges of
-    rates are judged as rates already."""
-    protocol_s = _duration_seconds(dose_range)
+    rates are judged as rates already.
+
+    A rate is all a ``duration`` can say: it may be the time the top dose takes at a stated rate (the
+    Ketalar label's 1-2 mg/kg at 0.5 mg/kg/min, PT4M), where a smaller dose in less time is the label's
+    own rate. A label's push time holds for every dose, and a range says so in ``duration_min``: 1 mg/kg
+    pushed in 14 s against "1-4.5 mg/kg over 60 seconds" (4.3 mg/kg/min, under 4.5) read "within_range"
+    (found by two clinical probes), while the label warns that a faster push may cause respiratory
+    depression or apnoea."""
     given_s = order.shortest_s if order.shortest_s is not None else order.duration_s
-    if given_s is None or protocol_s is None or range_unit.is_rate or given_s >= protocol_s or given_s <= 0:
+    if given_s is None or given_s <= 0 or range_unit.is_rate:
+        return None
+    shortest = dose_range.get("duration_min")
+    if shortest and given_s * FASTER_TOLERANCE < seconds(parse_duration(str(shortest))):
+        return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over "
+                f"{order.duration_text or fmt(given_s) + ' s'}; the protocol gives each dose over at least "
+                f"{shortest}.")
+    protocol_s = _duration_seconds(dose_range)
+    if protocol_s is None or given_s >= protocol_s:
         return None
     ordered_rate, protocol_rate = per_dose / given_s * 60, high / protocol_s * 60
     if ordered_rate <= protocol_rate * FASTER_TOLERANCE:

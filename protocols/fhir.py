@@ -18,7 +18,7 @@ How a protocol version maps onto ``MedicationKnowledge`` (R4 4.0.1), and why:
   ``maxDosePerPeriod`` is a Ratio (amount / period in UCUM time units); frequency and the length of
   one administration become ``timing.repeat``. A weight-based range's absolute maximum is
   ``maxDosePerAdministration`` for an amount; for a rate (R4's Dosage has no element for one) it is said
-  in ``text``.
+  in ``text``, as is a range's shortest administration time (``duration_min``, a push time).
 * ``regulatory``: the FDA as authority (a logical reference, display + identifier), the DEA schedule
   as an NCI Thesaurus coding (the FDA SPL DEA schedule codes, C48672 ... C48679), and the full FDA
   approval record in the ``fda-approval`` extension. The approval status is also repeated on each
@@ -422,8 +422,12 @@ def _dosage(dose: Mapping[str, Any], routes: Mapping[str, Mapping[str, Any]]) ->
         # "10 mg/kg, at most 500 mg": the most one administration gives, whatever the weight
         dosage["maxDosePerAdministration"] = quantity(ceiling["value"], str(ceiling["unit"]))
     elif ceiling:  # a rate has no element of its own in R4's Dosage: said in the text
-        cap = f"At most {ceiling['value']} {ceiling['unit']} whatever the weight."
-        dosage["text"] = f"{dosage['text']} {cap}" if dosage.get("text") else cap
+        _add_text(dosage, f"At most {ceiling['value']} {ceiling['unit']} whatever the weight.")
+    if dose.get("duration_min"):
+        # A push time holds whatever the dose; R4's Timing.repeat has a longest duration (durationMax), not
+        # a shortest one without it: said in the text.
+        length, length_unit = time_amount(str(dose["duration_min"]))
+        _add_text(dosage, f"Each dose given over at least {length} {length_unit}.")
     maximum = dose.get("max_per_period")
     if maximum:
         length, length_unit = time_amount(maximum["period"])
@@ -433,6 +437,11 @@ def _dosage(dose: Mapping[str, Any], routes: Mapping[str, Mapping[str, Any]]) ->
                             "code": length_unit},
         }
     return dosage
+
+
+def _add_text(dosage: dict[str, Any], sentence: str) -> None:
+    """A fact R4's Dosage has no element for, after the instructions in its ``text``."""
+    dosage["text"] = f"{dosage['text']} {sentence}" if dosage.get("text") else sentence
 
 
 def time_amount(duration: str) -> tuple[int, str]:

@@ -125,7 +125,16 @@ class DoseRangeSchema(Schema):
                 metadata={"description": "UCUM unit; a /kg unit is weight-based", "example": "mg/kg"})
     frequency = fields.Nested(FrequencySchema, load_default=None, allow_none=True)
     duration = Duration(load_default=None, allow_none=True,
-                        metadata={"description": "Length of one administration, e.g. PT40M"})
+                        metadata={"description": "Length of one administration, e.g. PT40M. Dose checks read it "
+                                                 "as a rate (dose_max over it): it may be an infusion's length "
+                                                 "or the time the top dose takes at a stated rate"})
+    # No load_default: a range without it is stored (and hashed) exactly as before the field existed.
+    duration_min = Duration(metadata={
+        "description": "For a range of amounts, the shortest time any dose of it may be given over, whatever its "
+                       "amount: a bolus's push time (the Ketalar label's 'administer slowly over 60 seconds', "
+                       "PT60S). A dose check of a dose given in less (beyond 10 %) names it in "
+                       "faster_than_protocol",
+        "example": "PT60S"})
     max_per_period = fields.Nested(MaxPerPeriodSchema, load_default=None, allow_none=True)
     # No load_default: a range without it is stored (and hashed) exactly as before the field existed.
     absolute_max = fields.Nested(QuantitySchema, metadata={
@@ -140,6 +149,7 @@ class DoseRangeSchema(Schema):
         if low is not None and high is not None and low > high:
             raise ValidationError({"dose_max": ["dose_max must be greater than or equal to dose_min."]})
         self._check_absolute_max(data)
+        self._check_duration_min(data)
         cap = data.get("max_per_period")
         if data.get("unit") and isinstance(cap, dict) and cap.get("unit"):
             # Mixed units: a dose in mg capped in mL (or the reverse) cannot be compared by anyone.
@@ -157,6 +167,24 @@ class DoseRangeSchema(Schema):
                 raise ValidationError({"max_per_period": {"value": [
                     f"{cap['value']} {cap['unit']} per {cap.get('period')} is less than one dose at the minimum "
                     f"({low} {data['unit']}): no dose in this range could be given"]}})
+
+    @staticmethod
+    def _check_duration_min(data: dict[str, Any]) -> None:
+        """A shortest administration time belongs to a dose given as an amount (a push); a range of rates is
+        paced by its rate. It cannot be longer than the range's own duration (no dose could be given as the
+        range says)."""
+        shortest = data.get("duration_min")
+        if shortest is None:
+            return
+        dose_unit = _parsed_unit(data["unit"]) if data.get("unit") else None
+        if dose_unit is not None and dose_unit.is_rate:
+            raise ValidationError({"duration_min": [
+                f"'{data['unit']}' is a rate: a range of rates is paced by its rate, and only a range of amounts "
+                "has a shortest administration time"]})
+        if data.get("duration") and parse_duration(shortest) > parse_duration(data["duration"]):
+            raise ValidationError({"duration_min": [
+                f"{shortest} is longer than the range's duration ({data['duration']}): no dose could be given "
+                "as the range says"]})
 
     @staticmethod
     def _check_absolute_max(data: dict[str, Any]) -> None:

@@ -1438,6 +1438,26 @@ def test_a_weight_based_range_capped_for_heavy_patients_is_judged_against_its_ca
         per_kg["detail"])
 
 
+def test_a_push_faster_than_the_ranges_shortest_administration_time_is_a_warning(client):
+    """Found by a clinical probe: Ketalar 70 mg IV over 15 s for a 70 kg patient (1 mg/kg; the label: "over a
+    period of 60 seconds") got an info card, since read as a rate it was under 4.5 mg/kg per 60 s. A range's
+    shortest administration time holds for every dose: the card says so and is a warning."""
+    ketamine_protocol(client, dosing_ranges=[{
+        "route": IV, "phase": "induction", "dose_min": 1, "dose_max": 4.5, "unit": "mg/kg", "duration": "PT60S",
+        "duration_min": "PT60S"}])
+
+    def card_for(seconds: int) -> dict[str, Any]:
+        order = medication_request("ket", KETAMINE, IV, dose=(70, "mg"))
+        order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": seconds, "durationUnit": "s"}}
+        (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+        return card
+
+    fast = card_for(15)
+    assert fast["indicator"] == "warning", fast
+    assert "the protocol gives each dose over at least PT60S" in fast["detail"]
+    assert card_for(60)["indicator"] == "info"
+
+
 def test_a_dose_with_a_comparator_is_partly_checked_whichever_way_it_points(client):
     """Found by a clinical probe: "<140 mg" (any dose under 140 mg) was judged as exactly 140 mg, a full
     pass against 70-315 mg; ">= 140 mg" was already "partly checked". FHIR's SimpleQuantity allows no

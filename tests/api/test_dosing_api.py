@@ -722,6 +722,41 @@ def test_a_dose_given_faster_than_the_range_allows_is_named_in_the_answer(client
     assert slow.get_json()["faster_than_protocol"] is None
 
 
+def test_a_dose_pushed_in_less_than_the_ranges_shortest_administration_time_is_named(client):
+    """Found by two clinical probes: against the Ketalar label's "1-4.5 mg/kg, administer slowly over 60
+    seconds", read as a rate only (4.5 mg/kg per 60 s), 1 mg/kg pushed in 14 s and 2 mg/kg in 30 s were
+    within range with nothing said. A push time holds for every dose: ``duration_min``. A range's
+    duration alone stays a rate: 1 mg/kg over 2 minutes is the label's own 0.5 mg/kg/min against a
+    range whose PT4M is the time its top dose takes at that rate."""
+    iv = {"system": "http://snomed.info/sct", "code": "47625008", "display": "Intravenous route"}
+    bolus = {"route": "47625008", "phase": "induction", "dose_min": 1, "dose_max": 4.5, "unit": "mg/kg",
+             "duration": "PT60S", "duration_min": "PT60S"}
+    pushed = protocol_payload(dosing_ranges=[bolus], routes=[iv])
+    rate_only = {key: value for key, value in bolus.items() if key != "duration_min"}
+    paced = protocol_payload(dosing_ranges=[{**rate_only, "dose_max": 2, "duration": "PT4M"}], routes=[iv])
+    for payload in (pushed, paced):
+        assert client.post("/v1/protocols", json=payload).status_code == 201, payload
+
+    def check(protocol_id: str, value: float, duration: str) -> dict:
+        answer = client.post(f"/v1/protocols/{protocol_id}/dose-check", json={
+            "route": "47625008", "dose": {"value": value, "unit": "mg/kg"}, "patient": {"weight_kg": 70},
+            "duration": duration})
+        assert answer.status_code == 200, answer.get_json()
+        return answer.get_json()
+
+    for value, duration in ((1, "PT14S"), (2, "PT30S"), (4.5, "PT54S")):
+        answer = check(pushed["id"], value, duration)
+        assert answer["verdict"] == "within_range"
+        assert answer["faster_than_protocol"] == (
+            f"Given faster than the protocol: {value} mg/kg over {duration}; the protocol gives each dose over at "
+            "least PT60S.")
+        assert answer["faster_than_protocol"] in answer["messages"]
+    for value, duration in ((1, "PT55S"), (1, "PT60S"), (4.5, "PT2M")):  # within 10 %, or slower
+        assert check(pushed["id"], value, duration)["faster_than_protocol"] is None, (value, duration)
+    assert check(paced["id"], 1, "PT2M")["faster_than_protocol"] is None
+    assert check(paced["id"], 1, "PT30S")["faster_than_protocol"].startswith("Given faster than the protocol: 1 mg/kg")
+
+
 # --------------------------------------------------- found by the probe of 2026-12-05 (second)
 
 

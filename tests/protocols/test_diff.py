@@ -120,6 +120,8 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str, Any, Any
      "Esketamine nasal spray for treatment-resistant depression", "Esketamine (Spravato) for TRD"),
     ("route-display", _set("/routes/0/display", "Nasal route (qualifier value)"), "text_changed", "minor",
      "/routes/0/display", "Nasal route", "Nasal route (qualifier value)"),
+    ("duration-min", _set("/dosing_ranges/0/duration_min", "PT60S"), "duration_changed", "major",
+     "/dosing_ranges/0/duration_min", None, "PT60S"),
     ("absolute-max", _set("/dosing_ranges/0/absolute_max", {"value": 25, "unit": "mg/h"}), "absolute_max_changed",
      "major", "/dosing_ranges/0/absolute_max", None, {"value": 25, "unit": "mg/h"}),
     ("sources", _set("/sources/0/title", "Spravato label"), "sources_changed", "minor", "/sources",

@@ -216,6 +216,20 @@ def test_an_absolute_maximum_is_the_most_per_administration_or_said_in_the_text_
     assert dosage["text"] == "Over 4 hours. At most 25 mg/h whatever the weight."
 
 
+def test_a_shortest_administration_time_is_said_in_the_text():
+    """A push time ("over at least 60 seconds") holds whatever the dose; R4's Timing.repeat has a longest
+    duration (durationMax) but no shortest one alone, so it is said in the text, after the instructions."""
+    iv = [{"system": "http://snomed.info/sct", "code": "47625008", "display": "Intravenous route"}]
+    pushed = protocol_payload(routes=iv, dosing_ranges=[{
+        "route": "47625008", "phase": "induction", "dose_min": 1, "dose_max": 4.5, "unit": "mg/kg",
+        "duration": "PT60S", "duration_min": "PT60S", "instructions": "Administer slowly."}])
+    resource = fhir.to_medication_knowledge(_document(pushed), base_url=BASE)
+    MedicationKnowledge.model_validate(resource)
+    [dosage] = _guideline_dosages(resource)
+    assert dosage["text"] == "Administer slowly. Each dose given over at least 1 min."
+    assert dosage["timing"]["repeat"] == {"duration": 1, "durationUnit": "min"}
+
+
 @pytest.mark.parametrize(("period", "longest", "repeat"), [
     ("P1W", "P2W", {"period": 1, "periodMax": 2, "periodUnit": "wk"}),
     ("P1D", "P10D", {"period": 1, "periodMax": 10, "periodUnit": "d"}),

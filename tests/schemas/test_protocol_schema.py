@@ -123,6 +123,33 @@ def test_a_frequency_may_span_a_range_of_periods_and_is_stored_unchanged_without
         assert list(flatten_errors(info.value.messages)) == ["dosing_ranges.0.frequency.period_max"], longest
 
 
+@pytest.mark.parametrize(("unit", "duration", "shortest", "error"), [
+    ("mg/kg", "PT60S", "PT60S", None),
+    ("mg/kg", None, "PT60S", None),
+    ("mg", "PT4M", "PT1M", None),
+    ("mg/kg", "PT60S", "PT2M", "is longer than the range's duration (PT60S)"),
+    ("mg/kg/h", "PT4H", "PT1H", "a range of rates is paced by its rate"),
+    ("mg/kg", None, "PT0S", "longer than zero"),
+    ("mg/kg", None, "PT5.5S", "not a duration this service reads"),
+])
+def test_a_shortest_administration_time_belongs_to_a_range_of_amounts(unit, duration, shortest, error):
+    """A label's push time ("administer slowly over 60 seconds") holds for every dose of a range of amounts;
+    a range of rates is paced by its rate, and a shortest time longer than the range's own duration leaves
+    no dose that could be given as the range says. A range without it loads without the key, so records
+    written before it hash the same."""
+    dose_range = {"route": "47625008", "phase": "induction", "dose_min": 1, "dose_max": 4.5, "unit": unit,
+                  "duration": duration, "duration_min": shortest}
+    if error is None:
+        assert DoseRangeSchema().load(dose_range)["duration_min"] == shortest
+    else:
+        with pytest.raises(ValidationError) as info:
+            DoseRangeSchema().load(dose_range)
+        assert error in str(info.value.messages)
+        assert list(flatten_errors(info.value.messages)) == ["duration_min"], info.value.messages
+    del dose_range["duration_min"]
+    assert "duration_min" not in DoseRangeSchema().load(dose_range)
+
+
 @pytest.mark.parametrize(("unit", "ceiling", "error"), [
     ("mg/kg/h", {"value": 25, "unit": "mg/h"}, None),
     ("mg/kg", {"value": 0.5, "unit": "g"}, None),
