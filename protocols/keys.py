@@ -95,12 +95,20 @@ _SCRIPT_HOMOGLYPHS = str.maketrans(
     "\u043a\u043c\u043d\u0442\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423"
     "\u0405\u0406\u0408\u04c0\u051a\u051c\u04ba\u03b1\u03b2\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4"
     "\u03c5\u03c7\u03f2\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5"
-    "\u03a7\u03f9\u0261\u2113\u0251\u01c0",
+    "\u03a7\u03f9\u0261\u2113\u0251\u01c0"
+    # Latin small capitals (U+1D04, a small capital C, reads as a c in 'catalog-loader') and the dotless i
+    "\u1d00\u0299\u1d04\u1d05\u1d07\ua730\u0262\u029c\u026a\u1d0a\u1d0b\u029f\u1d0d\u0274\u1d0f\u1d18"
+    "\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22\u0131"
+    # signs that stand like a vertical bar, which reads as an l: divides, Hebrew paseq, Tifinagh yan
+    "\u2223\u05c0\u2d4f",
     "aeopcyxsijdqwhlb"
     "kmhtABEKMHOPCTXY"
     "SIJlQWHabeikvopt"
     "uxcABEZHIKMNOPTY"
     "XCglal"
+    "ABcDEFGHIJKLMNoP"
+    "RsTuvwYzi"
+    "lll"
 )
 #: ASCII's own look-alikes, case-sensitive: a capital I, 1 and | look like l, 0 like o (a lower-case i
 #: and a capital L are letters of their own).
@@ -118,9 +126,13 @@ _COLONS = frozenset("\u2236\ua789\u02d0\u02f8\u0589\u05c3\u0703\u0704\u16ec\u180
 def _folded(name: str) -> str:
     """Width and compatibility forms folded (NFKC), every dash a hyphen, every space a space and every
     colon look-alike a colon, marks decomposed (a Cyrillic e with an acute is an e with an acute), other
-    scripts' look-alikes Latin."""
+    scripts' look-alikes Latin.
+
+    Look-alikes are folded before NFKC too: NFKC turns the lunate sigma symbols (U+03F2, U+03F9, which
+    look like c and C) into sigmas, which look like no Latin letter, so the table's entries for them never
+    matched and 'catalog-loader' with U+03F2 for its c was accepted as a key name (a security probe)."""
     chars = []
-    for char in unicodedata.normalize("NFKC", name):
+    for char in unicodedata.normalize("NFKC", name.translate(_SCRIPT_HOMOGLYPHS)):
         category = unicodedata.category(char)
         chars.append("-" if category == "Pd" or char in _HYPHENS else " " if category == "Zs"
                      else ":" if char in _COLONS else char)

@@ -391,11 +391,16 @@ def test_key_names_that_only_look_like_another_author_are_refused(client, db):
                  "catalog\u02d7loader", "cat\u0251log-loader",
                  # colon look-alikes in 'cli:root': fullwidth, vertical form, ratio sign, modifier colons
                  "cli\uff1aroot", "cli\ufe13root", "cli\u2236root", "cli\ua789root", "cli\u02d0root",
-                 "cli\u0589root"):
+                 "cli\u0589root",
+                 # a security probe: lunate sigmas (NFKC made them sigmas before the table was read), a
+                 # small capital C, bar-like signs and a dotless i
+                 "\u03f2atalog-loader", "\u03f9ATALOG-LOADER", "\u1d04atalog-loader", "catalog-\u2223oader",
+                 "\u03f2li:bob", "c\u05c0i:bob", "c\u2d4fi:bob", "cl\u0131:bob", "c\u029fi:bob"):
         response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:write"]})
         assert response.status_code == 422 and "name" in response.get_json()["errors"], name
     assert client.post("/v1/admin/keys", json={"name": "ehr prod", "scopes": ["protocols:read"]}).status_code == 201
-    for look_alike in ("ehr\u00a0prod", "EHR Prod", "\u0435hr prod", "ehr\u2003prod"):
+    for look_alike in ("ehr\u00a0prod", "EHR Prod", "\u0435hr prod", "ehr\u2003prod", "\u0435hr pr\u1d0fd",
+                       "\u0435hr \u1d18rod"):
         response = client.post("/v1/admin/keys", json={"name": look_alike, "scopes": ["protocols:read"]})
         assert response.status_code == 409 and "name" in response.get_json()["errors"], look_alike
         assert "looks the same" in response.get_json()["message"], response.get_json()
