@@ -17,6 +17,8 @@ from typing import Any
 
 from gunicorn.glogging import Logger, SafeAtoms
 
+from protocols.keys import KEY_PATTERN, redact
+
 
 def _number(name: str, default: float, low: float, high: float, kind: type = int) -> float:
     """An environment setting as a number within [low, high], or one line naming it: "two" workers was
@@ -100,12 +102,11 @@ class JsonSafeAtoms(SafeAtoms):
     def __getitem__(self, key: str) -> object:
         value = super().__getitem__(key)  # SafeAtoms: header names case-blind, "-" for what is missing
         # ASCII escapes: a raw U+0085 or U+2028 (a line break to str.splitlines) cannot split a line either.
-        return json.dumps(value)[1:-1] if isinstance(value, str) else value
+        # A key sent in the path (a templated URL filled with the wrong variable) is redacted, as the error
+        # log's filter redacts one in a malformed request line (a security probe).
+        return json.dumps(redact(value))[1:-1] if isinstance(value, str) else value
 
 
-#: An API key as the service mints them (protocols/keys.py), its underscore percent-encoded too: never
-#: written to a log.
-_API_KEY = re.compile(r"tpk(?:_|%5[Ff])[A-Za-z0-9_%-]+")
 
 
 def redact_keys(record: logging.LogRecord) -> bool:
@@ -118,12 +119,12 @@ def redact_keys(record: logging.LogRecord) -> bool:
         message = record.getMessage()
     except Exception:  # a malformed call (wrong arguments): logging reports it, as it did without this filter
         return True
-    if _API_KEY.search(message):
-        record.msg, record.args = _API_KEY.sub("tpk_[redacted]", message), ()
+    if KEY_PATTERN.search(message):
+        record.msg, record.args = redact(message), ()
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
-    if record.exc_text and _API_KEY.search(record.exc_text):
-        record.exc_text = _API_KEY.sub("tpk_[redacted]", record.exc_text)
+    if record.exc_text and KEY_PATTERN.search(record.exc_text):
+        record.exc_text = redact(record.exc_text)
     return True
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from protocols import keys
+
 ACCESS_LOGGER = "api.access"
 _HANDLER_MARK = "_protocols_json_handler"
 #: ``LogRecord`` attributes copied into the JSON object when a log call passes them in ``extra``.
@@ -138,6 +140,7 @@ def log_access(request_id: str | None, method: str, path: str, status: int, star
     if not _access.isEnabledFor(logging.INFO):
         return
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+    path = keys.redact(path)  # a key sent where an id goes: logs never hold one (a security probe)
     # makeRecord + handle is what Logger.info does, minus walking the stack for the caller's file
     # and line (the line names its source in "logger" already).
     _access.handle(_access.makeRecord(_access.name, logging.INFO, __file__, 0, "request", (), None, extra={

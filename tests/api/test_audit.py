@@ -244,6 +244,40 @@ def test_a_refused_write_names_the_revoked_or_expired_key_in_the_audit_trail(ano
     assert details[1]["key_id"] not in (None, leaked_id)
 
 
+def test_a_long_path_leaves_a_refused_writes_key_in_its_audit_detail(anon_client, client, make_key, db):
+    """Found by a security probe: cut at the detail column's 4,000 characters after the client-chosen path,
+    a revoked key's refused write to a 3,990-character path lost its key id and state (the row named only
+    the key's name, which a newer live key may hold), and the detail was no longer JSON. The path is cut
+    instead, and the detail says how long it was."""
+    leaked = make_key(["protocols:read", "protocols:write"], name="rotated-bot")
+    leaked_id = next(k["id"] for k in client.get("/v1/admin/keys").get_json()["items"] if k["name"] == "rotated-bot")
+    assert client.delete(f"/v1/admin/keys/{leaked_id}").status_code in (200, 204)
+    for path in ("x" * 3990, "\u00e9" * 1500, "%01" * 1300):
+        response = anon_client.delete(f"/v1/protocols/{path}", headers={**bearer(leaked), "If-Match": '"x"'})
+        assert response.status_code == 401
+    denied = [r for r in audit_rows(db) if r.outcome == "denied"]
+    assert len(denied) == 3
+    for row in denied:
+        detail = json.loads(row.detail)
+        assert (row.actor, detail["key_id"], detail["key_state"]) == ("rotated-bot", leaked_id, "revoked")
+        assert detail["required_scope"] == "protocols:write" and detail["path_length"] > 1000
+        assert detail["path"].startswith("/v1/protocols/") and len(json.dumps(detail["path"])) <= 1000
+
+
+def test_a_key_sent_in_the_path_is_redacted_in_audit_rows_and_the_request_log(anon_client, make_key, db, caplog):
+    """Found by a security probe: a key sent where an id goes reached the request log and, for a refused
+    write, the audit trail's target and detail, whose rows cannot be deleted."""
+    key = make_key(["protocols:read"], name="reader-bot")
+    with caplog.at_level("INFO", logger="api.access"):
+        assert anon_client.get(f"/v1/protocols/{key}", headers=bearer(key)).status_code == 404
+        assert anon_client.delete(f"/v1/protocols/{key}", headers=bearer(key)).status_code == 403
+    (row,) = [r for r in audit_rows(db) if r.outcome == "denied"]
+    assert row.target == "tpk_[redacted]" and json.loads(row.detail)["path"] == "/v1/protocols/tpk_[redacted]"
+    paths = [record.path for record in caplog.records if record.name == "api.access"]
+    assert paths == ["/v1/protocols/tpk_[redacted]"] * 2
+    assert key[4:] not in caplog.text and key[4:] not in row.detail
+
+
 def test_an_admin_action_refused_by_a_rule_is_audited_as_denied(client):
     """An admin's 409 is a refused attempt (here: a second key under a taken name), recorded like an
     authorization refusal; a 422 (a malformed body) is not an attempt at anything and is not."""

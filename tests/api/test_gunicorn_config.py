@@ -106,6 +106,16 @@ def test_gunicorn_never_logs_an_api_key_it_quotes(tmp_path):
     assert "key=tpk_[redacted]" in written and key not in written and key[4:20] not in written
 
 
+def test_gunicorn_access_log_redacts_a_key_sent_in_the_path():
+    """Found by a security probe: a key sent where an id goes (a templated URL filled with the wrong
+    variable) was written in full by gunicorn's access log (``%(U)s``), though its error log redacts one."""
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    key = "tpk_A0JSVzUfIQon45zGKWa0KVnxghVaiMoZsdN68ZoLhn8"
+    atoms = config["JsonSafeAtoms"]({"U": f"/v1/protocols/{key}", "s": 404, "m": "GET"})
+    assert atoms["U"] == "/v1/protocols/tpk_[redacted]" and atoms["s"] == 404 and atoms["m"] == "GET"
+    assert config["JsonSafeAtoms"]({"U": "/v1/protocols/tpk-notes"})["U"] == "/v1/protocols/tpk-notes"
+
+
 @pytest.mark.parametrize("bind", ["fd://3", "0.0.0.0", "[::1]", "[::1]:8000", "localhost", "unix:/run/tp.sock",
                                   "127.0.0.1:8105"])
 def test_what_gunicorn_binds_to_is_read_as_gunicorn_reads_it(monkeypatch, bind):
