@@ -18,7 +18,7 @@ supported parameters raise ``InvalidSearch`` whatever the handling.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -295,23 +295,33 @@ def _date_range(match: re.Match[str]) -> tuple[datetime, datetime]:
 def _date_range_of(match: re.Match[str]) -> tuple[datetime, datetime]:
     year = int(match["year"])
     if match["month"] is None:
-        return datetime(year, 1, 1), datetime(year + 1, 1, 1)
+        return datetime(year, 1, 1), _until(lambda: datetime(year + 1, 1, 1))
     month = int(match["month"])
     if match["day"] is None:
-        return datetime(year, month, 1), datetime(year + (month == 12), month % 12 + 1, 1)
+        return datetime(year, month, 1), _until(lambda: datetime(year + (month == 12), month % 12 + 1, 1))
     day = datetime(year, month, int(match["day"]))
     if match["hour"] is None:
-        return day, day + timedelta(days=1)
+        return day, _until(lambda: day + timedelta(days=1))
     zone = match["zone"]
     offset = timedelta(0) if zone in (None, "Z") else (1 if zone[0] == "+" else -1) * timedelta(
         hours=int(zone[1:3]), minutes=int(zone[4:6]))
     start = day.replace(hour=int(match["hour"]), minute=int(match["minute"]), second=int(match["second"] or 0)) - offset
     if match["second"] is None:
-        return start, start + timedelta(minutes=1)
+        return start, _until(lambda: start + timedelta(minutes=1))
     if match["fraction"]:
         first, after = _microsecond_range(match["fraction"][1:])
-        return start + timedelta(microseconds=first), start + timedelta(microseconds=after)
-    return start, start + timedelta(seconds=1)
+        return start + timedelta(microseconds=first), _until(lambda: start + timedelta(microseconds=after))
+    return start, _until(lambda: start + timedelta(seconds=1))
+
+
+def _until(end: Callable[[], datetime]) -> datetime:
+    """Where a range that starts within year 9999 ends: past it, at the end of what datetime holds. FHIR
+    clients write ``lt9999-12-31`` as an open upper bound, and it was a 400 ("year 10000 is out of range",
+    Python's own words; found by a probe); no stored instant is that late."""
+    try:
+        return end()
+    except (ValueError, OverflowError):
+        return datetime.max
 
 
 def _microsecond_range(digits: str) -> tuple[int, int]:
