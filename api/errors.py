@@ -171,7 +171,7 @@ def _domain_response(exc: domain.DomainError) -> Response:
                               current_etag=exc.details.get("current_etag"), errors=exc.details.get("errors"))
     if isinstance(exc, domain.PreconditionFailed):
         return error_response(412, exc.message, current_version=exc.details.get("current_version"),
-                              current_etag=exc.details.get("current_etag"))
+                              current_etag=exc.details.get("current_etag"), errors=exc.details.get("errors"))
     if isinstance(exc, domain.ProtocolNotFound | domain.VersionNotFound | domain.NotInEffect):
         return error_response(404, exc.message)
     if isinstance(exc, domain.InvalidRecord):

@@ -805,14 +805,17 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
         message = "If-Match: * is not accepted; send the ETag of the newest version"
         raise PreconditionRequired(message, current_version=newest.version, current_etag=newest.etag,
                                    errors={"If-Match": [message]})
+    # Each 412 names its header in ``errors``, as the 428s and the reads' 412s do: only the English message
+    # told a stale If-Match from a matching If-None-Match (found by a probe).
     if newest.etag not in if_match and not already_applied:
-        raise PreconditionFailed(
-            f"If-Match does not name the newest version; the newest is version {newest.version}",
-            current_version=newest.version, current_etag=newest.etag)
+        message = f"If-Match does not name the newest version; the newest is version {newest.version}"
+        raise PreconditionFailed(message, current_version=newest.version, current_etag=newest.etag,
+                                 errors={"If-Match": [message]})
     if if_none_match and names_etag(if_none_match, newest.etag):
-        raise PreconditionFailed(
-            f"If-None-Match names the newest version (or is *): the condition is false; the newest is "
-            f"version {newest.version}", current_version=newest.version, current_etag=newest.etag)
+        message = (f"If-None-Match names the newest version (or is *): the condition is false; the newest is "
+                   f"version {newest.version}")
+        raise PreconditionFailed(message, current_version=newest.version, current_etag=newest.etag,
+                                 errors={"If-None-Match": [message]})
 
 
 def _precondition_holds(newest: StoredVersion, if_match: Sequence[str] | None,
@@ -871,11 +874,12 @@ def _insert_protocol(conn: Connection, protocol_id: str, created_at: datetime) -
 def _lost_race(db: Database, protocol_id: str) -> PreconditionFailed:
     try:
         newest = latest(db, protocol_id)
-        return PreconditionFailed(
-            f"protocol '{protocol_id}' was changed concurrently; the newest is version {newest.version}",
-            current_version=newest.version, current_etag=newest.etag)
+        message = f"protocol '{protocol_id}' was changed concurrently; the newest is version {newest.version}"
+        return PreconditionFailed(message, current_version=newest.version, current_etag=newest.etag,
+                                  errors={"If-Match": [message]})
     except ProtocolNotFound:
-        return PreconditionFailed(f"protocol '{protocol_id}' was changed concurrently")
+        message = f"protocol '{protocol_id}' was changed concurrently"
+        return PreconditionFailed(message, errors={"If-Match": [message]})
 
 
 def _next_seq(conn: Connection | Session) -> int:

@@ -96,6 +96,7 @@ def test_put_with_stale_etag_is_412_naming_newest(client):
     assert stale.status_code == 412
     body = stale.get_json()
     assert body["current_version"] == 2 and body["current_etag"] == second.headers["ETag"]
+    assert list(body["errors"]) == ["If-Match"]  # the header at fault, named (a probe)
     assert [v["version"] for v in versions_of(client, protocol_id)] == [2, 1]
 
 
@@ -283,7 +284,7 @@ def test_delete_with_stale_etag_is_412(client):
     protocol_id, response = create(client)
     revise(client, protocol_id, response.get_json() | {"title": "v2"}, response.headers["ETag"])
     stale = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": response.headers["ETag"]})
-    assert stale.status_code == 412
+    assert stale.status_code == 412 and list(stale.get_json()["errors"]) == ["If-Match"]
     assert client.get(f"/v1/protocols/{protocol_id}").status_code == 200
 
 
@@ -838,6 +839,8 @@ def test_a_write_whose_if_none_match_is_false_is_412_and_appends_nothing(client)
         assert refused.get_json()["current_etag"] == etag
         retired = client.delete(url, headers={"If-Match": etag, "If-None-Match": none_match})
         assert retired.status_code == 412, (none_match, retired.get_json())
+        # the header at fault is named, machine-readably (a probe: only the message told them apart)
+        assert list(refused.get_json()["errors"]) == list(retired.get_json()["errors"]) == ["If-None-Match"]
     malformed = client.put(url, json=body, headers={"If-Match": etag, "If-None-Match": "not-an-etag"})
     assert malformed.status_code == 400 and list(malformed.get_json()["errors"]) == ["If-None-Match"]
     assert [v["version"] for v in versions_of(client, protocol_id)] == [1]
