@@ -55,6 +55,7 @@ def test_every_entry_cites_sources_for_its_facts(name, index, entry):
 #: Label facts every entry in effect must trace: a source's ``supports`` names the field (or a path
 #: inside it), or a verification note begins with the field's path and says what was and was not
 #: checked. An absence (no brand, no boxed warning, no REMS, no approved indication) is a fact too.
+#: Indication codes are traced by ``uncited_indications`` (each entry, by a source only).
 TRACED_FIELDS = ("routes", "drug.dea_schedule", "drug.rxnorm_cui", "drug.brand_names", "fda_approval.status",
                  "fda_approval.approved_indication", "fda_approval.rems_required", "fda_approval.boxed_warning")
 
@@ -146,6 +147,36 @@ def test_every_entry_in_effect_for_some_period_cites_or_notes_its_label_facts(na
     had no source and no note. Every entry that some instant resolves to (the last entry of each start,
     see ``entries_in_effect``) must trace them; entries outranked at every instant stay as recorded."""
     assert untraced_fields(entry) == [], (name, f"versions.{index}", entry["effective_from"])
+
+
+def uncited_indications(entry: dict[str, Any]) -> list[str]:
+    """The indication entries (``indications.{i}``) of ``entry`` that no source's ``supports`` names, as
+    ``indications`` or ``indications.{i}``. A verification note does not count: a note on the choice of
+    code does not say where the code was checked."""
+    supported = {path for source in entry["sources"] for path in source.get("supports", [])}
+    return [f"indications.{i}" for i, _ in enumerate(entry.get("indications") or [])
+            if not {"indications", f"indications.{i}"} & supported]
+
+
+def test_uncited_indications_counts_the_whole_list_or_the_entry_and_not_a_note():
+    entry: dict[str, Any] = {
+        "indications": [{"code": "F32.9"}, {"code": "F33.9"}, {"code": "370143000"}],
+        "sources": [{"supports": ["indications.1", "indications.10", "indications.0.code", "indications_x"]}],
+        "verification_notes": ["indications: the underlying MDD is coded.", "indications.0: F32.9."]}
+    assert uncited_indications(entry) == ["indications.0", "indications.2"]
+    assert uncited_indications({**entry, "sources": [*entry["sources"], {"supports": ["indications"]}]}) == []
+    assert uncited_indications({**entry, "indications": []}) == []
+
+
+@pytest.mark.parametrize(("name", "index", "entry"), IN_EFFECT, ids=[f"{n}#{i}" for n, i, _ in IN_EFFECT])
+def test_every_indication_of_an_entry_in_effect_for_some_period_cites_its_source(name, index, entry):
+    """Found by a clinical-data probe: the indication codes (what a CDS Hooks reasonCode is matched
+    against, FHIR's indicationCodeableConcept) of Spravato's versions in effect for 2019, 2020 and
+    2025, of the TRD ketamine and psilocybin records and of zuranolone's SNOMED CT alternate cited no
+    source; ``TRACED_FIELDS`` left indications out and a note on the choice of code passed for them.
+    Every indication entry of every entry in effect for some period cites where its code was taken from
+    (``protocols/data/icd10cm.json`` and ``snomed_indications.json`` give a source per code)."""
+    assert uncited_indications(entry) == [], (name, f"versions.{index}", entry["effective_from"])
 
 
 @pytest.mark.parametrize("catalog_file", FILES, ids=[f.path.name for f in FILES])
@@ -629,14 +660,18 @@ def test_invalid_catalog_file_loads_nothing(app, client, tmp_path):
     assert client.get("/v1/protocols/ketamine-iv-anesthesia-induction").status_code == 404
 
 
-@pytest.mark.parametrize(("as_of", "version", "approval_date", "marker"), [
-    ("2019-06-01T00:00:00Z", 10, "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
-    ("2021-01-01T00:00:00Z", 11, "2020-07-31", "acute suicidal ideation"),
-    ("2025-06-01T00:00:00Z", 12, "2025-01-21", "as monotherapy"),
-    (None, 12, "2025-01-21", "as monotherapy"),
+@pytest.mark.parametrize(("as_of", "approval_date", "marker"), [
+    ("2019-06-01T00:00:00Z", "2019-03-05", "In conjunction with an oral antidepressant, for treatment"),
+    ("2021-01-01T00:00:00Z", "2020-07-31", "acute suicidal ideation"),
+    ("2025-06-01T00:00:00Z", "2025-01-21", "as monotherapy"),
+    (None, "2025-01-21", "as monotherapy"),
 ])
-def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, version, approval_date, marker):
+def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, approval_date, marker):
+    """Each period reads the last entry of the file with its start (a sourcing correction of the period
+    outranks the entries before it); now reads the newest version."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    version = _in_effect_from(SPRAVATO, approval_date)
+    assert (version == _entries(SPRAVATO)) is (approval_date == "2025-01-21")
     url = f"/v1/protocols/{SPRAVATO}" + (f"?as_of={as_of}" if as_of else "")
     response = client.get(url)
     assert response.status_code == 200, response.get_json()
@@ -656,7 +691,7 @@ def test_spravato_versions_differ_in_indications_and_dosing():
     entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
     assert [e["effective_from"][:10] for e in entries] == (
         ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3 + ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 2
-        + ["2019-03-05", "2020-07-31", "2025-01-21"])
+        + ["2019-03-05", "2020-07-31", "2025-01-21"] * 2)
     codes = [{i["code"] for i in e["indications"]} for e in entries]
     assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
     for entry in entries:
@@ -784,8 +819,8 @@ def test_trd_instructions_typo_is_corrected_by_a_new_version(app, client):
     current = client.get(f"/v1/protocols/{trd}/versions/2").get_json()
     first = client.get(f"/v1/protocols/{trd}/versions/1").get_json()
     assert current["effective_from"] == first["effective_from"]
-    served = client.get(f"/v1/protocols/{trd}").get_json()  # versions 3, 4 and 5 only add sources and notes
-    assert served["dosing_ranges"] == current["dosing_ranges"] and served["version"] == 5
+    served = client.get(f"/v1/protocols/{trd}").get_json()  # versions 3 on only add sources and notes
+    assert served["dosing_ranges"] == current["dosing_ranges"] and served["version"] == _entries(trd)
     assert "repeated-infusion study" in current["dosing_ranges"][0]["instructions"]
     assert "repeated- infusion" in first["dosing_ranges"][0]["instructions"]
     diff = client.get(f"/v1/protocols/{trd}/versions/1/diff/2").get_json()
@@ -825,7 +860,7 @@ def test_spravato_from_week_9_is_every_one_to_two_weeks(app, client):
     weeks only (found by a clinical review). Corrected in the current period, version 4 stays."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     current = client.get(f"/v1/protocols/{SPRAVATO}").get_json()
-    assert current["version"] == 12
+    assert current["version"] == _entries(SPRAVATO)
     week_9 = current["dosing_ranges"][2]
     assert week_9["frequency"] == WEEK_9
     assert client.get(f"/v1/protocols/{SPRAVATO}/versions/4").get_json()["dosing_ranges"][2]["frequency"][
@@ -863,18 +898,29 @@ def test_spravato_84_mg_daily_breaks_the_regimen_not_the_daily_maximum(app, clie
     assert twice_weekly["verdict"] == "within_range" and twice_weekly["regimen"]["exceeded"] is False
 
 
-@pytest.mark.parametrize(("as_of", "corrected", "recorded"), [
-    ("2019-06-01T00:00:00Z", 10, 1), ("2021-01-01T00:00:00Z", 11, 2), ("2025-06-01T00:00:00Z", 12, 5)])
+def _in_effect_from(protocol_id: str, start: str) -> int:
+    """The version of the curated file of ``protocol_id`` in effect from ``start`` (a date): the last
+    entry with that start (a later correction of the period outranks the entries before it)."""
+    entries = next(f.entries for f in FILES if f.protocol_id == protocol_id)
+    return max(i for i, e in enumerate(entries) if e["effective_from"].startswith(start)) + 1
+
+
+@pytest.mark.parametrize(("as_of", "start", "recorded"), [
+    ("2019-06-01T00:00:00Z", "2019-03-05", 1), ("2021-01-01T00:00:00Z", "2020-07-31", 2),
+    ("2025-06-01T00:00:00Z", "2025-01-21", 5)])
 def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was_recorded(
-        app, client, as_of, corrected, recorded):
+        app, client, as_of, start, recorded):
     """Version 5 corrected the week-9 frequency from 2025 only: as-of readings and dose checks of
     2019-2024 still held every 2 weeks, so a weekly 84 mg order at week 9 read as more often than the
     label allows. Versions 6 and 7 are back-dated corrections of versions 1 and 2 (each effective
     with the version it corrects and otherwise its copy); version 8 brings version 5's note up to date
     and makes the version in effect the newest again; version 9 adds sources to it. Versions 10, 11 and 12
-    add sources to versions 6, 7 and 9 (each effective with the version it corrects), so they are the
-    versions in effect. The versions corrected stay as recorded."""
+    add sources to versions 6, 7 and 9 (each effective with the version it corrects), and versions 13, 14
+    and 15 to 10, 11 and 12 (their indication codes), so the last of them are the versions in effect (the
+    last entry of the file with each start). The versions corrected stay as recorded."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    corrected = _in_effect_from(SPRAVATO, start)
+    assert corrected > 12, "the 2026-12-05 indication sourcing corrections are in effect in every period"
     read = client.get(f"/v1/protocols/{SPRAVATO}?as_of={as_of}").get_json()
     assert read["version"] == corrected and read["dosing_ranges"][2]["frequency"] == WEEK_9
     cited = {path for source in read["sources"] for path in source["supports"]}
@@ -904,8 +950,11 @@ def test_spravato_newest_version_is_the_one_in_effect_so_get_then_put_works(app,
     412. The catalog ends with a version effective now, so GET's ETag is the one to send."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     versions = client.get(f"/v1/protocols/{SPRAVATO}/versions?page_size=100").get_json()["items"]
-    assert [v["effective_from"][:10] for v in sorted(versions, key=lambda v: v["version"]) if v["version"] >= 6] == [
-        "2019-03-05", "2020-07-31", "2025-01-21", "2025-01-21", "2019-03-05", "2020-07-31", "2025-01-21"]
+    starts = [v["effective_from"][:10] for v in sorted(versions, key=lambda v: v["version"])]
+    assert starts == [e["effective_from"][:10] for e in next(f.entries for f in FILES if f.protocol_id == SPRAVATO)]
+    assert starts[5:8] == ["2019-03-05", "2020-07-31", "2025-01-21"]  # back-dated corrections follow 2025's
+    assert starts[-1] == max(starts), "the newest version is of the latest period, so it is the one in effect"
+    assert client.get(f"/v1/protocols/{SPRAVATO}").get_json()["version"] == len(versions)
     written = _written_through_the_api(client, SPRAVATO, summary="A summary written by an integration.")
     assert written["version"] == max(v["version"] for v in versions) + 1
 
