@@ -180,6 +180,8 @@ def _domain_response(exc: domain.DomainError) -> Response:
         return error_response(400, exc.message, errors=exc.details.get("errors"))
     if isinstance(exc, domain.StorageUnavailable):
         return error_response(503, exc.message, headers={"Retry-After": RETRY_AFTER_SECONDS})
+    if isinstance(exc, domain.ClockBehind):
+        return error_response(503, exc.message, headers={"Retry-After": str(exc.details["retry_after"])})
     return error_response(400, exc.message)
 
 

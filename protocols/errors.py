@@ -78,3 +78,8 @@ class InvalidRecord(DomainError):
 
 class StorageUnavailable(DomainError):
     """The database is unreachable or busy; the caller should retry later."""
+
+
+class ClockBehind(DomainError):
+    """The newest version was recorded later than this server's clock reads now (another instance's clock
+    ahead, a clock stepped back); ``details['retry_after']``: seconds until it is not."""

@@ -30,11 +30,12 @@ A PostgreSQL revision reads it just before its one statement, which gives up aft
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, TextClause, and_, bindparam, delete, insert, or_, select, text
@@ -47,6 +48,7 @@ from protocols import fulltext, record
 from protocols.audit import WriteContext
 from protocols.db import Database
 from protocols.errors import (
+    ClockBehind,
     DomainError,
     InvalidRecord,
     NothingPublished,
@@ -403,6 +405,8 @@ def revise(
         another writer was recorded, and published over FHIR, seconds before it committed, and
         pollers that had read past that instant never saw it (found by a probe)."""
         now = given_now or utcnow()
+        if given_now is None:
+            check_clock(head.version, now)
         if _unchanged(head, content_hash, status, effective_from, now, fetch):
             return None
         at = max(now, head.version.recorded_at)
@@ -607,6 +611,7 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
         # before the winner's, found the protocol still active then, and answered 412 (found by this
         # session's concurrency test); and one recorded before its wait was published over FHIR
         # before pollers could see it (probe). A retry after a lost race reads it afresh.
+        clock = now is None
         if now is None:
             now = utcnow()
         elif effective_from is None:
@@ -614,6 +619,8 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
         at = effective_from or now
         head, then = _read_head_for_retirement(conn, protocol_id, at)
         newest = head.version
+        if clock:
+            check_clock(newest, now)
         # A no-op answers with the newest version, so it must be that retirement: after a draft or a
         # back-dated version written since, a retire appends (found in review). A dated retirement
         # repeats the newest when it is that retirement, at that instant, of the same content (what
@@ -638,6 +645,28 @@ def _retire_once(db: Database, protocol_id: str, if_match: Sequence[str] | None,
                             change_note=change_note or "Protocol retired", ctx=ctx,
                             now=max(now, newest.recorded_at))  # recorded in order, as revise()
         return _write(conn, prepared, protocol_seq=head.protocol_seq, expected=newest.version), True
+
+
+#: How far after this server's clock the newest version may have been recorded for a write on top of it:
+#: instances' clocks differ by milliseconds, and a write is recorded no earlier than the version it follows.
+CLOCK_SKEW_ALLOWED = timedelta(seconds=1)
+
+
+def check_clock(newest: StoredVersion, now: datetime) -> None:
+    """Refuse a write on top of ``newest`` when it was recorded more than :data:`CLOCK_SKEW_ALLOWED` after
+    ``now`` (this server's clock). Recorded no earlier than it, the write would take that instant: a
+    correction written "from now" on top of a version recorded 4 minutes ahead answered 201 and took effect
+    4 minutes later, the old maximum dose still served until then, and a retirement in effect at once was
+    recorded 4 minutes later than it took effect (found by a probe; an import then accepted versions
+    recorded up to 5 minutes ahead). Refused loudly (503 with Retry-After), the clocks can be put right."""
+    ahead = newest.recorded_at - now
+    if ahead > CLOCK_SKEW_ALLOWED:
+        raise ClockBehind(
+            f"version {newest.version} of '{newest.protocol_id}' was recorded at "
+            f"{format_rfc3339(newest.recorded_at)}, {ahead.total_seconds():.1f} s later than this server's clock "
+            f"reads ({format_rfc3339(now)}): a version written now would be recorded, and without "
+            "effective_from take effect, only then. Nothing was written; check the servers' clocks (NTP).",
+            retry_after=math.ceil(ahead.total_seconds()))
 
 
 def _retirement_undone(protocol_id: str, at: datetime, version: int, when: datetime) -> RetirementUndone:

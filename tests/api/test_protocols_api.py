@@ -867,3 +867,36 @@ def test_a_create_reads_its_conditional_headers_and_refuses_if_match(client):
         assert client.post("/v1/protocols", json=payload, headers={"If-None-Match": value}).status_code == 201
         again = client.post("/v1/protocols", json=payload, headers={"If-None-Match": value})
         assert again.status_code == 409, again.get_json()
+
+
+def test_a_write_on_a_version_recorded_ahead_of_this_servers_clock_is_a_503_and_writes_nothing(app, client, db):
+    """Found by a probe: on top of a version recorded 4 minutes ahead of this server's clock (an import
+    allowed 5; another instance's clock ahead; a clock stepped back), a dose-lowering correction written
+    "from now" answered 201 and took effect 4 minutes later, the old maximum served until then; a DELETE
+    took effect at once and was recorded 4 minutes later. Refused loudly, the clocks can be put right; a
+    skew of milliseconds between instances still writes."""
+    from datetime import timedelta
+
+    from protocols import versioning
+    from protocols.timeutil import utcnow
+    from schemas.protocol import ProtocolCreateSchema, split_payload
+
+    def stored_ahead(by: timedelta) -> tuple[str, str]:
+        payload = protocol_payload()
+        _, content = split_payload(ProtocolCreateSchema().load(payload))
+        ahead = utcnow() + by
+        stored = versioning.create(db, payload["id"], content, effective_from=ahead - timedelta(days=1), now=ahead)
+        return payload["id"], stored.etag
+
+    protocol_id, etag = stored_ahead(timedelta(minutes=4))
+    body = client.get(f"/v1/protocols/{protocol_id}").get_json() | {"title": "Corrected"}
+    refused = revise(client, protocol_id, body, etag)
+    assert refused.status_code == 503, refused.get_json()
+    assert "later than this server's clock" in refused.get_json()["message"]
+    assert 200 <= int(refused.headers["Retry-After"]) <= 240
+    retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": etag})
+    assert retired.status_code == 503 and retired.headers["Retry-After"]
+    assert [v["version"] for v in versions_of(client, protocol_id)] == [1]
+    protocol_id, etag = stored_ahead(timedelta(milliseconds=300))
+    body = client.get(f"/v1/protocols/{protocol_id}").get_json() | {"title": "Corrected"}
+    assert revise(client, protocol_id, body, etag).status_code == 201

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 
 import pytest
 
+from protocols.timeutil import format_rfc3339, utcnow
 from tests.factories import protocol_payload
 
 
@@ -375,6 +377,9 @@ def test_import_refuses_what_the_service_never_writes(app, client, tmp_path, mak
          f"line {second_index + 1}: recorded_at: earlier than version 1's"),
         (changed(0, verification_notes=...), "line 1: verification_notes: not in the stored form"),
         (changed(0, recorded_at="9998-01-01T00:00:00Z"), "line 1: recorded_at: in the future"),
+        # 5 minutes ahead were allowed: a write "from now" on top took effect only then (a probe)
+        (changed(0, recorded_at=format_rfc3339(utcnow() + timedelta(seconds=30))),
+         "line 1: recorded_at: in the future"),
     ]
     for file_lines, expected in cases:
         result = _import(target, tmp_path, file_lines)
