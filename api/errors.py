@@ -47,8 +47,12 @@ class ErrorSchema(Schema):
     scheduled_effective_from = fields.String(allow_none=True, metadata={
         "description": "On 409 from a retirement: when that version takes effect"})
     reason = fields.String(allow_none=True, metadata={
-        "description": "On 401/403 from authentication: why, for a machine",
-        "enum": ["missing_credentials", "malformed_authorization", "invalid_key", "insufficient_scope"]})
+        "description": "Why, for a machine: on 401/403 from authentication; on 404 whether the protocol or "
+                       "version does not exist, or the protocol exists with no version in effect at the time "
+                       "asked (drafts or scheduled versions only, or before its first); on 503 when this "
+                       "server's clock is behind the newest version's recording time",
+        "enum": ["missing_credentials", "malformed_authorization", "invalid_key", "insufficient_scope",
+                 "protocol_not_found", "version_not_found", "not_in_effect", "clock_behind"]})
     required_scope = fields.String(allow_none=True, metadata={
         "description": "On 403 insufficient_scope: the scope the operation needs"})
     protocol_version = fields.Integer(allow_none=True, metadata={
@@ -154,6 +158,11 @@ def error_response(status: int, message: str, errors: Mapping[str, list[str]] | 
     return response
 
 
+_NOT_FOUND_REASONS: dict[type[domain.DomainError], str] = {
+    domain.ProtocolNotFound: "protocol_not_found", domain.VersionNotFound: "version_not_found",
+    domain.NotInEffect: "not_in_effect"}
+
+
 def _domain_response(exc: domain.DomainError) -> Response:
     if isinstance(exc, domain.ProtocolExists):
         return error_response(409, exc.message)
@@ -173,7 +182,8 @@ def _domain_response(exc: domain.DomainError) -> Response:
         return error_response(412, exc.message, current_version=exc.details.get("current_version"),
                               current_etag=exc.details.get("current_etag"), errors=exc.details.get("errors"))
     if isinstance(exc, domain.ProtocolNotFound | domain.VersionNotFound | domain.NotInEffect):
-        return error_response(404, exc.message)
+        # Told apart for a machine: only the English message did (a probe).
+        return error_response(404, exc.message, reason=_NOT_FOUND_REASONS[type(exc)])
     if isinstance(exc, domain.InvalidRecord):
         return error_response(422, exc.message, errors=exc.details.get("errors"))
     if isinstance(exc, domain.MalformedOrder):
@@ -181,7 +191,8 @@ def _domain_response(exc: domain.DomainError) -> Response:
     if isinstance(exc, domain.StorageUnavailable):
         return error_response(503, exc.message, headers={"Retry-After": RETRY_AFTER_SECONDS})
     if isinstance(exc, domain.ClockBehind):
-        return error_response(503, exc.message, headers={"Retry-After": str(exc.details["retry_after"])})
+        return error_response(503, exc.message, headers={"Retry-After": str(exc.details["retry_after"])},
+                              reason="clock_behind")
     return error_response(400, exc.message)
 
 

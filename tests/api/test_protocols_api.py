@@ -893,6 +893,7 @@ def test_a_write_on_a_version_recorded_ahead_of_this_servers_clock_is_a_503_and_
     refused = revise(client, protocol_id, body, etag)
     assert refused.status_code == 503, refused.get_json()
     assert "later than this server's clock" in refused.get_json()["message"]
+    assert refused.get_json()["reason"] == "clock_behind"
     assert 200 <= int(refused.headers["Retry-After"]) <= 240
     retired = client.delete(f"/v1/protocols/{protocol_id}", headers={"If-Match": etag})
     assert retired.status_code == 503 and retired.headers["Retry-After"]
@@ -900,3 +901,21 @@ def test_a_write_on_a_version_recorded_ahead_of_this_servers_clock_is_a_503_and_
     protocol_id, etag = stored_ahead(timedelta(milliseconds=300))
     body = client.get(f"/v1/protocols/{protocol_id}").get_json() | {"title": "Corrected"}
     assert revise(client, protocol_id, body, etag).status_code == 201
+
+
+def test_a_404_says_for_a_machine_whether_the_protocol_or_version_exists_or_nothing_is_in_effect(client):
+    """Found by a probe: "no such protocol" and "it exists, with nothing in effect at that time" (before its
+    first version, or drafts only) differed only in their English message."""
+    protocol_id, response = create(client)
+    created = response.get_json()["effective_from"]
+    cases = [
+        (f"/v1/protocols/{protocol_id}-missing", "protocol_not_found"),
+        (f"/v1/protocols/{protocol_id}/versions/99", "version_not_found"),
+        (f"/v1/protocols/{protocol_id}?as_of=2000-01-01T00:00:00Z", "not_in_effect"),
+    ]
+    draft_id, _ = create(client, status="draft")
+    cases.append((f"/v1/protocols/{draft_id}", "not_in_effect"))
+    for path, reason in cases:
+        answer = client.get(path)
+        assert answer.status_code == 404 and answer.get_json()["reason"] == reason, (path, answer.get_json())
+    assert client.get(f"/v1/protocols/{protocol_id}?as_of={created}").status_code == 200
