@@ -50,6 +50,8 @@ FHIR_JSON = "application/fhir+json"
 LEGACY_FHIR_JSON = "application/json+fhir"
 #: ``g`` key: the JSON media type negotiated for this request's answer (FHIR_JSON unless refused).
 _ANSWER_TYPE = "fhir_answer_type"
+#: Where this request's ``_pretty`` is kept (:func:`_read_pretty`).
+_PRETTY = "fhir_pretty"
 FHIR_NDJSON = "application/fhir+ndjson"
 JSON_FORMATS = ("json", "application/json", FHIR_JSON, LEGACY_FHIR_JSON)
 NDJSON_FORMATS = (FHIR_NDJSON, "application/ndjson", "ndjson")
@@ -122,8 +124,9 @@ CHARSET = "; charset=utf-8"
 
 def fhir_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None,
                   ) -> Response:
-    response = Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), status=status,
-                        content_type=g.get(_ANSWER_TYPE, FHIR_JSON) + CHARSET)
+    text = (json.dumps(body, ensure_ascii=False, indent=2) if g.get(_PRETTY)
+            else json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+    response = Response(text, status=status, content_type=g.get(_ANSWER_TYPE, FHIR_JSON) + CHARSET)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -167,7 +170,7 @@ def check_unsupported(items: Sequence[Unsupported]) -> list[Issue]:
                   (item.param,)) for item in items]
 
 
-def simple_params(allowed: Sequence[str] = ("_format",)) -> list[Issue]:
+def simple_params(allowed: Sequence[str] = ("_format", "_pretty")) -> list[Issue]:
     """For endpoints without search parameters: only ``allowed`` names are understood."""
     unsupported = [Unsupported(name, f"parameter '{name}' is not supported here")
                    for name in request.args if name not in allowed]
@@ -194,6 +197,7 @@ def negotiate(formats: Sequence[str] = JSON_FORMATS, media_types: Sequence[str] 
     Accept entry with ``q=0`` refuses that type (``application/fhir+json;q=0, */*;q=0.1`` was answered
     in fhir+json; it now gets ``application/json``), and ``_format`` checks ``fhirVersion`` as Accept
     does (``_format=application/fhir+json;fhirVersion=5.0`` was a 200; found by an adversarial probe)."""
+    _read_pretty()
     requested = request.args.get("_format")
     if requested is not None:
         media, *parameters = (part.strip().lower() for part in requested.split(";"))
@@ -231,6 +235,18 @@ def _quality(offer: str, entries: Sequence[tuple[str, float]]) -> float:
         if specificity is not None and (best is None or specificity > best[0]):
             best = (specificity, quality)
     return 0.0 if best is None else best[1]
+
+
+def _read_pretty() -> None:
+    """``_pretty`` (FHIR R4 http.html#general, for every interaction): ``true`` indents the JSON answer. It
+    was a 400 under strict handling on every call, ``/metadata`` included (found by a probe). Not on the
+    NDJSON export, whose lines are one resource each."""
+    value = request.args.get("_pretty")
+    if value is None:
+        return
+    if value not in ("true", "false"):
+        raise InvalidSearch(f"_pretty must be true or false, not '{value[:40]}'", param="_pretty")
+    g.setdefault(_PRETTY, value == "true")
 
 
 def _answer(media_type: str) -> str:
@@ -372,7 +388,7 @@ def _code_for(status: int) -> str:
 def capability_statement() -> Response:
     """The CapabilityStatement: exactly the interactions and parameters implemented here."""
     negotiate()
-    warnings = simple_params(("_format", "mode"))
+    warnings = simple_params(("_format", "_pretty", "mode"))
     if request.args.get("mode", "full") != "full":
         raise InvalidSearch("only mode=full is supported", param="mode")
     return fhir_response(build_capability_statement(base_url()), headers={
@@ -400,7 +416,8 @@ def build_capability_statement(base: str) -> dict[str, Any]:
                 "(default) answers 400; handling=lenient ignores them with an OperationOutcome warning "
                 "(Bundle entry with search.mode=outcome, or a Warning header). Searches page with "
                 f"_count (default {fhir_query.DEFAULT_COUNT}, at most {fhir_query.MAX_COUNT}; 0 gives "
-                "the total only) and next/previous links; so does an instance's _history. A retired "
+                "the total only) and next/previous links; so does an instance's _history. _pretty=true "
+                "indents any JSON answer; _summary and _elements are not supported. A retired "
                 "protocol is deleted (410); drafts are not published, nor versions scheduled to take "
                 "effect later (until they do: meta.lastUpdated is then that moment)."),
             # How a client authenticates: it was not said at all, while reads need a key by default (a

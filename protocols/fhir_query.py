@@ -80,8 +80,8 @@ SEARCH_PARAMS: dict[str, tuple[str, str, str]] = {
                "active | inactive | entered-in-error. Every current resource is active: a retired "
                "protocol is deleted (410), drafts are not published."),
 }
-RESULT_PARAMS = ("_count", "_cursor", "_format")
-HISTORY_PARAMS = ("_count", "_since", "_cursor", "_format")
+RESULT_PARAMS = ("_count", "_cursor", "_format", "_pretty")
+HISTORY_PARAMS = ("_count", "_since", "_cursor", "_format", "_pretty")
 
 
 class InvalidSearch(DomainError):
@@ -191,7 +191,7 @@ def _add_search_param(spec: SearchSpec, seen_controls: set[str], raw_name: str, 
     elif name == "_cursor":
         spec.cursor = decode_cursor(SEARCH_CURSOR, value)
         return  # links carry their own cursor
-    elif name != "_format":  # _format is checked by the HTTP layer and kept in the links
+    elif name not in ("_format", "_pretty"):  # checked by the HTTP layer and kept in the links
         spec.unsupported.append(Unsupported(raw_name, f"parameter '{raw_name}' is not supported"))
         return
     spec.applied.append((raw_name, value))

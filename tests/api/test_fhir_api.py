@@ -444,6 +444,29 @@ def test_a_history_bundles_total_counts_the_state_its_entries_were_read_in(app, 
     assert _bundle(client.get(f"{MK}/{pid}/_history"))["total"] == 3  # the write is there, after
 
 
+def test_pretty_indents_every_json_answer_and_is_kept_in_links(client):
+    """Found by a probe: `_pretty` (FHIR R4, for every interaction) was a 400 under strict handling on every
+    call, `/metadata` included. `true` indents the JSON, `false` does not; another value is a 400 naming it;
+    a search's links keep it, as they keep `_format`; the NDJSON export does not take it."""
+    pid = _create(client)["id"]
+    _revise(client, pid, title="Second title")
+    for path in ("/fhir/R4/metadata", f"{MK}/{pid}", f"{MK}/{pid}/_history/1", f"{MK}/{pid}/_history", MK,
+                 f"{MK}/nope"):
+        pretty = client.get(path, query_string={"_pretty": "true"})
+        plain = client.get(path, query_string={"_pretty": "false"})
+        assert pretty.status_code == plain.status_code and pretty.status_code in (200, 404), path
+        assert pretty.get_json() == plain.get_json() or path == MK or path.endswith("_history"), path
+        assert pretty.get_data(as_text=True).startswith('{\n  "resourceType"'), path
+        assert "\n" not in plain.get_data(as_text=True), path
+    paged = _bundle(client.get(MK, query_string={"_id": pid, "_count": 1, "_pretty": "true"}))
+    assert all("_pretty=true" in link["url"] for link in paged["link"]), paged["link"]
+    history = _bundle(client.get(f"{MK}/{pid}/_history", query_string={"_count": 1, "_pretty": "true"}))
+    assert all("_pretty=true" in link["url"] for link in history["link"]), history["link"]
+    refused = _outcome(client.get(f"{MK}/{pid}", query_string={"_pretty": "yes"}), 400)
+    assert refused["issue"][0]["expression"] == ["_pretty"]
+    assert client.get("/fhir/R4/$export", query_string={"_pretty": "true"}).status_code == 400
+
+
 def test_every_fhir_answer_varies_on_accept(client):
     """The JSON type follows ``Accept`` under one ETag, and a version read is cached for a year: every
     answer, 304s and errors included, says ``Vary: Accept`` (it said nothing; adversarial probe)."""
