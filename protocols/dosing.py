@@ -951,11 +951,13 @@ def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range
     given_s = order.shortest_s if order.shortest_s is not None else order.duration_s
     if given_s is None or given_s <= 0 or range_unit.is_rate:
         return None
+    # The time judged, as the order says it; an order that gives a range of times (FHIR duration 30 s
+    # below durationMax 90 s) is judged at its shortest, and named so: it read "over 90 s" (a review).
+    given = order.duration_text if order.shortest_s is None and order.duration_text else time_text(given_s)
     shortest = dose_range.get("duration_min")
     if shortest and given_s * FASTER_TOLERANCE < seconds(parse_duration(str(shortest))):
-        return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over "
-                f"{order.duration_text or fmt(given_s) + ' s'}; the protocol gives each dose over at least "
-                f"{shortest}.")
+        return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over {given}; the protocol "
+                f"gives each dose over at least {shortest}.")
     protocol_s = _duration_seconds(dose_range)
     if protocol_s is None or given_s >= protocol_s:
         return None
@@ -963,8 +965,8 @@ def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range
     if ordered_rate <= protocol_rate * FASTER_TOLERANCE:
         return None
     per_minute = f"{range_unit.code}/min"
-    return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over "
-            f"{order.duration_text or fmt(given_s) + ' s'} is {_rounded(ordered_rate)} {per_minute}; the "
+    return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over {given} is "
+            f"{_rounded(ordered_rate)} {per_minute}; the "
             f"protocol gives at most {fmt(high)} {range_unit.code} over {dose_range['duration']}, "
             f"{_rounded(protocol_rate)} {per_minute}.")
 

@@ -13,6 +13,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -21,6 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, select, text, update
@@ -99,9 +101,12 @@ def author_name_problem(name: str) -> str | None:
     return None
 
 
-#: Letters of other scripts that display like a Latin letter (after Unicode's confusables.txt, for the
-#: scripts a keyboard layout puts within reach: Cyrillic, Greek, and Latin's own script forms).
-_SCRIPT_HOMOGLYPHS = str.maketrans(
+#: Letters of other scripts that display like a Latin letter, picked by hand for the scripts a keyboard
+#: layout puts within reach (Cyrillic, Greek, Latin's own script forms), with look-alikes Unicode's list
+#: lacks: Latin small capitals (ᴀ, ꞯ), signs that stand like a vertical bar (box drawing's, read as an l).
+#: Unicode's list (:data:`CONFUSABLES_FILE`) covers every other script; where both name a character, this
+#: table's Latin letter is kept.
+_HAND_PICKED = str.maketrans(
     "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0455\u0456\u0458\u0501\u051b\u051d\u04bb\u04cf\u0432"
     "\u043a\u043c\u043d\u0442\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0423"
     "\u0405\u0406\u0408\u04c0\u051a\u051c\u04ba\u03b1\u03b2\u03b5\u03b9\u03ba\u03bd\u03bf\u03c1\u03c4"
@@ -110,8 +115,10 @@ _SCRIPT_HOMOGLYPHS = str.maketrans(
     # Latin small capitals (U+1D04, a small capital C, reads as a c in 'catalog-loader') and the dotless i
     "\u1d00\u0299\u1d04\u1d05\u1d07\ua730\u0262\u029c\u026a\u1d0a\u1d0b\u029f\u1d0d\u0274\u1d0f\u1d18"
     "\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22\u0131"
-    # signs that stand like a vertical bar, which reads as an l: divides, Hebrew paseq, Tifinagh yan
-    "\u2223\u05c0\u2d4f",
+    # signs that stand like a vertical bar, which reads as an l: divides, Hebrew paseq, Tifinagh yan, box
+    # drawing's light and heavy verticals (the halfwidth one NFKC makes the light), a vertical line
+    # extension, a light vertical bar; the Latin capital iota; the small capital Q
+    "\u2223\u05c0\u2d4f\u2502\u2503\u23d0\u2758\u0196\ua7af",
     "aeopcyxsijdqwhlb"
     "kmhtABEKMHOPCTXY"
     "SIJlQWHabeikvopt"
@@ -120,7 +127,32 @@ _SCRIPT_HOMOGLYPHS = str.maketrans(
     "ABcDEFGHIJKLMNoP"
     "RsTuvwYzi"
     "lll"
+    "lllllQ"
 )
+#: Unicode's confusables (UTS #39, Unicode Security Mechanisms): every character that may be mistaken for
+#: another, with the prototype it looks like. The data file of Unicode 12.1.0, unmodified, as published at
+#: https://www.unicode.org/Public/security/12.1.0/confusables.txt (the hand-picked table above missed
+#: Cherokee letters in 'CLI:bob', Lisu, a Cyrillic ghe for an r and other look-alikes; a review).
+CONFUSABLES_FILE = Path(__file__).parent / "data" / "confusables.txt"
+
+
+@functools.cache
+def _look_alikes() -> dict[int, str]:
+    """Every character other than ASCII that looks like something else, as a ``str.translate`` table:
+    Unicode's prototypes, the hand-picked Latin letters over them. ASCII's own look-alikes are
+    :data:`_ASCII_HOMOGLYPHS`, used for skeletons only (Unicode's list also reads 'm' as 'rn')."""
+    table: dict[int, str] = {}
+    for line in CONFUSABLES_FILE.read_text(encoding="utf-8-sig").splitlines():
+        fields = line.partition("#")[0].split(";")
+        if len(fields) < 2:
+            continue
+        source = int(fields[0], 16)
+        if source >= 0x80:
+            table[source] = "".join(chr(int(point, 16)) for point in fields[1].split())
+    table.update({source: chr(target) for source, target in _HAND_PICKED.items()})
+    return table
+
+
 #: ASCII's own look-alikes, case-sensitive: a capital I, 1 and | look like l, 0 like o (a lower-case i
 #: and a capital L are letters of their own).
 _ASCII_HOMOGLYPHS = str.maketrans("I1|0", "lllo")
@@ -143,11 +175,12 @@ def _folded(name: str) -> str:
     look like c and C) into sigmas, which look like no Latin letter, so the table's entries for them never
     matched and 'catalog-loader' with U+03F2 for its c was accepted as a key name (a security probe)."""
     chars = []
-    for char in unicodedata.normalize("NFKC", name.translate(_SCRIPT_HOMOGLYPHS)):
+    look_alikes = _look_alikes()
+    for char in unicodedata.normalize("NFKC", name.translate(look_alikes)):
         category = unicodedata.category(char)
         chars.append("-" if category == "Pd" or char in _HYPHENS else " " if category == "Zs"
                      else ":" if char in _COLONS else char)
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", "".join(chars)).translate(_SCRIPT_HOMOGLYPHS))
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", "".join(chars)).translate(look_alikes))
 
 
 def name_skeleton(name: str) -> str:

@@ -158,7 +158,8 @@ class DoseCheckRequestSchema(Schema):
                                                  "rate and an amount are converted through it (otherwise "
                                                  "through the protocol range's duration), and an infusion's "
                                                  "amount per period is rate x this duration; shorter than the "
-                                                 "range's duration and faster than its rate, it is named in "
+                                                 "range's duration and faster than its rate, or (beyond 10 %) "
+                                                 "than the range's duration_min, it is named in "
                                                  "faster_than_protocol; longer than a range of rates' duration "
                                                  "and more in all, in longer_than_protocol"})
     as_of = Instant(finer="down", metadata={"description": "Judge against the version in effect at this instant"})
@@ -246,8 +247,10 @@ class EvaluationSchema(Schema):
                        "order's, and for rates whose range states no duration"})
     faster_than_protocol = fields.String(allow_none=True, metadata={
         "description": "Why the dose is given faster than the range allows (the order's own duration is shorter "
-                       "than the range's and its rate is more than 10 % above dose_max per that duration), or "
-                       "null. The verdict stays about the amount; CDS Hooks cards with it are never 'info'"})
+                       "than the range's and its rate is more than 10 % above dose_max per that duration, or it is "
+                       "more than 10 % shorter than the range's duration_min, a push time that holds for every "
+                       "dose), or null. The verdict stays about the amount; CDS Hooks cards with it are never "
+                       "'info'"})
     longer_than_protocol = fields.String(allow_none=True, metadata={
         "description": "Why one administration gives more than the range's does (a range of rates with a "
                        "duration, such as 0.35 mg/kg/h for PT4H: the order's own duration is longer and its rate "
