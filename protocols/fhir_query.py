@@ -310,7 +310,9 @@ def _date_range_of(match: re.Match[str]) -> tuple[datetime, datetime]:
         return start, _until(lambda: start + timedelta(minutes=1))
     if match["fraction"]:
         first, after = _microsecond_range(match["fraction"][1:])
-        return start + timedelta(microseconds=first), _until(lambda: start + timedelta(microseconds=after))
+        # rounded up, the start of .9999999 in the last second of 9999 is past what datetime holds (a review)
+        return (_until(lambda: start + timedelta(microseconds=first)),
+                _until(lambda: start + timedelta(microseconds=after)))
     return start, _until(lambda: start + timedelta(seconds=1))
 
 
@@ -362,8 +364,9 @@ def parse_instant(name: str, value: str) -> datetime:
             raise ValueError("offset beyond FHIR's ±14:00")
         return parse_rfc3339(value, finer="up")
     except ValueError as exc:
+        # Says what was wrong: a year outside 1900-9998 was blamed on the offset (a review).
         raise InvalidSearch(f"{name} must be an instant such as 2024-01-31T12:00:00Z, with a UTC offset of at "
-                            "most ±14:00", param=name) from exc
+                            f"most ±14:00 ({exc})", param=name) from exc
 
 
 # -------------------------------------------------------------------------------- cursors

@@ -866,9 +866,9 @@ def _changed_concurrently(newest: StoredVersion) -> PreconditionFailed:
     """Another writer appended after we read the newest version: our If-Match is stale. The 412 names
     the version that is newest now, as every 412 does (it named none when the race was lost inside the
     guarded append, which on PostgreSQL was most lost races; found by an adversarial probe)."""
-    return ConcurrentChange(
-        f"protocol '{newest.protocol_id}' was changed concurrently; the newest is now version "
-        f"{newest.version}", current_version=newest.version, current_etag=newest.etag)
+    message = f"protocol '{newest.protocol_id}' was changed concurrently; the newest is now version {newest.version}"
+    return ConcurrentChange(message, current_version=newest.version, current_etag=newest.etag,
+                            errors={"If-Match": [message]})
 
 
 def _newest_on(conn: Connection, protocol_id: str) -> StoredVersion:

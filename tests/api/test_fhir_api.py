@@ -444,6 +444,14 @@ def test_a_history_bundles_total_counts_the_state_its_entries_were_read_in(app, 
     assert _bundle(client.get(f"{MK}/{pid}/_history"))["total"] == 3  # the write is there, after
 
 
+def test_a_since_outside_the_years_stored_says_so(client):
+    """Found in review: `_since=0001-01-01T00:00:00Z` was a 400 blaming its UTC offset."""
+    pid = _create(client)["id"]
+    for value in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        outcome = _outcome(client.get(f"{MK}/{pid}/_history", query_string={"_since": value}), 400)
+        assert "year must be between 1900 and 9998" in outcome["issue"][0]["diagnostics"], outcome
+
+
 def test_pretty_indents_every_json_answer_and_is_kept_in_links(client):
     """Found by a probe: `_pretty` (FHIR R4, for every interaction) was a 400 under strict handling on every
     call, `/metadata` included. `true` indents the JSON, `false` does not; another value is a 400 naming it;
@@ -988,6 +996,7 @@ def test_last_updated_past_the_dates_the_server_handles_is_400(client, value):
 @pytest.mark.parametrize(("value", "found"), [
     ("lt9999-12-31", True), ("le9999-12", True), ("ne9999", True), ("9999-12-31", False), ("ge9999-12-31", False),
     ("gt9999", False), ("eq9999-12-31T23:59:59Z", False), ("lt9999-12-31T23:59:59.999999Z", True),
+    ("lt9999-12-31T23:59:59.9999999Z", True), ("ge9999-12-31T23:59:59.9999999Z", False),  # a review: a 400
 ])
 def test_last_updated_in_the_year_9999_is_an_open_upper_bound(client, value, found):
     """Found by a probe: `lt9999-12-31` (a common open upper bound), `le9999-12` and `ne9999` were 400s, one

@@ -97,6 +97,7 @@ def test_gunicorn_never_logs_an_api_key_it_quotes(tmp_path):
     for handler in logger.error_log.handlers:
         handler.flush()
     logger.warning("GET /v1/protocols?key=%s", key.replace("_", "%5F"))
+    logger.warning("Invalid request line: 'GET /v1/protocols/%s\x01 HTTP/1.1'", "%74" + key[1:])  # a review
     logger.warning("a malformed call %s %s", "one argument")  # logging reports it, as without the filter
     for handler in logger.error_log.handlers:
         handler.flush()

@@ -919,3 +919,34 @@ def test_a_404_says_for_a_machine_whether_the_protocol_or_version_exists_or_noth
         answer = client.get(path)
         assert answer.status_code == 404 and answer.get_json()["reason"] == reason, (path, answer.get_json())
     assert client.get(f"/v1/protocols/{protocol_id}?as_of={created}").status_code == 200
+
+
+@pytest.mark.postgres_only
+def test_a_write_that_loses_a_race_after_its_head_read_names_if_match(app, client, monkeypatch):
+    """Found in review: the 412 of a write whose head moved after it read it (another client's write
+    committed in between; on PostgreSQL how most lost races end) named no header in errors. PostgreSQL
+    only: SQLite's writers hold the write lock from their head read to their commit, so none can commit
+    in between (the other client's write waits, and here, inside the request, times out)."""
+    from protocols import versioning
+    from schemas.protocol import ProtocolCreateSchema, split_payload
+
+    protocol_id, response = create(client)
+    etag = response.headers["ETag"]
+    db = app.extensions["protocols_db"]
+    monkeypatch.setattr(db.heads, "get", lambda _: None)  # another worker's head: no guess
+    real_check = versioning._check_retirement
+    done: list[int] = []
+
+    def check_after_another_write(prepared: Any, fetch: Any) -> None:
+        if not done:
+            done.append(1)
+            _, content = split_payload(ProtocolCreateSchema().load(protocol_payload(protocol_id, title="Other")))
+            versioning.revise(db, protocol_id, content, if_match=[etag])  # another client's, committed
+        real_check(prepared, fetch)
+
+    monkeypatch.setattr(versioning, "_check_retirement", check_after_another_write)
+    body = client.get(f"/v1/protocols/{protocol_id}").get_json() | {"title": "Mine"}
+    raced = revise(client, protocol_id, body, etag)
+    assert done and raced.status_code == 412, raced.get_json()
+    assert "changed concurrently" in raced.get_json()["message"]
+    assert list(raced.get_json()["errors"]) == ["If-Match"] and raced.get_json()["current_version"] == 2
