@@ -10,9 +10,9 @@ How a protocol version maps onto ``MedicationKnowledge`` (R4 4.0.1), and why:
   generic name goes in ``code.text`` only, because the record does not hold RxNorm's own display.
 * ``synonym``: brand names. ``intendedRoute``: the SNOMED CT route codings of the record.
 * ``administrationGuidelines``: one entry per indication (R4 allows one ``indication[x]`` per entry).
-  The record's dosing ranges are not tied to an indication, so each entry carries all of them,
-  grouped by phase in ``dosage[]`` (``type`` = phase from this service's ``dosing-phase`` code
-  system). Each range is one ``Dosage``: a dose unit becomes ``doseAndRate.doseRange``, a rate unit
+  Each entry carries the ranges for its indication (a range's ``indications`` lists the codes it is for;
+  a range without them is for every indication), grouped by phase in ``dosage[]`` (``type`` = phase from
+  this service's ``dosing-phase`` code system); an indication no range is for has no ``dosage``. Each range is one ``Dosage``: a dose unit becomes ``doseAndRate.doseRange``, a rate unit
   (``mg/h``, ``mg/kg/min``) ``doseAndRate.rateRange`` - both UCUM Quantities. Weight-based ranges are said
   in one way only: the UCUM ``/kg`` unit (``mg/kg``), never ``patientCharacteristics``.
   ``maxDosePerPeriod`` is a Ratio (amount / period in UCUM time units); frequency and the length of
@@ -299,15 +299,8 @@ def to_medication_knowledge(document: Mapping[str, Any], *, base_url: str) -> di
     if drug.get("rxnorm_cui"):
         code["coding"] = [{"system": RXNORM, "code": str(drug["rxnorm_cui"])}]
 
-    dosage_groups = _dosage_groups(document["dosing_ranges"], routes, base_url)
-    guidelines = [
-        {
-            "extension": [_ext(base_url, "fda-approval-status", approval["status"])],
-            "indicationCodeableConcept": _concept(indication),
-            "dosage": dosage_groups,
-        }
-        for indication in document["indications"]
-    ]
+    guidelines = [_guideline(indication, document["dosing_ranges"], routes, approval, base_url)
+                  for indication in document["indications"]]
 
     resource: dict[str, Any] = {
         "resourceType": "MedicationKnowledge",
@@ -324,6 +317,34 @@ def to_medication_knowledge(document: Mapping[str, Any], *, base_url: str) -> di
     resource["administrationGuidelines"] = guidelines
     resource["regulatory"] = [_regulatory(drug, approval, base_url)]
     return resource
+
+
+def ranges_for(indication_code: Any, ranges: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The dosing ranges for one indication of the record: those that list its code in ``indications``, and
+    those without the field (a range without it is for every indication of the record)."""
+    return [dose for dose in ranges
+            if dose.get("indications") is None or str(indication_code) in [str(c) for c in dose["indications"]]]
+
+
+def _guideline(indication: Mapping[str, Any], ranges: Sequence[Mapping[str, Any]],
+               routes: Mapping[str, Mapping[str, Any]], approval: Mapping[str, Any],
+               base_url: str) -> dict[str, Any]:
+    """One indication's ``administrationGuidelines`` entry, holding only the ranges for it (FHIR R4: ``dosage``
+    is the dosage "for the specific guidelines", read under that entry's ``indication[x]``).
+
+    An indication that no range is for keeps its entry, with the indication and the approval status and no
+    ``dosage`` (R4 allows 0..*): the record still says the medication is for it, and a FHIR search by
+    indication still finds it, while no regimen is claimed for it. Leaving the entry out would hide the
+    indication; giving it the other indications' ranges is what this mapping did before ranges named their
+    indications, and gave Spravato's MDSI code the TRD maintenance schedules (a clinical probe)."""
+    guideline: dict[str, Any] = {
+        "extension": [_ext(base_url, "fda-approval-status", approval["status"])],
+        "indicationCodeableConcept": _concept(indication),
+    }
+    own = ranges_for(indication["code"], ranges)
+    if own:
+        guideline["dosage"] = _dosage_groups(own, routes, base_url)
+    return guideline
 
 
 def _concept(coding: Mapping[str, Any]) -> dict[str, Any]:

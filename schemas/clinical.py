@@ -142,12 +142,24 @@ class DoseRangeSchema(Schema):
                        "range's unit without /kg: 0.35 mg/kg/h not exceeding 25 mg/h (a rate for a range of "
                        "rates, an amount for a range of amounts)"})
     instructions = Text(load_default=None, allow_none=True, multiline=True, validate=validate.Length(max=2000))
+    # No load_default: a range without it is for every indication of the record, and is stored (and hashed)
+    # exactly as before the field existed.
+    indications = fields.List(
+        Text(validate=validate.Length(1, 40)), validate=validate.Length(1, 50),
+        metadata={"description": "Codes of the record's indications this range is for (Spravato's 84 mg twice "
+                                 "weekly for 4 weeks is for R45.851 only); absent, the range is for every "
+                                 "indication of the record. FHIR gives the range under those indications only",
+                  "example": ["R45.851"]})
 
     @validates_schema
     def _check_range(self, data: dict[str, Any], **_: Any) -> None:
         low, high = data.get("dose_min"), data.get("dose_max")
         if low is not None and high is not None and low > high:
             raise ValidationError({"dose_max": ["dose_max must be greater than or equal to dose_min."]})
+        codes = data.get("indications") or []
+        repeated = sorted({code for code in codes if codes.count(code) > 1})
+        if repeated:
+            raise ValidationError({"indications": [f"duplicate indication codes: {', '.join(repeated)}"]})
         self._check_absolute_max(data)
         self._check_duration_min(data)
         cap = data.get("max_per_period")

@@ -87,6 +87,7 @@ class ProtocolSchema(Schema):
                         f"({', '.join(route_codes)})"]}
             if bad:
                 errors["dosing_ranges"] = bad
+        self._check_range_indications(data, errors)
         ranges = [r for r in data.get("dosing_ranges") or [] if isinstance(r, dict)]
         for later, dose_range in enumerate(ranges):
             range_errors = errors.setdefault("dosing_ranges", {})
@@ -106,6 +107,24 @@ class ProtocolSchema(Schema):
             errors["sources"] = source_errors
         if errors:
             raise ValidationError(errors)
+
+    @staticmethod
+    def _check_range_indications(data: dict[str, Any], errors: dict[str, Any]) -> None:
+        """A range's ``indications`` name codes of the record's own indications: a code the record does not
+        hold would put the range under no indication at all (FHIR, dose checks). Not checked when the
+        indications failed their own validation (the loaded list then lacks the entries that failed)."""
+        if "indications" not in data:
+            return
+        codes = [str(i["code"]) for i in data["indications"] if isinstance(i, dict) and i.get("code") is not None]
+        for index, dose in enumerate(data.get("dosing_ranges") or []):
+            if not isinstance(dose, dict):
+                continue
+            wrong = {position: [f"'{code}' is not the code of one of the record's indications "
+                                f"({', '.join(codes)})"]
+                     for position, code in enumerate(dose.get("indications") or []) if code not in codes}
+            if wrong:
+                range_errors = errors.setdefault("dosing_ranges", {}).setdefault(index, {})
+                range_errors["indications"] = wrong
 
 
 class ProtocolCreateSchema(ProtocolSchema):

@@ -85,7 +85,8 @@ def test_every_curated_protocol_version_validates_as_r4_medication_knowledge(app
             if drug.get("rxnorm_cui"):
                 assert resource["code"]["coding"] == [{"system": fhir.RXNORM, "code": drug["rxnorm_cui"]}]
             assert len(resource["administrationGuidelines"]) == len(document["indications"])
-            assert len(_guideline_dosages(resource)) == len(document["dosing_ranges"]) * len(document["indications"])
+            assert len(_guideline_dosages(resource)) == sum(
+                len(fhir.ranges_for(i["code"], document["dosing_ranges"])) for i in document["indications"])
             sources = [e for e in resource["extension"] if e["url"] == fhir.extension_url(BASE, "source")]
             assert [next(p["valueUri"] for p in s["extension"] if p["url"] == "url") for s in sources] == [
                 s["url"] for s in document["sources"]]
@@ -262,6 +263,52 @@ def test_one_guideline_per_indication_each_with_all_phases():
     for guideline in guidelines:
         assert [group["type"]["coding"][0]["code"] for group in guideline["dosage"]] == ["induction", "maintenance"]
         assert [len(group["dosage"]) for group in guideline["dosage"]] == [2, 1]
+
+
+def _codes_and_timings(resource: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    return {g["indicationCodeableConcept"]["coding"][0]["code"]: [
+        (group["type"]["coding"][0]["code"], dosage["timing"]["code"]["text"])
+        for group in g.get("dosage", []) for dosage in group["dosage"]] for g in resource["administrationGuidelines"]}
+
+
+def test_each_indication_holds_only_the_ranges_for_it():
+    """Found by a clinical probe: every range went under every indication, so Spravato's MDSI code
+    (R45.851, 84 mg twice weekly for 4 weeks) read the TRD maintenance schedules and the depression codes
+    the MDSI regimen. A range naming its indications goes under those only; one without goes under all."""
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    nasal = {"route": "46713006", "dose_min": 56, "dose_max": 84, "unit": "mg"}
+    payload = protocol_payload(
+        indications=[{"system": icd, "code": "F33.9", "display": "MDD, recurrent"},
+                     {"system": icd, "code": "R45.851", "display": "Suicidal ideations"}],
+        dosing_ranges=[
+            {**nasal, "phase": "induction", "frequency": {"count": 2, "period": "P1W", "text": "TRD weeks 1-4"},
+             "indications": ["F33.9"]},
+            {**nasal, "phase": "maintenance", "frequency": {"count": 1, "period": "P1W", "text": "TRD weeks 5-8"},
+             "indications": ["F33.9"]},
+            {**nasal, "phase": "induction", "frequency": {"count": 2, "period": "P1W", "text": "MDSI 4 weeks"},
+             "indications": ["R45.851"]},
+            {**nasal, "phase": "single", "frequency": {"count": 1, "period": "P1D", "text": "both"}}])
+    resource = fhir.to_medication_knowledge(_document(payload), base_url=BASE)
+    MedicationKnowledge.model_validate(resource)
+    assert _codes_and_timings(resource) == {
+        "F33.9": [("induction", "TRD weeks 1-4"), ("maintenance", "TRD weeks 5-8"), ("single", "both")],
+        "R45.851": [("induction", "MDSI 4 weeks"), ("single", "both")]}
+
+
+def test_an_indication_no_range_is_for_keeps_its_guideline_without_a_dosage():
+    """Its guideline still says the medication is for it (and a search by indication finds it), with no
+    regimen claimed for it: neither the other indications' ranges nor an empty list (R4: dosage 0..*)."""
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    payload = protocol_payload(
+        indications=[{"system": icd, "code": "F33.9", "display": "MDD, recurrent"},
+                     {"system": icd, "code": "R45.851", "display": "Suicidal ideations"}])
+    payload["dosing_ranges"][0]["indications"] = ["F33.9"]
+    resource = fhir.to_medication_knowledge(_document(payload), base_url=BASE)
+    MedicationKnowledge.model_validate(resource)
+    first, second = resource["administrationGuidelines"]
+    assert len(first["dosage"]) == 1 and "dosage" not in second
+    assert second["indicationCodeableConcept"]["coding"][0]["code"] == "R45.851"
+    assert _ext_value(second["extension"], "fda-approval-status") == ["approved"]
 
 
 def test_optional_facts_are_left_out_not_invented():

@@ -176,3 +176,59 @@ def test_an_absolute_maximum_caps_a_weight_based_range_in_its_unit_without_kg(un
         assert all(path.startswith("absolute_max") for path in flatten_errors(info.value.messages)), info.value.messages
     del dose_range["absolute_max"]
     assert "absolute_max" not in DoseRangeSchema().load(dose_range)
+
+
+def _two_indications() -> dict:
+    """A record with a depression code and the MDSI code, and a range for each plus one for both."""
+    payload = protocol_payload()
+    payload["indications"].append({"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R45.851",
+                                   "display": "Suicidal ideations"})
+    mdsi = {**payload["dosing_ranges"][0], "frequency": {"count": 2, "period": "P1W", "text": "twice weekly, 4 weeks"}}
+    trd = payload["dosing_ranges"][0]
+    payload["dosing_ranges"] = [{**trd, "indications": ["F33.2"]}, {**mdsi, "indications": ["R45.851"]},
+                                {**trd, "phase": "maintenance"}]
+    return payload
+
+
+def test_a_range_may_name_the_indications_it_is_for_and_without_them_is_for_every_one():
+    """Found by a clinical probe: FHIR gave Spravato's MDSI code the TRD maintenance schedules, the record
+    having no link from a range to its indication. A range may list codes of the record's indications;
+    a range without the field loads without the key, so records written before it hash the same."""
+    loaded = ProtocolCreateSchema().load(_two_indications())
+    assert [r.get("indications") for r in loaded["dosing_ranges"]] == [["F33.2"], ["R45.851"], None]
+    assert "indications" not in loaded["dosing_ranges"][2]
+    assert "indications" not in ProtocolCreateSchema().load(protocol_payload())["dosing_ranges"][0]
+
+
+@pytest.mark.parametrize(("codes", "path", "error"), [
+    (["F33.2", "F33.9"], "dosing_ranges.1.indications.1", "'F33.9' is not the code of one of the record's"),
+    (["f33.2"], "dosing_ranges.1.indications.0", "'f33.2' is not the code"),
+    ([], "dosing_ranges.1.indications", "Length must be between 1 and 50"),
+    (["R45.851", "R45.851"], "dosing_ranges.1.indications", "duplicate indication codes: R45.851"),
+    ("R45.851", "dosing_ranges.1.indications", "Not a valid list"),
+    ([""], "dosing_ranges.1.indications.0", "Length must be between 1 and 40"),
+])
+def test_a_range_names_only_codes_of_the_record_at_least_one_and_none_twice(codes, path, error):
+    payload = _two_indications()
+    payload["dosing_ranges"][1]["indications"] = codes
+    with pytest.raises(ValidationError) as info:
+        ProtocolCreateSchema().load(payload)
+    flat = flatten_errors(info.value.messages)
+    assert list(flat) == [path], flat
+    assert error in " ".join(flat[path])
+
+
+def test_a_range_indications_error_keeps_the_route_error_beside_it():
+    payload = _two_indications()
+    payload["dosing_ranges"][0].update(route="47625008", indications=["F99"])
+    with pytest.raises(ValidationError) as info:
+        ProtocolCreateSchema().load(payload)
+    assert set(flatten_errors(info.value.messages)) == {"dosing_ranges.0.route", "dosing_ranges.0.indications.0"}
+
+
+def test_a_range_may_not_carry_unknown_fields_beside_its_indications():
+    payload = _two_indications()
+    payload["dosing_ranges"][0]["indication"] = "F33.2"
+    with pytest.raises(ValidationError) as info:
+        ProtocolCreateSchema().load(payload)
+    assert list(flatten_errors(info.value.messages)) == ["dosing_ranges.0.indication"]
