@@ -5,7 +5,7 @@ byte as JSON values. The clinical changes say what the patch *means* for a patie
 severity a reviewer or an EHR can act on:
 
 * ``major``: anything that can change a dose a patient gets (dose bounds, units, frequency, per-period
-  maxima, administration duration, routes, indications, dosing ranges, the drug, whether the protocol
+  maxima, administration duration, the indications a range is for, routes, indications, dosing ranges, the drug, whether the protocol
   is in effect at all);
 * ``moderate``: regulatory and safety framing (FDA status, REMS, boxed warning, DEA schedule,
   administration instructions);
@@ -61,6 +61,7 @@ CHANGE_TYPES: dict[str, str] = {
     "max_per_period_changed": MAJOR,
     "absolute_max_changed": MAJOR,
     "duration_changed": MAJOR,
+    "indications_changed": MAJOR,
     "fda_status_changed": MODERATE,
     "rems_changed": MODERATE,
     "boxed_warning_changed": MODERATE,
@@ -359,6 +360,7 @@ def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: An
                          f"{label} rewritten with the same length")
     yield from _max_per_period(a.get("max_per_period"), b.get("max_per_period"), change)
     yield from _absolute_max(a.get("absolute_max"), b.get("absolute_max"), change)
+    yield from _range_indications(a.get("indications"), b.get("indications"), change)
     if a.get("instructions") != b.get("instructions"):
         yield change("instructions_changed", "/instructions", a.get("instructions"), b.get("instructions"),
                      "Administration instructions changed")
@@ -507,6 +509,27 @@ def _absolute_max(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
     elif a != b:
         yield change("text_changed", "/absolute_max", a, b,
                      f"Absolute maximum rewritten as {shown(b)} (the same amount)")
+
+
+def _range_indications(a: Sequence[Any] | None, b: Sequence[Any] | None,
+                       change: _Change) -> Iterator[ClinicalChange]:
+    """The indications a range is for (absent: every indication of the record) changed: which patients the
+    range's doses are for, so major, naming the codes added and removed. The same codes in another order
+    are a minor rewrite (the patch holds it, so it is named)."""
+    def shown(codes: Sequence[Any] | None) -> str:
+        return "every indication of the record" if codes is None else ", ".join(str(c) for c in codes)
+
+    if a == b:
+        return
+    if a is not None and b is not None and set(map(str, a)) == set(map(str, b)):
+        yield change("text_changed", "/indications", a, b, "Indications of the range reordered (the same codes)")
+        return
+    what = [f"from {shown(a)} to {shown(b)}"]
+    if a is not None and b is not None:
+        added = [str(c) for c in b if str(c) not in set(map(str, a))]
+        removed = [str(c) for c in a if str(c) not in set(map(str, b))]
+        what += [f"{label} {', '.join(codes)}" for label, codes in (("added", added), ("removed", removed)) if codes]
+    yield change("indications_changed", "/indications", a, b, f"Indications of the range changed {'; '.join(what)}")
 
 
 def _approval(a: Mapping[str, Any], b: Mapping[str, Any]) -> Iterator[ClinicalChange]:

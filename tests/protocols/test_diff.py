@@ -124,6 +124,8 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str, Any, Any
      "/dosing_ranges/0/duration_min", None, "PT60S"),
     ("absolute-max", _set("/dosing_ranges/0/absolute_max", {"value": 25, "unit": "mg/h"}), "absolute_max_changed",
      "major", "/dosing_ranges/0/absolute_max", None, {"value": 25, "unit": "mg/h"}),
+    ("range-indications", _set("/dosing_ranges/0/indications", ["F33.2"]), "indications_changed", "major",
+     "/dosing_ranges/0/indications", None, ["F33.2"]),
     ("sources", _set("/sources/0/title", "Spravato label"), "sources_changed", "minor", "/sources",
      document()["sources"], [{**document()["sources"][0], "title": "Spravato label"}]),
 ]
@@ -462,3 +464,31 @@ def test_a_unit_change_shows_bounds_as_dose_checks_do() -> None:
     description = only(diff.clinical_changes(a, b)).description
     assert "56\u201384 mg became 0.000001\u20130.000002 g;" in description, description
     assert "e-0" not in description
+
+
+@pytest.mark.parametrize(("before", "after", "kind", "description"), [
+    (None, ["R45.851"], "indications_changed", "from every indication of the record to R45.851"),
+    (["F33.2"], None, "indications_changed", "from F33.2 to every indication of the record"),
+    (["F33.2"], ["F33.2", "R45.851"], "indications_changed", "from F33.2 to F33.2, R45.851; added R45.851"),
+    (["F33.2", "R45.851"], ["R45.851", "F32.9"], "indications_changed",
+     "from F33.2, R45.851 to R45.851, F32.9; added F32.9; removed F33.2"),
+    (["F33.2", "R45.851"], ["R45.851", "F33.2"], "text_changed", "reordered (the same codes)"),
+])
+def test_a_change_of_the_indications_a_range_is_for_names_the_codes(before, after, kind, description) -> None:
+    """Which indications a range is for decides which patients its doses are for (Spravato's MDSI regimen
+    against the TRD ones): a major change naming the codes added and removed; a reordering is minor."""
+    def mutate(b: dict[str, Any]) -> None:
+        if after is None:
+            dosing(b).pop("indications", None)
+        else:
+            dosing(b)["indications"] = after
+
+    a = document()
+    if before is not None:
+        dosing(a)["indications"] = before
+    b = copy.deepcopy(a)
+    mutate(b)
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.path, change.before, change.after) == (kind, "/dosing_ranges/0/indications",
+                                                                       before, after)
+    assert description in change.description, change.description
