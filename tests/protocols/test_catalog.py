@@ -691,7 +691,7 @@ def test_spravato_versions_differ_in_indications_and_dosing():
     entries = {f.protocol_id: f.entries for f in FILES}[SPRAVATO]
     assert [e["effective_from"][:10] for e in entries] == (
         ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 3 + ["2019-03-05", "2020-07-31"] + ["2025-01-21"] * 2
-        + ["2019-03-05", "2020-07-31", "2025-01-21"] * 2)
+        + ["2019-03-05", "2020-07-31", "2025-01-21"] * 2 + ["2020-07-31", "2025-01-21"])
     codes = [{i["code"] for i in e["indications"]} for e in entries]
     assert "R45.851" not in codes[0] and "R45.851" in codes[1] and "R45.851" in codes[2]
     for entry in entries:
@@ -916,8 +916,9 @@ def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was
     with the version it corrects and otherwise its copy); version 8 brings version 5's note up to date
     and makes the version in effect the newest again; version 9 adds sources to it. Versions 10, 11 and 12
     add sources to versions 6, 7 and 9 (each effective with the version it corrects), and versions 13, 14
-    and 15 to 10, 11 and 12 (their indication codes), so the last of them are the versions in effect (the
-    last entry of the file with each start). The versions corrected stay as recorded."""
+    and 15 to 10, 11 and 12 (their indication codes), and versions 16 and 17 name the indications of the
+    ranges of 14 and 15, so the last of them are the versions in effect (the last entry of the file with each
+    start). The versions corrected stay as recorded."""
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     corrected = _in_effect_from(SPRAVATO, start)
     assert corrected > 12, "the 2026-12-05 indication sourcing corrections are in effect in every period"
@@ -930,7 +931,7 @@ def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was
     assert before["dosing_ranges"][2]["frequency"] == (WEEK_9 if recorded == 5 else every_2_weeks)
     fields = [k for k in record.CONTENT_FIELDS if k not in {"dosing_ranges", "sources", "verification_notes"}]
     assert {k: read.get(k) for k in fields} == {k: before.get(k) for k in fields}
-    assert [r for i, r in enumerate(read["dosing_ranges"]) if i != 2] == [
+    assert [_without_indications(r) for i, r in enumerate(read["dosing_ranges"]) if i != 2] == [
         r for i, r in enumerate(before["dosing_ranges"]) if i != 2]
     weekly = {"route": "46713006", "phase": "maintenance", "dose": {"value": 84, "unit": "mg"},
               "frequency": {"count": 1, "period": "P1W"}, "as_of": as_of}
@@ -942,6 +943,50 @@ def test_spravato_week_9_is_corrected_in_every_period_and_history_keeps_what_was
     for old in (1, 2):
         frequency = client.get(f"/v1/protocols/{SPRAVATO}/versions/{old}").get_json()["dosing_ranges"][2]["frequency"]
         assert frequency["period"] == "P2W" and "period_max" not in frequency
+
+
+def _without_indications(dose_range: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dose_range.items() if k != "indications"}
+
+
+TRD_CODES, MDSI_CODES = ["370143000", "F32.9", "F33.9"], ["R45.851"]
+
+
+@pytest.mark.parametrize(("as_of", "start"), [("2021-01-01T00:00:00Z", "2020-07-31"), (None, "2025-01-21")])
+def test_spravato_gives_each_indication_its_own_regimen_in_every_period_with_two(app, client, as_of, start):
+    """Found by a clinical probe: FHIR gave every range under every indication code, so R45.851 (MDSI: 84 mg
+    twice weekly for 4 weeks, "use beyond 4 weeks has not been systematically evaluated") read the TRD
+    maintenance schedules, and the depression codes the MDSI regimen. Corrections of the versions in effect
+    for 2020 and 2025 name each range's indications, cited to the sources of the ranges; the corrected
+    version's content is otherwise unchanged, and the newest version is still the one in effect now."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    version = _in_effect_from(SPRAVATO, start)
+    entries = next(f.entries for f in FILES if f.protocol_id == SPRAVATO)
+    corrected = max(i for i, e in enumerate(entries[:version - 1]) if e["effective_from"] == entries[version - 1][
+        "effective_from"]) + 1
+    query = f"?as_of={as_of}" if as_of else ""
+    read = client.get(f"/v1/protocols/{SPRAVATO}{query}").get_json()
+    assert read["version"] == version and read["change_note"].startswith("Correction:")
+    assert [r.get("indications") for r in read["dosing_ranges"]] == [TRD_CODES] * 3 + [MDSI_CODES]
+    before = client.get(f"/v1/protocols/{SPRAVATO}/versions/{corrected}").get_json()
+    assert [_without_indications(r) for r in read["dosing_ranges"]] == before["dosing_ranges"]
+    fields = [k for k in record.CONTENT_FIELDS if k not in {"dosing_ranges", "sources", "verification_notes"}]
+    assert {k: read.get(k) for k in fields} == {k: before.get(k) for k in fields}
+    cited = {path for source in read["sources"] for path in source["supports"]}
+    assert {f"dosing_ranges.{i}.indications" for i in range(4)} <= cited
+    for source in before["sources"]:
+        (kept,) = [s for s in read["sources"] if (s["title"], s["url"]) == (source["title"], source["url"])]
+        assert set(source["supports"]) <= set(kept["supports"])
+    assert set(before["verification_notes"]) <= set(read["verification_notes"])
+    if as_of is None:
+        assert version == _entries(SPRAVATO), "the newest version is the one in effect now"
+    resource = client.get(f"/fhir/R4/MedicationKnowledge/{SPRAVATO}/_history/{version}").get_json()
+    assert resource["meta"]["versionId"] == str(version)
+    timings = {g["indicationCodeableConcept"]["coding"][0]["code"]: [
+        d["timing"]["code"]["text"] for group in g["dosage"] for d in group["dosage"]]
+        for g in resource["administrationGuidelines"]}
+    trd = ["twice weekly, weeks 1-4", "once weekly, weeks 5-8", "every 2 weeks or once weekly, week 9 onwards"]
+    assert timings == {**{code: trd for code in TRD_CODES}, "R45.851": ["twice weekly for 4 weeks"]}
 
 
 def test_spravato_newest_version_is_the_one_in_effect_so_get_then_put_works(app, client):
