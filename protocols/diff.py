@@ -5,8 +5,8 @@ byte as JSON values. The clinical changes say what the patch *means* for a patie
 severity a reviewer or an EHR can act on:
 
 * ``major``: anything that can change a dose a patient gets (dose bounds, units, frequency, per-period
-  maxima, administration duration, the indications a range is for, routes, indications, dosing ranges, the drug, whether the protocol
-  is in effect at all);
+  maxima, administration duration, the indications a range is for, routes, indications, dosing ranges, the
+  drug, whether the protocol is in effect at all);
 * ``moderate``: regulatory and safety framing (FDA status, REMS, boxed warning, DEA schedule,
   administration instructions);
 * ``minor``: wording, sources, when a version takes effect.

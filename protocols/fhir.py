@@ -12,8 +12,9 @@ How a protocol version maps onto ``MedicationKnowledge`` (R4 4.0.1), and why:
 * ``administrationGuidelines``: one entry per indication (R4 allows one ``indication[x]`` per entry).
   Each entry carries the ranges for its indication (a range's ``indications`` lists the codes it is for;
   a range without them is for every indication), grouped by phase in ``dosage[]`` (``type`` = phase from
-  this service's ``dosing-phase`` code system); an indication no range is for has no ``dosage``. Each range is one ``Dosage``: a dose unit becomes ``doseAndRate.doseRange``, a rate unit
-  (``mg/h``, ``mg/kg/min``) ``doseAndRate.rateRange`` - both UCUM Quantities. Weight-based ranges are said
+  this service's ``dosing-phase`` code system); an indication no range is for has no ``dosage``. Each
+  range is one ``Dosage``: a dose unit becomes ``doseAndRate.doseRange``, a rate unit (``mg/h``,
+  ``mg/kg/min``) ``doseAndRate.rateRange`` - both UCUM Quantities. Weight-based ranges are said
   in one way only: the UCUM ``/kg`` unit (``mg/kg``), never ``patientCharacteristics``.
   ``maxDosePerPeriod`` is a Ratio (amount / period in UCUM time units); frequency and the length of
   one administration become ``timing.repeat``. A weight-based range's absolute maximum is
