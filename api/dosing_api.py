@@ -155,7 +155,9 @@ def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
     `patient.weight_kg`; mL needs `concentration`. When the protocol has ranges for several phases
     on the route, `phase` is required (422 naming `phase`): the answer differs by phase and the
     service does not guess. Several ranges within one phase are alternatives: the dose is judged
-    against each (`evaluations`) and the most favourable verdict is the answer."""
+    against each (`evaluations`) and the most favourable verdict is the answer. With `indication` (a code
+    of the protocol's indications), only the ranges for it are judged (those naming it in their
+    `indications`, and those without that field)."""
     stored, content = load_version(protocol_id, payload.get("as_of"))
     check_untagged_preconditions(exists=False)
     frequency = payload.get("frequency")
@@ -169,6 +171,7 @@ def dose_check(payload: dict[str, Any], protocol_id: str) -> dict[str, Any]:
                        if concentration else None),
         duration_s=seconds(parse_duration(payload["duration"])) if payload.get("duration") else None,
         duration_text=payload.get("duration"),
+        indication=payload.get("indication"),
     )
     try:
         result = check(content, order)

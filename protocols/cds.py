@@ -7,17 +7,17 @@ HTTP layer only carries; ``api/cds_api.py`` parses the request, reads its orders
 :class:`~protocols.errors.MalformedOrder` to a 400.
 
 For every draft order :mod:`protocols.draft_orders` reads the RxNorm codings of the medication, the route
-(SNOMED CT, or an FDA SPL code read as SNOMED CT's) and the ``doseAndRate`` of each dosage instruction;
-this module finds the
-protocols in effect for that medication *and* route (when the order carries ``reasonCode`` and some of
-those protocols list it as an indication, only those), and judges the dose against each range of each
-protocol with :mod:`protocols.dosing`. An order has no phase, so every range for the route is evaluated
-and the card reports the most favourable verdict with the others listed in its detail. One card per
-dosage line and protocol; when the order did not say which protocol it is for (no ``reasonCode``, or
-reasons none of them lists), each card's detail says so and names its protocol's indications (and a
-breach beside another protocol's clean pass is a warning, :func:`_softening`). A medication with
-protocols by other routes only gets one card saying so; one ordered without a route, or by one that cannot be
-read, is judged as given by each route its protocols give (:func:`_as_every_route`);
+(SNOMED CT, or an FDA SPL code read as SNOMED CT's) and the ``doseAndRate`` of each dosage instruction; this
+module finds the protocols in effect for that medication *and* route (when the order carries ``reasonCode``
+and some of those protocols list it as an indication, only those), and judges the dose against each range of
+each protocol with :mod:`protocols.dosing`. An order has no phase, so every range for the route is evaluated
+(only those for the indications its ``reasonCode`` names, when a range of the route is for one of them: a
+range's ``indications``, ``dosing.ranges_for``) and the card reports the most favourable verdict with the
+others listed in its detail. One card per dosage line and protocol; when the order did not say which protocol
+it is for (no ``reasonCode``, or reasons none of them lists), each card's detail says so and names its
+protocol's indications (and a breach beside another protocol's clean pass is a warning, :func:`_softening`). A
+medication with protocols by other routes only gets one card saying so; one ordered without a route, or by one
+that cannot be read, is judged as given by each route its protocols give (:func:`_as_every_route`);
 orders of one medication in one call are each "partly checked" (their sum is not added up); orders
 beyond the first :data:`MAX_DRAFT_ORDERS` with protocols are named on one card. Data the check needs
 but lacks (no weight prefetched, a dose in mL without a strength) is a warning card, not an error,
@@ -709,7 +709,7 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     """The card of one dosage line checked against one protocol, and the verdict of its best range (None:
     not checked). ``together``: why other orders of the call make this one "partly checked";
     ``softened``: why a critical verdict is shown as a warning (:func:`_softening`)."""
-    ranges = ranges_for(content, line.route)
+    ranges = ranges_for(content, line.route, search.treated_codes(content, {c.upper() for c in order.reasons}))
     results = [_judge(content, index, line, weight) for index, _ in ranges]
     judged = [r for r in results if r.verdict is not None]
     route = terminology.ROUTES.get(line.route)

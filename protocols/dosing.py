@@ -227,6 +227,9 @@ class DoseOrder:
     #: out: how fast it runs is known, so judging the amount over the range's duration assumes nothing
     #: (:data:`DURATION_ASSUMED`).
     paced: bool = False
+    #: The indication (a code of the record's) the order is for: only the ranges for it are judged (those
+    #: listing it in ``indications`` and those without the field); None: every range of the route.
+    indication: str | None = None
     #: Judge a dose per kg against a range per kg without a body weight (CDS Hooks: 50 mg/kg against
     #: 0.5 mg/kg read "dose not checked" for want of a weight; a conformance probe). The REST check asks
     #: for the weight instead (a 422), since its answer's ``absolute_range`` promises absolute amounts.
@@ -477,15 +480,37 @@ class Selection:
     message: str | None
 
 
-def candidates(content: Mapping[str, Any], route: str, phase: str | None = None) -> Selection:
-    """Every dosing range for ``route`` (and ``phase`` when given), with their indexes."""
+def is_for(dose_range: Mapping[str, Any], indication: str | None) -> bool:
+    """Whether a range is for ``indication`` (a code of the record's): it lists it in ``indications``, or has
+    no such field (a range without it is for every indication). Any range is, with no indication given."""
+    codes = dose_range.get("indications")
+    return indication is None or codes is None or indication in [str(c) for c in codes]
+
+
+def check_indication(content: Mapping[str, Any], indication: str | None, field: str = "indication") -> None:
+    """An indication sent with an order must be one of the record's: another would be judged against
+    every range that names none, which says nothing about that indication."""
+    if indication is None:
+        return
+    codes = [str(i.get("code")) for i in content.get("indications") or []]
+    if indication not in codes:
+        raise DosingError(field, f"'{indication}' is not an indication of this protocol; its indications: "
+                                 f"{', '.join(codes)}")
+
+
+def candidates(content: Mapping[str, Any], route: str, phase: str | None = None,
+               indication: str | None = None) -> Selection:
+    """Every dosing range for ``route`` (and ``phase`` when given, and ``indication``: see :func:`is_for`),
+    with their indexes. A route or phase with ranges for other indications only reads as not in the
+    protocol for this one (Spravato's MDSI regimen has no maintenance phase)."""
     routes = [str(r["code"]) for r in content.get("routes") or []]
-    ranges = list(enumerate(content.get("dosing_ranges") or []))
+    ranges = [(i, r) for i, r in enumerate(content.get("dosing_ranges") or []) if is_for(r, indication)]
     for_route = [(i, r) for i, r in ranges if str(r["route"]) == route]
+    scope = "this protocol" if indication is None else f"this protocol for indication {indication}"
     if route not in routes or not for_route:
         known = sorted({str(r["route"]) for _, r in ranges})
         return Selection([], Verdict.ROUTE_NOT_IN_PROTOCOL,
-                         f"Route {_route_label(route)} has no dosing range in this protocol; it doses by "
+                         f"Route {_route_label(route)} has no dosing range in {scope}; it doses by "
                          f"{', '.join(_route_label(c) for c in known) or 'no route'}.")
     if phase is None:
         return Selection(for_route, None, None)
@@ -493,16 +518,17 @@ def candidates(content: Mapping[str, Any], route: str, phase: str | None = None)
     if not for_phase:
         phases = sorted({str(r.get("phase")) for _, r in for_route})
         return Selection([], Verdict.PHASE_NOT_IN_PROTOCOL,
-                         f"Phase '{phase}' has no dosing range for route {_route_label(route)} in this "
-                         f"protocol; its phases for that route: {', '.join(phases)}.")
+                         f"Phase '{phase}' has no dosing range for route {_route_label(route)} in "
+                         f"{scope}; its phases for that route: {', '.join(phases)}.")
     return Selection(for_phase, None, None)
 
 
-def select_ranges(content: Mapping[str, Any], route: str,
-                  phase: str | None = None) -> list[tuple[int, Mapping[str, Any]]] | Selection:
-    """The ranges to judge against (all of one phase), or the :class:`Selection` carrying a negative
-    verdict. Raises :class:`PhaseRequired` when they span several phases and none was sent."""
-    selection = candidates(content, route, phase)
+def select_ranges(content: Mapping[str, Any], route: str, phase: str | None = None,
+                  indication: str | None = None) -> list[tuple[int, Mapping[str, Any]]] | Selection:
+    """The ranges to judge against (all of one phase, for ``indication`` when given), or the
+    :class:`Selection` carrying a negative verdict. Raises :class:`PhaseRequired` when they span several
+    phases and none was sent."""
+    selection = candidates(content, route, phase, indication)
     if selection.verdict is not None:
         return selection
     phases = sorted({str(r.get("phase")) for _, r in selection.candidates})
@@ -1090,7 +1116,8 @@ def check(content: Mapping[str, Any], order: DoseOrder) -> DoseCheck:
     the most favourable."""
     check_weight(order.weight_kg)
     _unit(order.dose.unit, "dose.unit", ordered=True)
-    chosen = select_ranges(content, order.route, order.phase)
+    check_indication(content, order.indication)
+    chosen = select_ranges(content, order.route, order.phase, order.indication)
     if isinstance(chosen, Selection):
         assert chosen.verdict is not None and chosen.message is not None
         return DoseCheck(chosen.verdict, None, [chosen.message])
@@ -1165,6 +1192,12 @@ def _top_over_maximum(dose_range: Mapping[str, Any], weight: Fraction | None) ->
             f"this patient: {per_period.calculation}. The maximum per period is the limit, not the top of the range."]
 
 
-def ranges_for(content: Mapping[str, Any], route: str) -> Sequence[tuple[int, Mapping[str, Any]]]:
-    """Every range for a route (the CDS service judges an order against each)."""
-    return candidates(content, route).candidates
+def ranges_for(content: Mapping[str, Any], route: str,
+               indications: Sequence[str] = ()) -> Sequence[tuple[int, Mapping[str, Any]]]:
+    """Every range for a route (the CDS service judges an order against each); given the record's
+    ``indications`` an order is for (its reasonCode), only the ranges for one of them (:func:`is_for`): an
+    MDSI order of Spravato at a weekly maintenance schedule was judged against the TRD maintenance range (a
+    clinical probe). When no range on the route is for them, every range of the route, as without them."""
+    every = candidates(content, route).candidates
+    own = [(i, r) for i, r in every if any(is_for(r, code) for code in indications)]
+    return own or every

@@ -604,14 +604,20 @@ def treats(document: Mapping[str, Any], reasons: set[str]) -> bool:
     (major depressive disorder) once covered all of F32, so an order for premenstrual dysphoric disorder
     (F32.81) or "depression, unspecified" (F32.A) lost its off-indication warning (found by a clinical
     data audit). Other codes match exactly: R45.850 (homicidal ideation) is not R45.851 (suicidal)."""
+    return bool(treated_codes(document, reasons))
+
+
+def treated_codes(document: Mapping[str, Any], reasons: set[str]) -> list[str]:
+    """The codes, as the record writes them, of the indications of ``document`` one of an order's reason
+    codes (upper case) names or falls under (see :func:`treats`): which of a record's ranges the order is
+    for (a range's ``indications``)."""
+    codes = []
     for indication in document.get("indications") or []:
         code = str(indication.get("code", "")).upper()
-        if code in reasons:
-            return True
         covered = covered_codes(str(indication.get("system", "")), code)
-        if covered and any(reason.startswith(covered) for reason in reasons):
-            return True
-    return False
+        if code in reasons or (covered and any(reason.startswith(covered) for reason in reasons)):
+            codes.append(str(indication.get("code")))
+    return codes
 
 
 def _all_in_effect(db: Database, conditions: list[ColumnElement[bool]], at: datetime | None,

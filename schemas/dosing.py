@@ -163,6 +163,11 @@ class DoseCheckRequestSchema(Schema):
                                                  "faster_than_protocol; longer than a range of rates' duration "
                                                  "and more in all, in longer_than_protocol"})
     as_of = Instant(finer="down", metadata={"description": "Judge against the version in effect at this instant"})
+    indication = Text(validate=validate.Length(1, 40), metadata={
+        "description": "Code of one of the protocol's indications the order is for: only the ranges for it "
+                       "are judged (those listing it in their indications, and those without that field); "
+                       "without it, every range of the route and phase",
+        "example": "R45.851"})
 
 
 class DoseQuerySchema(AsOfQuerySchema):

@@ -2442,3 +2442,38 @@ def test_a_rate_runs_its_own_time_within_a_bound_it_cannot_keep_and_lookups_are_
     assert len(result) == cds.MAX_DRAFT_ORDERS + 1
     assert result[-1]["summary"].startswith("doses not checked: 1 order beyond the first 100")
     assert "this one was not checked" in result[-1]["detail"] and "MedicationRequest/ket-po-100" in result[-1]["detail"]
+
+
+def test_an_order_for_one_indication_is_judged_against_the_ranges_for_it(client, app):
+    """Found by a clinical probe: an MDSI order of Spravato (reasonCode R45.851) was judged against the
+    TRD maintenance ranges too, and its card quoted them. The reasonCode narrows the ranges as it narrows
+    the protocols: those for the indications it names (a range without ``indications`` is for every one);
+    without a reasonCode, every range of the route, as before."""
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+
+    def detail(reason: tuple[str, str] | None) -> str:
+        order = medication_request("esk-ind", ESKETAMINE, NASAL, dose=(84, "mg"), frequency=(1, 1, "wk"),
+                                   reason=reason)
+        (card,) = cards_alone(client, [order])
+        return str(card["detail"])
+
+    every = detail(None)
+    assert "weeks 5-8" in every and "MDSI" in every
+    mdsi = detail((icd, "R45.851"))
+    assert "MDSI" in mdsi and "TRD" not in mdsi and "weeks 5-8" not in mdsi
+    assert mdsi.count("- **") == 1  # the one MDSI range
+    trd = detail((icd, "F33.2"))  # covered by F33.9, a TRD code of the record
+    assert "weeks 5-8" in trd and "MDSI" not in trd and trd.count("- **") == 3
+
+
+def test_ranges_for_narrows_by_indication_and_falls_back_to_every_range_of_the_route():
+    content = {"routes": [{"code": NASAL}, {"code": IV}],
+               "dosing_ranges": [{"route": NASAL, "phase": "induction", "indications": ["F33.9"]},
+                                 {"route": NASAL, "phase": "single"},
+                                 {"route": NASAL, "phase": "maintenance", "indications": ["R45.851"]},
+                                 {"route": IV, "phase": "single", "indications": ["F33.9"]}]}
+    assert [i for i, _ in dosing.ranges_for(content, NASAL)] == [0, 1, 2]
+    assert [i for i, _ in dosing.ranges_for(content, NASAL, ["R45.851"])] == [1, 2]
+    assert [i for i, _ in dosing.ranges_for(content, NASAL, ["F33.9", "R45.851"])] == [0, 1, 2]
+    assert [i for i, _ in dosing.ranges_for(content, IV, ["R45.851"])] == [3]  # none for it: every range

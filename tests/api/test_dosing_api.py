@@ -922,3 +922,53 @@ def test_an_absolute_maximum_is_read_in_its_own_unit_on_amount_and_rate_ranges(c
     patient = client.get(f"/v1/protocols/{amount_id}/dose?route={IV}&weight_kg=100").get_json()
     (capped,) = patient["ranges"]
     assert (capped["absolute_range"]["min"], capped["absolute_range"]["max"]) == (100, 300)
+
+
+# ---------------------------------------------------------------- a range's indications
+
+
+SPRAVATO = "esketamine-nasal-spravato"
+
+
+def test_a_dose_check_for_one_indication_judges_only_its_ranges(app, client):
+    """Found by a clinical probe: an MDSI order at a weekly maintenance schedule was judged against the TRD
+    maintenance range. With ``indication``, only the ranges for it are judged: Spravato's MDSI regimen has
+    no maintenance phase, and its twice-weekly induction is the MDSI range (index 3)."""
+    load_catalog(app)
+    weekly = {"route": NASAL, "phase": "maintenance", "dose": {"value": 84, "unit": "mg"},
+              "frequency": {"count": 1, "period": "P1W"}}
+    assert dose_check(client, SPRAVATO, weekly).get_json()["verdict"] == "within_range"  # every range, as before
+    mdsi = dose_check(client, SPRAVATO, {**weekly, "indication": "R45.851"}).get_json()
+    assert mdsi["verdict"] == "phase_not_in_protocol", mdsi
+    assert "for indication R45.851" in mdsi["messages"][0] and "induction" in mdsi["messages"][0]
+    trd = dose_check(client, SPRAVATO, {**weekly, "indication": "F33.9"}).get_json()
+    assert trd["verdict"] == "within_range" and trd["range_index"] in (1, 2)
+    induction = {"route": NASAL, "dose": {"value": 84, "unit": "mg"}, "frequency": {"count": 2, "period": "P1W"}}
+    body = dose_check(client, SPRAVATO, {**induction, "indication": "R45.851"}).get_json()
+    assert body["verdict"] == "within_range" and body["range_index"] == 3 and body["phase"] == "induction"
+    assert [e["range_index"] for e in body["evaluations"]] == [3]  # not the TRD induction (range 0)
+    both = dose_check(client, SPRAVATO, {**induction, "phase": "induction"}).get_json()
+    assert [e["range_index"] for e in both["evaluations"]] == [0, 3]  # without indication: every range, as before
+    assert body["matched_range"]["indications"] == ["R45.851"]
+    # without a phase, the TRD codes have two phases on the route: phase is still required
+    assert dose_check(client, SPRAVATO, {**induction, "indication": "F33.9"}).status_code == 422
+
+
+def test_a_dose_check_indication_must_be_one_of_the_protocols(app, client):
+    load_catalog(app)
+    order = {"route": NASAL, "phase": "induction", "dose": {"value": 84, "unit": "mg"}, "indication": "F41.1"}
+    response = dose_check(client, SPRAVATO, order)
+    assert response.status_code == 422
+    body = response.get_json()
+    assert list(body["errors"]) == ["indication"] and "R45.851" in body["errors"]["indication"][0]
+    assert dose_check(client, SPRAVATO, {**order, "indication": ""}).status_code == 422
+
+
+def test_a_dose_check_indication_of_a_record_whose_ranges_name_none_judges_them_all(client):
+    """A range without ``indications`` is for every indication of the record: a record written before the
+    field existed answers with and without ``indication`` alike."""
+    protocol_id, _ = create(client)
+    order = {"route": NASAL, "phase": "induction", "dose": {"value": 84, "unit": "mg"}}
+    without = dose_check(client, protocol_id, order).get_json()
+    with_it = dose_check(client, protocol_id, {**order, "indication": "F33.2"}).get_json()
+    assert without == with_it and without["verdict"] == "within_range"
