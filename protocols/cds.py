@@ -709,7 +709,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     """The card of one dosage line checked against one protocol, and the verdict of its best range (None:
     not checked). ``together``: why other orders of the call make this one "partly checked";
     ``softened``: why a critical verdict is shown as a warning (:func:`_softening`)."""
-    ranges = ranges_for(content, line.route, search.treated_codes(content, {c.upper() for c in order.reasons}))
+    ranges, other_indications = ranges_for(content, line.route,
+                                           search.treated_codes(content, {c.upper() for c in order.reasons}))
     results = [_judge(content, index, line, weight) for index, _ in ranges]
     judged = [r for r in results if r.verdict is not None]
     route = terminology.ROUTES.get(line.route)
@@ -720,6 +721,8 @@ def _card(order: DraftOrder, line: DosageLine, stored: StoredVersion, content: M
     unchecked = list(line.unchecked)  # the order's own; each range lists the quantities it could not judge
     if together:
         unchecked.append(together)
+    if other_indications:
+        unchecked.append(other_indications)
     if isinstance(weight, Weight) and weight.stale and weight.refused is None and (
             any(per_kg(str(r["unit"])) or per_kg(str((r.get("max_per_period") or {}).get("unit", "")))
                 for _, r in ranges) or any(per_kg(dose.unit) for dose in line.doses)):

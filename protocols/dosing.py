@@ -509,9 +509,10 @@ def candidates(content: Mapping[str, Any], route: str, phase: str | None = None,
     scope = "this protocol" if indication is None else f"this protocol for indication {indication}"
     if route not in routes or not for_route:
         known = sorted({str(r["route"]) for _, r in ranges})
+        doses_by = ", ".join(_route_label(c) for c in known) or (
+            "no route for it (its dosing ranges are for its other indications)" if indication else "no route")
         return Selection([], Verdict.ROUTE_NOT_IN_PROTOCOL,
-                         f"Route {_route_label(route)} has no dosing range in {scope}; it doses by "
-                         f"{', '.join(_route_label(c) for c in known) or 'no route'}.")
+                         f"Route {_route_label(route)} has no dosing range in {scope}; it doses by {doses_by}.")
     if phase is None:
         return Selection(for_route, None, None)
     for_phase = [(i, r) for i, r in for_route if r.get("phase") == phase]
@@ -1193,11 +1194,18 @@ def _top_over_maximum(dose_range: Mapping[str, Any], weight: Fraction | None) ->
 
 
 def ranges_for(content: Mapping[str, Any], route: str,
-               indications: Sequence[str] = ()) -> Sequence[tuple[int, Mapping[str, Any]]]:
+               indications: Sequence[str] = ()) -> tuple[Sequence[tuple[int, Mapping[str, Any]]], str | None]:
     """Every range for a route (the CDS service judges an order against each); given the record's
     ``indications`` an order is for (its reasonCode), only the ranges for one of them (:func:`is_for`): an
     MDSI order of Spravato at a weekly maintenance schedule was judged against the TRD maintenance range (a
-    clinical probe). When no range on the route is for them, every range of the route, as without them."""
+    clinical probe). When no range on the route is for them, every range of the route, with a note saying
+    so (the second element): judged silently against other indications' ranges, such an order got a green
+    card (a review), where the REST check says the route has no range for that indication."""
     every = candidates(content, route).candidates
     own = [(i, r) for i, r in every if any(is_for(r, code) for code in indications)]
-    return own or every
+    if own or not every or not indications:
+        return own or every, None
+    named = sorted({str(code) for _, r in every for code in r.get("indications") or []})
+    return every, (f"no dosing range of this protocol for this route is for the order's indication "
+                   f"({', '.join(sorted(indications))}); it was checked against the ranges for "
+                   f"{', '.join(named)}")

@@ -140,7 +140,7 @@ CONFUSABLES_FILE = Path(__file__).parent / "data" / "confusables.txt"
 def _look_alikes() -> dict[int, str]:
     """Every character other than ASCII that looks like something else, as a ``str.translate`` table:
     Unicode's prototypes, the hand-picked Latin letters over them. ASCII's own look-alikes are
-    :data:`_ASCII_HOMOGLYPHS`, used for skeletons only (Unicode's list also reads 'm' as 'rn')."""
+    :data:`_ASCII_HOMOGLYPHS`, used for skeletons only."""
     table: dict[int, str] = {}
     for line in CONFUSABLES_FILE.read_text(encoding="utf-8-sig").splitlines():
         fields = line.partition("#")[0].split(";")
@@ -153,9 +153,10 @@ def _look_alikes() -> dict[int, str]:
     return table
 
 
-#: ASCII's own look-alikes, case-sensitive: a capital I, 1 and | look like l, 0 like o (a lower-case i
-#: and a capital L are letters of their own).
-_ASCII_HOMOGLYPHS = str.maketrans("I1|0", "lllo")
+#: ASCII's own look-alikes, case-sensitive: a capital I, 1 and | look like l, 0 like o, and m like rn (as
+#: in Unicode's list: 'adrnin-sync' beside a live 'admin-sync'; a review). A lower-case i and a capital L
+#: are letters of their own.
+_ASCII_HOMOGLYPHS = str.maketrans({"I": "l", "1": "l", "|": "l", "0": "o", "m": "rn"})
 #: Signs that display as a hyphen without being dashes (Unicode category Pd): minus, modifier minus.
 _HYPHENS = frozenset("\u2212\u02d7\u2043")
 #: Signs that display as a colon and that NFKC leaves alone (Unicode's confusables.txt for ':'): ratio,
@@ -176,7 +177,10 @@ def _folded(name: str) -> str:
     matched and 'catalog-loader' with U+03F2 for its c was accepted as a key name (a security probe)."""
     chars = []
     look_alikes = _look_alikes()
-    for char in unicodedata.normalize("NFKC", name.translate(look_alikes)):
+    # Before NFKC the hand-picked table only: Unicode's list sends compatibility characters to prototypes
+    # that differ from the letter NFKC makes them ('ⅿ' to 'rn', a modifier small l to a syllabic, a
+    # fullwidth hyphen-minus to a katakana mark), and 'catalog-loader' with one was accepted (a review).
+    for char in unicodedata.normalize("NFKC", name.translate(_HAND_PICKED)):
         category = unicodedata.category(char)
         chars.append("-" if category == "Pd" or char in _HYPHENS else " " if category == "Zs"
                      else ":" if char in _COLONS else char)
@@ -185,7 +189,7 @@ def _folded(name: str) -> str:
 
 def name_skeleton(name: str) -> str:
     """What a name looks like, case kept (a simplified Unicode TR39 skeleton): :func:`_folded`, then
-    ASCII's look-alikes (I, 1, | as l; 0 as o). 'catalog-loader' with a Cyrillic a, with a non-breaking
+    ASCII's look-alikes (I, 1, | as l; 0 as o; m as rn). 'catalog-loader' with a Cyrillic a, with a non-breaking
     hyphen, and 'ehr prod' with a no-break space beside a live 'ehr prod' were accepted; each reads as
     the other author in version history (found by an adversarial probe)."""
     return _folded(name).translate(_ASCII_HOMOGLYPHS)

@@ -2473,7 +2473,28 @@ def test_ranges_for_narrows_by_indication_and_falls_back_to_every_range_of_the_r
                                  {"route": NASAL, "phase": "single"},
                                  {"route": NASAL, "phase": "maintenance", "indications": ["R45.851"]},
                                  {"route": IV, "phase": "single", "indications": ["F33.9"]}]}
-    assert [i for i, _ in dosing.ranges_for(content, NASAL)] == [0, 1, 2]
-    assert [i for i, _ in dosing.ranges_for(content, NASAL, ["R45.851"])] == [1, 2]
-    assert [i for i, _ in dosing.ranges_for(content, NASAL, ["F33.9", "R45.851"])] == [0, 1, 2]
-    assert [i for i, _ in dosing.ranges_for(content, IV, ["R45.851"])] == [3]  # none for it: every range
+    assert [i for i, _ in dosing.ranges_for(content, NASAL)[0]] == [0, 1, 2]
+    assert [i for i, _ in dosing.ranges_for(content, NASAL, ["R45.851"])[0]] == [1, 2]
+    assert [i for i, _ in dosing.ranges_for(content, NASAL, ["F33.9", "R45.851"])[0]] == [0, 1, 2]
+    assert dosing.ranges_for(content, NASAL, ["R45.851"])[1] is None
+    # None for it: every range, saying so (a review: a green card, silently judged against other indications')
+    ranges, note = dosing.ranges_for(content, IV, ["R45.851"])
+    assert [i for i, _ in ranges] == [3]
+    assert note == ("no dosing range of this protocol for this route is for the order's indication (R45.851); it "
+                    "was checked against the ranges for F33.9")
+
+
+def test_an_order_for_an_indication_no_range_of_its_route_is_for_is_partly_checked(client):
+    """Found in review: with every range of the route for another indication, an order whose reasonCode names
+    this one was judged against them and got a green 'within protocol range' card saying nothing of it."""
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    ketamine_protocol(client, indications=[
+        {"system": icd, "code": "F32.9", "display": "Major depressive disorder, single episode, unspecified"},
+        {"system": icd, "code": "R45.851", "display": "Suicidal ideations"}],
+        dosing_ranges=[{"route": IV, "phase": "induction", "dose_min": 0.5, "dose_max": 0.5, "unit": "mg/kg",
+                        "duration": "PT40M", "indications": ["F32.9"]}])
+    order = medication_request("ket", KETAMINE, IV, dose=(35, "mg"), reason=(icd, "R45.851"))
+    order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 40, "durationUnit": "min"}}
+    (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
+    assert card["indicator"] == "warning" and "partly checked" in card["summary"], card
+    assert "is for the order's indication (R45.851); it was checked against the ranges for F32.9" in card["detail"]

@@ -972,3 +972,20 @@ def test_a_dose_check_indication_of_a_record_whose_ranges_name_none_judges_them_
     without = dose_check(client, protocol_id, order).get_json()
     with_it = dose_check(client, protocol_id, {**order, "indication": "F33.2"}).get_json()
     assert without == with_it and without["verdict"] == "within_range"
+
+
+def test_a_dose_check_for_an_indication_no_range_is_for_says_so(client):
+    """Found in review: with every range for another indication, the answer said the protocol "doses by no
+    route"."""
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    protocol_id, created = create(client, indications=[
+        {"system": icd, "code": "F33.9", "display": "Major depressive disorder, recurrent, unspecified"},
+        {"system": icd, "code": "R45.851", "display": "Suicidal ideations"}])
+    ranges = [{**r, "indications": ["F33.9"]} for r in created.get_json()["dosing_ranges"]]
+    revised = client.put(f"/v1/protocols/{protocol_id}", json={**created.get_json(), "dosing_ranges": ranges},
+                         headers={"If-Match": created.headers["ETag"]})
+    assert revised.status_code == 201, revised.get_json()
+    order = {"route": NASAL, "phase": "induction", "dose": {"value": 84, "unit": "mg"}, "indication": "R45.851"}
+    body = dose_check(client, protocol_id, order).get_json()
+    assert body["verdict"] == "route_not_in_protocol"
+    assert "no route for it (its dosing ranges are for its other indications)" in body["messages"][0], body
