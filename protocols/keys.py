@@ -117,8 +117,10 @@ _HAND_PICKED = str.maketrans(
     "\u0280\ua731\u1d1b\u1d1c\u1d20\u1d21\u028f\u1d22\u0131"
     # signs that stand like a vertical bar, which reads as an l: divides, Hebrew paseq, Tifinagh yan, box
     # drawing's light and heavy verticals (the halfwidth one NFKC makes the light), a vertical line
-    # extension, a light vertical bar; the Latin capital iota; the small capital Q
-    "\u2223\u05c0\u2d4f\u2502\u2503\u23d0\u2758\u0196\ua7af",
+    # extension, a light vertical bar; the Latin capital iota; the small capital Q; the presentation
+    # forms of a vertical em dash and two-dot leader, a bar and a colon to the eye, which NFKC makes a
+    # horizontal dash and two dots (a review)
+    "\u2223\u05c0\u2d4f\u2502\u2503\u23d0\u2758\u0196\ua7af\ufe31\ufe30",
     "aeopcyxsijdqwhlb"
     "kmhtABEKMHOPCTXY"
     "SIJlQWHabeikvopt"
@@ -127,7 +129,7 @@ _HAND_PICKED = str.maketrans(
     "ABcDEFGHIJKLMNoP"
     "RsTuvwYzi"
     "lll"
-    "lllllQ"
+    "lllllQl:"
 )
 #: Unicode's confusables (UTS #39, Unicode Security Mechanisms): every character that may be mistaken for
 #: another, with the prototype it looks like. The data file of Unicode 12.1.0, unmodified, as published at
@@ -148,7 +150,9 @@ def _look_alikes() -> dict[int, str]:
             continue
         source = int(fields[0], 16)
         if source >= 0x80:
-            table[source] = "".join(chr(int(point, 16)) for point in fields[1].split())
+            # A prototype may be one of the hand-picked (a small capital, for Cherokee and Deseret letters):
+            # read on, to the Latin letter, or 'catalog-loader' with one was accepted (a review).
+            table[source] = "".join(chr(int(point, 16)) for point in fields[1].split()).translate(_HAND_PICKED)
     table.update({source: chr(target) for source, target in _HAND_PICKED.items()})
     return table
 

@@ -401,7 +401,13 @@ def test_key_names_that_only_look_like_another_author_are_refused(client, db):
                  "cata\uffe8og-loader", "c\u2503i:bob", "cl\u1da5:bob", "c\u2758i:bob", "\u13df\u13deI:bob",
                  # a second review: compatibility forms NFKC makes letters (a fullwidth hyphen-minus, modifier
                  # small l and r), which Unicode's list sent elsewhere when read before NFKC
-                 "catalog\uff0dloader", "c\u02e1i:bob", "catalog-loade\u02b3", "cata\u02e1og-loader"):
+                 "catalog\uff0dloader", "c\u02e1i:bob", "catalog-loade\u02b3", "cata\u02e1og-loader",
+                 # a third review: letters whose prototype in Unicode's list is a Latin small capital (Cherokee
+                 # small letters, a Cyrillic komi sje, a Deseret small eth), and vertical presentation forms
+                 # of a bar and a colon, which NFKC makes a dash and two dots
+                 "catalog-loa\uab70er", "catalo\u050d-loader", "catalo\u13fb-loader", "catalog-loade\uab71",
+                 "ca\uab72alog-loader", "catalog-load\uab7cr", "cata\uabaeog-loader", "cata\U00010443og-loader",
+                 "cata\ufe31og-loader", "c\ufe31i:bob", "cli\ufe30bob"):
         response = client.post("/v1/admin/keys", json={"name": name, "scopes": ["protocols:write"]})
         assert response.status_code == 422 and "name" in response.get_json()["errors"], name
     assert client.post("/v1/admin/keys", json={"name": "ehr prod", "scopes": ["protocols:read"]}).status_code == 201
@@ -411,7 +417,7 @@ def test_key_names_that_only_look_like_another_author_are_refused(client, db):
         assert response.status_code == 409 and "name" in response.get_json()["errors"], look_alike
         assert "looks the same" in response.get_json()["message"], response.get_json()
     assert client.post("/v1/admin/keys", json={"name": "admin-sync", "scopes": ["protocols:read"]}).status_code == 201
-    for look_alike in ("ad\u217fin-sync", "adrnin-sync", "ADMIN-SYNC"):  # a small roman numeral m; r and n
+    for look_alike in ("ad\u217fin-sync", "adrnin-sync", "ADMIN-SYNC", "a\uab70min-sync"):  # roman m; r n; Cherokee
         response = client.post("/v1/admin/keys", json={"name": look_alike, "scopes": ["protocols:read"]})
         assert response.status_code == 409, look_alike
     # Still names of their own (a lower-case i and a capital L are letters of their own; review):
