@@ -1206,6 +1206,7 @@ def ranges_for(content: Mapping[str, Any], route: str,
     if own or not every or not indications:
         return own or every, None
     named = sorted({str(code) for _, r in every for code in r.get("indications") or []})
-    return every, (f"no dosing range of this protocol for this route is for the order's indication "
-                   f"({', '.join(sorted(indications))}); it was checked against the ranges for "
+    # Read after "Not checked:" on the card (a review: "Not checked: … it was checked against …").
+    return every, (f"the dose against a range for the order's indication ({', '.join(sorted(indications))}): "
+                   f"none of this protocol's ranges for this route is for it, so it was judged against those for "
                    f"{', '.join(named)}")

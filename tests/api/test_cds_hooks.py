@@ -2480,8 +2480,8 @@ def test_ranges_for_narrows_by_indication_and_falls_back_to_every_range_of_the_r
     # None for it: every range, saying so (a review: a green card, silently judged against other indications')
     ranges, note = dosing.ranges_for(content, IV, ["R45.851"])
     assert [i for i, _ in ranges] == [3]
-    assert note == ("no dosing range of this protocol for this route is for the order's indication (R45.851); it "
-                    "was checked against the ranges for F33.9")
+    assert note == ("the dose against a range for the order's indication (R45.851): none of this protocol's ranges "
+                    "for this route is for it, so it was judged against those for F33.9")
 
 
 def test_an_order_for_an_indication_no_range_of_its_route_is_for_is_partly_checked(client):
@@ -2497,4 +2497,5 @@ def test_an_order_for_an_indication_no_range_of_its_route_is_for_is_partly_check
     order["dosageInstruction"][0]["timing"] = {"repeat": {"duration": 40, "durationUnit": "min"}}
     (card,) = cards(client, hook_request([order], weight=weight_bundle(70)))
     assert card["indicator"] == "warning" and "partly checked" in card["summary"], card
-    assert "is for the order's indication (R45.851); it was checked against the ranges for F32.9" in card["detail"]
+    assert ("Not checked: the dose against a range for the order's indication (R45.851): none of this protocol's "
+            "ranges for this route is for it, so it was judged against those for F32.9.") in card["detail"]
