@@ -17,7 +17,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger, SafeAtoms
 
-from protocols.keys import KEY_PATTERN, redact
+from protocols.keys import redact
 
 
 def _number(name: str, default: float, low: float, high: float, kind: type = int) -> float:
@@ -119,11 +119,12 @@ def redact_keys(record: logging.LogRecord) -> bool:
         message = record.getMessage()
     except Exception:  # a malformed call (wrong arguments): logging reports it, as it did without this filter
         return True
-    if KEY_PATTERN.search(message):
-        record.msg, record.args = redact(message), ()
+    redacted = redact(message)
+    if redacted != message:
+        record.msg, record.args = redacted, ()
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
-    if record.exc_text and KEY_PATTERN.search(record.exc_text):
+    if record.exc_text:
         record.exc_text = redact(record.exc_text)
     return True
 

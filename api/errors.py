@@ -179,8 +179,11 @@ def _domain_response(exc: domain.DomainError) -> Response:
         return error_response(428, exc.message, current_version=exc.details.get("current_version"),
                               current_etag=exc.details.get("current_etag"), errors=exc.details.get("errors"))
     if isinstance(exc, domain.PreconditionFailed):
+        # The header at fault, as the 428s and the reads' 412s name it: only the English message told a stale
+        # If-Match from a matching If-None-Match (a probe).
         return error_response(412, exc.message, current_version=exc.details.get("current_version"),
-                              current_etag=exc.details.get("current_etag"), errors=exc.details.get("errors"))
+                              current_etag=exc.details.get("current_etag"),
+                              errors={exc.details.get("header", "If-Match"): [exc.message]})
     if isinstance(exc, domain.ProtocolNotFound | domain.VersionNotFound | domain.NotInEffect):
         # Told apart for a machine: only the English message did (a probe).
         return error_response(404, exc.message, reason=_NOT_FOUND_REASONS[type(exc)])

@@ -526,8 +526,9 @@ def _range_indications(a: Sequence[Any] | None, b: Sequence[Any] | None,
         return
     what = [f"from {shown(a)} to {shown(b)}"]
     if a is not None and b is not None:
-        added = [str(c) for c in b if str(c) not in set(map(str, a))]
-        removed = [str(c) for c in a if str(c) not in set(map(str, b))]
+        before, after = set(map(str, a)), set(map(str, b))
+        added = [str(c) for c in b if str(c) not in before]
+        removed = [str(c) for c in a if str(c) not in after]
         what += [f"{label} {', '.join(codes)}" for label, codes in (("added", added), ("removed", removed)) if codes]
     yield change("indications_changed", "/indications", a, b, f"Indications of the range changed {'; '.join(what)}")
 

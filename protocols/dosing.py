@@ -582,8 +582,9 @@ def _unit(code: str, field: str, ordered: bool = False) -> DoseUnit:
         raise UnitsIncompatible(str(exc), field) from exc
 
 
-def _duration_seconds(dose_range: Mapping[str, Any]) -> Fraction | None:
-    text = dose_range.get("duration")
+def _duration_seconds(dose_range: Mapping[str, Any], field: str = "duration") -> Fraction | None:
+    """A range's ``duration`` (or ``duration_min``) in seconds; None without it."""
+    text = dose_range.get(field)
     return seconds(parse_duration(str(text))) if text else None
 
 
@@ -981,10 +982,10 @@ def _faster_than_protocol(order: DoseOrder, dose_range: Mapping[str, Any], range
     # The time judged, as the order says it; an order that gives a range of times (FHIR duration 30 s
     # below durationMax 90 s) is judged at its shortest, and named so: it read "over 90 s" (a review).
     given = order.duration_text if order.shortest_s is None and order.duration_text else time_text(given_s)
-    shortest = dose_range.get("duration_min")
-    if shortest and given_s * FASTER_TOLERANCE < seconds(parse_duration(str(shortest))):
+    shortest_s = _duration_seconds(dose_range, "duration_min")
+    if shortest_s is not None and given_s * FASTER_TOLERANCE < shortest_s:
         return (f"Given faster than the protocol: {fmt(per_dose)} {range_unit.code} over {given}; the protocol "
-                f"gives each dose over at least {shortest}.")
+                f"gives each dose over at least {dose_range['duration_min']}.")
     protocol_s = _duration_seconds(dose_range)
     if protocol_s is None or given_s >= protocol_s:
         return None

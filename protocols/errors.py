@@ -39,7 +39,8 @@ class PreconditionRequired(DomainError):
 
 
 class PreconditionFailed(DomainError):
-    """``If-Match`` does not name the newest version; details carry the newest version and ETag."""
+    """``If-Match`` does not name the newest version; details carry the newest version and ETag, and
+    ``header`` the precondition that failed (``If-Match`` unless said: ``If-None-Match``)."""
 
 
 class RetirementUndone(DomainError):

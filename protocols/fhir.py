@@ -41,6 +41,7 @@ from datetime import timedelta
 from typing import Any
 
 from protocols import terminology
+from protocols.dosing import is_for
 from protocols.durations import parse_duration
 from protocols.timeutil import parse_rfc3339
 
@@ -321,10 +322,9 @@ def to_medication_knowledge(document: Mapping[str, Any], *, base_url: str) -> di
 
 
 def ranges_for(indication_code: Any, ranges: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The dosing ranges for one indication of the record: those that list its code in ``indications``, and
-    those without the field (a range without it is for every indication of the record)."""
-    return [dose for dose in ranges
-            if dose.get("indications") is None or str(indication_code) in [str(c) for c in dose["indications"]]]
+    """The dosing ranges for one indication of the record (:func:`protocols.dosing.is_for`, as dose checks
+    read them)."""
+    return [dose for dose in ranges if is_for(dose, str(indication_code))]
 
 
 def _guideline(indication: Mapping[str, Any], ranges: Sequence[Mapping[str, Any]],

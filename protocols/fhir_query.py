@@ -317,7 +317,8 @@ def _date_range_of(match: re.Match[str]) -> tuple[datetime, datetime]:
 
 
 def _until(end: Callable[[], datetime]) -> datetime:
-    """Where a range that starts within year 9999 ends: past it, at the end of what datetime holds. FHIR
+    """Where a range that starts within year 9999 ends (or, rounded up, starts): past it, at the end of what
+    datetime holds. FHIR
     clients write ``lt9999-12-31`` as an open upper bound, and it was a 400 ("year 10000 is out of range",
     Python's own words; found by a probe); no stored instant is that late."""
     try:

@@ -834,17 +834,15 @@ def check_if_match(newest: StoredVersion, if_match: Sequence[str] | None, *, alr
         message = "If-Match: * is not accepted; send the ETag of the newest version"
         raise PreconditionRequired(message, current_version=newest.version, current_etag=newest.etag,
                                    errors={"If-Match": [message]})
-    # Each 412 names its header in ``errors``, as the 428s and the reads' 412s do: only the English message
-    # told a stale If-Match from a matching If-None-Match (found by a probe).
     if newest.etag not in if_match and not already_applied:
-        message = f"If-Match does not name the newest version; the newest is version {newest.version}"
-        raise PreconditionFailed(message, current_version=newest.version, current_etag=newest.etag,
-                                 errors={"If-Match": [message]})
+        raise PreconditionFailed(
+            f"If-Match does not name the newest version; the newest is version {newest.version}",
+            current_version=newest.version, current_etag=newest.etag)
     if if_none_match and names_etag(if_none_match, newest.etag):
-        message = (f"If-None-Match names the newest version (or is *): the condition is false; the newest is "
-                   f"version {newest.version}")
-        raise PreconditionFailed(message, current_version=newest.version, current_etag=newest.etag,
-                                 errors={"If-None-Match": [message]})
+        raise PreconditionFailed(
+            f"If-None-Match names the newest version (or is *): the condition is false; the newest is "
+            f"version {newest.version}", current_version=newest.version, current_etag=newest.etag,
+            header="If-None-Match")
 
 
 def _precondition_holds(newest: StoredVersion, if_match: Sequence[str] | None,
@@ -866,9 +864,9 @@ def _changed_concurrently(newest: StoredVersion) -> PreconditionFailed:
     """Another writer appended after we read the newest version: our If-Match is stale. The 412 names
     the version that is newest now, as every 412 does (it named none when the race was lost inside the
     guarded append, which on PostgreSQL was most lost races; found by an adversarial probe)."""
-    message = f"protocol '{newest.protocol_id}' was changed concurrently; the newest is now version {newest.version}"
-    return ConcurrentChange(message, current_version=newest.version, current_etag=newest.etag,
-                            errors={"If-Match": [message]})
+    return ConcurrentChange(
+        f"protocol '{newest.protocol_id}' was changed concurrently; the newest is now version "
+        f"{newest.version}", current_version=newest.version, current_etag=newest.etag)
 
 
 def _newest_on(conn: Connection, protocol_id: str) -> StoredVersion:
@@ -903,12 +901,11 @@ def _insert_protocol(conn: Connection, protocol_id: str, created_at: datetime) -
 def _lost_race(db: Database, protocol_id: str) -> PreconditionFailed:
     try:
         newest = latest(db, protocol_id)
-        message = f"protocol '{protocol_id}' was changed concurrently; the newest is version {newest.version}"
-        return PreconditionFailed(message, current_version=newest.version, current_etag=newest.etag,
-                                  errors={"If-Match": [message]})
+        return PreconditionFailed(
+            f"protocol '{protocol_id}' was changed concurrently; the newest is version {newest.version}",
+            current_version=newest.version, current_etag=newest.etag)
     except ProtocolNotFound:
-        message = f"protocol '{protocol_id}' was changed concurrently"
-        return PreconditionFailed(message, errors={"If-Match": [message]})
+        return PreconditionFailed(f"protocol '{protocol_id}' was changed concurrently")
 
 
 def _next_seq(conn: Connection | Session) -> int:
