@@ -682,6 +682,17 @@ def test_spravato_as_of_reads_show_the_label_history(app, client, as_of, approva
     assert response.headers["ETag"].startswith(f'"{version}-')
 
 
+def test_the_readmes_as_of_examples_name_the_version_they_read(app, client):
+    """The README's walkthrough says which Spravato version an ``as_of`` read gives; a correction appended
+    to the catalog since left it naming version 14 for 2021, which reads 16 (a documentation probe)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    examples = re.findall(rf"/v1/protocols/{SPRAVATO}\?as_of=([^']+)'\s+# version (\d+)", readme)
+    assert len(examples) == 2, examples
+    assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
+    for as_of, version in examples:
+        assert client.get(f"/v1/protocols/{SPRAVATO}?as_of={as_of}").get_json()["version"] == int(version), as_of
+
+
 def test_spravato_before_first_approval_is_not_in_effect(app, client):
     assert app.test_cli_runner().invoke(args=["protocols", "load"]).exit_code == 0
     assert client.get(f"/v1/protocols/{SPRAVATO}?as_of=2019-03-04T23:59:59Z").status_code == 404
