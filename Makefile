@@ -59,7 +59,7 @@ test-postgres: venv
 	PROTOCOLS_TEST_DB=postgres $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check api schemas protocols tests bench migrations
+	$(BIN)/ruff check api schemas protocols tests bench migrations gunicorn.conf.py
 	$(BIN)/mypy
 
 ## make fuzz: the long contract-fuzzing and property run (10x the CI budget), on both databases when

@@ -8,14 +8,15 @@ and writes are serialized by the database (see protocols/versioning.py).
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import re
+import traceback
+from collections.abc import Callable
 from typing import Any
 
-from gunicorn.glogging import Logger, SafeAtoms
+from gunicorn.glogging import Logger
 
 from protocols.keys import redact
 
@@ -75,38 +76,13 @@ forwarded_allow_ips = os.environ.get("PROTOCOLS_FORWARDED_ALLOW_IPS", "")
 # would fight over it, and nothing here needs it.
 control_socket_disable = True
 
-# Logs: the app writes one JSON object per request to stderr (api/logging_setup.py, with request id,
-# status, duration and key name). Gunicorn's access log is JSON too and carries no headers: never
-# add %({authorization}i)s here.
+# Logs: one line per request, the app's request line (api/logging_setup.py: request id, method, path,
+# status, duration, bytes sent, key name, client address; JSON unless PROTOCOLS_LOG_JSON=false), written
+# by gunicorn's access log once the response has been sent (requests gunicorn refuses itself included).
+# It never holds headers, query strings or bodies, and a key sent in the path is redacted.
 accesslog = os.environ.get("PROTOCOLS_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("PROTOCOLS_LOG_LEVEL", "info")
-access_log_format = (
-    '{"time":"%(t)s","logger":"gunicorn.access","remote_addr":"%(h)s","method":"%(m)s","path":"%(U)s",'
-    '"status":%(s)s,"bytes":"%(B)s","duration_ms":%(M)s,"request_id":"%({x-request-id}o)s"}'
-)
-
-
-class JsonSafeAtoms(SafeAtoms):
-    """gunicorn's atoms escaped for a JSON string: its own escaping covers '"' only, so a request for
-    ``/v1/a%0Ab`` split a line in two and ``/v1/c%5C`` swallowed the closing quote (any client could
-    write lines that are not JSON; found by an adversarial probe).
-
-    Escaped as the format reads them, not all up front: the atoms hold every request and response
-    header and the format reads eight of them; escaping them all was 6 % of the server's CPU on a 304
-    (``bench/profile.py --path-kind get_304 --gil``, docs/performance.md)."""
-
-    def __init__(self, atoms: dict[str, object]) -> None:  # replaces SafeAtoms' escaping, not added to it
-        dict.__init__(self, atoms)
-
-    def __getitem__(self, key: str) -> object:
-        value = super().__getitem__(key)  # SafeAtoms: header names case-blind, "-" for what is missing
-        # ASCII escapes: a raw U+0085 or U+2028 (a line break to str.splitlines) cannot split a line either.
-        # A key sent in the path (a templated URL filled with the wrong variable) is redacted, as the error
-        # log's filter redacts one in a malformed request line (a security probe).
-        return json.dumps(redact(value))[1:-1] if isinstance(value, str) else value
-
-
 
 
 def redact_keys(record: logging.LogRecord) -> bool:
@@ -130,11 +106,62 @@ def redact_keys(record: logging.LogRecord) -> bool:
 
 
 class JsonAccessLogger(Logger):
-    atoms_wrapper_class = JsonSafeAtoms
+    """gunicorn's logger, whose access log writes the app's request line.
+
+    gunicorn's own access line (``access_log_format``) repeated the app's line with fewer facts, so each
+    request was logged twice. Now the app records the key's name in the request's environ and leaves
+    the line to this log, which knows what the app cannot: the bytes sent, the time until the last one,
+    and the requests gunicorn refuses before the app runs (their line carries the id of their error
+    body). Set up in each worker by ``post_worker_init`` (``write_request_lines``), which imports the app's
+    logging module: the master never loads the service."""
+
+    _request_record: Callable[..., logging.LogRecord] | None = None
+    _actor_key = ""
+    _refusal_id: Callable[[], str | None] = staticmethod(lambda: None)
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         self.error_log.addFilter(redact_keys)
+        self._request_record = None  # a reload replaces the handlers: each worker sets them up again
+
+    def write_request_lines(self) -> None:
+        """Give the access log's handlers the app's formatter and tell the app to leave its line to them;
+        with the access log off (``PROTOCOLS_ACCESS_LOG=``), the app writes its own."""
+        from api import logging_setup, server_errors
+        from api.config import ConfigError, from_env
+
+        if not self.access_log_enabled:
+            return
+        try:
+            json_lines = bool(from_env()["PROTOCOLS_LOG_JSON"])
+        except ConfigError:  # the service's settings check (on_starting) has named it already
+            json_lines = True
+        formatter = logging_setup.JsonFormatter() if json_lines else logging_setup.TextFormatter()
+        for handler in self.access_log.handlers:
+            handler.setFormatter(formatter)
+        self._request_record = logging_setup.request_record
+        self._actor_key = logging_setup.ACTOR_ENVIRON_KEY
+        self._refusal_id = staticmethod(server_errors.answering_request_id)
+        logging_setup.leave_request_lines_to_server()
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        if self._request_record is None:
+            self.write_request_lines()
+        build = self._request_record
+        assert build is not None
+        try:
+            status = getattr(resp, "status_code", None)  # set by start_response; a refusal has its status only
+            if not isinstance(status, int):
+                status = int(str(resp.status)[:3])
+            request_id = next((value for name, value in resp.headers if name.lower() == "x-request-id"), None)
+            self.access_log.handle(build(
+                request_id or self._refusal_id(), environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", ""),
+                status, round(request_time.total_seconds() * 1000, 2), environ.get(self._actor_key),
+                environ.get("REMOTE_ADDR"), sent=getattr(resp, "sent", None)))
+        except Exception:
+            self.error(traceback.format_exc())
 
 
 logger_class = JsonAccessLogger
@@ -188,6 +215,10 @@ def post_worker_init(worker: object) -> None:
     # Requests gunicorn refuses itself (request line or headers too long, malformed) get the app's
     # JSON error body instead of gunicorn's HTML page (api/server_errors.py).
     server_errors.install()
+    # The request line is the access log's from the first request on (JsonAccessLogger).
+    log = getattr(worker, "log", None)
+    if isinstance(log, JsonAccessLogger):
+        log.write_request_lines()
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(switch_interval_s)

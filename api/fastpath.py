@@ -156,8 +156,8 @@ class ReadFastPath:
         if verdict is not None:
             headers.extend(rate_limit_headers(verdict).items())
         environ.pop(COUNTED_VERDICT, None)
-        log_access(rid, "HEAD" if head else "GET", environ.get("PATH_INFO", ""), int(status[:3]), started, actor,
-                   remote_addr)
+        log_access(environ, rid, "HEAD" if head else "GET", environ.get("PATH_INFO", ""), int(status[:3]), started,
+                   actor, remote_addr)
         return status, headers, b"" if head else body
 
 

@@ -4,6 +4,12 @@ Each request line carries the request id (also sent back as ``X-Request-ID``), m
 duration and the acting key's *name*. Headers, query strings and bodies are never logged, so
 neither ``Authorization`` nor key material (which only ever appears in a header or in the one
 response that creates a key) can reach the logs.
+
+Under gunicorn with an access log (``gunicorn.conf.py``), the access log writes this line, in the same
+shape, once the response has been sent: the app then leaves its line to the server and records only
+what the server cannot know, the key's name (``ACTOR_ENVIRON_KEY``). Two lines per request (the app's
+and gunicorn's, nearly the same facts) doubled the log volume, and the second line cost every request
+a JSON encoding and a write (docs/performance.md, design choice 15).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +30,18 @@ from protocols import keys
 ACCESS_LOGGER = "api.access"
 _HANDLER_MARK = "_protocols_json_handler"
 #: ``LogRecord`` attributes copied into the JSON object when a log call passes them in ``extra``.
-EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "actor", "remote_addr")
+EXTRA_FIELDS = ("request_id", "method", "path", "status", "duration_ms", "bytes", "actor", "remote_addr")
+#: Where the app leaves the acting key's name for the server's access log (a WSGI environ key).
+ACTOR_ENVIRON_KEY = "protocols.actor"
+#: Set in a gunicorn worker whose access log writes the request lines (``leave_request_lines_to_server``).
+_server_writes_lines = False
+
+
+def leave_request_lines_to_server(enabled: bool = True) -> None:
+    """Called by ``gunicorn.conf.py`` in each worker whose access log is on: from then on the request
+    line is the access log's (``request_record``), written when gunicorn has sent the response."""
+    global _server_writes_lines
+    _server_writes_lines = enabled
 
 
 _second: tuple[int, str] = (-1, "")  # (whole second, its formatted text); replaced, never mutated
@@ -126,7 +144,7 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _log_request(response: Response) -> Response:
-        log_access(g.get("request_id"), request.method, request.path, response.status_code,
+        log_access(request.environ, g.get("request_id"), request.method, request.path, response.status_code,
                    g.get("started_at"), g.get("actor_name"), request.remote_addr)
         return response
 
@@ -134,15 +152,28 @@ def init_app(app: Flask) -> None:
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
-def log_access(request_id: str | None, method: str, path: str, status: int, started: float | None,
-               actor: str | None, remote_addr: str | None) -> None:
-    """The one ``request`` line per request (Flask views and the read fast path alike)."""
+def log_access(environ: MutableMapping[str, Any], request_id: str | None, method: str, path: str, status: int,
+               started: float | None, actor: str | None, remote_addr: str | None) -> None:
+    """The one ``request`` line per request (Flask views and the read fast path alike), or, when the
+    server's access log writes it, the key's name for that line."""
+    if _server_writes_lines:
+        environ[ACTOR_ENVIRON_KEY] = actor
+        return
     if not _access.isEnabledFor(logging.INFO):
         return
     duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+    _access.handle(request_record(request_id, method, path, status, duration_ms, actor, remote_addr))
+
+
+def request_record(request_id: str | None, method: str, path: str, status: int, duration_ms: float | None,
+                   actor: str | None, remote_addr: str | None, sent: int | None = None) -> logging.LogRecord:
+    """The request line as a log record, for the app's logger or gunicorn's access log. ``sent``: the
+    bytes of the body sent, which only the server knows."""
     path = keys.redact(path)  # a key sent where an id goes: logs never hold one (a security probe)
-    # makeRecord + handle is what Logger.info does, minus walking the stack for the caller's file
-    # and line (the line names its source in "logger" already).
-    _access.handle(_access.makeRecord(_access.name, logging.INFO, __file__, 0, "request", (), None, extra={
-        "request_id": request_id, "method": method, "path": path, "status": status,
-        "duration_ms": duration_ms, "actor": actor, "remote_addr": remote_addr}))
+    fields: dict[str, Any] = {"request_id": request_id, "method": method, "path": path, "status": status,
+                              "duration_ms": duration_ms, "actor": actor, "remote_addr": remote_addr}
+    if sent is not None:
+        fields["bytes"] = sent
+    # makeRecord is what Logger.info builds, minus walking the stack for the caller's file and line (the
+    # line names its source in "logger" already).
+    return _access.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", (), None, extra=fields)

@@ -73,7 +73,7 @@ def at_fault(exc: BaseException | None) -> str:
 def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's ``write_error`` with the app's error body (same signature, same status line)."""
     message = (mesg or reason)[:MAX_MESSAGE_CHARS]
-    request_id = new_request_id()
+    request_id = answering_request_id() or new_request_id()
     # A 500 (gunicorn's own, for an app that failed) is no fault of the request: no errors. A 501 is the
     # request's Transfer-Encoding.
     errors = {at_fault(getattr(_answering, "exc", None)): [message]} if status_int != 500 else None
@@ -89,6 +89,12 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
+def answering_request_id() -> str | None:
+    """The request id of the refusal this thread is answering (its access-log line and its error body
+    carry the same one), or None outside ``handle_error``."""
+    return getattr(_answering, "request_id", None)
+
+
 def install() -> None:
     """Make gunicorn's workers answer the requests they refuse with the JSON error body.
 
@@ -101,11 +107,11 @@ def install() -> None:
         original = Worker.handle_error
 
         def _handle_error(self: Worker, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-            _answering.exc = exc
+            _answering.exc, _answering.request_id = exc, new_request_id()
             try:
                 original(self, req, client, addr, exc)
             finally:
-                _answering.exc = None
+                _answering.exc = _answering.request_id = None
 
         _handle_error.__wrapped__ = original  # type: ignore[attr-defined]
         Worker.handle_error = _handle_error

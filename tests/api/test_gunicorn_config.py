@@ -5,10 +5,15 @@ request, the long-lived heap frozen out of the garbage collector's reach, and a 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import runpy
 import sys
+import types
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,11 +41,15 @@ def test_post_worker_init_warms_up_freezes_the_heap_and_sets_the_switch_interval
     monkeypatch.setattr(fields, "compile_url_patterns", lambda: built.append("url_patterns"))
     monkeypatch.setattr(draft_orders, "warm_up", lambda: built.append("cds_models"))
     monkeypatch.setattr(server_errors, "install", lambda: built.append("json_errors"))
+    logger_class = config["JsonAccessLogger"]
+    monkeypatch.setattr(logger_class, "write_request_lines", lambda self: built.append("request_lines"))
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
-    config["post_worker_init"](object())
-    # both UCUM registries, marshmallow's URL patterns and the CDS Hooks FHIR models, before any request
-    assert built == ["units:mg/kg/h", "dose_units:mg/kg/h", "url_patterns", "cds_models", "json_errors"]
+    config["post_worker_init"](types.SimpleNamespace(log=object.__new__(logger_class)))
+    # both UCUM registries, marshmallow's URL patterns and the CDS Hooks FHIR models, before any request;
+    # the request lines are the access log's from the first request on
+    assert built == ["units:mg/kg/h", "dose_units:mg/kg/h", "url_patterns", "cds_models", "json_errors",
+                     "request_lines"]
     assert gc.get_freeze_count() > 0
     assert sys.getswitchinterval() == pytest.approx(0.0007)
 
@@ -52,7 +61,8 @@ def test_the_config_defaults_are_the_documented_production_ones(monkeypatch):
     assert config["switch_interval_s"] == 0.0005
     assert config["max_requests"] == 10000 and config["max_requests_jitter"] == 500
     assert config["timeout"] == 30
-    assert "authorization" not in config["access_log_format"].lower()  # no credentials in access logs
+    assert config["logger_class"] is config["JsonAccessLogger"] and config["accesslog"] == "-"
+    assert "access_log_format" not in config  # the line is the app's request line, not a format of atoms
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -107,14 +117,122 @@ def test_gunicorn_never_logs_an_api_key_it_quotes(tmp_path):
     assert "key=tpk_[redacted]" in written and key not in written and key[4:20] not in written
 
 
-def test_gunicorn_access_log_redacts_a_key_sent_in_the_path():
-    """Found by a security probe: a key sent where an id goes (a templated URL filled with the wrong
-    variable) was written in full by gunicorn's access log (``%(U)s``), though its error log redacts one."""
+@pytest.fixture
+def access_log(tmp_path, monkeypatch) -> Iterator[tuple[Any, Path]]:
+    """gunicorn's logger as gunicorn.conf.py configures it, writing its access log to a file, and set up
+    as a worker sets it up; the app's logging module is put back afterwards."""
+    from gunicorn.config import Config
+
+    from api import logging_setup
+
+    monkeypatch.setattr(logging_setup, "_server_writes_lines", False)  # restored at teardown
     config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    cfg = Config()
+    cfg.set("accesslog", str(tmp_path / "access.log"))
+    logger = config["JsonAccessLogger"](cfg)
+    logger.write_request_lines()
+    yield logger, tmp_path / "access.log"
+    for handler in logger.access_log.handlers:
+        handler.close()
+    logger.access_log.handlers.clear()
+
+
+def _served(logger: Any, path: str, *, status: str = "200 OK", headers: list[tuple[str, str]] | None = None,
+            environ: dict[str, Any] | None = None, sent: int = 10) -> None:
+    from gunicorn.http.wsgi import Response
+
+    resp = Response(None, None, None)
+    resp.status, resp.status_code, resp.sent = status, int(status[:3]), sent
+    resp.headers = headers if headers is not None else [("X-Request-ID", "rid-1")]
+    logger.access(resp, [("Authorization", "Bearer tpk_secret")], {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "key=tpk_query", "REMOTE_ADDR": "10.0.0.9",
+        "HTTP_AUTHORIZATION": "Bearer tpk_secret", **(environ or {})}, timedelta(microseconds=1234))
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_access_log_writes_the_apps_request_line_and_the_app_leaves_it(access_log):
+    """Each request was logged twice, by the app and by gunicorn's access log, with nearly the same facts.
+    The access log now writes the app's line (with the key's name the app left in the environ, and the
+    bytes sent), and the app writes none of its own."""
+    from api import logging_setup
+
+    logger, path = access_log
+    environ: dict[str, Any] = {}
+    logging_setup.log_access(environ, "rid-1", "GET", "/v1/protocols/x", 200, 0.0, "reader-bot", "10.0.0.9")
+    assert environ == {logging_setup.ACTOR_ENVIRON_KEY: "reader-bot"}
+    _served(logger, "/v1/protocols/x", environ=environ, sent=1583)
+    (line,) = _lines(path)
+    assert {k: line[k] for k in ("logger", "message", "level", "request_id", "method", "path", "status", "bytes",
+                                 "actor", "remote_addr", "duration_ms")} == {
+        "logger": "api.access", "message": "request", "level": "INFO", "request_id": "rid-1", "method": "GET",
+        "path": "/v1/protocols/x", "status": 200, "bytes": 1583, "actor": "reader-bot", "remote_addr": "10.0.0.9",
+        "duration_ms": 1.23}
+    assert line["ts"].endswith("Z") and line["pid"] == os.getpid()
+
+
+def test_the_access_log_never_holds_a_key_a_header_or_a_query(access_log):
+    """Found by a security probe: a key sent where an id goes (a templated URL filled with the wrong
+    variable) was written in full by gunicorn's access log, though its error log redacts one."""
+    logger, path = access_log
     key = "tpk_A0JSVzUfIQon45zGKWa0KVnxghVaiMoZsdN68ZoLhn8"
-    atoms = config["JsonSafeAtoms"]({"U": f"/v1/protocols/{key}", "s": 404, "m": "GET"})
-    assert atoms["U"] == "/v1/protocols/tpk_[redacted]" and atoms["s"] == 404 and atoms["m"] == "GET"
-    assert config["JsonSafeAtoms"]({"U": "/v1/protocols/tpk-notes"})["U"] == "/v1/protocols/tpk-notes"
+    _served(logger, f"/v1/protocols/{key}", status="404 NOT FOUND")
+    _served(logger, "/v1/protocols/tpk-notes")
+    text = path.read_text()
+    assert [line["path"] for line in _lines(path)] == ["/v1/protocols/tpk_[redacted]", "/v1/protocols/tpk-notes"]
+    assert key not in text and key[4:] not in text
+    assert "tpk_secret" not in text and "tpk_query" not in text and "Bearer" not in text
+
+
+def test_a_refused_requests_line_carries_the_id_of_its_error_body(access_log, monkeypatch):
+    """gunicorn logs a request it refuses before writing its error body, which has no X-Request-ID header
+    to read: the line and the body share the id ``server_errors`` gives the refusal."""
+    from api import server_errors
+
+    logger, path = access_log
+    monkeypatch.setattr(server_errors._answering, "request_id", "refusal-1", raising=False)
+    _served(logger, "/v1/protocols", status="400 Bad Request", headers=[], sent=0)
+    monkeypatch.setattr(server_errors._answering, "request_id", None)
+    (line,) = _lines(path)
+    assert (line["request_id"], line["status"], line["actor"]) == ("refusal-1", 400, None)
+
+
+def test_with_text_logs_the_access_log_writes_text_lines(tmp_path, monkeypatch):
+    """``PROTOCOLS_LOG_JSON=false`` is read for the request lines too: under gunicorn they are the access
+    log's now, and they were JSON whatever the setting."""
+    monkeypatch.setenv("PROTOCOLS_LOG_JSON", "false")
+    from gunicorn.config import Config
+
+    from api import logging_setup
+
+    monkeypatch.setattr(logging_setup, "_server_writes_lines", False)
+    cfg = Config()
+    cfg.set("accesslog", str(tmp_path / "access.log"))
+    logger = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["JsonAccessLogger"](cfg)
+    logger.write_request_lines()
+    try:
+        _served(logger, "/v1/protocols/x")
+    finally:
+        for handler in logger.access_log.handlers:
+            handler.close()
+        logger.access_log.handlers.clear()
+    line = (tmp_path / "access.log").read_text()
+    assert " INFO api.access request request_id=rid-1 method=GET path=/v1/protocols/x status=200" in line
+
+
+def test_with_the_access_log_off_the_app_writes_its_own_line(monkeypatch):
+    """``PROTOCOLS_ACCESS_LOG=`` turns gunicorn's access log off: the app keeps its request line."""
+    from gunicorn.config import Config
+
+    from api import logging_setup
+
+    monkeypatch.setattr(logging_setup, "_server_writes_lines", False)
+    cfg = Config()
+    cfg.set("accesslog", None)
+    runpy.run_path(str(ROOT / "gunicorn.conf.py"))["JsonAccessLogger"](cfg).write_request_lines()
+    assert logging_setup._server_writes_lines is False
 
 
 @pytest.mark.parametrize("bind", ["fd://3", "0.0.0.0", "[::1]", "[::1]:8000", "localhost", "unix:/run/tp.sock",
