@@ -18,6 +18,7 @@ import json
 import re
 import socket
 import threading
+from http import HTTPStatus
 from typing import Any
 
 from gunicorn import util
@@ -65,7 +66,10 @@ def at_fault(exc: BaseException | None) -> str:
         name = getattr(exc, "hdr", None)
         # gunicorn also puts a whole header line or a description there ("bare LF as line terminator")
         if isinstance(name, str) and _TOKEN.fullmatch(name.strip()):
-            return name.strip()[:MAX_NAME_CHARS]
+            # gunicorn upper-cases the names it parsed (CONTENT-LENGTH); the app's errors name headers as
+            # written (Content-Length, Transfer-Encoding), so a client looked for one key and got another
+            # (a documentation probe).
+            return "-".join(part.capitalize() for part in name.strip().split("-"))[:MAX_NAME_CHARS]
         return "headers"
     return "request"
 
@@ -78,6 +82,8 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
     # request's Transfer-Encoding.
     errors = {at_fault(getattr(_answering, "exc", None)): [message]} if status_int != 500 else None
     body = json.dumps(error_body(status_int, message, errors, request_id=request_id)).encode()
+    if reason == "Bad Request" and status_int != 400:  # gunicorn's reason for its 501 (a documentation probe)
+        reason = HTTPStatus(status_int).phrase
     head = (f"HTTP/1.1 {status_int} {reason}\r\n"
             "Connection: close\r\n"
             "Content-Type: application/json\r\n"

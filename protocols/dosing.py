@@ -884,8 +884,12 @@ def evaluate(content: Mapping[str, Any], range_index: int, order: DoseOrder) -> 
         messages.append(f"Not checked: {not_applied}.")
     if order.duration_s is None and not order.paced and dose_range.get("duration") and (
             dose_unit.is_rate or range_unit.is_rate or phase == INFUSION):
-        assumed = DURATION_ASSUMED.format(duration=dose_range["duration"]) if order.bound_text is None else \
-            DURATION_BOUNDED.format(duration=dose_range["duration"], bound=order.bound_text)
+        if order.bound_text is not None:
+            assumed = DURATION_BOUNDED.format(duration=dose_range["duration"], bound=order.bound_text)
+        elif dose_unit.is_rate:
+            assumed = RATE_DURATION_ASSUMED.format(duration=dose_range["duration"])
+        else:
+            assumed = DURATION_ASSUMED.format(duration=dose_range["duration"])
         unchecked.append(assumed)
         messages.append(f"Not checked: {assumed}.")
     if dose_range.get("instructions"):
@@ -918,6 +922,11 @@ MAXIMUM_UNCHECKED = "the protocol's maximum per period could not be applied to t
 #: shown in its instructions; an order for the dose alone is checked in full.
 DURATION_ASSUMED = ("the order gives no duration or rate: it was judged as if given over the protocol's {duration}; "
                     "how fast it will be given was not checked")
+#: :data:`DURATION_ASSUMED` for an order that is a rate: how fast is known, how long it runs is not (a
+#: documentation probe: "gives no duration or rate" was said of 21 mg/h). A rate without a stop would break
+#: most ranges' maxima per period; judged over the protocol's duration it is a partial check, saying so.
+RATE_DURATION_ASSUMED = ("the order gives a rate but no duration: it was judged as running for the protocol's "
+                         "{duration}; how long it will run, and so how much it gives in a period, was not checked")
 #: :data:`DURATION_ASSUMED` for an order that gives only the longest an administration may take.
 DURATION_BOUNDED = ("the order gives only the longest it may take ({bound}): it was judged as if given over the "
                     "protocol's {duration}; how fast it will be given was not checked")

@@ -362,7 +362,11 @@ def parse_instant(name: str, value: str) -> datetime:
     with stored instants."""
     try:
         if _FHIR_OFFSET.search(value) is None:
-            raise ValueError("offset beyond FHIR's ±14:00")
+            # A date alone has no time and no offset at all: it was told its offset was beyond ±14:00 (a probe).
+            if "T" not in value.upper():
+                raise ValueError("no time and zone")
+            raise ValueError("no zone" if not re.search(r"(?:[Zz]|[+-][0-9:]+)$", value) else
+                             "offset beyond FHIR's ±14:00")
         return parse_rfc3339(value, finer="up")
     except ValueError as exc:
         # Says what was wrong: a year outside 1900-9998 was blamed on the offset (a review).

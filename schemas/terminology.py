@@ -6,7 +6,10 @@ from marshmallow import Schema, fields, validate
 
 from protocols import terminology
 
-INDICATION_SYSTEM_FILTERS = {"icd-10-cm": terminology.ICD10CM, "snomed-ct": terminology.SNOMED}
+#: ``/v1/terminology/indications?system=``: a short name, or the URI an item's ``system`` holds (an item's own
+#: system could not be passed back, where protocol search takes only the URI; a documentation probe).
+INDICATION_SYSTEM_FILTERS = {"icd-10-cm": terminology.ICD10CM, "snomed-ct": terminology.SNOMED,
+                             **{system: system for system in terminology.INDICATION_SYSTEMS}}
 
 
 class AlternateCodingSchema(Schema):

@@ -1748,7 +1748,7 @@ def test_an_infusion_bounded_by_a_period_runs_for_that_period_and_one_without_a_
     assert [c["indicator"] for c in result] == ["critical", "critical", "warning"], [c["summary"] for c in result]
     assert "588 mg per P1D > maximum 100 mg" in result[0]["detail"]
     assert "partly checked" in result[2]["summary"]
-    assert dosing.DURATION_ASSUMED.format(duration="PT4H") in result[2]["detail"]
+    assert dosing.RATE_DURATION_ASSUMED.format(duration="PT4H") in result[2]["detail"]
 
 
 def test_a_dose_unit_coded_outside_ucum_is_not_read_from_its_text(client):

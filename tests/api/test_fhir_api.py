@@ -1027,6 +1027,15 @@ def test_since_offsets_beyond_fhirs_14_hours_are_400_as_for_last_updated(client,
         assert client.get(f"{MK}/{pid}/_history", query_string={"_since": accepted}).status_code == 200
 
 
+@pytest.mark.parametrize(("value", "reason"), [("2026-12-05", "no time and zone"),
+                                                ("2026-12-05T10:00:00", "no zone")])
+def test_since_without_a_zone_is_told_so_not_that_its_offset_is_too_far(client, value, reason):
+    """Found by a documentation probe: ``_since=2026-12-05`` was refused "(offset beyond FHIR's ±14:00)"."""
+    pid = _create(client)["id"]
+    body = _outcome(client.get(f"{MK}/{pid}/_history", query_string={"_since": value}), 400)
+    assert f"({reason})" in body["issue"][0]["diagnostics"] and "beyond" not in body["issue"][0]["diagnostics"]
+
+
 @pytest.mark.parametrize(("accept", "answered"), [
     ("application/fhir+json;q=0.5, application/json;q=0.9", "application/json"),
     ("application/json, application/fhir+json;q=0.8", "application/json"),

@@ -39,6 +39,9 @@ def test_indications_list_and_filter(client):
     assert snomed and {item["system"] for item in snomed} == {SNOMED}
     icd = client.get("/v1/terminology/indications?system=icd-10-cm").get_json()["items"]
     assert len(icd) + len(snomed) == len(items)
+    # an item's own system may be passed back (a documentation probe: it was a 422)
+    for system, short in ((SNOMED, snomed), (ICD10CM, icd)):
+        assert client.get("/v1/terminology/indications", query_string={"system": system}).get_json()["items"] == short
     category = next(item for item in icd if item["code"] == "F33")
     assert category["billable"] is False and category["category"] == "F33"
     assert category["covers"] == [] and category["covers_source"] is None

@@ -691,7 +691,7 @@ def test_a_rate_without_a_duration_judged_over_the_ranges_says_so():
                     "phase": "infusion"})
     assumed = dosing.check(crps, order("0.35", "mg/kg/h", weight_kg=Decimal(70)))
     assert assumed.evaluation is not None and assumed.evaluation.unchecked == [
-        dosing.DURATION_ASSUMED.format(duration="PT4H")]
+        dosing.RATE_DURATION_ASSUMED.format(duration="PT4H")]  # "no duration or rate" said of a rate (a probe)
     stated = dosing.check(crps, order("0.35", "mg/kg/h", weight_kg=Decimal(70), duration_s=Fraction(4 * 3600)))
     assert stated.evaluation is not None and stated.evaluation.unchecked == []
     # An amount against a range of rates: found by a clinical probe, 98 mg with no duration read as the

@@ -252,6 +252,11 @@ def test_a_chunked_upload_over_the_body_limit_is_refused_by_the_real_server(serv
 
 
 def _raw_exchange(server: Server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    status_line, headers, body = _raw_answer(server, request)
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+def _raw_answer(server: Server, request: bytes) -> tuple[str, dict[str, str], bytes]:
     """Send bytes as they are (clients refuse to send these requests) and read the whole answer."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -263,7 +268,7 @@ def _raw_exchange(server: Server, request: bytes) -> tuple[int, dict[str, str], 
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = {name.strip().lower(): value.strip()
                for name, _, value in (line.partition(":") for line in header_lines)}
-    return int(status_line.split(" ", 2)[1]), headers, body
+    return status_line, headers, body
 
 
 REFUSED_BY_GUNICORN = [
@@ -280,9 +285,9 @@ REFUSED_BY_GUNICORN = [
     ("malformed-header-name", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400,
      "headers"),
     ("malformed-content-length", b"POST /v1/protocols HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
-     "CONTENT-LENGTH"),
+     "Content-Length"),  # as the app names headers; gunicorn upper-cases them (a documentation probe)
     # the header whose line ends in a bare LF, by gunicorn's name for it
-    ("bare-lf", b"GET /v1/protocols HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", 400, "HOST"),
+    ("bare-lf", b"GET /v1/protocols HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", 400, "Host"),
     ("unsupported-coding", b"POST /v1/protocols HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n",
      501, "Transfer-Encoding"),
 ]
@@ -304,3 +309,6 @@ def test_requests_gunicorn_refuses_itself_get_the_json_error_body(server: Server
         assert b"<html" not in body.lower(), name
         # Like the app's own error bodies, the part of the request at fault is named (found by a probe)
         assert document["errors"] == {where: [document["message"]]}, (name, document)
+        status_line, _, _ = _raw_answer(server, request_bytes)  # a 501 read "Bad Request" (a probe)
+        assert (status_line == "HTTP/1.1 501 Not Implemented") if status == 501 else \
+            status_line.startswith(f"HTTP/1.1 {status} "), (name, status_line)
