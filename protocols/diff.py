@@ -8,14 +8,25 @@ severity a reviewer or an EHR can act on:
   maxima, administration duration, the indications a range is for, routes, indications, dosing ranges, the
   drug, whether the protocol is in effect at all);
 * ``moderate``: regulatory and safety framing (FDA status, REMS, boxed warning, DEA schedule,
-  administration instructions);
+  administration instructions, a range's frequency as written: ``frequency.text`` is what a clinician
+  reads as the protocol's frequency, FHIR's ``Timing.code.text`` and the frequency dose checks quote);
 * ``minor``: wording, sources, when a version takes effect.
 
-Dosing ranges are matched between versions by ``(route, phase)``; when a version holds several ranges
-for the same pair (alternatives, in no meaningful order), an unchanged range is matched wherever it
-stands and the rest to their closest counterparts. Numbers are compared only when units match: mg against
-mg/kg, or a per-day maximum against a per-week one, is a ``unit_changed``, never an "increase".
-Everything here is a pure function of two documents.
+Dosing ranges are matched between versions by ``(route, phase)``. Within one, a range's identity is
+the population and stage it is for: its ``indications`` (as a set; absent, for every indication, is a
+mark of its own), its ``frequency.text`` ("weeks 5-8", "week 9 onwards") and its ``instructions``. An
+unchanged range is matched wherever it stands (a phase's ranges are in no meaningful order); the rest
+are paired first by unit, then by identity, then with their closest counterparts, so doses moved
+between two stages read as dose changes of each stage, not as their texts swapped. Numbers are
+compared only when units match: mg against mg/kg, or a per-day maximum against a per-week one, is a
+``unit_changed``, never an "increase".
+
+A diff compares two stored documents, not what changes for patients: between neighbouring versions it
+does not say what a version puts into effect when the earlier one is scheduled for later, a draft, or
+corrected back-dated (re-sending a scheduled dose raise with no ``effective_from`` puts it in effect
+now, and reads as an ``effective_from_changed``, minor). To review what a version changes for
+patients, diff it against the version in effect just before its ``effective_from`` (an ``as_of`` read
+names it). Everything here is a pure function of two documents.
 """
 
 from __future__ import annotations
@@ -67,6 +78,7 @@ CHANGE_TYPES: dict[str, str] = {
     "boxed_warning_changed": MODERATE,
     "dea_schedule_changed": MODERATE,
     "instructions_changed": MODERATE,
+    "frequency_text_changed": MODERATE,
     "approval_details_changed": MINOR,
     "effective_from_changed": MINOR,
     "sources_changed": MINOR,
@@ -122,7 +134,10 @@ def json_patch(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[dict[str, Any
 
 
 def clinical_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[ClinicalChange]:
-    """Typed changes, most severe first; within a severity, in document order."""
+    """Typed changes, most severe first; within a severity, in document order: the record's fields in
+    the order of this function, and dosing changes by their range's position (removed ranges first, by
+    their position in ``a``, then the others by theirs in ``b``), not grouped by route and phase (found
+    by a probe: /dosing_ranges/0, /3, /1, /2)."""
     changes = [
         *_meta(a, b),
         *_drug(a.get("drug") or {}, b.get("drug") or {}),
@@ -146,6 +161,10 @@ def _number(value: Any) -> Decimal:
 
 def _show(value: Any) -> str:
     return "none" if value is None else str(value)
+
+
+def _quoted(text: Any) -> str:
+    return "none" if text is None else f'"{text}"'
 
 
 def _route_name(code: str | None) -> str:
@@ -212,6 +231,12 @@ def _codings(a: Mapping[str, Any], b: Mapping[str, Any], field: str, key: Callab
             old = before[item_key][1].get("display")
             yield ClinicalChange("text_changed", f"/{field}/{index}/display", old, item.get("display"),
                                  f"Display text of {noun} {item.get('code')} changed")
+    # The codes both versions hold, in another order: in the patch (moves), so named here, as a reordering
+    # of brand names or sources is (found by a probe: reversed indications were only in the patch).
+    if [k for k in before if k in after] != [k for k in after if k in before]:
+        which = "the same codes" if before.keys() == after.keys() else "the codes kept"
+        yield ClinicalChange("text_changed", f"/{field}", a.get(field), b.get(field),
+                             f"{field.capitalize()} reordered ({which})")
 
 
 def _dosing_groups(ranges: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, Any], list[tuple[int, Mapping[str, Any]]]]:
@@ -222,22 +247,28 @@ def _dosing_groups(ranges: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, Any],
 
 
 def _dosing(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> Iterator[ClinicalChange]:
+    """The dosing changes in document order: removed ranges by their position in ``a`` (their paths point
+    there), then every other range's changes by its position in ``b``. Grouped by route and phase, they
+    came as /dosing_ranges/0, /3, /1, /2 (found by a probe)."""
     before, after = _dosing_groups(a), _dosing_groups(b)
     paired = {key: _pair(before.get(key, []), after.get(key, []), *key) for key in {*before, *after}}
-    for route, phase in before:
-        for index, item in paired[(route, phase)][1]:
-            yield ClinicalChange("dosing_range_removed", f"/dosing_ranges/{index}", item, None,
-                                 f"Dosing range removed: {_route_name(route)}, {phase} phase",
-                                 route, phase)
+    removed = sorted((index, item, route, phase) for (route, phase) in before
+                     for index, item in paired[(route, phase)][1])
+    for index, item, route, phase in removed:
+        yield ClinicalChange("dosing_range_removed", f"/dosing_ranges/{index}", item, None,
+                             f"Dosing range removed: {_route_name(route)}, {phase} phase", route, phase)
+    kept: list[tuple[int, list[ClinicalChange]]] = []
     for route, phase in after:
         pairs, _, added = paired[(route, phase)]
-        for old, (index, item) in sorted(pairs, key=lambda pair: pair[1][0]):
-            yield from _dose_range(old, item, f"/dosing_ranges/{index}", route, phase)
-        for index, item in added:
-            yield ClinicalChange("dosing_range_added", f"/dosing_ranges/{index}", None, item,
-                                 f"Dosing range added: {_route_name(route)}, {phase} phase: "
-                                 f"{item.get('dose_min')}-{item.get('dose_max')} {item.get('unit')}",
-                                 route, phase)
+        kept += [(index, list(_dose_range(old, item, f"/dosing_ranges/{index}", route, phase)))
+                 for old, (index, item) in pairs]
+        kept += [(index, [ClinicalChange("dosing_range_added", f"/dosing_ranges/{index}", None, item,
+                                         f"Dosing range added: {_route_name(route)}, {phase} phase: "
+                                         f"{item.get('dose_min')}-{item.get('dose_max')} {item.get('unit')}",
+                                         route, phase)])
+                 for index, item in added]
+    for _, changes in sorted(kept, key=lambda entry: entry[0]):
+        yield from changes
 
 
 _Indexed = tuple[int, Mapping[str, Any]]
@@ -247,11 +278,11 @@ def _pair(old: list[_Indexed], new: list[_Indexed], route: Any, phase: Any) -> t
         list[tuple[Mapping[str, Any], _Indexed]], list[_Indexed], list[_Indexed]]:
     """The ranges of one route and phase, matched old to new: ``(pairs, removed, added)``.
 
-    A phase's ranges are alternatives, so their order carries no meaning: a range that is still there,
-    unchanged, is matched wherever it now stands (matched by position, two swapped ranges read as four
-    "major" dose changes). The ranges left over are matched to their closest counterparts
-    (:func:`_closest_pairs`): matched in order, removing the 56 mg option of [56 mg, 84 mg] while
-    annotating the 84 mg one read as "56 mg raised to 84 mg" and "84 mg removed"."""
+    A phase's ranges are in no meaningful order: a range that is still there, unchanged, is matched
+    wherever it now stands (matched by position, two swapped ranges read as four "major" dose changes).
+    The ranges left over are matched to their closest counterparts (:func:`_closest_pairs`, by
+    :func:`_distance`: unit, then identity, then content): matched in order, removing the 56 mg option of
+    [56 mg, 84 mg] while annotating the 84 mg one read as "56 mg raised to 84 mg" and "84 mg removed"."""
     unmatched = list(old)
     twins: list[tuple[Mapping[str, Any], _Indexed]] = []
     rest: list[_Indexed] = []
@@ -277,7 +308,7 @@ _EXHAUSTIVE_PAIRINGS = 720
 
 
 def _closest_pairs(old: list[_Indexed], new: list[_Indexed],
-                   distance: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[int, int, float]]
+                   distance: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[int, int, int, float]]
                    ) -> list[tuple[int, int]]:
     """As many (old, new) index pairs as the smaller side has, with the least total distance; ties keep
     document order (the first pairing in order wins). Every leftover range on the larger side is a
@@ -305,13 +336,36 @@ def _closest_pairs(old: list[_Indexed], new: list[_Indexed],
     return sorted(chosen)
 
 
-def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any, phase: Any) -> tuple[int, int, float]:
+#: The changes of a range's identity (:func:`_identity`), counted by :func:`_distance` as identity, not
+#: again as kinds of change.
+_IDENTITY_CHANGES = frozenset({"indications_changed", "frequency_text_changed", "instructions_changed"})
+
+
+def _identity(dose_range: Mapping[str, Any]) -> tuple[frozenset[str] | None, Any, Any]:
+    """Who and when a range of a route and phase is for: the indications it is for (as a set; None, absent,
+    is for every indication), its frequency text ("once weekly, weeks 5-8") and its instructions. Two
+    ranges that differ in these are not alternatives: they serve other patients or other weeks."""
+    codes = dose_range.get("indications")
+    frequency = dose_range.get("frequency") or {}
+    return (None if codes is None else frozenset(map(str, codes)), frequency.get("text"),
+            dose_range.get("instructions"))
+
+
+def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any,
+              phase: Any) -> tuple[int, int, int, float]:
     """How far apart two ranges are: whether their units differ (first, so that a range is never paired
     across units while one in its own unit is left: raising both maxima of [10-20 mg, 1-2 mg/kg] read
-    as two unit changes; found by a probe), the kinds of change between them (a rewording counts for
-    nothing), then, in the same unit, how far their bounds moved (on a log scale, so 28 -> 56 mg is as
-    far as 56 -> 112 mg)."""
-    kinds = {change.type for change in _dose_range(a, b, "", route, phase) if change.type != "text_changed"}
+    as two unit changes; found by a probe), how many marks of their identity differ (:func:`_identity`),
+    the other kinds of change between them (a rewording counts for nothing), then, in the same unit, how
+    far their bounds moved (on a log scale, so 28 -> 56 mg is as far as 56 -> 112 mg).
+
+    Identity comes before the doses (found by a probe): two maintenance ranges told apart only by their
+    frequency text ("weeks 5-8", "week 9 onwards"), their instructions or their indications (F33.2,
+    R45.851), whose doses were swapped, were paired crosswise at no cost but wording, so the diff named
+    no dose change (minor, or only indications_changed) while the patch replaced dose_min and dose_max."""
+    kinds = {change.type for change in _dose_range(a, b, "", route, phase)
+             if change.type != "text_changed" and change.type not in _IDENTITY_CHANGES}
+    marks = sum(x != y for x, y in zip(_identity(a), _identity(b), strict=True))
     moved = 0.0
     if a.get("unit") == b.get("unit"):
         for bound in ("dose_min", "dose_max"):
@@ -320,7 +374,7 @@ def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any, phase: Any
                 moved += abs(math.log(high / low)) if low > 0 and high > 0 else float(low != high)
             except (ArithmeticError, ValueError, TypeError):  # a bound missing or not a number
                 moved += 1.0
-    return int(a.get("unit") != b.get("unit")), len(kinds), moved
+    return int(a.get("unit") != b.get("unit")), marks, len(kinds), moved
 
 
 def _dose_range(a: Mapping[str, Any], b: Mapping[str, Any], path: str, route: Any,
@@ -441,7 +495,10 @@ def _frequency(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, change:
         yield change("text_changed", "/frequency/period", a.get("period"), b.get("period"),
                      "Frequency period rewritten with the same length")
     if a.get("text") != b.get("text"):
-        yield change("text_changed", "/frequency/text", a.get("text"), b.get("text"), "Frequency wording changed")
+        # What a clinician reads as the frequency (FHIR Timing.code.text; dose checks quote it as "the
+        # protocol's"): moderate, as instructions are, not a minor rewording (found by a probe).
+        yield change("frequency_text_changed", "/frequency/text", a.get("text"), b.get("text"),
+                     f"Frequency text changed from {_quoted(a.get('text'))} to {_quoted(b.get('text'))}")
 
 
 def _per_period_text(m: Mapping[str, Any] | None) -> str:

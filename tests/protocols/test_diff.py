@@ -92,6 +92,9 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str, str, Any, Any
      "/dosing_ranges/0/duration", None, "PT2H"),
     ("instructions", _set("/dosing_ranges/0/instructions", "Observe for 2 hours"), "instructions_changed",
      "moderate", "/dosing_ranges/0/instructions", None, "Observe for 2 hours"),
+    ("frequency-text", _set("/dosing_ranges/0/frequency/text", "84 mg every 2 hours as needed"),
+     "frequency_text_changed", "moderate", "/dosing_ranges/0/frequency/text", "twice weekly",
+     "84 mg every 2 hours as needed"),
     ("route-added", _append("routes", IV_ROUTE), "route_added", "major", "/routes/1", None, IV_ROUTE),
     ("indication-added", _append("indications", SI), "indication_added", "major", "/indications/1", None, SI),
     ("indication-removed", lambda b: b["indications"].clear(), "indication_removed", "major",
@@ -492,3 +495,133 @@ def test_a_change_of_the_indications_a_range_is_for_names_the_codes(before, afte
     assert (change.type, change.path, change.before, change.after) == (kind, "/dosing_ranges/0/indications",
                                                                        before, after)
     assert description in change.description, change.description
+
+
+# ------------------------------------------------------------- a range's identity (found by a probe)
+
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+MDSI = {"system": ICD, "code": "R45.851", "display": "Suicidal ideations"}
+
+
+def _stage(low: int, high: int, mark: str, told_apart_by: str) -> dict[str, Any]:
+    """A range of one route and phase told apart from its siblings only by ``told_apart_by``."""
+    item: dict[str, Any] = {"route": NASAL, "phase": "maintenance", "dose_min": low, "dose_max": high,
+                            "unit": "mg", "frequency": {"count": 1, "period": "P1W", "text": None},
+                            "duration": None, "max_per_period": None, "instructions": None}
+    if told_apart_by == "frequency_text":
+        item["frequency"]["text"] = mark
+    elif told_apart_by == "instructions":
+        item["instructions"] = mark
+    else:
+        item["indications"] = [mark]
+    return item
+
+
+STAGE_MARKS = {"frequency_text": ("once weekly, weeks 5-8", "once weekly, week 9 onwards"),
+               "instructions": ("Weeks 5-8.", "Week 9 onwards."),
+               "indications": ("F33.2", "R45.851")}
+
+
+def _staged(told_apart_by: str, doses: list[tuple[int, int]]) -> dict[str, Any]:
+    doc = document()
+    doc["indications"].append(MDSI)
+    doc["dosing_ranges"] = [_stage(low, high, mark, told_apart_by)
+                            for (low, high), mark in zip(doses, STAGE_MARKS[told_apart_by], strict=True)]
+    return doc
+
+
+def _dose_paths(changes: list[diff.ClinicalChange]) -> set[str]:
+    return {c.path for c in changes if c.type.startswith(("dose_min_", "dose_max_"))}
+
+
+@pytest.mark.parametrize("told_apart_by", sorted(STAGE_MARKS))
+def test_doses_swapped_between_stages_are_dose_changes_of_each_stage(told_apart_by: str) -> None:
+    """Two maintenance ranges told apart only by their frequency text (weeks 5-8, week 9 onwards), their
+    instructions, or the indications they are for, with their doses swapped: the diff paired them
+    crosswise (a rewording cost nothing), naming only wording (minor), instructions or indications, and
+    no dose change, while the patch replaced dose_min and dose_max and a dose check flipped (found by a
+    probe). Each range keeps its identity now, and its dose changes are named, major."""
+    a = _staged(told_apart_by, [(56, 84), (28, 56)])
+    b = _staged(told_apart_by, [(28, 56), (56, 84)])
+    b["version"] = 2
+    changes = diff.clinical_changes(a, b)
+    assert [(c.type, c.path, c.before, c.after) for c in changes] == [
+        ("dose_min_decreased", "/dosing_ranges/0/dose_min", 56, 28),
+        ("dose_max_decreased", "/dosing_ranges/0/dose_max", 84, 56),
+        ("dose_min_increased", "/dosing_ranges/1/dose_min", 28, 56),
+        ("dose_max_increased", "/dosing_ranges/1/dose_max", 56, 84)]
+    assert {c.severity for c in changes} == {"major"}
+    patched = {op["path"] for op in diff.json_patch(a, b) if op["path"].endswith(("/dose_min", "/dose_max"))}
+    assert _dose_paths(changes) == patched == {f"/dosing_ranges/{i}/{bound}" for i in (0, 1)
+                                               for bound in ("dose_min", "dose_max")}
+
+
+@pytest.mark.parametrize("told_apart_by", sorted(STAGE_MARKS))
+def test_stages_reordered_are_no_change_and_a_stage_dropped_is_itself_removed(told_apart_by: str) -> None:
+    """Exact twins are still matched wherever they stand; and dropping weeks 5-8 (56-84 mg) while raising
+    week 9 onwards to 56-84 mg is that removal and that raise, not weeks 5-8 reworded."""
+    a = _staged(told_apart_by, [(56, 84), (28, 56)])
+    b = copy.deepcopy(a)
+    b["dosing_ranges"].reverse()
+    assert diff.clinical_changes(a, b) == []
+    c = copy.deepcopy(a)
+    c["dosing_ranges"] = [{**a["dosing_ranges"][1], "dose_min": 56, "dose_max": 84}]
+    assert [(x.type, x.path) for x in diff.clinical_changes(a, c)] == [
+        ("dosing_range_removed", "/dosing_ranges/0"), ("dose_min_increased", "/dosing_ranges/0/dose_min"),
+        ("dose_max_increased", "/dosing_ranges/0/dose_max")]
+    assert diff.clinical_changes(a, c)[0].before == a["dosing_ranges"][0]
+
+
+def test_a_range_whose_identity_changed_is_still_paired_when_nothing_else_is_left() -> None:
+    """Identity only ranks the pairings: a stage reworded alone is its own rewording (moderate), and two
+    stages reworded with their doses kept are two rewordings, never four dose changes."""
+    a = _staged("frequency_text", [(56, 84), (28, 56)])
+    b = copy.deepcopy(a)
+    b["dosing_ranges"][1]["frequency"]["text"] = "once weekly or every 2 weeks, week 9 onwards"
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.severity, change.path) == ("frequency_text_changed", "moderate",
+                                                           "/dosing_ranges/1/frequency/text")
+    b["dosing_ranges"][0]["frequency"]["text"] = "once weekly, weeks 5 to 8"
+    assert [(c.type, c.path) for c in diff.clinical_changes(a, b)] == [
+        ("frequency_text_changed", "/dosing_ranges/0/frequency/text"),
+        ("frequency_text_changed", "/dosing_ranges/1/frequency/text")]
+
+
+@pytest.mark.parametrize(("field", "noun"), [("indications", "Indications"), ("routes", "Routes")])
+def test_the_records_indications_or_routes_reordered_are_named(field: str, noun: str) -> None:
+    """Found by a probe: reversed indications were a move in the patch and nowhere in the changes, though
+    every field of the patch is named (as a reordering of brand names or sources is)."""
+    a = document()
+    a["indications"].append(MDSI)
+    a["routes"].append(IV_ROUTE)
+    b = copy.deepcopy(a)
+    b[field].reverse()
+    assert {op["path"].split("/")[1] for op in diff.json_patch(a, b)} == {field}
+    change = only(diff.clinical_changes(a, b))
+    assert (change.type, change.severity, change.path, change.before, change.after) == (
+        "text_changed", "minor", f"/{field}", a[field], b[field])
+    assert change.description == f"{noun} reordered (the same codes)"
+    b[field].append({**b[field][0], "code": "X1"})  # one added too: the added one and the reordering
+    assert [c.type for c in diff.clinical_changes(a, b)] == [f"{field[:-1]}_added", "text_changed"]
+    c = copy.deepcopy(a)
+    c[field].append({**c[field][0], "code": "X1"})  # added at the end, the others in order: no reordering
+    assert [x.type for x in diff.clinical_changes(a, c)] == [f"{field[:-1]}_added"]
+
+
+def test_dosing_changes_are_in_document_order_within_a_severity() -> None:
+    """Found by a probe: grouped by route and phase, Spravato's major changes came as /dosing_ranges/0, /3,
+    /1, /2. Removed ranges come first, by their position in version a (their paths point there)."""
+    a = document()
+    first = a["dosing_ranges"][0]
+    a["dosing_ranges"] = [{**first, "phase": phase, "dose_max": high}
+                          for phase, high in (("induction", 84), ("maintenance", 84), ("maintenance", 56),
+                                              ("induction", 56))]
+    b = copy.deepcopy(a)
+    for item in b["dosing_ranges"]:
+        item["dose_max"] += 1
+    assert [c.path for c in diff.clinical_changes(a, b)] == [f"/dosing_ranges/{i}/dose_max" for i in range(4)]
+    c = copy.deepcopy(b)
+    del c["dosing_ranges"][3], c["dosing_ranges"][1]  # removes a's /1 and /3, and keeps two raised
+    assert [(x.type, x.path) for x in diff.clinical_changes(a, c)] == [
+        ("dosing_range_removed", "/dosing_ranges/1"), ("dosing_range_removed", "/dosing_ranges/3"),
+        ("dose_max_increased", "/dosing_ranges/0/dose_max"), ("dose_max_increased", "/dosing_ranges/1/dose_max")]
