@@ -191,7 +191,8 @@ def validate_document(document: dict[str, Any]) -> dict[str, list[str]]:
 @protocols_cli.command("export")
 @click.argument("path", type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path))
 def export_command(path: Path) -> None:
-    """Write every protocol with its full history as NDJSON (changes-feed order; `-` = stdout)."""
+    """Write every protocol with its full history as NDJSON (changes-feed order; `-` = stdout), then a
+    trailer line with the version count and digest, which import requires."""
     if str(path) == "-":
         # UTF-8 whatever the locale (import reads UTF-8): sys.stdout encodes in the locale's charset,
         # which failed part-way on "≤" under a Latin-1 locale, or wrote a file import refuses.
@@ -290,7 +291,10 @@ def _sha256_option(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--sha256", "expected_sha256", metavar="HEX", callback=_sha256_option,
               help="The SHA-256 export printed for this file: a copy that differs by a byte is refused.")
 def import_command(path: Path, expected_sha256: str | None) -> None:
-    """Import an NDJSON export: the whole file is validated first, then imported in one transaction."""
+    """Import an NDJSON export: the whole file is validated first, then imported in one transaction.
+
+    The file must end with the trailer export writes (its version count and digest), so a copy cut short
+    is refused; a file exported before trailers existed is imported only with a matching --sha256."""
     try:
         data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except OSError as exc:
@@ -303,7 +307,7 @@ def import_command(path: Path, expected_sha256: str | None) -> None:
             raise click.ClickException(f"{path} has SHA-256 {actual}, not {expected_sha256.strip()}: it is not "
                                        "the export that digest belongs to; nothing was imported")
     try:
-        result = transfer.import_ndjson(get_db(), data, validate_document)
+        result = transfer.import_ndjson(get_db(), data, validate_document, digest_checked=expected_sha256 is not None)
     except transfer.ImportRejected as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)

@@ -11,10 +11,22 @@ since ``protocols`` does not depend on ``schemas``), be in canonical form (rebui
 same bytes, so the ETag will match) and continue its protocol's history without gaps. Only a file
 with no problem at all is written, in one transaction, which also refuses histories that clash with
 what is already stored. Every problem is reported with its line number and field path.
+
+Every export ends with a trailer line, ``{"export":{"format":1,"versions":N,"sha256":"<hex>"}}``: how
+many versions the file holds and the SHA-256 of every byte before the trailer. Import requires it. A
+copy cut at a line boundary (``head -n 60``, lines deleted) was a file of valid versions and imported
+with exit 0, its newest versions (a retirement, a dose correction) silently lost; nothing in the file
+said how many it should hold (found by a probe). The trailer cannot be taken for a version: a version
+document has an ``id`` and no ``export`` field. A file exported before the trailer existed has none:
+it is imported only when the caller checked the whole file against the SHA-256 export printed for it,
+which proves the copy complete (``digest_checked``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +47,17 @@ ContentValidator = Callable[[dict[str, Any]], Mapping[str, list[str]]]
 
 EXPORT_BATCH = 500
 MAX_LINE_BYTES = 1_000_000
+
+#: The trailer's one field (a version document never has it) and the format this release writes and reads.
+TRAILER_FIELD = "export"
+EXPORT_FORMAT = 1
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+#: A file without a trailer: cut short, or exported before trailers existed (then --sha256 proves it whole).
+NO_TRAILER = ("the file does not end with the export's trailer line ({\"export\":{\"format\":1,\"versions\":N,"
+              "\"sha256\":\"<hex>\"}}): it may be a copy cut short, which would restore an older history without a "
+              "word. A file exported before export wrote trailers has none: import it with --sha256 and the digest "
+              "export printed for it, which proves the copy complete")
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,12 @@ class ImportRejected(Exception):
 class ImportResult:
     versions: int = 0
     protocols: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Trailer:
+    versions: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -113,20 +142,34 @@ def check_stored(db: Database, validate: ContentValidator, report: Callable[[Sto
     return checked
 
 
-def export_ndjson(db: Database, out: IO[str], digest: Any = None) -> int:
-    """Write every version, one document per line, exactly as stored; return the line count.
+def trailer_line(versions: int, sha256: str) -> str:
+    """The export's last line: how many versions come before it and the SHA-256 of their bytes."""
+    return json.dumps({TRAILER_FIELD: {"format": EXPORT_FORMAT, "versions": versions, "sha256": sha256}},
+                      separators=(",", ":"))
 
-    ``digest`` (a ``hashlib`` object) is fed the file's bytes as written: the SHA-256 an operator keeps
-    with a backup and gives to import (``--sha256``), which then refuses a copy that differs by a byte.
-    Import checks each line's form and history, not its facts: a dose edited by hand in an export was
-    imported as fact (found by a probe)."""
+
+def export_ndjson(db: Database, out: IO[str], digest: Any = None) -> int:
+    """Write every version, one document per line, exactly as stored, then the trailer (module
+    docstring); return the number of versions.
+
+    ``digest`` (a ``hashlib`` object) is fed the file's bytes as written, trailer included: the SHA-256
+    an operator keeps with a backup and gives to import (``--sha256``), which then refuses a copy that
+    differs by a byte. Import checks each line's form and history, not its facts: a dose edited by hand
+    in an export was imported as fact (found by a probe). The trailer proves only that the copy is whole."""
+    body = hashlib.sha256()
     count = 0
     for document in iter_documents(db):
-        out.write(document)
-        out.write("\n")
+        line = document + "\n"
+        out.write(line)
+        encoded = line.encode("utf-8")
+        body.update(encoded)
         if digest is not None:
-            digest.update(document.encode("utf-8") + b"\n")
+            digest.update(encoded)
         count += 1
+    trailer = trailer_line(count, body.hexdigest()) + "\n"
+    out.write(trailer)
+    if digest is not None:
+        digest.update(trailer.encode("utf-8"))
     return count
 
 
@@ -194,13 +237,88 @@ def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
     return errors  # id, status text, content and unknown fields are the wire schema's to check
 
 
-def parse_ndjson(data: bytes, validate: ContentValidator) -> list[_Line]:
-    """Check a whole export file; return its lines or raise :class:`ImportRejected` with every error."""
+def _split_last_line(data: bytes) -> tuple[bytes, int, str | None]:
+    """``(every byte before the last line, its line number, its text)``; the text is None when it cannot
+    be a trailer (not UTF-8, or longer than any line)."""
+    content = data[:-1] if data.endswith(b"\n") else data
+    cut = content.rfind(b"\n") + 1
+    body, last, number = data[:cut], content[cut:], data.count(b"\n", 0, cut) + 1
+    if len(last) > MAX_LINE_BYTES:
+        return body, number, None
+    try:
+        return body, number, last.decode("utf-8")
+    except UnicodeDecodeError:
+        return body, number, None
+
+
+def _read_trailer(number: int, text: str | None) -> Trailer | list[LineError] | None:
+    """The trailer on line ``number``; its errors when the line is one (an object with ``export``) this
+    release cannot read; None when the line is no trailer at all (a version, a line cut short)."""
+    try:
+        doc = strict_loads(text) if text is not None else None
+    except InvalidJSON:
+        return None
+    if not isinstance(doc, dict) or TRAILER_FIELD not in doc:
+        return None
+    fields = doc[TRAILER_FIELD]
+    if len(doc) != 1 or not isinstance(fields, dict) or set(fields) != {"format", "versions", "sha256"}:
+        return [LineError(number, TRAILER_FIELD, 'not an export trailer: {"export":{"format":1,"versions":N,'
+                                                 '"sha256":"<64 hex digits>"}} and nothing else')]
+    errors = []
+    if type(fields["format"]) is not int or fields["format"] != EXPORT_FORMAT:
+        shown = json.dumps(fields["format"], default=str)
+        errors.append(LineError(number, "export.format", f"format {shown} is not the one this release reads "
+                                f"({EXPORT_FORMAT}): was the file exported by a newer one?"))
+    if type(fields["versions"]) is not int or fields["versions"] < 0:
+        errors.append(LineError(number, "export.versions", "must be an integer >= 0"))
+    if not isinstance(fields["sha256"], str) or not _SHA256_HEX.fullmatch(fields["sha256"]):
+        errors.append(LineError(number, "export.sha256", "must be 64 lower-case hexadecimal digits"))
+    return errors or Trailer(fields["versions"], fields["sha256"])
+
+
+def _trailer_problem(number: int, trailer: Trailer, body: bytes) -> LineError | None:
+    """How the lines before the trailer disagree with it, if they do (one line: the copy is not the export)."""
+    lines = body.count(b"\n")
+    if lines != trailer.versions:
+        return LineError(number, "export.versions", f"the trailer says the export holds {trailer.versions} versions, "
+                         f"but {lines} lines come before it: lines were removed or added after the export (a copy "
+                         "cut short loses the newest versions)")
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != trailer.sha256:
+        return LineError(number, "export.sha256", f"the {lines} lines before the trailer have SHA-256 {actual}, "
+                         f"not {trailer.sha256} as exported: the file was changed after the export")
+    return None
+
+
+def parse_ndjson(data: bytes, validate: ContentValidator, *, digest_checked: bool = False) -> list[_Line]:
+    """Check a whole export file; return its versions or raise :class:`ImportRejected` with every error.
+
+    The trailer is checked first, and alone: a file that is not the whole export (cut short, lines
+    removed or edited) is refused in one line, whatever its versions hold. ``digest_checked``: the
+    caller matched the whole file against the SHA-256 export printed for it, so a file without a
+    trailer (exported before trailers existed) is complete and its every line a version."""
     if not data:
         # A truncated copy or the wrong path looked like a successful restore ("imported 0 versions";
-        # found by a probe). An export of an empty registry is empty too, and restores nothing.
+        # found by a probe). An export of an empty registry holds its trailer.
         raise ImportRejected([LineError(1, "_line", "the file is empty: there is nothing to import (an export "
-                                                    "holds one version per line)")])
+                                                    "holds one version per line, then its trailer)")])
+    body, number, text = _split_last_line(data)
+    trailer = _read_trailer(number, text)
+    if isinstance(trailer, list):
+        raise ImportRejected(trailer)
+    if trailer is None:
+        if not digest_checked:
+            raise ImportRejected([LineError(number, "_line", NO_TRAILER)])
+        body = data
+    else:
+        problem = _trailer_problem(number, trailer, body)
+        if problem is not None:
+            raise ImportRejected([problem])
+    return _parse_versions(body, validate)
+
+
+def _parse_versions(data: bytes, validate: ContentValidator) -> list[_Line]:
+    """Check every line of ``data`` as a version document continuing its protocol's history."""
     errors: list[LineError] = []
     lines: list[_Line] = []
     expected: dict[str, tuple[int, int]] = {}  # protocol id -> (next version, line of previous)
@@ -279,14 +397,16 @@ def _check_against_database(session: Any, lines: Iterable[_Line]) -> list[LineEr
     return errors
 
 
-def import_ndjson(db: Database, data: bytes, validate: ContentValidator) -> ImportResult:
+def import_ndjson(db: Database, data: bytes, validate: ContentValidator, *,
+                  digest_checked: bool = False) -> ImportResult:
     """Validate the whole file, then import every line in one transaction (or nothing).
+    ``digest_checked``: see :func:`parse_ndjson`.
 
     The transaction queues behind every other writer (:func:`versioning.hold_feed_lock`) before it
     checks the file against what is stored: two imports at once into an empty PostgreSQL database both
     passed the check, and the loser died on ``ProtocolExists`` with a traceback instead of the line-by-line
     refusal SQLite's write lock gave (found by an operations probe)."""
-    lines = parse_ndjson(data, validate)
+    lines = parse_ndjson(data, validate, digest_checked=digest_checked)
     result = ImportResult()
     with db.write.begin() as session:
         versioning.hold_feed_lock(session.connection())

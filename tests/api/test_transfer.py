@@ -61,8 +61,9 @@ def test_export_import_reproduces_every_version_exactly(app, client, make_app, t
     result = app.test_cli_runner().invoke(args=["protocols", "export", str(export)])
     assert result.exit_code == 0, result.output
     lines = export.read_bytes().split(b"\n")
-    assert lines[-1] == b"" and len(lines) - 1 == len(before)
-    assert {line for line in lines[:-1]} == {document for document, _ in before.values()}
+    assert lines[-1] == b"" and len(lines) - 2 == len(before)
+    assert {line for line in lines[:-2]} == {document for document, _ in before.values()}
+    assert lines[-2] == _trailer([line.decode() for line in lines[:-2]]).encode()
 
     url = _fresh_database(test_databases, backend, app)
     restored = make_app(PROTOCOLS_DATABASE_URL=url)
@@ -138,6 +139,87 @@ def test_export_prints_a_sha256_and_import_refuses_a_copy_that_differs(
     assert f"sha256 {digest}" in piped.output
 
 
+def test_a_copy_cut_short_or_changed_after_export_is_refused_in_one_line(
+        app, client, make_app, test_databases, backend, tmp_path):
+    """Found by a probe: a copy of an export cut at a line boundary (``head -n 60``, lines deleted)
+    imported with exit 0 and `flask protocols check` passed, the newest versions (a retirement, a dose
+    correction) silently lost; only the optional --sha256 caught it. Export ends with a trailer (the
+    version count and the SHA-256 of the lines before it) and import requires it: each kind of copy that
+    is not the whole export is refused with one line naming the trailer's line, nothing imported."""
+    from protocols import audit
+
+    _seed(client)
+    export = tmp_path / "registry.ndjson"
+    assert app.test_cli_runner().invoke(args=["protocols", "export", str(export)]).exit_code == 0
+    *lines, trailer = export.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6 and trailer == _trailer(lines)
+    edited = lines[3].replace('"dose_max":', '"dose_max":9', 1)
+    newer = trailer.replace('"format":1', '"format":2')
+    cases = [
+        (lines[:4], 4, "_line: the file does not end with the export's trailer line"),  # head -n 4
+        (lines, 6, "_line: the file does not end with the export's trailer line"),  # the trailer itself lost
+        ([*lines, trailer[:-10]], 7, "_line: the file does not end with the export's trailer line"),  # cut in it
+        ([*lines[:2], *lines[3:], trailer], 6, "export.versions: the trailer says the export holds 6 versions, "
+                                               "but 5 lines come before it: lines were removed or added"),
+        ([*lines[:4], trailer], 5, "export.versions: the trailer says the export holds 6 versions, but 4 lines"),
+        ([*lines[:3], edited, *lines[4:], trailer], 7, "export.sha256: the 6 lines before the trailer have SHA-256"),
+        ([*lines, newer], 7, "export.format: format 2 is not the one this release reads (1)"),
+        ([*lines, '{"export":{"versions":6}}'], 7, "export: not an export trailer"),
+    ]
+    target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
+    for file_lines, line, expected in cases:
+        result = _import(target, tmp_path, file_lines, trailer=False)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        problems = [text for text in result.output.splitlines() if text.startswith("line ")]
+        assert problems == [problems[0]] and problems[0].startswith(f"line {line}: {expected}"), (expected, problems)
+        assert "1 problem(s)" in result.output and "nothing was imported" in result.output
+        assert _export_lines(target, tmp_path) == []
+    assert "--sha256" in _import(target, tmp_path, lines[:4], trailer=False).output
+    events = audit.query(target.extensions["protocols_db"], limit=20, action="protocols.import").items
+    assert {event.outcome for event in events} == {audit.DENIED}
+    restored = target.test_cli_runner().invoke(args=["protocols", "import", str(export)])
+    assert restored.exit_code == 0 and "imported 6 versions of 3 protocols" in restored.output, restored.output
+
+
+def test_an_export_made_before_trailers_imports_only_with_its_sha256(
+        app, client, make_app, test_databases, backend, tmp_path):
+    """A file exported before the trailer has none, and nothing in it tells whole from cut short: import
+    refuses it unless --sha256 matches the whole file (the digest export printed for it), which proves it
+    complete; the same digest refuses a cut copy of it."""
+    import hashlib
+
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    old = "".join(line + "\n" for line in lines).encode("utf-8")
+    digest = hashlib.sha256(old).hexdigest()
+    target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
+    refused = _import(target, tmp_path, lines, trailer=False)
+    assert refused.exit_code == 1 and "line 6: _line: the file does not end with the export's trailer" in refused.output
+    assert "exported before export wrote trailers has none: import it with --sha256" in refused.output
+    cut = _import(target, tmp_path, lines[:4], trailer=False, args=("--sha256", digest))
+    assert cut.exit_code == 1 and f"not {digest}" in cut.output
+    assert _export_lines(target, tmp_path) == []
+    accepted = _import(target, tmp_path, lines, trailer=False, args=("--sha256", digest))
+    assert accepted.exit_code == 0 and "imported 6 versions of 3 protocols" in accepted.output, accepted.output
+    assert _export_lines(target, tmp_path) == lines
+
+
+def test_the_export_of_an_empty_registry_is_its_trailer_and_restores_an_empty_registry(
+        app, make_app, test_databases, backend, tmp_path):
+    """An empty file is refused (a truncated copy or the wrong path looked like a restore); an empty
+    registry's export is no longer empty: its trailer says it holds 0 versions, and it imports as such."""
+    import hashlib
+
+    export = tmp_path / "empty.ndjson"
+    result = app.test_cli_runner().invoke(args=["protocols", "export", str(export)])
+    assert result.exit_code == 0 and "exported 0 versions" in result.output, result.output
+    assert export.read_text(encoding="utf-8") == _trailer([]) + "\n"
+    assert f"sha256 {hashlib.sha256(export.read_bytes()).hexdigest()}" in result.output
+    target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
+    imported = target.test_cli_runner().invoke(args=["protocols", "import", str(export)])
+    assert imported.exit_code == 0 and "imported 0 versions of 0 protocols" in imported.output, imported.output
+
+
 def _client(app):
     """A client for an app on a database that has no API key yet: mint one there (keys are not exported)."""
     from protocols import keys
@@ -147,16 +229,30 @@ def _client(app):
     return app.test_client()
 
 
+def _trailer(lines: list[str]) -> str:
+    """The trailer export writes after ``lines``: their count and the SHA-256 of their bytes."""
+    import hashlib
+
+    body = "".join(line + "\n" for line in lines).encode("utf-8")
+    return json.dumps({"export": {"format": 1, "versions": len(lines), "sha256": hashlib.sha256(body).hexdigest()}},
+                      separators=(",", ":"))
+
+
 def _export_lines(app, tmp_path) -> list[str]:
+    """The exported versions, one per line (the trailer, checked, left off)."""
     path = tmp_path / "export.ndjson"
     assert app.test_cli_runner().invoke(args=["protocols", "export", str(path)]).exit_code == 0
-    return path.read_text(encoding="utf-8").splitlines()
+    *lines, trailer = path.read_text(encoding="utf-8").splitlines()
+    assert trailer == _trailer(lines)
+    return lines
 
 
-def _import(app, tmp_path, lines: list[str]):
+def _import(app, tmp_path, lines: list[str], *, trailer: bool = True, args: tuple[str, ...] = ()):
+    """Import ``lines`` as a file, with the trailer export would write after them (``trailer``)."""
     path = tmp_path / "import.ndjson"
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return app.test_cli_runner().invoke(args=["protocols", "import", str(path)])
+    path.write_text("".join(line + "\n" for line in [*lines, *([_trailer(lines)] if trailer else [])]),
+                    encoding="utf-8")
+    return app.test_cli_runner().invoke(args=["protocols", "import", str(path), *args])
 
 
 def test_import_reports_every_bad_line_and_imports_nothing(app, client, make_app, test_databases, backend,
@@ -249,7 +345,7 @@ def test_a_file_name_that_is_not_utf8_is_imported_and_audited_and_names_no_key(a
     target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
     path = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"exp\xff.ndjson"))
     with open(path, "w", encoding="utf-8") as out:
-        out.write("".join(line + "\n" for line in lines))
+        out.write("".join(line + "\n" for line in [*lines, _trailer(lines)]))
     runner = target.test_cli_runner()
     result = runner.invoke(args=["protocols", "import", path])
     assert result.exit_code == 0 and result.exception is None, result.output
@@ -521,8 +617,9 @@ def test_an_export_to_dev_stdout_through_a_pipe_and_through_a_symlink_loop(tmp_p
         subprocess.run([*flask, *command], cwd=root, env=env, check=True, capture_output=True, timeout=120)
     piped = subprocess.run([*flask, "export", "/dev/stdout"], cwd=root, env=env, capture_output=True, timeout=120)
     assert piped.returncode == 0, piped.stderr
-    lines = piped.stdout.decode().splitlines()
-    assert lines and all(line.startswith("{") for line in lines)  # the count goes to stderr, not into the data
+    *lines, trailer = piped.stdout.decode().splitlines()
+    assert lines and all(line.startswith('{"id":') for line in lines)  # the count goes to stderr, not the data
+    assert trailer == _trailer(lines)
     assert f"exported {len(lines)} versions" in piped.stderr.decode()
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
