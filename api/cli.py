@@ -275,7 +275,7 @@ def _digest_line(digest: Any) -> str:
     return f"sha256 {digest.hexdigest()} (keep it with the copy: import --sha256 checks the copy against it)"
 
 
-IMPORT_ACTION = "protocols.import"
+IMPORT_ACTION = audit.IMPORT
 
 
 def _sha256_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -306,16 +306,15 @@ def import_command(path: Path, expected_sha256: str | None) -> None:
                          target=str(path), detail=f"sha256 {actual} is not the expected one")
             raise click.ClickException(f"{path} has SHA-256 {actual}, not {expected_sha256.strip()}: it is not "
                                        "the export that digest belongs to; nothing was imported")
-    try:
-        result = transfer.import_ndjson(get_db(), data, validate_document, digest_checked=expected_sha256 is not None)
+    try:  # its audit rows (one per protocol written, and the file's) commit with it
+        result = transfer.import_ndjson(get_db(), data, validate_document, digest_checked=expected_sha256 is not None,
+                                        audited_as=transfer.ImportAudit(cli_actor(), str(path)))
     except transfer.ImportRejected as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
         audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=cli_actor(), target=str(path),
                      detail=f"{len(exc.errors)} problem(s); first: {exc.errors[0]}")
         raise click.ClickException(f"{len(exc.errors)} problem(s) in {path}; nothing was imported") from exc
-    audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.ALLOWED, actor=cli_actor(), target=str(path),
-                 detail=f"imported {result.versions} versions of {len(result.protocols)} protocols")
     click.echo(f"imported {result.versions} versions of {len(result.protocols)} protocols")
 
 

@@ -5,8 +5,10 @@ Rows are never updated or deleted: the first migration installs triggers that re
 A change made through a service that takes a :class:`WriteContext` (creating, revising and retiring
 protocols; minting and revoking API keys) is recorded *inside* that service's transaction
 (:class:`Pending`, written by :func:`insert_allowed`): the event commits with the change and rolls
-back with it, so the trail can neither miss a committed change nor record one that never was.
-Everything else (denied and failed requests, catalog loads) is written by :func:`record` in its own
+back with it, so the trail can neither miss a committed change nor record one that never was. An
+import (``protocols.transfer``) writes its rows in its own transaction the same way, one per protocol it
+wrote (:data:`PROTOCOL_IMPORT`) and a summary (:data:`IMPORT`).
+Everything else (denied and failed requests, refused imports, catalog loads) is written by :func:`record` in its own
 short transaction, so a denied or failed request is recorded even though its own work was rolled back.
 """
 
@@ -30,6 +32,9 @@ DENIED = "denied"
 #: Actions written outside the HTTP request cycle.
 KEY_CREATE = "keys.create"
 KEY_REVOKE = "keys.revoke"
+#: ``flask protocols import``: the file (target its name), and each protocol it wrote (target its id).
+IMPORT = "protocols.import"
+PROTOCOL_IMPORT = "protocol.import"
 
 
 @dataclass(frozen=True)
@@ -84,14 +89,20 @@ def _clip(value: str | None, length: int) -> str | None:
     the import, then failed on its audit row with a traceback (found by an operations probe)."""
     if value is None:
         return None
+    return printable(value).replace("\x00", "\ufffd")[:length]
+
+
+def printable(value: str) -> str:
+    """``value`` with each lone surrogate written as the escape of its byte (``\\xff``), which both
+    databases can store (see :func:`_clip`)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         try:
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         except UnicodeEncodeError:  # a surrogate that stands for no byte
-            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value.replace("\x00", "\ufffd")[:length]
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def row(*, action: str, outcome: str, actor: str | None, target: str | None, status_code: int | None,

@@ -65,7 +65,8 @@ class AuditQuerySchema(WindowPageQuerySchema):
                  metadata={"description": "Who acted, exactly as events name it: an API key's name, `cli:<user>` "
                                           "or `catalog-loader` (see the event's `actor`)"})
     protocol = Text(validate=validate.Length(1, 200),
-                    metadata={"description": "Target, exactly as events name it: a protocol id, a key id for key "
+                    metadata={"description": "Target, exactly as events name it: a protocol id (an import's "
+                                             "`protocol.import` rows name each protocol it wrote), a key id for key "
                                              "administration, the path of a refused request, an imported file"})
     action = Text(validate=validate.Length(1, 64), metadata={"description": "e.g. protocol.revise, keys.revoke"})
     outcome = Text(validate=validate.OneOf(("allowed", "denied", "failed")))
@@ -82,8 +83,9 @@ class AuditEventSchema(Schema):
                        "request"})
     action = fields.String(required=True)
     target = fields.String(allow_none=True, metadata={
-        "description": "What was acted on: a protocol id, a key id, the path of a request refused before it "
-                       "named one, or the file an import read"})
+        "description": "What was acted on: a protocol id (also each protocol an import wrote, `protocol.import`), "
+                       "a key id, the path of a request refused before it named one, or the file an import read "
+                       "(`protocols.import`)"})
     outcome = fields.String(required=True, metadata={"description": "allowed, denied or failed"})
     status_code = fields.Integer(allow_none=True)
     request_id = fields.String(allow_none=True)

@@ -220,6 +220,72 @@ def test_the_export_of_an_empty_registry_is_its_trailer_and_restores_an_empty_re
     assert imported.exit_code == 0 and "imported 0 versions of 0 protocols" in imported.output, imported.output
 
 
+def test_the_audit_filter_by_protocol_finds_what_an_import_wrote_to_it(
+        app, client, make_app, test_databases, backend, tmp_path):
+    """Found by a probe: an import's only audit row named the file, so `GET /v1/admin/audit?protocol=<id>`
+    did not find the versions an import appended to a protocol (under any author, even catalog-loader).
+    Each protocol the import writes gets a `protocol.import` row (target its id; its first and last
+    version, their count and the file), written with the summary in the import's transaction."""
+    from api.cli import cli_actor
+
+    ids = _seed(client)
+    lines = _export_lines(app, tmp_path)
+    first = [line for line in lines if json.loads(line)["id"] == ids[0]]
+    assert len(first) == 3
+    target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
+    admin = _client(target)
+    assert _import(target, tmp_path, first[:1]).exit_code == 0
+    continued = _import(target, tmp_path, first[1:])  # appended to a protocol the database holds
+    assert continued.exit_code == 0 and "imported 2 versions of 1 protocols" in continued.output, continued.output
+    path = str(tmp_path / "import.ndjson")
+
+    rows = admin.get("/v1/admin/audit", query_string={"protocol": ids[0]}).get_json()["items"]
+    assert [(row["action"], row["outcome"], row["actor"], row["detail"]) for row in rows] == [
+        ("protocol.import", "allowed", cli_actor(), {"first_version": 2, "last_version": 3, "versions": 2,
+                                                     "file": path}),
+        ("protocol.import", "allowed", cli_actor(), {"first_version": 1, "last_version": 1, "versions": 1,
+                                                     "file": path})]
+    summary = admin.get("/v1/admin/audit", query_string={"action": "protocols.import"}).get_json()["items"]
+    assert [(row["target"], row["detail"]) for row in summary] == [
+        (path, "imported 2 versions of 1 protocols"), (path, "imported 1 versions of 1 protocols")]
+    assert summary[0]["seq"] > rows[0]["seq"]  # the summary heads its protocols' rows, newest first
+
+    target2 = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, target))
+    admin2 = _client(target2)
+    assert _import(target2, tmp_path, lines).exit_code == 0
+    for protocol_id, versions in ((ids[0], 3), (ids[1], 2), (ids[2], 1)):
+        (row,) = admin2.get("/v1/admin/audit", query_string={"protocol": protocol_id}).get_json()["items"]
+        assert row["action"] == "protocol.import"
+        assert row["detail"] == {"first_version": 1, "last_version": versions, "versions": versions, "file": path}
+
+
+def test_an_imports_audit_rows_commit_and_roll_back_with_it(app, client, make_app, test_databases, backend,
+                                                            tmp_path, monkeypatch):
+    """The import's audit rows are written in its transaction: if they cannot be written, nothing is
+    imported (and a refused import leaves only its denied row, no protocol.import)."""
+    from protocols import audit, transfer
+
+    _seed(client)
+    lines = _export_lines(app, tmp_path)
+    target = make_app(PROTOCOLS_DATABASE_URL=_fresh_database(test_databases, backend, app))
+    db = target.extensions["protocols_db"]
+    original = transfer._write_audit
+
+    def written_then_failing(session, result, audited_as):
+        original(session, result, audited_as)
+        raise RuntimeError("the audit insert failed")
+
+    monkeypatch.setattr(transfer, "_write_audit", written_then_failing)
+    failed = _import(target, tmp_path, lines)
+    assert isinstance(failed.exception, RuntimeError)
+    monkeypatch.undo()
+    assert _export_lines(target, tmp_path) == []
+    assert audit.query(db, limit=20, action="protocol.import").items == []
+    assert audit.query(db, limit=20, action="protocols.import").items == []
+    assert _import(target, tmp_path, lines).exit_code == 0
+    assert len(audit.query(db, limit=20, action="protocol.import").items) == 3
+
+
 def _client(app):
     """A client for an app on a database that has no API key yet: mint one there (keys are not exported)."""
     from protocols import keys
@@ -354,6 +420,8 @@ def test_a_file_name_that_is_not_utf8_is_imported_and_audited_and_names_no_key(a
 
     events = audit.query(target.extensions["protocols_db"], limit=5, action="protocols.import").items
     assert [(e.outcome, (e.target or "").endswith("exp\\xff.ndjson")) for e in events] == [(audit.ALLOWED, True)]
+    (row,) = audit.query(target.extensions["protocols_db"], limit=5, action="protocol.import").items
+    assert json.loads(row.detail or "")["file"].endswith("exp\\xff.ndjson")  # the per-protocol row's copy of it
     revoked = runner.invoke(args=["keys", "revoke", "x\udcff"])
     assert revoked.exit_code == 1 and isinstance(revoked.exception, SystemExit), revoked.exception
     assert "no API key with id 'x\\udcff'" in revoked.output
