@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import re
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -80,7 +81,9 @@ control_socket_disable = True
 # status, duration, bytes sent, key name, client address; JSON unless PROTOCOLS_LOG_JSON=false), written
 # by gunicorn's access log once the response has been sent (requests gunicorn refuses itself included).
 # It never holds headers, query strings or bodies, and a key sent in the path is redacted.
-accesslog = os.environ.get("PROTOCOLS_ACCESS_LOG", "-")
+# Empty turns gunicorn's access log off (the app then writes its own lines); gunicorn itself read "" as a
+# file name and refused to start (a review).
+accesslog = os.environ.get("PROTOCOLS_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("PROTOCOLS_LOG_LEVEL", "info")
 
@@ -111,13 +114,15 @@ class JsonAccessLogger(Logger):
     gunicorn's own access line (``access_log_format``) repeated the app's line with fewer facts, so each
     request was logged twice. Now the app records the key's name in the request's environ and leaves
     the line to this log, which knows what the app cannot: the bytes sent, the time until the last one,
-    and the requests gunicorn refuses before the app runs (their line carries the id of their error
-    body). Set up in each worker by ``post_worker_init`` (``write_request_lines``), which imports the app's
-    logging module: the master never loads the service."""
+    and the requests gunicorn answers itself: a refusal's line carries the id of its error body (and the
+    peer's address: no proxy header was read), and a response that failed before anything was sent is
+    logged once, as the 500 the client gets, under its request id. Set up in each worker by
+    ``post_worker_init`` (``write_request_lines``), which imports the app's modules: the master never
+    loads the service."""
 
     _request_record: Callable[..., logging.LogRecord] | None = None
     _actor_key = ""
-    _refusal_id: Callable[[], str | None] = staticmethod(lambda: None)
+    _errors: Any = None  # api.server_errors, once set up
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
@@ -141,7 +146,7 @@ class JsonAccessLogger(Logger):
             handler.setFormatter(formatter)
         self._request_record = logging_setup.request_record
         self._actor_key = logging_setup.ACTOR_ENVIRON_KEY
-        self._refusal_id = staticmethod(server_errors.answering_request_id)
+        self._errors = server_errors
         logging_setup.leave_request_lines_to_server()
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
@@ -149,19 +154,54 @@ class JsonAccessLogger(Logger):
             return
         if self._request_record is None:
             self.write_request_lines()
-        build = self._request_record
-        assert build is not None
         try:
-            status = getattr(resp, "status_code", None)  # set by start_response; a refusal has its status only
-            if not isinstance(status, int):
+            errors = self._errors
+            status = getattr(resp, "status_code", None)  # set by start_response; handle_error's has none
+            facts = {"request_id": next((value for name, value in resp.headers if name.lower() == "x-request-id"),
+                                        None),
+                     "method": environ.get("REQUEST_METHOD") or getattr(req, "method", None) or "-",
+                     "path": _path(environ, req), "actor": environ.get(self._actor_key),
+                     "remote_addr": environ.get("REMOTE_ADDR")}
+            failed = sys.exc_info()[1]  # in the handler's finally: the exception on its way out, if any
+            if isinstance(status, int) and not resp.headers_sent and isinstance(failed, Exception) \
+                    and not isinstance(failed, OSError):
+                errors.defer_line(facts)  # handle_error answers a 500 and logs that, with these facts
+                return
+            errors.defer_line(None)
+            if not isinstance(status, int):  # handle_error's answer: a refusal, or a failed response's 500
                 status = int(str(resp.status)[:3])
-            request_id = next((value for name, value in resp.headers if name.lower() == "x-request-id"), None)
-            self.access_log.handle(build(
-                request_id or self._refusal_id(), environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", ""),
-                status, round(request_time.total_seconds() * 1000, 2), environ.get(self._actor_key),
-                environ.get("REMOTE_ADDR"), sent=getattr(resp, "sent", None)))
+                facts = {**facts, **errors.answering_line(), "request_id": errors.answering_request_id()}
+            self._write(facts, status, round(request_time.total_seconds() * 1000, 2), getattr(resp, "sent", None))
         except Exception:
             self.error(traceback.format_exc())
+
+    def refusal_line(self, status: int, request_id: str, addr: Any) -> None:
+        """The line of a request gunicorn refused before it had parsed one (a request line or headers it
+        could not read, too long, too many): nothing of it is known but the peer."""
+        if not self.access_log_enabled or self._request_record is None:
+            return
+        try:
+            peer = addr[0] if isinstance(addr, tuple | list) and addr else None
+            self._write({"request_id": request_id, "method": "-", "path": "", "actor": None, "remote_addr": peer},
+                        status, None, None)
+        except Exception:
+            self.error(traceback.format_exc())
+
+    def _write(self, facts: dict[str, Any], status: int, duration_ms: float | None, sent: int | None) -> None:
+        build = self._request_record
+        assert build is not None
+        self.access_log.handle(build(facts["request_id"], facts["method"], facts["path"], status, duration_ms,
+                                     facts["actor"], facts["remote_addr"], sent=sent))
+
+
+def _path(environ: dict[str, Any], req: Any) -> str:
+    """The request's path as the app reads it: WSGI's ``PATH_INFO`` holds the raw bytes as Latin-1, which
+    Werkzeug decodes as UTF-8 (a non-ASCII path was logged garbled; a review); ``handle_error``'s environ
+    has none, the parsed request's path then."""
+    raw = environ.get("PATH_INFO")
+    if raw is None:
+        return str(getattr(req, "path", "") or "")
+    return str(raw).encode("latin-1", "replace").decode("utf-8", "replace")
 
 
 logger_class = JsonAccessLogger
@@ -216,9 +256,11 @@ def post_worker_init(worker: object) -> None:
     # JSON error body instead of gunicorn's HTML page (api/server_errors.py).
     server_errors.install()
     # The request line is the access log's from the first request on (JsonAccessLogger).
-    log = getattr(worker, "log", None)
-    if isinstance(log, JsonAccessLogger):
-        log.write_request_lines()
+    # By its method, not its class: a reload (SIGHUP) runs this file again, so the arbiter's logger, which it
+    # keeps, is an instance of the class the first run made (a review: a reloaded worker logged twice).
+    write_request_lines = getattr(getattr(worker, "log", None), "write_request_lines", None)
+    if write_request_lines is not None:
+        write_request_lines()
     gc.collect()
     gc.freeze()
     sys.setswitchinterval(switch_interval_s)

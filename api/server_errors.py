@@ -34,6 +34,8 @@ MAX_MESSAGE_CHARS = 200
 #: A header name quoted as the key of ``errors``: longer ones are cut, as messages are.
 MAX_NAME_CHARS = 100
 
+#: Header names whose usual spelling is not each part capitalized (a review: X-Request-Id).
+_AS_DOCUMENTED = {name.title(): name for name in ("X-Request-ID", "WWW-Authenticate", "ETag", "TE", "DNT")}
 #: A header name (RFC 9110 5.1: a token).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -69,7 +71,8 @@ def at_fault(exc: BaseException | None) -> str:
             # gunicorn upper-cases the names it parsed (CONTENT-LENGTH); the app's errors name headers as
             # written (Content-Length, Transfer-Encoding), so a client looked for one key and got another
             # (a documentation probe).
-            return "-".join(part.capitalize() for part in name.strip().split("-"))[:MAX_NAME_CHARS]
+            written = "-".join(part.capitalize() for part in name.strip().split("-"))
+            return _AS_DOCUMENTED.get(written, written)[:MAX_NAME_CHARS]
         return "headers"
     return "request"
 
@@ -93,12 +96,28 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
             "Cache-Control: no-store\r\n"
             "\r\n")
     util.write_nonblock(sock, head.encode("latin-1") + body)
+    log, addr = getattr(_answering, "unlogged", None) or (None, None)
+    refusal_line = getattr(log, "refusal_line", None)
+    if refusal_line is not None:
+        refusal_line(status_int, request_id, addr)
 
 
 def answering_request_id() -> str | None:
     """The request id of the refusal this thread is answering (its access-log line and its error body
     carry the same one), or None outside ``handle_error``."""
     return getattr(_answering, "request_id", None)
+
+
+def defer_line(facts: dict[str, Any] | None) -> None:
+    """Keep the facts of a request whose response failed before anything was sent (a stream whose first
+    chunk raised), for the line of the 500 ``handle_error`` answers it with: it was logged twice, as a 200
+    under the client's request id and as a 500 under a fresh one (a review). None forgets them."""
+    _answering.deferred = facts
+
+
+def answering_line() -> dict[str, Any]:
+    """The deferred facts of the request this thread's ``handle_error`` is answering, or nothing."""
+    return getattr(_answering, "line", None) or {}
 
 
 def install() -> None:
@@ -113,11 +132,18 @@ def install() -> None:
         original = Worker.handle_error
 
         def _handle_error(self: Worker, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-            _answering.exc, _answering.request_id = exc, new_request_id()
+            deferred: dict[str, Any] = getattr(_answering, "deferred", None) or {}
+            _answering.deferred = None
+            # A failed response keeps the client's request id; a refusal gets a fresh one.
+            _answering.exc, _answering.request_id = exc, deferred.get("request_id") or new_request_id()
+            _answering.line = deferred
+            # gunicorn logs an answer only when it has parsed a request; for the rest (a request line or
+            # headers it refused) the error writer asks the log for a line (a review: none was written).
+            _answering.unlogged = (getattr(self, "log", None), addr) if req is None else None
             try:
                 original(self, req, client, addr, exc)
             finally:
-                _answering.exc = _answering.request_id = None
+                _answering.exc = _answering.request_id = _answering.line = _answering.unlogged = None
 
         _handle_error.__wrapped__ = original  # type: ignore[attr-defined]
         Worker.handle_error = _handle_error

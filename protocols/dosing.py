@@ -924,9 +924,12 @@ DURATION_ASSUMED = ("the order gives no duration or rate: it was judged as if gi
                     "how fast it will be given was not checked")
 #: :data:`DURATION_ASSUMED` for an order that is a rate: how fast is known, how long it runs is not (a
 #: documentation probe: "gives no duration or rate" was said of 21 mg/h). A rate without a stop would break
-#: most ranges' maxima per period; judged over the protocol's duration it is a partial check, saying so.
+#: most ranges' maxima per period; judged over the protocol's duration it is a partial check, saying so. The
+#: assumption bounds what the verdict says from below, for one administration as for a period (a review: "how
+#: much it gives in a period was not checked" stood beside a breach of the maximum per period).
 RATE_DURATION_ASSUMED = ("the order gives a rate but no duration: it was judged as running for the protocol's "
-                         "{duration}; how long it will run, and so how much it gives in a period, was not checked")
+                         "{duration} each time; if it runs longer, each administration (and each period) gives more "
+                         "than judged here")
 #: :data:`DURATION_ASSUMED` for an order that gives only the longest an administration may take.
 DURATION_BOUNDED = ("the order gives only the longest it may take ({bound}): it was judged as if given over the "
                     "protocol's {duration}; how fast it will be given was not checked")

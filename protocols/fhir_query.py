@@ -363,10 +363,15 @@ def parse_instant(name: str, value: str) -> datetime:
     try:
         if _FHIR_OFFSET.search(value) is None:
             # A date alone has no time and no offset at all: it was told its offset was beyond ±14:00 (a probe).
+            if not re.match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+                raise ValueError("not a date-time")
             if "T" not in value.upper():
                 raise ValueError("no time and zone")
-            raise ValueError("no zone" if not re.search(r"(?:[Zz]|[+-][0-9:]+)$", value) else
-                             "offset beyond FHIR's ±14:00")
+            if re.search(r"[+-][0-9]{2}:[0-9]{2}$", value):
+                raise ValueError("offset beyond FHIR's ±14:00")
+            # +5, +0100, a lowercase z: a zone FHIR's instant does not write that way (a review)
+            raise ValueError("the zone must be Z or +hh:mm/-hh:mm" if re.search(r"(?:[Zz]|[+-][0-9:]*)$", value)
+                             else "no zone")
         return parse_rfc3339(value, finer="up")
     except ValueError as exc:
         # Says what was wrong: a year outside 1900-9998 was blamed on the offset (a review).

@@ -1028,7 +1028,9 @@ def test_since_offsets_beyond_fhirs_14_hours_are_400_as_for_last_updated(client,
 
 
 @pytest.mark.parametrize(("value", "reason"), [("2026-12-05", "no time and zone"),
-                                                ("2026-12-05T10:00:00", "no zone")])
+                                                ("2026-12-05T10:00:00", "no zone"), ("garbage", "not a date-time"),
+                                                ("2026-12-05T10:00:00+0100", "the zone must be Z or +hh:mm/-hh:mm"),
+                                                ("2026-12-05T10:00:00+5", "the zone must be Z or +hh:mm/-hh:mm")])
 def test_since_without_a_zone_is_told_so_not_that_its_offset_is_too_far(client, value, reason):
     """Found by a documentation probe: ``_since=2026-12-05`` was refused "(offset beyond FHIR's ±14:00)"."""
     pid = _create(client)["id"]

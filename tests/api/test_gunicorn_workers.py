@@ -6,6 +6,7 @@ and every following request, on fresh connections, answers 401 whichever worker 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -31,8 +33,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def gunicorn_server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+@contextlib.contextmanager
+def serving(database_url: str, tmp_path: Path, app: str = "api:create_app()") -> Iterator[tuple[str, Path]]:
+    """gunicorn with the production config and two workers, its output (every log line) in a file."""
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     env = {**os.environ, "PROTOCOLS_DATABASE_URL": database_url, "PROTOCOLS_RATE_LIMIT": "off",
@@ -41,7 +44,7 @@ def gunicorn_server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Pa
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
-             "api:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+             app], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -62,6 +65,26 @@ def gunicorn_server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Pa
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def gunicorn_server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    with serving(database_url, tmp_path) as served:
+        yield served
+
+
+def request_lines(log_path: Path, wanted: Callable[[dict[str, Any]], bool], count: int) -> list[dict[str, Any]]:
+    """The request lines ``wanted`` picks, once ``count`` of them are written (or after 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = log_path.read_text()
+        complete = text[:text.rfind("\n") + 1]  # not a line still being written
+        lines = [json.loads(line) for line in complete.splitlines()  # each line parses on its own
+                 if line.startswith("{") and '"logger":"api.access"' in line]
+        found = [line for line in lines if wanted(line)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def worker_pids(log_path: Path, request_ids: set[str]) -> dict[str, int]:
@@ -121,22 +144,57 @@ def test_each_request_has_one_json_line_whatever_the_path(gunicorn_server):
     """gunicorn's own escaping covers '"' only: a path with a newline split its line in two and one
     ending in a backslash swallowed the closing quote (adversarial probe). Every line is JSON now, and
     each request has one: the app's request line, written by gunicorn's access log (with the bytes sent),
-    where the app and gunicorn each wrote one."""
+    where the app and gunicorn each wrote one. A non-ASCII path reads as the app reads it (UTF-8), not as
+    WSGI's Latin-1 (a review)."""
     base, log_path = gunicorn_server
-    paths = ["/v1/a%0Ab", "/v1/c%5C", "/v1/q%22uote", "/v1/tab%09end", "/v1/%85nel"]
+    paths = ["/v1/a%0Ab", "/v1/c%5C", "/v1/q%22uote", "/v1/tab%09end", "/v1/%C2%85nel", "/v1/caf%C3%A9"]
     for path in paths:
         requests.get(f"{base}{path}", timeout=10)
-    expected = ["/v1/a\nb", "/v1/c\\", '/v1/q"uote', "/v1/tab\tend", "/v1/\x85nel"]  # U+0085: a str line break
-    deadline = time.monotonic() + 10
-    while True:  # the lines of the start-up health checks are there too: wait for these
-        text = log_path.read_text()
-        complete = text[:text.rfind("\n") + 1]  # not a line still being written
-        lines = [json.loads(line) for line in complete.splitlines()  # each line parses on its own
-                 if line.startswith("{") and '"logger":"api.access"' in line]
-        logged = [line for line in lines if line["path"] in expected]
-        if len(logged) >= len(expected) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    expected = ["/v1/a\nb", "/v1/c\\", '/v1/q"uote', "/v1/tab\tend", "/v1/\x85nel", "/v1/caf\u00e9"]
+    logged = request_lines(log_path, lambda line: line["path"] in expected, len(expected))
     assert sorted(line["path"] for line in logged) == sorted(expected), logged
     assert all(line["status"] == 404 and "bytes" in line for line in logged), logged
-    assert '"gunicorn.access"' not in text
+    assert '"gunicorn.access"' not in log_path.read_text()
+
+
+def _raw(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_request_gunicorn_refuses_has_one_line_with_the_id_of_its_error_body(gunicorn_server):
+    """A review: gunicorn logs only the requests it has parsed, so a request line or headers it refused
+    (too long, malformed) had no line at all, though the docs promised one."""
+    base, log_path = gunicorn_server
+    refused = {414: b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+               400: b"GARBAGE\r\n\r\n"}
+    ids = {}
+    for status, data in refused.items():
+        answer = _raw(base, data)
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:100]
+        ids[json.loads(answer.partition(b"\r\n\r\n")[2])["request_id"]] = status
+    logged = request_lines(log_path, lambda line: line["request_id"] in ids, len(ids))
+    assert sorted((line["request_id"], line["status"], line["method"]) for line in logged) == sorted(
+        (request_id, status, "-") for request_id, status in ids.items()), logged
+
+
+def test_a_response_that_fails_before_its_first_byte_has_one_line_the_500_under_its_request_id(
+        database_url, tmp_path, make_key):
+    """A review: a stream whose first chunk raised was logged twice, as the 200 its start_response said
+    (under the client's request id, with its key's name) and as gunicorn's 500 (under a fresh id that its
+    body carried, with no name). One line now, the 500 the client got, under the client's id."""
+    key = make_key(["protocols:read"], name="exporting-key")
+    with serving(database_url, tmp_path, "tests.api.failing_export_app:app") as (base, log_path):
+        response = requests.get(f"{base}/fhir/R4/$export", timeout=10,
+                                headers={"Authorization": f"Bearer {key}", "X-Request-ID": "rq-failed-export"})
+        assert response.status_code == 500 and response.json()["request_id"] == "rq-failed-export"
+        requests.get(f"{base}/v1/health", timeout=10, headers={"X-Request-ID": "rq-after"})  # a line after it
+        request_lines(log_path, lambda line: line["request_id"] == "rq-after", 1)
+        logged = request_lines(log_path, lambda line: line["path"] == "/fhir/R4/$export", 1)
+    assert [(line["request_id"], line["status"], line["actor"]) for line in logged] == [
+        ("rq-failed-export", 500, "exporting-key")], logged

@@ -703,6 +703,18 @@ def test_a_rate_without_a_duration_judged_over_the_ranges_says_so():
     assert timed.evaluation is not None and timed.evaluation.unchecked == []
 
 
+def test_a_rate_without_a_duration_that_breaches_a_maximum_per_period_is_not_told_the_period_went_unchecked():
+    """A review: "how much it gives in a period, was not checked" stood beside a breach of the maximum per
+    period (21 mg/h three times a day against 100 mg a day). The assumed run only bounds the amounts from
+    below: the message says that running longer gives more, for one administration as for a period."""
+    crps = content({"dose_min": Decimal("0.35"), "dose_max": Decimal("0.35"), "unit": "mg/kg/h", "duration": "PT4H",
+                    "phase": "infusion", "max_per_period": {"value": 100, "unit": "mg", "period": "P1D"}})
+    result = dosing.check(crps, order("21", "mg/h", weight_kg=Decimal(60), frequency=Frequency(3, "P1D")))
+    assert result.verdict is Verdict.EXCEEDS_MAX_PER_PERIOD and result.evaluation is not None
+    assert result.evaluation.unchecked == [dosing.RATE_DURATION_ASSUMED.format(duration="PT4H")]
+    assert "not checked" not in dosing.RATE_DURATION_ASSUMED and "gives more" in dosing.RATE_DURATION_ASSUMED
+
+
 def test_an_amount_without_a_duration_is_partly_checked_against_an_infusion_but_not_against_a_bolus():
     """An infusion's duration is part of its regimen (0.5 mg/kg over 40 min): an order for the amount alone
     may be pushed, so how fast it runs is listed as not checked. A bolus range's duration is the label's

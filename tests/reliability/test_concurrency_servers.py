@@ -290,6 +290,9 @@ REFUSED_BY_GUNICORN = [
     ("bare-lf", b"GET /v1/protocols HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", 400, "Host"),
     ("unsupported-coding", b"POST /v1/protocols HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: bogus\r\n\r\n",
      501, "Transfer-Encoding"),
+    # named as the docs spell it, not X-Request-Id (a review)
+    ("nul-in-request-id", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x00b\r\n\r\n", 400,
+     "X-Request-ID"),
 ]
 
 
