@@ -165,9 +165,9 @@ class JsonAccessLogger(Logger):
             failed = sys.exc_info()[1]  # in the handler's finally: the exception on its way out, if any
             if isinstance(status, int) and not resp.headers_sent and isinstance(failed, Exception) \
                     and not isinstance(failed, OSError):
-                errors.defer_line(facts)  # handle_error answers a 500 and logs that, with these facts
+                errors.defer_line(req, facts)  # handle_error answers a 500 and logs that, with these facts
                 return
-            errors.defer_line(None)
+            errors.defer_line(None, None)
             if not isinstance(status, int):  # handle_error's answer: a refusal, or a failed response's 500
                 status = int(str(resp.status)[:3])
                 facts = {**facts, **errors.answering_line(), "request_id": errors.answering_request_id()}

@@ -108,11 +108,11 @@ def answering_request_id() -> str | None:
     return getattr(_answering, "request_id", None)
 
 
-def defer_line(facts: dict[str, Any] | None) -> None:
-    """Keep the facts of a request whose response failed before anything was sent (a stream whose first
-    chunk raised), for the line of the 500 ``handle_error`` answers it with: it was logged twice, as a 200
-    under the client's request id and as a 500 under a fresh one (a review). None forgets them."""
-    _answering.deferred = facts
+def defer_line(req: Any, facts: dict[str, Any] | None) -> None:
+    """Keep the facts of request ``req`` whose response failed before anything was sent (a stream whose
+    first chunk raised), for the line of the 500 ``handle_error`` answers it with: it was logged twice, as a
+    200 under the client's request id and as a 500 under a fresh one (a review). None forgets them."""
+    _answering.deferred = (req, facts) if facts is not None else None
 
 
 def answering_line() -> dict[str, Any]:
@@ -132,14 +132,24 @@ def install() -> None:
         original = Worker.handle_error
 
         def _handle_error(self: Worker, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-            deferred: dict[str, Any] = getattr(_answering, "deferred", None) or {}
+            # Only the request that deferred them: when its failure ended in a socket error instead (the
+            # client gone), handle_error never ran for it, and the next refusal on this thread took its
+            # request id (a review).
+            deferred_req, deferred = getattr(_answering, "deferred", None) or (None, None)
             _answering.deferred = None
+            if deferred_req is not req or deferred is None:
+                deferred = {}
             # A failed response keeps the client's request id; a refusal gets a fresh one.
             _answering.exc, _answering.request_id = exc, deferred.get("request_id") or new_request_id()
             _answering.line = deferred
             # gunicorn logs an answer only when it has parsed a request; for the rest (a request line or
             # headers it refused) the error writer asks the log for a line (a review: none was written).
-            _answering.unlogged = (getattr(self, "log", None), addr) if req is None else None
+            # gunicorn takes the request from the exception when it has one (a duplicate Content-Length) and
+            # logs it then (a review: those got two lines).
+            taken = isinstance(exc, http_errors.InvalidHeader | http_errors.InvalidHeaderName) \
+                and getattr(exc, "req", None)
+            unlogged = req is None and not taken
+            _answering.unlogged = (getattr(self, "log", None), addr) if unlogged else None
             try:
                 original(self, req, client, addr, exc)
             finally:

@@ -257,7 +257,9 @@ def _check_meta(number: int, doc: dict[str, Any]) -> list[LineError]:
 def _split_last_line(data: bytes) -> tuple[bytes, int, str | None]:
     """``(every byte before the last line, its line number, its text)``; the text is None when it cannot
     be a trailer (not UTF-8, or longer than any line)."""
-    content = data[:-1] if data.endswith(b"\n") else data
+    # Blank lines after the trailer (an editor's final newline) hold nothing: the trailer is still the last
+    # line (a review: they were refused as "a copy cut short").
+    content = data.rstrip(b" \t\r\n")
     cut = content.rfind(b"\n") + 1
     body, last, number = data[:cut], content[cut:], data.count(b"\n", 0, cut) + 1
     if len(last) > MAX_LINE_BYTES:

@@ -34,7 +34,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(database_url: str, tmp_path: Path, app: str = "api:create_app()") -> Iterator[tuple[str, Path]]:
+def serving(database_url: str, tmp_path: Path, app: str = "api:create_app()",
+            workers: int = 2) -> Iterator[tuple[str, Path]]:
     """gunicorn with the production config and two workers, its output (every log line) in a file."""
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
@@ -43,8 +44,8 @@ def serving(database_url: str, tmp_path: Path, app: str = "api:create_app()") ->
     env.pop("PROTOCOLS_REDIS_URL", None)
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
-             app], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [str(GUNICORN), "-c", str(ROOT / "gunicorn.conf.py"), "--workers", str(workers),
+             "--bind", f"127.0.0.1:{port}", app], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -171,16 +172,23 @@ def test_a_request_gunicorn_refuses_has_one_line_with_the_id_of_its_error_body(g
     """A review: gunicorn logs only the requests it has parsed, so a request line or headers it refused
     (too long, malformed) had no line at all, though the docs promised one."""
     base, log_path = gunicorn_server
-    refused = {414: b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-               400: b"GARBAGE\r\n\r\n"}
+    refused = [(414, "-", b"GET /v1/protocols/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+               (400, "-", b"GARBAGE\r\n\r\n"),
+               # refusals gunicorn logs itself, its request taken from the exception: they got two lines
+               (400, "POST",
+                b"POST /v1/protocols HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"),
+               (400, "GET", b"GET /v1/protocols HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")]
     ids = {}
-    for status, data in refused.items():
+    for status, method, data in refused:
         answer = _raw(base, data)
         assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:100]
-        ids[json.loads(answer.partition(b"\r\n\r\n")[2])["request_id"]] = status
+        ids[json.loads(answer.partition(b"\r\n\r\n")[2])["request_id"]] = (status, method)
+    requests.get(f"{base}/v1/health", timeout=10, headers={"X-Request-ID": "rq-last"})  # every line before it
+    request_lines(log_path, lambda line: line["request_id"] == "rq-last", 1)
+    time.sleep(0.5)  # the workers log independently: a second line of a refusal would be written by now
     logged = request_lines(log_path, lambda line: line["request_id"] in ids, len(ids))
     assert sorted((line["request_id"], line["status"], line["method"]) for line in logged) == sorted(
-        (request_id, status, "-") for request_id, status in ids.items()), logged
+        (request_id, status, method) for request_id, (status, method) in ids.items()), logged
 
 
 def test_a_response_that_fails_before_its_first_byte_has_one_line_the_500_under_its_request_id(
@@ -198,3 +206,19 @@ def test_a_response_that_fails_before_its_first_byte_has_one_line_the_500_under_
         logged = request_lines(log_path, lambda line: line["path"] == "/fhir/R4/$export", 1)
     assert [(line["request_id"], line["status"], line["actor"]) for line in logged] == [
         ("rq-failed-export", 500, "exporting-key")], logged
+
+
+def test_a_failed_response_whose_client_is_gone_lends_its_request_id_to_no_later_request(
+        database_url, tmp_path):
+    """A review: a response that failed before its first byte keeps its facts for gunicorn's 500; when the
+    failure ended in a socket error instead (the client gone), no 500 was answered, and the next refusal on
+    that worker went out, and was logged, under the first client's request id."""
+    with serving(database_url, tmp_path, "tests.api.failing_export_app:app", workers=1) as (base, log_path):
+        with contextlib.suppress(requests.RequestException):
+            requests.get(f"{base}/broken-stream", timeout=10, headers={"X-Request-ID": "rq-client-gone"})
+        answer = _raw(base, b"GARBAGE\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+        request_id = json.loads(answer.partition(b"\r\n\r\n")[2])["request_id"]
+        assert request_id != "rq-client-gone"
+        (line,) = request_lines(log_path, lambda line: line["request_id"] == request_id, 1)
+        assert line["status"] == 400 and line["method"] == "-"

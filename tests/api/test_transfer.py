@@ -177,7 +177,10 @@ def test_a_copy_cut_short_or_changed_after_export_is_refused_in_one_line(
     assert "--sha256" in _import(target, tmp_path, lines[:4], trailer=False).output
     events = audit.query(target.extensions["protocols_db"], limit=20, action="protocols.import").items
     assert {event.outcome for event in events} == {audit.DENIED}
-    restored = target.test_cli_runner().invoke(args=["protocols", "import", str(export)])
+    # blank lines after the trailer (an editor's final newline) hold nothing: they were refused as a cut copy
+    padded = tmp_path / "padded.ndjson"
+    padded.write_bytes(export.read_bytes() + b"\n \r\n")
+    restored = target.test_cli_runner().invoke(args=["protocols", "import", str(padded)])
     assert restored.exit_code == 0 and "imported 6 versions of 3 protocols" in restored.output, restored.output
 
 
