@@ -164,3 +164,40 @@ def test_diff_of_missing_versions_is_404(client: FlaskClient, history: list[Any]
 def test_diff_path_must_be_integers(client: FlaskClient, history: list[Any]) -> None:
     assert client.get(f"/v1/protocols/{PID}/versions/one/diff/2").status_code == 404
     assert client.get(f"/v1/protocols/{PID}/versions/1/diff/-2").status_code == 404
+
+
+def _stages(texts: tuple[str, str], doses: tuple[tuple[int, int], tuple[int, int]]) -> list[dict[str, Any]]:
+    return [{"route": "46713006", "phase": "maintenance", "dose_min": low, "dose_max": high, "unit": "mg",
+             "frequency": {"count": 1, "period": "P1W", "text": text}, "duration": None, "max_per_period": None,
+             "instructions": None} for text, (low, high) in zip(texts, doses, strict=True)]
+
+
+def test_diff_names_doses_moved_between_reworded_stages_and_ranges_matched_away(client: FlaskClient,
+                                                                                  db: Database) -> None:
+    """Found in review, over HTTP: both stages' texts reworded in the revision that swapped their doses
+    read as two rewordings (moderate). Version 2 names the four dose changes (major); version 3 gives both
+    stages one label while swapping the doses back, which nothing can pair by stage, so each position is
+    named dosing_range_rematched (major; in the schema's enum), with the two ranges as before and after."""
+    pid = "esketamine-stages"
+    old = ("once weekly, weeks 5-8", "once weekly, week 9 onwards")
+    versions = [versioning.create(db, pid, content_of(pid, dosing_ranges=_stages(old, ((56, 84), (28, 56)))), now=T0)]
+    revisions = [(("once weekly, weeks 5 to 8", "once weekly, from week 9"), ((28, 56), (56, 84))),
+                 (("once weekly", "once weekly"), ((56, 84), (28, 56)))]
+    for hour, (texts, doses) in enumerate(revisions, start=1):
+        stored, created = versioning.revise(db, pid, content_of(pid, dosing_ranges=_stages(texts, doses)),
+                                            if_match=[versions[-1].etag], now=T0 + timedelta(hours=hour))
+        assert created
+        versions.append(stored)
+    body = get_json(client, f"/v1/protocols/{pid}/versions/1/diff/2")
+    assert body["highest_severity"] == "major" and body["counts"]["major"] == 4
+    assert [(c["type"], c["path"]) for c in body["changes"] if c["severity"] == "major"] == [
+        ("dose_min_decreased", "/dosing_ranges/0/dose_min"), ("dose_max_decreased", "/dosing_ranges/0/dose_max"),
+        ("dose_min_increased", "/dosing_ranges/1/dose_min"), ("dose_max_increased", "/dosing_ranges/1/dose_max")]
+    body = get_json(client, f"/v1/protocols/{pid}/versions/2/diff/3")
+    v2 = get_json(client, f"/v1/protocols/{pid}/versions/2")
+    v3 = get_json(client, f"/v1/protocols/{pid}/versions/3")
+    rematched = [c for c in body["changes"] if c["severity"] == "major"]
+    assert [(c["type"], c["path"], c["before"], c["after"]) for c in rematched] == [
+        ("dosing_range_rematched", f"/dosing_ranges/{i}", v2["dosing_ranges"][i], v3["dosing_ranges"][i])
+        for i in (0, 1)]
+    assert body["highest_severity"] == "major"
