@@ -20,17 +20,22 @@ are paired with the least total distance (an exact assignment, at every size): f
 identity (how many marks differ, then how alike they are: "weeks 5-8" is nearer "weeks 5 to 8" than
 "from week 9", and the indications by the codes they share), then by the stages' order in the phase,
 and only then by their doses, which rank only true alternatives (equal identities). So doses moved
-between two stages read as dose changes of each stage, not as their texts swapped, even when every
-stage was reworded in the same revision. Numbers are compared only when units match: mg against mg/kg,
-or a per-day maximum against a per-week one, is a ``unit_changed``, never an "increase".
+between two stages read as dose changes of each stage, not as their texts swapped, also when the stages
+were reworded in the same revision, as far as likeness tells (a heuristic: shared words can make a mere
+rewording pair stages crosswise, naming dose changes that are not there; found in review). Numbers are
+compared only when units match: mg against mg/kg, or a per-day maximum against a per-week one, is a
+``unit_changed``, never an "increase".
 
-A safety net keeps a pairing from rating a diff below what its patch shows: a range paired with a
-range of version a other than the one that stood at its position (same route and phase), with no major
-change of its own, while it differs from that one in a dose-bearing field (doses, unit, frequency,
-per-period or absolute maximum, duration, indications), is also named ``dosing_range_rematched``
-(major), before and after being the two ranges at that position. An unchanged range moved elsewhere
+A safety net keeps a pairing that explains a range as reworded from rating below major a dose change in
+its place: a range paired with a range of version a other than the one that stood in its place among
+the ranges of its route and phase (the k-th with the k-th), with no major change of its own, while it
+differs from that one in a dose-bearing field (doses, unit, frequency, per-period or absolute maximum,
+duration, indications), is also named ``dosing_range_rematched``
+(major), before and after being the two ranges of that place. An unchanged range moved elsewhere
 never is (a reordering is no change); a range moved and reworded is (the net cannot tell it from
-stages whose labels and doses were both rewritten, which is what it is for).
+stages whose labels and doses were both rewritten, which is what it is for). A pair with a major change
+of its own is left to it (found in review: both stages given one cap while their doses swapped named
+the caps, not the swap).
 
 A diff compares two stored documents, not what changes for patients: between neighbouring versions it
 does not say what a version puts into effect when the earlier one is scheduled for later, a draft, or
@@ -274,7 +279,8 @@ def _dosing(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> I
         pairs, _, added = paired[(route, phase)]
         for (old_index, old), (index, item) in pairs:
             changes = list(_dose_range(old, item, f"/dosing_ranges/{index}", route, phase))
-            kept.append((index, [*_rematched(a, old_index, (index, item), changes, route, phase), *changes]))
+            kept.append((index, [*_rematched(before.get((route, phase), []), after[(route, phase)], old_index,
+                                             (index, item), changes, route, phase), *changes]))
         kept += [(index, [ClinicalChange("dosing_range_added", f"/dosing_ranges/{index}", None, item,
                                          f"Dosing range added: {_route_name(route)}, {phase} phase: "
                                          f"{item.get('dose_min')}-{item.get('dose_max')} {item.get('unit')}",
@@ -284,24 +290,29 @@ def _dosing(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> I
         yield from changes
 
 
-def _rematched(a: Sequence[Mapping[str, Any]], old_index: int, new: _Indexed, changes: list[ClinicalChange],
-               route: Any, phase: Any) -> list[ClinicalChange]:
-    """The safety net under the pairing: the range at position i of version b, paired with range j != i of
-    version a (by identity, then doses) with no major change named, while the range that stood at position
-    i in version a (same route and phase) differs from it in a dose-bearing field (a major change of
+def _rematched(old_group: Sequence[_Indexed], new_group: Sequence[_Indexed], old_index: int, new: _Indexed,
+               changes: list[ClinicalChange], route: Any, phase: Any) -> list[ClinicalChange]:
+    """The safety net under the pairing: the k-th range of a route and phase in version b, paired with
+    another range than the k-th of that route and phase in version a, with no major change named, while
+    that k-th range of version a differs from it in a dose-bearing field (a major change of
     :func:`_dose_range`: doses, unit, frequency, per-period or absolute maximum, duration, indications).
-    The patch shows that dose change at position i; a change list naming only wording there read as
-    ``moderate`` (found in review: every stage's text reworded in the revision that moved doses between
-    the stages). One major ``dosing_range_rematched`` says which range it was matched to and what its
-    doses are against the range that stood there, so the severity is never below what the patch shows.
+    Where the stages kept their order, the patch shows that dose change; a change list naming only wording
+    there read as ``moderate`` (found in review: every stage's text reworded in the revision that moved
+    doses between the stages). One major ``dosing_range_rematched`` says which range it was matched to and
+    what its doses are against the range that stood in its place, so that severity is major. Places are
+    counted within the route and phase (a review: by positions in the whole list, a range of another phase
+    moved in front of the group turned the net off).
 
-    An unchanged range (no change at all, a twin) moved to another position is exempt: it is the same
-    range, its identity and doses together, so nothing about it can hide (a reordering stays change-free)."""
+    An unchanged range (no change at all, a twin) moved to another place is exempt: it is the same range,
+    its identity and doses together, so nothing about it can hide (a reordering stays change-free). A pair
+    with a major change of its own is exempt too, its severity already major (its other fields are then
+    named as their own changes, or not at all if the pairing put them elsewhere: the net does not check)."""
     index, item = new
-    if old_index == index or index >= len(a) or not changes or any(c.severity == MAJOR for c in changes):
+    place = next(k for k, (i, _) in enumerate(new_group) if i == index)
+    if place >= len(old_group) or not changes or any(c.severity == MAJOR for c in changes):
         return []
-    there = a[index]
-    if (there.get("route"), there.get("phase")) != (route, phase):
+    there_index, there = old_group[place]
+    if there_index == old_index:
         return []
     moved = [c for c in _dose_range(there, item, "", route, phase, located=False) if c.severity == MAJOR]
     if not moved:
@@ -309,10 +320,10 @@ def _rematched(a: Sequence[Mapping[str, Any]], old_index: int, new: _Indexed, ch
     against = "; ".join(c.description[:1].lower() + c.description[1:] for c in moved)
     return [ClinicalChange(
         "dosing_range_rematched", f"/dosing_ranges/{index}", there, item,
-        f"The range at this position was matched to range {old_index} of version a by what it is for (its "
-        f"indications, frequency text and instructions), then its doses, not to range {index} of version a, "
-        f"which stood at this position; compared with that range: {against}. Check which stage or population "
-        f"each range is for ({_route_name(route)}, {phase} phase)", route, phase)]
+        f"This range was matched to range {old_index} of version a by what it is for (its indications, "
+        f"frequency text and instructions), then its doses, not to range {there_index} of version a, which "
+        f"stood in its place among the {_route_name(route)} {phase} ranges; compared with that range: "
+        f"{against}. Check which stage or population each range is for", route, phase)]
 
 
 _Indexed = tuple[int, Mapping[str, Any]]
@@ -525,6 +536,11 @@ def _distance(a: Mapping[str, Any], b: Mapping[str, Any], route: Any, phase: Any
             except (ArithmeticError, ValueError, TypeError):  # a bound missing or not a number
                 step = 1.0
             moved += step if math.isfinite(step) else _FARTHEST  # beyond a float: as far as is counted
+    # The texts' likeness before the stages' order: it pairs stages that were reordered as well as reworded
+    # by what they say. Its cost (a review): likeness of whole texts is swayed by shared words ("once
+    # weekly, week ..."), so rewording labels alone can pair stages crosswise and name dose changes that are
+    # not there, which a reviewer can dismiss. Ranking the order first would hide a dose change where stages
+    # were reordered, reworded and given each other's doses (each place would keep its doses).
     return (int(a.get("unit") != b.get("unit")), marks, unlike, stage_gap if marks else 0, len(kinds),
             round(moved * _MOVED_SCALE))
 
