@@ -557,6 +557,32 @@ def _staged(told_apart_by: str, doses: list[tuple[int, int]]) -> dict[str, Any]:
     return doc
 
 
+def _reworded_swap(told_apart_by: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two stages whose doses swap in a revision that rewords both of their labels (``REWORDED``)."""
+    a = _staged(told_apart_by, [(56, 84), (28, 56)])
+    b = _staged(told_apart_by, [(28, 56), (56, 84)])
+    for item, mark in zip(b["dosing_ranges"], REWORDED[told_apart_by], strict=True):
+        if told_apart_by == "frequency_text":
+            item["frequency"]["text"] = mark
+        elif told_apart_by == "instructions":
+            item["instructions"] = mark
+        else:
+            item["indications"] = mark
+    return a, b
+
+
+def _one_label_swap(told_apart_by: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two stages whose doses swap in a revision that gives both one label: nothing tells them apart."""
+    a = _staged(told_apart_by, [(56, 84), (28, 56)])
+    b = _staged(told_apart_by, [(28, 56), (56, 84)])
+    for item in b["dosing_ranges"]:
+        if told_apart_by == "frequency_text":
+            item["frequency"]["text"] = "once weekly"
+        else:
+            item["instructions"] = "Once weekly."
+    return a, b
+
+
 def _dose_paths(changes: list[diff.ClinicalChange]) -> set[str]:
     return {c.path for c in changes if c.type.startswith(("dose_min_", "dose_max_"))}
 
@@ -670,15 +696,7 @@ def test_doses_swapped_while_every_stage_is_reworded_are_dose_changes_of_each_st
     patch replaced dose_min and dose_max at both paths. How alike the identities are ranks the pairings
     before the doses now (the indications by the codes they share: both ranges gaining F32.9 keep F33.2
     and R45.851 apart)."""
-    a = _staged(told_apart_by, [(56, 84), (28, 56)])
-    b = _staged(told_apart_by, [(28, 56), (56, 84)])
-    for item, mark in zip(b["dosing_ranges"], REWORDED[told_apart_by], strict=True):
-        if told_apart_by == "frequency_text":
-            item["frequency"]["text"] = mark
-        elif told_apart_by == "instructions":
-            item["instructions"] = mark
-        else:
-            item["indications"] = mark
+    a, b = _reworded_swap(told_apart_by)
     result = diff.diff_documents(a, b)
     assert [(c.type, c.path, c.before, c.after) for c in result.changes if c.type.startswith("dose_")] == [
         ("dose_min_decreased", "/dosing_ranges/0/dose_min", 56, 28),
@@ -779,13 +797,7 @@ def test_stages_given_one_label_while_their_doses_move_are_named_rematched(told_
     so the ranges are paired by their doses (crosswise, two rewordings); each position's range changed
     dose against the range that stood there, so each is also named ``dosing_range_rematched``, major,
     with that range before and this one after."""
-    a = _staged(told_apart_by, [(56, 84), (28, 56)])
-    b = _staged(told_apart_by, [(28, 56), (56, 84)])
-    for item in b["dosing_ranges"]:
-        if told_apart_by == "frequency_text":
-            item["frequency"]["text"] = "once weekly"
-        else:
-            item["instructions"] = "Once weekly."
+    a, b = _one_label_swap(told_apart_by)
     result = diff.diff_documents(a, b)
     assert result.highest_severity == "major"
     rematched = [c for c in result.changes if c.severity == "major"]
@@ -806,13 +818,7 @@ def test_the_net_counts_places_within_the_route_and_phase(told_apart_by: str) ->
     """A review: the net compared whole-list positions, so a range of another phase moved in front of the
     stages (here an induction range, first in version a and last in b) turned it off, and both stages given
     one label while their doses swapped read as two rewordings, moderate."""
-    a = _staged(told_apart_by, [(56, 84), (28, 56)])
-    b = _staged(told_apart_by, [(28, 56), (56, 84)])
-    for item in b["dosing_ranges"]:
-        if told_apart_by == "frequency_text":
-            item["frequency"]["text"] = "once weekly"
-        else:
-            item["instructions"] = "Once weekly."
+    a, b = _one_label_swap(told_apart_by)
     induction = {**a["dosing_ranges"][0], "phase": "induction", "dose_min": 56, "dose_max": 84}
     a["dosing_ranges"].insert(0, induction)
     b["dosing_ranges"].append(copy.deepcopy(induction))
@@ -1005,15 +1011,7 @@ def test_stages_reworded_reordered_and_given_each_others_doses_are_paired_by_lik
     """Both stages reworded (or each given a code more), their places swapped and their doses too: place
     and doses both point crosswise (the first range of b has the first range of a's doses), so only how
     alike the labels are (text likeness, the codes shared) pairs weeks 5-8 with weeks 5 to 8."""
-    a = _staged(told_apart_by, [(56, 84), (28, 56)])
-    b = _staged(told_apart_by, [(28, 56), (56, 84)])
-    for item, mark in zip(b["dosing_ranges"], REWORDED[told_apart_by], strict=True):
-        if told_apart_by == "frequency_text":
-            item["frequency"]["text"] = mark
-        elif told_apart_by == "instructions":
-            item["instructions"] = mark
-        else:
-            item["indications"] = mark
+    a, b = _reworded_swap(told_apart_by)
     b["dosing_ranges"].reverse()
     assert [(c.type, c.path, c.before, c.after) for c in diff.clinical_changes(a, b) if c.type.startswith("dose_")] == [
         ("dose_min_increased", "/dosing_ranges/0/dose_min", 28, 56),
