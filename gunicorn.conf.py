@@ -171,6 +171,7 @@ class JsonAccessLogger(Logger):
             if not isinstance(status, int):  # handle_error's answer: a refusal, or a failed response's 500
                 status = int(str(resp.status)[:3])
                 facts = {**facts, **errors.answering_line(), "request_id": errors.answering_request_id()}
+                errors.answered_logged()  # the error writer then asks for no line of its own
             self._write(facts, status, round(request_time.total_seconds() * 1000, 2), getattr(resp, "sent", None))
         except Exception:
             self.error(traceback.format_exc())

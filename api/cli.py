@@ -275,9 +275,6 @@ def _digest_line(digest: Any) -> str:
     return f"sha256 {digest.hexdigest()} (keep it with the copy: import --sha256 checks the copy against it)"
 
 
-IMPORT_ACTION = audit.IMPORT
-
-
 def _sha256_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--sha256`` as 64 hexadecimal digits: a truncated paste or a typo was answered as a copy that
     differs from its export ("it is not the export that digest belongs to"; a docs probe)."""
@@ -302,7 +299,7 @@ def import_command(path: Path, expected_sha256: str | None) -> None:
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected_sha256.strip().lower():
-            audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=cli_actor(),
+            audit.record(get_db(), action=audit.IMPORT, outcome=audit.DENIED, actor=cli_actor(),
                          target=str(path), detail=f"sha256 {actual} is not the expected one")
             raise click.ClickException(f"{path} has SHA-256 {actual}, not {expected_sha256.strip()}: it is not "
                                        "the export that digest belongs to; nothing was imported")
@@ -312,7 +309,7 @@ def import_command(path: Path, expected_sha256: str | None) -> None:
     except transfer.ImportRejected as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
-        audit.record(get_db(), action=IMPORT_ACTION, outcome=audit.DENIED, actor=cli_actor(), target=str(path),
+        audit.record(get_db(), action=audit.IMPORT, outcome=audit.DENIED, actor=cli_actor(), target=str(path),
                      detail=f"{len(exc.errors)} problem(s); first: {exc.errors[0]}")
         raise click.ClickException(f"{len(exc.errors)} problem(s) in {path}; nothing was imported") from exc
     click.echo(f"imported {result.versions} versions of {len(result.protocols)} protocols")

@@ -96,9 +96,12 @@ def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: st
             "Cache-Control: no-store\r\n"
             "\r\n")
     util.write_nonblock(sock, head.encode("latin-1") + body)
-    log, addr = getattr(_answering, "unlogged", None) or (None, None)
+    # gunicorn logs an answer only when it has parsed a request (or takes one from the exception); for the
+    # rest (a request line or headers it refused) the log is asked for a line here (a review: none was
+    # written), once: the access log says when it has written this answer's (a review: two lines).
+    log, addr = getattr(_answering, "log", None) or (None, None)
     refusal_line = getattr(log, "refusal_line", None)
-    if refusal_line is not None:
+    if refusal_line is not None and not getattr(_answering, "logged", False):
         refusal_line(status_int, request_id, addr)
 
 
@@ -113,6 +116,11 @@ def defer_line(req: Any, facts: dict[str, Any] | None) -> None:
     first chunk raised), for the line of the 500 ``handle_error`` answers it with: it was logged twice, as a
     200 under the client's request id and as a 500 under a fresh one (a review). None forgets them."""
     _answering.deferred = (req, facts) if facts is not None else None
+
+
+def answered_logged() -> None:
+    """The access log has written the line of the answer this thread's ``handle_error`` is giving."""
+    _answering.logged = True
 
 
 def answering_line() -> dict[str, Any]:
@@ -142,18 +150,12 @@ def install() -> None:
             # A failed response keeps the client's request id; a refusal gets a fresh one.
             _answering.exc, _answering.request_id = exc, deferred.get("request_id") or new_request_id()
             _answering.line = deferred
-            # gunicorn logs an answer only when it has parsed a request; for the rest (a request line or
-            # headers it refused) the error writer asks the log for a line (a review: none was written).
-            # gunicorn takes the request from the exception when it has one (a duplicate Content-Length) and
-            # logs it then (a review: those got two lines).
-            taken = isinstance(exc, http_errors.InvalidHeader | http_errors.InvalidHeaderName) \
-                and getattr(exc, "req", None)
-            unlogged = req is None and not taken
-            _answering.unlogged = (getattr(self, "log", None), addr) if unlogged else None
+            _answering.log, _answering.logged = (getattr(self, "log", None), addr), False
             try:
                 original(self, req, client, addr, exc)
             finally:
-                _answering.exc = _answering.request_id = _answering.line = _answering.unlogged = None
+                _answering.exc = _answering.request_id = _answering.line = _answering.log = None
+                _answering.logged = False
 
         _handle_error.__wrapped__ = original  # type: ignore[attr-defined]
         Worker.handle_error = _handle_error
