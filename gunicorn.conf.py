@@ -19,7 +19,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from protocols.keys import redact
+from protocols.redaction import redact
 
 
 def _number(name: str, default: float, low: float, high: float, kind: type = int) -> float:

@@ -29,7 +29,8 @@ from sqlalchemy import Engine, event
 
 from api.extensions import get_db
 from protocols import audit
-from protocols.keys import ADMIN, WRITE, redact
+from protocols.keys import ADMIN, WRITE
+from protocols.redaction import redact
 
 log = logging.getLogger("api.audit")
 

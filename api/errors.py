@@ -184,9 +184,9 @@ def _domain_response(exc: domain.DomainError) -> Response:
         return error_response(412, exc.message, current_version=exc.details.get("current_version"),
                               current_etag=exc.details.get("current_etag"),
                               errors={exc.details.get("header", "If-Match"): [exc.message]})
-    if isinstance(exc, domain.ProtocolNotFound | domain.VersionNotFound | domain.NotInEffect):
-        # Told apart for a machine: only the English message did (a probe).
-        return error_response(404, exc.message, reason=_NOT_FOUND_REASONS[type(exc)])
+    not_found = next((reason for kind, reason in _NOT_FOUND_REASONS.items() if isinstance(exc, kind)), None)
+    if not_found is not None:  # told apart for a machine: only the English message did (a probe)
+        return error_response(404, exc.message, reason=not_found)
     if isinstance(exc, domain.InvalidRecord):
         return error_response(422, exc.message, errors=exc.details.get("errors"))
     if isinstance(exc, domain.MalformedOrder):

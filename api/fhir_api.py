@@ -170,7 +170,7 @@ def check_unsupported(items: Sequence[Unsupported]) -> list[Issue]:
                   (item.param,)) for item in items]
 
 
-def simple_params(allowed: Sequence[str] = ("_format", "_pretty")) -> list[Issue]:
+def simple_params(allowed: Sequence[str] = fhir_query.HTTP_PARAMS) -> list[Issue]:
     """For endpoints without search parameters: only ``allowed`` names are understood."""
     unsupported = [Unsupported(name, f"parameter '{name}' is not supported here")
                    for name in request.args if name not in allowed]
@@ -388,7 +388,7 @@ def _code_for(status: int) -> str:
 def capability_statement() -> Response:
     """The CapabilityStatement: exactly the interactions and parameters implemented here."""
     negotiate()
-    warnings = simple_params(("_format", "_pretty", "mode"))
+    warnings = simple_params((*fhir_query.HTTP_PARAMS, "mode"))
     if request.args.get("mode", "full") != "full":
         raise InvalidSearch("only mode=full is supported", param="mode")
     return fhir_response(build_capability_statement(base_url()), headers={

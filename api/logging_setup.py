@@ -25,7 +25,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from protocols import keys
+from protocols import redaction
 
 ACCESS_LOGGER = "api.access"
 _HANDLER_MARK = "_protocols_json_handler"
@@ -169,7 +169,7 @@ def request_record(request_id: str | None, method: str, path: str, status: int, 
                    actor: str | None, remote_addr: str | None, sent: int | None = None) -> logging.LogRecord:
     """The request line as a log record, for the app's logger or gunicorn's access log. ``sent``: the
     bytes of the body sent, which only the server knows."""
-    path = keys.redact(path)  # a key sent where an id goes: logs never hold one (a security probe)
+    path = redaction.redact(path)  # a key sent where an id goes: logs never hold one (a security probe)
     fields: dict[str, Any] = {"request_id": request_id, "method": method, "path": path, "status": status,
                               "duration_ms": duration_ms, "actor": actor, "remote_addr": remote_addr}
     if sent is not None:

@@ -747,12 +747,12 @@ def _range_indications(a: Sequence[Any] | None, b: Sequence[Any] | None,
 
     if a == b:
         return
-    if a is not None and b is not None and set(map(str, a)) == set(map(str, b)):
-        yield change("text_changed", "/indications", a, b, "Indications of the range reordered (the same codes)")
-        return
     what = [f"from {shown(a)} to {shown(b)}"]
     if a is not None and b is not None:
         before, after = set(map(str, a)), set(map(str, b))
+        if before == after:
+            yield change("text_changed", "/indications", a, b, "Indications of the range reordered (the same codes)")
+            return
         added = [str(c) for c in b if str(c) not in before]
         removed = [str(c) for c in a if str(c) not in after]
         what += [f"{label} {', '.join(codes)}" for label, codes in (("added", added), ("removed", removed)) if codes]

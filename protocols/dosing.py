@@ -487,14 +487,14 @@ def is_for(dose_range: Mapping[str, Any], indication: str | None) -> bool:
     return indication is None or codes is None or indication in [str(c) for c in codes]
 
 
-def check_indication(content: Mapping[str, Any], indication: str | None, field: str = "indication") -> None:
+def check_indication(content: Mapping[str, Any], indication: str | None) -> None:
     """An indication sent with an order must be one of the record's: another would be judged against
     every range that names none, which says nothing about that indication."""
     if indication is None:
         return
     codes = [str(i.get("code")) for i in content.get("indications") or []]
     if indication not in codes:
-        raise DosingError(field, f"'{indication}' is not an indication of this protocol; its indications: "
+        raise DosingError("indication", f"'{indication}' is not an indication of this protocol; its indications: "
                                  f"{', '.join(codes)}")
 
 

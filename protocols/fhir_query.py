@@ -80,8 +80,11 @@ SEARCH_PARAMS: dict[str, tuple[str, str, str]] = {
                "active | inactive | entered-in-error. Every current resource is active: a retired "
                "protocol is deleted (410), drafts are not published."),
 }
-RESULT_PARAMS = ("_count", "_cursor", "_format", "_pretty")
-HISTORY_PARAMS = ("_count", "_since", "_cursor", "_format", "_pretty")
+#: Parameters of the HTTP exchange every FHIR read takes (format, indentation): read by the HTTP layer,
+#: kept in the links; named once (a review: adding ``_pretty`` took five edits).
+HTTP_PARAMS = ("_format", "_pretty")
+RESULT_PARAMS = ("_count", "_cursor", *HTTP_PARAMS)
+HISTORY_PARAMS = ("_count", "_since", "_cursor", *HTTP_PARAMS)
 
 
 class InvalidSearch(DomainError):
@@ -191,7 +194,7 @@ def _add_search_param(spec: SearchSpec, seen_controls: set[str], raw_name: str, 
     elif name == "_cursor":
         spec.cursor = decode_cursor(SEARCH_CURSOR, value)
         return  # links carry their own cursor
-    elif name not in ("_format", "_pretty"):  # checked by the HTTP layer and kept in the links
+    elif name not in HTTP_PARAMS:  # checked by the HTTP layer and kept in the links
         spec.unsupported.append(Unsupported(raw_name, f"parameter '{raw_name}' is not supported"))
         return
     spec.applied.append((raw_name, value))

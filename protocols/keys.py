@@ -37,10 +37,6 @@ from protocols.models import ApiKey
 from protocols.timeutil import format_rfc3339, utcnow
 
 KEY_PREFIX = "tpk_"
-#: An API key as the service mints them, any letter of its prefix percent-encoded too (``%74pk_``, a
-#: review): what logs and audit rows never hold (:func:`redact`).
-KEY_PATTERN = re.compile(r"(?:t|%74)(?:p|%70)(?:k|%6[Bb])(?:_|%5[Ff])[A-Za-z0-9_%-]+")
-REDACTED = "tpk_[redacted]"
 #: Authors the service records for its own writes and audit events; no key may be named like them,
 #: or a key's writes would read as the curated catalog's (``recorded_by`` carries the key's name).
 CATALOG_ACTOR = "catalog-loader"
@@ -85,13 +81,6 @@ class KeyInfo:
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
-
-
-def redact(text: str) -> str:
-    """``text`` with every API key in it written as ``tpk_[redacted]``: a key sent where an id goes (a
-    templated URL filled with the wrong variable) reached both access logs and, for a refused write, the
-    audit trail, whose rows cannot be deleted (found by a security probe)."""
-    return KEY_PATTERN.sub(REDACTED, text) if "tpk" in text or "%" in text else text
 
 
 def author_name_problem(name: str) -> str | None:
